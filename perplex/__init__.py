@@ -1,0 +1,1 @@
+"""Perplex: token-level probabilities of language models, made visible and interactive."""
