@@ -1,0 +1,360 @@
+"""DuckDB storage for generations and their token records, with numbered migrations.
+
+One `Store` wraps one database file and is shared by every Streamlit session of a
+process: writes hold a lock, and each operation runs on its own cursor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext, suppress
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from perplex.errors import StoreError
+from perplex.records import (
+    Alternative,
+    DecodeParams,
+    Generation,
+    Message,
+    Source,
+    TokenRole,
+    TokenStep,
+    new_id,
+)
+from perplex.settings import load_settings
+
+logger = logging.getLogger(__name__)
+
+# Migration N (1-based) is MIGRATIONS[N - 1]. Append new ones; never edit a released one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE sessions (
+        id VARCHAR PRIMARY KEY,
+        name VARCHAR NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL
+    );
+    CREATE TABLE generations (
+        id VARCHAR PRIMARY KEY,
+        session_id VARCHAR,
+        created_at TIMESTAMPTZ NOT NULL,
+        source VARCHAR NOT NULL,
+        model_label VARCHAR NOT NULL,
+        params JSON,
+        messages JSON NOT NULL,
+        stop_reason VARCHAR NOT NULL,
+        parent_id VARCHAR,
+        branch_position INTEGER,
+        title VARCHAR NOT NULL
+    );
+    CREATE TABLE token_steps (
+        generation_id VARCHAR NOT NULL,
+        position INTEGER NOT NULL,
+        token_id INTEGER,
+        text VARCHAR NOT NULL,
+        role VARCHAR NOT NULL,
+        message_index INTEGER NOT NULL,
+        prob DOUBLE,
+        logprob DOUBLE,
+        entropy DOUBLE,
+        rank INTEGER,
+        entropy_is_estimate BOOLEAN NOT NULL,
+        forced BOOLEAN NOT NULL,
+        top STRUCT(token_id INTEGER, text VARCHAR, prob DOUBLE, logprob DOUBLE)[] NOT NULL,
+        PRIMARY KEY (generation_id, position)
+    );
+    """,
+]
+
+_ALTERNATIVE = pa.struct([("token_id", pa.int32()), ("text", pa.string()),
+                          ("prob", pa.float64()), ("logprob", pa.float64())])
+_STEP_SCHEMA = pa.schema([
+    ("generation_id", pa.string()), ("position", pa.int32()), ("token_id", pa.int32()),
+    ("text", pa.string()), ("role", pa.string()), ("message_index", pa.int32()),
+    ("prob", pa.float64()), ("logprob", pa.float64()), ("entropy", pa.float64()),
+    ("rank", pa.int32()), ("entropy_is_estimate", pa.bool_()), ("forced", pa.bool_()),
+    ("top", pa.list_(_ALTERNATIVE)),
+])
+_STEP_COLUMNS = ", ".join(_STEP_SCHEMA.names)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class GenerationSummary:
+    """One line of the generations list: enough to pick one without loading its tokens."""
+
+    id: str
+    title: str
+    created_at: datetime
+    source: Source
+    model_label: str
+    n_tokens: int  # every stored token step: template, prompt and response
+    session_id: str | None
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    """A named group of generations."""
+
+    id: str
+    name: str
+    created_at: datetime
+
+
+class Store:
+    """Generations and sessions in one DuckDB file, safe to share between threads."""
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection, path: Path) -> None:
+        """Wrap an open connection; use `Store.open` rather than calling this."""
+        self._conn = conn
+        self.path = path
+        self._write_lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: Path | None = None) -> Store:
+        """Open (creating if needed) the database at `path` or the configured one, migrated."""
+        path = Path(path) if path is not None else load_settings().database
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"Cannot create the folder for the database {path}: {exc}") from exc
+        store = cls(_connect(path), path)
+        try:
+            store._migrate()
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def close(self) -> None:
+        """Close the database once any write in progress ends; the store is unusable after."""
+        with self._write_lock:
+            self._conn.close()
+
+    def __enter__(self) -> Store:
+        """Use the store as a context manager that closes it."""
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Close the store."""
+        self.close()
+
+    @contextmanager
+    def _cursor(self, write: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Yield a fresh cursor for one operation; writes run in a transaction under the lock."""
+        with self._write_lock if write else nullcontext():
+            try:
+                cur = self._conn.cursor()
+            except duckdb.Error as exc:
+                raise StoreError(f"The database {self.path} is closed or unusable: {exc}") from exc
+            try:
+                if write:
+                    cur.begin()
+                yield cur
+                if write:
+                    cur.commit()
+            except BaseException as exc:
+                if write:
+                    with suppress(duckdb.Error):
+                        cur.rollback()
+                if isinstance(exc, duckdb.Error):
+                    raise StoreError(f"Database operation failed on {self.path}: {exc}") from exc
+                raise
+            finally:
+                cur.close()
+
+    def schema_version(self) -> int:
+        """Return the highest migration applied to this database."""
+        with self._cursor() as cur:
+            return _current_version(cur)
+
+    def _migrate(self) -> None:
+        """Apply every migration the database has not seen yet, each in its own transaction."""
+        with self._cursor(write=True) as cur:
+            cur.execute("CREATE TABLE IF NOT EXISTS schema_version ("
+                        "version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)")
+            current = _current_version(cur)
+        if current > len(MIGRATIONS):
+            raise StoreError(
+                f"The database {self.path} has schema version {current}, but this Perplex only "
+                f"knows up to version {len(MIGRATIONS)}: it was written by a newer Perplex. "
+                "Update Perplex, or set PERPLEX_DB_PATH to use another database file.")
+        for version in range(current + 1, len(MIGRATIONS) + 1):
+            with self._cursor(write=True) as cur:
+                cur.execute(MIGRATIONS[version - 1])
+                cur.execute("INSERT INTO schema_version VALUES (?, ?)",
+                            [version, datetime.now(timezone.utc)])
+            logger.info("Migrated %s to schema version %d", self.path, version)
+
+    def save_generation(self, gen: Generation) -> None:
+        """Save a generation and all its token steps in one transaction, replacing any same id."""
+        started = time.perf_counter()
+        steps = _steps_table(gen)
+        with self._cursor(write=True) as cur:
+            cur.execute("DELETE FROM token_steps WHERE generation_id = ?", [gen.id])
+            cur.execute("DELETE FROM generations WHERE id = ?", [gen.id])
+            cur.execute("INSERT INTO generations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+                gen.id, gen.session_id, gen.created_at, gen.source.value, gen.model_label,
+                _params_to_json(gen.params), _messages_to_json(gen.messages), gen.stop_reason,
+                gen.parent_id, gen.branch_position, gen.title])
+            cur.register("incoming_steps", steps)
+            cur.execute(f"INSERT INTO token_steps SELECT {_STEP_COLUMNS} FROM incoming_steps")
+            cur.unregister("incoming_steps")
+        logger.debug("Saved generation %s (%d steps) in %.3f s",
+                     gen.id, len(gen.steps), time.perf_counter() - started)
+
+    def load_generation(self, generation_id: str) -> Generation:
+        """Return the generation saved under `generation_id`, equal to what was saved."""
+        with self._cursor() as cur:
+            rows = cur.execute(
+                "SELECT id, session_id, epoch_us(created_at), source, model_label, params, "
+                "messages, stop_reason, parent_id, branch_position, title "
+                "FROM generations WHERE id = ?", [generation_id]).fetchall()
+            if not rows:
+                raise StoreError(f"No generation with id {generation_id!r} in {self.path}.")
+            columns = cur.sql(
+                f"SELECT {_STEP_COLUMNS} FROM token_steps WHERE generation_id = ? "
+                "ORDER BY position", params=[generation_id]).to_arrow_table().to_pydict()
+        (gen_id, session_id, created_us, source, model_label, params, messages,
+         stop_reason, parent_id, branch_position, title) = rows[0]
+        return Generation(
+            steps=_steps_from_columns(columns), messages=_messages_from_json(messages),
+            model_label=model_label, source=Source(source), params=_params_from_json(params),
+            stop_reason=stop_reason, id=gen_id, session_id=session_id, parent_id=parent_id,
+            branch_position=branch_position, title=title, created_at=_utc(created_us))
+
+    def list_generations(self, session_id: str | None = None) -> list[GenerationSummary]:
+        """Summaries of stored generations, newest first, optionally of one session only."""
+        with self._cursor() as cur:
+            rows = cur.execute(
+                "SELECT g.id, g.title, epoch_us(g.created_at), g.source, g.model_label, "
+                "coalesce(c.n, 0), g.session_id FROM generations g LEFT JOIN "
+                "(SELECT generation_id, count(*) AS n FROM token_steps GROUP BY generation_id) c "
+                "ON c.generation_id = g.id WHERE ?::VARCHAR IS NULL OR g.session_id = ? "
+                "ORDER BY g.created_at DESC, g.id", [session_id, session_id]).fetchall()
+        return [GenerationSummary(id=r[0], title=r[1], created_at=_utc(r[2]), source=Source(r[3]),
+                                  model_label=r[4], n_tokens=r[5], session_id=r[6])
+                for r in rows]
+
+    def delete_generation(self, generation_id: str) -> None:
+        """Delete a generation and its token steps; nothing happens if there is none."""
+        with self._cursor(write=True) as cur:
+            cur.execute("DELETE FROM token_steps WHERE generation_id = ?", [generation_id])
+            cur.execute("DELETE FROM generations WHERE id = ?", [generation_id])
+
+    def ensure_session(self, session_id: str, name: str) -> None:
+        """Create the session `session_id` unless it exists (an existing name is kept)."""
+        with self._cursor(write=True) as cur:
+            cur.execute("INSERT INTO sessions VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                        [session_id, name, datetime.now(timezone.utc)])
+
+    def create_session(self, name: str) -> str:
+        """Create a new session and return its id."""
+        session_id = new_id()
+        self.ensure_session(session_id, name)
+        return session_id
+
+    def list_sessions(self) -> list[SessionSummary]:
+        """All sessions, newest first."""
+        with self._cursor() as cur:
+            rows = cur.execute("SELECT id, name, epoch_us(created_at) FROM sessions "
+                               "ORDER BY created_at DESC, id").fetchall()
+        return [SessionSummary(id=r[0], name=r[1], created_at=_utc(r[2])) for r in rows]
+
+
+def _connect(path: Path) -> duckdb.DuckDBPyConnection:
+    """Connect to the file, turning DuckDB's errors into messages for the researcher."""
+    try:
+        return duckdb.connect(str(path))
+    except duckdb.IOException as exc:
+        text = str(exc)
+        if "conflicting lock" in text.lower() or "could not set lock" in text.lower():
+            raise StoreError(
+                f"Another Perplex process has the database {path} open, and DuckDB lets only "
+                "one process use a file. Close that process, or start this one on another "
+                "file: PERPLEX_DB_PATH=/path/to/other.duckdb") from exc
+        if "not a valid DuckDB database" in text:
+            raise StoreError(
+                f"{path} is not a DuckDB database. Move it aside, or set PERPLEX_DB_PATH "
+                "to another file.") from exc
+        raise StoreError(f"Cannot open the database {path}: {text}") from exc
+    except duckdb.Error as exc:
+        raise StoreError(f"Cannot open the database {path}: {exc}") from exc
+
+
+def _current_version(cur: duckdb.DuckDBPyConnection) -> int:
+    """Return the highest version in `schema_version`, 0 for a blank database."""
+    return cur.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchall()[0][0]
+
+
+def _utc(epoch_us: int) -> datetime:
+    """Convert microseconds since the epoch to an aware UTC datetime (exact, no pytz)."""
+    return _EPOCH + timedelta(microseconds=epoch_us)
+
+
+def _steps_table(gen: Generation) -> pa.Table:
+    """Build an Arrow table of the generation's steps, shaped like `token_steps`."""
+    steps = gen.steps
+    columns = [
+        [gen.id] * len(steps), [s.position for s in steps], [s.token_id for s in steps],
+        [s.text for s in steps], [s.role.value for s in steps],
+        [s.message_index for s in steps], [s.prob for s in steps],
+        [s.logprob for s in steps], [s.entropy for s in steps], [s.rank for s in steps],
+        [s.entropy_is_estimate for s in steps], [s.forced for s in steps],
+        [[(a.token_id, a.text, a.prob, a.logprob) for a in s.top] for s in steps],
+    ]
+    return pa.Table.from_arrays(
+        [pa.array(col, type=f.type) for col, f in zip(columns, _STEP_SCHEMA, strict=True)],
+        schema=_STEP_SCHEMA)
+
+
+def _steps_from_columns(columns: dict[str, list]) -> tuple[TokenStep, ...]:
+    """Token steps from the columns of a `token_steps` query (all but generation_id)."""
+    rows = zip(*(columns[name] for name in _STEP_SCHEMA.names[1:]), strict=True)
+    return tuple(
+        TokenStep(position=position, token_id=token_id, text=text, role=TokenRole(role),
+                  message_index=message_index, prob=prob, logprob=logprob, entropy=entropy,
+                  rank=rank, top=_alternatives(top), entropy_is_estimate=estimate,
+                  forced=forced)
+        for (position, token_id, text, role, message_index, prob, logprob, entropy, rank,
+             estimate, forced, top) in rows)
+
+
+def _alternatives(top: list[dict]) -> tuple[Alternative, ...]:
+    """Alternatives from the STRUCT list of one token step."""
+    return tuple(Alternative(**alternative) for alternative in top)
+
+
+def _params_to_json(params: DecodeParams | None) -> str | None:
+    """Decode parameters as a JSON object, or None."""
+    return None if params is None else json.dumps(dataclasses.asdict(params))
+
+
+def _params_from_json(text: str | None) -> DecodeParams | None:
+    """Decode parameters from JSON, ignoring keys this version does not know."""
+    if text is None:
+        return None
+    known = {f.name for f in dataclasses.fields(DecodeParams)}
+    values = {k: v for k, v in json.loads(text).items() if k in known}
+    if "stop_strings" in values:
+        values["stop_strings"] = tuple(values["stop_strings"])
+    return DecodeParams(**values)
+
+
+def _messages_to_json(messages: tuple[Message, ...]) -> str:
+    """Chat messages as a JSON list of {role, content} objects."""
+    return json.dumps([{"role": m.role, "content": m.content} for m in messages])
+
+
+def _messages_from_json(text: str) -> tuple[Message, ...]:
+    """Chat messages from their JSON list."""
+    return tuple(Message(role=m["role"], content=m["content"]) for m in json.loads(text))

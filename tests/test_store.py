@@ -1,0 +1,287 @@
+"""Tests for the DuckDB store: schema, exact round trips, errors and concurrent use."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import duckdb
+import pytest
+
+from perplex import store as store_module
+from perplex.errors import StoreError
+from perplex.records import (
+    Alternative,
+    DecodeParams,
+    Generation,
+    Message,
+    Source,
+    TokenRole,
+    TokenStep,
+)
+from perplex.store import MIGRATIONS, Store
+
+TRICKY_TEXTS = [
+    "Hello", " world", "😀", "👩‍👩‍👧", "\n", "\r\n", "\t", "<script>alert(1)</script>",
+    "'; DROP TABLE x; --", '"quoted"', "back\\slash", "%s ? $1 :name", "", " ", "日本語",
+    "e\u0301", "\ufffd", "\u200b",
+]
+
+ALT_TYPE = "STRUCT(token_id INTEGER, \"text\" VARCHAR, prob DOUBLE, logprob DOUBLE)[]"
+EXPECTED_SCHEMA = {
+    "schema_version": [("version", "INTEGER"), ("applied_at", "TIMESTAMP WITH TIME ZONE")],
+    "sessions": [("id", "VARCHAR"), ("name", "VARCHAR"),
+                 ("created_at", "TIMESTAMP WITH TIME ZONE")],
+    "generations": [
+        ("id", "VARCHAR"), ("session_id", "VARCHAR"),
+        ("created_at", "TIMESTAMP WITH TIME ZONE"), ("source", "VARCHAR"),
+        ("model_label", "VARCHAR"), ("params", "JSON"), ("messages", "JSON"),
+        ("stop_reason", "VARCHAR"), ("parent_id", "VARCHAR"), ("branch_position", "INTEGER"),
+        ("title", "VARCHAR")],
+    "token_steps": [
+        ("generation_id", "VARCHAR"), ("position", "INTEGER"), ("token_id", "INTEGER"),
+        ("text", "VARCHAR"), ("role", "VARCHAR"), ("message_index", "INTEGER"),
+        ("prob", "DOUBLE"), ("logprob", "DOUBLE"), ("entropy", "DOUBLE"), ("rank", "INTEGER"),
+        ("entropy_is_estimate", "BOOLEAN"), ("forced", "BOOLEAN"), ("top", ALT_TYPE)],
+}
+
+
+def make_generation(n_steps: int = 40, n_alts: int = 20, **fields: object) -> Generation:
+    """Build a generation by hand: tricky texts, a first token with no distribution."""
+    steps = []
+    for i in range(n_steps):
+        text = TRICKY_TEXTS[i % len(TRICKY_TEXTS)]
+        top = tuple(
+            Alternative(token_id=None if j == 3 else 1000 * i + j, text=TRICKY_TEXTS[j % 7] + "x",
+                        prob=1.0 / (j + 3) + i * 1e-12, logprob=-math.log(j + 3) - 0.1)
+            for j in range(n_alts))
+        if i == 0:
+            steps.append(TokenStep(position=0, token_id=1, text=text, role=TokenRole.TEMPLATE,
+                                   message_index=0, top=()))
+            continue
+        steps.append(TokenStep(
+            position=i, token_id=None if i == 5 else 7 * i, text=text,
+            role=TokenRole.PROMPT if i < 10 else TokenRole.RESPONSE, message_index=i // 10,
+            prob=0.1 + 0.2 if i == 1 else 1.0 / (i + 1), logprob=-math.log(i + 1) - 1e-17,
+            entropy=5e-324 if i == 2 else math.pi / i, rank=i % 4, top=top,
+            entropy_is_estimate=i % 3 == 0, forced=i % 5 == 0))
+    defaults: dict[str, object] = dict(
+        steps=tuple(steps),
+        messages=(Message("system", "Be terse.\r\n"), Message("user", "'; DROP TABLE x; --"),
+                  Message("assistant", "😀\t<b>")),
+        model_label="tiny-test", source=Source.GENERATED,
+        params=DecodeParams(max_new_tokens=64, temperature=0.7, top_p=0.9, top_k=40, seed=7,
+                            stop_strings=("\n\n", "</s>"), top_alternatives=n_alts),
+        stop_reason="eos", title="A 'title' with \"quotes\"")
+    defaults.update(fields)
+    return Generation(**defaults)
+
+
+@pytest.fixture
+def store(tmp_path):
+    """Open a store on a fresh database file."""
+    with Store.open(tmp_path / "db" / "perplex.duckdb") as opened:
+        yield opened
+
+
+def test_blank_database_migrates_to_expected_schema(store):
+    """A blank database gets every migration and exactly the documented tables and columns."""
+    assert store.schema_version() == len(MIGRATIONS) == 1
+    with store._cursor() as cur:
+        rows = cur.execute("SELECT table_name, column_name, data_type FROM duckdb_columns() "
+                           "WHERE database_name = current_database() "
+                           "ORDER BY table_name, column_index").fetchall()
+        keys = cur.execute("SELECT table_name, constraint_column_names FROM duckdb_constraints() "
+                           "WHERE constraint_type = 'PRIMARY KEY'").fetchall()
+    schema: dict[str, list[tuple[str, str]]] = {}
+    for table, column, data_type in rows:
+        schema.setdefault(table, []).append((column, data_type))
+    assert schema == EXPECTED_SCHEMA
+    assert dict(keys)["token_steps"] == ["generation_id", "position"]
+    assert dict(keys)["generations"] == ["id"]
+
+
+def test_open_migrates_forward_and_records_each_version(tmp_path, monkeypatch):
+    """Reopening with a new migration applies only that one and records it."""
+    path = tmp_path / "perplex.duckdb"
+    Store.open(path).close()
+    migrations = [*MIGRATIONS, "CREATE TABLE extra (x INTEGER);"]
+    monkeypatch.setattr(store_module, "MIGRATIONS", migrations)
+    with Store.open(path) as opened:
+        assert opened.schema_version() == 2
+        with opened._cursor() as cur:
+            versions = cur.execute("SELECT version FROM schema_version ORDER BY 1").fetchall()
+            assert cur.execute("SELECT count(*) FROM extra").fetchall() == [(0,)]
+    assert versions == [(1,), (2,)]
+
+
+def test_open_without_path_uses_settings(perplex_home):
+    """With no path, the database goes where the settings say (here the test home)."""
+    with Store.open() as opened:
+        assert opened.path == perplex_home / "perplex.duckdb"
+    assert (perplex_home / "perplex.duckdb").exists()
+
+
+def test_round_trip_is_exact(store):
+    """What is loaded equals what was saved, field for field."""
+    gen = make_generation(session_id="s1", parent_id="p0", branch_position=12)
+    store.save_generation(gen)
+    loaded = store.load_generation(gen.id)
+    assert loaded == gen
+    assert [s.text for s in loaded.steps] == [s.text for s in gen.steps]
+    assert loaded.steps[0].prob is None and loaded.steps[0].top == ()
+    assert loaded.steps[2].entropy == 5e-324
+    assert loaded.steps[1].top[3].token_id is None
+    assert loaded.created_at.tzinfo == timezone.utc
+    assert isinstance(loaded.steps[-1].role, TokenRole)
+    assert isinstance(loaded.params.stop_strings, tuple)
+
+
+def test_round_trip_of_minimal_generation(store):
+    """No params, no messages, no steps and a non-UTC timestamp still round-trip."""
+    tz = timezone(timedelta(hours=5, minutes=30))
+    gen = Generation(steps=(), messages=(), model_label="", source=Source.IMPORTED,
+                     created_at=datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=tz))
+    store.save_generation(gen)
+    loaded = store.load_generation(gen.id)
+    assert loaded == gen
+    assert loaded.created_at.tzinfo == timezone.utc
+
+
+def test_resave_replaces(store):
+    """Saving the same id again replaces the row and all its token steps."""
+    gen = make_generation(n_steps=30)
+    store.save_generation(gen)
+    shorter = make_generation(n_steps=12, n_alts=2, id=gen.id, title="second")
+    store.save_generation(shorter)
+    assert store.load_generation(gen.id) == shorter
+    [summary] = store.list_generations()
+    assert (summary.title, summary.n_tokens) == ("second", 12)
+
+
+def test_list_and_delete(store):
+    """Summaries come newest first, filter by session, and vanish on delete."""
+    now = datetime.now(timezone.utc)
+    old = make_generation(n_steps=5, session_id="a", created_at=now - timedelta(hours=1))
+    new = make_generation(n_steps=8, session_id="b", created_at=now, source=Source.SCORED)
+    store.save_generation(old)
+    store.save_generation(new)
+    summaries = store.list_generations()
+    assert [s.id for s in summaries] == [new.id, old.id]
+    assert summaries[0] == store_module.GenerationSummary(
+        id=new.id, title=new.title, created_at=now, source=Source.SCORED,
+        model_label="tiny-test", n_tokens=8, session_id="b")
+    assert [s.id for s in store.list_generations("a")] == [old.id]
+    store.delete_generation(new.id)
+    store.delete_generation("no-such-id")
+    assert [s.id for s in store.list_generations()] == [old.id]
+    with pytest.raises(StoreError, match="No generation"):
+        store.load_generation(new.id)
+    with store._cursor() as cur:
+        assert cur.execute("SELECT count(*) FROM token_steps WHERE generation_id = ?",
+                           [new.id]).fetchall() == [(0,)]
+
+
+def test_sessions(store):
+    """Sessions can be created, ensured without renaming, and listed."""
+    created = store.create_session("first")
+    store.ensure_session("fixed", "second")
+    store.ensure_session("fixed", "renamed?")
+    sessions = {s.id: s.name for s in store.list_sessions()}
+    assert sessions == {created: "first", "fixed": "second"}
+
+
+def test_newer_schema_is_refused(tmp_path):
+    """A database written by a newer Perplex gives a StoreError, not a traceback."""
+    path = tmp_path / "perplex.duckdb"
+    Store.open(path).close()
+    con = duckdb.connect(str(path))
+    con.execute("INSERT INTO schema_version VALUES (99, now())")
+    con.close()
+    with pytest.raises(StoreError, match="schema version 99.*newer Perplex"):
+        Store.open(path)
+
+
+def test_second_process_gets_a_clear_message(tmp_path):
+    """A file held by another process gives a StoreError that names the way out."""
+    path = tmp_path / "perplex.duckdb"
+    Store.open(path).close()
+    holder = ("import sys, duckdb; con = duckdb.connect(sys.argv[1]); "
+              "print('ready', flush=True); sys.stdin.read()")
+    proc = subprocess.Popen([sys.executable, "-c", holder, str(path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        with pytest.raises(StoreError, match="Another Perplex process") as info:
+            Store.open(path)
+        assert "PERPLEX_DB_PATH" in str(info.value)
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("content", [b"", b"definitely not a database\n" * 100])
+def test_not_a_database(tmp_path, content):
+    """A file that is not DuckDB's gives a StoreError that says so."""
+    path = tmp_path / "notes.duckdb"
+    path.write_bytes(content)
+    with pytest.raises(StoreError, match="is not a DuckDB database"):
+        Store.open(path)
+
+
+def test_unusable_folder_gives_store_error(tmp_path):
+    """A database path under a plain file gives a StoreError, not an OSError."""
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match="Cannot create the folder"):
+        Store.open(tmp_path / "file" / "perplex.duckdb")
+
+
+def test_closed_store_raises_store_error(tmp_path):
+    """Using a closed store gives a StoreError."""
+    opened = Store.open(tmp_path / "perplex.duckdb")
+    opened.close()
+    with pytest.raises(StoreError):
+        opened.list_generations()
+
+
+def test_concurrent_saves_all_land(store):
+    """Eight threads saving (and reading) at once lose nothing."""
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+    made: list[Generation] = []
+
+    def work(worker: int) -> None:
+        try:
+            barrier.wait()
+            for i in range(4):
+                gen = make_generation(n_steps=30, n_alts=5, title=f"w{worker}-{i}")
+                made.append(gen)
+                store.save_generation(gen)
+                store.list_generations()
+        except BaseException as exc:  # collected and re-raised in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert {s.id for s in store.list_generations()} == {g.id for g in made}
+    assert all(store.load_generation(g.id) == g for g in made)
+
+
+def test_large_generation_saves_and_loads_quickly(store):
+    """A 2,000-token generation with 20 alternatives each saves well under a second."""
+    gen = make_generation(n_steps=2000, n_alts=20)
+    store.save_generation(make_generation(n_steps=2, n_alts=1))  # first use pays imports
+    started = time.perf_counter()
+    store.save_generation(gen)
+    saved = time.perf_counter() - started
+    loaded = store.load_generation(gen.id)
+    assert loaded == gen
+    assert saved < 1.0
