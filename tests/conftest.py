@@ -13,3 +13,20 @@ def perplex_home(tmp_path, monkeypatch):
     monkeypatch.setenv("PERPLEX_HOME", str(home))
     monkeypatch.delenv("PERPLEX_DB_PATH", raising=False)
     return home
+
+
+@pytest.fixture(scope="session")
+def tiny_lm():
+    """A tiny random model (unit tests)."""
+    from tests.tiny import tiny_model
+
+    return tiny_model()
+
+
+@pytest.fixture(scope="session")
+def bundled_lm():
+    """The bundled SmolLM2-135M-Instruct, from the project's converted-model cache."""
+    from perplex.models import ModelSpec, load_model
+    from perplex.settings import PROJECT_ROOT, Settings
+
+    return load_model(ModelSpec(), Settings(model_cache=PROJECT_ROOT / "data" / "models"))

@@ -1,0 +1,75 @@
+"""Teacher-forced scoring of existing text: the same records generation produces."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from perplex.errors import InputFormatError
+from perplex.models import LoadedModel
+from perplex.records import Generation, Message, Source
+from perplex.steps import sequence_records
+from perplex.tokens import EncodedSequence, encode_messages
+
+TOKENS_PER_BATCH = 4096  # bounds the [batch, length, vocab] logits held at once
+
+
+def score_conversations(lm: LoadedModel, conversations: Sequence[Sequence[Message]],
+                        top_alternatives: int = 20,
+                        progress: Callable[[int, int], None] | None = None) -> list[Generation]:
+    """Score each conversation (chat messages, or one plain-text message) in batches.
+
+    Every token except the first gets its probability under the model given what precedes
+    it; assistant content is RESPONSE, system/user content PROMPT, the template TEMPLATE.
+    """
+    encoded = [encode_messages(lm.tokenizer, tuple(c), add_generation_prompt=False)
+               for c in conversations]
+    for i, seq in enumerate(encoded):
+        if len(seq) < 2:
+            raise InputFormatError(f"Text {i + 1} is empty: there is nothing to score.")
+        if len(seq) > lm.context_length:
+            raise InputFormatError(
+                f"Text {i + 1} has {len(seq)} tokens but {lm.label} reads at most "
+                f"{lm.context_length}. Split it or shorten it.")
+    results: list[Generation | None] = [None] * len(encoded)
+    for batch in _batches(encoded):
+        logits = _batch_logits(lm, [encoded[i] for i in batch])
+        for row, i in enumerate(batch):
+            seq = encoded[i]
+            steps = sequence_records(lm, list(seq.ids), list(seq.roles),
+                                     list(seq.message_indices), logits[row, :len(seq)],
+                                     top_alternatives)
+            results[i] = Generation(steps=tuple(steps), messages=tuple(conversations[i]),
+                                    model_label=lm.label, source=Source.SCORED)
+        if progress:
+            progress(sum(r is not None for r in results), len(results))
+    return [r for r in results if r is not None]
+
+
+def _batches(encoded: list[EncodedSequence]) -> list[list[int]]:
+    """Group indices of similar length so that padding × batch stays under the token budget."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    batches, current = [], []
+    for i in order:
+        longest = max([len(encoded[j]) for j in current] + [len(encoded[i])])
+        if current and longest * (len(current) + 1) > TOKENS_PER_BATCH:
+            batches.append(current)
+            current = []
+        current.append(i)
+    return batches + [current] if current else batches
+
+
+def _batch_logits(lm: LoadedModel, seqs: list[EncodedSequence]) -> torch.Tensor:
+    """Right-padded forward pass; padding comes after each row, so it changes nothing before."""
+    length = max(len(s) for s in seqs)
+    pad = lm.tokenizer.pad_token_id or 0
+    ids = torch.full((len(seqs), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), length), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        ids[row, :len(seq)] = torch.tensor(seq.ids)
+        mask[row, :len(seq)] = 1
+    device = lm.model.device
+    with torch.inference_mode():
+        out = lm.model(input_ids=ids.to(device), attention_mask=mask.to(device))
+    return out.logits.float().cpu()

@@ -1,0 +1,89 @@
+"""From logits to `TokenStep` records: the one place probabilities are computed.
+
+Generation and teacher-forced scoring both call `step_records`, so the numbers every view
+shows mean the same thing: softmax of the raw logits at temperature 1, entropy in nats.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+
+from perplex.records import Alternative, TokenRole, TokenStep
+from perplex.tokens import token_texts
+
+ROWS_PER_CHUNK = 256
+
+
+@dataclass(frozen=True)
+class DistributionStats:
+    """Per predicted position: the chosen token's numbers and the top-k of the distribution.
+
+    Every field is a list with one entry per position (top_ids/top_logprobs: k entries each).
+    """
+
+    logprob: list[float]
+    entropy: list[float]
+    rank: list[int]
+    top_ids: list[list[int]]
+    top_logprobs: list[list[float]]
+
+
+def distribution_stats(logits: torch.Tensor, chosen: torch.Tensor, k: int) -> DistributionStats:
+    """Statistics of the distributions `logits` [T, V] for the tokens `chosen` [T].
+
+    Computed in float64 (in row chunks, to bound memory): float32 log-softmax and entropy
+    over a 50k vocabulary drift by ~1e-5, which is visible in the numbers users cite.
+    """
+    parts = [_chunk_stats(logits[i:i + ROWS_PER_CHUNK], chosen[i:i + ROWS_PER_CHUNK], k)
+             for i in range(0, logits.shape[0], ROWS_PER_CHUNK)]
+    return DistributionStats(*([x for part in parts for x in getattr(part, f.name)]
+                               for f in fields(DistributionStats)))
+
+
+def _chunk_stats(logits: torch.Tensor, chosen: torch.Tensor, k: int) -> DistributionStats:
+    logits = logits.double()
+    logp = torch.log_softmax(logits, dim=-1)
+    entropy = torch.special.entr(logp.exp()).sum(dim=-1)
+    chosen_logp = logp.gather(-1, chosen[:, None])[:, 0]
+    chosen_logit = logits.gather(-1, chosen[:, None])
+    rank = (logits > chosen_logit).sum(dim=-1) + 1
+    top = torch.topk(logp, k=min(k, logp.shape[-1]), dim=-1)
+    return DistributionStats(chosen_logp.tolist(), entropy.tolist(), rank.tolist(),
+                             top.indices.tolist(), top.values.tolist())
+
+
+def step_records(stats: DistributionStats, ids: list[int], texts: list[str],
+                 roles: list[TokenRole], message_indices: list[int], first_position: int,
+                 vocab_texts: list[str], forced: list[bool] | None = None) -> list[TokenStep]:
+    """One TokenStep per token; token j was predicted by the distribution in stats row j."""
+    steps = []
+    for j, token_id in enumerate(ids):
+        logprob = stats.logprob[j]
+        top = tuple(Alternative(t, vocab_texts[t], math.exp(lp), lp)
+                    for t, lp in zip(stats.top_ids[j], stats.top_logprobs[j]))
+        steps.append(TokenStep(
+            position=first_position + j, token_id=token_id, text=texts[j], role=roles[j],
+            message_index=message_indices[j], prob=math.exp(logprob), logprob=logprob,
+            entropy=stats.entropy[j], rank=stats.rank[j], top=top,
+            forced=bool(forced and forced[j])))
+    return steps
+
+
+def sequence_records(lm, ids: list[int], roles: list[TokenRole], message_indices: list[int],
+                     logits: torch.Tensor, k: int,
+                     forced: list[bool] | None = None) -> list[TokenStep]:
+    """Records for a whole teacher-forced sequence from its logits [T, V]."""
+    texts = token_texts(lm.tokenizer, ids)
+    stats = distribution_stats(logits[:-1], torch.tensor(ids[1:]), k)
+    head = unscored_step(ids[0], texts[0], roles[0], message_indices[0])
+    return [head] + step_records(stats, ids[1:], texts[1:], roles[1:], message_indices[1:], 1,
+                                 lm.vocab_texts, forced[1:] if forced else None)
+
+
+def unscored_step(token_id: int, text: str, role: TokenRole, message_index: int) -> TokenStep:
+    """The first token of a sequence: nothing predicted it."""
+    return TokenStep(position=0, token_id=token_id, text=text, role=role,
+                     message_index=message_index)

@@ -1,0 +1,45 @@
+"""A tiny random causal LM with a small byte-level BPE tokenizer, built in code."""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from perplex.models import LoadedModel, ModelSpec
+
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] "
+          "+ '<|im_end|>\n' }}{% endfor %}"
+          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+CORPUS = ["The capital of France is Paris.", "The Eiffel Tower is in Paris, France.",
+          "Hello world! How are you today?", "Sure, here is the answer: 42.",
+          "I'm sorry, I cannot help with that.", "émoji 🙂 and ünïcode ✓ text\n\tindented"]
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A ~300-token byte-level BPE tokenizer with ChatML special tokens."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS * 5, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>",
+                                   eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast.chat_template = CHATML
+    return fast
+
+
+def tiny_model(seed: int = 0, layers: int = 2) -> LoadedModel:
+    """A seeded random Llama with a few layers: fast and deterministic."""
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config).eval().requires_grad_(False)
+    with torch.no_grad():  # larger logits than the default init, so distributions are peaked
+        model.lm_head.weight.mul_(40.0)
+    return LoadedModel(ModelSpec(source="tiny-test"), model, tokenizer, load_seconds=0.0)
