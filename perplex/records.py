@@ -130,6 +130,11 @@ class Generation:
         """The response as one string."""
         return "".join(s.text for s in self.response_steps)
 
+    def message_steps(self, message_index: int) -> tuple[TokenStep, ...]:
+        """The content tokens (no template) of one message."""
+        return tuple(s for s in self.steps
+                     if s.message_index == message_index and s.role is not TokenRole.TEMPLATE)
+
     def with_steps(self, steps: tuple[TokenStep, ...]) -> Generation:
         """A copy holding other steps (used while streaming)."""
         return replace(self, steps=steps)

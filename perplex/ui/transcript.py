@@ -1,0 +1,82 @@
+"""Drawing a generation as a chat: prompts as text, answers as token views with their charts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import streamlit as st
+
+from perplex.plots import entropy_timeline, visible_token
+from perplex.records import Generation, TokenStep
+from perplex.stats import summarise
+from perplex.tokens import PLAIN_TEXT_ROLE
+from perplex.ui.sidebar import Thresholds
+from perplex.ui.text import plain
+from perplex.ui.token_view import token_view
+
+AVATARS = {"user": "user", "system": ":material/settings:", "assistant": "assistant",
+           PLAIN_TEXT_ROLE: ":material/description:"}
+
+
+def highlight_key(prefix: str, message_index: int) -> str:
+    """Session-state key of the highlighted token of one message."""
+    return f"{prefix}.highlight.{message_index}"
+
+
+def show_transcript(gen: Generation, prefix: str, thresholds: Thresholds) -> None:
+    """Every message of `gen`: scored ones as token views with timeline and summary."""
+    for index, message in enumerate(gen.messages):
+        steps = [s for s in gen.message_steps(index) if s.prob is not None or s.text]
+        scored = [s for s in steps if s.role.value == "response"]
+        with st.chat_message(message.role if message.role in ("user", "assistant") else "ai",
+                             avatar=AVATARS.get(message.role)):
+            if message.role == "system":
+                st.caption("system prompt")
+            if not scored:
+                st.text(message.content)
+                continue
+            if message.role == PLAIN_TEXT_ROLE and len(scored) < len(steps):
+                st.caption("prompt")
+                st.text("".join(s.text for s in steps if s.role.value == "prompt"))
+            show_scored_message(scored, f"{prefix}-{gen.id}-{index}",
+                                highlight_key(prefix, index), thresholds)
+
+
+def show_scored_message(steps: Sequence[TokenStep], key: str, state_key: str,
+                        thresholds: Thresholds) -> None:
+    """Token view, summary line with the least confident tokens, and the entropy timeline."""
+    highlight = st.session_state.get(state_key)
+    click = token_view(steps, key=f"{key}-tokens", confident=thresholds.confident,
+                       uncertain=thresholds.uncertain, highlight=highlight)
+    if click is not None:
+        st.session_state[state_key] = click.index
+    _summary_line(steps, key, state_key, thresholds)
+    chart_key = f"{key}-timeline"
+    st.plotly_chart(entropy_timeline(steps, highlight), key=chart_key, on_select=lambda:
+                    _take_chart_click(chart_key, state_key), selection_mode="points",
+                    config={"displaylogo": False})
+
+
+def _take_chart_click(chart_key: str, state_key: str) -> None:
+    points = st.session_state[chart_key].selection.points
+    if points:
+        st.session_state[state_key] = int(points[0]["x"])
+
+
+def _summary_line(steps: Sequence[TokenStep], key: str, state_key: str,
+                  thresholds: Thresholds) -> None:
+    summary = summarise(steps, threshold=thresholds.uncertain)
+    if summary.n_scored == 0:
+        return
+    estimate = " (top-k estimate, a lower bound)" if summary.entropy_is_estimate else ""
+    st.caption(
+        f"{summary.n_tokens} tokens · mean entropy {summary.mean_entropy:.3f} nats{estimate} · "
+        f"perplexity {summary.perplexity:.2f} · mean p {summary.mean_prob:.3f} · "
+        f"{summary.n_below} under p {thresholds.uncertain:.2f} · least confident:")
+    cols = st.columns(len(summary.least_confident) or 1)
+    for col, index in zip(cols, summary.least_confident):
+        step = steps[index]
+        col.button(f"{plain(visible_token(step.text))} · p {step.prob:.3f}",
+                   key=f"{key}-least-{index}", help=f"Token #{index}: jump to it",
+                   on_click=st.session_state.__setitem__, args=(state_key, index),
+                   use_container_width=True)

@@ -1,0 +1,122 @@
+"""Opening transcripts: uploads, scored or shown with their own logprobs, and saved generations."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import streamlit as st
+
+from perplex.errors import PerplexError
+from perplex.formats import MAX_UPLOAD_BYTES, Transcript, parse_upload
+from perplex.models import LoadedModel
+from perplex.records import Generation
+from perplex.scoring import score_conversations
+from perplex.ui import resources
+from perplex.ui.text import plain
+
+UPLOAD_TYPES = ["json", "jsonl", "ndjson", "txt"]
+
+
+def upload_panel(prefix: str, target_key: str, lm: LoadedModel | None) -> None:
+    """An expander to open an upload or a saved generation into `st.session_state[target_key]`."""
+    with st.expander("Open a transcript, an API response or a saved generation"):
+        upload_tab, saved_tab = st.columns(2, gap="large")
+        with upload_tab:
+            _upload_section(prefix, target_key, lm)
+        with saved_tab:
+            _saved_section(prefix, target_key)
+        current = st.session_state.get(target_key)
+        if current is not None and lm is not None and current.steps and \
+                current.steps[-1].token_id is None:
+            if st.button(f"Re-score this transcript with {lm.label}", key=f"{prefix}.rescore"):
+                _open(target_key, _score(lm, current.messages, current.title))
+
+
+def _upload_section(prefix: str, target_key: str, lm: LoadedModel | None) -> None:
+    st.markdown("**Upload**")
+    file = st.file_uploader(
+        "Chat JSON, plain text, OpenAI-style response with logprobs, or JSONL",
+        type=UPLOAD_TYPES, key=f"{prefix}.upload",
+        help=f"Up to {MAX_UPLOAD_BYTES // 2**20} MB. Samples are in data/samples/.")
+    if file is None:
+        return
+    try:
+        parsed = parse_upload(file.name, file.getvalue())
+    except PerplexError as exc:
+        st.error(plain(str(exc)))
+        return
+    for warning in parsed.warnings:
+        st.warning(plain(warning))
+    transcripts = parsed.transcripts
+    choice = 0
+    if len(transcripts) > 1:
+        choice = st.selectbox(f"{len(transcripts)} transcripts in this file",
+                              range(len(transcripts)),
+                              format_func=lambda i: _describe(transcripts[i]),
+                              key=f"{prefix}.upload_choice")
+    transcript = transcripts[choice]
+    needs_model = transcript.generation is None
+    label = "Show with its logprobs" if not needs_model else (
+        f"Score with {lm.label}" if lm else "Load a model to score it")
+    if st.button(label, key=f"{prefix}.open_upload", type="primary",
+                 disabled=needs_model and lm is None):
+        if needs_model:
+            generation = _score(lm, transcript.messages, transcript.title)
+        else:
+            generation = transcript.generation
+        if generation is not None:
+            _open(target_key, generation)
+
+
+def _saved_section(prefix: str, target_key: str) -> None:
+    st.markdown("**Saved in the database**")
+    try:
+        saved = resources.store().list_generations()
+    except PerplexError as exc:
+        st.error(plain(str(exc)))
+        return
+    if not saved:
+        st.caption("Nothing saved yet: every generation and upload is saved as it completes.")
+        return
+    by_id = {g.id: g for g in saved}
+    chosen = st.selectbox(
+        f"{len(saved)} saved", list(by_id), key=f"{prefix}.saved_choice",
+        format_func=lambda i: f"{by_id[i].created_at:%Y-%m-%d %H:%M} · {by_id[i].title or '…'}"
+                              f" · {by_id[i].source.value} · {by_id[i].model_label}")
+    if st.button("Open", key=f"{prefix}.open_saved"):
+        try:
+            st.session_state[target_key] = resources.store().load_generation(chosen)
+        except PerplexError as exc:
+            st.error(plain(str(exc)))
+            return
+        st.rerun()
+
+
+def _describe(transcript: Transcript) -> str:
+    kind = "with logprobs" if transcript.generation is not None else \
+        f"{len(transcript.messages)} messages"
+    return f"{transcript.title} · {kind}"
+
+
+def _score(lm: LoadedModel, messages, title: str) -> Generation | None:
+    bar = st.progress(0.0, text="Scoring…")
+    try:
+        [generation] = score_conversations(
+            lm, [messages], top_alternatives=resources.settings().top_k_stored,
+            progress=lambda done, total: bar.progress(done / total, text="Scoring…"))
+    except PerplexError as exc:
+        bar.empty()
+        st.error(plain(str(exc)))
+        return None
+    bar.empty()
+    return replace(generation, title=title)
+
+
+def _open(target_key: str, generation: Generation) -> None:
+    try:
+        resources.store().save_generation(generation)
+    except PerplexError as exc:
+        st.error(plain(str(exc)))
+        return
+    st.session_state[target_key] = generation
+    st.rerun()
