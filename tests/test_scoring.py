@@ -1,0 +1,61 @@
+"""Teacher-forced scoring: same numbers as a direct pass, batching changes nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from perplex.errors import InputFormatError
+from perplex.records import Message, Source, TokenRole
+from perplex.scoring import score_conversations
+from tests.reference import max_prob_error
+
+CHAT = (Message("system", "Be brief."), Message("user", "Capital of France?"),
+        Message("assistant", "Paris, France. 🙂"))
+TEXT = (Message("text", "The Eiffel Tower is in Paris.\n\tHello <script>alert(1)</script>"),)
+
+
+def test_scored_records_equal_a_direct_forward_pass(tiny_lm):
+    for gen in score_conversations(tiny_lm, [CHAT, TEXT]):
+        assert gen.source is Source.SCORED
+        assert max_prob_error(tiny_lm, gen) <= 1e-9
+
+
+def test_batching_gives_the_numbers_of_one_at_a_time(tiny_lm):
+    together = score_conversations(tiny_lm, [CHAT, TEXT, CHAT[:2]])
+    alone = [score_conversations(tiny_lm, [c])[0] for c in (CHAT, TEXT, CHAT[:2])]
+    for a, b in zip(together, alone):
+        assert [s.token_id for s in a.steps] == [s.token_id for s in b.steps]
+        assert max(abs(x.prob - y.prob) for x, y in zip(a.steps[1:], b.steps[1:])) <= 1e-5
+
+
+def test_roles_and_texts_reassemble_each_message(tiny_lm):
+    [gen] = score_conversations(tiny_lm, [CHAT])
+    for index, message in enumerate(CHAT):
+        content = [s for s in gen.message_steps(index)]
+        assert "".join(s.text for s in content) == message.content
+        expected = TokenRole.RESPONSE if message.role == "assistant" else TokenRole.PROMPT
+        assert {s.role for s in content} == {expected}
+    assert any(s.role is TokenRole.TEMPLATE for s in gen.steps)
+
+
+def test_plain_text_is_scored_whole_after_a_bos_token(tiny_lm):
+    [gen] = score_conversations(tiny_lm, [TEXT])
+    assert gen.steps[0].role is TokenRole.TEMPLATE and gen.steps[0].prob is None
+    assert "".join(s.text for s in gen.response_steps) == TEXT[0].content
+    assert all(s.prob is not None for s in gen.response_steps)
+
+
+def test_empty_and_too_long_texts_are_refused(tiny_lm):
+    with pytest.raises(InputFormatError, match="empty"):
+        score_conversations(tiny_lm, [(Message("text", ""),)])
+    with pytest.raises(InputFormatError, match="reads at most"):
+        score_conversations(tiny_lm, [(Message("text", "Paris " * 400),)])
+
+
+@pytest.mark.slow
+def test_bundled_scoring_matches_a_direct_pass_and_generation(bundled_lm):
+    [gen] = score_conversations(bundled_lm, [(Message("user", "What is the capital of France?"),
+                                              Message("assistant", "The capital is Paris."))])
+    assert max_prob_error(bundled_lm, gen) <= 1e-5
+    paris = next(s for s in gen.response_steps if s.text == " Paris")
+    assert paris.prob > 0.5 and paris.rank == 1
