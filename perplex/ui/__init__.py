@@ -1,0 +1,1 @@
+"""The Streamlit-aware part of Perplex: components, cached resources, session helpers."""

@@ -1,0 +1,333 @@
+// The token view: one <span class="tok"> per token, coloured by probability, with a
+// hover tooltip and click -> trigger value "click" back to Python.
+//
+// Token and alternative texts are untrusted (model output, uploads): every piece of
+// text goes through createTextNode / textContent, never innerHTML.
+//
+// Streamlit calls this function again, on the same shadow root, each time `data`
+// changes; the cleanup it returns runs only on unmount. So the DOM and the event
+// listeners are created once per root and later calls only update them.
+//
+// Streaming: each update within one script run is a new element (a key may be used
+// once per run), mounted in one of two alternating slots. The root stays hidden until
+// its tokens are drawn; then the newest instance of a `group` shows itself and hides
+// the older ones, all in one task, so the page never paints an empty view.
+
+const STATES = new WeakMap(); // shadow root -> state of the view mounted there
+const GROUPS = new Map(); // streaming group -> states of its live instances
+const TIP_GAP = 6; // px between a token and its tooltip
+const EDGE = 4; // px kept free at the viewport's edges
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// A token's text with its whitespace made visible, for the tooltip.
+function visible(text) {
+  return text
+    .replace(/ /g, "\u2423")
+    .replace(/\t/g, "\\t")
+    .replace(/\r/g, "\\r")
+    .replace(/\n/g, "\\n");
+}
+
+function fmtProb(p) {
+  if (p === null || p === undefined) return "\u2013";
+  return String(p);
+}
+
+// Fill a token span: plain text, with faint markers where whitespace would be invisible.
+function fillToken(span, text) {
+  if (text === "") {
+    span.appendChild(el("span", "ws", "\u2205"));
+    return;
+  }
+  if (/^ +$/.test(text)) {
+    span.appendChild(el("span", "ws", "\u00b7".repeat(text.length)));
+    return;
+  }
+  const parts = text.split("\n");
+  parts.forEach((part, i) => {
+    if (i > 0) {
+      span.appendChild(el("span", "ws", "\u21b5"));
+      span.appendChild(document.createTextNode("\n"));
+    }
+    if (part) {
+      const tabs = part.split("\t");
+      tabs.forEach((chunk, j) => {
+        if (j > 0) span.appendChild(el("span", "ws", "\u21e5\t"));
+        if (chunk) span.appendChild(document.createTextNode(chunk));
+      });
+    }
+  });
+}
+
+function makeSpan(tok, index) {
+  const span = el("span", "tok " + tok.c);
+  if (tok.f) span.classList.add("forced");
+  if (tok.role && tok.role !== "response") span.classList.add("role-" + tok.role);
+  if (tok.t.indexOf("\n") >= 0) span.classList.add("nl");
+  span.dataset.index = String(index);
+  fillToken(span, tok.t);
+  return span;
+}
+
+function sameToken(a, b) {
+  return a.t === b.t && a.p === b.p && a.c === b.c && a.f === b.f && a.pos === b.pos
+    && a.h === b.h && a.r === b.r;
+}
+
+function buildTip(tip, tok) {
+  tip.replaceChildren();
+  const head = el("div", "tip-head");
+  head.appendChild(el("span", "tip-text", "\u201c" + visible(tok.t) + "\u201d"));
+  if (tok.f) head.appendChild(el("span", "tip-badge", "forced"));
+  if (tok.role && tok.role !== "response") head.appendChild(el("span", "tip-badge", tok.role));
+  tip.appendChild(head);
+
+  if (tok.p === null || tok.p === undefined) {
+    tip.appendChild(el("div", "tip-row tip-faint", "no prediction: nothing before this token"));
+    return;
+  }
+  const line = (...pairs) => {
+    const row = el("div", "tip-row");
+    pairs.forEach(([label, value], i) => {
+      if (i > 0) row.appendChild(el("span", "tip-sep", "\u2003"));
+      row.appendChild(el("span", "tip-label", label + " "));
+      row.appendChild(el("span", "tip-value", value));
+    });
+    tip.appendChild(row);
+  };
+  const first = [["p =", fmtProb(tok.p)]];
+  if (tok.lp !== null && tok.lp !== undefined) first.push(["log p =", String(tok.lp)]);
+  line(...first);
+  const second = [];
+  if (tok.h !== null && tok.h !== undefined) {
+    second.push([tok.he ? "H \u2265" : "H =", tok.h.toFixed(2) + " nats"
+      + (tok.he ? " (top-k estimate)" : "")]);
+  }
+  if (tok.r !== null && tok.r !== undefined) second.push(["rank", String(tok.r)]);
+  if (second.length) line(...second);
+
+  if (tok.alt && tok.alt.length) {
+    const alts = el("div", "tip-alts");
+    alts.appendChild(el("div", "tip-label", "top alternatives"));
+    tok.alt.forEach(([text, p, chosen]) => {
+      const row = el("div", "tip-alt" + (chosen ? " chosen" : ""));
+      row.appendChild(el("span", "alt-mark", chosen ? "\u25b8" : ""));
+      row.appendChild(el("span", "alt-text", "\u201c" + visible(text) + "\u201d"));
+      row.appendChild(el("span", "alt-p", fmtProb(p)));
+      alts.appendChild(row);
+    });
+    tip.appendChild(alts);
+  }
+}
+
+// The highest a tooltip may go: below Streamlit's fixed app header, if there is one.
+function topLimit() {
+  const header = document.querySelector('header[data-testid="stHeader"]');
+  const bottom = header ? header.getBoundingClientRect().bottom : 0;
+  return Math.max(EDGE, bottom + EDGE);
+}
+
+// Place the (fixed-position) tooltip above the token, or below it where the viewport
+// has no room above, shifted sideways to stay inside the viewport.
+function placeTip(tip, span) {
+  const rects = span.getClientRects();
+  const r = rects.length ? rects[0] : span.getBoundingClientRect();
+  tip.style.left = "0px";
+  tip.style.top = "0px";
+  tip.classList.add("shown");
+  const w = tip.offsetWidth;
+  const h = tip.offsetHeight;
+  const vw = document.documentElement.clientWidth || window.innerWidth;
+  const vh = document.documentElement.clientHeight || window.innerHeight;
+  const minTop = topLimit();
+  const roomAbove = r.top - TIP_GAP - minTop;
+  const roomBelow = vh - EDGE - r.bottom - TIP_GAP;
+  // Above when it fits; else below when that fits or has more room; clamped on screen.
+  const below = h > roomAbove && (h <= roomBelow || roomBelow > roomAbove);
+  let top = below ? r.bottom + TIP_GAP : r.top - TIP_GAP - h;
+  top = Math.max(minTop, Math.min(top, vh - EDGE - h));
+  let left = r.left;
+  if (left + w > vw - EDGE) left = vw - EDGE - w;
+  if (left < EDGE) left = EDGE;
+  tip.style.left = Math.round(left) + "px";
+  tip.style.top = Math.round(top) + "px";
+  tip.classList.toggle("below", below);
+}
+
+function setupRoot(parentElement) {
+  const root = parentElement.querySelector(".tv-root");
+  const view = root.querySelector(".tv-tokens");
+  const tip = root.querySelector(".tok-tip");
+  view.querySelectorAll(".tok").forEach((span) => span.remove()); // left by an earlier state
+  const listening = new AbortController();
+  const { signal } = listening;
+  const state = {
+    root, view, tip, tokens: [], spans: [], selected: null, highlight: null,
+    streaming: false, hovered: null, setTriggerValue: null, group: null, seq: 0,
+    fresh: true, stop: () => listening.abort(),
+  };
+
+  const tokenOf = (target) => {
+    const span = target && target.closest ? target.closest(".tok") : null;
+    return span && view.contains(span) ? span : null;
+  };
+  const hide = () => {
+    tip.classList.remove("shown");
+    state.hovered = null;
+  };
+
+  view.addEventListener("mouseover", (ev) => {
+    const span = tokenOf(ev.target);
+    if (!span || span === state.hovered) return;
+    const tok = state.tokens[Number(span.dataset.index)];
+    if (!tok) return;
+    state.hovered = span;
+    buildTip(tip, tok);
+    placeTip(tip, span);
+  }, { signal });
+  view.addEventListener("mouseout", (ev) => {
+    const span = tokenOf(ev.target);
+    if (span && !span.contains(ev.relatedTarget)) hide();
+  }, { signal });
+  view.addEventListener("scroll", hide, { passive: true, signal });
+  window.addEventListener("scroll", hide, { passive: true, capture: true, signal });
+
+  view.addEventListener("click", (ev) => {
+    const span = tokenOf(ev.target);
+    if (!span || state.streaming) return;
+    const index = Number(span.dataset.index);
+    const tok = state.tokens[index];
+    if (!tok) return;
+    select(state, index);
+    state.setTriggerValue("click", { index, position: tok.pos });
+  }, { signal });
+
+  STATES.set(parentElement, state);
+  return state;
+}
+
+function select(state, index) {
+  if (state.selected !== null && state.spans[state.selected]) {
+    state.spans[state.selected].classList.remove("selected");
+  }
+  state.selected = index;
+  if (index !== null && state.spans[index]) state.spans[index].classList.add("selected");
+}
+
+function scrollToToken(view, span) {
+  const top = span.offsetTop;
+  const bottom = top + span.offsetHeight;
+  if (top < view.scrollTop || bottom > view.scrollTop + view.clientHeight) {
+    view.scrollTop = Math.max(0, top - view.clientHeight / 3);
+  }
+}
+
+function leaveGroup(state) {
+  const members = state.group === null ? null : GROUPS.get(state.group);
+  if (members) {
+    members.delete(state);
+    if (!members.size) GROUPS.delete(state.group);
+  }
+  state.group = null;
+}
+
+// Show only the newest drawn instance of the group; a new one starts where the view
+// it replaces was scrolled to (at the bottom, following the stream, by default).
+function showNewest(state, data) {
+  const group = typeof data.group === "string" ? data.group : null;
+  if (group !== state.group) {
+    leaveGroup(state);
+    state.group = group;
+    if (group !== null) {
+      if (!GROUPS.has(group)) GROUPS.set(group, new Set());
+      GROUPS.get(group).add(state);
+    }
+  }
+  state.seq = Number.isFinite(data.seq) ? data.seq : 0;
+  if (group === null) return;
+  const members = GROUPS.get(group);
+  let newest = state;
+  let previous = null;
+  for (const other of members) {
+    if (other === state) continue;
+    if (other.seq > newest.seq) newest = other;
+    else if (!other.root.classList.contains("superseded")) previous = other;
+  }
+  if (newest === state && previous && state.fresh) {
+    const v = previous.view;
+    const followed = v.scrollTop + v.clientHeight >= v.scrollHeight - 4;
+    state.view.scrollTop = followed ? state.view.scrollHeight : v.scrollTop;
+  }
+  for (const other of members) other.root.classList.toggle("superseded", other !== newest);
+}
+
+function render(state, data) {
+  const { view } = state;
+  const tokens = data.tokens || [];
+  const atBottom = state.fresh
+    || view.scrollTop + view.clientHeight >= view.scrollHeight - 4;
+
+  // Keep the spans of the common prefix (streaming appends), rebuild the rest.
+  let keep = 0;
+  const old = state.tokens;
+  while (keep < old.length && keep < tokens.length && sameToken(old[keep], tokens[keep])) keep++;
+  for (let i = state.spans.length - 1; i >= keep; i--) state.spans[i].remove();
+  state.spans.length = keep;
+  const frag = document.createDocumentFragment();
+  for (let i = keep; i < tokens.length; i++) {
+    const span = makeSpan(tokens[i], i);
+    state.spans.push(span);
+    frag.appendChild(span);
+  }
+  const caret = view.querySelector(".tv-caret");
+  view.insertBefore(frag, caret);
+  state.tokens = tokens;
+  if (state.hovered && !view.contains(state.hovered)) {
+    state.tip.classList.remove("shown");
+    state.hovered = null;
+  }
+
+  state.root.classList.add("ready"); // drawn: may show (before measuring for scrolls)
+  state.streaming = Boolean(data.streaming);
+  state.root.classList.toggle("streaming", state.streaming);
+  state.root.classList.toggle("empty", tokens.length === 0);
+  if (state.selected !== null && state.selected >= tokens.length) state.selected = null;
+  select(state, state.selected);
+
+  const highlight = Number.isInteger(data.highlight) ? data.highlight : null;
+  if (state.highlight !== null && state.spans[state.highlight]) {
+    state.spans[state.highlight].classList.remove("highlight");
+  }
+  const moved = highlight !== state.highlight;
+  state.highlight = highlight;
+  if (highlight !== null && state.spans[highlight]) {
+    const span = state.spans[highlight];
+    span.classList.add("highlight");
+    if (moved) scrollToToken(view, span);
+  } else if (state.streaming && atBottom) {
+    view.scrollTop = view.scrollHeight;
+  }
+  showNewest(state, data);
+  state.fresh = false;
+}
+
+export default function (component) {
+  const { data, parentElement, setTriggerValue } = component;
+  const state = STATES.get(parentElement) || setupRoot(parentElement);
+  state.setTriggerValue = setTriggerValue;
+  render(state, data || {});
+  // Streamlit may call a superseded call's cleanup while the view stays mounted (data
+  // changed before the module had loaded): the next call then sets the view up afresh.
+  return () => {
+    if (STATES.get(parentElement) !== state) return;
+    state.stop();
+    leaveGroup(state);
+    STATES.delete(parentElement);
+  };
+}
