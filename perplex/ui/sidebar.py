@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from perplex.errors import PerplexError
-from perplex.models import BUNDLED, LoadedModel, ModelSpec
+from perplex.models import BUNDLED, DTYPES, LoadedModel, ModelSpec
 from perplex.records import DecodeParams
 from perplex.ui import resources
 from perplex.ui.text import plain
@@ -42,19 +42,16 @@ def _model_section() -> LoadedModel | None:
     st.subheader("Model")
     spec = resources.chosen_spec()
     with st.popover("Change model", use_container_width=True):
-        with st.form("perplex-model-form", border=False):
-            source = st.text_input(
-                "Hugging Face id, local folder or .gguf file",
-                value="" if spec.source == BUNDLED else spec.source,
-                placeholder="e.g. HuggingFaceTB/SmolLM2-360M-Instruct or ./my-model",
-                help="Leave empty for the bundled SmolLM2-135M-Instruct.")
-            dtype = st.selectbox("dtype", ["float32", "bfloat16", "float16"],
-                                 index=["float32", "bfloat16", "float16"].index(spec.dtype))
-            if st.form_submit_button("Load", type="primary"):
-                st.session_state[resources.MODEL_KEY] = ModelSpec(
-                    source=source.strip() or BUNDLED, dtype=dtype,
-                    trust_remote_code=resources.settings().trust_remote_code)
-                st.rerun()
+        source = st.text_input(
+            "Hugging Face id, local folder or .gguf file",
+            value="" if spec.source == BUNDLED else spec.source,
+            placeholder="e.g. HuggingFaceTB/SmolLM2-360M-Instruct or ./my-model",
+            help="Leave empty for the bundled SmolLM2-135M-Instruct.")
+        dtype = st.selectbox("dtype", list(DTYPES), index=list(DTYPES).index(spec.dtype))
+        if st.button("Load", type="primary"):
+            st.session_state[resources.MODEL_KEY] = ModelSpec(
+                source=source.strip() or BUNDLED, dtype=dtype,
+                trust_remote_code=resources.settings().trust_remote_code)
     spec = resources.chosen_spec()
     try:
         with st.spinner(f"Loading {spec.label}… (the first load of the bundled model "
