@@ -41,10 +41,11 @@ $(MODEL_STAMP): $(STAMP)
 
 # Real-browser tests drive Debian's chromium (Playwright's own browser download is not used).
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "Installing Debian's chromium for the browser tests"; \
+	@{ command -v chromium && dpkg -s fonts-noto-color-emoji; } >/dev/null 2>&1 || { \
+	  echo "Installing Debian's chromium (and an emoji font) for the browser tests"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $$SUDO apt-get install -y -qq chromium fonts-noto-color-emoji >/dev/null; }
 
 clean:
 	rm -rf $(VENV) data/models test-artifacts

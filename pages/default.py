@@ -22,6 +22,7 @@ st.caption("Chat with the model. Every answer token is coloured by the probabili
            "find a token.")
 
 lm = st.session_state.get("perplex.lm")
+uploads.open_from_query(CURRENT)
 params = decode_params_form(PREFIX)
 uploads.upload_panel(PREFIX, CURRENT, lm)
 

@@ -17,7 +17,7 @@ TEXT = (Message("text", "The Eiffel Tower is in Paris.\n\tHello <script>alert(1)
 def test_scored_records_equal_a_direct_forward_pass(tiny_lm):
     for gen in score_conversations(tiny_lm, [CHAT, TEXT]):
         assert gen.source is Source.SCORED
-        assert max_prob_error(tiny_lm, gen) <= 1e-9
+        assert max_prob_error(tiny_lm, gen) <= 1e-5
 
 
 def test_batching_gives_the_numbers_of_one_at_a_time(tiny_lm):

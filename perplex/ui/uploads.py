@@ -32,6 +32,20 @@ def upload_panel(prefix: str, target_key: str, lm: LoadedModel | None) -> None:
                 _open(target_key, _score(lm, current.messages, current.title))
 
 
+def open_from_query(target_key: str) -> None:
+    """Open the saved generation named by `?generation=<id>` in the URL, once."""
+    wanted = st.query_params.get("generation")
+    current = st.session_state.get(target_key)
+    if not wanted or (current is not None and current.id == wanted) or \
+            st.session_state.get(f"{target_key}.opened_from_query") == wanted:
+        return
+    st.session_state[f"{target_key}.opened_from_query"] = wanted
+    try:
+        st.session_state[target_key] = resources.store().load_generation(wanted)
+    except PerplexError as exc:
+        st.error(plain(str(exc)))
+
+
 def _upload_section(prefix: str, target_key: str, lm: LoadedModel | None) -> None:
     st.markdown("**Upload**")
     file = st.file_uploader(
