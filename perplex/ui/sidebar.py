@@ -96,9 +96,12 @@ def decode_params_form(prefix: str) -> DecodeParams:
         top_p = cols[2].number_input("top-p", 0.01, 1.0, 1.0, 0.05, key=f"{prefix}.top_p")
         top_k = cols[3].number_input("top-k (0 = off)", 0, 1000, 0, key=f"{prefix}.top_k")
         seed = cols[4].number_input("seed (-1 = random)", -1, 2**31 - 1, 0, key=f"{prefix}.seed")
+        stops = st.text_input("stop strings (separate with |)", key=f"{prefix}.stops",
+                              help="Generation ends after the token that completes one.")
         st.caption("These settings choose tokens; the probabilities shown are always the "
                    "model's raw distribution at temperature 1.")
     return DecodeParams(max_new_tokens=int(max_new), temperature=float(temperature),
                         top_p=float(top_p), top_k=int(top_k),
                         seed=None if seed < 0 else int(seed),
+                        stop_strings=tuple(x for x in stops.split("|") if x),
                         top_alternatives=resources.settings().top_k_stored)

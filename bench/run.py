@@ -1,0 +1,126 @@
+"""`make bench`: speed of Perplex against plain baselines, measured in one run as ratios.
+
+1. Decoding: our loop with full records vs `model.generate` (greedy, 256 new tokens).
+2. Loading the bundled model: warm load (safetensors copy) vs the first load (GGUF).
+3. Browser: time until the token view of a 2,000-token transcript is interactive.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from perplex.generation import start_generation
+from perplex.models import ModelSpec, bundled_gguf_path, converted_gguf_folder, load_model
+from perplex.records import DecodeParams, Message
+from perplex.scoring import score_conversations
+from perplex.settings import PROJECT_ROOT, Settings
+from perplex.store import Store
+from perplex.tokens import encode_messages
+
+PROMPT = (Message("user", "Write a long, detailed story about a lighthouse keeper who finds "
+                          "a map. Describe every room of the lighthouse."),)
+NEW_TOKENS = 256
+REPEATS = 3
+DRAWN_JS = """n => [...document.querySelectorAll('*')].some(
+    e => e.shadowRoot && e.shadowRoot.querySelectorAll('.tok').length >= n)"""
+
+
+def bench_decoding(lm) -> None:
+    """Tokens/s of our decode loop (records included) vs model.generate, interleaved runs."""
+    context = torch.tensor([encode_messages(lm.tokenizer, PROMPT, True).ids])
+    params = DecodeParams(max_new_tokens=NEW_TOKENS)
+    start_generation(lm, PROMPT, DecodeParams(max_new_tokens=4)).run()  # warm-up
+    ours, theirs = [], []
+    for _ in range(REPEATS):
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = lm.model.generate(context, do_sample=False, max_new_tokens=NEW_TOKENS)
+        n_theirs = out.shape[1] - context.shape[1]
+        theirs.append(n_theirs / (time.perf_counter() - started))
+        started = time.perf_counter()
+        gen = start_generation(lm, PROMPT, params).run()
+        ours.append(len(gen.response_steps) / (time.perf_counter() - started))
+        assert [s.token_id for s in gen.response_steps] == out[0, context.shape[1]:].tolist()
+    ratio = statistics.median(ours) / statistics.median(theirs)
+    print(f"decode  ours {statistics.median(ours):6.1f} tok/s (full records, top-20, final "
+          f"teacher-forced pass) vs model.generate {statistics.median(theirs):6.1f} tok/s "
+          f"over {n_theirs} tokens: ratio {ratio:.3f} (target >= 0.95)")
+
+
+def bench_loading() -> None:
+    """First load (GGUF dequantised and converted) vs warm load (the safetensors copy)."""
+    with tempfile.TemporaryDirectory() as cache:
+        settings = Settings(model_cache=Path(cache))
+        first = load_model(ModelSpec(), settings)
+        warm = [load_model(ModelSpec(), settings).load_seconds for _ in range(REPEATS)]
+    assert first.converted_now
+    ratio = statistics.median(warm) / first.load_seconds
+    print(f"load    first (GGUF → safetensors) {first.load_seconds:5.1f} s, warm "
+          f"{statistics.median(warm):5.2f} s: warm/first ratio {ratio:.3f}")
+
+
+def bench_token_view(lm, n_tokens: int = 2000) -> None:
+    """Seconds from navigation until a 2,000-token transcript's view is drawn and hoverable."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, StreamlitServer
+
+    text = (PROJECT_ROOT / "README.md").read_text()
+    while len(lm.tokenizer(text)["input_ids"]) < n_tokens:
+        text += "\n" + text
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"][:n_tokens - 1]
+    text = lm.tokenizer.decode(ids)
+    [gen] = score_conversations(lm, [(Message("text", text),)])
+    with tempfile.TemporaryDirectory() as home:
+        with Store.open(Path(home) / "perplex.duckdb") as store:
+            store.save_generation(gen)
+        env = {**os.environ, "PERPLEX_HOME": home,
+               "PERPLEX_MODEL_CACHE": str(PROJECT_ROOT / "data" / "models")}
+        server = StreamlitServer("app.py", env, Path(home))
+        try:
+            server.wait_healthy(60)
+            shown = len(gen.response_steps)
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.goto(server.url)  # first visit loads the model into the server
+                page.wait_for_selector("[data-testid=stChatInput]", timeout=120_000)
+                times = []
+                for _ in range(REPEATS):
+                    started = time.perf_counter()
+                    page.goto(f"{server.url}/?generation={gen.id}")
+                    page.wait_for_function(DRAWN_JS, arg=shown, timeout=120_000)
+                    token = page.locator(f".tok[data-index='{shown // 2}']")
+                    token.hover()
+                    page.locator(".tok-tip").first.wait_for(state="visible")
+                    times.append(time.perf_counter() - started)
+                browser.close()
+        finally:
+            server.stop()
+    print(f"view    {shown}-token transcript: page load to drawn, hoverable token view "
+          f"{statistics.median(times):.2f} s (median of {REPEATS}: "
+          f"{', '.join(f'{t:.2f}' for t in times)})")
+
+
+def main() -> None:
+    """Run every benchmark and print one line each."""
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(os.cpu_count() or 1)
+    print(f"Perplex benchmarks · torch {torch.__version__} · {torch.get_num_threads()} threads · "
+          f"bundled model {bundled_gguf_path().name}")
+    converted_gguf_folder(bundled_gguf_path(), PROJECT_ROOT / "data" / "models")
+    lm = load_model(ModelSpec(), Settings(model_cache=PROJECT_ROOT / "data" / "models"))
+    bench_decoding(lm)
+    bench_loading()
+    bench_token_view(lm)
+
+
+if __name__ == "__main__":
+    main()
