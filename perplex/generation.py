@@ -135,7 +135,8 @@ class DecodeRun:
             messages = self.messages_before + (Message("assistant", content),)
         return Generation(
             steps=tuple(self.steps), messages=messages,
-            model_label=self.lm.label, source=Source.GENERATED, params=self.params,
+            model_label=self.lm.label, model_spec=self.lm.spec.to_json(),
+            source=Source.GENERATED, params=self.params,
             stop_reason=self.stop_reason, parent_id=self.parent_id,
             branch_position=self.branch_position)
 

@@ -14,7 +14,7 @@ import os
 import shutil
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlparse
@@ -42,6 +42,10 @@ class ModelSpec:
     dtype: str = "float32"
     device: str = "cpu"
     trust_remote_code: bool = False
+
+    def to_json(self) -> str:
+        """The spec as JSON, stored with every generation."""
+        return json.dumps(asdict(self), sort_keys=True)
 
     @property
     def kind(self) -> str:

@@ -113,6 +113,7 @@ class Generation:
     source: Source
     params: DecodeParams | None = None
     stop_reason: str = ""
+    model_spec: str = ""  # JSON of how the model was loaded (source, dtype, device)
     id: str = field(default_factory=new_id)
     session_id: str | None = None
     parent_id: str | None = None

@@ -41,7 +41,8 @@ def score_conversations(lm: LoadedModel, conversations: Sequence[Sequence[Messag
                                      list(seq.message_indices), logits[row, :len(seq)],
                                      top_alternatives)
             results[i] = Generation(steps=tuple(steps), messages=tuple(conversations[i]),
-                                    model_label=lm.label, source=Source.SCORED)
+                                    model_label=lm.label, model_spec=lm.spec.to_json(),
+                                    source=Source.SCORED)
         if progress:
             progress(sum(r is not None for r in results), len(results))
     return [r for r in results if r is not None]

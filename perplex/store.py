@@ -73,6 +73,7 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (generation_id, position)
     );
     """,
+    "ALTER TABLE generations ADD COLUMN model_spec JSON;",
 ]
 
 _ALTERNATIVE = pa.struct([("token_id", pa.int32()), ("text", pa.string()),
@@ -202,10 +203,14 @@ class Store:
         with self._cursor(write=True) as cur:
             cur.execute("DELETE FROM token_steps WHERE generation_id = ?", [gen.id])
             cur.execute("DELETE FROM generations WHERE id = ?", [gen.id])
-            cur.execute("INSERT INTO generations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
-                gen.id, gen.session_id, gen.created_at, gen.source.value, gen.model_label,
-                _params_to_json(gen.params), _messages_to_json(gen.messages), gen.stop_reason,
-                gen.parent_id, gen.branch_position, gen.title])
+            cur.execute(
+                "INSERT INTO generations (id, session_id, created_at, source, model_label, "
+                "params, messages, stop_reason, parent_id, branch_position, title, model_spec) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+                    gen.id, gen.session_id, gen.created_at, gen.source.value, gen.model_label,
+                    _params_to_json(gen.params), _messages_to_json(gen.messages),
+                    gen.stop_reason, gen.parent_id, gen.branch_position, gen.title,
+                    gen.model_spec or None])
             cur.register("incoming_steps", steps)
             cur.execute(f"INSERT INTO token_steps SELECT {_STEP_COLUMNS} FROM incoming_steps")
             cur.unregister("incoming_steps")
@@ -217,7 +222,7 @@ class Store:
         with self._cursor() as cur:
             rows = cur.execute(
                 "SELECT id, session_id, epoch_us(created_at), source, model_label, params, "
-                "messages, stop_reason, parent_id, branch_position, title "
+                "messages, stop_reason, parent_id, branch_position, title, model_spec "
                 "FROM generations WHERE id = ?", [generation_id]).fetchall()
             if not rows:
                 raise StoreError(f"No generation with id {generation_id!r} in {self.path}.")
@@ -225,12 +230,13 @@ class Store:
                 f"SELECT {_STEP_COLUMNS} FROM token_steps WHERE generation_id = ? "
                 "ORDER BY position", params=[generation_id]).to_arrow_table().to_pydict()
         (gen_id, session_id, created_us, source, model_label, params, messages,
-         stop_reason, parent_id, branch_position, title) = rows[0]
+         stop_reason, parent_id, branch_position, title, model_spec) = rows[0]
         return Generation(
             steps=_steps_from_columns(columns), messages=_messages_from_json(messages),
             model_label=model_label, source=Source(source), params=_params_from_json(params),
             stop_reason=stop_reason, id=gen_id, session_id=session_id, parent_id=parent_id,
-            branch_position=branch_position, title=title, created_at=_utc(created_us))
+            branch_position=branch_position, title=title, created_at=_utc(created_us),
+            model_spec=model_spec or "")
 
     def list_generations(self, session_id: str | None = None) -> list[GenerationSummary]:
         """Summaries of stored generations, newest first, optionally of one session only."""

@@ -40,7 +40,7 @@ EXPECTED_SCHEMA = {
         ("created_at", "TIMESTAMP WITH TIME ZONE"), ("source", "VARCHAR"),
         ("model_label", "VARCHAR"), ("params", "JSON"), ("messages", "JSON"),
         ("stop_reason", "VARCHAR"), ("parent_id", "VARCHAR"), ("branch_position", "INTEGER"),
-        ("title", "VARCHAR")],
+        ("title", "VARCHAR"), ("model_spec", "JSON")],
     "token_steps": [
         ("generation_id", "VARCHAR"), ("position", "INTEGER"), ("token_id", "INTEGER"),
         ("text", "VARCHAR"), ("role", "VARCHAR"), ("message_index", "INTEGER"),
@@ -75,7 +75,8 @@ def make_generation(n_steps: int = 40, n_alts: int = 20, **fields: object) -> Ge
         model_label="tiny-test", source=Source.GENERATED,
         params=DecodeParams(max_new_tokens=64, temperature=0.7, top_p=0.9, top_k=40, seed=7,
                             stop_strings=("\n\n", "</s>"), top_alternatives=n_alts),
-        stop_reason="eos", title="A 'title' with \"quotes\"")
+        stop_reason="eos", title="A 'title' with \"quotes\"",
+        model_spec='{"dtype": "float32", "source": "tiny-test"}')
     defaults.update(fields)
     return Generation(**defaults)
 
@@ -89,7 +90,7 @@ def store(tmp_path):
 
 def test_blank_database_migrates_to_expected_schema(store):
     """A blank database gets every migration and exactly the documented tables and columns."""
-    assert store.schema_version() == len(MIGRATIONS) == 1
+    assert store.schema_version() == len(MIGRATIONS) == 2
     with store._cursor() as cur:
         rows = cur.execute("SELECT table_name, column_name, data_type FROM duckdb_columns() "
                            "WHERE database_name = current_database() "
@@ -111,11 +112,11 @@ def test_open_migrates_forward_and_records_each_version(tmp_path, monkeypatch):
     migrations = [*MIGRATIONS, "CREATE TABLE extra (x INTEGER);"]
     monkeypatch.setattr(store_module, "MIGRATIONS", migrations)
     with Store.open(path) as opened:
-        assert opened.schema_version() == 2
+        assert opened.schema_version() == len(migrations)
         with opened._cursor() as cur:
             versions = cur.execute("SELECT version FROM schema_version ORDER BY 1").fetchall()
             assert cur.execute("SELECT count(*) FROM extra").fetchall() == [(0,)]
-    assert versions == [(1,), (2,)]
+    assert versions == [(v,) for v in range(1, len(migrations) + 1)]
 
 
 def test_open_without_path_uses_settings(perplex_home):
