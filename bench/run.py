@@ -70,7 +70,12 @@ def bench_token_view(lm, n_tokens: int = 2000) -> None:
     """Seconds from navigation until a 2,000-token transcript's view is drawn and hoverable."""
     from playwright.sync_api import sync_playwright
 
-    from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, StreamlitServer
+    from tests.browser.conftest import (
+        CHROMIUM,
+        CHROMIUM_ARGS,
+        StreamlitServer,
+        wait_for_script,
+    )
 
     text = (PROJECT_ROOT / "README.md").read_text()
     while len(lm.tokenizer(text)["input_ids"]) < n_tokens:
@@ -97,7 +102,8 @@ def bench_token_view(lm, n_tokens: int = 2000) -> None:
                     started = time.perf_counter()
                     page.goto(f"{server.url}/?generation={gen.id}")
                     page.wait_for_function(DRAWN_JS, arg=shown, timeout=120_000)
-                    token = page.locator(f".tok[data-index='{shown // 2}']")
+                    token = page.locator(".tok[data-index='5']")
+                    wait_for_script(page, timeout=120_000)
                     token.hover()
                     page.locator(".tok-tip").first.wait_for(state="visible")
                     times.append(time.perf_counter() - started)

@@ -10,6 +10,7 @@ from perplex.records import TokenStep
 
 PROB_COLOUR = "#2b7bba"
 ENTROPY_COLOUR = "#d95f02"
+MARKERS_UP_TO = 300  # beyond this many tokens, markers turn the lines into a smear
 
 
 def visible_token(text: str) -> str:
@@ -28,14 +29,15 @@ def entropy_timeline(steps: Sequence[TokenStep], highlight: int | None = None,
     probs = [s.prob for s in steps]
     entropies = [s.entropy for s in steps]
     estimate = any(s.entropy_is_estimate for s in steps)
+    mode = "lines+markers" if len(steps) <= MARKERS_UP_TO else "lines"
     fig = go.Figure()
     fig.add_trace(go.Scatter(
         x=xs, y=entropies, name="entropy (nats)" + (", top-k estimate" if estimate else ""),
-        mode="lines+markers", line=dict(color=ENTROPY_COLOUR, width=1.5),
+        mode=mode, line=dict(color=ENTROPY_COLOUR, width=1.5),
         marker=dict(size=6), customdata=xs, text=labels,
         hovertemplate="#%{x} %{text}<br>H = %{y:.3f} nats<extra></extra>"))
     fig.add_trace(go.Scatter(
-        x=xs, y=probs, name="p(token)", yaxis="y2", mode="lines+markers",
+        x=xs, y=probs, name="p(token)", yaxis="y2", mode=mode, opacity=0.8,
         line=dict(color=PROB_COLOUR, width=1.5), marker=dict(size=6), customdata=xs,
         text=labels, hovertemplate="#%{x} %{text}<br>p = %{y:.4f}<extra></extra>"))
     if highlight is not None and 0 <= highlight < len(steps):
@@ -46,5 +48,6 @@ def entropy_timeline(steps: Sequence[TokenStep], highlight: int | None = None,
         legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
         xaxis=dict(title="token", showgrid=False),
         yaxis=dict(title="entropy (nats)", rangemode="tozero"),
-        yaxis2=dict(title="p", overlaying="y", side="right", range=[0, 1.02], showgrid=False))
+        yaxis2=dict(title="p", overlaying="y", side="right", range=[0, 1.02], showgrid=False,
+                    tickvals=[0, 0.25, 0.5, 0.75, 1]))
     return fig
