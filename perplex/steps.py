@@ -37,6 +37,7 @@ def distribution_stats(logits: torch.Tensor, chosen: torch.Tensor, k: int) -> Di
     Computed in float64 (in row chunks, to bound memory): float32 log-softmax and entropy
     over a 50k vocabulary drift by ~1e-5, which is visible in the numbers users cite.
     """
+    logits = logits.float()
     parts = [_chunk_stats(logits[i:i + ROWS_PER_CHUNK], chosen[i:i + ROWS_PER_CHUNK], k)
              for i in range(0, logits.shape[0], ROWS_PER_CHUNK)]
     return DistributionStats(*([x for part in parts for x in getattr(part, f.name)]
@@ -44,15 +45,18 @@ def distribution_stats(logits: torch.Tensor, chosen: torch.Tensor, k: int) -> Di
 
 
 def _chunk_stats(logits: torch.Tensor, chosen: torch.Tensor, k: int) -> DistributionStats:
-    logits = logits.double()
-    logp = torch.log_softmax(logits, dim=-1)
-    entropy = torch.special.entr(logp.exp()).sum(dim=-1)
-    chosen_logp = logp.gather(-1, chosen[:, None])[:, 0]
+    wide = logits.double()  # exact copy of the float32 values
+    log_norm = torch.logsumexp(wide, dim=-1)
+    probs = torch.exp(wide - log_norm[:, None])
+    weighted = torch.where(probs > 0, probs * wide, 0.0)  # masked (-inf) logits add nothing
+    entropy = log_norm - weighted.sum(dim=-1)  # H = log Z - E_p[logit]
     chosen_logit = logits.gather(-1, chosen[:, None])
+    chosen_logp = chosen_logit[:, 0].double() - log_norm
     rank = (logits > chosen_logit).sum(dim=-1) + 1
-    top = torch.topk(logp, k=min(k, logp.shape[-1]), dim=-1)
+    top = torch.topk(logits, k=min(k, logits.shape[-1]), dim=-1)
+    top_logp = top.values.double() - log_norm[:, None]
     return DistributionStats(chosen_logp.tolist(), entropy.tolist(), rank.tolist(),
-                             top.indices.tolist(), top.values.tolist())
+                             top.indices.tolist(), top_logp.tolist())
 
 
 def step_records(stats: DistributionStats, ids: list[int], texts: list[str],

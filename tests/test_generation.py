@@ -144,3 +144,10 @@ def test_bundled_records_equal_a_direct_forward_pass(bundled_lm):
     gen = start_generation(bundled_lm, QUESTION, DecodeParams(max_new_tokens=24, temperature=0.9,
                                                               seed=5)).run()
     assert max_prob_error(bundled_lm, gen) <= 1e-5
+
+
+def test_masked_logits_leave_entropy_finite():
+    logits = torch.tensor([[0.0, 0.0, float("-inf")]])
+    stats = distribution_stats(logits, torch.tensor([0]), k=3)
+    assert stats.entropy[0] == pytest.approx(math.log(2))
+    assert stats.logprob[0] == pytest.approx(math.log(0.5))
