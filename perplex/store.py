@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -74,18 +74,52 @@ MIGRATIONS: list[str] = [
     );
     """,
     "ALTER TABLE generations ADD COLUMN model_spec JSON;",
+    # 3: sessions carry mode settings, a recency time and a deletion mark (kept so that a
+    # tab still showing a deleted session gets a clear message); annotations; token sets.
+    """
+    ALTER TABLE sessions ADD COLUMN updated_at TIMESTAMPTZ;
+    ALTER TABLE sessions ADD COLUMN settings JSON;
+    ALTER TABLE sessions ADD COLUMN deleted_at TIMESTAMPTZ;
+    UPDATE sessions SET updated_at = created_at;
+    CREATE TABLE annotations (
+        id VARCHAR PRIMARY KEY,
+        generation_id VARCHAR NOT NULL,
+        start_position INTEGER NOT NULL,
+        end_position INTEGER NOT NULL,
+        text VARCHAR NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL,
+        updated_at TIMESTAMPTZ NOT NULL
+    );
+    CREATE TABLE token_sets (
+        id VARCHAR PRIMARY KEY,
+        session_id VARCHAR NOT NULL,
+        name VARCHAR NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL,
+        updated_at TIMESTAMPTZ NOT NULL
+    );
+    CREATE TABLE token_set_members (
+        set_id VARCHAR NOT NULL,
+        tokenizer VARCHAR NOT NULL,
+        token_id INTEGER NOT NULL,
+        token_text VARCHAR NOT NULL,
+        word VARCHAR NOT NULL,
+        ordinal INTEGER NOT NULL,
+        added_at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (set_id, tokenizer, token_id, word)
+    );
+    """,
 ]
 
 _ALTERNATIVE = pa.struct([("token_id", pa.int32()), ("text", pa.string()),
                           ("prob", pa.float64()), ("logprob", pa.float64())])
-_STEP_SCHEMA = pa.schema([
+STEP_SCHEMA = pa.schema([
     ("generation_id", pa.string()), ("position", pa.int32()), ("token_id", pa.int32()),
     ("text", pa.string()), ("role", pa.string()), ("message_index", pa.int32()),
     ("prob", pa.float64()), ("logprob", pa.float64()), ("entropy", pa.float64()),
     ("rank", pa.int32()), ("entropy_is_estimate", pa.bool_()), ("forced", pa.bool_()),
     ("top", pa.list_(_ALTERNATIVE)),
 ])
-_STEP_COLUMNS = ", ".join(_STEP_SCHEMA.names)
+_STEP_COLUMNS = ", ".join(STEP_SCHEMA.names)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -149,6 +183,15 @@ class Store:
         """Close the store."""
         self.close()
 
+    def cursor(self, write: bool = False) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
+        """A cursor for one operation of Perplex's data modules (sessions, annotations...).
+
+        Use it as a context manager. With `write=True` the operation holds the store's
+        lock and runs in one transaction, rolled back on any error; never call another
+        writing method of the store inside it (the lock is not re-entrant).
+        """
+        return self._cursor(write)
+
     @contextmanager
     def _cursor(self, write: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """Yield a fresh cursor for one operation; writes run in a transaction under the lock."""
@@ -197,46 +240,27 @@ class Store:
             logger.info("Migrated %s to schema version %d", self.path, version)
 
     def save_generation(self, gen: Generation) -> None:
-        """Save a generation and all its token steps in one transaction, replacing any same id."""
+        """Save a generation and all its token steps in one transaction, replacing any same id.
+
+        Raises StoreError when the generation belongs to a session that has been deleted.
+        """
         started = time.perf_counter()
-        steps = _steps_table(gen)
+        steps = steps_table(gen)
         with self._cursor(write=True) as cur:
-            cur.execute("DELETE FROM token_steps WHERE generation_id = ?", [gen.id])
-            cur.execute("DELETE FROM generations WHERE id = ?", [gen.id])
-            cur.execute(
-                "INSERT INTO generations (id, session_id, created_at, source, model_label, "
-                "params, messages, stop_reason, parent_id, branch_position, title, model_spec) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
-                    gen.id, gen.session_id, gen.created_at, gen.source.value, gen.model_label,
-                    _params_to_json(gen.params), _messages_to_json(gen.messages),
-                    gen.stop_reason, gen.parent_id, gen.branch_position, gen.title,
-                    gen.model_spec or None])
-            cur.register("incoming_steps", steps)
-            cur.execute(f"INSERT INTO token_steps SELECT {_STEP_COLUMNS} FROM incoming_steps")
-            cur.unregister("incoming_steps")
+            write_generation(cur, gen, steps)
+            if gen.session_id is not None:
+                touch_session_row(cur, gen.session_id)
         logger.debug("Saved generation %s (%d steps) in %.3f s",
                      gen.id, len(gen.steps), time.perf_counter() - started)
 
     def load_generation(self, generation_id: str) -> Generation:
         """Return the generation saved under `generation_id`, equal to what was saved."""
         with self._cursor() as cur:
-            rows = cur.execute(
-                "SELECT id, session_id, epoch_us(created_at), source, model_label, params, "
-                "messages, stop_reason, parent_id, branch_position, title, model_spec "
-                "FROM generations WHERE id = ?", [generation_id]).fetchall()
-            if not rows:
-                raise StoreError(f"No generation with id {generation_id!r} in {self.path}.")
-            columns = cur.sql(
-                f"SELECT {_STEP_COLUMNS} FROM token_steps WHERE generation_id = ? "
-                "ORDER BY position", params=[generation_id]).to_arrow_table().to_pydict()
-        (gen_id, session_id, created_us, source, model_label, params, messages,
-         stop_reason, parent_id, branch_position, title, model_spec) = rows[0]
-        return Generation(
-            steps=_steps_from_columns(columns), messages=_messages_from_json(messages),
-            model_label=model_label, source=Source(source), params=_params_from_json(params),
-            stop_reason=stop_reason, id=gen_id, session_id=session_id, parent_id=parent_id,
-            branch_position=branch_position, title=title, created_at=_utc(created_us),
-            model_spec=model_spec or "")
+            gen = read_generation(cur, generation_id)
+        if gen is None:
+            raise StoreError(f"No generation with id {generation_id!r} in {self.path}: it may "
+                             "have been deleted (perhaps with its session, in another tab).")
+        return gen
 
     def list_generations(self, session_id: str | None = None) -> list[GenerationSummary]:
         """Summaries of stored generations, newest first, optionally of one session only."""
@@ -247,21 +271,28 @@ class Store:
                 "(SELECT generation_id, count(*) AS n FROM token_steps GROUP BY generation_id) c "
                 "ON c.generation_id = g.id WHERE ?::VARCHAR IS NULL OR g.session_id = ? "
                 "ORDER BY g.created_at DESC, g.id", [session_id, session_id]).fetchall()
-        return [GenerationSummary(id=r[0], title=r[1], created_at=_utc(r[2]), source=Source(r[3]),
-                                  model_label=r[4], n_tokens=r[5], session_id=r[6])
+        return [GenerationSummary(id=r[0], title=r[1], created_at=from_epoch_us(r[2]),
+                                  source=Source(r[3]), model_label=r[4], n_tokens=r[5],
+                                  session_id=r[6])
                 for r in rows]
 
     def delete_generation(self, generation_id: str) -> None:
-        """Delete a generation and its token steps; nothing happens if there is none."""
+        """Delete a generation, its token steps and annotations; nothing happens if there is none.
+
+        Branches of it keep their `parent_id`, which then names no stored generation.
+        """
         with self._cursor(write=True) as cur:
+            cur.execute("DELETE FROM annotations WHERE generation_id = ?", [generation_id])
             cur.execute("DELETE FROM token_steps WHERE generation_id = ?", [generation_id])
             cur.execute("DELETE FROM generations WHERE id = ?", [generation_id])
 
     def ensure_session(self, session_id: str, name: str) -> None:
         """Create the session `session_id` unless it exists (an existing name is kept)."""
+        now = datetime.now(timezone.utc)
         with self._cursor(write=True) as cur:
-            cur.execute("INSERT INTO sessions VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                        [session_id, name, datetime.now(timezone.utc)])
+            cur.execute("INSERT INTO sessions (id, name, created_at, updated_at, settings) "
+                        "VALUES (?, ?, ?, ?, '{}') ON CONFLICT DO NOTHING",
+                        [session_id, name, now, now])
 
     def create_session(self, name: str) -> str:
         """Create a new session and return its id."""
@@ -270,11 +301,11 @@ class Store:
         return session_id
 
     def list_sessions(self) -> list[SessionSummary]:
-        """All sessions, newest first."""
+        """All sessions but deleted ones, newest first."""
         with self._cursor() as cur:
             rows = cur.execute("SELECT id, name, epoch_us(created_at) FROM sessions "
-                               "ORDER BY created_at DESC, id").fetchall()
-        return [SessionSummary(id=r[0], name=r[1], created_at=_utc(r[2])) for r in rows]
+                               "WHERE deleted_at IS NULL ORDER BY created_at DESC, id").fetchall()
+        return [SessionSummary(id=r[0], name=r[1], created_at=from_epoch_us(r[2])) for r in rows]
 
 
 def _connect(path: Path) -> duckdb.DuckDBPyConnection:
@@ -302,13 +333,83 @@ def _current_version(cur: duckdb.DuckDBPyConnection) -> int:
     return cur.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchall()[0][0]
 
 
-def _utc(epoch_us: int) -> datetime:
+def session_status(cur: duckdb.DuckDBPyConnection, session_id: str) -> str | None:
+    """Return "live" or "deleted" for a known session id, None for an unknown one."""
+    rows = cur.execute("SELECT deleted_at IS NULL FROM sessions WHERE id = ?",
+                       [session_id]).fetchall()
+    return None if not rows else ("live" if rows[0][0] else "deleted")
+
+
+def deleted_session_error(session_id: str) -> StoreError:
+    """The error for an operation on a session that someone deleted."""
+    return StoreError(
+        f"The session {session_id!r} has been deleted (in another tab, or by someone else "
+        "sharing it), together with its generations and annotations. Open another session "
+        "or create a new one; nothing was saved into the deleted one.")
+
+
+def touch_session_row(cur: duckdb.DuckDBPyConnection, session_id: str) -> None:
+    """Mark a session as changed now; raise StoreError if it has been deleted."""
+    if session_status(cur, session_id) == "deleted":
+        raise deleted_session_error(session_id)
+    cur.execute("UPDATE sessions SET updated_at = ? WHERE id = ?",
+                [datetime.now(timezone.utc), session_id])
+
+
+def write_generation(cur: duckdb.DuckDBPyConnection, gen: Generation,
+                     steps: pa.Table | None = None) -> None:
+    """Insert a generation and its steps on a write cursor, replacing any same id."""
+    steps = steps_table(gen) if steps is None else steps
+    cur.execute("DELETE FROM token_steps WHERE generation_id = ?", [gen.id])
+    cur.execute("DELETE FROM generations WHERE id = ?", [gen.id])
+    cur.execute(
+        "INSERT INTO generations (id, session_id, created_at, source, model_label, "
+        "params, messages, stop_reason, parent_id, branch_position, title, model_spec) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+            gen.id, gen.session_id, gen.created_at, gen.source.value, gen.model_label,
+            params_to_json(gen.params), _messages_to_json(gen.messages),
+            gen.stop_reason, gen.parent_id, gen.branch_position, gen.title,
+            gen.model_spec or None])
+    cur.register("incoming_steps", steps)
+    try:
+        cur.execute(f"INSERT INTO token_steps SELECT {_STEP_COLUMNS} FROM incoming_steps")
+    finally:
+        cur.unregister("incoming_steps")
+
+
+def read_generation(cur: duckdb.DuckDBPyConnection, generation_id: str) -> Generation | None:
+    """Read one generation and its steps on a cursor; None if there is none with this id."""
+    rows = cur.execute(
+        "SELECT id, session_id, epoch_us(created_at), source, model_label, params, "
+        "messages, stop_reason, parent_id, branch_position, title, model_spec "
+        "FROM generations WHERE id = ?", [generation_id]).fetchall()
+    if not rows:
+        return None
+    columns = cur.sql(
+        f"SELECT {_STEP_COLUMNS} FROM token_steps WHERE generation_id = ? "
+        "ORDER BY position", params=[generation_id]).to_arrow_table().to_pydict()
+    (gen_id, session_id, created_us, source, model_label, params, messages,
+     stop_reason, parent_id, branch_position, title, model_spec) = rows[0]
+    return Generation(
+        steps=_steps_from_columns(columns), messages=_messages_from_json(messages),
+        model_label=model_label, source=Source(source), params=params_from_json(params),
+        stop_reason=stop_reason, id=gen_id, session_id=session_id, parent_id=parent_id,
+        branch_position=branch_position, title=title, created_at=from_epoch_us(created_us),
+        model_spec=model_spec or "")
+
+
+def steps_from_table(table: pa.Table) -> tuple[TokenStep, ...]:
+    """Token steps from an Arrow table shaped like `token_steps` (generation_id ignored)."""
+    return _steps_from_columns(table.select(STEP_SCHEMA.names[1:]).to_pydict())
+
+
+def from_epoch_us(epoch_us: int) -> datetime:
     """Convert microseconds since the epoch to an aware UTC datetime (exact, no pytz)."""
     return _EPOCH + timedelta(microseconds=epoch_us)
 
 
-def _steps_table(gen: Generation) -> pa.Table:
-    """Build an Arrow table of the generation's steps, shaped like `token_steps`."""
+def steps_table(gen: Generation) -> pa.Table:
+    """The generation's token steps as an Arrow table shaped like `token_steps`."""
     steps = gen.steps
     columns = [
         [gen.id] * len(steps), [s.position for s in steps], [s.token_id for s in steps],
@@ -319,13 +420,13 @@ def _steps_table(gen: Generation) -> pa.Table:
         [[(a.token_id, a.text, a.prob, a.logprob) for a in s.top] for s in steps],
     ]
     return pa.Table.from_arrays(
-        [pa.array(col, type=f.type) for col, f in zip(columns, _STEP_SCHEMA, strict=True)],
-        schema=_STEP_SCHEMA)
+        [pa.array(col, type=f.type) for col, f in zip(columns, STEP_SCHEMA, strict=True)],
+        schema=STEP_SCHEMA)
 
 
 def _steps_from_columns(columns: dict[str, list]) -> tuple[TokenStep, ...]:
     """Token steps from the columns of a `token_steps` query (all but generation_id)."""
-    rows = zip(*(columns[name] for name in _STEP_SCHEMA.names[1:]), strict=True)
+    rows = zip(*(columns[name] for name in STEP_SCHEMA.names[1:]), strict=True)
     return tuple(
         TokenStep(position=position, token_id=token_id, text=text, role=TokenRole(role),
                   message_index=message_index, prob=prob, logprob=logprob, entropy=entropy,
@@ -340,12 +441,12 @@ def _alternatives(top: list[dict]) -> tuple[Alternative, ...]:
     return tuple(Alternative(**alternative) for alternative in top)
 
 
-def _params_to_json(params: DecodeParams | None) -> str | None:
+def params_to_json(params: DecodeParams | None) -> str | None:
     """Decode parameters as a JSON object, or None."""
     return None if params is None else json.dumps(dataclasses.asdict(params))
 
 
-def _params_from_json(text: str | None) -> DecodeParams | None:
+def params_from_json(text: str | None) -> DecodeParams | None:
     """Decode parameters from JSON, ignoring keys this version does not know."""
     if text is None:
         return None

@@ -34,7 +34,9 @@ ALT_TYPE = "STRUCT(token_id INTEGER, \"text\" VARCHAR, prob DOUBLE, logprob DOUB
 EXPECTED_SCHEMA = {
     "schema_version": [("version", "INTEGER"), ("applied_at", "TIMESTAMP WITH TIME ZONE")],
     "sessions": [("id", "VARCHAR"), ("name", "VARCHAR"),
-                 ("created_at", "TIMESTAMP WITH TIME ZONE")],
+                 ("created_at", "TIMESTAMP WITH TIME ZONE"),
+                 ("updated_at", "TIMESTAMP WITH TIME ZONE"), ("settings", "JSON"),
+                 ("deleted_at", "TIMESTAMP WITH TIME ZONE")],
     "generations": [
         ("id", "VARCHAR"), ("session_id", "VARCHAR"),
         ("created_at", "TIMESTAMP WITH TIME ZONE"), ("source", "VARCHAR"),
@@ -46,6 +48,17 @@ EXPECTED_SCHEMA = {
         ("text", "VARCHAR"), ("role", "VARCHAR"), ("message_index", "INTEGER"),
         ("prob", "DOUBLE"), ("logprob", "DOUBLE"), ("entropy", "DOUBLE"), ("rank", "INTEGER"),
         ("entropy_is_estimate", "BOOLEAN"), ("forced", "BOOLEAN"), ("top", ALT_TYPE)],
+    "annotations": [
+        ("id", "VARCHAR"), ("generation_id", "VARCHAR"), ("start_position", "INTEGER"),
+        ("end_position", "INTEGER"), ("text", "VARCHAR"),
+        ("created_at", "TIMESTAMP WITH TIME ZONE"), ("updated_at", "TIMESTAMP WITH TIME ZONE")],
+    "token_sets": [
+        ("id", "VARCHAR"), ("session_id", "VARCHAR"), ("name", "VARCHAR"),
+        ("created_at", "TIMESTAMP WITH TIME ZONE"), ("updated_at", "TIMESTAMP WITH TIME ZONE")],
+    "token_set_members": [
+        ("set_id", "VARCHAR"), ("tokenizer", "VARCHAR"), ("token_id", "INTEGER"),
+        ("token_text", "VARCHAR"), ("word", "VARCHAR"), ("ordinal", "INTEGER"),
+        ("added_at", "TIMESTAMP WITH TIME ZONE")],
 }
 
 
@@ -90,7 +103,7 @@ def store(tmp_path):
 
 def test_blank_database_migrates_to_expected_schema(store):
     """A blank database gets every migration and exactly the documented tables and columns."""
-    assert store.schema_version() == len(MIGRATIONS) == 2
+    assert store.schema_version() == len(MIGRATIONS) == 3
     with store._cursor() as cur:
         rows = cur.execute("SELECT table_name, column_name, data_type FROM duckdb_columns() "
                            "WHERE database_name = current_database() "
@@ -103,6 +116,9 @@ def test_blank_database_migrates_to_expected_schema(store):
     assert schema == EXPECTED_SCHEMA
     assert dict(keys)["token_steps"] == ["generation_id", "position"]
     assert dict(keys)["generations"] == ["id"]
+    assert dict(keys)["annotations"] == ["id"]
+    assert dict(keys)["token_sets"] == ["id"]
+    assert dict(keys)["token_set_members"] == ["set_id", "tokenizer", "token_id", "word"]
 
 
 def test_open_migrates_forward_and_records_each_version(tmp_path, monkeypatch):
@@ -117,6 +133,25 @@ def test_open_migrates_forward_and_records_each_version(tmp_path, monkeypatch):
             versions = cur.execute("SELECT version FROM schema_version ORDER BY 1").fetchall()
             assert cur.execute("SELECT count(*) FROM extra").fetchall() == [(0,)]
     assert versions == [(v,) for v in range(1, len(migrations) + 1)]
+
+
+def test_migration_3_keeps_existing_sessions_and_generations(tmp_path, monkeypatch):
+    """A version-2 database gains session times, settings and the new tables, losing nothing."""
+    path = tmp_path / "perplex.duckdb"
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS[:2])
+    gen = make_generation(n_steps=6, n_alts=2, session_id="s1")
+    with Store.open(path) as old, old.cursor(write=True) as cur:  # as version 2 wrote them
+        cur.execute("INSERT INTO sessions VALUES ('s1', 'old session', now())")
+        store_module.write_generation(cur, gen)
+    monkeypatch.undo()
+    with Store.open(path) as new:
+        assert new.schema_version() == 3
+        assert new.load_generation(gen.id) == gen
+        with new.cursor() as cur:
+            row = cur.execute("SELECT name, updated_at = created_at, settings, deleted_at "
+                              "FROM sessions").fetchall()
+        assert row == [("old session", True, None, None)]
+        assert [s.name for s in new.list_sessions()] == ["old session"]
 
 
 def test_open_without_path_uses_settings(perplex_home):

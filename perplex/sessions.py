@@ -1,0 +1,261 @@
+"""Sessions: named workspaces of generations, annotations, token sets and mode settings.
+
+A session holds generations (with branches), their annotations, token sets, and the mode
+settings in force (thresholds, chosen models, mode). Every function takes the shared
+`Store` and runs as one operation on its own cursor; writes hold the store's lock in one
+transaction. Names and settings are untrusted text: they reach DuckDB only as parameters.
+A deleted session keeps a row with a deletion mark (its data is gone), so that a tab still
+showing it gets a clear StoreError rather than silently writing into nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from perplex.errors import InputFormatError, StoreError
+from perplex.records import new_id
+from perplex.store import Store, deleted_session_error, from_epoch_us, session_status
+
+MAX_NAME_CHARS = 200
+MAX_SETTINGS_BYTES = 1_000_000
+
+_SESSION_COLUMNS = ("id, name, epoch_us(created_at), epoch_us(coalesce(updated_at, created_at)), "
+                    "settings")
+
+
+@dataclass(frozen=True)
+class Session:
+    """A session as listed and opened.
+
+    `settings` is a fresh copy: change the stored settings with `update_settings`.
+    """
+
+    id: str
+    name: str
+    created_at: datetime
+    updated_at: datetime  # last change to the session or anything in it
+    settings: dict[str, Any]
+
+
+def clean_name(name: object, what: str = "session") -> str:
+    """Return a name without surrounding whitespace, or raise InputFormatError."""
+    if not isinstance(name, str) or not name.strip():
+        raise InputFormatError(f"The {what} needs a name: type at least one visible character.")
+    name = name.strip()
+    if len(name) > MAX_NAME_CHARS:
+        raise InputFormatError(f"The {what} name is {len(name)} characters long; keep it to "
+                               f"{MAX_NAME_CHARS} or fewer.")
+    return name
+
+
+def require_live_session(cur: duckdb.DuckDBPyConnection, session_id: str) -> None:
+    """Raise StoreError unless `session_id` names a session that exists and is not deleted."""
+    status = session_status(cur, session_id)
+    if status == "deleted":
+        raise deleted_session_error(session_id)
+    if status is None:
+        raise StoreError(f"There is no session with id {session_id!r}. Check the link, or "
+                         "open a session from the list.")
+
+
+def create_session(store: Store, name: str, settings: Mapping[str, Any] | None = None) -> Session:
+    """Create a session and return it."""
+    name = clean_name(name)
+    settings_text = settings_json(settings or {})
+    session_id, now = new_id(), _now()
+    with store.cursor(write=True) as cur:
+        cur.execute("INSERT INTO sessions (id, name, created_at, updated_at, settings) "
+                    "VALUES (?, ?, ?, ?, ?)", [session_id, name, now, now, settings_text])
+        return read_session(cur, session_id)
+
+
+def get_session(store: Store, session_id: str) -> Session:
+    """Return a session; StoreError if it does not exist or has been deleted."""
+    with store.cursor() as cur:
+        require_live_session(cur, session_id)
+        return read_session(cur, session_id)
+
+
+def list_sessions(store: Store, limit: int | None = None) -> list[Session]:
+    """Sessions that are not deleted, most recently changed first."""
+    return search_sessions(store, "", limit)
+
+
+def search_sessions(store: Store, query: str, limit: int | None = None) -> list[Session]:
+    """Sessions whose name contains `query`, case-insensitively; wildcards are literal."""
+    pattern = "%" + escape_like(query.strip()) + "%"
+    with store.cursor() as cur:
+        rows = cur.execute(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE deleted_at IS NULL "
+            "AND name ILIKE ? ESCAPE '\\' ORDER BY coalesce(updated_at, created_at) DESC, id "
+            "LIMIT ?", [pattern, limit]).fetchall()
+    return [_session(row) for row in rows]
+
+
+def escape_like(text: str) -> str:
+    """Escape LIKE's wildcards so that `text` matches itself (the escape is a backslash)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def rename_session(store: Store, session_id: str, name: str) -> Session:
+    """Give a session another name."""
+    name = clean_name(name)
+    with store.cursor(write=True) as cur:
+        require_live_session(cur, session_id)
+        cur.execute("UPDATE sessions SET name = ?, updated_at = ? WHERE id = ?",
+                    [name, _now(), session_id])
+        return read_session(cur, session_id)
+
+
+def update_settings(store: Store, session_id: str, changes: Mapping[str, Any],
+                    replace: bool = False) -> Session:
+    """Merge `changes` into the session's settings (top-level keys), or replace them all.
+
+    Merging happens under the store's lock, so two tabs changing different keys lose nothing.
+    """
+    settings_json(changes)  # reject bad input before taking the lock
+    with store.cursor(write=True) as cur:
+        require_live_session(cur, session_id)
+        settings = {} if replace else read_session(cur, session_id).settings
+        settings.update(changes)
+        cur.execute("UPDATE sessions SET settings = ?, updated_at = ? WHERE id = ?",
+                    [settings_json(settings), _now(), session_id])
+        return read_session(cur, session_id)
+
+
+def touch_session(store: Store, session_id: str) -> None:
+    """Mark a session as used now (it moves to the top of the recency list)."""
+    with store.cursor(write=True) as cur:
+        require_live_session(cur, session_id)
+        cur.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", [_now(), session_id])
+
+
+def delete_session(store: Store, session_id: str) -> bool:
+    """Delete a session with its generations, token records, annotations and token sets.
+
+    Returns False (and changes nothing) when it was already deleted or never existed.
+    """
+    with store.cursor(write=True) as cur:
+        if session_status(cur, session_id) != "live":
+            return False
+        gens = "(SELECT id FROM generations WHERE session_id = ?)"
+        cur.execute(f"DELETE FROM annotations WHERE generation_id IN {gens}", [session_id])
+        cur.execute(f"DELETE FROM token_steps WHERE generation_id IN {gens}", [session_id])
+        cur.execute("DELETE FROM generations WHERE session_id = ?", [session_id])
+        cur.execute("DELETE FROM token_set_members WHERE set_id IN "
+                    "(SELECT id FROM token_sets WHERE session_id = ?)", [session_id])
+        cur.execute("DELETE FROM token_sets WHERE session_id = ?", [session_id])
+        cur.execute("UPDATE sessions SET deleted_at = ?, name = '', settings = '{}' "
+                    "WHERE id = ?", [_now(), session_id])
+        return True
+
+
+def duplicate_session(store: Store, session_id: str, name: str | None = None) -> Session:
+    """Deep-copy a session under new ids and return the copy.
+
+    Generations (branch links remapped), token records, annotations, token sets and
+    settings are copied. The copy is named `name`, or "<name> (copy)".
+    """
+    with store.cursor(write=True) as cur:
+        require_live_session(cur, session_id)
+        source = read_session(cur, session_id)
+        copy_name = clean_name(name if name is not None else _copy_name(source.name))
+        copy_id, now = new_id(), _now()
+        cur.execute("INSERT INTO sessions (id, name, created_at, updated_at, settings) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [copy_id, copy_name, now, now, settings_json(source.settings)])
+        copy_session_contents(cur, session_id, copy_id)
+        return read_session(cur, copy_id)
+
+
+def copy_session_contents(cur: duckdb.DuckDBPyConnection, source_id: str,
+                          target_id: str) -> None:
+    """Copy a session's generations, steps, annotations and token sets into another.
+
+    Runs on a write cursor. Everything gets a fresh id; parent links inside the session
+    follow their generations.
+    """
+    gen_map = _id_map(cur, "SELECT id FROM generations WHERE session_id = ?", source_id)
+    ann_map = _id_map(cur, "SELECT a.id FROM annotations a JOIN generations g "
+                           "ON a.generation_id = g.id WHERE g.session_id = ?", source_id)
+    set_map = _id_map(cur, "SELECT id FROM token_sets WHERE session_id = ?", source_id)
+    for view, table in (("gen_map", gen_map), ("ann_map", ann_map), ("set_map", set_map)):
+        cur.register(view, table)
+    try:
+        cur.execute(
+            "INSERT INTO generations (id, session_id, created_at, source, model_label, params, "
+            "messages, stop_reason, parent_id, branch_position, title, model_spec) "
+            "SELECT m.new_id, ?, g.created_at, g.source, g.model_label, g.params, g.messages, "
+            "g.stop_reason, coalesce(p.new_id, g.parent_id), g.branch_position, g.title, "
+            "g.model_spec FROM generations g JOIN gen_map m ON g.id = m.old_id "
+            "LEFT JOIN gen_map p ON g.parent_id = p.old_id", [target_id])
+        cur.execute(
+            "INSERT INTO token_steps SELECT m.new_id, t.* EXCLUDE (generation_id) "
+            "FROM token_steps t JOIN gen_map m ON t.generation_id = m.old_id")
+        cur.execute(
+            "INSERT INTO annotations SELECT am.new_id, gm.new_id, a.start_position, "
+            "a.end_position, a.text, a.created_at, a.updated_at FROM annotations a "
+            "JOIN ann_map am ON a.id = am.old_id JOIN gen_map gm ON a.generation_id = gm.old_id")
+        cur.execute(
+            "INSERT INTO token_sets SELECT m.new_id, ?, s.name, s.created_at, s.updated_at "
+            "FROM token_sets s JOIN set_map m ON s.id = m.old_id", [target_id])
+        cur.execute(
+            "INSERT INTO token_set_members SELECT m.new_id, t.* EXCLUDE (set_id) "
+            "FROM token_set_members t JOIN set_map m ON t.set_id = m.old_id")
+    finally:
+        for view in ("gen_map", "ann_map", "set_map"):
+            cur.unregister(view)
+
+
+def _id_map(cur: duckdb.DuckDBPyConnection, query: str, session_id: str) -> pa.Table:
+    """A table (old_id, new_id) giving each id the query returns a fresh one."""
+    old = [row[0] for row in cur.execute(query, [session_id]).fetchall()]
+    return pa.table({"old_id": pa.array(old, pa.string()),
+                     "new_id": pa.array([new_id() for _ in old], pa.string())})
+
+
+def _copy_name(name: str) -> str:
+    """The default name of a copy, kept under the length limit."""
+    suffix = " (copy)"
+    return name[:MAX_NAME_CHARS - len(suffix)] + suffix
+
+
+def read_session(cur: duckdb.DuckDBPyConnection, session_id: str) -> Session:
+    """Read a session on a cursor (it must exist; deleted ones read with an empty name)."""
+    rows = cur.execute(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?",
+                       [session_id]).fetchall()
+    return _session(rows[0])
+
+
+def _session(row: tuple) -> Session:
+    """A Session from a row of `_SESSION_COLUMNS`."""
+    session_id, name, created_us, updated_us, settings = row
+    return Session(id=session_id, name=name, created_at=from_epoch_us(created_us),
+                   updated_at=from_epoch_us(updated_us),
+                   settings=json.loads(settings) if settings else {})
+
+
+def settings_json(settings: Mapping[str, Any]) -> str:
+    """Settings as a JSON object, or InputFormatError if they cannot be stored as JSON."""
+    if not isinstance(settings, Mapping) or not all(isinstance(k, str) for k in settings):
+        raise InputFormatError("Session settings must be a mapping with text keys.")
+    try:
+        text = json.dumps(dict(settings), allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise InputFormatError(f"Session settings must be plain JSON values (numbers, text, "
+                               f"lists, mappings; no NaN): {exc}") from None
+    if len(text.encode()) > MAX_SETTINGS_BYTES:
+        raise InputFormatError(f"Session settings take {len(text.encode())} bytes; the limit "
+                               f"is {MAX_SETTINGS_BYTES}.")
+    return text
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
