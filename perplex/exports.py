@@ -1,0 +1,238 @@
+"""Exports for papers and other tools: token records, annotations and figures.
+
+Token records are one row per token with its top-k alternatives: CSV (top-k as a JSON text
+column), JSON (a list of row objects) and Parquet (top-k as a list of structs, the store's
+own layout). Text is kept verbatim; read CSV back with `read_tokens_csv` so that token
+texts such as "NA" or "" stay text. JSON has no NaN or infinity: those numbers are null.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from perplex.annotations import Annotation
+from perplex.errors import PerplexError
+from perplex.records import Generation, TokenStep
+from perplex.stats import summarise
+from perplex.store import STEP_SCHEMA, steps_table
+
+TOKEN_COLUMNS = tuple(STEP_SCHEMA.names)
+_NUMERIC = ("position", "token_id", "message_index", "prob", "logprob", "entropy", "rank")
+_TEXT = ("generation_id", "text", "role", "top")
+FIGURE_FORMATS = ("html", "png", "svg")
+
+
+def token_rows(generations: Iterable[Generation]) -> list[dict[str, Any]]:
+    """One plain dict per token: the `token_steps` columns, `top` as a list of dicts."""
+    return [_row(gen.id, step) for gen in generations for step in gen.steps]
+
+
+def tokens_csv(generations: Iterable[Generation]) -> bytes:
+    """Token records as UTF-8 CSV; `top` holds the alternatives as JSON text."""
+    frame = pd.DataFrame(token_rows(generations), columns=list(TOKEN_COLUMNS))
+    frame["top"] = [_json(top) for top in frame["top"]]
+    for column in ("token_id", "rank"):  # integers stay integers where values are missing
+        frame[column] = frame[column].astype("Int64")
+    return frame.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n").encode()
+
+
+def read_tokens_csv(data: bytes) -> pd.DataFrame:
+    """Read `tokens_csv` output back: text stays text, `top` becomes lists of dicts."""
+    frame = pd.read_csv(io.BytesIO(data), keep_default_na=False, dtype={c: str for c in _TEXT},
+                        na_values={c: [""] for c in _NUMERIC})
+    frame["top"] = [json.loads(text) for text in frame["top"]]
+    for column in ("position", "token_id", "message_index", "rank"):
+        frame[column] = frame[column].astype("Int64")
+    return frame
+
+
+def tokens_json(generations: Iterable[Generation]) -> bytes:
+    """Token records as a JSON list of row objects (UTF-8, non-finite numbers as null)."""
+    return _json(token_rows(generations)).encode()
+
+
+def tokens_parquet(generations: Iterable[Generation]) -> bytes:
+    """Token records as Parquet, in the store's layout (top-k: list<struct>)."""
+    tables = [steps_table(gen) for gen in generations]
+    table = pa.concat_tables(tables) if tables else STEP_SCHEMA.empty_table()
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+def annotation_rows(annotations: Sequence[Annotation], generations: Mapping[str, Generation],
+                    threshold: float = 0.3) -> list[dict[str, Any]]:
+    """One dict per annotation: its note, the span's text and the span's statistics."""
+    rows = []
+    for note in annotations:
+        steps = span_steps(generations[note.generation_id], note.start, note.end)
+        stats = summarise(steps, threshold)
+        rows.append({
+            "id": note.id, "generation_id": note.generation_id, "start": note.start,
+            "end": note.end, "note": note.text, "span_text": "".join(s.text for s in steps),
+            "n_tokens": stats.n_tokens, "mean_prob": stats.mean_prob, "min_prob": stats.min_prob,
+            "mean_entropy": stats.mean_entropy, "max_entropy": stats.max_entropy,
+            "perplexity": stats.perplexity, "n_below_threshold": stats.n_below,
+            "threshold": threshold, "created_at": note.created_at.isoformat(),
+            "updated_at": note.updated_at.isoformat()})
+    return rows
+
+
+def annotations_csv(annotations: Sequence[Annotation], generations: Mapping[str, Generation],
+                    threshold: float = 0.3) -> bytes:
+    """Annotations with their spans' text and statistics as UTF-8 CSV."""
+    rows = annotation_rows(annotations, generations, threshold)
+    columns = list(rows[0]) if rows else ["id", "generation_id", "start", "end", "note"]
+    return pd.DataFrame(rows, columns=columns).to_csv(
+        index=False, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n").encode()
+
+
+def annotations_json(annotations: Sequence[Annotation], generations: Mapping[str, Generation],
+                     threshold: float = 0.3) -> bytes:
+    """Annotations with their spans' text and statistics as a JSON list."""
+    return _json(annotation_rows(annotations, generations, threshold)).encode()
+
+
+def annotations_markdown(annotations: Sequence[Annotation],
+                         generations: Mapping[str, Generation], title: str = "Annotations",
+                         threshold: float = 0.3) -> str:
+    """A Markdown report: each annotated span quoted, with its note and statistics.
+
+    Every piece of stored text (titles, spans, notes) is escaped, so Markdown or HTML in
+    it shows as typed and does nothing.
+    """
+    lines = [f"# {escape_markdown(title)}", ""]
+    if not annotations:
+        lines.append("No annotations.")
+    for number, row in enumerate(annotation_rows(annotations, generations, threshold), 1):
+        gen = generations[row["generation_id"]]
+        where = (f"token {row['start']}" if row["start"] == row["end"]
+                 else f"tokens {row['start']}–{row['end']}")
+        lines += [f"## {number}. {escape_markdown(gen.title or gen.id)}, {where}", "",
+                  *_quote(row["span_text"]), "", f"**Note:** {escape_markdown(row['note'])}",
+                  "", _stats_line(row), ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def escape_markdown(text: str) -> str:
+    """Text made inert in Markdown and HTML, shown as typed.
+
+    `& < >` become entities, the rest of Markdown's punctuation is backslash-escaped, and
+    leading spaces become entities so that no line turns into a code block.
+    """
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = "".join("\\" + ch if ch in "\\`*_{}[]()#+-.!|~=\"':" else ch for ch in text)
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return "\n".join(_entity_indent(line) for line in lines)
+
+
+def figure_to_file(fig: go.Figure, path: str | Path, format: str | None = None) -> Path:
+    """Write a figure as interactive HTML (plotly.js inlined, works offline), PNG or SVG.
+
+    The format defaults to the file's suffix. PNG and SVG are drawn by kaleido in a
+    headless Chromium; without one, a PerplexError says how to install it.
+    """
+    path = Path(path)
+    format = (format or path.suffix.lstrip(".")).lower()
+    if format not in FIGURE_FORMATS:
+        raise PerplexError(f"Figures can be saved as {', '.join(FIGURE_FORMATS)}, not "
+                           f"{format or 'a file without a suffix'!r}.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if format == "html":
+        fig.write_html(path, include_plotlyjs=True, full_html=True)
+    else:
+        path.write_bytes(figure_image(fig, format))
+    return path
+
+
+def figure_image(fig: go.Figure, format: str = "png", scale: float = 2.0) -> bytes:
+    """A figure as PNG or SVG bytes (for a download button), drawn by kaleido."""
+    try:
+        return fig.to_image(format=format, scale=scale)
+    except Exception as exc:  # kaleido reports a missing browser in several ways
+        if _browser_missing(exc):
+            raise PerplexError(
+                "Saving figures as PNG or SVG needs Chromium, and none was found. Install "
+                "it (Debian/Ubuntu: `sudo apt-get install chromium`) or point BROWSER_PATH "
+                "at a Chrome/Chromium binary; HTML export works without it.") from None
+        raise PerplexError(f"Could not draw the figure as {format.upper()}: {exc}") from exc
+
+
+def span_steps(gen: Generation, start: int, end: int) -> list[TokenStep]:
+    """The steps whose positions lie in `start`..`end` (inclusive)."""
+    return [s for s in gen.steps if start <= s.position <= end]
+
+
+def _browser_missing(exc: BaseException) -> bool:
+    """Whether an exception (or one it came from) says that no Chrome/Chromium was found."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if type(seen).__name__ == "ChromeNotFoundError" or "get_chrome" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _row(generation_id: str, step: TokenStep) -> dict[str, Any]:
+    """One token as a plain dict in `TOKEN_COLUMNS` order."""
+    return {
+        "generation_id": generation_id, "position": step.position, "token_id": step.token_id,
+        "text": step.text, "role": step.role.value, "message_index": step.message_index,
+        "prob": step.prob, "logprob": step.logprob, "entropy": step.entropy, "rank": step.rank,
+        "entropy_is_estimate": step.entropy_is_estimate, "forced": step.forced,
+        "top": [{"token_id": a.token_id, "text": a.text, "prob": a.prob, "logprob": a.logprob}
+                for a in step.top]}
+
+
+def _json(value: Any) -> str:
+    """Strict JSON (non-finite floats become null), non-ASCII kept as is."""
+    return json.dumps(_finite(value), ensure_ascii=False, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    """The value with NaN and infinities replaced by None, recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _quote(text: str) -> list[str]:
+    """A span as a Markdown blockquote, escaped; an empty span says so."""
+    if not text.strip():
+        return [f"> *(whitespace only: {escape_markdown(repr(text))})*" if text
+                else "> *(empty)*"]
+    return ["> " + line if line else ">" for line in escape_markdown(text).split("\n")]
+
+
+def _entity_indent(line: str) -> str:
+    """A line whose leading spaces and tabs are entities, so they cannot start a block."""
+    stripped = line.lstrip(" \t")
+    indent = line[:len(line) - len(stripped)]
+    return indent.replace(" ", "&#32;").replace("\t", "&#9;") + stripped
+
+
+def _stats_line(row: dict[str, Any]) -> str:
+    """The span's statistics as one Markdown line."""
+    def number(value: float | None, digits: int = 3) -> str:
+        return "–" if value is None else f"{value:.{digits}f}"
+    tokens = "1 token" if row["n_tokens"] == 1 else f"{row['n_tokens']} tokens"
+    return (f"{tokens} · mean p {number(row['mean_prob'])} · "
+            f"min p {number(row['min_prob'])} · mean entropy {number(row['mean_entropy'])} nats"
+            f" · max entropy {number(row['max_entropy'])} nats · perplexity "
+            f"{number(row['perplexity'], 2)} · {row['n_below_threshold']} under p "
+            f"{row['threshold']:g}")
