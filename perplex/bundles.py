@@ -1,0 +1,272 @@
+"""Session bundles: one file that carries a whole session to another machine.
+
+A bundle is a zip of JSON documents and one Parquet table, never pickle:
+
+- `manifest.json`: format name, bundle version, the exporter's schema version, and the
+  size and SHA-256 of every other member;
+- `session.json`, `generations.json`, `annotations.json`, `token_sets.json`;
+- `token_steps.parquet`: every token record, in the store's own layout.
+
+Bundles are untrusted uploads. `read_bundle` checks everything before `import_bundle`
+writes anything, in one transaction: bad zips, missing or tampered members, bundles from a
+newer Perplex and members that would unpack too large raise `BundleError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+import zlib
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from perplex import bundle_docs as docs
+from perplex.annotations import Annotation, annotations_of_session
+from perplex.bundle_docs import BundleError
+from perplex.records import Generation, TokenStep, new_id
+from perplex.sessions import Session, read_session, require_live_session, settings_json
+from perplex.store import (
+    MIGRATIONS,
+    STEP_SCHEMA,
+    Store,
+    read_generation,
+    steps_from_table,
+    steps_table,
+    write_generation,
+)
+from perplex.token_sets import TokenSet, token_sets_of_session
+
+FORMAT = "perplex-session-bundle"
+BUNDLE_VERSION = 1
+MAX_UNCOMPRESSED_BYTES = 1024**3  # what a bundle may unpack to, all members together
+MAX_MEMBERS = 16
+MANIFEST = "manifest.json"
+PAYLOADS = ("session.json", "generations.json", "annotations.json", "token_sets.json",
+            "token_steps.parquet")
+
+
+@dataclass(frozen=True)
+class SessionBundle:
+    """Everything a bundle carries, checked and ready to import."""
+
+    session: Session
+    generations: tuple[Generation, ...]
+    annotations: tuple[Annotation, ...]
+    token_sets: tuple[TokenSet, ...]
+    schema_version: int  # of the Perplex that wrote it
+
+
+def export_bundle(store: Store, session_id: str) -> bytes:
+    """The session as bundle bytes (a consistent snapshot, even while others write)."""
+    with store.cursor() as cur:
+        cur.begin()  # one read transaction: every table seen at the same moment
+        require_live_session(cur, session_id)
+        session = read_session(cur, session_id)
+        ids = [row[0] for row in cur.execute(
+            "SELECT id FROM generations WHERE session_id = ? ORDER BY created_at, id",
+            [session_id]).fetchall()]
+        generations = [read_generation(cur, generation_id) for generation_id in ids]
+        annotations = annotations_of_session(cur, session_id)
+        token_sets = token_sets_of_session(cur, session_id)
+        cur.rollback()
+    tables = [steps_table(gen) for gen in generations]
+    sink = io.BytesIO()
+    pq.write_table(pa.concat_tables(tables) if tables else STEP_SCHEMA.empty_table(), sink)
+    payloads = {
+        "session.json": docs.dump(docs.session_doc(session)),
+        "generations.json": docs.dump([docs.generation_doc(g) for g in generations]),
+        "annotations.json": docs.dump([docs.annotation_doc(a) for a in annotations]),
+        "token_sets.json": docs.dump([docs.token_set_doc(s) for s in token_sets]),
+        "token_steps.parquet": sink.getvalue(),
+    }
+    manifest = {
+        "format": FORMAT, "bundle_version": BUNDLE_VERSION, "schema_version": len(MIGRATIONS),
+        "exported_at": datetime.now(timezone.utc).isoformat(),
+        "members": {name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+                    for name, data in payloads.items()},
+    }
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(MANIFEST, docs.dump(manifest))
+        for name, data in payloads.items():
+            archive.writestr(name, data)
+    return out.getvalue()
+
+
+def import_bundle(store: Store, bundle: bytes | str | Path,
+                  max_bytes: int = MAX_UNCOMPRESSED_BYTES) -> Session:
+    """Import a bundle as a session and return it; all or nothing.
+
+    On a machine that does not hold the session yet, it comes back with the same ids
+    (an identical session). Where any of its ids is taken (the bundle was made here, or
+    imported before), everything gets fresh ids and the name ends in "(imported)".
+    """
+    parsed = read_bundle(bundle, max_bytes)
+    with store.cursor(write=True) as cur:
+        if _ids_taken(cur, parsed):
+            parsed = _with_fresh_ids(parsed)
+        session = parsed.session
+        cur.execute("INSERT INTO sessions (id, name, created_at, updated_at, settings) "
+                    "VALUES (?, ?, ?, ?, ?)", [session.id, session.name, session.created_at,
+                                                session.updated_at,
+                                                settings_json(session.settings)])
+        for gen in parsed.generations:
+            write_generation(cur, gen)
+        for note in parsed.annotations:
+            cur.execute("INSERT INTO annotations VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [note.id, note.generation_id, note.start, note.end, note.text,
+                         note.created_at, note.updated_at])
+        for token_set in parsed.token_sets:
+            cur.execute("INSERT INTO token_sets VALUES (?, ?, ?, ?, ?)",
+                        [token_set.id, session.id, token_set.name, token_set.created_at,
+                         token_set.updated_at])
+            for ordinal, m in enumerate(token_set.members):
+                cur.execute("INSERT INTO token_set_members VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            [token_set.id, m.tokenizer, m.token_id, m.token_text, m.word,
+                             ordinal, token_set.updated_at])
+        return read_session(cur, session.id)
+
+
+def read_bundle(bundle: bytes | str | Path,
+                max_bytes: int = MAX_UNCOMPRESSED_BYTES) -> SessionBundle:
+    """Open and check a bundle without touching any database."""
+    members = _read_members(bundle, max_bytes)
+    manifest = docs.load(members[MANIFEST], MANIFEST)
+    _check_manifest(manifest, members)
+    steps = _steps_by_generation(_read_steps(members["token_steps.parquet"]))
+    session = docs.parse_session(docs.load(members["session.json"], "session.json"))
+    generations = docs.parse_generations(
+        docs.load(members["generations.json"], "generations.json"), session.id, steps)
+    return SessionBundle(
+        session=session, generations=generations,
+        annotations=docs.parse_annotations(
+            docs.load(members["annotations.json"], "annotations.json"), generations),
+        token_sets=docs.parse_token_sets(
+            docs.load(members["token_sets.json"], "token_sets.json"), session.id),
+        schema_version=manifest["schema_version"])
+
+
+def _read_members(bundle: bytes | str | Path, max_bytes: int) -> dict[str, bytes]:
+    """The manifest and payload members, read with size limits and zip errors caught."""
+    source = io.BytesIO(bundle) if isinstance(bundle, (bytes, bytearray)) else Path(bundle)
+    try:
+        with zipfile.ZipFile(source) as archive:
+            infos = archive.infolist()
+            names = [info.filename for info in infos]
+            if len(infos) > MAX_MEMBERS or len(set(names)) != len(names):
+                raise BundleError("This bundle holds unexpected or repeated files; it was not "
+                                  "written by Perplex. Nothing was imported.")
+            total = sum(info.file_size for info in infos)
+            if total > max_bytes:
+                raise BundleError(_too_large(total, max_bytes))
+            missing = [name for name in (MANIFEST, *PAYLOADS) if name not in names]
+            if missing:
+                raise BundleError(f"This bundle is incomplete: it lacks {', '.join(missing)}. "
+                                  "Export the session again. Nothing was imported.")
+            members, budget = {}, max_bytes
+            for name in (MANIFEST, *PAYLOADS):
+                with archive.open(name) as member:  # the header's size may lie: cap the read
+                    data = member.read(budget + 1)
+                if len(data) > budget:
+                    raise BundleError(_too_large(max_bytes + 1, max_bytes))
+                budget -= len(data)
+                members[name] = data
+            return members
+    except BundleError:
+        raise
+    except FileNotFoundError:
+        raise BundleError(f"There is no bundle file at {source}.") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError,
+            NotImplementedError, ValueError) as exc:
+        raise BundleError("This file is not a readable Perplex session bundle: the zip is "
+                          f"corrupted or cut short ({exc}). Export the session again or copy "
+                          "the whole file. Nothing was imported.") from None
+
+
+def _check_manifest(manifest: object, members: dict[str, bytes]) -> None:
+    """Check the manifest's format and versions, and every member's size and checksum."""
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError("This zip is not a Perplex session bundle (its manifest does not "
+                          "say so). Nothing was imported.")
+    for key, ours in (("bundle_version", BUNDLE_VERSION), ("schema_version", len(MIGRATIONS))):
+        theirs = manifest.get(key)
+        if type(theirs) is not int or theirs < 1:
+            raise BundleError(f"The bundle's manifest has no valid {key}. Nothing was imported.")
+        if theirs > ours:
+            raise BundleError(
+                f"This bundle was written by a newer Perplex ({key.replace('_', ' ')} "
+                f"{theirs}; this one reads up to {ours}). Update Perplex to import it. "
+                "Nothing was imported.")
+    listed = manifest.get("members")
+    for name in PAYLOADS:
+        entry = listed.get(name) if isinstance(listed, dict) else None
+        data = members[name]
+        if (not isinstance(entry, dict) or entry.get("bytes") != len(data)
+                or entry.get("sha256") != hashlib.sha256(data).hexdigest()):
+            raise BundleError(f"The bundle's {name} does not match its manifest: the file was "
+                              "changed or damaged after export. Nothing was imported.")
+
+
+def _read_steps(data: bytes) -> pa.Table:
+    """The token records table, checked against the store's layout."""
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise BundleError(f"The bundle's token_steps.parquet cannot be read ({exc}). "
+                          "Nothing was imported.") from None
+    if not table.schema.equals(STEP_SCHEMA, check_metadata=False):
+        raise BundleError("The bundle's token_steps.parquet does not have the columns of "
+                          "Perplex token records. Nothing was imported.")
+    return table
+
+
+def _steps_by_generation(table: pa.Table) -> dict[str, tuple[TokenStep, ...]]:
+    """Token steps grouped by generation id, in table order."""
+    rows: dict[str, list[int]] = {}
+    for index, generation_id in enumerate(table.column("generation_id").to_pylist()):
+        rows.setdefault(generation_id, []).append(index)
+    try:
+        return {generation_id: steps_from_table(table.take(pa.array(indices, pa.int64())))
+                for generation_id, indices in rows.items()}
+    except (ValueError, TypeError) as exc:  # an unknown role, a missing text...
+        raise BundleError(f"The bundle's token records are malformed ({exc}). "
+                          "Nothing was imported.") from None
+
+
+def _ids_taken(cur, parsed: SessionBundle) -> bool:
+    """Whether any id of the bundle is already used in this database."""
+    checks = (("sessions", [parsed.session.id]),
+              ("generations", [g.id for g in parsed.generations]),
+              ("annotations", [a.id for a in parsed.annotations]),
+              ("token_sets", [s.id for s in parsed.token_sets]))
+    return any(ids and cur.execute(f"SELECT count(*) FROM {table} WHERE list_contains(?, id)",
+                                   [ids]).fetchall()[0][0] for table, ids in checks)
+
+
+def _with_fresh_ids(parsed: SessionBundle) -> SessionBundle:
+    """The bundle with every id replaced (links follow), its name marked as imported."""
+    session_id = new_id()
+    gen_ids = {g.id: new_id() for g in parsed.generations}
+    name = parsed.session.name
+    suffix = " (imported)"
+    return replace(
+        parsed,
+        session=replace(parsed.session, id=session_id, name=name[:200 - len(suffix)] + suffix),
+        generations=tuple(replace(g, id=gen_ids[g.id], session_id=session_id,
+                                  parent_id=gen_ids.get(g.parent_id, g.parent_id))
+                          for g in parsed.generations),
+        annotations=tuple(replace(a, id=new_id(), generation_id=gen_ids[a.generation_id])
+                          for a in parsed.annotations),
+        token_sets=tuple(replace(s, id=new_id(), session_id=session_id)
+                         for s in parsed.token_sets))
+
+
+def _too_large(size: int, limit: int) -> str:
+    """The message for a bundle that would unpack to more than the limit."""
+    return (f"This bundle would unpack to more than {limit / 1e6:,.0f} MB ({size / 1e6:,.0f} "
+            "MB declared); it is too large or not a genuine bundle. Nothing was imported.")

@@ -1,0 +1,272 @@
+"""Tests for session bundles: exact round trips, and bad bundles refused with nothing written."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import pytest
+
+from perplex import bundles
+from perplex.annotations import add_annotation, edit_annotation, session_annotations
+from perplex.bundles import BundleError, export_bundle, import_bundle, read_bundle
+from perplex.errors import PerplexError, StoreError
+from perplex.sessions import create_session, delete_session, get_session, list_sessions
+from perplex.store import MIGRATIONS, Store
+from perplex.token_sets import add_token, create_token_set, list_token_sets
+from tests.test_store import make_generation
+
+TABLES = ("sessions", "generations", "token_steps", "annotations", "token_sets",
+          "token_set_members")
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A store with one full session, and its bundle (built once: tests must not change it).
+
+    The session has branches, hostile text, annotations, token sets and settings.
+    """
+    with Store.open(tmp_path_factory.mktemp("source") / "source.duckdb") as store:
+        session = fill(store)
+        yield store, session, export_bundle(store, session.id)
+
+
+@pytest.fixture
+def store(source):
+    return source[0]
+
+
+@pytest.fixture
+def session(source):
+    return source[1]
+
+
+@pytest.fixture
+def data(source):
+    return source[2]
+
+
+@pytest.fixture
+def target(tmp_path):
+    with Store.open(tmp_path / "target.duckdb") as opened:
+        yield opened
+
+
+@pytest.fixture(scope="module")
+def untouched(tmp_path_factory):
+    """One database that bad bundles are thrown at; it must stay empty."""
+    with Store.open(tmp_path_factory.mktemp("untouched") / "untouched.duckdb") as opened:
+        yield opened
+
+
+def fill(store):
+    made = create_session(store, "Study '../x' \"q\" <b>", settings={
+        "mode": "prefill", "thresholds": [0.3, 0.7], "models": {"a": "bundled"}})
+    root = make_generation(n_steps=60, n_alts=20, session_id=made.id, title="root")
+    branch = make_generation(n_steps=45, n_alts=20, session_id=made.id, parent_id=root.id,
+                             branch_position=30, title="branch")
+    twig = make_generation(n_steps=40, n_alts=5, session_id=made.id, parent_id=branch.id,
+                           branch_position=35, title="twig")
+    for gen in (root, branch, twig):
+        store.save_generation(gen)
+    note = add_annotation(store, branch.id, 31, "<script>alert(1)</script>", end=36)
+    edit_annotation(store, note.id, "'; DROP TABLE annotations; -- **x**")
+    add_annotation(store, root.id, 12, "one token 😀")
+    token_set = create_token_set(store, made.id, "R-Set")
+    add_token(store, token_set.id, "tiny", 5, " Sorry", word="Sorry")
+    add_token(store, token_set.id, "tiny", 6, "I", word="I")
+    add_token(store, token_set.id, "tiny", 6, "I", word="I'm")
+    create_token_set(store, made.id, "empty")
+    return get_session(store, made.id)
+
+
+def counts(store) -> dict[str, int]:
+    with store.cursor() as cur:
+        return {t: cur.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in TABLES}
+
+
+def snapshot(store, session_id):
+    """Everything a session holds, as comparable values."""
+    generations = [store.load_generation(g.id) for g in store.list_generations(session_id)]
+    return (get_session(store, session_id), generations,
+            session_annotations(store, session_id), list_token_sets(store, session_id))
+
+
+def rezip(data: bytes, change=None, drop=(), add=None) -> bytes:
+    """Rebuild a bundle with a member changed, dropped or added."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            if info.filename in drop:
+                continue
+            content = src.read(info.filename)
+            if change and info.filename in change:
+                content = change[info.filename](content)
+            dst.writestr(info.filename, content, compress_type=zipfile.ZIP_DEFLATED)
+        for name, content in (add or {}).items():
+            dst.writestr(name, content, compress_type=zipfile.ZIP_DEFLATED)
+    return out.getvalue()
+
+
+def edit_manifest(**changes):
+    def edit(content: bytes) -> bytes:
+        manifest = json.loads(content)
+        manifest.update(changes)
+        return json.dumps(manifest).encode()
+    return {"manifest.json": edit}
+
+
+def test_round_trip_into_an_empty_database_is_identical(store, target, session, tmp_path):
+    data = export_bundle(store, session.id)  # a fresh export, through a file
+    path = tmp_path / "study.perplex.zip"
+    path.write_bytes(data)
+    imported = import_bundle(target, path)
+    assert imported == session
+    before, after = snapshot(store, session.id), snapshot(target, session.id)
+    assert after == before  # every token record, branch link, annotation and token set
+    gens = {g.title: g for g in after[1]}
+    assert gens["twig"].parent_id == gens["branch"].id and gens["twig"].branch_position == 35
+    assert len(gens["root"].steps) == 60 and gens["root"].steps[5].token_id is None
+    assert counts(target) == counts(store)
+
+
+def test_importing_where_the_ids_exist_makes_a_fresh_copy(target, session, data):
+    assert import_bundle(target, data) == session
+    copy = import_bundle(target, data)
+    assert copy.id != session.id and copy.name == session.name + " (imported)"
+    original, imported = snapshot(target, session.id), snapshot(target, copy.id)
+    old = {g.title: g for g in original[1]}
+    new = {g.title: g for g in imported[1]}
+    assert new["twig"].parent_id == new["branch"].id != old["branch"].id
+    assert [g.steps for g in imported[1]] == [g.steps for g in original[1]]
+    assert [(a.start, a.end, a.text) for a in imported[2]] == [
+        (a.start, a.end, a.text) for a in original[2]]
+    assert [s.members for s in imported[3]] == [s.members for s in original[3]]
+    delete_session(target, session.id)  # the copy does not depend on the original
+    assert snapshot(target, copy.id)[1] == imported[1]
+
+
+def test_deleted_and_empty_sessions(target, tmp_path):
+    with Store.open(tmp_path / "other.duckdb") as other:
+        empty = create_session(other, "empty")
+        import_bundle(target, export_bundle(other, empty.id))
+        assert get_session(target, empty.id) == get_session(other, empty.id)
+        delete_session(other, empty.id)
+        with pytest.raises(StoreError, match="deleted"):
+            export_bundle(other, empty.id)
+
+
+@pytest.mark.parametrize("mangle, message", [
+    (lambda d: d[: len(d) // 2], "corrupted or cut short"),
+    (lambda d: d[:-30], "corrupted or cut short"),
+    (lambda d: b"PK\x03\x04" + bytes(200), "corrupted or cut short"),
+    (lambda d: b"", "corrupted or cut short"),
+    (lambda d: b"\x80\x04\x95 pickle, never", "corrupted or cut short"),
+    (lambda d: rezip(d, drop=("annotations.json",)), "lacks annotations.json"),
+    (lambda d: rezip(d, drop=("manifest.json",)), "lacks manifest.json"),
+    (lambda d: rezip(d, change=edit_manifest(bundle_version=2)), "newer Perplex.*bundle version 2"),
+    (lambda d: rezip(d, change=edit_manifest(schema_version=len(MIGRATIONS) + 1)),
+     "newer Perplex.*schema version"),
+    (lambda d: rezip(d, change=edit_manifest(schema_version="3")), "no valid schema_version"),
+    (lambda d: rezip(d, change=edit_manifest(format="other")), "not a Perplex session bundle"),
+    (lambda d: rezip(d, change={"session.json": lambda c: c.replace(b"Study", b"Stvdy")}),
+     "does not match its manifest"),
+    (lambda d: rezip(d, add={"extra": b"x", "manifest.json": b"{}"}), "repeated"),
+])
+@pytest.mark.filterwarnings("ignore:Duplicate name")
+def test_bad_bundles_are_refused_and_nothing_is_written(untouched, data, mangle, message):
+    with pytest.raises(BundleError, match=message) as info:
+        import_bundle(untouched, mangle(data))
+    assert isinstance(info.value, PerplexError) and "Nothing was imported" in str(info.value)
+    assert counts(untouched) == dict.fromkeys(TABLES, 0)
+
+
+def resigned(data: bytes, name: str, edit) -> bytes:
+    """A bundle with one JSON member edited and the manifest's checksum made to match."""
+    import hashlib
+    with zipfile.ZipFile(io.BytesIO(data)) as src:
+        content = json.dumps(edit(json.loads(src.read(name)))).encode()
+        manifest = json.loads(src.read("manifest.json"))
+    manifest["members"][name] = {"bytes": len(content),
+                                 "sha256": hashlib.sha256(content).hexdigest()}
+    return rezip(data, change={name: lambda _: content,
+                               "manifest.json": lambda _: json.dumps(manifest).encode()})
+
+
+def set_first(key, value):
+    def edit(items):
+        items[0][key] = value
+        return items
+    return edit
+
+
+@pytest.mark.parametrize("name, edit, message", [
+    ("annotations.json", set_first("end", 10_000), "lacks"),
+    ("annotations.json", set_first("generation_id", "elsewhere"), "does not hold"),
+    ("annotations.json", set_first("text", "  "), "empty note"),
+    ("generations.json", set_first("source", "alien"), "unknown source"),
+    ("generations.json", set_first("created_at", "yesterday"), "ISO 8601"),
+    ("generations.json", set_first("created_at", "2024-01-01T00:00:00"), "time zone"),
+    ("generations.json", set_first("title", 5), "wrong type"),
+    ("generations.json", lambda items: items[:1], "lacks"),
+    ("generations.json", lambda items: [items[0], items[0]], "repeat"),
+    ("token_sets.json", set_first("name", " "), "needs a name"),
+    ("token_sets.json", lambda items: [items[0], {**items[0], "id": "other"}], "repeat"),
+    ("session.json", lambda s: {**s, "settings": []}, "wrong type"),
+    ("session.json", lambda s: {k: v for k, v in s.items() if k != "name"}, 'no "name"'),
+])
+def test_checked_members_with_bad_content_are_refused(untouched, data, name, edit, message):
+    with pytest.raises(BundleError, match=message):
+        import_bundle(untouched, resigned(data, name, edit))
+    assert counts(untouched) == dict.fromkeys(TABLES, 0)
+
+
+def test_zip_bomb_guard(untouched, data):
+    target = untouched
+    with pytest.raises(BundleError, match="would unpack to more than"):
+        import_bundle(target, data, max_bytes=10_000)
+    bomb = rezip(data, add={"padding": bytes(20_000_000)})  # 20 MB of zeros, ~20 kB zipped
+    assert len(bomb) < len(data) + 100_000
+    with pytest.raises(BundleError, match="would unpack to more than"):
+        import_bundle(target, bomb, max_bytes=5_000_000)
+    assert counts(target) == dict.fromkeys(TABLES, 0)
+
+
+def test_a_forged_size_header_is_caught_while_reading(data, monkeypatch):
+    """A central directory claiming tiny sizes passes the size check but not the read."""
+    real_infolist = zipfile.ZipFile.infolist
+
+    def shrunk(self):
+        infos = real_infolist(self)
+        for info in infos:
+            info.file_size = 1  # what a forged central directory would claim
+        return infos
+
+    monkeypatch.setattr(zipfile.ZipFile, "infolist", shrunk)
+    with pytest.raises(BundleError, match="Nothing was imported"):
+        read_bundle(data, max_bytes=50_000)
+
+
+def test_a_failure_while_writing_leaves_nothing(target, session, data, monkeypatch):
+    calls = []
+
+    def failing_write(cur, gen, steps=None):
+        calls.append(gen.id)
+        if len(calls) == 2:
+            raise StoreError("disk full (simulated)")
+        real_write(cur, gen, steps)
+
+    real_write = bundles.write_generation
+    monkeypatch.setattr(bundles, "write_generation", failing_write)
+    with pytest.raises(StoreError, match="simulated"):
+        import_bundle(target, data)
+    assert counts(target) == dict.fromkeys(TABLES, 0)
+    assert list_sessions(target) == []
+    monkeypatch.undo()
+    assert import_bundle(target, data) == session
+
+
+def test_missing_file(untouched, tmp_path):
+    with pytest.raises(BundleError, match="no bundle file"):
+        import_bundle(untouched, tmp_path / "nope.zip")
