@@ -29,7 +29,13 @@ from perplex import bundle_docs as docs
 from perplex.annotations import Annotation, annotations_of_session
 from perplex.bundle_docs import BundleError
 from perplex.records import Generation, TokenStep, new_id
-from perplex.sessions import Session, read_session, require_live_session, settings_json
+from perplex.sessions import (
+    MAX_NAME_CHARS,
+    Session,
+    read_session,
+    require_live_session,
+    settings_json,
+)
 from perplex.store import (
     MIGRATIONS,
     STEP_SCHEMA,
@@ -256,7 +262,8 @@ def _with_fresh_ids(parsed: SessionBundle) -> SessionBundle:
     suffix = " (imported)"
     return replace(
         parsed,
-        session=replace(parsed.session, id=session_id, name=name[:200 - len(suffix)] + suffix),
+        session=replace(parsed.session, id=session_id,
+                        name=name[:MAX_NAME_CHARS - len(suffix)] + suffix),
         generations=tuple(replace(g, id=gen_ids[g.id], session_id=session_id,
                                   parent_id=gen_ids.get(g.parent_id, g.parent_id))
                           for g in parsed.generations),

@@ -76,6 +76,9 @@ def annotation_rows(annotations: Sequence[Annotation], generations: Mapping[str,
     """One dict per annotation: its note, the span's text and the span's statistics."""
     rows = []
     for note in annotations:
+        if note.generation_id not in generations:
+            raise PerplexError(f"The annotation {note.id!r} is on generation "
+                               f"{note.generation_id!r}, which was not given to the export.")
         steps = span_steps(generations[note.generation_id], note.start, note.end)
         stats = summarise(steps, threshold)
         rows.append({

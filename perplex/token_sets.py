@@ -2,8 +2,9 @@
 
 Ids belong to one tokenizer, so every member records the tokenizer's label (the model
 label of the generations it is used with). Words are the portable part: a set's words can
-be resolved again for another tokenizer. A session owns its token sets; the Prefilling
-mode's R-Set (refusal openings) and C-Set (compliance openings) are seeded per session.
+be resolved again for another tokenizer (`perplex.token_words.resolve_words`, re-exported
+here). A session owns its token sets; the Prefilling mode's R-Set (refusal openings) and
+C-Set (compliance openings) are seeded per session.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from perplex.errors import InputFormatError, StoreError
 from perplex.records import new_id
 from perplex.sessions import clean_name, require_live_session
 from perplex.store import Store, from_epoch_us, touch_session_row
-from perplex.tokens import token_texts
+from perplex.token_words import ResolvedWord, resolve_words
+
+__all__ = ["COMPLIANCE_SET", "DEFAULT_SETS", "REFUSAL_SET", "ResolvedWord", "TokenSet",
+           "TokenSetMember", "add_token", "add_words", "create_token_set", "delete_token_set",
+           "ensure_default_sets", "get_token_set", "list_token_sets", "remove_token",
+           "remove_word", "rename_token_set", "resolve_words", "sets_containing",
+           "token_sets_of_session"]
 
 REFUSAL_SET = "R-Set"
 COMPLIANCE_SET = "C-Set"
@@ -27,46 +34,6 @@ DEFAULT_SETS: dict[str, tuple[str, ...]] = {
     REFUSAL_SET: ("I", "Sorry", "I'm", "As", "Unfortunately", "Cannot"),
     COMPLIANCE_SET: ("Sure", "Here", "Certainly", "Absolutely", "Of", "Step", "To"),
 }
-MAX_WORD_CHARS = 100
-
-
-@dataclass(frozen=True)
-class ResolvedWord:
-    """How one spelling of an entered word tokenizes; the set counts its first token."""
-
-    word: str  # as entered
-    text: str  # the exact string tokenized (the word, maybe with a leading space or recased)
-    token_ids: tuple[int, ...]
-    token_texts: tuple[str, ...]  # what each of those tokens adds to the text
-
-    @property
-    def token_id(self) -> int:
-        """The id the set counts: the first token of the spelling."""
-        return self.token_ids[0]
-
-    @property
-    def multi_token(self) -> bool:
-        """Whether the spelling takes more than one token (only the first is counted)."""
-        return len(self.token_ids) > 1
-
-    @property
-    def counted(self) -> bool:
-        """Whether the set takes this spelling: not if its first token is only whitespace.
-
-        A bare space would stand for every word that starts with one.
-        """
-        return bool(self.token_texts[0].strip())
-
-    @property
-    def note(self) -> str | None:
-        """A line for the researcher when the spelling is several tokens, else None."""
-        if not self.multi_token:
-            return None
-        pieces = " + ".join(repr(t) for t in self.token_texts)
-        head = f"{self.text!r} is {len(self.token_ids)} tokens here ({pieces}); "
-        if not self.counted:
-            return head + "its first token is only whitespace, so it is left out of the set."
-        return head + f"it is counted by its first token {self.token_texts[0]!r}."
 
 
 @dataclass(frozen=True)
@@ -98,25 +65,6 @@ class TokenSet:
     def token_ids(self, tokenizer: str) -> frozenset[int]:
         """The ids of the set for one tokenizer."""
         return frozenset(m.token_id for m in self.members if m.tokenizer == tokenizer)
-
-
-def resolve_words(tokenizer, words: Sequence[str], leading_space: bool = True,
-                  case_variants: bool = False) -> list[ResolvedWord]:
-    """Tokenize the spellings of each word; the sets count each spelling's first token.
-
-    Spellings: the word as typed, and with a leading space (as the word reads after another
-    word) when `leading_space`; lower, Capitalised and UPPER too when `case_variants`.
-    Multi-token spellings are flagged (`multi_token`, `note`).
-    """
-    if isinstance(words, str):
-        words = [words]
-    resolved: list[ResolvedWord] = []
-    for word in words:
-        for text in _spellings(_check_word(word), leading_space, case_variants):
-            ids = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
-            if ids:
-                resolved.append(ResolvedWord(word, text, ids, tuple(token_texts(tokenizer, ids))))
-    return resolved
 
 
 def create_token_set(store: Store, session_id: str, name: str) -> TokenSet:
@@ -262,29 +210,6 @@ def _token_id(value: object) -> int:
     if token_id is None or token_id < 0:
         raise InputFormatError(f"A token id is a whole number ≥ 0, not {value!r}.")
     return token_id
-
-
-def _spellings(word: str, leading_space: bool, case_variants: bool) -> list[str]:
-    """The distinct spellings of a word to tokenize, in a stable order."""
-    cases = [word]
-    if case_variants:
-        cases += [word.lower(), word[:1].upper() + word[1:].lower(), word.upper()]
-    spellings = []
-    for case in cases:
-        spellings.append(case)
-        if leading_space and not case[:1].isspace():
-            spellings.append(" " + case)
-    return list(dict.fromkeys(spellings))
-
-
-def _check_word(word: object) -> str:
-    """A word as typed, or InputFormatError if it is empty or not text."""
-    if not isinstance(word, str) or not word.strip():
-        raise InputFormatError("A token-set word is empty: type at least one visible character.")
-    if len(word) > MAX_WORD_CHARS:
-        raise InputFormatError(f"A token-set word is {len(word)} characters long; token sets "
-                               f"hold words of at most {MAX_WORD_CHARS}.")
-    return word
 
 
 def _check_writable(cur: duckdb.DuckDBPyConnection, set_id: str) -> str:

@@ -126,6 +126,8 @@ def test_annotation_exports_carry_span_text_and_stats(store):
     assert frame["note"].tolist() == [HOSTILE, "single"]
     assert frame["span_text"].tolist() == [r["span_text"] for r in rows]
     assert annotations_csv([], {}).decode().startswith('"id","generation_id"')
+    with pytest.raises(PerplexError, match="not given to the export"):
+        annotations_markdown(notes, {})
 
 
 def test_markdown_report_quotes_spans_inertly(store):
