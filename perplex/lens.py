@@ -1,0 +1,309 @@
+"""The logit lens: what the model would predict if it stopped after each layer.
+
+One forward pass (through `perplex.nnsight_adapter`) captures the residual stream after the
+embedding and after every block; each is passed through the model's own final norm and
+unembedding. Row L (the last block's output, normed here) is therefore exactly the model's
+output distribution. Probabilities are softmax at temperature 1; entropy and KL in nats.
+
+Cost: the unembedding matmul (positions × layers × vocabulary × hidden) dominates. Per
+chunk of positions the statistics use fused kernels (top-k, softmax, products summed
+pairwise) into preallocated buffers. Batched dot products (bmm) and the shortcut
+Σ_v p_final[v]·z_l[v] = h_l · (Wᵀ p_final) were tried and lose 1e-3 nats in float32.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from perplex.errors import PerplexError
+from perplex.nnsight_adapter import ResidualPatch, capture_residuals
+from perplex.tokens import token_texts
+
+FINAL_NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_layer_norm", "norm_f",
+                    "final_norm")
+BLOCK_LIST_NAMES = ("layers", "h", "blocks", "decoder.layers", "layer")
+DEFAULT_TOP_K = 10
+CHUNK_POSITIONS = 64  # positions projected at once: bounds the [chunk, vocab] buffers
+
+Progress = Callable[[int, int], None]  # (steps done, steps in all)
+
+
+class LensError(PerplexError):
+    """The logit lens cannot be computed for this model or input."""
+
+
+@dataclass(frozen=True, eq=False)
+class LensAnatomy:
+    """Where a causal LM keeps what the lens needs, found from its structure.
+
+    Paths are attribute paths from the causal LM (e.g. "model.layers"); `layers_path` and
+    `norm_name` are relative to `decoder`, the model without its head.
+    """
+
+    decoder: torch.nn.Module
+    decoder_path: str
+    layers_path: str
+    norm_name: str
+    final_norm: torch.nn.Module
+    unembed: torch.nn.Module
+    head_path: str
+    n_blocks: int
+    softcap: float | None  # final logit soft-capping (Gemma 2), None when absent
+
+    @property
+    def full_layers_path(self) -> str:
+        """The blocks' path from the causal LM."""
+        return f"{self.decoder_path}.{self.layers_path}".strip(".")
+
+    @property
+    def full_norm_path(self) -> str:
+        """The final norm's path from the causal LM."""
+        return f"{self.decoder_path}.{self.norm_name}".strip(".")
+
+    @property
+    def norm_dtype(self) -> torch.dtype:
+        """The dtype of the final norm's parameters (the model's dtype)."""
+        param = next(self.final_norm.parameters(), None)
+        return torch.float32 if param is None else param.dtype
+
+
+def _get_path(module: torch.nn.Module, path: str):
+    for name in path.split("."):
+        module = getattr(module, name, None)
+        if module is None:
+            return None
+    return module
+
+
+def find_anatomy(model: torch.nn.Module) -> LensAnatomy:
+    """Find the decoder, its blocks, its final norm and the unembedding of a causal LM.
+
+    Works for the llama family (Llama, SmolLM, Mistral, Qwen2, Gemma) and GPT-2-style
+    models; anything else gets a `LensError` that says what was missing.
+    """
+    kind = type(model).__name__
+    get_head = getattr(model, "get_output_embeddings", None)
+    unembed = get_head() if callable(get_head) else None
+    weight = getattr(unembed, "weight", None)
+    if unembed is None or not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise LensError(
+            f"{kind} has no recognisable unembedding (output embedding matrix), so the logit "
+            "lens cannot project its hidden states. Choose a causal language model with a "
+            "language-model head.")
+    head_path = next((n for n, m in model.named_modules() if m is unembed), "lm_head")
+    decoder_path = getattr(model, "base_model_prefix", "") or ""
+    decoder = _get_path(model, decoder_path) if decoder_path else None
+    if decoder is None or decoder is model:
+        raise LensError(f"{kind}: could not find the decoder inside the model (expected an "
+                        "attribute such as `model` or `transformer`).")
+    layers_path = next((p for p in BLOCK_LIST_NAMES
+                        if isinstance(_get_path(decoder, p), torch.nn.ModuleList)), None)
+    if layers_path is None:
+        raise LensError(f"{kind}: could not find the list of transformer blocks (looked for "
+                        f"{', '.join(BLOCK_LIST_NAMES)} in the decoder).")
+    norm_name = next((n for n in FINAL_NORM_NAMES
+                      if isinstance(getattr(decoder, n, None), torch.nn.Module)), None)
+    if norm_name is None:
+        raise LensError(f"{kind}: could not find the final norm before the unembedding (looked "
+                        f"for {', '.join(FINAL_NORM_NAMES)}), so the lens would project "
+                        "un-normalised states. This architecture is not supported yet.")
+    if weight.shape[1] != getattr(model.config, "hidden_size", weight.shape[1]):
+        raise LensError(f"{kind}: the unembedding expects {weight.shape[1]} features but the "
+                        f"hidden size is {model.config.hidden_size}.")
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    return LensAnatomy(decoder=decoder, decoder_path=decoder_path, layers_path=layers_path,
+                       norm_name=norm_name, final_norm=getattr(decoder, norm_name),
+                       unembed=unembed, head_path=head_path,
+                       n_blocks=len(_get_path(decoder, layers_path)),
+                       softcap=float(softcap) if softcap else None)
+
+
+@dataclass(frozen=True, eq=False)
+class LogitLens:
+    """The lens of one sequence: T positions × L+1 layers (0 = embedding, L = output).
+
+    Row t, layer l is the distribution over the token after position t, read from the
+    residual stream after layer l. "final" means the last layer's top-1 (the model's own
+    prediction at that position).
+    """
+
+    token_ids: np.ndarray  # [T] int64: the input tokens
+    token_texts: tuple[str, ...]  # [T]: the text each input token adds
+    top_ids: np.ndarray  # [T, L+1, k] int64: the layer's k most probable next tokens
+    top_probs: np.ndarray  # [T, L+1, k] float32: their probabilities, descending
+    final_prob: np.ndarray  # [T, L+1] float32: probability of the final top-1 at the layer
+    final_rank: np.ndarray  # [T, L+1] int32: its rank at the layer (1 = most probable)
+    entropy: np.ndarray  # [T, L+1] float32: entropy of the layer's distribution, nats
+    kl_to_final: np.ndarray  # [T, L+1] float32: KL(final ‖ layer) in nats; 0 at layer L
+    candidate_texts: dict[int, str]  # token id -> text, for every id in top_ids
+    model_label: str = ""
+    seconds: float = 0.0  # wall time of the computation
+
+    def __post_init__(self) -> None:
+        """Check that every array has the shape its docstring says."""
+        t = len(self.token_ids)
+        if self.top_ids.ndim != 3 or self.top_ids.shape[0] != t:
+            raise ValueError(f"top_ids must be [T, L+1, k], got {self.top_ids.shape}")
+        if self.top_probs.shape != self.top_ids.shape or len(self.token_texts) != t:
+            raise ValueError("top_probs must match top_ids and token_texts token_ids")
+        for name in ("final_prob", "final_rank", "entropy", "kl_to_final"):
+            if getattr(self, name).shape != self.top_ids.shape[:2]:
+                raise ValueError(f"{name} must be [T, L+1] = {self.top_ids.shape[:2]}")
+
+    @property
+    def n_positions(self) -> int:
+        """T."""
+        return int(self.top_ids.shape[0])
+
+    @property
+    def n_layers(self) -> int:
+        """L+1: the embedding plus every block."""
+        return int(self.top_ids.shape[1])
+
+    @property
+    def final_ids(self) -> np.ndarray:
+        """[T]: the model's own top-1 next token at each position."""
+        return self.top_ids[:, -1, 0]
+
+    @property
+    def lock_in(self) -> np.ndarray:
+        """[T]: the first layer from which the final top-1 stays top-1 through the output."""
+        same = self.top_ids[:, :, 0] == self.final_ids[:, None]
+        trailing = np.cumprod(same[:, ::-1], axis=1).sum(axis=1)
+        return (self.n_layers - trailing).astype(np.int64)
+
+    def text(self, token_id: int) -> str:
+        """The text of a candidate token."""
+        return self.candidate_texts.get(int(token_id), "")
+
+
+def check_input(lm, ids: Sequence[int]) -> None:
+    """Refuse inputs the lens cannot take, with a message for the researcher."""
+    if len(ids) == 0:
+        raise LensError("The prompt is empty: type some text to look through the lens.")
+    if len(ids) > lm.context_length:
+        raise LensError(f"The input has {len(ids)} tokens but {lm.label} reads at most "
+                        f"{lm.context_length}. Shorten it.")
+
+
+def compute_lens(lm, ids: Sequence[int], *, top_k: int = DEFAULT_TOP_K,
+                 chunk_positions: int = CHUNK_POSITIONS, progress: Progress | None = None,
+                 patches: tuple[ResidualPatch, ...] = ()) -> LogitLens:
+    """The logit lens of token ids `ids` under `lm` (a `LoadedModel`).
+
+    `progress(done, total)` is called after the forward pass and after each layer of each
+    chunk of positions. `patches` overwrite residuals during the pass (patching sandbox).
+    """
+    check_input(lm, ids)
+    started = time.perf_counter()
+    anatomy = find_anatomy(lm.model)
+    device = lm.model.device
+    residuals = capture_residuals(anatomy.decoder, anatomy.layers_path,
+                                  torch.tensor([list(ids)], device=device), patches)
+    n_layers, n_pos = residuals.shape[0], residuals.shape[1]
+    n_chunks = -(-n_pos // chunk_positions)
+    total, done = 1 + n_chunks * n_layers, 1
+    if progress:
+        progress(done, total)
+    weight = anatomy.unembed.weight.detach()
+    weight = weight if weight.dtype == torch.float32 else weight.float()
+    bias = getattr(anatomy.unembed, "bias", None)
+    bias = None if bias is None else bias.detach().float()
+    k = min(top_k, weight.shape[0])
+    out = {name: np.empty((n_pos, n_layers), np.float32)
+           for name in ("final_prob", "entropy", "kl_to_final")}
+    final_rank = np.empty((n_pos, n_layers), np.int32)
+    top_ids = np.empty((n_pos, n_layers, k), np.int64)
+    top_probs = np.empty((n_pos, n_layers, k), np.float32)
+    with torch.inference_mode():
+        for c0 in range(0, n_pos, chunk_positions):
+            c1 = min(n_pos, c0 + chunk_positions)
+            normed = anatomy.final_norm(
+                residuals[:, c0:c1].to(anatomy.norm_dtype)).float()
+            projector = _Projector(weight, bias, anatomy.softcap, c1 - c0)
+            final = projector.stats(normed[-1], None, k)
+            for layer in range(n_layers - 1, -1, -1):
+                stats = final if layer == n_layers - 1 else projector.stats(
+                    normed[layer], final, k)
+                top_ids[c0:c1, layer] = stats.top_ids
+                top_probs[c0:c1, layer] = stats.top_probs
+                final_rank[c0:c1, layer] = stats.final_rank
+                out["final_prob"][c0:c1, layer] = stats.final_prob
+                out["entropy"][c0:c1, layer] = stats.entropy
+                out["kl_to_final"][c0:c1, layer] = stats.kl
+                done += 1
+                if progress:
+                    progress(done, total)
+    vocab = lm.vocab_texts
+    unique = np.unique(top_ids)
+    return LogitLens(
+        token_ids=np.asarray(ids, dtype=np.int64),
+        token_texts=tuple(token_texts(lm.tokenizer, list(ids))),
+        top_ids=top_ids, top_probs=top_probs, final_rank=final_rank,
+        candidate_texts={int(i): vocab[i] if i < len(vocab) else "" for i in unique},
+        model_label=lm.label, seconds=time.perf_counter() - started, **out)
+
+
+
+
+@dataclass(frozen=True)
+class _LayerStats:
+    """Per position of one chunk, at one layer (all tensors [C] or [C, k])."""
+
+    top_ids: np.ndarray
+    top_probs: np.ndarray
+    final_prob: np.ndarray
+    final_rank: np.ndarray
+    entropy: np.ndarray
+    kl: np.ndarray
+    final_ids: torch.Tensor | None = None
+    minus_entropy: torch.Tensor | None = None  # Σ p log p of the final layer
+    p_final: torch.Tensor | None = None  # [C, V]: the final layer's probabilities
+
+
+class _Projector:
+    """Unembeds normed residuals of one chunk and reduces them to `_LayerStats`."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, softcap: float | None,
+                 rows: int) -> None:
+        self.weight, self.bias, self.softcap = weight, bias, softcap
+        self.logits = torch.empty((rows, weight.shape[0]), dtype=torch.float32)
+        self.above = torch.empty((rows, weight.shape[0]), dtype=torch.bool)
+        self.product = torch.empty((rows, weight.shape[0]), dtype=torch.float32)
+
+    def stats(self, hidden: torch.Tensor, final: _LayerStats | None, k: int) -> _LayerStats:
+        z = torch.matmul(hidden, self.weight.T, out=self.logits)
+        if self.bias is not None:
+            z += self.bias
+        if self.softcap:
+            z.div_(self.softcap).tanh_().mul_(self.softcap)
+        top = torch.topk(z, k, dim=1)
+        probs = torch.softmax(z, dim=1)
+        # float32 softmax rows sum to 1 ± 3e-5; times logits of ~30 that is 1e-3 nats of
+        # entropy, so every sum over p below is divided by the row's actual total.
+        total = probs.sum(dim=1)
+        top1_prob = probs.gather(1, top.indices[:, :1])[:, 0] / total
+        lse = top.values[:, 0] - torch.log(top1_prob)  # log Σ exp z, without another pass
+        final_ids = top.indices[:, 0] if final is None else final.final_ids
+        z_final = z.gather(1, final_ids[:, None])
+        rank = torch.gt(z, z_final, out=self.above).sum(1, dtype=torch.int32) + 1
+        final_prob = torch.exp(z_final[:, 0] - lse)
+        if final is None:
+            kl = torch.zeros_like(lse)
+            entropy = lse - torch.mul(probs, z, out=self.product).sum(dim=1) / total
+            extra = dict(final_ids=final_ids.clone(), minus_entropy=-entropy,
+                         p_final=probs.div_(total[:, None]))
+        else:
+            cross = torch.mul(final.p_final, z, out=self.product).sum(dim=1)  # Σ p_f z_l
+            kl = (final.minus_entropy - cross + lse).clamp_(min=0.0)  # Σ p_f (log p_f - log p_l)
+            entropy = lse - probs.mul_(z).sum(dim=1) / total
+            extra = {}
+        return _LayerStats(
+            top_ids=top.indices.numpy(), top_probs=torch.exp(top.values - lse[:, None]).numpy(),
+            final_prob=final_prob.numpy(), final_rank=rank.numpy(), entropy=entropy.numpy(),
+            kl=kl.numpy(), **extra)

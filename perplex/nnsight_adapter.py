@@ -1,0 +1,113 @@
+"""Every nnsight call Perplex makes, in one place (nnsight's API moves between releases).
+
+The rest of the core asks this module for tensors and never sees nnsight objects. A model is
+wrapped once (`NNsight` on the decoder, without the language-model head, so a trace does
+not pay for a full-vocabulary projection it does not use) and traced under a per-model lock:
+nnsight hooks the wrapped modules while a trace runs, so two sessions of one Streamlit
+process must not trace the same model at the same time.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+import weakref
+from dataclasses import dataclass
+
+import torch
+
+_WRAPPERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_GUARD = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ResidualPatch:
+    """Replace the residual stream after block `layer` at `position` by `vector` [d].
+
+    `layer` 0 is the embedding output (the input of the first block); layer i ≥ 1 is the
+    output of block i.
+    """
+
+    layer: int
+    position: int
+    vector: torch.Tensor
+
+
+def _wrapped(decoder: torch.nn.Module):
+    """The nnsight wrapper of `decoder` and its lock, created once per module."""
+    with _GUARD:
+        if decoder not in _WRAPPERS:
+            from nnsight import NNsight
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _WRAPPERS[decoder] = NNsight(decoder)
+            _LOCKS[decoder] = threading.Lock()
+        return _WRAPPERS[decoder], _LOCKS[decoder]
+
+
+def _blocks(envoy, layers_path: str):
+    for name in layers_path.split("."):
+        envoy = getattr(envoy, name)
+    return envoy
+
+
+def _hidden(output) -> torch.Tensor:
+    """A block's output is a tensor (transformers 5) or a tuple starting with one."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def capture_residuals(decoder: torch.nn.Module, layers_path: str, input_ids: torch.Tensor,
+                      patches: tuple[ResidualPatch, ...] = ()) -> torch.Tensor:
+    """One forward pass of `decoder` on `input_ids` [1, T]; residuals [L+1, T, d] (float32).
+
+    Row 0 is the input of the first block (the embedding, with any scaling or position
+    embedding the model adds before its blocks), row i the output of block i (before the
+    final norm). `patches` are written into the stream as the pass runs.
+    """
+    wrapper, lock = _wrapped(decoder)
+    by_layer: dict[int, list[ResidualPatch]] = {}
+    for patch in patches:
+        by_layer.setdefault(patch.layer, []).append(patch)
+    saved: list = []
+    with lock, torch.inference_mode(), wrapper.trace(input_ids):
+        blocks = _blocks(wrapper, layers_path)
+        n_blocks = len(blocks)
+        for i in range(n_blocks + 1):
+            if i == 0:
+                hidden = blocks[0].input
+            else:
+                hidden = _hidden(blocks[i - 1].output)
+            for patch in by_layer.get(i, ()):
+                hidden[0, patch.position] = patch.vector.to(hidden.dtype)
+            saved.append(hidden.save())
+    return torch.stack([h[0].float() for h in saved])
+
+
+def reproduction_code(model_id: str, prompt: str, layers_path: str, norm_path: str,
+                      head_path: str, remote: bool) -> str:
+    """Python (nnsight) that recomputes the logit lens of `prompt`, to paste in a notebook.
+
+    Paths are attribute paths from the causal LM (e.g. "model.layers", "model.norm",
+    "lm_head"). The projection runs inside the trace, so it also works remotely on NDIF.
+    """
+    return f'''from nnsight import LanguageModel
+
+model = LanguageModel({model_id!r}, device_map="auto")
+prompt = {prompt!r}
+tops = []
+with model.trace(prompt, remote={remote!r}):
+    blocks = model.{layers_path}
+    residuals = [blocks[0].input]  # the embedding, as the first block reads it
+    for block in blocks:
+        out = block.output
+        residuals.append(out[0] if isinstance(out, tuple) else out)
+    for h in residuals:  # final norm + unembedding at every layer: the logit lens
+        probs = model.{head_path}(model.{norm_path}(h)).float().softmax(dim=-1)
+        tops.append(probs[0].topk(3, dim=-1).save())  # per position: top-3 ids and probs
+
+for layer, top in enumerate(tops):
+    words = [model.tokenizer.decode(int(i)) for i in top.indices[-1]]
+    print(layer, list(zip(words, top.values[-1].tolist())))
+'''

@@ -1,0 +1,167 @@
+"""The logit lens against an independent computation: `output_hidden_states` by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from perplex.lens import LensError, compute_lens, find_anatomy
+from perplex.models import LoadedModel, ModelSpec
+from perplex.tokens import encode_plain_text
+from tests.tiny import tiny_tokenizer
+
+TOL = 1e-4
+
+
+def reference_log_probs(lm, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log p per layer [L+1, T, V] from output_hidden_states, and the model's log p [T, V].
+
+    Transformers applies the final norm to the last hidden state itself (llama, GPT-2 ...),
+    so only the earlier ones are normed here.
+    """
+    model = lm.model
+    with torch.no_grad():
+        out = model(torch.tensor([ids]), output_hidden_states=True)
+        norm = find_anatomy(model).final_norm
+        head = model.get_output_embeddings()
+        states = out.hidden_states
+        rows = [norm(h) for h in states[:-1]] + [states[-1]]
+        logits = torch.stack([head(h)[0] for h in rows]).double()
+        cap = getattr(model.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+    return torch.log_softmax(logits, -1), torch.log_softmax(out.logits[0].double(), -1)
+
+
+def assert_matches_reference(lm, ids: list[int], **kwargs) -> None:
+    lens = compute_lens(lm, ids, **kwargs)
+    ref, model_logp = reference_log_probs(lm, ids)
+    assert torch.allclose(ref[-1], model_logp, atol=1e-5), "reference last layer != model"
+    ref = ref.permute(1, 0, 2)  # [T, L+1, V]
+    probs = ref.exp()
+    assert lens.top_ids.shape[:2] == (len(ids), ref.shape[1])
+    assert (lens.top_ids[:, :, 0] == ref.argmax(-1).numpy()).all(), "top-1 differs"
+    ref_top = torch.gather(probs, 2, torch.from_numpy(lens.top_ids))
+    assert np.abs(ref_top.numpy() - lens.top_probs).max() < TOL
+    final = torch.from_numpy(lens.final_ids)[:, None, None].expand(-1, ref.shape[1], 1)
+    ref_final = torch.gather(probs, 2, final)[..., 0].numpy()
+    assert np.abs(ref_final - lens.final_prob).max() < TOL
+    ref_rank = (ref > torch.gather(ref, 2, final)).sum(-1).numpy() + 1
+    assert (ref_rank == lens.final_rank).all()
+    entropy = -(probs * ref).sum(-1).numpy()
+    assert np.abs(entropy - lens.entropy).max() < TOL
+    kl = (probs[:, -1:] * (ref[:, -1:] - ref)).sum(-1).numpy()
+    assert np.allclose(lens.kl_to_final, kl, rtol=1e-5, atol=TOL)
+    model_probs = model_logp.exp()
+    last = torch.gather(model_probs, 1, torch.from_numpy(lens.top_ids[:, -1]))
+    assert np.abs(last.numpy() - lens.top_probs[:, -1]).max() < TOL
+
+
+def test_tiny_model_matches_hidden_states_by_hand(tiny_lm):
+    ids = list(encode_plain_text(tiny_lm.tokenizer, "The capital of France is Paris.").ids)
+    assert_matches_reference(tiny_lm, ids, chunk_positions=3)  # several chunks, one partial
+
+
+ARCHITECTURES = {
+    "gpt2": lambda v: transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=v, n_embd=64, n_layer=2, n_head=4, n_positions=128)),
+    "qwen2": lambda v: transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
+        vocab_size=v, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)),
+    "mistral": lambda v: transformers.MistralForCausalLM(transformers.MistralConfig(
+        vocab_size=v, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)),
+    "gemma": lambda v: transformers.GemmaForCausalLM(transformers.GemmaConfig(
+        vocab_size=v, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        max_position_embeddings=128)),
+    "gemma2": lambda v: transformers.Gemma2ForCausalLM(transformers.Gemma2Config(
+        vocab_size=v, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        max_position_embeddings=128, final_logit_softcapping=5.0)),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_other_architectures_match_hidden_states_by_hand(arch):
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(1)
+    model = ARCHITECTURES[arch](len(tokenizer)).eval().requires_grad_(False)
+    with torch.no_grad():  # peaked distributions, so top-1 is meaningful
+        model.get_output_embeddings().weight.mul_(20.0)
+    lm = LoadedModel(ModelSpec(source=f"tiny-{arch}"), model, tokenizer, load_seconds=0.0)
+    ids = list(encode_plain_text(tokenizer, "The Eiffel Tower is in Paris, France.").ids)
+    assert_matches_reference(lm, ids, chunk_positions=4)
+
+
+def test_bundled_model_matches_hidden_states_by_hand(bundled_lm):
+    ids = list(encode_plain_text(bundled_lm.tokenizer, "The Colosseum is in Rome.").ids)
+    assert_matches_reference(bundled_lm, ids, chunk_positions=3)
+
+
+def test_same_input_gives_identical_lens(tiny_lm):
+    ids = list(encode_plain_text(tiny_lm.tokenizer, "Hello world! How are you today?").ids)
+    a, b = compute_lens(tiny_lm, ids), compute_lens(tiny_lm, ids, chunk_positions=2)
+    for name in ("top_ids", "top_probs", "final_rank", "final_prob", "entropy", "kl_to_final"):
+        assert np.array_equal(getattr(a, name), getattr(compute_lens(tiny_lm, ids), name)), name
+        assert np.allclose(getattr(a, name), getattr(b, name), atol=1e-5), name
+
+
+def test_lens_leaves_the_model_unchanged(tiny_lm):
+    ids = torch.tensor([list(range(3, 20))])
+    with torch.no_grad():
+        before = tiny_lm.model(ids).logits
+    compute_lens(tiny_lm, ids[0].tolist())
+    with torch.no_grad():
+        assert torch.equal(tiny_lm.model(ids).logits, before)
+
+
+def test_progress_reaches_total(tiny_lm):
+    seen = []
+    compute_lens(tiny_lm, list(range(3, 13)), chunk_positions=4,
+                 progress=lambda done, total: seen.append((done, total)))
+    total = 1 + 3 * (tiny_lm.n_layers + 1)
+    assert seen[0] == (1, total) and seen[-1] == (total, total)
+    assert [d for d, _ in seen] == list(range(1, total + 1))
+
+
+def test_eiffel_tower_locks_in_paris(bundled_lm):
+    ids = list(encode_plain_text(bundled_lm.tokenizer, "The Eiffel Tower is in the city of").ids)
+    lens = compute_lens(bundled_lm, ids)
+    assert lens.text(lens.final_ids[-1]) == " Paris"
+    lock = int(lens.lock_in[-1])
+    assert 0 < lock <= bundled_lm.n_layers
+    top1 = lens.top_ids[-1, :, 0]
+    assert (top1[lock:] == lens.final_ids[-1]).all() and top1[lock - 1] != lens.final_ids[-1]
+
+
+def test_lock_in_by_hand():
+    from perplex.lens import LogitLens
+
+    top = np.array([[[5], [7], [5], [5]], [[1], [1], [1], [1]], [[2], [3], [2], [3]]])
+    shape = top.shape[:2]
+    lens = LogitLens(token_ids=np.zeros(3, np.int64), token_texts=("a", "b", "c"),
+                     top_ids=top, top_probs=np.ones(top.shape, np.float32),
+                     final_prob=np.ones(shape, np.float32),
+                     final_rank=np.ones(shape, np.int32), entropy=np.zeros(shape, np.float32),
+                     kl_to_final=np.zeros(shape, np.float32), candidate_texts={})
+    assert lens.lock_in.tolist() == [2, 0, 3]
+
+
+def test_empty_prompt_is_refused(tiny_lm):
+    with pytest.raises(LensError, match="empty"):
+        compute_lens(tiny_lm, [])
+
+
+def test_prompt_longer_than_context_is_refused(tiny_lm):
+    with pytest.raises(LensError, match="reads at most 256"):
+        compute_lens(tiny_lm, [5] * 257)
+
+
+def test_model_without_unembedding_is_refused(tiny_lm):
+    headless = LoadedModel(ModelSpec(source="headless"), tiny_lm.model.model,
+                           tiny_lm.tokenizer, load_seconds=0.0)
+    with pytest.raises(LensError, match="no recognisable unembedding"):
+        compute_lens(headless, [3, 4, 5])
