@@ -48,6 +48,7 @@ if prompt and lm is not None:
         th = thresholds()
         stream = TokenViewStream(key=f"{PREFIX}-live", confident=th.confident,
                                  uncertain=th.uncertain)
+        stream.update([], force=True)  # an empty view with a caret until the first token
         answer_index = len(messages)
         try:
             run = start_generation(lm, messages, params)

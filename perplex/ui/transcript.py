@@ -63,6 +63,11 @@ def _take_chart_click(chart_key: str, state_key: str) -> None:
         st.session_state[state_key] = int(points[0]["x"])
 
 
+def short_prob(prob: float) -> str:
+    """A probability in a few characters that never reads as 0 when it is not."""
+    return f"{prob:.3f}" if prob >= 0.001 else f"{prob:.1e}"
+
+
 def _summary_line(steps: Sequence[TokenStep], key: str, state_key: str,
                   thresholds: Thresholds) -> None:
     summary = summarise(steps, threshold=thresholds.uncertain)
@@ -76,7 +81,7 @@ def _summary_line(steps: Sequence[TokenStep], key: str, state_key: str,
     cols = st.columns(len(summary.least_confident) or 1)
     for col, index in zip(cols, summary.least_confident):
         step = steps[index]
-        col.button(f"{plain(visible_token(step.text))} · p {step.prob:.3f}",
+        col.button(f"“{plain(visible_token(step.text))}” p {short_prob(step.prob)}",
                    key=f"{key}-least-{index}", help=f"Token #{index}: jump to it",
                    on_click=st.session_state.__setitem__, args=(state_key, index),
                    use_container_width=True)
