@@ -111,3 +111,12 @@ for layer, top in enumerate(tops):
     words = [model.tokenizer.decode(int(i)) for i in top.indices[-1]]
     print(layer, list(zip(words, top.values[-1].tolist())))
 '''
+
+
+def ndif_key_set() -> bool:
+    """Whether an NDIF API key is configured (nnsight's config or NDIF_API_KEY)."""
+    import os
+
+    from nnsight import CONFIG
+
+    return bool(getattr(CONFIG.API, "APIKEY", None) or os.environ.get("NDIF_API_KEY"))

@@ -1,0 +1,147 @@
+"""Logit Lens mode: what the model would predict after each layer, scrubbed in the browser."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from perplex.errors import PerplexError
+from perplex.lens import compute_lens, find_anatomy
+from perplex.lens_plots import lens_heatmap, lens_rows, lens_trajectory
+from perplex.models import BUNDLED, BUNDLED_NAME
+from perplex.nnsight_adapter import ndif_key_set, reproduction_code
+from perplex.plots import visible_token
+from perplex.records import Message
+from perplex.tokens import encode_messages, encode_plain_text
+from perplex.ui import resources
+from perplex.ui.lens_view import lens_view
+from perplex.ui.text import plain
+
+PREFIX = "lens"
+OPEN_KEY = "lens.open"  # (generation_id, position): set by "Open in Logit Lens" elsewhere
+CACHE_KEY = f"{PREFIX}.cache"
+CACHE_ENTRIES = 4
+DEFAULT_PROMPT = "The Eiffel Tower is in the city of"
+
+st.title("Logit Lens")
+st.caption("What would the model predict if it stopped after each layer? Each position shows "
+           "the chosen layer's most likely next token (red: differs from the output, grey: "
+           "the same). The stripe under a token has one segment per layer, coloured by the "
+           "rank the output's token has there (blue: top-1, yellow: rank ≥ 1000); the black "
+           "tick marks the lock-in layer, from which the output's token stays top-1. Drag the "
+           "slider; hover for the layer's top 3; click a token for its detail.")
+
+lm = st.session_state.get("perplex.lm")
+if lm is None:
+    st.info("Load a model in the sidebar first.")
+    st.stop()
+
+
+def _requested_generation() -> tuple[str, int | None] | None:
+    opened = st.session_state.pop(OPEN_KEY, None)
+    if opened:
+        return str(opened[0]), (int(opened[1]) if opened[1] is not None else None)
+    wanted = st.query_params.get("generation")
+    if wanted and st.session_state.get(f"{PREFIX}.from_query") != wanted:
+        st.session_state[f"{PREFIX}.from_query"] = wanted
+        return wanted, None
+    return None
+
+
+request = _requested_generation()
+if request is not None:
+    try:
+        generation = resources.store().load_generation(request[0])
+        ids = [s.token_id for s in generation.steps]
+        if any(i is None for i in ids):
+            raise PerplexError("This generation was imported without token ids (API "
+                               "logprobs). Re-score it with a local model first.")
+        st.session_state[f"{PREFIX}.input"] = (tuple(ids), f"generation {generation.id}")
+        # The lens at position t predicts token t+1: select the one predicting the token.
+        if request[1] is not None:
+            st.session_state[f"{PREFIX}.selected"] = max(0, request[1] - 1)
+    except PerplexError as exc:
+        st.error(plain(str(exc)))
+
+with st.form(f"{PREFIX}.form"):
+    prompt = st.text_area("Prompt", DEFAULT_PROMPT, height=80, key=f"{PREFIX}.prompt")
+    chat = st.toggle("Wrap in the chat template (as a user message)", key=f"{PREFIX}.chat")
+    if st.form_submit_button("Look through the lens", type="primary"):
+        try:
+            if chat:
+                seq = encode_messages(lm.tokenizer, (Message("user", prompt),), True)
+            else:
+                seq = encode_plain_text(lm.tokenizer, prompt)
+            ids = tuple(seq.ids) if prompt.strip() else ()  # the lens refuses it, clearly
+            st.session_state[f"{PREFIX}.input"] = (ids, "prompt")
+            st.session_state.pop(f"{PREFIX}.selected", None)
+        except PerplexError as exc:
+            st.error(plain(str(exc)))
+
+current = st.session_state.get(f"{PREFIX}.input")
+if current is None:
+    current = (tuple(encode_plain_text(lm.tokenizer, DEFAULT_PROMPT).ids), "prompt")
+    st.session_state[f"{PREFIX}.input"] = current
+ids, origin = current
+cache = st.session_state.setdefault(CACHE_KEY, {})
+cache_key = (lm.spec.to_json(), ids)
+lens = cache.get(cache_key)
+if lens is None:
+    bar = st.progress(0.0, text="Running the model…")
+    try:
+        lens = compute_lens(lm, list(ids), progress=lambda done, total: bar.progress(
+            done / total, text=f"Projecting layers through the unembedding… {done}/{total}"))
+    except PerplexError as exc:
+        bar.empty()
+        st.error(plain(str(exc)))
+        st.stop()
+    bar.empty()
+    while len(cache) >= CACHE_ENTRIES:
+        cache.pop(next(iter(cache)))
+    cache[cache_key] = lens
+
+last = lens.n_positions - 1
+final_text = lens.text(lens.final_ids[last])
+st.markdown(
+    f"**{lens.n_positions} tokens × {lens.n_layers} layers** ({plain(origin)}, computed in "
+    f"{lens.seconds:.1f} s). Next token after the last position: **“{plain(final_text)}”** "
+    f"(p = {lens.top_probs[last, -1, 0]:.3f}), locked in at **layer "
+    f"{int(lens.lock_in[last])}** of {lens.n_layers - 1}. Median lock-in over all positions: "
+    f"layer {int(pd.Series(lens.lock_in).median())}.")
+
+selected = st.session_state.get(f"{PREFIX}.selected")
+clicked = lens_view(lens, key=f"{PREFIX}-view", selected=selected)
+if clicked is not None:
+    st.session_state[f"{PREFIX}.selected"] = selected = clicked
+
+if selected is not None and 0 <= selected < lens.n_positions:
+    token = visible_token(lens.token_texts[selected])
+    output = visible_token(lens.text(lens.final_ids[selected]))
+    st.subheader(f"After “{plain(token)}” (position {selected}): output “{plain(output)}”, "
+                 f"locks in at layer {int(lens.lock_in[selected])}")
+    left, right = st.columns([3, 2])
+    left.plotly_chart(lens_heatmap(lens, selected), key=f"{PREFIX}.heatmap")
+    right.plotly_chart(lens_trajectory(lens, selected), key=f"{PREFIX}.lines")
+    st.dataframe(pd.DataFrame(lens_rows(lens, selected)), hide_index=True,
+                 column_config={"p(final)": st.column_config.NumberColumn(format="%.4f"),
+                                "entropy (nats)": st.column_config.NumberColumn(format="%.3f"),
+                                "KL to final (nats)": st.column_config.NumberColumn(
+                                    format="%.3f")})
+else:
+    st.caption("Click a token to see its layer-by-layer table, heatmap and curves.")
+
+with st.expander("Open in NDIF / reproduce in a notebook"):
+    if ndif_key_set():
+        st.info("An NDIF API key is set. Running this page remotely is not wired up yet: "
+                "run the code below (remote=True) in a notebook with network access.")
+    else:
+        st.warning("No NDIF API key is set (and this machine may be offline), so larger "
+                   "models cannot run remotely from here. Set one with "
+                   "`nnsight.CONFIG.set_default_api_key(...)` or NDIF_API_KEY; the code below "
+                   "reproduces this view locally or on NDIF.")
+    anatomy = find_anatomy(lm.model)
+    model_id = ("HuggingFaceTB/" + BUNDLED_NAME) if lm.spec.source == BUNDLED else lm.spec.source
+    text = lm.tokenizer.decode(list(ids), skip_special_tokens=False)
+    st.code(reproduction_code(model_id, text, anatomy.full_layers_path,
+                              anatomy.full_norm_path, anatomy.head_path,
+                              remote=ndif_key_set()), language="python")

@@ -1,0 +1,27 @@
+"""The Logit Lens figure and table builders, on a small real lens."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from perplex.lens import compute_lens
+from perplex.lens_plots import candidate_ids, lens_heatmap, lens_rows, lens_trajectory
+from perplex.ui.lens_view import lens_payload
+
+
+def test_lens_figures_and_table(tiny_lm):
+    lens = compute_lens(tiny_lm, list(range(3, 12)))
+    heat = lens_heatmap(lens, 4)
+    candidates = candidate_ids(lens, 4)
+    assert candidates[0] == lens.final_ids[4]
+    assert np.asarray(heat.data[0].z).shape == (lens.n_layers, len(candidates))
+    lines = lens_trajectory(lens, 4)
+    assert [t.name for t in lines.data] == ["p(final)", "rank(final)", "entropy",
+                                            "KL(final ‖ layer)"]
+    assert list(lines.data[1].y) == lens.final_rank[4].tolist()
+    rows = lens_rows(lens, 4)
+    assert len(rows) == lens.n_layers and rows[0]["layer"] == "embedding"
+    assert rows[-1]["KL to final (nats)"] == 0.0
+    payload = lens_payload(lens)
+    assert len(payload["top1"]) == lens.n_layers and len(payload["tokens"]) == 9
+    assert payload["cand"][payload["top1"][-1][4]] == lens.text(lens.final_ids[4])
