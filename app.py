@@ -12,6 +12,7 @@ st.set_page_config(page_title="Perplex", page_icon=":material/bar_chart:", layou
 
 PAGES = [
     st.Page("pages/default.py", title="Default", icon=":material/chat:", default=True),
+    st.Page("pages/logit_lens.py", title="Logit Lens", icon=":material/layers:"),
 ]
 
 navigation = st.navigation(PAGES)
