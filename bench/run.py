@@ -3,6 +3,7 @@
 1. Decoding: our loop with full records vs `model.generate` (greedy, 256 new tokens).
 2. Loading the bundled model: warm load (safetensors copy) vs the first load (GGUF).
 3. Browser: time until the token view of a 2,000-token transcript is interactive.
+4. Logit lens: the full lens vs the bare unembedding matmuls; peak memory for 512 tokens.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -115,6 +118,69 @@ def bench_token_view(lm, n_tokens: int = 2000) -> None:
           f"{', '.join(f'{t:.2f}' for t in times)})")
 
 
+def bench_lens(lm, n_tokens: int = 128) -> None:
+    """Full logit lens (forward pass + every layer's statistics) vs the bare unembedding matmul.
+
+    The baseline is the compute bound: one [n_tokens, d] x [d, V] float32 matmul per layer
+    (L+1 of them), into a preallocated buffer. Peak memory for 512 tokens is measured in a
+    fresh subprocess as its peak resident set (ru_maxrss) after the lens minus its resident
+    set just before it (model loaded, a small lens run to warm up): that counts torch's
+    allocations, which tracemalloc does not see, and is an upper bound.
+    """
+    from perplex.lens import compute_lens, find_anatomy
+
+    ids = _lens_ids(lm, n_tokens)
+    compute_lens(lm, ids[:8])  # warm-up: nnsight wrapper, vocabulary texts
+    weight = find_anatomy(lm.model).unembed.weight.detach().float()
+    hidden = torch.randn(lm.n_layers + 1, n_tokens, weight.shape[1])
+    out = torch.empty(n_tokens, weight.shape[0])
+    ours, bare = [], []
+    for _ in range(2):
+        started = time.perf_counter()
+        for layer in range(hidden.shape[0]):
+            torch.matmul(hidden[layer], weight.T, out=out)
+        bare.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        compute_lens(lm, ids)
+        ours.append(time.perf_counter() - started)
+    ratio = min(ours) / min(bare)
+    print(f"lens    {n_tokens} tokens x {lm.n_layers + 1} layers: full lens {min(ours):.2f} s vs "
+          f"bare unembedding matmuls {min(bare):.2f} s: ratio {ratio:.2f} (target <= 1.2; "
+          f"best of 2)")
+    child = subprocess.run([sys.executable, "-c", "from bench.run import lens_memory_child; "
+                            "lens_memory_child(512)"], capture_output=True, text=True,
+                           cwd=PROJECT_ROOT, check=True)
+    print(child.stdout.strip().splitlines()[-1])
+
+
+def _lens_ids(lm, n_tokens: int) -> list[int]:
+    text = (PROJECT_ROOT / "README.md").read_text()
+    while len(lm.tokenizer(text)["input_ids"]) < n_tokens:
+        text += "\n" + text
+    return lm.tokenizer(text, add_special_tokens=False)["input_ids"][:n_tokens]
+
+
+def lens_memory_child(n_tokens: int) -> None:
+    """In a fresh process: peak RSS growth over one logit lens of `n_tokens` tokens."""
+    import resource
+
+    from perplex.lens import compute_lens
+
+    lm = load_model(ModelSpec(), Settings(model_cache=PROJECT_ROOT / "data" / "models"))
+    compute_lens(lm, _lens_ids(lm, 8))
+    # Current RSS before (not the high-water mark: loading may have peaked higher), peak
+    # after: an upper bound on what the lens added.
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    before = pages * os.sysconf("SC_PAGE_SIZE") / 1024
+    lens = compute_lens(lm, _lens_ids(lm, n_tokens))
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kept = sum(getattr(lens, f).nbytes for f in ("top_ids", "top_probs", "final_prob",
+                                                 "final_rank", "entropy", "kl_to_final"))
+    print(f"lens    {n_tokens} tokens: peak RSS {(after - before) / 1024:.0f} MiB above "
+          f"the RSS before it (ru_maxrss minus /proc RSS, fresh process: an upper bound; "
+          f"the result itself holds {kept / 2**20:.1f} MiB)")
+
+
 def main() -> None:
     """Run every benchmark and print one line each."""
     logging.basicConfig(level=logging.WARNING)
@@ -126,6 +192,7 @@ def main() -> None:
     bench_decoding(lm)
     bench_loading()
     bench_token_view(lm)
+    bench_lens(lm)
 
 
 if __name__ == "__main__":
