@@ -7,7 +7,7 @@ import streamlit as st
 from perplex.errors import PerplexError
 from perplex.generation import start_generation
 from perplex.records import Message, TokenRole
-from perplex.ui import resources, uploads
+from perplex.ui import session_panel, uploads
 from perplex.ui.sidebar import decode_params_form, thresholds
 from perplex.ui.text import plain
 from perplex.ui.token_view import TokenViewStream
@@ -23,12 +23,15 @@ st.caption("Chat with the model. Every answer token is coloured by the probabili
 
 lm = st.session_state.get("perplex.lm")
 uploads.open_from_query(CURRENT)
+session_panel.restore_current(CURRENT)
+viewing_only = session_panel.read_only()
 params = decode_params_form(PREFIX)
 uploads.upload_panel(PREFIX, CURRENT, lm)
 
 top = st.columns([1, 5])
-if top[0].button("New chat", disabled=CURRENT not in st.session_state):
+if top[0].button("New chat", disabled=CURRENT not in st.session_state or viewing_only):
     st.session_state.pop(CURRENT, None)
+    session_panel.remember({CURRENT: None})
     st.rerun()
 
 current = st.session_state.get(CURRENT)
@@ -38,7 +41,8 @@ if current is not None:
         st.caption(f"Stopped: {current.stop_reason} · {plain(current.model_label)} · "
                    f"{current.source.value}")
 
-prompt = st.chat_input("Ask the model…", disabled=lm is None)
+prompt = st.chat_input("Read-only: fork the session (sidebar) to continue" if viewing_only
+                       else "Ask the model…", disabled=lm is None or viewing_only)
 if prompt and lm is not None:
     history = current.messages if current is not None else ()
     messages = history + (Message("user", prompt),)
@@ -57,10 +61,8 @@ if prompt and lm is not None:
                 if step.role is TokenRole.RESPONSE and step.message_index == answer_index:
                     shown.append(step)
                     stream.update(shown)
-            generation = run.generation()
-            resources.store().save_generation(generation)
+            session_panel.save_to_session(run.generation(), CURRENT)
         except PerplexError as exc:
             st.error(plain(str(exc)))
             st.stop()
-    st.session_state[CURRENT] = generation
     st.rerun()

@@ -10,6 +10,7 @@ from perplex.errors import PerplexError
 from perplex.models import BUNDLED, DTYPES, LoadedModel, ModelSpec
 from perplex.records import DecodeParams
 from perplex.ui import resources
+from perplex.ui.session_panel import render_session_panel
 from perplex.ui.text import plain
 
 THRESHOLDS_KEY = "perplex.thresholds"
@@ -33,6 +34,7 @@ def thresholds() -> Thresholds:
 def render_sidebar() -> LoadedModel | None:
     """Draw the sidebar; return the loaded model, or None when it could not be loaded."""
     with st.sidebar:
+        render_session_panel()
         lm = _model_section()
         _threshold_section()
     return lm

@@ -12,6 +12,7 @@ from perplex.models import LoadedModel
 from perplex.records import Generation
 from perplex.scoring import score_conversations
 from perplex.ui import resources
+from perplex.ui.session_panel import remember, save_to_session
 from perplex.ui.text import plain
 
 UPLOAD_TYPES = ["json", "jsonl", "ndjson", "txt"]
@@ -103,6 +104,7 @@ def _saved_section(prefix: str, target_key: str) -> None:
         except PerplexError as exc:
             st.error(plain(str(exc)))
             return
+        remember({target_key: chosen})
         st.rerun()
 
 
@@ -128,9 +130,8 @@ def _score(lm: LoadedModel, messages, title: str) -> Generation | None:
 
 def _open(target_key: str, generation: Generation) -> None:
     try:
-        resources.store().save_generation(generation)
+        save_to_session(generation, target_key)
     except PerplexError as exc:
         st.error(plain(str(exc)))
         return
-    st.session_state[target_key] = generation
     st.rerun()

@@ -1,0 +1,193 @@
+"""The open session: sidebar controls, share links, and the rule for shared sessions.
+
+A session's own link (`?session=<id>`) is the working link: whoever has it edits the
+session. The *share* link adds `&view=shared`: it opens the same session read-only, and
+"Fork to edit" makes the viewer their own copy. Nobody's edits reach a session through a
+share link.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+
+import streamlit as st
+
+from perplex.errors import PerplexError
+from perplex.records import Generation
+from perplex.sessions import (
+    Session,
+    create_session,
+    delete_session,
+    duplicate_session,
+    get_session,
+    rename_session,
+    search_sessions,
+    touch_session,
+    update_settings,
+)
+from perplex.ui import resources
+from perplex.ui.text import plain
+
+SESSION_KEY = "perplex.session_id"
+READ_ONLY_KEY = "perplex.read_only"
+
+
+def current_session_id() -> str | None:
+    """The id of the session this tab works in (None until something is saved)."""
+    return st.session_state.get(SESSION_KEY)
+
+
+def read_only() -> bool:
+    """Whether this tab opened the session through a share link."""
+    return bool(st.session_state.get(READ_ONLY_KEY))
+
+
+def session_for_saving() -> str:
+    """The session new work goes into, created on first use."""
+    sid = current_session_id()
+    if sid is None:
+        session = create_session(resources.store(), f"Session {datetime.now():%Y-%m-%d %H:%M}")
+        _switch_to(session, read_only=False)
+        sid = session.id
+    return sid
+
+
+def remember(changes: dict) -> None:
+    """Merge page state (e.g. the generation on screen) into the session's settings."""
+    sid = current_session_id()
+    if sid is not None and not read_only():
+        update_settings(resources.store(), sid, changes)
+
+
+def session_settings() -> dict:
+    """The open session's settings ({} when none is open or it is gone)."""
+    sid = current_session_id()
+    if sid is None:
+        return {}
+    try:
+        return get_session(resources.store(), sid).settings
+    except PerplexError:
+        return {}
+
+
+def open_from_url() -> None:
+    """Follow `?session=<id>[&view=shared]` once per change of the URL."""
+    wanted = st.query_params.get("session")
+    shared = st.query_params.get("view") == "shared"
+    marker = (wanted, shared)
+    if not wanted or st.session_state.get("perplex.session_url") == marker:
+        return
+    st.session_state["perplex.session_url"] = marker
+    try:
+        session = get_session(resources.store(), wanted)
+    except PerplexError as exc:
+        st.session_state.pop(SESSION_KEY, None)
+        st.error(plain(f"{exc} Starting a new session instead."))
+        return
+    _switch_to(session, read_only=shared)
+
+
+def _switch_to(session: Session, read_only: bool) -> None:
+    for key in [k for k in st.session_state if k.endswith(".generation")]:
+        del st.session_state[key]  # pages reload their state from the session's settings
+    st.session_state[SESSION_KEY] = session.id
+    st.session_state[READ_ONLY_KEY] = read_only
+    st.session_state["perplex.session_url"] = (session.id, read_only)
+    st.query_params["session"] = session.id
+    if read_only:
+        st.query_params["view"] = "shared"
+    else:
+        st.query_params.pop("view", None)
+        touch_session(resources.store(), session.id)
+
+
+def render_session_panel() -> None:
+    """The sidebar section: name, share link, new / open / duplicate / delete."""
+    st.subheader("Session")
+    store = resources.store()
+    open_from_url()
+    sid = current_session_id()
+    session = None
+    if sid is not None:
+        try:
+            session = get_session(store, sid)
+        except PerplexError as exc:
+            st.warning(plain(str(exc)))
+            st.session_state.pop(SESSION_KEY, None)
+    if session is None:
+        st.caption("New work is saved in a new session as soon as there is some.")
+    elif read_only():
+        st.info(f"Viewing **{plain(session.name)}** read-only (shared link).")
+        if st.button("Fork to edit", help="Make your own copy of this session and work there."):
+            _switch_to(duplicate_session(store, session.id), read_only=False)
+            st.rerun()
+    else:
+        _name_and_share(session)
+    with st.expander("Sessions"):
+        _session_list(session)
+
+
+def _name_and_share(session: Session) -> None:
+    name = st.text_input("Name", value=session.name, key=f"perplex.session_name.{session.id}")
+    if name.strip() and name != session.name:
+        try:
+            rename_session(resources.store(), session.id, name)
+        except PerplexError as exc:
+            st.error(plain(str(exc)))
+    st.caption("Share link (opens read-only; the viewer can fork a copy):")
+    st.code(f"{st.context.url or ''}?session={session.id}&view=shared", language=None,
+            wrap_lines=True)
+
+
+def _session_list(session: Session | None) -> None:
+    store = resources.store()
+    query = st.text_input("Search by name", key="perplex.session_search")
+    found = search_sessions(store, query, limit=50)
+    if st.button("New session", use_container_width=True):
+        _switch_to(create_session(store, f"Session {datetime.now():%Y-%m-%d %H:%M}"), False)
+        st.rerun()
+    if not found:
+        st.caption("No sessions match." if query else "No sessions yet.")
+        return
+    by_id = {s.id: s for s in found}
+    chosen = st.selectbox(
+        "Sessions", list(by_id), key="perplex.session_choice",
+        format_func=lambda i: f"{by_id[i].name} · {by_id[i].updated_at:%m-%d %H:%M}")
+    cols = st.columns(2)
+    if cols[0].button("Open", use_container_width=True):
+        _switch_to(by_id[chosen], read_only=False)
+        st.rerun()
+    if cols[1].button("Duplicate", use_container_width=True):
+        _switch_to(duplicate_session(store, chosen), read_only=False)
+        st.rerun()
+    confirm = st.checkbox(f"Yes, delete “{plain(by_id[chosen].name)}” and everything in it",
+                          key="perplex.session_delete_confirm")
+    if st.button("Delete", disabled=not confirm, use_container_width=True):
+        deleted = delete_session(store, chosen)
+        if session is not None and chosen == session.id:
+            st.session_state.pop(SESSION_KEY, None)
+            st.query_params.pop("session", None)
+        st.toast("Session deleted." if deleted else "That session was already deleted.")
+        st.rerun()
+
+
+def save_to_session(generation: Generation, page_key: str) -> Generation:
+    """Save a finished generation into the open session and make it the page's current one."""
+    saved = replace(generation, session_id=session_for_saving())
+    resources.store().save_generation(saved)
+    st.session_state[page_key] = saved
+    remember({page_key: saved.id})
+    return saved
+
+
+def restore_current(page_key: str) -> None:
+    """After a reload or on opening a session, put back the generation the page showed."""
+    if page_key in st.session_state:
+        return
+    generation_id = session_settings().get(page_key)
+    if generation_id:
+        try:
+            st.session_state[page_key] = resources.store().load_generation(generation_id)
+        except PerplexError as exc:
+            st.warning(plain(str(exc)))
