@@ -51,3 +51,33 @@ def entropy_timeline(steps: Sequence[TokenStep], highlight: int | None = None,
         yaxis2=dict(title="p", overlaying="y", side="right", range=[0, 1.02], showgrid=False,
                     tickvals=[0, 0.25, 0.5, 0.75, 1]))
     return fig
+
+
+def before_after_timeline(before: Sequence[TokenStep], after: Sequence[TokenStep],
+                          split: int) -> go.Figure:
+    """Probability and entropy of two continuations that share their first `split` tokens.
+
+    x is the token index in the answer; the dotted line marks the forced token.
+    """
+    fig = go.Figure()
+    for steps, name, dash in ((before, "before", "dot"), (after, "after", "solid")):
+        xs = list(range(len(steps)))
+        labels = [visible_token(s.text) for s in steps]
+        fig.add_trace(go.Scatter(
+            x=xs, y=[s.prob for s in steps], name=f"p(token) {name}", yaxis="y2",
+            mode="lines", line=dict(color=PROB_COLOUR, dash=dash, width=1.5), text=labels,
+            hovertemplate=f"{name} #%{{x}} %{{text}}<br>p = %{{y:.4f}}<extra></extra>"))
+        fig.add_trace(go.Scatter(
+            x=xs, y=[s.entropy for s in steps], name=f"entropy {name}", mode="lines",
+            line=dict(color=ENTROPY_COLOUR, dash=dash, width=1.5), text=labels,
+            hovertemplate=f"{name} #%{{x}} %{{text}}<br>H = %{{y:.3f}} nats<extra></extra>"))
+    fig.add_vline(x=split, line=dict(color="#444", width=1, dash="dash"),
+                  annotation_text="forced token", annotation_position="top")
+    fig.update_layout(
+        height=260, margin=dict(l=10, r=10, t=30, b=10), hovermode="x unified",
+        legend=dict(orientation="h", yanchor="bottom", y=1.05, x=0),
+        xaxis=dict(title="token in the answer", showgrid=False),
+        yaxis=dict(title="entropy (nats)", rangemode="tozero"),
+        yaxis2=dict(title="p", overlaying="y", side="right", range=[0, 1.02], showgrid=False,
+                    tickvals=[0, 0.25, 0.5, 0.75, 1]))
+    return fig

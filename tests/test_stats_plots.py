@@ -40,3 +40,13 @@ def test_entropy_timeline_carries_token_indices():
     assert [t.name.split(" ")[0] for t in fig.data] == ["entropy", "p(token)"]
     assert list(fig.data[0].customdata) == [0, 1, 2, 3]
     assert fig.layout.shapes[0].x0 == 2
+
+
+def test_before_after_timeline_has_both_runs_and_the_split():
+    from perplex.plots import before_after_timeline
+
+    fig = before_after_timeline(STEPS, STEPS[:2], split=1)
+    assert [t.name for t in fig.data] == ["p(token) before", "entropy before",
+                                          "p(token) after", "entropy after"]
+    assert list(fig.data[2].y) == [None, 0.5]
+    assert fig.layout.shapes[0].x0 == 1
