@@ -1,5 +1,7 @@
 // The token view: one <span class="tok"> per token, coloured by probability, with a
-// hover tooltip and click -> trigger value "click" back to Python.
+// hover tooltip; a click opens the menu (token_view_menu.js) and, like every menu
+// action and a drag over tokens, sends one trigger value "event" back to Python:
+// {kind, index, pos, ...} (see perplex/ui/token_view_types.py for the kinds).
 //
 // Token and alternative texts are untrusted (model output, uploads): every piece of
 // text goes through createTextNode / textContent, never innerHTML.
@@ -77,10 +79,12 @@ function makeSpan(tok, index) {
 
 function sameToken(a, b) {
   return a.t === b.t && a.p === b.p && a.c === b.c && a.f === b.f && a.pos === b.pos
-    && a.h === b.h && a.r === b.r;
+    && a.h === b.h && a.r === b.r && a.id === b.id;
 }
 
-function buildTip(tip, tok) {
+const TIP_ALTERNATIVES = 3; // the menu lists them all
+
+function buildTip(tip, tok, notes) {
   tip.replaceChildren();
   const head = el("div", "tip-head");
   head.appendChild(el("span", "tip-text", "\u201c" + visible(tok.t) + "\u201d"));
@@ -90,6 +94,7 @@ function buildTip(tip, tok) {
 
   if (tok.p === null || tok.p === undefined) {
     tip.appendChild(el("div", "tip-row tip-faint", "no prediction: nothing before this token"));
+    addNotesToTip(tip, notes);
     return;
   }
   const line = (...pairs) => {
@@ -115,7 +120,8 @@ function buildTip(tip, tok) {
   if (tok.alt && tok.alt.length) {
     const alts = el("div", "tip-alts");
     alts.appendChild(el("div", "tip-label", "top alternatives"));
-    tok.alt.forEach(([text, p, chosen]) => {
+    tok.alt.slice(0, TIP_ALTERNATIVES).forEach(([text, p], i) => {
+      const chosen = tok.ac === i;
       const row = el("div", "tip-alt" + (chosen ? " chosen" : ""));
       row.appendChild(el("span", "alt-mark", chosen ? "\u25b8" : ""));
       row.appendChild(el("span", "alt-text", "\u201c" + visible(text) + "\u201d"));
@@ -124,6 +130,7 @@ function buildTip(tip, tok) {
     });
     tip.appendChild(alts);
   }
+  addNotesToTip(tip, notes);
 }
 
 // The highest a tooltip may go: below Streamlit's fixed app header, if there is one.
@@ -167,11 +174,16 @@ function setupRoot(parentElement) {
   view.querySelectorAll(".tok").forEach((span) => span.remove()); // left by an earlier state
   const listening = new AbortController();
   const { signal } = listening;
+  root.querySelectorAll(".tv-menu, .tv-rangebar").forEach((node) => node.remove());
   const state = {
     root, view, tip, tokens: [], spans: [], selected: null, highlight: null,
     streaming: false, hovered: null, setTriggerValue: null, group: null, seq: 0,
     fresh: true, stop: () => listening.abort(),
+    // menu, range and annotations (token_view_menu.js)
+    menu: null, bar: null, menuAt: null, range: null, drag: null, swallowClick: false,
+    sets: [], lens: false, ann: [], annAt: new Map(), selectionData: "null", sentRange: null,
   };
+  createOverlays(state);
 
   const tokenOf = (target) => {
     const span = target && target.closest ? target.closest(".tok") : null;
@@ -185,31 +197,101 @@ function setupRoot(parentElement) {
   view.addEventListener("mouseover", (ev) => {
     const span = tokenOf(ev.target);
     if (!span || span === state.hovered) return;
-    const tok = state.tokens[Number(span.dataset.index)];
+    const index = Number(span.dataset.index);
+    const tok = state.tokens[index];
     if (!tok) return;
+    if (state.drag) {
+      dragTo(state, index);
+      return;
+    }
+    if (state.menuAt) return; // no tooltips over an open menu
     state.hovered = span;
-    buildTip(tip, tok);
+    buildTip(tip, tok, notesAt(state, index));
     placeTip(tip, span);
   }, { signal });
   view.addEventListener("mouseout", (ev) => {
     const span = tokenOf(ev.target);
     if (span && !span.contains(ev.relatedTarget)) hide();
   }, { signal });
-  view.addEventListener("scroll", hide, { passive: true, signal });
-  window.addEventListener("scroll", hide, { passive: true, capture: true, signal });
+  let placing = false;
+  const onScroll = () => {
+    hide();
+    if (placing || (!state.menuAt && !state.range)) return;
+    placing = true;
+    requestAnimationFrame(() => {
+      placing = false;
+      placeOverlays(state);
+    });
+  };
+  view.addEventListener("scroll", onScroll, { passive: true, signal });
+  window.addEventListener("scroll", onScroll, { passive: true, capture: true, signal });
+  window.addEventListener("resize", onScroll, { passive: true, signal });
+
+  // Drag over tokens selects a range; a press and release on one token is a click.
+  view.addEventListener("mousedown", (ev) => {
+    const span = tokenOf(ev.target);
+    if (!span || ev.button !== 0 || state.streaming) return;
+    ev.preventDefault(); // no text selection while dragging
+    const index = Number(span.dataset.index);
+    state.drag = { anchor: index, current: index, before: state.range };
+  }, { signal });
+  window.addEventListener("mouseup", () => {
+    const drag = state.drag;
+    state.drag = null;
+    if (!drag || drag.current === drag.anchor) {
+      if (drag && state.range !== drag.before) setRange(state, drag.before);
+      return;
+    }
+    const start = Math.min(drag.anchor, drag.current);
+    const end = Math.max(drag.anchor, drag.current);
+    setRange(state, [start, end]);
+    state.swallowClick = true; // a click may follow on a common ancestor
+    setTimeout(() => { state.swallowClick = false; }, 0);
+    state.sentRange = JSON.stringify([start, end]);
+    send(state, "select_range", start, { end_index: end, end_pos: state.tokens[end].pos });
+  }, { capture: true, signal });
 
   view.addEventListener("click", (ev) => {
     const span = tokenOf(ev.target);
-    if (!span || state.streaming) return;
+    if (!span || state.streaming || state.swallowClick) return;
     const index = Number(span.dataset.index);
-    const tok = state.tokens[index];
-    if (!tok) return;
+    if (!state.tokens[index]) return;
     select(state, index);
-    state.setTriggerValue("click", { index, position: tok.pos });
+    hide();
+    if (state.range) setRange(state, null);
+    openMenu(state, index);
+    send(state, "click", index, {});
+  }, { signal });
+
+  // The menu closes on Escape and on a press anywhere outside it.
+  document.addEventListener("mousedown", (ev) => {
+    if (state.menuAt && !ev.composedPath().includes(state.menu)) closeMenu(state);
+  }, { capture: true, signal });
+  document.addEventListener("keydown", (ev) => {
+    if (ev.key === "Escape") escape(state);
   }, { signal });
 
   STATES.set(parentElement, state);
   return state;
+}
+
+// Send one event to Python: `kind` at token `index`, with its position to detect staleness.
+function send(state, kind, index, fields) {
+  const tok = state.tokens[index];
+  state.setTriggerValue("event", Object.assign({ kind, index, pos: tok.pos }, fields));
+}
+
+// Follow a drag to token `index`: the range shown is the anchor..index.
+function dragTo(state, index) {
+  const drag = state.drag;
+  if (index === drag.current) return;
+  drag.current = index;
+  state.tip.classList.remove("shown");
+  state.hovered = null;
+  state.range = index === drag.anchor ? null
+    : [Math.min(drag.anchor, index), Math.max(drag.anchor, index)];
+  paintRange(state);
+  state.bar.hidden = true;
 }
 
 function select(state, index) {
@@ -295,6 +377,10 @@ function render(state, data) {
 
   state.root.classList.add("ready"); // drawn: may show (before measuring for scrolls)
   state.streaming = Boolean(data.streaming);
+  state.sets = Array.isArray(data.sets) ? data.sets : [];
+  state.lens = Boolean(data.lens);
+  applyAnnotations(state, data.ann);
+  updateRange(state, data);
   state.root.classList.toggle("streaming", state.streaming);
   state.root.classList.toggle("empty", tokens.length === 0);
   if (state.selected !== null && state.selected >= tokens.length) state.selected = null;
@@ -315,6 +401,40 @@ function render(state, data) {
   }
   showNewest(state, data);
   state.fresh = false;
+  placeOverlays(state);
+}
+
+// Python's `selection` wins when it changes; otherwise the view keeps its own range
+// (redrawn on spans that were rebuilt). The menu stays open on its token if unchanged.
+function updateRange(state, data) {
+  const n = state.tokens.length;
+  if (state.streaming) {
+    state.drag = null;
+    if (state.menuAt) closeMenu(state);
+  }
+  if (state.menuAt) {
+    const tok = state.tokens[state.menuAt.index];
+    if (!tok || !sameToken(tok, state.menuAt.tok)) closeMenu(state);
+  }
+  const selection = Array.isArray(data.selection) && data.selection.length === 2
+    && data.selection.every((i) => Number.isInteger(i) && i >= 0 && i < n)
+    ? [Math.min(...data.selection), Math.max(...data.selection)] : null;
+  const key = JSON.stringify(selection);
+  if (key !== state.selectionData) {
+    state.selectionData = key;
+    // Python echoing the view's own range (a caller that keeps it from the returned
+    // event passes it one rerun late, maybe after a click dropped it) changes nothing.
+    const echo = key === state.sentRange;
+    state.sentRange = null;
+    if (key !== JSON.stringify(state.range) && !echo) {
+      setRange(state, selection);
+      return;
+    }
+  }
+  if (state.range && state.range[1] >= n) state.range = null;
+  paintRange(state);
+  if (state.range && state.bar.hidden && !state.streaming) showBar(state, false);
+  if (!state.range || state.streaming) state.bar.hidden = true;
 }
 
 export default function (component) {

@@ -1,12 +1,21 @@
-"""The token view: tokens coloured by probability, tooltips, click back to Python.
+"""The token view: tokens coloured by probability, tooltips, a context menu back to Python.
 
 A Streamlit custom component (v2), registered once at import. `token_view` mounts it
-and returns the click of this rerun, if any::
+and returns the event of this rerun, if any (see `TokenEvent` for the kinds)::
 
-    click = token_view(gen.response_steps, key="default-tokens", confident=0.7,
-                       uncertain=0.3, highlight=st.session_state.get("picked"))
-    if click is not None:
-        st.session_state["picked"] = click.index  # a click lives one rerun only
+    event = token_view(gen.response_steps, key="default-tokens", confident=0.7,
+                       uncertain=0.3, highlight=st.session_state.get("picked"),
+                       token_sets=[TokenSetInfo("R-Set", frozenset({42}))],
+                       annotations=[AnnotationMark(3, 5, "hedging starts here")],
+                       selection=st.session_state.get("range"))
+    if event is not None and event.kind == "click":
+        st.session_state["picked"] = event.index  # an event lives one rerun only
+
+A click opens a menu in the view (inject an alternative or typed text, branch with a
+seed / temperature, add to a token set, annotate, open in the Logit Lens) and also
+sends a "click"; each menu action sends one more event. Dragging over tokens selects
+a range ("select_range"); a bar over it offers "Annotate range". Pass the range back as
+`selection` to keep it drawn; a single click drops it in the view, so drop it on "click".
 
 Streaming recipe (tokens arriving while one script run is in progress)::
 
@@ -15,7 +24,7 @@ Streaming recipe (tokens arriving while one script run is in progress)::
     for step in generate(...):
         steps.append(step)
         stream.update(steps)             # redraws at most every 0.1 s
-    click = stream.finish(steps)         # the clickable view, under the real key
+    event = stream.finish(steps)         # the clickable view, under the real key
 
 Why not one `st.empty()` re-filled with `token_view(..., key=...)`: a key may be mounted
 once per script run (a second mount raises `StreamlitDuplicateElementKey`), and a
@@ -28,22 +37,32 @@ steps in `st.session_state` before `finish`: a click on the finished view reruns
 script, and the click is returned by whichever `token_view(..., key=<same key>)` call
 that rerun makes (the generating branch usually does not run again).
 
-The browser side lives beside this file: `token_view.js` (DOM built with
-`createElement`/`textContent` only: token text is untrusted) and `token_view.css`.
+The browser side lives beside this file: `token_view.js` (the view) and
+`token_view_menu.js` (menu, range bar), concatenated into one module, and
+`token_view.css`. DOM is built with `createElement`/`textContent` only: token,
+alternative, note and set-name texts are untrusted.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
 from perplex.records import TokenStep
+from perplex.ui.token_view_types import (
+    AnnotationMark,
+    TokenEvent,
+    TokenSetInfo,
+    parse_event,
+)
+
+__all__ = ["ALTERNATIVES_SHOWN", "AnnotationMark", "TokenEvent", "TokenSetInfo",
+           "TokenViewStream", "confidence_class", "token_payload", "token_view"]
 
 _HERE = Path(__file__).parent
 _HTML = (
@@ -55,25 +74,22 @@ _COMPONENT = st.components.v2.component(
     "perplex.token_view",
     html=_HTML,
     css=(_HERE / "token_view.css").read_text(encoding="utf-8"),
-    js=(_HERE / "token_view.js").read_text(encoding="utf-8"),
+    js="\n".join((_HERE / name).read_text(encoding="utf-8")
+                  for name in ("token_view_menu.js", "token_view.js")),
 )
 
-ALTERNATIVES_SHOWN = 3
-
-
-@dataclass(frozen=True)
-class TokenClick:
-    """A click on a token: `index` into the steps shown, `position` in the sequence."""
-
-    index: int
-    position: int
+ALTERNATIVES_SHOWN = 3  # in the tooltip; the menu gets every alternative recorded
 
 
 def _sig(value: float | None, digits: int = 4) -> float | None:
-    """`value` to `digits` significant digits (None and non-finite values kept as is)."""
-    if value is None or not math.isfinite(value):
+    """`value` to `digits` significant digits (None, 0 and non-finite values kept as is).
+
+    Rounds like `float(f"{value:.4g}")` (checked in the tests) in a third of the time:
+    a view sends every alternative of every token.
+    """
+    if not value or not math.isfinite(value):
         return value
-    return float(f"{value:.{digits}g}")
+    return round(value, digits - 1 - math.floor(math.log10(abs(value))))
 
 
 def confidence_class(prob: float | None, confident: float, uncertain: float) -> str:
@@ -87,13 +103,16 @@ def confidence_class(prob: float | None, confident: float, uncertain: float) -> 
     return "lo"
 
 
-def _token_entry(step: TokenStep, confident: float, uncertain: float) -> dict[str, Any]:
+def _token_entry(step: TokenStep, confident: float, uncertain: float,
+                 alternatives: int | None = None) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "t": step.text,
         "pos": step.position,
         "c": confidence_class(step.prob, confident, uncertain),
         "p": _sig(step.prob),
     }
+    if step.token_id is not None:
+        entry["id"] = step.token_id
     if step.role.value != "response":
         entry["role"] = step.role.value
     if step.forced:
@@ -106,11 +125,14 @@ def _token_entry(step: TokenStep, confident: float, uncertain: float) -> dict[st
             entry["he"] = True
     if step.rank is not None:
         entry["r"] = step.rank
-    if step.top:
-        entry["alt"] = [
-            [alt.text, _sig(alt.prob), _is_chosen(step, alt.token_id, alt.text)]
-            for alt in step.top[:ALTERNATIVES_SHOWN]
-        ]
+    top = step.top if alternatives is None else step.top[:alternatives]
+    if top:
+        entry["alt"] = [[alt.text, _sig(alt.prob)] for alt in top]  # ids stay here: the
+        # view sends an alternative back by its index, and `parse_event` looks it up
+        chosen = next((i for i, alt in enumerate(top)
+                       if _is_chosen(step, alt.token_id, alt.text)), None)
+        if chosen is not None:
+            entry["ac"] = chosen
     return entry
 
 
@@ -128,24 +150,106 @@ def _check_thresholds(confident: float, uncertain: float) -> None:
         )
 
 
-def token_payload(steps: Sequence[TokenStep], confident: float, uncertain: float) -> dict:
+def token_payload(steps: Sequence[TokenStep], confident: float, uncertain: float, *,
+                  alternatives: int | None = None, token_sets: Sequence[TokenSetInfo] = (),
+                  annotations: Sequence[AnnotationMark] = (),
+                  lens_available: bool = False) -> dict:
     """Build the JSON-able data the token view's JavaScript renders.
 
-    Per token: text `t`, position `pos`, colour class `c` (from the exact probability),
-    `p` and `lp` to 4 significant digits, entropy `h` (nats) and its estimate flag `he`,
-    rank `r`, forced flag `f`, role `role` (left out for response tokens) and the top
-    alternatives `alt` as `[text, p, chosen]`. Absent keys mean "not recorded".
+    Per token: text `t`, position `pos`, token id `id`, colour class `c` (from the exact
+    probability), `p` and `lp` to 4 significant digits, entropy `h` (nats) and its
+    estimate flag `he`, rank `r`, forced flag `f`, role `role` (left out for response
+    tokens), the first `alternatives` (all when None) of the top-k as `alt` `[text, p]`
+    and `ac`, the index of the chosen token among them. Absent keys
+    mean "not recorded". Beside the tokens: `sets` `[name, [ids of shown tokens in it]]`,
+    `ann` `[start, end, note]` (clipped to the steps shown) and the `lens` flag.
     """
     _check_thresholds(confident, uncertain)
     return {
-        "tokens": [_token_entry(step, confident, uncertain) for step in steps],
+        "tokens": [_token_entry(step, confident, uncertain, alternatives) for step in steps],
         "confident": confident,
         "uncertain": uncertain,
+        **_extras(steps, token_sets, annotations, lens_available),
     }
 
 
+def _extras(steps: Sequence[TokenStep], token_sets: Sequence[TokenSetInfo],
+            annotations: Sequence[AnnotationMark], lens_available: bool) -> dict:
+    """The payload's token sets, annotations and lens flag."""
+    shown_ids = {step.token_id for step in steps if step.token_id is not None}
+    last = len(steps) - 1
+    return {
+        "sets": [[info.name, sorted(info.token_ids & shown_ids)] for info in token_sets],
+        "ann": [[mark.start_index, min(mark.end_index, last), mark.note]
+                for mark in annotations if mark.start_index <= last],
+        "lens": bool(lens_available),
+    }
+
+
+def _view_data(key: str, steps: Sequence[TokenStep], confident: float, uncertain: float, *,
+               token_sets: Sequence[TokenSetInfo], annotations: Sequence[AnnotationMark],
+               lens_available: bool) -> dict:
+    """`token_payload` of a finished view, its token entries reused within the session.
+
+    A rerun (every click) passes the same step objects again: building the entries of
+    2,000 tokens with 20 alternatives each would cost ~0.1 s every time.
+    """
+    _check_thresholds(confident, uncertain)
+    stamp = (tuple(map(id, steps)), confident, uncertain)
+    cache_key = f"_perplex.token_view.entries.{key}"
+    cached = st.session_state.get(cache_key)
+    if cached is not None and cached[0] == stamp:
+        entries = cached[2]
+    else:
+        entries = [_token_entry(step, confident, uncertain) for step in steps]
+        st.session_state[cache_key] = (stamp, tuple(steps), entries)  # holding the steps
+        # keeps their ids from being reused by other objects
+    return {"tokens": entries, "confident": confident, "uncertain": uncertain,
+            **_extras(steps, token_sets, annotations, lens_available)}
+
+
+def _checked_range(selection: object, n_steps: int) -> list[int] | None:
+    """`selection` as an ordered `[start, end]` inside the steps, else None."""
+    if not isinstance(selection, (tuple, list)) or len(selection) != 2:
+        return None
+    if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n_steps
+               for i in selection):
+        return None
+    return sorted(selection)
+
+
+EventHandler = Callable[[TokenEvent], None]
+_UNHANDLED = object()
+
+
 def _ignore() -> None:
-    """Do nothing: passing a callback is what declares the "click" trigger to Streamlit."""
+    """Do nothing: passing a callback is what declares the "event" trigger to Streamlit."""
+
+
+def _event_callback(key: str, steps: Sequence[TokenStep], set_names: set[str],
+                    lens_available: bool, on_event: EventHandler | None) -> Callable[[], None]:
+    """The trigger's callback: hand the checked event to `on_event` before the rerun runs.
+
+    It checks the event against the steps of the run that drew the view (the ones the
+    user acted on), captured here.
+    """
+    if on_event is None:
+        return _ignore
+    steps = tuple(steps)  # as drawn, whatever happens to the caller's list
+
+    def handle() -> None:
+        state = st.session_state.get(key)
+        raw = state.get("event") if isinstance(state, dict) else None
+        event = parse_event(raw, steps, set_names=set_names, lens_available=lens_available)
+        st.session_state[_handled_key(key)] = event  # what `_mount` returns this rerun
+        if event is not None:
+            on_event(event)
+
+    return handle
+
+
+def _handled_key(key: str) -> str:
+    return f"_perplex.token_view.handled.{key}"
 
 
 def token_view(
@@ -156,40 +260,67 @@ def token_view(
     uncertain: float,
     highlight: int | None = None,
     streaming: bool = False,
-) -> TokenClick | None:
-    """Show `steps` as coloured tokens; return the click that caused this rerun, if any.
+    token_sets: Sequence[TokenSetInfo] = (),
+    annotations: Sequence[AnnotationMark] = (),
+    lens_available: bool = False,
+    selection: tuple[int, int] | None = None,
+    on_event: EventHandler | None = None,
+) -> TokenEvent | None:
+    """Show `steps` as coloured tokens; return the event that caused this rerun, if any.
 
     `highlight` is an index into `steps` to outline and scroll to. `streaming` marks a
-    view still growing: clicks are ignored and a caret is shown. A click is returned
-    in the one rerun it causes only: keep it in `st.session_state` if it must last.
+    view still growing: clicks are ignored and a caret is shown. `token_sets` are offered
+    in the menu (checked where they hold the token), `annotations` underline their tokens
+    and show their notes on hover, `lens_available` offers "Open in Logit Lens", and
+    `selection` (inclusive indices) is drawn as the selected range. An event is returned
+    in the one rerun it causes only: keep what must last in `st.session_state`.
+
+    The return value comes after the view is drawn, so what it changes (highlight, sets,
+    notes, selection) shows one rerun late. `on_event(event)` runs before the rerun's
+    script, like a widget's `on_change`: update what you pass in there and the view is
+    drawn with it at once.
     """
-    return _mount(token_payload(steps, confident, uncertain), key=key,
-                  highlight=highlight, streaming=streaming)
+    if streaming:
+        data = token_payload(steps, confident, uncertain, alternatives=ALTERNATIVES_SHOWN)
+    else:
+        data = _view_data(key, steps, confident, uncertain, token_sets=token_sets,
+                          annotations=annotations, lens_available=lens_available)
+    return _mount(data, steps, key=key, highlight=highlight, streaming=streaming,
+                  selection=selection, set_names={info.name for info in token_sets},
+                  on_event=on_event)
 
 
 def _mount(
     data: dict,
+    steps: Sequence[TokenStep],
     *,
     key: str,
     highlight: int | None = None,
     streaming: bool = False,
     group: str | None = None,
     seq: int = 0,
-) -> TokenClick | None:
+    selection: tuple[int, int] | None = None,
+    set_names: set[str] | None = None,
+    on_event: EventHandler | None = None,
+) -> TokenEvent | None:
     """Mount the component on a `token_payload` (extended here, not copied)."""
+    set_names = set_names or set()
     n_steps = len(data["tokens"])
     data["highlight"] = highlight if highlight is not None and 0 <= highlight < n_steps else None
+    data["selection"] = _checked_range(selection, n_steps)
     data["streaming"] = streaming
     if group is not None:
         data["group"], data["seq"] = group, seq
-    result = _COMPONENT(key=key, data=data, on_click_change=_ignore, height="content")
-    click = result.get("click")
-    if not isinstance(click, dict):
+    callback = _ignore if streaming else _event_callback(key, steps, set_names, data["lens"],
+                                                         on_event)
+    result = _COMPONENT(key=key, data=data, on_event_change=callback, height="content")
+    handled = st.session_state.pop(_handled_key(key), _UNHANDLED)
+    if streaming or result.get("event") is None:
         return None
-    index, position = click.get("index"), click.get("position")
-    if not isinstance(index, int) or not 0 <= index < n_steps:
-        return None  # a click on a view that has changed since
-    return TokenClick(index=index, position=int(position))
+    if handled is not _UNHANDLED:  # checked against the steps the user acted on
+        return handled
+    return parse_event(result.get("event"), steps, set_names=set_names,
+                       lens_available=data["lens"])
 
 
 class TokenViewStream:
@@ -228,15 +359,18 @@ class TokenViewStream:
         return self._updates
 
     def _payload(self, steps: Sequence[TokenStep]) -> dict:
-        """`token_payload(steps)`, converting only the steps not seen before."""
+        """`token_payload(steps)` with the tooltip's 3 alternatives (no menu while streaming).
+
+        Only the steps not seen before are converted.
+        """
         known = len(self._entries)
         if known > len(steps) or (known and steps[known - 1] != self._last_step):
             self._entries, known = [], 0  # not an extension of what was sent: start over
-        self._entries.extend(_token_entry(step, self._confident, self._uncertain)
-                             for step in steps[known:])
+        self._entries.extend(_token_entry(step, self._confident, self._uncertain,
+                                          ALTERNATIVES_SHOWN) for step in steps[known:])
         self._last_step = steps[-1] if steps else None
         return {"tokens": list(self._entries), "confident": self._confident,
-                "uncertain": self._uncertain}
+                "uncertain": self._uncertain, **_extras(steps, (), (), False)}
 
     def update(self, steps: Sequence[TokenStep], *, force: bool = False) -> bool:
         """Show `steps` as the view so far; False when skipped (too soon, or no new step)."""
@@ -245,7 +379,7 @@ class TokenViewStream:
             return False
         self._updates += 1
         with self._slots[self._updates % 2]:
-            _mount(self._payload(steps), key=f"{self._key}-live-{self._updates}",
+            _mount(self._payload(steps), steps, key=f"{self._key}-live-{self._updates}",
                    streaming=True, group=self._key, seq=self._updates)
         cost = time.monotonic() - started
         if self._updates == 1:
@@ -254,9 +388,19 @@ class TokenViewStream:
         self._shown = len(steps)
         return True
 
-    def finish(self, steps: Sequence[TokenStep], *,
-               highlight: int | None = None) -> TokenClick | None:
-        """Show the final, clickable view under the real key (call once, at the end)."""
+    def finish(self, steps: Sequence[TokenStep], *, highlight: int | None = None,
+               token_sets: Sequence[TokenSetInfo] = (),
+               annotations: Sequence[AnnotationMark] = (), lens_available: bool = False,
+               selection: tuple[int, int] | None = None,
+               on_event: EventHandler | None = None) -> TokenEvent | None:
+        """Show the final, clickable view under the real key (call once, at the end).
+
+        The keyword arguments are `token_view`'s.
+        """
+        data = _view_data(self._key, steps, self._confident, self._uncertain,
+                          token_sets=token_sets, annotations=annotations,
+                          lens_available=lens_available)
         with self._slots[(self._updates + 1) % 2]:
-            return _mount(self._payload(steps), key=self._key, highlight=highlight,
-                          group=self._key, seq=self._updates + 1)
+            return _mount(data, steps, key=self._key, highlight=highlight,
+                          group=self._key, seq=self._updates + 1, selection=selection,
+                          set_names={info.name for info in token_sets}, on_event=on_event)
