@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import streamlit as st
 
@@ -12,10 +13,19 @@ from perplex.stats import summarise
 from perplex.tokens import PLAIN_TEXT_ROLE
 from perplex.ui.sidebar import Thresholds
 from perplex.ui.text import plain
-from perplex.ui.token_view import token_view
+from perplex.ui.token_view import TokenEvent, token_view
 
 AVATARS = {"user": "user", "system": ":material/settings:", "assistant": "assistant",
            PLAIN_TEXT_ROLE: ":material/description:"}
+
+
+@dataclass(frozen=True)
+class TranscriptEvent:
+    """A token view event on one message; `steps[event.index]` is the token acted on."""
+
+    message_index: int
+    steps: tuple[TokenStep, ...]
+    event: TokenEvent
 
 
 def highlight_key(prefix: str, message_index: int) -> str:
@@ -23,8 +33,19 @@ def highlight_key(prefix: str, message_index: int) -> str:
     return f"{prefix}.highlight.{message_index}"
 
 
-def show_transcript(gen: Generation, prefix: str, thresholds: Thresholds) -> None:
-    """Every message of `gen`: scored ones as token views with timeline and summary."""
+def range_key(state_key: str) -> str:
+    """Session-state key of the selected range (inclusive indices) beside a highlight key."""
+    return f"{state_key}.range"
+
+
+def show_transcript(gen: Generation, prefix: str,
+                    thresholds: Thresholds) -> TranscriptEvent | None:
+    """Every message of `gen`: scored ones as token views with timeline and summary.
+
+    Returns the token view event of this rerun, if any, for the page to act on (clicks
+    and range selections are already kept here: highlight and `selection`).
+    """
+    found = None
     for index, message in enumerate(gen.messages):
         steps = [s for s in gen.message_steps(index) if s.prob is not None or s.text]
         scored = [s for s in steps if s.role.value == "response"]
@@ -38,23 +59,41 @@ def show_transcript(gen: Generation, prefix: str, thresholds: Thresholds) -> Non
             if message.role == PLAIN_TEXT_ROLE and len(scored) < len(steps):
                 st.caption("prompt")
                 st.text("".join(s.text for s in steps if s.role.value == "prompt"))
-            show_scored_message(scored, f"{prefix}-{gen.id}-{index}",
-                                highlight_key(prefix, index), thresholds)
+            event = show_scored_message(scored, f"{prefix}-{gen.id}-{index}",
+                                        highlight_key(prefix, index), thresholds)
+            if event is not None:
+                found = TranscriptEvent(index, tuple(scored), event)
+    return found
 
 
 def show_scored_message(steps: Sequence[TokenStep], key: str, state_key: str,
-                        thresholds: Thresholds) -> None:
-    """Token view, summary line with the least confident tokens, and the entropy timeline."""
+                        thresholds: Thresholds) -> TokenEvent | None:
+    """Token view, summary line with the least confident tokens, and the entropy timeline.
+
+    A click highlights its token (here and on the chart) and drops the selected range; a
+    drag keeps its range. The event is returned for the caller's other actions.
+    """
+    event = token_view(steps, key=f"{key}-tokens", confident=thresholds.confident,
+                       uncertain=thresholds.uncertain,
+                       highlight=st.session_state.get(state_key),
+                       selection=st.session_state.get(range_key(state_key)),
+                       on_event=lambda picked: _keep_view_state(picked, state_key))
     highlight = st.session_state.get(state_key)
-    click = token_view(steps, key=f"{key}-tokens", confident=thresholds.confident,
-                       uncertain=thresholds.uncertain, highlight=highlight)
-    if click is not None:
-        st.session_state[state_key] = click.index
     _summary_line(steps, key, state_key, thresholds)
     chart_key = f"{key}-timeline"
     st.plotly_chart(entropy_timeline(steps, highlight), key=chart_key, on_select=lambda:
                     _take_chart_click(chart_key, state_key), selection_mode="points",
                     config={"displaylogo": False})
+    return event
+
+
+def _keep_view_state(event: TokenEvent, state_key: str) -> None:
+    """Highlight a clicked token and drop the range; keep a dragged range (before drawing)."""
+    if event.kind == "click":
+        st.session_state[state_key] = event.index
+        st.session_state.pop(range_key(state_key), None)
+    elif event.kind == "select_range":
+        st.session_state[range_key(state_key)] = (event.index, event.end_index)
 
 
 def _take_chart_click(chart_key: str, state_key: str) -> None:
