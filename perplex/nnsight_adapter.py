@@ -26,12 +26,13 @@ class ResidualPatch:
     """Replace the residual stream after block `layer` at `position` by `vector` [d].
 
     `layer` 0 is the embedding output (the input of the first block); layer i ≥ 1 is the
-    output of block i.
+    output of block i. `row` is the batch row to patch (None: every row).
     """
 
     layer: int
     position: int
     vector: torch.Tensor
+    row: int | None = None
 
 
 def _wrapped(decoder: torch.nn.Module):
@@ -83,6 +84,32 @@ def capture_residuals(decoder: torch.nn.Module, layers_path: str, input_ids: tor
                 hidden[0, patch.position] = patch.vector.to(hidden.dtype)
             saved.append(hidden.save())
     return torch.stack([h[0].float() for h in saved])
+
+
+def patched_last_residual(decoder: torch.nn.Module, layers_path: str, input_ids: torch.Tensor,
+                          patches: tuple[ResidualPatch, ...] = ()) -> torch.Tensor:
+    """One forward pass of a batch `input_ids` [B, T] with `patches` written in.
+
+    Returns the last block's output [B, T, d] (float32, before the final norm). A patch
+    with `row` set changes only that batch row, so one pass can try B different patches.
+    """
+    wrapper, lock = _wrapped(decoder)
+    by_layer: dict[int, list[ResidualPatch]] = {}
+    for patch in patches:
+        by_layer.setdefault(patch.layer, []).append(patch)
+    with lock, torch.inference_mode(), wrapper.trace(input_ids):
+        blocks = _blocks(wrapper, layers_path)
+        n_blocks = len(blocks)
+        hidden = None
+        for i in sorted(by_layer):  # modules must be reached in execution order
+            hidden = blocks[0].input if i == 0 else _hidden(blocks[i - 1].output)
+            for patch in by_layer[i]:
+                rows = slice(None) if patch.row is None else patch.row
+                hidden[rows, patch.position] = patch.vector.to(hidden.dtype)
+        if n_blocks not in by_layer:  # the last output, unless it was just patched
+            hidden = _hidden(blocks[n_blocks - 1].output)
+        last = hidden.save()
+    return last.float()
 
 
 def reproduction_code(model_id: str, prompt: str, layers_path: str, norm_path: str,

@@ -1,0 +1,111 @@
+"""Activation patching: no-op patches, sweeps vs single patches, the Eiffel Tower swap.
+
+No-op patches change nothing, sweeps agree with single patches, and on the bundled model
+the Eiffel Tower → Colosseum swap flips the target's answer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from perplex.lens import LensError
+from perplex.patching import (
+    aligned_source_position,
+    patch_prompts,
+    patch_sweep,
+    unpatched_logits,
+)
+from perplex.tokens import encode_plain_text
+
+SOURCE = "The Eiffel Tower is in the city of"
+TARGET = "The Colosseum is in the city of"
+
+
+def _ids(lm, text: str) -> list[int]:
+    return list(encode_plain_text(lm.tokenizer, text).ids)
+
+
+def test_unpatched_run_equals_model_logits(tiny_lm):
+    ids = _ids(tiny_lm, "The capital of France is Paris.")
+    with torch.no_grad():
+        expected = tiny_lm.model(torch.tensor([ids])).logits[0, -1]
+    assert torch.allclose(unpatched_logits(tiny_lm, ids), expected, atol=1e-5)
+
+
+def test_patching_a_prompt_into_itself_changes_nothing(tiny_lm):
+    ids = _ids(tiny_lm, "Hello world! How are you today?")
+    result = patch_prompts(tiny_lm, ids, ids, layer=1, target_position=2)
+    assert np.array_equal(result.before_ids, result.after_ids)
+    assert np.allclose(result.before_probs, result.after_probs, atol=1e-6)
+
+
+def test_sweep_agrees_with_single_patches_and_the_last_cell_is_the_source(tiny_lm):
+    source = _ids(tiny_lm, "The capital of France is Paris.")
+    target = _ids(tiny_lm, "Hello world! How are you today?")[:len(source)]
+    sweep = patch_sweep(tiny_lm, source, target, rows_per_pass=3)  # several passes per layer
+    n_layers = tiny_lm.n_layers + 1
+    assert sweep.p_source.shape == (n_layers, len(target))
+    for layer, position in [(0, 0), (1, 4), (2, len(target) - 1)]:
+        single = patch_prompts(tiny_lm, source, target, layer=layer, target_position=position)
+        assert abs(single.p_source_after - sweep.p_source[layer, position]) < 1e-5
+        assert abs(single.p_target_after - sweep.p_target[layer, position]) < 1e-5
+        assert int(single.after_ids[0]) == sweep.top1[layer, position]
+    # The last block's output at the last position is all the prediction reads.
+    assert sweep.top1[-1, -1] == sweep.source_answer
+    with torch.no_grad():
+        own = tiny_lm.model(torch.tensor([source])).logits[0, -1].softmax(-1)
+    assert abs(float(own[sweep.source_answer]) - sweep.p_source[-1, -1]) < 1e-5
+    assert sweep.figure().data and sweep.figure("logit_diff").data
+
+
+def test_prompts_of_different_lengths_align_from_the_end(tiny_lm):
+    source = _ids(tiny_lm, "The capital of France is Paris.")
+    target = source[2:]
+    assert aligned_source_position(0, len(source), len(target)) == 2
+    assert aligned_source_position(0, len(target), len(source)) is None
+    sweep = patch_sweep(tiny_lm, target, source, layers=[1])
+    assert np.isnan(sweep.p_source[1, :2]).all() and not np.isnan(sweep.p_source[1, 2:]).any()
+    assert np.isnan(sweep.p_source[0]).all()  # layer 0 was not swept
+    with pytest.raises(LensError, match="no source position"):
+        patch_prompts(tiny_lm, target, source, layer=1, target_position=0)
+    with pytest.raises(LensError, match="does not exist"):
+        patch_prompts(tiny_lm, source, target, layer=99, target_position=0)
+
+
+@pytest.fixture(scope="module")
+def swap(bundled_lm):
+    """The Eiffel Tower (source) and Colosseum (target) prompts, both ten tokens."""
+    source, target = _ids(bundled_lm, SOURCE), _ids(bundled_lm, TARGET)
+    assert len(source) == len(target) == 10
+    return source, target
+
+
+def test_bundled_unpatched_run_equals_model_logits(bundled_lm, swap):
+    with torch.no_grad():
+        expected = bundled_lm.model(torch.tensor([swap[1]])).logits[0, -1]
+    assert torch.allclose(unpatched_logits(bundled_lm, swap[1]), expected, atol=1e-4)
+
+
+def test_bundled_swap_subject_at_a_middle_layer_flips_rome_to_paris(bundled_lm, swap):
+    source, target = swap
+    tokens = [bundled_lm.vocab_texts[i] for i in target]
+    assert tokens[2:5] == [" Col", "osse", "um"]
+    # Found by a full sweep: the residual of the subject's middle token ("iffel" → "osse")
+    # flips the answer when patched at layers 0–23 (except 2); the last subject token
+    # ("Tower" → "um") never does; the final position does from layer 24 on.
+    result = patch_prompts(bundled_lm, source, target, layer=12, target_position=3)
+    text = result.texts
+    assert text[result.source_answer] == " Paris" and text[result.target_answer] == " Rome"
+    assert text[int(result.before_ids[0])] == " Rome"
+    assert result.flipped and text[int(result.after_ids[0])] == " Paris"
+    assert result.p_source_after > result.p_source_before
+    assert result.p_target_after < result.p_target_before
+
+    sweep = patch_sweep(bundled_lm, source, target, layers=[12, 27])
+    assert sweep.top1[12, 3] == result.source_answer
+    assert abs(sweep.p_source[12, 3] - result.p_source_after) < 1e-4
+    assert sweep.top1[12, 4] == result.target_answer  # the last subject token: still Rome
+    assert sweep.top1[27, 9] == result.source_answer  # late layers: the final position
+    assert sweep.top1[12, 9] == result.target_answer
