@@ -15,6 +15,7 @@ from perplex.records import Message
 from perplex.tokens import encode_messages, encode_plain_text
 from perplex.ui import resources
 from perplex.ui.lens_view import lens_view
+from perplex.ui.patching_view import patching_section
 from perplex.ui.text import plain
 
 PREFIX = "lens"
@@ -129,6 +130,9 @@ if selected is not None and 0 <= selected < lens.n_positions:
                                     format="%.3f")})
 else:
     st.caption("Click a token to see its layer-by-layer table, heatmap and curves.")
+
+if st.toggle("Activation patching sandbox", key=f"{PREFIX}.patching"):
+    patching_section(lm)
 
 with st.expander("Open in NDIF / reproduce in a notebook"):
     if ndif_key_set():

@@ -1,0 +1,88 @@
+"""Streamlit AppTest of the Logit Lens page on a tiny model (script logic, no browser)."""
+
+from __future__ import annotations
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from perplex.settings import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def page(tiny_lm):
+    at = AppTest.from_file(str(PROJECT_ROOT / "pages" / "logit_lens.py"), default_timeout=60)
+    at.session_state["perplex.lm"] = tiny_lm
+    return at.run()
+
+
+def test_lens_page_shows_the_default_prompt(page):
+    assert not page.exception
+    assert "layers" in page.markdown[0].value
+
+
+def test_patching_sandbox_patches_and_sweeps(page, tiny_lm):
+    page.toggle(key="lens.patching").set_value(True).run()
+    assert not page.exception
+    page.slider(key="lens.patch.layer").set_value(1).run()
+    page.button(key="lens.patch.run").click().run()
+    assert not page.exception and not page.error
+    result = page.session_state["lens.patch.result"]
+    assert result.layer == 1 and result.target_position == 3
+    assert any("Patched layer" in m.value for m in page.markdown)
+    page.button(key="lens.patch.sweep").click().run()
+    assert not page.exception
+    sweep = page.session_state["lens.patch.sweep_result"]
+    assert sweep.p_source.shape[0] == tiny_lm.n_layers + 1
+    assert page.get("plotly_chart")
+
+
+def _saved_generation(perplex_home, with_ids: bool = True):
+    from dataclasses import replace
+
+    from perplex.store import Store
+    from tests.test_store import make_generation
+
+    gen = make_generation(n_steps=8, n_alts=2)
+    if with_ids:
+        gen = replace(gen, steps=tuple(replace(s, token_id=s.token_id or 3) for s in gen.steps))
+    with Store.open(perplex_home / "perplex.duckdb") as store:
+        store.save_generation(gen)
+    return gen
+
+
+def _app(tiny_lm) -> AppTest:
+    at = AppTest.from_file(str(PROJECT_ROOT / "pages" / "logit_lens.py"), default_timeout=60)
+    at.session_state["perplex.lm"] = tiny_lm
+    return at
+
+
+def test_open_in_logit_lens_lands_on_the_generation_and_token(tiny_lm, perplex_home):
+    gen = _saved_generation(perplex_home)
+    at = _app(tiny_lm)
+    at.session_state["lens.open"] = (gen.id, 4)
+    at.run()
+    assert not at.exception and not at.error
+    assert at.session_state["lens.input"] == (tuple(s.token_id for s in gen.steps),
+                                              f"generation {gen.id}")
+    assert at.session_state["lens.selected"] == 3  # position 3 predicts token 4
+    assert any("position 3" in h.value for h in at.subheader)
+
+
+def test_generation_query_parameter_opens_it_once(tiny_lm, perplex_home):
+    gen = _saved_generation(perplex_home)
+    at = _app(tiny_lm)
+    at.query_params["generation"] = gen.id
+    at.run()
+    assert not at.exception and not at.error
+    assert at.session_state["lens.input"][1] == f"generation {gen.id}"
+
+
+def test_generation_without_token_ids_is_refused_clearly(tiny_lm, perplex_home):
+    gen = _saved_generation(perplex_home, with_ids=False)
+    at = _app(tiny_lm)
+    at.session_state["lens.open"] = (gen.id, None)
+    at.run()
+    assert not at.exception
+    assert "without token ids" in at.error[0].value
