@@ -7,7 +7,7 @@ import streamlit as st
 from perplex.errors import PerplexError
 from perplex.generation import start_generation
 from perplex.records import Message, TokenRole
-from perplex.ui import session_panel, uploads
+from perplex.ui import investigate, session_panel, uploads
 from perplex.ui.sidebar import decode_params_form, thresholds
 from perplex.ui.text import plain
 from perplex.ui.token_view import TokenViewStream
@@ -36,10 +36,16 @@ if top[0].button("New chat", disabled=CURRENT not in st.session_state or viewing
 
 current = st.session_state.get(CURRENT)
 if current is not None:
-    show_transcript(current, PREFIX, thresholds())
+    event = show_transcript(current, PREFIX, thresholds(), extras=investigate.view_extras,
+                            lens_available=True)
     if current.stop_reason:
         st.caption(f"Stopped: {current.stop_reason} · {plain(current.model_label)} · "
                    f"{current.source.value}")
+    investigate.comparison_panel(CURRENT)
+    investigate.branch_navigator(CURRENT)
+    investigate.annotations_panel(CURRENT)
+    investigate.token_sets_panel(current)
+    investigate.act_on(event, current, CURRENT, lm, params)
 
 prompt = st.chat_input("Read-only: fork the session (sidebar) to continue" if viewing_only
                        else "Ask the model…", disabled=lm is None or viewing_only)

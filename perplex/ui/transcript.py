@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import streamlit as st
@@ -13,8 +13,10 @@ from perplex.stats import summarise
 from perplex.tokens import PLAIN_TEXT_ROLE
 from perplex.ui.sidebar import Thresholds
 from perplex.ui.text import plain
-from perplex.ui.token_view import TokenEvent, token_view
+from perplex.ui.token_view import AnnotationMark, TokenEvent, TokenSetInfo, token_view
 
+ViewExtras = Callable[[Generation, int, tuple[TokenStep, ...]],
+                      tuple[Sequence[TokenSetInfo], Sequence[AnnotationMark]]]
 AVATARS = {"user": "user", "system": ":material/settings:", "assistant": "assistant",
            PLAIN_TEXT_ROLE: ":material/description:"}
 
@@ -38,12 +40,14 @@ def range_key(state_key: str) -> str:
     return f"{state_key}.range"
 
 
-def show_transcript(gen: Generation, prefix: str,
-                    thresholds: Thresholds) -> TranscriptEvent | None:
+def show_transcript(gen: Generation, prefix: str, thresholds: Thresholds,
+                    extras: ViewExtras | None = None,
+                    lens_available: bool = False) -> TranscriptEvent | None:
     """Every message of `gen`: scored ones as token views with timeline and summary.
 
     Returns the token view event of this rerun, if any, for the page to act on (clicks
-    and range selections are already kept here: highlight and `selection`).
+    and range selections are already kept here: highlight and `selection`). `extras`
+    gives each message's token sets (for the menu) and annotation marks.
     """
     found = None
     for index, message in enumerate(gen.messages):
@@ -59,15 +63,19 @@ def show_transcript(gen: Generation, prefix: str,
             if message.role == PLAIN_TEXT_ROLE and len(scored) < len(steps):
                 st.caption("prompt")
                 st.text("".join(s.text for s in steps if s.role.value == "prompt"))
+            sets, marks = extras(gen, index, tuple(scored)) if extras else ((), ())
             event = show_scored_message(scored, f"{prefix}-{gen.id}-{index}",
-                                        highlight_key(prefix, index), thresholds)
+                                        highlight_key(prefix, index), thresholds,
+                                        sets, marks, lens_available)
             if event is not None:
                 found = TranscriptEvent(index, tuple(scored), event)
     return found
 
 
 def show_scored_message(steps: Sequence[TokenStep], key: str, state_key: str,
-                        thresholds: Thresholds) -> TokenEvent | None:
+                        thresholds: Thresholds, token_sets: Sequence[TokenSetInfo] = (),
+                        annotations: Sequence[AnnotationMark] = (),
+                        lens_available: bool = False) -> TokenEvent | None:
     """Token view, summary line with the least confident tokens, and the entropy timeline.
 
     A click highlights its token (here and on the chart) and drops the selected range; a
@@ -77,8 +85,11 @@ def show_scored_message(steps: Sequence[TokenStep], key: str, state_key: str,
                        uncertain=thresholds.uncertain,
                        highlight=st.session_state.get(state_key),
                        selection=st.session_state.get(range_key(state_key)),
+                       token_sets=token_sets, annotations=annotations,
+                       lens_available=lens_available,
                        on_event=lambda picked: _keep_view_state(picked, state_key))
     highlight = st.session_state.get(state_key)
+    range_panel(steps, st.session_state.get(range_key(state_key)), thresholds)
     _summary_line(steps, key, state_key, thresholds)
     chart_key = f"{key}-timeline"
     st.plotly_chart(entropy_timeline(steps, highlight), key=chart_key, on_select=lambda:
@@ -124,3 +135,26 @@ def _summary_line(steps: Sequence[TokenStep], key: str, state_key: str,
                    key=f"{key}-least-{index}", help=f"Token #{index}: jump to it",
                    on_click=st.session_state.__setitem__, args=(state_key, index),
                    use_container_width=True)
+
+
+def range_panel(steps: Sequence[TokenStep], selection: tuple[int, int] | None,
+                limits: Thresholds) -> None:
+    """Aggregate statistics of the drag-selected span (annotate it from the view's bar)."""
+    if selection is None or selection[1] >= len(steps):
+        return
+    start, end = selection
+    span = steps[start:end + 1]
+    summary = summarise(span, threshold=limits.uncertain)
+    if summary.n_scored == 0:
+        return
+    text = "".join(s.text for s in span)
+    with st.container(border=True):
+        st.markdown(f"**Selected tokens {start}–{end}**: “{plain(text[:200])}”")
+        cols = st.columns(6)
+        cols[0].metric("tokens", summary.n_tokens)
+        cols[1].metric("mean p", f"{summary.mean_prob:.3f}")
+        cols[2].metric("min p", f"{summary.min_prob:.3g}")
+        cols[3].metric("mean / max H (nats)",
+                       f"{summary.mean_entropy:.2f} / {summary.max_entropy:.2f}")
+        cols[4].metric("perplexity", f"{summary.perplexity:.2f}")
+        cols[5].metric(f"under p {limits.uncertain:.2f}", summary.n_below)

@@ -1,0 +1,206 @@
+"""Acting on the token view: inject and branch, token sets, annotations, range statistics.
+
+Pages call `act_on` with the event of the rerun, and `investigation_panels` below the
+transcript. Everything that changes is saved into the open session at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import streamlit as st
+
+from perplex.annotations import add_annotation, delete_annotation, edit_annotation
+from perplex.annotations import list_annotations as generation_annotations
+from perplex.branches import branch_tree
+from perplex.errors import PerplexError
+from perplex.generation import inject
+from perplex.models import LoadedModel
+from perplex.plots import before_after_timeline
+from perplex.records import DecodeParams, Generation, TokenStep
+from perplex.token_sets import add_token, create_token_set, list_token_sets, remove_token
+from perplex.ui import resources
+from perplex.ui.session_panel import current_session_id, read_only, save_to_session
+from perplex.ui.sidebar import thresholds
+from perplex.ui.text import plain
+from perplex.ui.token_view import AnnotationMark, TokenSetInfo, TokenViewStream
+from perplex.ui.transcript import TranscriptEvent
+
+COMPARE_SUFFIX = ".compare"  # (parent id, child id, answer index of the forced token)
+
+
+def view_extras(gen: Generation, message_index: int,
+                steps: tuple[TokenStep, ...]) -> tuple[list[TokenSetInfo], list[AnnotationMark]]:
+    """Token sets for the menu and annotation marks for one message's view."""
+    store = resources.store()
+    sid = current_session_id()
+    sets = [TokenSetInfo(s.name, frozenset(s.token_ids(gen.model_label)))
+            for s in list_token_sets(store, sid)] if sid else []
+    index_of = {s.position: i for i, s in enumerate(steps)}
+    marks = []
+    for note in generation_annotations(store, gen.id):
+        covered = [index_of[p] for p in range(note.start, note.end + 1) if p in index_of]
+        if covered:
+            marks.append(AnnotationMark(min(covered), max(covered), note.text))
+    return sets, marks
+
+
+def act_on(found: TranscriptEvent | None, gen: Generation, page_key: str,
+           lm: LoadedModel | None, params: DecodeParams) -> None:
+    """Carry out a token-view action on the generation `gen` shown under `page_key`."""
+    if found is None or found.event.kind in ("click", "select_range"):
+        return
+    if found.event.kind == "open_lens":
+        position = found.steps[found.event.index].position
+        st.session_state["lens.open"] = (gen.id, position)
+        st.switch_page("pages/logit_lens.py")
+    if read_only():
+        st.warning("This session is open read-only (shared link): fork it to make changes.")
+        return
+    event, step = found.event, found.steps[found.event.index]
+    try:
+        if event.kind in ("inject", "branch"):
+            _regenerate(found, gen, page_key, lm, params)
+        elif event.kind in ("add_to_set", "new_set"):
+            _add_to_set(event.set_name, gen, step)
+        elif event.kind == "annotate":
+            add_annotation(resources.store(), gen.id, step.position, event.text)
+        elif event.kind == "annotate_range":
+            end = found.steps[event.end_index].position
+            add_annotation(resources.store(), gen.id, step.position, event.text, end=end)
+    except PerplexError as exc:
+        st.error(plain(str(exc)))
+        return
+    st.rerun()
+
+
+def _regenerate(found: TranscriptEvent, gen: Generation, page_key: str,
+                lm: LoadedModel | None, params: DecodeParams) -> None:
+    if lm is None:
+        raise PerplexError("Load a model (sidebar) to regenerate.")
+    event, step = found.event, found.steps[found.event.index]
+    if event.seed is not None or event.temperature is not None:
+        params = replace(params, seed=event.seed,
+                         temperature=params.temperature if event.temperature is None
+                         else event.temperature)
+    forced = event.token_id if event.token_id is not None else event.text
+    run = inject(lm, gen, step.position, forced, params)
+    st.caption(f"Regenerating from token #{event.index}…")
+    th = thresholds()
+    stream = TokenViewStream(key=f"{page_key}-inject-live", confident=th.confident,
+                             uncertain=th.uncertain)
+    shown = []
+    for new in run:
+        if new.message_index == step.message_index and new.role is step.role:
+            shown.append(new)
+            stream.update(shown)
+    child = save_to_session(replace(run.generation(), title=f"{event.kind} at #{event.index}"),
+                            page_key)
+    st.session_state[page_key + COMPARE_SUFFIX] = (gen.id, child.id, found.message_index,
+                                                   event.index)
+
+
+def _add_to_set(name: str, gen: Generation, step: TokenStep) -> None:
+    store = resources.store()
+    sid = current_session_id()
+    if sid is None:
+        raise PerplexError("Save something in a session first: token sets belong to a session.")
+    existing = {s.name: s for s in list_token_sets(store, sid)}
+    token_set = existing.get(name) or create_token_set(store, sid, name)
+    add_token(store, token_set.id, gen.model_label, step.token_id, step.text)
+
+
+def comparison_panel(page_key: str) -> None:
+    """Before and after an injection: one timeline, and the two continuations side by side."""
+    compare = st.session_state.get(page_key + COMPARE_SUFFIX)
+    current = st.session_state.get(page_key)
+    if not compare or current is None or compare[1] != current.id:
+        return
+    parent_id, _, message_index, split = compare
+    try:
+        parent = resources.store().load_generation(parent_id)
+    except PerplexError:
+        return
+    before = [s for s in parent.message_steps(message_index) if s.role.value == "response"]
+    after = [s for s in current.message_steps(message_index) if s.role.value == "response"]
+    st.markdown("**Before and after the forced token**")
+    st.plotly_chart(before_after_timeline(before, after, split), key=f"{page_key}-beforeafter")
+    left, right = st.columns(2)
+    left.caption("before")
+    left.text("".join(s.text for s in before[split:]))
+    right.caption("after")
+    right.text("".join(s.text for s in after[split:]))
+
+
+def branch_navigator(page_key: str) -> None:
+    """Parent and children of the generation on screen; click one to switch to it."""
+    current = st.session_state.get(page_key)
+    if current is None or (current.parent_id is None and not _has_children(current.id)):
+        return
+    tree = branch_tree(resources.store(), current.id)
+    with st.expander(f"Branches ({len(list(tree.nodes()))} in this tree)", expanded=True):
+        for node in tree.nodes():
+            depth = len(_ancestors(tree, node))
+            here = " ← on screen" if node.id == current.id else ""
+            split = "" if node.branch_position is None else f" · split at position " \
+                                                             f"{node.branch_position}"
+            label = f"{'  ' * depth}{'↳ ' if depth else ''}{node.title or 'original'}{split}{here}"
+            if st.button(plain(label), key=f"{page_key}-branch-{node.id}",
+                         disabled=node.id == current.id):
+                st.session_state[page_key] = resources.store().load_generation(node.id)
+                st.rerun()
+
+
+def _has_children(generation_id: str) -> bool:
+    return bool(branch_tree(resources.store(), generation_id).focus.children)
+
+
+def _ancestors(tree, node) -> list:
+    chain, parent = [], node.parent_id
+    while parent is not None and (found := tree.find(parent)) is not None:
+        chain.append(found)
+        parent = found.parent_id
+    return chain
+
+
+def annotations_panel(page_key: str) -> None:
+    """The session's annotations: edit, delete, or jump to the annotated generation."""
+    current = st.session_state.get(page_key)
+    if current is None:
+        return
+    notes = generation_annotations(resources.store(), current.id)
+    if not notes:
+        return
+    with st.expander(f"Annotations ({len(notes)})", expanded=True):
+        for note in notes:
+            span = f"#{note.start}" + (f"–{note.end}" if note.end != note.start else "")
+            cols = st.columns([1, 6, 1])
+            cols[0].caption(f"position {span}")
+            text = cols[1].text_input("note", note.text, key=f"note-{note.id}",
+                                      label_visibility="collapsed", disabled=read_only())
+            if text.strip() and text != note.text:
+                edit_annotation(resources.store(), note.id, text)
+            if cols[2].button("Delete", key=f"note-del-{note.id}", disabled=read_only()):
+                delete_annotation(resources.store(), note.id)
+                st.rerun()
+
+
+def token_sets_panel(gen: Generation | None) -> None:
+    """The session's token sets, with their members; remove a token with one click."""
+    sid = current_session_id()
+    if sid is None or gen is None:
+        return
+    sets = list_token_sets(resources.store(), sid)
+    if not sets:
+        return
+    with st.expander(f"Token sets ({len(sets)})"):
+        for token_set in sets:
+            members = [m for m in token_set.members if m.tokenizer == gen.model_label]
+            st.markdown(f"**{plain(token_set.name)}** · {len(members)} tokens")
+            for member in members:
+                if st.button(f"✕ {plain(repr(member.token_text))} (id {member.token_id})",
+                             key=f"set-{token_set.id}-{member.token_id}",
+                             disabled=read_only()):
+                    remove_token(resources.store(), token_set.id, gen.model_label,
+                                 member.token_id)
+                    st.rerun()
