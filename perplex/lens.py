@@ -29,6 +29,9 @@ FINAL_NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_layer_norm", "norm
 BLOCK_LIST_NAMES = ("layers", "h", "blocks", "decoder.layers", "layer")
 DEFAULT_TOP_K = 10
 CHUNK_POSITIONS = 64  # positions projected at once: bounds the [chunk, vocab] buffers
+# Rows (layers × positions of a chunk) per unembedding matmul: each matmul streams the whole
+# unembedding (113 MB for SmolLM2) from memory, so a few rows per matmul is memory-bound.
+ROWS_PER_MATMUL = 256
 
 Progress = Callable[[int, int], None]  # (steps done, steps in all)
 
@@ -225,20 +228,24 @@ def compute_lens(lm, ids: Sequence[int], *, top_k: int = DEFAULT_TOP_K,
             c1 = min(n_pos, c0 + chunk_positions)
             normed = anatomy.final_norm(
                 residuals[:, c0:c1].to(anatomy.norm_dtype)).float()
-            projector = _Projector(weight, bias, anatomy.softcap, c1 - c0)
-            final = projector.stats(normed[-1], None, k)
-            for layer in range(n_layers - 1, -1, -1):
-                stats = final if layer == n_layers - 1 else projector.stats(
-                    normed[layer], final, k)
-                top_ids[c0:c1, layer] = stats.top_ids
-                top_probs[c0:c1, layer] = stats.top_probs
-                final_rank[c0:c1, layer] = stats.final_rank
-                out["final_prob"][c0:c1, layer] = stats.final_prob
-                out["entropy"][c0:c1, layer] = stats.entropy
-                out["kl_to_final"][c0:c1, layer] = stats.kl
-                done += 1
-                if progress:
-                    progress(done, total)
+            group = max(1, ROWS_PER_MATMUL // (c1 - c0))  # layers per matmul
+            projector = _Projector(weight, bias, anatomy.softcap, c1 - c0, group)
+            final = projector.stats(projector.project(normed[-1:])[0], None, k)
+            earlier = list(range(n_layers - 2, -1, -1))  # the final layer first: KL needs it
+            groups = [[]] + [earlier[g:g + group] for g in range(0, len(earlier), group)]
+            for layers in groups:
+                logits = projector.project(normed[layers]) if layers else None
+                for j, layer in enumerate(layers or [n_layers - 1]):
+                    stats = projector.stats(logits[j], final, k) if layers else final
+                    top_ids[c0:c1, layer] = stats.top_ids
+                    top_probs[c0:c1, layer] = stats.top_probs
+                    final_rank[c0:c1, layer] = stats.final_rank
+                    out["final_prob"][c0:c1, layer] = stats.final_prob
+                    out["entropy"][c0:c1, layer] = stats.entropy
+                    out["kl_to_final"][c0:c1, layer] = stats.kl
+                    done += 1
+                    if progress:
+                        progress(done, total)
     vocab = lm.vocab_texts
     unique = np.unique(top_ids)
     return LogitLens(
@@ -270,18 +277,25 @@ class _Projector:
     """Unembeds normed residuals of one chunk and reduces them to `_LayerStats`."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, softcap: float | None,
-                 rows: int) -> None:
+                 rows: int, group: int = 1) -> None:
         self.weight, self.bias, self.softcap = weight, bias, softcap
-        self.logits = torch.empty((rows, weight.shape[0]), dtype=torch.float32)
+        self.logits = torch.empty((group * rows, weight.shape[0]), dtype=torch.float32)
         self.above = torch.empty((rows, weight.shape[0]), dtype=torch.bool)
         self.product = torch.empty((rows, weight.shape[0]), dtype=torch.float32)
 
-    def stats(self, hidden: torch.Tensor, final: _LayerStats | None, k: int) -> _LayerStats:
-        z = torch.matmul(hidden, self.weight.T, out=self.logits)
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits [g, C, V] of normed residuals [g, C, d] (g ≤ group), in one matmul."""
+        g, rows = hidden.shape[0], hidden.shape[1]
+        z = torch.matmul(hidden.reshape(g * rows, -1), self.weight.T,
+                         out=self.logits[:g * rows])
         if self.bias is not None:
             z += self.bias
         if self.softcap:
             z.div_(self.softcap).tanh_().mul_(self.softcap)
+        return z.view(g, rows, -1)
+
+    def stats(self, z: torch.Tensor, final: _LayerStats | None, k: int) -> _LayerStats:
+        """Statistics of one layer's logits `z` [C, V] (`final`: the last layer's, or None)."""
         top = torch.topk(z, k, dim=1)
         probs = torch.softmax(z, dim=1)
         # float32 softmax rows sum to 1 ± 3e-5; times logits of ~30 that is 1e-3 nats of
