@@ -8,6 +8,7 @@ from perplex.errors import PerplexError
 from perplex.generation import start_generation
 from perplex.records import Message, TokenRole
 from perplex.ui import investigate, session_panel, uploads
+from perplex.ui.export_panel import export_panel
 from perplex.ui.sidebar import decode_params_form, thresholds
 from perplex.ui.text import plain
 from perplex.ui.token_view import TokenViewStream
@@ -46,6 +47,7 @@ if current is not None:
     investigate.annotations_panel(CURRENT)
     investigate.token_sets_panel(current)
     investigate.act_on(event, current, CURRENT, lm, params)
+export_panel(current, PREFIX)
 
 prompt = st.chat_input("Read-only: fork the session (sidebar) to continue" if viewing_only
                        else "Ask the model…", disabled=lm is None or viewing_only)

@@ -48,7 +48,7 @@ def session_for_saving() -> str:
     sid = current_session_id()
     if sid is None:
         session = create_session(resources.store(), f"Session {datetime.now():%Y-%m-%d %H:%M}")
-        _switch_to(session, read_only=False)
+        switch_to(session, read_only=False)
         sid = session.id
     return sid
 
@@ -85,10 +85,11 @@ def open_from_url() -> None:
         st.session_state.pop(SESSION_KEY, None)
         st.error(plain(f"{exc} Starting a new session instead."))
         return
-    _switch_to(session, read_only=shared)
+    switch_to(session, read_only=shared)
 
 
-def _switch_to(session: Session, read_only: bool) -> None:
+def switch_to(session: Session, read_only: bool) -> None:
+    """Make `session` this tab's session (and the URL's), read-only or not."""
     for key in [k for k in st.session_state if k.endswith(".generation")]:
         del st.session_state[key]  # pages reload their state from the session's settings
     st.session_state[SESSION_KEY] = session.id
@@ -120,7 +121,7 @@ def render_session_panel() -> None:
     elif read_only():
         st.info(f"Viewing **{plain(session.name)}** read-only (shared link).")
         if st.button("Fork to edit", help="Make your own copy of this session and work there."):
-            _switch_to(duplicate_session(store, session.id), read_only=False)
+            switch_to(duplicate_session(store, session.id), read_only=False)
             st.rerun()
     else:
         _name_and_share(session)
@@ -145,7 +146,7 @@ def _session_list(session: Session | None) -> None:
     query = st.text_input("Search by name", key="perplex.session_search")
     found = search_sessions(store, query, limit=50)
     if st.button("New session", use_container_width=True):
-        _switch_to(create_session(store, f"Session {datetime.now():%Y-%m-%d %H:%M}"), False)
+        switch_to(create_session(store, f"Session {datetime.now():%Y-%m-%d %H:%M}"), False)
         st.rerun()
     if not found:
         st.caption("No sessions match." if query else "No sessions yet.")
@@ -156,10 +157,10 @@ def _session_list(session: Session | None) -> None:
         format_func=lambda i: f"{by_id[i].name} · {by_id[i].updated_at:%m-%d %H:%M}")
     cols = st.columns(2)
     if cols[0].button("Open", use_container_width=True):
-        _switch_to(by_id[chosen], read_only=False)
+        switch_to(by_id[chosen], read_only=False)
         st.rerun()
     if cols[1].button("Duplicate", use_container_width=True):
-        _switch_to(duplicate_session(store, chosen), read_only=False)
+        switch_to(duplicate_session(store, chosen), read_only=False)
         st.rerun()
     confirm = st.checkbox(f"Yes, delete “{plain(by_id[chosen].name)}” and everything in it",
                           key="perplex.session_delete_confirm")

@@ -1,0 +1,110 @@
+"""Downloads: token records, annotations, figures and whole-session bundles; bundle import."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from perplex.annotations import session_annotations
+from perplex.bundles import export_bundle, import_bundle
+from perplex.errors import PerplexError
+from perplex.exports import (
+    annotations_csv,
+    annotations_json,
+    annotations_markdown,
+    figure_image,
+    tokens_csv,
+    tokens_json,
+    tokens_parquet,
+)
+from perplex.plots import entropy_timeline
+from perplex.records import Generation
+from perplex.ui import resources
+from perplex.ui.session_panel import current_session_id, switch_to
+from perplex.ui.sidebar import thresholds
+from perplex.ui.text import plain
+
+
+def export_panel(gen: Generation | None, prefix: str) -> None:
+    """An expander with every download for the generation on screen and its session."""
+    with st.expander("Export and import"):
+        if gen is not None:
+            _token_downloads(gen, prefix)
+            _figure_downloads(gen, prefix)
+        sid, store = current_session_id(), resources.store()
+        if sid is not None:
+            _annotation_downloads(sid, prefix)
+            st.download_button("Session bundle (.zip, imports on another machine)",
+                               data=lambda: export_bundle(store, sid),
+                               file_name=f"perplex-session-{sid}.zip",
+                               mime="application/zip", key=f"{prefix}.bundle")
+        _bundle_import(prefix)
+
+
+def _token_downloads(gen: Generation, prefix: str) -> None:
+    st.markdown("**Token records** (one row per token, with its top-k alternatives)")
+    cols = st.columns(3)
+    name = f"perplex-{gen.id}"
+    cols[0].download_button("CSV", data=lambda: tokens_csv([gen]), file_name=f"{name}.csv",
+                            mime="text/csv", key=f"{prefix}.csv")
+    cols[1].download_button("JSON", data=lambda: tokens_json([gen]), file_name=f"{name}.json",
+                            mime="application/json", key=f"{prefix}.json")
+    cols[2].download_button("Parquet", data=lambda: tokens_parquet([gen]),
+                            file_name=f"{name}.parquet", key=f"{prefix}.parquet")
+
+
+def _figure_downloads(gen: Generation, prefix: str) -> None:
+    st.markdown("**Entropy timeline of the last answer**")
+    steps = [s for s in gen.message_steps(len(gen.messages) - 1) if s.role.value == "response"]
+    fig = entropy_timeline(steps)
+    cols = st.columns(3)
+    cols[0].download_button("Interactive HTML", data=lambda: fig.to_html(include_plotlyjs=True),
+                            file_name=f"perplex-{gen.id}-timeline.html", mime="text/html",
+                            key=f"{prefix}.fig_html")
+    for col, fmt in zip(cols[1:], ("png", "svg")):
+        rendered_key = f"{prefix}.fig_{fmt}.{gen.id}"
+        if rendered_key in st.session_state:
+            col.download_button(f"{fmt.upper()} ready: download", st.session_state[rendered_key],
+                                file_name=f"perplex-{gen.id}-timeline.{fmt}",
+                                key=f"{prefix}.fig_{fmt}_dl")
+        elif col.button(f"Render {fmt.upper()}", key=f"{prefix}.fig_{fmt}",
+                        help="Drawn by kaleido with Chromium; a few seconds the first time."):
+            try:
+                with st.spinner(f"Drawing {fmt.upper()}…"):
+                    st.session_state[rendered_key] = figure_image(fig, fmt)
+            except PerplexError as exc:
+                st.error(plain(str(exc)))
+                return
+            st.rerun()
+
+
+def _annotation_downloads(session_id: str, prefix: str) -> None:
+    store = resources.store()
+    notes = session_annotations(store, session_id)
+    if not notes:
+        return
+    generations = {g: store.load_generation(g) for g in {n.generation_id for n in notes}}
+    limit = thresholds().uncertain
+    st.markdown(f"**Annotations** ({len(notes)} in this session)")
+    cols = st.columns(3)
+    cols[0].download_button("CSV", data=lambda: annotations_csv(notes, generations, limit),
+                            file_name="perplex-annotations.csv", key=f"{prefix}.notes_csv")
+    cols[1].download_button("JSON", data=lambda: annotations_json(notes, generations, limit),
+                            file_name="perplex-annotations.json", key=f"{prefix}.notes_json")
+    cols[2].download_button("Markdown report",
+                            data=lambda: annotations_markdown(notes, generations,
+                                                              threshold=limit),
+                            file_name="perplex-annotations.md", key=f"{prefix}.notes_md")
+
+
+def _bundle_import(prefix: str) -> None:
+    file = st.file_uploader("Import a session bundle (.zip)", type=["zip"],
+                            key=f"{prefix}.bundle_upload")
+    if file is None or not st.button("Import as a new session", key=f"{prefix}.bundle_go"):
+        return
+    try:
+        session = import_bundle(resources.store(), file.getvalue())
+    except PerplexError as exc:
+        st.error(plain(str(exc)))
+        return
+    switch_to(session, read_only=False)
+    st.rerun()
