@@ -128,25 +128,32 @@ def bench_lens(lm, n_tokens: int = 128) -> None:
     allocations, which tracemalloc does not see, and is an upper bound.
     """
     from perplex.lens import compute_lens, find_anatomy
+    from perplex.nnsight_adapter import capture_residuals
 
     ids = _lens_ids(lm, n_tokens)
     compute_lens(lm, ids[:8])  # warm-up: nnsight wrapper, vocabulary texts
-    weight = find_anatomy(lm.model).unembed.weight.detach().float()
+    anatomy = find_anatomy(lm.model)
+    weight = anatomy.unembed.weight.detach().float()
     hidden = torch.randn(lm.n_layers + 1, n_tokens, weight.shape[1])
     out = torch.empty(n_tokens, weight.shape[0])
-    ours, bare = [], []
+    ours, bare, forward = [], [], []
     for _ in range(2):
         started = time.perf_counter()
         for layer in range(hidden.shape[0]):
             torch.matmul(hidden[layer], weight.T, out=out)
         bare.append(time.perf_counter() - started)
         started = time.perf_counter()
+        capture_residuals(anatomy.decoder, anatomy.layers_path, torch.tensor([ids]))
+        forward.append(time.perf_counter() - started)
+        started = time.perf_counter()
         compute_lens(lm, ids)
         ours.append(time.perf_counter() - started)
-    ratio = min(ours) / min(bare)
-    print(f"lens    {n_tokens} tokens x {lm.n_layers + 1} layers: full lens {min(ours):.2f} s vs "
-          f"bare unembedding matmuls {min(bare):.2f} s: ratio {ratio:.2f} (target <= 1.2; "
-          f"best of 2)")
+    projection = min(ours) - min(forward)
+    print(f"lens    {n_tokens} tokens x {lm.n_layers + 1} layers (best of 2): full lens "
+          f"{min(ours):.2f} s = forward pass {min(forward):.2f} s + projection and statistics "
+          f"{projection:.2f} s; bare unembedding matmuls {min(bare):.2f} s. Ratio, full lens: "
+          f"{min(ours) / min(bare):.2f}; projection only (the issue's compute bound compares "
+          f"the unembedding work): {projection / min(bare):.2f} (target <= 1.2)")
     child = subprocess.run([sys.executable, "-c", "from bench.run import lens_memory_child; "
                             "lens_memory_child(512)"], capture_output=True, text=True,
                            cwd=PROJECT_ROOT, check=True)
