@@ -151,3 +151,19 @@ def test_masked_logits_leave_entropy_finite():
     stats = distribution_stats(logits, torch.tensor([0]), k=3)
     assert stats.entropy[0] == pytest.approx(math.log(2))
     assert stats.logprob[0] == pytest.approx(math.log(0.5))
+
+
+@pytest.mark.slow
+def test_bundled_injection_equals_scoring_of_the_final_text(bundled_lm):
+    original = start_generation(bundled_lm, QUESTION, DecodeParams(max_new_tokens=12)).run()
+    paris = next(s for s in original.response_steps if s.text == " Paris")
+    branched = inject(bundled_lm, original, paris.position, " Lyon",
+                      DecodeParams(max_new_tokens=10)).run()
+    assert branched.messages[-1].content.startswith("The capital of France is Lyon")
+    [scored] = score_conversations(bundled_lm, [branched.messages])
+    scored_ids = [s.token_id for s in scored.steps]
+    ours = list(branched.steps)
+    if ours[-1].token_id in bundled_lm.eos_ids:  # the template closes the turn itself
+        ours.pop()
+    assert scored_ids[:len(ours)] == [s.token_id for s in ours]
+    assert max(abs(a.prob - b.prob) for a, b in zip(scored.steps[1:], ours[1:])) <= 1e-5
