@@ -20,7 +20,7 @@ from perplex.plots import before_after_timeline
 from perplex.records import DecodeParams, Generation, TokenStep
 from perplex.token_sets import add_token, create_token_set, list_token_sets, remove_token
 from perplex.ui import resources
-from perplex.ui.session_panel import current_session_id, read_only, save_to_session
+from perplex.ui.session_panel import current_session_id, read_only, remember, save_to_session
 from perplex.ui.sidebar import thresholds
 from perplex.ui.text import plain
 from perplex.ui.token_view import AnnotationMark, TokenSetInfo, TokenViewStream
@@ -148,6 +148,7 @@ def branch_navigator(page_key: str) -> None:
             if st.button(plain(label), key=f"{page_key}-branch-{node.id}",
                          disabled=node.id == current.id):
                 st.session_state[page_key] = resources.store().load_generation(node.id)
+                remember({page_key: node.id})  # a reload shows the branch chosen here
                 st.rerun()
 
 
