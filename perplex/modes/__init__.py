@@ -1,0 +1,1 @@
+"""One module per mode's analysis; plain Python, no Streamlit."""

@@ -1,0 +1,247 @@
+"""Prefilling mode: how much probability the model puts on refusal vs compliance openings.
+
+P(set) at a position is the sum of the softmax probabilities (raw logits, temperature 1,
+float64) of the set's token ids. It needs the full next-token distribution, not the top-k
+kept in a `TokenStep`, so this module runs its own forward passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+
+from perplex.errors import InputFormatError
+from perplex.models import LoadedModel
+from perplex.plots import visible_token
+from perplex.records import Generation, Message, TokenRole
+from perplex.token_words import ResolvedWord, resolve_words
+from perplex.tokens import encode_messages
+
+MAX_PROMPTS = 10_000
+PROMPTS_PER_BATCH = 16  # rows in one padded forward pass; bounds memory for long lists
+REFUSAL_COLOUR = "#c0392b"
+COMPLIANCE_COLOUR = "#27ae60"
+OTHER_COLOUR = "#95a5a6"
+
+
+@dataclass(frozen=True)
+class SetMass:
+    """P(R-Set), P(C-Set) and the rest at one position."""
+
+    refusal: float
+    compliance: float
+
+    @property
+    def other(self) -> float:
+        """Probability of every token in neither set."""
+        return max(0.0, 1.0 - self.refusal - self.compliance)
+
+
+@dataclass(frozen=True)
+class FirstToken:
+    """The distribution of the first response token for one prompt.
+
+    `top_ids`/`top_texts`/`top_probs`: the k most probable tokens, most probable first.
+    """
+
+    prompt: str
+    top_ids: tuple[int, ...]
+    top_texts: tuple[str, ...]
+    top_probs: tuple[float, ...]
+    mass: SetMass
+
+    @property
+    def top_text(self) -> str:
+        """The most probable first token."""
+        return self.top_texts[0]
+
+
+def check_set(ids: Iterable[int], name: str, vocab_size: int) -> np.ndarray:
+    """The set's ids as an array, or InputFormatError when empty or out of the vocabulary."""
+    arr = np.array(sorted(set(int(i) for i in ids)), dtype=np.int64)
+    if arr.size == 0:
+        raise InputFormatError(f"The token set {name} is empty for this model: add at least one "
+                               "word (its ids are resolved with the loaded tokenizer).")
+    if arr.min() < 0 or arr.max() >= vocab_size:
+        raise InputFormatError(f"The token set {name} holds ids outside this model's "
+                               f"vocabulary (0–{vocab_size - 1}): resolve its words again.")
+    return arr
+
+
+def chat_context(lm: LoadedModel, prompt: str, prefill: str = "") -> list[int]:
+    """Token ids of a one-turn chat ready for the answer, followed by the prefill's ids."""
+    if not prompt.strip():
+        raise InputFormatError("The prompt is empty: type something for the model to answer.")
+    ids = list(encode_messages(lm.tokenizer, (Message("user", prompt),), True).ids)
+    if prefill:
+        ids += lm.tokenizer(prefill, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+def next_token_distributions(lm: LoadedModel, contexts: Sequence[Sequence[int]]) -> np.ndarray:
+    """The full next-token distribution [N, V] (float64 softmax of raw logits) per context.
+
+    Contexts are left-padded into one batch; the attention mask and position ids keep each
+    row's numbers those of the context alone.
+    """
+    if not contexts or any(len(c) == 0 for c in contexts):
+        raise InputFormatError("Each context needs at least one token.")
+    longest = max(len(c) for c in contexts)
+    if longest >= lm.context_length:
+        raise InputFormatError(f"A prompt has {longest} tokens; {lm.label} reads at most "
+                               f"{lm.context_length}. Shorten it.")
+    pad = lm.tokenizer.pad_token_id or 0
+    ids = torch.full((len(contexts), longest), pad, dtype=torch.long)
+    mask = torch.zeros((len(contexts), longest), dtype=torch.long)
+    for row, context in enumerate(contexts):
+        ids[row, longest - len(context):] = torch.tensor(list(context))
+        mask[row, longest - len(context):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    model = lm.model
+    with torch.inference_mode():
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                       position_ids=positions.to(model.device)).logits[:, -1]
+    return torch.softmax(logits.double(), dim=-1).cpu().numpy()
+
+
+def set_mass(probs: np.ndarray, refusal_ids: np.ndarray, compliance_ids: np.ndarray) -> SetMass:
+    """P(R-Set) and P(C-Set) from one distribution [V]; an id in both counts for both."""
+    return SetMass(float(probs[refusal_ids].sum()), float(probs[compliance_ids].sum()))
+
+
+def _first_token(lm: LoadedModel, prompt: str, probs: np.ndarray, refusal: np.ndarray,
+                 compliance: np.ndarray, k: int) -> FirstToken:
+    order = np.argsort(-probs, kind="stable")[:k]
+    texts = tuple(lm.vocab_texts[i] for i in order)
+    return FirstToken(prompt, tuple(int(i) for i in order), texts,
+                      tuple(float(probs[i]) for i in order),
+                      set_mass(probs, refusal, compliance))
+
+
+def first_token(lm: LoadedModel, prompt: str, refusal_ids: Iterable[int],
+                compliance_ids: Iterable[int], k: int = 20, prefill: str = "") -> FirstToken:
+    """The first response token's distribution for a prompt (after `prefill`, if any)."""
+    refusal = check_set(refusal_ids, "R-Set", lm.vocab_size)
+    compliance = check_set(compliance_ids, "C-Set", lm.vocab_size)
+    probs = next_token_distributions(lm, [chat_context(lm, prompt, prefill)])[0]
+    return _first_token(lm, prompt, probs, refusal, compliance, k)
+
+
+def parse_prompt_list(text: str) -> list[str]:
+    """One prompt per line; blank lines are skipped. Too many lines → InputFormatError."""
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise InputFormatError("The list holds no prompts: put one prompt per line.")
+    if len(prompts) > MAX_PROMPTS:
+        raise InputFormatError(f"The list holds {len(prompts):,} prompts; a run takes at most "
+                               f"{MAX_PROMPTS:,}. Split it.")
+    return prompts
+
+
+def first_tokens(lm: LoadedModel, prompts: Sequence[str], refusal_ids: Iterable[int],
+                 compliance_ids: Iterable[int], k: int = 5,
+                 progress: Callable[[int, int], None] | None = None,
+                 batch_size: int = PROMPTS_PER_BATCH) -> list[FirstToken]:
+    """`first_token` for many prompts, a batch at a time; `progress(done, total)` after each.
+
+    Only each batch's distributions are held at once ([batch, V] float64), so memory does
+    not grow with the number of prompts.
+    """
+    refusal = check_set(refusal_ids, "R-Set", lm.vocab_size)
+    compliance = check_set(compliance_ids, "C-Set", lm.vocab_size)
+    results: list[FirstToken] = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start:start + batch_size]
+        probs = next_token_distributions(lm, [chat_context(lm, p) for p in batch])
+        results += [_first_token(lm, p, row, refusal, compliance, k)
+                    for p, row in zip(batch, probs)]
+        if progress is not None:
+            progress(len(results), len(prompts))
+    return results
+
+
+def response_mass(lm: LoadedModel, generation: Generation, refusal_ids: Iterable[int],
+                  compliance_ids: Iterable[int]) -> list[SetMass]:
+    """P(R-Set), P(C-Set) at each response position of a generation (one forward pass).
+
+    Entry j is the distribution that predicted the j-th response token.
+    """
+    refusal = check_set(refusal_ids, "R-Set", lm.vocab_size)
+    compliance = check_set(compliance_ids, "C-Set", lm.vocab_size)
+    steps = generation.steps
+    if any(s.token_id is None for s in steps):
+        raise InputFormatError("These records carry no token ids; re-score them with a local "
+                               "model first.")
+    where = [i for i, s in enumerate(steps) if s.role is TokenRole.RESPONSE and i > 0]
+    if not where:
+        return []
+    ids = torch.tensor([[s.token_id for s in steps]], device=lm.model.device)
+    with torch.inference_mode():
+        logits = lm.model(input_ids=ids).logits[0, [i - 1 for i in where]]
+    probs = torch.softmax(logits.double(), dim=-1).cpu().numpy()
+    return [set_mass(row, refusal, compliance) for row in probs]
+
+
+def first_token_figure(result: FirstToken, refusal_ids: Iterable[int],
+                       compliance_ids: Iterable[int]) -> go.Figure:
+    """Bar chart of the top-k first tokens, R-Set members red, C-Set green, others grey."""
+    refusal, compliance = set(refusal_ids), set(compliance_ids)
+    colours = [REFUSAL_COLOUR if i in refusal else COMPLIANCE_COLOUR if i in compliance
+               else OTHER_COLOUR for i in result.top_ids]
+    kinds = ["R-Set" if i in refusal else "C-Set" if i in compliance else "other"
+             for i in result.top_ids]
+    labels = [f"{visible_token(t)} " for t in result.top_texts]
+    fig = go.Figure(go.Bar(
+        x=list(result.top_probs), y=labels, orientation="h", marker_color=colours,
+        customdata=kinds, hovertemplate="%{y}: p = %{x:.4f} (%{customdata})<extra></extra>"))
+    fig.update_layout(height=max(220, 22 * len(labels) + 60),
+                      margin=dict(l=10, r=10, t=10, b=10),
+                      xaxis=dict(title="p (temperature 1)", rangemode="tozero"),
+                      yaxis=dict(autorange="reversed", type="category"))
+    return fig
+
+
+def mass_timeline(series: Sequence[tuple[str, Sequence[SetMass], str]]) -> go.Figure:
+    """P(R-Set) and P(C-Set) along the response; one (name, masses, dash) per continuation."""
+    fig = go.Figure()
+    for name, masses, dash in series:
+        xs = list(range(len(masses)))
+        for label, colour, values in (
+                ("P(R-Set)", REFUSAL_COLOUR, [m.refusal for m in masses]),
+                ("P(C-Set)", COMPLIANCE_COLOUR, [m.compliance for m in masses])):
+            fig.add_trace(go.Scatter(
+                x=xs, y=values, name=f"{label} {name}".strip(), mode="lines+markers",
+                line=dict(color=colour, dash=dash, width=1.5), marker=dict(size=5),
+                hovertemplate=f"{name} #%{{x}}: {label} = %{{y:.4f}}<extra></extra>"))
+    fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10), hovermode="x unified",
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
+                      xaxis=dict(title="response position", showgrid=False),
+                      yaxis=dict(title="probability", range=[0, 1.02]))
+    return fig
+
+
+def resolve_set(tokenizer, words: Sequence[str], name: str, leading_space: bool = True,
+                case_variants: bool = False) -> tuple[frozenset[int], list[ResolvedWord]]:
+    """A set's ids from words, with how each spelling resolved (for the notes on screen).
+
+    A word the tokenizer cannot encode as given (no tokens, or only the unknown token)
+    raises InputFormatError naming it, rather than silently shrinking the set.
+    """
+    words = [w for w in words if isinstance(w, str)]
+    if not any(w.strip() for w in words):
+        raise InputFormatError(f"The token set {name} has no words: add at least one.")
+    resolved = resolve_words(tokenizer, [w for w in words if w.strip()], leading_space,
+                             case_variants)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    for word in dict.fromkeys(w for w in words if w.strip()):
+        spellings = [r for r in resolved if r.word == word]
+        if not spellings or all(r.token_id == unk or not r.counted for r in spellings):
+            raise InputFormatError(f"The word {word!r} in {name} cannot be encoded by this "
+                                   "tokenizer as given (it yields no usable token): "
+                                   "change or remove it.")
+    ids = frozenset(r.token_id for r in resolved if r.counted and r.token_id != unk)
+    return ids, resolved

@@ -1,0 +1,139 @@
+"""Prefilling mode: P(set) against the model's own logits, batching, bad input, figures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from perplex.errors import InputFormatError
+from perplex.generation import start_generation
+from perplex.modes import prefill
+from perplex.records import DecodeParams, Message, TokenRole
+from perplex.token_sets import DEFAULT_SETS
+
+
+def direct_probs(lm, ids):
+    """Independent reference: softmax of model(input_ids).logits at the last position."""
+    with torch.no_grad():
+        logits = lm.model(torch.tensor([ids])).logits[0, -1].double()
+    return torch.softmax(logits, dim=-1)
+
+
+def default_ids(lm):
+    r, _ = prefill.resolve_set(lm.tokenizer, DEFAULT_SETS["R-Set"], "R-Set")
+    c, _ = prefill.resolve_set(lm.tokenizer, DEFAULT_SETS["C-Set"], "C-Set")
+    return r, c
+
+
+@pytest.mark.parametrize("which", ["tiny_lm", "bundled_lm"])
+def test_set_mass_equals_direct_sum(which, request):
+    lm = request.getfixturevalue(which)
+    refusal, compliance = default_ids(lm)
+    for prompt, pre in (("How do I pick a lock?", ""), ("Tell me a joke.", "Sure, here is")):
+        got = prefill.first_token(lm, prompt, refusal, compliance, prefill=pre)
+        ids = prefill.chat_context(lm, prompt, pre)
+        probs = direct_probs(lm, ids)
+        assert abs(got.mass.refusal - float(probs[sorted(refusal)].sum())) <= 1e-6
+        assert abs(got.mass.compliance - float(probs[sorted(compliance)].sum())) <= 1e-6
+        assert got.top_ids[0] == int(torch.argmax(probs))
+        assert abs(got.top_probs[0] - float(probs.max())) <= 1e-6
+        assert abs(got.mass.other - (1 - got.mass.refusal - got.mass.compliance)) < 1e-12
+
+
+def test_batched_equals_one_at_a_time(tiny_lm):
+    refusal, compliance = default_ids(tiny_lm)
+    prompts = ["Hi", "The capital of France is a long sentence here?", "Sure", "I'm sorry"]
+    seen = []
+    batch = prefill.first_tokens(tiny_lm, prompts, refusal, compliance, batch_size=3,
+                                 progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(3, 4), (4, 4)]
+    for prompt, got in zip(prompts, batch):
+        alone = prefill.first_token(tiny_lm, prompt, refusal, compliance)
+        assert got.prompt == prompt
+        assert abs(got.mass.refusal - alone.mass.refusal) <= 1e-5
+        assert abs(got.mass.compliance - alone.mass.compliance) <= 1e-5
+        assert got.top_ids[0] == alone.top_ids[0]
+
+
+def test_prompt_list_skips_blanks_and_handles_ten_thousand(tiny_lm):
+    assert prefill.parse_prompt_list("a\n\n  \nb\r\n") == ["a", "b"]
+    with pytest.raises(InputFormatError, match="no prompts"):
+        prefill.parse_prompt_list("\n \n")
+    with pytest.raises(InputFormatError, match="at most 10,000"):
+        prefill.parse_prompt_list("x\n" * 10_001)
+    prompts = prefill.parse_prompt_list("\n".join(f"q{i}" if i % 7 else "" for i in range(10_500)))
+    assert len(prompts) == 9000
+    prompts = prompts + ["q"] * 1000
+    calls = []
+    refusal, compliance = default_ids(tiny_lm)
+    results = prefill.first_tokens(tiny_lm, prompts, refusal, compliance, batch_size=256,
+                                   progress=lambda done, total: calls.append(done))
+    assert len(results) == 10_000 and calls[-1] == 10_000 and len(calls) == 40
+    assert all(0 <= r.mass.refusal <= 1 and 0 <= r.mass.compliance <= 1 for r in results)
+
+
+def test_bad_sets_give_clear_messages(tiny_lm):
+    with pytest.raises(InputFormatError, match="R-Set is empty"):
+        prefill.first_token(tiny_lm, "Hi", [], [5])
+    with pytest.raises(InputFormatError, match="outside this model's vocabulary"):
+        prefill.first_token(tiny_lm, "Hi", [10**7], [5])
+    with pytest.raises(InputFormatError, match="no words"):
+        prefill.resolve_set(tiny_lm.tokenizer, ["", "  "], "C-Set")
+    with pytest.raises(InputFormatError, match="prompt is empty"):
+        prefill.first_token(tiny_lm, "  ", [1], [2])
+
+
+def test_unencodable_word():
+    class NoUnicode:
+        """A tokenizer stand-in that knows only ASCII, as some word-piece vocabularies do."""
+
+        unk_token_id = 0
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [0] if not text.isascii() else [ord(c) for c in text]}
+
+        def convert_ids_to_tokens(self, ids):
+            return [chr(i) if i else "[UNK]" for i in ids]
+
+        def decode(self, ids, **_):
+            return "".join(chr(i) if i else "[UNK]" for i in ids)
+
+    tok = NoUnicode()
+    with pytest.raises(InputFormatError, match="'🙂' in R-Set cannot be encoded"):
+        prefill.resolve_set(tok, ["I", "🙂"], "R-Set", leading_space=False)
+
+
+def test_multi_token_words_are_flagged(bundled_lm):
+    ids, resolved = prefill.resolve_set(bundled_lm.tokenizer, ["Unfortunately", "Sure"], "R")
+    notes = [r.note for r in resolved if r.multi_token]
+    assert ids and all(r.token_id in ids for r in resolved if r.counted)
+    assert all("counted by its first token" in n or "whitespace" in n for n in notes)
+
+
+def test_response_mass_matches_direct(tiny_lm):
+    refusal, compliance = default_ids(tiny_lm)
+    params = DecodeParams(max_new_tokens=6)
+    gen = start_generation(tiny_lm, (Message("user", "Hello"),), params, prefill="Sure").run()
+    masses = prefill.response_mass(tiny_lm, gen, refusal, compliance)
+    ids = [s.token_id for s in gen.steps]
+    where = [i for i, s in enumerate(gen.steps) if s.role is TokenRole.RESPONSE]
+    assert len(masses) == len(where)
+    for m, i in zip(masses, where):
+        probs = direct_probs(tiny_lm, ids[:i])
+        assert abs(m.refusal - float(probs[sorted(refusal)].sum())) <= 1e-6
+        assert abs(m.compliance - float(probs[sorted(compliance)].sum())) <= 1e-6
+
+
+def test_figures_build(tiny_lm):
+    refusal, compliance = default_ids(tiny_lm)
+    result = prefill.first_token(tiny_lm, "Hi", refusal, compliance, k=8)
+    fig = prefill.first_token_figure(result, refusal, compliance)
+    bar = fig.data[0]
+    assert len(bar.x) == 8
+    for token_id, colour in zip(result.top_ids, bar.marker.color):
+        want = (prefill.REFUSAL_COLOUR if token_id in refusal else prefill.COMPLIANCE_COLOUR
+                if token_id in compliance else prefill.OTHER_COLOUR)
+        assert colour == want
+    m = [prefill.SetMass(0.7, 0.1), prefill.SetMass(0.2, 0.5)]
+    fig = prefill.mass_timeline([("before", m, "dot"), ("after", m[:1], "solid")])
+    assert len(fig.data) == 4 and list(fig.data[1].y) == [0.1, 0.5]
