@@ -1,0 +1,242 @@
+"""Hallucination mode: alerts on doubtful tokens as they stream, flagged spans, answer checks.
+
+A token alerts when its probability (temperature 1) is under the confidence threshold or
+its distribution's entropy (nats) is over the entropy threshold. A flagged span starts at
+a low-confidence token followed by a high mean entropy over the next k tokens.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+
+import plotly.graph_objects as go
+
+from perplex.errors import InputFormatError
+from perplex.generation import start_generation
+from perplex.plots import ENTROPY_COLOUR, PROB_COLOUR, entropy_timeline, visible_token
+from perplex.records import Alternative, DecodeParams, Message, TokenRole, TokenStep
+
+DEFAULT_CONFIDENCE = 0.4
+DEFAULT_ENTROPY = 2.5  # nats
+DEFAULT_SPAN_K = 3
+MAX_SAMPLES = 20
+
+
+@dataclass(frozen=True)
+class AlertThresholds:
+    """When a token alerts: p < confidence or entropy > entropy (nats)."""
+
+    confidence: float = DEFAULT_CONFIDENCE
+    entropy: float = DEFAULT_ENTROPY
+
+    def __post_init__(self) -> None:
+        """Refuse thresholds that cannot mean anything."""
+        if not isinstance(self.confidence, int | float) or not 0.0 <= self.confidence <= 1.0:
+            raise InputFormatError(f"The confidence threshold is a probability between 0 and "
+                                   f"1, not {self.confidence!r}.")
+        if not isinstance(self.entropy, int | float) or not 0.0 <= self.entropy < float("inf"):
+            raise InputFormatError(f"The entropy threshold is a number of nats ≥ 0, not "
+                                   f"{self.entropy!r}.")
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One token that crossed a threshold; `index` is its place in the response (0-based)."""
+
+    index: int
+    position: int  # in the whole sequence
+    text: str
+    prob: float
+    entropy: float
+    low_confidence: bool
+    high_entropy: bool
+    top: tuple[Alternative, ...]
+
+    @property
+    def reason(self) -> str:
+        """Which thresholds it crossed, in words."""
+        return " and ".join(r for r, hit in (("low p", self.low_confidence),
+                                             ("high entropy", self.high_entropy)) if hit)
+
+
+@dataclass(frozen=True)
+class FlaggedSpan:
+    """A low-confidence token at `start` and the k tokens after it (indices in the response).
+
+    score = (1 - p[start]) × mean entropy of the next k tokens (nats).
+    """
+
+    start: int
+    end: int  # exclusive
+    score: float
+    start_prob: float
+    mean_entropy: float
+
+
+@dataclass(frozen=True)
+class SpanSummary:
+    """How many spans an answer has and where the first starts (None when there is none)."""
+
+    count: int
+    first_start: int | None
+    alerts: int
+
+
+def alert_for(step: TokenStep, index: int, thresholds: AlertThresholds) -> Alert | None:
+    """The alert for one response token, or None when it crosses neither threshold."""
+    if step.prob is None or step.entropy is None:
+        return None
+    low = step.prob < thresholds.confidence
+    high = step.entropy > thresholds.entropy
+    if not (low or high):
+        return None
+    return Alert(index, step.position, step.text, step.prob, step.entropy, low, high, step.top)
+
+
+def watch(steps: Iterable[TokenStep], thresholds: AlertThresholds,
+          on_alert: Callable[[Alert], None] | None = None,
+          ) -> Iterator[tuple[TokenStep, Alert | None]]:
+    """Pass a stream of steps through, pairing each response token with its alert (or None).
+
+    The alert is produced as the token arrives, so a page can show it before the stream
+    ends. Non-response steps (template, prompt) pass through without alerts.
+    """
+    index = 0
+    for step in steps:
+        if step.role is not TokenRole.RESPONSE:
+            yield step, None
+            continue
+        alert = alert_for(step, index, thresholds)
+        index += 1
+        if alert is not None and on_alert is not None:
+            on_alert(alert)
+        yield step, alert
+
+
+def alerts(steps: Sequence[TokenStep], thresholds: AlertThresholds) -> list[Alert]:
+    """Every alert of a finished response (steps: the response tokens)."""
+    return [a for _, a in watch(steps, thresholds) if a is not None]
+
+
+def flagged_spans(steps: Sequence[TokenStep], thresholds: AlertThresholds,
+                  k: int = DEFAULT_SPAN_K) -> list[FlaggedSpan]:
+    """Low-confidence tokens followed by mean entropy over the next k tokens > threshold.
+
+    steps: the response tokens. A token too close to the end to have k followers is
+    judged on those it has (at least one). Spans may overlap.
+    """
+    if not isinstance(k, int) or k < 1:
+        raise InputFormatError(f"k (tokens after the doubtful one) is a whole number ≥ 1, "
+                               f"not {k!r}.")
+    spans = []
+    for i, step in enumerate(steps):
+        if step.prob is None or step.prob >= thresholds.confidence:
+            continue
+        after = [s.entropy for s in steps[i + 1:i + 1 + k] if s.entropy is not None]
+        if not after:
+            continue
+        mean = sum(after) / len(after)
+        if mean > thresholds.entropy:
+            spans.append(FlaggedSpan(i, i + 1 + len(after), (1 - step.prob) * mean,
+                                     step.prob, mean))
+    return spans
+
+
+def summarise(steps: Sequence[TokenStep], thresholds: AlertThresholds,
+              k: int = DEFAULT_SPAN_K) -> SpanSummary:
+    """Counts for the answer's summary line."""
+    spans = flagged_spans(steps, thresholds, k)
+    return SpanSummary(len(spans), spans[0].start if spans else None,
+                       len(alerts(steps, thresholds)))
+
+
+def normalise_answer(text: str) -> str:
+    """SQuAD-style: NFKC, lower case, no punctuation or articles, single spaces."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = "".join(" " if unicodedata.category(c).startswith("P") else c for c in text)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def exact_match(answer: str, reference: str) -> bool:
+    """Whether the answer equals the reference after normalisation."""
+    if not reference.strip():
+        raise InputFormatError("The reference answer is empty: type the expected answer.")
+    return normalise_answer(answer) == normalise_answer(reference)
+
+
+@dataclass(frozen=True)
+class Consistency:
+    """Agreement of N sampled answers: an estimate of how settled the model is.
+
+    `agreeing` answers normalise to the most common form; `others` are the rest as sampled.
+    """
+
+    answers: tuple[str, ...]
+    seeds: tuple[int, ...]
+    majority: str  # normalised
+    agreeing: int
+    others: tuple[str, ...]
+
+    @property
+    def rate(self) -> float:
+        """Share of samples agreeing with the majority (an estimate from N samples)."""
+        return self.agreeing / len(self.answers)
+
+
+def consistency(answers: Sequence[str], seeds: Sequence[int]) -> Consistency:
+    """Count normalised agreement between sampled answers."""
+    if not answers:
+        raise InputFormatError("No answers to compare: sample at least two.")
+    normalised = [normalise_answer(a) for a in answers]
+    majority, agreeing = Counter(normalised).most_common(1)[0]
+    others = tuple(a for a, n in zip(answers, normalised) if n != majority)
+    return Consistency(tuple(answers), tuple(seeds), majority, agreeing, others)
+
+
+def check_samples(n: int) -> int:
+    """The number of samples, or InputFormatError when out of range."""
+    if not isinstance(n, int) or not 2 <= n <= MAX_SAMPLES:
+        raise InputFormatError(f"Sample between 2 and {MAX_SAMPLES} answers, not {n!r}.")
+    return n
+
+
+def sample_answers(lm, messages: tuple[Message, ...], params: DecodeParams, n: int,
+                   first_seed: int = 0,
+                   progress: Callable[[int, int], None] | None = None) -> Consistency:
+    """Sample n answers with seeds first_seed … first_seed+n-1 and count their agreement.
+
+    Sampling needs a temperature > 0: greedy decoding would give n copies of one answer,
+    so a temperature of 0 is taken as 1.
+    """
+    n = check_samples(n)
+    temperature = params.temperature if params.temperature > 0 else 1.0
+    seeds = tuple(range(first_seed, first_seed + n))
+    answers = []
+    for seed in seeds:
+        run = start_generation(lm, messages, replace(params, temperature=temperature, seed=seed))
+        answers.append(run.run().response_text.strip())
+        if progress is not None:
+            progress(len(answers), n)
+    return consistency(answers, seeds)
+
+
+def alert_timeline(steps: Sequence[TokenStep], thresholds: AlertThresholds) -> go.Figure:
+    """The probability/entropy timeline with both thresholds drawn and alerts marked."""
+    fig = entropy_timeline(steps)
+    found = alerts(steps, thresholds)
+    fig.add_hline(y=thresholds.entropy, line=dict(color=ENTROPY_COLOUR, dash="dash", width=1),
+                  annotation_text="entropy threshold", annotation_position="top left")
+    fig.add_hline(y=thresholds.confidence, yref="y2",
+                  line=dict(color=PROB_COLOUR, dash="dash", width=1),
+                  annotation_text="confidence threshold", annotation_position="bottom right")
+    fig.add_trace(go.Scatter(
+        x=[a.index for a in found], y=[a.prob for a in found], yaxis="y2", mode="markers",
+        name="alert", marker=dict(symbol="x", size=10, color="#c0392b"),
+        text=[f"{visible_token(a.text)}: {a.reason}" for a in found],
+        hovertemplate="#%{x} %{text}<extra></extra>"))
+    return fig
