@@ -59,10 +59,15 @@ function setup(parentElement) {
   state.label = label;
   slider.addEventListener("input", (ev) => {
     const t0 = ev.timeStamp || performance.now();
+    const t1 = performance.now();
     showLayer(state, Number(slider.value));
+    const t2 = performance.now();
     void state.view.offsetHeight; // include layout in the measurement
-    (window.__perplexLensTimings = window.__perplexLensTimings || []).push(
-      performance.now() - t0);
+    const t3 = performance.now();
+    (window.__perplexLensTimings = window.__perplexLensTimings || []).push(t3 - t0);
+    // Where the time goes: waiting for the handler, updating the DOM, layout.
+    (window.__perplexLensParts = window.__perplexLensParts || []).push(
+      [t1 - t0, t2 - t1, t3 - t2]);
   });
 
   const cellOf = (target) => {
@@ -119,8 +124,18 @@ function build(state, data) {
     for (let l = 0; l < n; l++) widest = Math.max(widest, state.shown[data.top1[l][i]].length);
     cell.style.width = `calc(${Math.min(widest, 16) + 0.5}ch + 4px)`;
     cell.appendChild(el("span", "lv-in", visible(tok.t)));
+    // Every layer's prediction is laid out once, stacked; scrubbing only flips which one is
+    // visible (`visibility` needs a repaint, not a layout: re-shaping 300 changed texts per
+    // move was the cost). Same-as-output or not is fixed per layer, so its class is static.
     const pred = el("span", "lv-pred");
-    pred.appendChild(document.createTextNode(""));
+    const layers = [];
+    for (let l = 0; l < n; l++) {
+      const c = data.top1[l][i];
+      const span = el("span", c === data.top1[n - 1][i] ? "lv-l same" : "lv-l diff",
+        state.shown[c]);
+      pred.appendChild(span);
+      layers.push(span);
+    }
     cell.appendChild(pred);
     // One element per stripe: a gradient with one hard-edged band per layer (a span per
     // layer would be 9,300 nodes at 300 tokens, and scrubbing would lay them all out).
@@ -138,7 +153,7 @@ function build(state, data) {
     cell.appendChild(stripe);
     frag.appendChild(cell);
     state.cells.push(cell);
-    state.preds.push(pred);
+    state.preds.push(layers);
   });
   state.view.replaceChildren(frag);
   state.root.style.setProperty("--lv-layers", String(n));
@@ -149,17 +164,13 @@ function build(state, data) {
   showLayer(state, layer);
 }
 
-// The hot path: one text node value and two class flips per position.
+// The hot path: two class flips per position (the old layer's text hidden, the new shown).
 function showLayer(state, layer) {
   const { data, preds } = state;
-  const row = data.top1[layer];
-  const final = data.top1[data.layers - 1];
+  const old = state.layer;
   for (let i = 0; i < preds.length; i++) {
-    const c = row[i];
-    const text = preds[i].firstChild;
-    if (text.nodeValue !== state.shown[c]) text.nodeValue = state.shown[c]; // no-op: no layout
-    const cls = c === final[i] ? "lv-pred same" : "lv-pred diff";
-    if (preds[i].className !== cls) preds[i].className = cls;
+    if (old !== null && old !== layer) preds[i][old].classList.remove("on");
+    preds[i][layer].classList.add("on");
   }
   state.layer = layer;
   state.label.textContent = `${layerName(layer, data.layers)} of ${data.layers - 1}`;

@@ -24,9 +24,9 @@ def test_scrubbing_300_tokens_needs_no_rerun_and_is_fast(streamlit_app, page, op
     assert page.get_by_text("runs: 1 ").count() == 1
     slider = page.locator(".lv-slider")
     assert slider.input_value() == "30"
-    assert cells.nth(0).locator(".lv-pred").get_attribute("class") == "lv-pred same"
+    assert cells.nth(0).locator(".lv-l.on").get_attribute("class") == "lv-l same on"
     slider.focus()
-    page.evaluate("() => { window.__perplexLensTimings = []; }")
+    page.evaluate("() => { window.__perplexLensTimings = []; window.__perplexLensParts = []; }")
     for _ in range(30):
         page.keyboard.press("ArrowLeft")
     for _ in range(30):
@@ -36,13 +36,18 @@ def test_scrubbing_300_tokens_needs_no_rerun_and_is_fast(streamlit_app, page, op
     timings = page.evaluate(TIMINGS)
     assert len(timings) == 90
     assert slider.input_value() == "0"
-    assert page.locator(".lv-pred.diff").count() > 250  # layer 0 mostly disagrees
-    assert "<b>" in cells.nth(5).locator(".lv-pred").text_content()  # text, not markup
+    assert page.locator(".lv-l.on.diff").count() > 250  # layer 0 mostly disagrees
+    assert "<b>" in cells.nth(5).locator(".lv-l.on").text_content()  # text, not markup
     assert page.locator(".lv-pred b").count() == 0
     median = statistics.median(timings)
     p95 = sorted(timings)[int(0.95 * len(timings)) - 1]
     print(f"\nlens scrub, 300 tokens × 31 layers: input → text updated and laid out: "
           f"median {median:.2f} ms, p95 {p95:.2f} ms over {len(timings)} moves")
+    parts = page.evaluate("() => window.__perplexLensParts")
+    for name, column in zip(("waiting for the handler", "DOM update", "layout"), zip(*parts)):
+        ordered = sorted(column)
+        print(f"  {name}: median {statistics.median(ordered):.2f} ms, "
+              f"p95 {ordered[int(0.95 * len(ordered)) - 1]:.2f} ms")
     assert page.get_by_text("runs: 1 ").count() == 1  # no Python rerun while scrubbing
     cells.nth(7).hover()
     assert "layer embedding" in page.locator(".lv-tip").text_content()
@@ -52,8 +57,10 @@ def test_scrubbing_300_tokens_needs_no_rerun_and_is_fast(streamlit_app, page, op
     record.parent.mkdir(exist_ok=True)
     record.write_text(json.dumps({"median_ms": median, "p95_ms": p95, "moves": len(timings),
                                   "target_p95_ms": 16.0}) + "\n")
-    # The target is p95 <= 16 ms (one frame). On the shared 2-core test machine,
-    # under load (load average 5-10), layout alone took 20-230 ms: this guards gross lag only.
+    # The target is p95 <= 16 ms (one frame). On the shared 2-core test machine at
+    # load average ~5.6 this measured median 12-15 ms, p95 19-24 ms (texts re-laid out per
+    # move, before every layer's text was laid out once: median 26-29, p95 62-81 ms).
+    # Timings swing with the load, so this guards gross lag only.
     assert p95 <= 500.0
 
 
@@ -66,11 +73,11 @@ def test_eiffel_tower_view_shows_paris_and_its_lock_in(streamlit_app, page, open
     cells.last.wait_for(timeout=120_000)
     summary = page.get_by_text("Next token after the last position")
     assert "Paris" in summary.text_content() and "locked in at layer" in summary.text_content()
-    assert cells.last.locator(".lv-pred").text_content() == "\u00b7Paris"
+    assert cells.last.locator(".lv-l.on").text_content() == "\u00b7Paris"
     slider = page.locator(".lv-slider")
     slider.focus()
     page.keyboard.press("ArrowLeft")  # one layer before the output: Paris not yet top-1
-    assert "diff" in cells.last.locator(".lv-pred").get_attribute("class")
+    assert "diff" in cells.last.locator(".lv-l.on").get_attribute("class")
     page.keyboard.press("ArrowRight")
     cells.last.click()
     page.get_by_text("locks in at layer").wait_for(timeout=60_000)
