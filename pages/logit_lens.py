@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from perplex.errors import PerplexError
+from perplex.head_lens import head_lens
 from perplex.lens import compute_lens, find_anatomy
 from perplex.lens_plots import lens_heatmap, lens_rows, lens_trajectory
 from perplex.models import BUNDLED, BUNDLED_NAME
@@ -128,6 +129,24 @@ if selected is not None and 0 <= selected < lens.n_positions:
                                 "entropy (nats)": st.column_config.NumberColumn(format="%.3f"),
                                 "KL to final (nats)": st.column_config.NumberColumn(
                                     format="%.3f")})
+    if st.toggle("Per-head lens (each attention head's direct contribution)",
+                 key=f"{PREFIX}.heads"):
+        heads_key = (cache_key, selected)
+        heads = st.session_state.get(f"{PREFIX}.heads_cache")
+        if heads is None or heads[0] != heads_key:
+            try:
+                with st.spinner("Splitting every block's attention output by head…"):
+                    heads = (heads_key, head_lens(lm, list(ids), selected))
+                st.session_state[f"{PREFIX}.heads_cache"] = heads
+            except PerplexError as exc:
+                st.error(plain(str(exc)))
+                heads = None
+        if heads is not None:
+            st.caption("What each head writes into the residual at this position, read through "
+                       "the final norm (its scale frozen at the final residual's) and the "
+                       "unembedding: its direct contribution to the output token's logit. "
+                       "Hover for the tokens it raises most.")
+            st.plotly_chart(heads[1].figure(), key=f"{PREFIX}.heads_chart")
 else:
     st.caption("Click a token to see its layer-by-layer table, heatmap and curves.")
 

@@ -147,3 +147,22 @@ def ndif_key_set() -> bool:
     from nnsight import CONFIG
 
     return bool(getattr(CONFIG.API, "APIKEY", None) or os.environ.get("NDIF_API_KEY"))
+
+
+def capture_head_inputs(decoder: torch.nn.Module, layers_path: str, out_proj: str,
+                        input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass on `input_ids` [1, T]: every block's attention output projection's input.
+
+    `out_proj` is the projection's path inside a block (e.g. "self_attn.o_proj"); its input
+    is the heads' outputs side by side. Returns (inputs [L, T, heads × head_dim], the last
+    block's output [T, d]), float32.
+    """
+    wrapper, lock = _wrapped(decoder)
+    saved: list = []
+    with lock, torch.inference_mode(), wrapper.trace(input_ids):
+        blocks = _blocks(wrapper, layers_path)
+        n_blocks = len(blocks)
+        for i in range(n_blocks):
+            saved.append(_blocks(blocks[i], out_proj).input.save())
+        last = _hidden(blocks[n_blocks - 1].output).save()
+    return torch.stack([h[0].float() for h in saved]), last[0].float()

@@ -38,6 +38,16 @@ def test_patching_sandbox_patches_and_sweeps(page, tiny_lm):
     assert page.get("plotly_chart")
 
 
+def test_per_head_lens_shows_for_the_selected_token(tiny_lm):
+    at = _app(tiny_lm)
+    at.session_state["lens.selected"] = 2
+    at.run()
+    at.toggle(key="lens.heads").set_value(True).run()
+    assert not at.exception and not at.error
+    heads = at.session_state["lens.heads_cache"][1]
+    assert heads.position == 2 and heads.logit.shape == (tiny_lm.n_layers, 4)
+
+
 def _saved_generation(perplex_home, with_ids: bool = True):
     from dataclasses import replace
 

@@ -1,0 +1,149 @@
+"""Per-head lens: each attention head's direct contribution to one token's logit.
+
+A block's attention output is its output projection W_O applied to the heads' outputs side
+by side, so it splits exactly into one vector per head: W_O[:, head's columns] · z_head
+(plus W_O's bias, if any, which belongs to no head). Each vector is read through the
+unembedding the way the model reads the final residual: the final (RMS) norm with its
+scale frozen at the final residual's (so contributions add up, as in direct logit
+attribution), then W_U. Logits before any final soft-capping.
+
+Supported: attention blocks with a linear output projection and an RMS final norm (the
+llama family: Llama, SmolLM, Mistral, Qwen2, Gemma); others get a `LensError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+
+from perplex.lens import LensAnatomy, LensError, check_input, find_anatomy
+from perplex.nnsight_adapter import capture_head_inputs
+from perplex.plots import visible_token
+
+OUT_PROJ_PATHS = ("self_attn.o_proj", "self_attn.out_proj", "attention.o_proj",
+                  "attn.o_proj")
+TOP_TOKENS = 3
+
+
+@dataclass(frozen=True, eq=False)
+class HeadLens:
+    """Layers × heads at one position: what each head writes, read through the unembedding."""
+
+    position: int
+    token_id: int  # the token whose logit is attributed: the model's top-1 at `position`
+    logit: np.ndarray  # [L, H] float32: each head's direct contribution to that logit
+    top_ids: np.ndarray  # [L, H, k] int64: the tokens each head's contribution raises most
+    texts: dict[int, str]  # token id -> text, for token_id and every id in top_ids
+
+    def __post_init__(self) -> None:
+        """Check the shapes."""
+        if self.logit.ndim != 2 or self.top_ids.shape[:2] != self.logit.shape:
+            raise ValueError(f"logit must be [L, H] and top_ids [L, H, k], got "
+                             f"{self.logit.shape} and {self.top_ids.shape}")
+
+    def figure(self) -> go.Figure:
+        """Heatmap, layers × heads, of each head's contribution to the token's logit."""
+        token = visible_token(self.texts.get(self.token_id, ""))
+        tops = [[", ".join(visible_token(self.texts.get(int(i), "")) for i in cell)
+                 for cell in row] for row in self.top_ids]
+        limit = float(np.abs(self.logit).max()) or 1.0
+        n_layers, n_heads = self.logit.shape
+        fig = go.Figure(go.Heatmap(
+            z=self.logit, x=list(range(n_heads)), y=list(range(1, n_layers + 1)),
+            customdata=tops, colorscale="RdBu", zmid=0.0, zmin=-limit, zmax=limit,
+            colorbar=dict(title="Δ logit", thickness=12),
+            hovertemplate="block %{y} · head %{x}<br>Δ logit(" + token.replace("%", "%%")
+                          + ") = %{z:.3f}<br>raises: %{customdata}<extra></extra>"))
+        fig.update_layout(
+            height=max(320, 12 * n_layers + 140), margin=dict(l=10, r=10, t=40, b=10),
+            title=dict(text=f"Each head's direct contribution to the logit of {token}",
+                       font=dict(size=13)),
+            xaxis=dict(title="head", dtick=1),
+            yaxis=dict(title="block", autorange="reversed", dtick=5))
+        return fig
+
+
+def _out_proj_path(anatomy: LensAnatomy) -> str:
+    block = getattr(anatomy.decoder, anatomy.layers_path.split(".")[0])
+    for name in anatomy.layers_path.split(".")[1:]:
+        block = getattr(block, name)
+    first = block[0]
+    for path in OUT_PROJ_PATHS:
+        module = first
+        for name in path.split("."):
+            module = getattr(module, name, None)
+        if isinstance(module, torch.nn.Linear):
+            return path
+    raise LensError(f"{type(first).__name__}: no linear attention output projection found "
+                    f"(looked for {', '.join(OUT_PROJ_PATHS)}), so heads cannot be separated.")
+
+
+def _frozen_norm(anatomy: LensAnatomy, vectors: torch.Tensor,
+                 final_residual: torch.Tensor) -> torch.Tensor:
+    """The final RMS norm applied to `vectors` [..., d] with the final residual's scale.
+
+    For an RMS norm, norm(c) · rms(c) = g ⊙ c exactly (rms with the norm's epsilon), so
+    g ⊙ c / rms(final residual) is linear in c: contributions add up.
+    """
+    norm = anatomy.final_norm
+    if "rms" not in type(norm).__name__.lower():
+        raise LensError(f"The per-head lens needs an RMS final norm; this model has "
+                        f"{type(norm).__name__}.")
+    eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)) or 0.0)
+
+    def rms(x: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+    with torch.inference_mode():
+        scaled = norm(vectors.to(anatomy.norm_dtype)).float() * rms(vectors)
+        return scaled / rms(final_residual)
+
+
+def head_vectors(lm, ids: Sequence[int], position: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each head's write into the residual at `position`: ([L, H, d], final residual [d])."""
+    check_input(lm, ids)
+    if not 0 <= position < len(ids):
+        raise LensError(f"Position {position} is outside the input's {len(ids)} tokens.")
+    anatomy = find_anatomy(lm.model)
+    path = _out_proj_path(anatomy)
+    inputs, last = capture_head_inputs(anatomy.decoder, anatomy.layers_path, path,
+                                       torch.tensor([list(ids)], device=lm.model.device))
+    n_heads = int(lm.model.config.num_attention_heads)
+    blocks = anatomy.decoder
+    for name in anatomy.layers_path.split("."):
+        blocks = getattr(blocks, name)
+    vectors = []
+    with torch.inference_mode():
+        for layer, block in enumerate(blocks):
+            proj = block
+            for name in path.split("."):
+                proj = getattr(proj, name)
+            weight = proj.weight.float()  # [d, H·dh]
+            z = inputs[layer, position].view(n_heads, -1)  # [H, dh]
+            vectors.append(torch.einsum("dhk,hk->hd", weight.view(weight.shape[0], n_heads, -1),
+                                        z))
+    return torch.stack(vectors), last[position]
+
+
+def head_lens(lm, ids: Sequence[int], position: int, top_k: int = TOP_TOKENS) -> HeadLens:
+    """The per-head lens at `position` for the model's own top-1 next token there."""
+    vectors, final_residual = head_vectors(lm, ids, position)
+    anatomy = find_anatomy(lm.model)
+    weight = anatomy.unembed.weight.detach().float()
+    with torch.inference_mode():
+        final_logits = anatomy.unembed(anatomy.final_norm(
+            final_residual.to(anatomy.norm_dtype))).float()
+        token = int(final_logits.argmax())
+        read = _frozen_norm(anatomy, vectors, final_residual)  # [L, H, d]
+        logit = read @ weight[token]
+        top = (read.reshape(-1, read.shape[-1]) @ weight.T).topk(top_k, dim=-1).indices
+    top_ids = top.view(*read.shape[:2], top_k).numpy()
+    vocab = lm.vocab_texts
+    ids_seen = {token, *np.unique(top_ids).tolist()}
+    return HeadLens(position=position, token_id=token, logit=logit.numpy(), top_ids=top_ids,
+                    texts={int(i): vocab[int(i)] if int(i) < len(vocab) else ""
+                           for i in ids_seen})
