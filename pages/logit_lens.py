@@ -14,6 +14,7 @@ from perplex.nnsight_adapter import ndif_key_set, reproduction_code
 from perplex.plots import visible_token
 from perplex.records import Message
 from perplex.tokens import encode_messages, encode_plain_text
+from perplex.trajectory import residual_trajectory
 from perplex.ui import resources
 from perplex.ui.lens_view import lens_view
 from perplex.ui.patching_view import patching_section
@@ -147,6 +148,15 @@ if selected is not None and 0 <= selected < lens.n_positions:
                        "unembedding: its direct contribution to the output token's logit. "
                        "Hover for the tokens it raises most.")
             st.plotly_chart(heads[1].figure(), key=f"{PREFIX}.heads_chart")
+    if st.toggle("Residual trajectory (PCA across layers)", key=f"{PREFIX}.trajectory"):
+        path = st.session_state.get(f"{PREFIX}.trajectory_cache")
+        try:
+            if path is None or path[0] != (cache_key, selected):
+                path = ((cache_key, selected), residual_trajectory(lm, list(ids), selected))
+                st.session_state[f"{PREFIX}.trajectory_cache"] = path
+            st.plotly_chart(path[1].figure(), key=f"{PREFIX}.trajectory_chart")
+        except PerplexError as exc:
+            st.error(plain(str(exc)))
 else:
     st.caption("Click a token to see its layer-by-layer table, heatmap and curves.")
 

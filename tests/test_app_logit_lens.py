@@ -46,6 +46,9 @@ def test_per_head_lens_shows_for_the_selected_token(tiny_lm):
     assert not at.exception and not at.error
     heads = at.session_state["lens.heads_cache"][1]
     assert heads.position == 2 and heads.logit.shape == (tiny_lm.n_layers, 4)
+    at.toggle(key="lens.trajectory").set_value(True).run()
+    assert not at.exception and not at.error
+    assert len(at.get("plotly_chart")) >= 4  # heatmap, curves, heads, trajectory
 
 
 def _saved_generation(perplex_home, with_ids: bool = True):
