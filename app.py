@@ -13,6 +13,7 @@ st.set_page_config(page_title="Perplex", page_icon=":material/bar_chart:", layou
 PAGES = [
     st.Page("pages/default.py", title="Default", icon=":material/chat:", default=True),
     st.Page("pages/logit_lens.py", title="Logit Lens", icon=":material/layers:"),
+    st.Page("pages/prefilling.py", title="Prefilling", icon=":material/block:"),
 ]
 
 navigation = st.navigation(PAGES)
