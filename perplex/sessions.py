@@ -171,16 +171,22 @@ def duplicate_session(store: Store, session_id: str, name: str | None = None) ->
         cur.execute("INSERT INTO sessions (id, name, created_at, updated_at, settings) "
                     "VALUES (?, ?, ?, ?, ?)",
                     [copy_id, copy_name, now, now, settings_json(source.settings)])
-        copy_session_contents(cur, session_id, copy_id)
+        gen_ids = copy_session_contents(cur, session_id, copy_id)
+        # Settings name the generations pages show: point them at the copies, so the
+        # copy's pages never show (or annotate) the original's generations.
+        settings = {key: gen_ids.get(value, value) if isinstance(value, str) else value
+                    for key, value in source.settings.items()}
+        cur.execute("UPDATE sessions SET settings = ? WHERE id = ?",
+                    [settings_json(settings), copy_id])
         return read_session(cur, copy_id)
 
 
 def copy_session_contents(cur: duckdb.DuckDBPyConnection, source_id: str,
-                          target_id: str) -> None:
+                          target_id: str) -> dict[str, str]:
     """Copy a session's generations, steps, annotations and token sets into another.
 
     Runs on a write cursor. Everything gets a fresh id; parent links inside the session
-    follow their generations.
+    follow their generations. Returns the generations' new ids by old id.
     """
     gen_map = _id_map(cur, "SELECT id FROM generations WHERE session_id = ?", source_id)
     ann_map = _id_map(cur, "SELECT a.id FROM annotations a JOIN generations g "
@@ -212,6 +218,7 @@ def copy_session_contents(cur: duckdb.DuckDBPyConnection, source_id: str,
     finally:
         for view in ("gen_map", "ann_map", "set_map"):
             cur.unregister(view)
+    return dict(zip(gen_map["old_id"].to_pylist(), gen_map["new_id"].to_pylist()))
 
 
 def _id_map(cur: duckdb.DuckDBPyConnection, query: str, session_id: str) -> pa.Table:

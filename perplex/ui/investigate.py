@@ -94,10 +94,18 @@ def _regenerate(found: TranscriptEvent, gen: Generation, page_key: str,
         if new.message_index == step.message_index and new.role is step.role:
             shown.append(new)
             stream.update(shown)
-    child = save_to_session(replace(run.generation(), title=f"{event.kind} at #{event.index}"),
+    child = save_to_session(replace(run.generation(), title=_branch_title(event, step)),
                             page_key)
     st.session_state[page_key + COMPARE_SUFFIX] = (gen.id, child.id, found.message_index,
                                                    event.index)
+
+
+def _branch_title(event, step: TokenStep) -> str:
+    """What a new branch is, e.g. `inject “ Lyon” at #0` or `branch seed 7, T 1.0 at #2`."""
+    what = [f"“{event.text}”"] if event.text is not None and event.text != step.text else []
+    what += [f"seed {event.seed}"] if event.seed is not None else []
+    what += [f"T {event.temperature:g}"] if event.temperature is not None else []
+    return " ".join(part for part in (event.kind, ", ".join(what), f"at #{event.index}") if part)
 
 
 def _add_to_set(name: str, gen: Generation, step: TokenStep) -> None:
@@ -142,9 +150,11 @@ def branch_navigator(page_key: str) -> None:
         for node in tree.nodes():
             depth = len(_ancestors(tree, node))
             here = " ← on screen" if node.id == current.id else ""
-            split = "" if node.branch_position is None else f" · split at position " \
-                                                             f"{node.branch_position}"
-            label = f"{'  ' * depth}{'↳ ' if depth else ''}{node.title or 'original'}{split}{here}"
+            split = "" if node.branch_position is None or node.title else \
+                f" · split at position {node.branch_position}"
+            # Non-breaking spaces: leading plain spaces would turn the label into code.
+            indent = "\u00a0\u00a0\u00a0" * depth + ("↳ " if depth else "")
+            label = f"{indent}{node.title or 'original'}{split}{here}"
             if st.button(plain(label), key=f"{page_key}-branch-{node.id}",
                          disabled=node.id == current.id):
                 st.session_state[page_key] = resources.store().load_generation(node.id)
@@ -172,11 +182,17 @@ def annotations_panel(page_key: str) -> None:
     notes = generation_annotations(resources.store(), current.id)
     if not notes:
         return
+    index_of = _answer_indices(current)
     with st.expander(f"Annotations ({len(notes)})", expanded=True):
         for note in notes:
-            span = f"#{note.start}" + (f"–{note.end}" if note.end != note.start else "")
+            first, last = index_of.get(note.start), index_of.get(note.end)
+            if first is not None and last is not None:  # numbered as in the token view
+                span = f"token #{first}" if note.start == note.end else f"tokens #{first}–{last}"
+            else:
+                span = f"position {note.start}" + (
+                    f"–{note.end}" if note.end != note.start else "")
             cols = st.columns([1, 6, 1])
-            cols[0].caption(f"position {span}")
+            cols[0].caption(span)
             text = cols[1].text_input("note", note.text, key=f"note-{note.id}",
                                       label_visibility="collapsed", disabled=read_only())
             if text.strip() and text != note.text:
@@ -184,6 +200,15 @@ def annotations_panel(page_key: str) -> None:
             if cols[2].button("Delete", key=f"note-del-{note.id}", disabled=read_only()):
                 delete_annotation(resources.store(), note.id)
                 st.rerun()
+
+
+def _answer_indices(gen: Generation) -> dict[int, int]:
+    """Position in the generation → index of that token in its message's token view."""
+    index_of = {}
+    for message_index in range(len(gen.messages)):
+        scored = [s for s in gen.message_steps(message_index) if s.role.value == "response"]
+        index_of.update({s.position: i for i, s in enumerate(scored)})
+    return index_of
 
 
 def token_sets_panel(gen: Generation | None) -> None:

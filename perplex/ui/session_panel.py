@@ -113,9 +113,9 @@ def render_session_panel() -> None:
     if sid is not None:
         try:
             session = get_session(store, sid)
-        except PerplexError as exc:
+        except PerplexError as exc:  # e.g. deleted in another tab
             st.warning(plain(str(exc)))
-            st.session_state.pop(SESSION_KEY, None)
+            _forget_open_session()
     if session is None:
         st.caption("New work is saved in a new session as soon as there is some.")
     elif read_only():
@@ -167,10 +167,17 @@ def _session_list(session: Session | None) -> None:
     if st.button("Delete", disabled=not confirm, use_container_width=True):
         deleted = delete_session(store, chosen)
         if session is not None and chosen == session.id:
-            st.session_state.pop(SESSION_KEY, None)
-            st.query_params.pop("session", None)
+            _forget_open_session()
         st.toast("Session deleted." if deleted else "That session was already deleted.")
         st.rerun()
+
+
+def _forget_open_session() -> None:
+    """Leave a session that is gone: its generations are off the pages, new work goes anew."""
+    st.session_state.pop(SESSION_KEY, None)
+    for key in [k for k in st.session_state if k.endswith(".generation")]:
+        del st.session_state[key]
+    st.query_params.pop("session", None)
 
 
 def save_to_session(generation: Generation, page_key: str) -> Generation:

@@ -150,11 +150,11 @@ def range_panel(steps: Sequence[TokenStep], selection: tuple[int, int] | None,
     text = "".join(s.text for s in span)
     with st.container(border=True):
         st.markdown(f"**Selected tokens {start}–{end}**: “{plain(text[:200])}”")
-        cols = st.columns(6)
+        cols = st.columns(7)
         cols[0].metric("tokens", summary.n_tokens)
         cols[1].metric("mean p", f"{summary.mean_prob:.3f}")
         cols[2].metric("min p", f"{summary.min_prob:.3g}")
-        cols[3].metric("mean / max H (nats)",
-                       f"{summary.mean_entropy:.2f} / {summary.max_entropy:.2f}")
-        cols[4].metric("perplexity", f"{summary.perplexity:.2f}")
-        cols[5].metric(f"under p {limits.uncertain:.2f}", summary.n_below)
+        cols[3].metric("mean H (nats)", f"{summary.mean_entropy:.2f}")
+        cols[4].metric("max H (nats)", f"{summary.max_entropy:.2f}")
+        cols[5].metric("perplexity", f"{summary.perplexity:.2f}")
+        cols[6].metric(f"under p {limits.uncertain:.2f}", summary.n_below)

@@ -132,7 +132,8 @@ def scroll_to(locator) -> None:
 
 def assert_no_exception(page) -> None:
     """No Streamlit traceback on the page."""
-    assert page.locator('[data-testid="stException"]').count() == 0
+    errors = page.locator('[data-testid="stException"]')
+    assert errors.count() == 0, errors.all_inner_texts()
 
 
 def test_researcher_loop_survives_reload(new_tab, screenshot):
@@ -192,8 +193,9 @@ def test_researcher_loop_survives_reload(new_tab, screenshot):
     nav.get_by_role("button", name=re.compile(r"^original.*on screen")).wait_for()
     settle(page)
     assert answer_text(page) == original
-    nav.get_by_role("button", name=re.compile(r"inject at #0")).click()
-    nav.get_by_role("button", name=re.compile(r"inject at #0.*on screen")).wait_for()
+    injected_branch = rf"inject \u201c{re.escape(forced)}\u201d at #0"
+    nav.get_by_role("button", name=re.compile(injected_branch + "$")).click()
+    nav.get_by_role("button", name=re.compile(r"inject .* at #0 \u2190 on screen")).wait_for()
     settle(page)
     assert answer_text(page) == injected
     assert branched not in (original,)
@@ -226,7 +228,7 @@ def test_researcher_loop_survives_reload(new_tab, screenshot):
     assert page.locator(f"{FINAL_TOK}.annotated").count() == end
     notes = page.locator('[data-testid="stExpander"]').filter(has_text="Annotations (1)")
     assert notes.locator("input").input_value() == note
-    notes.get_by_text(f"position #{1}").count()  # positions are the generation's
+    notes.get_by_text(f"tokens #1\u2013{end}", exact=True).wait_for()  # as in the view
     scroll_to(notes)
     screenshot(page, "investigation_8_annotated")
 
@@ -247,3 +249,152 @@ def test_researcher_loop_survives_reload(new_tab, screenshot):
     scroll_to(tok(page, 0))
     screenshot(page, "investigation_9_reloaded")
     assert tab.dialogs == []
+
+
+def share_link(page) -> str:
+    """The share link shown in the sidebar's code block."""
+    code = page.locator('[data-testid="stSidebar"] [data-testid="stCode"]')
+    code.wait_for()
+    return "".join(code.inner_text().split())
+
+
+def annotate_token(page, index: int, note: str) -> None:
+    """Annotate one token through its menu."""
+    panel = open_menu(page, index, "annotate")
+    page.locator("[data-field='note']").fill(note)
+    panel.get_by_role("button", name="Save").click()
+
+
+def test_share_link_is_read_only_and_forks(new_tab, screenshot):
+    """B opens A's share link: same tokens and notes, no edits; a fork is B's own copy."""
+    a = new_tab()
+    ask(a.page)
+    annotate_token(a.page, 5, "the answer")
+    a.page.get_by_text("Annotations (1)").wait_for()
+    settle(a.page)
+    a_sid, a_tokens = session_of(a.page), answer_text(a.page)
+    link = share_link(a.page)
+    assert link.endswith(f"?session={a_sid}&view=shared"), link
+
+    b = new_tab(link)
+    page = b.page
+    page.locator(FINAL_TOK).first.wait_for(timeout=WORK_TIMEOUT)
+    assert answer_text(page) == a_tokens
+    assert page.locator(f"{FINAL_TOK}.annotated").count() == 1
+    assert "annotated" in tok(page, 5).get_attribute("class").split()
+    page.get_by_text(re.compile("read-only \\(shared link\\)")).wait_for()
+    chat = page.locator('[data-testid="stChatInput"] textarea')
+    assert chat.is_disabled()
+    assert chat.get_attribute("placeholder").startswith("Read-only")
+    notes = page.locator('[data-testid="stExpander"]').filter(has_text="Annotations (1)")
+    assert notes.locator("input").is_disabled()
+    assert page.get_by_role("button", name="Fork to edit").is_visible()
+    scroll_to(tok(page, 0))
+    screenshot(page, "investigation_shared_read_only")
+
+    # A menu action is refused with a warning; nothing is saved.
+    annotate_token(page, 1, "B was here")
+    page.get_by_text(READ_ONLY_WARNING).wait_for()
+    settle(page)
+    assert page.locator(f"{FINAL_TOK}.annotated").count() == 1
+    scroll_to(page.get_by_text(READ_ONLY_WARNING))
+    screenshot(page, "investigation_shared_refused")
+
+    # Fork to edit: B's own session, with the same tokens and notes, editable.
+    page.get_by_role("button", name="Fork to edit").click()
+    page.wait_for_function(
+        f"() => {{ const q = new URL(location).searchParams;"
+        f" return q.get('session') && q.get('session') !== '{a_sid}' && !q.get('view'); }}")
+    page.locator('[data-testid="stChatInput"] textarea:not([disabled])').wait_for()
+    settle(page)
+    b_sid = session_of(page)
+    assert b_sid != a_sid
+    assert answer_text(page) == a_tokens
+    annotate_token(page, 1, "B's own note")
+    page.get_by_text("Annotations (2)").wait_for()
+    settle(page)
+    assert share_link(page).endswith(f"?session={b_sid}&view=shared")
+    scroll_to(tok(page, 0))
+    screenshot(page, "investigation_forked")
+
+    # A's session is as it was.
+    a.page.reload()
+    settle(a.page, MODEL_TIMEOUT)
+    a.page.locator(FINAL_TOK).first.wait_for(timeout=WORK_TIMEOUT)
+    a.page.get_by_text("Annotations (1)").wait_for()
+    assert session_of(a.page) == a_sid
+    assert answer_text(a.page) == a_tokens
+    assert a.page.locator(f"{FINAL_TOK}.annotated").count() == 1
+    assert_no_exception(a.page)
+    assert_no_exception(page)
+    assert a.dialogs == b.dialogs == []
+
+
+HOSTILE_NAME = '../"; DROP TABLE x; --'
+
+
+def test_bad_input_is_shown_literally_or_refused_clearly(new_tab, screenshot):
+    """Bad input gets a literal display, an inline hint or a clear message.
+
+    A hostile name survives a reload; an empty injection is refused in place; a deleted
+    session gives the other tab a message on its next action, never a traceback.
+    """
+    a = new_tab()
+    page = a.page
+    ask(page)
+    sid = session_of(page)
+
+    # A session name with ../ and quotes is stored and shown as it was typed.
+    name = page.locator('[data-testid="stSidebar"]').get_by_label("Name", exact=True)
+    name.fill(HOSTILE_NAME)
+    name.press("Enter")
+    settle(page)
+    page.reload()
+    settle(page, MODEL_TIMEOUT)
+    page.locator(FINAL_TOK).first.wait_for(timeout=WORK_TIMEOUT)
+    name = page.locator('[data-testid="stSidebar"]').get_by_label("Name", exact=True)
+    assert name.input_value() == HOSTILE_NAME
+    assert session_of(page) == sid
+
+    # Injecting an empty string: a hint in the menu, no event, no new generation.
+    panel = open_menu(page, 0, "inject")
+    panel.get_by_role("button", name="Inject").click()
+    assert panel.locator(".menu-hint").inner_text() == "Type the text to inject first."
+    page.wait_for_timeout(500)
+    assert page.locator(NOT_RUNNING).count() == 1
+    assert page.get_by_text(re.compile(r"^Branches \(")).count() == 0
+    screenshot(page, "investigation_empty_inject")
+    page.keyboard.press("Escape")
+
+    # B has the session open (its working link) when A deletes it.
+    b = new_tab(page.url)
+    b.page.locator(FINAL_TOK).first.wait_for(timeout=WORK_TIMEOUT)
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.locator("summary").filter(has_text="Sessions").click()
+    search = sidebar.get_by_label("Search by name")
+    search.fill(HOSTILE_NAME)
+    search.press("Enter")
+    settle(page)
+    confirm = sidebar.get_by_text(f"Yes, delete \u201c{HOSTILE_NAME}\u201d and everything in it")
+    confirm.wait_for()
+    delete = sidebar.get_by_role("button", name="Delete", exact=True)
+    assert delete.is_disabled()  # not without the confirmation
+    screenshot(page, "investigation_delete_confirm")
+    confirm.click()
+    delete.click()
+    page.wait_for_function("() => !new URL(location).searchParams.get('session')")
+    sidebar.get_by_text("New work is saved in a new session as soon as there is some.").wait_for()
+    settle(page)
+    assert page.locator(FINAL_TOK).count() == 0
+    assert_no_exception(page)
+
+    # B's next action (a click on a token): a clear message, no traceback, no stale view.
+    tok(b.page, 1).click()
+    b.page.get_by_text(re.compile(r"has been deleted \(in another tab")).wait_for()
+    settle(b.page)
+    assert_no_exception(b.page)
+    assert b.page.locator(FINAL_TOK).count() == 0
+    assert session_of(b.page) is None
+    b.page.locator('[data-testid="stChatInput"] textarea:not([disabled])').wait_for()
+    screenshot(b.page, "investigation_deleted_elsewhere")
+    assert a.dialogs == b.dialogs == []
