@@ -90,3 +90,23 @@ def test_eiffel_tower_view_shows_paris_and_its_lock_in(streamlit_app, page, open
     docs.mkdir(exist_ok=True)
     shutil.copy(path, docs / "logit_lens_paris.png")
     assert (SCREENSHOTS / "logit_lens_paris.png").exists()
+
+
+def test_patching_sandbox_swaps_rome_for_paris(streamlit_app, page, open_app, screenshot):
+    url = streamlit_app("tests/browser/apps/logit_lens_app.py",
+                        env={"PERPLEX_MODEL_CACHE": MODELS})
+    open_app(page, url, timeout=120_000)
+    page.locator(".lv-cell").last.wait_for(timeout=120_000)
+    page.get_by_text("Activation patching sandbox").click()
+    page.get_by_role("button", name="Patch this residual").click()
+    verdict = page.locator("p", has_text="Patched layer")
+    verdict.wait_for(timeout=120_000)
+    text = verdict.text_content()
+    assert "flips to the source's answer" in text and "Paris" in text and "Rome" in text
+    page.get_by_role("button", name="Sweep every layer × position").click()
+    caption = page.get_by_text("Sweep: 310 patches")
+    caption.wait_for(timeout=300_000)
+    print(f"\npatching sweep, bundled model, 31 layers x 10 positions: {caption.text_content()}")
+    wait_for_script(page, 60_000)
+    page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+    screenshot(page, "logit_lens_patching", full_page=True)
