@@ -108,14 +108,25 @@ def ask(page, question: str = QUESTION) -> None:
 
 def open_menu(page, index: int, action: str):
     """Click a token, wait for Python's highlight, open one menu panel; return the panel."""
+    scroll_to(tok(page, index))
     tok(page, index).click()
     page.locator(f"{FINAL_TOK}.highlight[data-index='{index}']").wait_for()
     settle(page)
     menu = page.locator(".tv-menu").first
-    if not menu.is_visible():  # the rerun redrew the view: open the menu again
+    if not menu.is_visible() or not in_viewport(page, menu):
+        # The rerun moved the page under the menu: close it and open it again in place.
+        page.keyboard.press("Escape")
+        scroll_to(tok(page, index))
         tok(page, index).click()
+        settle(page)
     page.locator(f".menu-item[data-action='{action}']").first.click()
     return page.locator(f".menu-panel[data-panel='{action}']").first
+
+
+def in_viewport(page, locator) -> bool:
+    """Whether the element lies wholly inside the viewport."""
+    box, size = locator.bounding_box(), page.viewport_size
+    return bool(box) and box["y"] >= 0 and box["y"] + box["height"] <= size["height"]
 
 
 def shown(text: str) -> str:
