@@ -110,15 +110,21 @@ def app(page, app_url, open_app):
     return SimpleNamespace(page=page, url=app_url, dialogs=dialogs)
 
 
+def transcript_uploader(page):
+    """The file input of the transcript uploader (the export panel has a bundle uploader)."""
+    return page.locator('[data-testid="stFileUploaderDropzoneInput"]'
+                        '[accept*=".jsonl"]')
+
+
 def open_panel(page) -> None:
     """Expand the panel with the uploader and the saved generations."""
     page.get_by_text(PANEL).click()
-    page.locator('[data-testid="stFileUploaderDropzoneInput"]').wait_for(state="attached")
+    transcript_uploader(page).wait_for(state="attached")
 
 
 def upload(page, path) -> None:
     """Give the panel's uploader a file, as if picked in the file dialog."""
-    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(path))
+    transcript_uploader(page).set_input_files(str(path))
 
 
 def saved_count(page) -> int:
@@ -270,7 +276,7 @@ def test_bad_uploads_show_clear_errors_and_save_nothing(app, tmp_path, screensho
     page = app.page
     open_panel(page)
     before = saved_count(page)
-    page.get_by_text("20MB per file").wait_for()  # the limit, shown before any upload
+    page.get_by_text("20MB per file • JSON").wait_for()  # the limit, shown before any upload
     alerts = page.locator('[data-testid="stAlert"]')
     for name, data, phrases in BAD_UPLOADS:
         path = tmp_path / name
