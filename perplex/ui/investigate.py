@@ -18,13 +18,14 @@ from perplex.generation import inject
 from perplex.models import LoadedModel
 from perplex.plots import before_after_timeline
 from perplex.records import DecodeParams, Generation, TokenStep
+from perplex.stats import summarise
 from perplex.token_sets import add_token, create_token_set, list_token_sets, remove_token
 from perplex.ui import resources
 from perplex.ui.session_panel import current_session_id, read_only, remember, save_to_session
 from perplex.ui.sidebar import thresholds
 from perplex.ui.text import plain
 from perplex.ui.token_view import AnnotationMark, TokenSetInfo, TokenViewStream
-from perplex.ui.transcript import TranscriptEvent
+from perplex.ui.transcript import TranscriptEvent, highlight_key
 
 COMPARE_SUFFIX = ".compare"  # (parent id, child id, answer index of the forced token)
 
@@ -160,6 +161,28 @@ def branch_navigator(page_key: str) -> None:
                 st.session_state[page_key] = resources.store().load_generation(node.id)
                 remember({page_key: node.id})  # a reload shows the branch chosen here
                 st.rerun()
+        _compare_branches(tree, current, page_key)
+
+
+def _compare_branches(tree, current: Generation, page_key: str) -> None:
+    """The answer on screen beside the answer of another branch of the same tree."""
+    others = {n.id: n for n in tree.nodes() if n.id != current.id}
+    if not others:
+        return
+    other_id = st.selectbox(
+        "Compare side by side with", [None, *others], key=f"{page_key}-compare-with",
+        format_func=lambda i: "—" if i is None else (others[i].title or "original"))
+    if other_id is None:
+        return
+    other = resources.store().load_generation(other_id)
+    for column, gen, label in zip(st.columns(2), (current, other),
+                                  ("on screen", others[other_id].title or "original")):
+        last = len(gen.messages) - 1
+        steps = [s for s in gen.message_steps(last) if s.role.value == "response"]
+        summary = summarise(steps)
+        column.caption(f"{plain(label)} · {summary.n_tokens} tokens · mean p "
+                       f"{summary.mean_prob or 0:.3f} · perplexity {summary.perplexity or 0:.2f}")
+        column.text(gen.messages[last].content)
 
 
 def _has_children(generation_id: str) -> bool:
@@ -191,15 +214,25 @@ def annotations_panel(page_key: str) -> None:
             else:
                 span = f"position {note.start}" + (
                     f"–{note.end}" if note.end != note.start else "")
-            cols = st.columns([1, 6, 1])
+            cols = st.columns([1.2, 6, 0.9, 1])
             cols[0].caption(span)
             text = cols[1].text_input("note", note.text, key=f"note-{note.id}",
                                       label_visibility="collapsed", disabled=read_only())
             if text.strip() and text != note.text:
                 edit_annotation(resources.store(), note.id, text)
-            if cols[2].button("Delete", key=f"note-del-{note.id}", disabled=read_only()):
+            if first is not None and note.start < len(current.steps):
+                message_index = current.steps[note.start].message_index
+                cols[2].button("Jump", key=f"note-jump-{note.id}", on_click=_jump,
+                               args=(page_key, message_index, first),
+                               help="Highlight the annotated token in the view")
+            if cols[3].button("Delete", key=f"note-del-{note.id}", disabled=read_only()):
                 delete_annotation(resources.store(), note.id)
                 st.rerun()
+
+
+def _jump(page_key: str, message_index: int, index: int) -> None:
+    prefix = page_key.rsplit(".", 1)[0]
+    st.session_state[highlight_key(prefix, message_index)] = index
 
 
 def _answer_indices(gen: Generation) -> dict[int, int]:

@@ -10,7 +10,12 @@ from perplex.errors import PerplexError
 from perplex.models import BUNDLED, DTYPES, LoadedModel, ModelSpec
 from perplex.records import DecodeParams
 from perplex.ui import resources
-from perplex.ui.session_panel import render_session_panel
+from perplex.ui.session_panel import (
+    current_session_id,
+    remember,
+    render_session_panel,
+    session_settings,
+)
 from perplex.ui.text import plain
 
 THRESHOLDS_KEY = "perplex.thresholds"
@@ -74,6 +79,7 @@ def _model_section() -> LoadedModel | None:
 
 def _threshold_section() -> None:
     st.subheader("Colours")
+    saved = _restore_session_thresholds()
     current = thresholds()
     low, high = st.slider(
         "Red below · green from (probability)", 0.0, 1.0,
@@ -81,11 +87,26 @@ def _threshold_section() -> None:
         help="A token is red when p < the first value, green when p ≥ the second, "
              "yellow between. p is the model's probability at temperature 1.")
     st.session_state[THRESHOLDS_KEY] = Thresholds(confident=high, uncertain=low)
+    if saved != [low, high]:
+        remember({"thresholds": [low, high]})  # part of the session's mode settings
     st.markdown(
         '<span style="background:#c8ecd0;padding:1px 6px;border-radius:3px">confident</span> '
         '<span style="background:#fbe7a1;padding:1px 6px;border-radius:3px">unsure</span> '
         '<span style="background:#f7c1c1;padding:1px 6px;border-radius:3px">doubtful</span>',
         unsafe_allow_html=True)
+
+
+def _restore_session_thresholds() -> list[float] | None:
+    """Put the open session's saved thresholds on the slider once per session opened."""
+    saved = session_settings().get("thresholds")
+    sid = current_session_id()
+    if sid is not None and st.session_state.get("perplex.thresholds_for") != sid:
+        st.session_state["perplex.thresholds_for"] = sid
+        if isinstance(saved, list) and len(saved) == 2:
+            low, high = sorted(float(x) for x in saved)
+            st.session_state["perplex.threshold_slider"] = (low, high)
+            st.session_state[THRESHOLDS_KEY] = Thresholds(confident=high, uncertain=low)
+    return saved
 
 
 def decode_params_form(prefix: str) -> DecodeParams:

@@ -242,6 +242,20 @@ def test_researcher_loop_survives_reload(new_tab, screenshot):
     notes.get_by_text(f"tokens #1\u2013{end}", exact=True).wait_for()  # as in the view
     scroll_to(notes)
     screenshot(page, "investigation_8_annotated")
+    notes.get_by_role("button", name="Jump").click()  # highlights the note's first token
+    page.locator(f"{FINAL_TOK}.highlight[data-index='1']").wait_for()
+    settle(page)
+
+    # Two branches side by side.
+    nav = page.locator('[data-testid="stExpander"]').filter(
+        has_text="Branches (3 in this tree)")
+    compare = nav.get_by_label("Compare side by side with")
+    compare.scroll_into_view_if_needed()
+    compare.click()
+    page.get_by_role("option", name="original", exact=True).click()
+    nav.get_by_text(re.compile(r"^original · \d+ tokens · mean p")).wait_for()
+    nav.get_by_text(re.compile(r"^on screen · \d+ tokens · mean p")).wait_for()
+    settle(page)
 
     # Reload the same URL: the generation, its branches and the note are all there.
     url = page.url
