@@ -40,12 +40,13 @@ def render_sidebar() -> LoadedModel | None:
     """Draw the sidebar; return the loaded model, or None when it could not be loaded."""
     with st.sidebar:
         render_session_panel()
-        lm = _model_section()
-        _threshold_section()
+        saved = _restore_session_settings()
+        lm = _model_section(saved.get("model"))
+        _threshold_section(saved.get("thresholds"))
     return lm
 
 
-def _model_section() -> LoadedModel | None:
+def _model_section(saved: object) -> LoadedModel | None:
     st.subheader("Model")
     spec = resources.chosen_spec()
     with st.popover("Change model", use_container_width=True):
@@ -70,6 +71,9 @@ def _model_section() -> LoadedModel | None:
             st.session_state[resources.MODEL_KEY] = ModelSpec()
             st.rerun()
         return None
+    chosen = {"source": spec.source, "dtype": spec.dtype}
+    if saved != chosen:
+        remember({"model": chosen})  # part of the session's mode settings
     st.markdown(f"**{plain(lm.label)}**")
     st.caption(f"{lm.n_params / 1e6:,.0f} M parameters · {lm.n_layers} layers · "
                f"vocabulary {lm.vocab_size:,} · {lm.spec.dtype} on {lm.model.device} · "
@@ -77,9 +81,8 @@ def _model_section() -> LoadedModel | None:
     return lm
 
 
-def _threshold_section() -> None:
+def _threshold_section(saved: object) -> None:
     st.subheader("Colours")
-    saved = _restore_session_thresholds()
     current = thresholds()
     low, high = st.slider(
         "Red below · green from (probability)", 0.0, 1.0,
@@ -96,17 +99,25 @@ def _threshold_section() -> None:
         unsafe_allow_html=True)
 
 
-def _restore_session_thresholds() -> list[float] | None:
-    """Put the open session's saved thresholds on the slider once per session opened."""
-    saved = session_settings().get("thresholds")
+def _restore_session_settings() -> dict:
+    """Once per session opened, put back its thresholds and model; return its settings."""
+    settings = session_settings()
     sid = current_session_id()
-    if sid is not None and st.session_state.get("perplex.thresholds_for") != sid:
-        st.session_state["perplex.thresholds_for"] = sid
-        if isinstance(saved, list) and len(saved) == 2:
-            low, high = sorted(float(x) for x in saved)
-            st.session_state["perplex.threshold_slider"] = (low, high)
-            st.session_state[THRESHOLDS_KEY] = Thresholds(confident=high, uncertain=low)
-    return saved
+    if sid is None or st.session_state.get("perplex.settings_for") == sid:
+        return settings
+    st.session_state["perplex.settings_for"] = sid
+    saved = settings.get("thresholds")
+    if isinstance(saved, list) and len(saved) == 2:
+        low, high = sorted(float(x) for x in saved)
+        st.session_state["perplex.threshold_slider"] = (low, high)
+        st.session_state[THRESHOLDS_KEY] = Thresholds(confident=high, uncertain=low)
+    model = settings.get("model")
+    if isinstance(model, dict) and isinstance(model.get("source"), str):
+        # trust_remote_code never comes from a (possibly shared) session, only from settings
+        st.session_state[resources.MODEL_KEY] = ModelSpec(
+            source=model["source"], dtype=str(model.get("dtype", "float32")),
+            trust_remote_code=resources.settings().trust_remote_code)
+    return settings
 
 
 def decode_params_form(prefix: str) -> DecodeParams:
