@@ -4,6 +4,7 @@ import logging
 
 import streamlit as st
 
+from perplex.ui.resources import LOADED_KEY
 from perplex.ui.sidebar import render_sidebar
 
 logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -17,5 +18,5 @@ PAGES = [
 ]
 
 navigation = st.navigation(PAGES)
-st.session_state["perplex.lm"] = render_sidebar()
+st.session_state[LOADED_KEY] = render_sidebar()
 navigation.run()

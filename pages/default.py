@@ -7,7 +7,7 @@ import streamlit as st
 from perplex.errors import PerplexError
 from perplex.generation import start_generation
 from perplex.records import Message, TokenRole
-from perplex.ui import investigate, session_panel, uploads
+from perplex.ui import investigate, resources, session_panel, uploads
 from perplex.ui.export_panel import export_panel
 from perplex.ui.sidebar import decode_params_form, thresholds
 from perplex.ui.text import plain
@@ -22,7 +22,7 @@ st.caption("Chat with the model. Every answer token is coloured by the probabili
            "gave it (temperature 1); hover a token for its alternatives, click the chart to "
            "find a token.")
 
-lm = st.session_state.get("perplex.lm")
+lm = resources.loaded_model()
 uploads.open_from_query(CURRENT)
 session_panel.restore_current(CURRENT)
 viewing_only = session_panel.read_only()

@@ -34,10 +34,7 @@ st.caption("What would the model predict if it stopped after each layer? Each po
            "tick marks the lock-in layer, from which the output's token stays top-1. Drag the "
            "slider; hover for the layer's top 3; click a token for its detail.")
 
-lm = st.session_state.get("perplex.lm")
-if lm is None:
-    st.info("Load a model in the sidebar first.")
-    st.stop()
+lm = resources.require_model()
 
 
 def _requested_generation() -> tuple[str, int | None] | None:

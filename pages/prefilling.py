@@ -33,10 +33,7 @@ st.caption("How much probability the model puts on refusal openings (R-Set) and 
            "openings (C-Set) at the first response token, and after a prefix you force. "
            "P(set) is the sum of the probabilities (temperature 1) of the set's token ids.")
 
-lm = st.session_state.get("perplex.lm")
-if lm is None:
-    st.info("Load a model in the sidebar first.")
-    st.stop()
+lm = resources.require_model()
 session_panel.restore_current(CURRENT)
 params = decode_params_form(PREFIX)
 

@@ -144,10 +144,13 @@ def comparison_panel(page_key: str) -> None:
 def branch_navigator(page_key: str) -> None:
     """Parent and children of the generation on screen; click one to switch to it."""
     current = st.session_state.get(page_key)
-    if current is None or (current.parent_id is None and not _has_children(current.id)):
+    if current is None:
         return
     tree = branch_tree(resources.store(), current.id)
-    with st.expander(f"Branches ({len(list(tree.nodes()))} in this tree)", expanded=True):
+    size = len(list(tree.nodes()))
+    if size < 2:  # no parent and no children: nothing to navigate
+        return
+    with st.expander(f"Branches ({size} in this tree)", expanded=True):
         for node in tree.nodes():
             depth = len(_ancestors(tree, node))
             here = " ← on screen" if node.id == current.id else ""
@@ -183,10 +186,6 @@ def _compare_branches(tree, current: Generation, page_key: str) -> None:
         column.caption(f"{plain(label)} · {summary.n_tokens} tokens · mean p "
                        f"{summary.mean_prob or 0:.3f} · perplexity {summary.perplexity or 0:.2f}")
         column.text(gen.messages[last].content)
-
-
-def _has_children(generation_id: str) -> bool:
-    return bool(branch_tree(resources.store(), generation_id).focus.children)
 
 
 def _ancestors(tree, node) -> list:

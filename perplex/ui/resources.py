@@ -11,6 +11,7 @@ from perplex.settings import Settings, load_settings
 from perplex.store import Store
 
 MODEL_KEY = "perplex.model_spec"
+LOADED_KEY = "perplex.lm"  # the model the sidebar loaded in this run (None if it failed)
 
 
 @st.cache_resource(max_entries=3, show_spinner=False)
@@ -43,3 +44,17 @@ def chosen_spec() -> ModelSpec:
 def active_model() -> LoadedModel:
     """The chosen model, loaded (a cache hit after the first time)."""
     return cached_model(chosen_spec())
+
+
+def loaded_model() -> LoadedModel | None:
+    """The model the sidebar loaded for this run, or None when loading failed."""
+    return st.session_state.get(LOADED_KEY)
+
+
+def require_model() -> LoadedModel:
+    """The loaded model; without one, say so and end the page here."""
+    lm = loaded_model()
+    if lm is None:
+        st.info("Load a model in the sidebar first.")
+        st.stop()
+    return lm
