@@ -15,6 +15,7 @@ PAGES = [
     st.Page("pages/default.py", title="Default", icon=":material/chat:", default=True),
     st.Page("pages/logit_lens.py", title="Logit Lens", icon=":material/layers:"),
     st.Page("pages/prefilling.py", title="Prefilling", icon=":material/block:"),
+    st.Page("pages/hallucination.py", title="Hallucination", icon=":material/report:"),
 ]
 
 navigation = st.navigation(PAGES)

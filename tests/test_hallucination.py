@@ -114,3 +114,16 @@ def test_alert_timeline_builds():
     th = h.AlertThresholds(confidence=0.4, entropy=2.0)
     fig = h.alert_timeline([step(0, 0.9, 0.1), step(1, 0.2, 3.0)], th)
     assert list(fig.data[-1].x) == [1] and fig.data[-1].name == "alert"
+
+
+def test_marks_and_table_rows_follow_the_alerts():
+    th = h.AlertThresholds(confidence=0.4, entropy=2.0)
+    steps = [step(0, 0.9, 0.1), step(1, 0.2, 3.0), step(2, 0.3, 2.5), step(3, 0.95, 2.2)]
+    assert h.alert_marks(steps, th) == {1: "low p and high entropy",
+                                        2: "low p and high entropy", 3: "high entropy"}
+    rows = h.alert_rows(h.alerts(steps, th))
+    assert [r["#"] for r in rows] == [1, 2, 3] and rows[0]["p"] == 0.2
+    spans = h.flagged_spans(steps, th, k=2)
+    table = h.span_rows(steps, spans)
+    assert [(r["start"], r["end"], r["text"]) for r in table] == [(1, 3, "t1t2t3"), (2, 3, "t2t3")]
+    assert table[0]["score"] == pytest.approx(0.8 * (2.5 + 2.2) / 2)

@@ -143,6 +143,14 @@ def test_sets_annotations_and_lens_in_the_payload():
     json.dumps(payload)
 
 
+def test_alert_marks_in_the_payload_are_ordered_and_clipped():
+    steps = [scored(i, f" w{i}", 0.5) for i in range(4)]
+    payload = token_payload(steps, 0.7, 0.3, alerts={3: "high entropy", 0: "low p", 4: "gone",
+                                                     -1: "before"})
+    assert payload["alerts"] == [[0, "low p"], [3, "high entropy"]]
+    assert token_payload(steps, 0.7, 0.3)["alerts"] == []
+
+
 def test_view_types_check_their_fields():
     """Marks need 0 <= start <= end and a text note; sets need a name; all are frozen."""
     with pytest.raises(ValueError):

@@ -225,9 +225,10 @@ def sample_answers(lm, messages: tuple[Message, ...], params: DecodeParams, n: i
     return consistency(answers, seeds)
 
 
-def alert_timeline(steps: Sequence[TokenStep], thresholds: AlertThresholds) -> go.Figure:
+def alert_timeline(steps: Sequence[TokenStep], thresholds: AlertThresholds,
+                   highlight: int | None = None) -> go.Figure:
     """The probability/entropy timeline with both thresholds drawn and alerts marked."""
-    fig = entropy_timeline(steps)
+    fig = entropy_timeline(steps, highlight)
     found = alerts(steps, thresholds)
     fig.add_hline(y=thresholds.entropy, line=dict(color=ENTROPY_COLOUR, dash="dash", width=1),
                   annotation_text="entropy threshold", annotation_position="top left")
@@ -240,3 +241,25 @@ def alert_timeline(steps: Sequence[TokenStep], thresholds: AlertThresholds) -> g
         text=[f"{visible_token(a.text)}: {a.reason}" for a in found],
         hovertemplate="#%{x} %{text}<extra></extra>"))
     return fig
+
+
+def alert_marks(steps: Sequence[TokenStep], thresholds: AlertThresholds) -> dict[int, str]:
+    """The token view's alert marks of a response: index → reason."""
+    return {a.index: a.reason for a in alerts(steps, thresholds)}
+
+
+def alert_rows(found: Sequence[Alert], alternatives: int = 3) -> list[dict]:
+    """One table row per alert: index, token, p, entropy, reason and top alternatives."""
+    return [{"#": a.index, "token": visible_token(a.text), "p": a.prob,
+             "entropy (nats)": a.entropy, "why": a.reason,
+             "top alternatives": " · ".join(f"{visible_token(alt.text)} {alt.prob:.3f}"
+                                            for alt in a.top[:alternatives])}
+            for a in found]
+
+
+def span_rows(steps: Sequence[TokenStep], spans: Sequence[FlaggedSpan]) -> list[dict]:
+    """One table row per flagged span: where it is, its text and score."""
+    return [{"start": s.start, "end": s.end - 1,
+             "text": "".join(step.text for step in steps[s.start:s.end]),
+             "score": s.score, "p at start": s.start_prob,
+             "mean entropy after (nats)": s.mean_entropy} for s in spans]

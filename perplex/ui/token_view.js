@@ -84,13 +84,14 @@ function sameToken(a, b) {
 
 const TIP_ALTERNATIVES = 3; // the menu lists them all
 
-function buildTip(tip, tok, notes) {
+function buildTip(tip, tok, notes, alert) {
   tip.replaceChildren();
   const head = el("div", "tip-head");
   head.appendChild(el("span", "tip-text", "\u201c" + visible(tok.t) + "\u201d"));
   if (tok.f) head.appendChild(el("span", "tip-badge", "forced"));
   if (tok.role && tok.role !== "response") head.appendChild(el("span", "tip-badge", tok.role));
   tip.appendChild(head);
+  if (alert) tip.appendChild(el("div", "tip-row tip-alert", "\u26a0 alert: " + alert));
 
   if (tok.p === null || tok.p === undefined) {
     tip.appendChild(el("div", "tip-row tip-faint", "no prediction: nothing before this token"));
@@ -181,7 +182,8 @@ function setupRoot(parentElement) {
     fresh: true, stop: () => listening.abort(),
     // menu, range and annotations (token_view_menu.js)
     menu: null, bar: null, menuAt: null, range: null, drag: null, swallowClick: false,
-    sets: [], lens: false, ann: [], annAt: new Map(), selectionData: "null", sentRange: null,
+    sets: [], lens: false, ann: [], annAt: new Map(), alerts: new Map(),
+    selectionData: "null", sentRange: null,
   };
   createOverlays(state);
 
@@ -206,7 +208,7 @@ function setupRoot(parentElement) {
     }
     if (state.menuAt) return; // no tooltips over an open menu
     state.hovered = span;
-    buildTip(tip, tok, notesAt(state, index));
+    buildTip(tip, tok, notesAt(state, index), state.alerts.get(index));
     placeTip(tip, span);
   }, { signal });
   view.addEventListener("mouseout", (ev) => {
@@ -380,6 +382,7 @@ function render(state, data) {
   state.sets = Array.isArray(data.sets) ? data.sets : [];
   state.lens = Boolean(data.lens);
   applyAnnotations(state, data.ann);
+  applyAlerts(state, data.alerts);
   updateRange(state, data);
   state.root.classList.toggle("streaming", state.streaming);
   state.root.classList.toggle("empty", tokens.length === 0);
@@ -402,6 +405,17 @@ function render(state, data) {
   showNewest(state, data);
   state.fresh = false;
   placeOverlays(state);
+}
+
+// Mark the alert tokens (a warning sign over them); reasons go into the tooltip.
+function applyAlerts(state, alerts) {
+  state.alerts = new Map();
+  if (Array.isArray(alerts)) {
+    for (const [index, reason] of alerts) {
+      if (Number.isInteger(index)) state.alerts.set(index, String(reason));
+    }
+  }
+  state.spans.forEach((span, i) => span.classList.toggle("alert", state.alerts.has(i)));
 }
 
 // Python's `selection` wins when it changes; otherwise the view keeps its own range

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +153,8 @@ def _check_thresholds(confident: float, uncertain: float) -> None:
 def token_payload(steps: Sequence[TokenStep], confident: float, uncertain: float, *,
                   alternatives: int | None = None, token_sets: Sequence[TokenSetInfo] = (),
                   annotations: Sequence[AnnotationMark] = (),
-                  lens_available: bool = False) -> dict:
+                  lens_available: bool = False, alerts: Mapping[int, str] | None = None,
+                  ) -> dict:
     """Build the JSON-able data the token view's JavaScript renders.
 
     Per token: text `t`, position `pos`, token id `id`, colour class `c` (from the exact
@@ -162,20 +163,23 @@ def token_payload(steps: Sequence[TokenStep], confident: float, uncertain: float
     tokens), the first `alternatives` (all when None) of the top-k as `alt` `[text, p]`
     and `ac`, the index of the chosen token among them. Absent keys
     mean "not recorded". Beside the tokens: `sets` `[name, [ids of shown tokens in it]]`,
-    `ann` `[start, end, note]` (clipped to the steps shown) and the `lens` flag.
+    `ann` `[start, end, note]` (clipped to the steps shown), the `lens` flag and
+    `alerts` `[index, reason]`: tokens marked as alerts (e.g. under a confidence
+    threshold), with the reason shown in the tooltip.
     """
     _check_thresholds(confident, uncertain)
     return {
         "tokens": [_token_entry(step, confident, uncertain, alternatives) for step in steps],
         "confident": confident,
         "uncertain": uncertain,
-        **_extras(steps, token_sets, annotations, lens_available),
+        **_extras(steps, token_sets, annotations, lens_available, alerts),
     }
 
 
 def _extras(steps: Sequence[TokenStep], token_sets: Sequence[TokenSetInfo],
-            annotations: Sequence[AnnotationMark], lens_available: bool) -> dict:
-    """The payload's token sets, annotations and lens flag."""
+            annotations: Sequence[AnnotationMark], lens_available: bool,
+            alerts: Mapping[int, str] | None = None) -> dict:
+    """The payload's token sets, annotations, lens flag and alert marks."""
     shown_ids = {step.token_id for step in steps if step.token_id is not None}
     last = len(steps) - 1
     return {
@@ -183,12 +187,14 @@ def _extras(steps: Sequence[TokenStep], token_sets: Sequence[TokenSetInfo],
         "ann": [[mark.start_index, min(mark.end_index, last), mark.note]
                 for mark in annotations if mark.start_index <= last],
         "lens": bool(lens_available),
+        "alerts": [[index, str(reason)] for index, reason in sorted((alerts or {}).items())
+                   if 0 <= index <= last],
     }
 
 
 def _view_data(key: str, steps: Sequence[TokenStep], confident: float, uncertain: float, *,
                token_sets: Sequence[TokenSetInfo], annotations: Sequence[AnnotationMark],
-               lens_available: bool) -> dict:
+               lens_available: bool, alerts: Mapping[int, str] | None = None) -> dict:
     """`token_payload` of a finished view, its token entries reused within the session.
 
     A rerun (every click) passes the same step objects again: building the entries of
@@ -205,7 +211,7 @@ def _view_data(key: str, steps: Sequence[TokenStep], confident: float, uncertain
         st.session_state[cache_key] = (stamp, tuple(steps), entries)  # holding the steps
         # keeps their ids from being reused by other objects
     return {"tokens": entries, "confident": confident, "uncertain": uncertain,
-            **_extras(steps, token_sets, annotations, lens_available)}
+            **_extras(steps, token_sets, annotations, lens_available, alerts)}
 
 
 def _checked_range(selection: object, n_steps: int) -> list[int] | None:
@@ -264,6 +270,7 @@ def token_view(
     annotations: Sequence[AnnotationMark] = (),
     lens_available: bool = False,
     selection: tuple[int, int] | None = None,
+    alerts: Mapping[int, str] | None = None,
     on_event: EventHandler | None = None,
 ) -> TokenEvent | None:
     """Show `steps` as coloured tokens; return the event that caused this rerun, if any.
@@ -272,8 +279,9 @@ def token_view(
     view still growing: clicks are ignored and a caret is shown. `token_sets` are offered
     in the menu (checked where they hold the token), `annotations` underline their tokens
     and show their notes on hover, `lens_available` offers "Open in Logit Lens", and
-    `selection` (inclusive indices) is drawn as the selected range. An event is returned
-    in the one rerun it causes only: keep what must last in `st.session_state`.
+    `selection` (inclusive indices) is drawn as the selected range, and `alerts`
+    (index → reason) mark tokens with a red dot and the reason in the tooltip. An event
+    is returned in the one rerun it causes only: keep what must last in `st.session_state`.
 
     The return value comes after the view is drawn, so what it changes (highlight, sets,
     notes, selection) shows one rerun late. `on_event(event)` runs before the rerun's
@@ -281,10 +289,12 @@ def token_view(
     drawn with it at once.
     """
     if streaming:
-        data = token_payload(steps, confident, uncertain, alternatives=ALTERNATIVES_SHOWN)
+        data = token_payload(steps, confident, uncertain, alternatives=ALTERNATIVES_SHOWN,
+                             alerts=alerts)
     else:
         data = _view_data(key, steps, confident, uncertain, token_sets=token_sets,
-                          annotations=annotations, lens_available=lens_available)
+                          annotations=annotations, lens_available=lens_available,
+                          alerts=alerts)
     return _mount(data, steps, key=key, highlight=highlight, streaming=streaming,
                   selection=selection, set_names={info.name for info in token_sets},
                   on_event=on_event)
@@ -358,7 +368,8 @@ class TokenViewStream:
         """How many streaming redraws were sent so far."""
         return self._updates
 
-    def _payload(self, steps: Sequence[TokenStep]) -> dict:
+    def _payload(self, steps: Sequence[TokenStep],
+                 alerts: Mapping[int, str] | None = None) -> dict:
         """`token_payload(steps)` with the tooltip's 3 alternatives (no menu while streaming).
 
         Only the steps not seen before are converted.
@@ -370,16 +381,20 @@ class TokenViewStream:
                                           ALTERNATIVES_SHOWN) for step in steps[known:])
         self._last_step = steps[-1] if steps else None
         return {"tokens": list(self._entries), "confident": self._confident,
-                "uncertain": self._uncertain, **_extras(steps, (), (), False)}
+                "uncertain": self._uncertain, **_extras(steps, (), (), False, alerts)}
 
-    def update(self, steps: Sequence[TokenStep], *, force: bool = False) -> bool:
-        """Show `steps` as the view so far; False when skipped (too soon, or no new step)."""
+    def update(self, steps: Sequence[TokenStep], *, force: bool = False,
+               alerts: Mapping[int, str] | None = None) -> bool:
+        """Show `steps` as the view so far; False when skipped (too soon, or no new step).
+
+        `alerts` (index → reason) are marked as in `token_view`; `force` redraws now.
+        """
         started = time.monotonic()
         if len(steps) == self._shown or (not force and started < self._next):
             return False
         self._updates += 1
         with self._slots[self._updates % 2]:
-            _mount(self._payload(steps), steps, key=f"{self._key}-live-{self._updates}",
+            _mount(self._payload(steps, alerts), steps, key=f"{self._key}-live-{self._updates}",
                    streaming=True, group=self._key, seq=self._updates)
         cost = time.monotonic() - started
         if self._updates == 1:
@@ -392,6 +407,7 @@ class TokenViewStream:
                token_sets: Sequence[TokenSetInfo] = (),
                annotations: Sequence[AnnotationMark] = (), lens_available: bool = False,
                selection: tuple[int, int] | None = None,
+               alerts: Mapping[int, str] | None = None,
                on_event: EventHandler | None = None) -> TokenEvent | None:
         """Show the final, clickable view under the real key (call once, at the end).
 
@@ -399,7 +415,7 @@ class TokenViewStream:
         """
         data = _view_data(self._key, steps, self._confident, self._uncertain,
                           token_sets=token_sets, annotations=annotations,
-                          lens_available=lens_available)
+                          lens_available=lens_available, alerts=alerts)
         with self._slots[(self._updates + 1) % 2]:
             return _mount(data, steps, key=self._key, highlight=highlight,
                           group=self._key, seq=self._updates + 1, selection=selection,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import plotly.graph_objects as go
 import streamlit as st
 
 from perplex.plots import entropy_timeline, visible_token
@@ -17,6 +18,8 @@ from perplex.ui.token_view import AnnotationMark, TokenEvent, TokenSetInfo, toke
 
 ViewExtras = Callable[[Generation, int, tuple[TokenStep, ...]],
                       tuple[Sequence[TokenSetInfo], Sequence[AnnotationMark]]]
+AlertMarks = Callable[[Sequence[TokenStep]], Mapping[int, str]]  # index → reason
+Timeline = Callable[[Sequence[TokenStep], int | None], go.Figure]  # steps, highlight
 AVATARS = {"user": "user", "system": ":material/settings:", "assistant": "assistant",
            PLAIN_TEXT_ROLE: ":material/description:"}
 
@@ -41,13 +44,15 @@ def range_key(state_key: str) -> str:
 
 
 def show_transcript(gen: Generation, prefix: str, thresholds: Thresholds,
-                    extras: ViewExtras | None = None,
-                    lens_available: bool = False) -> TranscriptEvent | None:
+                    extras: ViewExtras | None = None, lens_available: bool = False,
+                    alerts: AlertMarks | None = None,
+                    timeline: Timeline = entropy_timeline) -> TranscriptEvent | None:
     """Every message of `gen`: scored ones as token views with timeline and summary.
 
     Returns the token view event of this rerun, if any, for the page to act on (clicks
     and range selections are already kept here: highlight and `selection`). `extras`
-    gives each message's token sets (for the menu) and annotation marks.
+    gives each message's token sets (for the menu) and annotation marks, `alerts` the
+    tokens to mark as alerts, and `timeline` draws the chart under each answer.
     """
     found = None
     for index, message in enumerate(gen.messages):
@@ -66,7 +71,8 @@ def show_transcript(gen: Generation, prefix: str, thresholds: Thresholds,
             sets, marks = extras(gen, index, tuple(scored)) if extras else ((), ())
             event = show_scored_message(scored, f"{prefix}-{gen.id}-{index}",
                                         highlight_key(prefix, index), thresholds,
-                                        sets, marks, lens_available)
+                                        sets, marks, lens_available,
+                                        alerts(scored) if alerts else None, timeline)
             if event is not None:
                 found = TranscriptEvent(index, tuple(scored), event)
     return found
@@ -75,7 +81,8 @@ def show_transcript(gen: Generation, prefix: str, thresholds: Thresholds,
 def show_scored_message(steps: Sequence[TokenStep], key: str, state_key: str,
                         thresholds: Thresholds, token_sets: Sequence[TokenSetInfo] = (),
                         annotations: Sequence[AnnotationMark] = (),
-                        lens_available: bool = False) -> TokenEvent | None:
+                        lens_available: bool = False, alerts: Mapping[int, str] | None = None,
+                        timeline: Timeline = entropy_timeline) -> TokenEvent | None:
     """Token view, summary line with the least confident tokens, and the entropy timeline.
 
     A click highlights its token (here and on the chart) and drops the selected range; a
@@ -86,13 +93,13 @@ def show_scored_message(steps: Sequence[TokenStep], key: str, state_key: str,
                        highlight=st.session_state.get(state_key),
                        selection=st.session_state.get(range_key(state_key)),
                        token_sets=token_sets, annotations=annotations,
-                       lens_available=lens_available,
+                       lens_available=lens_available, alerts=alerts,
                        on_event=lambda picked: _keep_view_state(picked, state_key))
     highlight = st.session_state.get(state_key)
     range_panel(steps, st.session_state.get(range_key(state_key)), thresholds)
     _summary_line(steps, key, state_key, thresholds)
     chart_key = f"{key}-timeline"
-    st.plotly_chart(entropy_timeline(steps, highlight), key=chart_key, on_select=lambda:
+    st.plotly_chart(timeline(steps, highlight), key=chart_key, on_select=lambda:
                     _take_chart_click(chart_key, state_key), selection_mode="points",
                     config={"displaylogo": False})
     return event

@@ -1,0 +1,200 @@
+"""Hallucination mode: alerts on doubtful tokens while the answer streams, spans, checks."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pandas as pd
+import streamlit as st
+
+from perplex.errors import PerplexError
+from perplex.generation import start_generation
+from perplex.modes import hallucination as h
+from perplex.plots import entropy_timeline
+from perplex.records import Generation, Message, TokenRole
+from perplex.ui import investigate, resources, session_panel
+from perplex.ui.sidebar import decode_params_form, thresholds
+from perplex.ui.text import plain
+from perplex.ui.token_view import TokenViewStream
+from perplex.ui.transcript import highlight_key, show_transcript
+
+PREFIX = "halluc"
+CURRENT = f"{PREFIX}.generation"
+SETTINGS = f"{PREFIX}.thresholds"  # [confidence, entropy, k] in the session's settings
+PERCENT = st.column_config.NumberColumn(format="%.3f")
+
+st.title("Hallucination")
+st.caption("Watch the answer for doubtful tokens as it streams: a token alerts when its "
+           "probability (temperature 1) is under the confidence threshold or the entropy of "
+           "its distribution is over the entropy threshold. Entropy is in nats.")
+
+lm = resources.require_model()
+session_panel.restore_current(CURRENT)
+viewing_only = session_panel.read_only()
+params = decode_params_form(PREFIX)
+
+
+def alert_settings() -> tuple[h.AlertThresholds, int] | None:
+    """The thresholds and k from the widgets; None (with the reason shown) when invalid."""
+    saved = session_panel.session_settings().get(SETTINGS) or [
+        h.DEFAULT_CONFIDENCE, h.DEFAULT_ENTROPY, h.DEFAULT_SPAN_K]
+    cols = st.columns(3)
+    confidence = cols[0].number_input(
+        "confidence threshold (p)", value=float(saved[0]), step=0.05, format="%.3f",
+        key=f"{PREFIX}.confidence", help="A token whose probability is under this alerts.")
+    entropy = cols[1].number_input(
+        "entropy threshold (nats)", value=float(saved[1]), step=0.25, format="%.2f",
+        key=f"{PREFIX}.entropy", help="A token whose distribution's entropy is over this "
+        "alerts. ln 2 ≈ 0.69 nats is a coin flip; ln 10 ≈ 2.3 ten equal choices.")
+    k = cols[2].number_input(
+        "span length k (tokens)", value=int(saved[2]), step=1, key=f"{PREFIX}.k",
+        help="A low-confidence token starts a flagged span when the mean entropy of the "
+        "k tokens after it is over the entropy threshold.")
+    try:
+        chosen = h.AlertThresholds(confidence, entropy)
+        h.flagged_spans((), chosen, int(k))  # checks k
+    except PerplexError as exc:
+        st.error(f"{plain(str(exc))} Change it above to see alerts.")
+        return None
+    if [confidence, entropy, int(k)] != list(saved):
+        session_panel.remember({SETTINGS: [confidence, entropy, int(k)]})
+    return chosen, int(k)
+
+
+def ask(question: str, limits: h.AlertThresholds) -> None:
+    """Stream the answer with its alerts appearing as the tokens arrive; save it."""
+    if not question.strip():
+        st.error("The question is empty: type what to ask the model.")
+        return
+    messages = (Message("user", question),)
+    th = thresholds()
+    left, right = st.columns([3, 2])
+    with left:
+        stream = TokenViewStream(key=f"{PREFIX}-live", confident=th.confident,
+                                 uncertain=th.uncertain)
+        stream.update([], force=True)
+    with right.container(key=f"{PREFIX}-live-alerts"):
+        heading, table = st.empty(), st.empty()
+        heading.markdown("**Alerts so far: 0**")
+    run = start_generation(lm, messages, params)
+    shown, found, marks = [], [], {}
+    for step, alert in h.watch(run, limits):
+        if step.role is not TokenRole.RESPONSE:
+            continue
+        shown.append(step)
+        if alert is None:
+            stream.update(shown, alerts=marks)
+            continue
+        found.append(alert)
+        marks[alert.index] = alert.reason
+        stream.update(shown, alerts=marks, force=True)
+        heading.markdown(f"**Alerts so far: {len(found)}** (latest: token #{alert.index})")
+        table.dataframe(pd.DataFrame(h.alert_rows(found[::-1])), hide_index=True,
+                        column_config={"p": PERCENT, "entropy (nats)": PERCENT})
+    session_panel.save_to_session(run.generation(), CURRENT)
+    st.rerun()
+
+
+def alert_panel(gen: Generation, limits: h.AlertThresholds, k: int) -> None:
+    """The answer's alerts (select one to jump to it) and its flagged spans."""
+    steps = gen.response_steps
+    found = h.alerts(steps, limits)
+    spans = h.flagged_spans(steps, limits, k)
+    answer_index = steps[0].message_index if steps else 0
+    where = (f"the first starts at token #{spans[0].start} "
+             f"“{plain(steps[spans[0].start].text.strip() or steps[spans[0].start].text)}”"
+             if spans else "none found")
+    st.markdown(f"**{len(found)} alerts** in {len(steps)} tokens · "
+                f"**{len(spans)} flagged spans** (k = {k}): {where}")
+    if found:
+        table_key = f"{PREFIX}.alert_table"
+        st.dataframe(pd.DataFrame(h.alert_rows(found)), hide_index=True, key=table_key,
+                     on_select=lambda: _jump_to_alert(table_key, answer_index, found),
+                     selection_mode="single-row",
+                     column_config={"p": PERCENT, "entropy (nats)": PERCENT})
+        st.caption("Select a row to highlight its token in the answer.")
+    if spans:
+        st.dataframe(pd.DataFrame(h.span_rows(steps, spans)), hide_index=True,
+                     column_config={c: PERCENT for c in
+                                    ("score", "p at start", "mean entropy after (nats)")})
+        st.caption("score = (1 − p at start) × mean entropy of the k tokens after it.")
+
+
+def _jump_to_alert(table_key: str, answer_index: int, found: list[h.Alert]) -> None:
+    rows = st.session_state[table_key].selection.rows
+    if rows and rows[0] < len(found):
+        st.session_state[highlight_key(PREFIX, answer_index)] = found[rows[0]].index
+
+
+def check_panel(gen: Generation) -> None:
+    """Normalised exact match with a reference, or agreement between sampled answers."""
+    st.markdown("**Check the answer**")
+    reference = st.text_input("Reference answer (optional)", key=f"{PREFIX}.reference",
+                              placeholder="e.g. Paris")
+    answer = gen.response_text.strip()
+    if reference.strip():
+        matched = h.exact_match(answer, reference)
+        contained = h.normalise_answer(reference) in h.normalise_answer(answer)
+        st.markdown(f"Exact match (normalised): **{'yes' if matched else 'no'}** · "
+                    f"reference contained in the answer: **{'yes' if contained else 'no'}**")
+        st.caption("Normalised: lower case, no punctuation, no articles (a, an, the), "
+                   "single spaces.")
+        return
+    cols = st.columns(2)
+    n = cols[0].number_input("answers to sample", 2, h.MAX_SAMPLES, 5, key=f"{PREFIX}.n")
+    length = cols[1].number_input("max tokens each", 1, 512,
+                                  min(params.max_new_tokens, 48), key=f"{PREFIX}.sample_len")
+    key = f"{PREFIX}.consistency.{gen.id}"
+    if st.button("Sample answers", key=f"{PREFIX}.sample", disabled=viewing_only,
+                 help="Samples with seeds 0…N−1 at the decoding temperature (1 when greedy)."):
+        bar = st.progress(0.0, text=f"0 / {n} answers")
+        question = tuple(m for m in gen.messages if m.role != "assistant")
+        try:
+            st.session_state[key] = h.sample_answers(
+                lm, question, replace(params, max_new_tokens=int(length)), int(n),
+                progress=lambda done, total: bar.progress(done / total,
+                                                          text=f"{done} / {total} answers"))
+        except PerplexError as exc:
+            st.error(plain(str(exc)))
+        bar.empty()
+    result = st.session_state.get(key)
+    if result is not None:
+        st.markdown(f"Consistency **estimate**: {result.agreeing} of {len(result.answers)} "
+                    f"sampled answers agree ({result.rate:.0%}) on “{plain(result.majority)}”")
+        if result.others:
+            st.caption("Disagreeing answers:")
+            for text in result.others:
+                st.text(text)
+        st.caption("An estimate from a few samples, compared after normalisation; "
+                   "a low rate suggests the model is not settled on an answer.")
+
+
+settings = alert_settings()
+with st.form(f"{PREFIX}.form"):
+    question = st.text_area("Question", key=f"{PREFIX}.question",
+                            placeholder="e.g. Who was the first person to walk on Mars?")
+    submitted = st.form_submit_button("Ask", type="primary",
+                                      disabled=viewing_only or settings is None)
+if submitted and settings is not None:
+    try:
+        ask(question, settings[0])
+    except PerplexError as exc:
+        st.error(plain(str(exc)))
+
+current = st.session_state.get(CURRENT)
+if current is not None:
+    limits, k = settings if settings is not None else (None, 0)
+    left, right = st.columns([5, 4])
+    with left:
+        event = show_transcript(
+            current, PREFIX, thresholds(), extras=investigate.view_extras,
+            alerts=(lambda steps: h.alert_marks(steps, limits)) if limits else None,
+            timeline=(lambda steps, highlight: h.alert_timeline(steps, limits, highlight))
+            if limits else entropy_timeline)
+    with right:
+        if limits is not None:
+            alert_panel(current, limits, k)
+        check_panel(current)
+    investigate.comparison_panel(CURRENT)
+    investigate.branch_navigator(CURRENT)
+    investigate.act_on(event, current, CURRENT, lm, params)

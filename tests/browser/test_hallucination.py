@@ -1,0 +1,102 @@
+"""Hallucination mode in a real browser on the bundled model: alerts while streaming."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.browser.test_investigation import (  # noqa: F401 (fixtures)
+    FINAL_TOK,
+    WORK_TIMEOUT,
+    app_url,
+    assert_no_exception,
+    new_tab,
+    settle,
+)
+
+pytestmark = pytest.mark.browser
+
+# The bundled model makes up an answer here ("… was named John Taylor, …"): its first
+# token already crosses the entropy threshold (H ≈ 2.9 nats > 2.5) and more follow.
+QUESTION = "Who was the first person to walk on Mars?"
+LIVE_VIEW = ".tv-root.ready.streaming:not(.superseded)"
+LIVE_ALERTS = ".st-key-halluc-live-alerts"
+
+
+@pytest.fixture
+def hallucination_page(new_tab):  # noqa: F811 (the fixture imported above)
+    page = new_tab().page
+    page.get_by_role("link", name="Hallucination").click()
+    page.get_by_label("Question").wait_for()
+    settle(page)
+    return page
+
+
+def set_number(page, label: str, value: str) -> None:
+    field = page.get_by_label(label, exact=True).and_(page.locator("input"))
+    field.fill(value)
+    field.press("Enter")
+    settle(page)
+
+
+def test_alert_appears_while_the_answer_streams(hallucination_page, screenshot):
+    page = hallucination_page
+    page.get_by_text("Decoding", exact=True).click()
+    set_number(page, "max new tokens", "40")
+    page.get_by_label("Question").fill(QUESTION)
+    page.get_by_role("button", name="Ask", exact=True).click()
+
+    # The first alert shows in the running list and on its token while tokens still stream.
+    page.locator(LIVE_ALERTS).get_by_text(re.compile(r"Alerts so far: [1-9]")).wait_for(
+        timeout=WORK_TIMEOUT)
+    live = page.locator(LIVE_VIEW)
+    assert live.count() == 1, "the answer had finished before the first alert showed"
+    tokens_at_alert = live.locator(".tok").count()
+    assert live.locator(".tok.alert").count() >= 1
+    screenshot(page, "hallucination_1_streaming_alert")
+
+    page.locator(FINAL_TOK).first.wait_for(timeout=WORK_TIMEOUT)
+    settle(page)
+    final = page.locator(FINAL_TOK)
+    assert final.count() > tokens_at_alert  # the alert came before the generation ended
+    marked = page.locator(f"{FINAL_TOK}.alert")
+    summary = page.get_by_text(re.compile(r"\d+ alerts in \d+ tokens")).inner_text()
+    n_alerts, n_tokens = map(int, re.findall(r"(\d+) alerts in (\d+) tokens", summary)[0])
+    assert marked.count() == n_alerts >= 1 and n_tokens == final.count()
+    assert re.search(r"\d+ flagged spans \(k = 3\)", page.locator("body").inner_text())
+
+    # The tooltip of a marked token says why it alerted, with its numbers.
+    marked.first.hover()
+    tip = page.locator(".tok-tip.shown").first
+    tip.wait_for()
+    assert re.search(r"alert: (low p|high entropy)", tip.inner_text())
+    screenshot(page, "hallucination_2_finished", full_page=True)
+
+    # A reference answer: normalised exact match beside the alerts.
+    page.get_by_label("Reference answer (optional)").fill("Neil Armstrong")
+    page.get_by_label("Reference answer (optional)").press("Enter")
+    settle(page)
+    assert page.get_by_text("Exact match (normalised): no").count() == 1
+    assert_no_exception(page)
+
+
+def test_bad_thresholds_and_empty_question_get_clear_messages(hallucination_page, screenshot):
+    page = hallucination_page
+    page.get_by_role("button", name="Ask", exact=True).click()
+    page.get_by_text("The question is empty: type what to ask the model.").wait_for()
+    set_number(page, "confidence threshold (p)", "1.5")
+    page.get_by_text(re.compile("confidence threshold is a probability between 0 and 1"))\
+        .wait_for()
+    assert page.get_by_role("button", name="Ask", exact=True).is_disabled()
+    set_number(page, "entropy threshold (nats)", "-1")
+    screenshot(page, "hallucination_3_bad_thresholds")
+    set_number(page, "confidence threshold (p)", "0.4")
+    page.get_by_text(re.compile("entropy threshold is a number of nats")).wait_for()
+    set_number(page, "entropy threshold (nats)", "2.5")
+    set_number(page, "span length k (tokens)", "0")
+    page.get_by_text(re.compile(r"k \(tokens after the doubtful one\) is a whole number")) \
+        .wait_for()
+    set_number(page, "span length k (tokens)", "3")
+    assert page.get_by_role("button", name="Ask", exact=True).is_enabled()
+    assert_no_exception(page)
