@@ -162,9 +162,8 @@ def check_panel(gen: Generation) -> None:
         st.markdown(f"Consistency **estimate**: {result.agreeing} of {len(result.answers)} "
                     f"sampled answers agree ({result.rate:.0%}) on “{plain(result.majority)}”")
         if result.others:
-            st.caption("Disagreeing answers:")
-            for text in result.others:
-                st.text(text)
+            st.markdown("Disagreeing answers:\n" + "\n".join(
+                f"- “{plain(' '.join(text.split()))}”" for text in result.others))
         st.caption("An estimate from a few samples, compared after normalisation; "
                    "a low rate suggests the model is not settled on an answer.")
 
@@ -184,16 +183,16 @@ if submitted and settings is not None:
 current = st.session_state.get(CURRENT)
 if current is not None:
     limits, k = settings if settings is not None else (None, 0)
-    left, right = st.columns([5, 4])
+    event = show_transcript(
+        current, PREFIX, thresholds(), extras=investigate.view_extras,
+        alerts=(lambda steps: h.alert_marks(steps, limits)) if limits else None,
+        timeline=(lambda steps, highlight: h.alert_timeline(steps, limits, highlight))
+        if limits else entropy_timeline)
+    left, right = st.columns([3, 2], gap="large")
     with left:
-        event = show_transcript(
-            current, PREFIX, thresholds(), extras=investigate.view_extras,
-            alerts=(lambda steps: h.alert_marks(steps, limits)) if limits else None,
-            timeline=(lambda steps, highlight: h.alert_timeline(steps, limits, highlight))
-            if limits else entropy_timeline)
-    with right:
         if limits is not None:
             alert_panel(current, limits, k)
+    with right:
         check_panel(current)
     investigate.comparison_panel(CURRENT)
     investigate.branch_navigator(CURRENT)

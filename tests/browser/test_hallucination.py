@@ -78,6 +78,18 @@ def test_alert_appears_while_the_answer_streams(hallucination_page, screenshot):
     page.get_by_label("Reference answer (optional)").press("Enter")
     settle(page)
     assert page.get_by_text("Exact match (normalised): no").count() == 1
+
+    # Without one: agreement between sampled answers, labelled as an estimate.
+    page.get_by_label("Reference answer (optional)").fill("")
+    page.get_by_label("Reference answer (optional)").press("Enter")
+    settle(page)
+    set_number(page, "answers to sample", "3")
+    set_number(page, "max tokens each", "6")
+    page.get_by_role("button", name="Sample answers").click()
+    result = page.get_by_text(re.compile(r"Consistency estimate: \d of 3 sampled answers agree"))
+    result.wait_for(timeout=WORK_TIMEOUT)
+    result.scroll_into_view_if_needed()
+    screenshot(page, "hallucination_4_consistency")
     assert_no_exception(page)
 
 
