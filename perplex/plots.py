@@ -18,6 +18,13 @@ def visible_token(text: str) -> str:
     return text.replace("\n", "↵").replace("\t", "⇥").replace(" ", "·") or "∅"
 
 
+# Entropy on the left axis, probability on the right, for every timeline of both.
+ENTROPY_AND_P_AXES = dict(
+    yaxis=dict(title="entropy (nats)", rangemode="tozero"),
+    yaxis2=dict(title="p", overlaying="y", side="right", range=[0, 1.02], showgrid=False,
+                tickvals=[0, 0.25, 0.5, 0.75, 1]))
+
+
 def entropy_timeline(steps: Sequence[TokenStep], highlight: int | None = None,
                      title: str = "") -> go.Figure:
     """Probability and entropy of each token along the response; x is the token index.
@@ -47,9 +54,7 @@ def entropy_timeline(steps: Sequence[TokenStep], highlight: int | None = None,
         hovermode="closest", clickmode="event+select", dragmode=False,
         legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
         xaxis=dict(title="token", showgrid=False),
-        yaxis=dict(title="entropy (nats)", rangemode="tozero"),
-        yaxis2=dict(title="p", overlaying="y", side="right", range=[0, 1.02], showgrid=False,
-                    tickvals=[0, 0.25, 0.5, 0.75, 1]))
+        **ENTROPY_AND_P_AXES)
     return fig
 
 
@@ -77,7 +82,5 @@ def before_after_timeline(before: Sequence[TokenStep], after: Sequence[TokenStep
         height=260, margin=dict(l=10, r=10, t=30, b=10), hovermode="x unified",
         legend=dict(orientation="h", yanchor="bottom", y=1.05, x=0),
         xaxis=dict(title="token in the answer", showgrid=False),
-        yaxis=dict(title="entropy (nats)", rangemode="tozero"),
-        yaxis2=dict(title="p", overlaying="y", side="right", range=[0, 1.02], showgrid=False,
-                    tickvals=[0, 0.25, 0.5, 0.75, 1]))
+        **ENTROPY_AND_P_AXES)
     return fig
