@@ -73,6 +73,18 @@ def test_alert_appears_while_the_answer_streams(hallucination_page, screenshot):
     assert re.search(r"alert: (low p|high entropy)", tip.inner_text())
     screenshot(page, "hallucination_2_finished", full_page=True)
 
+    # A stricter confidence threshold re-marks the answer at once and survives a reload.
+    set_number(page, "confidence threshold (p)", "0.1")
+    strict = int(re.findall(r"(\d+) alerts in", page.get_by_text(
+        re.compile(r"\d+ alerts in \d+ tokens")).inner_text())[0])
+    assert strict < n_alerts and page.locator(f"{FINAL_TOK}.alert").count() == strict
+    page.reload()
+    page.locator(FINAL_TOK).first.wait_for(timeout=WORK_TIMEOUT)
+    settle(page)
+    assert page.get_by_label("confidence threshold (p)", exact=True).and_(
+        page.locator("input")).input_value() == "0.100"
+    assert page.locator(f"{FINAL_TOK}.alert").count() == strict
+
     # A reference answer: normalised exact match beside the alerts.
     page.get_by_label("Reference answer (optional)").fill("Neil Armstrong")
     page.get_by_label("Reference answer (optional)").press("Enter")
