@@ -1,12 +1,22 @@
 // The logit-lens view: one cell per position (input token, the chosen layer's top-1
 // prediction, a rank stripe with one segment per layer), a layer slider that updates the
 // predictions in place (no Python rerun), a top-3 tooltip, click -> trigger "click".
+// A cell's predictions over all layers are laid out once, as a column of lines behind a
+// one-line window; the slider only moves columns (see showLayer).
 //
 // Every text (tokens, candidates) is untrusted: textContent / createTextNode only.
 // Timings of slider updates (input event -> text updated and laid out) are kept in
 // window.__perplexLensTimings for the browser test.
 
 const STATES = new WeakMap();
+const LINE_PX = 22; // height of one prediction line (lens_view.css: .lv-pred, .lv-l)
+const SHIFTS = [];
+
+// The transform that brings line `k` of a column into its cell's window (strings cached).
+function shift(k) {
+  while (SHIFTS.length <= k) SHIFTS.push(`translateY(${-SHIFTS.length * LINE_PX}px)`);
+  return SHIFTS[k];
+}
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -39,8 +49,17 @@ function setup(parentElement) {
   const state = {
     root, bar: root.querySelector(".lv-bar"), view: root.querySelector(".lv-tokens"),
     tip: root.querySelector(".lv-tip"), data: null, sig: null, layer: null, cells: [],
-    preds: [], selected: null, setTriggerValue: null,
+    columns: [], lineOf: [], at: null, near: null, selected: null, setTriggerValue: null,
   };
+  // Cells near the token box's visible area (half its height either side); scrubbing moves
+  // only these, and a cell coming near catches up here, before it scrolls into view.
+  state.observer = new IntersectionObserver((entries) => {
+    for (const entry of entries) {
+      const i = Number(entry.target.dataset.index);
+      state.near[i] = entry.isIntersecting ? 1 : 0;
+      if (entry.isIntersecting && state.layer !== null) moveColumn(state, i, state.layer);
+    }
+  }, { root: state.view, rootMargin: "50% 0px" });
   const slider = el("input", "lv-slider");
   slider.type = "range";
   slider.min = "0";
@@ -113,7 +132,8 @@ function build(state, data) {
   const n = data.layers;
   const frag = document.createDocumentFragment();
   state.cells = [];
-  state.preds = [];
+  state.columns = [];
+  state.lineOf = [];
   state.shown = data.cand.map(visible);
   data.tokens.forEach((tok, i) => {
     const cell = el("span", "lv-cell");
@@ -124,18 +144,25 @@ function build(state, data) {
     for (let l = 0; l < n; l++) widest = Math.max(widest, state.shown[data.top1[l][i]].length);
     cell.style.width = `calc(${Math.min(widest, 16) + 0.5}ch + 4px)`;
     cell.appendChild(el("span", "lv-in", visible(tok.t)));
-    // Every layer's prediction is laid out once, stacked; scrubbing only flips which one is
-    // visible (`visibility` needs a repaint, not a layout: re-shaping 300 changed texts per
-    // move was the cost). Same-as-output or not is fixed per layer, so its class is static.
+    // Each distinct prediction (consecutive layers that agree share one) is laid out once,
+    // as a line of a column; the cell shows one line through a one-line window. Scrubbing
+    // only moves columns whose line changes (a transform: no layout, no re-shaped text,
+    // one style recalculation per moved cell). Line colours (same as output or not) are
+    // fixed per line.
     const pred = el("span", "lv-pred");
-    const layers = [];
+    const column = el("span", "lv-col");
+    const lineOf = new Int16Array(n);
+    let line = -1;
     for (let l = 0; l < n; l++) {
       const c = data.top1[l][i];
-      const span = el("span", c === data.top1[n - 1][i] ? "lv-l same" : "lv-l diff",
-        state.shown[c]);
-      pred.appendChild(span);
-      layers.push(span);
+      if (l === 0 || c !== data.top1[l - 1][i]) {
+        column.appendChild(el("span", c === data.top1[n - 1][i] ? "lv-l same" : "lv-l diff",
+          state.shown[c]));
+        line += 1;
+      }
+      lineOf[l] = line;
     }
+    pred.appendChild(column);
     cell.appendChild(pred);
     // One element per stripe: a gradient with one hard-edged band per layer (a span per
     // layer would be 9,300 nodes at 300 tokens, and scrubbing would lay them all out).
@@ -153,28 +180,41 @@ function build(state, data) {
     cell.appendChild(stripe);
     frag.appendChild(cell);
     state.cells.push(cell);
-    state.preds.push(layers);
+    state.columns.push(column);
+    state.lineOf.push(lineOf);
   });
+  state.at = new Int16Array(data.tokens.length).fill(-1);
+  state.near = new Uint8Array(data.tokens.length);
+  state.observer.disconnect();
   state.view.replaceChildren(frag);
+  state.cells.forEach((cell) => state.observer.observe(cell));
   state.root.style.setProperty("--lv-layers", String(n));
   state.slider.max = String(n - 1);
   const layer = state.layer === null || state.layer > n - 1 ? n - 1 : state.layer;
   state.layer = null;
   state.slider.value = String(layer);
-  showLayer(state, layer);
+  showLayer(state, layer, true);
 }
 
-// The hot path: two class flips per position (the old layer's text hidden, the new shown).
-function showLayer(state, layer) {
-  const { data, preds } = state;
-  const old = state.layer;
-  for (let i = 0; i < preds.length; i++) {
-    if (old !== null && old !== layer) preds[i][old].classList.remove("on");
-    preds[i][layer].classList.add("on");
+// The hot path: move the columns of the cells near view (`all`: of every cell) whose
+// shown line differs at `layer`. Nothing is read from the layout, so the browser lays out
+// and paints once, afterwards.
+function showLayer(state, layer, all = false) {
+  const { data, near } = state;
+  for (let i = 0; i < near.length; i++) {
+    if (all || near[i]) moveColumn(state, i, layer);
   }
   state.layer = layer;
   state.label.textContent = `${layerName(layer, data.layers)} of ${data.layers - 1}`;
   if (state.hovered) buildTip(state, Number(state.hovered.dataset.index));
+}
+
+function moveColumn(state, i, layer) {
+  const line = state.lineOf[i][layer];
+  if (state.at[i] !== line) {
+    state.columns[i].style.transform = shift(line);
+    state.at[i] = line;
+  }
 }
 
 function buildTip(state, index) {
@@ -225,5 +265,6 @@ export default function (component) {
   select(state, index >= 0 ? index : null);
   return () => {
     if (STATES.get(parentElement) === state) STATES.delete(parentElement);
+    state.observer.disconnect();
   };
 }
