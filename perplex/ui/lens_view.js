@@ -156,8 +156,10 @@ function build(state, data) {
     for (let l = 0; l < n; l++) {
       const c = data.top1[l][i];
       if (l === 0 || c !== data.top1[l - 1][i]) {
-        column.appendChild(el("span", c === data.top1[n - 1][i] ? "lv-l same" : "lv-l diff",
-          state.shown[c]));
+        const text = el("span", c === data.top1[n - 1][i] ? "lv-l same" : "lv-l diff",
+          state.shown[c]);
+        text.setAttribute("aria-hidden", "true");
+        column.appendChild(text);
         line += 1;
       }
       lineOf[l] = line;
@@ -209,12 +211,16 @@ function showLayer(state, layer, all = false) {
   if (state.hovered) buildTip(state, Number(state.hovered.dataset.index));
 }
 
+// Show line lineOf[i][layer] of cell i; the other lines are hidden from screen readers.
 function moveColumn(state, i, layer) {
   const line = state.lineOf[i][layer];
-  if (state.at[i] !== line) {
-    state.columns[i].style.transform = shift(line);
-    state.at[i] = line;
-  }
+  const was = state.at[i];
+  if (was === line) return;
+  const column = state.columns[i];
+  column.style.transform = shift(line);
+  if (was >= 0) column.children[was].setAttribute("aria-hidden", "true");
+  column.children[line].removeAttribute("aria-hidden");
+  state.at[i] = line;
 }
 
 function buildTip(state, index) {
