@@ -60,7 +60,8 @@ class HeadLens:
                           + ") = %{z:.3f}<br>raises: %{customdata}<extra></extra>"))
         fig.update_layout(
             height=max(320, 12 * n_layers + 140), margin=dict(l=10, r=10, t=40, b=10),
-            title=dict(text=f"Each head's direct contribution to the logit of {token}",
+            title=dict(text=f"Each head's direct contribution to the logit of {token} "
+                            "(blue raises it, red lowers it)",
                        font=dict(size=13)),
             xaxis=dict(title="head", dtick=1),
             yaxis=dict(title="block", autorange="reversed", dtick=5))

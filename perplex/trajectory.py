@@ -52,16 +52,22 @@ class Trajectory:
 
         frames = [go.Frame(data=traces(i), name=str(i)) for i in layers]
         fig = go.Figure(data=traces(len(x) - 1), frames=frames)
+        ends = [dict(x=x[0], y=y[0], text="embedding", xanchor="right", xshift=-8),
+                dict(x=x[-1], y=y[-1], text="output", xanchor="left", xshift=8)]
         fig.update_layout(
-            height=460, margin=dict(l=10, r=10, t=40, b=10),
+            height=500, margin=dict(l=10, r=10, t=40, b=10),
             title=dict(text=f"Residual at position {self.position} across layers (PCA: "
                             f"{100 * self.explained[0]:.0f}% + {100 * self.explained[1]:.0f}% "
                             "of the variance)", font=dict(size=13)),
-            xaxis=dict(title="PC 1"), yaxis=dict(title="PC 2"),
-            updatemenus=[dict(type="buttons", showactive=False, x=0, y=-0.12,
+            # Equal scales: distances on screen are distances between residuals.
+            xaxis=dict(title="PC 1"), yaxis=dict(title="PC 2", scaleanchor="x", scaleratio=1),
+            annotations=[dict(**end, showarrow=False, font=dict(size=11)) for end in ends],
+            updatemenus=[dict(type="buttons", showactive=False, x=0, xanchor="left", y=0,
+                              yanchor="top", pad=dict(t=60),
                               buttons=[dict(label="▶ play", method="animate", args=[
                                   None, dict(frame=dict(duration=150), fromcurrent=False)])])],
-            sliders=[dict(active=len(x) - 1, y=-0.05, currentvalue=dict(prefix="layer "),
+            sliders=[dict(active=len(x) - 1, x=0.08, len=0.92, y=0, yanchor="top",
+                          pad=dict(t=40), currentvalue=dict(prefix="layer "),
                           steps=[dict(label=str(i), method="animate",
                                       args=[[str(i)], dict(mode="immediate")])
                                  for i in layers])])

@@ -46,3 +46,15 @@ def _last_residual(lm, ids, position):
 def test_pca_of_a_single_point_is_padded():
     coords, shares = pca_2d(np.ones((1, 5)))
     assert coords.shape == (1, 2) and shares.shape == (2,)
+
+
+def test_figure_marks_both_ends_and_keeps_distances():
+    from perplex.trajectory import Trajectory
+
+    coords = np.array([[0.0, 0.0], [1.0, 2.0], [3.0, -1.0]])
+    fig = Trajectory(position=0, coords=coords, explained=np.array([0.7, 0.2]),
+                     norms=np.ones(3)).figure()
+    ends = {a.text: (a.x, a.y) for a in fig.layout.annotations}
+    assert ends == {"embedding": (0.0, 0.0), "output": (3.0, -1.0)}
+    assert fig.layout.yaxis.scaleanchor == "x" and fig.layout.yaxis.scaleratio == 1
+    assert [len(f.data[1].x) for f in fig.frames] == [1, 2, 3]

@@ -6,8 +6,10 @@ import json
 import shutil
 import statistics
 
+import numpy as np
 import pytest
 
+from perplex.plots import visible_token
 from perplex.settings import PROJECT_ROOT
 from tests.browser.conftest import REPO_ROOT, SCREENSHOTS, wait_for_script
 
@@ -137,3 +139,110 @@ def test_patching_sandbox_swaps_rome_for_paris(streamlit_app, page, open_app, sc
     wait_for_script(page, 60_000)
     page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
     screenshot(page, "logit_lens_patching", full_page=True)
+
+
+# Plotly keeps a chart's data on its div; these read it back (typed arrays made plain).
+HEATMAP = """gd => ({z: Array.from(gd._fullData[0].z, (row) => Array.from(row)),
+               x: Array.from(gd._fullData[0].x), y: Array.from(gd._fullData[0].y)})"""
+PATH = """gd => ({traces: gd.data.length, x: Array.from(gd._fullData[0].x),
+            y: Array.from(gd._fullData[0].y), drawn: gd._fullData[1].x.length,
+            frames: gd._transitionData._frames.length, steps: gd.layout.sliders[0].steps.length,
+            active: gd._fullLayout.sliders[0].active})"""
+# Page coordinates of data point (x, y) on a chart's main axes.
+TO_PAGE = """(gd, [x, y]) => {
+  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
+  return [box.left + xa._offset + xa.l2p(x), box.top + ya._offset + ya.l2p(y)];
+}"""
+
+
+def _open_last_token(streamlit_app, page, open_app) -> None:
+    """Open the Logit Lens page on the bundled model and click the last token."""
+    url = streamlit_app("tests/browser/apps/logit_lens_app.py",
+                        env={"PERPLEX_MODEL_CACHE": MODELS})
+    open_app(page, url, timeout=120_000)
+    cells = page.locator(".lv-cell")
+    cells.last.wait_for(timeout=120_000)
+    cells.last.click()
+    page.locator("h3", has_text="locks in at layer").wait_for(timeout=60_000)
+    wait_for_script(page, 60_000)
+    page.mouse.move(5, 5)
+
+
+def _hover(page, chart, x: float, y: float) -> str:
+    """Hover data point (x, y) of `chart`; return Plotly's hover label text."""
+    chart.scroll_into_view_if_needed()
+    px, py = chart.evaluate(TO_PAGE, [x, y])
+    page.mouse.move(px, py)
+    label = chart.locator(".hoverlayer .hovertext")
+    label.wait_for(timeout=10_000)
+    return label.text_content()
+
+
+def _eiffel_ids(lm) -> list[int]:
+    from perplex.tokens import encode_plain_text
+
+    return list(encode_plain_text(lm.tokenizer, "The Eiffel Tower is in the city of").ids)
+
+
+def test_per_head_lens_draws_layers_by_heads_as_computed(streamlit_app, page, open_app,
+                                                         screenshot, bundled_lm):
+    from perplex.head_lens import head_lens
+
+    _open_last_token(streamlit_app, page, open_app)
+    page.get_by_text("Per-head lens").click()
+    chart = page.locator(".js-plotly-plot", has_text="direct contribution to the logit")
+    chart.wait_for(timeout=120_000)
+    wait_for_script(page, 60_000)
+    ids = _eiffel_ids(bundled_lm)
+    expected = head_lens(bundled_lm, ids, len(ids) - 1)
+    config = bundled_lm.model.config
+    drawn = chart.evaluate(HEATMAP)
+    z = np.array(drawn["z"])
+    assert z.shape == (config.num_hidden_layers, config.num_attention_heads) == (30, 9)
+    assert drawn["x"] == list(range(9)) and drawn["y"] == list(range(1, 31))
+    assert np.allclose(z, expected.logit, atol=1e-4)
+    assert "·Paris" in chart.locator(".gtitle").text_content()
+    # The strongest head's hover: its block, head, value and the tokens it raises.
+    layer, head = np.unravel_index(np.abs(expected.logit).argmax(), expected.logit.shape)
+    text = _hover(page, chart, int(head), int(layer) + 1)
+    assert f"block {layer + 1} · head {head}" in text
+    assert f"= {expected.logit[layer, head]:.3f}" in text.replace("−", "-")
+    raised = [visible_token(expected.texts[int(i)]) for i in expected.top_ids[layer, head]]
+    assert "raises: " + ", ".join(raised) in text
+    screenshot(chart, "logit_lens_per_head")
+
+
+def test_residual_trajectory_is_the_pca_path_and_animates(streamlit_app, page, open_app,
+                                                          screenshot, bundled_lm):
+    from perplex.trajectory import residual_trajectory
+
+    _open_last_token(streamlit_app, page, open_app)
+    page.get_by_text("Residual trajectory").click()
+    chart = page.locator(".js-plotly-plot", has_text="across layers")
+    chart.wait_for(timeout=120_000)
+    wait_for_script(page, 60_000)
+    ids = _eiffel_ids(bundled_lm)
+    expected = residual_trajectory(bundled_lm, ids, len(ids) - 1)
+    path = chart.evaluate(PATH)
+    n_points = bundled_lm.model.config.num_hidden_layers + 1
+    assert path["traces"] == 2 and path["frames"] == path["steps"] == n_points == 31
+    assert len(path["x"]) == len(path["y"]) == path["drawn"] == n_points
+    drawn = np.array([path["x"], path["y"]]).T
+    scale = np.abs(expected.coords).max()
+    for k in range(2):  # a principal component's sign is arbitrary
+        sign = np.sign(drawn[:, k] @ expected.coords[:, k])
+        assert np.allclose(drawn[:, k], sign * expected.coords[:, k], atol=1e-4 * scale)
+    last = _hover(page, chart, path["x"][-1], path["y"][-1])
+    assert f"layer 30 · |h| = {expected.norms[-1]:.1f}" in last
+    screenshot(chart, "logit_lens_trajectory")
+    # Play: the path is redrawn from the embedding, one layer per frame, to the output.
+    chart.locator(".updatemenu-button").click()
+    seen = set()
+    for _ in range(200):
+        state = chart.evaluate(PATH)
+        seen.add(state["drawn"])
+        if state["drawn"] == n_points and len(seen) > 3:
+            break
+        page.wait_for_timeout(50)
+    assert len(seen) > 3 and min(seen) < 10, seen
+    assert chart.evaluate(PATH)["drawn"] == n_points
