@@ -20,13 +20,13 @@ from perplex.errors import InputFormatError, StoreError
 from perplex.records import new_id
 from perplex.sessions import clean_name, require_live_session
 from perplex.store import Store, from_epoch_us, touch_session_row
-from perplex.token_words import ResolvedWord, resolve_words
+from perplex.token_words import MAX_WORD_CHARS, ResolvedWord, resolve_words
 
 __all__ = ["COMPLIANCE_SET", "DEFAULT_SETS", "REFUSAL_SET", "ResolvedWord", "TokenSet",
            "TokenSetMember", "add_token", "add_words", "create_token_set", "delete_token_set",
            "ensure_default_sets", "get_token_set", "list_token_sets", "remove_token",
-           "remove_word", "rename_token_set", "resolve_words", "sets_containing",
-           "token_sets_of_session"]
+           "remove_word", "rename_token_set", "resolve_words", "save_set_words",
+           "session_set_words", "sets_containing", "token_sets_of_session"]
 
 REFUSAL_SET = "R-Set"
 COMPLIANCE_SET = "C-Set"
@@ -190,6 +190,48 @@ def ensure_default_sets(store: Store, session_id: str, tokenizer,
                 _insert_resolved(cur, set_id, tokenizer_label, resolve_words(tokenizer, words))
             set_ids.append(set_id)
         return [_read(cur, set_id) for set_id in set_ids]
+
+
+def session_set_words(store: Store, session_id: str | None) -> dict[str, tuple[str, ...]]:
+    """The words of the session's R-Set and C-Set; the default words for a set it lacks.
+
+    Only reads: a page that shows the sets creates nothing until the researcher saves
+    something (`save_set_words`). No session (None) means the default words.
+    """
+    words = dict(DEFAULT_SETS)
+    if session_id is not None:
+        for token_set in list_token_sets(store, session_id):
+            if token_set.name in words:
+                words[token_set.name] = token_set.words
+    return words
+
+
+def save_set_words(store: Store, session_id: str, name: str, words: Sequence[str], tokenizer,
+                   tokenizer_label: str, leading_space: bool = True,
+                   case_variants: bool = False) -> TokenSet:
+    """Make the session's set `name` hold exactly `words`; create the set if it is missing.
+
+    Words no longer listed lose their members for every tokenizer. This tokenizer's members
+    are resolved again from the words (the spelling options may have changed); members of
+    other tokenizers for the words kept stay as they were. A kept word that cannot be typed
+    (e.g. a newline added from the token view) keeps the members it has.
+    """
+    name = clean_name(name, "token set")
+    words = list(dict.fromkeys(words))
+    typed = [w for w in words if w.strip() and len(w) <= MAX_WORD_CHARS]
+    resolved = resolve_words(tokenizer, typed, leading_space, case_variants)
+    with store.cursor(write=True) as cur:
+        require_live_session(cur, session_id)
+        rows = cur.execute("SELECT id FROM token_sets WHERE session_id = ? "
+                           "AND lower(name) = lower(?)", [session_id, name]).fetchall()
+        set_id = rows[0][0] if rows else _insert_set(cur, session_id, name)
+        _check_writable(cur, set_id)
+        cur.execute("DELETE FROM token_set_members WHERE set_id = ? "
+                    "AND (NOT list_contains(?::VARCHAR[], word) "
+                    "OR (tokenizer = ? AND list_contains(?::VARCHAR[], word)))",
+                    [set_id, words, tokenizer_label, typed])
+        _insert_resolved(cur, set_id, tokenizer_label, resolved)
+        return _read(cur, set_id)
 
 
 def _insert_set(cur: duckdb.DuckDBPyConnection, session_id: str, name: str) -> str:

@@ -23,6 +23,8 @@ from perplex.token_sets import (
     remove_word,
     rename_token_set,
     resolve_words,
+    save_set_words,
+    session_set_words,
     sets_containing,
 )
 
@@ -113,6 +115,37 @@ def test_default_sets_are_seeded_per_tokenizer(store, session_id):
     # another tokenizer gets the sets' words resolved for it
     other = ensure_default_sets(store, session_id, TOK, "other-model")
     assert other[0].token_ids("other-model") == r_set.token_ids(LABEL)
+
+
+def test_session_set_words_reads_only(store, session_id):
+    """No session, or a session without the sets: the default words, and nothing written."""
+    assert session_set_words(store, None) == DEFAULT_SETS
+    assert session_set_words(store, session_id) == DEFAULT_SETS
+    assert list_token_sets(store, session_id) == []
+    save_set_words(store, session_id, REFUSAL_SET, ["Sorry", "No"], TOK, LABEL)
+    assert session_set_words(store, session_id) == {
+        REFUSAL_SET: ("Sorry", "No"), COMPLIANCE_SET: DEFAULT_SETS[COMPLIANCE_SET]}
+
+
+def test_save_set_words_replaces_words_and_respells(store, session_id):
+    first = save_set_words(store, session_id, REFUSAL_SET, ["Sorry", "I'm", "Sorry"], TOK, LABEL)
+    assert first.words == ("Sorry", "I'm")
+    assert first.token_ids(LABEL) == {TOK.ids[t] for t in ("Sorry", " Sorry", "I", " I")}
+    add_token(store, first.id, "other-model", 5, "Sorry")  # another tokenizer's member
+    add_token(store, first.id, LABEL, TOK.ids[" "], " ")  # e.g. added from the token view
+    kept = save_set_words(store, session_id, REFUSAL_SET, ["Sorry", "Sure", " "], TOK, LABEL,
+                          leading_space=False)
+    assert kept.id == first.id and kept.words == ("Sorry", " ", "Sure")
+    assert kept.token_ids(LABEL) == {TOK.ids["Sorry"], TOK.ids[" "], TOK.ids["Sure"]}
+    assert kept.token_ids("other-model") == {5}
+    gone = save_set_words(store, session_id, REFUSAL_SET, ["Sure"], TOK, LABEL)
+    assert gone.words == ("Sure",) and gone.token_ids("other-model") == frozenset()
+    assert len(list_token_sets(store, session_id)) == 1
+    with pytest.raises(InputFormatError, match="token set needs a name"):
+        save_set_words(store, session_id, " ", ["Sure"], TOK, LABEL)
+    delete_session(store, session_id)
+    with pytest.raises(StoreError, match="deleted"):
+        save_set_words(store, session_id, REFUSAL_SET, ["Sure"], TOK, LABEL)
 
 
 def test_add_remove_and_membership(store, session_id):
