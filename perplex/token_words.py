@@ -48,10 +48,11 @@ class ResolvedWord:
         """A line for the researcher when the spelling is several tokens, else None."""
         if not self.multi_token:
             return None
-        pieces = " + ".join(repr(t) for t in self.token_texts)
+        pieces = " + ".join(repr(t) if t else "(byte piece)" for t in self.token_texts)
         head = f"{self.text!r} is {len(self.token_ids)} tokens here ({pieces}); "
         if not self.counted:
-            return head + "its first token is only whitespace, so it is left out of the set."
+            what = "a byte piece of a character" if not self.token_texts[0] else "only whitespace"
+            return head + f"its first token is {what}, so it is left out of the set."
         return head + f"it is counted by its first token {self.token_texts[0]!r}."
 
 

@@ -56,20 +56,56 @@ def test_batched_equals_one_at_a_time(tiny_lm):
 
 
 def test_prompt_list_skips_blanks_and_handles_ten_thousand(tiny_lm):
-    assert prefill.parse_prompt_list("a\n\n  \nb\r\n") == ["a", "b"]
+    listed = prefill.parse_prompt_list("a\n\n  \nb\r\n")
+    assert listed.prompts == ("a", "b") and listed.lines == (1, 4) and listed.blank_lines == 2
     with pytest.raises(InputFormatError, match="no prompts"):
         prefill.parse_prompt_list("\n \n")
     with pytest.raises(InputFormatError, match="at most 10,000"):
         prefill.parse_prompt_list("x\n" * 10_001)
-    prompts = prefill.parse_prompt_list("\n".join(f"q{i}" if i % 7 else "" for i in range(10_500)))
-    assert len(prompts) == 9000
-    prompts = prompts + ["q"] * 1000
+    listed = prefill.parse_prompt_list("\n".join(f"q{i}" if i % 7 else "" for i in range(10_500)))
+    assert len(listed.prompts) == 9000 and listed.blank_lines == 1500
+    prompts = list(listed.prompts) + ["q"] * 1000
     calls = []
     refusal, compliance = default_ids(tiny_lm)
     results = prefill.first_tokens(tiny_lm, prompts, refusal, compliance, batch_size=256,
                                    progress=lambda done, total: calls.append(done))
     assert len(results) == 10_000 and calls[-1] == 10_000 and len(calls) == 40
     assert all(0 <= r.mass.refusal <= 1 and 0 <= r.mass.compliance <= 1 for r in results)
+    assert [r.prompt for r in results] == prompts
+
+
+def test_job_stops_and_goes_on_and_leaves_out_long_prompts(tiny_lm):
+    """A job scored a batch at a time equals one-at-a-time; too-long prompts are left out."""
+    refusal, compliance = default_ids(tiny_lm)
+    too_long = "word " * tiny_lm.context_length
+    text = "\n".join(["Hi there, a longer prompt", "", "Sure", too_long, "I'm sorry", "Ok?",
+                      "The capital of France is"])
+    listed = prefill.parse_prompt_list(text)
+    job = prefill.FirstTokenJob.start(tiny_lm, listed, refusal, compliance, k=3, batch_size=2)
+    assert (job.total, job.done, job.finished, job.seconds_left()) == (6, 0, False, None)
+    job.run_batch(tiny_lm)
+    assert job.done == 2 and job.seconds > 0 and job.seconds_left() > 0
+    kept = dict(job.results)  # "stop": the job keeps what it scored; "continue" goes on
+    while not job.finished:
+        job.run_batch(tiny_lm)
+    assert all(job.results[i] == r for i, r in kept.items())
+    assert job.too_long == [2] and listed.lines[2] == 4
+    assert [i for i, _ in job.scored()] == [0, 1, 3, 4, 5]
+    for index, got in job.scored():
+        alone = prefill.first_token(tiny_lm, listed.prompts[index], refusal, compliance, k=3)
+        assert got.prompt == listed.prompts[index] and got.top_ids == alone.top_ids
+        assert abs(got.mass.refusal - alone.mass.refusal) <= 1e-5
+    job.run_batch(tiny_lm)  # nothing left: no change
+    assert job.done == 6
+    adaptive = prefill.FirstTokenJob.start(tiny_lm, listed, refusal, compliance, batch_size=1,
+                                           adapt=True)
+    adaptive.run_batch(tiny_lm)  # the next batch is sized to take BATCH_SECONDS
+    want = int(1 / adaptive.seconds * prefill.BATCH_SECONDS)
+    assert adaptive.batch_size == max(1, min(prefill.MAX_PROMPTS_PER_BATCH, want))
+    with pytest.raises(InputFormatError, match="longer than"):
+        prefill.first_tokens(tiny_lm, ["Hi", too_long], refusal, compliance)
+    with pytest.raises(InputFormatError, match="R-Set is empty"):
+        prefill.FirstTokenJob.start(tiny_lm, listed, [], compliance)
 
 
 def test_bad_sets_give_clear_messages(tiny_lm):
@@ -110,6 +146,31 @@ def test_multi_token_words_are_flagged(bundled_lm):
     assert all("counted by its first token" in n or "whitespace" in n for n in notes)
 
 
+@pytest.mark.parametrize("word, leading_space, why", [
+    ("Über", True, "'Ü' is split into byte pieces"),  # both spellings start with a byte piece
+    ("🙂", False, "'🙂' is split into byte pieces"),
+    ("\u200b", True, "U\\+200B ZERO WIDTH SPACE.*no visible character"),
+    ("\x07", True, "U\\+0007 control character.*no visible character"),
+])
+def test_words_the_bundled_tokenizer_cannot_encode(bundled_lm, word, leading_space, why):
+    with pytest.raises(InputFormatError, match=why):
+        prefill.resolve_set(bundled_lm.tokenizer, ["Sorry", word], "R-Set",
+                            leading_space=leading_space)
+    ids, resolved = prefill.resolve_set(bundled_lm.tokenizer, ["Sorry", word], "R-Set",
+                                        leading_space=leading_space, strict=False)
+    sorry = prefill.resolve_set(bundled_lm.tokenizer, ["Sorry"], "R-Set",
+                                leading_space=leading_space)[0]
+    if word in ("Über", "🙂"):  # saved words are only left out, and the note says why
+        assert ids == sorry
+        assert any("byte piece of a character" in (r.note or "") for r in resolved)
+
+
+def test_a_spaced_spelling_can_rescue_a_word(bundled_lm):
+    """'🙂' starts with a byte piece, but ' 🙂' is one whole token: the word is usable."""
+    ids, resolved = prefill.resolve_set(bundled_lm.tokenizer, ["🙂"], "C-Set")
+    assert [r.text for r in resolved if r.counted] == [" 🙂"] and len(ids) == 1
+
+
 def test_response_mass_matches_direct(tiny_lm):
     refusal, compliance = default_ids(tiny_lm)
     params = DecodeParams(max_new_tokens=6)
@@ -137,3 +198,4 @@ def test_figures_build(tiny_lm):
     m = [prefill.SetMass(0.7, 0.1), prefill.SetMass(0.2, 0.5)]
     fig = prefill.mass_timeline([("before", m, "dot"), ("after", m[:1], "solid")])
     assert len(fig.data) == 4 and list(fig.data[1].y) == [0.1, 0.5]
+

@@ -7,8 +7,10 @@ kept in a `TokenStep`, so this module runs its own forward passes.
 
 from __future__ import annotations
 
+import time
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import plotly.graph_objects as go
@@ -23,6 +25,9 @@ from perplex.tokens import encode_messages
 
 MAX_PROMPTS = 10_000
 PROMPTS_PER_BATCH = 16  # rows in one padded forward pass; bounds memory for long lists
+MAX_PROMPTS_PER_BATCH = 64
+BATCH_SECONDS = 3.0  # a job sizes its batches to take about this long (a prompt Stop)
+SORT_WINDOW = 256  # prompts sorted by length together, so that a batch pads little
 REFUSAL_COLOUR = "#c0392b"
 COMPLIANCE_COLOUR = "#27ae60"
 OTHER_COLOUR = "#95a5a6"
@@ -102,9 +107,13 @@ def next_token_distributions(lm: LoadedModel, contexts: Sequence[Sequence[int]])
         mask[row, longest - len(context):] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     model = lm.model
+    inputs = dict(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                  position_ids=positions.to(model.device))
     with torch.inference_mode():
-        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                       position_ids=positions.to(model.device)).logits[:, -1]
+        try:  # the unembedding of the last position only: a third of the time on a CPU
+            logits = model(**inputs, logits_to_keep=1).logits[:, -1]
+        except TypeError:  # a model class without `logits_to_keep`
+            logits = model(**inputs).logits[:, -1]
     return torch.softmax(logits.double(), dim=-1).cpu().numpy()
 
 
@@ -131,15 +140,124 @@ def first_token(lm: LoadedModel, prompt: str, refusal_ids: Iterable[int],
     return _first_token(lm, prompt, probs, refusal, compliance, k)
 
 
-def parse_prompt_list(text: str) -> list[str]:
-    """One prompt per line; blank lines are skipped. Too many lines → InputFormatError."""
-    prompts = [line.strip() for line in text.splitlines() if line.strip()]
-    if not prompts:
+@dataclass(frozen=True)
+class PromptList:
+    """Prompts read one per line; `lines` are their 1-based line numbers in the text."""
+
+    prompts: tuple[str, ...]
+    lines: tuple[int, ...]
+    blank_lines: int  # lines skipped because they held only whitespace
+
+    def __post_init__(self) -> None:
+        if len(self.prompts) != len(self.lines):
+            raise ValueError("PromptList needs one line number per prompt.")
+
+
+def parse_prompt_list(text: str) -> PromptList:
+    """One prompt per line; blank lines are skipped and counted. Too many → InputFormatError."""
+    numbered = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)]
+    kept = [(n, line) for n, line in numbered if line]
+    if not kept:
         raise InputFormatError("The list holds no prompts: put one prompt per line.")
-    if len(prompts) > MAX_PROMPTS:
-        raise InputFormatError(f"The list holds {len(prompts):,} prompts; a run takes at most "
+    if len(kept) > MAX_PROMPTS:
+        raise InputFormatError(f"The list holds {len(kept):,} prompts; a run takes at most "
                                f"{MAX_PROMPTS:,}. Split it.")
-    return prompts
+    return PromptList(tuple(line for _, line in kept), tuple(n for n, _ in kept),
+                      len(numbered) - len(kept))
+
+
+@dataclass
+class FirstTokenJob:
+    """Many prompts' first tokens, a batch at a time: a page can show progress, stop, go on.
+
+    Mutable on purpose (it is the run's progress); its results are frozen records.
+
+    `results` maps a prompt's index in `prompts` to its result; `too_long` holds the
+    indices of prompts longer than the model reads (left out, not fatal for the run).
+    Prompts are scored in windows of `SORT_WINDOW`, sorted by length within a window so
+    that a batch pads little, yet the list is scored roughly in its order. With `adapt`,
+    each batch is sized from the last one's pace to take about `BATCH_SECONDS`.
+    """
+
+    prompts: PromptList
+    refusal_ids: np.ndarray
+    compliance_ids: np.ndarray
+    model_label: str
+    k: int = 1
+    batch_size: int = PROMPTS_PER_BATCH
+    adapt: bool = False
+    results: dict[int, FirstToken] = field(default_factory=dict)
+    too_long: list[int] = field(default_factory=list)
+    seconds: float = 0.0  # time spent scoring so far
+    _order: list[int] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def start(cls, lm: LoadedModel, prompts: PromptList, refusal_ids: Iterable[int],
+              compliance_ids: Iterable[int], k: int = 1, batch_size: int = PROMPTS_PER_BATCH,
+              adapt: bool = False) -> FirstTokenJob:
+        """A job for `lm`, its sets checked now (an empty set fails before any scoring)."""
+        if batch_size < 1:
+            raise InputFormatError("A batch holds at least one prompt.")
+        if adapt:  # a small first batch: the first numbers show quickly, then batches grow
+            batch_size = min(batch_size, 4)
+        job = cls(prompts, check_set(refusal_ids, "R-Set", lm.vocab_size),
+                  check_set(compliance_ids, "C-Set", lm.vocab_size), lm.label, k, batch_size,
+                  adapt)
+        for begin in range(0, len(prompts.prompts), SORT_WINDOW):
+            indices = range(begin, min(begin + SORT_WINDOW, len(prompts.prompts)))
+            job._order += sorted(indices, key=lambda i: len(prompts.prompts[i]))
+        return job
+
+    @property
+    def total(self) -> int:
+        """How many prompts the job holds."""
+        return len(self.prompts.prompts)
+
+    @property
+    def done(self) -> int:
+        """How many prompts are behind us (scored or left out as too long)."""
+        return len(self.results) + len(self.too_long)
+
+    @property
+    def finished(self) -> bool:
+        """Whether every prompt is done."""
+        return self.done >= self.total
+
+    def seconds_left(self) -> float | None:
+        """An estimate from the pace so far (None before the first batch)."""
+        if not self.done or not self.seconds:
+            return None
+        return self.seconds / self.done * (self.total - self.done)
+
+    def run_batch(self, lm: LoadedModel) -> None:
+        """Score the next batch of prompts (nothing if the job is finished)."""
+        if lm.label != self.model_label:
+            raise InputFormatError(f"This run was started with {self.model_label}; "
+                                   f"{lm.label} is loaded now. Score the list again.")
+        began = time.perf_counter()
+        batch, contexts = [], []
+        for index in self._order[self.done:self.done + self.batch_size]:
+            context = chat_context(lm, self.prompts.prompts[index])
+            if len(context) >= lm.context_length:
+                self.too_long.append(index)
+            else:
+                batch.append(index)
+                contexts.append(context)
+        if contexts:
+            probs = next_token_distributions(lm, contexts)
+            for index, row in zip(batch, probs):
+                self.results[index] = _first_token(lm, self.prompts.prompts[index], row,
+                                                   self.refusal_ids, self.compliance_ids,
+                                                   self.k)
+        took = time.perf_counter() - began
+        self.seconds += took
+        if self.adapt and contexts and took > 0:
+            pace = len(contexts) / took
+            self.batch_size = max(1, min(MAX_PROMPTS_PER_BATCH, int(pace * BATCH_SECONDS)))
+
+    def scored(self) -> list[tuple[int, FirstToken]]:
+        """(index in the list, result) of the prompts scored so far, in the list's order."""
+        return sorted(self.results.items())
 
 
 def first_tokens(lm: LoadedModel, prompts: Sequence[str], refusal_ids: Iterable[int],
@@ -149,19 +267,19 @@ def first_tokens(lm: LoadedModel, prompts: Sequence[str], refusal_ids: Iterable[
     """`first_token` for many prompts, a batch at a time; `progress(done, total)` after each.
 
     Only each batch's distributions are held at once ([batch, V] float64), so memory does
-    not grow with the number of prompts.
+    not grow with the number of prompts. A prompt longer than the model reads fails the run.
     """
-    refusal = check_set(refusal_ids, "R-Set", lm.vocab_size)
-    compliance = check_set(compliance_ids, "C-Set", lm.vocab_size)
-    results: list[FirstToken] = []
-    for start in range(0, len(prompts), batch_size):
-        batch = prompts[start:start + batch_size]
-        probs = next_token_distributions(lm, [chat_context(lm, p) for p in batch])
-        results += [_first_token(lm, p, row, refusal, compliance, k)
-                    for p, row in zip(batch, probs)]
+    listed = PromptList(tuple(prompts), tuple(range(1, len(prompts) + 1)), 0)
+    job = FirstTokenJob.start(lm, listed, refusal_ids, compliance_ids, k, batch_size)
+    while not job.finished:
+        job.run_batch(lm)
+        if job.too_long:
+            n = job.too_long[0]
+            raise InputFormatError(f"Prompt {n + 1} is longer than {lm.label} reads "
+                                   f"({lm.context_length} tokens). Shorten it.")
         if progress is not None:
-            progress(len(results), len(prompts))
-    return results
+            progress(job.done, job.total)
+    return [job.results[i] for i in range(job.total)]
 
 
 def response_mass(lm: LoadedModel, generation: Generation, refusal_ids: Iterable[int],
@@ -225,23 +343,53 @@ def mass_timeline(series: Sequence[tuple[str, Sequence[SetMass], str]]) -> go.Fi
 
 
 def resolve_set(tokenizer, words: Sequence[str], name: str, leading_space: bool = True,
-                case_variants: bool = False) -> tuple[frozenset[int], list[ResolvedWord]]:
+                case_variants: bool = False,
+                strict: bool = True) -> tuple[frozenset[int], list[ResolvedWord]]:
     """A set's ids from words, with how each spelling resolved (for the notes on screen).
 
-    A word the tokenizer cannot encode as given (no tokens, or only the unknown token)
-    raises InputFormatError naming it, rather than silently shrinking the set.
+    With `strict`, a word that yields no usable token (only invisible characters, only the
+    unknown token, or every spelling starting with whitespace or with a byte piece of a
+    character) raises InputFormatError saying why, rather than silently shrinking the set.
+    Without it (words already saved, e.g. a newline added from the token view), such words
+    are only left out; the notes of their spellings say why.
     """
     words = [w for w in words if isinstance(w, str)]
     if not any(w.strip() for w in words):
         raise InputFormatError(f"The token set {name} has no words: add at least one.")
-    resolved = resolve_words(tokenizer, [w for w in words if w.strip()], leading_space,
-                             case_variants)
+    typed = list(dict.fromkeys(w for w in words if w.strip()))
+    if strict:
+        for word in typed:
+            if not any(ch.isprintable() and not ch.isspace() for ch in word):
+                raise InputFormatError(
+                    f"The word {_codepoints(word)} in {name} has no visible character (only "
+                    "control, zero-width or space characters): type the word itself.")
+    resolved = resolve_words(tokenizer, typed, leading_space, case_variants)
     unk = getattr(tokenizer, "unk_token_id", None)
-    for word in dict.fromkeys(w for w in words if w.strip()):
-        spellings = [r for r in resolved if r.word == word]
-        if not spellings or all(r.token_id == unk or not r.counted for r in spellings):
-            raise InputFormatError(f"The word {word!r} in {name} cannot be encoded by this "
-                                   "tokenizer as given (it yields no usable token): "
-                                   "change or remove it.")
+    if strict:
+        for word in typed:
+            if not any(r.counted and r.token_id != unk for r in resolved if r.word == word):
+                raise InputFormatError(f"The word {word!r} in {name} cannot be encoded by this "
+                                       "tokenizer as given: "
+                                       + _unusable(word, [r for r in resolved if r.word == word],
+                                                   unk))
     ids = frozenset(r.token_id for r in resolved if r.counted and r.token_id != unk)
     return ids, resolved
+
+
+def _unusable(word: str, spellings: list[ResolvedWord], unk: int | None) -> str:
+    """Why no spelling of `word` gives a token to count, and what to do about it."""
+    if spellings and all(r.token_id == unk for r in spellings):
+        return "it becomes the unknown token, which stands for any unknown text. Change or " \
+               "remove it."
+    if any(r.token_texts[0] == "" for r in spellings):
+        return (f"its first character {word[0]!r} is split into byte pieces here, and that "
+                "first piece starts many other characters too, so counting it would count "
+                "them all. Start the word with a character this tokenizer keeps whole (e.g. "
+                "a plain letter), or remove it.")
+    return "every spelling starts with a token that is only whitespace. Change or remove it."
+
+
+def _codepoints(text: str) -> str:
+    """Invisible text made readable: its characters' code points and names."""
+    return " + ".join(f"U+{ord(ch):04X} {unicodedata.name(ch, 'control character')}"
+                      for ch in text[:4]) + (" …" if len(text) > 4 else "")
