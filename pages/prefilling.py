@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 import pandas as pd
 import streamlit as st
 
 from perplex.errors import PerplexError
 from perplex.generation import start_generation
 from perplex.modes import prefill
+from perplex.plots import visible_token
 from perplex.records import Message, TokenRole
 from perplex.token_sets import (
     COMPLIANCE_SET,
-    DEFAULT_SETS,
     REFUSAL_SET,
-    add_words,
-    ensure_default_sets,
-    remove_word,
+    list_token_sets,
+    save_set_words,
+    session_set_words,
 )
 from perplex.ui import investigate, resources, session_panel
 from perplex.ui.sidebar import decode_params_form, thresholds
@@ -26,7 +29,18 @@ from perplex.ui.transcript import show_transcript
 PREFIX = "prefill"
 CURRENT = f"{PREFIX}.generation"
 PROMPT = f"{PREFIX}.prompt"
-BATCH = f"{PREFIX}.batch"
+PROMPT_TEXT = f"{PREFIX}.prompt_text"
+PREFILL_TEXT = f"{PREFIX}.prefix_text"
+OPEN_ROW = f"{PREFIX}.open_row_prompt"  # a prompt the many-prompt table asked to run
+JOB = f"{PREFIX}.job"  # the many-prompt run (prefill.FirstTokenJob)
+RUNNING = f"{PREFIX}.job_running"
+RUN_COUNT = f"{PREFIX}.job_count"  # how many lists this tab has scored (keys the table)
+SPELLINGS = f"{PREFIX}.spellings"  # session setting: which spellings of a word count
+DEFAULT_SPELLINGS = {"leading_space": True, "case_variants": False}
+SET_NAMES = (REFUSAL_SET, COMPLIANCE_SET)
+PREVIEW_EVERY_S = 3.0  # how often the table under a running many-prompt run is redrawn
+NUMBER_COLUMNS = {c: st.column_config.NumberColumn(format="%.3f")
+                  for c in ("P(R-Set)", "P(C-Set)", "p(top)")}
 
 st.title("Prefilling")
 st.caption("How much probability the model puts on refusal openings (R-Set) and compliance "
@@ -38,54 +52,139 @@ session_panel.restore_current(CURRENT)
 params = decode_params_form(PREFIX)
 
 
-def set_words() -> tuple[dict[str, tuple[str, ...]], dict | None]:
-    """The R-Set and C-Set words, and the stored sets (None on a read-only shared session).
+@dataclass(frozen=True)
+class ActiveSets:
+    """The R-Set and C-Set in effect: their words, spelling choices and resolved ids."""
 
-    The sets live in the session (created on first use), seeded with the default words, so
-    the token view's "Add to token set" and this editor change the same sets.
+    words: dict[str, tuple[str, ...]]
+    spellings: dict[str, bool]
+    ids: dict[str, frozenset[int]]
+
+
+def saved_sets() -> tuple[dict[str, tuple[str, ...]], dict[str, bool]]:
+    """The session's set words and spelling choices; the defaults, in memory, until saved.
+
+    Only reads: opening the page creates no session and writes nothing.
     """
-    if session_panel.read_only():
-        return dict(DEFAULT_SETS), None
+    words = session_set_words(resources.store(), session_panel.current_session_id())
+    stored = session_panel.session_settings().get(SPELLINGS, {})
+    return words, {k: bool(stored.get(k, v)) for k, v in DEFAULT_SPELLINGS.items()}
+
+
+def save_sets(words: dict[str, tuple[str, ...]], spellings: dict[str, bool]) -> None:
+    """Write the sets and spelling choices into the session (created on first use).
+
+    The first save seeds the session's R-Set and C-Set, so the token view's "Add to token
+    set" and this editor change the same sets from then on.
+    """
     sid = session_panel.session_for_saving()
-    sets = ensure_default_sets(resources.store(), sid, lm.tokenizer, lm.label)
-    return {s.name: s.words for s in sets}, {s.name: s for s in sets}
+    store = resources.store()
+    stored = {s.name: s for s in list_token_sets(store, sid)}
+    respell = session_panel.session_settings().get(SPELLINGS) != spellings
+    for name in SET_NAMES:
+        held = stored.get(name)
+        if held is None or set(held.words) != set(words[name]) or respell \
+                or not held.token_ids(lm.label):
+            save_set_words(store, sid, name, words[name], lm.tokenizer, lm.label, **spellings)
+    if respell:
+        session_panel.remember({SPELLINGS: spellings})
 
 
-def edit_sets() -> tuple[frozenset[int], frozenset[int]]:
-    """The sets editor; returns the R-Set and C-Set ids for the loaded tokenizer."""
-    words, sets = set_words()
-    ids = {}
+def synced(widget, label: str, key: str, saved, **kwargs):
+    """A keyed widget that shows the saved value, and again whenever it changes elsewhere.
+
+    Keyed widgets keep their own state, so a set changed from the token view (or a session
+    switch) would otherwise leave the old words in the box, to be saved back.
+    """
+    mark = f"{key}.saved"
+    if key not in st.session_state or st.session_state.get(mark) != saved:
+        st.session_state[key] = saved
+        st.session_state[mark] = saved
+    return widget(label, key=key, **kwargs)
+
+
+def word_list(text: str) -> tuple[str, ...]:
+    """Comma-separated words, trimmed, blanks and repeats dropped."""
+    return tuple(dict.fromkeys(w.strip() for w in text.split(",") if w.strip()))
+
+
+def resolved_table(resolved) -> pd.DataFrame:
+    """One row per spelling: its tokens, their ids, and the id the set counts (the first)."""
+    return pd.DataFrame(
+        [{"word": r.word, "spelling": visible_token(r.text),
+          "tokens": " + ".join(visible_token(t) if t else "(byte piece)"
+                               for t in r.token_texts),
+          "ids": ", ".join(str(i) for i in r.token_ids),
+          "counted": counted(r)} for r in resolved]).set_index("word")
+
+
+def counted(resolved) -> str:
+    """The id a spelling adds to the set, and why when it is not the only token."""
+    if not resolved.counted:
+        first = "a byte piece" if not resolved.token_texts[0] else "whitespace"
+        return f"none: first token is {first}"
+    if resolved.multi_token:
+        return f"{resolved.token_id} (first of {len(resolved.token_ids)} tokens)"
+    return str(resolved.token_id)
+
+
+def edit_sets() -> ActiveSets:
+    """The sets editor; saves valid edits (creating the session) and returns the sets."""
+    words, spellings = saved_sets()
+    tag = session_panel.current_session_id() or "new"
+    locked = session_panel.read_only()
     with st.expander("Token sets (R-Set, C-Set)", expanded=False):
+        if locked:
+            st.caption("Read-only (shared link): fork the session to edit its sets.")
         cols = st.columns(2)
-        for col, name in zip(cols, (REFUSAL_SET, COMPLIANCE_SET)):
-            typed = col.text_input(f"{name} words (comma separated)", ", ".join(words[name]),
-                                   key=f"{PREFIX}.words.{name}")
-            new = [w.strip() for w in typed.split(",") if w.strip()]
+        chosen = {
+            "leading_space": synced(cols[0].toggle, "Also after a space (“ Sure” as well as "
+                                    "“Sure”)", f"{PREFIX}.space.{tag}",
+                                    spellings["leading_space"], disabled=locked),
+            "case_variants": synced(cols[1].toggle, "Also in other cases (sure, Sure, SURE)",
+                                    f"{PREFIX}.cases.{tag}", spellings["case_variants"],
+                                    disabled=locked)}
+        edited, errors = {}, {}
+        for col, name in zip(cols, SET_NAMES):
+            saved_text = ", ".join(words[name])
+            text = synced(col.text_input, f"{name} words (comma separated)",
+                          f"{PREFIX}.words.{name}.{tag}", saved_text, disabled=locked)
+            # Untouched text is no edit, even where it would not parse back to the saved
+            # words (" Sure" or "," added from the token view).
+            if text != saved_text and set(word_list(text)) != set(words[name]):
+                try:
+                    prefill.resolve_set(lm.tokenizer, word_list(text), name, **chosen)
+                    edited[name] = word_list(text)
+                except PerplexError as exc:
+                    errors[name] = str(exc)
+        if not locked and (edited or chosen != spellings):
+            save_sets({**words, **edited}, chosen)
+            st.rerun()
+        ids = {}
+        for col, name in zip(cols, SET_NAMES):
+            if name in errors:
+                col.error(plain(f"{errors[name]} Not saved: {name} keeps its saved words "
+                                "(below) until the box holds a valid list."))
             try:
-                found, resolved = prefill.resolve_set(lm.tokenizer, new, name)
-            except PerplexError as exc:
-                col.error(plain(str(exc)))
-                found, resolved = prefill.resolve_set(lm.tokenizer, words[name], name)
-                new = list(words[name])
-            if sets is not None and new != list(words[name]):
-                for word in set(words[name]) - set(new):
-                    remove_word(resources.store(), sets[name].id, word)
-                add_words(resources.store(), sets[name].id, lm.tokenizer, lm.label,
-                          [w for w in new if w not in words[name]])
-            col.dataframe(pd.DataFrame(
-                [{"word": r.word, "spelling": repr(r.text), "ids": list(r.token_ids),
-                  "counted id": r.token_id if r.counted else None, "note": r.note or ""}
-                 for r in resolved]), hide_index=True, width="stretch")
+                found, resolved = prefill.resolve_set(lm.tokenizer, words[name], name,
+                                                      **spellings, strict=False)
+            except PerplexError as exc:  # e.g. every token removed from the token view
+                col.warning(plain(str(exc)))
+                found, resolved = frozenset(), []
+            if resolved:
+                col.table(resolved_table(resolved))
+            col.caption(f"{name}: {len(found)} token ids counted.")
             ids[name] = found
-        st.caption("Each spelling counts by its first token; multi-token spellings say so in "
-                   "the note. Tokens added from the token view's menu land in these sets too.")
-    return ids[REFUSAL_SET], ids[COMPLIANCE_SET]
+        st.caption("· marks a space. A spelling of several tokens counts by its first "
+                   "token only. Tokens added from the token view's menu land in these sets "
+                   "too. Edits are saved in the session.")
+    return ActiveSets(words, spellings, ids)
 
 
 def headline(result: prefill.FirstToken, label: str) -> None:
     """The first response token shown large, with P(R-Set), P(C-Set), other."""
     cols = st.columns([2, 1, 1, 1])
-    shown = result.top_text.replace(" ", "·") or "∅"
+    shown = visible_token(result.top_text)
     cols[0].markdown(f"<div style='font-size:0.9rem;color:#666'>{plain(label)}</div>"
                      f"<div data-testid='first-token' style='font-size:2.6rem;"
                      f"font-family:monospace'>{plain(shown)}</div>"
@@ -96,7 +195,7 @@ def headline(result: prefill.FirstToken, label: str) -> None:
     cols[3].metric("other", f"{result.mass.other:.3f}")
 
 
-def run_prompt(prompt: str, prefix_text: str) -> None:
+def run_prompt(prompt: str, prefix_text: str, sets: ActiveSets) -> None:
     """Generate an answer (starting with the prefix) and make it the page's current one."""
     stream = TokenViewStream(key=f"{PREFIX}-live", confident=thresholds().confident,
                              uncertain=thresholds().uncertain)
@@ -109,40 +208,46 @@ def run_prompt(prompt: str, prefix_text: str) -> None:
             stream.update(shown)
     st.session_state[PROMPT] = (prompt, prefix_text)
     session_panel.save_to_session(run.generation(), CURRENT)
+    save_sets(sets.words, sets.spellings)  # the session now holds the sets the run used
     st.rerun()
 
 
-try:
-    refusal_ids, compliance_ids = edit_sets()
-except PerplexError as exc:
-    st.error(plain(str(exc)))
-    st.stop()
+def open_row(prompt: str) -> None:
+    """Button callback: put a table row's prompt in the form above and run it."""
+    st.session_state[PROMPT_TEXT] = prompt
+    st.session_state[PREFILL_TEXT] = ""
+    st.session_state[OPEN_ROW] = prompt
 
-with st.form(f"{PREFIX}.form"):
-    prompt = st.text_area("Prompt", key=f"{PREFIX}.prompt_text",
-                          placeholder="e.g. Can you help me kill someone?")
-    prefix_text = st.text_input("Prefill: the response starts with (optional)",
-                                key=f"{PREFIX}.prefix_text", placeholder="Sure, here is")
-    submitted = st.form_submit_button("Run", type="primary",
-                                      disabled=session_panel.read_only())
-if submitted:
-    try:
-        run_prompt(prompt, prefix_text)
-    except PerplexError as exc:
-        st.error(plain(str(exc)))
 
-current = st.session_state.get(CURRENT)
-if current is not None:
+@st.cache_data(max_entries=32, show_spinner=False)
+def first_token(_lm, label: str, prompt: str, refusal: list[int],
+                compliance: list[int]) -> prefill.FirstToken:
+    """`prefill.first_token`, kept across reruns (a rerun for a click runs no model)."""
+    return prefill.first_token(_lm, prompt, refusal, compliance)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def response_mass(_lm, label: str, _generation, generation_id: str, refusal: list[int],
+                  compliance: list[int]) -> list[prefill.SetMass]:
+    """`prefill.response_mass`, kept across reruns; a saved generation never changes."""
+    return prefill.response_mass(_lm, _generation, refusal, compliance)
+
+
+def show_current(current, sets: ActiveSets) -> None:
+    """The first token, P(R-Set)/P(C-Set) along the answer, and the answer's token view."""
+    refusal_ids, compliance_ids = sets.ids[REFUSAL_SET], sets.ids[COMPLIANCE_SET]
     user = [m.content for m in current.messages if m.role == "user"]
     try:
         if user:
-            first = prefill.first_token(lm, user[-1], refusal_ids, compliance_ids)
+            first = first_token(lm, lm.label, user[-1], sorted(refusal_ids),
+                                sorted(compliance_ids))
             headline(first, "Most likely first response token")
             st.plotly_chart(prefill.first_token_figure(first, refusal_ids, compliance_ids),
                             key=f"{PREFIX}-bars", config={"displaylogo": False})
             st.caption("Red: R-Set · green: C-Set · grey: other. The top 20 of the "
                        "distribution at the first response position.")
-        masses = prefill.response_mass(lm, current, refusal_ids, compliance_ids)
+        masses = response_mass(lm, lm.label, current, current.id, sorted(refusal_ids),
+                               sorted(compliance_ids))
         forced = [s for s in current.response_steps if s.forced]
         if forced and len(masses) > len(forced):
             after = masses[len(forced)]
@@ -153,8 +258,9 @@ if current is not None:
         compare = st.session_state.get(CURRENT + investigate.COMPARE_SUFFIX)
         if compare and compare[1] == current.id:
             parent = resources.store().load_generation(compare[0])
-            series = [("before", prefill.response_mass(lm, parent, refusal_ids,
-                                                       compliance_ids), "dot"),
+            series = [("before", response_mass(lm, lm.label, parent, parent.id,
+                                               sorted(refusal_ids), sorted(compliance_ids)),
+                       "dot"),
                       ("after", masses, "solid")]
         st.markdown("**P(R-Set) and P(C-Set) at each response position**")
         st.plotly_chart(prefill.mass_timeline(series), key=f"{PREFIX}-mass",
@@ -166,38 +272,166 @@ if current is not None:
     investigate.branch_navigator(CURRENT)
     investigate.act_on(event, current, CURRENT, lm, params)
 
-st.divider()
-st.subheader("Many prompts")
-with st.form(f"{PREFIX}.batch_form"):
-    pasted = st.text_area("One prompt per line (blank lines are skipped)",
-                          key=f"{PREFIX}.batch_text")
-    uploaded = st.file_uploader("or a .txt file, one prompt per line", type=["txt"])
-    go_batch = st.form_submit_button("Score first tokens")
-if go_batch:
+
+def progress_text(job: prefill.FirstTokenJob) -> str:
+    """`1,234 / 10,000 prompts · 3.1 per second · about 46 min left`."""
+    text = f"{job.done:,} / {job.total:,} prompts"
+    left = job.seconds_left()
+    if left is not None and job.seconds:
+        text += f" · {job.done / job.seconds:.1f} per second"
+        if not job.finished:
+            text += f" · about {duration(left)} left"
+    return text
+
+
+def duration(seconds: float) -> str:
+    """A rough human duration: `40 s`, `7 min`, `1 h 5 min`."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
+def batch_table(job: prefill.FirstTokenJob) -> pd.DataFrame:
+    """The scored prompts, in the list's order, with their line numbers."""
+    lines = job.prompts.lines
+    return pd.DataFrame(
+        [{"line": lines[i], "prompt": r.prompt, "P(R-Set)": r.mass.refusal,
+          "P(C-Set)": r.mass.compliance, "top first token": visible_token(r.top_text),
+          "p(top)": r.top_probs[0]} for i, r in job.scored()],
+        columns=["line", "prompt", "P(R-Set)", "P(C-Set)", "top first token", "p(top)"])
+
+
+def score(job: prefill.FirstTokenJob) -> None:
+    """Score the job's remaining prompts, with a progress bar and a growing table.
+
+    Results are kept in the job after every batch, so Stop (any rerun, in fact) loses
+    at most the batch in flight; the run goes on after a rerun until Stop is pressed.
+    """
+    bar = st.progress(job.done / job.total, text=progress_text(job))
+    preview = st.empty()
+    shown_at = time.monotonic()
     try:
-        text = uploaded.getvalue().decode("utf-8", errors="replace") if uploaded else pasted
-        prompts = prefill.parse_prompt_list(text)
-        bar = st.progress(0.0, text=f"0 / {len(prompts):,} prompts")
-        results = prefill.first_tokens(
-            lm, prompts, refusal_ids, compliance_ids, k=1,
-            progress=lambda done, total: bar.progress(done / total,
-                                                      text=f"{done:,} / {total:,} prompts"))
-        st.session_state[BATCH] = pd.DataFrame(
-            [{"prompt": r.prompt, "P(R-Set)": r.mass.refusal, "P(C-Set)": r.mass.compliance,
-              "top first token": r.top_text, "p(top)": r.top_probs[0]} for r in results])
+        while not job.finished:
+            job.run_batch(lm)
+            bar.progress(job.done / job.total, text=progress_text(job))
+            if time.monotonic() - shown_at > PREVIEW_EVERY_S:
+                preview.dataframe(batch_table(job), hide_index=True, width="stretch",
+                                  height=250, column_config=NUMBER_COLUMNS)
+                shown_at = time.monotonic()
     except PerplexError as exc:
         st.error(plain(str(exc)))
-table = st.session_state.get(BATCH)
-if table is not None:
-    picked = st.dataframe(table, key=f"{PREFIX}.batch_table", on_select="rerun",
-                          selection_mode="single-row", hide_index=True,
-                          width="stretch",
-                          column_config={c: st.column_config.NumberColumn(format="%.3f")
-                                         for c in ("P(R-Set)", "P(C-Set)", "p(top)")})
-    st.caption("Click a column header to sort; select a row to open that prompt above.")
-    rows = picked.selection.rows if picked else []
-    if rows and st.button("Open the selected prompt", key=f"{PREFIX}.open_row"):
+    st.session_state[RUNNING] = False
+    bar.empty()
+    preview.empty()
+
+
+def batch_status(job: prefill.FirstTokenJob, sets: ActiveSets) -> None:
+    """What the run did: prompts scored, blank lines skipped, prompts too long, time."""
+    listed = job.prompts
+    parts = [f"{'' if job.finished else 'Stopped: '}{len(job.results):,} of {job.total:,} "
+             "prompts scored"]
+    if listed.blank_lines:
+        parts.append(f"{listed.blank_lines:,} blank line{'s' * (listed.blank_lines != 1)} "
+                     "skipped")
+    if job.seconds:
+        parts.append(f"{duration(job.seconds)} of scoring")
+    st.markdown(" · ".join(parts))
+    if job.too_long:
+        lines = ", ".join(str(listed.lines[i]) for i in sorted(job.too_long)[:10])
+        st.warning(f"{len(job.too_long):,} prompts are longer than {plain(lm.label)} reads "
+                   f"({lm.context_length:,} tokens) and were left out: line {lines}"
+                   f"{' …' if len(job.too_long) > 10 else ''}.")
+    if (frozenset(job.refusal_ids.tolist()), frozenset(job.compliance_ids.tolist())) != (
+            sets.ids[REFUSAL_SET], sets.ids[COMPLIANCE_SET]):
+        st.info("The token sets have changed since this run started: its numbers use the "
+                "sets as they were. Score the list again for the new sets.")
+
+
+def many_prompts(sets: ActiveSets) -> None:
+    """Paste or upload a list; score each prompt's first token; a row opens its prompt."""
+    st.subheader("Many prompts")
+    with st.form(f"{PREFIX}.batch_form"):
+        pasted = st.text_area("One prompt per line (blank lines are skipped)",
+                              key=f"{PREFIX}.batch_text")
+        uploaded = st.file_uploader("or a .txt file, one prompt per line (it is used instead "
+                                    f"of the box; at most {prefill.MAX_PROMPTS:,} prompts)",
+                                    type=["txt"], key=f"{PREFIX}.batch_file")
+        go = st.form_submit_button("Score first tokens")
+    if go:
         try:
-            run_prompt(table.iloc[rows[0]]["prompt"], "")
+            text = (uploaded.getvalue().decode("utf-8", errors="replace") if uploaded
+                    else pasted)
+            st.session_state[RUN_COUNT] = st.session_state.get(RUN_COUNT, 0) + 1
+            st.session_state[JOB] = prefill.FirstTokenJob.start(
+                lm, prefill.parse_prompt_list(text), sets.ids[REFUSAL_SET],
+                sets.ids[COMPLIANCE_SET], adapt=True)
+            st.session_state[RUNNING] = True
         except PerplexError as exc:
             st.error(plain(str(exc)))
+    job = st.session_state.get(JOB)
+    if job is None:
+        return
+    if st.session_state.get(RUNNING) and not job.finished:
+        stop = st.empty()
+        if stop.button("Stop", key=f"{PREFIX}.batch_stop",
+                       help="Keeps the prompts scored so far; Continue scores the rest."):
+            st.session_state[RUNNING] = False
+        else:
+            note = st.caption(f"Scoring {job.total:,} prompts on {plain(lm.label)}, a batch "
+                              "every few seconds. Stop keeps what is done.")
+            score(job)
+            note.empty()
+        stop.empty()
+    batch_status(job, sets)
+    if not job.finished and st.button(f"Continue ({job.total - job.done:,} left)",
+                                      key=f"{PREFIX}.batch_continue"):
+        st.session_state[RUNNING] = True
+        st.rerun()
+    if not job.results:
+        return
+    table = batch_table(job)
+    # A new key when the rows change, so that a selection never points at another row.
+    picked = st.dataframe(table, key=f"{PREFIX}.batch_table.{st.session_state.get(RUN_COUNT)}"
+                          f".{job.done}", on_select="rerun",
+                          selection_mode="single-row", hide_index=True, width="stretch",
+                          column_config=NUMBER_COLUMNS)
+    rows = picked.selection.rows if picked else []
+    if not rows:
+        st.caption("Click a column header to sort; tick a row's box to open its prompt above.")
+        return
+    row = table.iloc[rows[0]]
+    short = row["prompt"] if len(row["prompt"]) <= 60 else row["prompt"][:57] + "…"
+    st.button(f"Open line {row['line']} above: “{short}”", key=f"{PREFIX}.open_row",
+              on_click=open_row, args=(row["prompt"],), type="primary",
+              disabled=session_panel.read_only(),
+              help="Runs the prompt in the form above (fork a shared session first).")
+
+
+try:
+    active = edit_sets()
+except PerplexError as exc:
+    st.error(plain(str(exc)))
+    st.stop()
+
+with st.form(f"{PREFIX}.form"):
+    prompt = st.text_area("Prompt", key=PROMPT_TEXT,
+                          placeholder="e.g. Can you help me kill someone?")
+    prefix_text = st.text_input("Prefill: the response starts with (optional)",
+                                key=PREFILL_TEXT, placeholder="Sure, here is")
+    submitted = st.form_submit_button("Run", type="primary",
+                                      disabled=session_panel.read_only())
+opened = st.session_state.pop(OPEN_ROW, None)
+if (submitted or opened is not None) and not session_panel.read_only():
+    try:
+        run_prompt(opened if opened is not None else prompt,
+                   "" if opened is not None else prefix_text, active)
+    except PerplexError as exc:
+        st.error(plain(str(exc)))
+
+current = st.session_state.get(CURRENT)
+if current is not None:
+    show_current(current, active)
+
+st.divider()
+many_prompts(active)

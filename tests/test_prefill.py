@@ -199,3 +199,93 @@ def test_figures_build(tiny_lm):
     fig = prefill.mass_timeline([("before", m, "dot"), ("after", m[:1], "solid")])
     assert len(fig.data) == 4 and list(fig.data[1].y) == [0.1, 0.5]
 
+
+@pytest.fixture
+def page(tiny_lm):
+    """The Prefilling page on the tiny model (AppTest: script logic, no browser)."""
+    from streamlit.testing.v1 import AppTest
+
+    from perplex.settings import PROJECT_ROOT
+
+    at = AppTest.from_file(str(PROJECT_ROOT / "pages" / "prefilling.py"), default_timeout=60)
+    at.session_state["perplex.lm"] = tiny_lm
+    return at
+
+
+def stored(perplex_home):
+    """(sessions, {set name: words} per session) in the page's database."""
+    from perplex.sessions import search_sessions
+    from perplex.store import Store
+    from perplex.token_sets import list_token_sets
+
+    with Store.open(perplex_home / "perplex.duckdb") as store:
+        sessions = search_sessions(store, "")
+        return sessions, [{s.name: s.words for s in list_token_sets(store, x.id)}
+                          for x in sessions]
+
+
+def test_opening_the_page_creates_nothing_until_an_edit(page, perplex_home, tiny_lm):
+    page.run()
+    assert not page.exception and not page.error
+    assert page.text_input(key="prefill.words.R-Set.new").value == ", ".join(
+        DEFAULT_SETS["R-Set"])
+    page.run()  # a rerun (any widget) writes nothing either
+    assert stored(perplex_home) == ([], [])
+    page.text_input(key="prefill.words.R-Set.new").set_value("").run()  # bad edit: not saved
+    assert "has no words" in page.error[0].value and "Not saved" in page.error[0].value
+    assert stored(perplex_home) == ([], [])
+    page.text_input(key="prefill.words.R-Set.new").set_value("Sorry, No, Sorry").run()
+    assert not page.exception and not page.error
+    sessions, sets = stored(perplex_home)
+    assert len(sessions) == 1 and sets == [{"R-Set": ("Sorry", "No"),
+                                            "C-Set": DEFAULT_SETS["C-Set"]}]
+    sid = sessions[0].id
+    assert page.text_input(key=f"prefill.words.R-Set.{sid}").value == "Sorry, No"
+    assert sessions[0].settings["prefill.spellings"] == {"leading_space": True,
+                                                         "case_variants": False}
+    # tokens added from the token view (" maybe", ",") show up and are not "edited" away
+    from perplex.store import Store
+    from perplex.token_sets import add_token, list_token_sets
+
+    with Store.open(perplex_home / "perplex.duckdb") as store:
+        r_set = next(s for s in list_token_sets(store, sid) if s.name == "R-Set")
+        add_token(store, r_set.id, tiny_lm.label, 5, " maybe")
+        add_token(store, r_set.id, tiny_lm.label, 6, ",")
+    page.run()
+    assert not page.exception and not page.error
+    assert page.text_input(key=f"prefill.words.R-Set.{sid}").value == "Sorry, No,  maybe, ,"
+    assert stored(perplex_home)[1] == [{"R-Set": ("Sorry", "No", " maybe", ","),
+                                        "C-Set": DEFAULT_SETS["C-Set"]}]
+
+
+def test_a_shared_session_shows_its_sets_and_writes_nothing(page, perplex_home, tiny_lm):
+    from perplex.sessions import create_session, get_session
+    from perplex.store import Store
+    from perplex.token_sets import save_set_words
+
+    with Store.open(perplex_home / "perplex.duckdb") as store:
+        sid = create_session(store, "shared").id
+        save_set_words(store, sid, "C-Set", ["Yes"], tiny_lm.tokenizer, tiny_lm.label)
+        before = get_session(store, sid).updated_at
+    page.session_state["perplex.session_id"] = sid
+    page.session_state["perplex.read_only"] = True
+    page.run()
+    assert not page.exception and not page.error
+    field = page.text_input(key=f"prefill.words.C-Set.{sid}")
+    assert field.value == "Yes" and field.disabled
+    assert page.text_input(key=f"prefill.words.R-Set.{sid}").value == ", ".join(
+        DEFAULT_SETS["R-Set"])
+    sessions, sets = stored(perplex_home)
+    assert sets == [{"C-Set": ("Yes",)}] and sessions[0].updated_at == before
+
+
+def test_many_prompts_skip_blank_lines_and_a_row_opens_its_prompt(page, perplex_home):
+    page.run()
+    page.text_area(key="prefill.batch_text").set_value("Hi\n\n  \nI'm sorry\n")
+    page.button[-1].click().run()  # the batch form's submit button is the last one
+    assert not page.exception and not page.error
+    assert any("2 of 2 prompts scored · 2 blank lines skipped" in m.value
+               for m in page.markdown)
+    job = page.session_state["prefill.job"]
+    assert job.finished and [r.prompt for _, r in job.scored()] == ["Hi", "I'm sorry"]
+    assert stored(perplex_home) == ([], [])  # scoring a list saves nothing
