@@ -112,6 +112,61 @@ def patched_last_residual(decoder: torch.nn.Module, layers_path: str, input_ids:
     return last.float()
 
 
+@dataclass(frozen=True, eq=False)
+class CleanRun:
+    """What each block of one unpatched pass read, so the pass can be resumed at any block.
+
+    Resuming at block i with `inputs[i]` and `kwargs[i]` recomputes blocks i… exactly as
+    the full pass did, without recomputing blocks 0…i-1 (a patching sweep's saving).
+    """
+
+    inputs: tuple[torch.Tensor, ...]  # per block i: the residual it read [1, T, d] (model dtype)
+    kwargs: tuple[dict, ...]  # per block i: the keyword arguments the decoder passed it
+    last: torch.Tensor  # [1, T, d]: the last block's output (model dtype, before the final norm)
+
+
+def capture_clean_run(decoder: torch.nn.Module, layers_path: str,
+                      input_ids: torch.Tensor) -> CleanRun:
+    """One pass of `decoder` on `input_ids` [1, T], keeping every block's inputs."""
+    import nnsight
+
+    wrapper, lock = _wrapped(decoder)
+    saved: list = []
+    with lock, torch.inference_mode(), wrapper.trace(input_ids):
+        blocks = _blocks(wrapper, layers_path)
+        n_blocks = len(blocks)
+        for i in range(n_blocks):
+            saved.append(nnsight.save(blocks[i].inputs))
+        last = _hidden(blocks[n_blocks - 1].output).save()
+    # A resumed pass must not write into (or read) the clean pass's key-value cache.
+    kwargs = tuple({**k, "past_key_values": None, "use_cache": False} if "use_cache" in k
+                   else {**k, "past_key_values": None} for _, k in saved)
+    return CleanRun(inputs=tuple(args[0] for args, _ in saved), kwargs=kwargs, last=last)
+
+
+def resume_with_patches(decoder: torch.nn.Module, layers_path: str, run: CleanRun, layer: int,
+                        rows: int, patches: tuple[ResidualPatch, ...]) -> torch.Tensor:
+    """`rows` copies of `run` resumed at residual `layer` with `patches` (all at `layer`).
+
+    Layer 0 is the first block's input, layer i the output of block i (= block i+1's input).
+    Returns the last block's output [rows, T, d] (float32, before the final norm).
+    """
+    if any(patch.layer != layer for patch in patches):
+        raise ValueError(f"every patch must be at layer {layer}")
+    n_blocks = len(run.inputs)
+    _, lock = _wrapped(decoder)
+    blocks = _blocks(decoder, layers_path)
+    with lock, torch.inference_mode():
+        start = run.inputs[layer] if layer < n_blocks else run.last
+        hidden = start.expand(rows, *start.shape[1:]).clone()
+        for patch in patches:
+            target = slice(None) if patch.row is None else patch.row
+            hidden[target, patch.position] = patch.vector.to(hidden.dtype)
+        for i in range(layer, n_blocks):
+            hidden = _hidden(blocks[i](hidden, **run.kwargs[i]))
+    return hidden.float()
+
+
 def reproduction_code(model_id: str, prompt: str, layers_path: str, norm_path: str,
                       head_path: str, remote: bool) -> str:
     """Python (nnsight) that recomputes the logit lens of `prompt`, to paste in a notebook.

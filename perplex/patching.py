@@ -24,7 +24,12 @@ import plotly.graph_objects as go
 import torch
 
 from perplex.lens import LensError, Progress, check_input, find_anatomy
-from perplex.nnsight_adapter import ResidualPatch, capture_residuals, patched_last_residual
+from perplex.nnsight_adapter import (
+    ResidualPatch,
+    capture_clean_run,
+    capture_residuals,
+    resume_with_patches,
+)
 from perplex.plots import visible_token
 from perplex.tokens import token_texts
 
@@ -118,7 +123,13 @@ class PatchSweep:
 
 
 class _Run:
-    """The pieces a patching run needs: the model's anatomy and both prompts' runs."""
+    """The pieces a patching run needs: the model's anatomy and both prompts' runs.
+
+    A patch at layer l changes nothing before it, so patched passes resume the target's
+    clean pass at layer l (blocks l+1… only): a sweep runs about half the blocks. The
+    clean pass ran at batch size 1, so a resumed pass can differ from a full batched pass
+    by float32 rounding (~1e-6 relative), as batched passes of different sizes do.
+    """
 
     def __init__(self, lm, source_ids: Sequence[int], target_ids: Sequence[int]) -> None:
         check_input(lm, source_ids)
@@ -129,16 +140,18 @@ class _Run:
         self.source = capture_residuals(self.anatomy.decoder, self.anatomy.layers_path,
                                         self._ids([self.source_ids]))  # [L+1, Ts, d]
         self.source_answer = int(self.final_logits(self.source[-1][None]).argmax())
-        self.before = self.final_logits(self.forward(1, ()))[0]
+        self.clean = capture_clean_run(self.anatomy.decoder, self.anatomy.layers_path,
+                                       self._ids([self.target_ids]))
+        self.before = self.final_logits(self.clean.last.float())[0]
         self.target_answer = int(self.before.argmax())
 
     def _ids(self, rows: list[list[int]]) -> torch.Tensor:
         return torch.tensor(rows, device=self.device)
 
-    def forward(self, rows: int, patches: tuple[ResidualPatch, ...]) -> torch.Tensor:
-        """The last block's output [rows, T, d] of `rows` copies of the target, patched."""
-        return patched_last_residual(self.anatomy.decoder, self.anatomy.layers_path,
-                                     self._ids([self.target_ids] * rows), patches)
+    def forward(self, rows: int, layer: int, patches: tuple[ResidualPatch, ...]) -> torch.Tensor:
+        """The last block's output [rows, T, d] of `rows` target copies patched at `layer`."""
+        return resume_with_patches(self.anatomy.decoder, self.anatomy.layers_path, self.clean,
+                                   layer, rows, patches)
 
     def final_logits(self, last: torch.Tensor) -> torch.Tensor:
         """Next-token logits [B, V] (float32) after the last position of `last` [B, T, d]."""
@@ -175,7 +188,7 @@ def patch_prompts(lm, source_ids: Sequence[int], target_ids: Sequence[int], *, l
         raise LensError(f"Target position {target_position} has no source position to take a "
                         f"residual from (the source has {n_s} tokens): choose one.")
     patch = ResidualPatch(layer, target_position, run.source[layer, source_position])
-    after = run.final_logits(run.forward(1, (patch,)))[0]
+    after = run.final_logits(run.forward(1, layer, (patch,)))[0]
     p_before, p_after = run.before.softmax(-1), after.softmax(-1)
     k = min(top_k, p_before.shape[0])
     before_top, after_top = p_before.topk(k), p_after.topk(k)
@@ -195,7 +208,7 @@ def patch_prompts(lm, source_ids: Sequence[int], target_ids: Sequence[int], *, l
 def patch_sweep(lm, source_ids: Sequence[int], target_ids: Sequence[int], *,
                 layers: Sequence[int] | None = None, rows_per_pass: int = SWEEP_ROWS,
                 progress: Progress | None = None) -> PatchSweep:
-    """Every (layer, target position) patch; one forward pass per layer and chunk of positions.
+    """Every (layer, target position) patch; one resumed pass per layer and chunk of positions.
 
     `layers` restricts the sweep (others stay NaN); `progress(done, total)` after each pass.
     """
@@ -217,7 +230,7 @@ def patch_sweep(lm, source_ids: Sequence[int], target_ids: Sequence[int], *,
         for chunk in chunks:
             patches = tuple(ResidualPatch(layer, t, run.source[layer, s], row=row)
                             for row, (t, s) in enumerate(chunk))
-            logits = run.final_logits(run.forward(len(chunk), patches))
+            logits = run.final_logits(run.forward(len(chunk), layer, patches))
             probs = logits.softmax(-1)
             cols = [t for t, _ in chunk]
             grids["p_source"][layer, cols] = probs[:, src].numpy()

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from perplex.lens import LensError
+from perplex.lens import LensError, find_anatomy
+from perplex.models import LoadedModel, ModelSpec
+from perplex.nnsight_adapter import ResidualPatch, capture_residuals, patched_last_residual
 from perplex.patching import (
     aligned_source_position,
     patch_prompts,
@@ -18,6 +20,8 @@ from perplex.patching import (
     unpatched_logits,
 )
 from perplex.tokens import encode_plain_text
+from tests.test_lens import ARCHITECTURES
+from tests.tiny import tiny_tokenizer
 
 SOURCE = "The Eiffel Tower is in the city of"
 TARGET = "The Colosseum is in the city of"
@@ -109,3 +113,57 @@ def test_bundled_swap_subject_at_a_middle_layer_flips_rome_to_paris(bundled_lm, 
     assert sweep.top1[12, 4] == result.target_answer  # the last subject token: still Rome
     assert sweep.top1[27, 9] == result.source_answer  # late layers: the final position
     assert sweep.top1[12, 9] == result.target_answer
+
+
+def full_pass_grid(lm, source: list[int], target: list[int], layers) -> tuple[np.ndarray, ...]:
+    """The sweep the plain way: each layer's patches in one full batched forward pass.
+
+    Returns (p(source answer), top-1), each [len(layers), T], for same-length prompts.
+    """
+    anatomy = find_anatomy(lm.model)
+    source_res = capture_residuals(anatomy.decoder, anatomy.layers_path, torch.tensor([source]))
+    head = lm.model.get_output_embeddings()
+
+    def logits(last: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            z = head(anatomy.final_norm(last[:, -1].to(anatomy.norm_dtype))).float()
+        return torch.tanh(z / anatomy.softcap) * anatomy.softcap if anatomy.softcap else z
+
+    answer = int(logits(source_res[-1][None]).argmax())
+    p_source, top1 = [], []
+    for layer in layers:
+        patches = tuple(ResidualPatch(layer, t, source_res[layer, t], row=t)
+                        for t in range(len(target)))
+        z = logits(patched_last_residual(anatomy.decoder, anatomy.layers_path,
+                                         torch.tensor([target] * len(target)), patches))
+        p_source.append(z.softmax(-1)[:, answer].numpy())
+        top1.append(z.argmax(-1).numpy())
+    return np.array(p_source), np.array(top1)
+
+
+def assert_sweep_equals_full_passes(lm, source, target, layers) -> None:
+    sweep = patch_sweep(lm, source, target, layers=layers)
+    p_source, top1 = full_pass_grid(lm, source, target, layers)
+    assert np.array_equal(sweep.top1[layers], top1)
+    assert np.abs(sweep.p_source[layers] - p_source).max() < 1e-5
+
+
+@pytest.mark.parametrize("arch", ["llama", *sorted(ARCHITECTURES)])
+def test_resumed_sweep_equals_full_forward_passes(arch, tiny_lm):
+    """Resuming the target's clean pass at the patched layer gives the full passes' grid."""
+    if arch == "llama":
+        lm = tiny_lm
+    else:
+        tokenizer = tiny_tokenizer()
+        torch.manual_seed(1)
+        model = ARCHITECTURES[arch](len(tokenizer)).eval().requires_grad_(False)
+        lm = LoadedModel(ModelSpec(source=f"tiny-{arch}"), model, tokenizer, load_seconds=0.0)
+    source = _ids(lm, "The capital of France is Paris.")
+    target = _ids(lm, "Hello world! How are you today?")[:len(source)]
+    assert_sweep_equals_full_passes(lm, source, target, list(range(lm.n_layers + 1)))
+
+
+def test_bundled_resumed_sweep_equals_full_forward_passes(bundled_lm, swap):
+    # The clean pass runs at batch size 1 and the full passes at 10: float32 rounding of
+    # the unpatched blocks differs by ~1e-6 relative; probabilities agree to 2e-6.
+    assert_sweep_equals_full_passes(bundled_lm, *swap, [0, 1, 12, 29, 30])
