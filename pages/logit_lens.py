@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 import streamlit as st
 
@@ -10,7 +12,7 @@ from perplex.head_lens import head_lens
 from perplex.lens import compute_lens, find_anatomy
 from perplex.lens_plots import lens_heatmap, lens_rows, lens_trajectory
 from perplex.models import BUNDLED, BUNDLED_NAME
-from perplex.nnsight_adapter import ndif_key_set, reproduction_code
+from perplex.nnsight_adapter import NdifStatus, ndif_key_set, ndif_status, reproduction_code
 from perplex.plots import visible_token
 from perplex.records import Message
 from perplex.tokens import encode_messages, encode_plain_text
@@ -25,6 +27,7 @@ OPEN_KEY = "lens.open"  # (generation_id, position): set by "Open in Logit Lens"
 CACHE_KEY = f"{PREFIX}.cache"
 CACHE_ENTRIES = 4
 DEFAULT_PROMPT = "The Eiffel Tower is in the city of"
+NDIF_CHECK_SECONDS = 60.0
 
 st.title("Logit Lens")
 st.caption("What would the model predict if it stopped after each layer? Each position shows "
@@ -160,18 +163,24 @@ else:
 if st.toggle("Activation patching sandbox", key=f"{PREFIX}.patching"):
     patching_section(lm)
 
+
+
+def _ndif_status() -> NdifStatus:
+    """NDIF's status, probed at most once a minute per session (offline, a probe can stall)."""
+    checked = st.session_state.get(f"{PREFIX}.ndif")
+    if checked is None or time.monotonic() - checked[0] > NDIF_CHECK_SECONDS \
+            or checked[1].key_set != ndif_key_set():
+        checked = (time.monotonic(), ndif_status())
+        st.session_state[f"{PREFIX}.ndif"] = checked
+    return checked[1]
+
+
 with st.expander("Open in NDIF / reproduce in a notebook"):
-    if ndif_key_set():
-        st.info("An NDIF API key is set. Running this page remotely is not wired up yet: "
-                "run the code below (remote=True) in a notebook with network access.")
-    else:
-        st.warning("No NDIF API key is set (and this machine may be offline), so larger "
-                   "models cannot run remotely from here. Set one with "
-                   "`nnsight.CONFIG.set_default_api_key(...)` or NDIF_API_KEY; the code below "
-                   "reproduces this view locally or on NDIF.")
+    ndif = _ndif_status()
+    (st.info if ndif.reachable else st.warning)(plain(ndif.message))
     anatomy = find_anatomy(lm.model)
     model_id = ("HuggingFaceTB/" + BUNDLED_NAME) if lm.spec.source == BUNDLED else lm.spec.source
     text = lm.tokenizer.decode(list(ids), skip_special_tokens=False)
     st.code(reproduction_code(model_id, text, anatomy.full_layers_path,
                               anatomy.full_norm_path, anatomy.head_path,
-                              remote=ndif_key_set()), language="python")
+                              remote=ndif.key_set), language="python")

@@ -9,10 +9,12 @@ process must not trace the same model at the same time.
 
 from __future__ import annotations
 
+import socket
 import threading
 import warnings
 import weakref
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import torch
 
@@ -202,6 +204,43 @@ def ndif_key_set() -> bool:
     from nnsight import CONFIG
 
     return bool(getattr(CONFIG.API, "APIKEY", None) or os.environ.get("NDIF_API_KEY"))
+
+
+@dataclass(frozen=True)
+class NdifStatus:
+    """Whether this machine can run on NDIF, and what to tell the researcher."""
+
+    key_set: bool
+    reachable: bool | None  # None: not checked (no key)
+    message: str
+
+
+def ndif_status(timeout: float = 2.0, connect=socket.create_connection) -> NdifStatus:
+    """Check for an NDIF key and, with one, whether NDIF's host accepts a connection.
+
+    `connect(address, timeout)` opens the probe connection (tests pass a fake).
+    """
+    from nnsight import CONFIG
+
+    if not ndif_key_set():
+        return NdifStatus(False, None, (
+            "No NDIF API key is set, so larger models cannot run remotely from here. Set one "
+            "with nnsight.CONFIG.set_default_api_key(...) or the NDIF_API_KEY environment "
+            "variable; the code below reproduces this view locally, or on NDIF with a key."))
+    host = str(CONFIG.API.HOST)
+    url = urlsplit(host if "://" in host else f"https://{host}")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with connect((url.hostname, port), timeout):
+            pass
+    except OSError as exc:
+        return NdifStatus(True, False, (
+            f"An NDIF API key is set, but NDIF ({url.hostname}:{port}) cannot be reached from "
+            f"this machine ({type(exc).__name__}: {exc}); it may be offline. Run the code "
+            "below in a notebook on a machine with network access."))
+    return NdifStatus(True, True, (
+        f"An NDIF API key is set and NDIF ({url.hostname}) answers. Running this page "
+        "remotely is not wired up yet: run the code below (remote=True) in a notebook."))
 
 
 def capture_head_inputs(decoder: torch.nn.Module, layers_path: str, out_proj: str,

@@ -99,3 +99,58 @@ def test_generation_without_token_ids_is_refused_clearly(tiny_lm, perplex_home):
     at.run()
     assert not at.exception
     assert "without token ids" in at.error[0].value
+
+
+def _submit(at: AppTest, prompt: str) -> AppTest:
+    at.text_area(key="lens.prompt").input(prompt)
+    return next(b for b in at.button if b.label == "Look through the lens").click().run()
+
+
+def test_empty_prompt_gets_a_clear_message(page):
+    _submit(page, "   ")
+    assert not page.exception
+    assert any("The prompt is empty" in e.value for e in page.error)
+
+
+def test_prompt_longer_than_the_context_gets_a_clear_message(page, tiny_lm):
+    _submit(page, "word " * (tiny_lm.context_length + 10))
+    assert not page.exception
+    assert any("reads at most 256" in e.value for e in page.error)
+
+
+def test_model_without_an_unembedding_gets_a_clear_message(tiny_lm):
+    from perplex.models import LoadedModel, ModelSpec
+
+    at = AppTest.from_file(str(PROJECT_ROOT / "pages" / "logit_lens.py"), default_timeout=60)
+    at.session_state["perplex.lm"] = LoadedModel(ModelSpec(source="headless"),
+                                                 tiny_lm.model.model, tiny_lm.tokenizer,
+                                                 load_seconds=0.0)
+    at.run()
+    assert not at.exception
+    assert "no recognisable unembedding" in at.error[0].value
+
+
+def test_ndif_without_a_key_says_so(tiny_lm, monkeypatch):
+    from nnsight import CONFIG
+
+    monkeypatch.setattr(CONFIG.API, "APIKEY", None)
+    monkeypatch.delenv("NDIF_API_KEY", raising=False)
+    at = _app(tiny_lm).run()
+    assert not at.exception
+    assert any("No NDIF API key is set" in w.value for w in at.warning)
+    assert any("remote=False" in c.value for c in at.code)
+
+
+def test_ndif_unreachable_says_so(tiny_lm, monkeypatch):
+    import socket
+
+    from nnsight import CONFIG
+
+    with socket.socket() as sock:  # a port nobody listens on: the probe is refused at once
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setattr(CONFIG.API, "HOST", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("NDIF_API_KEY", "test-key")
+    at = _app(tiny_lm).run()
+    assert not at.exception
+    assert any("cannot be reached from this machine" in w.value for w in at.warning)
