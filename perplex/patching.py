@@ -104,7 +104,7 @@ class PatchSweep:
         else:
             title, bar = f"p({src}) after the patch", "p"
             scale = dict(colorscale="Viridis", zmin=0.0, zmax=1.0)
-        labels = [f"{i}: {visible_token(t)} ← {visible_token(s)}"
+        labels = [f"{i}: {visible_token(t)}<br>← {visible_token(s)}"
                   for i, (t, s) in enumerate(zip(self.target_texts, self.source_texts))]
         top1 = [[visible_token(self.texts.get(int(i), "")) if i >= 0 else "" for i in row]
                 for row in self.top1]

@@ -109,7 +109,7 @@ def test_eiffel_tower_view_shows_paris_and_its_lock_in(streamlit_app, page, open
     screenshot(page.locator(".lv-root"), "logit_lens_layer_29")
     page.keyboard.press("ArrowRight")
     cells.last.click()
-    page.get_by_text("locks in at layer").wait_for(timeout=60_000)
+    page.locator("h3", has_text="locks in at layer").wait_for(timeout=60_000)
     wait_for_script(page, 60_000)
     page.locator(".js-plotly-plot").nth(1).wait_for(timeout=60_000)
     page.mouse.move(5, 5)
@@ -137,8 +137,10 @@ def test_patching_sandbox_swaps_rome_for_paris(streamlit_app, page, open_app, sc
     caption.wait_for(timeout=300_000)
     print(f"\npatching sweep, bundled model, 31 layers x 10 positions: {caption.text_content()}")
     wait_for_script(page, 60_000)
-    page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
-    screenshot(page, "logit_lens_patching", full_page=True)
+    chart = page.locator(".js-plotly-plot", has_text="after the patch")
+    chart.wait_for(timeout=60_000)
+    chart.scroll_into_view_if_needed()
+    screenshot(page, "logit_lens_patching")  # the verdict, the table and the sweep
 
 
 # Plotly keeps a chart's data on its div; these read it back (typed arrays made plain).
