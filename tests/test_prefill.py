@@ -101,7 +101,8 @@ def test_job_stops_and_goes_on_and_leaves_out_long_prompts(tiny_lm):
                                            adapt=True)
     adaptive.run_batch(tiny_lm)  # the next batch is sized to take BATCH_SECONDS
     want = int(1 / adaptive.seconds * prefill.BATCH_SECONDS)
-    assert adaptive.batch_size == max(1, min(prefill.MAX_PROMPTS_PER_BATCH, want))
+    assert adaptive.batch_size == max(prefill.MIN_PROMPTS_PER_BATCH,
+                                      min(prefill.MAX_PROMPTS_PER_BATCH, want))
     with pytest.raises(InputFormatError, match="longer than"):
         prefill.first_tokens(tiny_lm, ["Hi", too_long], refusal, compliance)
     with pytest.raises(InputFormatError, match="R-Set is empty"):

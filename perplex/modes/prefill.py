@@ -25,8 +25,8 @@ from perplex.tokens import encode_messages
 
 MAX_PROMPTS = 10_000
 PROMPTS_PER_BATCH = 16  # rows in one padded forward pass; bounds memory for long lists
-MAX_PROMPTS_PER_BATCH = 64
-BATCH_SECONDS = 3.0  # a job sizes its batches to take about this long (a prompt Stop)
+MIN_PROMPTS_PER_BATCH, MAX_PROMPTS_PER_BATCH = 8, 64  # an adapting job's batch sizes
+BATCH_SECONDS = 3.0  # an adapting job sizes its batches to take about this long
 SORT_WINDOW = 256  # prompts sorted by length together, so that a batch pads little
 REFUSAL_COLOUR = "#c0392b"
 COMPLIANCE_COLOUR = "#27ae60"
@@ -176,7 +176,10 @@ class FirstTokenJob:
     indices of prompts longer than the model reads (left out, not fatal for the run).
     Prompts are scored in windows of `SORT_WINDOW`, sorted by length within a window so
     that a batch pads little, yet the list is scored roughly in its order. With `adapt`,
-    each batch is sized from the last one's pace to take about `BATCH_SECONDS`.
+    the first batch is small (numbers show soon) and each next one is sized from the last
+    one's pace to take about `BATCH_SECONDS` (Stop answers within a batch), within
+    `MIN_PROMPTS_PER_BATCH` (one prompt at a time is slow per prompt on a CPU) and
+    `MAX_PROMPTS_PER_BATCH`.
     """
 
     prompts: PromptList
@@ -253,7 +256,8 @@ class FirstTokenJob:
         self.seconds += took
         if self.adapt and contexts and took > 0:
             pace = len(contexts) / took
-            self.batch_size = max(1, min(MAX_PROMPTS_PER_BATCH, int(pace * BATCH_SECONDS)))
+            self.batch_size = max(MIN_PROMPTS_PER_BATCH,
+                                  min(MAX_PROMPTS_PER_BATCH, int(pace * BATCH_SECONDS)))
 
     def scored(self) -> list[tuple[int, FirstToken]]:
         """(index in the list, result) of the prompts scored so far, in the list's order."""
