@@ -260,3 +260,91 @@ def capture_head_inputs(decoder: torch.nn.Module, layers_path: str, out_proj: st
             saved.append(_blocks(blocks[i], out_proj).input.save())
         last = _hidden(blocks[n_blocks - 1].output).save()
     return torch.stack([h[0].float() for h in saved]), last[0].float()
+
+
+def hub_model(model_id: str):
+    """The nnsight wrapper of Hub model `model_id`, built on the meta device (no weights).
+
+    Reads only the config and tokenizer from the Hub; never runs the repository's own code.
+    `TransformersModel(task="text-generation")` is 0.8's name for `LanguageModel` (same
+    remote key).
+    """
+    from nnsight.modeling.transformers import TransformersModel
+
+    return TransformersModel(model_id, task="text-generation", trust_remote_code=False)
+
+
+def loaded_model(model: torch.nn.Module, tokenizer):
+    """The nnsight wrapper of a causal LM already in memory (local runs and tests)."""
+    from nnsight.modeling.transformers import TransformersModel
+
+    return TransformersModel(model, task="text-generation", tokenizer=tokenizer)
+
+
+def remote_backend(wrapper, api_key: str):
+    """The NDIF backend for `wrapper`, sending `api_key`.
+
+    nnsight otherwise reads the key only from its config, which sees NDIF_API_KEY only if it
+    was set before nnsight was imported. Resolving the model's remote key asks the Hub for
+    the canonical repository id.
+    """
+    from nnsight.intervention.backends.remote import RemoteBackend
+
+    env = wrapper._remoteable_get_env() if hasattr(wrapper, "_remoteable_get_env") else {}
+    return RemoteBackend(wrapper.to_model_key(), api_key=api_key, env=env)
+
+
+@dataclass(frozen=True, eq=False)
+class LensTops:
+    """The lens statistics one trace sends back (L+1 layers, T positions, k candidates)."""
+
+    top_ids: torch.Tensor  # [L+1, T, k] int64: each layer's k most probable next tokens
+    top_probs: torch.Tensor  # [L+1, T, k] float32: their probabilities
+    final_prob: torch.Tensor  # [L+1, T] float32: probability of the output's top-1
+    final_rank: torch.Tensor  # [L+1, T] int32: its rank (1 = most probable)
+    entropy: torch.Tensor  # [L+1, T] float32: nats
+    kl_to_final: torch.Tensor  # [L+1, T] float32: KL(output ‖ layer), nats
+
+
+def trace_lens_tops(wrapper, input_ids: torch.Tensor, layers_path: str, norm_path: str,
+                    head_path: str, top_k: int, softcap: float | None,
+                    remote: bool | str = False, backend=None) -> LensTops:
+    """The logit lens of `input_ids` [1, T] computed inside one trace of `wrapper`.
+
+    Every residual (embedding, each block's output) goes through the final norm and the
+    unembedding inside the trace; only per-layer top-k and per-position statistics are
+    saved, so a remote run sends back kilobytes, not [L+1, T, vocab] logits. `remote` is
+    nnsight's flag (False, True, "local" = serialise as for NDIF, then run here); `backend`
+    overrides it. The body uses only torch and the model: it is shipped as source to NDIF.
+    """
+    import nnsight
+
+    blocks = _blocks(wrapper, layers_path)
+    norm, head = _blocks(wrapper, norm_path), _blocks(wrapper, head_path)
+    n_blocks = len(blocks)
+    k = int(top_k)
+    cap = float(softcap) if softcap else 0.0
+    options = {"backend": backend} if backend is not None else {"remote": remote}
+    with torch.inference_mode(), wrapper.trace(input_ids, **options):
+        hidden = [blocks[0].input]
+        for i in range(n_blocks):
+            out = blocks[i].output
+            hidden.append(out[0] if isinstance(out, tuple) else out)
+        rows = []
+        final_ids = p_final = logp_final = None
+        for h in reversed(hidden):  # the output first: every layer is compared with it
+            z = head(norm(h))[0].float()
+            if cap:
+                z = torch.tanh(z / cap) * cap
+            logp = torch.log_softmax(z.double(), dim=-1)  # float32 KL is off by ~1e-3 nats
+            top = torch.topk(z, k, dim=-1)
+            if final_ids is None:
+                final_ids, p_final, logp_final = top.indices[:, :1], logp.exp(), logp
+            z_final = z.gather(1, final_ids)
+            rows.append((top.indices, logp.gather(1, top.indices).exp().float(),
+                         logp.gather(1, final_ids)[:, 0].exp().float(),
+                         (z > z_final).sum(dim=1).to(torch.int32) + 1,
+                         -(logp.exp() * logp).sum(dim=1).float(),
+                         (p_final * (logp_final - logp)).sum(dim=1).clamp(min=0.0).float()))
+        stats = nnsight.save([torch.stack(column[::-1]).cpu() for column in zip(*rows)])
+    return LensTops(*stats)

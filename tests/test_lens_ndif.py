@@ -59,3 +59,56 @@ def test_with_a_key_and_ndif_answering_it_offers_the_code(key):
     status = ndif_status(connect=lambda address, timeout: contextlib.nullcontext())
     assert status.key_set and status.reachable
     assert "remote=True" in status.message
+
+
+# The lens inside one nnsight trace (the code NDIF runs) against the local lens.
+
+def _wrapped(lm):
+    from perplex.nnsight_adapter import loaded_model
+
+    return loaded_model(lm.model, lm.tokenizer)
+
+
+def assert_same_lens(lens, reference) -> None:
+    """Top-1 identical everywhere, probabilities and statistics within 1e-4."""
+    import numpy as np
+
+    assert lens.top_ids.shape == reference.top_ids.shape
+    assert (lens.top_ids[:, :, 0] == reference.top_ids[:, :, 0]).all(), "top-1 differs"
+    assert np.abs(lens.top_probs - reference.top_probs).max() < 1e-4
+    assert np.abs(lens.final_prob - reference.final_prob).max() < 1e-4
+    # Ranks deep in the tail can differ by one where two logits tie in float32 (the
+    # bundled model: one of 310, rank 12913 at p = 6e-15); the view colours rank ≥ 1000 alike.
+    visible = reference.final_rank <= 1000
+    assert (lens.final_rank[visible] == reference.final_rank[visible]).all()
+    assert np.abs(lens.final_rank.astype(int) - reference.final_rank).max() <= 1
+    assert np.abs(lens.entropy - reference.entropy).max() < 1e-4
+    assert np.abs(lens.kl_to_final - reference.kl_to_final).max() < 1e-4
+    assert (lens.lock_in == reference.lock_in).all()
+    assert lens.token_texts == reference.token_texts
+    for i in np.unique(lens.top_ids[:, :, 0]):
+        assert lens.text(i) == reference.text(i)
+
+
+@pytest.mark.parametrize("remote", [False, "local"])
+def test_lens_in_one_trace_equals_the_local_lens_on_a_tiny_model(tiny_lm, remote):
+    """remote="local": nnsight serialises the trace as for NDIF, local modules hidden."""
+    from perplex.lens import compute_lens
+    from perplex.ndif import lens_through_nnsight
+    from perplex.tokens import encode_plain_text
+
+    ids = encode_plain_text(tiny_lm.tokenizer, "The Eiffel Tower is in Paris, France.").ids
+    lens = lens_through_nnsight(_wrapped(tiny_lm), ids, remote=remote)
+    assert_same_lens(lens, compute_lens(tiny_lm, ids))
+
+
+@pytest.mark.slow
+def test_lens_in_one_trace_equals_the_local_lens_on_the_bundled_model(bundled_lm):
+    from perplex.lens import compute_lens
+    from perplex.ndif import lens_through_nnsight
+    from perplex.tokens import encode_plain_text
+
+    ids = encode_plain_text(bundled_lm.tokenizer, "The Eiffel Tower is in the city of").ids
+    lens = lens_through_nnsight(_wrapped(bundled_lm), ids, remote="local")
+    assert_same_lens(lens, compute_lens(bundled_lm, ids))
+    assert lens.text(lens.final_ids[-1]) == " Paris"
