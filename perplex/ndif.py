@@ -99,6 +99,12 @@ def ndif_lens(model_id: str, prompt: str, *, top_k: int = DEFAULT_TOP_K,
         backend = remote_backend(wrapper, api_key)
     except Exception as exc:
         raise hub_error(model_id, exc) from exc
+    return run_remote(wrapper, ids, backend, model_id, top_k=top_k)
+
+
+def run_remote(wrapper, ids: Sequence[int], backend, model_id: str, *,
+               top_k: int = DEFAULT_TOP_K) -> LogitLens:
+    """`lens_through_nnsight` through `backend`, its failures told as `NdifError`."""
     try:
         return lens_through_nnsight(wrapper, ids, top_k=top_k, backend=backend,
                                     label=f"{model_id} (NDIF)")

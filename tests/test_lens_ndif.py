@@ -112,3 +112,60 @@ def test_lens_in_one_trace_equals_the_local_lens_on_the_bundled_model(bundled_lm
     lens = lens_through_nnsight(_wrapped(bundled_lm), ids, remote="local")
     assert_same_lens(lens, compute_lens(bundled_lm, ids))
     assert lens.text(lens.final_ids[-1]) == " Paris"
+
+
+# Failures of a remote run, told as NdifError with what to do.
+
+def test_without_a_key_the_remote_lens_refuses_before_any_network_call(no_key, monkeypatch):
+    import perplex.ndif as ndif
+
+    def network(*args, **kwargs):
+        raise AssertionError("no network call may happen without a key")
+
+    monkeypatch.setattr(ndif, "hub_model", network)
+    monkeypatch.setattr(ndif, "remote_backend", network)
+    monkeypatch.setattr(socket, "create_connection", network)
+    with pytest.raises(ndif.NdifError, match="No NDIF API key is set, so nothing was sent"):
+        ndif.ndif_lens("meta-llama/Llama-3.1-8B", "The Eiffel Tower is in the city of")
+
+
+def test_an_unreadable_model_id_says_the_hub_config_could_not_be_read(key):
+    from perplex.ndif import NdifError, ndif_lens
+
+    with pytest.raises(NdifError, match="Could not read the config and tokenizer of 'no "):
+        ndif_lens("no such model!!", "Hello")  # refused by the Hub's id check, offline
+
+
+def test_ndif_unreachable_through_nnsight_real_transport_says_so(tiny_lm):
+    """The real RemoteBackend of nnsight, serialising the trace, against a refused port."""
+    from nnsight.intervention.backends.remote import RemoteBackend
+
+    from perplex.ndif import NdifError, run_remote
+
+    backend = RemoteBackend("nnsight.modeling.transformers.TransformersModel:{}",
+                            host=f"http://127.0.0.1:{closed_port()}", api_key="test-key")
+    with pytest.raises(NdifError, match="NDIF cannot be reached from this machine"):
+        run_remote(_wrapped(tiny_lm), [5, 6, 7], backend, "tiny")
+
+
+@pytest.mark.parametrize(("error", "expected"), [
+    ("Failed to send request: Invalid API key.", "NDIF refused the API key"),
+    ("Failed to send request: 401 Unauthorized", "NDIF refused the API key"),
+    ("Model meta-llama/Foo is not deployed on NDIF.", "NDIF does not host meta-llama/Foo"),
+    ("Failed to send request: [Errno 111] Connection refused (connect)",
+     "NDIF cannot be reached"),
+    ("CUDA out of memory", "The run on NDIF failed (RemoteError: CUDA out of memory)"),
+])
+def test_remote_failures_are_told_with_what_to_do(error, expected):
+    from nnsight.intervention.backends.remote import RemoteError
+
+    from perplex.ndif import remote_error
+
+    assert expected in str(remote_error("meta-llama/Foo", RemoteError(error)))
+
+
+def test_a_model_needing_its_own_code_is_refused_plainly():
+    from perplex.ndif import hub_error
+
+    exc = ValueError("The repository x/y contains custom code ... trust_remote_code=True")
+    assert "does not run a repository's code implicitly" in str(hub_error("x/y", exc))
