@@ -12,6 +12,7 @@ from perplex.head_lens import head_lens
 from perplex.lens import compute_lens, find_anatomy
 from perplex.lens_plots import lens_heatmap, lens_rows, lens_trajectory
 from perplex.models import BUNDLED, BUNDLED_NAME
+from perplex.ndif import ndif_lens
 from perplex.nnsight_adapter import NdifStatus, ndif_key_set, ndif_status, reproduction_code
 from perplex.plots import visible_token
 from perplex.records import Message
@@ -28,6 +29,8 @@ CACHE_KEY = f"{PREFIX}.cache"
 CACHE_ENTRIES = 4
 DEFAULT_PROMPT = "The Eiffel Tower is in the city of"
 NDIF_CHECK_SECONDS = 60.0
+NDIF_RESULT_KEY = f"{PREFIX}.ndif_result"  # ((model id, prompt), LogitLens)
+DEFAULT_NDIF_MODEL = "meta-llama/Llama-3.1-8B"
 
 st.title("Logit Lens")
 st.caption("What would the model predict if it stopped after each layer? Each position shows "
@@ -103,14 +106,20 @@ if lens is None:
         cache.pop(next(iter(cache)))
     cache[cache_key] = lens
 
-last = lens.n_positions - 1
-final_text = lens.text(lens.final_ids[last])
-st.markdown(
-    f"**{lens.n_positions} tokens × {lens.n_layers} layers** ({plain(origin)}, computed in "
-    f"{lens.seconds:.1f} s). Next token after the last position: **“{plain(final_text)}”** "
-    f"(p = {lens.top_probs[last, -1, 0]:.3f}), locked in at **layer "
-    f"{int(lens.lock_in[last])}** of {lens.n_layers - 1}. Median lock-in over all positions: "
-    f"layer {int(pd.Series(lens.lock_in).median())}.")
+
+def _summary(lens, origin: str) -> str:
+    """One line on a lens: its size, the next token and where it locks in."""
+    last = lens.n_positions - 1
+    final_text = lens.text(lens.final_ids[last])
+    return (
+        f"**{lens.n_positions} tokens × {lens.n_layers} layers** ({plain(origin)}, computed in "
+        f"{lens.seconds:.1f} s). Next token after the last position: **“{plain(final_text)}”** "
+        f"(p = {lens.top_probs[last, -1, 0]:.3f}), locked in at **layer "
+        f"{int(lens.lock_in[last])}** of {lens.n_layers - 1}. Median lock-in over all "
+        f"positions: layer {int(pd.Series(lens.lock_in).median())}.")
+
+
+st.markdown(_summary(lens, origin))
 
 selected = st.session_state.get(f"{PREFIX}.selected")
 clicked = lens_view(lens, key=f"{PREFIX}-view", selected=selected)
@@ -181,6 +190,31 @@ with st.expander("Open in NDIF / reproduce in a notebook"):
     anatomy = find_anatomy(lm.model)
     model_id = ("HuggingFaceTB/" + BUNDLED_NAME) if lm.spec.source == BUNDLED else lm.spec.source
     text = lm.tokenizer.decode(list(ids), skip_special_tokens=False)
+    plain_text = lm.tokenizer.decode(list(ids), skip_special_tokens=True)
+    if ndif.reachable:
+        remote_id = st.text_input("Model on NDIF (Hub id)", DEFAULT_NDIF_MODEL,
+                                  key=f"{PREFIX}.ndif_model",
+                                  help="A model NDIF hosts (see nnsight.status()). Only its "
+                                       "config and tokenizer are read here. The input's text, "
+                                       "without this model's special tokens (chat template "
+                                       "included), is tokenized by that model's tokenizer.")
+        if st.button("Run on NDIF", key=f"{PREFIX}.ndif_run", type="primary"):
+            try:
+                with st.spinner(f"Running the lens of {remote_id} on NDIF (a queued job can "
+                                "take minutes)…"):
+                    st.session_state[NDIF_RESULT_KEY] = ((remote_id, plain_text),
+                                                         ndif_lens(remote_id, plain_text))
+            except PerplexError as exc:
+                st.error(plain(str(exc)))
     st.code(reproduction_code(model_id, text, anatomy.full_layers_path,
                               anatomy.full_norm_path, anatomy.head_path,
                               remote=ndif.key_set), language="python")
+
+remote_run = st.session_state.get(NDIF_RESULT_KEY)
+if remote_run is not None:
+    (remote_id, remote_text), remote_lens = remote_run
+    st.subheader(f"On NDIF: {plain(remote_id)}")
+    if remote_text != plain_text:
+        st.caption(f"Run on an earlier prompt: “{plain(remote_text)}”.")
+    st.markdown(_summary(remote_lens, "NDIF"))
+    lens_view(remote_lens, key=f"{PREFIX}-ndif-view")

@@ -239,8 +239,8 @@ def ndif_status(timeout: float = 2.0, connect=socket.create_connection) -> NdifS
             f"this machine ({type(exc).__name__}: {exc}); it may be offline. Run the code "
             "below in a notebook on a machine with network access."))
     return NdifStatus(True, True, (
-        f"An NDIF API key is set and NDIF ({url.hostname}) answers. Running this page "
-        "remotely is not wired up yet: run the code below (remote=True) in a notebook."))
+        f"An NDIF API key is set and NDIF ({url.hostname}) answers: run this prompt on a "
+        "model NDIF hosts below, or the code below (remote=True) in a notebook."))
 
 
 def capture_head_inputs(decoder: torch.nn.Module, layers_path: str, out_proj: str,

@@ -154,3 +154,76 @@ def test_ndif_unreachable_says_so(tiny_lm, monkeypatch):
     at = _app(tiny_lm).run()
     assert not at.exception
     assert any("cannot be reached from this machine" in w.value for w in at.warning)
+
+
+def test_without_an_ndif_key_there_is_no_run_button_only_the_code(tiny_lm, monkeypatch):
+    from nnsight import CONFIG
+
+    monkeypatch.setattr(CONFIG.API, "APIKEY", None)
+    monkeypatch.delenv("NDIF_API_KEY", raising=False)
+    at = _app(tiny_lm).run()
+    assert not at.exception
+    assert not any(b.label == "Run on NDIF" for b in at.button)
+    assert not any(t.key == "lens.ndif_model" for t in at.text_input)
+    assert any("No NDIF API key is set" in w.value for w in at.warning)
+    assert any("with model.trace(prompt, remote=False)" in c.value for c in at.code)
+
+
+@pytest.fixture
+def ndif_answering(monkeypatch):
+    """A key set and NDIF's host answering (a local socket that accepts connections)."""
+    import socket
+
+    from nnsight import CONFIG
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    monkeypatch.setattr(CONFIG.API, "HOST", f"http://127.0.0.1:{server.getsockname()[1]}")
+    monkeypatch.setenv("NDIF_API_KEY", "test-key")
+    yield
+    server.close()
+
+
+def test_run_on_ndif_shows_the_remote_lens_in_the_same_view(tiny_lm, ndif_answering,
+                                                            monkeypatch):
+    """The remote call is replaced by the same trace run locally on the tiny model."""
+    import perplex.ndif
+    from perplex.nnsight_adapter import loaded_model
+
+    calls = []
+
+    def fake_ndif_lens(model_id, prompt):
+        calls.append((model_id, prompt))
+        ids = list(tiny_lm.tokenizer(prompt)["input_ids"])
+        return perplex.ndif.lens_through_nnsight(
+            loaded_model(tiny_lm.model, tiny_lm.tokenizer), ids, label=f"{model_id} (NDIF)")
+
+    monkeypatch.setattr(perplex.ndif, "ndif_lens", fake_ndif_lens)
+    at = _app(tiny_lm).run()
+    assert not at.exception
+    assert any("answers: run this prompt" in i.value for i in at.info)
+    assert any("remote=True" in c.value for c in at.code)
+    at.text_input(key="lens.ndif_model").input("org/bigger-model")
+    at.button(key="lens.ndif_run").click().run()
+    assert not at.exception and not at.error
+    assert calls == [("org/bigger-model", "The Eiffel Tower is in the city of")]
+    (model_id, _), lens = at.session_state["lens.ndif_result"]
+    assert model_id == "org/bigger-model" and lens.n_layers == tiny_lm.n_layers + 1
+    assert any(h.value.startswith("On NDIF: org") for h in at.subheader)
+    at.run()  # cached in the session: shown again without another remote call
+    assert len(calls) == 1 and any("On NDIF" in h.value for h in at.subheader)
+
+
+def test_a_failed_ndif_run_shows_what_to_do(tiny_lm, ndif_answering, monkeypatch):
+    import perplex.ndif
+
+    def refused(model_id, prompt):
+        raise perplex.ndif.remote_error(model_id, ConnectionRefusedError(111, "refused"))
+
+    monkeypatch.setattr(perplex.ndif, "ndif_lens", refused)
+    at = _app(tiny_lm).run()
+    at.button(key="lens.ndif_run").click().run()
+    assert not at.exception
+    assert any("NDIF cannot be reached from this machine" in e.value for e in at.error)
+    assert "lens.ndif_result" not in at.session_state
