@@ -267,11 +267,15 @@ def hub_model(model_id: str):
 
     Reads only the config and tokenizer from the Hub; never runs the repository's own code.
     `TransformersModel(task="text-generation")` is 0.8's name for `LanguageModel` (same
-    remote key).
+    remote key). The tokenizer is loaded here and handed over: nnsight 0.8.1 with
+    transformers 5 otherwise fails to guess it for a meta-built text-generation pipeline.
     """
     from nnsight.modeling.transformers import TransformersModel
+    from transformers import AutoTokenizer
 
-    return TransformersModel(model_id, task="text-generation", trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=False)
+    return TransformersModel(model_id, task="text-generation", tokenizer=tokenizer,
+                             trust_remote_code=False)
 
 
 def loaded_model(model: torch.nn.Module, tokenizer):

@@ -169,3 +169,45 @@ def test_a_model_needing_its_own_code_is_refused_plainly():
 
     exc = ValueError("The repository x/y contains custom code ... trust_remote_code=True")
     assert "does not run a repository's code implicitly" in str(hub_error("x/y", exc))
+
+
+# The model as NDIF's path builds it: from a repository's files, on the meta device.
+
+def test_the_model_is_built_from_config_and_tokenizer_only(tiny_lm, tmp_path):
+    """No weights in the folder, none loaded: every parameter is on the meta device."""
+    from perplex.lens import find_anatomy
+    from perplex.nnsight_adapter import hub_model
+
+    tiny_lm.model.config.save_pretrained(tmp_path)
+    tiny_lm.tokenizer.save_pretrained(tmp_path)
+    wrapper = hub_model(str(tmp_path))
+    assert not wrapper.dispatched
+    assert all(p.device.type == "meta" for p in wrapper._module.parameters())
+    assert find_anatomy(wrapper._module).full_layers_path == "model.layers"
+    text = "The Eiffel Tower"
+    assert wrapper.tokenizer(text)["input_ids"] == tiny_lm.tokenizer(text)["input_ids"]
+    # Sending the trace to NDIF (here a refused port) never loads weights locally.
+    from nnsight.intervention.backends.remote import RemoteBackend
+
+    from perplex.ndif import NdifError, run_remote
+
+    backend = RemoteBackend("nnsight.modeling.transformers.TransformersModel:{}",
+                            host=f"http://127.0.0.1:{closed_port()}", api_key="test-key")
+    with pytest.raises(NdifError, match="NDIF cannot be reached"):
+        run_remote(wrapper, [5, 6, 7], backend, "tiny")
+    assert not wrapper.dispatched
+
+
+def test_lens_of_a_meta_built_model_equals_the_local_lens(tiny_lm, tmp_path):
+    """Built as for NDIF, the trace serialised as for NDIF; weights loaded on the trace."""
+    from perplex.lens import compute_lens
+    from perplex.ndif import lens_through_nnsight
+    from perplex.nnsight_adapter import hub_model
+
+    tiny_lm.model.save_pretrained(tmp_path)
+    tiny_lm.tokenizer.save_pretrained(tmp_path)
+    wrapper = hub_model(str(tmp_path))
+    ids = list(wrapper.tokenizer("The capital of France is")["input_ids"])
+    lens = lens_through_nnsight(wrapper, ids, remote="local")
+    assert wrapper.dispatched
+    assert_same_lens(lens, compute_lens(tiny_lm, ids))
