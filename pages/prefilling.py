@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import pandas as pd
@@ -21,6 +20,7 @@ from perplex.token_sets import (
     session_set_words,
 )
 from perplex.ui import investigate, resources, session_panel
+from perplex.ui.prompt_list import many_prompts
 from perplex.ui.sidebar import decode_params_form, thresholds
 from perplex.ui.text import plain
 from perplex.ui.token_view import TokenViewStream
@@ -32,15 +32,9 @@ PROMPT = f"{PREFIX}.prompt"
 PROMPT_TEXT = f"{PREFIX}.prompt_text"
 PREFILL_TEXT = f"{PREFIX}.prefix_text"
 OPEN_ROW = f"{PREFIX}.open_row_prompt"  # a prompt the many-prompt table asked to run
-JOB = f"{PREFIX}.job"  # the many-prompt run (prefill.FirstTokenJob)
-RUNNING = f"{PREFIX}.job_running"
-RUN_COUNT = f"{PREFIX}.job_count"  # how many lists this tab has scored (keys the table)
 SPELLINGS = f"{PREFIX}.spellings"  # session setting: which spellings of a word count
 DEFAULT_SPELLINGS = {"leading_space": True, "case_variants": False}
 SET_NAMES = (REFUSAL_SET, COMPLIANCE_SET)
-PREVIEW_EVERY_S = 3.0  # how often the table under a running many-prompt run is redrawn
-NUMBER_COLUMNS = {c: st.column_config.NumberColumn(format="%.3f")
-                  for c in ("P(R-Set)", "P(C-Set)", "p(top)")}
 
 st.title("Prefilling")
 st.caption("How much probability the model puts on refusal openings (R-Set) and compliance "
@@ -273,141 +267,6 @@ def show_current(current, sets: ActiveSets) -> None:
     investigate.act_on(event, current, CURRENT, lm, params)
 
 
-def progress_text(job: prefill.FirstTokenJob) -> str:
-    """`1,234 / 10,000 prompts · 3.1 per second · about 46 min left`."""
-    text = f"{job.done:,} / {job.total:,} prompts"
-    left = job.seconds_left()
-    if left is not None and job.seconds:
-        text += f" · {job.done / job.seconds:.1f} per second"
-        if not job.finished:
-            text += f" · about {duration(left)} left"
-    return text
-
-
-def duration(seconds: float) -> str:
-    """A rough human duration: `40 s`, `7 min`, `1 h 5 min`."""
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    minutes = round(seconds / 60)
-    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
-
-
-def batch_table(job: prefill.FirstTokenJob) -> pd.DataFrame:
-    """The scored prompts, in the list's order, with their line numbers."""
-    lines = job.prompts.lines
-    return pd.DataFrame(
-        [{"line": lines[i], "prompt": r.prompt, "P(R-Set)": r.mass.refusal,
-          "P(C-Set)": r.mass.compliance, "top first token": visible_token(r.top_text),
-          "p(top)": r.top_probs[0]} for i, r in job.scored()],
-        columns=["line", "prompt", "P(R-Set)", "P(C-Set)", "top first token", "p(top)"])
-
-
-def score(job: prefill.FirstTokenJob) -> None:
-    """Score the job's remaining prompts, with a progress bar and a growing table.
-
-    Results are kept in the job after every batch, so Stop (any rerun, in fact) loses
-    at most the batch in flight; the run goes on after a rerun until Stop is pressed.
-    """
-    bar = st.progress(job.done / job.total, text=progress_text(job))
-    preview = st.empty()
-    shown_at = time.monotonic()
-    try:
-        while not job.finished:
-            job.run_batch(lm)
-            bar.progress(job.done / job.total, text=progress_text(job))
-            if time.monotonic() - shown_at > PREVIEW_EVERY_S:
-                preview.dataframe(batch_table(job), hide_index=True, width="stretch",
-                                  height=250, column_config=NUMBER_COLUMNS)
-                shown_at = time.monotonic()
-    except PerplexError as exc:
-        st.error(plain(str(exc)))
-    st.session_state[RUNNING] = False
-    bar.empty()
-    preview.empty()
-
-
-def batch_status(job: prefill.FirstTokenJob, sets: ActiveSets) -> None:
-    """What the run did: prompts scored, blank lines skipped, prompts too long, time."""
-    listed = job.prompts
-    parts = [f"{'' if job.finished else 'Stopped: '}{len(job.results):,} of {job.total:,} "
-             "prompts scored"]
-    if listed.blank_lines:
-        parts.append(f"{listed.blank_lines:,} blank line{'s' * (listed.blank_lines != 1)} "
-                     "skipped")
-    if job.seconds:
-        parts.append(f"{duration(job.seconds)} of scoring")
-    st.markdown(" · ".join(parts))
-    if job.too_long:
-        lines = ", ".join(str(listed.lines[i]) for i in sorted(job.too_long)[:10])
-        st.warning(f"{len(job.too_long):,} prompts are longer than {plain(lm.label)} reads "
-                   f"({lm.context_length:,} tokens) and were left out: line {lines}"
-                   f"{' …' if len(job.too_long) > 10 else ''}.")
-    if (frozenset(job.refusal_ids.tolist()), frozenset(job.compliance_ids.tolist())) != (
-            sets.ids[REFUSAL_SET], sets.ids[COMPLIANCE_SET]):
-        st.info("The token sets have changed since this run started: its numbers use the "
-                "sets as they were. Score the list again for the new sets.")
-
-
-def many_prompts(sets: ActiveSets) -> None:
-    """Paste or upload a list; score each prompt's first token; a row opens its prompt."""
-    st.subheader("Many prompts")
-    with st.form(f"{PREFIX}.batch_form"):
-        pasted = st.text_area("One prompt per line (blank lines are skipped)",
-                              key=f"{PREFIX}.batch_text")
-        uploaded = st.file_uploader("or a .txt file, one prompt per line (it is used instead "
-                                    f"of the box; at most {prefill.MAX_PROMPTS:,} prompts)",
-                                    type=["txt"], key=f"{PREFIX}.batch_file")
-        go = st.form_submit_button("Score first tokens")
-    if go:
-        try:
-            text = (uploaded.getvalue().decode("utf-8", errors="replace") if uploaded
-                    else pasted)
-            st.session_state[RUN_COUNT] = st.session_state.get(RUN_COUNT, 0) + 1
-            st.session_state[JOB] = prefill.FirstTokenJob.start(
-                lm, prefill.parse_prompt_list(text), sets.ids[REFUSAL_SET],
-                sets.ids[COMPLIANCE_SET], adapt=True)
-            st.session_state[RUNNING] = True
-        except PerplexError as exc:
-            st.error(plain(str(exc)))
-    job = st.session_state.get(JOB)
-    if job is None:
-        return
-    if st.session_state.get(RUNNING) and not job.finished:
-        stop = st.empty()
-        if stop.button("Stop", key=f"{PREFIX}.batch_stop",
-                       help="Keeps the prompts scored so far; Continue scores the rest."):
-            st.session_state[RUNNING] = False
-        else:
-            note = st.caption(f"Scoring {job.total:,} prompts on {plain(lm.label)}, a batch "
-                              "every few seconds. Stop keeps what is done.")
-            score(job)
-            note.empty()
-        stop.empty()
-    batch_status(job, sets)
-    if not job.finished and st.button(f"Continue ({job.total - job.done:,} left)",
-                                      key=f"{PREFIX}.batch_continue"):
-        st.session_state[RUNNING] = True
-        st.rerun()
-    if not job.results:
-        return
-    table = batch_table(job)
-    # A new key when the rows change, so that a selection never points at another row.
-    picked = st.dataframe(table, key=f"{PREFIX}.batch_table.{st.session_state.get(RUN_COUNT)}"
-                          f".{job.done}", on_select="rerun",
-                          selection_mode="single-row", hide_index=True, width="stretch",
-                          column_config=NUMBER_COLUMNS)
-    rows = picked.selection.rows if picked else []
-    if not rows:
-        st.caption("Click a column header to sort; tick a row's box to open its prompt above.")
-        return
-    row = table.iloc[rows[0]]
-    short = row["prompt"] if len(row["prompt"]) <= 60 else row["prompt"][:57] + "…"
-    st.button(f"Open line {row['line']} above: “{short}”", key=f"{PREFIX}.open_row",
-              on_click=open_row, args=(row["prompt"],), type="primary",
-              disabled=session_panel.read_only(),
-              help="Runs the prompt in the form above (fork a shared session first).")
-
-
 try:
     active = edit_sets()
 except PerplexError as exc:
@@ -434,4 +293,5 @@ if current is not None:
     show_current(current, active)
 
 st.divider()
-many_prompts(active)
+many_prompts(lm, PREFIX, active.ids[REFUSAL_SET], active.ids[COMPLIANCE_SET],
+             on_open=open_row)
