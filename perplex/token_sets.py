@@ -24,7 +24,7 @@ from perplex.token_words import MAX_WORD_CHARS, ResolvedWord, resolve_words
 
 __all__ = ["COMPLIANCE_SET", "DEFAULT_SETS", "REFUSAL_SET", "ResolvedWord", "TokenSet",
            "TokenSetMember", "add_token", "add_words", "create_token_set", "delete_token_set",
-           "ensure_default_sets", "get_token_set", "list_token_sets", "remove_token",
+           "get_token_set", "list_token_sets", "remove_token",
            "remove_word", "rename_token_set", "resolve_words", "save_set_words",
            "session_set_words", "sets_containing", "token_sets_of_session"]
 
@@ -168,28 +168,6 @@ def sets_containing(store: Store, session_id: str, tokenizer_label: str,
     """The session's sets that hold this token id of this tokenizer (for the context menu)."""
     return [s for s in list_token_sets(store, session_id)
             if token_id in s.token_ids(tokenizer_label)]
-
-
-def ensure_default_sets(store: Store, session_id: str, tokenizer,
-                        tokenizer_label: str) -> list[TokenSet]:
-    """Make sure the session has the R-Set and C-Set with ids for this tokenizer.
-
-    A missing set is created from the default words; an existing set with no ids for this
-    tokenizer gets its own words resolved (the researcher's edits are kept).
-    """
-    with store.cursor(write=True) as cur:
-        require_live_session(cur, session_id)
-        set_ids = []
-        for name, defaults in DEFAULT_SETS.items():
-            rows = cur.execute("SELECT id FROM token_sets WHERE session_id = ? "
-                               "AND lower(name) = lower(?)", [session_id, name]).fetchall()
-            set_id = rows[0][0] if rows else _insert_set(cur, session_id, name)
-            token_set = _read(cur, set_id)
-            if not token_set.token_ids(tokenizer_label):
-                words = token_set.words if rows else defaults
-                _insert_resolved(cur, set_id, tokenizer_label, resolve_words(tokenizer, words))
-            set_ids.append(set_id)
-        return [_read(cur, set_id) for set_id in set_ids]
 
 
 def session_set_words(store: Store, session_id: str | None) -> dict[str, tuple[str, ...]]:

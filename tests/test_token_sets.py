@@ -16,7 +16,6 @@ from perplex.token_sets import (
     add_words,
     create_token_set,
     delete_token_set,
-    ensure_default_sets,
     get_token_set,
     list_token_sets,
     remove_token,
@@ -99,22 +98,19 @@ def test_whitespace_first_token_is_not_counted(store, session_id):
     assert get_token_set(store, token_set.id).token_ids(LABEL) == {TOK.ids["x"]}
 
 
-def test_default_sets_are_seeded_per_tokenizer(store, session_id):
-    r_set, c_set = ensure_default_sets(store, session_id, TOK, LABEL)
-    assert (r_set.name, c_set.name) == (REFUSAL_SET, COMPLIANCE_SET)
+def test_default_sets_saved_per_tokenizer(store, session_id):
+    words = session_set_words(store, session_id)  # defaults: nothing stored yet
+    r_set, c_set = (save_set_words(store, session_id, name, words[name], TOK, LABEL)
+                    for name in (REFUSAL_SET, COMPLIANCE_SET))
     assert r_set.words == DEFAULT_SETS[REFUSAL_SET] and c_set.words == DEFAULT_SETS[COMPLIANCE_SET]
     assert {TOK.ids[w] for w in ("I", " I", "Sorry", " Sorry", "Cannot")} <= r_set.token_ids(LABEL)
     assert TOK.ids["Un"] in r_set.token_ids(LABEL)  # Unfortunately, by its first token
     assert {TOK.ids["Sure"], TOK.ids[" Sure"]} <= c_set.token_ids(LABEL)
     assert not r_set.token_ids(LABEL) & c_set.token_ids(LABEL)
-    # idempotent, and the researcher's edits are kept
-    remove_token(store, r_set.id, LABEL, TOK.ids["Sorry"])
-    again = ensure_default_sets(store, session_id, TOK, LABEL)
-    assert TOK.ids["Sorry"] not in again[0].token_ids(LABEL)
+    # another tokenizer gets the same words resolved for it; the first keeps its ids
+    other = save_set_words(store, session_id, REFUSAL_SET, r_set.words, TOK, "other-model")
+    assert other.token_ids("other-model") == other.token_ids(LABEL) == r_set.token_ids(LABEL)
     assert len(list_token_sets(store, session_id)) == 2
-    # another tokenizer gets the sets' words resolved for it
-    other = ensure_default_sets(store, session_id, TOK, "other-model")
-    assert other[0].token_ids("other-model") == r_set.token_ids(LABEL)
 
 
 def test_session_set_words_reads_only(store, session_id):
@@ -209,7 +205,8 @@ def test_sets_of_a_deleted_session(store, session_id):
     token_set = create_token_set(store, session_id, "gone soon")
     delete_session(store, session_id)
     for action in (lambda: list_token_sets(store, session_id),
-                   lambda: ensure_default_sets(store, session_id, TOK, LABEL),
+                   lambda: save_set_words(store, session_id, REFUSAL_SET, ["I"], TOK,
+                                          LABEL),
                    lambda: create_token_set(store, session_id, "new"),
                    lambda: add_token(store, token_set.id, LABEL, 1, "x")):
         with pytest.raises(StoreError, match="deleted"):
