@@ -117,7 +117,11 @@ def alert_panel(gen: Generation, limits: h.AlertThresholds, k: int) -> None:
         st.dataframe(pd.DataFrame(h.span_rows(steps, spans)), hide_index=True,
                      column_config={c: PERCENT for c in
                                     ("score", "p at start", "mean entropy after (nats)")})
-        st.caption("score = (1 − p at start) × mean entropy of the k tokens after it.")
+        st.caption("A doubtful token (p under the confidence threshold) flags itself and the "
+                   "k tokens after it when their mean entropy is over the entropy threshold; "
+                   "overlapping flags join into one span. score = (1 − p) × that mean "
+                   "entropy, the best of the span's doubtful tokens; p and mean entropy "
+                   "shown are the first's.")
 
 
 def _jump_to_alert(table_key: str, answer_index: int, found: list[h.Alert]) -> None:

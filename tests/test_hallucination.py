@@ -73,7 +73,7 @@ def test_flagged_spans_and_summary():
     steps = [step(0, 0.9, 0.1), step(1, 0.2, 0.5), step(2, 0.9, 3.0), step(3, 0.9, 2.5),
              step(4, 0.3, 0.1), step(5, 0.9, 0.1), step(6, 0.1, 0.1), step(7, 0.9, 5.0)]
     spans = h.flagged_spans(steps, th, k=2)
-    assert [(s.start, s.end) for s in spans] == [(1, 4), (6, 8)]
+    assert [(s.start, s.end, s.triggers) for s in spans] == [(1, 4, (1,)), (6, 8, (6,))]
     assert spans[0].mean_entropy == pytest.approx(2.75)
     assert spans[0].score == pytest.approx(0.8 * 2.75)
     assert spans[1].mean_entropy == pytest.approx(5.0)  # only one follower left
@@ -82,6 +82,23 @@ def test_flagged_spans_and_summary():
     assert h.summarise(steps[:1], th).first_start is None
     with pytest.raises(InputFormatError, match="k"):
         h.flagged_spans(steps, th, k=0)
+
+
+def test_overlapping_and_touching_flags_join_into_one_span():
+    th = h.AlertThresholds(confidence=0.4, entropy=2.0)
+    steps = [step(0, 0.9, 0.1), step(1, 0.2, 3.0), step(2, 0.1, 3.0), step(3, 0.9, 3.0),
+             step(4, 0.9, 3.0), step(5, 0.3, 0.1), step(6, 0.9, 4.0), step(7, 0.9, 4.0),
+             step(8, 0.9, 0.1), step(9, 0.9, 0.1), step(10, 0.9, 0.1), step(11, 0.2, 0.1),
+             step(12, 0.9, 9.0)]
+    spans = h.flagged_spans(steps, th, k=2)
+    # #1 flags [1, 4), #2 flags [2, 5): one span; #5 flags [5, 8) and starts where the
+    # first ends (touching): joined too; #11 flags [11, 13) far away: a span of its own.
+    assert [(s.start, s.end, s.triggers) for s in spans] == [(1, 8, (1, 2, 5)),
+                                                             (11, 13, (11,))]
+    first = spans[0]
+    assert first.score == pytest.approx(max(0.8 * 3.0, 0.9 * 3.0, 0.7 * 4.0))
+    assert (first.start_prob, first.mean_entropy) == (0.2, pytest.approx(3.0))
+    assert h.summarise(steps, th, k=2).count == 2
 
 
 def test_normalised_exact_match():
@@ -125,5 +142,7 @@ def test_marks_and_table_rows_follow_the_alerts():
     assert [r["#"] for r in rows] == [1, 2, 3] and rows[0]["p"] == 0.2
     spans = h.flagged_spans(steps, th, k=2)
     table = h.span_rows(steps, spans)
-    assert [(r["start"], r["end"], r["text"]) for r in table] == [(1, 3, "t1t2t3"), (2, 3, "t2t3")]
-    assert table[0]["score"] == pytest.approx(0.8 * (2.5 + 2.2) / 2)
+    # #1 flags 1..3 and #2 flags 2..3: one span, scored by its better flag
+    assert [(r["start"], r["end"], r["text"], r["doubtful tokens"]) for r in table] == [
+        (1, 3, "t1t2t3", "#1, #2")]
+    assert table[0]["score"] == pytest.approx(max(0.8 * (2.5 + 2.2) / 2, 0.7 * 2.2))

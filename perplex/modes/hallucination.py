@@ -65,9 +65,13 @@ class Alert:
 
 @dataclass(frozen=True)
 class FlaggedSpan:
-    """A low-confidence token at `start` and the k tokens after it (indices in the response).
+    """Tokens `start`…`end - 1` of the response, flagged by one or more doubtful tokens.
 
-    score = (1 - p[start]) × mean entropy of the next k tokens (nats).
+    Each doubtful token (p under the confidence threshold, at an index in `triggers`) with
+    a mean entropy over its next k tokens above the entropy threshold flags itself and
+    those k tokens; flags that overlap or touch join into one span. A trigger's score is
+    (1 - p) × that mean entropy (nats); the span's `score` is its best trigger's, and
+    `start_prob` / `mean_entropy` are the first trigger's.
     """
 
     start: int
@@ -75,6 +79,7 @@ class FlaggedSpan:
     score: float
     start_prob: float
     mean_entropy: float
+    triggers: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,12 +132,13 @@ def flagged_spans(steps: Sequence[TokenStep], thresholds: AlertThresholds,
     """Low-confidence tokens followed by mean entropy over the next k tokens > threshold.
 
     steps: the response tokens. A token too close to the end to have k followers is
-    judged on those it has (at least one). Spans may overlap.
+    judged on those it has (at least one). Overlapping or touching flags join into one
+    span, so the count is of separate places in the answer.
     """
     if not isinstance(k, int) or k < 1:
         raise InputFormatError(f"k (tokens after the doubtful one) is a whole number ≥ 1, "
                                f"not {k!r}.")
-    spans = []
+    spans: list[FlaggedSpan] = []
     for i, step in enumerate(steps):
         if step.prob is None or step.prob >= thresholds.confidence:
             continue
@@ -140,9 +146,17 @@ def flagged_spans(steps: Sequence[TokenStep], thresholds: AlertThresholds,
         if not after:
             continue
         mean = sum(after) / len(after)
-        if mean > thresholds.entropy:
-            spans.append(FlaggedSpan(i, i + 1 + len(after), (1 - step.prob) * mean,
-                                     step.prob, mean))
+        if mean <= thresholds.entropy:
+            continue
+        flag = FlaggedSpan(i, i + 1 + len(after), (1 - step.prob) * mean, step.prob, mean,
+                           (i,))
+        last = spans[-1] if spans else None
+        if last is not None and i <= last.end:
+            spans[-1] = replace(last, end=max(last.end, flag.end),
+                                score=max(last.score, flag.score),
+                                triggers=last.triggers + (i,))
+        else:
+            spans.append(flag)
     return spans
 
 
@@ -262,4 +276,5 @@ def span_rows(steps: Sequence[TokenStep], spans: Sequence[FlaggedSpan]) -> list[
     return [{"start": s.start, "end": s.end - 1,
              "text": "".join(step.text for step in steps[s.start:s.end]),
              "score": s.score, "p at start": s.start_prob,
-             "mean entropy after (nats)": s.mean_entropy} for s in spans]
+             "mean entropy after (nats)": s.mean_entropy,
+             "doubtful tokens": ", ".join(f"#{i}" for i in s.triggers)} for s in spans]
