@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from perplex.errors import PerplexError
+from perplex.formats import parse_chat_text
 from perplex.head_lens import head_lens
 from perplex.lens import compute_lens, find_anatomy
 from perplex.lens_plots import lens_heatmap, lens_rows, lens_trajectory
@@ -69,17 +70,35 @@ if request is not None:
     except PerplexError as exc:
         st.error(plain(str(exc)))
 
+INPUT_KINDS = {"text": "Plain text", "user": "A user message (chat template)",
+               "chat": "A chat as JSON (several turns)"}
+
+
+def encode_input(text: str, kind: str) -> tuple[int, ...]:
+    """The token ids the lens reads for the typed input; () for blank text (refused later).
+
+    A chat ending in a user message gets the assistant's opening, so the last position
+    predicts the answer's first token.
+    """
+    if not text.strip():
+        return ()
+    if kind == "text":
+        return tuple(encode_plain_text(lm.tokenizer, text).ids)
+    messages = parse_chat_text(text) if kind == "chat" else (Message("user", text),)
+    return tuple(encode_messages(lm.tokenizer, messages, messages[-1].role == "user").ids)
+
+
 with st.form(f"{PREFIX}.form"):
-    prompt = st.text_area("Prompt", DEFAULT_PROMPT, height=80, key=f"{PREFIX}.prompt")
-    chat = st.toggle("Wrap in the chat template (as a user message)", key=f"{PREFIX}.chat")
+    prompt = st.text_area("Prompt", DEFAULT_PROMPT, height=80, key=f"{PREFIX}.prompt",
+                          help='A chat: [{"role": "system", "content": "..."}, '
+                               '{"role": "user", "content": "..."}, …] or {"messages": […]}.')
+    kind = st.radio("Read it as", list(INPUT_KINDS), format_func=INPUT_KINDS.get,
+                    horizontal=True, key=f"{PREFIX}.input_kind")
     if st.form_submit_button("Look through the lens", type="primary"):
         try:
-            if chat:
-                seq = encode_messages(lm.tokenizer, (Message("user", prompt),), True)
-            else:
-                seq = encode_plain_text(lm.tokenizer, prompt)
-            ids = tuple(seq.ids) if prompt.strip() else ()  # the lens refuses it, clearly
-            st.session_state[f"{PREFIX}.input"] = (ids, "prompt")
+            ids = encode_input(prompt, kind)
+            origin = {"text": "prompt", "user": "user message", "chat": "chat"}[kind]
+            st.session_state[f"{PREFIX}.input"] = (ids, origin)
             st.session_state.pop(f"{PREFIX}.selected", None)
         except PerplexError as exc:
             st.error(plain(str(exc)))

@@ -152,6 +152,21 @@ def _json_transcripts(
     raise _Problem(f'the JSON object has neither "messages" nor "choices" ({keys}). {expected}')
 
 
+def parse_chat_text(text: str) -> tuple[Message, ...]:
+    """Messages from a chat typed or pasted as JSON: a list, or an object with "messages"."""
+    if not text.strip():
+        raise InputFormatError(f"The chat is empty: paste messages like {CHAT_SHAPE}")
+    try:
+        obj = _loads(text)
+        items = obj.get("messages") if isinstance(obj, dict) else obj
+        if not isinstance(items, list):
+            raise _Problem(f"the JSON ({_json_type(obj)}) holds no list of messages. "
+                           f"Expected {CHAT_SHAPE}")
+        return _chat_messages(items)
+    except _Problem as problem:
+        raise InputFormatError(f"The chat: {problem}") from None
+
+
 def _chat_messages(items: Any) -> tuple[Message, ...]:
     """Return validated chat messages from a JSON list; errors name the index from 0."""
     if not isinstance(items, list) or not items:

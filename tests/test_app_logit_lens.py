@@ -106,6 +106,29 @@ def _submit(at: AppTest, prompt: str) -> AppTest:
     return next(b for b in at.button if b.label == "Look through the lens").click().run()
 
 
+def test_a_multi_turn_chat_is_read_through_the_chat_template(page, tiny_lm):
+    from perplex.records import Message
+    from perplex.tokens import encode_messages
+
+    chat = ('[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, '
+            '{"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"}]')
+    page.radio(key="lens.input_kind").set_value("chat")
+    _submit(page, chat)
+    assert not page.exception and not page.error
+    expected = encode_messages(tiny_lm.tokenizer, (
+        Message("system", "Be brief."), Message("user", "Hi"), Message("assistant", "Hello"),
+        Message("user", "Bye")), True)  # ends with the user: the assistant's opening added
+    assert page.session_state["lens.input"] == (tuple(expected.ids), "chat")
+    assert "(chat, computed in" in page.markdown[0].value
+
+
+def test_a_malformed_chat_says_what_is_wrong(page):
+    page.radio(key="lens.input_kind").set_value("chat")
+    _submit(page, '[{"role": "user", "text": "Hi"}]')
+    assert not page.exception
+    assert any('message at index 0 has no "content" key' in e.value for e in page.error)
+
+
 def test_empty_prompt_gets_a_clear_message(page):
     _submit(page, "   ")
     assert not page.exception

@@ -16,6 +16,7 @@ from perplex.formats import (
     MAX_UPLOAD_BYTES,
     TEXT_ROLE,
     entropy_lower_bound,
+    parse_chat_text,
     parse_upload,
 )
 from perplex.records import Message, Source, TokenRole
@@ -411,3 +412,15 @@ def test_mangled_samples_parse_or_raise_input_format_error(path: Path):
             parse_upload(path.name, bytes(data))
         except InputFormatError:
             pass
+
+
+def test_typed_chat_json_becomes_messages():
+    listed = parse_chat_text('[{"role": "user", "content": "Hi <b>"}]')
+    assert listed == (Message("user", "Hi <b>"),)
+    wrapped = parse_chat_text('{"messages": [{"role": "system", "content": "x"}, '
+                              '{"role": "user", "content": "y"}]}')
+    assert [m.role for m in wrapped] == ["system", "user"]
+    for bad, said in (("  ", "empty"), ("[1", "malformed"), ('{"a": 1}', "no list"),
+                      ('[{"role": "robot", "content": "x"}]', "role")):
+        with pytest.raises(InputFormatError, match=said):
+            parse_chat_text(bad)
