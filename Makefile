@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 MODEL_STAMP := data/models/.bundled-ready
 PORT ?= 8501
 
-.PHONY: run test test-fast bench lint setup model browser clean
+.PHONY: run test test-fast bench lint docs setup model browser clean
 
 run: setup model
 	$(VENV)/bin/streamlit run app.py --server.port $(PORT)
@@ -22,6 +22,10 @@ bench: setup model browser
 
 lint: setup
 	$(VENV)/bin/ruff check .
+
+# Regenerate the README's screenshot from its browser test (tests never touch docs/ otherwise).
+docs: setup model browser
+	PERPLEX_UPDATE_DOCS=1 $(PY) -m pytest tests/browser/test_logit_lens.py -k eiffel
 
 setup: $(STAMP)
 
