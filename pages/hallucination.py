@@ -149,6 +149,9 @@ def check_panel(gen: Generation) -> None:
     length = cols[1].number_input("max tokens each", 1, 512,
                                   min(params.max_new_tokens, 48), key=f"{PREFIX}.sample_len")
     key = f"{PREFIX}.consistency.{gen.id}"
+    compared = st.radio("Compare", h.COMPARED_PARTS, horizontal=True, key=f"{PREFIX}.compared",
+                        help="Sampled answers seldom agree word for word to the end; their "
+                             "first sentences usually carry the answer.")
     if st.button("Sample answers", key=f"{PREFIX}.sample", disabled=viewing_only,
                  help="Samples with seeds 0…N−1 at the decoding temperature (1 when greedy)."):
         bar = st.progress(0.0, text=f"0 / {n} answers")
@@ -157,14 +160,17 @@ def check_panel(gen: Generation) -> None:
             st.session_state[key] = h.sample_answers(
                 lm, question, replace(params, max_new_tokens=int(length)), int(n),
                 progress=lambda done, total: bar.progress(done / total,
-                                                          text=f"{done} / {total} answers"))
+                                                          text=f"{done} / {total} answers"),
+                compared=compared)
         except PerplexError as exc:
             st.error(plain(str(exc)))
         bar.empty()
-    result = st.session_state.get(key)
-    if result is not None:
+    sampled = st.session_state.get(key)
+    if sampled is not None:
+        result = h.consistency(sampled.answers, sampled.seeds, compared)
         st.markdown(f"Consistency **estimate**: {result.agreeing} of {len(result.answers)} "
-                    f"sampled answers agree ({result.rate:.0%}) on “{plain(result.majority)}”")
+                    f"sampled answers agree ({result.rate:.0%}) on their {compared}: "
+                    f"“{plain(result.majority)}”")
         if result.others:
             st.markdown("Disagreeing answers:\n" + "\n".join(
                 f"- “{plain(' '.join(text.split()))}”" for text in result.others))

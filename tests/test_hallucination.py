@@ -116,6 +116,22 @@ def test_consistency_counts_normalised_agreement():
         h.check_samples(1)
 
 
+def test_consistency_compares_first_sentences_unless_asked_for_the_whole():
+    answers = ["The capital is Paris. It is big.", "the capital is paris!\nMore text",
+               "The capital is Paris. Lovely city, too.", "Lyon. Or Paris."]
+    assert [h.first_sentence(a) for a in answers] == [
+        "The capital is Paris.", "the capital is paris!", "The capital is Paris.", "Lyon."]
+    assert h.first_sentence("  \n  ") == "" and h.first_sentence("No end") == "No end"
+    first = h.consistency(answers, range(4))
+    assert (first.compared, first.majority, first.agreeing) == ("first sentence",
+                                                                 "capital is paris", 3)
+    assert first.others == ("Lyon. Or Paris.",)
+    whole = h.consistency(answers, range(4), "whole answer")
+    assert whole.agreeing == 1 and len(whole.others) == 3
+    with pytest.raises(InputFormatError, match="Compare the first sentence or the whole"):
+        h.consistency(answers, range(4), "last word")
+
+
 def test_sample_answers_seeded(tiny_lm):
     messages = (Message("user", "Hello"),)
     params = DecodeParams(max_new_tokens=5)

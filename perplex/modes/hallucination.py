@@ -183,11 +183,24 @@ def exact_match(answer: str, reference: str) -> bool:
     return normalise_answer(answer) == normalise_answer(reference)
 
 
+COMPARED_PARTS = ("first sentence", "whole answer")
+
+
+def first_sentence(text: str) -> str:
+    """The answer up to its first sentence end (. ! ? followed by a space) or line break."""
+    for piece in re.split(r"(?<=[.!?])\s+|\n", text.strip()):
+        if piece.strip():
+            return piece.strip()
+    return ""
+
+
 @dataclass(frozen=True)
 class Consistency:
     """Agreement of N sampled answers: an estimate of how settled the model is.
 
-    `agreeing` answers normalise to the most common form; `others` are the rest as sampled.
+    Answers are compared on `compared` ("first sentence" or "whole answer") after
+    normalisation; `agreeing` answers share the most common form (`majority`), `others`
+    are the rest as sampled.
     """
 
     answers: tuple[str, ...]
@@ -195,6 +208,7 @@ class Consistency:
     majority: str  # normalised
     agreeing: int
     others: tuple[str, ...]
+    compared: str = COMPARED_PARTS[0]
 
     @property
     def rate(self) -> float:
@@ -202,14 +216,28 @@ class Consistency:
         return self.agreeing / len(self.answers)
 
 
-def consistency(answers: Sequence[str], seeds: Sequence[int]) -> Consistency:
-    """Count normalised agreement between sampled answers."""
+def _compared_part(compared: str) -> Callable[[str], str]:
+    """The function that cuts an answer to the part compared, or InputFormatError."""
+    if compared not in COMPARED_PARTS:
+        raise InputFormatError(f"Compare the {' or the '.join(COMPARED_PARTS)}, "
+                               f"not {compared!r}.")
+    return first_sentence if compared == COMPARED_PARTS[0] else str
+
+
+def consistency(answers: Sequence[str], seeds: Sequence[int],
+                compared: str = COMPARED_PARTS[0]) -> Consistency:
+    """Count normalised agreement between sampled answers, on the part `compared`.
+
+    Free-running answers rarely agree word for word to their last token, so by default
+    only their first sentences are compared.
+    """
     if not answers:
         raise InputFormatError("No answers to compare: sample at least two.")
-    normalised = [normalise_answer(a) for a in answers]
+    part = _compared_part(compared)
+    normalised = [normalise_answer(part(a)) for a in answers]
     majority, agreeing = Counter(normalised).most_common(1)[0]
     others = tuple(a for a, n in zip(answers, normalised) if n != majority)
-    return Consistency(tuple(answers), tuple(seeds), majority, agreeing, others)
+    return Consistency(tuple(answers), tuple(seeds), majority, agreeing, others, compared)
 
 
 def check_samples(n: int) -> int:
@@ -221,13 +249,15 @@ def check_samples(n: int) -> int:
 
 def sample_answers(lm, messages: tuple[Message, ...], params: DecodeParams, n: int,
                    first_seed: int = 0,
-                   progress: Callable[[int, int], None] | None = None) -> Consistency:
+                   progress: Callable[[int, int], None] | None = None,
+                   compared: str = COMPARED_PARTS[0]) -> Consistency:
     """Sample n answers with seeds first_seed … first_seed+n-1 and count their agreement.
 
     Sampling needs a temperature > 0: greedy decoding would give n copies of one answer,
     so a temperature of 0 is taken as 1.
     """
     n = check_samples(n)
+    _compared_part(compared)
     temperature = params.temperature if params.temperature > 0 else 1.0
     seeds = tuple(range(first_seed, first_seed + n))
     answers = []
@@ -236,7 +266,7 @@ def sample_answers(lm, messages: tuple[Message, ...], params: DecodeParams, n: i
         answers.append(run.run().response_text.strip())
         if progress is not None:
             progress(len(answers), n)
-    return consistency(answers, seeds)
+    return consistency(answers, seeds, compared)
 
 
 def alert_timeline(steps: Sequence[TokenStep], thresholds: AlertThresholds,
