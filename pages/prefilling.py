@@ -20,6 +20,7 @@ from perplex.token_sets import (
     session_set_words,
 )
 from perplex.ui import investigate, resources, session_panel
+from perplex.ui.own_sets import own_sets_editor, word_list
 from perplex.ui.prompt_list import many_prompts
 from perplex.ui.sidebar import decode_params_form, thresholds
 from perplex.ui.text import plain
@@ -53,6 +54,7 @@ class ActiveSets:
     words: dict[str, tuple[str, ...]]
     spellings: dict[str, bool]
     ids: dict[str, frozenset[int]]
+    own: dict[str, frozenset[int]]  # the researcher's other sets that have ids here
 
 
 def saved_sets() -> tuple[dict[str, tuple[str, ...]], dict[str, bool]]:
@@ -95,11 +97,6 @@ def synced(widget, label: str, key: str, saved, **kwargs):
         st.session_state[key] = saved
         st.session_state[mark] = saved
     return widget(label, key=key, **kwargs)
-
-
-def word_list(text: str) -> tuple[str, ...]:
-    """Comma-separated words, trimmed, blanks and repeats dropped."""
-    return tuple(dict.fromkeys(w.strip() for w in text.split(",") if w.strip()))
 
 
 def resolved_table(resolved) -> pd.DataFrame:
@@ -172,7 +169,8 @@ def edit_sets() -> ActiveSets:
         st.caption("· marks a space. A spelling of several tokens counts by its first "
                    "token only. Tokens added from the token view's menu land in these sets "
                    "too. Edits are saved in the session.")
-    return ActiveSets(words, spellings, ids)
+        own = own_sets_editor(lm, PREFIX, SET_NAMES, spellings)
+    return ActiveSets(words, spellings, ids, own)
 
 
 def headline(result: prefill.FirstToken, label: str) -> None:
@@ -187,6 +185,9 @@ def headline(result: prefill.FirstToken, label: str) -> None:
     cols[1].metric("P(R-Set)", f"{result.mass.refusal:.3f}")
     cols[2].metric("P(C-Set)", f"{result.mass.compliance:.3f}")
     cols[3].metric("other", f"{result.mass.other:.3f}")
+    if result.own_sets:
+        st.markdown("Your sets here: " + " · ".join(
+            f"P({plain(name)}) = **{mass:.3f}**" for name, mass in result.own_sets))
 
 
 def run_prompt(prompt: str, prefix_text: str, sets: ActiveSets) -> None:
@@ -214,10 +215,10 @@ def open_row(prompt: str) -> None:
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def first_token(_lm, label: str, prompt: str, refusal: list[int],
-                compliance: list[int]) -> prefill.FirstToken:
+def first_token(_lm, label: str, prompt: str, refusal: list[int], compliance: list[int],
+                own: tuple[tuple[str, tuple[int, ...]], ...]) -> prefill.FirstToken:
     """`prefill.first_token`, kept across reruns (a rerun for a click runs no model)."""
-    return prefill.first_token(_lm, prompt, refusal, compliance)
+    return prefill.first_token(_lm, prompt, refusal, compliance, own_sets=dict(own))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -234,7 +235,8 @@ def show_current(current, sets: ActiveSets) -> None:
     try:
         if user:
             first = first_token(lm, lm.label, user[-1], sorted(refusal_ids),
-                                sorted(compliance_ids))
+                                sorted(compliance_ids),
+                                tuple((n, tuple(sorted(i))) for n, i in sets.own.items()))
             headline(first, "Most likely first response token")
             st.plotly_chart(prefill.first_token_figure(first, refusal_ids, compliance_ids),
                             key=f"{PREFIX}-bars", config={"displaylogo": False})

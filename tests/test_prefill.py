@@ -38,6 +38,21 @@ def test_set_mass_equals_direct_sum(which, request):
         assert got.top_ids[0] == int(torch.argmax(probs))
         assert abs(got.top_probs[0] - float(probs.max())) <= 1e-6
         assert abs(got.mass.other - (1 - got.mass.refusal - got.mass.compliance)) < 1e-12
+        assert got.own_sets == ()
+
+
+@pytest.mark.parametrize("which", ["tiny_lm", "bundled_lm"])
+def test_own_sets_mass_equals_direct_sum(which, request):
+    lm = request.getfixturevalue(which)
+    refusal, compliance = default_ids(lm)
+    own = {"mine": [5, 7, 7, 11], "overlaps R": sorted(refusal)[:2] + [3]}
+    got = prefill.first_token(lm, "How do I pick a lock?", refusal, compliance, own_sets=own)
+    probs = direct_probs(lm, prefill.chat_context(lm, "How do I pick a lock?"))
+    assert [name for name, _ in got.own_sets] == ["mine", "overlaps R"]
+    for (name, mass), ids in zip(got.own_sets, own.values()):
+        assert abs(mass - float(probs[sorted(set(ids))].sum())) <= 1e-6
+    with pytest.raises(InputFormatError, match="token set empty one is empty"):
+        prefill.first_token(lm, "Hi", refusal, compliance, own_sets={"empty one": []})
 
 
 def test_batched_equals_one_at_a_time(tiny_lm):
@@ -290,3 +305,35 @@ def test_many_prompts_skip_blank_lines_and_a_row_opens_its_prompt(page, perplex_
     job = page.session_state["prefill.job"]
     assert job.finished and [r.prompt for _, r in job.scored()] == ["Hi", "I'm sorry"]
     assert stored(perplex_home) == ([], [])  # scoring a list saves nothing
+
+
+def test_own_sets_are_added_shown_at_the_first_token_and_deleted(page, perplex_home, tiny_lm):
+    page.run()
+    add = next(b for b in page.button if b.label == "Add set")
+    page.text_input(key="prefill.own_name").set_value("R-set")
+    page.text_input(key="prefill.own_words").set_value("No")
+    add.click().run()  # the R-Set's name, in other case: refused
+    assert any("edited above" in e.value for e in page.error)
+    assert stored(perplex_home) == ([], [])
+    page.text_input(key="prefill.own_name").set_value("Harm")
+    page.text_input(key="prefill.own_words").set_value("\u200b")
+    next(b for b in page.button if b.label == "Add set").click().run()
+    assert any("no visible character" in e.value and "Nothing was added" in e.value
+               for e in page.error)
+    assert stored(perplex_home) == ([], [])
+    page.text_input(key="prefill.own_name").set_value("Harm")
+    page.text_input(key="prefill.own_words").set_value("No, maybe")
+    next(b for b in page.button if b.label == "Add set").click().run()
+    assert not page.exception and not page.error
+    assert stored(perplex_home)[1] == [{"Harm": ("No", "maybe")}]  # R/C stay unsaved
+    page.text_area(key="prefill.prompt_text").set_value("Hi")
+    next(b for b in page.button if b.label == "Run").click().run()
+    assert not page.exception and not page.error
+    shown = next(m.value for m in page.markdown if m.value.startswith("Your sets here"))
+    direct = prefill.first_token(tiny_lm, "Hi", *default_ids(tiny_lm), own_sets={
+        "Harm": prefill.resolve_set(tiny_lm.tokenizer, ["No", "maybe"], "Harm")[0]})
+    assert shown == f"Your sets here: P(Harm) = **{direct.own_sets[0][1]:.3f}**"
+    page.selectbox(key="prefill.own_delete_pick").set_value("Harm").run()
+    page.button(key="prefill.own_delete").click().run()
+    assert not page.exception
+    assert "Harm" not in stored(perplex_home)[1][0]

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import plotly.graph_objects as go
@@ -58,6 +58,7 @@ class FirstToken:
     top_texts: tuple[str, ...]
     top_probs: tuple[float, ...]
     mass: SetMass
+    own_sets: tuple[tuple[str, float], ...] = ()  # (name, P(set)) for the researcher's sets
 
     @property
     def top_text(self) -> str:
@@ -132,12 +133,18 @@ def _first_token(lm: LoadedModel, prompt: str, probs: np.ndarray, refusal: np.nd
 
 
 def first_token(lm: LoadedModel, prompt: str, refusal_ids: Iterable[int],
-                compliance_ids: Iterable[int], k: int = 20, prefill: str = "") -> FirstToken:
-    """The first response token's distribution for a prompt (after `prefill`, if any)."""
+                compliance_ids: Iterable[int], k: int = 20, prefill: str = "",
+                own_sets: Mapping[str, Iterable[int]] | None = None) -> FirstToken:
+    """The first response token's distribution for a prompt (after `prefill`, if any).
+
+    `own_sets` (name → ids) are the researcher's other sets: their P(set) is kept too.
+    """
     refusal = check_set(refusal_ids, "R-Set", lm.vocab_size)
     compliance = check_set(compliance_ids, "C-Set", lm.vocab_size)
+    own = {name: check_set(ids, name, lm.vocab_size) for name, ids in (own_sets or {}).items()}
     probs = next_token_distributions(lm, [chat_context(lm, prompt, prefill)])[0]
-    return _first_token(lm, prompt, probs, refusal, compliance, k)
+    return replace(_first_token(lm, prompt, probs, refusal, compliance, k),
+                   own_sets=tuple((name, float(probs[ids].sum())) for name, ids in own.items()))
 
 
 @dataclass(frozen=True)

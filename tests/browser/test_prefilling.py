@@ -169,6 +169,17 @@ def test_sets_editor_refuses_bad_words_and_keeps_edits_over_a_reload(prefilling,
     field = page.get_by_label("R-Set words (comma separated)")
     assert field.input_value() == "Sorry, Cannot, Unfortunately"
     assert session_of(page) == sid and metric(page, "P(R-Set)") == after
+    # a set of one's own: P(set) at the first token beside the R-Set's and C-Set's
+    page.get_by_label("New set").fill("Harm")
+    page.get_by_label("its words (comma separated)").fill("kill, weapon")
+    page.get_by_role("button", name="Add set").click()
+    own = page.get_by_text(re.compile(r"^Your sets here: P\(Harm\) = \d\.\d{3}$"))
+    own.wait_for(timeout=WORK_TIMEOUT)
+    settle(page)
+    table = page.locator('[data-testid="stDataFrame"]').filter(has_text="Harm")
+    scroll_to(page.get_by_text("Your own sets"))
+    screenshot(page, "prefilling_5b_own_set")
+    assert table.count() == 1
     assert_no_exception(page)
 
 
