@@ -107,8 +107,11 @@ def bench_token_view(lm, n_tokens: int = 2000) -> None:
                     page.wait_for_function(DRAWN_JS, arg=shown, timeout=120_000)
                     token = page.locator(".tok[data-index='5']")
                     wait_for_script(page, timeout=120_000)
+                    # Scroll first: a scroll hides the tooltip, and hover() scrolls.
+                    token.scroll_into_view_if_needed()
+                    page.wait_for_timeout(100)
                     token.hover()
-                    page.locator(".tok-tip").first.wait_for(state="visible")
+                    page.locator(".tok-tip:visible").first.wait_for(timeout=30_000)
                     times.append(time.perf_counter() - started)
                 browser.close()
         finally:
@@ -123,9 +126,9 @@ def bench_lens(lm, n_tokens: int = 128) -> None:
 
     The baseline is the compute bound: one [n_tokens, d] x [d, V] float32 matmul per layer
     (L+1 of them), into a preallocated buffer. Peak memory for 512 tokens is measured in a
-    fresh subprocess as its peak resident set (ru_maxrss) after the lens minus its resident
-    set just before it (model loaded, a small lens run to warm up): that counts torch's
-    allocations, which tracemalloc does not see, and is an upper bound.
+    fresh subprocess as its peak resident set during the lens (VmHWM, reset just before it)
+    minus its resident set just before it (model loaded, a small lens run to warm up): that
+    counts torch's allocations, which tracemalloc does not see.
     """
     from perplex.lens import compute_lens, find_anatomy
     from perplex.nnsight_adapter import capture_residuals
@@ -167,24 +170,29 @@ def _lens_ids(lm, n_tokens: int) -> list[int]:
     return lm.tokenizer(text, add_special_tokens=False)["input_ids"][:n_tokens]
 
 
+def _status_kib(field: str) -> int:
+    """A `/proc/self/status` field in KiB (VmRSS, VmHWM)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
 def lens_memory_child(n_tokens: int) -> None:
     """In a fresh process: peak RSS growth over one logit lens of `n_tokens` tokens."""
-    import resource
-
     from perplex.lens import compute_lens
 
     lm = load_model(ModelSpec(), Settings(model_cache=PROJECT_ROOT / "data" / "models"))
     compute_lens(lm, _lens_ids(lm, 8))
-    # Current RSS before (not the high-water mark: loading may have peaked higher), peak
-    # after: an upper bound on what the lens added.
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    before = pages * os.sysconf("SC_PAGE_SIZE") / 1024
+    # Reset the peak-RSS mark (Linux: "5" > clear_refs) so loading's own peak is not counted.
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _status_kib("VmRSS")
     lens = compute_lens(lm, _lens_ids(lm, n_tokens))
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = _status_kib("VmHWM")
     kept = sum(getattr(lens, f).nbytes for f in ("top_ids", "top_probs", "final_prob",
                                                  "final_rank", "entropy", "kl_to_final"))
     print(f"lens    {n_tokens} tokens: peak RSS {(after - before) / 1024:.0f} MiB above "
-          f"the RSS before it (ru_maxrss minus /proc RSS, fresh process: an upper bound; "
+          f"the RSS just before it (VmHWM after resetting it, fresh process; "
           f"the result itself holds {kept / 2**20:.1f} MiB)")
 
 
