@@ -45,11 +45,16 @@ def distribution_stats(logits: torch.Tensor, chosen: torch.Tensor, k: int) -> Di
 
 
 def _chunk_stats(logits: torch.Tensor, chosen: torch.Tensor, k: int) -> DistributionStats:
+    # With s = z - max z and e = exp(s): log Z = max z + log Σe and H = log Σe - Σ e·s / Σe.
     wide = logits.double()  # exact copy of the float32 values
-    log_norm = torch.logsumexp(wide, dim=-1)
-    probs = torch.exp(wide - log_norm[:, None])
-    weighted = torch.where(probs > 0, probs * wide, 0.0)  # masked (-inf) logits add nothing
-    entropy = log_norm - weighted.sum(dim=-1)  # H = log Z - E_p[logit]
+    peak = wide.max(dim=-1, keepdim=True).values
+    shifted = wide.sub_(peak)  # in place; masked (-inf) logits stay -inf and get e = 0
+    e = torch.exp(shifted)
+    total = e.sum(dim=-1)
+    shifted.clamp_(min=-1e300)  # so that a masked logit adds 0 × -1e300 = 0, not nan
+    log_total = torch.log(total)
+    log_norm = peak[:, 0] + log_total
+    entropy = log_total - _row_dot(e, shifted) / total
     chosen_logit = logits.gather(-1, chosen[:, None])
     chosen_logp = chosen_logit[:, 0].double() - log_norm
     rank = (logits > chosen_logit).sum(dim=-1) + 1
@@ -57,6 +62,11 @@ def _chunk_stats(logits: torch.Tensor, chosen: torch.Tensor, k: int) -> Distribu
     top_logp = top.values.double() - log_norm[:, None]
     return DistributionStats(chosen_logp.tolist(), entropy.tolist(), rank.tolist(),
                              top.indices.tolist(), top_logp.tolist())
+
+
+def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Σ_v a[t, v] b[t, v] per row, as [T]: one read of each, no [T, V] temporary."""
+    return torch.bmm(a[:, None, :], b[:, :, None])[:, 0, 0]
 
 
 def step_records(stats: DistributionStats, ids: list[int], texts: list[str],
