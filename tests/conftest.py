@@ -4,6 +4,22 @@ from __future__ import annotations
 
 import pytest
 
+MEASUREMENTS: list[str] = []  # lines for the run's summary (pytest captures print)
+
+
+@pytest.fixture
+def measurement():
+    """`measurement(line)`: a number a test measured, printed at the end of the run."""
+    return MEASUREMENTS.append
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print what the tests measured, e.g. the lens scrubber's median and p95."""
+    if MEASUREMENTS:
+        terminalreporter.section("measurements")
+        for line in MEASUREMENTS:
+            terminalreporter.write_line(line)
+
 
 @pytest.fixture(autouse=True)
 def perplex_home(tmp_path, monkeypatch):

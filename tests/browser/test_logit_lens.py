@@ -32,7 +32,8 @@ def shown(cell) -> dict:
     return cell.evaluate(SHOWN)
 
 
-def test_scrubbing_300_tokens_needs_no_rerun_and_is_fast(streamlit_app, page, open_app):
+def test_scrubbing_300_tokens_needs_no_rerun_and_is_fast(streamlit_app, page, open_app,
+                                                         measurement):
     open_app(page, streamlit_app("tests/browser/apps/lens_view_app.py"))
     cells = page.locator(".lv-cell")
     cells.nth(299).wait_for()
@@ -57,13 +58,14 @@ def test_scrubbing_300_tokens_needs_no_rerun_and_is_fast(streamlit_app, page, op
     assert page.locator(".lv-pred b").count() == 0
     median = statistics.median(timings)
     p95 = sorted(timings)[int(0.95 * len(timings)) - 1]
-    print(f"\nlens scrub, 300 tokens × 31 layers: input → text updated and laid out: "
-          f"median {median:.2f} ms, p95 {p95:.2f} ms over {len(timings)} moves")
+    measurement(f"lens scrub, 300 tokens × 31 layers: input → text updated and laid out: "
+                f"median {median:.2f} ms, p95 {p95:.2f} ms over {len(timings)} moves "
+                "(target p95 ≤ 16 ms)")
     parts = page.evaluate("() => window.__perplexLensParts")
     for name, column in zip(("waiting for the handler", "DOM update", "layout"), zip(*parts)):
         ordered = sorted(column)
-        print(f"  {name}: median {statistics.median(ordered):.2f} ms, "
-              f"p95 {ordered[int(0.95 * len(ordered)) - 1]:.2f} ms")
+        measurement(f"  {name}: median {statistics.median(ordered):.2f} ms, "
+                    f"p95 {ordered[int(0.95 * len(ordered)) - 1]:.2f} ms")
     assert page.get_by_text("runs: 1 ").count() == 1  # no Python rerun while scrubbing
     # Only cells near the box's visible area move while scrubbing; the rest catch up as
     # they come near. Scrolled to the end, the last cells show layer 0 too, and what each
@@ -121,7 +123,8 @@ def test_eiffel_tower_view_shows_paris_and_its_lock_in(streamlit_app, page, open
         shutil.copy(path, PROJECT_ROOT / "docs" / "logit_lens_paris.png")
 
 
-def test_patching_sandbox_swaps_rome_for_paris(streamlit_app, page, open_app, screenshot):
+def test_patching_sandbox_swaps_rome_for_paris(streamlit_app, page, open_app, screenshot,
+                                               measurement):
     url = streamlit_app("tests/browser/apps/logit_lens_app.py",
                         env={"PERPLEX_MODEL_CACHE": MODELS})
     open_app(page, url, timeout=120_000)
@@ -135,7 +138,8 @@ def test_patching_sandbox_swaps_rome_for_paris(streamlit_app, page, open_app, sc
     page.get_by_role("button", name="Sweep every layer × position").click()
     caption = page.get_by_text("Sweep: 310 patches")
     caption.wait_for(timeout=300_000)
-    print(f"\npatching sweep, bundled model, 31 layers x 10 positions: {caption.text_content()}")
+    measurement(f"patching sweep, bundled model, 31 layers x 10 positions: "
+                f"{caption.text_content()}")
     wait_for_script(page, 60_000)
     chart = page.locator(".js-plotly-plot", has_text="after the patch")
     chart.wait_for(timeout=60_000)
