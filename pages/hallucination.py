@@ -22,6 +22,7 @@ PREFIX = "halluc"
 CURRENT = f"{PREFIX}.generation"
 SETTINGS = f"{PREFIX}.thresholds"  # [confidence, entropy, k] in the session's settings
 PERCENT = st.column_config.NumberColumn(format="%.3f")
+LIVE_ROWS = 8  # alerts listed while the answer streams (newest first); all of them after
 
 st.title("Hallucination")
 st.caption("Watch the answer for doubtful tokens as it streams: a token alerts when its "
@@ -88,9 +89,11 @@ def ask(question: str, limits: h.AlertThresholds) -> None:
         found.append(alert)
         marks[alert.index] = alert.reason
         stream.update(shown, alerts=marks, force=True)
-        heading.markdown(f"**Alerts so far: {len(found)}** (latest: token #{alert.index})")
-        table.dataframe(pd.DataFrame(h.alert_rows(found[::-1])), hide_index=True,
-                        column_config={"p": PERCENT, "entropy (nats)": PERCENT})
+        heading.markdown(f"**Alerts so far: {len(found)}** (latest: token #{alert.index}"
+                         f"{f'; the {LIVE_ROWS} newest shown' if len(found) > LIVE_ROWS else ''})")
+        # A static table: it is drawn at once, where a data grid would flash empty per alert.
+        table.table(pd.DataFrame(h.alert_rows(found[:-LIVE_ROWS - 1:-1])).set_index("#")
+                    .style.format({"p": "{:.3f}", "entropy (nats)": "{:.3f}"}))
     session_panel.save_to_session(run.generation(), CURRENT)
     st.rerun()
 

@@ -54,6 +54,8 @@ def test_alert_appears_while_the_answer_streams(hallucination_page, screenshot):
     assert live.count() == 1, "the answer had finished before the first alert showed"
     tokens_at_alert = live.locator(".tok").count()
     assert live.locator(".tok.alert").count() >= 1
+    rows = page.locator(LIVE_ALERTS).locator("table tbody tr")
+    assert rows.count() >= 1 and re.search(r"low p|high entropy", rows.first.inner_text())
     screenshot(page, "hallucination_1_streaming_alert")
 
     page.locator(FINAL_TOK).first.wait_for(timeout=WORK_TIMEOUT)
@@ -100,8 +102,14 @@ def test_alert_appears_while_the_answer_streams(hallucination_page, screenshot):
     page.get_by_role("button", name="Sample answers").click()
     result = page.get_by_text(re.compile(r"Consistency estimate: \d of 3 sampled answers agree"))
     result.wait_for(timeout=WORK_TIMEOUT)
+    assert "on their first sentence" in result.inner_text()
     result.scroll_into_view_if_needed()
+    page.mouse.move(5, 5)  # no tooltip over the result
+    page.wait_for_timeout(300)
     screenshot(page, "hallucination_4_consistency")
+    # Comparing whole answers recounts the same samples (nothing is sampled again).
+    page.get_by_text("whole answer", exact=True).click()
+    page.get_by_text(re.compile(r"sampled answers agree \(\d+%\) on their whole answer")).wait_for()
     assert_no_exception(page)
 
 
