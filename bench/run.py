@@ -31,6 +31,7 @@ PROMPT = (Message("user", "Write a long, detailed story about a lighthouse keepe
                           "a map. Describe every room of the lighthouse."),)
 NEW_TOKENS = 256
 REPEATS = 3
+LENS_REPEATS = 5  # the lens timings swing by 30% between runs on a shared machine
 DRAWN_JS = """n => [...document.querySelectorAll('*')].some(
     e => e.shadowRoot && e.shadowRoot.querySelectorAll('.tok').length >= n)"""
 
@@ -140,7 +141,7 @@ def bench_lens(lm, n_tokens: int = 128) -> None:
     hidden = torch.randn(lm.n_layers + 1, n_tokens, weight.shape[1])
     out = torch.empty(n_tokens, weight.shape[0])
     ours, bare, forward = [], [], []
-    for _ in range(2):
+    for _ in range(LENS_REPEATS):  # interleaved, so that both sides see the same load
         started = time.perf_counter()
         for layer in range(hidden.shape[0]):
             torch.matmul(hidden[layer], weight.T, out=out)
@@ -152,7 +153,8 @@ def bench_lens(lm, n_tokens: int = 128) -> None:
         compute_lens(lm, ids)
         ours.append(time.perf_counter() - started)
     projection = min(ours) - min(forward)
-    print(f"lens    {n_tokens} tokens x {lm.n_layers + 1} layers (best of 2): full lens "
+    print(f"lens    {n_tokens} tokens x {lm.n_layers + 1} layers (best of {LENS_REPEATS}): "
+          f"full lens "
           f"{min(ours):.2f} s = forward pass {min(forward):.2f} s + projection and statistics "
           f"{projection:.2f} s; bare unembedding matmuls {min(bare):.2f} s. Ratio, full lens: "
           f"{min(ours) / min(bare):.2f}; projection only (the issue's compute bound compares "

@@ -31,7 +31,7 @@ DEFAULT_TOP_K = 10
 CHUNK_POSITIONS = 64  # positions projected at once: bounds the [chunk, vocab] buffers
 # Rows (layers × positions of a chunk) per unembedding matmul: each matmul streams the whole
 # unembedding (113 MB for SmolLM2) from memory, so a few rows per matmul is memory-bound.
-ROWS_PER_MATMUL = 256
+ROWS_PER_MATMUL = 512  # 128-token lens here: 2.7-2.9 s vs 2.7-3.1 s at 256 rows; +100 MB
 
 Progress = Callable[[int, int], None]  # (steps done, steps in all)
 
@@ -230,13 +230,15 @@ def compute_lens(lm, ids: Sequence[int], *, top_k: int = DEFAULT_TOP_K,
                 residuals[:, c0:c1].to(anatomy.norm_dtype)).float()
             group = max(1, ROWS_PER_MATMUL // (c1 - c0))  # layers per matmul
             projector = _Projector(weight, bias, anatomy.softcap, c1 - c0, group)
-            final = projector.stats(projector.project(normed[-1:])[0], None, k)
-            earlier = list(range(n_layers - 2, -1, -1))  # the final layer first: KL needs it
-            groups = [[]] + [earlier[g:g + group] for g in range(0, len(earlier), group)]
-            for layers in groups:
-                logits = projector.project(normed[layers]) if layers else None
-                for j, layer in enumerate(layers or [n_layers - 1]):
-                    stats = projector.stats(logits[j], final, k) if layers else final
+            final = None
+            backwards = list(range(n_layers - 1, -1, -1))  # the final layer first: KL needs it
+            for g in range(0, n_layers, group):
+                layers = backwards[g:g + group]
+                logits = projector.project(normed[layers])
+                for j, layer in enumerate(layers):
+                    stats = projector.stats(logits[j], final, k)
+                    if final is None:
+                        final = stats
                     top_ids[c0:c1, layer] = stats.top_ids
                     top_probs[c0:c1, layer] = stats.top_probs
                     final_rank[c0:c1, layer] = stats.final_rank
