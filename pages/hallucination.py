@@ -89,11 +89,11 @@ def ask(question: str, limits: h.AlertThresholds) -> None:
         found.append(alert)
         marks[alert.index] = alert.reason
         stream.update(shown, alerts=marks, force=True)
-        heading.markdown(f"**Alerts so far: {len(found)}** (latest: token #{alert.index}"
-                         f"{f'; the {LIVE_ROWS} newest shown' if len(found) > LIVE_ROWS else ''})")
         # A static table: it is drawn at once, where a data grid would flash empty per alert.
         table.table(pd.DataFrame(h.alert_rows(found[:-LIVE_ROWS - 1:-1])).set_index("#")
                     .style.format({"p": "{:.3f}", "entropy (nats)": "{:.3f}"}))
+        heading.markdown(f"**Alerts so far: {len(found)}** (latest: token #{alert.index}"
+                         f"{f'; the {LIVE_ROWS} newest shown' if len(found) > LIVE_ROWS else ''})")
     session_panel.save_to_session(run.generation(), CURRENT)
     st.rerun()
 
