@@ -64,6 +64,16 @@ def test_tiny_model_matches_hidden_states_by_hand(tiny_lm):
     assert_matches_reference(tiny_lm, ids, chunk_positions=3)  # several chunks, one partial
 
 
+@pytest.mark.parametrize("chunk", [64, 20])
+def test_statistics_in_row_blocks_match_by_hand(tiny_lm, chunk):
+    """Inputs longer than a statistics block (16 rows) are split into blocks correctly."""
+    from perplex.lens import STATS_ROWS
+
+    ids = list(range(3, 48))
+    assert len(ids) > 2 * STATS_ROWS
+    assert_matches_reference(tiny_lm, ids, chunk_positions=chunk)
+
+
 ARCHITECTURES = {
     "gpt2": lambda v: transformers.GPT2LMHeadModel(transformers.GPT2Config(
         vocab_size=v, n_embd=64, n_layer=2, n_head=4, n_positions=128)),
