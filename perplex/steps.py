@@ -14,7 +14,9 @@ import torch
 from perplex.records import Alternative, TokenRole, TokenStep
 from perplex.tokens import token_texts
 
-ROWS_PER_CHUNK = 256
+# Rows whose statistics are computed together: small enough for the [rows, V] float64 block
+# to stay in the CPU cache through its passes (300 rows: 114-120 ms at 16, 227-243 at 256).
+ROWS_PER_CHUNK = 16
 
 
 @dataclass(frozen=True)
