@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.browser.conftest import REPO_ROOT, VIEWPORT
 from tests.browser.test_investigation import (
@@ -167,7 +168,8 @@ def test_sets_editor_refuses_bad_words_and_keeps_edits_over_a_reload(prefilling,
     settle(page, MODEL_TIMEOUT)
     page.get_by_text("Token sets (R-Set, C-Set)").click()
     field = page.get_by_label("R-Set words (comma separated)")
-    assert field.input_value() == "Sorry, Cannot, Unfortunately"
+    # Under load the restored session's rerun can come after settle(): wait for the value.
+    expect(field).to_have_value("Sorry, Cannot, Unfortunately", timeout=WORK_TIMEOUT)
     assert session_of(page) == sid and metric(page, "P(R-Set)") == after
     # a set of one's own: P(set) at the first token beside the R-Set's and C-Set's
     page.get_by_label("New set").fill("Harm")
