@@ -70,8 +70,10 @@ if request is not None:
     except PerplexError as exc:
         st.error(plain(str(exc)))
 
-INPUT_KINDS = {"text": "Plain text", "user": "A user message (chat template)",
-               "chat": "A chat as JSON (several turns)"}
+# How the typed text is read: its label in the form, and how the lens summary names it.
+INPUT_KINDS = {"text": ("Plain text", "prompt"),
+               "user": ("A user message (chat template)", "user message"),
+               "chat": ("A chat as JSON (several turns)", "chat")}
 
 
 def encode_input(text: str, kind: str) -> tuple[int, ...]:
@@ -92,13 +94,12 @@ with st.form(f"{PREFIX}.form"):
     prompt = st.text_area("Prompt", DEFAULT_PROMPT, height=80, key=f"{PREFIX}.prompt",
                           help='A chat: [{"role": "system", "content": "..."}, '
                                '{"role": "user", "content": "..."}, …] or {"messages": […]}.')
-    kind = st.radio("Read it as", list(INPUT_KINDS), format_func=INPUT_KINDS.get,
+    kind = st.radio("Read it as", list(INPUT_KINDS), format_func=lambda k: INPUT_KINDS[k][0],
                     horizontal=True, key=f"{PREFIX}.input_kind")
     if st.form_submit_button("Look through the lens", type="primary"):
         try:
-            ids = encode_input(prompt, kind)
-            origin = {"text": "prompt", "user": "user message", "chat": "chat"}[kind]
-            st.session_state[f"{PREFIX}.input"] = (ids, origin)
+            st.session_state[f"{PREFIX}.input"] = (encode_input(prompt, kind),
+                                                   INPUT_KINDS[kind][1])
             st.session_state.pop(f"{PREFIX}.selected", None)
         except PerplexError as exc:
             st.error(plain(str(exc)))
