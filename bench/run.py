@@ -154,11 +154,11 @@ def bench_lens(lm, n_tokens: int = 128) -> None:
         ours.append(time.perf_counter() - started)
     projection = min(ours) - min(forward)
     print(f"lens    {n_tokens} tokens x {lm.n_layers + 1} layers (best of {LENS_REPEATS}): "
-          f"full lens "
-          f"{min(ours):.2f} s = forward pass {min(forward):.2f} s + projection and statistics "
-          f"{projection:.2f} s; bare unembedding matmuls {min(bare):.2f} s. Ratio, full lens: "
-          f"{min(ours) / min(bare):.2f}; projection only (the issue's compute bound compares "
-          f"the unembedding work): {projection / min(bare):.2f} (target <= 1.2)")
+          f"full lens {min(ours):.2f} s = forward pass {min(forward):.2f} s + projection and "
+          f"statistics {projection:.2f} s; bare unembedding matmuls {min(bare):.2f} s. "
+          f"Ratio, full lens: {min(ours) / min(bare):.2f}; projection only (the issue's "
+          f"compute bound compares the unembedding work): {projection / min(bare):.2f} "
+          f"(target <= 1.2)")
     child = subprocess.run([sys.executable, "-c", "from bench.run import lens_memory_child; "
                             "lens_memory_child(512)"], capture_output=True, text=True,
                            cwd=PROJECT_ROOT, check=True)
