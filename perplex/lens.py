@@ -5,10 +5,8 @@ embedding and after every block; each is passed through the model's own final no
 unembedding. Row L (the last block's output, normed here) is therefore exactly the model's
 output distribution. Probabilities are softmax at temperature 1; entropy and KL in nats.
 
-Cost: the unembedding matmul (positions × layers × vocabulary × hidden) dominates. Per
-chunk of positions the statistics use fused kernels (top-k, softmax, products summed
-pairwise) into preallocated buffers. Batched dot products (bmm) and the shortcut
-Σ_v p_final[v]·z_l[v] = h_l · (Wᵀ p_final) were tried and lose 1e-3 nats in float32.
+Cost: the unembedding matmul (positions × layers × vocabulary × hidden) dominates; the
+statistics of its logits are taken by `perplex.lens_stats`, chunk of positions by chunk.
 """
 
 from __future__ import annotations
@@ -21,6 +19,7 @@ import numpy as np
 import torch
 
 from perplex.errors import PerplexError
+from perplex.lens_stats import Projector
 from perplex.nnsight_adapter import ResidualPatch, capture_residuals
 from perplex.tokens import token_texts
 
@@ -32,9 +31,6 @@ CHUNK_POSITIONS = 64  # positions projected at once: bounds the [chunk, vocab] b
 # Rows (layers × positions of a chunk) per unembedding matmul: each matmul streams the whole
 # unembedding (113 MB for SmolLM2) from memory, so a few rows per matmul is memory-bound.
 ROWS_PER_MATMUL = 512  # 128-token lens here: 2.7-2.9 s vs 2.7-3.1 s at 256 rows; +100 MB
-# Rows whose statistics are taken together: a [16, V] block stays in the CPU's cache through
-# the several passes over it (top-k, softmax, sums, rank), which halves their cost here.
-STATS_ROWS = 16
 
 Progress = Callable[[int, int], None]  # (steps done, steps in all)
 
@@ -199,11 +195,13 @@ def check_input(lm, ids: Sequence[int]) -> None:
 
 def compute_lens(lm, ids: Sequence[int], *, top_k: int = DEFAULT_TOP_K,
                  chunk_positions: int = CHUNK_POSITIONS, progress: Progress | None = None,
-                 patches: tuple[ResidualPatch, ...] = ()) -> LogitLens:
+                 patches: tuple[ResidualPatch, ...] = (),
+                 use_native: bool | None = None) -> LogitLens:
     """The logit lens of token ids `ids` under `lm` (a `LoadedModel`).
 
     `progress(done, total)` is called after the forward pass and after each layer of each
     chunk of positions. `patches` overwrite residuals during the pass (patching sandbox).
+    `use_native=False` takes the statistics with torch even where compiled code is built.
     """
     check_input(lm, ids)
     started = time.perf_counter()
@@ -232,24 +230,24 @@ def compute_lens(lm, ids: Sequence[int], *, top_k: int = DEFAULT_TOP_K,
             normed = anatomy.final_norm(
                 residuals[:, c0:c1].to(anatomy.norm_dtype)).float()
             group = max(1, ROWS_PER_MATMUL // (c1 - c0))  # layers per matmul
-            projector = _Projector(weight, bias, anatomy.softcap, group * (c1 - c0))
-            finals: dict[int, _LayerStats] = {}  # the final layer's, per block of rows
+            projector = Projector(weight, bias, anatomy.softcap, group * (c1 - c0), use_native)
+            final = None
             backwards = list(range(n_layers - 1, -1, -1))  # the final layer first: KL needs it
             for g in range(0, n_layers, group):
                 layers = backwards[g:g + group]
                 logits = projector.project(normed[layers])
                 for j, layer in enumerate(layers):
-                    for b0 in range(0, c1 - c0, STATS_ROWS):
-                        b1 = min(c1 - c0, b0 + STATS_ROWS)
-                        stats = projector.stats(logits[j, b0:b1], finals.get(b0), k)
-                        finals.setdefault(b0, stats)
-                        rows = slice(c0 + b0, c0 + b1)
-                        top_ids[rows, layer] = stats.top_ids
-                        top_probs[rows, layer] = stats.top_probs
-                        final_rank[rows, layer] = stats.final_rank
-                        out["final_prob"][rows, layer] = stats.final_prob
-                        out["entropy"][rows, layer] = stats.entropy
-                        out["kl_to_final"][rows, layer] = stats.kl
+                    if final is None:
+                        stats, final = projector.final_stats(logits[j], k)
+                    else:
+                        stats = projector.stats(logits[j], final, k)
+                    rows = slice(c0, c1)
+                    top_ids[rows, layer] = stats.top_ids
+                    top_probs[rows, layer] = stats.top_probs
+                    final_rank[rows, layer] = stats.final_rank
+                    out["final_prob"][rows, layer] = stats.final_prob
+                    out["entropy"][rows, layer] = stats.entropy
+                    out["kl_to_final"][rows, layer] = stats.kl
                     done += 1
                     if progress:
                         progress(done, total)
@@ -262,69 +260,3 @@ def compute_lens(lm, ids: Sequence[int], *, top_k: int = DEFAULT_TOP_K,
         candidate_texts={int(i): vocab[i] if i < len(vocab) else "" for i in unique},
         model_label=lm.label, seconds=time.perf_counter() - started, **out)
 
-
-
-
-@dataclass(frozen=True)
-class _LayerStats:
-    """Per position of one chunk, at one layer (all tensors [C] or [C, k])."""
-
-    top_ids: np.ndarray
-    top_probs: np.ndarray
-    final_prob: np.ndarray
-    final_rank: np.ndarray
-    entropy: np.ndarray
-    kl: np.ndarray
-    final_ids: torch.Tensor | None = None
-    minus_entropy: torch.Tensor | None = None  # Σ p log p of the final layer
-    p_final: torch.Tensor | None = None  # [C, V]: the final layer's probabilities
-
-
-class _Projector:
-    """Unembeds normed residuals of one chunk and reduces them to `_LayerStats`."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, softcap: float | None,
-                 matmul_rows: int) -> None:
-        self.weight, self.bias, self.softcap = weight, bias, softcap
-        self.logits = torch.empty((matmul_rows, weight.shape[0]), dtype=torch.float32)
-        self.above = torch.empty((STATS_ROWS, weight.shape[0]), dtype=torch.bool)
-        self.product = torch.empty((STATS_ROWS, weight.shape[0]), dtype=torch.float32)
-
-    def project(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits [g, C, V] of normed residuals [g, C, d] (g ≤ group), in one matmul."""
-        g, rows = hidden.shape[0], hidden.shape[1]
-        z = torch.matmul(hidden.reshape(g * rows, -1), self.weight.T,
-                         out=self.logits[:g * rows])
-        if self.bias is not None:
-            z += self.bias
-        if self.softcap:
-            z.div_(self.softcap).tanh_().mul_(self.softcap)
-        return z.view(g, rows, -1)
-
-    def stats(self, z: torch.Tensor, final: _LayerStats | None, k: int) -> _LayerStats:
-        """Statistics of one layer's logits `z` [C, V] (`final`: the last layer's, or None)."""
-        top = torch.topk(z, k, dim=1)
-        probs = torch.softmax(z, dim=1)
-        # float32 softmax rows sum to 1 ± 3e-5; times logits of ~30 that is 1e-3 nats of
-        # entropy, so every sum over p below is divided by the row's actual total.
-        total = probs.sum(dim=1)
-        top1_prob = probs.gather(1, top.indices[:, :1])[:, 0] / total
-        lse = top.values[:, 0] - torch.log(top1_prob)  # log Σ exp z, without another pass
-        final_ids = top.indices[:, 0] if final is None else final.final_ids
-        z_final = z.gather(1, final_ids[:, None])
-        rank = torch.gt(z, z_final, out=self.above[:len(z)]).sum(1, dtype=torch.int32) + 1
-        final_prob = torch.exp(z_final[:, 0] - lse)
-        if final is None:
-            kl = torch.zeros_like(lse)
-            entropy = lse - torch.mul(probs, z, out=self.product[:len(z)]).sum(dim=1) / total
-            extra = dict(final_ids=final_ids.clone(), minus_entropy=-entropy,
-                         p_final=probs.div_(total[:, None]))
-        else:
-            cross = torch.mul(final.p_final, z, out=self.product[:len(z)]).sum(dim=1)  # Σ p_f z_l
-            kl = (final.minus_entropy - cross + lse).clamp_(min=0.0)  # Σ p_f (log p_f - log p_l)
-            entropy = lse - probs.mul_(z).sum(dim=1) / total
-            extra = {}
-        return _LayerStats(
-            top_ids=top.indices.numpy(), top_probs=torch.exp(top.values - lse[:, None]).numpy(),
-            final_prob=final_prob.numpy(), final_rank=rank.numpy(), entropy=entropy.numpy(),
-            kl=kl.numpy(), **extra)

@@ -1,4 +1,7 @@
-"""`python -m perplex.prepare`: convert the bundled model once, so the app starts fast."""
+"""`python -m perplex.prepare`: get the app ready to start fast.
+
+Converts the bundled model once and builds the logit lens's compiled statistics.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import sys
 
 from perplex.errors import PerplexError
 from perplex.models import ModelSpec, load_model
+from perplex.native import row_stats
 
 
 def main() -> int:
@@ -20,6 +24,9 @@ def main() -> int:
     action = "converted and loaded" if lm.converted_now else "ready (cached copy)"
     logging.info("%s %s: %.0f M parameters, %d layers, %.1f s", lm.label, action,
                  lm.n_params / 1e6, lm.n_layers, lm.load_seconds)
+    built = row_stats.load() is not None
+    logging.info("Logit lens statistics: %s", "compiled" if built else
+                 "torch (no C compiler, or PERPLEX_NATIVE=0; the lens is slower)")
     return 0
 
 

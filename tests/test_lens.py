@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -9,10 +11,19 @@ import transformers
 
 from perplex.lens import LensError, compute_lens, find_anatomy
 from perplex.models import LoadedModel, ModelSpec
+from perplex.native import row_stats
 from perplex.tokens import encode_plain_text
 from tests.tiny import tiny_tokenizer
 
 TOL = 1e-4
+
+
+@pytest.fixture(params=[None, False], ids=["compiled", "torch"])
+def use_native(request):
+    """Both ways the statistics are taken: compiled code (where it builds) and torch."""
+    if request.param is None and (shutil.which("cc") or shutil.which("gcc")):
+        assert row_stats.load() is not None, "a C compiler exists but the lens's did not build"
+    return request.param
 
 
 def reference_log_probs(lm, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,19 +70,20 @@ def assert_matches_reference(lm, ids: list[int], **kwargs) -> None:
     assert np.abs(last.numpy() - lens.top_probs[:, -1]).max() < TOL
 
 
-def test_tiny_model_matches_hidden_states_by_hand(tiny_lm):
+def test_tiny_model_matches_hidden_states_by_hand(tiny_lm, use_native):
     ids = list(encode_plain_text(tiny_lm.tokenizer, "The capital of France is Paris.").ids)
-    assert_matches_reference(tiny_lm, ids, chunk_positions=3)  # several chunks, one partial
+    # several chunks, one partial
+    assert_matches_reference(tiny_lm, ids, chunk_positions=3, use_native=use_native)
 
 
 @pytest.mark.parametrize("chunk", [64, 20])
-def test_statistics_in_row_blocks_match_by_hand(tiny_lm, chunk):
+def test_statistics_in_row_blocks_match_by_hand(tiny_lm, chunk, use_native):
     """Inputs longer than a statistics block (16 rows) are split into blocks correctly."""
-    from perplex.lens import STATS_ROWS
+    from perplex.lens_stats import STATS_ROWS
 
     ids = list(range(3, 48))
     assert len(ids) > 2 * STATS_ROWS
-    assert_matches_reference(tiny_lm, ids, chunk_positions=chunk)
+    assert_matches_reference(tiny_lm, ids, chunk_positions=chunk, use_native=use_native)
 
 
 ARCHITECTURES = {
@@ -95,7 +107,7 @@ ARCHITECTURES = {
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
-def test_other_architectures_match_hidden_states_by_hand(arch):
+def test_other_architectures_match_hidden_states_by_hand(arch, use_native):
     tokenizer = tiny_tokenizer()
     torch.manual_seed(1)
     model = ARCHITECTURES[arch](len(tokenizer)).eval().requires_grad_(False)
@@ -103,12 +115,12 @@ def test_other_architectures_match_hidden_states_by_hand(arch):
         model.get_output_embeddings().weight.mul_(20.0)
     lm = LoadedModel(ModelSpec(source=f"tiny-{arch}"), model, tokenizer, load_seconds=0.0)
     ids = list(encode_plain_text(tokenizer, "The Eiffel Tower is in Paris, France.").ids)
-    assert_matches_reference(lm, ids, chunk_positions=4)
+    assert_matches_reference(lm, ids, chunk_positions=4, use_native=use_native)
 
 
-def test_bundled_model_matches_hidden_states_by_hand(bundled_lm):
+def test_bundled_model_matches_hidden_states_by_hand(bundled_lm, use_native):
     ids = list(encode_plain_text(bundled_lm.tokenizer, "The Colosseum is in Rome.").ids)
-    assert_matches_reference(bundled_lm, ids, chunk_positions=3)
+    assert_matches_reference(bundled_lm, ids, chunk_positions=3, use_native=use_native)
 
 
 def test_same_input_gives_identical_lens(tiny_lm):

@@ -1,0 +1,1 @@
+"""Compiled helpers, built on first use where a C compiler is available."""
