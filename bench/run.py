@@ -134,7 +134,8 @@ def bench_lens(lm, n_tokens: int = 128) -> None:
     (VmHWM, reset just before it) minus its resident set just before it (model loaded, a
     small lens run to warm up): that counts torch's allocations, which tracemalloc does not.
     """
-    from perplex.lens import ROWS_PER_MATMUL, compute_lens, find_anatomy
+    from perplex.lens import compute_lens, find_anatomy
+    from perplex.lens_stats import ROWS_PER_MATMUL
     from perplex.native import row_stats
     from perplex.nnsight_adapter import capture_residuals
 

@@ -28,9 +28,6 @@ FINAL_NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_layer_norm", "norm
 BLOCK_LIST_NAMES = ("layers", "h", "blocks", "decoder.layers", "layer")
 DEFAULT_TOP_K = 10
 CHUNK_POSITIONS = 64  # positions projected at once: bounds the [chunk, vocab] buffers
-# Rows (layers × positions of a chunk) per unembedding matmul: each matmul streams the whole
-# unembedding (113 MB for SmolLM2) from memory, so a few rows per matmul is memory-bound.
-ROWS_PER_MATMUL = 512  # 128-token lens here: 2.7-2.9 s vs 2.7-3.1 s at 256 rows; +100 MB
 
 Progress = Callable[[int, int], None]  # (steps done, steps in all)
 
@@ -199,8 +196,9 @@ def compute_lens(lm, ids: Sequence[int], *, top_k: int = DEFAULT_TOP_K,
                  use_native: bool | None = None) -> LogitLens:
     """The logit lens of token ids `ids` under `lm` (a `LoadedModel`).
 
-    `progress(done, total)` is called after the forward pass and after each layer of each
-    chunk of positions. `patches` overwrite residuals during the pass (patching sandbox).
+    `progress(done, total)` is called after the forward pass and after each step of each
+    chunk of positions (a layer, or a vocabulary tile with compiled statistics). `patches`
+    overwrite residuals during the pass (patching sandbox).
     `use_native=False` takes the statistics with torch even where compiled code is built.
     """
     check_input(lm, ids)
@@ -210,14 +208,21 @@ def compute_lens(lm, ids: Sequence[int], *, top_k: int = DEFAULT_TOP_K,
     residuals = capture_residuals(anatomy.decoder, anatomy.layers_path,
                                   torch.tensor([list(ids)], device=device), patches)
     n_layers, n_pos = residuals.shape[0], residuals.shape[1]
-    n_chunks = -(-n_pos // chunk_positions)
-    total, done = 1 + n_chunks * n_layers, 1
-    if progress:
-        progress(done, total)
     weight = anatomy.unembed.weight.detach()
     weight = weight if weight.dtype == torch.float32 else weight.float()
     bias = getattr(anatomy.unembed, "bias", None)
     bias = None if bias is None else bias.detach().float()
+    projector = Projector(weight, bias, anatomy.softcap, use_native)
+    n_chunks = -(-n_pos // chunk_positions)
+    progress_at = [1, 1 + n_chunks * projector.steps(n_layers)]  # steps done, in all
+
+    def step() -> None:
+        progress_at[0] += 1
+        if progress:
+            progress(*progress_at)
+
+    if progress:
+        progress(*progress_at)
     k = min(top_k, weight.shape[0])
     out = {name: np.empty((n_pos, n_layers), np.float32)
            for name in ("final_prob", "entropy", "kl_to_final")}
@@ -227,30 +232,14 @@ def compute_lens(lm, ids: Sequence[int], *, top_k: int = DEFAULT_TOP_K,
     with torch.inference_mode():
         for c0 in range(0, n_pos, chunk_positions):
             c1 = min(n_pos, c0 + chunk_positions)
-            normed = anatomy.final_norm(
-                residuals[:, c0:c1].to(anatomy.norm_dtype)).float()
-            group = max(1, ROWS_PER_MATMUL // (c1 - c0))  # layers per matmul
-            projector = Projector(weight, bias, anatomy.softcap, group * (c1 - c0), use_native)
-            final = None
-            backwards = list(range(n_layers - 1, -1, -1))  # the final layer first: KL needs it
-            for g in range(0, n_layers, group):
-                layers = backwards[g:g + group]
-                logits = projector.project(normed[layers])
-                for j, layer in enumerate(layers):
-                    if final is None:
-                        stats, final = projector.final_stats(logits[j], k)
-                    else:
-                        stats = projector.stats(logits[j], final, k)
-                    rows = slice(c0, c1)
-                    top_ids[rows, layer] = stats.top_ids
-                    top_probs[rows, layer] = stats.top_probs
-                    final_rank[rows, layer] = stats.final_rank
-                    out["final_prob"][rows, layer] = stats.final_prob
-                    out["entropy"][rows, layer] = stats.entropy
-                    out["kl_to_final"][rows, layer] = stats.kl
-                    done += 1
-                    if progress:
-                        progress(done, total)
+            normed = anatomy.final_norm(residuals[:, c0:c1].to(anatomy.norm_dtype)).float()
+            for layer, stats in enumerate(projector.chunk_stats(normed.contiguous(), k, step)):
+                top_ids[c0:c1, layer] = stats.top_ids
+                top_probs[c0:c1, layer] = stats.top_probs
+                final_rank[c0:c1, layer] = stats.final_rank
+                out["final_prob"][c0:c1, layer] = stats.final_prob
+                out["entropy"][c0:c1, layer] = stats.entropy
+                out["kl_to_final"][c0:c1, layer] = stats.kl
     vocab = lm.vocab_texts
     unique = np.unique(top_ids)
     return LogitLens(

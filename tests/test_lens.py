@@ -86,6 +86,20 @@ def test_statistics_in_row_blocks_match_by_hand(tiny_lm, chunk, use_native):
     assert_matches_reference(tiny_lm, ids, chunk_positions=chunk, use_native=use_native)
 
 
+@pytest.mark.parametrize("tile, band", [(7, 64), (128, 0)])
+def test_vocabulary_tiles_match_by_hand(tiny_lm, monkeypatch, tile, band):
+    """Compiled statistics over many ragged vocabulary tiles; with no room for the logits
+    near the final token's, every rank is recounted from the row's full logits."""
+    from perplex import lens_stats
+
+    if row_stats.load() is None:
+        pytest.skip("no compiled statistics on this machine")
+    assert tiny_lm.model.get_output_embeddings().weight.shape[0] % tile
+    monkeypatch.setattr(lens_stats, "TILE_COLUMNS", tile)
+    monkeypatch.setattr(lens_stats, "BAND_CAP", band)
+    assert_matches_reference(tiny_lm, list(range(3, 40)), chunk_positions=16)
+
+
 ARCHITECTURES = {
     "gpt2": lambda v: transformers.GPT2LMHeadModel(transformers.GPT2Config(
         vocab_size=v, n_embd=64, n_layer=2, n_head=4, n_positions=128)),
@@ -140,11 +154,15 @@ def test_lens_leaves_the_model_unchanged(tiny_lm):
         assert torch.equal(tiny_lm.model(ids).logits, before)
 
 
-def test_progress_reaches_total(tiny_lm):
+def test_progress_reaches_total(tiny_lm, use_native):
+    from perplex.lens_stats import TILE_COLUMNS
+
     seen = []
-    compute_lens(tiny_lm, list(range(3, 13)), chunk_positions=4,
+    compute_lens(tiny_lm, list(range(3, 13)), chunk_positions=4, use_native=use_native,
                  progress=lambda done, total: seen.append((done, total)))
-    total = 1 + 3 * (tiny_lm.n_layers + 1)
+    vocab = tiny_lm.model.get_output_embeddings().weight.shape[0]
+    per_chunk = tiny_lm.n_layers + 1 if use_native is False else 1 + -(-vocab // TILE_COLUMNS)
+    total = 1 + 3 * per_chunk  # the forward pass, then 3 chunks
     assert seen[0] == (1, total) and seen[-1] == (total, total)
     assert [d for d, _ in seen] == list(range(1, total + 1))
 

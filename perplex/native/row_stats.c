@@ -1,12 +1,14 @@
-/* Statistics of logit rows in two passes over each row, for the logit lens.
+/* Statistics of logit rows for the logit lens, built and loaded by row_stats.py.
  *
- * Built and loaded by perplex/row_stats_native.py. For each row z of n_vocab logits:
- *   pass 1: the k largest logits, descending (ties: the lower token id first);
- *   pass 2: with m = the largest logit and e = exp(z - m), the sums
- *           sums[0] = sum e, sums[1] = sum e * z, sums[2] = sum p_final * z (0 without
- *           p_final), sums[3] = the number of logits above z[final_id],
- *           accumulated in double. With p_out, the row's probabilities e / sum e.
- * Everything else (log Z, entropy, KL, probabilities) is arithmetic on these in Python.
+ * A row's state is its k largest logits (descending; ties: the lower token id first), its
+ * largest logit m, and sums accumulated in double with e = exp(z - m):
+ *   sums[0] = sum e, sums[1] = sum e * z, sums[2] = sum p_final * z,
+ *   sums[3] = the number of logits above `hi`,
+ * plus the logits in the band (lo, hi], kept for the caller to count exactly. A row is fed
+ * span by span (all of it at once, or one vocabulary tile at a time), each span read twice
+ * while it is in cache: top-k and max, then one fused pass of exp and sums. When a later
+ * span raises m, the sums of e so far are rescaled (as in an online softmax).
+ * Log Z, entropy, KL and probabilities are arithmetic on these, done in Python.
  */
 #include <math.h>
 #include <stdint.h>
@@ -35,9 +37,41 @@ static inline __m256 exp8(__m256 x) {
         _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(two_n));
 }
+
+static double sum_lanes(__m256d v) {
+    double lanes[4];
+    _mm256_storeu_pd(lanes, v);
+    return (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+}
+
+/* Adds 8 floats to 4 doubles (low and high halves summed lane-wise). */
+static __m256d add_to_double(__m256d acc, __m256 v) {
+    return _mm256_add_pd(acc, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)),
+                                            _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
+}
+
+static float max_lanes(__m256 v) {
+    float lanes[8], m = -INFINITY;
+    _mm256_storeu_ps(lanes, v);
+    for (int j = 0; j < 8; j++) m = lanes[j] > m ? lanes[j] : m;
+    return m;
+}
 #else
 #define LANES 1
 #endif
+
+/* Elements summed in float before their sums join the double totals: each float lane adds
+ * at most BLOCK / 16 terms, so its rounding stays near 1e-7 relative. */
+#define BLOCK 256
+
+typedef struct {
+    float *top_vals;    /* [k] */
+    int64_t *top_ids;   /* [k] */
+    float *max;         /* m */
+    double *sums;       /* [4] */
+    float *band;        /* [band_cap] or NULL */
+    int32_t *band_count;
+} RowState;
 
 /* Put (v, id) into the descending list of k, dropping its last entry; equal values keep
  * their earlier (lower-id) entries ahead. */
@@ -52,56 +86,46 @@ static void insert_top(float *vals, int64_t *ids, int k, float v, int64_t id) {
     ids[j] = id;
 }
 
-static void top_k(const float *z, int64_t n, int k, float *vals, int64_t *ids) {
-    for (int j = 0; j < k; j++) {
-        vals[j] = -INFINITY;
-        ids[j] = -1;
-    }
-    for (int64_t i = 0; i < k; i++) {
-        insert_top(vals, ids, (int)(i + 1), z[i], i);
-    }
-    int64_t i = k;
+/* Pass 1: the span's candidates for the top-k; returns the span's largest logit. */
+static float add_top_k(const float *z, int64_t n, int64_t id0, int k, RowState s) {
+    float *vals = s.top_vals, span_max = -INFINITY;
+    int64_t *ids = s.top_ids, i = 0;
 #if LANES == 8
-    __m256 low = _mm256_set1_ps(vals[k - 1]);
+    __m256 low = _mm256_set1_ps(vals[k - 1]), max8 = _mm256_set1_ps(-INFINITY);
     for (; i + 8 <= n; i += 8) {
-        int mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(z + i), low, _CMP_GT_OQ));
+        __m256 v = _mm256_loadu_ps(z + i);
+        max8 = _mm256_max_ps(max8, v);
+        int mask = _mm256_movemask_ps(_mm256_cmp_ps(v, low, _CMP_GT_OQ));
         if (mask == 0) continue;
         for (; mask; mask &= mask - 1) {
             int b = __builtin_ctz(mask);
-            if (z[i + b] > vals[k - 1]) insert_top(vals, ids, k, z[i + b], i + b);
+            if (z[i + b] > vals[k - 1]) insert_top(vals, ids, k, z[i + b], id0 + i + b);
         }
         low = _mm256_set1_ps(vals[k - 1]);
     }
+    span_max = max_lanes(max8);
 #endif
     for (; i < n; i++) {
-        if (z[i] > vals[k - 1]) insert_top(vals, ids, k, z[i], i);
+        span_max = z[i] > span_max ? z[i] : span_max;
+        if (z[i] > vals[k - 1]) insert_top(vals, ids, k, z[i], id0 + i);
     }
+    return span_max;
 }
 
-#if LANES == 8
-static double sum_lanes(__m256d a, __m256d b) {
-    double lanes[4];
-    _mm256_storeu_pd(lanes, _mm256_add_pd(a, b));
-    return (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+static void keep_in_band(RowState s, int band_cap, float v) {
+    if (*s.band_count < band_cap) s.band[*s.band_count] = v;
+    ++*s.band_count;
 }
 
-/* Adds 8 floats to 4 doubles (low and high halves summed lane-wise). */
-static __m256d add_to_double(__m256d acc, __m256 v) {
-    return _mm256_add_pd(acc, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)),
-                                            _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
-}
-#endif
-
-/* Elements summed in float before their sums join the double totals: each float lane adds
- * at most BLOCK / 16 terms, so its rounding stays near 1e-7 relative. */
-#define BLOCK 256
-
-static void row_sums(const float *z, int64_t n, float m, float z_final, const float *p_final,
-                     float *p_out, double *sums) {
+/* Pass 2: exp and the sums of one span, with e = exp(z - m) for the row's current m. */
+static void add_sums(const float *z, int64_t n, float lo, float hi, const float *p_final,
+                     float *p_out, RowState s, int band_cap) {
+    const float m = *s.max;
     double total = 0.0, weighted = 0.0, cross = 0.0;
     int64_t above = 0, i = 0;
+    int band = s.band != 0 && lo < hi;
 #if LANES == 8
-    const __m256 max8 = _mm256_set1_ps(m), final8 = _mm256_set1_ps(z_final);
+    const __m256 max8 = _mm256_set1_ps(m), lo8 = _mm256_set1_ps(lo), hi8 = _mm256_set1_ps(hi);
     __m256d total4 = _mm256_setzero_pd(), weighted4 = total4, cross4 = total4;
     __m256i count = _mm256_setzero_si256();
     for (; i + BLOCK <= n; i += BLOCK) {
@@ -122,19 +146,28 @@ static void row_sums(const float *z, int64_t n, float m, float z_final, const fl
                 c0 = _mm256_fmadd_ps(_mm256_loadu_ps(p_final + j), v0, c0);
                 c1 = _mm256_fmadd_ps(_mm256_loadu_ps(p_final + j + 8), v1, c1);
             }
-            /* a comparison's lanes are all ones (-1) where v > z_final */
-            count = _mm256_sub_epi32(count, _mm256_castps_si256(
-                _mm256_cmp_ps(v0, final8, _CMP_GT_OQ)));
-            count = _mm256_sub_epi32(count, _mm256_castps_si256(
-                _mm256_cmp_ps(v1, final8, _CMP_GT_OQ)));
+            /* a comparison's lanes are all ones (-1) where it holds */
+            __m256 up0 = _mm256_cmp_ps(v0, hi8, _CMP_GT_OQ);
+            __m256 up1 = _mm256_cmp_ps(v1, hi8, _CMP_GT_OQ);
+            count = _mm256_sub_epi32(count, _mm256_castps_si256(up0));
+            count = _mm256_sub_epi32(count, _mm256_castps_si256(up1));
+            if (band) {
+                int in0 = _mm256_movemask_ps(_mm256_andnot_ps(
+                    up0, _mm256_cmp_ps(v0, lo8, _CMP_GT_OQ)));
+                int in1 = _mm256_movemask_ps(_mm256_andnot_ps(
+                    up1, _mm256_cmp_ps(v1, lo8, _CMP_GT_OQ)));
+                for (; in0; in0 &= in0 - 1) keep_in_band(s, band_cap, z[j + __builtin_ctz(in0)]);
+                for (; in1; in1 &= in1 - 1)
+                    keep_in_band(s, band_cap, z[j + 8 + __builtin_ctz(in1)]);
+            }
         }
         total4 = add_to_double(total4, _mm256_add_ps(t0, t1));
         weighted4 = add_to_double(weighted4, _mm256_add_ps(w0, w1));
         cross4 = add_to_double(cross4, _mm256_add_ps(c0, c1));
     }
-    total = sum_lanes(total4, _mm256_setzero_pd());
-    weighted = sum_lanes(weighted4, _mm256_setzero_pd());
-    cross = sum_lanes(cross4, _mm256_setzero_pd());
+    total = sum_lanes(total4);
+    weighted = sum_lanes(weighted4);
+    cross = sum_lanes(cross4);
     int32_t counts[8];
     _mm256_storeu_si256((__m256i *)counts, count);
     for (int j = 0; j < 8; j++) above += counts[j];
@@ -145,31 +178,85 @@ static void row_sums(const float *z, int64_t n, float m, float z_final, const fl
         total += e;
         weighted += (double)e * z[i];
         if (p_final) cross += (double)p_final[i] * z[i];
-        above += z[i] > z_final;
+        above += z[i] > hi;
+        if (band && z[i] > lo && z[i] <= hi) keep_in_band(s, band_cap, z[i]);
     }
-    if (p_out) {
-        float scale = (float)(1.0 / total);
-        for (int64_t j = 0; j < n; j++) p_out[j] *= scale;
-    }
-    sums[0] = total;
-    sums[1] = weighted;
-    sums[2] = cross;
-    sums[3] = (double)above;
+    s.sums[0] += total;
+    s.sums[1] += weighted;
+    s.sums[2] += cross;
+    s.sums[3] += (double)above;
 }
 
-/* Rows [n_rows, n_vocab] of logits z (contiguous). final_ids: the token each row's rank is
- * taken of, or NULL for each row's own top-1. p_final [n_rows, n_vocab] or NULL; p_out the
- * same or NULL. top_vals, top_ids: [n_rows, k]; sums: [n_rows, 4] (see the top). */
+/* Both passes over one span of a row, rescaling the sums of e when m rises. */
+static void add_span(const float *z, int64_t n, int64_t id0, int k, float lo, float hi,
+                     const float *p_final, float *p_out, RowState s, int band_cap) {
+    float span_max = add_top_k(z, n, id0, k, s);
+    if (span_max > *s.max) {
+        double scale = exp((double)*s.max - (double)span_max); /* 0 for the first span */
+        s.sums[0] *= scale;
+        s.sums[1] *= scale;
+        *s.max = span_max;
+    }
+    add_sums(z, n, lo, hi, p_final, p_out, s, band_cap);
+}
+
+static void start_row(RowState s, int k) {
+    for (int j = 0; j < k; j++) {
+        s.top_vals[j] = -INFINITY;
+        s.top_ids[j] = -1;
+    }
+    *s.max = -INFINITY;
+    for (int j = 0; j < 4; j++) s.sums[j] = 0.0;
+}
+
+/* Whole rows [n_rows, n_vocab] of logits z (contiguous), each in one span. final_ids: the
+ * token whose rank is counted (sums[3] = logits above its logit), or NULL for each row's own
+ * top-1. p_final [n_rows, n_vocab] or NULL; p_out, the same or NULL, receives each row's
+ * probabilities. top_vals, top_ids: [n_rows, k]; sums: [n_rows, 4]. */
 void row_stats(const float *z, int64_t n_rows, int64_t n_vocab, int k, const int64_t *final_ids,
                const float *p_final, float *p_out, float *top_vals, int64_t *top_ids,
                double *sums) {
     for (int64_t r = 0; r < n_rows; r++) {
         const float *row = z + r * n_vocab;
-        float *vals = top_vals + r * k;
-        int64_t *ids = top_ids + r * k;
-        top_k(row, n_vocab, k, vals, ids);
-        int64_t final_id = final_ids ? final_ids[r] : ids[0];
-        row_sums(row, n_vocab, vals[0], row[final_id], p_final ? p_final + r * n_vocab : 0,
-                 p_out ? p_out + r * n_vocab : 0, sums + 4 * r);
+        float m;
+        RowState s = {top_vals + r * k, top_ids + r * k, &m, sums + 4 * r, 0, 0};
+        start_row(s, k);
+        /* the final token's logit is only known after pass 1 when it is the row's top-1 */
+        float span_max = add_top_k(row, n_vocab, 0, k, s);
+        m = span_max;
+        float z_final = row[final_ids ? final_ids[r] : s.top_ids[0]];
+        float *probs = p_out ? p_out + r * n_vocab : 0;
+        add_sums(row, n_vocab, z_final, z_final, p_final ? p_final + r * n_vocab : 0, probs, s,
+                 0);
+        if (probs) {
+            float scale = (float)(1.0 / s.sums[0]);
+            for (int64_t j = 0; j < n_vocab; j++) probs[j] *= scale;
+        }
+    }
+}
+
+/* One vocabulary tile z [n_rows, n_cols] (token ids col0 ...) of rows whose state persists
+ * between calls; start = 1 on a row's first tile. Row r is at position r % positions: its
+ * final token final_ids[position], p_final's row `position` (row stride n_vocab, or NULL).
+ * Logits above hi[r] are counted, those in (lo[r], hi[r]] kept in band [n_rows, band_cap]
+ * (band_count counts them all, past band_cap too), and the final token's own logit is
+ * written to final_logit[r] when its tile comes. */
+void tile_stats(const float *z, int64_t n_rows, int64_t n_cols, int64_t col0, int k,
+                int start, int64_t first_row, int64_t positions, const int64_t *final_ids,
+                const float *p_final, int64_t n_vocab, const float *lo, const float *hi,
+                float *top_vals, int64_t *top_ids, float *max, double *sums, float *band,
+                int32_t *band_count, int band_cap, float *final_logit) {
+    for (int64_t r = 0; r < n_rows; r++) {
+        const float *row = z + r * n_cols;
+        int64_t position = (first_row + r) % positions, final_id = final_ids[position];
+        RowState s = {top_vals + r * k, top_ids + r * k, max + r, sums + 4 * r,
+                      band + r * band_cap, band_count + r};
+        if (start) {
+            start_row(s, k);
+            *s.band_count = 0;
+        }
+        add_span(row, n_cols, col0, k, lo[r], hi[r],
+                 p_final ? p_final + position * n_vocab + col0 : 0, 0, s, band_cap);
+        if (final_id >= col0 && final_id < col0 + n_cols) final_logit[r] = row[final_id - col0];
     }
 }
