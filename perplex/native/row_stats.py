@@ -185,7 +185,7 @@ class TileSums:
 
     def __init__(self, library: ctypes.CDLL, n_rows: int, k: int, final_ids: torch.Tensor,
                  p_final: torch.Tensor | None, lo: torch.Tensor, hi: torch.Tensor,
-                 band_cap: int = 64) -> None:
+                 band_cap: int) -> None:
         positions = len(final_ids)
         if n_rows % positions:
             raise ValueError(f"{n_rows} rows are not whole layers of {positions} positions")
