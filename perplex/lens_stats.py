@@ -57,16 +57,19 @@ class LayerStats:
 class Projector:
     """Unembeds the normed residuals of a chunk and reduces every layer to `LayerStats`.
 
-    `use_native`: None picks the compiled statistics when they can be built, False forces
-    torch (both are tested against a direct computation).
+    `use_native`: None picks the compiled statistics when they can be built (and the model
+    is on the CPU), False forces torch (both are tested against a direct computation). The
+    torch path runs on the model's device and brings only the statistics back.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, softcap: float | None,
                  use_native: bool | None = None) -> None:
         self.weight, self.bias, self.softcap = weight, bias, softcap
-        self.library = native.load() if use_native is not False else None
+        on_cpu = weight.device.type == "cpu"
+        self.library = native.load() if use_native is not False and on_cpu else None
         # torch's scratch blocks, kept: fresh [16, V] tensors cost more in page faults than exp
-        self.scratch = None if self.library else torch.empty((2, STATS_ROWS, weight.shape[0]))
+        self.scratch = None if self.library else torch.empty((2, STATS_ROWS, weight.shape[0]),
+                                                             device=weight.device)
 
     def steps(self, n_layers: int) -> int:
         """Progress steps per chunk."""
@@ -82,7 +85,7 @@ class Projector:
             self._torch_sums(logits, k, None, None, probs)
         final, minus_entropy = _finish(got.top_values, got.top_ids, got.sums,
                                        got.top_values[:, 0], None)
-        final_ids = torch.from_numpy(got.top_ids[:, 0].copy())
+        final_ids = torch.from_numpy(got.top_ids[:, 0].copy()).to(self.weight.device)
         del logits
         step()
         if self.library is None:
@@ -166,7 +169,8 @@ class Projector:
     def _torch_layers(self, normed, k, final_ids, p_final, minus_entropy, step):
         n_layers, positions, _ = normed.shape
         group = max(1, ROWS_PER_MATMUL // positions)  # layers per matmul
-        out = torch.empty((min(group, n_layers) * positions, self.weight.shape[0]))
+        out = torch.empty((min(group, n_layers) * positions, self.weight.shape[0]),
+                          device=self.weight.device)
         layers = []
         for g in range(0, n_layers, group):
             hidden = normed[g:g + group].reshape(-1, normed.shape[2])
@@ -174,7 +178,7 @@ class Projector:
             for j in range(len(hidden) // positions):
                 z = logits[j * positions:(j + 1) * positions]
                 got = self._torch_sums(z, k, final_ids, p_final, None)
-                z_final = z.gather(1, final_ids[:, None])[:, 0].numpy()
+                z_final = z.gather(1, final_ids[:, None])[:, 0].cpu().numpy()
                 layers.append(_finish(got.top_values, got.top_ids, got.sums, z_final,
                                       minus_entropy)[0])
                 step()
@@ -207,8 +211,8 @@ def _torch_block_sums(z, k, final_ids, p_final, p_out, scratch):
         cross = torch.mul(p_final, z, out=product).sum(dim=1)
     if p_out is not None:
         torch.div(exps, total[:, None], out=p_out)
-    sums = torch.stack([total, weighted, cross, above], dim=1).double()
-    return top.values.numpy(), top.indices.numpy(), sums.numpy()
+    sums = torch.stack([total, weighted, cross, above], dim=1).cpu().double()
+    return top.values.cpu().numpy(), top.indices.cpu().numpy(), sums.numpy()
 
 
 def _finish(top_values: np.ndarray, top_ids: np.ndarray, sums: np.ndarray,

@@ -100,6 +100,14 @@ def test_vocabulary_tiles_match_by_hand(tiny_lm, monkeypatch, tile, band):
     assert_matches_reference(tiny_lm, list(range(3, 40)), chunk_positions=16)
 
 
+def _with_head_bias(model):
+    """The model with a language-model head that adds a bias (as some checkpoints have)."""
+    head = torch.nn.Linear(model.config.n_embd, model.config.vocab_size, bias=True)
+    torch.nn.init.normal_(head.bias, std=2.0)
+    model.set_output_embeddings(head)
+    return model
+
+
 ARCHITECTURES = {
     "gpt2": lambda v: transformers.GPT2LMHeadModel(transformers.GPT2Config(
         vocab_size=v, n_embd=64, n_layer=2, n_head=4, n_positions=128)),
@@ -113,6 +121,9 @@ ARCHITECTURES = {
         vocab_size=v, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16,
         max_position_embeddings=128)),
+    "gpt2-head-bias": lambda v: _with_head_bias(transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(vocab_size=v, n_embd=64, n_layer=2, n_head=4, n_positions=128,
+                                tie_word_embeddings=False))),
     "gemma2": lambda v: transformers.Gemma2ForCausalLM(transformers.Gemma2Config(
         vocab_size=v, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16,
@@ -121,7 +132,10 @@ ARCHITECTURES = {
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
-def test_other_architectures_match_hidden_states_by_hand(arch, use_native):
+def test_other_architectures_match_hidden_states_by_hand(arch, use_native, monkeypatch):
+    from perplex import lens_stats
+
+    monkeypatch.setattr(lens_stats, "TILE_COLUMNS", 64)  # several tiles, the last one ragged
     tokenizer = tiny_tokenizer()
     torch.manual_seed(1)
     model = ARCHITECTURES[arch](len(tokenizer)).eval().requires_grad_(False)
