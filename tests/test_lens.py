@@ -88,8 +88,11 @@ def test_statistics_in_row_blocks_match_by_hand(tiny_lm, chunk, use_native):
 
 @pytest.mark.parametrize("tile, band", [(7, 64), (128, 0)])
 def test_vocabulary_tiles_match_by_hand(tiny_lm, monkeypatch, tile, band):
-    """Compiled statistics over many ragged vocabulary tiles; with no room for the logits
-    near the final token's, every rank is recounted from the row's full logits."""
+    """Compiled statistics over many ragged vocabulary tiles.
+
+    With no room for the logits near the final token's, every rank is recounted from the
+    row's full logits.
+    """
     from perplex import lens_stats
 
     if row_stats.load() is None:
