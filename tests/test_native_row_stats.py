@@ -1,8 +1,10 @@
-"""The compiled row statistics against float64 torch, including ties and ragged sizes."""
+"""The compiled row statistics against float64 torch, including ties and ragged sizes.
+
+Each test runs on both builds: for this CPU (the 8-wide AVX2 path here) and portable (the
+scalar path), so the path other machines take is checked too.
+"""
 
 from __future__ import annotations
-
-import shutil
 
 import numpy as np
 import pytest
@@ -11,12 +13,12 @@ import torch
 from perplex.native import row_stats
 
 
-@pytest.fixture(scope="module")
-def library():
+@pytest.fixture(scope="module", params=[True, False], ids=["this-cpu", "portable"])
+def library(request):
     """The compiled library: where a C compiler exists it must build."""
-    if shutil.which("cc") is None and shutil.which("gcc") is None:
+    if row_stats.compiler() is None:
         pytest.skip("no C compiler on this machine: the lens uses torch statistics")
-    built = row_stats.load()
+    built = row_stats.load(for_this_cpu=request.param)
     assert built is not None, "a C compiler exists but the row statistics did not build"
     return built
 
@@ -88,3 +90,45 @@ def test_refuses_tensors_of_the_wrong_kind(library):
         row_stats.row_sums(library, torch.randn(4, 10), 11)
     with pytest.raises(ValueError, match="final_ids"):
         row_stats.row_sums(library, torch.randn(4, 10), 2, torch.zeros(4, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("tile", [1, 5, 256, 300, 1000])
+def test_tiles_add_up_to_whole_rows(library, tile):
+    """Rows fed tile by tile give the whole rows' top-k and sums; the band keeps what it must."""
+    torch.manual_seed(tile)
+    positions, n_layers, n_vocab, k = 3, 4, 1000, 5
+    z = torch.randn(n_layers * positions, n_vocab) * 3
+    final_ids = torch.randint(0, n_vocab, (positions,))
+    p_final = torch.softmax(torch.randn(positions, n_vocab), 1)
+    row_final = final_ids.repeat(n_layers)
+    exact = z.gather(1, row_final[:, None])[:, 0]
+    lo, hi = exact - 0.5, exact + 0.5  # wide: several logits fall in the band
+    state = row_stats.TileSums(library, len(z), k, final_ids, p_final, lo, hi, band_cap=1000)
+    for col0 in range(0, n_vocab, tile):
+        state.add(z[:, col0:col0 + tile].contiguous(), col0)
+    whole = row_stats.row_sums(library, z, k, row_final, p_final.repeat(n_layers, 1))
+    assert np.array_equal(state.top_values.numpy(), whole.top_values)
+    assert np.array_equal(state.top_ids.numpy(), whole.top_ids)
+    assert np.allclose(state.sums.numpy()[:, :3], whole.sums[:, :3], rtol=1e-6, atol=1e-6)
+    assert np.array_equal(state.final_logit.numpy(), exact.numpy())
+    above, ok = state.above()
+    assert ok.all() and np.array_equal(above, whole.sums[:, 3])
+    in_band = ((z > lo[:, None]) & (z <= hi[:, None])).sum(1)
+    assert np.array_equal(state.band_count.numpy(), in_band.numpy())
+    assert (state.sums.numpy()[:, 3] == (z > hi[:, None]).sum(1).numpy()).all()
+
+
+def test_tiles_flag_what_they_cannot_settle(library):
+    torch.manual_seed(0)
+    z = torch.randn(4, 50)
+    final_ids = torch.tensor([3, 7])
+    exact = z.gather(1, final_ids.repeat(2)[:, None])[:, 0]
+    lo, hi = exact - 10, exact + 10  # every logit is in the band
+    lo[1], hi[1] = exact[1] + 1, exact[1] + 2  # a bound that misses the exact logit
+    state = row_stats.TileSums(library, 4, 2, final_ids, None, lo, hi, band_cap=8)
+    state.add(z[:, :20].contiguous(), 0)
+    state.add(z[:, 20:].contiguous(), 20)
+    _, ok = state.above()
+    assert ok.tolist() == [False, False, False, False]  # overflowed (50 > 8), or missed
+    with pytest.raises(ValueError, match="in order"):
+        state.add(z[:, :20].contiguous(), 0)

@@ -36,7 +36,10 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("row_stats.c")
-FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c11")
+FLAGS = ("-O3", "-shared", "-fPIC", "-std=c11")
+# For this CPU: with AVX2 and FMA the C code takes its 8-wide path. Without the flag it
+# builds for any CPU of the architecture and takes its scalar path (tested as well).
+NATIVE_FLAGS = ("-march=native",)
 BUILD_SECONDS = 120
 N_SUMS = 4  # Σ e, Σ e·z, Σ p_final·z, count above the final token (see row_stats.c)
 
@@ -64,33 +67,42 @@ def _build_dirs() -> list[Path]:
     return [SOURCE.parent / "build", Path(tempfile.gettempdir()) / "perplex-native"]
 
 
-def _compile(compiler: str, target: Path) -> None:
+def _compile(compiler: str, flags: tuple[str, ...], target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        subprocess.run([compiler, *FLAGS, "-o", str(partial), str(SOURCE), "-lm"], check=True,
+        subprocess.run([compiler, *flags, "-o", str(partial), str(SOURCE), "-lm"], check=True,
                        capture_output=True, text=True, timeout=BUILD_SECONDS)
         os.replace(partial, target)  # atomic: a process loading it never sees half a file
     finally:
         partial.unlink(missing_ok=True)
 
 
+def compiler() -> str | None:
+    """The C compiler to build with (`CC`, else cc or gcc), or None."""
+    return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+
+
 @cache
-def load() -> ctypes.CDLL | None:
-    """The compiled row statistics, built on first use; None where that is not possible."""
+def load(for_this_cpu: bool = True) -> ctypes.CDLL | None:
+    """The compiled row statistics, built on first use; None where that is not possible.
+
+    `for_this_cpu=False` builds the portable (scalar) variant, which tests compare too.
+    """
     if os.environ.get("PERPLEX_NATIVE", "1").strip().lower() in {"0", "false", "no", "off"}:
         return None
-    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-    if compiler is None or platform.system() != "Linux":
+    cc = compiler()
+    if cc is None or platform.system() != "Linux":
         log.info("No C compiler found: the logit lens uses its slower torch statistics.")
         return None
-    key = hashlib.sha256("\n".join([SOURCE.read_text(), compiler, *FLAGS, platform.machine(),
+    flags = FLAGS + (NATIVE_FLAGS if for_this_cpu else ())
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), cc, *flags, platform.machine(),
                                     _cpu_signature()]).encode()).hexdigest()[:16]
     for folder in _build_dirs():
         target = folder / f"row_stats-{key}.so"
         try:
             if not target.exists():
-                _compile(compiler, target)
+                _compile(cc, flags, target)
             return _declare(ctypes.CDLL(str(target)))
         except (OSError, subprocess.SubprocessError) as error:
             detail = getattr(error, "stderr", "") or error
