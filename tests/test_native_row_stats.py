@@ -1,7 +1,8 @@
 """The compiled row statistics against float64 torch, including ties and ragged sizes.
 
-Each test runs on both builds: for this CPU (the 8-wide AVX2 path here) and portable (the
-scalar path), so the path other machines take is checked too.
+Each test runs on three builds: for this CPU (the 8-wide AVX2 path here), portable (the
+scalar path) and without OpenMP (rows split between Python threads), so the paths other
+machines take are checked too.
 """
 
 from __future__ import annotations
@@ -13,13 +14,17 @@ import torch
 from perplex.native import row_stats
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["this-cpu", "portable"])
+@pytest.fixture(scope="module", params=[(True, True), (False, True), (True, False)],
+                ids=["this-cpu", "portable", "python-threads"])
 def library(request):
     """The compiled library: where a C compiler exists it must build."""
     if row_stats.compiler() is None:
         pytest.skip("no C compiler on this machine: the lens uses torch statistics")
-    built = row_stats.load(for_this_cpu=request.param)
+    for_this_cpu, openmp = request.param
+    built = row_stats.load(for_this_cpu=for_this_cpu, openmp=openmp)
     assert built is not None, "a C compiler exists but the row statistics did not build"
+    if not openmp:
+        assert not built.splits_rows()
     return built
 
 

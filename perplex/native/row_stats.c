@@ -9,6 +9,10 @@
  * while it is in cache: top-k and max, then one fused pass of exp and sums. When a later
  * span raises m, the sums of e so far are rescaled (as in an online softmax).
  * Log Z, entropy, KL and probabilities are arithmetic on these, done in Python.
+ *
+ * Built with OpenMP, rows are split between n_threads threads of the process's OpenMP
+ * runtime: torch's own (it ships libgomp.so.1, which the loader reuses), whose workers are
+ * still spinning after the matmul that made the logits, so they start at once.
  */
 #include <math.h>
 #include <stdint.h>
@@ -209,13 +213,24 @@ static void start_row(RowState s, int k) {
     for (int j = 0; j < 4; j++) s.sums[j] = 0.0;
 }
 
+/* 1 where the functions below split their rows between threads themselves. */
+int splits_rows(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 /* Whole rows [n_rows, n_vocab] of logits z (contiguous), each in one span. final_ids: the
  * token whose rank is counted (sums[3] = logits above its logit), or NULL for each row's own
  * top-1. p_final [n_rows, n_vocab] or NULL; p_out, the same or NULL, receives each row's
- * probabilities. top_vals, top_ids: [n_rows, k]; sums: [n_rows, 4]. */
+ * probabilities. top_vals, top_ids: [n_rows, k]; sums: [n_rows, 4]. n_threads: see the top. */
 void row_stats(const float *z, int64_t n_rows, int64_t n_vocab, int k, const int64_t *final_ids,
                const float *p_final, float *p_out, float *top_vals, int64_t *top_ids,
-               double *sums) {
+               double *sums, int n_threads) {
+    (void)n_threads;
+#pragma omp parallel for schedule(static) num_threads(n_threads)
     for (int64_t r = 0; r < n_rows; r++) {
         const float *row = z + r * n_vocab;
         float m;
@@ -240,12 +255,14 @@ void row_stats(const float *z, int64_t n_rows, int64_t n_vocab, int k, const int
  * final token final_ids[position], p_final's row `position` (row stride n_vocab, or NULL).
  * Logits above hi[r] are counted, those in (lo[r], hi[r]] kept in band [n_rows, band_cap]
  * (band_count counts them all, past band_cap too), and the final token's own logit is
- * written to final_logit[r] when its tile comes. */
+ * written to final_logit[r] when its tile comes. n_threads: see the top. */
 void tile_stats(const float *z, int64_t n_rows, int64_t n_cols, int64_t col0, int k,
                 int start, int64_t first_row, int64_t positions, const int64_t *final_ids,
                 const float *p_final, int64_t n_vocab, const float *lo, const float *hi,
                 float *top_vals, int64_t *top_ids, float *max, double *sums, float *band,
-                int32_t *band_count, int band_cap, float *final_logit) {
+                int32_t *band_count, int band_cap, float *final_logit, int n_threads) {
+    (void)n_threads;
+#pragma omp parallel for schedule(static) num_threads(n_threads)
     for (int64_t r = 0; r < n_rows; r++) {
         const float *row = z + r * n_cols;
         int64_t position = (first_row + r) % positions, final_id = final_ids[position];

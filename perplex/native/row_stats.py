@@ -40,6 +40,9 @@ FLAGS = ("-O3", "-shared", "-fPIC", "-std=c11")
 # For this CPU: with AVX2 and FMA the C code takes its 8-wide path. Without the flag it
 # builds for any CPU of the architecture and takes its scalar path (tested as well).
 NATIVE_FLAGS = ("-march=native",)
+# Rows split between the threads of the OpenMP runtime torch has loaded (see row_stats.c);
+# where the compiler has no OpenMP, the build goes without and Python threads split them.
+OPENMP_FLAGS = ("-fopenmp",)
 BUILD_SECONDS = 120
 N_SUMS = 4  # Σ e, Σ e·z, Σ p_final·z, count above the final token (see row_stats.c)
 
@@ -84,10 +87,11 @@ def compiler() -> str | None:
 
 
 @cache
-def load(for_this_cpu: bool = True) -> ctypes.CDLL | None:
+def load(for_this_cpu: bool = True, openmp: bool = True) -> ctypes.CDLL | None:
     """The compiled row statistics, built on first use; None where that is not possible.
 
-    `for_this_cpu=False` builds the portable (scalar) variant, which tests compare too.
+    `for_this_cpu=False` builds the portable (scalar) variant and `openmp=False` one that
+    leaves the threads to Python: the paths other machines take, which tests check too.
     """
     if os.environ.get("PERPLEX_NATIVE", "1").strip().lower() in {"0", "false", "no", "off"}:
         return None
@@ -96,30 +100,34 @@ def load(for_this_cpu: bool = True) -> ctypes.CDLL | None:
         log.info("No C compiler found: the logit lens uses its slower torch statistics.")
         return None
     flags = FLAGS + (NATIVE_FLAGS if for_this_cpu else ())
-    key = hashlib.sha256("\n".join([SOURCE.read_text(), cc, *flags, platform.machine(),
-                                    _cpu_signature()]).encode()).hexdigest()[:16]
     for folder in _build_dirs():
-        target = folder / f"row_stats-{key}.so"
-        try:
-            if not target.exists():
-                _compile(cc, flags, target)
-            return _declare(ctypes.CDLL(str(target)))
-        except (OSError, subprocess.SubprocessError) as error:
-            detail = getattr(error, "stderr", "") or error
-            log.warning("Could not build the lens's row statistics in %s: %s", folder, detail)
+        for extra in (OPENMP_FLAGS, ()) if openmp else ((),):
+            key = hashlib.sha256("\n".join([SOURCE.read_text(), cc, *flags, *extra,
+                                            platform.machine(), _cpu_signature()]).encode())
+            target = folder / f"row_stats-{key.hexdigest()[:16]}.so"
+            try:
+                if not target.exists():
+                    _compile(cc, flags + extra, target)
+                return _declare(ctypes.CDLL(str(target)))
+            except (OSError, subprocess.SubprocessError) as error:
+                detail = getattr(error, "stderr", "") or error
+                log.warning("Could not build the lens's row statistics with %s in %s: %s",
+                            " ".join(flags + extra), folder, detail)
     return None
 
 
 def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
     pointer, size = ctypes.c_void_p, ctypes.c_int64
     library.row_stats.argtypes = [pointer, size, size, ctypes.c_int, pointer, pointer, pointer,
-                                  pointer, pointer, pointer]
+                                  pointer, pointer, pointer, ctypes.c_int]
     library.row_stats.restype = None
     library.tile_stats.argtypes = [pointer, size, size, size, ctypes.c_int, ctypes.c_int, size,
                                    size, pointer, pointer, size, pointer, pointer, pointer,
                                    pointer, pointer, pointer, pointer, pointer, ctypes.c_int,
-                                   pointer]
+                                   pointer, ctypes.c_int]
     library.tile_stats.restype = None
+    library.splits_rows.argtypes = []
+    library.splits_rows.restype = ctypes.c_int
     return library
 
 
@@ -150,7 +158,7 @@ def row_sums(library: ctypes.CDLL, z: torch.Tensor, k: int,
     `final_ids` [R] (int64): the token whose rank is counted, or None for each row's top-1.
     `p_final` [R, V]: probabilities whose product with z is summed (KL's cross term).
     `p_out` [R, V]: filled with the rows' own probabilities. Rows are split between torch's
-    threads; ctypes releases the GIL during each call, so they run in parallel.
+    number of threads (`_in_threads`).
     """
     n_rows, n_vocab = z.shape
     if not 1 <= k <= n_vocab:
@@ -163,25 +171,32 @@ def row_sums(library: ctypes.CDLL, z: torch.Tensor, k: int,
     top_ids = torch.empty((n_rows, k), dtype=torch.int64)
     sums = torch.empty((n_rows, N_SUMS), dtype=torch.float64)
 
-    def run(first: int, last: int) -> None:
+    def run(first: int, last: int, threads: int) -> None:
         library.row_stats(_address(z, first), last - first, n_vocab, k,
                           _address(final_ids, first), _address(p_final, first),
                           _address(p_out, first), _address(top_values, first),
-                          _address(top_ids, first), _address(sums, first))
+                          _address(top_ids, first), _address(sums, first), threads)
 
-    _in_threads(run, n_rows)
+    _in_threads(library, run, n_rows)
     return RowSums(top_values.numpy(), top_ids.numpy(), sums.numpy())
 
 
-def _in_threads(run, n_rows: int) -> None:
-    """run(first, last) over rows split between torch's threads (ctypes drops the GIL)."""
+def _in_threads(library: ctypes.CDLL, run, n_rows: int) -> None:
+    """run(first, last, threads) over all rows on torch's number of threads.
+
+    A build with OpenMP splits the rows itself; otherwise they are split here between
+    Python threads (ctypes releases the GIL during each call).
+    """
     workers = max(1, min(torch.get_num_threads(), n_rows))
+    if library.splits_rows():
+        run(0, n_rows, workers)
+        return
     step = -(-n_rows // workers)
     bounds = [(a, min(n_rows, a + step)) for a in range(0, n_rows, step)]
     if len(bounds) == 1:
-        run(*bounds[0])
+        run(*bounds[0], 1)
     else:
-        list(_pool(workers).map(lambda b: run(*b), bounds))
+        list(_pool(workers).map(lambda b: run(*b, 1), bounds))
 
 
 class TileSums:
@@ -227,7 +242,7 @@ class TileSums:
         n_vocab = 0 if self.p_final is None else self.p_final.shape[1]
         positions = len(self.final_ids)
 
-        def run(first: int, last: int) -> None:
+        def run(first: int, last: int, threads: int) -> None:
             self.library.tile_stats(
                 _address(z, first), last - first, n_cols, col0, self.k, int(col0 == 0), first,
                 positions, _address(self.final_ids, 0), _address(self.p_final, 0), n_vocab,
@@ -235,9 +250,9 @@ class TileSums:
                 _address(self.top_values, first), _address(self.top_ids, first),
                 _address(self.max, first), _address(self.sums, first),
                 _address(self.band, first), _address(self.band_count, first), self.band_cap,
-                _address(self.final_logit, first))
+                _address(self.final_logit, first), threads)
 
-        _in_threads(run, n_rows)
+        _in_threads(self.library, run, n_rows)
         self.columns_done += n_cols
 
     def above(self) -> tuple[np.ndarray, np.ndarray]:
