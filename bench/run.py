@@ -127,9 +127,9 @@ def bench_lens(lm, n_tokens: int = 128) -> None:
 
     The baseline is the compute bound: the unembedding matmuls of the lens's shapes, one
     [n_tokens, d] x [d, V] float32 matmul per layer (L+1 of them) into a preallocated buffer.
-    The lens itself stacks layers into matmuls of up to 512 rows (the unembedding is then
-    streamed from memory a quarter as often), so the same matmuls stacked that way are timed
-    too and the ratio to the faster of the two is printed as well. Peak memory for 512
+    Stacked 512 rows per matmul (as the lens's torch path does) the same matmuls stream the
+    unembedding from memory a quarter as often and run faster, so they are timed too and the
+    ratio to the faster of the two is printed as well. Peak memory for 512
     tokens is measured in a fresh subprocess as its peak resident set during the lens
     (VmHWM, reset just before it) minus its resident set just before it (model loaded, a
     small lens run to warm up): that counts torch's allocations, which tracemalloc does not.
