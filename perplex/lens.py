@@ -248,4 +248,3 @@ def compute_lens(lm, ids: Sequence[int], *, top_k: int = DEFAULT_TOP_K,
         top_ids=top_ids, top_probs=top_probs, final_rank=final_rank,
         candidate_texts={int(i): vocab[i] if i < len(vocab) else "" for i in unique},
         model_label=lm.label, seconds=time.perf_counter() - started, **out)
-
