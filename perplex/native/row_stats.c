@@ -1,12 +1,12 @@
 /* Statistics of logit rows for the logit lens, built and loaded by row_stats.py.
  *
- * A row's state is its k largest logits (descending; ties: the lower token id first), its
- * largest logit m, and sums accumulated in double with e = exp(z - m):
+ * A row's state is its k largest logits (descending; ties: the lower token id first), the
+ * first of which is its largest logit m, and sums accumulated in double with e = exp(z - m):
  *   sums[0] = sum e, sums[1] = sum e * z, sums[2] = sum p_final * z,
  *   sums[3] = the number of logits above `hi`,
  * plus the logits in the band (lo, hi], kept for the caller to count exactly. A row is fed
  * span by span (all of it at once, or one vocabulary tile at a time), each span read twice
- * while it is in cache: top-k and max, then one fused pass of exp and sums. When a later
+ * while it is in cache: top-k, then one fused pass of exp and sums. When a later
  * span raises m, the sums of e so far are rescaled (as in an online softmax).
  * Log Z, entropy, KL and probabilities are arithmetic on these, done in Python.
  *
@@ -53,13 +53,6 @@ static __m256d add_to_double(__m256d acc, __m256 v) {
     return _mm256_add_pd(acc, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)),
                                             _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
 }
-
-static float max_lanes(__m256 v) {
-    float lanes[8], m = -INFINITY;
-    _mm256_storeu_ps(lanes, v);
-    for (int j = 0; j < 8; j++) m = lanes[j] > m ? lanes[j] : m;
-    return m;
-}
 #else
 #define LANES 1
 #endif
@@ -69,9 +62,8 @@ static float max_lanes(__m256 v) {
 #define BLOCK 256
 
 typedef struct {
-    float *top_vals;    /* [k] */
+    float *top_vals;    /* [k]; top_vals[0] is m */
     int64_t *top_ids;   /* [k] */
-    float *max;         /* m */
     double *sums;       /* [4] */
     float *band;        /* [band_cap] or NULL */
     int32_t *band_count;
@@ -90,15 +82,14 @@ static void insert_top(float *vals, int64_t *ids, int k, float v, int64_t id) {
     ids[j] = id;
 }
 
-/* Pass 1: the span's candidates for the top-k; returns the span's largest logit. */
-static float add_top_k(const float *z, int64_t n, int64_t id0, int k, RowState s) {
-    float *vals = s.top_vals, span_max = -INFINITY;
+/* Pass 1: the span's candidates for the top-k. */
+static void add_top_k(const float *z, int64_t n, int64_t id0, int k, RowState s) {
+    float *vals = s.top_vals;
     int64_t *ids = s.top_ids, i = 0;
 #if LANES == 8
-    __m256 low = _mm256_set1_ps(vals[k - 1]), max8 = _mm256_set1_ps(-INFINITY);
+    __m256 low = _mm256_set1_ps(vals[k - 1]);
     for (; i + 8 <= n; i += 8) {
         __m256 v = _mm256_loadu_ps(z + i);
-        max8 = _mm256_max_ps(max8, v);
         int mask = _mm256_movemask_ps(_mm256_cmp_ps(v, low, _CMP_GT_OQ));
         if (mask == 0) continue;
         for (; mask; mask &= mask - 1) {
@@ -107,13 +98,10 @@ static float add_top_k(const float *z, int64_t n, int64_t id0, int k, RowState s
         }
         low = _mm256_set1_ps(vals[k - 1]);
     }
-    span_max = max_lanes(max8);
 #endif
     for (; i < n; i++) {
-        span_max = z[i] > span_max ? z[i] : span_max;
         if (z[i] > vals[k - 1]) insert_top(vals, ids, k, z[i], id0 + i);
     }
-    return span_max;
 }
 
 static void keep_in_band(RowState s, int band_cap, float v) {
@@ -124,7 +112,7 @@ static void keep_in_band(RowState s, int band_cap, float v) {
 /* Pass 2: exp and the sums of one span, with e = exp(z - m) for the row's current m. */
 static void add_sums(const float *z, int64_t n, float lo, float hi, const float *p_final,
                      float *p_out, RowState s, int band_cap) {
-    const float m = *s.max;
+    const float m = s.top_vals[0];
     double total = 0.0, weighted = 0.0, cross = 0.0;
     int64_t above = 0, i = 0;
     int band = s.band != 0 && lo < hi;
@@ -194,12 +182,12 @@ static void add_sums(const float *z, int64_t n, float lo, float hi, const float 
 /* Both passes over one span of a row, rescaling the sums of e when m rises. */
 static void add_span(const float *z, int64_t n, int64_t id0, int k, float lo, float hi,
                      const float *p_final, float *p_out, RowState s, int band_cap) {
-    float span_max = add_top_k(z, n, id0, k, s);
-    if (span_max > *s.max) {
-        double scale = exp((double)*s.max - (double)span_max); /* 0 for the first span */
+    float before = s.top_vals[0];
+    add_top_k(z, n, id0, k, s);
+    if (s.top_vals[0] > before) {
+        double scale = exp((double)before - (double)s.top_vals[0]); /* 0 for the first span */
         s.sums[0] *= scale;
         s.sums[1] *= scale;
-        *s.max = span_max;
     }
     add_sums(z, n, lo, hi, p_final, p_out, s, band_cap);
 }
@@ -209,7 +197,6 @@ static void start_row(RowState s, int k) {
         s.top_vals[j] = -INFINITY;
         s.top_ids[j] = -1;
     }
-    *s.max = -INFINITY;
     for (int j = 0; j < 4; j++) s.sums[j] = 0.0;
 }
 
@@ -233,12 +220,10 @@ void row_stats(const float *z, int64_t n_rows, int64_t n_vocab, int k, const int
 #pragma omp parallel for schedule(static) num_threads(n_threads)
     for (int64_t r = 0; r < n_rows; r++) {
         const float *row = z + r * n_vocab;
-        float m;
-        RowState s = {top_vals + r * k, top_ids + r * k, &m, sums + 4 * r, 0, 0};
+        RowState s = {top_vals + r * k, top_ids + r * k, sums + 4 * r, 0, 0};
         start_row(s, k);
         /* the final token's logit is only known after pass 1 when it is the row's top-1 */
-        float span_max = add_top_k(row, n_vocab, 0, k, s);
-        m = span_max;
+        add_top_k(row, n_vocab, 0, k, s);
         float z_final = row[final_ids ? final_ids[r] : s.top_ids[0]];
         float *probs = p_out ? p_out + r * n_vocab : 0;
         add_sums(row, n_vocab, z_final, z_final, p_final ? p_final + r * n_vocab : 0, probs, s,
@@ -259,15 +244,15 @@ void row_stats(const float *z, int64_t n_rows, int64_t n_vocab, int k, const int
 void tile_stats(const float *z, int64_t n_rows, int64_t n_cols, int64_t col0, int k,
                 int start, int64_t first_row, int64_t positions, const int64_t *final_ids,
                 const float *p_final, int64_t n_vocab, const float *lo, const float *hi,
-                float *top_vals, int64_t *top_ids, float *max, double *sums, float *band,
+                float *top_vals, int64_t *top_ids, double *sums, float *band,
                 int32_t *band_count, int band_cap, float *final_logit, int n_threads) {
     (void)n_threads;
 #pragma omp parallel for schedule(static) num_threads(n_threads)
     for (int64_t r = 0; r < n_rows; r++) {
         const float *row = z + r * n_cols;
         int64_t position = (first_row + r) % positions, final_id = final_ids[position];
-        RowState s = {top_vals + r * k, top_ids + r * k, max + r, sums + 4 * r,
-                      band + r * band_cap, band_count + r};
+        RowState s = {top_vals + r * k, top_ids + r * k, sums + 4 * r, band + r * band_cap,
+                      band_count + r};
         if (start) {
             start_row(s, k);
             *s.band_count = 0;

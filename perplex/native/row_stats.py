@@ -100,10 +100,10 @@ def load(for_this_cpu: bool = True, openmp: bool = True) -> ctypes.CDLL | None:
         log.info("No C compiler found: the logit lens uses its slower torch statistics.")
         return None
     flags = FLAGS + (NATIVE_FLAGS if for_this_cpu else ())
+    built_for = [SOURCE.read_text(), cc, platform.machine(), _cpu_signature()]
     for folder in _build_dirs():
         for extra in (OPENMP_FLAGS, ()) if openmp else ((),):
-            key = hashlib.sha256("\n".join([SOURCE.read_text(), cc, *flags, *extra,
-                                            platform.machine(), _cpu_signature()]).encode())
+            key = hashlib.sha256("\n".join([*built_for, *flags, *extra]).encode())
             target = folder / f"row_stats-{key.hexdigest()[:16]}.so"
             try:
                 if not target.exists():
@@ -123,8 +123,8 @@ def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
     library.row_stats.restype = None
     library.tile_stats.argtypes = [pointer, size, size, size, ctypes.c_int, ctypes.c_int, size,
                                    size, pointer, pointer, size, pointer, pointer, pointer,
-                                   pointer, pointer, pointer, pointer, pointer, ctypes.c_int,
-                                   pointer, ctypes.c_int]
+                                   pointer, pointer, pointer, pointer, ctypes.c_int, pointer,
+                                   ctypes.c_int]
     library.tile_stats.restype = None
     library.splits_rows.argtypes = []
     library.splits_rows.restype = ctypes.c_int
@@ -219,14 +219,12 @@ class TileSums:
         _check("final_ids", final_ids, torch.int64, (positions,))
         _check("lo", lo, torch.float32, (n_rows,))
         _check("hi", hi, torch.float32, (n_rows,))
-        if p_final is not None and (p_final.dtype != torch.float32 or len(p_final) != positions
-                                    or not p_final.is_contiguous()):
-            raise ValueError(f"p_final must be a contiguous float32 [{positions}, V] tensor")
+        if p_final is not None:
+            _check("p_final", p_final, torch.float32, (positions, p_final.shape[1]))
         self.library, self.k, self.band_cap = library, k, band_cap
         self.final_ids, self.p_final, self.lo, self.hi = final_ids, p_final, lo, hi
         self.top_values = torch.empty((n_rows, k), dtype=torch.float32)
         self.top_ids = torch.empty((n_rows, k), dtype=torch.int64)
-        self.max = torch.empty(n_rows, dtype=torch.float32)
         self.sums = torch.empty((n_rows, N_SUMS), dtype=torch.float64)
         self.band = torch.empty((n_rows, band_cap), dtype=torch.float32)
         self.band_count = torch.zeros(n_rows, dtype=torch.int32)
@@ -238,7 +236,7 @@ class TileSums:
         n_rows, n_cols = z.shape
         if col0 != self.columns_done:
             raise ValueError(f"tiles must come in order: expected column {self.columns_done}")
-        _check("z", z, torch.float32, (len(self.max), n_cols))
+        _check("z", z, torch.float32, (len(self.sums), n_cols))
         n_vocab = 0 if self.p_final is None else self.p_final.shape[1]
         positions = len(self.final_ids)
 
@@ -248,7 +246,7 @@ class TileSums:
                 positions, _address(self.final_ids, 0), _address(self.p_final, 0), n_vocab,
                 _address(self.lo, first), _address(self.hi, first),
                 _address(self.top_values, first), _address(self.top_ids, first),
-                _address(self.max, first), _address(self.sums, first),
+                _address(self.sums, first),
                 _address(self.band, first), _address(self.band_count, first), self.band_cap,
                 _address(self.final_logit, first), threads)
 
