@@ -129,10 +129,10 @@ def bench_lens(lm, n_tokens: int = 128) -> None:
     [n_tokens, d] x [d, V] float32 matmul per layer (L+1 of them) into a preallocated buffer.
     Stacked 512 rows per matmul (as the lens's torch path does) the same matmuls stream the
     unembedding from memory a quarter as often and run faster, so they are timed too and the
-    ratio to the faster of the two is printed as well. Peak memory for 512
-    tokens is measured in a fresh subprocess as its peak resident set during the lens
-    (VmHWM, reset just before it) minus its resident set just before it (model loaded, a
-    small lens run to warm up): that counts torch's allocations, which tracemalloc does not.
+    ratio to the faster of the two is printed as well. Peak memory for 512 tokens is
+    measured in a fresh subprocess as its peak resident set during the lens (VmHWM, reset
+    just before it) minus its resident set just before it (model loaded, a small lens run to
+    warm up): that counts torch's allocations, which tracemalloc does not.
     """
     from perplex.lens import compute_lens, find_anatomy
     from perplex.lens_stats import ROWS_PER_MATMUL
