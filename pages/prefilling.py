@@ -40,7 +40,9 @@ SET_NAMES = (REFUSAL_SET, COMPLIANCE_SET)
 st.title("Prefilling")
 st.caption("How much probability the model puts on refusal openings (R-Set) and compliance "
            "openings (C-Set) at the first response token, and after a prefix you force. "
-           "P(set) is the sum of the probabilities (temperature 1) of the set's token ids.")
+           "P(set) is the probability (temperature 1) that the answer starts with one of the "
+           "set's words; a word of several tokens counts with the product of its pieces' "
+           "probabilities.")
 
 lm = resources.require_model()
 session_panel.restore_current(CURRENT)
@@ -49,12 +51,12 @@ params = decode_params_form(PREFIX)
 
 @dataclass(frozen=True)
 class ActiveSets:
-    """The R-Set and C-Set in effect: their words, spelling choices and resolved ids."""
+    """The R-Set and C-Set in effect: their words, spelling choices and resolved sets."""
 
     words: dict[str, tuple[str, ...]]
     spellings: dict[str, bool]
-    ids: dict[str, frozenset[int]]
-    own: dict[str, frozenset[int]]  # the researcher's other sets that have ids here
+    sets: dict[str, prefill.WordSet]
+    own: tuple[prefill.WordSet, ...]  # the researcher's other sets usable here
 
 
 def saved_sets() -> tuple[dict[str, tuple[str, ...]], dict[str, bool]]:
@@ -100,23 +102,27 @@ def synced(widget, label: str, key: str, saved, **kwargs):
 
 
 def resolved_table(resolved) -> pd.DataFrame:
-    """One row per spelling: its tokens, their ids, and the id the set counts (the first)."""
+    """One row per spelling: its tokens, their ids, and how the set counts it."""
     return pd.DataFrame(
         [{"word": r.word, "spelling": visible_token(r.text),
           "tokens": " + ".join(visible_token(t) if t else "(byte piece)"
                                for t in r.token_texts),
           "ids": ", ".join(str(i) for i in r.token_ids),
-          "counted": counted(r)} for r in resolved]).set_index("word")
+          "counted": counted(r, resolved)} for r in resolved]).set_index("word")
 
 
-def counted(resolved) -> str:
-    """The id a spelling adds to the set, and why when it is not the only token."""
-    if not resolved.counted:
-        first = "a byte piece" if not resolved.token_texts[0] else "whitespace"
-        return f"none: first token is {first}"
-    if resolved.multi_token:
-        return f"{resolved.token_id} (first of {len(resolved.token_ids)} tokens)"
-    return str(resolved.token_id)
+def counted(spelling, resolved) -> str:
+    """How a spelling counts in P(set): whole, as a product of pieces, inside another, not."""
+    if not spelling.counted:
+        first = "a byte piece" if not spelling.token_texts[0] else "whitespace"
+        return f"no: first token is {first}"
+    within = prefill.inside(spelling.token_ids, [r.token_ids for r in resolved if r.counted])
+    if within is not None:
+        holder = next(r.text for r in resolved if r.token_ids == within)
+        return f"inside “{visible_token(holder)}” (not added twice)"
+    if spelling.multi_token:
+        return f"yes: product of {len(spelling.token_ids)} tokens"
+    return "yes"
 
 
 def edit_sets() -> ActiveSets:
@@ -151,26 +157,29 @@ def edit_sets() -> ActiveSets:
         if not locked and (edited or chosen != spellings):
             save_sets({**words, **edited}, chosen)
             st.rerun()
-        ids = {}
+        sets = {}
         for col, name in zip(cols, SET_NAMES):
             if name in errors:
                 col.error(plain(f"{errors[name]} Not saved: {name} keeps its saved words "
                                 "(below) until the box holds a valid list."))
             try:
-                found, resolved = prefill.resolve_set(lm.tokenizer, words[name], name,
-                                                      **spellings, strict=False)
+                found = prefill.resolve_set(lm.tokenizer, words[name], name, **spellings,
+                                            strict=False)
             except PerplexError as exc:  # e.g. every token removed from the token view
                 col.warning(plain(str(exc)))
-                found, resolved = frozenset(), []
-            if resolved:
-                col.table(resolved_table(resolved))
-            col.caption(f"{name}: {len(found)} token ids counted.")
-            ids[name] = found
-        st.caption("· marks a space. A spelling of several tokens counts by its first "
-                   "token only. Tokens added from the token view's menu land in these sets "
-                   "too. Edits are saved in the session.")
+                found = prefill.WordSet(name, (), ())
+            if found.resolved:
+                col.table(resolved_table(found.resolved))
+            col.caption(f"{name}: {len(found.counted)} spellings counted.")
+            sets[name] = found
+        st.caption("· marks a space. P(set) is the probability of the set's words: a "
+                   "spelling of several tokens counts with the product of its pieces' "
+                   "conditional probabilities, and a spelling that a shorter one starts "
+                   "(“ I'm” after “ I”) is already inside the shorter one's probability. "
+                   "Tokens added from the token view's menu land in these sets too. Edits "
+                   "are saved in the session.")
         own = own_sets_editor(lm, PREFIX, SET_NAMES, spellings)
-    return ActiveSets(words, spellings, ids, own)
+    return ActiveSets(words, spellings, sets, own)
 
 
 def headline(result: prefill.FirstToken, label: str) -> None:
@@ -188,6 +197,18 @@ def headline(result: prefill.FirstToken, label: str) -> None:
     if result.own_sets:
         st.markdown("Your sets here: " + " · ".join(
             f"P({plain(name)}) = **{mass:.3f}**" for name, mass in result.own_sets))
+    with st.expander("P per word at this position"):
+        st.dataframe(word_table(result), hide_index=True, width="stretch")
+
+
+def word_table(result: prefill.FirstToken) -> pd.DataFrame:
+    """One row per counted spelling: its set, pieces and probability as a continuation."""
+    return pd.DataFrame([
+        {"set": w.set_name, "word": w.word, "spelling": visible_token(w.spelling),
+         "tokens": " + ".join(visible_token(t) if t else "(byte piece)" for t in w.pieces),
+         "P(word)": w.prob,
+         "in P(set)": f"inside “{visible_token(w.within)}”" if w.within else "added"}
+        for w in result.words])
 
 
 def run_prompt(prompt: str, prefix_text: str, sets: ActiveSets) -> None:
@@ -215,35 +236,35 @@ def open_row(prompt: str) -> None:
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def first_token(_lm, label: str, prompt: str, refusal: list[int], compliance: list[int],
-                own: tuple[tuple[str, tuple[int, ...]], ...]) -> prefill.FirstToken:
+def first_token(_lm, label: str, prompt: str, refusal: prefill.WordSet,
+                compliance: prefill.WordSet,
+                own: tuple[prefill.WordSet, ...]) -> prefill.FirstToken:
     """`prefill.first_token`, kept across reruns (a rerun for a click runs no model)."""
-    return prefill.first_token(_lm, prompt, refusal, compliance, own_sets=dict(own))
+    return prefill.first_token(_lm, prompt, refusal, compliance, own_sets=own)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def response_mass(_lm, label: str, _generation, generation_id: str, refusal: list[int],
-                  compliance: list[int]) -> list[prefill.SetMass]:
+def response_mass(_lm, label: str, _generation, generation_id: str,
+                  refusal: prefill.WordSet,
+                  compliance: prefill.WordSet) -> list[prefill.SetMass]:
     """`prefill.response_mass`, kept across reruns; a saved generation never changes."""
     return prefill.response_mass(_lm, _generation, refusal, compliance)
 
 
 def show_current(current, sets: ActiveSets) -> None:
     """The first token, P(R-Set)/P(C-Set) along the answer, and the answer's token view."""
-    refusal_ids, compliance_ids = sets.ids[REFUSAL_SET], sets.ids[COMPLIANCE_SET]
+    refusal, compliance = sets.sets[REFUSAL_SET], sets.sets[COMPLIANCE_SET]
     user = [m.content for m in current.messages if m.role == "user"]
     try:
         if user:
-            first = first_token(lm, lm.label, user[-1], sorted(refusal_ids),
-                                sorted(compliance_ids),
-                                tuple((n, tuple(sorted(i))) for n, i in sets.own.items()))
+            first = first_token(lm, lm.label, user[-1], refusal, compliance, sets.own)
             headline(first, "Most likely first response token")
-            st.plotly_chart(prefill.first_token_figure(first, refusal_ids, compliance_ids),
+            st.plotly_chart(prefill.first_token_figure(first, refusal, compliance),
                             key=f"{PREFIX}-bars", config={"displaylogo": False})
-            st.caption("Red: R-Set · green: C-Set · grey: other. The top 20 of the "
+            st.caption("Red: an R-Set word · green: a C-Set word · grey: other (a token that "
+                       "only starts a longer set word is grey: hover it). The top 20 of the "
                        "distribution at the first response position.")
-        masses = response_mass(lm, lm.label, current, current.id, sorted(refusal_ids),
-                               sorted(compliance_ids))
+        masses = response_mass(lm, lm.label, current, current.id, refusal, compliance)
         forced = [s for s in current.response_steps if s.forced]
         if forced and len(masses) > len(forced):
             after = masses[len(forced)]
@@ -255,7 +276,7 @@ def show_current(current, sets: ActiveSets) -> None:
         if compare and compare[1] == current.id:
             parent = resources.store().load_generation(compare[0])
             series = [("before", response_mass(lm, lm.label, parent, parent.id,
-                                               sorted(refusal_ids), sorted(compliance_ids)),
+                                               refusal, compliance),
                        "dot"),
                       ("after", masses, "solid")]
         st.markdown("**P(R-Set) and P(C-Set) at each response position**")
@@ -295,5 +316,5 @@ if current is not None:
     show_current(current, active)
 
 st.divider()
-many_prompts(lm, PREFIX, active.ids[REFUSAL_SET], active.ids[COMPLIANCE_SET],
+many_prompts(lm, PREFIX, active.sets[REFUSAL_SET], active.sets[COMPLIANCE_SET],
              on_open=open_row)

@@ -1,8 +1,8 @@
 """Turning typed words into token ids for token sets, flagging words that split.
 
-A word is tokenized in the spellings it takes in text (as typed, after a space, recased);
-a token set counts each spelling by its first token, and says so when a spelling is
-several tokens.
+A word is tokenized in the spellings it takes in text (as typed, after a space, recased).
+P(set) counts each spelling as its whole token sequence (`perplex.modes.prefill`); the
+stored members of a set are each spelling's first token (the token view marks them).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ MAX_WORD_CHARS = 100
 
 @dataclass(frozen=True)
 class ResolvedWord:
-    """How one spelling of an entered word tokenizes; the set counts its first token."""
+    """How one spelling of an entered word tokenizes."""
 
     word: str  # as entered
     text: str  # the exact string tokenized (the word, maybe with a leading space or recased)
@@ -27,12 +27,12 @@ class ResolvedWord:
 
     @property
     def token_id(self) -> int:
-        """The id the set counts: the first token of the spelling."""
+        """The spelling's first token (the member stored in the database)."""
         return self.token_ids[0]
 
     @property
     def multi_token(self) -> bool:
-        """Whether the spelling takes more than one token (only the first is counted)."""
+        """Whether the spelling takes more than one token."""
         return len(self.token_ids) > 1
 
     @property
@@ -53,12 +53,12 @@ class ResolvedWord:
         if not self.counted:
             what = "a byte piece of a character" if not self.token_texts[0] else "only whitespace"
             return head + f"its first token is {what}, so it is left out of the set."
-        return head + f"it is counted by its first token {self.token_texts[0]!r}."
+        return head + "its probability is the product of its pieces' probabilities."
 
 
 def resolve_words(tokenizer, words: Sequence[str], leading_space: bool = True,
                   case_variants: bool = False) -> list[ResolvedWord]:
-    """Tokenize the spellings of each word; the sets count each spelling's first token.
+    """Tokenize the spellings of each word.
 
     Spellings: the word as typed, and with a leading space (as the word reads after another
     word) when `leading_space`; lower, Capitalised and UPPER too when `case_variants`.

@@ -9,6 +9,7 @@ import torch
 from perplex.head_lens import head_lens, head_vectors
 from perplex.lens import LensError
 from perplex.tokens import encode_plain_text
+from tests.tolerances import FLOAT32_LOGIT
 
 
 def _attention_outputs(lm, ids: list[int]) -> list[torch.Tensor]:
@@ -32,7 +33,7 @@ def test_heads_sum_to_the_attention_output(tiny_lm):
     vectors, _ = head_vectors(tiny_lm, ids, position)
     assert vectors.shape == (tiny_lm.n_layers, 4, 64)
     for layer, attention in enumerate(_attention_outputs(tiny_lm, ids)):
-        assert torch.allclose(vectors[layer].sum(0), attention[position], atol=1e-5)
+        assert torch.allclose(vectors[layer].sum(0), attention[position], atol=FLOAT32_LOGIT)
 
 
 def test_head_logits_add_up_to_the_attention_outputs_logit(tiny_lm):
@@ -58,7 +59,7 @@ def test_head_logits_add_up_to_the_attention_outputs_logit(tiny_lm):
         row = model.lm_head.weight[lens.token_id]
         for layer, attention in enumerate(inner):
             expected = float((norm.weight * attention[position] / rms) @ row)
-            assert abs(lens.logit[layer].sum() - expected) < 1e-3 * max(1.0, abs(expected))
+            assert abs(lens.logit[layer].sum() - expected) < FLOAT32_LOGIT * max(1.0, abs(expected))
     assert lens.top_ids.shape == (tiny_lm.n_layers, 4, 3)
     assert lens.figure().data
 

@@ -12,13 +12,14 @@ from perplex.models import LoadedModel, ModelSpec
 from perplex.native import row_stats
 from perplex.tokens import encode_plain_text
 from tests.tiny import tiny_tokenizer
-
-TOL = 1e-4
+from tests.tolerances import FLOAT32_NATS, FLOAT32_PROB
 
 
 @pytest.fixture(params=[None, False], ids=["compiled", "torch"])
 def use_native(request):
     """Both ways the statistics are taken: compiled code (where it builds) and torch."""
+    if request.param is None and row_stats.switched_off():
+        pytest.skip("PERPLEX_NATIVE=0 turns the compiled statistics off")
     if request.param is None and row_stats.compiler():
         assert row_stats.load() is not None, "a C compiler exists but the lens's did not build"
     return request.param
@@ -47,25 +48,26 @@ def reference_log_probs(lm, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]
 def assert_matches_reference(lm, ids: list[int], **kwargs) -> None:
     lens = compute_lens(lm, ids, **kwargs)
     ref, model_logp = reference_log_probs(lm, ids)
-    assert torch.allclose(ref[-1], model_logp, atol=1e-5), "reference last layer != model"
+    # the same head on the same hidden state, but a soft cap is applied here in float64
+    assert torch.allclose(ref[-1], model_logp, atol=FLOAT32_NATS), "reference last layer != model"
     ref = ref.permute(1, 0, 2)  # [T, L+1, V]
     probs = ref.exp()
     assert lens.top_ids.shape[:2] == (len(ids), ref.shape[1])
     assert (lens.top_ids[:, :, 0] == ref.argmax(-1).numpy()).all(), "top-1 differs"
     ref_top = torch.gather(probs, 2, torch.from_numpy(lens.top_ids))
-    assert np.abs(ref_top.numpy() - lens.top_probs).max() < TOL
+    assert np.abs(ref_top.numpy() - lens.top_probs).max() < FLOAT32_PROB
     final = torch.from_numpy(lens.final_ids)[:, None, None].expand(-1, ref.shape[1], 1)
     ref_final = torch.gather(probs, 2, final)[..., 0].numpy()
-    assert np.abs(ref_final - lens.final_prob).max() < TOL
+    assert np.abs(ref_final - lens.final_prob).max() < FLOAT32_PROB
     ref_rank = (ref > torch.gather(ref, 2, final)).sum(-1).numpy() + 1
     assert (ref_rank == lens.final_rank).all()
     entropy = -(probs * ref).sum(-1).numpy()
-    assert np.abs(entropy - lens.entropy).max() < TOL
+    assert np.abs(entropy - lens.entropy).max() < FLOAT32_NATS
     kl = (probs[:, -1:] * (ref[:, -1:] - ref)).sum(-1).numpy()
-    assert np.allclose(lens.kl_to_final, kl, rtol=1e-5, atol=TOL)
+    assert np.abs(lens.kl_to_final - kl).max() < FLOAT32_NATS
     model_probs = model_logp.exp()
     last = torch.gather(model_probs, 1, torch.from_numpy(lens.top_ids[:, -1]))
-    assert np.abs(last.numpy() - lens.top_probs[:, -1]).max() < TOL
+    assert np.abs(last.numpy() - lens.top_probs[:, -1]).max() < FLOAT32_PROB
 
 
 def test_tiny_model_matches_hidden_states_by_hand(tiny_lm, use_native):
@@ -155,9 +157,15 @@ def test_bundled_model_matches_hidden_states_by_hand(bundled_lm, use_native):
 def test_same_input_gives_identical_lens(tiny_lm):
     ids = list(encode_plain_text(tiny_lm.tokenizer, "Hello world! How are you today?").ids)
     a, b = compute_lens(tiny_lm, ids), compute_lens(tiny_lm, ids, chunk_positions=2)
+    again = compute_lens(tiny_lm, ids)
     for name in ("top_ids", "top_probs", "final_rank", "final_prob", "entropy", "kl_to_final"):
-        assert np.array_equal(getattr(a, name), getattr(compute_lens(tiny_lm, ids), name)), name
-        assert np.allclose(getattr(a, name), getattr(b, name), atol=1e-5), name
+        assert np.array_equal(getattr(a, name), getattr(again, name)), name
+    # other chunks are other matmul shapes: float32 sums in another order
+    for name in ("top_ids", "final_rank"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    for name, bound in (("top_probs", FLOAT32_PROB), ("final_prob", FLOAT32_PROB),
+                        ("entropy", FLOAT32_NATS), ("kl_to_final", FLOAT32_NATS)):
+        assert np.abs(getattr(a, name) - getattr(b, name)).max() < bound, name
 
 
 def test_lens_leaves_the_model_unchanged(tiny_lm):

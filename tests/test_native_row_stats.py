@@ -18,6 +18,8 @@ from perplex.native import row_stats
                 ids=["this-cpu", "portable", "python-threads"])
 def library(request):
     """The compiled library: where a C compiler exists it must build."""
+    if row_stats.switched_off():
+        pytest.skip("PERPLEX_NATIVE=0 turns the compiled statistics off")
     if row_stats.compiler() is None:
         pytest.skip("no C compiler on this machine: the lens uses torch statistics")
     for_this_cpu, openmp = request.param

@@ -22,6 +22,7 @@ from perplex.patching import (
 from perplex.tokens import encode_plain_text
 from tests.test_lens import ARCHITECTURES
 from tests.tiny import tiny_tokenizer
+from tests.tolerances import FLOAT32_LOGIT, FLOAT32_PROB
 
 SOURCE = "The Eiffel Tower is in the city of"
 TARGET = "The Colosseum is in the city of"
@@ -35,14 +36,15 @@ def test_unpatched_run_equals_model_logits(tiny_lm):
     ids = _ids(tiny_lm, "The capital of France is Paris.")
     with torch.no_grad():
         expected = tiny_lm.model(torch.tensor([ids])).logits[0, -1]
-    assert torch.allclose(unpatched_logits(tiny_lm, ids), expected, atol=1e-5)
+    # a hooked pass against a plain one
+    assert torch.allclose(unpatched_logits(tiny_lm, ids), expected, atol=FLOAT32_LOGIT)
 
 
 def test_patching_a_prompt_into_itself_changes_nothing(tiny_lm):
     ids = _ids(tiny_lm, "Hello world! How are you today?")
     result = patch_prompts(tiny_lm, ids, ids, layer=1, target_position=2)
     assert np.array_equal(result.before_ids, result.after_ids)
-    assert np.allclose(result.before_probs, result.after_probs, atol=1e-6)
+    assert np.allclose(result.before_probs, result.after_probs, atol=FLOAT32_PROB)
 
 
 def test_sweep_agrees_with_single_patches_and_the_last_cell_is_the_source(tiny_lm):
@@ -53,14 +55,14 @@ def test_sweep_agrees_with_single_patches_and_the_last_cell_is_the_source(tiny_l
     assert sweep.p_source.shape == (n_layers, len(target))
     for layer, position in [(0, 0), (1, 4), (2, len(target) - 1)]:
         single = patch_prompts(tiny_lm, source, target, layer=layer, target_position=position)
-        assert abs(single.p_source_after - sweep.p_source[layer, position]) < 1e-5
-        assert abs(single.p_target_after - sweep.p_target[layer, position]) < 1e-5
+        assert abs(single.p_source_after - sweep.p_source[layer, position]) < FLOAT32_PROB
+        assert abs(single.p_target_after - sweep.p_target[layer, position]) < FLOAT32_PROB
         assert int(single.after_ids[0]) == sweep.top1[layer, position]
     # The last block's output at the last position is all the prediction reads.
     assert sweep.top1[-1, -1] == sweep.source_answer
     with torch.no_grad():
         own = tiny_lm.model(torch.tensor([source])).logits[0, -1].softmax(-1)
-    assert abs(float(own[sweep.source_answer]) - sweep.p_source[-1, -1]) < 1e-5
+    assert abs(float(own[sweep.source_answer]) - sweep.p_source[-1, -1]) < FLOAT32_PROB
     assert sweep.figure().data and sweep.figure("logit_diff").data
 
 
@@ -89,7 +91,7 @@ def swap(bundled_lm):
 def test_bundled_unpatched_run_equals_model_logits(bundled_lm, swap):
     with torch.no_grad():
         expected = bundled_lm.model(torch.tensor([swap[1]])).logits[0, -1]
-    assert torch.allclose(unpatched_logits(bundled_lm, swap[1]), expected, atol=1e-4)
+    assert torch.allclose(unpatched_logits(bundled_lm, swap[1]), expected, atol=FLOAT32_LOGIT)
 
 
 def test_bundled_swap_subject_at_a_middle_layer_flips_rome_to_paris(bundled_lm, swap):
@@ -109,7 +111,7 @@ def test_bundled_swap_subject_at_a_middle_layer_flips_rome_to_paris(bundled_lm, 
 
     sweep = patch_sweep(bundled_lm, source, target, layers=[12, 27])
     assert sweep.top1[12, 3] == result.source_answer
-    assert abs(sweep.p_source[12, 3] - result.p_source_after) < 1e-4
+    assert abs(sweep.p_source[12, 3] - result.p_source_after) < FLOAT32_PROB
     assert sweep.top1[12, 4] == result.target_answer  # the last subject token: still Rome
     assert sweep.top1[27, 9] == result.source_answer  # late layers: the final position
     assert sweep.top1[12, 9] == result.target_answer
@@ -145,7 +147,7 @@ def assert_sweep_equals_full_passes(lm, source, target, layers) -> None:
     sweep = patch_sweep(lm, source, target, layers=layers)
     p_source, top1 = full_pass_grid(lm, source, target, layers)
     assert np.array_equal(sweep.top1[layers], top1)
-    assert np.abs(sweep.p_source[layers] - p_source).max() < 1e-5
+    assert np.abs(sweep.p_source[layers] - p_source).max() < FLOAT32_PROB
 
 
 @pytest.mark.parametrize("arch", ["llama", *sorted(ARCHITECTURES)])
@@ -165,5 +167,5 @@ def test_resumed_sweep_equals_full_forward_passes(arch, tiny_lm):
 
 def test_bundled_resumed_sweep_equals_full_forward_passes(bundled_lm, swap):
     # The clean pass runs at batch size 1 and the full passes at 10: float32 rounding of
-    # the unpatched blocks differs by ~1e-6 relative; probabilities agree to 2e-6.
+    # the unpatched blocks differs by ~1e-6 relative; probabilities agree to 2e-6 here.
     assert_sweep_equals_full_passes(bundled_lm, *swap, [0, 1, 12, 29, 30])

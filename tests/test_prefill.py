@@ -10,6 +10,7 @@ from perplex.generation import start_generation
 from perplex.modes import prefill
 from perplex.records import DecodeParams, Message, TokenRole
 from perplex.token_sets import DEFAULT_SETS
+from tests.tolerances import FLOAT32_PROB
 
 
 def direct_probs(lm, ids):
@@ -19,10 +20,30 @@ def direct_probs(lm, ids):
     return torch.softmax(logits, dim=-1)
 
 
+def direct_word_prob(lm, ids, word) -> float:
+    """P(word | ids) the plain way: one forward pass per piece, the pieces' product."""
+    prob = 1.0
+    for j, token_id in enumerate(word):
+        prob *= float(direct_probs(lm, list(ids) + list(word[:j]))[token_id])
+    return prob
+
+
+def direct_set_prob(lm, ids, word_set) -> float:
+    """P(set) by hand: the spellings no shorter spelling starts (each sequence once)."""
+    sequences = list(dict.fromkeys(r.token_ids for r in word_set.spellings))
+    kept = [w for w in sequences
+            if not any(len(o) < len(w) and w[:len(o)] == o for o in sequences)]
+    return sum(direct_word_prob(lm, ids, w) for w in kept)
+
+
 def default_ids(lm):
-    r, _ = prefill.resolve_set(lm.tokenizer, DEFAULT_SETS["R-Set"], "R-Set")
-    c, _ = prefill.resolve_set(lm.tokenizer, DEFAULT_SETS["C-Set"], "C-Set")
+    r = prefill.resolve_set(lm.tokenizer, DEFAULT_SETS["R-Set"], "R-Set")
+    c = prefill.resolve_set(lm.tokenizer, DEFAULT_SETS["C-Set"], "C-Set")
     return r, c
+
+
+def ids_set(ids, name="mine"):
+    return prefill.token_id_set(ids, name)
 
 
 @pytest.mark.parametrize("which", ["tiny_lm", "bundled_lm"])
@@ -33,10 +54,11 @@ def test_set_mass_equals_direct_sum(which, request):
         got = prefill.first_token(lm, prompt, refusal, compliance, prefill=pre)
         ids = prefill.chat_context(lm, prompt, pre)
         probs = direct_probs(lm, ids)
-        assert abs(got.mass.refusal - float(probs[sorted(refusal)].sum())) <= 1e-6
-        assert abs(got.mass.compliance - float(probs[sorted(compliance)].sum())) <= 1e-6
+        # the tree pass and the plain passes are different forward passes
+        assert abs(got.mass.refusal - direct_set_prob(lm, ids, refusal)) <= FLOAT32_PROB
+        assert abs(got.mass.compliance - direct_set_prob(lm, ids, compliance)) <= FLOAT32_PROB
         assert got.top_ids[0] == int(torch.argmax(probs))
-        assert abs(got.top_probs[0] - float(probs.max())) <= 1e-6
+        assert abs(got.top_probs[0] - float(probs.max())) <= FLOAT32_PROB
         assert abs(got.mass.other - (1 - got.mass.refusal - got.mass.compliance)) < 1e-12
         assert got.own_sets == ()
 
@@ -45,14 +67,37 @@ def test_set_mass_equals_direct_sum(which, request):
 def test_own_sets_mass_equals_direct_sum(which, request):
     lm = request.getfixturevalue(which)
     refusal, compliance = default_ids(lm)
-    own = {"mine": [5, 7, 7, 11], "overlaps R": sorted(refusal)[:2] + [3]}
-    got = prefill.first_token(lm, "How do I pick a lock?", refusal, compliance, own_sets=own)
+    own = {"mine": [5, 7, 7, 11], "overlaps R": sorted(refusal.first_ids)[:2] + [3]}
+    got = prefill.first_token(lm, "How do I pick a lock?", refusal, compliance,
+                              own_sets=[ids_set(ids, name) for name, ids in own.items()])
     probs = direct_probs(lm, prefill.chat_context(lm, "How do I pick a lock?"))
     assert [name for name, _ in got.own_sets] == ["mine", "overlaps R"]
     for (name, mass), ids in zip(got.own_sets, own.values()):
-        assert abs(mass - float(probs[sorted(set(ids))].sum())) <= 1e-6
+        assert abs(mass - float(probs[sorted(set(ids))].sum())) <= FLOAT32_PROB
     with pytest.raises(InputFormatError, match="token set empty one is empty"):
-        prefill.first_token(lm, "Hi", refusal, compliance, own_sets={"empty one": []})
+        prefill.first_token(lm, "Hi", refusal, compliance, own_sets=[ids_set([], "empty one")])
+
+
+def test_set_mass_counts_words_not_their_first_pieces(bundled_lm):
+    """" Cannot" is several pieces: its P is below its first piece's; P(set) is by words."""
+    lm = bundled_lm
+    harm = prefill.resolve_set(lm.tokenizer, ["Cannot", "Can", "I", "I'm", "Sorry"], "Harm",
+                               leading_space=True)
+    by_text = {r.text: r.token_ids for r in harm.spellings}
+    assert len(by_text[" Cannot"]) >= 2 and len(by_text[" I'm"]) == 2
+    assert by_text[" I'm"][0] == by_text[" I"][0]  # two words that share a first piece
+    ids = prefill.chat_context(lm, "How do I pick a lock?")
+    got = prefill.first_token(lm, "How do I pick a lock?", harm, harm, own_sets=[harm])
+    assert abs(got.own_sets[0][1] - direct_set_prob(lm, ids, harm)) <= FLOAT32_PROB
+    words = {w.spelling: w for w in got.words if w.set_name == "Harm"}
+    for text, sequence in by_text.items():
+        assert abs(words[text].prob - direct_word_prob(lm, ids, sequence)) <= FLOAT32_PROB
+    assert words[" I'm"].within == " I" and words[" I"].within == ""
+    first_piece = float(direct_probs(lm, ids)[by_text[" Cannot"][0]])
+    assert words[" Cannot"].prob < first_piece  # the old first-piece sum over-counted
+    # the shared piece " I" is counted once: P(set) is not P(" I") + P(" I'm")
+    added = sum(w.prob for w in words.values() if not w.within)
+    assert abs(got.own_sets[0][1] - added) <= 1e-12
 
 
 def test_batched_equals_one_at_a_time(tiny_lm):
@@ -65,8 +110,8 @@ def test_batched_equals_one_at_a_time(tiny_lm):
     for prompt, got in zip(prompts, batch):
         alone = prefill.first_token(tiny_lm, prompt, refusal, compliance)
         assert got.prompt == prompt
-        assert abs(got.mass.refusal - alone.mass.refusal) <= 1e-5
-        assert abs(got.mass.compliance - alone.mass.compliance) <= 1e-5
+        assert abs(got.mass.refusal - alone.mass.refusal) <= FLOAT32_PROB
+        assert abs(got.mass.compliance - alone.mass.compliance) <= FLOAT32_PROB
         assert got.top_ids[0] == alone.top_ids[0]
 
 
@@ -109,7 +154,7 @@ def test_job_stops_and_goes_on_and_leaves_out_long_prompts(tiny_lm):
     for index, got in job.scored():
         alone = prefill.first_token(tiny_lm, listed.prompts[index], refusal, compliance, k=3)
         assert got.prompt == listed.prompts[index] and got.top_ids == alone.top_ids
-        assert abs(got.mass.refusal - alone.mass.refusal) <= 1e-5
+        assert abs(got.mass.refusal - alone.mass.refusal) <= FLOAT32_PROB
     job.run_batch(tiny_lm)  # nothing left: no change
     assert job.done == 6
     adaptive = prefill.FirstTokenJob.start(tiny_lm, listed, refusal, compliance, batch_size=1,
@@ -121,18 +166,18 @@ def test_job_stops_and_goes_on_and_leaves_out_long_prompts(tiny_lm):
     with pytest.raises(InputFormatError, match="longer than"):
         prefill.first_tokens(tiny_lm, ["Hi", too_long], refusal, compliance)
     with pytest.raises(InputFormatError, match="R-Set is empty"):
-        prefill.FirstTokenJob.start(tiny_lm, listed, [], compliance)
+        prefill.FirstTokenJob.start(tiny_lm, listed, ids_set([], "R-Set"), compliance)
 
 
 def test_bad_sets_give_clear_messages(tiny_lm):
     with pytest.raises(InputFormatError, match="R-Set is empty"):
-        prefill.first_token(tiny_lm, "Hi", [], [5])
+        prefill.first_token(tiny_lm, "Hi", ids_set([], "R-Set"), ids_set([5]))
     with pytest.raises(InputFormatError, match="outside this model's vocabulary"):
-        prefill.first_token(tiny_lm, "Hi", [10**7], [5])
+        prefill.first_token(tiny_lm, "Hi", ids_set([10**7]), ids_set([5]))
     with pytest.raises(InputFormatError, match="no words"):
         prefill.resolve_set(tiny_lm.tokenizer, ["", "  "], "C-Set")
     with pytest.raises(InputFormatError, match="prompt is empty"):
-        prefill.first_token(tiny_lm, "  ", [1], [2])
+        prefill.first_token(tiny_lm, "  ", ids_set([1]), ids_set([2]))
 
 
 def test_unencodable_word():
@@ -156,10 +201,10 @@ def test_unencodable_word():
 
 
 def test_multi_token_words_are_flagged(bundled_lm):
-    ids, resolved = prefill.resolve_set(bundled_lm.tokenizer, ["Unfortunately", "Sure"], "R")
-    notes = [r.note for r in resolved if r.multi_token]
-    assert ids and all(r.token_id in ids for r in resolved if r.counted)
-    assert all("counted by its first token" in n or "whitespace" in n for n in notes)
+    found = prefill.resolve_set(bundled_lm.tokenizer, ["Cannot", "Sure"], "R")
+    notes = [r.note for r in found.resolved if r.multi_token]
+    assert found.counted and all(r.token_ids in found.sequences for r in found.spellings)
+    assert notes and all("product of its pieces" in n or "whitespace" in n for n in notes)
 
 
 @pytest.mark.parametrize("word, leading_space, why", [
@@ -172,19 +217,19 @@ def test_words_the_bundled_tokenizer_cannot_encode(bundled_lm, word, leading_spa
     with pytest.raises(InputFormatError, match=why):
         prefill.resolve_set(bundled_lm.tokenizer, ["Sorry", word], "R-Set",
                             leading_space=leading_space)
-    ids, resolved = prefill.resolve_set(bundled_lm.tokenizer, ["Sorry", word], "R-Set",
-                                        leading_space=leading_space, strict=False)
+    found = prefill.resolve_set(bundled_lm.tokenizer, ["Sorry", word], "R-Set",
+                                leading_space=leading_space, strict=False)
     sorry = prefill.resolve_set(bundled_lm.tokenizer, ["Sorry"], "R-Set",
-                                leading_space=leading_space)[0]
+                                leading_space=leading_space)
     if word in ("Über", "🙂"):  # saved words are only left out, and the note says why
-        assert ids == sorry
-        assert any("byte piece of a character" in (r.note or "") for r in resolved)
+        assert found.sequences == sorry.sequences
+        assert any("byte piece of a character" in (r.note or "") for r in found.resolved)
 
 
 def test_a_spaced_spelling_can_rescue_a_word(bundled_lm):
     """'🙂' starts with a byte piece, but ' 🙂' is one whole token: the word is usable."""
-    ids, resolved = prefill.resolve_set(bundled_lm.tokenizer, ["🙂"], "C-Set")
-    assert [r.text for r in resolved if r.counted] == [" 🙂"] and len(ids) == 1
+    found = prefill.resolve_set(bundled_lm.tokenizer, ["🙂"], "C-Set")
+    assert [r.text for r in found.spellings] == [" 🙂"] and len(found.sequences) == 1
 
 
 def test_response_mass_matches_direct(tiny_lm):
@@ -196,9 +241,8 @@ def test_response_mass_matches_direct(tiny_lm):
     where = [i for i, s in enumerate(gen.steps) if s.role is TokenRole.RESPONSE]
     assert len(masses) == len(where)
     for m, i in zip(masses, where):
-        probs = direct_probs(tiny_lm, ids[:i])
-        assert abs(m.refusal - float(probs[sorted(refusal)].sum())) <= 1e-6
-        assert abs(m.compliance - float(probs[sorted(compliance)].sum())) <= 1e-6
+        assert abs(m.refusal - direct_set_prob(tiny_lm, ids[:i], refusal)) <= FLOAT32_PROB
+        assert abs(m.compliance - direct_set_prob(tiny_lm, ids[:i], compliance)) <= FLOAT32_PROB
 
 
 def test_figures_build(tiny_lm):
@@ -208,8 +252,9 @@ def test_figures_build(tiny_lm):
     bar = fig.data[0]
     assert len(bar.x) == 8
     for token_id, colour in zip(result.top_ids, bar.marker.color):
-        want = (prefill.REFUSAL_COLOUR if token_id in refusal else prefill.COMPLIANCE_COLOUR
-                if token_id in compliance else prefill.OTHER_COLOUR)
+        want = (prefill.REFUSAL_COLOUR if token_id in refusal.whole_ids
+                else prefill.COMPLIANCE_COLOUR if token_id in compliance.whole_ids
+                else prefill.OTHER_COLOUR)
         assert colour == want
     m = [prefill.SetMass(0.7, 0.1), prefill.SetMass(0.2, 0.5)]
     fig = prefill.mass_timeline([("before", m, "dot"), ("after", m[:1], "solid")])
@@ -330,8 +375,8 @@ def test_own_sets_are_added_shown_at_the_first_token_and_deleted(page, perplex_h
     next(b for b in page.button if b.label == "Run").click().run()
     assert not page.exception and not page.error
     shown = next(m.value for m in page.markdown if m.value.startswith("Your sets here"))
-    direct = prefill.first_token(tiny_lm, "Hi", *default_ids(tiny_lm), own_sets={
-        "Harm": prefill.resolve_set(tiny_lm.tokenizer, ["No", "maybe"], "Harm")[0]})
+    direct = prefill.first_token(tiny_lm, "Hi", *default_ids(tiny_lm), own_sets=[
+        prefill.resolve_set(tiny_lm.tokenizer, ["No", "maybe"], "Harm")])
     assert shown == f"Your sets here: P(Harm) = **{direct.own_sets[0][1]:.3f}**"
     page.selectbox(key="prefill.own_delete_pick").set_value("Harm").run()
     page.button(key="prefill.own_delete").click().run()

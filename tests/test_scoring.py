@@ -7,7 +7,8 @@ import pytest
 from perplex.errors import InputFormatError
 from perplex.records import Message, Source, TokenRole
 from perplex.scoring import score_conversations
-from tests.reference import max_prob_error
+from tests.reference import assert_matches_direct
+from tests.tolerances import FLOAT32_PROB
 
 CHAT = (Message("system", "Be brief."), Message("user", "Capital of France?"),
         Message("assistant", "Paris, France. 🙂"))
@@ -17,7 +18,7 @@ TEXT = (Message("text", "The Eiffel Tower is in Paris.\n\tHello <script>alert(1)
 def test_scored_records_equal_a_direct_forward_pass(tiny_lm):
     for gen in score_conversations(tiny_lm, [CHAT, TEXT]):
         assert gen.source is Source.SCORED
-        assert max_prob_error(tiny_lm, gen) <= 1e-5
+        assert_matches_direct(tiny_lm, gen)
 
 
 def test_batching_gives_the_numbers_of_one_at_a_time(tiny_lm):
@@ -25,7 +26,8 @@ def test_batching_gives_the_numbers_of_one_at_a_time(tiny_lm):
     alone = [score_conversations(tiny_lm, [c])[0] for c in (CHAT, TEXT, CHAT[:2])]
     for a, b in zip(together, alone):
         assert [s.token_id for s in a.steps] == [s.token_id for s in b.steps]
-        assert max(abs(x.prob - y.prob) for x, y in zip(a.steps[1:], b.steps[1:])) <= 1e-5
+        # a padded batch against one sequence: two forward passes
+        assert max(abs(x.prob - y.prob) for x, y in zip(a.steps[1:], b.steps[1:])) <= FLOAT32_PROB
 
 
 def test_roles_and_texts_reassemble_each_message(tiny_lm):
@@ -56,6 +58,6 @@ def test_empty_and_too_long_texts_are_refused(tiny_lm):
 def test_bundled_scoring_matches_a_direct_pass_and_generation(bundled_lm):
     [gen] = score_conversations(bundled_lm, [(Message("user", "What is the capital of France?"),
                                               Message("assistant", "The capital is Paris."))])
-    assert max_prob_error(bundled_lm, gen) <= 1e-5
+    assert_matches_direct(bundled_lm, gen)
     paris = next(s for s in gen.response_steps if s.text == " Paris")
     assert paris.prob > 0.5 and paris.rank == 1

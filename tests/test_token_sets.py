@@ -74,7 +74,7 @@ def test_resolve_words_single_and_multi_token():
     assert resolved[" Sorry"].token_id == TOK.ids[" Sorry"] and resolved[" Sorry"].note is None
     im = resolved["I'm"]
     assert im.multi_token and im.token_id == TOK.ids["I"] and im.token_texts == ("I", "'m")
-    assert "2 tokens" in im.note and "first token 'I'" in im.note
+    assert "2 tokens" in im.note and "product of its pieces" in im.note
     assert resolved[" Unfortunately"].token_texts[:2] == (" Un", "fortunately")
 
 
@@ -104,7 +104,7 @@ def test_default_sets_saved_per_tokenizer(store, session_id):
                     for name in (REFUSAL_SET, COMPLIANCE_SET))
     assert r_set.words == DEFAULT_SETS[REFUSAL_SET] and c_set.words == DEFAULT_SETS[COMPLIANCE_SET]
     assert {TOK.ids[w] for w in ("I", " I", "Sorry", " Sorry", "Cannot")} <= r_set.token_ids(LABEL)
-    assert TOK.ids["Un"] in r_set.token_ids(LABEL)  # Unfortunately, by its first token
+    assert TOK.ids["Un"] in r_set.token_ids(LABEL)  # stored members: first tokens
     assert {TOK.ids["Sure"], TOK.ids[" Sure"]} <= c_set.token_ids(LABEL)
     assert not r_set.token_ids(LABEL) & c_set.token_ids(LABEL)
     # another tokenizer gets the same words resolved for it; the first keeps its ids

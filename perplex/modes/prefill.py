@@ -1,20 +1,23 @@
 """Prefilling mode: how much probability the model puts on refusal vs compliance openings.
 
-P(set) at a position is the sum of the softmax probabilities (raw logits, temperature 1,
-float64) of the set's token ids. It needs the full next-token distribution, not the top-k
-kept in a `TokenStep`, so this module runs its own forward passes.
+P(set) at a position is the probability that the continuation is one of the set's words
+(raw logits, temperature 1, float64). A word of several tokens counts with the product of its
+pieces' conditional probabilities (`perplex.word_probs`), never by its first piece alone (" C"
+is not "Cannot"); a spelling that another of the set's spellings starts ("I'm" after "I") is
+already inside that one's probability and is not counted twice. This needs the full
+next-token distribution and more, not the top-k kept in a `TokenStep`, so this module runs
+its own forward passes.
 """
 
 from __future__ import annotations
 
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import plotly.graph_objects as go
-import torch
 
 from perplex.errors import InputFormatError
 from perplex.models import LoadedModel
@@ -22,6 +25,7 @@ from perplex.plots import visible_token
 from perplex.records import Generation, Message, TokenRole
 from perplex.token_words import ResolvedWord, resolve_words
 from perplex.tokens import encode_messages
+from perplex.word_probs import continuation_probs
 
 MAX_PROMPTS = 10_000
 PROMPTS_PER_BATCH = 16  # rows in one padded forward pass; bounds memory for long lists
@@ -47,10 +51,67 @@ class SetMass:
 
 
 @dataclass(frozen=True)
+class WordSet:
+    """A token set as its words: each counted spelling is a sequence of token ids.
+
+    `resolved` holds every spelling tried (with notes for the ones left out); `spellings`
+    the counted ones. P(set) sums the spellings in `counted`: those that no shorter spelling
+    of the set starts, since the shorter one's probability already includes them.
+    """
+
+    name: str
+    resolved: tuple[ResolvedWord, ...]
+    spellings: tuple[ResolvedWord, ...]
+
+    @property
+    def sequences(self) -> tuple[tuple[int, ...], ...]:
+        """The distinct token sequences of the counted spellings, first seen first."""
+        return tuple(dict.fromkeys(r.token_ids for r in self.spellings))
+
+    @property
+    def counted(self) -> tuple[tuple[int, ...], ...]:
+        """The sequences whose probabilities add up to P(set) (no one starts another)."""
+        return tuple(s for s in self.sequences if inside(s, self.sequences) is None)
+
+    @property
+    def whole_ids(self) -> frozenset[int]:
+        """Ids that are a whole counted spelling on their own (one-token words)."""
+        return frozenset(s[0] for s in self.counted if len(s) == 1)
+
+    @property
+    def first_ids(self) -> frozenset[int]:
+        """Ids that start a counted spelling (a one-token word or a word's first piece)."""
+        return frozenset(s[0] for s in self.counted)
+
+
+def inside(sequence: tuple[int, ...], others) -> tuple[int, ...] | None:
+    """The shortest of `others` that is a proper prefix of `sequence`, or None."""
+    starts = [o for o in others if len(o) < len(sequence) and sequence[:len(o)] == o]
+    return min(starts, key=len) if starts else None
+
+
+@dataclass(frozen=True)
+class WordProb:
+    """One spelling of a set's word at a position: P(the continuation is this spelling).
+
+    `within` is the set's shorter spelling that starts this one (then it is part of that
+    one's probability, not added again), or "".
+    """
+
+    set_name: str
+    word: str
+    spelling: str
+    pieces: tuple[str, ...]
+    prob: float
+    within: str = ""
+
+
+@dataclass(frozen=True)
 class FirstToken:
     """The distribution of the first response token for one prompt.
 
     `top_ids`/`top_texts`/`top_probs`: the k most probable tokens, most probable first.
+    `words`: each set's spellings with their probabilities at this position.
     """
 
     prompt: str
@@ -59,6 +120,7 @@ class FirstToken:
     top_probs: tuple[float, ...]
     mass: SetMass
     own_sets: tuple[tuple[str, float], ...] = ()  # (name, P(set)) for the researcher's sets
+    words: tuple[WordProb, ...] = ()
 
     @property
     def top_text(self) -> str:
@@ -66,16 +128,44 @@ class FirstToken:
         return self.top_texts[0]
 
 
-def check_set(ids: Iterable[int], name: str, vocab_size: int) -> np.ndarray:
-    """The set's ids as an array, or InputFormatError when empty or out of the vocabulary."""
-    arr = np.array(sorted(set(int(i) for i in ids)), dtype=np.int64)
-    if arr.size == 0:
-        raise InputFormatError(f"The token set {name} is empty for this model: add at least one "
-                               "word (its ids are resolved with the loaded tokenizer).")
-    if arr.min() < 0 or arr.max() >= vocab_size:
-        raise InputFormatError(f"The token set {name} holds ids outside this model's "
+def check_set(word_set: WordSet, vocab_size: int) -> WordSet:
+    """The set itself, or InputFormatError when it is empty or outside the vocabulary."""
+    ids = [i for s in word_set.sequences for i in s]
+    if not ids:
+        raise InputFormatError(f"The token set {word_set.name} is empty for this model: add "
+                               "at least one word (its ids are resolved with the loaded "
+                               "tokenizer).")
+    if min(ids) < 0 or max(ids) >= vocab_size:
+        raise InputFormatError(f"The token set {word_set.name} holds ids outside this model's "
                                f"vocabulary (0–{vocab_size - 1}): resolve its words again.")
-    return arr
+    return word_set
+
+
+def token_id_set(ids: Iterable[int], name: str) -> WordSet:
+    """A set of single tokens given by id (each token is one word)."""
+    spellings = tuple(ResolvedWord(str(i), str(i), (int(i),), ("",))
+                      for i in dict.fromkeys(int(i) for i in ids))
+    return WordSet(name, spellings, spellings)
+
+
+def _all_sequences(sets: Sequence[WordSet]) -> list[tuple[int, ...]]:
+    return list(dict.fromkeys(s for word_set in sets for s in word_set.sequences))
+
+
+def _set_prob(word_set: WordSet, word_probs: dict) -> float:
+    """P(set): the sum over its counted spellings (`word_probs`: sequence → probability)."""
+    return float(sum(word_probs[s] for s in word_set.counted))
+
+
+def _word_probs(word_set: WordSet, word_probs: dict) -> list[WordProb]:
+    """Every counted spelling's probability, and which spelling holds it if not its own."""
+    out = []
+    for r in word_set.spellings:
+        within = inside(r.token_ids, word_set.sequences)
+        holder = next((x.text for x in word_set.spellings if x.token_ids == within), "")
+        out.append(WordProb(word_set.name, r.word, r.text, r.token_texts,
+                            float(word_probs[r.token_ids]), holder))
+    return out
 
 
 def chat_context(lm: LoadedModel, prompt: str, prefill: str = "") -> list[int]:
@@ -88,11 +178,12 @@ def chat_context(lm: LoadedModel, prompt: str, prefill: str = "") -> list[int]:
     return ids
 
 
-def next_token_distributions(lm: LoadedModel, contexts: Sequence[Sequence[int]]) -> np.ndarray:
-    """The full next-token distribution [N, V] (float64 softmax of raw logits) per context.
+def next_token_words(lm: LoadedModel, contexts: Sequence[Sequence[int]],
+                     sets: Sequence[WordSet]) -> list[tuple[np.ndarray, dict]]:
+    """Per context: the next-token distribution [V] and P(spelling) for every set's spellings.
 
-    Contexts are left-padded into one batch; the attention mask and position ids keep each
-    row's numbers those of the context alone.
+    One padded forward pass for all contexts, each with its words' prefixes as a token tree
+    (`perplex.word_probs`), so each row's numbers are those of the context alone.
     """
     if not contexts or any(len(c) == 0 for c in contexts):
         raise InputFormatError("Each context needs at least one token.")
@@ -100,51 +191,42 @@ def next_token_distributions(lm: LoadedModel, contexts: Sequence[Sequence[int]])
     if longest >= lm.context_length:
         raise InputFormatError(f"A prompt has {longest} tokens; {lm.label} reads at most "
                                f"{lm.context_length}. Shorten it.")
-    pad = lm.tokenizer.pad_token_id or 0
-    ids = torch.full((len(contexts), longest), pad, dtype=torch.long)
-    mask = torch.zeros((len(contexts), longest), dtype=torch.long)
-    for row, context in enumerate(contexts):
-        ids[row, longest - len(context):] = torch.tensor(list(context))
-        mask[row, longest - len(context):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    model = lm.model
-    inputs = dict(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                  position_ids=positions.to(model.device))
-    with torch.inference_mode():
-        try:  # the unembedding of the last position only: a third of the time on a CPU
-            logits = model(**inputs, logits_to_keep=1).logits[:, -1]
-        except TypeError:  # a model class without `logits_to_keep`
-            logits = model(**inputs).logits[:, -1]
-    return torch.softmax(logits.double(), dim=-1).cpu().numpy()
+    words = _all_sequences(sets)
+    found = continuation_probs(lm.model, contexts, [[len(c) - 1] for c in contexts], words,
+                               lm.tokenizer.pad_token_id or 0, lm.context_length)
+    return [(r.next_probs[0], dict(zip(words, r.word_probs[0]))) for r in found]
 
 
-def set_mass(probs: np.ndarray, refusal_ids: np.ndarray, compliance_ids: np.ndarray) -> SetMass:
-    """P(R-Set) and P(C-Set) from one distribution [V]; an id in both counts for both."""
-    return SetMass(float(probs[refusal_ids].sum()), float(probs[compliance_ids].sum()))
+def set_mass(refusal: WordSet, compliance: WordSet, word_probs: dict) -> SetMass:
+    """P(R-Set) and P(C-Set) from the spellings' probabilities at one position."""
+    return SetMass(_set_prob(refusal, word_probs),
+                   _set_prob(compliance, word_probs))
 
 
-def _first_token(lm: LoadedModel, prompt: str, probs: np.ndarray, refusal: np.ndarray,
-                 compliance: np.ndarray, k: int) -> FirstToken:
+def _first_token(lm: LoadedModel, prompt: str, probs: np.ndarray, word_probs: dict,
+                 refusal: WordSet, compliance: WordSet, k: int,
+                 own: Sequence[WordSet] = ()) -> FirstToken:
     order = np.argsort(-probs, kind="stable")[:k]
     texts = tuple(lm.vocab_texts[i] for i in order)
+    words = tuple(w for word_set in (refusal, compliance, *own)
+                  for w in _word_probs(word_set, word_probs))
     return FirstToken(prompt, tuple(int(i) for i in order), texts,
                       tuple(float(probs[i]) for i in order),
-                      set_mass(probs, refusal, compliance))
+                      set_mass(refusal, compliance, word_probs),
+                      tuple((ws.name, _set_prob(ws, word_probs)) for ws in own),
+                      words)
 
 
-def first_token(lm: LoadedModel, prompt: str, refusal_ids: Iterable[int],
-                compliance_ids: Iterable[int], k: int = 20, prefill: str = "",
-                own_sets: Mapping[str, Iterable[int]] | None = None) -> FirstToken:
+def first_token(lm: LoadedModel, prompt: str, refusal: WordSet, compliance: WordSet,
+                k: int = 20, prefill: str = "",
+                own_sets: Sequence[WordSet] = ()) -> FirstToken:
     """The first response token's distribution for a prompt (after `prefill`, if any).
 
-    `own_sets` (name → ids) are the researcher's other sets: their P(set) is kept too.
+    `own_sets` are the researcher's other sets: their P(set) is kept too.
     """
-    refusal = check_set(refusal_ids, "R-Set", lm.vocab_size)
-    compliance = check_set(compliance_ids, "C-Set", lm.vocab_size)
-    own = {name: check_set(ids, name, lm.vocab_size) for name, ids in (own_sets or {}).items()}
-    probs = next_token_distributions(lm, [chat_context(lm, prompt, prefill)])[0]
-    return replace(_first_token(lm, prompt, probs, refusal, compliance, k),
-                   own_sets=tuple((name, float(probs[ids].sum())) for name, ids in own.items()))
+    sets = [check_set(ws, lm.vocab_size) for ws in (refusal, compliance, *own_sets)]
+    [(probs, word_probs)] = next_token_words(lm, [chat_context(lm, prompt, prefill)], sets)
+    return _first_token(lm, prompt, probs, word_probs, sets[0], sets[1], k, sets[2:])
 
 
 @dataclass(frozen=True)
@@ -190,8 +272,8 @@ class FirstTokenJob:
     """
 
     prompts: PromptList
-    refusal_ids: np.ndarray
-    compliance_ids: np.ndarray
+    refusal: WordSet
+    compliance: WordSet
     model_label: str
     k: int = 1
     batch_size: int = PROMPTS_PER_BATCH
@@ -202,16 +284,16 @@ class FirstTokenJob:
     _order: list[int] = field(default_factory=list, repr=False)
 
     @classmethod
-    def start(cls, lm: LoadedModel, prompts: PromptList, refusal_ids: Iterable[int],
-              compliance_ids: Iterable[int], k: int = 1, batch_size: int = PROMPTS_PER_BATCH,
+    def start(cls, lm: LoadedModel, prompts: PromptList, refusal: WordSet,
+              compliance: WordSet, k: int = 1, batch_size: int = PROMPTS_PER_BATCH,
               adapt: bool = False) -> FirstTokenJob:
         """A job for `lm`, its sets checked now (an empty set fails before any scoring)."""
         if batch_size < 1:
             raise InputFormatError("A batch holds at least one prompt.")
         if adapt:  # a small first batch: the first numbers show quickly, then batches grow
             batch_size = min(batch_size, 4)
-        job = cls(prompts, check_set(refusal_ids, "R-Set", lm.vocab_size),
-                  check_set(compliance_ids, "C-Set", lm.vocab_size), lm.label, k, batch_size,
+        job = cls(prompts, check_set(refusal, lm.vocab_size),
+                  check_set(compliance, lm.vocab_size), lm.label, k, batch_size,
                   adapt)
         for begin in range(0, len(prompts.prompts), SORT_WINDOW):
             indices = range(begin, min(begin + SORT_WINDOW, len(prompts.prompts)))
@@ -254,10 +336,10 @@ class FirstTokenJob:
                 batch.append(index)
                 contexts.append(context)
         if contexts:
-            probs = next_token_distributions(lm, contexts)
-            for index, row in zip(batch, probs):
-                self.results[index] = _first_token(lm, self.prompts.prompts[index], row,
-                                                   self.refusal_ids, self.compliance_ids,
+            found = next_token_words(lm, contexts, (self.refusal, self.compliance))
+            for index, (probs, word_probs) in zip(batch, found):
+                self.results[index] = _first_token(lm, self.prompts.prompts[index], probs,
+                                                   word_probs, self.refusal, self.compliance,
                                                    self.k)
         took = time.perf_counter() - began
         self.seconds += took
@@ -271,8 +353,8 @@ class FirstTokenJob:
         return sorted(self.results.items())
 
 
-def first_tokens(lm: LoadedModel, prompts: Sequence[str], refusal_ids: Iterable[int],
-                 compliance_ids: Iterable[int], k: int = 5,
+def first_tokens(lm: LoadedModel, prompts: Sequence[str], refusal: WordSet,
+                 compliance: WordSet, k: int = 5,
                  progress: Callable[[int, int], None] | None = None,
                  batch_size: int = PROMPTS_PER_BATCH) -> list[FirstToken]:
     """`first_token` for many prompts, a batch at a time; `progress(done, total)` after each.
@@ -281,7 +363,7 @@ def first_tokens(lm: LoadedModel, prompts: Sequence[str], refusal_ids: Iterable[
     not grow with the number of prompts. A prompt longer than the model reads fails the run.
     """
     listed = PromptList(tuple(prompts), tuple(range(1, len(prompts) + 1)), 0)
-    job = FirstTokenJob.start(lm, listed, refusal_ids, compliance_ids, k, batch_size)
+    job = FirstTokenJob.start(lm, listed, refusal, compliance, k, batch_size)
     while not job.finished:
         job.run_batch(lm)
         if job.too_long:
@@ -293,14 +375,13 @@ def first_tokens(lm: LoadedModel, prompts: Sequence[str], refusal_ids: Iterable[
     return [job.results[i] for i in range(job.total)]
 
 
-def response_mass(lm: LoadedModel, generation: Generation, refusal_ids: Iterable[int],
-                  compliance_ids: Iterable[int]) -> list[SetMass]:
-    """P(R-Set), P(C-Set) at each response position of a generation (one forward pass).
+def response_mass(lm: LoadedModel, generation: Generation, refusal: WordSet,
+                  compliance: WordSet) -> list[SetMass]:
+    """P(R-Set), P(C-Set) at each response position of a generation (one tree pass).
 
-    Entry j is the distribution that predicted the j-th response token.
+    Entry j is at the position that predicted the j-th response token.
     """
-    refusal = check_set(refusal_ids, "R-Set", lm.vocab_size)
-    compliance = check_set(compliance_ids, "C-Set", lm.vocab_size)
+    sets = (check_set(refusal, lm.vocab_size), check_set(compliance, lm.vocab_size))
     steps = generation.steps
     if any(s.token_id is None for s in steps):
         raise InputFormatError("These records carry no token ids; re-score them with a local "
@@ -308,30 +389,41 @@ def response_mass(lm: LoadedModel, generation: Generation, refusal_ids: Iterable
     where = [i for i, s in enumerate(steps) if s.role is TokenRole.RESPONSE and i > 0]
     if not where:
         return []
-    ids = torch.tensor([[s.token_id for s in steps]], device=lm.model.device)
-    with torch.inference_mode():
-        logits = lm.model(input_ids=ids).logits[0, [i - 1 for i in where]]
-    probs = torch.softmax(logits.double(), dim=-1).cpu().numpy()
-    return [set_mass(row, refusal, compliance) for row in probs]
+    words = _all_sequences(sets)
+    [found] = continuation_probs(lm.model, [[s.token_id for s in steps]],
+                                 [[i - 1 for i in where]], words,
+                                 lm.tokenizer.pad_token_id or 0)
+    return [set_mass(*sets, dict(zip(words, row))) for row in found.word_probs]
 
 
-def first_token_figure(result: FirstToken, refusal_ids: Iterable[int],
-                       compliance_ids: Iterable[int]) -> go.Figure:
-    """Bar chart of the top-k first tokens, R-Set members red, C-Set green, others grey."""
-    refusal, compliance = set(refusal_ids), set(compliance_ids)
-    colours = [REFUSAL_COLOUR if i in refusal else COMPLIANCE_COLOUR if i in compliance
-               else OTHER_COLOUR for i in result.top_ids]
-    kinds = ["R-Set" if i in refusal else "C-Set" if i in compliance else "other"
-             for i in result.top_ids]
+def first_token_figure(result: FirstToken, refusal: WordSet, compliance: WordSet) -> go.Figure:
+    """Bar chart of the top-k first tokens: R-Set words red, C-Set green, others grey.
+
+    A token that is only the first piece of a set's longer word is grey: by itself it is
+    not the word. Its hover text says which words it starts.
+    """
+    colours = [REFUSAL_COLOUR if i in refusal.whole_ids else COMPLIANCE_COLOUR
+               if i in compliance.whole_ids else OTHER_COLOUR for i in result.top_ids]
+    kinds = [_kind(i, refusal, compliance) for i in result.top_ids]
     labels = [f"{visible_token(t)} " for t in result.top_texts]
     fig = go.Figure(go.Bar(
         x=list(result.top_probs), y=labels, orientation="h", marker_color=colours,
-        customdata=kinds, hovertemplate="%{y}: p = %{x:.4f} (%{customdata})<extra></extra>"))
+        customdata=kinds, hovertemplate="%{y}: p = %{x:.4g} (%{customdata})<extra></extra>"))
     fig.update_layout(height=max(220, 22 * len(labels) + 60),
                       margin=dict(l=10, r=10, t=10, b=10),
                       xaxis=dict(title="p (temperature 1)", rangemode="tozero"),
                       yaxis=dict(autorange="reversed", type="category"))
     return fig
+
+
+def _kind(token_id: int, refusal: WordSet, compliance: WordSet) -> str:
+    """What a bar is: a set's word, the first piece of set words, or other."""
+    for word_set in (refusal, compliance):
+        if token_id in word_set.whole_ids:
+            return word_set.name
+    starts = [f"{ws.name} {r.word!r}" for ws in (refusal, compliance) for r in ws.spellings
+              if r.token_ids[0] == token_id and len(r.token_ids) > 1]
+    return "other; first piece of " + ", ".join(dict.fromkeys(starts)) if starts else "other"
 
 
 def mass_timeline(series: Sequence[tuple[str, Sequence[SetMass], str]]) -> go.Figure:
@@ -355,8 +447,8 @@ def mass_timeline(series: Sequence[tuple[str, Sequence[SetMass], str]]) -> go.Fi
 
 def resolve_set(tokenizer, words: Sequence[str], name: str, leading_space: bool = True,
                 case_variants: bool = False,
-                strict: bool = True) -> tuple[frozenset[int], list[ResolvedWord]]:
-    """A set's ids from words, with how each spelling resolved (for the notes on screen).
+                strict: bool = True) -> WordSet:
+    """A set from words: each spelling's token sequence, with notes on the ones left out.
 
     With `strict`, a word that yields no usable token (only invisible characters, only the
     unknown token, or every spelling starting with whitespace or with a byte piece of a
@@ -378,13 +470,14 @@ def resolve_set(tokenizer, words: Sequence[str], name: str, leading_space: bool 
     unk = getattr(tokenizer, "unk_token_id", None)
     if strict:
         for word in typed:
-            if not any(r.counted and r.token_id != unk for r in resolved if r.word == word):
+            if not any(r.counted and unk not in r.token_ids for r in resolved
+                       if r.word == word):
                 raise InputFormatError(f"The word {word!r} in {name} cannot be encoded by this "
                                        "tokenizer as given: "
                                        + _unusable(word, [r for r in resolved if r.word == word],
                                                    unk))
-    ids = frozenset(r.token_id for r in resolved if r.counted and r.token_id != unk)
-    return ids, resolved
+    counted = tuple(r for r in resolved if r.counted and unk not in r.token_ids)
+    return WordSet(name, tuple(resolved), counted)
 
 
 def _unusable(word: str, spellings: list[ResolvedWord], unk: int | None) -> str:

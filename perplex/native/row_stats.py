@@ -81,6 +81,11 @@ def _compile(compiler: str, flags: tuple[str, ...], target: Path) -> None:
         partial.unlink(missing_ok=True)
 
 
+def switched_off() -> bool:
+    """Whether `PERPLEX_NATIVE=0` (or false/no/off) turns the compiled statistics off."""
+    return os.environ.get("PERPLEX_NATIVE", "1").strip().lower() in {"0", "false", "no", "off"}
+
+
 def compiler() -> str | None:
     """The C compiler to build with (`CC`, else cc or gcc), or None."""
     return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
@@ -93,7 +98,7 @@ def load(for_this_cpu: bool = True, openmp: bool = True) -> ctypes.CDLL | None:
     `for_this_cpu=False` builds the portable (scalar) variant and `openmp=False` one that
     leaves the threads to Python: the paths other machines take, which tests check too.
     """
-    if os.environ.get("PERPLEX_NATIVE", "1").strip().lower() in {"0", "false", "no", "off"}:
+    if switched_off():
         return None
     cc = compiler()
     if cc is None or platform.system() != "Linux":

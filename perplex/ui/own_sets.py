@@ -37,29 +37,33 @@ def own_sets(reserved: tuple[str, ...]) -> list[TokenSet]:
     return [s for s in list_token_sets(resources.store(), sid) if s.name not in reserved]
 
 
-def set_ids(lm: LoadedModel, token_set: TokenSet, spellings: dict[str, bool]) -> frozenset[int]:
-    """A set's ids for this model: its stored ones, else its words resolved afresh."""
-    stored = token_set.token_ids(lm.label)
-    if stored or not token_set.words:
-        return stored
+def word_set(lm: LoadedModel, token_set: TokenSet,
+             spellings: dict[str, bool]) -> prefill.WordSet | None:
+    """A set's words resolved with this model's tokenizer (None if none is usable).
+
+    Members added from the token view are words too (their token's text), so P(set) is
+    always the probability of the set's words.
+    """
     try:
-        return prefill.resolve_set(lm.tokenizer, token_set.words, token_set.name,
-                                   **spellings, strict=False)[0]
+        found = prefill.resolve_set(lm.tokenizer, token_set.words, token_set.name,
+                                    **spellings, strict=False)
     except PerplexError:
-        return frozenset()
+        return None
+    return found if found.spellings else None
 
 
 def own_sets_editor(lm: LoadedModel, prefix: str, reserved: tuple[str, ...],
-                    spellings: dict[str, bool]) -> dict[str, frozenset[int]]:
-    """List, add and delete the researcher's sets; returns name → ids of those with ids."""
+                    spellings: dict[str, bool]) -> tuple[prefill.WordSet, ...]:
+    """List, add and delete the researcher's sets; returns those usable with this model."""
     locked = session_panel.read_only()
     st.markdown("**Your own sets**")
     mine = own_sets(reserved)
-    ids = {s.name: set_ids(lm, s, spellings) for s in mine}
+    sets = {s.name: word_set(lm, s, spellings) for s in mine}
     if mine:
         st.dataframe(pd.DataFrame(
             [{"set": s.name, "words": ", ".join(visible_token(w) for w in s.words),
-              "token ids": len(ids[s.name])} for s in mine]), hide_index=True)
+              "spellings counted": len(sets[s.name].counted) if sets[s.name] else 0}
+             for s in mine]), hide_index=True)
     else:
         st.caption("None yet. Add one here, or from a token's menu in the token view "
                    "(Add to token set → New set…).")
@@ -78,7 +82,7 @@ def own_sets_editor(lm: LoadedModel, prefix: str, reserved: tuple[str, ...],
         if cols[1].button("Delete", key=f"{prefix}.own_delete", disabled=gone is None):
             delete_token_set(resources.store(), next(s.id for s in mine if s.name == gone))
             st.rerun()
-    return {name: found for name, found in ids.items() if found}
+    return tuple(found for found in sets.values() if found is not None)
 
 
 def _add(lm: LoadedModel, name: str, words: str, reserved: tuple[str, ...],

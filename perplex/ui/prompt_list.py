@@ -97,8 +97,8 @@ def score(lm: LoadedModel, job: prefill.FirstTokenJob, running_key: str) -> None
     preview.empty()
 
 
-def batch_status(lm: LoadedModel, job: prefill.FirstTokenJob, refusal_ids: frozenset[int],
-                 compliance_ids: frozenset[int]) -> None:
+def batch_status(lm: LoadedModel, job: prefill.FirstTokenJob, refusal: prefill.WordSet,
+                 compliance: prefill.WordSet) -> None:
     """What the run did: prompts scored, blank lines skipped, prompts too long, time."""
     listed = job.prompts
     parts = [f"{'' if job.finished else 'Stopped: '}{len(job.results):,} of {job.total:,} "
@@ -114,14 +114,14 @@ def batch_status(lm: LoadedModel, job: prefill.FirstTokenJob, refusal_ids: froze
         st.warning(f"{len(job.too_long):,} prompts are longer than {plain(lm.label)} reads "
                    f"({lm.context_length:,} tokens) and were left out: line {lines}"
                    f"{' …' if len(job.too_long) > 10 else ''}.")
-    if (frozenset(job.refusal_ids.tolist()), frozenset(job.compliance_ids.tolist())) != (
-            refusal_ids, compliance_ids):
+    if (job.refusal.sequences, job.compliance.sequences) != (refusal.sequences,
+                                                             compliance.sequences):
         st.info("The token sets have changed since this run started: its numbers use the "
                 "sets as they were. Score the list again for the new sets.")
 
 
-def many_prompts(lm: LoadedModel, prefix: str, refusal_ids: frozenset[int],
-                 compliance_ids: frozenset[int], on_open: Callable[[str], None]) -> None:
+def many_prompts(lm: LoadedModel, prefix: str, refusal: prefill.WordSet,
+                 compliance: prefill.WordSet, on_open: Callable[[str], None]) -> None:
     """Paste or upload a list; score each prompt's first token; a row opens its prompt.
 
     `on_open(prompt)` is the callback of the button that opens a selected row's prompt.
@@ -142,8 +142,7 @@ def many_prompts(lm: LoadedModel, prefix: str, refusal_ids: frozenset[int],
                     else pasted)
             st.session_state[keys.run_count] = st.session_state.get(keys.run_count, 0) + 1
             st.session_state[keys.job] = prefill.FirstTokenJob.start(
-                lm, prefill.parse_prompt_list(text), refusal_ids,
-                compliance_ids, adapt=True)
+                lm, prefill.parse_prompt_list(text), refusal, compliance, adapt=True)
             st.session_state[keys.running] = True
         except PerplexError as exc:
             st.error(plain(str(exc)))
@@ -161,7 +160,7 @@ def many_prompts(lm: LoadedModel, prefix: str, refusal_ids: frozenset[int],
             score(lm, job, keys.running)
             note.empty()
         stop.empty()
-    batch_status(lm, job, refusal_ids, compliance_ids)
+    batch_status(lm, job, refusal, compliance)
     if not job.finished and st.button(f"Continue ({job.total - job.done:,} left)",
                                       key=f"{prefix}.batch_continue"):
         st.session_state[keys.running] = True

@@ -134,7 +134,7 @@ def test_sets_editor_refuses_bad_words_and_keeps_edits_over_a_reload(prefilling,
     page.get_by_text("Token sets (R-Set, C-Set)").click()
     editor = page.locator('[data-testid="stExpander"]').filter(has_text="R-Set words")
     r_table = editor.locator('[data-testid="stTable"]').first
-    assert "·Sor + ry" in r_table.inner_text() and "(first of 2 tokens)" in r_table.inner_text()
+    assert "·Sor + ry" in r_table.inner_text() and "product of 2 tokens" in r_table.inner_text()
     assert no_session_yet(page)  # showing the default sets saved nothing
     run(page)
     before = metric(page, "P(R-Set)")
@@ -153,12 +153,12 @@ def test_sets_editor_refuses_bad_words_and_keeps_edits_over_a_reload(prefilling,
             screenshot(page, "prefilling_4_bad_word")
     # a good edit: "I" out (the top first token), a multi-token word in
     set_words(page, "R-Set", "Sorry, Cannot, Unfortunately",
-              editor.get_by_text("R-Set: 6 token ids counted."))
+              editor.get_by_text("R-Set: 6 spellings counted."))
     assert editor.locator('[data-testid="stAlertContentError"]').count() == 0
     words = [w.strip() for w in r_table.locator("tbody tr th").all_inner_texts()]
     assert words == ["Sorry"] * 2 + ["Cannot"] * 2 + ["Unfortunately"] * 2
     rows = r_table.locator("tbody tr").all_inner_texts()
-    assert any("·Cannot" in r and "340 (first of 2 tokens)" in r for r in rows)
+    assert any("·Cannot" in r and "340, 13365" in r and "product of 2 tokens" in r for r in rows)
     after = metric(page, "P(R-Set)")
     assert after < before - 0.1  # "I" (p ≈ 0.14) no longer counts
     scroll_to(editor)
