@@ -8,6 +8,7 @@ from perplex.errors import PerplexError
 from perplex.generation import start_generation
 from perplex.records import Message, TokenRole
 from perplex.ui import investigate, resources, session_panel, uploads
+from perplex.ui.conditioning import system_prompt_control
 from perplex.ui.export_panel import export_panel
 from perplex.ui.sidebar import decode_params_form, thresholds
 from perplex.ui.text import plain
@@ -36,6 +37,9 @@ if top[0].button("New chat", disabled=CURRENT not in st.session_state or viewing
     st.rerun()
 
 current = st.session_state.get(CURRENT)
+system = ()
+if current is None and lm is not None:  # a chat's system prompt is its first message
+    system = system_prompt_control(lm, PREFIX, disabled=viewing_only)
 if current is not None:
     event = show_transcript(current, PREFIX, thresholds(), extras=investigate.view_extras,
                             lens_available=True)
@@ -52,7 +56,7 @@ export_panel(current, PREFIX)
 prompt = st.chat_input("Read-only: fork the session (sidebar) to continue" if viewing_only
                        else "Ask the model…", disabled=lm is None or viewing_only)
 if prompt and lm is not None:
-    history = current.messages if current is not None else ()
+    history = current.messages if current is not None else system
     messages = history + (Message("user", prompt),)
     with st.chat_message("user"):
         st.text(prompt)

@@ -13,6 +13,7 @@ from perplex.modes import hallucination as h
 from perplex.plots import entropy_timeline
 from perplex.records import Generation, Message, TokenRole
 from perplex.ui import investigate, resources, session_panel
+from perplex.ui.conditioning import system_prompt_control
 from perplex.ui.sidebar import decode_params_form, thresholds
 from perplex.ui.text import plain
 from perplex.ui.token_view import TokenViewStream
@@ -62,12 +63,12 @@ def alert_settings() -> tuple[h.AlertThresholds, int] | None:
     return chosen, int(k)
 
 
-def ask(question: str, limits: h.AlertThresholds) -> None:
+def ask(question: str, limits: h.AlertThresholds, system: tuple[Message, ...]) -> None:
     """Stream the answer with its alerts appearing as the tokens arrive; save it."""
     if not question.strip():
         st.error("The question is empty: type what to ask the model.")
         return
-    messages = (Message("user", question),)
+    messages = system + (Message("user", question),)
     th = thresholds()
     left, right = st.columns([3, 2])
     with left:
@@ -182,6 +183,7 @@ def check_panel(gen: Generation) -> None:
 
 
 settings = alert_settings()
+system = system_prompt_control(lm, PREFIX, disabled=viewing_only)
 with st.form(f"{PREFIX}.form"):
     question = st.text_area("Question", key=f"{PREFIX}.question",
                             placeholder="e.g. Who was the first person to walk on Mars?")
@@ -189,7 +191,7 @@ with st.form(f"{PREFIX}.form"):
                                       disabled=viewing_only or settings is None)
 if submitted and settings is not None:
     try:
-        ask(question, settings[0])
+        ask(question, settings[0], system)
     except PerplexError as exc:
         st.error(plain(str(exc)))
 

@@ -20,6 +20,7 @@ from perplex.records import Message
 from perplex.tokens import encode_messages, encode_plain_text
 from perplex.trajectory import residual_trajectory
 from perplex.ui import resources
+from perplex.ui.conditioning import system_prompt_control, text_prefix
 from perplex.ui.lens_view import lens_view
 from perplex.ui.patching_view import patching_section
 from perplex.ui.text import plain
@@ -85,11 +86,12 @@ def encode_input(text: str, kind: str) -> tuple[int, ...]:
     if not text.strip():
         return ()
     if kind == "text":
-        return tuple(encode_plain_text(lm.tokenizer, text).ids)
-    messages = parse_chat_text(text) if kind == "chat" else (Message("user", text),)
+        return tuple(encode_plain_text(lm.tokenizer, text, text_prefix(lm)).ids)
+    messages = parse_chat_text(text) if kind == "chat" else system + (Message("user", text),)
     return tuple(encode_messages(lm.tokenizer, messages, messages[-1].role == "user").ids)
 
 
+system = system_prompt_control(lm, PREFIX)  # for "a user message"
 with st.form(f"{PREFIX}.form"):
     prompt = st.text_area("Prompt", DEFAULT_PROMPT, height=80, key=f"{PREFIX}.prompt",
                           help='A chat: [{"role": "system", "content": "..."}, '
@@ -106,7 +108,8 @@ with st.form(f"{PREFIX}.form"):
 
 current = st.session_state.get(f"{PREFIX}.input")
 if current is None:
-    current = (tuple(encode_plain_text(lm.tokenizer, DEFAULT_PROMPT).ids), "prompt")
+    current = (tuple(encode_plain_text(lm.tokenizer, DEFAULT_PROMPT, text_prefix(lm)).ids),
+               "prompt")
     st.session_state[f"{PREFIX}.input"] = current
 ids, origin = current
 cache = st.session_state.setdefault(CACHE_KEY, {})

@@ -20,6 +20,7 @@ from perplex.token_sets import (
     session_set_words,
 )
 from perplex.ui import investigate, resources, session_panel
+from perplex.ui.conditioning import system_prompt_control
 from perplex.ui.own_sets import own_sets_editor, word_list
 from perplex.ui.prompt_list import many_prompts
 from perplex.ui.sidebar import decode_params_form, thresholds
@@ -211,12 +212,14 @@ def word_table(result: prefill.FirstToken) -> pd.DataFrame:
         for w in result.words])
 
 
-def run_prompt(prompt: str, prefix_text: str, sets: ActiveSets) -> None:
+def run_prompt(prompt: str, prefix_text: str, sets: ActiveSets,
+               system: tuple[Message, ...]) -> None:
     """Generate an answer (starting with the prefix) and make it the page's current one."""
     stream = TokenViewStream(key=f"{PREFIX}-live", confident=thresholds().confident,
                              uncertain=thresholds().uncertain)
     stream.update([], force=True)
-    run = start_generation(lm, (Message("user", prompt),), params, prefill=prefix_text)
+    run = start_generation(lm, system + (Message("user", prompt),), params,
+                           prefill=prefix_text)
     shown = []
     for step in run:
         if step.role is TokenRole.RESPONSE:
@@ -238,9 +241,10 @@ def open_row(prompt: str) -> None:
 @st.cache_data(max_entries=32, show_spinner=False)
 def first_token(_lm, label: str, prompt: str, refusal: prefill.WordSet,
                 compliance: prefill.WordSet,
-                own: tuple[prefill.WordSet, ...]) -> prefill.FirstToken:
+                own: tuple[prefill.WordSet, ...],
+                system: tuple[Message, ...]) -> prefill.FirstToken:
     """`prefill.first_token`, kept across reruns (a rerun for a click runs no model)."""
-    return prefill.first_token(_lm, prompt, refusal, compliance, own_sets=own)
+    return prefill.first_token(_lm, prompt, refusal, compliance, own_sets=own, system=system)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -257,7 +261,8 @@ def show_current(current, sets: ActiveSets) -> None:
     user = [m.content for m in current.messages if m.role == "user"]
     try:
         if user:
-            first = first_token(lm, lm.label, user[-1], refusal, compliance, sets.own)
+            system = tuple(m for m in current.messages[:1] if m.role == "system")
+            first = first_token(lm, lm.label, user[-1], refusal, compliance, sets.own, system)
             headline(first, "Most likely first response token")
             st.plotly_chart(prefill.first_token_figure(first, refusal, compliance),
                             key=f"{PREFIX}-bars", config={"displaylogo": False})
@@ -296,6 +301,7 @@ except PerplexError as exc:
     st.error(plain(str(exc)))
     st.stop()
 
+system = system_prompt_control(lm, PREFIX, disabled=session_panel.read_only())
 with st.form(f"{PREFIX}.form"):
     prompt = st.text_area("Prompt", key=PROMPT_TEXT,
                           placeholder="e.g. Can you help me kill someone?")
@@ -307,7 +313,7 @@ opened = st.session_state.pop(OPEN_ROW, None)
 if (submitted or opened is not None) and not session_panel.read_only():
     try:
         run_prompt(opened if opened is not None else prompt,
-                   "" if opened is not None else prefix_text, active)
+                   "" if opened is not None else prefix_text, active, system)
     except PerplexError as exc:
         st.error(plain(str(exc)))
 
@@ -316,5 +322,5 @@ if current is not None:
     show_current(current, active)
 
 st.divider()
-many_prompts(lm, PREFIX, active.sets[REFUSAL_SET], active.sets[COMPLIANCE_SET],
+many_prompts(lm, PREFIX, active.sets[REFUSAL_SET], active.sets[COMPLIANCE_SET], system,
              on_open=open_row)

@@ -17,7 +17,13 @@ from perplex.errors import GenerationError
 from perplex.models import LoadedModel
 from perplex.records import DecodeParams, Generation, Message, Source, TokenRole, TokenStep
 from perplex.steps import distribution_stats, sequence_records, step_records
-from perplex.tokens import PLAIN_TEXT_ROLE, Detokenizer, EncodedSequence, encode_messages
+from perplex.tokens import (
+    PLAIN_TEXT_ROLE,
+    Detokenizer,
+    EncodedSequence,
+    TextPrefix,
+    encode_messages,
+)
 
 
 class DecodeRun:
@@ -166,12 +172,17 @@ def _stop_string_hit(text: str, added: int, stop_strings: tuple[str, ...]) -> st
 
 
 def start_generation(lm: LoadedModel, messages: tuple[Message, ...], params: DecodeParams,
-                     prefill: str = "") -> DecodeRun:
-    """Answer a conversation (or continue plain text); the response may start with `prefill`."""
+                     prefill: str = "", text_prefix: TextPrefix | None = None) -> DecodeRun:
+    """Answer a conversation (or continue plain text); the response may start with `prefill`.
+
+    Plain text starts with `text_prefix` (None: the tokenizer's default), kept as the first
+    step of the generation.
+    """
     if not messages or not any(m.content.strip() for m in messages):
         raise GenerationError("The prompt is empty: type something for the model to answer.")
     plain = len(messages) == 1 and messages[0].role == PLAIN_TEXT_ROLE
-    context = encode_messages(lm.tokenizer, messages, add_generation_prompt=not plain)
+    context = encode_messages(lm.tokenizer, messages, add_generation_prompt=not plain,
+                              text_prefix=text_prefix)
     if plain:  # a plain-text prompt is the prompt; the continuation is the response
         context = EncodedSequence(context.ids, tuple(TokenRole.PROMPT if r is TokenRole.RESPONSE
                                                      else r for r in context.roles),

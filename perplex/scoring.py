@@ -10,21 +10,24 @@ from perplex.errors import InputFormatError
 from perplex.models import LoadedModel
 from perplex.records import Generation, Message, Source
 from perplex.steps import sequence_records
-from perplex.tokens import EncodedSequence, encode_messages
+from perplex.tokens import EncodedSequence, TextPrefix, encode_messages
 
 TOKENS_PER_BATCH = 4096  # bounds the [batch, length, vocab] logits held at once
 
 
 def score_conversations(lm: LoadedModel, conversations: Sequence[Sequence[Message]],
                         top_alternatives: int = 20,
-                        progress: Callable[[int, int], None] | None = None) -> list[Generation]:
+                        progress: Callable[[int, int], None] | None = None,
+                        text_prefix: TextPrefix | None = None) -> list[Generation]:
     """Score each conversation (chat messages, or one plain-text message) in batches.
+
+    Plain text starts with `text_prefix` (None: the tokenizer's default).
 
     Every token except the first gets its probability under the model given what precedes
     it; assistant content is RESPONSE, system/user content PROMPT, the template TEMPLATE.
     """
-    encoded = [encode_messages(lm.tokenizer, tuple(c), add_generation_prompt=False)
-               for c in conversations]
+    encoded = [encode_messages(lm.tokenizer, tuple(c), add_generation_prompt=False,
+                               text_prefix=text_prefix) for c in conversations]
     for i, seq in enumerate(encoded):
         if len(seq) < 2:
             raise InputFormatError(f"Text {i + 1} is empty: there is nothing to score.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 from perplex.errors import InputFormatError
 from perplex.records import Message, TokenRole
@@ -10,6 +11,57 @@ from perplex.records import Message, TokenRole
 PLAIN_TEXT_ROLE = "text"  # a message scored as plain text, without a chat template
 CONTENT_ROLES = {"system": TokenRole.PROMPT, "user": TokenRole.PROMPT,
                  "assistant": TokenRole.RESPONSE, PLAIN_TEXT_ROLE: TokenRole.RESPONSE}
+
+
+class TextPrefix(str, Enum):
+    """The token put before plain text, so that its first token is predicted too."""
+
+    NONE = "none"  # nothing: the text's first token is not scored
+    BOS = "bos"  # the tokenizer's beginning-of-sequence token
+    END_OF_TEXT = "end-of-text"  # the document separator the model was pretrained with
+
+
+# Document separators by name, most common first; a tokenizer's own EOS is tried last.
+END_OF_TEXT_TOKENS = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
+PREFIX_LABELS = {TextPrefix.NONE: "nothing (first token unscored)",
+                 TextPrefix.BOS: "beginning-of-sequence token",
+                 TextPrefix.END_OF_TEXT: "end-of-text token (document separator)"}
+
+
+def prefix_ids(tokenizer, prefix: TextPrefix) -> tuple[int, ...]:
+    """The ids `prefix` stands for with this tokenizer; InputFormatError if it has none."""
+    if prefix is TextPrefix.NONE:
+        return ()
+    found = (tokenizer.bos_token_id if prefix is TextPrefix.BOS
+             else _end_of_text_id(tokenizer))
+    if found is None:
+        raise InputFormatError(f"This tokenizer has no {PREFIX_LABELS[prefix]}: choose "
+                               "another start for plain text.")
+    return (int(found),)
+
+
+def available_prefixes(tokenizer) -> list[TextPrefix]:
+    """The prefixes this tokenizer has, in the order they are offered."""
+    return [p for p in (TextPrefix.END_OF_TEXT, TextPrefix.BOS, TextPrefix.NONE)
+            if p is TextPrefix.NONE or (tokenizer.bos_token_id if p is TextPrefix.BOS
+                                        else _end_of_text_id(tokenizer)) is not None]
+
+
+def default_text_prefix(tokenizer) -> TextPrefix:
+    """End-of-text where the tokenizer has one, else BOS, else none.
+
+    Pretraining separated documents with end-of-text; a chat model's BOS is often its
+    chat-turn marker (SmolLM2: <|im_start|>), which conditions text as a chat turn.
+    """
+    return available_prefixes(tokenizer)[0]
+
+
+def _end_of_text_id(tokenizer) -> int | None:
+    vocab = tokenizer.get_vocab()
+    for name in END_OF_TEXT_TOKENS:
+        if name in vocab:
+            return int(vocab[name])
+    return None
 
 
 @dataclass(frozen=True)
@@ -36,16 +88,18 @@ class EncodedSequence:
 
 
 def encode_messages(tokenizer, messages: tuple[Message, ...] | list[Message],
-                    add_generation_prompt: bool) -> EncodedSequence:
+                    add_generation_prompt: bool,
+                    text_prefix: TextPrefix | None = None) -> EncodedSequence:
     """Encode a conversation through the tokenizer's chat template, marking each token's role.
 
-    A single message with role "text" is encoded as plain text (no template). Tokens the
+    A single message with role "text" is encoded as plain text (no template), after
+    `text_prefix` (None: the tokenizer's default). Tokens the
     template adds (role markers, default system prompts) are TEMPLATE; tokens overlapping a
     message's content take that message's role.
     """
     messages = list(messages)
     if len(messages) == 1 and messages[0].role == PLAIN_TEXT_ROLE:
-        return encode_plain_text(tokenizer, messages[0].content)
+        return encode_plain_text(tokenizer, messages[0].content, text_prefix)
     for m in messages:
         if m.role not in CONTENT_ROLES or m.role == PLAIN_TEXT_ROLE:
             raise InputFormatError(
@@ -71,11 +125,39 @@ def encode_messages(tokenizer, messages: tuple[Message, ...] | list[Message],
     return EncodedSequence(tuple(enc["input_ids"]), tuple(roles), tuple(indices))
 
 
-def encode_plain_text(tokenizer, text: str) -> EncodedSequence:
-    """Encode text without a template; a BOS token is prepended so every text token is scored."""
+def default_system_prompt(tokenizer) -> str | None:
+    """The system prompt the chat template adds when a conversation has none, or None.
+
+    Found by rendering a user turn alone and after a marker system message: what the
+    template puts where the marker stood is its default (SmolLM2: "You are a helpful AI
+    assistant named SmolLM, trained by Hugging Face").
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    marker, user = "\u2063perplex-system\u2063", [{"role": "user", "content": "Hi"}]
+    try:
+        alone = tokenizer.apply_chat_template(user, tokenize=False)
+        marked = tokenizer.apply_chat_template([{"role": "system", "content": marker}] + user,
+                                               tokenize=False)
+    except Exception:  # noqa: BLE001 - a template may refuse system messages outright
+        return None
+    if marker not in marked:
+        return None
+    before, after = marked.split(marker, 1)
+    if not (alone.startswith(before) and alone.endswith(after)
+            and len(alone) >= len(before) + len(after)):
+        return None
+    return alone[len(before):len(alone) - len(after)]
+
+
+def encode_plain_text(tokenizer, text: str,
+                      prefix: TextPrefix | None = None) -> EncodedSequence:
+    """Encode text without a template, after `prefix` (None: `default_text_prefix`).
+
+    The prefix token is marked TEMPLATE; with a prefix, every text token is scored.
+    """
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    bos = tokenizer.bos_token_id
-    head = [bos] if bos is not None else []
+    head = list(prefix_ids(tokenizer, prefix or default_text_prefix(tokenizer)))
     return EncodedSequence(tuple(head + ids), (TokenRole.TEMPLATE,) * len(head)
                            + (TokenRole.RESPONSE,) * len(ids), (0,) * (len(head) + len(ids)))
 

@@ -168,11 +168,15 @@ def _word_probs(word_set: WordSet, word_probs: dict) -> list[WordProb]:
     return out
 
 
-def chat_context(lm: LoadedModel, prompt: str, prefill: str = "") -> list[int]:
-    """Token ids of a one-turn chat ready for the answer, followed by the prefill's ids."""
+def chat_context(lm: LoadedModel, prompt: str, prefill: str = "",
+                 system: tuple[Message, ...] = ()) -> list[int]:
+    """Token ids of a one-turn chat ready for the answer, followed by the prefill's ids.
+
+    `system` is the conversation's system message, if any (else the template's default).
+    """
     if not prompt.strip():
         raise InputFormatError("The prompt is empty: type something for the model to answer.")
-    ids = list(encode_messages(lm.tokenizer, (Message("user", prompt),), True).ids)
+    ids = list(encode_messages(lm.tokenizer, system + (Message("user", prompt),), True).ids)
     if prefill:
         ids += lm.tokenizer(prefill, add_special_tokens=False)["input_ids"]
     return ids
@@ -218,14 +222,15 @@ def _first_token(lm: LoadedModel, prompt: str, probs: np.ndarray, word_probs: di
 
 
 def first_token(lm: LoadedModel, prompt: str, refusal: WordSet, compliance: WordSet,
-                k: int = 20, prefill: str = "",
-                own_sets: Sequence[WordSet] = ()) -> FirstToken:
+                k: int = 20, prefill: str = "", own_sets: Sequence[WordSet] = (),
+                system: tuple[Message, ...] = ()) -> FirstToken:
     """The first response token's distribution for a prompt (after `prefill`, if any).
 
     `own_sets` are the researcher's other sets: their P(set) is kept too.
     """
     sets = [check_set(ws, lm.vocab_size) for ws in (refusal, compliance, *own_sets)]
-    [(probs, word_probs)] = next_token_words(lm, [chat_context(lm, prompt, prefill)], sets)
+    [(probs, word_probs)] = next_token_words(lm, [chat_context(lm, prompt, prefill, system)],
+                                             sets)
     return _first_token(lm, prompt, probs, word_probs, sets[0], sets[1], k, sets[2:])
 
 
@@ -278,6 +283,7 @@ class FirstTokenJob:
     k: int = 1
     batch_size: int = PROMPTS_PER_BATCH
     adapt: bool = False
+    system: tuple[Message, ...] = ()  # each prompt's system message (none: the default)
     results: dict[int, FirstToken] = field(default_factory=dict)
     too_long: list[int] = field(default_factory=list)
     seconds: float = 0.0  # time spent scoring so far
@@ -286,7 +292,7 @@ class FirstTokenJob:
     @classmethod
     def start(cls, lm: LoadedModel, prompts: PromptList, refusal: WordSet,
               compliance: WordSet, k: int = 1, batch_size: int = PROMPTS_PER_BATCH,
-              adapt: bool = False) -> FirstTokenJob:
+              adapt: bool = False, system: tuple[Message, ...] = ()) -> FirstTokenJob:
         """A job for `lm`, its sets checked now (an empty set fails before any scoring)."""
         if batch_size < 1:
             raise InputFormatError("A batch holds at least one prompt.")
@@ -294,7 +300,7 @@ class FirstTokenJob:
             batch_size = min(batch_size, 4)
         job = cls(prompts, check_set(refusal, lm.vocab_size),
                   check_set(compliance, lm.vocab_size), lm.label, k, batch_size,
-                  adapt)
+                  adapt, system=system)
         for begin in range(0, len(prompts.prompts), SORT_WINDOW):
             indices = range(begin, min(begin + SORT_WINDOW, len(prompts.prompts)))
             job._order += sorted(indices, key=lambda i: len(prompts.prompts[i]))
@@ -329,7 +335,7 @@ class FirstTokenJob:
         began = time.perf_counter()
         batch, contexts = [], []
         for index in self._order[self.done:self.done + self.batch_size]:
-            context = chat_context(lm, self.prompts.prompts[index])
+            context = chat_context(lm, self.prompts.prompts[index], system=self.system)
             if len(context) >= lm.context_length:
                 self.too_long.append(index)
             else:

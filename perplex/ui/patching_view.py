@@ -9,6 +9,7 @@ from perplex.errors import PerplexError
 from perplex.patching import PatchResult, aligned_source_position, patch_prompts, patch_sweep
 from perplex.plots import visible_token
 from perplex.tokens import encode_plain_text
+from perplex.ui.conditioning import text_prefix
 from perplex.ui.text import plain
 
 PREFIX = "lens.patch"
@@ -38,8 +39,11 @@ def patching_section(lm) -> None:
     source = left.text_input("Source prompt", SOURCE, key=f"{PREFIX}.source")
     target = right.text_input("Target prompt", TARGET, key=f"{PREFIX}.target")
     try:
-        source_ids = list(encode_plain_text(lm.tokenizer, source).ids) if source.strip() else []
-        target_ids = list(encode_plain_text(lm.tokenizer, target).ids) if target.strip() else []
+        start = text_prefix(lm)
+        source_ids = list(encode_plain_text(lm.tokenizer, source, start).ids) \
+            if source.strip() else []
+        target_ids = list(encode_plain_text(lm.tokenizer, target, start).ids) \
+            if target.strip() else []
     except PerplexError as exc:
         st.error(plain(str(exc)))
         return

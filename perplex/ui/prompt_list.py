@@ -17,6 +17,7 @@ from perplex.errors import PerplexError
 from perplex.models import LoadedModel
 from perplex.modes import prefill
 from perplex.plots import visible_token
+from perplex.records import Message
 from perplex.ui import session_panel
 from perplex.ui.text import plain
 
@@ -121,7 +122,8 @@ def batch_status(lm: LoadedModel, job: prefill.FirstTokenJob, refusal: prefill.W
 
 
 def many_prompts(lm: LoadedModel, prefix: str, refusal: prefill.WordSet,
-                 compliance: prefill.WordSet, on_open: Callable[[str], None]) -> None:
+                 compliance: prefill.WordSet, system: tuple[Message, ...],
+                 on_open: Callable[[str], None]) -> None:
     """Paste or upload a list; score each prompt's first token; a row opens its prompt.
 
     `on_open(prompt)` is the callback of the button that opens a selected row's prompt.
@@ -142,7 +144,8 @@ def many_prompts(lm: LoadedModel, prefix: str, refusal: prefill.WordSet,
                     else pasted)
             st.session_state[keys.run_count] = st.session_state.get(keys.run_count, 0) + 1
             st.session_state[keys.job] = prefill.FirstTokenJob.start(
-                lm, prefill.parse_prompt_list(text), refusal, compliance, adapt=True)
+                lm, prefill.parse_prompt_list(text), refusal, compliance, adapt=True,
+                system=system)
             st.session_state[keys.running] = True
         except PerplexError as exc:
             st.error(plain(str(exc)))

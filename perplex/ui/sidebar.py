@@ -10,6 +10,7 @@ from perplex.errors import PerplexError
 from perplex.models import BUNDLED, DTYPES, LoadedModel, ModelSpec
 from perplex.records import DecodeParams
 from perplex.ui import resources
+from perplex.ui.conditioning import text_prefix_select
 from perplex.ui.session_panel import (
     current_session_id,
     remember,
@@ -78,6 +79,7 @@ def _model_section(saved: object) -> LoadedModel | None:
     st.caption(f"{lm.n_params / 1e6:,.0f} M parameters · {lm.n_layers} layers · "
                f"vocabulary {lm.vocab_size:,} · {lm.spec.dtype} on {lm.model.device} · "
                f"loaded in {lm.load_seconds:.1f} s")
+    text_prefix_select(lm)
     return lm
 
 

@@ -61,7 +61,8 @@ def show_transcript(gen: Generation, prefix: str, thresholds: Thresholds,
         with st.chat_message(message.role if message.role in ("user", "assistant") else "ai",
                              avatar=AVATARS.get(message.role)):
             if message.role == "system":
-                st.caption("system prompt")
+                st.caption("system prompt" if message.content else
+                           "system prompt: none (an empty system turn)")
             if not scored:
                 st.text(message.content)
                 continue

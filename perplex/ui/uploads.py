@@ -12,6 +12,7 @@ from perplex.models import LoadedModel
 from perplex.records import Generation
 from perplex.scoring import score_conversations
 from perplex.ui import resources
+from perplex.ui.conditioning import text_prefix
 from perplex.ui.session_panel import remember, save_to_session
 from perplex.ui.text import plain
 
@@ -119,6 +120,7 @@ def _score(lm: LoadedModel, messages, title: str) -> Generation | None:
     try:
         [generation] = score_conversations(
             lm, [messages], top_alternatives=resources.settings().top_k_stored,
+            text_prefix=text_prefix(lm),
             progress=lambda done, total: bar.progress(done / total, text="Scoring…"))
     except PerplexError as exc:
         bar.empty()
