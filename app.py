@@ -4,12 +4,13 @@ import logging
 
 import streamlit as st
 
-from perplex.ui.resources import LOADED_KEY
+from perplex.ui.resources import ICON, LOADED_KEY
 from perplex.ui.sidebar import render_sidebar
 
 logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
 logging.getLogger("perplex").setLevel(logging.INFO)
-st.set_page_config(page_title="Perplex", page_icon=":material/bar_chart:", layout="wide")
+# The favicon is shipped: a Material icon would be fetched from a font server at each load.
+st.set_page_config(page_title="Perplex", page_icon=str(ICON), layout="wide")
 
 PAGES = [
     st.Page("pages/default.py", title="Default", icon=":material/chat:", default=True),

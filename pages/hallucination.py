@@ -113,7 +113,7 @@ def alert_panel(gen: Generation, limits: h.AlertThresholds, k: int) -> None:
     if found:
         table_key = f"{PREFIX}.alert_table"
         st.dataframe(pd.DataFrame(h.alert_rows(found)), hide_index=True, key=table_key,
-                     on_select=lambda: _jump_to_alert(table_key, answer_index, found),
+                     on_select=lambda: _jump_to_alert(table_key, gen.id, answer_index, found),
                      selection_mode="single-row",
                      column_config={"p": PERCENT, "entropy (nats)": PERCENT})
         st.caption("Select a row to highlight its token in the answer.")
@@ -128,10 +128,12 @@ def alert_panel(gen: Generation, limits: h.AlertThresholds, k: int) -> None:
                    "shown are the first's.")
 
 
-def _jump_to_alert(table_key: str, answer_index: int, found: list[h.Alert]) -> None:
+def _jump_to_alert(table_key: str, generation_id: str, answer_index: int,
+                   found: list[h.Alert]) -> None:
     rows = st.session_state[table_key].selection.rows
     if rows and rows[0] < len(found):
-        st.session_state[highlight_key(PREFIX, answer_index)] = found[rows[0]].index
+        st.session_state[highlight_key(PREFIX, generation_id, answer_index)] = \
+            found[rows[0]].index
 
 
 def check_panel(gen: Generation) -> None:

@@ -23,7 +23,7 @@ from perplex.token_sets import add_token, create_token_set, list_token_sets, rem
 from perplex.ui import resources
 from perplex.ui.session_panel import current_session_id, read_only, remember, save_to_session
 from perplex.ui.sidebar import thresholds
-from perplex.ui.text import plain
+from perplex.ui.text import count, plain
 from perplex.ui.token_view import AnnotationMark, TokenSetInfo, TokenViewStream
 from perplex.ui.transcript import TranscriptEvent, highlight_key
 
@@ -183,7 +183,7 @@ def _compare_branches(tree, current: Generation, page_key: str) -> None:
         last = len(gen.messages) - 1
         steps = [s for s in gen.message_steps(last) if s.role.value == "response"]
         summary = summarise(steps)
-        column.caption(f"{plain(label)} · {summary.n_tokens} tokens · mean p "
+        column.caption(f"{plain(label)} · {count(summary.n_tokens, 'token')} · mean p "
                        f"{summary.mean_prob or 0:.3f} · perplexity {summary.perplexity or 0:.2f}")
         column.text(gen.messages[last].content)
 
@@ -222,16 +222,16 @@ def annotations_panel(page_key: str) -> None:
             if first is not None and note.start < len(current.steps):
                 message_index = current.steps[note.start].message_index
                 cols[2].button("Jump", key=f"note-jump-{note.id}", on_click=_jump,
-                               args=(page_key, message_index, first),
+                               args=(page_key, current.id, message_index, first),
                                help="Highlight the annotated token in the view")
             if cols[3].button("Delete", key=f"note-del-{note.id}", disabled=read_only()):
                 delete_annotation(resources.store(), note.id)
                 st.rerun()
 
 
-def _jump(page_key: str, message_index: int, index: int) -> None:
+def _jump(page_key: str, generation_id: str, message_index: int, index: int) -> None:
     prefix = page_key.rsplit(".", 1)[0]
-    st.session_state[highlight_key(prefix, message_index)] = index
+    st.session_state[highlight_key(prefix, generation_id, message_index)] = index
 
 
 def _answer_indices(gen: Generation) -> dict[int, int]:
@@ -254,7 +254,7 @@ def token_sets_panel(gen: Generation | None) -> None:
     with st.expander(f"Token sets ({len(sets)})"):
         for token_set in sets:
             members = [m for m in token_set.members if m.tokenizer == gen.model_label]
-            st.markdown(f"**{plain(token_set.name)}** · {len(members)} tokens")
+            st.markdown(f"**{plain(token_set.name)}** · {count(len(members), 'token')}")
             for member in members:
                 if st.button(f"✕ {plain(repr(member.token_text))} (id {member.token_id})",
                              key=f"set-{token_set.id}-{member.token_id}",

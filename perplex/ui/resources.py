@@ -12,6 +12,7 @@ from perplex.store import Store
 
 MODEL_KEY = "perplex.model_spec"
 LOADED_KEY = "perplex.lm"  # the model the sidebar loaded in this run (None if it failed)
+ICON = Path(__file__).parent / "assets" / "icon.png"  # the favicon
 
 
 @st.cache_resource(max_entries=3, show_spinner=False)

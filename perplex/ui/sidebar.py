@@ -20,6 +20,7 @@ from perplex.ui.session_panel import (
 from perplex.ui.text import plain
 
 THRESHOLDS_KEY = "perplex.thresholds"
+SLIDER_KEY = "perplex.threshold_slider"
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,10 @@ def _model_section(saved: object) -> LoadedModel | None:
 def _threshold_section(saved: object) -> None:
     st.subheader("Colours")
     current = thresholds()
+    # A session that was opened has put its values in the slider's state: no default then.
+    st.session_state.setdefault(SLIDER_KEY, (current.uncertain, current.confident))
     low, high = st.slider(
-        "Red below · green from (probability)", 0.0, 1.0,
-        (current.uncertain, current.confident), step=0.05, key="perplex.threshold_slider",
+        "Red below · green from (probability)", 0.0, 1.0, step=0.05, key=SLIDER_KEY,
         help="A token is red when p < the first value, green when p ≥ the second, "
              "yellow between. p is the model's probability at temperature 1.")
     st.session_state[THRESHOLDS_KEY] = Thresholds(confident=high, uncertain=low)
@@ -111,7 +113,7 @@ def _restore_session_settings() -> dict:
     saved = settings.get("thresholds")
     if isinstance(saved, list) and len(saved) == 2:
         low, high = sorted(float(x) for x in saved)
-        st.session_state["perplex.threshold_slider"] = (low, high)
+        st.session_state[SLIDER_KEY] = (low, high)
         st.session_state[THRESHOLDS_KEY] = Thresholds(confident=high, uncertain=low)
     model = settings.get("model")
     if isinstance(model, dict) and isinstance(model.get("source"), str):

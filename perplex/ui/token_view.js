@@ -310,6 +310,9 @@ function scrollToToken(view, span) {
   if (top < view.scrollTop || bottom > view.scrollTop + view.clientHeight) {
     view.scrollTop = Math.max(0, top - view.clientHeight / 3);
   }
+  // The page too: a token jumped to from elsewhere (annotations list) may be off screen.
+  const r = span.getBoundingClientRect();
+  if (r.top < 0 || r.bottom > window.innerHeight) span.scrollIntoView({block: "center"});
 }
 
 function leaveGroup(state) {

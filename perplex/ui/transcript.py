@@ -13,7 +13,7 @@ from perplex.records import Generation, TokenStep
 from perplex.stats import summarise
 from perplex.tokens import PLAIN_TEXT_ROLE
 from perplex.ui.sidebar import Thresholds
-from perplex.ui.text import plain
+from perplex.ui.text import count, plain
 from perplex.ui.token_view import AnnotationMark, TokenEvent, TokenSetInfo, token_view
 
 ViewExtras = Callable[[Generation, int, tuple[TokenStep, ...]],
@@ -33,9 +33,9 @@ class TranscriptEvent:
     event: TokenEvent
 
 
-def highlight_key(prefix: str, message_index: int) -> str:
-    """Session-state key of the highlighted token of one message."""
-    return f"{prefix}.highlight.{message_index}"
+def highlight_key(prefix: str, generation_id: str, message_index: int) -> str:
+    """Session-state key of the highlighted token of one message of one generation."""
+    return f"{prefix}.highlight.{generation_id}.{message_index}"
 
 
 def range_key(state_key: str) -> str:
@@ -71,7 +71,7 @@ def show_transcript(gen: Generation, prefix: str, thresholds: Thresholds,
                 st.text("".join(s.text for s in steps if s.role.value == "prompt"))
             sets, marks = extras(gen, index, tuple(scored)) if extras else ((), ())
             event = show_scored_message(scored, f"{prefix}-{gen.id}-{index}",
-                                        highlight_key(prefix, index), thresholds,
+                                        highlight_key(prefix, gen.id, index), thresholds,
                                         sets, marks, lens_available,
                                         alerts(scored) if alerts else None, timeline)
             if event is not None:
@@ -133,7 +133,8 @@ def _summary_line(steps: Sequence[TokenStep], key: str, state_key: str,
         return
     estimate = " (top-k estimate, a lower bound)" if summary.entropy_is_estimate else ""
     st.caption(
-        f"{summary.n_tokens} tokens · mean entropy {summary.mean_entropy:.3f} nats{estimate} · "
+        f"{count(summary.n_tokens, 'token')} · mean entropy {summary.mean_entropy:.3f} "
+        f"nats{estimate} · "
         f"perplexity {summary.perplexity:.2f} · mean p {summary.mean_prob:.3f} · "
         f"{summary.n_below} under p {thresholds.uncertain:.2f} · least confident:")
     cols = st.columns(len(summary.least_confident) or 1)
