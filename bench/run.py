@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -214,18 +215,44 @@ def lens_memory_child(n_tokens: int) -> None:
           f"the result itself holds {kept / 2**20:.1f} MiB)")
 
 
+STAGE_SECONDS = 900  # a stage still running after this is stopped and reported
+
+
+class StageTimeout(Exception):
+    """A benchmark stage ran past STAGE_SECONDS."""
+
+
+def run_stage(name: str, stage, *args) -> bool:
+    """Run one stage; a failure or time-out prints "not measured: <why>" and the rest go on."""
+    def expire(_signum, _frame):
+        raise StageTimeout(f"stopped after {STAGE_SECONDS} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(STAGE_SECONDS)
+    try:
+        stage(*args)
+        return True
+    except Exception as exc:  # noqa: BLE001 - any failure of one stage is reported, not fatal
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"{name:7} not measured: {type(exc).__name__}: {reason[:300]}", flush=True)
+        return False
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def main() -> None:
-    """Run every benchmark and print one line each."""
+    """Run every benchmark and print one line each; exit 1 at the end if any failed."""
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(os.cpu_count() or 1)
     print(f"Perplex benchmarks · torch {torch.__version__} · {torch.get_num_threads()} threads · "
           f"bundled model {bundled_gguf_path().name}")
     converted_gguf_folder(bundled_gguf_path(), PROJECT_ROOT / "data" / "models")
     lm = load_model(ModelSpec(), Settings(model_cache=PROJECT_ROOT / "data" / "models"))
-    bench_decoding(lm)
-    bench_loading()
-    bench_token_view(lm)
-    bench_lens(lm)
+    done = [run_stage("decode", bench_decoding, lm), run_stage("load", bench_loading),
+            run_stage("view", bench_token_view, lm), run_stage("lens", bench_lens, lm)]
+    if not all(done):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

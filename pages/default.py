@@ -63,7 +63,7 @@ if prompt and lm is not None:
     with st.chat_message("assistant"):
         th = thresholds()
         stream = TokenViewStream(key=f"{PREFIX}-live", confident=th.confident,
-                                 uncertain=th.uncertain)
+                                 uncertain=th.uncertain, expected=params.max_new_tokens)
         stream.update([], force=True)  # an empty view with a caret until the first token
         answer_index = len(messages)
         try:

@@ -73,7 +73,7 @@ def ask(question: str, limits: h.AlertThresholds, system: tuple[Message, ...]) -
     left, right = st.columns([3, 2])
     with left:
         stream = TokenViewStream(key=f"{PREFIX}-live", confident=th.confident,
-                                 uncertain=th.uncertain)
+                                 uncertain=th.uncertain, expected=params.max_new_tokens)
         stream.update([], force=True)
     with right.container(key=f"{PREFIX}-live-alerts"):
         heading, table = st.empty(), st.empty()

@@ -216,7 +216,7 @@ def run_prompt(prompt: str, prefix_text: str, sets: ActiveSets,
                system: tuple[Message, ...]) -> None:
     """Generate an answer (starting with the prefix) and make it the page's current one."""
     stream = TokenViewStream(key=f"{PREFIX}-live", confident=thresholds().confident,
-                             uncertain=thresholds().uncertain)
+                             uncertain=thresholds().uncertain, expected=params.max_new_tokens)
     stream.update([], force=True)
     run = start_generation(lm, system + (Message("user", prompt),), params,
                            prefill=prefix_text)

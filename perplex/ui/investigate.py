@@ -89,7 +89,7 @@ def _regenerate(found: TranscriptEvent, gen: Generation, page_key: str,
     st.caption(f"Regenerating from token #{event.index}…")
     th = thresholds()
     stream = TokenViewStream(key=f"{page_key}-inject-live", confident=th.confident,
-                             uncertain=th.uncertain)
+                             uncertain=th.uncertain, expected=params.max_new_tokens)
     shown = []
     for new in run:
         if new.message_index == step.message_index and new.role is step.role:

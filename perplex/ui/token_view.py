@@ -350,11 +350,18 @@ class TokenViewStream:
     COST_SHARE = 0.2  # the most of the generation time redraws may take
 
     def __init__(self, *, key: str, confident: float, uncertain: float,
-                 min_interval: float = 0.1) -> None:
-        """Reserve the view's place on the page (where this is constructed)."""
+                 min_interval: float = 0.1, expected: int | None = None) -> None:
+        """Reserve the view's place on the page (where this is constructed).
+
+        Under the view a line shows the pace (tokens/s) and, given the `expected` number
+        of tokens at most, the time left at that pace.
+        """
         _check_thresholds(confident, uncertain)
         box = st.container(gap=None)
         self._slots = (box.empty(), box.empty())
+        self._pace = st.empty()
+        self._expected = expected
+        self._first: tuple[float, int] | None = None  # (time, count) at the first step
         self._key, self._confident, self._uncertain = key, confident, uncertain
         self._min_interval = min_interval
         self._updates = 0
@@ -401,7 +408,20 @@ class TokenViewStream:
             cost = 0.0  # the first mount of a run carries one-off setup costs
         self._next = started + max(self._min_interval, cost / self.COST_SHARE)
         self._shown = len(steps)
+        self._show_pace(len(steps), started)
         return True
+
+    def _show_pace(self, count: int, now: float) -> None:
+        """Tokens/s since the first token arrived, and time left for the expected rest."""
+        if count and self._first is None:
+            self._first = (now, count)
+        if self._first is None or now <= self._first[0]:
+            return
+        rate = (count - self._first[1]) / (now - self._first[0])
+        line = f"generating · {count:,} tokens · {rate:.1f} tokens/s"
+        if self._expected and rate > 0 and count < self._expected:
+            line += f" · at most {(self._expected - count) / rate:.0f} s left"
+        self._pace.caption(line)
 
     def finish(self, steps: Sequence[TokenStep], *, highlight: int | None = None,
                token_sets: Sequence[TokenSetInfo] = (),
