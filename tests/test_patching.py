@@ -19,7 +19,7 @@ from perplex.patching import (
     patch_sweep,
     unpatched_logits,
 )
-from perplex.tokens import encode_plain_text
+from perplex.tokens import TextPrefix, encode_plain_text
 from tests.test_lens import ARCHITECTURES
 from tests.tiny import tiny_tokenizer
 from tests.tolerances import FLOAT32_LOGIT, FLOAT32_PROB
@@ -28,8 +28,8 @@ SOURCE = "The Eiffel Tower is in the city of"
 TARGET = "The Colosseum is in the city of"
 
 
-def _ids(lm, text: str) -> list[int]:
-    return list(encode_plain_text(lm.tokenizer, text).ids)
+def _ids(lm, text: str, prefix: TextPrefix | None = None) -> list[int]:
+    return list(encode_plain_text(lm.tokenizer, text, prefix).ids)
 
 
 def test_unpatched_run_equals_model_logits(tiny_lm):
@@ -160,8 +160,9 @@ def test_resumed_sweep_equals_full_forward_passes(arch, tiny_lm):
         torch.manual_seed(1)
         model = ARCHITECTURES[arch](len(tokenizer)).eval().requires_grad_(False)
         lm = LoadedModel(ModelSpec(source=f"tiny-{arch}"), model, tokenizer, load_seconds=0.0)
-    source = _ids(lm, "The capital of France is Paris.")
-    target = _ids(lm, "Hello world! How are you today?")[:len(source)]
+    # BOS, not end-of-text: that is the tiny tokenizer's padding, zero in some embeddings
+    source = _ids(lm, "The capital of France is Paris.", TextPrefix.BOS)
+    target = _ids(lm, "Hello world! How are you today?", TextPrefix.BOS)[:len(source)]
     assert_sweep_equals_full_passes(lm, source, target, list(range(lm.n_layers + 1)))
 
 
