@@ -176,7 +176,7 @@ def check_panel(gen: Generation) -> None:
         result = h.consistency(sampled.answers, sampled.seeds, compared)
         st.markdown(f"Consistency **estimate**: {result.agreeing} of {len(result.answers)} "
                     f"sampled answers agree ({result.rate:.0%}) on their {compared}: "
-                    f"“{plain(result.majority)}”")
+                    f"“{plain(result.majority_answer)}”")
         if result.others:
             st.markdown("Disagreeing answers:\n" + "\n".join(
                 f"- “{plain(' '.join(text.split()))}”" for text in result.others))

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -120,24 +121,49 @@ def annotations_markdown(annotations: Sequence[Annotation],
         lines.append("No annotations.")
     for number, row in enumerate(annotation_rows(annotations, generations, threshold), 1):
         gen = generations[row["generation_id"]]
-        where = (f"token {row['start']}" if row["start"] == row["end"]
-                 else f"tokens {row['start']}–{row['end']}")
+        where = _where(gen, row["start"], row["end"])
         lines += [f"## {number}. {escape_markdown(gen.title or gen.id)}, {where}", "",
                   *_quote(row["span_text"]), "", f"**Note:** {escape_markdown(row['note'])}",
                   "", _stats_line(row), ""]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def escape_markdown(text: str) -> str:
-    """Text made inert in Markdown and HTML, shown as typed.
+def _where(gen: Generation, start: int, end: int) -> str:
+    """A span named as the page names it (#index in its answer), with its positions."""
+    index_of = gen.view_indices()
+    first, last = index_of.get(start), index_of.get(end)
+    if first is None or last is None:
+        return f"positions {start}–{end}" if start != end else f"position {start}"
+    if start == end:
+        return f"token #{first} (position {start})"
+    return f"tokens #{first}–{last} (positions {start}–{end})"
 
-    `& < >` become entities, the rest of Markdown's punctuation is backslash-escaped, and
-    leading spaces become entities so that no line turns into a code block.
+
+INLINE_SPECIALS = set("\\`*_[]|~")  # act anywhere in a line
+LINE_START = re.compile(r"^(\s*)([#+\-=>]|\d+[.)])")  # act only where a line starts
+
+
+def escape_markdown(text: str) -> str:
+    """Text made inert in Markdown and HTML, shown as typed, escaping only what would act.
+
+    `& < >` become entities; emphasis, code, links, tables and strike-through characters
+    are backslash-escaped; headings, list and quote markers only at a line's start; an
+    indent that would start a code block (a tab, or four spaces) becomes entities.
     """
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    text = "".join("\\" + ch if ch in "\\`*_{}[]()#+-.!|~=\"':" else ch for ch in text)
+    text = "".join("\\" + ch if ch in INLINE_SPECIALS else ch for ch in text)
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    return "\n".join(_entity_indent(line) for line in lines)
+    return "\n".join(_entity_indent(_escape_line_start(line)) for line in lines)
+
+
+def _escape_line_start(line: str) -> str:
+    """A line whose first mark (heading, list item, rule, quote) is escaped."""
+    found = LINE_START.match(line)
+    if not found:
+        return line
+    mark = found.group(2)
+    cut = found.end(1) + len(mark) - 1  # escape the mark's last character ("1." → "1\.")
+    return line[:cut] + "\\" + line[cut:]
 
 
 def figure_to_file(fig: go.Figure, path: str | Path, format: str | None = None) -> Path:
@@ -223,9 +249,11 @@ def _quote(text: str) -> list[str]:
 
 
 def _entity_indent(line: str) -> str:
-    """A line whose leading spaces and tabs are entities, so they cannot start a block."""
+    """A line whose indent, if it could start a code block, is written as entities."""
     stripped = line.lstrip(" \t")
     indent = line[:len(line) - len(stripped)]
+    if "\t" not in indent and len(indent) < 4:
+        return line
     return indent.replace(" ", "&#32;").replace("\t", "&#9;") + stripped
 
 

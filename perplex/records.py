@@ -136,6 +136,15 @@ class Generation:
         return tuple(s for s in self.steps
                      if s.message_index == message_index and s.role is not TokenRole.TEMPLATE)
 
+    def view_indices(self) -> dict[int, int]:
+        """Position → the token's index in its message's token view (its response tokens)."""
+        index_of = {}
+        for message_index in range(len(self.messages)):
+            shown = [s for s in self.message_steps(message_index)
+                     if s.role is TokenRole.RESPONSE]
+            index_of.update({s.position: i for i, s in enumerate(shown)})
+        return index_of
+
     def with_steps(self, steps: tuple[TokenStep, ...]) -> Generation:
         """A copy holding other steps (used while streaming)."""
         return replace(self, steps=steps)

@@ -194,3 +194,20 @@ def test_figure_to_png_and_svg(tmp_path):
         kaleido.stop_sync_server(silence_warnings=True)
     assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert b"<svg" in svg.read_bytes()[:500]
+
+
+def test_markdown_report_numbers_tokens_as_the_page_and_escapes_only_what_acts(store):
+    steps = (TokenStep(position=0, token_id=1, text="<|im_start|>", role=TokenRole.TEMPLATE,
+                       message_index=0),) + tuple(
+        TokenStep(position=i, token_id=i, text=t, role=TokenRole.RESPONSE, message_index=1,
+                  prob=0.5, logprob=math.log(0.5), entropy=0.7)
+        for i, t in enumerate(["Check", ":", " novel", " e.g.", " it"], 1))
+    gen = Generation(steps=steps, messages=(Message("user", ""), Message("assistant", "x")),
+                     model_label="m", source=Source.SCORED, title="t")
+    store.save_generation(gen)
+    add_annotation(store, gen.id, 1, "Check: a novel idea", end=4)
+    report = annotations_markdown(list_annotations(store, gen.id), {gen.id: gen})
+    assert "tokens #0–3 (positions 1–4)" in report  # the token view's #, then positions
+    assert "> Check: novel e.g." in report and "**Note:** Check: a novel idea" in report
+    assert "\\:" not in report and "&#32;" not in report and "\\." not in report
+    assert escape_markdown("1. a\n# b\n- c") == "1\\. a\n\\# b\n\\- c"

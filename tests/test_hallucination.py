@@ -112,6 +112,9 @@ def test_normalised_exact_match():
 def test_consistency_counts_normalised_agreement():
     c = h.consistency(["Paris.", "paris", "Lyon", "The Paris"], [0, 1, 2, 3])
     assert (c.majority, c.agreeing, c.others, c.rate) == ("paris", 3, ("Lyon",), 0.75)
+    assert c.majority_answer == "Paris."  # shown as written, not normalised
+    numbers = h.consistency(["101.67 degrees.", "101.67 degrees!"], [0, 1])
+    assert numbers.majority == "101 67 degrees" and numbers.majority_answer == "101.67 degrees."
     with pytest.raises(InputFormatError):
         h.check_samples(1)
 
@@ -162,3 +165,16 @@ def test_marks_and_table_rows_follow_the_alerts():
     assert [(r["start"], r["end"], r["text"], r["doubtful tokens"]) for r in table] == [
         (1, 3, "t1t2t3", "#1, #2")]
     assert table[0]["score"] == pytest.approx(max(0.8 * (2.5 + 2.2) / 2, 0.7 * 2.2))
+
+
+@pytest.mark.slow
+def test_sampled_answers_carry_no_special_tokens(bundled_lm):
+    """The end-of-turn token ends a sampled answer but is not part of its text."""
+    question = (Message("user", "What is the boiling point of water? Answer in a few words."),)
+    params = DecodeParams(max_new_tokens=64)
+    sampled = h.sample_answers(bundled_lm, question, params, 2)
+    for seed, answer in zip(sampled.seeds, sampled.answers):
+        run = start_generation(bundled_lm, question,
+                               DecodeParams(max_new_tokens=64, temperature=1.0, seed=seed)).run()
+        assert run.stop_reason == "eos" and run.response_text.endswith("<|im_end|>")
+        assert answer == run.messages[-1].content.strip() and "<|im_end|>" not in answer

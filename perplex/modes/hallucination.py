@@ -199,8 +199,9 @@ class Consistency:
     """Agreement of N sampled answers: an estimate of how settled the model is.
 
     Answers are compared on `compared` ("first sentence" or "whole answer") after
-    normalisation; `agreeing` answers share the most common form (`majority`), `others`
-    are the rest as sampled.
+    normalisation; `agreeing` answers share the most common form (`majority`, normalised;
+    `majority_answer` is the compared part of the first such answer as written), `others`
+    are the rest as sampled. Answers are the text of the answer, without special tokens.
     """
 
     answers: tuple[str, ...]
@@ -209,6 +210,7 @@ class Consistency:
     agreeing: int
     others: tuple[str, ...]
     compared: str = COMPARED_PARTS[0]
+    majority_answer: str = ""  # as written
 
     @property
     def rate(self) -> float:
@@ -237,7 +239,9 @@ def consistency(answers: Sequence[str], seeds: Sequence[int],
     normalised = [normalise_answer(part(a)) for a in answers]
     majority, agreeing = Counter(normalised).most_common(1)[0]
     others = tuple(a for a, n in zip(answers, normalised) if n != majority)
-    return Consistency(tuple(answers), tuple(seeds), majority, agreeing, others, compared)
+    written = next(part(a) for a, n in zip(answers, normalised) if n == majority)
+    return Consistency(tuple(answers), tuple(seeds), majority, agreeing, others, compared,
+                       written)
 
 
 def check_samples(n: int) -> int:
@@ -263,7 +267,8 @@ def sample_answers(lm, messages: tuple[Message, ...], params: DecodeParams, n: i
     answers = []
     for seed in seeds:
         run = start_generation(lm, messages, replace(params, temperature=temperature, seed=seed))
-        answers.append(run.run().response_text.strip())
+        # the answer's text, decoded without special tokens (no end-of-turn marker)
+        answers.append(run.run().messages[-1].content.strip())
         if progress is not None:
             progress(len(answers), n)
     return consistency(answers, seeds, compared)

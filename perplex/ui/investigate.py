@@ -204,7 +204,7 @@ def annotations_panel(page_key: str) -> None:
     notes = generation_annotations(resources.store(), current.id)
     if not notes:
         return
-    index_of = _answer_indices(current)
+    index_of = current.view_indices()
     with st.expander(f"Annotations ({len(notes)})", expanded=True):
         for note in notes:
             first, last = index_of.get(note.start), index_of.get(note.end)
@@ -232,15 +232,6 @@ def annotations_panel(page_key: str) -> None:
 def _jump(page_key: str, generation_id: str, message_index: int, index: int) -> None:
     prefix = page_key.rsplit(".", 1)[0]
     st.session_state[highlight_key(prefix, generation_id, message_index)] = index
-
-
-def _answer_indices(gen: Generation) -> dict[int, int]:
-    """Position in the generation → index of that token in its message's token view."""
-    index_of = {}
-    for message_index in range(len(gen.messages)):
-        scored = [s for s in gen.message_steps(message_index) if s.role.value == "response"]
-        index_of.update({s.position: i for i, s in enumerate(scored)})
-    return index_of
 
 
 def token_sets_panel(gen: Generation | None) -> None:

@@ -422,7 +422,7 @@ function showBar(state, withForm) {
   if (withForm) {
     const form = noteForm("Note on these " + count + " tokens", (text) => {
       const [start, end] = state.range;
-      showBar(state, false);
+      state.bar.hidden = true; // annotated: Python drops the range on the rerun
       send(state, "annotate_range", start, { end_index: end, end_pos: state.tokens[end].pos,
         text });
     });
@@ -436,9 +436,12 @@ function showBar(state, withForm) {
   placeBar(state);
 }
 
+// In sight: inside the view's scroll box and inside the window (below the app's header).
 function visibleIn(view, rect) {
   const box = view.getBoundingClientRect();
-  return rect.bottom > box.top && rect.top < box.bottom;
+  const vh = document.documentElement.clientHeight || window.innerHeight;
+  return rect.bottom > box.top && rect.top < box.bottom
+    && rect.bottom > topLimit() && rect.top < vh;
 }
 
 // Above the range's first token when it is in sight, else below its last; else hidden.

@@ -113,6 +113,8 @@ def _keep_view_state(event: TokenEvent, state_key: str) -> None:
         st.session_state.pop(range_key(state_key), None)
     elif event.kind == "select_range":
         st.session_state[range_key(state_key)] = (event.index, event.end_index)
+    elif event.kind == "annotate_range":  # the range is annotated now: its bar goes away
+        st.session_state.pop(range_key(state_key), None)
 
 
 def _take_chart_click(chart_key: str, state_key: str) -> None:

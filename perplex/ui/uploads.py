@@ -13,7 +13,7 @@ from perplex.records import Generation
 from perplex.scoring import score_conversations
 from perplex.ui import resources
 from perplex.ui.conditioning import text_prefix
-from perplex.ui.session_panel import remember, save_to_session
+from perplex.ui.session_panel import current_session_id, remember, save_to_session
 from perplex.ui.text import plain
 
 UPLOAD_TYPES = ["json", "jsonl", "ndjson", "txt"]
@@ -86,8 +86,11 @@ def _upload_section(prefix: str, target_key: str, lm: LoadedModel | None) -> Non
 
 def _saved_section(prefix: str, target_key: str) -> None:
     st.markdown("**Saved in the database**")
+    sid = current_session_id()
+    everything = sid is None or st.toggle("Other sessions' too", key=f"{prefix}.saved_all",
+                                          help="Off: only this session's generations.")
     try:
-        saved = resources.store().list_generations()
+        saved = resources.store().list_generations(None if everything else sid)
     except PerplexError as exc:
         st.error(plain(str(exc)))
         return
