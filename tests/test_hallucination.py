@@ -24,7 +24,12 @@ def test_alerts_fire_exactly_at_crossings_hand_built():
     prompt = [step(9, 0.01, 9.0, TokenRole.PROMPT)]
     found = h.alerts(prompt + steps, th)
     assert [a.index for a in found] == [1, 3, 4]  # 0.4 and 2.0 exactly are not crossings
-    assert [a.reason for a in found] == ["low p", "high entropy", "low p and high entropy"]
+    assert [a.reason.replace(" and ", "|") for a in found] == [
+        "low p (0.390 < 0.4)", "high entropy (2.010 > 2 nats)",
+        "low p (0.100 < 0.4)|high entropy (3.000 > 2 nats)"]
+    # just under the threshold: enough digits to see that it is under
+    [near] = h.alerts([step(0, 0.39996, 0.1)], th)
+    assert near.reason == "low p (0.39996 < 0.4)"
     assert found[0].position == 11 and found[0].text == "t1" and found[0].prob == 0.39
 
 
@@ -155,8 +160,10 @@ def test_alert_timeline_builds():
 def test_marks_and_table_rows_follow_the_alerts():
     th = h.AlertThresholds(confidence=0.4, entropy=2.0)
     steps = [step(0, 0.9, 0.1), step(1, 0.2, 3.0), step(2, 0.3, 2.5), step(3, 0.95, 2.2)]
-    assert h.alert_marks(steps, th) == {1: "low p and high entropy",
-                                        2: "low p and high entropy", 3: "high entropy"}
+    assert h.alert_marks(steps, th) == {
+        1: "low p (0.200 < 0.4) and high entropy (3.000 > 2 nats)",
+        2: "low p (0.300 < 0.4) and high entropy (2.500 > 2 nats)",
+        3: "high entropy (2.200 > 2 nats)"}
     rows = h.alert_rows(h.alerts(steps, th))
     assert [r["#"] for r in rows] == [1, 2, 3] and rows[0]["p"] == 0.2
     spans = h.flagged_spans(steps, th, k=2)

@@ -55,12 +55,26 @@ class Alert:
     low_confidence: bool
     high_entropy: bool
     top: tuple[Alternative, ...]
+    thresholds: AlertThresholds = AlertThresholds()
 
     @property
     def reason(self) -> str:
-        """Which thresholds it crossed, in words."""
-        return " and ".join(r for r, hit in (("low p", self.low_confidence),
-                                             ("high entropy", self.high_entropy)) if hit)
+        """Which thresholds it crossed, with enough digits to see that it crossed them."""
+        low = f"low p ({apart(self.prob, self.thresholds.confidence)} < " \
+              f"{self.thresholds.confidence:g})"
+        high = f"high entropy ({apart(self.entropy, self.thresholds.entropy)} > " \
+               f"{self.thresholds.entropy:g} nats)"
+        return " and ".join(r for r, hit in ((low, self.low_confidence),
+                                             (high, self.high_entropy)) if hit)
+
+
+def apart(value: float, bound: float, least: int = 3) -> str:
+    """`value` with the fewest decimals (at least `least`) that tell it from `bound`."""
+    for digits in range(least, 12):
+        shown = f"{value:.{digits}f}"
+        if float(shown) != bound and shown != f"{bound:.{digits}f}":
+            return shown
+    return f"{value:.3e}"
 
 
 @dataclass(frozen=True)
@@ -99,7 +113,8 @@ def alert_for(step: TokenStep, index: int, thresholds: AlertThresholds) -> Alert
     high = step.entropy > thresholds.entropy
     if not (low or high):
         return None
-    return Alert(index, step.position, step.text, step.prob, step.entropy, low, high, step.top)
+    return Alert(index, step.position, step.text, step.prob, step.entropy, low, high, step.top,
+                 thresholds)
 
 
 def watch(steps: Iterable[TokenStep], thresholds: AlertThresholds,

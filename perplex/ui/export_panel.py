@@ -24,6 +24,15 @@ from perplex.ui.sidebar import thresholds
 from perplex.ui.text import plain
 
 
+def download(where, label: str, data, **kwargs) -> None:
+    """A download button that does not rerun the page when clicked.
+
+    A rerun drops the previous run's deferred files: a second download clicked before it
+    ends (CSV, then the bundle) would find its file gone and download nothing.
+    """
+    where.download_button(label, data, on_click="ignore", **kwargs)
+
+
 def export_panel(gen: Generation | None, prefix: str) -> None:
     """An expander with every download for the generation on screen and its session."""
     with st.expander("Export and import"):
@@ -33,7 +42,7 @@ def export_panel(gen: Generation | None, prefix: str) -> None:
         sid, store = current_session_id(), resources.store()
         if sid is not None:
             _annotation_downloads(sid, prefix)
-            st.download_button("Session bundle (.zip, imports on another machine)",
+            download(st, "Session bundle (.zip, imports on another machine)",
                                data=lambda: export_bundle(store, sid),
                                file_name=f"perplex-session-{sid}.zip",
                                mime="application/zip", key=f"{prefix}.bundle")
@@ -44,11 +53,11 @@ def _token_downloads(gen: Generation, prefix: str) -> None:
     st.markdown("**Token records** (one row per token, with its top-k alternatives)")
     cols = st.columns(3)
     name = f"perplex-{gen.id}"
-    cols[0].download_button("CSV", data=lambda: tokens_csv([gen]), file_name=f"{name}.csv",
+    download(cols[0], "CSV", data=lambda: tokens_csv([gen]), file_name=f"{name}.csv",
                             mime="text/csv", key=f"{prefix}.csv")
-    cols[1].download_button("JSON", data=lambda: tokens_json([gen]), file_name=f"{name}.json",
+    download(cols[1], "JSON", data=lambda: tokens_json([gen]), file_name=f"{name}.json",
                             mime="application/json", key=f"{prefix}.json")
-    cols[2].download_button("Parquet", data=lambda: tokens_parquet([gen]),
+    download(cols[2], "Parquet", data=lambda: tokens_parquet([gen]),
                             file_name=f"{name}.parquet", key=f"{prefix}.parquet")
 
 
@@ -57,13 +66,13 @@ def _figure_downloads(gen: Generation, prefix: str) -> None:
     steps = [s for s in gen.message_steps(len(gen.messages) - 1) if s.role.value == "response"]
     fig = entropy_timeline(steps)
     cols = st.columns(3)
-    cols[0].download_button("Interactive HTML", data=lambda: fig.to_html(include_plotlyjs=True),
+    download(cols[0], "Interactive HTML", data=lambda: fig.to_html(include_plotlyjs=True),
                             file_name=f"perplex-{gen.id}-timeline.html", mime="text/html",
                             key=f"{prefix}.fig_html")
     for col, fmt in zip(cols[1:], ("png", "svg")):
         rendered_key = f"{prefix}.fig_{fmt}.{gen.id}"
         if rendered_key in st.session_state:
-            col.download_button(f"{fmt.upper()} ready: download", st.session_state[rendered_key],
+            download(col, f"{fmt.upper()} ready: download", st.session_state[rendered_key],
                                 file_name=f"perplex-{gen.id}-timeline.{fmt}",
                                 key=f"{prefix}.fig_{fmt}_dl")
         elif col.button(f"Render {fmt.upper()}", key=f"{prefix}.fig_{fmt}",
@@ -86,11 +95,11 @@ def _annotation_downloads(session_id: str, prefix: str) -> None:
     limit = thresholds().uncertain
     st.markdown(f"**Annotations** ({len(notes)} in this session)")
     cols = st.columns(3)
-    cols[0].download_button("CSV", data=lambda: annotations_csv(notes, generations, limit),
+    download(cols[0], "CSV", data=lambda: annotations_csv(notes, generations, limit),
                             file_name="perplex-annotations.csv", key=f"{prefix}.notes_csv")
-    cols[1].download_button("JSON", data=lambda: annotations_json(notes, generations, limit),
+    download(cols[1], "JSON", data=lambda: annotations_json(notes, generations, limit),
                             file_name="perplex-annotations.json", key=f"{prefix}.notes_json")
-    cols[2].download_button("Markdown report",
+    download(cols[2], "Markdown report",
                             data=lambda: annotations_markdown(notes, generations,
                                                               threshold=limit),
                             file_name="perplex-annotations.md", key=f"{prefix}.notes_md")

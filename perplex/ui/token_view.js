@@ -225,6 +225,16 @@ function setupRoot(parentElement) {
       placeOverlays(state);
     });
   };
+  // Copying selected tokens copies their text: no "·", "↵" or "∅" markers.
+  document.addEventListener("copy", (ev) => {
+    const sel = (root.getSelection && root.getSelection()) || window.getSelection();
+    if (!sel || sel.isCollapsed || !ev.clipboardData) return;
+    const picked = state.spans.filter((span) => sel.containsNode(span, true));
+    if (!picked.length) return;
+    const text = picked.map((span) => state.tokens[Number(span.dataset.index)].t).join("");
+    ev.clipboardData.setData("text/plain", text);
+    ev.preventDefault();
+  }, { signal });
   view.addEventListener("scroll", onScroll, { passive: true, signal });
   window.addEventListener("scroll", onScroll, { passive: true, capture: true, signal });
   window.addEventListener("resize", onScroll, { passive: true, signal });
