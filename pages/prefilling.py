@@ -277,9 +277,9 @@ def show_current(current, sets: ActiveSets) -> None:
                         f": P(R-Set) = {after.refusal:.3f} · P(C-Set) = {after.compliance:.3f}"
                         f" · other = {after.other:.3f}")
         series = [("", masses, "solid")]
-        compare = st.session_state.get(CURRENT + investigate.COMPARE_SUFFIX)
-        if compare and compare[1] == current.id:
-            parent = resources.store().load_generation(compare[0])
+        compare = investigate.parent_comparison(current)
+        if compare is not None:
+            parent = compare[0]
             series = [("before", response_mass(lm, lm.label, parent, parent.id,
                                                refusal, compliance),
                        "dot"),

@@ -6,6 +6,7 @@ transcript. Everything that changes is saved into the open session at once.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import replace
 
 import streamlit as st
@@ -16,7 +17,7 @@ from perplex.branches import branch_tree
 from perplex.errors import PerplexError
 from perplex.generation import inject
 from perplex.models import LoadedModel
-from perplex.plots import before_after_timeline
+from perplex.plots import before_after_timeline, visible_token
 from perplex.records import DecodeParams, Generation, TokenStep
 from perplex.stats import summarise
 from perplex.token_sets import add_token, create_token_set, list_token_sets, remove_token
@@ -26,8 +27,6 @@ from perplex.ui.sidebar import thresholds
 from perplex.ui.text import count, plain
 from perplex.ui.token_view import AnnotationMark, TokenSetInfo, TokenViewStream
 from perplex.ui.transcript import TranscriptEvent, highlight_key
-
-COMPARE_SUFFIX = ".compare"  # (parent id, child id, answer index of the forced token)
 
 
 def view_extras(gen: Generation, message_index: int,
@@ -95,10 +94,7 @@ def _regenerate(found: TranscriptEvent, gen: Generation, page_key: str,
         if new.message_index == step.message_index and new.role is step.role:
             shown.append(new)
             stream.update(shown)
-    child = save_to_session(replace(run.generation(), title=_branch_title(event, step)),
-                            page_key)
-    st.session_state[page_key + COMPARE_SUFFIX] = (gen.id, child.id, found.message_index,
-                                                   event.index)
+    save_to_session(replace(run.generation(), title=_branch_title(event, step)), page_key)
 
 
 def _branch_title(event, step: TokenStep) -> str:
@@ -119,26 +115,62 @@ def _add_to_set(name: str, gen: Generation, step: TokenStep) -> None:
     add_token(store, token_set.id, gen.model_label, step.token_id, step.text)
 
 
-def comparison_panel(page_key: str) -> None:
-    """Before and after an injection: one timeline, and the two continuations side by side."""
-    compare = st.session_state.get(page_key + COMPARE_SUFFIX)
-    current = st.session_state.get(page_key)
-    if not compare or current is None or compare[1] != current.id:
-        return
-    parent_id, _, message_index, split = compare
+def parent_comparison(current: Generation) -> tuple[Generation, int, int] | None:
+    """(parent, message index, index of the split in that message's view) of a branch.
+
+    None for a generation that is no branch, or whose parent is no longer stored.
+    """
+    if current.parent_id is None or current.branch_position is None \
+            or current.branch_position >= len(current.steps):
+        return None
     try:
-        parent = resources.store().load_generation(parent_id)
+        parent = resources.store().load_generation(current.parent_id)
     except PerplexError:
+        return None
+    split = current.view_indices().get(current.branch_position)
+    if split is None:
+        return None
+    return parent, current.steps[current.branch_position].message_index, split
+
+
+def comparison_panel(page_key: str) -> None:
+    """A branch against its parent: one timeline, both continuations, differences marked."""
+    current = st.session_state.get(page_key)
+    found = parent_comparison(current) if current is not None else None
+    if found is None:
         return
+    parent, message_index, split = found
     before = [s for s in parent.message_steps(message_index) if s.role.value == "response"]
     after = [s for s in current.message_steps(message_index) if s.role.value == "response"]
-    st.markdown("**Before and after the forced token**")
-    st.plotly_chart(before_after_timeline(before, after, split), key=f"{page_key}-beforeafter")
-    left, right = st.columns(2)
-    left.caption("before")
-    left.text("".join(s.text for s in before[split:]))
-    right.caption("after")
-    right.text("".join(s.text for s in after[split:]))
+    with st.expander(f"Before and after: this branch against its parent "
+                     f"(split at #{split})", expanded=True):
+        st.plotly_chart(before_after_timeline(before, after, split),
+                        key=f"{page_key}-beforeafter-{current.id}")
+        marked_before, marked_after = token_diff([s.text for s in before[split:]],
+                                                 [s.text for s in after[split:]])
+        left, right = st.columns(2)
+        left.caption(f"parent: {parent.title or 'original'}")
+        left.markdown(marked_before)
+        right.caption(f"this branch: {current.title or 'branch'}")
+        right.markdown(marked_after)
+        st.caption("Highlighted: tokens that differ between the two continuations.")
+
+
+def token_diff(before: list[str], after: list[str]) -> tuple[str, str]:
+    """Both continuations as Markdown, the tokens that differ (aligned by difflib) marked."""
+    matcher = difflib.SequenceMatcher(a=before, b=after, autojunk=False)
+    left, right = [], []
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        for out, pieces, colour in ((left, before[i1:i2], "red"), (right, after[j1:j2], "green")):
+            text = _diff_text("".join(pieces))
+            if text:
+                out.append(text if tag == "equal" else f":{colour}-background[{text}]")
+    return "".join(left) or "(nothing)", "".join(right) or "(nothing)"
+
+
+def _diff_text(text: str) -> str:
+    """Token text for inline Markdown: escaped, line breaks kept visible as ↵."""
+    return plain(text.replace("\n", "↵ "))
 
 
 def branch_navigator(page_key: str) -> None:
@@ -247,7 +279,8 @@ def token_sets_panel(gen: Generation | None) -> None:
             members = [m for m in token_set.members if m.tokenizer == gen.model_label]
             st.markdown(f"**{plain(token_set.name)}** · {count(len(members), 'token')}")
             for member in members:
-                if st.button(f"✕ {plain(repr(member.token_text))} (id {member.token_id})",
+                if st.button(f"✕ “{plain(visible_token(member.token_text))}” "
+                             f"(id {member.token_id})", help="Remove from the set",
                              key=f"set-{token_set.id}-{member.token_id}",
                              disabled=read_only()):
                     remove_token(resources.store(), token_set.id, gen.model_label,

@@ -29,6 +29,7 @@ MAX_NEW = "10"  # new tokens per continuation: keeps injections and branches sho
 FINAL_TOK = ".tv-root.ready:not(.streaming):not(.superseded) .tok"
 NOT_RUNNING = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 READ_ONLY_WARNING = "This session is open read-only (shared link): fork it to make changes."
+BEFORE_AFTER = "Before and after: this branch against its parent"
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +135,20 @@ def shown(text: str) -> str:
     return text.replace("\u2423", " ")
 
 
+def continuations(page):
+    """The before/after panel's two continuations (parent's, this branch's)."""
+    panel = page.locator('[data-testid="stExpander"]').filter(has_text=BEFORE_AFTER)
+    columns = panel.locator('[data-testid="stColumn"]')
+    return (columns.nth(0).locator('[data-testid="stMarkdown"]').last,
+            columns.nth(1).locator('[data-testid="stMarkdown"]').last)
+
+
+def marked_differences(page) -> int:
+    """How many differing stretches the before/after panel highlights."""
+    panel = page.locator('[data-testid="stExpander"]').filter(has_text=BEFORE_AFTER)
+    return panel.locator("span[style*='background']").count()
+
+
 def scroll_to(locator) -> None:
     """Bring an element to the middle of the viewport and move the mouse off tooltips."""
     locator.evaluate("e => e.scrollIntoView({block: 'center'})")
@@ -166,22 +181,20 @@ def test_researcher_loop_survives_reload(new_tab, screenshot):
     forced = shown(re.match(r"\u201c(.*)\u201d", label.strip()).group(1))
     screenshot(page, "investigation_2_inject_menu")
     alternatives.first.click()
-    page.get_by_text("Before and after the forced token").wait_for(timeout=WORK_TIMEOUT)
+    page.get_by_text(BEFORE_AFTER).wait_for(timeout=WORK_TIMEOUT)
     settle(page)
     assert tok(page, 0).text_content() == forced
     injected = answer_text(page)
     assert injected != original
     assert page.locator(".js-plotly-plot").count() == 2  # the timeline, before and after
     page.get_by_text("forced token", exact=True).wait_for()
-    before = page.locator('[data-testid="stColumn"]').filter(
-        has=page.get_by_text("before", exact=True)).locator('[data-testid="stText"]')
-    after = page.locator('[data-testid="stColumn"]').filter(
-        has=page.get_by_text("after", exact=True)).locator('[data-testid="stText"]')
+    before, after = continuations(page)
     assert before.inner_text().startswith(ANSWER)
     assert after.inner_text().startswith(forced.strip())
+    assert marked_differences(page) >= 2  # the forced token, in both continuations
     page.get_by_text("Branches (2 in this tree)").wait_for()
     assert session_of(page) == sid
-    scroll_to(page.get_by_text("Before and after the forced token"))
+    scroll_to(page.get_by_text(BEFORE_AFTER))
     screenshot(page, "investigation_3_injected")
 
     # Branch from another token: the same token with another seed and temperature.
@@ -204,12 +217,18 @@ def test_researcher_loop_survives_reload(new_tab, screenshot):
     nav.get_by_role("button", name=re.compile(r"^original.*on screen")).wait_for()
     settle(page)
     assert answer_text(page) == original
+    assert page.get_by_text(BEFORE_AFTER).count() == 0  # the original has no parent
     injected_branch = rf"inject \u201c{re.escape(forced)}\u201d at #0"
     nav.get_by_role("button", name=re.compile(injected_branch + "$")).click()
     nav.get_by_role("button", name=re.compile(r"inject .* at #0 \u2190 on screen")).wait_for()
     settle(page)
     assert answer_text(page) == injected
     assert branched not in (original,)
+    # switching back to a branch brings back its before/after against its parent
+    page.get_by_text(BEFORE_AFTER).wait_for()
+    before, after = continuations(page)
+    assert before.inner_text().startswith(ANSWER)
+    assert after.inner_text().startswith(forced.strip()) and marked_differences(page) >= 2
     scroll_to(tok(page, 0))
     screenshot(page, "investigation_6_switched")
 

@@ -118,7 +118,8 @@ def test_five_click_flow(prefilling, screenshot):
     screenshot(page, "prefilling_2_inject_menu")
     # click 5: inject
     panel.get_by_text("Inject", exact=True).click()
-    page.get_by_text("Before and after the forced token").wait_for(timeout=WORK_TIMEOUT)
+    page.get_by_text("Before and after: this branch against its parent").wait_for(
+        timeout=WORK_TIMEOUT)
     settle(page)
     answer = "".join(page.locator(FINAL_TOK).all_text_contents())
     assert answer.startswith("Sure")
