@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pandas as pd
@@ -15,7 +16,7 @@ from perplex.lens_plots import lens_heatmap, lens_rows, lens_trajectory
 from perplex.models import BUNDLED, BUNDLED_NAME
 from perplex.ndif import ndif_lens
 from perplex.nnsight_adapter import NdifStatus, ndif_key_set, ndif_status, reproduction_code
-from perplex.plots import visible_token
+from perplex.plots import short_prob, visible_token
 from perplex.records import Message
 from perplex.tokens import encode_messages, encode_plain_text
 from perplex.trajectory import residual_trajectory
@@ -45,6 +46,14 @@ st.caption("What would the model predict if it stopped after each layer? Each po
 lm = resources.require_model()
 
 
+def prompt_of(generation) -> tuple[str, str]:
+    """(text, input kind) that stand for a generation in the prompt box."""
+    if [m.role for m in generation.messages] == ["text"]:
+        return generation.messages[0].content, "text"
+    return json.dumps([{"role": m.role, "content": m.content} for m in generation.messages],
+                      ensure_ascii=False, indent=1), "chat"
+
+
 def _requested_generation() -> tuple[str, int | None] | None:
     opened = st.session_state.pop(OPEN_KEY, None)
     if opened:
@@ -65,6 +74,9 @@ if request is not None:
             raise PerplexError("This generation was imported without token ids (API "
                                "logprobs). Re-score it with a local model first.")
         st.session_state[f"{PREFIX}.input"] = (tuple(ids), f"generation {generation.id}")
+        # the box shows what is on screen: the generation's text, read as it was
+        st.session_state[f"{PREFIX}.prompt"], st.session_state[f"{PREFIX}.input_kind"] = \
+            prompt_of(generation)
         # The lens at position t predicts token t+1: select the one predicting the token.
         if request[1] is not None:
             st.session_state[f"{PREFIX}.selected"] = max(0, request[1] - 1)
@@ -93,7 +105,8 @@ def encode_input(text: str, kind: str) -> tuple[int, ...]:
 
 system = system_prompt_control(lm, PREFIX)  # for "a user message"
 with st.form(f"{PREFIX}.form"):
-    prompt = st.text_area("Prompt", DEFAULT_PROMPT, height=80, key=f"{PREFIX}.prompt",
+    st.session_state.setdefault(f"{PREFIX}.prompt", DEFAULT_PROMPT)
+    prompt = st.text_area("Prompt", height=80, key=f"{PREFIX}.prompt",
                           help='A chat: [{"role": "system", "content": "..."}, '
                                '{"role": "user", "content": "..."}, …] or {"messages": […]}.')
     kind = st.radio("Read it as", list(INPUT_KINDS), format_func=lambda k: INPUT_KINDS[k][0],
@@ -137,7 +150,7 @@ def _summary(lens, origin: str) -> str:
     return (
         f"**{lens.n_positions} tokens × {lens.n_layers} layers** ({plain(origin)}, computed in "
         f"{lens.seconds:.1f} s). Next token after the last position: **“{plain(final_text)}”** "
-        f"(p = {lens.top_probs[last, -1, 0]:.3f}), locked in at **layer "
+        f"(p = {short_prob(float(lens.top_probs[last, -1, 0]))}), locked in at **layer "
         f"{int(lens.lock_in[last])}** of {lens.n_layers - 1}. Median lock-in over all "
         f"positions: layer {int(pd.Series(lens.lock_in).median())}.")
 

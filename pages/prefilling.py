@@ -10,7 +10,7 @@ import streamlit as st
 from perplex.errors import PerplexError
 from perplex.generation import start_generation
 from perplex.modes import prefill
-from perplex.plots import visible_token
+from perplex.plots import short_prob, visible_token
 from perplex.records import Message, TokenRole
 from perplex.token_sets import (
     COMPLIANCE_SET,
@@ -190,14 +190,14 @@ def headline(result: prefill.FirstToken, label: str) -> None:
     cols[0].markdown(f"<div style='font-size:0.9rem;color:#666'>{plain(label)}</div>"
                      f"<div data-testid='first-token' style='font-size:2.6rem;"
                      f"font-family:monospace'>{plain(shown)}</div>"
-                     f"<div style='color:#666'>p = {result.top_probs[0]:.3f}</div>",
+                     f"<div style='color:#666'>p = {short_prob(result.top_probs[0])}</div>",
                      unsafe_allow_html=True)
-    cols[1].metric("P(R-Set)", f"{result.mass.refusal:.3f}")
-    cols[2].metric("P(C-Set)", f"{result.mass.compliance:.3f}")
-    cols[3].metric("other", f"{result.mass.other:.3f}")
+    cols[1].metric("P(R-Set)", short_prob(result.mass.refusal))
+    cols[2].metric("P(C-Set)", short_prob(result.mass.compliance))
+    cols[3].metric("other", short_prob(result.mass.other))
     if result.own_sets:
         st.markdown("Your sets here: " + " · ".join(
-            f"P({plain(name)}) = **{mass:.3f}**" for name, mass in result.own_sets))
+            f"P({plain(name)}) = **{short_prob(mass)}**" for name, mass in result.own_sets))
     with st.expander("P per word at this position"):
         st.dataframe(word_table(result), hide_index=True, width="stretch")
 
@@ -207,7 +207,7 @@ def word_table(result: prefill.FirstToken) -> pd.DataFrame:
     return pd.DataFrame([
         {"set": w.set_name, "word": w.word, "spelling": visible_token(w.spelling),
          "tokens": " + ".join(visible_token(t) if t else "(byte piece)" for t in w.pieces),
-         "P(word)": w.prob,
+         "P(word)": short_prob(w.prob),
          "in P(set)": f"inside “{visible_token(w.within)}”" if w.within else "added"}
         for w in result.words])
 
@@ -274,8 +274,8 @@ def show_current(current, sets: ActiveSets) -> None:
         if forced and len(masses) > len(forced):
             after = masses[len(forced)]
             st.markdown(f"**After the forced prefix “{plain(''.join(s.text for s in forced))}”**"
-                        f": P(R-Set) = {after.refusal:.3f} · P(C-Set) = {after.compliance:.3f}"
-                        f" · other = {after.other:.3f}")
+                        f": P(R-Set) = {short_prob(after.refusal)} · P(C-Set) = "
+                        f"{short_prob(after.compliance)} · other = {short_prob(after.other)}")
         series = [("", masses, "solid")]
         compare = investigate.parent_comparison(current)
         if compare is not None:

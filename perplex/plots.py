@@ -13,6 +13,13 @@ ENTROPY_COLOUR = "#d95f02"
 MARKERS_UP_TO = 300  # beyond this many tokens, markers turn the lines into a smear
 
 
+def short_prob(prob: float) -> str:
+    """A probability in a few characters that never reads as 0 when it is not (2.3e-07)."""
+    if prob == 0.0 or prob >= 0.001:
+        return f"{prob:.3f}"
+    return f"{prob:.1e}"
+
+
 def visible_token(text: str) -> str:
     """Token text with whitespace made visible, for hover labels and tick text."""
     return text.replace("\n", "↵").replace("\t", "⇥").replace(" ", "·") or "∅"

@@ -8,6 +8,7 @@ import torch
 from perplex.errors import InputFormatError
 from perplex.generation import start_generation
 from perplex.modes import prefill
+from perplex.plots import short_prob
 from perplex.records import DecodeParams, Message, TokenRole
 from perplex.token_sets import DEFAULT_SETS
 from tests.tolerances import FLOAT32_PROB
@@ -377,7 +378,7 @@ def test_own_sets_are_added_shown_at_the_first_token_and_deleted(page, perplex_h
     shown = next(m.value for m in page.markdown if m.value.startswith("Your sets here"))
     direct = prefill.first_token(tiny_lm, "Hi", *default_ids(tiny_lm), own_sets=[
         prefill.resolve_set(tiny_lm.tokenizer, ["No", "maybe"], "Harm")])
-    assert shown == f"Your sets here: P(Harm) = **{direct.own_sets[0][1]:.3f}**"
+    assert shown == f"Your sets here: P(Harm) = **{short_prob(direct.own_sets[0][1])}**"
     page.selectbox(key="prefill.own_delete_pick").set_value("Harm").run()
     page.button(key="prefill.own_delete").click().run()
     assert not page.exception

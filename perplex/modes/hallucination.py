@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 
 from perplex.errors import InputFormatError
 from perplex.generation import start_generation
-from perplex.plots import ENTROPY_COLOUR, PROB_COLOUR, entropy_timeline, visible_token
+from perplex.plots import ENTROPY_COLOUR, PROB_COLOUR, entropy_timeline, short_prob, visible_token
 from perplex.records import Alternative, DecodeParams, Message, TokenRole, TokenStep
 
 DEFAULT_CONFIDENCE = 0.4
@@ -316,7 +316,7 @@ def alert_rows(found: Sequence[Alert], alternatives: int = 3) -> list[dict]:
     """One table row per alert: index, token, p, entropy, reason and top alternatives."""
     return [{"#": a.index, "token": visible_token(a.text), "p": a.prob,
              "entropy (nats)": a.entropy, "why": a.reason,
-             "top alternatives": " · ".join(f"{visible_token(alt.text)} {alt.prob:.3f}"
+             "top alternatives": " · ".join(f"{visible_token(alt.text)} {short_prob(alt.prob)}"
                                             for alt in a.top[:alternatives])}
             for a in found]
 

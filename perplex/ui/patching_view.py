@@ -7,7 +7,7 @@ import streamlit as st
 
 from perplex.errors import PerplexError
 from perplex.patching import PatchResult, aligned_source_position, patch_prompts, patch_sweep
-from perplex.plots import visible_token
+from perplex.plots import short_prob, visible_token
 from perplex.tokens import encode_plain_text
 from perplex.ui.conditioning import text_prefix
 from perplex.ui.text import plain
@@ -27,6 +27,20 @@ def _result_table(result: PatchResult) -> pd.DataFrame:
             "after": visible_token(result.texts[int(result.after_ids[rank])]),
             "p after": float(result.after_probs[rank])})
     return pd.DataFrame(rows)
+
+
+def subject_note(subject: list[int], default: int, source_ids, target_ids, vocab) -> str:
+    """Why the position offered first is offered: the middle of where the prompts differ."""
+    if not subject:
+        return (f"The prompts do not differ token by token, so position {default}, the last, "
+                "is offered first. The sweep shows every position.")
+    aligned = [aligned_source_position(t, len(source_ids), len(target_ids)) for t in subject]
+    target = "".join(vocab[target_ids[t]] for t in subject)
+    source = "".join(vocab[source_ids[s]] for s in aligned)
+    return (f"The prompts differ at positions {subject[0]}–{subject[-1]}: that is the subject "
+            f"(“{plain(target.strip())}” ← “{plain(source.strip())}”). Offered first: its "
+            f"middle token, position {default}, where the subject's identity is being read; "
+            "the sweep below shows every layer × position.")
 
 
 def patching_section(lm) -> None:
@@ -61,10 +75,14 @@ def patching_section(lm) -> None:
         taken = visible_token(vocab[source_ids[s]]) if s is not None else "—"
         return f"{t}: {visible_token(vocab[target_ids[t]])} ← {taken}"
 
-    default = min(3, len(target_ids) - 1)
+    subject = [t for t in range(len(target_ids))
+               if (s := aligned_source_position(t, len(source_ids), len(target_ids))) is not None
+               and source_ids[s] != target_ids[t]]
+    default = subject[len(subject) // 2] if subject else len(target_ids) - 1
     position = position_col.selectbox("Target position (← source token)",
                                       range(len(target_ids)), index=default,
                                       format_func=label, key=f"{PREFIX}.position")
+    st.caption(subject_note(subject, default, source_ids, target_ids, vocab))
     one, sweep_button = st.columns(2)
     if one.button("Patch this residual", type="primary", key=f"{PREFIX}.run"):
         try:
@@ -90,9 +108,9 @@ def patching_section(lm) -> None:
         st.markdown(
             f"Patched layer **{result.layer}**, target position **{result.target_position}** "
             f"← source position {result.source_position}: the target's top-1 "
-            f"**{plain(verdict)}**. p(“{plain(src)}”) {result.p_source_before:.3f} → "
-            f"**{result.p_source_after:.3f}**; p(“{plain(tgt)}”) "
-            f"{result.p_target_before:.3f} → **{result.p_target_after:.3f}**.")
+            f"**{plain(verdict)}**. p(“{plain(src)}”) {short_prob(result.p_source_before)} → "
+            f"**{short_prob(result.p_source_after)}**; p(“{plain(tgt)}”) "
+            f"{short_prob(result.p_target_before)} → **{short_prob(result.p_target_after)}**.")
         st.dataframe(_result_table(result), hide_index=True,
                      column_config={c: st.column_config.NumberColumn(format="%.4f")
                                     for c in ("p before", "p after")})

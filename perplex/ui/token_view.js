@@ -243,7 +243,7 @@ function setupRoot(parentElement) {
   view.addEventListener("mousedown", (ev) => {
     const span = tokenOf(ev.target);
     if (!span || ev.button !== 0 || state.streaming) return;
-    ev.preventDefault(); // no text selection while dragging
+    ev.preventDefault(); // no text selection while dragging (an inert view keeps it)
     const index = Number(span.dataset.index);
     state.drag = { anchor: index, current: index, before: state.range };
   }, { signal });
@@ -392,12 +392,13 @@ function render(state, data) {
 
   state.root.classList.add("ready"); // drawn: may show (before measuring for scrolls)
   state.streaming = Boolean(data.streaming);
+  state.inert = Boolean(data.inert); // shown as a finished view, but takes no clicks
   state.sets = Array.isArray(data.sets) ? data.sets : [];
   state.lens = Boolean(data.lens);
   applyAnnotations(state, data.ann);
   applyAlerts(state, data.alerts);
   updateRange(state, data);
-  state.root.classList.toggle("streaming", state.streaming);
+  state.root.classList.toggle("streaming", state.streaming && !state.inert);
   state.root.classList.toggle("empty", tokens.length === 0);
   if (state.selected !== null && state.selected >= tokens.length) state.selected = null;
   select(state, state.selected);

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import plotly.graph_objects as go
 import streamlit as st
 
-from perplex.plots import entropy_timeline, visible_token
+from perplex.plots import entropy_timeline, short_prob, visible_token
 from perplex.records import Generation, TokenStep
 from perplex.stats import summarise
 from perplex.tokens import PLAIN_TEXT_ROLE
@@ -55,6 +55,11 @@ def show_transcript(gen: Generation, prefix: str, thresholds: Thresholds,
     tokens to mark as alerts, and `timeline` draws the chart under each answer.
     """
     found = None
+    if st.toggle("Show template tokens", key=f"{prefix}.show_template",
+                 help="Every token the model saw, in order: the chat template's tokens "
+                      "(italic), the system prompt, BOS or end-of-text, the prompt and "
+                      "the answer."):
+        all_tokens(gen, prefix, thresholds)
     for index, message in enumerate(gen.messages):
         steps = [s for s in gen.message_steps(index) if s.prob is not None or s.text]
         scored = [s for s in steps if s.role.value == "response"]
@@ -77,6 +82,16 @@ def show_transcript(gen: Generation, prefix: str, thresholds: Thresholds,
             if event is not None:
                 found = TranscriptEvent(index, tuple(scored), event)
     return found
+
+
+def all_tokens(gen: Generation, prefix: str, thresholds: Thresholds) -> None:
+    """The whole sequence the model read, template tokens included, as one token view."""
+    with st.container(border=True):
+        st.caption(f"All {count(len(gen.steps), 'token')} the model saw "
+                   f"(template tokens in italics; the first token is not scored: nothing "
+                   f"predicted it).")
+        token_view(list(gen.steps), key=f"{prefix}-{gen.id}-all-tokens",
+                   confident=thresholds.confident, uncertain=thresholds.uncertain, inert=True)
 
 
 def show_scored_message(steps: Sequence[TokenStep], key: str, state_key: str,
@@ -121,11 +136,6 @@ def _take_chart_click(chart_key: str, state_key: str) -> None:
     points = st.session_state[chart_key].selection.points
     if points:
         st.session_state[state_key] = int(points[0]["x"])
-
-
-def short_prob(prob: float) -> str:
-    """A probability in a few characters that never reads as 0 when it is not."""
-    return f"{prob:.3f}" if prob >= 0.001 else f"{prob:.1e}"
 
 
 def _summary_line(steps: Sequence[TokenStep], key: str, state_key: str,
