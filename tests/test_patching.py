@@ -99,7 +99,7 @@ def test_bundled_swap_subject_at_a_middle_layer_flips_rome_to_paris(bundled_lm, 
     tokens = [bundled_lm.vocab_texts[i] for i in target]
     assert tokens[2:5] == [" Col", "osse", "um"]
     # Found by a full sweep: the residual of the subject's middle token ("iffel" → "osse")
-    # flips the answer when patched at layers 0–23 (except 2); the last subject token
+    # flips the answer when patched at layers 0–23 (after end-of-text); the last subject token
     # ("Tower" → "um") never does; the final position does from layer 24 on.
     result = patch_prompts(bundled_lm, source, target, layer=12, target_position=3)
     text = result.texts

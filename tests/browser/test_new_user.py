@@ -1,0 +1,234 @@
+"""What a new user hit, each fixed and checked in a real browser on the bundled model.
+
+One test per bug, named after it: jump to an annotation, the range bar over the chart,
+highlights kept per generation, the favicon fetched from a font server, a second
+download right after the first, the threshold slider's warning on a session URL,
+conditioning text in sight (system prompt, template tokens) and the Hallucination page's
+sampled answers. One Streamlit server serves the module; its log is read for warnings.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from urllib.parse import urlparse
+
+import pytest
+
+from tests.browser.conftest import REPO_ROOT, VIEWPORT, StreamlitServer
+from tests.browser.test_hallucination import set_number
+from tests.browser.test_investigation import (
+    FINAL_TOK,
+    MODEL_TIMEOUT,
+    WORK_TIMEOUT,
+    annotate_token,
+    answer_text,
+    ask,
+    assert_no_exception,
+    scroll_to,
+    session_of,
+    set_max_new_tokens,
+    settle,
+    tok,
+)
+from tests.browser.test_token_view import drag
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The real app on the bundled model, one server for the module, its log readable."""
+    tmp = tmp_path_factory.mktemp("new-user")
+    home = tmp / "perplex-home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PERPLEX_DB_PATH"}
+    env.update(PERPLEX_HOME=str(home), PERPLEX_MODEL_CACHE=str(REPO_ROOT / "data" / "models"))
+    app = StreamlitServer("app.py", env, tmp)
+    app.wait_healthy()
+    yield app
+    app.stop()
+
+
+@pytest.fixture
+def open_page(browser, server):
+    """`open_page(url=None, height=1000)`: a fresh context on the app, loaded and ready."""
+    contexts = []
+
+    def open_one(url: str | None = None, height: int = VIEWPORT["height"]):
+        context = browser.new_context(viewport={"width": VIEWPORT["width"], "height": height},
+                                      accept_downloads=True)
+        context.set_default_timeout(20_000)
+        contexts.append(context)
+        page = context.new_page()
+        page.requests = []
+        page.on("request", lambda request: page.requests.append(request.url))
+        page.goto(url or server.url)
+        settle(page, MODEL_TIMEOUT)
+        page.get_by_text("SmolLM2-135M-Instruct (bundled)").first.wait_for(timeout=MODEL_TIMEOUT)
+        return page
+
+    yield open_one
+    for context in contexts:
+        context.close()
+
+
+def in_window(page, locator) -> bool:
+    """Whether any of the element shows in the browser window."""
+    box = locator.bounding_box()
+    return bool(box) and box["y"] + box["height"] > 0 and box["y"] < page.viewport_size["height"]
+
+
+def test_jump_in_the_annotations_list_scrolls_the_token_into_view(open_page, screenshot):
+    page = open_page(height=640)
+    set_max_new_tokens(page, "12")
+    ask(page)
+    annotate_token(page, 5, "look here")
+    notes = page.locator('[data-testid="stExpander"]').filter(has_text="Annotations (1)")
+    notes.wait_for(timeout=WORK_TIMEOUT)
+    settle(page)
+    jump = notes.get_by_role("button", name="Jump")
+    jump.evaluate("e => e.scrollIntoView({block: 'end'})")
+    page.mouse.move(1390, 630)
+    assert not in_window(page, tok(page, 5))  # the token is above, off screen
+    jump.click()
+    marked = page.locator(f"{FINAL_TOK}.highlight[data-index='5']")
+    marked.wait_for()
+    page.wait_for_function("() => true")
+    page.wait_for_timeout(300)
+    assert in_window(page, marked), "the jumped-to token is not on screen"
+    screenshot(page, "new_user_1_jump")
+    assert_no_exception(page)
+
+
+def test_range_bar_leaves_with_its_tokens_and_after_its_note_is_saved(open_page, screenshot):
+    page = open_page(height=700)
+    set_max_new_tokens(page, "12")
+    ask(page)
+    scroll_to(tok(page, 0))
+    drag(page, tok(page, 1), tok(page, 4))
+    bar = page.locator(".tv-rangebar").first
+    bar.get_by_text(re.compile(r"4 tokens · #1–4")).wait_for()
+    settle(page)
+    assert bar.is_visible()
+    # the page scrolls until the tokens are gone: the bar must not stay over the chart
+    chart = page.locator(".js-plotly-plot").first
+    chart.evaluate("e => e.scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(300)
+    assert not in_window(page, tok(page, 1))
+    assert not bar.is_visible(), "the range bar stays fixed on screen without its tokens"
+    screenshot(page, "new_user_2_scrolled_away")
+    scroll_to(tok(page, 0))
+    bar.get_by_role("button", name="Annotate range").click()
+    bar.locator("textarea").fill("a span")
+    bar.get_by_role("button", name="Save").click()
+    page.get_by_text("Annotations (1)").wait_for(timeout=WORK_TIMEOUT)
+    settle(page)
+    assert page.locator(f"{FINAL_TOK}.annotated").count() == 4
+    assert not bar.is_visible(), "the range bar is still shown after its note was saved"
+    assert page.locator(f"{FINAL_TOK}.in-range").count() == 0
+    screenshot(page, "new_user_3_saved")
+
+
+def test_highlight_is_kept_per_generation_not_per_message_index(open_page):
+    page = open_page()
+    set_max_new_tokens(page, "8")
+    ask(page)
+    tok(page, 3).click()
+    page.locator(f"{FINAL_TOK}.highlight[data-index='3']").wait_for()
+    settle(page)
+    first = answer_text(page)
+    page.keyboard.press("Escape")
+    page.get_by_role("button", name="New chat").click()
+    settle(page)
+    chat = page.locator('[data-testid="stChatInput"] textarea:not([disabled])')
+    chat.fill("Name a colour.")
+    chat.press("Enter")
+    page.locator(".tv-root.ready:not(.streaming):not(.superseded)").first.wait_for(
+        timeout=WORK_TIMEOUT)
+    settle(page)
+    assert answer_text(page) != first
+    assert page.locator(f"{FINAL_TOK}.highlight").count() == 0, \
+        "the other transcript's token #3 came up outlined"
+
+
+def test_no_request_leaves_the_machine_not_even_for_the_favicon(open_page):
+    page = open_page()
+    hosts = {urlparse(url).hostname for url in page.requests
+             if urlparse(url).scheme in ("http", "https", "ws", "wss")}
+    assert hosts <= {"127.0.0.1", "localhost"}, hosts
+    icon = page.locator("link[rel*='icon']").first.get_attribute("href")
+    assert icon and "fonts" not in icon and not icon.startswith("http"), icon
+
+
+def test_session_bundle_right_after_csv_downloads_both(open_page, server):
+    page = open_page()
+    set_max_new_tokens(page, "6")
+    ask(page)
+    page.get_by_text("Export and import").click()
+    csv_button = page.get_by_role("button", name="CSV").first
+    bundle = page.get_by_role("button", name=re.compile("Session bundle"))
+    bundle.wait_for()
+    with page.expect_download() as first:
+        csv_button.click()
+    with page.expect_download() as second:
+        bundle.click()  # at once, before any rerun could settle
+    assert first.value.suggested_filename.endswith(".csv")
+    assert second.value.suggested_filename.endswith(".zip")
+    assert os.path.getsize(second.value.path()) > 1000
+    assert "MediaFileStorageError" not in server.log_tail(200_000)
+
+
+def test_a_session_url_opens_without_the_slider_state_warning(open_page, server):
+    page = open_page()
+    set_max_new_tokens(page, "6")
+    ask(page)
+    sid = session_of(page)
+    again = open_page(f"{server.url}/?session={sid}")
+    again.locator(FINAL_TOK).first.wait_for(timeout=WORK_TIMEOUT)
+    settle(again)
+    assert "created with a default value but also had its value set" not in \
+        server.log_tail(200_000)
+
+
+def test_the_system_prompt_and_template_tokens_are_in_sight(open_page, screenshot):
+    page = open_page()
+    set_max_new_tokens(page, "6")
+    page.get_by_text("System prompt: “You are a helpful AI assistant named SmolLM").wait_for()
+    page.get_by_text("Change the system prompt").click()
+    page.get_by_text("none (an empty system turn)").click()
+    settle(page)
+    page.get_by_text("System prompt: none").wait_for()
+    ask(page)
+    page.get_by_text("system prompt: none (an empty system turn)").wait_for()
+    page.get_by_text("Show template tokens").click()
+    settle(page)
+    everything = page.locator(".tv-root.ready").filter(has=page.locator(".tok.role-template"))
+    everything.first.wait_for()
+    texts = everything.first.locator(".tok").all_text_contents()
+    assert texts[:2] == ["<|im_start|>", "system"] and "SmolLM" not in "".join(texts)
+    assert "capital of France" in "".join(texts)
+    screenshot(page, "new_user_4_template_tokens")
+    assert_no_exception(page)
+
+
+def test_consistency_shows_answers_as_written_without_the_end_of_turn_token(open_page):
+    page = open_page()
+    page.get_by_role("link", name="Hallucination").click()
+    page.get_by_label("Question").wait_for()
+    settle(page)
+    page.get_by_text("Decoding", exact=True).click()
+    set_number(page, "max new tokens", "24")
+    page.get_by_label("Question").fill("What is the boiling point of water? Answer briefly.")
+    page.get_by_role("button", name="Ask", exact=True).click()
+    page.locator(FINAL_TOK).first.wait_for(timeout=WORK_TIMEOUT)
+    settle(page)
+    set_number(page, "answers to sample", "2")
+    set_number(page, "max tokens each", "48")
+    page.get_by_role("button", name="Sample answers").click()
+    verdict = page.get_by_text(re.compile("Consistency estimate"))
+    verdict.wait_for(timeout=WORK_TIMEOUT)
+    settle(page)
+    shown = page.locator('[data-testid="stMarkdown"]').filter(
+        has_text=re.compile("Consistency estimate|Disagreeing")).all_inner_texts()
+    assert shown and not any("im_end" in text or "im end" in text for text in shown), shown
