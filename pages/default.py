@@ -51,16 +51,18 @@ if current is not None:
     investigate.annotations_panel(CURRENT)
     investigate.token_sets_panel(current)
     investigate.act_on(event, current, CURRENT, lm, params)
+live = st.container()  # the turn being generated shows here, above the input
+# Inline, not pinned to the window's bottom: a pinned chat input makes the page stick to
+# its bottom as it loads, so a session link would open scrolled past the answer.
+prompt = st.container().chat_input(
+    "Read-only: fork the session (sidebar) to continue" if viewing_only else "Ask the model…",
+    disabled=lm is None or viewing_only)
 export_panel(current, PREFIX)
-
-prompt = st.chat_input("Read-only: fork the session (sidebar) to continue" if viewing_only
-                       else "Ask the model…", disabled=lm is None or viewing_only)
 if prompt and lm is not None:
     history = current.messages if current is not None else system
     messages = history + (Message("user", prompt),)
-    with st.chat_message("user"):
-        st.text(prompt)
-    with st.chat_message("assistant"):
+    live.chat_message("user").text(prompt)
+    with live.chat_message("assistant"):
         th = thresholds()
         stream = TokenViewStream(key=f"{PREFIX}-live", confident=th.confident,
                                  uncertain=th.uncertain, expected=params.max_new_tokens)
