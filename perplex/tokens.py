@@ -24,8 +24,7 @@ class TextPrefix(str, Enum):
 # Document separators by name, most common first; a tokenizer's own EOS is tried last.
 END_OF_TEXT_TOKENS = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
 PREFIX_LABELS = {TextPrefix.NONE: "nothing (first token unscored)",
-                 TextPrefix.BOS: "beginning-of-sequence token",
-                 TextPrefix.END_OF_TEXT: "end-of-text token (document separator)"}
+                 TextPrefix.BOS: "BOS", TextPrefix.END_OF_TEXT: "end-of-text"}
 
 
 def prefix_ids(tokenizer, prefix: TextPrefix) -> tuple[int, ...]:
@@ -35,7 +34,7 @@ def prefix_ids(tokenizer, prefix: TextPrefix) -> tuple[int, ...]:
     found = (tokenizer.bos_token_id if prefix is TextPrefix.BOS
              else _end_of_text_id(tokenizer))
     if found is None:
-        raise InputFormatError(f"This tokenizer has no {PREFIX_LABELS[prefix]}: choose "
+        raise InputFormatError(f"This tokenizer has no {PREFIX_LABELS[prefix]} token: choose "
                                "another start for plain text.")
     return (int(found),)
 
