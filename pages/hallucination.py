@@ -17,7 +17,7 @@ from perplex.ui.conditioning import system_prompt_control
 from perplex.ui.sidebar import decode_params_form, thresholds
 from perplex.ui.text import plain
 from perplex.ui.token_view import TokenViewStream
-from perplex.ui.transcript import highlight_key, show_transcript
+from perplex.ui.transcript import highlight_key, jump_to, show_transcript
 
 PREFIX = "halluc"
 CURRENT = f"{PREFIX}.generation"
@@ -132,8 +132,7 @@ def _jump_to_alert(table_key: str, generation_id: str, answer_index: int,
                    found: list[h.Alert]) -> None:
     rows = st.session_state[table_key].selection.rows
     if rows and rows[0] < len(found):
-        st.session_state[highlight_key(PREFIX, generation_id, answer_index)] = \
-            found[rows[0]].index
+        jump_to(highlight_key(PREFIX, generation_id, answer_index), found[rows[0]].index)
 
 
 def check_panel(gen: Generation) -> None:

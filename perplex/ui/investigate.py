@@ -26,7 +26,7 @@ from perplex.ui.session_panel import current_session_id, read_only, remember, sa
 from perplex.ui.sidebar import thresholds
 from perplex.ui.text import count, plain
 from perplex.ui.token_view import AnnotationMark, TokenSetInfo, TokenViewStream
-from perplex.ui.transcript import TranscriptEvent, highlight_key
+from perplex.ui.transcript import TranscriptEvent, highlight_key, jump_to
 
 
 def view_extras(gen: Generation, message_index: int,
@@ -263,7 +263,7 @@ def annotations_panel(page_key: str) -> None:
 
 def _jump(page_key: str, generation_id: str, message_index: int, index: int) -> None:
     prefix = page_key.rsplit(".", 1)[0]
-    st.session_state[highlight_key(prefix, generation_id, message_index)] = index
+    jump_to(highlight_key(prefix, generation_id, message_index), index)
 
 
 def token_sets_panel(gen: Generation | None) -> None:

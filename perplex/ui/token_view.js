@@ -177,7 +177,7 @@ function setupRoot(parentElement) {
   const { signal } = listening;
   root.querySelectorAll(".tv-menu, .tv-rangebar").forEach((node) => node.remove());
   const state = {
-    root, view, tip, tokens: [], spans: [], selected: null, highlight: null,
+    root, view, tip, tokens: [], spans: [], selected: null, highlight: null, reveal: 0,
     streaming: false, hovered: null, setTriggerValue: null, group: null, seq: 0,
     fresh: true, stop: () => listening.abort(),
     // menu, range and annotations (token_view_menu.js)
@@ -407,8 +407,11 @@ function render(state, data) {
   if (state.highlight !== null && state.spans[state.highlight]) {
     state.spans[state.highlight].classList.remove("highlight");
   }
-  const moved = highlight !== state.highlight;
+  // A jump asked for again (the same token, from a list elsewhere) scrolls to it again.
+  const reveal = Number.isInteger(data.reveal) ? data.reveal : 0;
+  const moved = highlight !== state.highlight || reveal !== state.reveal;
   state.highlight = highlight;
+  state.reveal = reveal;
   if (highlight !== null && state.spans[highlight]) {
     const span = state.spans[highlight];
     span.classList.add("highlight");

@@ -273,11 +273,13 @@ def token_view(
     alerts: Mapping[int, str] | None = None,
     on_event: EventHandler | None = None,
     inert: bool = False,
+    reveal: int = 0,
 ) -> TokenEvent | None:
     """Show `steps` as coloured tokens; return the event that caused this rerun, if any.
 
     An `inert` view only shows (tooltips on hover, text can be selected and copied): no
-    menu, no range, no events.
+    menu, no range, no events. A new `reveal` number scrolls the highlight into view again
+    (a jump to the token already highlighted).
 
     `highlight` is an index into `steps` to outline and scroll to. `streaming` marks a
     view still growing: clicks are ignored and a caret is shown. `token_sets` are offered
@@ -299,7 +301,7 @@ def token_view(
         data = _view_data(key, steps, confident, uncertain, token_sets=token_sets,
                           annotations=annotations, lens_available=lens_available,
                           alerts=alerts)
-    data["inert"] = inert
+    data["inert"], data["reveal"] = inert, reveal
     return _mount(data, steps, key=key, highlight=highlight, streaming=streaming or inert,
                   selection=selection, set_names={info.name for info in token_sets},
                   on_event=on_event)

@@ -38,6 +38,17 @@ def highlight_key(prefix: str, generation_id: str, message_index: int) -> str:
     return f"{prefix}.highlight.{generation_id}.{message_index}"
 
 
+def jump_to(state_key: str, index: int) -> None:
+    """Highlight a token and scroll it into view, even if it was highlighted already."""
+    st.session_state[state_key] = index
+    st.session_state[reveal_key(state_key)] = st.session_state.get(reveal_key(state_key), 0) + 1
+
+
+def reveal_key(state_key: str) -> str:
+    """Session-state key of the jump counter beside a highlight key."""
+    return f"{state_key}.reveal"
+
+
 def range_key(state_key: str) -> str:
     """Session-state key of the selected range (inclusive indices) beside a highlight key."""
     return f"{state_key}.range"
@@ -107,6 +118,7 @@ def show_scored_message(steps: Sequence[TokenStep], key: str, state_key: str,
     event = token_view(steps, key=f"{key}-tokens", confident=thresholds.confident,
                        uncertain=thresholds.uncertain,
                        highlight=st.session_state.get(state_key),
+                       reveal=st.session_state.get(reveal_key(state_key), 0),
                        selection=st.session_state.get(range_key(state_key)),
                        token_sets=token_sets, annotations=annotations,
                        lens_available=lens_available, alerts=alerts,
@@ -135,7 +147,7 @@ def _keep_view_state(event: TokenEvent, state_key: str) -> None:
 def _take_chart_click(chart_key: str, state_key: str) -> None:
     points = st.session_state[chart_key].selection.points
     if points:
-        st.session_state[state_key] = int(points[0]["x"])
+        jump_to(state_key, int(points[0]["x"]))
 
 
 def _summary_line(steps: Sequence[TokenStep], key: str, state_key: str,
@@ -154,7 +166,7 @@ def _summary_line(steps: Sequence[TokenStep], key: str, state_key: str,
         step = steps[index]
         col.button(f"“{plain(visible_token(step.text))}” p {short_prob(step.prob)}",
                    key=f"{key}-least-{index}", help=f"Token #{index}: jump to it",
-                   on_click=st.session_state.__setitem__, args=(state_key, index),
+                   on_click=jump_to, args=(state_key, index),
                    use_container_width=True)
 
 
