@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -29,7 +31,11 @@ def test_patching_sandbox_patches_and_sweeps(page, tiny_lm):
     page.button(key="lens.patch.run").click().run()
     assert not page.exception and not page.error
     result = page.session_state["lens.patch.result"]
-    assert result.layer == 1 and result.target_position == 3
+    offered = page.selectbox(key="lens.patch.position").value
+    assert result.layer == 1 and result.target_position == offered
+    why = next(c.value for c in page.caption if "The prompts differ at positions" in c.value)
+    first, last = (int(x) for x in why.split("positions ")[1].split(":")[0].split("–"))
+    assert offered == range(first, last + 1)[(last - first + 1) // 2]  # the subject's middle
     assert any("Patched layer" in m.value for m in page.markdown)
     page.button(key="lens.patch.sweep").click().run()
     assert not page.exception
@@ -81,6 +87,11 @@ def test_open_in_logit_lens_lands_on_the_generation_and_token(tiny_lm, perplex_h
                                               f"generation {gen.id}")
     assert at.session_state["lens.selected"] == 3  # position 3 predicts token 4
     assert any("position 3" in h.value for h in at.subheader)
+    # the prompt box holds the generation on screen, not the default prompt
+    box = at.text_area(key="lens.prompt").value
+    assert "Eiffel" not in box and json.loads(box) == [
+        {"role": m.role, "content": m.content} for m in gen.messages]
+    assert at.radio(key="lens.input_kind").value == "chat"
 
 
 def test_generation_query_parameter_opens_it_once(tiny_lm, perplex_home):

@@ -95,8 +95,10 @@ def test_jump_in_the_annotations_list_scrolls_the_token_into_view(open_page, scr
     jump.click()
     marked = page.locator(f"{FINAL_TOK}.highlight[data-index='5']")
     marked.wait_for()
-    page.wait_for_function("() => true")
-    page.wait_for_timeout(300)
+    for _ in range(50):  # the page may scroll smoothly: give it up to 5 s
+        if in_window(page, marked):
+            break
+        page.wait_for_timeout(100)
     assert in_window(page, marked), "the jumped-to token is not on screen"
     screenshot(page, "new_user_1_jump")
     assert_no_exception(page)
