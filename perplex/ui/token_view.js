@@ -227,8 +227,9 @@ function setupRoot(parentElement) {
   };
   // Copying selected tokens copies their text: no "·", "↵" or "∅" markers.
   document.addEventListener("copy", (ev) => {
-    const sel = (root.getSelection && root.getSelection()) || window.getSelection();
-    if (!sel || sel.isCollapsed || !ev.clipboardData) return;
+    const sel = [root.getSelection && root.getSelection(), window.getSelection()]
+      .find((s) => s && !s.isCollapsed);
+    if (!sel || !ev.clipboardData) return;
     const picked = state.spans.filter((span) => sel.containsNode(span, true));
     if (!picked.length) return;
     const text = picked.map((span) => state.tokens[Number(span.dataset.index)].t).join("");

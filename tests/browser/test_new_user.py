@@ -19,6 +19,7 @@ from playwright.sync_api import expect
 from tests.browser.conftest import REPO_ROOT, VIEWPORT, StreamlitServer
 from tests.browser.test_hallucination import set_number
 from tests.browser.test_investigation import (
+    ANSWER,
     FINAL_TOK,
     MODEL_TIMEOUT,
     WORK_TIMEOUT,
@@ -167,8 +168,11 @@ def test_no_request_leaves_the_machine_not_even_for_the_favicon(open_page):
 
 def test_session_bundle_right_after_csv_downloads_both(open_page, server):
     page = open_page()
-    set_max_new_tokens(page, "6")
+    set_max_new_tokens(page, "8")
     ask(page)
+    annotate_token(page, 2, "Check: a novel idea")
+    page.get_by_text("Annotations (1)").wait_for(timeout=WORK_TIMEOUT)
+    settle(page)
     page.get_by_text("Export and import").click()
     csv_button = page.get_by_role("button", name="CSV").first
     bundle = page.get_by_role("button", name=re.compile("Session bundle"))
@@ -181,6 +185,39 @@ def test_session_bundle_right_after_csv_downloads_both(open_page, server):
     assert second.value.suggested_filename.endswith(".zip")
     assert os.path.getsize(second.value.path()) > 1000
     assert "MediaFileStorageError" not in server.log_tail(200_000)
+    # the Markdown report numbers the token as the page does, and escapes only what acts
+    with page.expect_download() as report:
+        page.get_by_role("button", name="Markdown report").click()
+    text = open(report.value.path(), encoding="utf-8").read()
+    assert "token #2 (position " in text and "**Note:** Check: a novel idea" in text, text
+    assert "\\:" not in text and "&#32;" not in text, text
+
+
+def test_copying_tokens_copies_their_text_not_the_whitespace_markers(open_page):
+    page = open_page()
+    set_max_new_tokens(page, "8")
+    ask(page)
+    page.get_by_text("Show template tokens").click()  # its line breaks show as ↵
+    settle(page)
+    page.locator(".tv-root.ready .tok.role-template").first.wait_for()
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    shown = page.evaluate("""() => {
+        const host = [...document.querySelectorAll('*')].find(
+            e => e.shadowRoot && e.shadowRoot.querySelector('.tok.role-template'));
+        const toks = host.shadowRoot.querySelectorAll('.tok');
+        const range = document.createRange();
+        range.setStartBefore(toks[0]);
+        range.setEndAfter(toks[toks.length - 1]);
+        window.getSelection().removeAllRanges();
+        window.getSelection().addRange(range);
+        return host.shadowRoot.textContent;
+    }""")
+    page.keyboard.press("Control+C")  # the browser's own copy
+    text = page.evaluate("() => navigator.clipboard.readText()")
+    copied = (text, shown)
+    assert "\u21b5" in shown  # the view marks each line break with ↵ …
+    assert "\u21b5" not in text and "<|im_start|>user\nWhat is the capital of France?" in text
+    assert ANSWER[:20] in text, copied  # … the copy holds the text itself
 
 
 def test_a_session_url_opens_on_its_answer_without_the_slider_state_warning(open_page, server):
@@ -238,3 +275,5 @@ def test_consistency_shows_answers_as_written_without_the_end_of_turn_token(open
     shown = page.locator('[data-testid="stMarkdown"]').filter(
         has_text=re.compile("Consistency estimate|Disagreeing")).all_inner_texts()
     assert shown and not any("im_end" in text or "im end" in text for text in shown), shown
+    quoted = re.search(r"“(.+)”", verdict.inner_text()).group(1)
+    assert quoted != quoted.lower() or re.search(r"[.,!?°]", quoted), quoted  # as written
