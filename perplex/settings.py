@@ -26,6 +26,7 @@ class Settings:
     uncertain_threshold: float = 0.3  # p below: red; between the two: yellow
     top_k_stored: int = 20
     threads: int = 0  # torch threads; 0 leaves torch's default
+    model_memory: str = ""  # budget for loaded models, e.g. "8GiB" ("": none)
 
     @property
     def database(self) -> Path:

@@ -111,7 +111,8 @@ def _tree_passes(model, rows, prefixes, pad_id: int, max_length: int | None):
         picked = probs[r, [column[q] for q in wanted]]
         n_points = len(rows[r][2])
         results.append((picked[:n_points],
-                        picked[n_points:].reshape(n_points, len(prefixes), -1)))
+                        picked[n_points:].reshape(n_points, len(prefixes),
+                                                  probs.shape[-1])))
     return results
 
 

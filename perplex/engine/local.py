@@ -1,0 +1,132 @@
+"""The local engine: a transformers model on this machine, everything it can do exposed.
+
+It serves the protocol with the code wave 1 built (the decode loop, batched scoring, the
+residual capture of the patching sandbox) and adds the two internals every new mode uses:
+the residual stream at chosen layers and the unembedding of a hidden state. Forward passes
+hold the engine's lock, so several browser sessions can share one engine.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from perplex.engine.protocol import Capabilities, ModelInfo
+from perplex.errors import InputFormatError
+from perplex.generation import DecodeRun, start_generation
+from perplex.lens import find_anatomy
+from perplex.models import LoadedModel
+from perplex.nnsight_adapter import capture_residuals
+from perplex.records import DecodeParams, Generation, Message
+from perplex.scoring import score_conversations
+from perplex.tokens import EncodedSequence, TextPrefix, encode_messages
+from perplex.word_probs import continuation_probs
+
+LOCAL_CAPABILITIES = Capabilities(full_distribution=True, scores_text=True, internals=True,
+                                  hooks=True, max_top_k=None)
+
+
+class LocalEngine:
+    """A `LoadedModel` behind the engine protocol."""
+
+    capabilities = LOCAL_CAPABILITIES
+
+    def __init__(self, lm: LoadedModel) -> None:
+        """Wrap a loaded model; its anatomy is found once, when internals are first used."""
+        self.lm = lm
+        self.lock = threading.RLock()  # one forward pass at a time on this model
+        self._anatomy = None
+
+    @property
+    def info(self) -> ModelInfo:
+        """The model's facts."""
+        lm = self.lm
+        return ModelInfo(lm.label, lm.vocab_size, lm.context_length, lm.n_layers,
+                         frozenset(lm.eos_ids))
+
+    @property
+    def anatomy(self):
+        """Where the model keeps its blocks, final norm and unembedding."""
+        if self._anatomy is None:
+            self._anatomy = find_anatomy(self.lm.model)
+        return self._anatomy
+
+    def encode(self, messages: Sequence[Message], add_generation_prompt: bool,
+               text_prefix: TextPrefix | None = None) -> EncodedSequence:
+        """Token ids with roles (chat template, or plain text after its prefix)."""
+        return encode_messages(self.lm.tokenizer, tuple(messages), add_generation_prompt,
+                               text_prefix)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of token ids, special tokens kept."""
+        return self.lm.tokenizer.decode(list(ids), skip_special_tokens=False,
+                                        clean_up_tokenization_spaces=False)
+
+    def score(self, conversations: Sequence[Sequence[Message]], top_k: int = 20,
+              text_prefix: TextPrefix | None = None) -> list[Generation]:
+        """Teacher-forced records, batched."""
+        with self.lock:
+            return score_conversations(self.lm, conversations, top_k, text_prefix=text_prefix)
+
+    def generate(self, messages: Sequence[Message], params: DecodeParams, prefill: str = "",
+                 text_prefix: TextPrefix | None = None) -> DecodeRun:
+        """A decode run; its forward passes take the lock while they run."""
+        run = start_generation(self.lm, tuple(messages), params, prefill, text_prefix)
+        return _Locked(run, self.lock)
+
+    def next_token_probs(self, contexts: Sequence[Sequence[int]]) -> np.ndarray:
+        """[N, V] float64 softmax of the raw logits after each context (one padded pass)."""
+        if not contexts or any(len(c) == 0 for c in contexts):
+            raise InputFormatError("Each context needs at least one token.")
+        with self.lock:
+            found = continuation_probs(self.lm.model, contexts, [[len(c) - 1] for c in contexts],
+                                       (), self.lm.tokenizer.pad_token_id or 0,
+                                       self.lm.context_length)
+        return np.stack([r.next_probs[0] for r in found])
+
+    def residuals(self, ids: Sequence[int], layers: Sequence[int]) -> np.ndarray:
+        """[len(layers), T, d] float32: layer 0 the embedding, l the output of block l."""
+        n = self.anatomy.n_blocks
+        if not ids:
+            raise InputFormatError("There are no tokens to run.")
+        bad = [layer for layer in layers if not 0 <= layer <= n]
+        if bad:
+            raise InputFormatError(f"Layer {bad[0]} does not exist: choose 0 (embedding) to {n}.")
+        with self.lock:
+            stream = capture_residuals(self.anatomy.decoder, self.anatomy.layers_path,
+                                       torch.tensor([list(ids)], device=self.lm.model.device))
+        return stream[list(layers)].cpu().numpy()
+
+    def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits [..., V] float32 of residuals [..., d]: final norm, unembedding, soft cap."""
+        anatomy = self.anatomy
+        with self.lock, torch.inference_mode():
+            normed = anatomy.final_norm(hidden.to(self.lm.model.device, anatomy.norm_dtype))
+            logits = anatomy.unembed(normed).float()
+            if anatomy.softcap:
+                logits = torch.tanh(logits / anatomy.softcap) * anatomy.softcap
+        return logits
+
+
+class _Locked:
+    """A decode run whose steps are computed while holding the engine's lock."""
+
+    def __init__(self, run: DecodeRun, lock: threading.RLock) -> None:
+        self._run, self._lock = run, lock
+
+    def __iter__(self):
+        steps = iter(self._run)
+        while True:
+            with self._lock:
+                step = next(steps, None)
+            if step is None:
+                return
+            yield step
+
+    def generation(self) -> Generation:
+        """The finished record (its final pass under the lock)."""
+        with self._lock:
+            return self._run.generation()

@@ -1,0 +1,117 @@
+"""The engine protocol: what every engine offers, and flags for what only some can do.
+
+Every engine describes its model, encodes messages (chat template, text prefix), scores
+given token sequences and generates, yielding the same `TokenStep` records. Engines with a
+full distribution also give next-token probabilities over the whole vocabulary; engines
+with internals give the residual stream at chosen layers and the unembedding of a hidden
+state (the one place the final norm and soft-capping are applied).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from perplex.errors import PerplexError
+from perplex.records import DecodeParams, Generation, Message, TokenStep
+from perplex.tokens import EncodedSequence, TextPrefix
+
+CAPABILITY_NAMES = ("full_distribution", "scores_text", "internals", "hooks")
+
+
+class CapabilityError(PerplexError):
+    """The engine cannot do what was asked; the message says why and what would."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine can do; `why_not` explains each missing capability to the researcher.
+
+    `full_distribution`: probabilities over the whole vocabulary (else only the top-k,
+    whose entropies are lower bounds); `scores_text`: teacher-forced scoring of given
+    text; `internals`: residual stream and unembedding; `hooks`: adding to or replacing a
+    residual (patching, steering); `max_top_k`: the most alternatives per token (None: any).
+    """
+
+    full_distribution: bool
+    scores_text: bool
+    internals: bool
+    hooks: bool
+    max_top_k: int | None = None
+    why_not: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Every missing capability has its reason."""
+        missing = [n for n in CAPABILITY_NAMES if not getattr(self, n) and n not in self.why_not]
+        if missing:
+            raise ValueError(f"say why the engine lacks {', '.join(missing)}")
+
+    def require(self, name: str, engine: str) -> None:
+        """Raise CapabilityError unless the engine has capability `name`."""
+        if name not in CAPABILITY_NAMES:
+            raise ValueError(f"unknown capability {name!r}")
+        if not getattr(self, name):
+            raise CapabilityError(f"{engine} cannot do this: {self.why_not[name]}")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The facts about an engine's model that pages show and analyses need."""
+
+    label: str
+    vocab_size: int
+    context_length: int
+    n_layers: int | None  # None where the engine cannot see inside the model
+    eos_ids: frozenset[int]
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What every engine implements. Methods behind a capability raise CapabilityError."""
+
+    capabilities: Capabilities
+
+    @property
+    def info(self) -> ModelInfo:
+        """The model's label, vocabulary, context length, layers and end-of-turn ids."""
+
+    def encode(self, messages: Sequence[Message], add_generation_prompt: bool,
+               text_prefix: TextPrefix | None = None) -> EncodedSequence:
+        """Token ids with roles: chat messages through the template, or plain text."""
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of token ids, special tokens kept."""
+
+    def score(self, conversations: Sequence[Sequence[Message]], top_k: int = 20,
+              text_prefix: TextPrefix | None = None) -> list[Generation]:
+        """Teacher-forced records of existing conversations (capability `scores_text`)."""
+
+    def generate(self, messages: Sequence[Message], params: DecodeParams, prefill: str = "",
+                 text_prefix: TextPrefix | None = None) -> GenerationRun:
+        """A generation in progress: iterate it for TokenSteps as they come."""
+
+    def next_token_probs(self, contexts: Sequence[Sequence[int]]) -> np.ndarray:
+        """[N, V] float64 next-token distributions (capability `full_distribution`)."""
+
+    def residuals(self, ids: Sequence[int], layers: Sequence[int]) -> np.ndarray:
+        """[len(layers), T, d] float32 residual stream (capability `internals`).
+
+        Layer 0 is the embedding (the first block's input), layer l the output of block l.
+        """
+
+    def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits [..., V] (float32) of residuals [..., d]: final norm, head, soft cap."""
+
+
+class GenerationRun(Protocol):
+    """A generation in progress (`perplex.generation.DecodeRun` for local engines)."""
+
+    def __iter__(self) -> Iterator[TokenStep]:
+        """Every TokenStep in order: the context's first, then each new one as it comes."""
+
+    def generation(self) -> Generation:
+        """The finished (or stopped) generation."""
