@@ -107,9 +107,14 @@ def test_eiffel_tower_view_shows_paris_and_its_lock_in(streamlit_app, page, open
     assert shown(cells.last) == {"text": "\u00b7Paris", "cls": "lv-l same"}
     slider = page.locator(".lv-slider")
     slider.focus()
-    page.keyboard.press("ArrowLeft")  # one layer before the output: Paris not yet top-1
+    # After end-of-text (the default start of plain text) " Paris" locks in at layer 29
+    # of 30: at layer 28 the top-1 is " T".
+    page.keyboard.press("ArrowLeft")
+    assert shown(cells.last) == {"text": "\u00b7Paris", "cls": "lv-l same"}
+    page.keyboard.press("ArrowLeft")
     assert "diff" in shown(cells.last)["cls"]
-    screenshot(page.locator(".lv-root"), "logit_lens_layer_29")
+    screenshot(page.locator(".lv-root"), "logit_lens_layer_28")
+    page.keyboard.press("ArrowRight")
     page.keyboard.press("ArrowRight")
     cells.last.click()
     page.locator("h3", has_text="locks in at layer").wait_for(timeout=60_000)
