@@ -103,7 +103,7 @@ def encode_input(text: str, kind: str) -> tuple[int, ...]:
     return tuple(encode_messages(lm.tokenizer, messages, messages[-1].role == "user").ids)
 
 
-system = system_prompt_control(lm, PREFIX)  # for "a user message"
+system = system_prompt_control(lm, PREFIX, applies="when the prompt is read as a user message")
 with st.form(f"{PREFIX}.form"):
     st.session_state.setdefault(f"{PREFIX}.prompt", DEFAULT_PROMPT)
     prompt = st.text_area("Prompt", height=80, key=f"{PREFIX}.prompt",

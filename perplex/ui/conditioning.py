@@ -55,16 +55,17 @@ def _prefix_label(lm: LoadedModel, prefix: TextPrefix) -> str:
     return f"{lm.vocab_texts[token_id]} ({PREFIX_LABELS[prefix]})"
 
 
-def system_prompt_control(lm: LoadedModel, prefix: str,
-                          disabled: bool = False) -> tuple[Message, ...]:
+def system_prompt_control(lm: LoadedModel, prefix: str, disabled: bool = False,
+                          applies: str = "") -> tuple[Message, ...]:
     """Show and choose the system prompt; returns the system message to start a chat with.
 
     "default" is the template's own system prompt written out (so it is stored and shown),
     "none" an empty system message, "custom" the researcher's text. A template without a
-    default gives no message for "default".
+    default gives no message for "default". `applies` says when it is used, if not always.
     """
     default = default_system_prompt(lm.tokenizer)
-    st.caption("System prompt: " + _summary(prefix, default))
+    st.caption(f"System prompt{f' ({applies})' if applies else ''}: "
+               + _summary(prefix, default))
     with st.expander("Change the system prompt", expanded=False):
         choice = st.radio("System prompt", list(SYSTEM_CHOICES), horizontal=True,
                           format_func=SYSTEM_CHOICES.get, key=f"{prefix}.system_choice",
