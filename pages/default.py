@@ -5,7 +5,6 @@ from __future__ import annotations
 import streamlit as st
 
 from perplex.errors import PerplexError
-from perplex.generation import start_generation
 from perplex.records import Message, TokenRole
 from perplex.ui import investigate, resources, session_panel, uploads
 from perplex.ui.conditioning import system_prompt_control
@@ -24,6 +23,7 @@ st.caption("Chat with the model. Every answer token is coloured by the probabili
            "find a token.")
 
 lm = resources.loaded_model()
+engine = resources.active_engine()  # the local model, or the endpoint chosen in the sidebar
 uploads.open_from_query(CURRENT)
 session_panel.restore_current(CURRENT)
 viewing_only = session_panel.read_only()
@@ -56,9 +56,9 @@ live = st.container()  # the turn being generated shows here, above the input
 # its bottom as it loads, so a session link would open scrolled past the answer.
 prompt = st.container().chat_input(
     "Read-only: fork the session (sidebar) to continue" if viewing_only else "Ask the model…",
-    disabled=lm is None or viewing_only)
+    disabled=engine is None or viewing_only)
 export_panel(current, PREFIX)
-if prompt and lm is not None:
+if prompt and engine is not None:
     history = current.messages if current is not None else system
     messages = history + (Message("user", prompt),)
     live.chat_message("user").text(prompt)
@@ -69,7 +69,7 @@ if prompt and lm is not None:
         stream.update([], force=True)  # an empty view with a caret until the first token
         answer_index = len(messages)
         try:
-            run = start_generation(lm, messages, params)
+            run = engine.generate(messages, params)
             shown = []
             for step in run:
                 if step.role is TokenRole.RESPONSE and step.message_index == answer_index:

@@ -44,6 +44,8 @@ st.caption("What would the model predict if it stopped after each layer? Each po
            "slider; hover for the layer's top 3; click a token for its detail.")
 
 lm = resources.require_model()
+resources.require_capability("internals", "The Logit Lens reads the residual stream of every "
+                             "layer, so it needs an engine with internals.")
 
 
 def prompt_of(generation) -> tuple[str, str]:

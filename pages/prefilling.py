@@ -46,6 +46,8 @@ st.caption("How much probability the model puts on refusal openings (R-Set) and 
            "probabilities.")
 
 lm = resources.require_model()
+resources.require_capability("full_distribution", "Prefilling sums P(set) over the whole "
+                             "next-token distribution, so it needs an engine that gives it.")
 session_panel.restore_current(CURRENT)
 params = decode_params_form(PREFIX)
 

@@ -41,7 +41,7 @@ CHOICE_SHAPE = (
 )
 
 
-class _Problem(Exception):
+class _Problem(InputFormatError):
     """A problem in part of an upload; `parse_upload` turns it into an InputFormatError."""
 
 
@@ -247,20 +247,47 @@ def _openai_choice(
 
 def _openai_steps(entries: list, where: str) -> tuple[TokenStep, ...]:
     """Build token steps from logprobs entries, rebuilding text from bytes across splits."""
-    decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    steps: list[TokenStep] = []
-    for position, entry in enumerate(entries):
-        token, logprob, raw, tops = _entry(entry, f"{where}, token {position}")
-        if raw is not None:  # a character split over tokens goes to the token completing it
-            text = decoder.decode(raw)
+    builder = LogprobSteps(where)
+    for entry in entries:
+        builder.add(entry)
+    return builder.finish()
+
+
+class LogprobSteps:
+    """TokenSteps from OpenAI-style logprobs entries fed in order: a whole list or a stream.
+
+    A character whose bytes are split over several tokens goes to the token completing it.
+    Entries are validated as they come (`_Problem` says what is wrong, with `where`).
+    """
+
+    def __init__(self, where: str, message_index: int = 0, first_position: int = 0) -> None:
+        """Start with no steps."""
+        self.where, self.message_index, self.first_position = where, message_index, \
+            first_position
+        self.steps: list[TokenStep] = []
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def add(self, entry: Any) -> TokenStep:
+        """Validate one entry and return its step (also kept in `steps`)."""
+        position = self.first_position + len(self.steps)
+        where = f"{self.where}, token {len(self.steps)}"
+        token, logprob, raw, tops = _entry(entry, where)
+        if raw is not None:
+            text = self._decoder.decode(raw)
         else:
-            text = decoder.decode(b"", final=True) + token
-            decoder.reset()
-        steps.append(_step(position, text, token, logprob, tops, f"{where}, token {position}"))
-    tail = decoder.decode(b"", final=True)  # bytes of an unfinished character, as U+FFFD
-    if tail and steps:
-        steps[-1] = replace(steps[-1], text=steps[-1].text + tail)
-    return tuple(steps)
+            text = self._decoder.decode(b"", final=True) + token
+            self._decoder.reset()
+        step = replace(_step(position, text, token, logprob, tops, where),
+                       message_index=self.message_index)
+        self.steps.append(step)
+        return step
+
+    def finish(self) -> tuple[TokenStep, ...]:
+        """All steps; bytes of an unfinished character end the last one as U+FFFD."""
+        tail = self._decoder.decode(b"", final=True)
+        if tail and self.steps:
+            self.steps[-1] = replace(self.steps[-1], text=self.steps[-1].text + tail)
+        return tuple(self.steps)
 
 
 def _step(

@@ -126,6 +126,12 @@ class _Locked:
                 return
             yield step
 
+    def run(self) -> Generation:
+        """Run to the end and return the finished generation."""
+        for _ in self:
+            pass
+        return self.generation()
+
     def generation(self) -> Generation:
         """The finished record (its final pass under the lock)."""
         with self._lock:

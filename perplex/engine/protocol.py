@@ -113,5 +113,8 @@ class GenerationRun(Protocol):
     def __iter__(self) -> Iterator[TokenStep]:
         """Every TokenStep in order: the context's first, then each new one as it comes."""
 
+    def run(self) -> Generation:
+        """Run to the end and return the generation."""
+
     def generation(self) -> Generation:
-        """The finished (or stopped) generation."""
+        """What was produced so far (all of it once iteration has ended)."""

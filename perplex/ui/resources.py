@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
@@ -59,3 +60,41 @@ def require_model() -> LoadedModel:
         st.info("Load a model in the sidebar first.")
         st.stop()
     return lm
+
+
+@dataclass(frozen=True)
+class EndpointChoice:
+    """The OpenAI-compatible endpoint this browser session chose (the key is kept apart)."""
+
+    base_url: str
+    model: str
+
+
+ENDPOINT_KEY = "perplex.endpoint"  # EndpointChoice, or absent for the local model
+ENDPOINT_SECRET_KEY = "perplex.endpoint_key"  # the API key: this session's memory only
+
+
+def active_engine():
+    """The engine chats go to: the chosen endpoint, else the loaded local model, else None."""
+    from perplex.engine import LocalEngine
+    from perplex.engine.openai_compat import EndpointEngine
+
+    choice = st.session_state.get(ENDPOINT_KEY)
+    if choice is not None:
+        return EndpointEngine(choice.base_url, choice.model,
+                              st.session_state.get(ENDPOINT_SECRET_KEY, ""))
+    lm = loaded_model()
+    return None if lm is None else LocalEngine(lm)
+
+
+def require_capability(name: str, needs: str) -> None:
+    """End the page with a message when the chosen engine lacks what the page needs.
+
+    `needs` says what the page needs in words, e.g. "The Logit Lens needs an engine with
+    internals (the residual stream of every layer)."
+    """
+    engine = active_engine()
+    if engine is not None and not getattr(engine.capabilities, name):
+        st.info(f"{needs} {engine.info.label} cannot: {engine.capabilities.why_not[name]}. "
+                "Switch the sidebar's engine back to the local model to use this page.")
+        st.stop()

@@ -44,6 +44,7 @@ def render_sidebar() -> LoadedModel | None:
         render_session_panel()
         saved = _restore_session_settings()
         lm = _model_section(saved.get("model"))
+        _engine_section(saved.get("endpoint"))
         _threshold_section(saved.get("thresholds"))
     return lm
 
@@ -82,6 +83,45 @@ def _model_section(saved: object) -> LoadedModel | None:
                f"loaded in {lm.load_seconds:.1f} s")
     text_prefix_select(lm)
     return lm
+
+
+ENGINES = {"local": "Local model (above)", "endpoint": "OpenAI-compatible endpoint"}
+
+
+def _engine_section(saved: object) -> None:
+    """Where chats go: the local model, or an endpoint (base URL, model, API key).
+
+    The key lives in this browser session's memory only: never in the database, a bundle,
+    a log or the page. The base URL and model are kept with the session's settings.
+    """
+    st.subheader("Engine")
+    if isinstance(saved, dict) and "perplex.engine_choice" not in st.session_state:
+        st.session_state["perplex.engine_choice"] = "endpoint"
+        st.session_state["perplex.endpoint_url"] = str(saved.get("base_url", ""))
+        st.session_state["perplex.endpoint_model"] = str(saved.get("model", ""))
+    choice = st.radio("Chats go to", list(ENGINES), format_func=ENGINES.get,
+                      key="perplex.engine_choice", label_visibility="collapsed")
+    if choice == "local":
+        st.session_state.pop(resources.ENDPOINT_KEY, None)
+        if saved is not None:
+            remember({"endpoint": None})
+        return
+    url = st.text_input("Base URL", key="perplex.endpoint_url",
+                        placeholder="http://127.0.0.1:8000/v1")
+    model = st.text_input("Model", key="perplex.endpoint_model",
+                          placeholder="the name the server serves")
+    st.text_input("API key (kept in memory only)", type="password",
+                  key=resources.ENDPOINT_SECRET_KEY, placeholder="none needed locally")
+    if not url.strip() or not model.strip():
+        st.session_state.pop(resources.ENDPOINT_KEY, None)
+        st.caption("Give the base URL and model; until then chats go to the local model.")
+        return
+    chosen = resources.EndpointChoice(url.strip(), model.strip())
+    st.session_state[resources.ENDPOINT_KEY] = chosen
+    if saved != {"base_url": chosen.base_url, "model": chosen.model}:
+        remember({"endpoint": {"base_url": chosen.base_url, "model": chosen.model}})
+    st.caption("Generation with the top-20 log-probabilities the endpoint returns: entropies "
+               "are lower bounds; pages that need internals or the full distribution say so.")
 
 
 def _threshold_section(saved: object) -> None:

@@ -120,7 +120,9 @@ function buildTip(tip, tok, notes, alert) {
 
   if (tok.alt && tok.alt.length) {
     const alts = el("div", "tip-alts");
-    alts.appendChild(el("div", "tip-label", "top alternatives"));
+    // Records from an API carry only the top-k it returned: say so where they show.
+    alts.appendChild(el("div", "tip-label", tok.he ? "the API's top-" + tok.alt.length
+      + " (no full distribution)" : "top alternatives"));
     tok.alt.slice(0, TIP_ALTERNATIVES).forEach(([text, p], i) => {
       const chosen = tok.ac === i;
       const row = el("div", "tip-alt" + (chosen ? " chosen" : ""));

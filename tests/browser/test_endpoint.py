@@ -1,0 +1,58 @@
+"""The sidebar's engine switch in a real browser, against llama.cpp's real server.
+
+Switch chats to the OpenAI-compatible endpoint, chat, hover a token and read the API's
+top-k labelled as such; the Logit Lens says it needs an engine with internals; switching
+back to the local model restores it.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from perplex.models import bundled_gguf_path
+from tests.browser.test_investigation import FINAL_TOK, WORK_TIMEOUT, settle
+from tests.browser.test_new_user import open_page, server  # noqa: F401 (fixtures)
+from tests.endpoints import LlamaServer
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    running = LlamaServer(bundled_gguf_path(), tmp_path_factory.mktemp("llama") / "log")
+    try:
+        running.wait()
+        yield running
+    finally:
+        running.stop()
+
+
+def test_chat_through_the_endpoint_then_back_to_the_local_model(open_page, llama,  # noqa: F811
+                                                               screenshot):
+    page = open_page()
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.get_by_text("OpenAI-compatible endpoint").click()
+    sidebar.get_by_label("Base URL").fill(llama.base_url)
+    sidebar.get_by_label("Model", exact=True).fill(llama.model)
+    sidebar.get_by_label("Model", exact=True).press("Enter")
+    settle(page)
+    chat = page.locator('[data-testid="stChatInput"] textarea:not([disabled])')
+    chat.fill("What is the capital of France?")
+    chat.press("Enter")
+    page.get_by_text(re.compile("^Stopped:")).first.wait_for(timeout=WORK_TIMEOUT)
+    settle(page)
+    token = page.locator(FINAL_TOK).first
+    token.hover()
+    tip = page.locator(".tok-tip.shown").first
+    tip.wait_for()
+    assert re.search(r"the API's top-\d+ \(no full distribution\)", tip.inner_text())
+    assert "top-k estimate" in tip.inner_text()
+    assert "@ 127.0.0.1" in page.get_by_text(re.compile("^Stopped:")).first.inner_text()
+    screenshot(page, "endpoint_1_chat")
+    page.get_by_role("link", name="Logit Lens").click()
+    page.get_by_text(re.compile("needs an engine with internals")).wait_for()
+    screenshot(page, "endpoint_2_lens_needs_internals")
+    sidebar.get_by_text("Local model (above)").click()
+    page.locator(".lv-cell").last.wait_for(timeout=WORK_TIMEOUT)
