@@ -4,6 +4,8 @@
 2. Loading the bundled model: warm load (safetensors copy) vs the first load (GGUF).
 3. Browser: time until the token view of a 2,000-token transcript is interactive.
 4. Logit lens: the full lens vs the bare unembedding matmuls; peak memory for 512 tokens.
+5. OpenAI-compatible engine: tokens/s with top-20 logprobs through our client vs the same
+   llama.cpp server without logprobs (the cost of asking for them and reading them).
 """
 
 from __future__ import annotations
@@ -121,6 +123,49 @@ def bench_token_view(lm, n_tokens: int = 2000) -> None:
     print(f"view    {shown}-token transcript: page load to drawn, hoverable token view "
           f"{statistics.median(times):.2f} s (median of {REPEATS}: "
           f"{', '.join(f'{t:.2f}' for t in times)})")
+
+
+def bench_endpoint(n_tokens: int = 128) -> None:
+    """Tokens/s of our engine (top-20 logprobs, records) vs plain streams, interleaved.
+
+    Two baselines on the same llama.cpp server: a stream asking for the same logprobs
+    (so the ratio is our client's own overhead) and one asking for none (what asking for
+    logprobs costs on this server).
+    """
+    import openai
+
+    from perplex.engine.openai_compat import EndpointEngine
+    from tests.endpoints import LlamaServer
+
+    server = LlamaServer(bundled_gguf_path(), Path(tempfile.mkdtemp()) / "llama.log")
+    try:
+        server.wait()
+        engine = EndpointEngine(server.base_url, server.model)
+        plain = openai.OpenAI(base_url=server.base_url, api_key="none", max_retries=0)
+        params = DecodeParams(max_new_tokens=n_tokens, top_alternatives=20)
+        request = dict(model=server.model, max_tokens=n_tokens, temperature=0.0, stream=True,
+                       messages=[{"role": m.role, "content": m.content} for m in PROMPT])
+
+        def plain_rate(**extra) -> float:
+            started = time.perf_counter()
+            count = sum(1 for c in plain.chat.completions.create(**request, **extra)
+                        if c.choices and c.choices[0].delta.content)
+            return count / (time.perf_counter() - started)
+
+        ours, with_logprobs, without = [], [], []
+        for _ in range(REPEATS):
+            without.append(plain_rate())
+            with_logprobs.append(plain_rate(logprobs=True, top_logprobs=20))
+            started = time.perf_counter()
+            steps = len(engine.generate(PROMPT, params).run().steps)
+            ours.append(steps / (time.perf_counter() - started))
+    finally:
+        server.stop()
+    mine, theirs, bare = (statistics.median(x) for x in (ours, with_logprobs, without))
+    print(f"endpoint ours {mine:6.1f} tok/s (top-20 logprobs, records) vs a plain stream "
+          f"with the same logprobs {theirs:6.1f} tok/s: ratio {mine / theirs:.3f} (our "
+          f"client's overhead); vs no logprobs {bare:6.1f} tok/s: ratio {mine / bare:.3f} "
+          f"(the server computing them)")
 
 
 def bench_lens(lm, n_tokens: int = 128) -> None:
@@ -250,7 +295,8 @@ def main() -> None:
     converted_gguf_folder(bundled_gguf_path(), PROJECT_ROOT / "data" / "models")
     lm = load_model(ModelSpec(), Settings(model_cache=PROJECT_ROOT / "data" / "models"))
     done = [run_stage("decode", bench_decoding, lm), run_stage("load", bench_loading),
-            run_stage("view", bench_token_view, lm), run_stage("lens", bench_lens, lm)]
+            run_stage("view", bench_token_view, lm), run_stage("lens", bench_lens, lm),
+            run_stage("endpoint", bench_endpoint)]
     if not all(done):
         sys.exit(1)
 
