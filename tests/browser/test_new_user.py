@@ -149,9 +149,12 @@ def test_highlight_is_kept_per_generation_not_per_message_index(open_page):
     chat = page.locator('[data-testid="stChatInput"] textarea:not([disabled])')
     chat.fill("Name a colour.")
     chat.press("Enter")
-    page.locator(".tv-root.ready:not(.streaming):not(.superseded)").first.wait_for(
-        timeout=WORK_TIMEOUT)
-    settle(page)
+    page.get_by_text("Name a colour.").first.wait_for(timeout=WORK_TIMEOUT)
+    for _ in range(WORK_TIMEOUT // 250):  # until the new answer's final view replaces the old
+        settle(page)
+        if page.locator(FINAL_TOK).count() and answer_text(page) != first:
+            break
+        page.wait_for_timeout(250)
     assert answer_text(page) != first
     assert page.locator(f"{FINAL_TOK}.highlight").count() == 0, \
         "the other transcript's token #3 came up outlined"
