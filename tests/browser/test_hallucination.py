@@ -13,6 +13,7 @@ from tests.browser.test_investigation import (  # noqa: F401 (fixtures)
     assert_no_exception,
     new_tab,
     settle,
+    show_tip,
 )
 
 pytestmark = pytest.mark.browser
@@ -70,9 +71,7 @@ def test_alert_appears_while_the_answer_streams(hallucination_page, screenshot):
     assert re.search(r"\d+ flagged spans \(k = 3\)", page.locator("body").inner_text())
 
     # The tooltip of a marked token says why it alerted, with its numbers.
-    marked.first.hover()
-    tip = page.locator(".tok-tip.shown").first
-    tip.wait_for()
+    tip = show_tip(page, marked.first)
     assert re.search(r"alert: (low p|high entropy)", tip.inner_text())
     screenshot(page, "hallucination_2_finished", full_page=True)
 

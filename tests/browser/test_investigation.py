@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from urllib.parse import parse_qs, urlparse
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.browser.conftest import REPO_ROOT, VIEWPORT, wait_for_script
 from tests.browser.test_token_view import drag
@@ -69,6 +70,27 @@ def settle(page, timeout: float = WORK_TIMEOUT) -> None:
     wait_for_script(page, timeout)
     page.wait_for_timeout(150)  # a rerun that st.rerun() starts shows up a moment later
     wait_for_script(page, timeout)
+
+
+def show_tip(page, token, tries: int = 3):
+    """Hover `token` and return its shown tooltip.
+
+    A rerun that redraws the view right after the hover leaves the pointer over a new
+    span that got no mouseover, so the pointer leaves and comes back (a user would
+    move the mouse); every try still needs the real tooltip to appear.
+    """
+    tip = page.locator(".tok-tip.shown").first
+    for attempt in range(tries):
+        page.mouse.move(0, 0)
+        token.hover()
+        try:
+            tip.wait_for(timeout=5_000)
+            return tip
+        except PlaywrightTimeout:
+            if attempt == tries - 1:
+                raise
+            settle(page)
+    return tip
 
 
 def tok(page, index: int):

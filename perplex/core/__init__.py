@@ -1,0 +1,1 @@
+"""Records, errors, settings, tokenisation and statistics: what every layer shares."""

@@ -1,0 +1,1 @@
+"""The local engine: transformers models on this machine, with their internals."""

@@ -1,0 +1,1 @@
+"""The logit lens and its relatives: per-head lens, trajectories, activation patching."""

@@ -1,0 +1,1 @@
+"""What a researcher keeps: the store, sessions, annotations, branches, sets, bundles, exports."""
