@@ -50,13 +50,13 @@ $(LLAMA_STAMP): $(STAMP)
 # Serve the bundled model on an OpenAI-compatible endpoint (point the sidebar's Engine at it).
 OPENAI_PORT ?= 8000
 serve-openai: setup llama
-	$(PY) -m llama_cpp.server --model "$$($(PY) -c 'from perplex.models import bundled_gguf_path; print(bundled_gguf_path())')" \
+	$(PY) -m llama_cpp.server --model "$$($(PY) -c 'from perplex.engine.local.models import bundled_gguf_path; print(bundled_gguf_path())')" \
 	  --model_alias smollm2 --host 127.0.0.1 --port $(OPENAI_PORT) --n_ctx 2048
 
 model: $(MODEL_STAMP)
 
 $(MODEL_STAMP): $(STAMP)
-	$(PY) -m perplex.prepare
+	$(PY) -m perplex.engine.local.prepare
 	touch $(MODEL_STAMP)
 
 # Real-browser tests drive Debian's chromium (Playwright's own browser download is not used).

@@ -22,13 +22,18 @@ from pathlib import Path
 
 import torch
 
-from perplex.generation import start_generation
-from perplex.models import ModelSpec, bundled_gguf_path, converted_gguf_folder, load_model
-from perplex.records import DecodeParams, Message
-from perplex.scoring import score_conversations
-from perplex.settings import PROJECT_ROOT, Settings
-from perplex.store import Store
-from perplex.tokens import encode_messages
+from perplex.core.records import DecodeParams, Message
+from perplex.core.settings import PROJECT_ROOT, Settings
+from perplex.core.tokens import encode_messages
+from perplex.engine.local.generation import start_generation
+from perplex.engine.local.models import (
+    ModelSpec,
+    bundled_gguf_path,
+    converted_gguf_folder,
+    load_model,
+)
+from perplex.engine.local.scoring import score_conversations
+from perplex.workspace.store import Store
 
 PROMPT = (Message("user", "Write a long, detailed story about a lighthouse keeper who finds "
                           "a map. Describe every room of the lighthouse."),)
@@ -180,14 +185,14 @@ def bench_lens(lm, n_tokens: int = 128) -> None:
     just before it) minus its resident set just before it (model loaded, a small lens run to
     warm up): that counts torch's allocations, which tracemalloc does not.
     """
-    from perplex.lens import compute_lens, find_anatomy
-    from perplex.lens_stats import ROWS_PER_MATMUL
-    from perplex.native import row_stats
-    from perplex.nnsight_adapter import capture_residuals
+    from perplex.core.native import row_stats
+    from perplex.engine.local.nnsight_adapter import capture_residuals
+    from perplex.lens.logit_lens import compute_lens
+    from perplex.lens.stats import ROWS_PER_MATMUL
 
     ids = _lens_ids(lm, n_tokens)
     compute_lens(lm, ids[:8])  # warm-up: nnsight wrapper, vocabulary texts, compiled code
-    anatomy = find_anatomy(lm.model)
+    anatomy = lm.anatomy
     weight = anatomy.unembed.weight.detach().float()
     hidden = torch.randn(lm.n_layers + 1, n_tokens, weight.shape[1])
     stacked = hidden.reshape(-1, weight.shape[1])
@@ -244,7 +249,7 @@ def _status_kib(field: str) -> int:
 
 def lens_memory_child(n_tokens: int) -> None:
     """In a fresh process: peak RSS growth over one logit lens of `n_tokens` tokens."""
-    from perplex.lens import compute_lens
+    from perplex.lens.logit_lens import compute_lens
 
     lm = load_model(ModelSpec(), Settings(model_cache=PROJECT_ROOT / "data" / "models"))
     compute_lens(lm, _lens_ids(lm, 8))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from perplex.errors import PerplexError
-from perplex.records import Message, TokenRole
-from perplex.ui import investigate, resources, session_panel, uploads
+from perplex.core.errors import PerplexError
+from perplex.core.records import Message, TokenRole
+from perplex.ui import investigate, page_state, resources, session_panel, uploads
 from perplex.ui.conditioning import system_prompt_control
 from perplex.ui.export_panel import export_panel
 from perplex.ui.sidebar import decode_params_form, thresholds
@@ -15,7 +15,7 @@ from perplex.ui.token_view import TokenViewStream
 from perplex.ui.transcript import show_transcript
 
 PREFIX = "default"
-CURRENT = f"{PREFIX}.generation"  # the Generation on screen: the whole conversation so far
+CURRENT = page_state.current_key(PREFIX)  # the Generation on screen: the whole conversation so far
 
 st.title("Perplex")
 st.caption("Chat with the model. Every answer token is coloured by the probability the model "

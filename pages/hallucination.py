@@ -7,12 +7,12 @@ from dataclasses import replace
 import pandas as pd
 import streamlit as st
 
-from perplex.errors import PerplexError
-from perplex.generation import start_generation
+from perplex.core.errors import PerplexError
+from perplex.core.plots import entropy_timeline
+from perplex.core.records import Generation, Message, TokenRole
+from perplex.engine.local.generation import start_generation
 from perplex.modes import hallucination as h
-from perplex.plots import entropy_timeline
-from perplex.records import Generation, Message, TokenRole
-from perplex.ui import investigate, resources, session_panel
+from perplex.ui import investigate, page_state, resources, session_panel
 from perplex.ui.conditioning import system_prompt_control
 from perplex.ui.sidebar import decode_params_form, thresholds
 from perplex.ui.text import plain
@@ -20,7 +20,7 @@ from perplex.ui.token_view import TokenViewStream
 from perplex.ui.transcript import highlight_key, jump_to, show_transcript
 
 PREFIX = "halluc"
-CURRENT = f"{PREFIX}.generation"
+CURRENT = page_state.current_key(PREFIX)
 SETTINGS = f"{PREFIX}.thresholds"  # [confidence, entropy, k] in the session's settings
 PERCENT = st.column_config.NumberColumn(format="%.3f")
 LIVE_ROWS = 8  # alerts listed while the answer streams (newest first); all of them after

@@ -8,26 +8,25 @@ import time
 import pandas as pd
 import streamlit as st
 
-from perplex.errors import PerplexError
-from perplex.formats import parse_chat_text
-from perplex.head_lens import head_lens
-from perplex.lens import compute_lens, find_anatomy
-from perplex.lens_plots import lens_heatmap, lens_rows, lens_trajectory
-from perplex.models import BUNDLED, BUNDLED_NAME
-from perplex.ndif import ndif_lens
-from perplex.nnsight_adapter import NdifStatus, ndif_key_set, ndif_status, reproduction_code
-from perplex.plots import short_prob, visible_token
-from perplex.records import Message
-from perplex.tokens import encode_messages, encode_plain_text
-from perplex.trajectory import residual_trajectory
-from perplex.ui import resources
+from perplex.core.errors import PerplexError
+from perplex.core.formats import parse_chat_text
+from perplex.core.plots import short_prob, visible_token
+from perplex.core.records import Message
+from perplex.core.tokens import encode_messages, encode_plain_text
+from perplex.engine.local.models import BUNDLED, BUNDLED_NAME
+from perplex.engine.ndif import NdifStatus, ndif_key_set, ndif_status, reproduction_code
+from perplex.lens.heads import head_lens
+from perplex.lens.logit_lens import compute_lens
+from perplex.lens.plots import lens_heatmap, lens_rows, lens_trajectory
+from perplex.lens.remote import ndif_lens
+from perplex.lens.trajectory import residual_trajectory
+from perplex.ui import page_state, resources
 from perplex.ui.conditioning import system_prompt_control, text_prefix
 from perplex.ui.lens_view import lens_view
 from perplex.ui.patching_view import patching_section
 from perplex.ui.text import plain
 
 PREFIX = "lens"
-OPEN_KEY = "lens.open"  # (generation_id, position): set by "Open in Logit Lens" elsewhere
 CACHE_KEY = f"{PREFIX}.cache"
 CACHE_ENTRIES = 4
 DEFAULT_PROMPT = "The Eiffel Tower is in the city of"
@@ -57,9 +56,9 @@ def prompt_of(generation) -> tuple[str, str]:
 
 
 def _requested_generation() -> tuple[str, int | None] | None:
-    opened = st.session_state.pop(OPEN_KEY, None)
-    if opened:
-        return str(opened[0]), (int(opened[1]) if opened[1] is not None else None)
+    opened = page_state.take_lens_request()
+    if opened is not None:
+        return opened.generation_id, opened.position
     wanted = st.query_params.get("generation")
     if wanted and st.session_state.get(f"{PREFIX}.from_query") != wanted:
         st.session_state[f"{PREFIX}.from_query"] = wanted
@@ -225,7 +224,7 @@ def _ndif_status() -> NdifStatus:
 with st.expander("Open in NDIF / reproduce in a notebook"):
     ndif = _ndif_status()
     (st.info if ndif.reachable else st.warning)(plain(ndif.message))
-    anatomy = find_anatomy(lm.model)
+    anatomy = lm.anatomy
     model_id = ("HuggingFaceTB/" + BUNDLED_NAME) if lm.spec.source == BUNDLED else lm.spec.source
     text = lm.tokenizer.decode(list(ids), skip_special_tokens=False)
     plain_text = lm.tokenizer.decode(list(ids), skip_special_tokens=True)

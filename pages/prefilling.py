@@ -7,19 +7,12 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
-from perplex.errors import PerplexError
-from perplex.generation import start_generation
+from perplex.core.errors import PerplexError
+from perplex.core.plots import short_prob, visible_token
+from perplex.core.records import Message, TokenRole
+from perplex.engine.local.generation import start_generation
 from perplex.modes import prefill
-from perplex.plots import short_prob, visible_token
-from perplex.records import Message, TokenRole
-from perplex.token_sets import (
-    COMPLIANCE_SET,
-    REFUSAL_SET,
-    list_token_sets,
-    save_set_words,
-    session_set_words,
-)
-from perplex.ui import investigate, resources, session_panel
+from perplex.ui import investigate, page_state, resources, session_panel
 from perplex.ui.conditioning import system_prompt_control
 from perplex.ui.own_sets import own_sets_editor, word_list
 from perplex.ui.prompt_list import many_prompts
@@ -27,9 +20,16 @@ from perplex.ui.sidebar import decode_params_form, thresholds
 from perplex.ui.text import plain
 from perplex.ui.token_view import TokenViewStream
 from perplex.ui.transcript import show_transcript
+from perplex.workspace.token_sets import (
+    COMPLIANCE_SET,
+    REFUSAL_SET,
+    list_token_sets,
+    save_set_words,
+    session_set_words,
+)
 
 PREFIX = "prefill"
-CURRENT = f"{PREFIX}.generation"
+CURRENT = page_state.current_key(PREFIX)
 PROMPT = f"{PREFIX}.prompt"
 PROMPT_TEXT = f"{PREFIX}.prompt_text"
 PREFILL_TEXT = f"{PREFIX}.prefix_text"

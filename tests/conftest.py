@@ -42,7 +42,7 @@ def tiny_lm():
 @pytest.fixture(scope="session")
 def bundled_lm():
     """The bundled SmolLM2-135M-Instruct, from the project's converted-model cache."""
-    from perplex.models import ModelSpec, load_model
-    from perplex.settings import PROJECT_ROOT, Settings
+    from perplex.core.settings import PROJECT_ROOT, Settings
+    from perplex.engine.local.models import ModelSpec, load_model
 
     return load_model(ModelSpec(), Settings(model_cache=PROJECT_ROOT / "data" / "models"))

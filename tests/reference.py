@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from perplex.records import Generation
+from perplex.core.records import Generation
 from tests.tolerances import FLOAT32_NATS, FLOAT32_PROB
 
 

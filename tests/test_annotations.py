@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from perplex.annotations import (
+from perplex.core.errors import InputFormatError, StoreError
+from perplex.workspace.annotations import (
     add_annotation,
     delete_annotation,
     edit_annotation,
@@ -13,9 +14,8 @@ from perplex.annotations import (
     list_annotations,
     session_annotations,
 )
-from perplex.errors import InputFormatError, StoreError
-from perplex.sessions import create_session
-from perplex.store import Store
+from perplex.workspace.sessions import create_session
+from perplex.workspace.store import Store
 from tests.test_store import make_generation
 
 HOSTILE_NOTES = ["<img src=x onerror=alert(1)>", "'; DROP TABLE annotations; --",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from perplex.settings import PROJECT_ROOT
-from perplex.store import Store
+from perplex.core.settings import PROJECT_ROOT
+from perplex.workspace.store import Store
 
 pytestmark = pytest.mark.slow
 

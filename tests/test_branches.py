@@ -6,9 +6,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from perplex.branches import branch_tree
-from perplex.errors import StoreError
-from perplex.store import Store
+from perplex.core.errors import StoreError
+from perplex.workspace.branches import branch_tree
+from perplex.workspace.store import Store
 from tests.test_store import make_generation
 
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)

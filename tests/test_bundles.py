@@ -8,13 +8,13 @@ import zipfile
 
 import pytest
 
-from perplex import bundles
-from perplex.annotations import add_annotation, edit_annotation, session_annotations
-from perplex.bundles import BundleError, export_bundle, import_bundle, read_bundle
-from perplex.errors import PerplexError, StoreError
-from perplex.sessions import create_session, delete_session, get_session, list_sessions
-from perplex.store import MIGRATIONS, Store
-from perplex.token_sets import add_token, create_token_set, list_token_sets
+from perplex.core.errors import PerplexError, StoreError
+from perplex.workspace import bundles
+from perplex.workspace.annotations import add_annotation, edit_annotation, session_annotations
+from perplex.workspace.bundles import BundleError, export_bundle, import_bundle, read_bundle
+from perplex.workspace.sessions import create_session, delete_session, get_session, list_sessions
+from perplex.workspace.store import MIGRATIONS, Store
+from perplex.workspace.token_sets import add_token, create_token_set, list_token_sets
 from tests.test_store import make_generation
 
 TABLES = ("sessions", "generations", "token_steps", "annotations", "token_sets",

@@ -13,11 +13,11 @@ import statistics
 
 import pytest
 
+from perplex.core.errors import GenerationError
+from perplex.core.records import DecodeParams, Message, Source
 from perplex.engine import CapabilityError, Engine, LocalEngine
+from perplex.engine.local.models import bundled_gguf_path
 from perplex.engine.openai_compat import EndpointEngine, top_k_agreement
-from perplex.errors import GenerationError
-from perplex.models import bundled_gguf_path
-from perplex.records import DecodeParams, Message, Source
 from tests.endpoints import LlamaServer
 
 pytestmark = pytest.mark.slow

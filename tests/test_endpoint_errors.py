@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
+from perplex.core.errors import GenerationError, InputFormatError
+from perplex.core.records import DecodeParams, Message
 from perplex.engine import CapabilityError
 from perplex.engine.openai_compat import EndpointEngine
-from perplex.errors import GenerationError, InputFormatError
-from perplex.records import DecodeParams, Message
 from tests.endpoints import MisbehavingServer, free_port
 
 HI = (Message("user", "Hi"),)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from perplex.core.records import DecodeParams, Message, TokenRole
 from perplex.engine import Capabilities, CapabilityError, Engine, LocalEngine
-from perplex.records import DecodeParams, Message, TokenRole
 from tests.tolerances import FLOAT32_LOGIT, FLOAT32_PROB
 
 QUESTION = (Message("user", "What is the capital of France?"),)

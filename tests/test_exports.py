@@ -11,9 +11,12 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from perplex.annotations import add_annotation, list_annotations, session_annotations
-from perplex.errors import PerplexError
-from perplex.exports import (
+from perplex.core.errors import PerplexError
+from perplex.core.plots import entropy_timeline
+from perplex.core.records import Alternative, Generation, Message, Source, TokenRole, TokenStep
+from perplex.core.stats import summarise
+from perplex.workspace.annotations import add_annotation, list_annotations, session_annotations
+from perplex.workspace.exports import (
     TOKEN_COLUMNS,
     annotation_rows,
     annotations_csv,
@@ -27,11 +30,8 @@ from perplex.exports import (
     tokens_json,
     tokens_parquet,
 )
-from perplex.plots import entropy_timeline
-from perplex.records import Alternative, Generation, Message, Source, TokenRole, TokenStep
-from perplex.sessions import create_session
-from perplex.stats import summarise
-from perplex.store import Store
+from perplex.workspace.sessions import create_session
+from perplex.workspace.store import Store
 from tests.test_store import TRICKY_TEXTS, make_generation
 
 HOSTILE = "<img src=x onerror=alert(1)> **bold** [a](javascript:x) `c` # h\n    code &amp;"

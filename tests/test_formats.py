@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from perplex.errors import InputFormatError
-from perplex.formats import (
+from perplex.core.errors import InputFormatError
+from perplex.core.formats import (
     MAX_UPLOAD_BYTES,
     TEXT_ROLE,
     entropy_lower_bound,
     parse_chat_text,
     parse_upload,
 )
-from perplex.records import Message, Source, TokenRole
+from perplex.core.records import Message, Source, TokenRole
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "data" / "samples"

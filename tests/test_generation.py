@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from perplex.errors import GenerationError
-from perplex.generation import inject, start_generation
-from perplex.records import DecodeParams, Message, TokenRole
-from perplex.scoring import score_conversations
-from perplex.steps import distribution_stats
-from perplex.tokens import encode_messages
+from perplex.core.errors import GenerationError
+from perplex.core.records import DecodeParams, Message, TokenRole
+from perplex.core.steps import distribution_stats
+from perplex.core.tokens import encode_messages
+from perplex.engine.local.generation import inject, start_generation
+from perplex.engine.local.scoring import score_conversations
 from tests.reference import assert_matches_direct
 from tests.tolerances import FLOAT32_PROB
 

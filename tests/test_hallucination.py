@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from perplex.errors import InputFormatError
-from perplex.generation import start_generation
+from perplex.core.errors import InputFormatError
+from perplex.core.records import DecodeParams, Message, TokenRole, TokenStep
+from perplex.engine.local.generation import start_generation
 from perplex.modes import hallucination as h
-from perplex.records import DecodeParams, Message, TokenRole, TokenStep
 
 
 def step(i, prob, entropy, role=TokenRole.RESPONSE):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from perplex.head_lens import head_lens, head_vectors
-from perplex.lens import LensError
-from perplex.tokens import encode_plain_text
+from perplex.core.tokens import encode_plain_text
+from perplex.lens.heads import head_lens, head_vectors
+from perplex.lens.logit_lens import LensError
 from tests.tolerances import FLOAT32_LOGIT
 
 

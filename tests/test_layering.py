@@ -1,11 +1,22 @@
-"""Only perplex/ui may import Streamlit: the analysis core stays usable without a UI."""
+"""The package layout is the architecture: imports run one way, internals stay in engine/.
+
+pages → ui → modes → lens / workspace → engine → core. A module imports from its own
+package or from one below; lens and workspace are siblings and do not import each other.
+Only perplex/ui (and the pages) import Streamlit; only perplex/engine touches a model's
+modules or nnsight.
+"""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-CORE = Path(__file__).resolve().parent.parent / "perplex"
+ROOT = Path(__file__).resolve().parent.parent
+CORE = ROOT / "perplex"
+RANK = {"core": 0, "engine": 1, "lens": 2, "workspace": 2, "modes": 3, "ui": 4, "pages": 5}
+# Attribute names that reach into a transformers model (its blocks, final norm, head).
+INTERNALS = {"layers", "lm_head", "get_output_embeddings", "get_input_embeddings",
+             "embed_tokens", "ln_f", "named_modules", "_module", "_model"}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -17,6 +28,67 @@ def imported_modules(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module)
     return names
+
+
+def package_of(path: Path) -> str:
+    """The layer a file belongs to: pages, or perplex's first-level package."""
+    rel = path.relative_to(ROOT)
+    if rel.parts[0] == "pages":
+        return "pages"
+    return rel.parts[1] if len(rel.parts) > 2 else "(top)"
+
+
+def sources() -> list[Path]:
+    return sorted(CORE.rglob("*.py")) + sorted((ROOT / "pages").glob("*.py"))
+
+
+def test_perplex_has_only_the_layers_as_packages():
+    modules = sorted(p.name for p in CORE.glob("*.py"))
+    packages = sorted(p.name for p in CORE.iterdir() if (p / "__init__.py").exists())
+    assert modules == ["__init__.py"]
+    assert packages == sorted(set(RANK) - {"pages"})
+
+
+def test_imports_run_one_way():
+    offenders = []
+    for path in sources():
+        own = package_of(path)
+        for module in imported_modules(path):
+            parts = module.split(".")
+            if parts[0] != "perplex" or len(parts) < 2:
+                continue
+            other = parts[1]
+            if other == own:
+                continue
+            if RANK[other] >= RANK[own]:
+                offenders.append(f"{path.relative_to(ROOT)} ({own}) imports {module}")
+    assert offenders == []
+
+
+def test_the_check_sees_a_wrong_way_import(tmp_path):
+    """The rule above can fail: a core module importing the engine is found."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("from perplex.engine.local.models import LoadedModel\n")
+    parts = next(iter(imported_modules(bad))).split(".")
+    assert RANK[parts[1]] > RANK["core"]
+
+
+def internals_touched(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = {node.attr for node in ast.walk(tree)
+             if isinstance(node, ast.Attribute) and node.attr in INTERNALS}
+    found |= {node.attr for node in ast.walk(tree)  # `.norm` of a model, not np.linalg.norm
+              if isinstance(node, ast.Attribute) and node.attr == "norm"
+              and not (isinstance(node.value, ast.Attribute) and node.value.attr == "linalg")}
+    found |= {f"import {m}" for m in imported_modules(path) if m.split(".")[0] == "nnsight"}
+    return found
+
+
+def test_only_the_engine_touches_model_internals():
+    offenders = {str(p.relative_to(ROOT)): sorted(internals_touched(p)) for p in sources()
+                 if package_of(p) != "engine" and internals_touched(p)}
+    assert offenders == {}
+    assert "get_output_embeddings" in internals_touched(CORE / "engine" / "local" / "models.py")
 
 
 def test_no_streamlit_outside_perplex_ui():

@@ -7,10 +7,11 @@ import pytest
 import torch
 import transformers
 
-from perplex.lens import LensError, compute_lens, find_anatomy
-from perplex.models import LoadedModel, ModelSpec
-from perplex.native import row_stats
-from perplex.tokens import TextPrefix, encode_plain_text
+from perplex.core.native import row_stats
+from perplex.core.tokens import TextPrefix, encode_plain_text
+from perplex.engine.local.anatomy import AnatomyError, anatomy_of
+from perplex.engine.local.models import LoadedModel, ModelSpec
+from perplex.lens.logit_lens import LensError, compute_lens
 from tests.tiny import tiny_tokenizer
 from tests.tolerances import FLOAT32_NATS, FLOAT32_PROB
 
@@ -34,7 +35,7 @@ def reference_log_probs(lm, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]
     model = lm.model
     with torch.no_grad():
         out = model(torch.tensor([ids]), output_hidden_states=True)
-        norm = find_anatomy(model).final_norm
+        norm = anatomy_of(model).final_norm
         head = model.get_output_embeddings()
         states = out.hidden_states
         rows = [norm(h) for h in states[:-1]] + [states[-1]]
@@ -79,7 +80,7 @@ def test_tiny_model_matches_hidden_states_by_hand(tiny_lm, use_native):
 @pytest.mark.parametrize("chunk", [64, 20])
 def test_statistics_in_row_blocks_match_by_hand(tiny_lm, chunk, use_native):
     """Inputs longer than a statistics block (16 rows) are split into blocks correctly."""
-    from perplex.lens_stats import STATS_ROWS
+    from perplex.lens.stats import STATS_ROWS
 
     ids = list(range(3, 48))
     assert len(ids) > 2 * STATS_ROWS
@@ -93,7 +94,7 @@ def test_vocabulary_tiles_match_by_hand(tiny_lm, monkeypatch, tile, band):
     With no room for the logits near the final token's, every rank is recounted from the
     row's full logits.
     """
-    from perplex import lens_stats
+    from perplex.lens import stats as lens_stats
 
     if row_stats.load() is None:
         pytest.skip("no compiled statistics on this machine")
@@ -136,7 +137,7 @@ ARCHITECTURES = {
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_other_architectures_match_hidden_states_by_hand(arch, use_native, monkeypatch):
-    from perplex import lens_stats
+    from perplex.lens import stats as lens_stats
 
     monkeypatch.setattr(lens_stats, "TILE_COLUMNS", 64)  # several tiles, the last one ragged
     tokenizer = tiny_tokenizer()
@@ -181,7 +182,7 @@ def test_lens_leaves_the_model_unchanged(tiny_lm):
 
 
 def test_progress_reaches_total(tiny_lm, use_native):
-    from perplex.lens_stats import TILE_COLUMNS
+    from perplex.lens.stats import TILE_COLUMNS
 
     seen = []
     compute_lens(tiny_lm, list(range(3, 13)), chunk_positions=4, use_native=use_native,
@@ -204,7 +205,7 @@ def test_eiffel_tower_locks_in_paris(bundled_lm):
 
 
 def test_lock_in_by_hand():
-    from perplex.lens import LogitLens
+    from perplex.lens.logit_lens import LogitLens
 
     top = np.array([[[5], [7], [5], [5]], [[1], [1], [1], [1]], [[2], [3], [2], [3]]])
     shape = top.shape[:2]
@@ -229,5 +230,5 @@ def test_prompt_longer_than_context_is_refused(tiny_lm):
 def test_model_without_unembedding_is_refused(tiny_lm):
     headless = LoadedModel(ModelSpec(source="headless"), tiny_lm.model.model,
                            tiny_lm.tokenizer, load_seconds=0.0)
-    with pytest.raises(LensError, match="no recognisable unembedding"):
+    with pytest.raises(AnatomyError, match="has no unembedding"):
         compute_lens(headless, [3, 4, 5])

@@ -8,7 +8,7 @@ import socket
 import pytest
 from nnsight import CONFIG
 
-from perplex.nnsight_adapter import ndif_status
+from perplex.engine.ndif import ndif_status
 from tests.tolerances import FLOAT32_NATS, FLOAT32_PROB
 
 
@@ -65,7 +65,7 @@ def test_with_a_key_and_ndif_answering_it_offers_the_code(key):
 # The lens inside one nnsight trace (the code NDIF runs) against the local lens.
 
 def _wrapped(lm):
-    from perplex.nnsight_adapter import loaded_model
+    from perplex.engine.ndif import loaded_model
 
     return loaded_model(lm.model, lm.tokenizer)
 
@@ -94,9 +94,9 @@ def assert_same_lens(lens, reference) -> None:
 @pytest.mark.parametrize("remote", [False, "local"])
 def test_lens_in_one_trace_equals_the_local_lens_on_a_tiny_model(tiny_lm, remote):
     """remote="local": nnsight serialises the trace as for NDIF, local modules hidden."""
-    from perplex.lens import compute_lens
-    from perplex.ndif import lens_through_nnsight
-    from perplex.tokens import encode_plain_text
+    from perplex.core.tokens import encode_plain_text
+    from perplex.lens.logit_lens import compute_lens
+    from perplex.lens.remote import lens_through_nnsight
 
     ids = encode_plain_text(tiny_lm.tokenizer, "The Eiffel Tower is in Paris, France.").ids
     lens = lens_through_nnsight(_wrapped(tiny_lm), ids, remote=remote)
@@ -105,9 +105,9 @@ def test_lens_in_one_trace_equals_the_local_lens_on_a_tiny_model(tiny_lm, remote
 
 @pytest.mark.slow
 def test_lens_in_one_trace_equals_the_local_lens_on_the_bundled_model(bundled_lm):
-    from perplex.lens import compute_lens
-    from perplex.ndif import lens_through_nnsight
-    from perplex.tokens import encode_plain_text
+    from perplex.core.tokens import encode_plain_text
+    from perplex.lens.logit_lens import compute_lens
+    from perplex.lens.remote import lens_through_nnsight
 
     ids = encode_plain_text(bundled_lm.tokenizer, "The Eiffel Tower is in the city of").ids
     lens = lens_through_nnsight(_wrapped(bundled_lm), ids, remote="local")
@@ -118,7 +118,7 @@ def test_lens_in_one_trace_equals_the_local_lens_on_the_bundled_model(bundled_lm
 # Failures of a remote run, told as NdifError with what to do.
 
 def test_without_a_key_the_remote_lens_refuses_before_any_network_call(no_key, monkeypatch):
-    import perplex.ndif as ndif
+    import perplex.lens.remote as ndif
 
     def network(*args, **kwargs):
         raise AssertionError("no network call may happen without a key")
@@ -131,7 +131,7 @@ def test_without_a_key_the_remote_lens_refuses_before_any_network_call(no_key, m
 
 
 def test_an_unreadable_model_id_says_the_hub_config_could_not_be_read(key):
-    from perplex.ndif import NdifError, ndif_lens
+    from perplex.lens.remote import NdifError, ndif_lens
 
     with pytest.raises(NdifError, match="Could not read the config and tokenizer of 'no "):
         ndif_lens("no such model!!", "Hello")  # refused by the Hub's id check, offline
@@ -141,7 +141,7 @@ def test_ndif_unreachable_through_nnsight_real_transport_says_so(tiny_lm):
     """The real RemoteBackend of nnsight, serialising the trace, against a refused port."""
     from nnsight.intervention.backends.remote import RemoteBackend
 
-    from perplex.ndif import NdifError, run_remote
+    from perplex.lens.remote import NdifError, run_remote
 
     backend = RemoteBackend("nnsight.modeling.transformers.TransformersModel:{}",
                             host=f"http://127.0.0.1:{closed_port()}", api_key="test-key")
@@ -160,13 +160,13 @@ def test_ndif_unreachable_through_nnsight_real_transport_says_so(tiny_lm):
 def test_remote_failures_are_told_with_what_to_do(error, expected):
     from nnsight.intervention.backends.remote import RemoteError
 
-    from perplex.ndif import remote_error
+    from perplex.lens.remote import remote_error
 
     assert expected in str(remote_error("meta-llama/Foo", RemoteError(error)))
 
 
 def test_a_model_needing_its_own_code_is_refused_plainly():
-    from perplex.ndif import hub_error
+    from perplex.lens.remote import hub_error
 
     exc = ValueError("The repository x/y contains custom code ... trust_remote_code=True")
     assert "does not run a repository's code implicitly" in str(hub_error("x/y", exc))
@@ -176,21 +176,21 @@ def test_a_model_needing_its_own_code_is_refused_plainly():
 
 def test_the_model_is_built_from_config_and_tokenizer_only(tiny_lm, tmp_path):
     """No weights in the folder, none loaded: every parameter is on the meta device."""
-    from perplex.lens import find_anatomy
-    from perplex.nnsight_adapter import hub_model
+    from perplex.engine.local.anatomy import remote_paths
+    from perplex.engine.ndif import hub_model
 
     tiny_lm.model.config.save_pretrained(tmp_path)
     tiny_lm.tokenizer.save_pretrained(tmp_path)
     wrapper = hub_model(str(tmp_path))
     assert not wrapper.dispatched
     assert all(p.device.type == "meta" for p in wrapper._module.parameters())
-    assert find_anatomy(wrapper._module).full_layers_path == "model.layers"
+    assert remote_paths(wrapper.config).layers_path == "model.layers"
     text = "The Eiffel Tower"
     assert wrapper.tokenizer(text)["input_ids"] == tiny_lm.tokenizer(text)["input_ids"]
     # Sending the trace to NDIF (here a refused port) never loads weights locally.
     from nnsight.intervention.backends.remote import RemoteBackend
 
-    from perplex.ndif import NdifError, run_remote
+    from perplex.lens.remote import NdifError, run_remote
 
     backend = RemoteBackend("nnsight.modeling.transformers.TransformersModel:{}",
                             host=f"http://127.0.0.1:{closed_port()}", api_key="test-key")
@@ -201,9 +201,9 @@ def test_the_model_is_built_from_config_and_tokenizer_only(tiny_lm, tmp_path):
 
 def test_lens_of_a_meta_built_model_equals_the_local_lens(tiny_lm, tmp_path):
     """Built as for NDIF, the trace serialised as for NDIF; weights loaded on the trace."""
-    from perplex.lens import compute_lens
-    from perplex.ndif import lens_through_nnsight
-    from perplex.nnsight_adapter import hub_model
+    from perplex.engine.ndif import hub_model
+    from perplex.lens.logit_lens import compute_lens
+    from perplex.lens.remote import lens_through_nnsight
 
     tiny_lm.model.save_pretrained(tmp_path)
     tiny_lm.tokenizer.save_pretrained(tmp_path)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from perplex.lens import compute_lens
-from perplex.lens_plots import candidate_ids, lens_heatmap, lens_rows, lens_trajectory
+from perplex.lens.logit_lens import compute_lens
+from perplex.lens.plots import candidate_ids, lens_heatmap, lens_rows, lens_trajectory
 from perplex.ui.lens_view import lens_payload
 
 

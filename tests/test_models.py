@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from perplex.errors import ModelLoadError
-from perplex.models import ModelSpec, converted_gguf_folder, load_model
-from perplex.settings import Settings, load_settings
+from perplex.core.errors import ModelLoadError
+from perplex.core.settings import Settings, load_settings
+from perplex.engine.local.models import ModelSpec, converted_gguf_folder, load_model
 
 
 def test_unknown_model_id_offline_says_what_to_do(monkeypatch, tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from perplex.native import row_stats
+from perplex.core.native import row_stats
 
 
 @pytest.fixture(scope="module", params=[(True, True), (False, True), (True, False)],

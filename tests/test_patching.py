@@ -10,16 +10,20 @@ import numpy as np
 import pytest
 import torch
 
-from perplex.lens import LensError, find_anatomy
-from perplex.models import LoadedModel, ModelSpec
-from perplex.nnsight_adapter import ResidualPatch, capture_residuals, patched_last_residual
-from perplex.patching import (
+from perplex.core.tokens import TextPrefix, encode_plain_text
+from perplex.engine.local.models import LoadedModel, ModelSpec
+from perplex.engine.local.nnsight_adapter import (
+    ResidualPatch,
+    capture_residuals,
+    patched_last_residual,
+)
+from perplex.lens.logit_lens import LensError
+from perplex.lens.patching import (
     aligned_source_position,
     patch_prompts,
     patch_sweep,
     unpatched_logits,
 )
-from perplex.tokens import TextPrefix, encode_plain_text
 from tests.test_lens import ARCHITECTURES
 from tests.tiny import tiny_tokenizer
 from tests.tolerances import FLOAT32_LOGIT, FLOAT32_PROB
@@ -122,7 +126,7 @@ def full_pass_grid(lm, source: list[int], target: list[int], layers) -> tuple[np
 
     Returns (p(source answer), top-1), each [len(layers), T], for same-length prompts.
     """
-    anatomy = find_anatomy(lm.model)
+    anatomy = lm.anatomy
     source_res = capture_residuals(anatomy.decoder, anatomy.layers_path, torch.tensor([source]))
     head = lm.model.get_output_embeddings()
 

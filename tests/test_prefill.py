@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from perplex.errors import InputFormatError
-from perplex.generation import start_generation
+from perplex.core.errors import InputFormatError
+from perplex.core.plots import short_prob
+from perplex.core.records import DecodeParams, Message, TokenRole
+from perplex.engine.local.generation import start_generation
 from perplex.modes import prefill
-from perplex.plots import short_prob
-from perplex.records import DecodeParams, Message, TokenRole
-from perplex.token_sets import DEFAULT_SETS
+from perplex.workspace.token_sets import DEFAULT_SETS
 from tests.tolerances import FLOAT32_PROB
 
 
@@ -267,7 +267,7 @@ def page(tiny_lm):
     """The Prefilling page on the tiny model (AppTest: script logic, no browser)."""
     from streamlit.testing.v1 import AppTest
 
-    from perplex.settings import PROJECT_ROOT
+    from perplex.core.settings import PROJECT_ROOT
 
     at = AppTest.from_file(str(PROJECT_ROOT / "pages" / "prefilling.py"), default_timeout=60)
     at.session_state["perplex.lm"] = tiny_lm
@@ -276,9 +276,9 @@ def page(tiny_lm):
 
 def stored(perplex_home):
     """(sessions, {set name: words} per session) in the page's database."""
-    from perplex.sessions import search_sessions
-    from perplex.store import Store
-    from perplex.token_sets import list_token_sets
+    from perplex.workspace.sessions import search_sessions
+    from perplex.workspace.store import Store
+    from perplex.workspace.token_sets import list_token_sets
 
     with Store.open(perplex_home / "perplex.duckdb") as store:
         sessions = search_sessions(store, "")
@@ -306,8 +306,8 @@ def test_opening_the_page_creates_nothing_until_an_edit(page, perplex_home, tiny
     assert sessions[0].settings["prefill.spellings"] == {"leading_space": True,
                                                          "case_variants": False}
     # tokens added from the token view (" maybe", ",") show up and are not "edited" away
-    from perplex.store import Store
-    from perplex.token_sets import add_token, list_token_sets
+    from perplex.workspace.store import Store
+    from perplex.workspace.token_sets import add_token, list_token_sets
 
     with Store.open(perplex_home / "perplex.duckdb") as store:
         r_set = next(s for s in list_token_sets(store, sid) if s.name == "R-Set")
@@ -321,9 +321,9 @@ def test_opening_the_page_creates_nothing_until_an_edit(page, perplex_home, tiny
 
 
 def test_a_shared_session_shows_its_sets_and_writes_nothing(page, perplex_home, tiny_lm):
-    from perplex.sessions import create_session, get_session
-    from perplex.store import Store
-    from perplex.token_sets import save_set_words
+    from perplex.workspace.sessions import create_session, get_session
+    from perplex.workspace.store import Store
+    from perplex.workspace.token_sets import save_set_words
 
     with Store.open(perplex_home / "perplex.duckdb") as store:
         sid = create_session(store, "shared").id

@@ -6,10 +6,10 @@ import threading
 
 import pytest
 
+from perplex.core.errors import PerplexError
 from perplex.engine import ModelRegistry, RegistryFullError
+from perplex.engine.local.models import ModelSpec
 from perplex.engine.registry import model_bytes, parse_bytes
-from perplex.errors import PerplexError
-from perplex.models import ModelSpec
 from tests.tiny import tiny_model
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from perplex.errors import InputFormatError
-from perplex.records import Message, Source, TokenRole
-from perplex.scoring import score_conversations
+from perplex.core.errors import InputFormatError
+from perplex.core.records import Message, Source, TokenRole
+from perplex.engine.local.scoring import score_conversations
 from tests.reference import assert_matches_direct
 from tests.tolerances import FLOAT32_PROB
 

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from perplex import sessions
-from perplex.annotations import add_annotation, list_annotations, session_annotations
-from perplex.errors import InputFormatError, StoreError
-from perplex.sessions import (
+from perplex.core.errors import InputFormatError, StoreError
+from perplex.workspace import sessions
+from perplex.workspace.annotations import add_annotation, list_annotations, session_annotations
+from perplex.workspace.sessions import (
     create_session,
     delete_session,
     duplicate_session,
@@ -21,8 +21,8 @@ from perplex.sessions import (
     touch_session,
     update_settings,
 )
-from perplex.store import Store
-from perplex.token_sets import add_token, create_token_set, list_token_sets
+from perplex.workspace.store import Store
+from perplex.workspace.token_sets import add_token, create_token_set, list_token_sets
 from tests.test_store import make_generation
 
 UNTRUSTED_NAMES = ["../../etc/passwd", "O'Brien \"quoted\"", "'; DROP TABLE sessions; --",

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from perplex.plots import entropy_timeline
-from perplex.records import TokenRole, TokenStep
-from perplex.stats import summarise
+from perplex.core.plots import entropy_timeline
+from perplex.core.records import TokenRole, TokenStep
+from perplex.core.stats import summarise
 
 
 def step(i, p, h):
@@ -43,7 +43,7 @@ def test_entropy_timeline_carries_token_indices():
 
 
 def test_before_after_timeline_has_both_runs_and_the_split():
-    from perplex.plots import before_after_timeline
+    from perplex.core.plots import before_after_timeline
 
     fig = before_after_timeline(STEPS, STEPS[:2], split=1)
     assert [t.name for t in fig.data] == ["p(token) before", "entropy before",

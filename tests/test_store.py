@@ -11,9 +11,8 @@ from datetime import datetime, timedelta, timezone
 import duckdb
 import pytest
 
-from perplex import store as store_module
-from perplex.errors import StoreError
-from perplex.records import (
+from perplex.core.errors import StoreError
+from perplex.core.records import (
     Alternative,
     DecodeParams,
     Generation,
@@ -22,7 +21,8 @@ from perplex.records import (
     TokenRole,
     TokenStep,
 )
-from perplex.store import MIGRATIONS, Store
+from perplex.workspace import store as store_module
+from perplex.workspace.store import MIGRATIONS, Store
 
 TRICKY_TEXTS = [
     "Hello", " world", "😀", "👩‍👩‍👧", "\n", "\r\n", "\t", "<script>alert(1)</script>",

@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from perplex.records import Alternative, TokenRole, TokenStep
+from perplex.core.records import Alternative, TokenRole, TokenStep
 from perplex.ui.token_view import (
     AnnotationMark,
     TokenEvent,
@@ -282,7 +282,7 @@ def test_token_view_mounts_in_apptest():
 
         import streamlit as st
 
-        from perplex.records import Alternative, TokenRole, TokenStep
+        from perplex.core.records import Alternative, TokenRole, TokenStep
         from perplex.ui.token_view import (
             AnnotationMark,
             TokenSetInfo,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from perplex.errors import InputFormatError, StoreError
-from perplex.sessions import create_session, delete_session
-from perplex.store import Store
-from perplex.token_sets import (
+from perplex.core.errors import InputFormatError, StoreError
+from perplex.workspace.sessions import create_session, delete_session
+from perplex.workspace.store import Store
+from perplex.workspace.token_sets import (
     COMPLIANCE_SET,
     DEFAULT_SETS,
     REFUSAL_SET,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from perplex.records import Message, TokenRole
-from perplex.tokens import encode_messages, token_texts
+from perplex.core.records import Message, TokenRole
+from perplex.core.tokens import encode_messages, token_texts
 
 
 def test_texts_join_exactly_even_when_a_character_spans_tokens(tiny_lm):
@@ -28,7 +28,7 @@ def test_generation_prompt_is_template_and_content_keeps_its_role(tiny_lm):
 
 def test_plain_text_prefix_is_a_choice_shown_as_the_first_token(bundled_lm):
     """SmolLM2's BOS is its chat-turn marker; end-of-text is the default start of text."""
-    from perplex.tokens import (
+    from perplex.core.tokens import (
         TextPrefix,
         available_prefixes,
         default_text_prefix,
@@ -48,7 +48,7 @@ def test_plain_text_prefix_is_a_choice_shown_as_the_first_token(bundled_lm):
 
 
 def test_the_templates_default_system_prompt_is_found_and_written_out(bundled_lm, tiny_lm):
-    from perplex.tokens import default_system_prompt
+    from perplex.core.tokens import default_system_prompt
 
     tok = bundled_lm.tokenizer
     default = default_system_prompt(tok)

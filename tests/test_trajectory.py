@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from perplex.tokens import encode_plain_text
-from perplex.trajectory import pca_2d, residual_trajectory
+from perplex.core.tokens import encode_plain_text
+from perplex.lens.trajectory import pca_2d, residual_trajectory
 from tests.tolerances import FLOAT32_LOGIT
 
 
@@ -51,7 +51,7 @@ def test_pca_of_a_single_point_is_padded():
 
 
 def test_figure_marks_both_ends_and_keeps_distances():
-    from perplex.trajectory import Trajectory
+    from perplex.lens.trajectory import Trajectory
 
     coords = np.array([[0.0, 0.0], [1.0, 2.0], [3.0, -1.0]])
     fig = Trajectory(position=0, coords=coords, explained=np.array([0.7, 0.2]),

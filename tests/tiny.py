@@ -6,7 +6,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from perplex.models import LoadedModel, ModelSpec
+from perplex.engine.local.models import LoadedModel, ModelSpec
 
 CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] "
           "+ '<|im_end|>\n' }}{% endfor %}"

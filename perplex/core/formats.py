@@ -20,8 +20,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-from perplex.errors import InputFormatError
-from perplex.records import (
+from perplex.core.errors import InputFormatError
+from perplex.core.records import (
     Alternative,
     Generation,
     Message,

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import plotly.graph_objects as go
 
-from perplex.records import TokenStep
+from perplex.core.records import TokenStep
 
 PROB_COLOUR = "#2b7bba"
 ENTROPY_COLOUR = "#d95f02"

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from perplex.records import TokenStep
+from perplex.core.records import TokenStep
 
 
 @dataclass(frozen=True)

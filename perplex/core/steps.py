@@ -11,8 +11,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from perplex.records import Alternative, TokenRole, TokenStep
-from perplex.tokens import token_texts
+from perplex.core.records import Alternative, TokenRole, TokenStep
+from perplex.core.tokens import token_texts
 
 # Rows whose statistics are computed together: small enough for the [rows, V] float64 block
 # to stay in the CPU cache through its passes (300 rows: 114-120 ms at 16, 227-243 at 256).

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from perplex.errors import InputFormatError
-from perplex.tokens import token_texts
+from perplex.core.errors import InputFormatError
+from perplex.core.tokens import token_texts
 
 MAX_WORD_CHARS = 100
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from perplex.errors import InputFormatError
-from perplex.records import Message, TokenRole
+from perplex.core.errors import InputFormatError
+from perplex.core.records import Message, TokenRole
 
 PLAIN_TEXT_ROLE = "text"  # a message scored as plain text, without a chat template
 CONTENT_ROLES = {"system": TokenRole.PROMPT, "user": TokenRole.PROMPT,

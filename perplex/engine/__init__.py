@@ -5,7 +5,7 @@ says through its `Capabilities` (pages disable the view and show the reason), an
 cannot serve raises `CapabilityError`.
 """
 
-from perplex.engine.local import LocalEngine
+from perplex.engine.local.engine import LocalEngine
 from perplex.engine.protocol import Capabilities, CapabilityError, Engine, ModelInfo
 from perplex.engine.registry import ModelRegistry, RegistryFullError
 

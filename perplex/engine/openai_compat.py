@@ -14,10 +14,10 @@ import math
 from collections.abc import Iterator, Sequence
 from urllib.parse import urlparse
 
+from perplex.core.errors import GenerationError, InputFormatError
+from perplex.core.formats import LogprobSteps
+from perplex.core.records import DecodeParams, Generation, Message, Source, TokenRole, TokenStep
 from perplex.engine.protocol import Capabilities, CapabilityError, ModelInfo
-from perplex.errors import GenerationError, InputFormatError
-from perplex.formats import LogprobSteps
-from perplex.records import DecodeParams, Generation, Message, Source, TokenRole, TokenStep
 
 MAX_TOP_K = 20  # what the OpenAI API (and vLLM's default --max-logprobs) allows
 NO_INTERNALS = "an OpenAI-compatible endpoint exposes no residual stream: use a local model"

@@ -16,9 +16,9 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from perplex.errors import PerplexError
-from perplex.records import DecodeParams, Generation, Message, TokenStep
-from perplex.tokens import EncodedSequence, TextPrefix
+from perplex.core.errors import PerplexError
+from perplex.core.records import DecodeParams, Generation, Message, TokenStep
+from perplex.core.tokens import EncodedSequence, TextPrefix
 
 CAPABILITY_NAMES = ("full_distribution", "scores_text", "internals", "hooks")
 
@@ -108,7 +108,7 @@ class Engine(Protocol):
 
 
 class GenerationRun(Protocol):
-    """A generation in progress (`perplex.generation.DecodeRun` for local engines)."""
+    """A generation in progress (`perplex.engine.local.generation.DecodeRun` for local engines)."""
 
     def __iter__(self) -> Iterator[TokenStep]:
         """Every TokenStep in order: the context's first, then each new one as it comes."""

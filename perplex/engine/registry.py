@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from perplex.engine.local import LocalEngine
-from perplex.errors import PerplexError
-from perplex.models import LoadedModel, ModelSpec, load_model
+from perplex.core.errors import PerplexError
+from perplex.engine.local.engine import LocalEngine
+from perplex.engine.local.models import LoadedModel, ModelSpec, load_model
 
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20,
          "gib": 2**30}

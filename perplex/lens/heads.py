@@ -20,12 +20,11 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
-from perplex.lens import LensAnatomy, LensError, check_input, find_anatomy
-from perplex.nnsight_adapter import capture_head_inputs
-from perplex.plots import visible_token
+from perplex.core.plots import visible_token
+from perplex.engine.local.anatomy import Anatomy
+from perplex.engine.local.nnsight_adapter import capture_head_inputs
+from perplex.lens.logit_lens import LensError, check_input
 
-OUT_PROJ_PATHS = ("self_attn.o_proj", "self_attn.out_proj", "attention.o_proj",
-                  "attn.o_proj")
 TOP_TOKENS = 3
 
 
@@ -68,22 +67,15 @@ class HeadLens:
         return fig
 
 
-def _out_proj_path(anatomy: LensAnatomy) -> str:
-    block = getattr(anatomy.decoder, anatomy.layers_path.split(".")[0])
-    for name in anatomy.layers_path.split(".")[1:]:
-        block = getattr(block, name)
-    first = block[0]
-    for path in OUT_PROJ_PATHS:
-        module = first
-        for name in path.split("."):
-            module = getattr(module, name, None)
-        if isinstance(module, torch.nn.Linear):
-            return path
-    raise LensError(f"{type(first).__name__}: no linear attention output projection found "
-                    f"(looked for {', '.join(OUT_PROJ_PATHS)}), so heads cannot be separated.")
+def _check_out_proj(anatomy: Anatomy) -> None:
+    """Heads separate only where the output projection is a plain linear map of them."""
+    if not isinstance(anatomy.attn_out(0), torch.nn.Linear):
+        raise LensError(f"{anatomy.family.name}: the attention output projection "
+                        f"({anatomy.attn_out_path}) is not a linear layer, so heads cannot "
+                        "be separated.")
 
 
-def _frozen_norm(anatomy: LensAnatomy, vectors: torch.Tensor,
+def _frozen_norm(anatomy: Anatomy, vectors: torch.Tensor,
                  final_residual: torch.Tensor) -> torch.Tensor:
     """The final RMS norm applied to `vectors` [..., d] with the final residual's scale.
 
@@ -109,21 +101,16 @@ def head_vectors(lm, ids: Sequence[int], position: int) -> tuple[torch.Tensor, t
     check_input(lm, ids)
     if not 0 <= position < len(ids):
         raise LensError(f"Position {position} is outside the input's {len(ids)} tokens.")
-    anatomy = find_anatomy(lm.model)
-    path = _out_proj_path(anatomy)
-    inputs, last = capture_head_inputs(anatomy.decoder, anatomy.layers_path, path,
-                                       torch.tensor([list(ids)], device=lm.model.device))
-    n_heads = int(lm.model.config.num_attention_heads)
-    blocks = anatomy.decoder
-    for name in anatomy.layers_path.split("."):
-        blocks = getattr(blocks, name)
+    anatomy = lm.anatomy
+    _check_out_proj(anatomy)
+    inputs, last = capture_head_inputs(anatomy.decoder, anatomy.layers_path,
+                                       anatomy.attn_out_path,
+                                       torch.tensor([list(ids)], device=lm.device))
+    n_heads = anatomy.n_heads
     vectors = []
     with torch.inference_mode():
-        for layer, block in enumerate(blocks):
-            proj = block
-            for name in path.split("."):
-                proj = getattr(proj, name)
-            weight = proj.weight.float()  # [d, H·dh]
+        for layer in range(anatomy.n_blocks):
+            weight = anatomy.attn_out(layer).weight.float()  # [d, H·dh]
             z = inputs[layer, position].view(n_heads, -1)  # [H, dh]
             vectors.append(torch.einsum("dhk,hk->hd", weight.view(weight.shape[0], n_heads, -1),
                                         z))
@@ -133,11 +120,10 @@ def head_vectors(lm, ids: Sequence[int], position: int) -> tuple[torch.Tensor, t
 def head_lens(lm, ids: Sequence[int], position: int, top_k: int = TOP_TOKENS) -> HeadLens:
     """The per-head lens at `position` for the model's own top-1 next token there."""
     vectors, final_residual = head_vectors(lm, ids, position)
-    anatomy = find_anatomy(lm.model)
+    anatomy = lm.anatomy
     weight = anatomy.unembed.weight.detach().float()
     with torch.inference_mode():
-        final_logits = anatomy.unembed(anatomy.final_norm(
-            final_residual.to(anatomy.norm_dtype))).float()
+        final_logits = anatomy.unembed_hidden(final_residual)
         token = int(final_logits.argmax())
         read = _frozen_norm(anatomy, vectors, final_residual)  # [L, H, d]
         logit = read @ weight[token]

@@ -1,12 +1,12 @@
 """The logit lens: what the model would predict if it stopped after each layer.
 
-One forward pass (through `perplex.nnsight_adapter`) captures the residual stream after the
-embedding and after every block; each is passed through the model's own final norm and
+One forward pass (through the local engine's nnsight adapter) captures the residual stream
+after the embedding and after every block; each is passed through the model's own final norm and
 unembedding. Row L (the last block's output, normed here) is therefore exactly the model's
 output distribution. Probabilities are softmax at temperature 1; entropy and KL in nats.
 
 Cost: the unembedding matmul (positions × layers × vocabulary × hidden) dominates; the
-statistics of its logits are taken by `perplex.lens_stats`, chunk of positions by chunk.
+statistics of its logits are taken by `perplex.lens.stats`, chunk of positions by chunk.
 """
 
 from __future__ import annotations
@@ -18,14 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from perplex.errors import PerplexError
-from perplex.lens_stats import Projector
-from perplex.nnsight_adapter import ResidualPatch, capture_residuals
-from perplex.tokens import token_texts
+from perplex.core.errors import PerplexError
+from perplex.core.tokens import token_texts
+from perplex.engine.local.nnsight_adapter import ResidualPatch, capture_residuals
+from perplex.lens.stats import Projector
 
-FINAL_NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_layer_norm", "norm_f",
-                    "final_norm")
-BLOCK_LIST_NAMES = ("layers", "h", "blocks", "decoder.layers", "layer")
 DEFAULT_TOP_K = 10
 CHUNK_POSITIONS = 64  # positions projected at once: bounds the [chunk, vocab] buffers
 
@@ -34,92 +31,6 @@ Progress = Callable[[int, int], None]  # (steps done, steps in all)
 
 class LensError(PerplexError):
     """The logit lens cannot be computed for this model or input."""
-
-
-@dataclass(frozen=True, eq=False)
-class LensAnatomy:
-    """Where a causal LM keeps what the lens needs, found from its structure.
-
-    Paths are attribute paths from the causal LM (e.g. "model.layers"); `layers_path` and
-    `norm_name` are relative to `decoder`, the model without its head.
-    """
-
-    decoder: torch.nn.Module
-    decoder_path: str
-    layers_path: str
-    norm_name: str
-    final_norm: torch.nn.Module
-    unembed: torch.nn.Module
-    head_path: str
-    n_blocks: int
-    softcap: float | None  # final logit soft-capping (Gemma 2), None when absent
-
-    @property
-    def full_layers_path(self) -> str:
-        """The blocks' path from the causal LM."""
-        return f"{self.decoder_path}.{self.layers_path}".strip(".")
-
-    @property
-    def full_norm_path(self) -> str:
-        """The final norm's path from the causal LM."""
-        return f"{self.decoder_path}.{self.norm_name}".strip(".")
-
-    @property
-    def norm_dtype(self) -> torch.dtype:
-        """The dtype of the final norm's parameters (the model's dtype)."""
-        param = next(self.final_norm.parameters(), None)
-        return torch.float32 if param is None else param.dtype
-
-
-def _get_path(module: torch.nn.Module, path: str):
-    for name in path.split("."):
-        module = getattr(module, name, None)
-        if module is None:
-            return None
-    return module
-
-
-def find_anatomy(model: torch.nn.Module) -> LensAnatomy:
-    """Find the decoder, its blocks, its final norm and the unembedding of a causal LM.
-
-    Works for the llama family (Llama, SmolLM, Mistral, Qwen2, Gemma) and GPT-2-style
-    models; anything else gets a `LensError` that says what was missing.
-    """
-    kind = type(model).__name__
-    get_head = getattr(model, "get_output_embeddings", None)
-    unembed = get_head() if callable(get_head) else None
-    weight = getattr(unembed, "weight", None)
-    if unembed is None or not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-        raise LensError(
-            f"{kind} has no recognisable unembedding (output embedding matrix), so the logit "
-            "lens cannot project its hidden states. Choose a causal language model with a "
-            "language-model head.")
-    head_path = next((n for n, m in model.named_modules() if m is unembed), "lm_head")
-    decoder_path = getattr(model, "base_model_prefix", "") or ""
-    decoder = _get_path(model, decoder_path) if decoder_path else None
-    if decoder is None or decoder is model:
-        raise LensError(f"{kind}: could not find the decoder inside the model (expected an "
-                        "attribute such as `model` or `transformer`).")
-    layers_path = next((p for p in BLOCK_LIST_NAMES
-                        if isinstance(_get_path(decoder, p), torch.nn.ModuleList)), None)
-    if layers_path is None:
-        raise LensError(f"{kind}: could not find the list of transformer blocks (looked for "
-                        f"{', '.join(BLOCK_LIST_NAMES)} in the decoder).")
-    norm_name = next((n for n in FINAL_NORM_NAMES
-                      if isinstance(getattr(decoder, n, None), torch.nn.Module)), None)
-    if norm_name is None:
-        raise LensError(f"{kind}: could not find the final norm before the unembedding (looked "
-                        f"for {', '.join(FINAL_NORM_NAMES)}), so the lens would project "
-                        "un-normalised states. This architecture is not supported yet.")
-    if weight.shape[1] != getattr(model.config, "hidden_size", weight.shape[1]):
-        raise LensError(f"{kind}: the unembedding expects {weight.shape[1]} features but the "
-                        f"hidden size is {model.config.hidden_size}.")
-    softcap = getattr(model.config, "final_logit_softcapping", None)
-    return LensAnatomy(decoder=decoder, decoder_path=decoder_path, layers_path=layers_path,
-                       norm_name=norm_name, final_norm=getattr(decoder, norm_name),
-                       unembed=unembed, head_path=head_path,
-                       n_blocks=len(_get_path(decoder, layers_path)),
-                       softcap=float(softcap) if softcap else None)
 
 
 @dataclass(frozen=True, eq=False)
@@ -203,10 +114,9 @@ def compute_lens(lm, ids: Sequence[int], *, top_k: int = DEFAULT_TOP_K,
     """
     check_input(lm, ids)
     started = time.perf_counter()
-    anatomy = find_anatomy(lm.model)
-    device = lm.model.device
+    anatomy = lm.anatomy
     residuals = capture_residuals(anatomy.decoder, anatomy.layers_path,
-                                  torch.tensor([list(ids)], device=device), patches)
+                                  torch.tensor([list(ids)], device=lm.device), patches)
     n_layers, n_pos = residuals.shape[0], residuals.shape[1]
     weight = anatomy.unembed.weight.detach()
     weight = weight if weight.dtype == torch.float32 else weight.float()

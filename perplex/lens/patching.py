@@ -23,15 +23,15 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
-from perplex.lens import LensError, Progress, check_input, find_anatomy
-from perplex.nnsight_adapter import (
+from perplex.core.plots import visible_token
+from perplex.core.tokens import token_texts
+from perplex.engine.local.nnsight_adapter import (
     ResidualPatch,
     capture_clean_run,
     capture_residuals,
     resume_with_patches,
 )
-from perplex.plots import visible_token
-from perplex.tokens import token_texts
+from perplex.lens.logit_lens import LensError, Progress, check_input
 
 TOP_K = 5
 SWEEP_ROWS = 32  # patched copies of the target per forward pass
@@ -134,9 +134,9 @@ class _Run:
     def __init__(self, lm, source_ids: Sequence[int], target_ids: Sequence[int]) -> None:
         check_input(lm, source_ids)
         check_input(lm, target_ids)
-        self.lm, self.anatomy = lm, find_anatomy(lm.model)
+        self.lm, self.anatomy = lm, lm.anatomy
         self.source_ids, self.target_ids = list(source_ids), list(target_ids)
-        self.device = lm.model.device
+        self.device = lm.device
         self.source = capture_residuals(self.anatomy.decoder, self.anatomy.layers_path,
                                         self._ids([self.source_ids]))  # [L+1, Ts, d]
         self.source_answer = int(self.final_logits(self.source[-1][None]).argmax())
@@ -155,13 +155,8 @@ class _Run:
 
     def final_logits(self, last: torch.Tensor) -> torch.Tensor:
         """Next-token logits [B, V] (float32) after the last position of `last` [B, T, d]."""
-        anatomy = self.anatomy
         with torch.inference_mode():
-            normed = anatomy.final_norm(last[:, -1].to(anatomy.norm_dtype))
-            logits = anatomy.unembed(normed).float()
-            if anatomy.softcap:
-                logits = torch.tanh(logits / anatomy.softcap) * anatomy.softcap
-        return logits
+            return self.anatomy.unembed_hidden(last[:, -1])
 
     def check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.source.shape[0]:

@@ -6,8 +6,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from perplex.lens import LogitLens
-from perplex.plots import ENTROPY_COLOUR, PROB_COLOUR, visible_token
+from perplex.core.plots import ENTROPY_COLOUR, PROB_COLOUR, visible_token
+from perplex.lens.logit_lens import LogitLens
 
 KL_COLOUR = "#7b3294"
 RANK_COLOUR = "#1b9e77"

@@ -8,30 +8,38 @@ the model's config and tokenizer are read from the Hub (a meta model: no weights
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
-from perplex.errors import PerplexError
-from perplex.lens import DEFAULT_TOP_K, LogitLens, find_anatomy
-from perplex.nnsight_adapter import hub_model, remote_backend, trace_lens_tops
-from perplex.tokens import token_texts
+from perplex.core.errors import PerplexError
+from perplex.engine.ndif import (
+    LensRun,
+    NdifError,
+    hub_error,
+    hub_model,
+    ndif_api_key,
+    prompt_ids,
+    remote_backend,
+    remote_error,
+    run_lens,
+)
+from perplex.lens.logit_lens import DEFAULT_TOP_K, LogitLens
 
-NDIF_MODELS_URL = "https://nnsight.net/status/"
 
-
-class NdifError(PerplexError):
-    """A remote (NDIF) lens run cannot be started or failed."""
-
-
-def ndif_api_key() -> str | None:
-    """The NDIF API key from nnsight's config or the NDIF_API_KEY environment variable."""
-    from nnsight import CONFIG
-
-    return getattr(CONFIG.API, "APIKEY", None) or os.environ.get("NDIF_API_KEY") or None
+def as_logit_lens(run: LensRun, label: str) -> LogitLens:
+    """The `LogitLens` of a remote run ([L+1, T, ...] tensors turned position-major)."""
+    tops = run.tops
+    return LogitLens(
+        token_ids=np.asarray(run.ids, dtype=np.int64),
+        token_texts=run.token_texts,
+        top_ids=tops.top_ids.permute(1, 0, 2).numpy().astype(np.int64),
+        top_probs=tops.top_probs.permute(1, 0, 2).numpy().astype(np.float32),
+        final_prob=tops.final_prob.T.numpy().astype(np.float32),
+        final_rank=tops.final_rank.T.numpy().astype(np.int32),
+        entropy=tops.entropy.T.numpy().astype(np.float32),
+        kl_to_final=tops.kl_to_final.T.numpy().astype(np.float32),
+        candidate_texts=run.candidate_texts, model_label=label, seconds=run.seconds)
 
 
 def lens_through_nnsight(wrapper, ids: Sequence[int], *, top_k: int = DEFAULT_TOP_K,
@@ -42,33 +50,8 @@ def lens_through_nnsight(wrapper, ids: Sequence[int], *, top_k: int = DEFAULT_TO
     `wrapper` is nnsight's model (a meta model for NDIF, or a loaded one); `remote` and
     `backend` are passed to the trace. Equals `compute_lens` on the same model and ids.
     """
-    if len(ids) == 0:
-        raise NdifError("The prompt is empty: type some text to look through the lens.")
-    started = time.perf_counter()
-    module = wrapper._module  # the transformers model, to read its structure
-    anatomy = find_anatomy(module)
-    context = int(getattr(module.config, "max_position_embeddings", 0) or 0)
-    if context and len(ids) > context:
-        raise NdifError(f"The input has {len(ids)} tokens but the model reads at most "
-                        f"{context}. Shorten it.")
-    k = min(top_k, anatomy.unembed.weight.shape[0])
-    tops = trace_lens_tops(wrapper, torch.tensor([list(ids)]), anatomy.full_layers_path,
-                           anatomy.full_norm_path, anatomy.head_path, k, anatomy.softcap,
-                           remote=remote, backend=backend)
-    top_ids = tops.top_ids.permute(1, 0, 2).numpy().astype(np.int64)
-    tokenizer = wrapper.tokenizer
-    unique = [int(i) for i in np.unique(top_ids)]
-    return LogitLens(
-        token_ids=np.asarray(ids, dtype=np.int64),
-        token_texts=tuple(token_texts(tokenizer, list(ids))),
-        top_ids=top_ids,
-        top_probs=tops.top_probs.permute(1, 0, 2).numpy().astype(np.float32),
-        final_prob=tops.final_prob.T.numpy().astype(np.float32),
-        final_rank=tops.final_rank.T.numpy().astype(np.int32),
-        entropy=tops.entropy.T.numpy().astype(np.float32),
-        kl_to_final=tops.kl_to_final.T.numpy().astype(np.float32),
-        candidate_texts=dict(zip(unique, tokenizer.batch_decode([[i] for i in unique]))),
-        model_label=label, seconds=time.perf_counter() - started)
+    return as_logit_lens(run_lens(wrapper, ids, top_k=top_k, remote=remote, backend=backend),
+                         label)
 
 
 def ndif_lens(model_id: str, prompt: str, *, top_k: int = DEFAULT_TOP_K,
@@ -94,7 +77,7 @@ def ndif_lens(model_id: str, prompt: str, *, top_k: int = DEFAULT_TOP_K,
         wrapper = hub_model(model_id)
     except Exception as exc:  # transformers / huggingface_hub raise many kinds
         raise hub_error(model_id, exc) from exc
-    ids = list(wrapper.tokenizer(prompt)["input_ids"])
+    ids = prompt_ids(wrapper, prompt)
     try:
         backend = remote_backend(wrapper, api_key)
     except Exception as exc:
@@ -114,48 +97,3 @@ def run_remote(wrapper, ids: Sequence[int], backend, model_id: str, *,
         raise remote_error(model_id, exc) from exc
 
 
-def hub_error(model_id: str, exc: BaseException) -> NdifError:
-    """What to tell the researcher when `model_id`'s config or tokenizer cannot be read."""
-    text = f"{type(exc).__name__}: {exc}"
-    if "trust_remote_code" in text:
-        return NdifError(f"{model_id} needs its own code to load (trust_remote_code), and "
-                         "Perplex does not run a repository's code implicitly. Choose a "
-                         "model that transformers supports natively.")
-    if "gated" in text.lower() or "401" in text or "403" in text:
-        return NdifError(f"{model_id} is gated on the Hugging Face Hub: accept its licence "
-                         "on its Hub page and set HF_TOKEN, so its config and tokenizer can "
-                         f"be read. ({text})")
-    return NdifError(f"Could not read the config and tokenizer of {model_id!r} from the "
-                     "Hugging Face Hub (needed to build the model's structure here; no "
-                     "weights are downloaded). Check the id and this machine's network. "
-                     f"({text})")
-
-
-def remote_error(model_id: str, exc: BaseException) -> NdifError:
-    """What to tell the researcher when the remote run itself fails."""
-    text = f"{type(exc).__name__}: {exc}"
-    lowered = text.lower()
-    if isinstance(exc, (ConnectionError, TimeoutError)) or _is_transport_error(exc) \
-            or "failed to send request" in lowered and ("connect" in lowered
-                                                        or "timed out" in lowered):
-        return NdifError(f"NDIF cannot be reached from this machine ({text}). It may be "
-                         "offline, or this machine has no network: run the code below in "
-                         "a notebook elsewhere.")
-    if any(word in lowered for word in ("api key", "apikey", "api-key", "unauthorized",
-                                        "forbidden", "401", "403")):
-        return NdifError(f"NDIF refused the API key ({text}). Check NDIF_API_KEY (keys are "
-                         "at https://login.ndif.us); some models also need access granted "
-                         "on NDIF.")
-    if any(word in lowered for word in ("not deployed", "not running", "not hosted",
-                                        "not found", "no deployment", "not available",
-                                        "model_key", "model key")):
-        return NdifError(f"NDIF does not host {model_id} right now ({text}). See the models "
-                         f"it runs at {NDIF_MODELS_URL} (or nnsight.status()) and pick one.")
-    return NdifError(f"The run on NDIF failed ({text}).")
-
-
-def _is_transport_error(exc: BaseException) -> bool:
-    """Whether `exc` comes from the network layer (websocket, httpx) rather than NDIF."""
-    module = type(exc).__module__ or ""
-    return module.startswith(("websocket", "httpx", "httpcore", "socket", "ssl")) \
-        and "Status" not in type(exc).__name__  # an HTTP status is NDIF answering

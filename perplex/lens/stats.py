@@ -7,7 +7,7 @@ over the row, with m its largest logit and e = exp(z - m):
     KL(final ‖ layer) = Σ p_f log p_f - Σ p_f·z + log Z,
     rank = 1 + #{v : z_v > z_final}.
 The final layer goes first, whole (the others need its top-1 and distribution). Then:
-- compiled (`perplex.native.row_stats`, where it builds): the other layers' rows are
+- compiled (`perplex.core.native.row_stats`, where it builds): the other layers' rows are
   unembedded one vocabulary tile at a time and each tile is reduced while it is in cache,
   so their logits never exist in full and the unembedding is streamed once per chunk;
 - torch: layers are unembedded whole, stacked into matmuls of up to ROWS_PER_MATMUL rows,
@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from perplex.native import row_stats as native
+from perplex.core.native import row_stats as native
+from perplex.engine.local.anatomy import soft_cap
 
 # torch: rows (layers × positions) per unembedding matmul; each matmul streams the whole
 # unembedding (113 MB for SmolLM2) from memory, so a few rows per matmul is memory-bound.
@@ -100,9 +101,7 @@ class Projector:
         z = torch.matmul(hidden, weight.T, out=out)
         if bias is not None:
             z += bias
-        if self.softcap:
-            z.div_(self.softcap).tanh_().mul_(self.softcap)
-        return z
+        return soft_cap(z, self.softcap, inplace=True)
 
     def _tiled_layers(self, normed, k, final_ids, p_final, minus_entropy, step):
         n_layers, positions, _ = normed.shape
@@ -156,8 +155,7 @@ class Projector:
         spread += FLOAT32_UNIT * (exact.abs() + 1e-30)
         lo, hi = exact - 2 * spread, exact + 2 * spread
         if self.softcap:
-            cap = self.softcap
-            lo, hi = torch.tanh(lo / cap) * cap, torch.tanh(hi / cap) * cap
+            lo, hi = soft_cap(lo, self.softcap), soft_cap(hi, self.softcap)
             margin = 8 * FLOAT32_UNIT * (hi.abs() + 1e-30)
             lo, hi = lo - margin, hi + margin
         lo32, hi32 = lo.float(), hi.float()  # rounded outwards below

@@ -14,8 +14,8 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
-from perplex.lens import LensError, check_input, find_anatomy
-from perplex.nnsight_adapter import capture_residuals
+from perplex.engine.local.nnsight_adapter import capture_residuals
+from perplex.lens.logit_lens import LensError, check_input
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,9 +92,9 @@ def residual_trajectory(lm, ids: Sequence[int], position: int) -> Trajectory:
     check_input(lm, ids)
     if not 0 <= position < len(ids):
         raise LensError(f"Position {position} is outside the input's {len(ids)} tokens.")
-    anatomy = find_anatomy(lm.model)
+    anatomy = lm.anatomy
     residuals = capture_residuals(anatomy.decoder, anatomy.layers_path,
-                                  torch.tensor([list(ids)], device=lm.model.device))
+                                  torch.tensor([list(ids)], device=lm.device))
     points = residuals[:, position].double().numpy()
     coords, shares = pca_2d(points)
     return Trajectory(position=position, coords=coords, explained=shares,

@@ -15,10 +15,16 @@ from dataclasses import dataclass, replace
 
 import plotly.graph_objects as go
 
-from perplex.errors import InputFormatError
-from perplex.generation import start_generation
-from perplex.plots import ENTROPY_COLOUR, PROB_COLOUR, entropy_timeline, short_prob, visible_token
-from perplex.records import Alternative, DecodeParams, Message, TokenRole, TokenStep
+from perplex.core.errors import InputFormatError
+from perplex.core.plots import (
+    ENTROPY_COLOUR,
+    PROB_COLOUR,
+    entropy_timeline,
+    short_prob,
+    visible_token,
+)
+from perplex.core.records import Alternative, DecodeParams, Message, TokenRole, TokenStep
+from perplex.engine.local.generation import start_generation
 
 DEFAULT_CONFIDENCE = 0.4
 DEFAULT_ENTROPY = 2.5  # nats

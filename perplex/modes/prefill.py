@@ -2,7 +2,7 @@
 
 P(set) at a position is the probability that the continuation is one of the set's words
 (raw logits, temperature 1, float64). A word of several tokens counts with the product of its
-pieces' conditional probabilities (`perplex.word_probs`), never by its first piece alone (" C"
+pieces' conditional probabilities (`engine.local.word_probs`), never by its first piece alone (" C"
 is not "Cannot"); a spelling that another of the set's spellings starts ("I'm" after "I") is
 already inside that one's probability and is not counted twice. This needs the full
 next-token distribution and more, not the top-k kept in a `TokenStep`, so this module runs
@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import plotly.graph_objects as go
 
-from perplex.errors import InputFormatError
-from perplex.models import LoadedModel
-from perplex.plots import visible_token
-from perplex.records import Generation, Message, TokenRole
-from perplex.token_words import ResolvedWord, resolve_words
-from perplex.tokens import encode_messages
-from perplex.word_probs import continuation_probs
+from perplex.core.errors import InputFormatError
+from perplex.core.plots import visible_token
+from perplex.core.records import Generation, Message, TokenRole
+from perplex.core.token_words import ResolvedWord, resolve_words
+from perplex.core.tokens import encode_messages
+from perplex.engine.local.models import LoadedModel
+from perplex.engine.local.word_probs import model_continuation_probs
 
 MAX_PROMPTS = 10_000
 PROMPTS_PER_BATCH = 16  # rows in one padded forward pass; bounds memory for long lists
@@ -187,7 +187,7 @@ def next_token_words(lm: LoadedModel, contexts: Sequence[Sequence[int]],
     """Per context: the next-token distribution [V] and P(spelling) for every set's spellings.
 
     One padded forward pass for all contexts, each with its words' prefixes as a token tree
-    (`perplex.word_probs`), so each row's numbers are those of the context alone.
+    (`perplex.engine.local.word_probs`), so each row's numbers are those of the context alone.
     """
     if not contexts or any(len(c) == 0 for c in contexts):
         raise InputFormatError("Each context needs at least one token.")
@@ -196,8 +196,7 @@ def next_token_words(lm: LoadedModel, contexts: Sequence[Sequence[int]],
         raise InputFormatError(f"A prompt has {longest} tokens; {lm.label} reads at most "
                                f"{lm.context_length}. Shorten it.")
     words = _all_sequences(sets)
-    found = continuation_probs(lm.model, contexts, [[len(c) - 1] for c in contexts], words,
-                               lm.tokenizer.pad_token_id or 0, lm.context_length)
+    found = model_continuation_probs(lm, contexts, [[len(c) - 1] for c in contexts], words)
     return [(r.next_probs[0], dict(zip(words, r.word_probs[0]))) for r in found]
 
 
@@ -396,9 +395,9 @@ def response_mass(lm: LoadedModel, generation: Generation, refusal: WordSet,
     if not where:
         return []
     words = _all_sequences(sets)
-    [found] = continuation_probs(lm.model, [[s.token_id for s in steps]],
-                                 [[i - 1 for i in where]], words,
-                                 lm.tokenizer.pad_token_id or 0)
+    # a generated answer fits the context; the word pieces appended after it need not
+    [found] = model_continuation_probs(lm, [[s.token_id for s in steps]],
+                                       [[i - 1 for i in where]], words, check_length=False)
     return [set_mass(*sets, dict(zip(words, row))) for row in found.word_probs]
 
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from perplex.models import LoadedModel
-from perplex.records import Message
-from perplex.tokens import (
+from perplex.core.records import Message
+from perplex.core.tokens import (
     PREFIX_LABELS,
     TextPrefix,
     available_prefixes,
@@ -20,6 +19,7 @@ from perplex.tokens import (
     default_text_prefix,
     prefix_ids,
 )
+from perplex.engine.local.models import LoadedModel
 
 TEXT_PREFIX_KEY = "perplex.text_prefix"
 SYSTEM_CHOICES = {"default": "the template's default", "none": "none (an empty system turn)",

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import streamlit as st
 
-from perplex.annotations import session_annotations
-from perplex.bundles import export_bundle, import_bundle
-from perplex.errors import PerplexError
-from perplex.exports import (
+from perplex.core.errors import PerplexError
+from perplex.core.plots import entropy_timeline
+from perplex.core.records import Generation
+from perplex.ui import resources
+from perplex.ui.session_panel import current_session_id, switch_to
+from perplex.ui.sidebar import thresholds
+from perplex.ui.text import plain
+from perplex.workspace.annotations import session_annotations
+from perplex.workspace.bundles import export_bundle, import_bundle
+from perplex.workspace.exports import (
     annotations_csv,
     annotations_json,
     annotations_markdown,
@@ -16,12 +22,6 @@ from perplex.exports import (
     tokens_json,
     tokens_parquet,
 )
-from perplex.plots import entropy_timeline
-from perplex.records import Generation
-from perplex.ui import resources
-from perplex.ui.session_panel import current_session_id, switch_to
-from perplex.ui.sidebar import thresholds
-from perplex.ui.text import plain
 
 
 def download(where, label: str, data, **kwargs) -> None:

@@ -11,22 +11,22 @@ from dataclasses import replace
 
 import streamlit as st
 
-from perplex.annotations import add_annotation, delete_annotation, edit_annotation
-from perplex.annotations import list_annotations as generation_annotations
-from perplex.branches import branch_tree
-from perplex.errors import PerplexError
-from perplex.generation import inject
-from perplex.models import LoadedModel
-from perplex.plots import before_after_timeline, visible_token
-from perplex.records import DecodeParams, Generation, TokenStep
-from perplex.stats import summarise
-from perplex.token_sets import add_token, create_token_set, list_token_sets, remove_token
-from perplex.ui import resources
+from perplex.core.errors import PerplexError
+from perplex.core.plots import before_after_timeline, visible_token
+from perplex.core.records import DecodeParams, Generation, TokenStep
+from perplex.core.stats import summarise
+from perplex.engine.local.generation import inject
+from perplex.engine.local.models import LoadedModel
+from perplex.ui import page_state, resources
 from perplex.ui.session_panel import current_session_id, read_only, remember, save_to_session
 from perplex.ui.sidebar import thresholds
 from perplex.ui.text import count, plain
 from perplex.ui.token_view import AnnotationMark, TokenSetInfo, TokenViewStream
 from perplex.ui.transcript import TranscriptEvent, highlight_key, jump_to
+from perplex.workspace.annotations import add_annotation, delete_annotation, edit_annotation
+from perplex.workspace.annotations import list_annotations as generation_annotations
+from perplex.workspace.branches import branch_tree
+from perplex.workspace.token_sets import add_token, create_token_set, list_token_sets, remove_token
 
 
 def view_extras(gen: Generation, message_index: int,
@@ -52,8 +52,7 @@ def act_on(found: TranscriptEvent | None, gen: Generation, page_key: str,
         return
     if found.event.kind == "open_lens":
         position = found.steps[found.event.index].position
-        st.session_state["lens.open"] = (gen.id, position)
-        st.switch_page("pages/logit_lens.py")
+        page_state.open_in_lens(gen.id, position)
     if read_only():
         st.warning("This session is open read-only (shared link): fork it to make changes.")
         return

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from perplex.lens import LogitLens
+from perplex.lens.logit_lens import LogitLens
 
 _HERE = Path(__file__).parent
 _HTML = ('<div class="lv-root"><div class="lv-bar"></div><div class="lv-tokens"></div>'

@@ -9,19 +9,19 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from perplex.errors import PerplexError
-from perplex.models import LoadedModel
+from perplex.core.errors import PerplexError
+from perplex.core.plots import visible_token
+from perplex.engine.local.models import LoadedModel
 from perplex.modes import prefill
-from perplex.plots import visible_token
-from perplex.token_sets import (
+from perplex.ui import resources, session_panel
+from perplex.ui.text import plain
+from perplex.workspace.token_sets import (
     TokenSet,
     add_words,
     create_token_set,
     delete_token_set,
     list_token_sets,
 )
-from perplex.ui import resources, session_panel
-from perplex.ui.text import plain
 
 
 def word_list(text: str) -> tuple[str, ...]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from perplex.errors import PerplexError
-from perplex.patching import PatchResult, aligned_source_position, patch_prompts, patch_sweep
-from perplex.plots import short_prob, visible_token
-from perplex.tokens import encode_plain_text
+from perplex.core.errors import PerplexError
+from perplex.core.plots import short_prob, visible_token
+from perplex.core.tokens import encode_plain_text
+from perplex.lens.patching import PatchResult, aligned_source_position, patch_prompts, patch_sweep
 from perplex.ui.conditioning import text_prefix
 from perplex.ui.text import plain
 

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
-from perplex.errors import PerplexError
-from perplex.models import LoadedModel
+from perplex.core.errors import PerplexError
+from perplex.core.plots import visible_token
+from perplex.core.records import Message
+from perplex.engine.local.models import LoadedModel
 from perplex.modes import prefill
-from perplex.plots import visible_token
-from perplex.records import Message
 from perplex.ui import session_panel
 from perplex.ui.text import plain
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from perplex.models import LoadedModel, ModelSpec, load_model
-from perplex.settings import Settings, load_settings
-from perplex.store import Store
+from perplex.core.settings import Settings, load_settings
+from perplex.engine.local.models import LoadedModel, ModelSpec, load_model
+from perplex.workspace.store import Store
 
 MODEL_KEY = "perplex.model_spec"
 LOADED_KEY = "perplex.lm"  # the model the sidebar loaded in this run (None if it failed)

@@ -13,9 +13,11 @@ from datetime import datetime
 
 import streamlit as st
 
-from perplex.errors import PerplexError
-from perplex.records import Generation
-from perplex.sessions import (
+from perplex.core.errors import PerplexError
+from perplex.core.records import Generation
+from perplex.ui import page_state, resources
+from perplex.ui.text import plain
+from perplex.workspace.sessions import (
     Session,
     create_session,
     delete_session,
@@ -26,8 +28,6 @@ from perplex.sessions import (
     touch_session,
     update_settings,
 )
-from perplex.ui import resources
-from perplex.ui.text import plain
 
 SESSION_KEY = "perplex.session_id"
 READ_ONLY_KEY = "perplex.read_only"
@@ -90,8 +90,7 @@ def open_from_url() -> None:
 
 def switch_to(session: Session, read_only: bool) -> None:
     """Make `session` this tab's session (and the URL's), read-only or not."""
-    for key in [k for k in st.session_state if k.endswith(".generation")]:
-        del st.session_state[key]  # pages reload their state from the session's settings
+    page_state.forget_current_generations()  # pages reload theirs from the session's settings
     st.session_state[SESSION_KEY] = session.id
     st.session_state[READ_ONLY_KEY] = read_only
     st.session_state["perplex.session_url"] = (session.id, read_only)
@@ -175,8 +174,7 @@ def _session_list(session: Session | None) -> None:
 def _forget_open_session() -> None:
     """Leave a session that is gone: its generations are off the pages, new work goes anew."""
     st.session_state.pop(SESSION_KEY, None)
-    for key in [k for k in st.session_state if k.endswith(".generation")]:
-        del st.session_state[key]
+    page_state.forget_current_generations()
     st.query_params.pop("session", None)
 
 

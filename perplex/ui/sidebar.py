@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from perplex.errors import PerplexError
-from perplex.models import BUNDLED, DTYPES, LoadedModel, ModelSpec
-from perplex.records import DecodeParams
+from perplex.core.errors import PerplexError
+from perplex.core.records import DecodeParams
+from perplex.engine.local.models import BUNDLED, DTYPES, LoadedModel, ModelSpec
 from perplex.ui import resources
 from perplex.ui.conditioning import text_prefix_select
 from perplex.ui.session_panel import (
@@ -79,7 +79,7 @@ def _model_section(saved: object) -> LoadedModel | None:
         remember({"model": chosen})  # part of the session's mode settings
     st.markdown(f"**{plain(lm.label)}**")
     st.caption(f"{lm.n_params / 1e6:,.0f} M parameters · {lm.n_layers} layers · "
-               f"vocabulary {lm.vocab_size:,} · {lm.spec.dtype} on {lm.model.device} · "
+               f"vocabulary {lm.vocab_size:,} · {lm.spec.dtype} on {lm.device} · "
                f"loaded in {lm.load_seconds:.1f} s")
     text_prefix_select(lm)
     return lm

@@ -53,7 +53,7 @@ from typing import Any
 
 import streamlit as st
 
-from perplex.records import TokenStep
+from perplex.core.records import TokenStep
 from perplex.ui.token_view_types import (
     AnnotationMark,
     TokenEvent,

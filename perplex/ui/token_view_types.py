@@ -13,7 +13,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from perplex.records import TokenStep
+from perplex.core.records import TokenStep
 
 EventKind = Literal["click", "inject", "branch", "add_to_set", "new_set", "annotate",
                     "open_lens", "select_range", "annotate_range"]

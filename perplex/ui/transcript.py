@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import plotly.graph_objects as go
 import streamlit as st
 
-from perplex.plots import entropy_timeline, short_prob, visible_token
-from perplex.records import Generation, TokenStep
-from perplex.stats import summarise
-from perplex.tokens import PLAIN_TEXT_ROLE
+from perplex.core.plots import entropy_timeline, short_prob, visible_token
+from perplex.core.records import Generation, TokenStep
+from perplex.core.stats import summarise
+from perplex.core.tokens import PLAIN_TEXT_ROLE
 from perplex.ui.sidebar import Thresholds
 from perplex.ui.text import count, plain
 from perplex.ui.token_view import AnnotationMark, TokenEvent, TokenSetInfo, token_view

@@ -6,11 +6,11 @@ from dataclasses import replace
 
 import streamlit as st
 
-from perplex.errors import PerplexError
-from perplex.formats import MAX_UPLOAD_BYTES, Transcript, parse_upload
-from perplex.models import LoadedModel
-from perplex.records import Generation
-from perplex.scoring import score_conversations
+from perplex.core.errors import PerplexError
+from perplex.core.formats import MAX_UPLOAD_BYTES, Transcript, parse_upload
+from perplex.core.records import Generation
+from perplex.engine.local.models import LoadedModel
+from perplex.engine.local.scoring import score_conversations
 from perplex.ui import resources
 from perplex.ui.conditioning import text_prefix
 from perplex.ui.session_panel import current_session_id, remember, save_to_session

@@ -2,7 +2,7 @@
 
 Positions are `TokenStep.position` values (template and prompt tokens count), both ends
 inclusive. The note is untrusted text: stored verbatim, passed to DuckDB only as a
-parameter, and escaped by whatever renders it (see `perplex.exports`).
+parameter, and escaped by whatever renders it (see `perplex.workspace.exports`).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from datetime import datetime, timezone
 
 import duckdb
 
-from perplex.errors import InputFormatError, StoreError
-from perplex.records import new_id
-from perplex.sessions import require_live_session
-from perplex.store import Store, from_epoch_us, touch_session_row
+from perplex.core.errors import InputFormatError, StoreError
+from perplex.core.records import new_id
+from perplex.workspace.sessions import require_live_session
+from perplex.workspace.store import Store, from_epoch_us, touch_session_row
 
 MAX_NOTE_CHARS = 20_000
 

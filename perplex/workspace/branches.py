@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from perplex.errors import StoreError
-from perplex.store import Store, from_epoch_us
+from perplex.core.errors import StoreError
+from perplex.workspace.store import Store, from_epoch_us
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,12 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from perplex.annotations import MAX_NOTE_CHARS, Annotation
-from perplex.errors import InputFormatError
-from perplex.records import Generation, Message, Source, TokenStep
-from perplex.sessions import Session, clean_name, settings_json
-from perplex.store import params_from_json
-from perplex.token_sets import TokenSet, TokenSetMember
+from perplex.core.errors import InputFormatError
+from perplex.core.records import Generation, Message, Source, TokenStep
+from perplex.workspace.annotations import MAX_NOTE_CHARS, Annotation
+from perplex.workspace.sessions import Session, clean_name, settings_json
+from perplex.workspace.store import params_from_json
+from perplex.workspace.token_sets import TokenSet, TokenSetMember
 
 MAX_ID_CHARS = 64
 _PARAM_TYPES = {"max_new_tokens": int, "temperature": (int, float), "top_p": (int, float),

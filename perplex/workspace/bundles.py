@@ -25,18 +25,18 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from perplex import bundle_docs as docs
-from perplex.annotations import Annotation, annotations_of_session
-from perplex.bundle_docs import BundleError
-from perplex.records import Generation, TokenStep, new_id
-from perplex.sessions import (
+from perplex.core.records import Generation, TokenStep, new_id
+from perplex.workspace import bundle_docs as docs
+from perplex.workspace.annotations import Annotation, annotations_of_session
+from perplex.workspace.bundle_docs import BundleError
+from perplex.workspace.sessions import (
     MAX_NAME_CHARS,
     Session,
     read_session,
     require_live_session,
     settings_json,
 )
-from perplex.store import (
+from perplex.workspace.store import (
     MIGRATIONS,
     STEP_SCHEMA,
     Store,
@@ -45,7 +45,7 @@ from perplex.store import (
     steps_table,
     write_generation,
 )
-from perplex.token_sets import TokenSet, token_sets_of_session
+from perplex.workspace.token_sets import TokenSet, token_sets_of_session
 
 FORMAT = "perplex-session-bundle"
 BUNDLE_VERSION = 1

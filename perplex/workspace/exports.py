@@ -22,11 +22,11 @@ import plotly.graph_objects as go
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from perplex.annotations import Annotation
-from perplex.errors import PerplexError
-from perplex.records import Generation, TokenStep
-from perplex.stats import summarise
-from perplex.store import STEP_SCHEMA, steps_table
+from perplex.core.errors import PerplexError
+from perplex.core.records import Generation, TokenStep
+from perplex.core.stats import summarise
+from perplex.workspace.annotations import Annotation
+from perplex.workspace.store import STEP_SCHEMA, steps_table
 
 TOKEN_COLUMNS = tuple(STEP_SCHEMA.names)
 _NUMERIC = ("position", "token_id", "message_index", "prob", "logprob", "entropy", "rank")

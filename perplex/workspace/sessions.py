@@ -19,9 +19,9 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from perplex.errors import InputFormatError, StoreError
-from perplex.records import new_id
-from perplex.store import Store, deleted_session_error, from_epoch_us, session_status
+from perplex.core.errors import InputFormatError, StoreError
+from perplex.core.records import new_id
+from perplex.workspace.store import Store, deleted_session_error, from_epoch_us, session_status
 
 MAX_NAME_CHARS = 200
 MAX_SETTINGS_BYTES = 1_000_000

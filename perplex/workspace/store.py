@@ -20,8 +20,8 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from perplex.errors import StoreError
-from perplex.records import (
+from perplex.core.errors import StoreError
+from perplex.core.records import (
     Alternative,
     DecodeParams,
     Generation,
@@ -31,7 +31,7 @@ from perplex.records import (
     TokenStep,
     new_id,
 )
-from perplex.settings import load_settings
+from perplex.core.settings import load_settings
 
 logger = logging.getLogger(__name__)
 

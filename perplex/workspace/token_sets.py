@@ -2,7 +2,7 @@
 
 Ids belong to one tokenizer, so every member records the tokenizer's label (the model
 label of the generations it is used with). Words are the portable part: a set's words can
-be resolved again for another tokenizer (`perplex.token_words.resolve_words`, re-exported
+be resolved again for another tokenizer (`perplex.core.token_words.resolve_words`, re-exported
 here). A session owns its token sets; the Prefilling mode's R-Set (refusal openings) and
 C-Set (compliance openings) are seeded per session.
 """
@@ -16,11 +16,11 @@ from datetime import datetime, timezone
 
 import duckdb
 
-from perplex.errors import InputFormatError, StoreError
-from perplex.records import new_id
-from perplex.sessions import clean_name, require_live_session
-from perplex.store import Store, from_epoch_us, touch_session_row
-from perplex.token_words import MAX_WORD_CHARS, ResolvedWord, resolve_words
+from perplex.core.errors import InputFormatError, StoreError
+from perplex.core.records import new_id
+from perplex.core.token_words import MAX_WORD_CHARS, ResolvedWord, resolve_words
+from perplex.workspace.sessions import clean_name, require_live_session
+from perplex.workspace.store import Store, from_epoch_us, touch_session_row
 
 __all__ = ["COMPLIANCE_SET", "DEFAULT_SETS", "REFUSAL_SET", "ResolvedWord", "TokenSet",
            "TokenSetMember", "add_token", "add_words", "create_token_set", "delete_token_set",

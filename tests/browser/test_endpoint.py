@@ -11,8 +11,8 @@ import re
 
 import pytest
 
-from perplex.models import bundled_gguf_path
-from tests.browser.test_investigation import FINAL_TOK, WORK_TIMEOUT, settle
+from perplex.engine.local.models import bundled_gguf_path
+from tests.browser.test_investigation import FINAL_TOK, WORK_TIMEOUT, settle, show_tip
 from tests.browser.test_new_user import open_page, server  # noqa: F401 (fixtures)
 from tests.endpoints import LlamaServer
 
@@ -44,9 +44,7 @@ def test_chat_through_the_endpoint_then_back_to_the_local_model(open_page, llama
     page.get_by_text(re.compile("^Stopped:")).first.wait_for(timeout=WORK_TIMEOUT)
     settle(page)
     token = page.locator(FINAL_TOK).first
-    token.hover()
-    tip = page.locator(".tok-tip.shown").first
-    tip.wait_for()
+    tip = show_tip(page, token)
     assert re.search(r"the API's top-\d+ \(no full distribution\)", tip.inner_text())
     assert "top-k estimate" in tip.inner_text()
     assert "@ 127.0.0.1" in page.get_by_text(re.compile("^Stopped:")).first.inner_text()

@@ -10,8 +10,8 @@ import statistics
 import numpy as np
 import pytest
 
-from perplex.plots import visible_token
-from perplex.settings import PROJECT_ROOT
+from perplex.core.plots import visible_token
+from perplex.core.settings import PROJECT_ROOT
 from tests.browser.conftest import REPO_ROOT, SCREENSHOTS, wait_for_script
 
 pytestmark = pytest.mark.browser
@@ -190,14 +190,14 @@ def _hover(page, chart, x: float, y: float) -> str:
 
 
 def _eiffel_ids(lm) -> list[int]:
-    from perplex.tokens import encode_plain_text
+    from perplex.core.tokens import encode_plain_text
 
     return list(encode_plain_text(lm.tokenizer, "The Eiffel Tower is in the city of").ids)
 
 
 def test_per_head_lens_draws_layers_by_heads_as_computed(streamlit_app, page, open_app,
                                                          screenshot, bundled_lm):
-    from perplex.head_lens import head_lens
+    from perplex.lens.heads import head_lens
 
     _open_last_token(streamlit_app, page, open_app)
     page.get_by_text("Per-head lens").click()
@@ -225,7 +225,7 @@ def test_per_head_lens_draws_layers_by_heads_as_computed(streamlit_app, page, op
 
 def test_residual_trajectory_is_the_pca_path_and_animates(streamlit_app, page, open_app,
                                                           screenshot, bundled_lm):
-    from perplex.trajectory import residual_trajectory
+    from perplex.lens.trajectory import residual_trajectory
 
     _open_last_token(streamlit_app, page, open_app)
     page.get_by_text("Residual trajectory").click()

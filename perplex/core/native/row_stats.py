@@ -6,7 +6,7 @@ about ten passes over each row through separate kernels; the C code reads each s
 row twice while it is in cache (top-k, then one fused pass of exp and sums): about 0.2 s
 instead of 0.73 s for a 128-token lens of the bundled model. `row_sums` takes whole rows;
 `TileSums` takes them one vocabulary tile at a time, so the logits never need to exist
-in full (see `perplex.lens_stats`).
+in full (see `perplex.lens.stats`).
 
 The library is compiled on first use with the machine's C compiler for its own CPU, and kept
 under `build/` beside this file (or the temporary folder), named by a hash of the source,

@@ -14,16 +14,16 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from perplex.core.errors import InputFormatError
+from perplex.core.records import DecodeParams, Generation, Message
+from perplex.core.tokens import EncodedSequence, TextPrefix, encode_messages
+from perplex.engine.local.anatomy import Anatomy
+from perplex.engine.local.generation import DecodeRun, start_generation
+from perplex.engine.local.models import LoadedModel
+from perplex.engine.local.nnsight_adapter import capture_residuals
+from perplex.engine.local.scoring import score_conversations
+from perplex.engine.local.word_probs import continuation_probs
 from perplex.engine.protocol import Capabilities, ModelInfo
-from perplex.errors import InputFormatError
-from perplex.generation import DecodeRun, start_generation
-from perplex.lens import find_anatomy
-from perplex.models import LoadedModel
-from perplex.nnsight_adapter import capture_residuals
-from perplex.records import DecodeParams, Generation, Message
-from perplex.scoring import score_conversations
-from perplex.tokens import EncodedSequence, TextPrefix, encode_messages
-from perplex.word_probs import continuation_probs
 
 LOCAL_CAPABILITIES = Capabilities(full_distribution=True, scores_text=True, internals=True,
                                   hooks=True, max_top_k=None)
@@ -35,10 +35,9 @@ class LocalEngine:
     capabilities = LOCAL_CAPABILITIES
 
     def __init__(self, lm: LoadedModel) -> None:
-        """Wrap a loaded model; its anatomy is found once, when internals are first used."""
+        """Wrap a loaded model."""
         self.lm = lm
         self.lock = threading.RLock()  # one forward pass at a time on this model
-        self._anatomy = None
 
     @property
     def info(self) -> ModelInfo:
@@ -48,11 +47,9 @@ class LocalEngine:
                          frozenset(lm.eos_ids))
 
     @property
-    def anatomy(self):
-        """Where the model keeps its blocks, final norm and unembedding."""
-        if self._anatomy is None:
-            self._anatomy = find_anatomy(self.lm.model)
-        return self._anatomy
+    def anatomy(self) -> Anatomy:
+        """Where the model keeps its blocks, final norm and unembedding (its family's)."""
+        return self.lm.anatomy
 
     def encode(self, messages: Sequence[Message], add_generation_prompt: bool,
                text_prefix: TextPrefix | None = None) -> EncodedSequence:
@@ -97,18 +94,13 @@ class LocalEngine:
             raise InputFormatError(f"Layer {bad[0]} does not exist: choose 0 (embedding) to {n}.")
         with self.lock:
             stream = capture_residuals(self.anatomy.decoder, self.anatomy.layers_path,
-                                       torch.tensor([list(ids)], device=self.lm.model.device))
+                                       torch.tensor([list(ids)], device=self.lm.device))
         return stream[list(layers)].cpu().numpy()
 
     def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits [..., V] float32 of residuals [..., d]: final norm, unembedding, soft cap."""
-        anatomy = self.anatomy
         with self.lock, torch.inference_mode():
-            normed = anatomy.final_norm(hidden.to(self.lm.model.device, anatomy.norm_dtype))
-            logits = anatomy.unembed(normed).float()
-            if anatomy.softcap:
-                logits = torch.tanh(logits / anatomy.softcap) * anatomy.softcap
-        return logits
+            return self.anatomy.unembed_hidden(hidden.to(self.lm.device))
 
 
 class _Locked:

@@ -13,17 +13,17 @@ from dataclasses import replace
 
 import torch
 
-from perplex.errors import GenerationError
-from perplex.models import LoadedModel
-from perplex.records import DecodeParams, Generation, Message, Source, TokenRole, TokenStep
-from perplex.steps import distribution_stats, sequence_records, step_records
-from perplex.tokens import (
+from perplex.core.errors import GenerationError
+from perplex.core.records import DecodeParams, Generation, Message, Source, TokenRole, TokenStep
+from perplex.core.steps import distribution_stats, sequence_records, step_records
+from perplex.core.tokens import (
     PLAIN_TEXT_ROLE,
     Detokenizer,
     EncodedSequence,
     TextPrefix,
     encode_messages,
 )
+from perplex.engine.local.models import LoadedModel
 
 
 class DecodeRun:

@@ -21,8 +21,9 @@ from urllib.parse import urlparse
 
 import torch
 
-from perplex.errors import ModelLoadError
-from perplex.settings import Settings, load_settings
+from perplex.core.errors import ModelLoadError
+from perplex.core.settings import Settings, load_settings
+from perplex.engine.local.anatomy import Anatomy, anatomy_of
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,11 @@ class LoadedModel:
         return int(self.model.get_output_embeddings().weight.shape[0])
 
     @property
+    def device(self) -> torch.device:
+        """Where the weights are (inputs go there)."""
+        return self.model.device
+
+    @property
     def n_params(self) -> int:
         """Parameter count, tied weights counted once."""
         return sum(p.numel() for p in self.model.parameters())
@@ -103,6 +109,11 @@ class LoadedModel:
     def context_length(self) -> int:
         """The longest sequence the model was built for."""
         return int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
+
+    @cached_property
+    def anatomy(self) -> Anatomy:
+        """The model's internals where its family declares them (read once)."""
+        return anatomy_of(self.model)
 
     @cached_property
     def vocab_texts(self) -> list[str]:

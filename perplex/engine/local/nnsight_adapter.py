@@ -9,12 +9,10 @@ process must not trace the same model at the same time.
 
 from __future__ import annotations
 
-import socket
 import threading
 import warnings
 import weakref
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import torch
 
@@ -169,80 +167,6 @@ def resume_with_patches(decoder: torch.nn.Module, layers_path: str, run: CleanRu
     return hidden.float()
 
 
-def reproduction_code(model_id: str, prompt: str, layers_path: str, norm_path: str,
-                      head_path: str, remote: bool) -> str:
-    """Python (nnsight) that recomputes the logit lens of `prompt`, to paste in a notebook.
-
-    Paths are attribute paths from the causal LM (e.g. "model.layers", "model.norm",
-    "lm_head"). The projection runs inside the trace, so it also works remotely on NDIF.
-    """
-    return f'''from nnsight import LanguageModel
-
-model = LanguageModel({model_id!r}, device_map="auto")
-prompt = {prompt!r}
-tops = []
-with model.trace(prompt, remote={remote!r}):
-    blocks = model.{layers_path}
-    residuals = [blocks[0].input]  # the embedding, as the first block reads it
-    for block in blocks:
-        out = block.output
-        residuals.append(out[0] if isinstance(out, tuple) else out)
-    for h in residuals:  # final norm + unembedding at every layer: the logit lens
-        probs = model.{head_path}(model.{norm_path}(h)).float().softmax(dim=-1)
-        tops.append(probs[0].topk(3, dim=-1).save())  # per position: top-3 ids and probs
-
-for layer, top in enumerate(tops):
-    words = [model.tokenizer.decode(int(i)) for i in top.indices[-1]]
-    print(layer, list(zip(words, top.values[-1].tolist())))
-'''
-
-
-def ndif_key_set() -> bool:
-    """Whether an NDIF API key is configured (nnsight's config or NDIF_API_KEY)."""
-    import os
-
-    from nnsight import CONFIG
-
-    return bool(getattr(CONFIG.API, "APIKEY", None) or os.environ.get("NDIF_API_KEY"))
-
-
-@dataclass(frozen=True)
-class NdifStatus:
-    """Whether this machine can run on NDIF, and what to tell the researcher."""
-
-    key_set: bool
-    reachable: bool | None  # None: not checked (no key)
-    message: str
-
-
-def ndif_status(timeout: float = 2.0, connect=socket.create_connection) -> NdifStatus:
-    """Check for an NDIF key and, with one, whether NDIF's host accepts a connection.
-
-    `connect(address, timeout)` opens the probe connection (tests pass a fake).
-    """
-    from nnsight import CONFIG
-
-    if not ndif_key_set():
-        return NdifStatus(False, None, (
-            "No NDIF API key is set, so larger models cannot run remotely from here. Set one "
-            "with nnsight.CONFIG.set_default_api_key(...) or the NDIF_API_KEY environment "
-            "variable; the code below reproduces this view locally, or on NDIF with a key."))
-    host = str(CONFIG.API.HOST)
-    url = urlsplit(host if "://" in host else f"https://{host}")
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with connect((url.hostname, port), timeout):
-            pass
-    except OSError as exc:
-        return NdifStatus(True, False, (
-            f"An NDIF API key is set, but NDIF ({url.hostname}:{port}) cannot be reached from "
-            f"this machine ({type(exc).__name__}: {exc}); it may be offline. Run the code "
-            "below in a notebook on a machine with network access."))
-    return NdifStatus(True, True, (
-        f"An NDIF API key is set and NDIF ({url.hostname}) answers: run this prompt on a "
-        "model NDIF hosts below, or the code below (remote=True) in a notebook."))
-
-
 def capture_head_inputs(decoder: torch.nn.Module, layers_path: str, out_proj: str,
                         input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass on `input_ids` [1, T]: every block's attention output projection's input.
@@ -262,93 +186,3 @@ def capture_head_inputs(decoder: torch.nn.Module, layers_path: str, out_proj: st
     return torch.stack([h[0].float() for h in saved]), last[0].float()
 
 
-def hub_model(model_id: str):
-    """The nnsight wrapper of Hub model `model_id`, built on the meta device (no weights).
-
-    Reads only the config and tokenizer from the Hub; never runs the repository's own code.
-    `TransformersModel(task="text-generation")` is 0.8's name for `LanguageModel` (same
-    remote key). The tokenizer is loaded here and handed over: nnsight 0.8.1 with
-    transformers 5 otherwise fails to guess it for a meta-built text-generation pipeline.
-    """
-    from nnsight.modeling.transformers import TransformersModel
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=False)
-    return TransformersModel(model_id, task="text-generation", tokenizer=tokenizer,
-                             trust_remote_code=False)
-
-
-def loaded_model(model: torch.nn.Module, tokenizer):
-    """The nnsight wrapper of a causal LM already in memory (local runs and tests)."""
-    from nnsight.modeling.transformers import TransformersModel
-
-    return TransformersModel(model, task="text-generation", tokenizer=tokenizer)
-
-
-def remote_backend(wrapper, api_key: str):
-    """The NDIF backend for `wrapper`, sending `api_key`.
-
-    nnsight otherwise reads the key only from its config, which sees NDIF_API_KEY only if it
-    was set before nnsight was imported. Resolving the model's remote key asks the Hub for
-    the canonical repository id.
-    """
-    from nnsight.intervention.backends.remote import RemoteBackend
-
-    env = wrapper._remoteable_get_env() if hasattr(wrapper, "_remoteable_get_env") else {}
-    return RemoteBackend(wrapper.to_model_key(), api_key=api_key, env=env)
-
-
-@dataclass(frozen=True, eq=False)
-class LensTops:
-    """The lens statistics one trace sends back (L+1 layers, T positions, k candidates)."""
-
-    top_ids: torch.Tensor  # [L+1, T, k] int64: each layer's k most probable next tokens
-    top_probs: torch.Tensor  # [L+1, T, k] float32: their probabilities
-    final_prob: torch.Tensor  # [L+1, T] float32: probability of the output's top-1
-    final_rank: torch.Tensor  # [L+1, T] int32: its rank (1 = most probable)
-    entropy: torch.Tensor  # [L+1, T] float32: nats
-    kl_to_final: torch.Tensor  # [L+1, T] float32: KL(output ‖ layer), nats
-
-
-def trace_lens_tops(wrapper, input_ids: torch.Tensor, layers_path: str, norm_path: str,
-                    head_path: str, top_k: int, softcap: float | None,
-                    remote: bool | str = False, backend=None) -> LensTops:
-    """The logit lens of `input_ids` [1, T] computed inside one trace of `wrapper`.
-
-    Every residual (embedding, each block's output) goes through the final norm and the
-    unembedding inside the trace; only per-layer top-k and per-position statistics are
-    saved, so a remote run sends back kilobytes, not [L+1, T, vocab] logits. `remote` is
-    nnsight's flag (False, True, "local" = serialise as for NDIF, then run here); `backend`
-    overrides it. The body uses only torch and the model: it is shipped as source to NDIF.
-    """
-    import nnsight
-
-    blocks = _blocks(wrapper, layers_path)
-    norm, head = _blocks(wrapper, norm_path), _blocks(wrapper, head_path)
-    n_blocks = len(blocks)
-    k = int(top_k)
-    cap = float(softcap) if softcap else 0.0
-    options = {"backend": backend} if backend is not None else {"remote": remote}
-    with torch.inference_mode(), wrapper.trace(input_ids, **options):
-        hidden = [blocks[0].input]
-        for i in range(n_blocks):
-            out = blocks[i].output
-            hidden.append(out[0] if isinstance(out, tuple) else out)
-        rows = []
-        final_ids = p_final = logp_final = None
-        for h in reversed(hidden):  # the output first: every layer is compared with it
-            z = head(norm(h))[0].float()
-            if cap:
-                z = torch.tanh(z / cap) * cap
-            logp = torch.log_softmax(z.double(), dim=-1)  # float32 KL is off by ~1e-3 nats
-            top = torch.topk(z, k, dim=-1)
-            if final_ids is None:
-                final_ids, p_final, logp_final = top.indices[:, :1], logp.exp(), logp
-            z_final = z.gather(1, final_ids)
-            rows.append((top.indices, logp.gather(1, top.indices).exp().float(),
-                         logp.gather(1, final_ids)[:, 0].exp().float(),
-                         (z > z_final).sum(dim=1).to(torch.int32) + 1,
-                         -(logp.exp() * logp).sum(dim=1).float(),
-                         (p_final * (logp_final - logp)).sum(dim=1).clamp(min=0.0).float()))
-        stats = nnsight.save([torch.stack(column[::-1]).cpu() for column in zip(*rows)])
-    return LensTops(*stats)

@@ -1,4 +1,4 @@
-"""`python -m perplex.prepare`: get the app ready to start fast.
+"""`python -m perplex.engine.local.prepare`: get the app ready to start fast.
 
 Converts the bundled model once and builds the logit lens's compiled statistics.
 """
@@ -8,9 +8,9 @@ from __future__ import annotations
 import logging
 import sys
 
-from perplex.errors import PerplexError
-from perplex.models import ModelSpec, load_model
-from perplex.native import row_stats
+from perplex.core.errors import PerplexError
+from perplex.core.native import row_stats
+from perplex.engine.local.models import ModelSpec, load_model
 
 
 def main() -> int:

@@ -6,11 +6,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from perplex.errors import InputFormatError
-from perplex.models import LoadedModel
-from perplex.records import Generation, Message, Source
-from perplex.steps import sequence_records
-from perplex.tokens import EncodedSequence, TextPrefix, encode_messages
+from perplex.core.errors import InputFormatError
+from perplex.core.records import Generation, Message, Source
+from perplex.core.steps import sequence_records
+from perplex.core.tokens import EncodedSequence, TextPrefix, encode_messages
+from perplex.engine.local.models import LoadedModel
 
 TOKENS_PER_BATCH = 4096  # bounds the [batch, length, vocab] logits held at once
 

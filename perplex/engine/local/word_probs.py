@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from perplex.errors import InputFormatError
+from perplex.core.errors import InputFormatError
 
 POSITIONS_PER_PASS = 32  # branch points per forward pass (bounds the logits held at once)
 
@@ -144,3 +144,13 @@ def _tree_row(context: tuple[int, ...], points: tuple[int, ...],
             parent = parents[parent - n_context][1]
     wanted = list(points) + [r for rows_here in node_rows for r in rows_here]
     return ids, pos, mask, wanted
+
+
+def model_continuation_probs(lm, contexts: Sequence[Sequence[int]],
+                             branch_points: Sequence[Sequence[int]],
+                             words: Sequence[tuple[int, ...]], *,
+                             check_length: bool = True) -> list[ContinuationProbs]:
+    """`continuation_probs` under a `LoadedModel` (its pad id; its context length checked)."""
+    return continuation_probs(lm.model, contexts, branch_points, words,
+                              lm.tokenizer.pad_token_id or 0,
+                              lm.context_length if check_length else None)

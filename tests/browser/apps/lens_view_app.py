@@ -3,7 +3,7 @@
 import numpy as np
 import streamlit as st
 
-from perplex.lens import LogitLens
+from perplex.lens.logit_lens import LogitLens
 from perplex.ui.lens_view import lens_view
 
 T, LAYERS, K = 300, 31, 10

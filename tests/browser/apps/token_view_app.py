@@ -12,7 +12,7 @@ import time
 
 import streamlit as st
 
-from perplex.records import Alternative, TokenRole, TokenStep
+from perplex.core.records import Alternative, TokenRole, TokenStep
 from perplex.ui.token_view import (
     AnnotationMark,
     TokenEvent,
