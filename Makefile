@@ -38,13 +38,24 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 # llama.cpp's OpenAI-compatible server, the real endpoint the tests and `serve-openai` use.
-# It compiles llama.cpp with this machine's compilers (about 14 min on 2 cores, once).
+# Built once per machine account for an AVX2 baseline, not -march=native: pip's own cache
+# keys a built wheel by version alone, so a native build made on one CPU was reused on
+# another and crashed (AMX kernels); this wheel runs on any x86-64 CPU with AVX2.
+LLAMA_VERSION := 0.3.36
+LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+LLAMA_WHEELS := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/perplex/llama-cpp-python-$(LLAMA_VERSION)-avx2
 LLAMA_STAMP := $(VENV)/.llama-server
 llama: $(LLAMA_STAMP)
 
 $(LLAMA_STAMP): $(STAMP)
-	@echo "Building llama-cpp-python's server (compiles llama.cpp once; minutes on a small machine)"
-	$(PY) -m pip install --quiet 'llama-cpp-python[server]==0.3.36'
+	@if ! ls "$(LLAMA_WHEELS)"/llama_cpp_python-*.whl >/dev/null 2>&1; then \
+	  echo "Building llama-cpp-python $(LLAMA_VERSION) (compiles llama.cpp once for any AVX2 CPU: about 6 min on 2 cores)"; \
+	  rm -rf "$(LLAMA_WHEELS).part" && \
+	  CMAKE_ARGS="$(LLAMA_CMAKE)" $(PY) -m pip wheel --quiet --no-cache-dir --no-deps \
+	    -w "$(LLAMA_WHEELS).part" 'llama-cpp-python==$(LLAMA_VERSION)' && \
+	  mv "$(LLAMA_WHEELS).part" "$(LLAMA_WHEELS)"; fi
+	$(PY) -m pip install --quiet --force-reinstall --no-deps "$(LLAMA_WHEELS)"/llama_cpp_python-*.whl
+	$(PY) -m pip install --quiet 'llama-cpp-python[server]==$(LLAMA_VERSION)'
 	touch $(LLAMA_STAMP)
 
 # Serve the bundled model on an OpenAI-compatible endpoint (point the sidebar's Engine at it).

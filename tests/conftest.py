@@ -46,3 +46,30 @@ def bundled_lm():
     from perplex.engine.local.models import ModelSpec, load_model
 
     return load_model(ModelSpec(), Settings(model_cache=PROJECT_ROOT / "data" / "models"))
+
+
+LLAMA_KEY = "perplex-test-key"
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory):
+    """llama.cpp's OpenAI-compatible server on the bundled GGUF (API key `LLAMA_KEY`)."""
+    from perplex.engine.local.models import bundled_gguf_path
+    from tests.endpoints import LlamaServer
+
+    running = LlamaServer(bundled_gguf_path(), tmp_path_factory.mktemp("llama") / "log",
+                          api_key=LLAMA_KEY)
+    try:
+        running.wait()
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_on_ndif_path(tiny_lm, tmp_path_factory):
+    """The tiny model saved as a Hub repository would be, for NDIF's meta-model path."""
+    folder = tmp_path_factory.mktemp("tiny-hub")
+    tiny_lm.model.save_pretrained(folder)
+    tiny_lm.tokenizer.save_pretrained(folder)
+    return folder

@@ -83,12 +83,21 @@ class MisbehavingServer:
     """A real HTTP server whose chat completions stream ignores logprobs, or stalls."""
 
     def __init__(self, mode: str) -> None:
-        """`mode` "no-logprobs" or "stall" (one token, then silence)."""
+        """`mode` "no-logprobs", "stall" (one token, then silence) or "unknown-model"."""
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 - the http.server API
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if outer.mode == "unknown-model":  # as vLLM answers a model it does not serve
+                    body = json.dumps({"object": "error", "type": "NotFoundError", "code": 404,
+                                       "message": "The model `m` does not exist."}).encode()
+                    self.send_response(404)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()

@@ -16,27 +16,18 @@ import pytest
 from perplex.core.errors import GenerationError
 from perplex.core.records import DecodeParams, Message, Source
 from perplex.engine import CapabilityError, Engine, LocalEngine
-from perplex.engine.local.models import bundled_gguf_path
 from perplex.engine.openai_compat import EndpointEngine, top_k_agreement
-from tests.endpoints import LlamaServer
+from tests.conftest import LLAMA_KEY as KEY
 
 pytestmark = pytest.mark.slow
 
 QUESTIONS = ["What is the capital of France?", "Name three primary colours.",
              "Write one sentence about the sea."]
-KEY = "perplex-test-key"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """llama.cpp's OpenAI-compatible server on the bundled GGUF, with an API key."""
-    running = LlamaServer(bundled_gguf_path(), tmp_path_factory.mktemp("llama") / "log",
-                          api_key=KEY)
-    try:
-        running.wait()
-        yield running
-    finally:
-        running.stop()
+@pytest.fixture
+def server(llama_server):
+    return llama_server
 
 
 @pytest.fixture
@@ -51,9 +42,9 @@ def test_it_is_an_engine_whose_flags_say_what_it_lacks(endpoint):
     for call, why in ((lambda: endpoint.residuals([1], [0]), "no residual stream"),
                       (lambda: endpoint.next_token_probs([[1]]), "at most the top 20"),
                       (lambda: endpoint.score([(Message("user", "x"),)]),
-                       "cannot score given text"),
+                       "scores plain text only"),
                       (lambda: endpoint.encode((Message("user", "x"),), True),
-                       "tokenises on the server")):
+                       "tokenises and applies its chat template out of sight")):
         with pytest.raises(CapabilityError, match=why):
             call()
     assert KEY not in repr(endpoint) and KEY not in endpoint.info.label
@@ -103,3 +94,26 @@ def test_a_wrong_key_is_named(server):
     wrong = EndpointEngine(server.base_url, server.model, "not-the-key")
     with pytest.raises(GenerationError, match="refused the API key"):
         list(wrong.generate((Message("user", "Hi"),), DecodeParams(max_new_tokens=2)))
+
+
+def test_a_server_whose_echo_is_shifted_is_refused_and_its_flag_turned_off(endpoint):
+    """llama-cpp-python echoes each prompt token with the prediction after it."""
+    assert endpoint.capabilities.scores_text
+    with pytest.raises(CapabilityError, match="shifted by one token") as refused:
+        endpoint.score([(Message("text", "The capital of France is Paris."),)])
+    assert not endpoint.capabilities.scores_text
+    assert endpoint.capabilities.why_not["scores_text"] in str(refused.value)
+    endpoint._client = None  # a second call is refused before anything is sent
+    with pytest.raises(CapabilityError, match="shifted by one token"):
+        endpoint.score([(Message("text", "Again."),)])
+
+
+def test_plain_text_is_continued_through_completions(endpoint, bundled_lm):
+    run = endpoint.generate((Message("text", "The capital of France is"),),
+                            DecodeParams(max_new_tokens=6, top_alternatives=3))
+    generation = run.run()
+    [message] = generation.messages
+    assert message.role == "text" and message.content.startswith("The capital of France is")
+    assert message.content.endswith("".join(s.text for s in generation.steps))
+    assert generation.steps[0].text == " Paris"  # as the local model continues it
+    assert all(len(s.top) == 3 and s.entropy_is_estimate for s in generation.steps)

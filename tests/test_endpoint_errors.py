@@ -48,3 +48,14 @@ def test_a_server_that_ignores_logprobs_or_stalls_is_named_and_nothing_is_kept()
         assert len(got) == 1  # what came is what the caller saw; the page saves nothing
     finally:
         stalling.stop()
+
+
+def test_a_model_the_server_does_not_serve_is_named():
+    server = MisbehavingServer("unknown-model")
+    try:
+        engine = EndpointEngine(server.base_url, "no-such-model")
+        with pytest.raises(GenerationError, match=r"does not serve the model 'no-such-model'"
+                                                  r" for this request \(404: .*does not exist"):
+            list(engine.generate((Message("user", "Hi"),), DecodeParams(max_new_tokens=2)))
+    finally:
+        server.stop()

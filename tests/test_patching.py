@@ -13,10 +13,10 @@ import torch
 from perplex.core.tokens import TextPrefix, encode_plain_text
 from perplex.engine.local.models import LoadedModel, ModelSpec
 from perplex.engine.local.nnsight_adapter import (
-    ResidualPatch,
     capture_residuals,
     patched_last_residual,
 )
+from perplex.engine.protocol import ResidualPatch
 from perplex.lens.logit_lens import LensError
 from perplex.lens.patching import (
     aligned_source_position,

@@ -277,7 +277,7 @@ class LogprobSteps:
         else:
             text = self._decoder.decode(b"", final=True) + token
             self._decoder.reset()
-        step = replace(_step(position, text, token, logprob, tops, where),
+        step = replace(api_step(position, text, token, logprob, tops, where),
                        message_index=self.message_index)
         self.steps.append(step)
         return step
@@ -290,10 +290,13 @@ class LogprobSteps:
         return tuple(self.steps)
 
 
-def _step(
+def api_step(
     position: int, text: str, token: str, logprob: float, tops: list, where: str
 ) -> TokenStep:
-    """Build one imported response token with its rank and an entropy lower bound."""
+    """Build one API-scored response token with its rank and an entropy lower bound.
+
+    `tops` are OpenAI-style entries ({"token", "logprob", "bytes"}), validated here.
+    """
     parsed = [_entry(top, f"{where}, top_logprobs[{i}]")[:3] for i, top in enumerate(tops)]
     chosen = [lp for tok, lp, _ in parsed if tok == token]
     rank = 1 + sum(lp > chosen[0] for _, lp, _ in parsed) if chosen else None

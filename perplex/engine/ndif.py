@@ -181,7 +181,7 @@ def remote_backend(wrapper, api_key: str):
     env = wrapper._remoteable_get_env() if hasattr(wrapper, "_remoteable_get_env") else {}
     return RemoteBackend(wrapper.to_model_key(), api_key=api_key, env=env)
 
-def _envoy_at(envoy, path: str):
+def envoy_at(envoy, path: str):
     """The envoy at attribute path `path` (e.g. "model.layers") of nnsight's model."""
     for name in path.split("."):
         envoy = getattr(envoy, name)
@@ -212,8 +212,8 @@ def trace_lens_tops(wrapper, input_ids: torch.Tensor, layers_path: str, norm_pat
     """
     import nnsight
 
-    blocks = _envoy_at(wrapper, layers_path)
-    norm, head = _envoy_at(wrapper, norm_path), _envoy_at(wrapper, head_path)
+    blocks = envoy_at(wrapper, layers_path)
+    norm, head = envoy_at(wrapper, norm_path), envoy_at(wrapper, head_path)
     n_blocks = len(blocks)
     k = int(top_k)
     cap = float(softcap) if softcap else 0.0

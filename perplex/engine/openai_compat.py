@@ -11,22 +11,26 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
 from urllib.parse import urlparse
 
 from perplex.core.errors import GenerationError, InputFormatError
 from perplex.core.formats import LogprobSteps
 from perplex.core.records import DecodeParams, Generation, Message, Source, TokenRole, TokenStep
+from perplex.core.tokens import PLAIN_TEXT_ROLE
 from perplex.engine.protocol import Capabilities, CapabilityError, ModelInfo
 
 MAX_TOP_K = 20  # what the OpenAI API (and vLLM's default --max-logprobs) allows
 NO_INTERNALS = "an OpenAI-compatible endpoint exposes no residual stream: use a local model"
 ENDPOINT_CAPABILITIES = Capabilities(
-    full_distribution=False, scores_text=False, internals=False, hooks=False,
+    token_ids=False, full_distribution=False, scores_text=True, internals=False, hooks=False,
     max_top_k=MAX_TOP_K,
-    why_not={"full_distribution": f"the endpoint returns at most the top {MAX_TOP_K} "
+    why_not={"token_ids": "the server tokenises and applies its chat template out of sight; "
+                          "its token ids are not returned",
+             "full_distribution": f"the endpoint returns at most the top {MAX_TOP_K} "
                                   "log-probabilities of each token",
-             "scores_text": "this endpoint cannot score given text (chat completions only)",
              "internals": NO_INTERNALS, "hooks": NO_INTERNALS})
 
 
@@ -49,6 +53,7 @@ class EndpointEngine:
         self.openrouter = "openrouter.ai" in base_url if openrouter is None else openrouter
         self._client = OpenAI(base_url=self.base_url, api_key=api_key or "none",
                               timeout=timeout, max_retries=0)
+        self._echo_checked = False  # whether echoed log-probabilities were checked
 
     def __repr__(self) -> str:
         """No key in any representation."""
@@ -63,17 +68,92 @@ class EndpointEngine:
 
     def encode(self, messages, add_generation_prompt, text_prefix=None):
         """The server applies its own template and tokenizer: not visible from here."""
-        raise CapabilityError(f"{self.info.label} tokenises on the server; its token ids "
-                              "and template are not visible through the API.")
+        self.capabilities.require("token_ids", self.info.label)
 
     def decode(self, ids: Sequence[int]) -> str:
         """Token ids mean nothing outside the server."""
-        raise CapabilityError(f"{self.info.label} gives no token ids to decode.")
+        self.capabilities.require("token_ids", self.info.label)
 
     def score(self, conversations, top_k: int = 20, text_prefix=None) -> list[Generation]:
-        """Refused: chat endpoints return log-probabilities of what they generate only."""
+        """Plain texts scored by the server: completions with `echo` and `logprobs`.
+
+        The server reads each text as it would a prompt (with whatever it puts first;
+        every token it read comes back, so the records show it). Chat conversations are
+        refused: the server's template is out of sight, so their tokens cannot be placed.
+        A server that will not echo log-probabilities turns `scores_text` off, with the
+        reason, and raises `CapabilityError`.
+        """
         self.capabilities.require("scores_text", self.info.label)
-        return []
+        texts = []
+        for conversation in conversations:
+            if [m.role for m in conversation] != [PLAIN_TEXT_ROLE]:
+                raise CapabilityError(
+                    f"{self.info.label} scores plain text only: the server applies its chat "
+                    "template out of sight, so a conversation's tokens cannot be placed. "
+                    "Score it as plain text, or with a local model.")
+            texts.append(conversation[0].content)
+        return [self._score_text(text, min(top_k, MAX_TOP_K)) for text in texts]
+
+    def _score_text(self, text: str, top_k: int) -> Generation:
+        import openai
+
+        if not text:
+            raise InputFormatError("There is no text to score.")
+        try:
+            with api_errors(self, "scoring"):
+                answer = self._client.completions.create(
+                    model=self.model, prompt=text, max_tokens=1, echo=True,
+                    logprobs=top_k, temperature=0.0)
+        except GenerationError as exc:
+            if not isinstance(exc.__cause__, (openai.BadRequestError, openai.NotFoundError,
+                                                openai.UnprocessableEntityError)):
+                raise
+            self._cannot_score(f"it refused completions with echo and logprobs ({exc})")
+        logprobs = answer.choices[0].logprobs if answer.choices else None
+        if not logprobs or not logprobs.tokens or not logprobs.text_offset:
+            self._cannot_score("it returned no log-probabilities of the echoed text")
+        steps = echoed_steps(text, logprobs.model_dump(), f"{self.info.label}'s scoring")
+        if not self._echo_checked:
+            self._check_echo(text, logprobs.model_dump(), top_k)
+        return Generation(steps=steps, messages=(Message(PLAIN_TEXT_ROLE, text),),
+                          model_label=self.info.label, source=Source.IMPORTED,
+                          model_spec=self._spec())
+
+    def _check_echo(self, text: str, echoed: dict, top_k: int) -> None:
+        """Once per engine: check the echo of a text's last token against the server.
+
+        The server's own prediction of that token is a completion of the text before it.
+        Some servers echo each token with the prediction after it; their numbers would
+        all be wrong.
+        """
+        offsets, tops = echoed["text_offset"], echoed.get("top_logprobs") or []
+        last = max(i for i, start in enumerate(offsets) if start < len(text))
+        if last == 0:
+            return  # one token: nothing predicted it, nothing to check yet
+        with api_errors(self, "scoring"):
+            answer = self._client.completions.create(
+                model=self.model, prompt=text[:offsets[last]], max_tokens=1, logprobs=top_k,
+                temperature=0.0)
+        predicted = answer.choices[0].logprobs.top_logprobs[0] if answer.choices and \
+            answer.choices[0].logprobs and answer.choices[0].logprobs.top_logprobs else None
+        if not echo_agrees(tops[last] or {}, predicted or {}):
+            self._cannot_score(
+                "its echoed log-probabilities are not its own predictions of the echoed "
+                "tokens (llama-cpp-python's server gives each token the prediction after "
+                "it: shifted by one token), so they would be wrong. vLLM's server echoes "
+                "them correctly")
+        self._echo_checked = True
+
+    def _cannot_score(self, reason: str) -> None:
+        """Turn `scores_text` off with `reason` (pages read it) and refuse this call."""
+        self.capabilities = replace(
+            self.capabilities, scores_text=False,
+            why_not={**self.capabilities.why_not,
+                     "scores_text": f"this endpoint cannot score given text: {reason}"})
+        self.capabilities.require("scores_text", self.info.label)
+
+    def _spec(self) -> str:
+        return json.dumps({"endpoint": self.base_url, "model": self.model})
 
     def next_token_probs(self, contexts):
         """Refused: only the top-k is returned."""
@@ -87,22 +167,27 @@ class EndpointEngine:
         """Refused: no internals."""
         self.capabilities.require("internals", self.info.label)
 
+    def patched_logits(self, ids, patches):
+        """Refused: no hooks."""
+        self.capabilities.require("hooks", self.info.label)
+
     def generate(self, messages: Sequence[Message], params: DecodeParams, prefill: str = "",
                  text_prefix=None) -> EndpointRun:
         """A streamed chat completion with logprobs; iterate it for its TokenSteps."""
         if prefill:
             raise CapabilityError(f"{self.info.label}: a chat endpoint cannot start the "
                                   "answer with given text (prefill needs a local model).")
-        if [m.role for m in messages] == ["text"]:
-            raise CapabilityError(f"{self.info.label} takes chat messages, not plain text.")
         return EndpointRun(self, tuple(messages), params)
 
     def _request(self, messages: tuple[Message, ...], params: DecodeParams) -> dict:
-        request = dict(model=self.model, stream=True, logprobs=True,
-                       top_logprobs=min(params.top_alternatives, MAX_TOP_K),
-                       max_tokens=params.max_new_tokens,
-                       messages=[{"role": m.role, "content": m.content} for m in messages],
+        k = min(params.top_alternatives, MAX_TOP_K)
+        request = dict(model=self.model, stream=True, max_tokens=params.max_new_tokens,
                        temperature=params.temperature, top_p=params.top_p)
+        if is_plain(messages):  # a continuation of the text: completions, top-k as `logprobs`
+            request.update(prompt=messages[0].content, logprobs=k)
+        else:
+            request.update(messages=[{"role": m.role, "content": m.content} for m in messages],
+                           logprobs=True, top_logprobs=k)
         if params.seed is not None:
             request["seed"] = params.seed
         if params.stop_strings:
@@ -112,55 +197,126 @@ class EndpointEngine:
         return request
 
 
+def is_plain(messages: Sequence[Message]) -> bool:
+    """Whether `messages` is one plain text (continued through completions, not chat)."""
+    return [m.role for m in messages] == [PLAIN_TEXT_ROLE]
+
+
+@contextmanager
+def api_errors(engine: EndpointEngine, doing: str, done: Callable[[], int] = lambda: 0):
+    """Turn the openai client's failures into `GenerationError`s that say what to do."""
+    import openai
+
+    label = engine.info.label
+    try:
+        yield
+    except openai.AuthenticationError:
+        raise GenerationError(f"{label} refused the API key (401): check the key.") from None
+    except openai.NotFoundError as exc:
+        raise GenerationError(f"{label} does not serve the model {engine.model!r} for "
+                              f"{doing} (404: {str(exc.message)[:200]}): check the model name "
+                              "the server lists.") from exc
+    except openai.APITimeoutError:
+        n = done()
+        raise GenerationError(f"{label} stopped answering (timed out after {n} "
+                              f"token{'s' * (n != 1)}). Nothing was saved; try again or "
+                              "raise the timeout.") from None
+    except openai.APIConnectionError:
+        raise GenerationError(f"{label} cannot be reached: is the server running at "
+                              f"{engine.base_url}?") from None
+    except openai.APIStatusError as exc:
+        raise GenerationError(f"{label} answered {exc.status_code} to {doing}: "
+                              f"{str(exc.message)[:300]}") from exc
+    except InputFormatError as exc:
+        raise GenerationError(f"{label} sent log-probabilities Perplex cannot read: "
+                              f"{exc}") from None
+
+
+def completion_entries(logprobs: dict) -> list[dict]:
+    """OpenAI-style entries from a completions `logprobs` object (parallel lists)."""
+    tokens = logprobs.get("tokens") or []
+    values = logprobs.get("token_logprobs") or []
+    tops = logprobs.get("top_logprobs") or []
+    if not (len(tokens) == len(values) and len(tops) in (0, len(tokens))):
+        raise InputFormatError("the completions logprobs lists differ in length")
+    return [{"token": token, "logprob": value,
+             "top_logprobs": [{"token": t, "logprob": v}
+                              for t, v in ((tops[i] or {}) if tops else {}).items()]}
+            for i, (token, value) in enumerate(zip(tokens, values))]
+
+
+def echo_agrees(echoed: dict, predicted: dict, tolerance: float = 0.1) -> bool:
+    """Whether an echoed token's top log-probabilities are the server's own prediction of it.
+
+    `predicted` is what the server gives as the next-token top-k after the text before the
+    token. A correct echo matches it (the same top tokens, log-probabilities within
+    `tolerance`); a shifted one (the prediction after the token) does not.
+    """
+    if not echoed or not predicted or set(echoed) != set(predicted):
+        return False
+    return max(abs(echoed[t] - predicted[t]) for t in echoed) <= tolerance
+
+
+def echoed_steps(text: str, logprobs: dict, where: str) -> tuple[TokenStep, ...]:
+    """The records of `text` echoed back with logprobs; token texts cut at the offsets.
+
+    The first token has no log-probability (nothing predicted it) and is unscored; tokens
+    past the end of `text` (the one generated token) are dropped.
+    """
+    offsets = list(logprobs.get("text_offset") or [])
+    entries = completion_entries(logprobs)
+    if len(offsets) != len(entries):
+        raise InputFormatError(f"{where}: text_offset and tokens differ in length")
+    kept = [i for i, start in enumerate(offsets) if start < len(text)]
+    bounds = [offsets[i] for i in kept] + [len(text)]
+    checked = LogprobSteps(where)
+    steps = []
+    for n, i in enumerate(kept):
+        piece = text[bounds[n]:bounds[n + 1]]
+        if entries[i]["logprob"] is None:  # nothing predicted it
+            steps.append(TokenStep(position=n, token_id=None, text=piece,
+                                   role=TokenRole.RESPONSE, message_index=0))
+            continue
+        if not entries[i]["top_logprobs"]:
+            raise InputFormatError(f"{where}, token {n}: no top log-probabilities")
+        steps.append(replace(checked.add(entries[i]), position=n, text=piece))
+    return tuple(steps)
+
+
 class EndpointRun:
-    """A chat completion in progress: its steps as they stream, then the generation."""
+    """A completion in progress (chat, or plain text continued): its steps, then the record."""
 
     def __init__(self, engine: EndpointEngine, messages: tuple[Message, ...],
                  params: DecodeParams) -> None:
         """Prepare; the request is sent when iteration starts."""
         self.engine, self.messages, self.params = engine, messages, params
+        self.plain = is_plain(messages)
         self.stop_reason = ""
-        self._steps = LogprobSteps("the endpoint's answer", message_index=len(messages))
+        self._steps = LogprobSteps("the endpoint's answer",
+                                   message_index=0 if self.plain else len(messages))
         self._text: list[str] = []
 
     def __iter__(self) -> Iterator[TokenStep]:
         """Send the request and yield each answer token with its top-k as it arrives."""
-        import openai
-
-        label = self.engine.info.label
-        try:
-            stream = self.engine._client.chat.completions.create(
-                **self.engine._request(self.messages, self.params))
-            for chunk in stream:
+        client = self.engine._client
+        create = client.completions.create if self.plain else client.chat.completions.create
+        with api_errors(self.engine, "this request", lambda: len(self._steps.steps)):
+            for chunk in create(**self.engine._request(self.messages, self.params)):
                 yield from self._chunk_steps(chunk)
-        except openai.AuthenticationError:
-            raise GenerationError(f"{label} refused the API key (401): check the key.") \
-                from None
-        except openai.NotFoundError:
-            raise GenerationError(f"{label} does not serve the model {self.engine.model!r} "
-                                  "(404): check the model name the server lists.") from None
-        except openai.APITimeoutError:
-            n = len(self._steps.steps)
-            raise GenerationError(f"{label} stopped answering (timed out after {n} "
-                                  f"token{'s' * (n != 1)}). Nothing was saved; try again or "
-                                  "raise the timeout.") from None
-        except openai.APIConnectionError:
-            raise GenerationError(f"{label} cannot be reached: is the server running at "
-                                  f"{self.engine.base_url}?") from None
-        except openai.APIStatusError as exc:
-            raise GenerationError(f"{label} answered {exc.status_code}: "
-                                  f"{str(exc.message)[:300]}") from None
-        except InputFormatError as exc:
-            raise GenerationError(f"{label} sent log-probabilities Perplex cannot read: "
-                                  f"{exc}") from None
 
     def _chunk_steps(self, chunk) -> Iterator[TokenStep]:
         for choice in chunk.choices or ():
             if choice.finish_reason:
                 self.stop_reason = {"stop": "eos", "length": "max_new_tokens"}.get(
                     choice.finish_reason, choice.finish_reason)
-            text = choice.delta.content if choice.delta else None
-            entries = (choice.logprobs.content or []) if choice.logprobs else []
+            if self.plain:
+                text = choice.text
+                entries = completion_entries(choice.logprobs.model_dump()) \
+                    if choice.logprobs else []
+            else:
+                text = choice.delta.content if choice.delta else None
+                entries = [e.model_dump() for e in (choice.logprobs.content or [])] \
+                    if choice.logprobs else []
             if text and not entries:
                 raise GenerationError(
                     f"{self.engine.info.label} ignores `logprobs`: it sent text without "
@@ -170,7 +326,7 @@ class EndpointRun:
             if text:
                 self._text.append(text)
             for entry in entries:
-                yield self._steps.add(entry.model_dump())
+                yield self._steps.add(entry)
 
     def run(self) -> Generation:
         """Stream to the end and return the generation."""
@@ -179,14 +335,20 @@ class EndpointRun:
         return self.generation()
 
     def generation(self) -> Generation:
-        """The generated answer as a Generation (IMPORTED: its numbers came from the API)."""
+        """The answer as a Generation (IMPORTED: its numbers came from the API).
+
+        A plain text stays one message, the prompt and its continuation, as locally; its
+        records are the continuation's (the prompt's were not asked for).
+        """
         steps = self._steps.finish()
         content = "".join(self._text) or "".join(s.text for s in steps)
-        return Generation(steps=steps, messages=self.messages + (Message("assistant", content),),
-                          model_label=self.engine.info.label, source=Source.IMPORTED,
-                          params=self.params, stop_reason=self.stop_reason,
-                          model_spec=json.dumps({"endpoint": self.engine.base_url,
-                                                 "model": self.engine.model}))
+        if self.plain:
+            messages = (Message(PLAIN_TEXT_ROLE, self.messages[0].content + content),)
+        else:
+            messages = self.messages + (Message("assistant", content),)
+        return Generation(steps=steps, messages=messages, model_label=self.engine.info.label,
+                          source=Source.IMPORTED, params=self.params,
+                          stop_reason=self.stop_reason, model_spec=self.engine._spec())
 
 
 def top_k_agreement(ours: Sequence[TokenStep], theirs: Sequence[TokenStep]) -> tuple[float, float]:

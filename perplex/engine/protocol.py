@@ -20,7 +20,7 @@ from perplex.core.errors import PerplexError
 from perplex.core.records import DecodeParams, Generation, Message, TokenStep
 from perplex.core.tokens import EncodedSequence, TextPrefix
 
-CAPABILITY_NAMES = ("full_distribution", "scores_text", "internals", "hooks")
+CAPABILITY_NAMES = ("token_ids", "full_distribution", "scores_text", "internals", "hooks")
 
 
 class CapabilityError(PerplexError):
@@ -31,12 +31,14 @@ class CapabilityError(PerplexError):
 class Capabilities:
     """What an engine can do; `why_not` explains each missing capability to the researcher.
 
+    `token_ids`: the model's tokenizer is here (encode, decode, token ids in records);
     `full_distribution`: probabilities over the whole vocabulary (else only the top-k,
     whose entropies are lower bounds); `scores_text`: teacher-forced scoring of given
     text; `internals`: residual stream and unembedding; `hooks`: adding to or replacing a
     residual (patching, steering); `max_top_k`: the most alternatives per token (None: any).
     """
 
+    token_ids: bool
     full_distribution: bool
     scores_text: bool
     internals: bool
@@ -56,6 +58,22 @@ class Capabilities:
             raise ValueError(f"unknown capability {name!r}")
         if not getattr(self, name):
             raise CapabilityError(f"{engine} cannot do this: {self.why_not[name]}")
+
+
+@dataclass(frozen=True)
+class ResidualPatch:
+    """Replace (or, with `add`, add to) the residual after block `layer` at `position`.
+
+    `layer` 0 is the embedding output (the input of the first block); layer i ≥ 1 is the
+    output of block i. `row` is the batch row to patch (None: every row). Patching swaps in
+    a vector; steering adds one.
+    """
+
+    layer: int
+    position: int
+    vector: torch.Tensor
+    row: int | None = None
+    add: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,6 +123,10 @@ class Engine(Protocol):
 
     def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits [..., V] (float32) of residuals [..., d]: final norm, head, soft cap."""
+
+    def patched_logits(self, ids: Sequence[int], patches: Sequence[ResidualPatch]
+                       ) -> torch.Tensor:
+        """Logits [T, V] (float32) of one pass over `ids` with `patches` applied (`hooks`)."""
 
 
 class GenerationRun(Protocol):

@@ -20,7 +20,8 @@ import torch
 
 from perplex.core.errors import PerplexError
 from perplex.core.tokens import token_texts
-from perplex.engine.local.nnsight_adapter import ResidualPatch, capture_residuals
+from perplex.engine.local.nnsight_adapter import capture_residuals
+from perplex.engine.protocol import ResidualPatch
 from perplex.lens.stats import Projector
 
 DEFAULT_TOP_K = 10

@@ -26,11 +26,11 @@ import torch
 from perplex.core.plots import visible_token
 from perplex.core.tokens import token_texts
 from perplex.engine.local.nnsight_adapter import (
-    ResidualPatch,
     capture_clean_run,
     capture_residuals,
     resume_with_patches,
 )
+from perplex.engine.protocol import ResidualPatch
 from perplex.lens.logit_lens import LensError, Progress, check_input
 
 TOP_K = 5

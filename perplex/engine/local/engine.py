@@ -20,13 +20,13 @@ from perplex.core.tokens import EncodedSequence, TextPrefix, encode_messages
 from perplex.engine.local.anatomy import Anatomy
 from perplex.engine.local.generation import DecodeRun, start_generation
 from perplex.engine.local.models import LoadedModel
-from perplex.engine.local.nnsight_adapter import capture_residuals
+from perplex.engine.local.nnsight_adapter import capture_residuals, patched_last_residual
 from perplex.engine.local.scoring import score_conversations
 from perplex.engine.local.word_probs import continuation_probs
-from perplex.engine.protocol import Capabilities, ModelInfo
+from perplex.engine.protocol import Capabilities, ModelInfo, ResidualPatch
 
-LOCAL_CAPABILITIES = Capabilities(full_distribution=True, scores_text=True, internals=True,
-                                  hooks=True, max_top_k=None)
+LOCAL_CAPABILITIES = Capabilities(token_ids=True, full_distribution=True, scores_text=True,
+                                  internals=True, hooks=True, max_top_k=None)
 
 
 class LocalEngine:
@@ -96,6 +96,30 @@ class LocalEngine:
             stream = capture_residuals(self.anatomy.decoder, self.anatomy.layers_path,
                                        torch.tensor([list(ids)], device=self.lm.device))
         return stream[list(layers)].cpu().numpy()
+
+    def patched_logits(self, ids: Sequence[int], patches: Sequence[ResidualPatch]
+                       ) -> torch.Tensor:
+        """Logits [T, V] float32 of one pass over `ids` with `patches` replaced or added."""
+        n = self.anatomy.n_blocks
+        if not ids:
+            raise InputFormatError("There are no tokens to run.")
+        for patch in patches:
+            if not 0 <= patch.layer <= n:
+                raise InputFormatError(f"Layer {patch.layer} does not exist: choose 0 "
+                                       f"(embedding) to {n}.")
+            if not 0 <= patch.position < len(ids):
+                raise InputFormatError(f"Position {patch.position} is outside the input's "
+                                       f"{len(ids)} tokens.")
+            if tuple(patch.vector.shape) != (self.anatomy.hidden_size,):
+                raise InputFormatError(f"A patch vector has shape {tuple(patch.vector.shape)}; "
+                                       f"the residual stream has {self.anatomy.hidden_size} "
+                                       "features.")
+        with self.lock:
+            last = patched_last_residual(self.anatomy.decoder, self.anatomy.layers_path,
+                                         torch.tensor([list(ids)], device=self.lm.device),
+                                         tuple(patches))
+            with torch.inference_mode():
+                return self.anatomy.unembed_hidden(last[0])
 
     def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits [..., V] float32 of residuals [..., d]: final norm, unembedding, soft cap."""

@@ -16,23 +16,11 @@ from dataclasses import dataclass
 
 import torch
 
+from perplex.engine.protocol import ResidualPatch
+
 _WRAPPERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _GUARD = threading.Lock()
-
-
-@dataclass(frozen=True)
-class ResidualPatch:
-    """Replace the residual stream after block `layer` at `position` by `vector` [d].
-
-    `layer` 0 is the embedding output (the input of the first block); layer i ≥ 1 is the
-    output of block i. `row` is the batch row to patch (None: every row).
-    """
-
-    layer: int
-    position: int
-    vector: torch.Tensor
-    row: int | None = None
 
 
 def _wrapped(decoder: torch.nn.Module):
@@ -59,6 +47,15 @@ def _hidden(output) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
+def _write(hidden, rows, patch: ResidualPatch) -> None:
+    """Apply one patch to the traced residual `hidden` [B, T, d]: replace, or add."""
+    vector = patch.vector.to(hidden.dtype)
+    if patch.add:
+        hidden[rows, patch.position] = hidden[rows, patch.position] + vector
+    else:
+        hidden[rows, patch.position] = vector
+
+
 def capture_residuals(decoder: torch.nn.Module, layers_path: str, input_ids: torch.Tensor,
                       patches: tuple[ResidualPatch, ...] = ()) -> torch.Tensor:
     """One forward pass of `decoder` on `input_ids` [1, T]; residuals [L+1, T, d] (float32).
@@ -81,7 +78,7 @@ def capture_residuals(decoder: torch.nn.Module, layers_path: str, input_ids: tor
             else:
                 hidden = _hidden(blocks[i - 1].output)
             for patch in by_layer.get(i, ()):
-                hidden[0, patch.position] = patch.vector.to(hidden.dtype)
+                _write(hidden, 0, patch)
             saved.append(hidden.save())
     return torch.stack([h[0].float() for h in saved])
 
@@ -104,8 +101,7 @@ def patched_last_residual(decoder: torch.nn.Module, layers_path: str, input_ids:
         for i in sorted(by_layer):  # modules must be reached in execution order
             hidden = blocks[0].input if i == 0 else _hidden(blocks[i - 1].output)
             for patch in by_layer[i]:
-                rows = slice(None) if patch.row is None else patch.row
-                hidden[rows, patch.position] = patch.vector.to(hidden.dtype)
+                _write(hidden, slice(None) if patch.row is None else patch.row, patch)
         if n_blocks not in by_layer:  # the last output, unless it was just patched
             hidden = _hidden(blocks[n_blocks - 1].output)
         last = hidden.save()
@@ -160,8 +156,7 @@ def resume_with_patches(decoder: torch.nn.Module, layers_path: str, run: CleanRu
         start = run.inputs[layer] if layer < n_blocks else run.last
         hidden = start.expand(rows, *start.shape[1:]).clone()
         for patch in patches:
-            target = slice(None) if patch.row is None else patch.row
-            hidden[target, patch.position] = patch.vector.to(hidden.dtype)
+            _write(hidden, slice(None) if patch.row is None else patch.row, patch)
         for i in range(layer, n_blocks):
             hidden = _hidden(blocks[i](hidden, **run.kwargs[i]))
     return hidden.float()
