@@ -31,10 +31,7 @@ st.caption("Watch the answer for doubtful tokens as it streams: a token alerts w
            "its distribution is over the entropy threshold. Entropy is in nats.")
 
 lm = resources.require_model()
-if st.session_state.get(resources.ENDPOINT_KEY) is not None:
-    st.info("The Hallucination page runs on the local model in this version: switch the "
-            "sidebar's engine back to the local model to use it.")
-    st.stop()
+resources.local_model_only("The Hallucination page")
 session_panel.restore_current(CURRENT)
 viewing_only = session_panel.read_only()
 params = decode_params_form(PREFIX)

@@ -14,7 +14,12 @@ from perplex.core.plots import short_prob, visible_token
 from perplex.core.records import Message
 from perplex.core.tokens import encode_messages, encode_plain_text
 from perplex.engine.local.models import BUNDLED, BUNDLED_NAME
-from perplex.engine.ndif import NdifStatus, ndif_key_set, ndif_status, reproduction_code
+from perplex.engine.ndif import (
+    NdifStatus,
+    hosted_models,
+    ndif_status,
+    reproduction_code,
+)
 from perplex.lens.heads import head_lens
 from perplex.lens.logit_lens import compute_lens
 from perplex.lens.plots import lens_heatmap, lens_rows, lens_trajectory
@@ -24,7 +29,7 @@ from perplex.ui import page_state, resources
 from perplex.ui.conditioning import system_prompt_control, text_prefix
 from perplex.ui.lens_view import lens_view
 from perplex.ui.patching_view import patching_section
-from perplex.ui.text import plain
+from perplex.ui.text import count, plain
 
 PREFIX = "lens"
 CACHE_KEY = f"{PREFIX}.cache"
@@ -45,6 +50,9 @@ st.caption("What would the model predict if it stopped after each layer? Each po
 lm = resources.require_model()
 resources.require_capability("internals", "The Logit Lens reads the residual stream of every "
                              "layer, so it needs an engine with internals.")
+if st.session_state.get(resources.NDIF_ENGINE_KEY) is not None:
+    st.info("The lens below runs on the local model; the NDIF section further down runs it on "
+            "a model NDIF hosts.")
 
 
 def prompt_of(generation) -> tuple[str, str]:
@@ -215,10 +223,19 @@ def _ndif_status() -> NdifStatus:
     """NDIF's status, probed at most once a minute per session (offline, a probe can stall)."""
     checked = st.session_state.get(f"{PREFIX}.ndif")
     if checked is None or time.monotonic() - checked[0] > NDIF_CHECK_SECONDS \
-            or checked[1].key_set != ndif_key_set():
-        checked = (time.monotonic(), ndif_status())
+            or checked[1].key_set != bool(resources.ndif_key()):
+        checked = (time.monotonic(), ndif_status(api_key=resources.ndif_key()))
         st.session_state[f"{PREFIX}.ndif"] = checked
     return checked[1]
+
+
+def _hosted_models() -> list[str]:
+    """The models NDIF runs, asked once per session (nnsight's status call)."""
+    key = f"{PREFIX}.ndif_hosted"
+    if key not in st.session_state:
+        with st.spinner("Asking NDIF which models it runs…"):
+            st.session_state[key] = hosted_models()
+    return st.session_state[key]
 
 
 with st.expander("Open in NDIF / reproduce in a notebook"):
@@ -229,7 +246,14 @@ with st.expander("Open in NDIF / reproduce in a notebook"):
     text = lm.tokenizer.decode(list(ids), skip_special_tokens=False)
     plain_text = lm.tokenizer.decode(list(ids), skip_special_tokens=True)
     if ndif.reachable:
-        remote_id = st.text_input("Model on NDIF (Hub id)", DEFAULT_NDIF_MODEL,
+        hosted = _hosted_models()
+        if hosted:
+            st.caption(f"NDIF runs {count(len(hosted), 'model')} now: "
+                       + ", ".join(plain(m) for m in hosted[:12])
+                       + ("…" if len(hosted) > 12 else ""))
+        remote_id = st.text_input("Model on NDIF (Hub id)",
+                                  DEFAULT_NDIF_MODEL if not hosted or DEFAULT_NDIF_MODEL in hosted
+                                  else hosted[0],
                                   key=f"{PREFIX}.ndif_model",
                                   help="A model NDIF hosts (see nnsight.status()). Only its "
                                        "config and tokenizer are read here. The input's text, "
@@ -240,7 +264,8 @@ with st.expander("Open in NDIF / reproduce in a notebook"):
                 with st.spinner(f"Running the lens of {remote_id} on NDIF (a queued job can "
                                 "take minutes)…"):
                     st.session_state[NDIF_RESULT_KEY] = ((remote_id, plain_text),
-                                                         ndif_lens(remote_id, plain_text))
+                                                         ndif_lens(remote_id, plain_text,
+                                                                   api_key=resources.ndif_key()))
             except PerplexError as exc:
                 st.error(plain(str(exc)))
     st.code(reproduction_code(model_id, text, anatomy.full_layers_path,

@@ -48,6 +48,7 @@ st.caption("How much probability the model puts on refusal openings (R-Set) and 
 lm = resources.require_model()
 resources.require_capability("full_distribution", "Prefilling sums P(set) over the whole "
                              "next-token distribution, so it needs an engine that gives it.")
+resources.local_model_only("Prefilling")
 session_panel.restore_current(CURRENT)
 params = decode_params_form(PREFIX)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -216,6 +217,12 @@ def ndif_answering(monkeypatch):
     server.listen()
     monkeypatch.setattr(CONFIG.API, "HOST", f"http://127.0.0.1:{server.getsockname()[1]}")
     monkeypatch.setenv("NDIF_API_KEY", "test-key")
+    # nnsight's status call (the hosted-model list) against NDIF's answer, as nnsight reads it
+    import nnsight
+
+    deployments = {"meta-llama/Llama-3.1-8B": {"state": "RUNNING"},
+                   "org/cold-model": {"state": "DEPLOYING"}}
+    monkeypatch.setattr(nnsight, "status", lambda: SimpleNamespace(deployments=deployments))
     yield
     server.close()
 
@@ -239,6 +246,8 @@ def test_run_on_ndif_shows_the_remote_lens_in_the_same_view(tiny_lm, ndif_answer
     assert not at.exception
     assert any("answers: run this prompt" in i.value for i in at.info)
     assert any("remote=True" in c.value for c in at.code)
+    assert any(c.value == "NDIF runs 1 model now: meta\\-llama/Llama\\-3\\.1\\-8B"
+               for c in at.caption), [c.value for c in at.caption]
     at.text_input(key="lens.ndif_model").input("org/bigger-model")
     at.button(key="lens.ndif_run").click().run()
     assert not at.exception and not at.error

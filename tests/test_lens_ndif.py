@@ -212,3 +212,11 @@ def test_lens_of_a_meta_built_model_equals_the_local_lens(tiny_lm, tmp_path):
     lens = lens_through_nnsight(wrapper, ids, remote="local")
     assert wrapper.dispatched
     assert_same_lens(lens, compute_lens(tiny_lm, ids))
+
+
+def test_the_hosted_model_list_is_empty_when_ndif_cannot_be_reached(monkeypatch):
+    """nnsight's real status call against a refused port: no list, no error."""
+    from perplex.engine.ndif import hosted_models
+
+    monkeypatch.setattr(CONFIG.API, "HOST", f"http://127.0.0.1:{closed_port()}")
+    assert hosted_models() == []

@@ -121,18 +121,21 @@ class NdifStatus:
     reachable: bool | None  # None: not checked (no key)
     message: str
 
-def ndif_status(timeout: float = 2.0, connect=socket.create_connection) -> NdifStatus:
+def ndif_status(timeout: float = 2.0, connect=socket.create_connection,
+                api_key: str | None = None) -> NdifStatus:
     """Check for an NDIF key and, with one, whether NDIF's host accepts a connection.
 
+    `api_key` is a key given here (the sidebar's), else nnsight's config or NDIF_API_KEY.
     `connect(address, timeout)` opens the probe connection (tests pass a fake).
     """
     from nnsight import CONFIG
 
-    if not ndif_key_set():
+    if not (api_key or ndif_key_set()):
         return NdifStatus(False, None, (
             "No NDIF API key is set, so larger models cannot run remotely from here. Set one "
-            "with nnsight.CONFIG.set_default_api_key(...) or the NDIF_API_KEY environment "
-            "variable; the code below reproduces this view locally, or on NDIF with a key."))
+            "in the sidebar (Engine → NDIF), with nnsight.CONFIG.set_default_api_key(...) or "
+            "the NDIF_API_KEY environment variable; the code below reproduces this view "
+            "locally, or on NDIF with a key."))
     host = str(CONFIG.API.HOST)
     url = urlsplit(host if "://" in host else f"https://{host}")
     port = url.port or (443 if url.scheme == "https" else 80)
@@ -147,6 +150,18 @@ def ndif_status(timeout: float = 2.0, connect=socket.create_connection) -> NdifS
     return NdifStatus(True, True, (
         f"An NDIF API key is set and NDIF ({url.hostname}) answers: run this prompt on a "
         "model NDIF hosts below, or the code below (remote=True) in a notebook."))
+
+def hosted_models() -> list[str]:
+    """The Hub ids of the models NDIF runs now (nnsight's status call); [] if it cannot say."""
+    import nnsight
+
+    try:
+        deployments = nnsight.status().deployments
+    except Exception:  # nnsight reports an unreachable service as empty; anything else too
+        return []
+    return sorted(repo for repo, entry in deployments.items()
+                  if isinstance(entry, dict) and entry.get("state") == "RUNNING")
+
 
 def hub_model(model_id: str):
     """The nnsight wrapper of Hub model `model_id`, built on the meta device (no weights).

@@ -274,7 +274,13 @@ class NdifRun:
         engine, params = self.engine, self.params
         started = time.perf_counter()
         ids = list(self.context.ids)
-        options = dict(max_new_tokens=params.max_new_tokens, do_sample=not params.greedy)
+        room = engine.info.context_length - len(ids)
+        if room <= 0:
+            raise GenerationError(f"The input has {len(ids)} tokens but {engine.label} reads "
+                                  f"at most {engine.info.context_length}. Shorten the "
+                                  "conversation.")
+        options = dict(max_new_tokens=min(params.max_new_tokens, room),
+                       do_sample=not params.greedy)
         if not params.greedy:
             options.update(temperature=params.temperature, top_p=params.top_p,
                            top_k=params.top_k)

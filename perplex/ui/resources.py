@@ -72,6 +72,15 @@ class EndpointChoice:
 
 ENDPOINT_KEY = "perplex.endpoint"  # EndpointChoice, or absent for the local model
 ENDPOINT_SECRET_KEY = "perplex.endpoint_key"  # the API key: this session's memory only
+NDIF_ENGINE_KEY = "perplex.ndif_engine"  # (Hub id, NdifEngine) chosen in the sidebar
+NDIF_SECRET_KEY = "perplex.ndif_key"  # the NDIF API key: this session's memory only
+
+
+def ndif_key() -> str | None:
+    """The NDIF API key: the sidebar's (this session's memory), else NDIF_API_KEY."""
+    from perplex.engine.ndif import ndif_api_key
+
+    return st.session_state.get(NDIF_SECRET_KEY) or ndif_api_key()
 
 
 def active_engine():
@@ -79,6 +88,9 @@ def active_engine():
     from perplex.engine import LocalEngine
     from perplex.engine.openai_compat import EndpointEngine
 
+    remote = st.session_state.get(NDIF_ENGINE_KEY)
+    if remote is not None:
+        return remote[1]
     choice = st.session_state.get(ENDPOINT_KEY)
     if choice is not None:
         return EndpointEngine(choice.base_url, choice.model,
@@ -97,4 +109,15 @@ def require_capability(name: str, needs: str) -> None:
     if engine is not None and not getattr(engine.capabilities, name):
         st.info(f"{needs} {engine.info.label} cannot: {engine.capabilities.why_not[name]}. "
                 "Switch the sidebar's engine back to the local model to use this page.")
+        st.stop()
+
+
+def local_model_only(page: str) -> None:
+    """End a page that runs on the local model alone when the sidebar chose another engine."""
+    engine = active_engine()
+    if engine is not None and (st.session_state.get(NDIF_ENGINE_KEY) is not None
+                               or st.session_state.get(ENDPOINT_KEY) is not None):
+        st.info(f"{page} runs on the local model in this version; {engine.info.label} "
+                "(chosen in the sidebar) serves the Default page's chats. Switch the "
+                "sidebar's engine back to the local model to use this page.")
         st.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import streamlit as st
@@ -85,7 +86,8 @@ def _model_section(saved: object) -> LoadedModel | None:
     return lm
 
 
-ENGINES = {"local": "Local model (above)", "endpoint": "OpenAI-compatible endpoint"}
+ENGINES = {"local": "Local model (above)", "endpoint": "OpenAI-compatible endpoint",
+           "ndif": "NDIF (remote, through nnsight)"}
 
 
 def _engine_section(saved: object) -> None:
@@ -101,10 +103,16 @@ def _engine_section(saved: object) -> None:
         st.session_state["perplex.endpoint_model"] = str(saved.get("model", ""))
     choice = st.radio("Chats go to", list(ENGINES), format_func=ENGINES.get,
                       key="perplex.engine_choice", label_visibility="collapsed")
+    if choice != "ndif":
+        st.session_state.pop(resources.NDIF_ENGINE_KEY, None)
     if choice == "local":
         st.session_state.pop(resources.ENDPOINT_KEY, None)
         if saved is not None:
             remember({"endpoint": None})
+        return
+    if choice == "ndif":
+        st.session_state.pop(resources.ENDPOINT_KEY, None)
+        _ndif_section()
         return
     url = st.text_input("Base URL", key="perplex.endpoint_url",
                         placeholder="http://127.0.0.1:8000/v1")
@@ -122,6 +130,35 @@ def _engine_section(saved: object) -> None:
         remember({"endpoint": {"base_url": chosen.base_url, "model": chosen.model}})
     st.caption("Generation with the top-20 log-probabilities the endpoint returns: entropies "
                "are lower bounds; pages that need internals or the full distribution say so.")
+
+
+def _ndif_section() -> None:
+    """A model NDIF runs, and the key to send (this session's memory only)."""
+    from perplex.engine.ndif_engine import NdifEngine
+
+    model_id = st.text_input("Model on NDIF (Hub id)", key="perplex.ndif_model",
+                             placeholder="meta-llama/Llama-3.1-8B").strip()
+    st.text_input("NDIF API key (kept in memory only)", type="password",
+                  key=resources.NDIF_SECRET_KEY, placeholder="or set NDIF_API_KEY")
+    held = st.session_state.get(resources.NDIF_ENGINE_KEY)
+    key = resources.ndif_key() or ""
+    wanted = (model_id, hashlib.sha256(key.encode()).hexdigest())  # the key itself kept apart
+    if not model_id:
+        st.session_state.pop(resources.NDIF_ENGINE_KEY, None)
+        st.caption("Name a model NDIF runs; until then chats go to the local model.")
+        return
+    if held is None or held[0] != wanted:
+        st.session_state.pop(resources.NDIF_ENGINE_KEY, None)
+        try:
+            with st.spinner(f"Reading {model_id}'s config and tokenizer (no weights)…"):
+                engine = NdifEngine.from_hub(model_id, key)
+        except PerplexError as exc:
+            st.error(plain(str(exc)))
+            st.caption("Until this works, chats go to the local model.")
+            return
+        st.session_state[resources.NDIF_ENGINE_KEY] = (wanted, engine)
+    st.caption("Each answer runs on NDIF (a queued job can take minutes) and comes back "
+               "whole, with full-distribution records.")
 
 
 def _threshold_section(saved: object) -> None:
