@@ -215,7 +215,7 @@ def test_lens_of_a_meta_built_model_equals_the_local_lens(tiny_lm, tmp_path):
 
 
 def test_the_hosted_model_list_is_empty_when_ndif_cannot_be_reached(monkeypatch):
-    """nnsight's real status call against a refused port: no list, no error."""
+    """Nnsight's real status call against a refused port: no list, no error."""
     from perplex.engine.ndif import hosted_models
 
     monkeypatch.setattr(CONFIG.API, "HOST", f"http://127.0.0.1:{closed_port()}")
