@@ -235,8 +235,9 @@ def test_run_on_ndif_shows_the_remote_lens_in_the_same_view(tiny_lm, ndif_answer
 
     calls = []
 
-    def fake_ndif_lens(model_id, prompt):
+    def fake_ndif_lens(model_id, prompt, api_key=None):
         calls.append((model_id, prompt))
+        assert api_key == "test-key"  # NDIF_API_KEY, handed over by the page
         ids = list(tiny_lm.tokenizer(prompt)["input_ids"])
         return perplex.lens.remote.lens_through_nnsight(
             loaded_model(tiny_lm.model, tiny_lm.tokenizer), ids, label=f"{model_id} (NDIF)")
@@ -262,7 +263,7 @@ def test_run_on_ndif_shows_the_remote_lens_in_the_same_view(tiny_lm, ndif_answer
 def test_a_failed_ndif_run_shows_what_to_do(tiny_lm, ndif_answering, monkeypatch):
     import perplex.lens.remote
 
-    def refused(model_id, prompt):
+    def refused(model_id, prompt, api_key=None):
         raise perplex.lens.remote.remote_error(model_id, ConnectionRefusedError(111, "refused"))
 
     monkeypatch.setattr(perplex.lens.remote, "ndif_lens", refused)

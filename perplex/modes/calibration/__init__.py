@@ -1,0 +1,1 @@
+"""Calibration mode: confidence stated and token-probability, answer checking, metrics."""
