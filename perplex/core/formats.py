@@ -67,7 +67,7 @@ def parse_upload(filename: str, data: bytes, max_bytes: int = MAX_UPLOAD_BYTES) 
     """Read an uploaded file, detecting its format from content with the extension as a hint."""
     name = _display_name(filename)
     try:
-        return _parse(name, os.path.splitext(filename)[1].lower(), _decode(data, max_bytes))
+        return _parse(name, os.path.splitext(filename)[1].lower(), decode_upload(data, max_bytes))
     except _Problem as problem:
         raise InputFormatError(f"{name}: {problem}") from None
 
@@ -79,7 +79,7 @@ def _parse(name: str, ext: str, text: str) -> ParsedUpload:
     if ext == ".txt" or (ext != ".json" and not text.lstrip().startswith(("{", "["))):
         return _text_upload(name, text)
     try:
-        obj = _loads(text)
+        obj = load_json(text)
     except _Problem as problem:
         if "Extra data" in str(problem):  # one JSON value per line: JSONL under another name
             with contextlib.suppress(_Problem):
@@ -99,10 +99,17 @@ def _text_upload(name: str, text: str, *warnings: str) -> ParsedUpload:
     return ParsedUpload("text", (Transcript(name, (Message(TEXT_ROLE, text),)),), warnings)
 
 
-def _decode(data: bytes, max_bytes: int) -> str:
-    """Return the upload as text, after the checks for empty, too large and binary files."""
+UPLOAD_KINDS = "a chat JSON, text, OpenAI or JSONL file"
+
+
+def decode_upload(data: bytes, max_bytes: int, expected: str = UPLOAD_KINDS) -> str:
+    """Return an upload as text, after the checks for empty, too large and binary files.
+
+    Problems raise `InputFormatError` (what is wrong, what to do; `expected` names the
+    files that would do), without the file's name: callers put it in front.
+    """
     if not data:
-        raise _Problem("the file is empty. Upload a chat JSON, text, OpenAI or JSONL file.")
+        raise _Problem(f"the file is empty. Upload {expected}.")
     if len(data) > max_bytes:
         raise _Problem(
             f"the file is {_mb(len(data))} MB, over the {_mb(max_bytes)} MB upload limit. "
@@ -122,14 +129,16 @@ def _decode(data: bytes, max_bytes: int) -> str:
     return text
 
 
-def _loads(text: str, line: int | None = None) -> Any:
-    """Parse JSON, turning every failure into a _Problem that says where it is."""
+def load_json(text: str, line: int | None = None,
+              fix: str = "Fix it there, or upload the file as .txt to score it as plain text.",
+              ) -> Any:
+    """Parse JSON, turning every failure into an InputFormatError that says where it is."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise _Problem(
             f"the JSON is malformed: {err.msg} at line {line or err.lineno}, column {err.colno}. "
-            "Fix it there, or upload the file as .txt to score it as plain text."
+            + fix
         ) from None
     except (RecursionError, ValueError) as err:  # nested too deeply; integers too long
         raise _Problem(f"the JSON cannot be read safely ({type(err).__name__}).") from None
@@ -157,7 +166,7 @@ def parse_chat_text(text: str) -> tuple[Message, ...]:
     if not text.strip():
         raise InputFormatError(f"The chat is empty: paste messages like {CHAT_SHAPE}")
     try:
-        obj = _loads(text)
+        obj = load_json(text)
         items = obj.get("messages") if isinstance(obj, dict) else obj
         if not isinstance(items, list):
             raise _Problem(f"the JSON ({_json_type(obj)}) holds no list of messages. "
@@ -367,7 +376,7 @@ def _jsonl_upload(text: str) -> ParsedUpload:
             continue
         line_warnings: list[str] = []
         try:
-            obj = _loads(line, line=number)
+            obj = load_json(line, line=number)
             title = _title_of(obj, f"line {number}", ("title", "id"))
             transcripts.extend(_json_transcripts(obj, title, f"{title}, ", line_warnings)[1])
         except _Problem as problem:
