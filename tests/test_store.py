@@ -59,6 +59,20 @@ EXPECTED_SCHEMA = {
         ("set_id", "VARCHAR"), ("tokenizer", "VARCHAR"), ("token_id", "INTEGER"),
         ("token_text", "VARCHAR"), ("word", "VARCHAR"), ("ordinal", "INTEGER"),
         ("added_at", "TIMESTAMP WITH TIME ZONE")],
+    "calibration_datasets": [("id", "VARCHAR"), ("name", "VARCHAR"),
+                             ("created_at", "TIMESTAMP WITH TIME ZONE")],
+    "calibration_items": [
+        ("dataset_id", "VARCHAR"), ("ordinal", "INTEGER"), ("item_id", "VARCHAR"),
+        ("question", "VARCHAR"), ("aliases", "JSON"), ("choices", "JSON"),
+        ("answer_index", "INTEGER")],
+    "calibration_runs": [("id", "VARCHAR"), ("dataset_id", "VARCHAR"),
+                         ("created_at", "TIMESTAMP WITH TIME ZONE"), ("model_label", "VARCHAR"),
+                         ("settings", "JSON")],
+    "calibration_results": [
+        ("run_id", "VARCHAR"), ("item_id", "VARCHAR"), ("ordinal", "INTEGER"),
+        ("generation_id", "VARCHAR"), ("answer", "VARCHAR"), ("stated", "VARCHAR"),
+        ("stated_kind", "VARCHAR"), ("confidences", "JSON"), ("correct", "BOOLEAN"),
+        ("matched", "VARCHAR"), ("override", "BOOLEAN")],
 }
 
 
@@ -103,7 +117,7 @@ def store(tmp_path):
 
 def test_blank_database_migrates_to_expected_schema(store):
     """A blank database gets every migration and exactly the documented tables and columns."""
-    assert store.schema_version() == len(MIGRATIONS) == 3
+    assert store.schema_version() == len(MIGRATIONS) == 4
     with store._cursor() as cur:
         rows = cur.execute("SELECT table_name, column_name, data_type FROM duckdb_columns() "
                            "WHERE database_name = current_database() "
@@ -145,7 +159,7 @@ def test_migration_3_keeps_existing_sessions_and_generations(tmp_path, monkeypat
         store_module.write_generation(cur, gen)
     monkeypatch.undo()
     with Store.open(path) as new:
-        assert new.schema_version() == 3
+        assert new.schema_version() == len(MIGRATIONS)
         assert new.load_generation(gen.id) == gen
         with new.cursor() as cur:
             row = cur.execute("SELECT name, updated_at = created_at, settings, deleted_at "

@@ -108,6 +108,45 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (set_id, tokenizer, token_id, word)
     );
     """,
+    # 4: calibration datasets (items with their ground truth), runs and per-item results.
+    """
+    CREATE TABLE calibration_datasets (
+        id VARCHAR PRIMARY KEY,
+        name VARCHAR NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL
+    );
+    CREATE TABLE calibration_items (
+        dataset_id VARCHAR NOT NULL,
+        ordinal INTEGER NOT NULL,
+        item_id VARCHAR NOT NULL,
+        question VARCHAR NOT NULL,
+        aliases JSON NOT NULL,
+        choices JSON NOT NULL,
+        answer_index INTEGER,
+        PRIMARY KEY (dataset_id, item_id)
+    );
+    CREATE TABLE calibration_runs (
+        id VARCHAR PRIMARY KEY,
+        dataset_id VARCHAR NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL,
+        model_label VARCHAR NOT NULL,
+        settings JSON NOT NULL
+    );
+    CREATE TABLE calibration_results (
+        run_id VARCHAR NOT NULL,
+        item_id VARCHAR NOT NULL,
+        ordinal INTEGER NOT NULL,
+        generation_id VARCHAR NOT NULL,
+        answer VARCHAR NOT NULL,
+        stated VARCHAR NOT NULL,
+        stated_kind VARCHAR NOT NULL,
+        confidences JSON NOT NULL,
+        correct BOOLEAN NOT NULL,
+        matched VARCHAR NOT NULL,
+        override BOOLEAN,
+        PRIMARY KEY (run_id, item_id)
+    );
+    """,
 ]
 
 _ALTERNATIVE = pa.struct([("token_id", pa.int32()), ("text", pa.string()),

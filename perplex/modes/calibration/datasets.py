@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from perplex.core.calibration import Dataset, Item
 from perplex.core.errors import InputFormatError
 from perplex.core.formats import decode_upload, load_json
 from perplex.core.settings import PROJECT_ROOT
@@ -29,22 +30,6 @@ MAX_DATASET_BYTES = 50 * 1024 * 1024
 MAX_ITEMS = 100_000
 DATASET_FILES = "a CSV, JSONL or JSON file of questions with their answers"
 SAMPLES = PROJECT_ROOT / "data" / "calibration"
-
-
-@dataclass(frozen=True)
-class Item:
-    """One question with its ground truth: aliases (free answer) or options and an index."""
-
-    id: str
-    question: str
-    aliases: tuple[str, ...] = ()
-    choices: tuple[str, ...] = ()
-    answer_index: int | None = None
-
-    @property
-    def multiple_choice(self) -> bool:
-        """Whether the item is answered by picking an option."""
-        return bool(self.choices)
 
 
 @dataclass(frozen=True)
@@ -69,14 +54,6 @@ PRESETS = {
                                         aliases="answer.aliases", id="question_id"),
     "MMLU": FieldMap(question="question", choices="choices", answer_index="answer"),
 }
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """A named list of items, ids unique."""
-
-    name: str
-    items: tuple[Item, ...]
 
 
 def read_records(filename: str, data: bytes, max_bytes: int = MAX_DATASET_BYTES,

@@ -1,0 +1,142 @@
+"""Answering a dataset's items with a stated confidence, and reading every kind of confidence.
+
+Each item is asked through a prompt template; the answer starts with the prefill
+"Answer:" (on engines that can force text), so the option letter of a multiple-choice
+answer comes right after it, where the full distribution gives the options' probabilities.
+The answer is the rest of the line after "Answer:" (else the first line); the stated
+confidence is parsed from the whole reply (`confidence.parse_confidence`). When the reply
+states none and the engine can force text, the reply is continued once with the forced
+line "Confidence:" (small models seldom write the second line unasked); the stored
+generation is then that continuation, whose answer tokens keep their probabilities.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from perplex.core.calibration import Item, ItemResult
+from perplex.core.errors import InputFormatError, PerplexError
+from perplex.core.records import DecodeParams, Generation, Message, TokenRole
+from perplex.core.tokens import TextPrefix
+from perplex.modes.calibration.answers import LETTERS, chosen_option, match_aliases, match_choice
+from perplex.modes.calibration.confidence import parse_confidence
+from perplex.modes.calibration.token_confidence import (
+    answer_span,
+    option_probabilities,
+    p_true,
+    span_confidence,
+)
+
+PREFILL = "Answer:"
+FREE_TEMPLATE = ('{question}\nReply with the answer on one line beginning "Answer:", then '
+                 'your confidence that it is correct on a second line beginning "Confidence:" '
+                 "(a percentage).")
+CHOICE_TEMPLATE = ('{question}\n{options}\nReply with the letter of the correct option on one '
+                   'line beginning "Answer:", then your confidence that it is correct on a '
+                   'second line beginning "Confidence:" (a percentage).')
+ASK_CONFIDENCE = "\nConfidence:"
+TEMPLATES = {"answer and confidence": (FREE_TEMPLATE, CHOICE_TEMPLATE)}
+DEFAULT_PARAMS = DecodeParams(max_new_tokens=32)
+CONFIDENCE_TOKENS = 8  # new tokens for the stated confidence, when it is asked for
+
+
+@dataclass(frozen=True)
+class Template:
+    """The prompts for free answers and for multiple choice ({question}, {options})."""
+
+    free: str = FREE_TEMPLATE
+    choice: str = CHOICE_TEMPLATE
+
+    def __post_init__(self) -> None:
+        """Each prompt must have the fields it needs, and no others."""
+        for name, text, wanted in (("free-answer", self.free, {"question"}),
+                                   ("multiple-choice", self.choice, {"question", "options"})):
+            fields = set(re.findall(r"{(\w*)}", text))
+            if not wanted <= fields or fields - wanted:
+                raise InputFormatError(
+                    f"The {name} prompt must contain {' and '.join(sorted(wanted))} in braces"
+                    f"{' and no other field' if fields - wanted else ''}: write "
+                    f"{', '.join('{' + w + '}' for w in sorted(wanted))} where they go.")
+
+    def prompt(self, item: Item) -> str:
+        """The user message asking `item`."""
+        if item.multiple_choice:
+            options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(item.choices))
+            return self.choice.replace("{question}", item.question).replace("{options}",
+                                                                            options)
+        return self.free.replace("{question}", item.question)
+
+
+def answer_line(reply: str) -> tuple[str, int]:
+    """The answer in a reply, and where it starts: after "Answer:", else the first line."""
+    found = re.search(r"answer\s*:\s*", reply, re.IGNORECASE)
+    start = found.end() if found else len(reply) - len(reply.lstrip())
+    line = reply[start:].split("\n", 1)[0]
+    return line.strip(), start + (len(line) - len(line.lstrip()))
+
+
+def answer_item(engine, item: Item, template: Template = Template(),
+                params: DecodeParams = DEFAULT_PARAMS, system: tuple[Message, ...] = (),
+                with_p_true: bool = False) -> tuple[Generation, ItemResult]:
+    """Ask `item`, then check the answer and read every confidence the engine allows."""
+    messages = system + (Message("user", template.prompt(item)),)
+    prefill = PREFILL if engine.capabilities.token_ids else ""
+    generation = engine.generate(messages, params, prefill=prefill).run()
+    reply, response = _reply(engine, generation)
+    stated = parse_confidence(reply)
+    if stated.value is None and stated.kind == "missing" and prefill:
+        answer, _ = answer_line(reply)
+        asked = replace(params, max_new_tokens=CONFIDENCE_TOKENS, stop_strings=("\n",))
+        generation = engine.generate(messages, asked,
+                                     prefill=f"{PREFILL} {answer}{ASK_CONFIDENCE}").run()
+        reply, response = _reply(engine, generation)
+        stated = parse_confidence(reply)
+    answer, start = answer_line(reply)
+    confidences: dict[str, float | None] = dict.fromkeys(
+        ("verbalized", "span product", "span geometric mean", "first token", "options",
+         "P(True)"))
+    confidences["verbalized"] = stated.value
+    span = answer_span(response, start, start + len(answer)) if answer else []
+    if span:
+        summary = span_confidence(span)
+        confidences.update({"span product": summary.product,
+                            "span geometric mean": summary.geometric_mean,
+                            "first token": summary.first})
+    if item.multiple_choice:
+        check = match_choice(answer, item.choices, item.answer_index)
+        picked, _ = chosen_option(answer, item.choices)
+        if picked is not None and engine.capabilities.full_distribution and prefill:
+            context = list(engine.encode(messages, True).ids) + list(engine.encode(
+                (Message("text", prefill),), False, TextPrefix.NONE).ids)
+            confidences["options"] = float(option_probabilities(
+                engine, context, len(item.choices))[picked])
+    else:
+        check = match_aliases(answer, item.aliases)
+    if with_p_true and answer and engine.capabilities.full_distribution:
+        confidences["P(True)"] = p_true(engine, item.question, answer, system)
+    return generation, ItemResult(
+        item_id=item.id, generation_id=generation.id, answer=answer, stated=stated.source,
+        stated_kind=stated.kind, confidences=confidences, correct=check.correct,
+        matched=check.matched)
+
+
+def _reply(engine, generation: Generation):
+    """The answer's text and its steps, without the end-of-turn token."""
+    eos = engine.info.eos_ids
+    response = [s for s in generation.steps if s.role is TokenRole.RESPONSE
+                and s.token_id not in eos]
+    return "".join(s.text for s in response), response
+
+
+def answer_items(engine, items: Sequence[Item], **options):
+    """Answer items one after another, yielding (generation, result) as each is done.
+
+    A failure on one item stops the run with its message; the items before it are done.
+    """
+    for item in items:
+        try:
+            yield answer_item(engine, item, **options)
+        except PerplexError as exc:
+            raise type(exc)(f"Item {item.id}: {exc}") from exc

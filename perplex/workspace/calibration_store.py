@@ -1,0 +1,122 @@
+"""Calibration datasets, runs and per-item results in the DuckDB file.
+
+A result is saved with its generation in one transaction, so a stopped run keeps every
+item it finished and resumes with the rest; a finished run opens without recomputing
+anything. A researcher's verdict overrides the automatic one and is kept as such.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from perplex.core.calibration import Dataset, Item, ItemResult
+from perplex.core.errors import StoreError
+from perplex.core.records import Generation, new_id
+from perplex.workspace.store import Store, from_epoch_us, write_generation
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One calibration run: what ran on what, and how far it got."""
+
+    id: str
+    dataset_id: str
+    dataset_name: str
+    model_label: str
+    created_at: datetime
+    settings: dict
+    n_items: int
+    n_done: int
+
+
+def save_dataset(store: Store, dataset: Dataset) -> None:
+    """Store a dataset and its items (replacing one with the same id)."""
+    with store.cursor(write=True) as cur:
+        cur.execute("DELETE FROM calibration_items WHERE dataset_id = ?", [dataset.id])
+        cur.execute("DELETE FROM calibration_datasets WHERE id = ?", [dataset.id])
+        cur.execute("INSERT INTO calibration_datasets VALUES (?, ?, ?)",
+                    [dataset.id, dataset.name, datetime.now(timezone.utc)])
+        cur.executemany("INSERT INTO calibration_items VALUES (?, ?, ?, ?, ?, ?, ?)", [
+            [dataset.id, n, item.id, item.question, json.dumps(list(item.aliases)),
+             json.dumps(list(item.choices)), item.answer_index]
+            for n, item in enumerate(dataset.items)])
+
+
+def load_dataset(store: Store, dataset_id: str) -> Dataset:
+    """The dataset saved under `dataset_id`."""
+    with store.cursor() as cur:
+        head = cur.execute("SELECT name FROM calibration_datasets WHERE id = ?",
+                           [dataset_id]).fetchall()
+        rows = cur.execute("SELECT item_id, question, aliases, choices, answer_index FROM "
+                           "calibration_items WHERE dataset_id = ? ORDER BY ordinal",
+                           [dataset_id]).fetchall()
+    if not head:
+        raise StoreError(f"There is no calibration dataset {dataset_id!r} in the database.")
+    items = tuple(Item(i, q, tuple(json.loads(a)), tuple(json.loads(c)), index)
+                  for i, q, a, c, index in rows)
+    return Dataset(head[0][0], items, id=dataset_id)
+
+
+def create_run(store: Store, dataset_id: str, model_label: str, settings: dict) -> str:
+    """Start a run of `dataset_id` on `model_label` with `settings` (template, params...)."""
+    run_id = new_id()
+    with store.cursor(write=True) as cur:
+        cur.execute("INSERT INTO calibration_runs VALUES (?, ?, ?, ?, ?)",
+                    [run_id, dataset_id, datetime.now(timezone.utc), model_label,
+                     json.dumps(settings)])
+    return run_id
+
+
+def save_result(store: Store, run_id: str, ordinal: int, result: ItemResult,
+                generation: Generation) -> None:
+    """Store one answered item with its generation, in one transaction."""
+    confidences = {k: (v if v is None or math.isfinite(v) else None)
+                   for k, v in result.confidences.items()}
+    with store.cursor(write=True) as cur:
+        write_generation(cur, generation)
+        cur.execute("DELETE FROM calibration_results WHERE run_id = ? AND item_id = ?",
+                    [run_id, result.item_id])
+        cur.execute("INSERT INTO calibration_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [run_id, result.item_id, ordinal, result.generation_id, result.answer,
+                     result.stated, result.stated_kind, json.dumps(confidences),
+                     result.correct, result.matched, result.override])
+
+
+def load_results(store: Store, run_id: str) -> list[ItemResult]:
+    """A run's results in the dataset's order."""
+    with store.cursor() as cur:
+        rows = cur.execute(
+            "SELECT item_id, generation_id, answer, stated, stated_kind, confidences, "
+            "correct, matched, override FROM calibration_results WHERE run_id = ? "
+            "ORDER BY ordinal", [run_id]).fetchall()
+    return [ItemResult(item_id=i, generation_id=g, answer=a, stated=s, stated_kind=k,
+                       confidences=json.loads(c), correct=bool(ok), matched=m,
+                       override=None if o is None else bool(o))
+            for i, g, a, s, k, c, ok, m, o in rows]
+
+
+def set_override(store: Store, run_id: str, item_id: str, verdict: bool | None) -> None:
+    """The researcher's verdict on an item (None: back to the automatic one)."""
+    with store.cursor(write=True) as cur:
+        found = cur.execute("SELECT count(*) FROM calibration_results WHERE run_id = ? AND "
+                            "item_id = ?", [run_id, item_id]).fetchall()[0][0]
+        if not found:
+            raise StoreError(f"Item {item_id!r} has no result in this run.")
+        cur.execute("UPDATE calibration_results SET override = ? WHERE run_id = ? AND "
+                    "item_id = ?", [verdict, run_id, item_id])
+
+
+def list_runs(store: Store) -> list[RunSummary]:
+    """Every calibration run, newest first, with how many items it has done."""
+    with store.cursor() as cur:
+        rows = cur.execute(
+            "SELECT r.id, r.dataset_id, d.name, r.model_label, epoch_us(r.created_at), "
+            "r.settings, (SELECT count(*) FROM calibration_items i WHERE i.dataset_id = "
+            "r.dataset_id), (SELECT count(*) FROM calibration_results x WHERE x.run_id = r.id) "
+            "FROM calibration_runs r JOIN calibration_datasets d ON d.id = r.dataset_id "
+            "ORDER BY r.created_at DESC").fetchall()
+    return [RunSummary(i, d, name, label, from_epoch_us(at), json.loads(settings), n, done)
+            for i, d, name, label, at, settings, n, done in rows]
