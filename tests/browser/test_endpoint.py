@@ -12,7 +12,7 @@ import re
 import pytest
 
 from perplex.engine.local.models import bundled_gguf_path
-from tests.browser.test_investigation import FINAL_TOK, WORK_TIMEOUT, settle, show_tip
+from tests.browser.test_investigation import FINAL_TOK, WORK_TIMEOUT, chat_box, settle, show_tip
 from tests.browser.test_new_user import open_page, server  # noqa: F401 (fixtures)
 from tests.endpoints import LlamaServer
 
@@ -38,7 +38,7 @@ def test_chat_through_the_endpoint_then_back_to_the_local_model(open_page, llama
     sidebar.get_by_label("Model", exact=True).fill(llama.model)
     sidebar.get_by_label("Model", exact=True).press("Enter")
     settle(page)
-    chat = page.locator('[data-testid="stChatInput"] textarea:not([disabled])')
+    chat = chat_box(page)
     chat.fill("What is the capital of France?")
     chat.press("Enter")
     page.get_by_text(re.compile("^Stopped:")).first.wait_for(timeout=WORK_TIMEOUT)

@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import expect
 
 from tests.browser.conftest import REPO_ROOT, VIEWPORT, wait_for_script
 from tests.browser.test_token_view import drag
@@ -118,9 +119,19 @@ def set_max_new_tokens(page, value: str = MAX_NEW) -> None:
     assert field.input_value() == value
 
 
+def chat_box(page):
+    """The chat input, once a rerun has left exactly one on the page.
+
+    A redraw can show the old one beside the new one for a moment.
+    """
+    box = page.locator('[data-testid="stChatInput"] textarea:not([disabled])')
+    expect(box).to_have_count(1, timeout=WORK_TIMEOUT)
+    return box
+
+
 def ask(page, question: str = QUESTION) -> None:
     """Ask in the chat input and wait for the final token view with the answer."""
-    chat = page.locator('[data-testid="stChatInput"] textarea:not([disabled])')
+    chat = chat_box(page)
     chat.fill(question)
     chat.press("Enter")
     page.locator(FINAL_TOK).filter(has_text=re.compile(r"^ Paris$")).wait_for(

@@ -27,6 +27,7 @@ from tests.browser.test_investigation import (
     answer_text,
     ask,
     assert_no_exception,
+    chat_box,
     scroll_to,
     session_of,
     set_max_new_tokens,
@@ -146,7 +147,7 @@ def test_highlight_is_kept_per_generation_not_per_message_index(open_page):
     page.keyboard.press("Escape")
     page.get_by_role("button", name="New chat").click()
     settle(page)
-    chat = page.locator('[data-testid="stChatInput"] textarea:not([disabled])')
+    chat = chat_box(page)
     chat.fill("Name a colour.")
     chat.press("Enter")
     page.get_by_text("Name a colour.").first.wait_for(timeout=WORK_TIMEOUT)
