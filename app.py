@@ -17,6 +17,7 @@ PAGES = [
     st.Page("pages/logit_lens.py", title="Logit Lens", icon=":material/layers:"),
     st.Page("pages/prefilling.py", title="Prefilling", icon=":material/block:"),
     st.Page("pages/hallucination.py", title="Hallucination", icon=":material/report:"),
+    st.Page("pages/calibration.py", title="Calibration", icon=":material/target:"),
 ]
 
 navigation = st.navigation(PAGES)

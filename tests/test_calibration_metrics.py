@@ -87,3 +87,25 @@ def test_bad_input_is_refused_plainly():
         reliability([0.1, 0.2], [True])
     with pytest.raises(InputFormatError, match="1 to 1,000 bins"):
         reliability([0.1], [True], n_bins=0)
+
+
+def test_a_summary_uses_the_overridden_verdicts_and_lists_a_bins_members():
+    from perplex.core.calibration import ItemResult
+    from perplex.modes.calibration.metrics import bin_members, summarise
+
+    def result(i, conf, correct, override=None):
+        return ItemResult(f"q{i}", f"g{i}", "a", "", "percent", {"verbalized": conf},
+                          correct, "", override)
+
+    results = [result(0, 0.2, False), result(1, 0.4, True), result(2, 0.5, True),
+               result(3, 0.9, False), result(4, 1.0, True), result(5, None, True)]
+    summary = summarise(results, ["verbalized", "P(True)"], n_bins=2)
+    assert list(summary) == ["verbalized"]  # no item has P(True)
+    assert abs(summary["verbalized"].width.ece - (2 / 5 * 0.2 + 3 / 5 * abs(2 / 3 - 0.8))) \
+        < EXACT
+    assert [r.item_id for r in bin_members(results, "verbalized",
+                                           summary["verbalized"].width, 1)] == ["q2", "q3", "q4"]
+    overruled = results[:3] + [result(3, 0.9, False, override=True)] + results[4:]
+    # the 0.9 answer judged right by hand: the upper bin is all right, mean confidence 0.8
+    assert abs(summarise(overruled, ["verbalized"], n_bins=2)["verbalized"].width.ece
+               - (2 / 5 * 0.2 + 3 / 5 * 0.2)) < EXACT

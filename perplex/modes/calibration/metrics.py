@@ -66,14 +66,10 @@ def reliability(confidences: Sequence[float | None], correct: Sequence[bool],
     if binning not in BINNINGS:
         raise InputFormatError(f"Binning is one of {', '.join(BINNINGS)}, not {binning!r}.")
     conf, right, missing = _paired(confidences, correct)
+    groups = _groups(conf, n_bins, binning)
     if binning == "equal width":
-        edges = np.array([b / n_bins for b in range(n_bins + 1)])  # the edges as written
-        index = np.minimum(np.searchsorted(edges, conf, side="right") - 1, n_bins - 1)
-        groups = [np.flatnonzero(index == b) for b in range(n_bins)]
         ranges = [(b / n_bins, (b + 1) / n_bins) for b in range(n_bins)]
     else:
-        order = np.argsort(conf, kind="stable")
-        groups = [g for g in np.array_split(order, n_bins)]
         ranges = [(float(conf[g].min()), float(conf[g].max())) if g.size else (math.nan, math.nan)
                   for g in groups]
     bins = tuple(Bin(low, high, int(g.size),
@@ -84,6 +80,15 @@ def reliability(confidences: Sequence[float | None], correct: Sequence[bool],
     ece = sum(b.count / n * abs(b.accuracy - b.confidence) for b in bins if b.count) if n \
         else math.nan
     return Reliability(bins, float(ece), n, missing, binning)
+
+
+def _groups(conf: np.ndarray, n_bins: int, binning: str) -> list[np.ndarray]:
+    """The indices of `conf` in each bin (see the module docstring for the edges)."""
+    if binning == "equal width":
+        edges = np.array([b / n_bins for b in range(n_bins + 1)])  # the edges as written
+        index = np.minimum(np.searchsorted(edges, conf, side="right") - 1, n_bins - 1)
+        return [np.flatnonzero(index == b) for b in range(n_bins)]
+    return list(np.array_split(np.argsort(conf, kind="stable"), n_bins))
 
 
 def brier(confidences: Sequence[float | None], correct: Sequence[bool]) -> float:
@@ -142,3 +147,40 @@ def risk_coverage(confidences: Sequence[float | None], correct: Sequence[bool]) 
     risk = tuple(float(errors[end - 1] / end) for end in ends)
     widths = np.diff([0.0, *coverage])
     return RiskCoverage(coverage, risk, float(np.sum(widths * np.array(risk))))
+
+
+@dataclass(frozen=True)
+class KindSummary:
+    """Every metric of one confidence kind over a run's results."""
+
+    kind: str
+    width: Reliability  # equal-width bins
+    mass: Reliability  # equal-mass bins
+    brier: float
+    auroc: float
+    risk: RiskCoverage
+
+
+def summarise(results, kinds: Sequence[str], n_bins: int = 10) -> dict[str, KindSummary]:
+    """Metrics per confidence kind, on each result's verdict (the researcher's, if given).
+
+    Kinds no result has a value for are left out.
+    """
+    verdicts = [r.verdict for r in results]
+    out = {}
+    for kind in kinds:
+        values = [r.confidences.get(kind) for r in results]
+        if all(v is None for v in values):
+            continue
+        out[kind] = KindSummary(kind, reliability(values, verdicts, n_bins, "equal width"),
+                                reliability(values, verdicts, n_bins, "equal mass"),
+                                brier(values, verdicts), auroc(values, verdicts),
+                                risk_coverage(values, verdicts))
+    return out
+
+
+def bin_members(results, kind: str, rel: Reliability, index: int) -> list:
+    """The results in bin `index` of `rel` (made from `kind` over the same results)."""
+    kept = [r for r in results if r.confidences.get(kind) is not None]
+    conf = np.array([r.confidences[kind] for r in kept], dtype=np.float64)
+    return [kept[i] for i in sorted(_groups(conf, len(rel.bins), rel.binning)[index])]

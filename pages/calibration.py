@@ -1,0 +1,33 @@
+"""Calibration mode: does "90% sure" mean 90% right? Confidence stated and read off tokens."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from perplex.ui import calibration_view as view
+from perplex.ui import resources
+from perplex.ui.sidebar import thresholds
+from perplex.ui.transcript import show_transcript
+
+st.title("Calibration")
+st.caption("Answer questions with known answers, each with a stated confidence, and see "
+           "whether confidence matches accuracy. Token-probability confidence (the answer's "
+           "tokens, the option letters, P(True)) comes from the same records, at temperature "
+           "1; metrics use your verdict where you overrule the automatic one.")
+
+engine = resources.active_engine()
+store = resources.store()
+dataset = view.dataset_section(store)
+if dataset is not None:
+    settings = view.settings_section(dataset)
+    if settings is not None:
+        view.run_section(engine, store, dataset, settings)
+
+
+def show_item(result) -> None:
+    """One answered item in the token view, with what it was asked."""
+    generation = store.load_generation(result.generation_id)
+    show_transcript(generation, f"{view.PREFIX}.item", thresholds())
+
+
+view.results_section(store, show_item)

@@ -1,0 +1,341 @@
+"""The Calibration page's parts: the dataset, the run (progress, stop, resume), the results.
+
+A run keeps every finished item in the database, so Stop (any rerun) loses at most the
+item in flight, and the run goes on after other reruns until Stop is pressed; a run left
+unfinished resumes with the items it lacks.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+import streamlit as st
+
+from perplex.core.calibration import CONFIDENCE_KINDS, Dataset, ItemResult
+from perplex.core.errors import PerplexError
+from perplex.modes.calibration.datasets import (
+    PRESETS,
+    FieldMap,
+    build_dataset,
+    field_names,
+    read_records,
+    sample_dataset,
+)
+from perplex.modes.calibration.metrics import BINNINGS, bin_members, summarise
+from perplex.modes.calibration.plots import reliability_diagram, risk_coverage_figure
+from perplex.modes.calibration.run import CHOICE_TEMPLATE, FREE_TEMPLATE, Template, answer_item
+from perplex.modes.calibration.table import (
+    parse_failures,
+    results_csv,
+    results_frame,
+    results_parquet,
+)
+from perplex.ui.export_panel import download
+from perplex.ui.prompt_list import duration
+from perplex.ui.text import count, plain
+from perplex.workspace.calibration_store import (
+    RunSummary,
+    create_run,
+    list_runs,
+    load_dataset,
+    load_results,
+    save_dataset,
+    save_result,
+    set_override,
+)
+
+PREFIX = "calib"
+DATASET_KEY = f"{PREFIX}.dataset_id"
+RUN_KEY = f"{PREFIX}.run_id"
+RUNNING_KEY = f"{PREFIX}.running"
+SAMPLES = {"sample: 105 trivia questions (TriviaQA format)": "trivia",
+           "sample: 42 four-choice questions (MMLU format)": "mmlu"}
+UPLOAD = "upload a dataset"
+CONFIDENT = 0.8  # "confidently wrong": wrong with at least this confidence
+NUMBERS = {c: st.column_config.NumberColumn(format="%.3f")
+           for c in ("ECE (equal width)", "ECE (equal mass)", "Brier", "AUROC", "AURC",
+                     *CONFIDENCE_KINDS)}
+
+
+def dataset_section(store) -> Dataset | None:
+    """Pick a sample or upload one with a field mapping; the chosen one is stored."""
+    st.subheader("1 · Dataset")
+    choice = st.radio("Questions", [*SAMPLES, UPLOAD], key=f"{PREFIX}.source",
+                      label_visibility="collapsed")
+    if choice in SAMPLES:
+        wanted = f"sample-{SAMPLES[choice]}"
+        if st.session_state.get(DATASET_KEY) != wanted:
+            dataset = sample_dataset(SAMPLES[choice])
+            save_dataset(store, Dataset(dataset.name, dataset.items, id=wanted))
+            st.session_state[DATASET_KEY] = wanted
+    else:
+        _upload(store)
+    dataset_id = st.session_state.get(DATASET_KEY)
+    if dataset_id is None or (choice in SAMPLES) != dataset_id.startswith("sample-"):
+        return None
+    dataset = load_dataset(store, dataset_id)
+    kinds = {item.multiple_choice for item in dataset.items}
+    st.caption(f"{plain(dataset.name)}: {count(len(dataset.items), 'item')}"
+               f"{' (multiple choice)' if kinds == {True} else ''}.")
+    return dataset
+
+
+def _upload(store) -> None:
+    file = st.file_uploader("CSV, JSONL or JSON", type=["csv", "jsonl", "ndjson", "json"],
+                            key=f"{PREFIX}.upload")
+    if file is None:
+        return
+    try:
+        rows = read_records(file.name, file.getvalue())
+    except PerplexError as exc:
+        st.error(plain(str(exc)))
+        return
+    names = field_names(rows)
+    preset = st.selectbox("Fields as in", [*PRESETS, "my own mapping"], key=f"{PREFIX}.preset")
+    base = PRESETS.get(preset, FieldMap(question=names[0] if names else ""))
+    none = "(none)"
+    options = [none, *names]
+
+    def pick(label: str, current: str | None) -> str | None:
+        index = options.index(current) if current in options else 0
+        chosen = st.selectbox(label, options, index=index, key=f"{PREFIX}.map.{label}")
+        return None if chosen == none else chosen
+
+    cols = st.columns(3)
+    with cols[0]:
+        question = pick("question", base.question)
+        item_id = pick("id", base.id)
+    with cols[1]:
+        answer = pick("answer", base.answer)
+        aliases = pick("aliases", base.aliases)
+    with cols[2]:
+        choices = pick("choices", base.choices)
+        answer_index = pick("answer index or letter", base.answer_index)
+    if st.button("Use this dataset", key=f"{PREFIX}.use"):
+        try:
+            dataset = build_dataset(file.name, rows, FieldMap(
+                question=question or "", answer=answer, aliases=aliases, choices=choices,
+                answer_index=answer_index, id=item_id))
+        except PerplexError as exc:
+            st.error(plain(str(exc)))
+            return
+        save_dataset(store, dataset)
+        st.session_state[DATASET_KEY] = dataset.id
+        st.session_state.pop(RUN_KEY, None)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How items are asked: the prompts, P(True) or not, how many items."""
+
+    template: Template
+    with_p_true: bool
+    limit: int
+
+    def to_json(self) -> dict:
+        """The settings as stored with the run."""
+        return {"free": self.template.free, "choice": self.template.choice,
+                "with_p_true": self.with_p_true, "limit": self.limit}
+
+
+def settings_section(dataset: Dataset) -> RunSettings | None:
+    """The prompts (editable) and the run's size; None with a message if a prompt is bad."""
+    st.subheader("2 · Asking")
+    with st.expander("Prompts (editable)"):
+        free = st.text_area("Free answer ({question})", FREE_TEMPLATE, key=f"{PREFIX}.free")
+        choice = st.text_area("Multiple choice ({question}, {options})", CHOICE_TEMPLATE,
+                              key=f"{PREFIX}.choice")
+    cols = st.columns(2)
+    limit = cols[0].number_input("items to answer", 1, len(dataset.items),
+                                 min(20, len(dataset.items)), key=f"{PREFIX}.limit")
+    with_p_true = cols[1].checkbox("also ask P(True) (one more pass per item)",
+                                   key=f"{PREFIX}.ptrue")
+    try:
+        return RunSettings(Template(free, choice), with_p_true, int(limit))
+    except PerplexError as exc:
+        st.error(plain(str(exc)))
+        return None
+
+
+def run_section(engine, store, dataset: Dataset, settings: RunSettings) -> None:
+    """Start a run, or go on with the current one, with progress; Stop keeps what is done."""
+    st.subheader("3 · Running")
+    cols = st.columns([1, 1, 4])
+    if cols[0].button("Run", type="primary", key=f"{PREFIX}.run", disabled=engine is None):
+        st.session_state[RUN_KEY] = create_run(store, dataset.id, engine.info.label,
+                                               settings.to_json())
+        st.session_state[RUNNING_KEY] = True
+    if cols[1].button("Stop", key=f"{PREFIX}.stop"):
+        st.session_state[RUNNING_KEY] = False
+    run = _current_run(store)
+    if run is not None and run.dataset_id == dataset.id and not st.session_state.get(
+            RUNNING_KEY) and _left(run) and cols[2].button(
+                f"Resume ({count(_left(run), 'item')} left)", key=f"{PREFIX}.resume"):
+        st.session_state[RUNNING_KEY] = True
+    if st.session_state.get(RUNNING_KEY) and run is not None:
+        _answer_remaining(engine, store, run)
+
+
+def _current_run(store) -> RunSummary | None:
+    wanted = st.session_state.get(RUN_KEY)
+    return next((r for r in list_runs(store) if r.id == wanted), None)
+
+
+def _left(run: RunSummary) -> int:
+    return max(0, min(run.n_items, int(run.settings.get("limit", run.n_items))) - run.n_done)
+
+
+def _answer_remaining(engine, store, run: RunSummary) -> None:
+    dataset = load_dataset(store, run.dataset_id)
+    limit = min(len(dataset.items), int(run.settings.get("limit", len(dataset.items))))
+    done = {r.item_id for r in load_results(store, run.id)}
+    todo = [(n, item) for n, item in enumerate(dataset.items[:limit]) if item.id not in done]
+    template = Template(run.settings["free"], run.settings["choice"])
+    bar = st.progress(len(done) / limit, text=f"{len(done):,} / {limit:,} items")
+    started, answered = time.monotonic(), 0
+    try:
+        for n, item in todo:
+            generation, result = answer_item(engine, item, template,
+                                             with_p_true=run.settings["with_p_true"])
+            save_result(store, run.id, n, result, generation)
+            answered += 1
+            pace = answered / (time.monotonic() - started)
+            left = (len(todo) - answered) / pace
+            bar.progress((len(done) + answered) / limit, text=(
+                f"{len(done) + answered:,} / {limit:,} items · {pace:.2f} per second"
+                + (f" · about {duration(left)} left" if answered < len(todo) else "")))
+    except PerplexError as exc:
+        st.error(plain(f"{exc} The items answered so far are kept: Resume goes on."))
+    st.session_state[RUNNING_KEY] = False
+    bar.empty()
+
+
+def results_section(store, show_item) -> None:
+    """Metrics, the reliability diagram, the items of a bin, one item in the token view."""
+    st.subheader("4 · Results")
+    runs = [r for r in list_runs(store) if r.n_done]
+    if not runs:
+        st.caption("No run has answered an item yet.")
+        return
+    labels = {r.id: f"{r.dataset_name} · {r.model_label} · {r.n_done:,} items · "
+                    f"{r.created_at:%Y-%m-%d %H:%M}" for r in runs}
+    ids = list(labels)
+    current = st.session_state.get(RUN_KEY)
+    run_id = st.selectbox("Run", ids, index=ids.index(current) if current in ids else 0,
+                          format_func=labels.get, key=f"{PREFIX}.shown_run")
+    others = ["(none)", *[i for i in ids if i != run_id]]
+    other = st.selectbox("Compare with", others, key=f"{PREFIX}.other_run",
+                         format_func=lambda i: labels.get(i, i))
+    run = next(r for r in runs if r.id == run_id)
+    results = load_results(store, run_id)
+    dataset = load_dataset(store, run.dataset_id)
+    cols = st.columns(2)
+    n_bins = cols[0].slider("bins", 2, 20, 10, key=f"{PREFIX}.bins")
+    binning = cols[1].radio("binning", BINNINGS, horizontal=True, key=f"{PREFIX}.binning")
+    summary = summarise(results, CONFIDENCE_KINDS, n_bins)
+    if not summary:
+        st.info("No item of this run has a confidence yet.")
+        return
+    _metrics_table(results, summary)
+    kinds = st.multiselect("Confidence kinds on the diagram", list(summary),
+                           default=list(summary)[:2], key=f"{PREFIX}.kinds")
+    curves = {k: (summary[k].width if binning == BINNINGS[0] else summary[k].mass)
+              for k in kinds}
+    if other != "(none)":
+        other_summary = summarise(load_results(store, other), kinds, n_bins)
+        curves.update({f"{k} · {labels[other].split(' · ')[1]} (compared)":
+                       (s.width if binning == BINNINGS[0] else s.mass)
+                       for k, s in other_summary.items()})
+    figure = reliability_diagram(curves)
+    picked = st.plotly_chart(figure, on_select="rerun", selection_mode="points",
+                             key=f"{PREFIX}.diagram.{run_id}.{n_bins}.{binning}")
+    st.plotly_chart(risk_coverage_figure({k: summary[k].risk for k in kinds}),
+                    key=f"{PREFIX}.risk")
+    members = _picked_bin(picked, results, summary, binning, kinds)
+    frame = results_frame(dataset, results)
+    _downloads(frame, figure, run_id)
+    _items(frame, results, members, kinds, run_id, store, show_item)
+
+
+def _metrics_table(results: list[ItemResult], summary) -> None:
+    rows = [{"confidence": k, "items": s.width.n, "missing": s.width.missing,
+             "ECE (equal width)": s.width.ece, "ECE (equal mass)": s.mass.ece,
+             "Brier": s.brier, "AUROC": s.auroc, "AURC": s.risk.area}
+            for k, s in summary.items()]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, column_config=NUMBERS)
+    accuracy = sum(r.verdict for r in results) / len(results)
+    overruled = sum(r.override is not None for r in results)
+    st.caption(f"Accuracy {accuracy:.3f} over {count(len(results), 'item')}"
+               f"{f' ({overruled} verdicts set by hand)' if overruled else ''} · stated "
+               f"confidence unreadable in {parse_failures(results):.0%} of the answers "
+               "(recorded as missing, never guessed).")
+
+
+def _picked_bin(picked, results, summary, binning, kinds):
+    points = (picked or {}).get("selection", {}).get("points", []) if picked else []
+    for point in points:
+        data = point.get("customdata")
+        if isinstance(data, (list, tuple)) and len(data) == 2 and data[1] in summary \
+                and data[1] in kinds:
+            kind, index = data[1], int(data[0])
+            rel = summary[kind].width if binning == BINNINGS[0] else summary[kind].mass
+            return kind, index, bin_members(results, kind, rel, index)
+    return None
+
+
+def _downloads(frame: pd.DataFrame, figure, run_id: str) -> None:
+    from perplex.workspace.exports import figure_image
+
+    cols = st.columns(4)
+    name = f"perplex-calibration-{run_id}"
+    download(cols[0], "Items (CSV)", data=lambda: results_csv(frame), file_name=f"{name}.csv",
+             mime="text/csv", key=f"{PREFIX}.csv")
+    download(cols[1], "Items (Parquet)", data=lambda: results_parquet(frame),
+             file_name=f"{name}.parquet", mime="application/octet-stream",
+             key=f"{PREFIX}.parquet")
+    download(cols[2], "Diagram (PNG)", data=lambda: figure_image(figure, "png"),
+             file_name=f"{name}.png", mime="image/png", key=f"{PREFIX}.png")
+    download(cols[3], "Diagram (SVG)", data=lambda: figure_image(figure, "svg"),
+             file_name=f"{name}.svg", mime="image/svg+xml", key=f"{PREFIX}.svg")
+
+
+def _items(frame, results, members, kinds, run_id, store, show_item) -> None:
+    if members is not None:
+        kind, index, chosen = members
+        st.markdown(f"**Bin {index} of {plain(kind)}: {count(len(chosen), 'item')}**")
+        ids = {r.item_id for r in chosen}
+        shown = frame[frame["item"].isin(ids)]
+    else:
+        wrong = st.toggle(f"Only confidently wrong (≥ {CONFIDENT} on "
+                          f"{kinds[0] if kinds else 'verbalized'}, wrong)",
+                          key=f"{PREFIX}.wrong")
+        kind = kinds[0] if kinds else "verbalized"
+        shown = frame[(~frame["correct"]) & (frame[kind].fillna(-1) >= CONFIDENT)] if wrong \
+            else frame
+        st.caption("Click a point of the diagram to list its bin's items.")
+    table = shown[["item", "question", "truth", "answer", "correct", "overruled",
+                   "stated", *[k for k in kinds if k in shown]]]
+    picked = st.dataframe(table, hide_index=True, on_select="rerun",
+                          selection_mode="single-row", column_config=NUMBERS,
+                          key=f"{PREFIX}.items.{run_id}.{len(table)}")
+    rows = picked.selection.rows if picked else []
+    if not rows:
+        return
+    item_id = table.iloc[rows[0]]["item"]
+    result = next(r for r in results if r.item_id == item_id)
+    _verdict(store, run_id, result)
+    show_item(result)
+
+
+def _verdict(store, run_id: str, result: ItemResult) -> None:
+    automatic = "right" if result.correct else "wrong"
+    options = [f"automatic ({automatic})", "right", "wrong"]
+    now = 0 if result.override is None else (1 if result.override else 2)
+    chosen = st.radio(f"Verdict on {result.item_id}", options, index=now, horizontal=True,
+                      key=f"{PREFIX}.verdict.{run_id}.{result.item_id}")
+    wanted = None if chosen == options[0] else chosen == "right"
+    if wanted != result.override:
+        set_override(store, run_id, result.item_id, wanted)
+        st.rerun()

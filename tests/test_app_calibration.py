@@ -1,0 +1,53 @@
+"""The Calibration page (AppTest, bundled model): a run, its metrics, a verdict overruled."""
+
+from __future__ import annotations
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from perplex.core.settings import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def _app(lm) -> AppTest:
+    at = AppTest.from_file(str(PROJECT_ROOT / "pages" / "calibration.py"), default_timeout=300)
+    at.session_state["perplex.lm"] = lm
+    return at
+
+
+def test_a_run_on_the_sample_shows_metrics_and_a_verdict_changes_them(bundled_lm):
+    at = _app(bundled_lm).run()
+    assert not at.exception
+    assert any("105 items" in c.value for c in at.caption)
+    at.number_input(key="calib.limit").set_value(3).run()
+    at.button(key="calib.run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    table = at.dataframe[0].value
+    assert {"span product", "span geometric mean", "first token"} <= set(table["confidence"])
+    assert max(table["items"]) == 3 and any("Accuracy" in c.value for c in at.caption)
+    # a kind is measured on the items that have it; the rest are counted as missing
+    assert all(n + m == 3 for n, m in zip(table["items"], table["missing"]))
+    before = table.set_index("confidence")["ECE (equal width)"].to_dict()
+    items = at.dataframe[1].value
+    assert len(items) == 3 and items.iloc[0]["question"] == "What is the capital of France?"
+    # overrule the first item's verdict by hand: every metric moves with it
+    at.session_state["calib.items." + at.session_state["calib.shown_run"] + ".3"] = {
+        "selection": {"rows": [0], "columns": []}}
+    at.run()
+    verdict_key = next(r.key for r in at.radio if r.key and r.key.startswith("calib.verdict."))
+    automatic = at.radio(key=verdict_key).value
+    flipped = "wrong" if "(right)" in automatic else "right"
+    at.radio(key=verdict_key).set_value(flipped).run()
+    assert not at.exception
+    after = at.dataframe[0].value.set_index("confidence")["ECE (equal width)"].to_dict()
+    assert after != before
+    assert any("1 verdicts set by hand" in c.value or "(1 verdicts set by hand)" in c.value
+               for c in at.caption)
+
+
+def test_an_upload_with_missing_columns_is_named(bundled_lm):
+    at = _app(bundled_lm).run()
+    at.radio(key="calib.source").set_value("upload a dataset").run()
+    assert not at.exception
+    assert at.get("file_uploader")  # the uploader is there; reading is tested in the core
