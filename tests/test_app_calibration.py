@@ -37,7 +37,7 @@ def test_a_run_on_the_sample_shows_metrics_and_a_verdict_changes_them(bundled_lm
     at.run()
     verdict_key = next(r.key for r in at.radio if r.key and r.key.startswith("calib.verdict."))
     automatic = at.radio(key=verdict_key).value
-    flipped = "wrong" if "(right)" in automatic else "right"
+    flipped = "wrong" if "right)" in automatic else "right"
     at.radio(key=verdict_key).set_value(flipped).run()
     assert not at.exception
     after = at.dataframe[0].value.set_index("confidence")["ECE (equal width)"].to_dict()
@@ -51,3 +51,17 @@ def test_an_upload_with_missing_columns_is_named(bundled_lm):
     at.radio(key="calib.source").set_value("upload a dataset").run()
     assert not at.exception
     assert at.get("file_uploader")  # the uploader is there; reading is tested in the core
+
+
+def test_a_run_judged_by_the_local_model_records_the_judges_verdicts(bundled_lm):
+    at = _app(bundled_lm).run()
+    at.number_input(key="calib.limit").set_value(2).run()
+    at.radio(key="calib.judge").set_value("local").run()
+    assert any("{question}, {references}, {answer}" in t.label for t in at.text_area)
+    at.button(key="calib.run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    items = at.dataframe[1].value
+    assert {"match", "judge", "judge p"} <= set(items.columns)
+    assert items["judge p"].between(0, 1).all() and items["judge"].notna().all()
+    # the verdict the metrics use is the judge's
+    assert list(items["correct"]) == list(items["judge"])

@@ -72,7 +72,8 @@ EXPECTED_SCHEMA = {
         ("run_id", "VARCHAR"), ("item_id", "VARCHAR"), ("ordinal", "INTEGER"),
         ("generation_id", "VARCHAR"), ("answer", "VARCHAR"), ("stated", "VARCHAR"),
         ("stated_kind", "VARCHAR"), ("confidences", "JSON"), ("correct", "BOOLEAN"),
-        ("matched", "VARCHAR"), ("override", "BOOLEAN")],
+        ("matched", "VARCHAR"), ("override", "BOOLEAN"), ("judged", "BOOLEAN"),
+        ("judge_p", "DOUBLE")],
 }
 
 

@@ -44,8 +44,10 @@ class ItemResult:
 
     `confidences` maps a kind of `CONFIDENCE_KINDS` to a value in [0, 1], or to None where
     it could not be had (a confidence the model did not state; a multiple-choice kind on a
-    free answer). `correct` is the automatic verdict; `override`, when set, the
-    researcher's, which every metric then uses.
+    free answer). `correct` is the automatic match; `judged` a judge model's verdict and
+    `judge_p` its own probability that the answer is correct (None without a judge, or
+    where it gave none); `override`, when set, the researcher's verdict. The metrics use
+    the override, else the judge's verdict, else the match.
     """
 
     item_id: str
@@ -57,8 +59,12 @@ class ItemResult:
     correct: bool
     matched: str
     override: bool | None = None
+    judged: bool | None = None
+    judge_p: float | None = None
 
     @property
     def verdict(self) -> bool:
-        """The verdict the metrics use: the researcher's override, else the automatic one."""
-        return self.correct if self.override is None else self.override
+        """The verdict the metrics use: the researcher's, else the judge's, else the match."""
+        if self.override is not None:
+            return self.override
+        return self.correct if self.judged is None else self.judged

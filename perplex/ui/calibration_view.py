@@ -15,6 +15,7 @@ import streamlit as st
 
 from perplex.core.calibration import CONFIDENCE_KINDS, Dataset, ItemResult
 from perplex.core.errors import PerplexError
+from perplex.engine import LocalEngine
 from perplex.modes.calibration.datasets import (
     PRESETS,
     FieldMap,
@@ -23,6 +24,7 @@ from perplex.modes.calibration.datasets import (
     read_records,
     sample_dataset,
 )
+from perplex.modes.calibration.judge import JUDGE_PROMPT, check_judge_prompt
 from perplex.modes.calibration.metrics import BINNINGS, bin_members, summarise
 from perplex.modes.calibration.plots import reliability_diagram, risk_coverage_figure
 from perplex.modes.calibration.run import CHOICE_TEMPLATE, FREE_TEMPLATE, Template, answer_item
@@ -32,6 +34,7 @@ from perplex.modes.calibration.table import (
     results_frame,
     results_parquet,
 )
+from perplex.ui import resources
 from perplex.ui.export_panel import download
 from perplex.ui.prompt_list import duration
 from perplex.ui.text import count, plain
@@ -56,7 +59,7 @@ UPLOAD = "upload a dataset"
 CONFIDENT = 0.8  # "confidently wrong": wrong with at least this confidence
 NUMBERS = {c: st.column_config.NumberColumn(format="%.3f")
            for c in ("ECE (equal width)", "ECE (equal mass)", "Brier", "AUROC", "AURC",
-                     *CONFIDENCE_KINDS)}
+                     "judge p", *CONFIDENCE_KINDS)}
 
 
 def dataset_section(store) -> Dataset | None:
@@ -126,18 +129,26 @@ def _upload(store) -> None:
         st.session_state.pop(RUN_KEY, None)
 
 
+JUDGES = {"none": "exact match only (TriviaQA normalisation; option letters)",
+          "local": "the local model as judge",
+          "engine": "the sidebar's engine as judge"}
+
+
 @dataclass(frozen=True)
 class RunSettings:
-    """How items are asked: the prompts, P(True) or not, how many items."""
+    """How items are asked and checked: prompts, P(True) or not, the judge, how many items."""
 
     template: Template
     with_p_true: bool
     limit: int
+    judge: str = "none"
+    judge_prompt: str = JUDGE_PROMPT
 
     def to_json(self) -> dict:
         """The settings as stored with the run."""
         return {"free": self.template.free, "choice": self.template.choice,
-                "with_p_true": self.with_p_true, "limit": self.limit}
+                "with_p_true": self.with_p_true, "limit": self.limit, "judge": self.judge,
+                "judge_prompt": self.judge_prompt}
 
 
 def settings_section(dataset: Dataset) -> RunSettings | None:
@@ -152,8 +163,20 @@ def settings_section(dataset: Dataset) -> RunSettings | None:
                                  min(20, len(dataset.items)), key=f"{PREFIX}.limit")
     with_p_true = cols[1].checkbox("also ask P(True) (one more pass per item)",
                                    key=f"{PREFIX}.ptrue")
+    local_only = resources.active_engine() is None or isinstance(resources.active_engine(),
+                                                                  LocalEngine)
+    judges = [j for j in JUDGES if not (j == "engine" and local_only)]
+    judge_choice = st.radio("Checking", judges, format_func=JUDGES.get, horizontal=True,
+                            key=f"{PREFIX}.judge")
+    judge_prompt = JUDGE_PROMPT
+    if judge_choice != "none":
+        judge_prompt = st.text_area("Judge's prompt ({question}, {references}, {answer})",
+                                    JUDGE_PROMPT, key=f"{PREFIX}.judge_prompt")
     try:
-        return RunSettings(Template(free, choice), with_p_true, int(limit))
+        if judge_choice != "none":
+            check_judge_prompt(judge_prompt)
+        return RunSettings(Template(free, choice), with_p_true, int(limit), judge_choice,
+                           judge_prompt)
     except PerplexError as exc:
         st.error(plain(str(exc)))
         return None
@@ -178,6 +201,11 @@ def run_section(engine, store, dataset: Dataset, settings: RunSettings) -> None:
         _answer_remaining(engine, store, run)
 
 
+def _local_engine():
+    lm = resources.loaded_model()
+    return None if lm is None else LocalEngine(lm)
+
+
 def _current_run(store) -> RunSummary | None:
     wanted = st.session_state.get(RUN_KEY)
     return next((r for r in list_runs(store) if r.id == wanted), None)
@@ -193,12 +221,16 @@ def _answer_remaining(engine, store, run: RunSummary) -> None:
     done = {r.item_id for r in load_results(store, run.id)}
     todo = [(n, item) for n, item in enumerate(dataset.items[:limit]) if item.id not in done]
     template = Template(run.settings["free"], run.settings["choice"])
+    judge_engine = {"none": None, "local": _local_engine(),
+                    "engine": resources.active_engine()}[run.settings.get("judge", "none")]
     bar = st.progress(len(done) / limit, text=f"{len(done):,} / {limit:,} items")
     started, answered = time.monotonic(), 0
     try:
         for n, item in todo:
-            generation, result = answer_item(engine, item, template,
-                                             with_p_true=run.settings["with_p_true"])
+            generation, result = answer_item(
+                engine, item, template, with_p_true=run.settings["with_p_true"],
+                judge_engine=judge_engine,
+                judge_prompt=run.settings.get("judge_prompt", JUDGE_PROMPT))
             save_result(store, run.id, n, result, generation)
             answered += 1
             pace = answered / (time.monotonic() - started)
@@ -315,7 +347,9 @@ def _items(frame, results, members, kinds, run_id, store, show_item) -> None:
         shown = frame[(~frame["correct"]) & (frame[kind].fillna(-1) >= CONFIDENT)] if wrong \
             else frame
         st.caption("Click a point of the diagram to list its bin's items.")
+    judged = shown["judge"].notna().any()
     table = shown[["item", "question", "truth", "answer", "correct", "overruled",
+                   *(["match", "judge", "judge p"] if judged else []),
                    "stated", *[k for k in kinds if k in shown]]]
     picked = st.dataframe(table, hide_index=True, on_select="rerun",
                           selection_mode="single-row", column_config=NUMBERS,
@@ -330,7 +364,9 @@ def _items(frame, results, members, kinds, run_id, store, show_item) -> None:
 
 
 def _verdict(store, run_id: str, result: ItemResult) -> None:
-    automatic = "right" if result.correct else "wrong"
+    by = "match" if result.judged is None else "judge"
+    automatic = f"{by}: " + ("right" if (result.correct if result.judged is None
+                                          else result.judged) else "wrong")
     options = [f"automatic ({automatic})", "right", "wrong"]
     now = 0 if result.override is None else (1 if result.override else 2)
     chosen = st.radio(f"Verdict on {result.item_id}", options, index=now, horizontal=True,

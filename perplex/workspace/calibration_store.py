@@ -79,10 +79,13 @@ def save_result(store: Store, run_id: str, ordinal: int, result: ItemResult,
         write_generation(cur, generation)
         cur.execute("DELETE FROM calibration_results WHERE run_id = ? AND item_id = ?",
                     [run_id, result.item_id])
-        cur.execute("INSERT INTO calibration_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        judge_p = result.judge_p if result.judge_p is None or math.isfinite(result.judge_p) \
+            else None
+        cur.execute("INSERT INTO calibration_results VALUES "
+                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [run_id, result.item_id, ordinal, result.generation_id, result.answer,
                      result.stated, result.stated_kind, json.dumps(confidences),
-                     result.correct, result.matched, result.override])
+                     result.correct, result.matched, result.override, result.judged, judge_p])
 
 
 def load_results(store: Store, run_id: str) -> list[ItemResult]:
@@ -90,12 +93,13 @@ def load_results(store: Store, run_id: str) -> list[ItemResult]:
     with store.cursor() as cur:
         rows = cur.execute(
             "SELECT item_id, generation_id, answer, stated, stated_kind, confidences, "
-            "correct, matched, override FROM calibration_results WHERE run_id = ? "
-            "ORDER BY ordinal", [run_id]).fetchall()
+            "correct, matched, override, judged, judge_p FROM calibration_results "
+            "WHERE run_id = ? ORDER BY ordinal", [run_id]).fetchall()
     return [ItemResult(item_id=i, generation_id=g, answer=a, stated=s, stated_kind=k,
                        confidences=json.loads(c), correct=bool(ok), matched=m,
-                       override=None if o is None else bool(o))
-            for i, g, a, s, k, c, ok, m, o in rows]
+                       override=None if o is None else bool(o),
+                       judged=None if j is None else bool(j), judge_p=jp)
+            for i, g, a, s, k, c, ok, m, o, j, jp in rows]
 
 
 def set_override(store: Store, run_id: str, item_id: str, verdict: bool | None) -> None:

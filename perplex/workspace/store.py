@@ -144,6 +144,8 @@ MIGRATIONS: list[str] = [
         correct BOOLEAN NOT NULL,
         matched VARCHAR NOT NULL,
         override BOOLEAN,
+        judged BOOLEAN,
+        judge_p DOUBLE,
         PRIMARY KEY (run_id, item_id)
     );
     """,

@@ -118,7 +118,8 @@ def test_upload_map_run_click_a_bin_and_overrule(browser, app_url, screenshot, t
     screenshot(page, "calibration_3_item")
 
     # overrule it: the verdict is kept as the researcher's and ECE moves
-    automatic = page.get_by_text(re.compile(r"^automatic \((right|wrong)\)$")).inner_text()
+    automatic = page.get_by_text(
+        re.compile(r"^automatic \((match|judge): (right|wrong)\)$")).inner_text()
     flipped = "wrong" if "right" in automatic else "right"
     page.get_by_text(flipped, exact=True).click()
     page.get_by_text(re.compile(r"1 verdicts set by hand")).wait_for(timeout=WORK_TIMEOUT)

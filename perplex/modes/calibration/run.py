@@ -22,6 +22,7 @@ from perplex.core.records import DecodeParams, Generation, Message, TokenRole
 from perplex.core.tokens import TextPrefix
 from perplex.modes.calibration.answers import LETTERS, chosen_option, match_aliases, match_choice
 from perplex.modes.calibration.confidence import parse_confidence
+from perplex.modes.calibration.judge import JUDGE_PROMPT, judge
 from perplex.modes.calibration.token_confidence import (
     answer_span,
     option_probabilities,
@@ -79,8 +80,12 @@ def answer_line(reply: str) -> tuple[str, int]:
 
 def answer_item(engine, item: Item, template: Template = Template(),
                 params: DecodeParams = DEFAULT_PARAMS, system: tuple[Message, ...] = (),
-                with_p_true: bool = False) -> tuple[Generation, ItemResult]:
-    """Ask `item`, then check the answer and read every confidence the engine allows."""
+                with_p_true: bool = False, judge_engine=None,
+                judge_prompt: str = JUDGE_PROMPT) -> tuple[Generation, ItemResult]:
+    """Ask `item`, then check the answer and read every confidence the engine allows.
+
+    With `judge_engine`, that model also judges the answer (`judge.judge`).
+    """
     messages = system + (Message("user", template.prompt(item)),)
     prefill = PREFILL if engine.capabilities.token_ids else ""
     generation = engine.generate(messages, params, prefill=prefill).run()
@@ -116,10 +121,16 @@ def answer_item(engine, item: Item, template: Template = Template(),
         check = match_aliases(answer, item.aliases)
     if with_p_true and answer and engine.capabilities.full_distribution:
         confidences["P(True)"] = p_true(engine, item.question, answer, system)
+    verdict = None
+    if judge_engine is not None:
+        references = (f"{LETTERS[item.answer_index]}. {item.choices[item.answer_index]}",) \
+            if item.multiple_choice else item.aliases
+        verdict = judge(judge_engine, item.question, references, answer, judge_prompt)
     return generation, ItemResult(
         item_id=item.id, generation_id=generation.id, answer=answer, stated=stated.source,
         stated_kind=stated.kind, confidences=confidences, correct=check.correct,
-        matched=check.matched)
+        matched=check.matched, judged=verdict.correct if verdict else None,
+        judge_p=verdict.p_correct if verdict else None)
 
 
 def _reply(engine, generation: Generation):

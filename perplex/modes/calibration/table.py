@@ -22,11 +22,13 @@ def results_frame(dataset: Dataset, results: Sequence[ItemResult]) -> pd.DataFra
             "item": r.item_id, "question": item.question if item else "",
             "truth": (item.aliases[0] if item and item.aliases else ""), "answer": r.answer,
             "correct": r.verdict, "overruled": r.override is not None,
+            "match": r.correct, "judge": r.judged, "judge p": r.judge_p,
             "stated": r.stated, "stated as": r.stated_kind,
             **{kind: r.confidences.get(kind) for kind in CONFIDENCE_KINDS},
             "generation": r.generation_id})
     return pd.DataFrame(rows, columns=["item", "question", "truth", "answer", "correct",
-                                       "overruled", "stated", "stated as",
+                                       "overruled", "match", "judge", "judge p", "stated",
+                                       "stated as",
                                        *CONFIDENCE_KINDS, "generation"])
 
 
