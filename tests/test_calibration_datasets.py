@@ -90,3 +90,17 @@ def test_bad_files_get_clear_messages():
         read_records("x.jsonl", big, max_items=20)
     with pytest.raises(InputFormatError, match="over the"):
         read_records("x.jsonl", big, max_bytes=100)
+
+
+def test_a_fifty_thousand_row_file_is_read_and_stored_whole(tmp_path):
+    from perplex.workspace.calibration_store import load_dataset, save_dataset
+    from perplex.workspace.store import Store
+
+    data = "".join(json.dumps({"question_id": f"q{i}", "question": f"Question {i}?",
+                               "answer": {"value": f"a{i}", "aliases": [f"a{i}", f"b{i}"]}})
+                   + "\n" for i in range(50_000)).encode()
+    dataset = build_dataset("big", read_records("big.jsonl", data),
+                            PRESETS["TriviaQA (rc.nocontext)"])
+    with Store.open(tmp_path / "perplex.duckdb") as store:
+        save_dataset(store, dataset)
+        assert load_dataset(store, dataset.id) == dataset
