@@ -272,6 +272,31 @@ class StageTimeout(Exception):
     """A benchmark stage ran past STAGE_SECONDS."""
 
 
+def bench_calibration(lm, n_items: int = 100, batch_size: int = 16) -> None:
+    """Items/s of a calibration run (stated + token confidence), batched vs one at a time.
+
+    The same 100 TriviaQA-style items (the shipped sample) both ways; the answers must be
+    the same (greedy).
+    """
+    from perplex.engine import LocalEngine
+    from perplex.modes.calibration.datasets import sample_dataset
+    from perplex.modes.calibration.run import answer_items
+
+    engine = LocalEngine(lm)
+    items = sample_dataset("trivia").items[:n_items]
+    list(answer_items(engine, items[:2]))  # warm-up
+    started = time.perf_counter()
+    alone = [r.answer for _, r in answer_items(engine, items)]
+    alone_rate = len(items) / (time.perf_counter() - started)
+    started = time.perf_counter()
+    batched = [r.answer for _, r in answer_items(engine, items, batch_size=batch_size)]
+    batched_rate = len(items) / (time.perf_counter() - started)
+    same = sum(a == b for a, b in zip(alone, batched))
+    print(f"calib   {len(items)} items, stated + token confidence: batched ({batch_size}) "
+          f"{batched_rate:.2f} items/s vs one at a time {alone_rate:.2f} items/s: ratio "
+          f"{batched_rate / alone_rate:.2f} (target >= 2); {same}/{len(items)} answers the same")
+
+
 def run_stage(name: str, stage, *args) -> bool:
     """Run one stage; a failure or time-out prints "not measured: <why>" and the rest go on."""
     def expire(_signum, _frame):
@@ -301,7 +326,7 @@ def main() -> None:
     lm = load_model(ModelSpec(), Settings(model_cache=PROJECT_ROOT / "data" / "models"))
     done = [run_stage("decode", bench_decoding, lm), run_stage("load", bench_loading),
             run_stage("view", bench_token_view, lm), run_stage("lens", bench_lens, lm),
-            run_stage("endpoint", bench_endpoint)]
+            run_stage("endpoint", bench_endpoint), run_stage("calib", bench_calibration, lm)]
     if not all(done):
         sys.exit(1)
 

@@ -86,3 +86,27 @@ def test_results_are_stored_and_a_stopped_run_resumes(bundled_lm, store):
     assert again.override is (not results[1].correct) and again.verdict is not again.correct
     with pytest.raises(StoreError, match="no result in this run"):
         set_override(store, run_id, "nope", True)
+
+
+def test_batched_answers_equal_one_at_a_time(bundled_lm):
+    """The same answers and stated confidences, probabilities to float32 rounding.
+
+    Padded batches round float32 differently (greedy: no near-tie on these items).
+    """
+    from perplex.modes.calibration.run import answer_batch
+    from tests.tolerances import FLOAT32_PROB
+
+    engine = LocalEngine(bundled_lm)
+    items = sample_dataset("trivia").items[:4] + sample_dataset("mmlu").items[:2]
+    batched = answer_batch(engine, items)
+    for item, (generation, result) in zip(items, batched):
+        alone_generation, alone = answer_item(engine, item)
+        assert [s.token_id for s in generation.steps] == [
+            s.token_id for s in alone_generation.steps], item.id
+        assert (result.answer, result.stated, result.correct) == (
+            alone.answer, alone.stated, alone.correct)
+        for kind, value in alone.confidences.items():
+            if value is None:
+                assert result.confidences[kind] is None
+            else:
+                assert abs(result.confidences[kind] - value) <= FLOAT32_PROB, kind

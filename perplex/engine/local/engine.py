@@ -18,6 +18,7 @@ from perplex.core.errors import InputFormatError
 from perplex.core.records import DecodeParams, Generation, Message
 from perplex.core.tokens import EncodedSequence, TextPrefix, encode_messages
 from perplex.engine.local.anatomy import Anatomy
+from perplex.engine.local.batch import generate_many
 from perplex.engine.local.generation import DecodeRun, start_generation
 from perplex.engine.local.models import LoadedModel
 from perplex.engine.local.nnsight_adapter import capture_residuals, patched_last_residual
@@ -73,6 +74,12 @@ class LocalEngine:
         """A decode run; its forward passes take the lock while they run."""
         run = start_generation(self.lm, tuple(messages), params, prefill, text_prefix)
         return _Locked(run, self.lock)
+
+    def generate_many(self, requests: Sequence[tuple[tuple[Message, ...], str]],
+                      params: DecodeParams) -> list[Generation]:
+        """Greedy answers to many (messages, prefill) at once (`batch.generate_many`)."""
+        with self.lock:
+            return generate_many(self.lm, requests, params)
 
     def next_token_probs(self, contexts: Sequence[Sequence[int]]) -> np.ndarray:
         """[N, V] float64 softmax of the raw logits after each context (one padded pass)."""

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from perplex.core.errors import InputFormatError
-from perplex.core.records import Generation, Message, Source
+from perplex.core.records import Generation, Message, Source, TokenStep
 from perplex.core.steps import sequence_records
 from perplex.core.tokens import EncodedSequence, TextPrefix, encode_messages
 from perplex.engine.local.models import LoadedModel
@@ -36,19 +36,34 @@ def score_conversations(lm: LoadedModel, conversations: Sequence[Sequence[Messag
                 f"Text {i + 1} has {len(seq)} tokens but {lm.label} reads at most "
                 f"{lm.context_length}. Split it or shorten it.")
     results: list[Generation | None] = [None] * len(encoded)
-    for batch in _batches(encoded):
+
+    def done(i: int, steps: list[TokenStep]) -> None:
+        results[i] = Generation(steps=tuple(steps), messages=tuple(conversations[i]),
+                                model_label=lm.label, model_spec=lm.spec.to_json(),
+                                source=Source.SCORED)
+        if progress:
+            progress(sum(r is not None for r in results), len(results))
+
+    sequence_steps(lm, encoded, top_alternatives, on_each=done)
+    return [r for r in results if r is not None]
+
+
+def sequence_steps(lm: LoadedModel, encoded: Sequence[EncodedSequence], top_alternatives: int,
+                   forced: Sequence[Sequence[bool]] | None = None,
+                   on_each: Callable[[int, list[TokenStep]], None] | None = None,
+                   ) -> list[list[TokenStep]]:
+    """Teacher-forced records of token sequences, in padded batches of similar length."""
+    out: list[list[TokenStep]] = [[] for _ in encoded]
+    for batch in _batches(list(encoded)):
         logits = _batch_logits(lm, [encoded[i] for i in batch])
         for row, i in enumerate(batch):
             seq = encoded[i]
-            steps = sequence_records(lm, list(seq.ids), list(seq.roles),
-                                     list(seq.message_indices), logits[row, :len(seq)],
-                                     top_alternatives)
-            results[i] = Generation(steps=tuple(steps), messages=tuple(conversations[i]),
-                                    model_label=lm.label, model_spec=lm.spec.to_json(),
-                                    source=Source.SCORED)
-        if progress:
-            progress(sum(r is not None for r in results), len(results))
-    return [r for r in results if r is not None]
+            out[i] = sequence_records(lm, list(seq.ids), list(seq.roles),
+                                      list(seq.message_indices), logits[row, :len(seq)],
+                                      top_alternatives, list(forced[i]) if forced else None)
+            if on_each:
+                on_each(i, out[i])
+    return out
 
 
 def _batches(encoded: list[EncodedSequence]) -> list[list[int]]:

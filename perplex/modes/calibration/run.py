@@ -89,15 +89,55 @@ def answer_item(engine, item: Item, template: Template = Template(),
     messages = system + (Message("user", template.prompt(item)),)
     prefill = PREFILL if engine.capabilities.token_ids else ""
     generation = engine.generate(messages, params, prefill=prefill).run()
+    if _needs_asking(engine, generation, prefill):
+        generation = engine.generate(messages, _asking(params),
+                                     prefill=_asked_prefill(engine, generation)).run()
+    return generation, read_result(engine, item, messages, generation, prefill, with_p_true,
+                                   judge_engine, judge_prompt)
+
+
+def answer_batch(engine, items: Sequence[Item], template: Template = Template(),
+                 params: DecodeParams = DEFAULT_PARAMS, system: tuple[Message, ...] = (),
+                 with_p_true: bool = False, judge_engine=None,
+                 judge_prompt: str = JUDGE_PROMPT) -> list[tuple[Generation, ItemResult]]:
+    """`answer_item` for several items, their generations decoded together (local engines).
+
+    Greedy only; the same answers as one at a time, but for near-ties (see
+    `engine.local.batch`).
+    """
+    asked = [system + (Message("user", template.prompt(item)),) for item in items]
+    generations = engine.generate_many([(m, PREFILL) for m in asked], params)
+    again = [i for i, g in enumerate(generations) if _needs_asking(engine, g, PREFILL)]
+    if again:
+        redone = engine.generate_many([(asked[i], _asked_prefill(engine, generations[i]))
+                                       for i in again], _asking(params))
+        for i, generation in zip(again, redone):
+            generations[i] = generation
+    return [(g, read_result(engine, item, m, g, PREFILL, with_p_true, judge_engine,
+                            judge_prompt)) for item, m, g in zip(items, asked, generations)]
+
+
+def _needs_asking(engine, generation: Generation, prefill: str) -> bool:
+    """Whether to ask for the confidence again: none stated, and text can be forced."""
+    stated = parse_confidence(_reply(engine, generation)[0])
+    return bool(prefill) and stated.value is None and stated.kind == "missing"
+
+
+def _asking(params: DecodeParams) -> DecodeParams:
+    return replace(params, max_new_tokens=CONFIDENCE_TOKENS, stop_strings=("\n",))
+
+
+def _asked_prefill(engine, generation: Generation) -> str:
+    answer, _ = answer_line(_reply(engine, generation)[0])
+    return f"{PREFILL} {answer}{ASK_CONFIDENCE}"
+
+
+def read_result(engine, item: Item, messages: tuple[Message, ...], generation: Generation,
+                prefill: str, with_p_true: bool = False, judge_engine=None,
+                judge_prompt: str = JUDGE_PROMPT) -> ItemResult:
+    """The answer in `generation` checked, with every confidence the engine allows."""
     reply, response = _reply(engine, generation)
     stated = parse_confidence(reply)
-    if stated.value is None and stated.kind == "missing" and prefill:
-        answer, _ = answer_line(reply)
-        asked = replace(params, max_new_tokens=CONFIDENCE_TOKENS, stop_strings=("\n",))
-        generation = engine.generate(messages, asked,
-                                     prefill=f"{PREFILL} {answer}{ASK_CONFIDENCE}").run()
-        reply, response = _reply(engine, generation)
-        stated = parse_confidence(reply)
     answer, start = answer_line(reply)
     confidences: dict[str, float | None] = dict.fromkeys(
         ("verbalized", "span product", "span geometric mean", "first token", "options",
@@ -120,13 +160,14 @@ def answer_item(engine, item: Item, template: Template = Template(),
     else:
         check = match_aliases(answer, item.aliases)
     if with_p_true and answer and engine.capabilities.full_distribution:
-        confidences["P(True)"] = p_true(engine, item.question, answer, system)
+        confidences["P(True)"] = p_true(engine, item.question, answer,
+                                        tuple(m for m in messages if m.role == "system"))
     verdict = None
     if judge_engine is not None:
         references = (f"{LETTERS[item.answer_index]}. {item.choices[item.answer_index]}",) \
             if item.multiple_choice else item.aliases
         verdict = judge(judge_engine, item.question, references, answer, judge_prompt)
-    return generation, ItemResult(
+    return ItemResult(
         item_id=item.id, generation_id=generation.id, answer=answer, stated=stated.source,
         stated_kind=stated.kind, confidences=confidences, correct=check.correct,
         matched=check.matched, judged=verdict.correct if verdict else None,
@@ -141,13 +182,20 @@ def _reply(engine, generation: Generation):
     return "".join(s.text for s in response), response
 
 
-def answer_items(engine, items: Sequence[Item], **options):
-    """Answer items one after another, yielding (generation, result) as each is done.
+def answer_items(engine, items: Sequence[Item], batch_size: int = 1, **options):
+    """Answer items, yielding (generation, result) in order as each is done.
 
-    A failure on one item stops the run with its message; the items before it are done.
+    With `batch_size` > 1 on an engine that decodes batches, that many items are decoded
+    together. A failure stops the run with its message; the items before it are done.
     """
-    for item in items:
+    batched = batch_size > 1 and hasattr(engine, "generate_many")
+    for start in range(0, len(items), batch_size if batched else 1):
+        chunk = items[start:start + (batch_size if batched else 1)]
         try:
-            yield answer_item(engine, item, **options)
+            if batched:
+                yield from answer_batch(engine, chunk, **options)
+            else:
+                yield answer_item(engine, chunk[0], **options)
         except PerplexError as exc:
-            raise type(exc)(f"Item {item.id}: {exc}") from exc
+            where = chunk[0].id if len(chunk) == 1 else f"{chunk[0].id}…{chunk[-1].id}"
+            raise type(exc)(f"Item {where}: {exc}") from exc

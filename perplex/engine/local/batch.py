@@ -1,0 +1,98 @@
+"""Greedy generation for many conversations at once: one batched decode, then one scoring.
+
+For work over many items (calibration runs, lists of prompts) where nothing streams. The
+tokens come from a left-padded batched greedy decode; the stored records from a
+teacher-forced pass over each finished sequence (as a single generation's are, so its
+numbers are those of scoring the text). Padding changes float32 rounding a little, so on a
+near-tie a batched greedy choice can differ from the one-at-a-time choice; the records
+always describe the tokens chosen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from perplex.core.errors import GenerationError
+from perplex.core.records import DecodeParams, Generation, Message, Source, TokenRole
+from perplex.core.tokens import EncodedSequence, encode_messages
+from perplex.engine.local.models import LoadedModel
+from perplex.engine.local.scoring import sequence_steps
+
+MAX_BATCH = 16  # rows decoded together: bounds the KV cache held at once
+
+
+def generate_many(lm: LoadedModel, requests: Sequence[tuple[tuple[Message, ...], str]],
+                  params: DecodeParams) -> list[Generation]:
+    """Answer each (messages, prefill) greedily; the answer starts with its prefill."""
+    if not params.greedy:
+        raise GenerationError("Batched generation is greedy only: set the temperature to 0 "
+                              "or generate one at a time.")
+    contexts = [_context(lm, messages, prefill) for messages, prefill in requests]
+    longest = max((len(c) for c, _ in contexts), default=0)
+    if longest + params.max_new_tokens > lm.context_length:
+        raise GenerationError(f"A prompt has {longest} tokens; with {params.max_new_tokens} "
+                              f"new ones that is more than {lm.label} reads "
+                              f"({lm.context_length}).")
+    new_ids: list[list[int]] = []
+    for start in range(0, len(contexts), MAX_BATCH):
+        new_ids += _decode(lm, [c for c, _ in contexts[start:start + MAX_BATCH]], params)
+    finished, reasons = [], []
+    for (messages, _), (context, _), new in zip(requests, contexts, new_ids):
+        kept, reason = _cut(lm, new, params)
+        finished.append(context.extended(kept, TokenRole.RESPONSE, len(messages)))
+        reasons.append(reason)
+    forced_flags = [[False] * (len(c) - n) + [True] * n + [False] * (len(f) - len(c))
+                    for (c, n), f in zip(contexts, finished)]
+    steps = sequence_steps(lm, finished, params.top_alternatives, forced_flags)
+    out = []
+    for (messages, _), seq, records, reason in zip(requests, finished, steps, reasons):
+        answer = [s.token_id for s in records if s.role is TokenRole.RESPONSE
+                  and s.message_index == len(messages)]
+        content = lm.tokenizer.decode(answer, skip_special_tokens=True)
+        out.append(Generation(steps=tuple(records),
+                              messages=tuple(messages) + (Message("assistant", content),),
+                              model_label=lm.label, model_spec=lm.spec.to_json(),
+                              source=Source.GENERATED, params=params, stop_reason=reason))
+    return out
+
+
+def _context(lm: LoadedModel, messages, prefill: str) -> tuple[EncodedSequence, int]:
+    if not messages or not any(m.content.strip() for m in messages):
+        raise GenerationError("A prompt is empty: there is nothing to answer.")
+    context = encode_messages(lm.tokenizer, tuple(messages), add_generation_prompt=True)
+    forced = list(lm.tokenizer(prefill, add_special_tokens=False)["input_ids"]) if prefill \
+        else []
+    return context.extended(forced, TokenRole.RESPONSE, len(messages)), len(forced)
+
+
+def _decode(lm: LoadedModel, contexts: list[EncodedSequence], params: DecodeParams):
+    """Left-padded greedy decode of a batch; each row's new ids (padding included)."""
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    length = max(len(c) for c in contexts)
+    ids = torch.full((len(contexts), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(contexts), length), dtype=torch.long)
+    for row, context in enumerate(contexts):
+        ids[row, length - len(context):] = torch.tensor(context.ids)
+        mask[row, length - len(context):] = 1
+    with torch.inference_mode():
+        out = lm.model.generate(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
+                                do_sample=False, max_new_tokens=params.max_new_tokens,
+                                pad_token_id=pad, eos_token_id=sorted(lm.eos_ids),
+                                temperature=None, top_p=None, top_k=None)
+    return [row[length:].tolist() for row in out.cpu()]
+
+
+def _cut(lm: LoadedModel, new: list[int], params: DecodeParams) -> tuple[list[int], str]:
+    """A row's tokens up to its end: an end-of-turn token, a stop string, or the limit."""
+    text = ""
+    for n, token in enumerate(new):
+        if token in lm.eos_ids:
+            return new[:n + 1], "eos"
+        piece = lm.tokenizer.decode([token])
+        text += piece
+        for stop in params.stop_strings:
+            if stop and stop in text[max(0, len(text) - len(piece) - len(stop)):]:
+                return new[:n + 1], f"stop string {stop!r}"
+    return new, "max_new_tokens"
