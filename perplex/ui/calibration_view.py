@@ -27,7 +27,7 @@ from perplex.modes.calibration.datasets import (
 from perplex.modes.calibration.judge import JUDGE_PROMPT, check_judge_prompt
 from perplex.modes.calibration.metrics import BINNINGS, bin_members, summarise
 from perplex.modes.calibration.plots import reliability_diagram, risk_coverage_figure
-from perplex.modes.calibration.run import CHOICE_TEMPLATE, FREE_TEMPLATE, Template, answer_item
+from perplex.modes.calibration.run import CHOICE_TEMPLATE, FREE_TEMPLATE, Template, answer_items
 from perplex.modes.calibration.table import (
     parse_failures,
     results_csv,
@@ -57,6 +57,7 @@ SAMPLES = {"sample: 105 trivia questions (TriviaQA format)": "trivia",
            "sample: 42 four-choice questions (MMLU format)": "mmlu"}
 UPLOAD = "upload a dataset"
 CONFIDENT = 0.8  # "confidently wrong": wrong with at least this confidence
+BATCH = 8  # items decoded together on a local model (Stop loses at most the batch in flight)
 NUMBERS = {c: st.column_config.NumberColumn(format="%.3f")
            for c in ("ECE (equal width)", "ECE (equal mass)", "Brier", "AUROC", "AURC",
                      "judge p", *CONFIDENCE_KINDS)}
@@ -225,13 +226,13 @@ def _answer_remaining(engine, store, run: RunSummary) -> None:
                     "engine": resources.active_engine()}[run.settings.get("judge", "none")]
     bar = st.progress(len(done) / limit, text=f"{len(done):,} / {limit:,} items")
     started, answered = time.monotonic(), 0
+    ordinal = {item.id: n for n, item in todo}
     try:
-        for n, item in todo:
-            generation, result = answer_item(
-                engine, item, template, with_p_true=run.settings["with_p_true"],
-                judge_engine=judge_engine,
-                judge_prompt=run.settings.get("judge_prompt", JUDGE_PROMPT))
-            save_result(store, run.id, n, result, generation)
+        for generation, result in answer_items(
+                engine, [item for _, item in todo], batch_size=BATCH, template=template,
+                with_p_true=run.settings["with_p_true"], judge_engine=judge_engine,
+                judge_prompt=run.settings.get("judge_prompt", JUDGE_PROMPT)):
+            save_result(store, run.id, ordinal[result.item_id], result, generation)
             answered += 1
             pace = answered / (time.monotonic() - started)
             left = (len(todo) - answered) / pace
