@@ -65,3 +65,21 @@ def test_a_run_judged_by_the_local_model_records_the_judges_verdicts(bundled_lm)
     assert items["judge p"].between(0, 1).all() and items["judge"].notna().all()
     # the verdict the metrics use is the judge's
     assert list(items["correct"]) == list(items["judge"])
+
+
+def test_an_endpoint_judges_and_its_key_is_never_stored(bundled_lm, llama_server,
+                                                        perplex_home):
+    from tests.conftest import LLAMA_KEY
+
+    at = _app(bundled_lm).run()
+    at.number_input(key="calib.limit").set_value(1).run()
+    at.radio(key="calib.judge").set_value("endpoint").run()
+    at.text_input(key="calib.judge_url").input(llama_server.base_url)
+    at.text_input(key="calib.judge_model").input(llama_server.model)
+    at.text_input(key="calib.judge_api_key").input(LLAMA_KEY).run()
+    at.button(key="calib.run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    items = at.dataframe[1].value
+    assert items["judge"].notna().all()  # the bundled model on llama.cpp said Yes or No
+    written = [f.read_bytes() for f in perplex_home.rglob("*") if f.is_file()]
+    assert written and not any(LLAMA_KEY.encode() in data for data in written)  # db and WAL

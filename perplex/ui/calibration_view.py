@@ -16,6 +16,7 @@ import streamlit as st
 from perplex.core.calibration import CONFIDENCE_KINDS, Dataset, ItemResult
 from perplex.core.errors import PerplexError
 from perplex.engine import LocalEngine
+from perplex.engine.openai_compat import EndpointEngine
 from perplex.modes.calibration.datasets import (
     PRESETS,
     FieldMap,
@@ -132,7 +133,9 @@ def _upload(store) -> None:
 
 JUDGES = {"none": "exact match only (TriviaQA normalisation; option letters)",
           "local": "the local model as judge",
-          "engine": "the sidebar's engine as judge"}
+          "engine": "the sidebar's engine as judge",
+          "endpoint": "an OpenAI-compatible endpoint as judge"}
+JUDGE_KEY = f"{PREFIX}.judge_api_key"  # the judge endpoint's key: this session's memory only
 
 
 @dataclass(frozen=True)
@@ -144,12 +147,13 @@ class RunSettings:
     limit: int
     judge: str = "none"
     judge_prompt: str = JUDGE_PROMPT
+    judge_endpoint: dict | None = None  # base URL and model; never the key
 
     def to_json(self) -> dict:
-        """The settings as stored with the run."""
+        """The settings as stored with the run (no API key)."""
         return {"free": self.template.free, "choice": self.template.choice,
                 "with_p_true": self.with_p_true, "limit": self.limit, "judge": self.judge,
-                "judge_prompt": self.judge_prompt}
+                "judge_prompt": self.judge_prompt, "judge_endpoint": self.judge_endpoint}
 
 
 def settings_section(dataset: Dataset) -> RunSettings | None:
@@ -169,7 +173,18 @@ def settings_section(dataset: Dataset) -> RunSettings | None:
     judges = [j for j in JUDGES if not (j == "engine" and local_only)]
     judge_choice = st.radio("Checking", judges, format_func=JUDGES.get, horizontal=True,
                             key=f"{PREFIX}.judge")
-    judge_prompt = JUDGE_PROMPT
+    judge_prompt, endpoint = JUDGE_PROMPT, None
+    if judge_choice == "endpoint":
+        cols = st.columns(3)
+        url = cols[0].text_input("Judge's base URL", key=f"{PREFIX}.judge_url",
+                                 placeholder="http://127.0.0.1:8000/v1")
+        model = cols[1].text_input("Judge's model", key=f"{PREFIX}.judge_model")
+        cols[2].text_input("Judge's API key (kept in memory only)", type="password",
+                           key=JUDGE_KEY)
+        if not url.strip() or not model.strip():
+            st.info("Give the judge's base URL and model.")
+            return None
+        endpoint = {"base_url": url.strip(), "model": model.strip()}
     if judge_choice != "none":
         judge_prompt = st.text_area("Judge's prompt ({question}, {references}, {answer})",
                                     JUDGE_PROMPT, key=f"{PREFIX}.judge_prompt")
@@ -177,7 +192,7 @@ def settings_section(dataset: Dataset) -> RunSettings | None:
         if judge_choice != "none":
             check_judge_prompt(judge_prompt)
         return RunSettings(Template(free, choice), with_p_true, int(limit), judge_choice,
-                           judge_prompt)
+                           judge_prompt, endpoint)
     except PerplexError as exc:
         st.error(plain(str(exc)))
         return None
@@ -202,9 +217,19 @@ def run_section(engine, store, dataset: Dataset, settings: RunSettings) -> None:
         _answer_remaining(engine, store, run)
 
 
-def _local_engine():
-    lm = resources.loaded_model()
-    return None if lm is None else LocalEngine(lm)
+def _judge_engine(settings: dict):
+    """The judge a run's settings name (the endpoint's key from this session's memory)."""
+    kind = settings.get("judge", "none")
+    if kind == "local":
+        lm = resources.loaded_model()
+        return None if lm is None else LocalEngine(lm)
+    if kind == "engine":
+        return resources.active_engine()
+    if kind == "endpoint":
+        where = settings["judge_endpoint"]
+        return EndpointEngine(where["base_url"], where["model"],
+                              st.session_state.get(JUDGE_KEY, ""))
+    return None
 
 
 def _current_run(store) -> RunSummary | None:
@@ -222,8 +247,12 @@ def _answer_remaining(engine, store, run: RunSummary) -> None:
     done = {r.item_id for r in load_results(store, run.id)}
     todo = [(n, item) for n, item in enumerate(dataset.items[:limit]) if item.id not in done]
     template = Template(run.settings["free"], run.settings["choice"])
-    judge_engine = {"none": None, "local": _local_engine(),
-                    "engine": resources.active_engine()}[run.settings.get("judge", "none")]
+    try:
+        judge_engine = _judge_engine(run.settings)
+    except PerplexError as exc:
+        st.error(plain(str(exc)))
+        st.session_state[RUNNING_KEY] = False
+        return
     bar = st.progress(len(done) / limit, text=f"{len(done):,} / {limit:,} items")
     started, answered = time.monotonic(), 0
     ordinal = {item.id: n for n, item in todo}

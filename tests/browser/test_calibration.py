@@ -77,9 +77,12 @@ def test_upload_map_run_click_a_bin_and_overrule(browser, app_url, screenshot, t
     page.get_by_text(re.compile(r"four\.jsonl: 4 items")).wait_for()
     settle(page)
 
-    # run all four with progress
+    # run all four with progress, judged by the local model
     page.get_by_label("items to answer").fill("4")
     page.get_by_label("items to answer").press("Enter")
+    settle(page)
+    page.get_by_text("the local model as judge").click()
+    page.get_by_label("Judge's prompt ({question}, {references}, {answer})").wait_for()
     settle(page)
     page.get_by_role("button", name="Run", exact=True).click()
     page.get_by_text(re.compile(r"\d / 4 items")).first.wait_for(timeout=WORK_TIMEOUT)
@@ -117,13 +120,38 @@ def test_upload_map_run_click_a_bin_and_overrule(browser, app_url, screenshot, t
     scroll_to(page.locator(FINAL_TOK).first)
     screenshot(page, "calibration_3_item")
 
-    # overrule it: the verdict is kept as the researcher's and ECE moves
+    # overrule the judge: the verdict is kept as the researcher's and ECE moves
     automatic = page.get_by_text(
-        re.compile(r"^automatic \((match|judge): (right|wrong)\)$")).inner_text()
+        re.compile(r"^automatic \(judge: (right|wrong)\)$")).inner_text()
     flipped = "wrong" if "right" in automatic else "right"
     page.get_by_text(flipped, exact=True).click()
     page.get_by_text(re.compile(r"1 verdicts set by hand")).wait_for(timeout=WORK_TIMEOUT)
     settle(page)
     assert legend_ece(page) != before
+    assert_no_exception(page)
+
+    # a longer run stopped after its first items keeps them; Resume does the rest
+    page.get_by_text("sample: 105 trivia questions (TriviaQA format)").click()
+    page.get_by_text(re.compile(r"sample: trivia_sample\.jsonl: 105 items")).wait_for()
+    settle(page)
+    page.get_by_text("exact match only", exact=False).first.click()
+    settle(page)
+    page.get_by_label("items to answer").fill("24")
+    page.get_by_label("items to answer").press("Enter")
+    settle(page)
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.get_by_text(re.compile(r"^(8|16) / 24 items")).first.wait_for(timeout=WORK_TIMEOUT)
+    page.get_by_role("button", name="Stop", exact=True).click()
+    resume = page.get_by_role("button", name=re.compile(r"^Resume \(\d+ items? left\)$"))
+    resume.wait_for(timeout=WORK_TIMEOUT)
+    settle(page)
+    left = int(re.search(r"\((\d+) item", resume.inner_text()).group(1))
+    assert 0 < left < 24
+    screenshot(page, "calibration_4_stopped")
+    resume.click()
+    page.get_by_text(re.compile(r"Accuracy \d\.\d{3} over 24 items")).wait_for(
+        timeout=WORK_TIMEOUT * 3)
+    settle(page)
+    assert page.get_by_role("button", name=re.compile("^Resume")).count() == 0
     assert_no_exception(page)
     context.close()
