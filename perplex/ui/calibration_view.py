@@ -54,6 +54,7 @@ PREFIX = "calib"
 DATASET_KEY = f"{PREFIX}.dataset_id"
 RUN_KEY = f"{PREFIX}.run_id"
 RUNNING_KEY = f"{PREFIX}.running"
+SHOWN_KEY = f"{PREFIX}.shown_run"  # the run whose results are on screen
 SAMPLES = {"sample: 105 trivia questions (TriviaQA format)": "trivia",
            "sample: 42 four-choice questions (MMLU format)": "mmlu"}
 UPLOAD = "upload a dataset"
@@ -205,6 +206,7 @@ def run_section(engine, store, dataset: Dataset, settings: RunSettings) -> None:
     if cols[0].button("Run", type="primary", key=f"{PREFIX}.run", disabled=engine is None):
         st.session_state[RUN_KEY] = create_run(store, dataset.id, engine.info.label,
                                                settings.to_json())
+        st.session_state[SHOWN_KEY] = st.session_state[RUN_KEY]  # its results, as they come
         st.session_state[RUNNING_KEY] = True
     if cols[1].button("Stop", key=f"{PREFIX}.stop"):
         st.session_state[RUNNING_KEY] = False
@@ -212,6 +214,7 @@ def run_section(engine, store, dataset: Dataset, settings: RunSettings) -> None:
     if run is not None and run.dataset_id == dataset.id and not st.session_state.get(
             RUNNING_KEY) and _left(run) and cols[2].button(
                 f"Resume ({count(_left(run), 'item')} left)", key=f"{PREFIX}.resume"):
+        st.session_state[SHOWN_KEY] = run.id
         st.session_state[RUNNING_KEY] = True
     if st.session_state.get(RUNNING_KEY) and run is not None:
         _answer_remaining(engine, store, run)
@@ -269,9 +272,12 @@ def _answer_remaining(engine, store, run: RunSummary) -> None:
                 f"{len(done) + answered:,} / {limit:,} items · {pace:.2f} per second"
                 + (f" · about {duration(left)} left" if answered < len(todo) else "")))
     except PerplexError as exc:
+        st.session_state[RUNNING_KEY] = False
+        bar.empty()
         st.error(plain(f"{exc} The items answered so far are kept: Resume goes on."))
+        return
     st.session_state[RUNNING_KEY] = False
-    bar.empty()
+    st.rerun()  # the buttons and results as they are now the run is done
 
 
 def results_section(store, show_item) -> None:
@@ -285,8 +291,9 @@ def results_section(store, show_item) -> None:
                     f"{r.created_at:%Y-%m-%d %H:%M}" for r in runs}
     ids = list(labels)
     current = st.session_state.get(RUN_KEY)
-    run_id = st.selectbox("Run", ids, index=ids.index(current) if current in ids else 0,
-                          format_func=labels.get, key=f"{PREFIX}.shown_run")
+    if st.session_state.get(SHOWN_KEY) not in ids:
+        st.session_state[SHOWN_KEY] = current if current in ids else ids[0]
+    run_id = st.selectbox("Run", ids, format_func=labels.get, key=SHOWN_KEY)
     others = ["(none)", *[i for i in ids if i != run_id]]
     other = st.selectbox("Compare with", others, key=f"{PREFIX}.other_run",
                          format_func=lambda i: labels.get(i, i))
