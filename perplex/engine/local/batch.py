@@ -10,7 +10,7 @@ always describe the tokens chosen.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -24,11 +24,52 @@ MAX_BATCH = 16  # rows decoded together: bounds the KV cache held at once
 
 
 def generate_many(lm: LoadedModel, requests: Sequence[tuple[tuple[Message, ...], str]],
-                  params: DecodeParams) -> list[Generation]:
-    """Answer each (messages, prefill) greedily; the answer starts with its prefill."""
-    if not params.greedy:
+                  params: DecodeParams,
+                  follow_up: Callable[[int, str], str | None] | None = None,
+                  follow_params: DecodeParams | None = None) -> list[Generation]:
+    """Answer each (messages, prefill) greedily; the answer starts with its prefill.
+
+    `follow_up(i, reply)` may return a new prefill for request i given its first reply
+    (the answer's text, special tokens left out): that request is then answered again,
+    from its messages, with that prefill and `follow_params`. Records are computed once,
+    for the answers kept.
+    """
+    if not params.greedy or (follow_params is not None and not follow_params.greedy):
         raise GenerationError("Batched generation is greedy only: set the temperature to 0 "
                               "or generate one at a time.")
+    requests = list(requests)
+    rows = _decode_all(lm, requests, params)
+    final_params = [params] * len(requests)
+    if follow_up is not None:
+        again = {}
+        for i, (seq, _) in enumerate(rows):
+            answer = [t for t, r, m in zip(seq.ids, seq.roles, seq.message_indices)
+                      if r is TokenRole.RESPONSE and m == len(requests[i][0])]
+            prefill = follow_up(i, lm.tokenizer.decode(answer, skip_special_tokens=True))
+            if prefill is not None:
+                again[i] = (requests[i][0], prefill)
+        redone = _decode_all(lm, list(again.values()), follow_params or params)
+        for i, row in zip(again, redone):
+            rows[i] = row
+            final_params[i] = follow_params or params
+    forced = [[False] * (len(seq) - n_forced - n_new) + [True] * n_forced + [False] * n_new
+              for seq, (n_forced, n_new, _) in rows]
+    steps = sequence_steps(lm, [seq for seq, _ in rows], params.top_alternatives, forced)
+    out = []
+    for (messages, _), (seq, (_, _, reason)), records, used in zip(requests, rows, steps,
+                                                                     final_params):
+        answer = [s.token_id for s in records if s.role is TokenRole.RESPONSE
+                  and s.message_index == len(messages)]
+        content = lm.tokenizer.decode(answer, skip_special_tokens=True)
+        out.append(Generation(steps=tuple(records),
+                              messages=tuple(messages) + (Message("assistant", content),),
+                              model_label=lm.label, model_spec=lm.spec.to_json(),
+                              source=Source.GENERATED, params=used, stop_reason=reason))
+    return out
+
+
+def _decode_all(lm: LoadedModel, requests, params: DecodeParams):
+    """Each request's finished sequence, with (forced count, new count, stop reason)."""
     contexts = [_context(lm, messages, prefill) for messages, prefill in requests]
     longest = max((len(c) for c, _ in contexts), default=0)
     if longest + params.max_new_tokens > lm.context_length:
@@ -38,24 +79,12 @@ def generate_many(lm: LoadedModel, requests: Sequence[tuple[tuple[Message, ...],
     new_ids: list[list[int]] = []
     for start in range(0, len(contexts), MAX_BATCH):
         new_ids += _decode(lm, [c for c, _ in contexts[start:start + MAX_BATCH]], params)
-    finished, reasons = [], []
-    for (messages, _), (context, _), new in zip(requests, contexts, new_ids):
+    rows = []
+    for (messages, _), (context, n_forced), new in zip(requests, contexts, new_ids):
         kept, reason = _cut(lm, new, params)
-        finished.append(context.extended(kept, TokenRole.RESPONSE, len(messages)))
-        reasons.append(reason)
-    forced_flags = [[False] * (len(c) - n) + [True] * n + [False] * (len(f) - len(c))
-                    for (c, n), f in zip(contexts, finished)]
-    steps = sequence_steps(lm, finished, params.top_alternatives, forced_flags)
-    out = []
-    for (messages, _), seq, records, reason in zip(requests, finished, steps, reasons):
-        answer = [s.token_id for s in records if s.role is TokenRole.RESPONSE
-                  and s.message_index == len(messages)]
-        content = lm.tokenizer.decode(answer, skip_special_tokens=True)
-        out.append(Generation(steps=tuple(records),
-                              messages=tuple(messages) + (Message("assistant", content),),
-                              model_label=lm.label, model_spec=lm.spec.to_json(),
-                              source=Source.GENERATED, params=params, stop_reason=reason))
-    return out
+        rows.append((context.extended(kept, TokenRole.RESPONSE, len(messages)),
+                     (n_forced, len(kept), reason)))
+    return rows
 
 
 def _context(lm: LoadedModel, messages, prefill: str) -> tuple[EncodedSequence, int]:

@@ -76,10 +76,11 @@ class LocalEngine:
         return _Locked(run, self.lock)
 
     def generate_many(self, requests: Sequence[tuple[tuple[Message, ...], str]],
-                      params: DecodeParams) -> list[Generation]:
+                      params: DecodeParams, follow_up=None,
+                      follow_params: DecodeParams | None = None) -> list[Generation]:
         """Greedy answers to many (messages, prefill) at once (`batch.generate_many`)."""
         with self.lock:
-            return generate_many(self.lm, requests, params)
+            return generate_many(self.lm, requests, params, follow_up, follow_params)
 
     def next_token_probs(self, contexts: Sequence[Sequence[int]]) -> np.ndarray:
         """[N, V] float64 softmax of the raw logits after each context (one padded pass)."""

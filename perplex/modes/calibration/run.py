@@ -106,13 +106,15 @@ def answer_batch(engine, items: Sequence[Item], template: Template = Template(),
     `engine.local.batch`).
     """
     asked = [system + (Message("user", template.prompt(item)),) for item in items]
-    generations = engine.generate_many([(m, PREFILL) for m in asked], params)
-    again = [i for i, g in enumerate(generations) if _needs_asking(engine, g, PREFILL)]
-    if again:
-        redone = engine.generate_many([(asked[i], _asked_prefill(engine, generations[i]))
-                                       for i in again], _asking(params))
-        for i, generation in zip(again, redone):
-            generations[i] = generation
+
+    def follow_up(_: int, reply: str) -> str | None:  # the reply, its prefill included
+        stated = parse_confidence(reply)
+        if stated.value is None and stated.kind == "missing":
+            return f"{PREFILL} {answer_line(reply)[0]}{ASK_CONFIDENCE}"
+        return None
+
+    generations = engine.generate_many([(m, PREFILL) for m in asked], params,
+                                       follow_up=follow_up, follow_params=_asking(params))
     return [(g, read_result(engine, item, m, g, PREFILL, with_p_true, judge_engine,
                             judge_prompt)) for item, m, g in zip(items, asked, generations)]
 
