@@ -83,3 +83,19 @@ def test_an_endpoint_judges_and_its_key_is_never_stored(bundled_lm, llama_server
     assert items["judge"].notna().all()  # the bundled model on llama.cpp said Yes or No
     written = [f.read_bytes() for f in perplex_home.rglob("*") if f.is_file()]
     assert written and not any(LLAMA_KEY.encode() in data for data in written)  # db and WAL
+
+
+def test_a_prompt_preset_changes_what_is_asked(bundled_lm, perplex_home):
+    from perplex.workspace.store import Store
+
+    at = _app(bundled_lm).run()
+    at.number_input(key="calib.limit").set_value(1).run()
+    at.selectbox(key="calib.preset_prompt").set_value("confidence in words").run()
+    at.button(key="calib.run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    from perplex.workspace.calibration_store import load_results
+
+    with Store.open(perplex_home / "perplex.duckdb") as store:
+        [result] = load_results(store, at.session_state["calib.run_id"])
+        asked = store.load_generation(result.generation_id).messages[0].content
+    assert "in words (certain, very likely" in asked

@@ -28,7 +28,7 @@ from perplex.modes.calibration.datasets import (
 from perplex.modes.calibration.judge import JUDGE_PROMPT, check_judge_prompt
 from perplex.modes.calibration.metrics import BINNINGS, bin_members, summarise
 from perplex.modes.calibration.plots import reliability_diagram, risk_coverage_figure
-from perplex.modes.calibration.run import CHOICE_TEMPLATE, FREE_TEMPLATE, Template, answer_items
+from perplex.modes.calibration.run import TEMPLATES, Template, answer_items
 from perplex.modes.calibration.table import (
     parse_failures,
     results_csv,
@@ -161,9 +161,12 @@ def settings_section(dataset: Dataset) -> RunSettings | None:
     """The prompts (editable) and the run's size; None with a message if a prompt is bad."""
     st.subheader("2 · Asking")
     with st.expander("Prompts (editable)"):
-        free = st.text_area("Free answer ({question})", FREE_TEMPLATE, key=f"{PREFIX}.free")
-        choice = st.text_area("Multiple choice ({question}, {options})", CHOICE_TEMPLATE,
-                              key=f"{PREFIX}.choice")
+        preset = st.selectbox("Preset", list(TEMPLATES), key=f"{PREFIX}.preset_prompt")
+        free_default, choice_default = TEMPLATES[preset]
+        free = st.text_area("Free answer ({question})", free_default,
+                            key=f"{PREFIX}.free.{preset}")
+        choice = st.text_area("Multiple choice ({question}, {options})", choice_default,
+                              key=f"{PREFIX}.choice.{preset}")
     cols = st.columns(2)
     limit = cols[0].number_input("items to answer", 1, len(dataset.items),
                                  min(20, len(dataset.items)), key=f"{PREFIX}.limit")

@@ -38,7 +38,15 @@ CHOICE_TEMPLATE = ('{question}\n{options}\nReply with the letter of the correct 
                    'line beginning "Answer:", then your confidence that it is correct on a '
                    'second line beginning "Confidence:" (a percentage).')
 ASK_CONFIDENCE = "\nConfidence:"
-TEMPLATES = {"answer and confidence": (FREE_TEMPLATE, CHOICE_TEMPLATE)}
+WORDS_FREE = ('{question}\nReply with the answer on one line beginning "Answer:", then how '
+              'sure you are that it is correct, in words (certain, very likely, likely, unsure, '
+              'unlikely), on a second line beginning "Confidence:".')
+WORDS_CHOICE = ('{question}\n{options}\nReply with the letter of the correct option on one '
+                'line beginning "Answer:", then how sure you are that it is correct, in words '
+                '(certain, very likely, likely, unsure, unlikely), on a second line beginning '
+                '"Confidence:".')
+TEMPLATES = {"confidence as a percentage": (FREE_TEMPLATE, CHOICE_TEMPLATE),
+             "confidence in words": (WORDS_FREE, WORDS_CHOICE)}
 DEFAULT_PARAMS = DecodeParams(max_new_tokens=32)
 CONFIDENCE_TOKENS = 8  # new tokens for the stated confidence, when it is asked for
 
