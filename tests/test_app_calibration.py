@@ -99,3 +99,23 @@ def test_a_prompt_preset_changes_what_is_asked(bundled_lm, perplex_home):
         [result] = load_results(store, at.session_state["calib.run_id"])
         asked = store.load_generation(result.generation_id).messages[0].content
     assert "in words (certain, very likely" in asked
+
+
+def test_another_local_model_judges_through_the_registry(bundled_lm):
+    at = _app(bundled_lm).run()
+    at.number_input(key="calib.limit").set_value(1).run()
+    at.radio(key="calib.judge").set_value("model").run()
+    at.button(key="calib.run").click().run()  # empty source: the bundled model, loaded again
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    items = at.dataframe[1].value
+    assert items["judge p"].between(0, 1).all()
+
+
+def test_a_judge_model_that_cannot_load_is_named_and_nothing_is_lost(bundled_lm, tmp_path):
+    at = _app(bundled_lm).run()
+    at.number_input(key="calib.limit").set_value(1).run()
+    at.radio(key="calib.judge").set_value("model").run()
+    at.text_input(key="calib.judge_source").input(str(tmp_path / "no-such-model")).run()
+    at.button(key="calib.run").click().run()
+    assert not at.exception
+    assert any(e.value.startswith("No folder at") for e in at.error), [e.value for e in at.error]

@@ -16,6 +16,7 @@ import streamlit as st
 from perplex.core.calibration import CONFIDENCE_KINDS, Dataset, ItemResult
 from perplex.core.errors import PerplexError
 from perplex.engine import LocalEngine
+from perplex.engine.local.models import BUNDLED, ModelSpec
 from perplex.engine.openai_compat import EndpointEngine
 from perplex.modes.calibration.datasets import (
     PRESETS,
@@ -134,6 +135,7 @@ def _upload(store) -> None:
 
 JUDGES = {"none": "exact match only (TriviaQA normalisation; option letters)",
           "local": "the local model as judge",
+          "model": "another local model as judge",
           "engine": "the sidebar's engine as judge",
           "endpoint": "an OpenAI-compatible endpoint as judge"}
 JUDGE_KEY = f"{PREFIX}.judge_api_key"  # the judge endpoint's key: this session's memory only
@@ -148,7 +150,7 @@ class RunSettings:
     limit: int
     judge: str = "none"
     judge_prompt: str = JUDGE_PROMPT
-    judge_endpoint: dict | None = None  # base URL and model; never the key
+    judge_endpoint: dict | None = None  # base URL and model (never the key), or the source
 
     def to_json(self) -> dict:
         """The settings as stored with the run (no API key)."""
@@ -178,6 +180,10 @@ def settings_section(dataset: Dataset) -> RunSettings | None:
     judge_choice = st.radio("Checking", judges, format_func=JUDGES.get, horizontal=True,
                             key=f"{PREFIX}.judge")
     judge_prompt, endpoint = JUDGE_PROMPT, None
+    if judge_choice == "model":
+        source = st.text_input("Judge model (Hugging Face id, local folder or .gguf; empty: "
+                               "the bundled model)", key=f"{PREFIX}.judge_source").strip()
+        endpoint = {"source": source or BUNDLED}
     if judge_choice == "endpoint":
         cols = st.columns(3)
         url = cols[0].text_input("Judge's base URL", key=f"{PREFIX}.judge_url",
@@ -231,6 +237,10 @@ def _judge_engine(settings: dict):
         return None if lm is None else LocalEngine(lm)
     if kind == "engine":
         return resources.active_engine()
+    if kind == "model":
+        with st.spinner("Loading the judge model…"):
+            return resources.model_registry().get(
+                ModelSpec(source=settings["judge_endpoint"]["source"]))
     if kind == "endpoint":
         where = settings["judge_endpoint"]
         return EndpointEngine(where["base_url"], where["model"],

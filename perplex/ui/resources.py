@@ -23,6 +23,16 @@ def cached_model(spec: ModelSpec) -> LoadedModel:
 
 
 @st.cache_resource(show_spinner=False)
+def model_registry():
+    """Models loaded besides the sidebar's (a judge...), within PERPLEX_MODEL_MEMORY."""
+    from perplex.engine.registry import ModelRegistry, parse_bytes
+
+    loaded = settings()
+    return ModelRegistry(parse_bytes(loaded.model_memory),
+                         loader=lambda spec: load_model(spec, loaded))
+
+
+@st.cache_resource(show_spinner=False)
 def cached_store(path: str) -> Store:
     """The DuckDB store, opened once per process; it serialises its own writes."""
     return Store.open(Path(path))
