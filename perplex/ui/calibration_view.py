@@ -7,6 +7,7 @@ unfinished resumes with the items it lacks.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -349,10 +350,12 @@ def _metrics_table(results: list[ItemResult], summary) -> None:
     st.dataframe(pd.DataFrame(rows), hide_index=True, column_config=NUMBERS)
     accuracy = sum(r.verdict for r in results) / len(results)
     overruled = sum(r.override is not None for r in results)
+    one_class = " · AUROC is undefined while every verdict is the same" \
+        if any(math.isnan(s.auroc) for s in summary.values()) else ""
     st.caption(f"Accuracy {accuracy:.3f} over {count(len(results), 'item')}"
                f"{f' ({overruled} verdicts set by hand)' if overruled else ''} · stated "
                f"confidence unreadable in {parse_failures(results):.0%} of the answers "
-               "(recorded as missing, never guessed).")
+               f"(recorded as missing, never guessed){one_class}.")
 
 
 def _picked_bin(picked, results, summary, binning, kinds):

@@ -173,8 +173,15 @@ def test_sets_editor_refuses_bad_words_and_keeps_edits_over_a_reload(prefilling,
     expect(field).to_have_value("Sorry, Cannot, Unfortunately", timeout=WORK_TIMEOUT)
     assert session_of(page) == sid and metric(page, "P(R-Set)") == after
     # a set of one's own: P(set) at the first token beside the R-Set's and C-Set's
-    page.get_by_label("New set").fill("Harm")
-    page.get_by_label("its words (comma separated)").fill("kill, weapon")
+    # (the restored session's late rerun may redraw the form: fill until the values stick)
+    for _ in range(3):
+        page.get_by_label("New set").fill("Harm")
+        page.get_by_label("its words (comma separated)").fill("kill, weapon")
+        page.get_by_label("its words (comma separated)").press("Tab")
+        settle(page)
+        if (page.get_by_label("New set").input_value() == "Harm" and page.get_by_label(
+                "its words (comma separated)").input_value() == "kill, weapon"):
+            break
     page.get_by_role("button", name="Add set").click()
     own = page.get_by_text(re.compile(r"^Your sets here: P\(Harm\) = (\d\.\d{3}|\d\.\de-\d\d)$"))
     own.wait_for(timeout=WORK_TIMEOUT)
