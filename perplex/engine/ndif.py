@@ -22,6 +22,7 @@ import torch
 from perplex.core.errors import PerplexError
 from perplex.core.tokens import token_texts
 from perplex.engine.local.anatomy import remote_paths
+from perplex.engine.local.nnsight_adapter import module_at
 
 NDIF_MODELS_URL = "https://nnsight.net/status/"
 
@@ -196,13 +197,6 @@ def remote_backend(wrapper, api_key: str):
     env = wrapper._remoteable_get_env() if hasattr(wrapper, "_remoteable_get_env") else {}
     return RemoteBackend(wrapper.to_model_key(), api_key=api_key, env=env)
 
-def envoy_at(envoy, path: str):
-    """The envoy at attribute path `path` (e.g. "model.layers") of nnsight's model."""
-    for name in path.split("."):
-        envoy = getattr(envoy, name)
-    return envoy
-
-
 @dataclass(frozen=True, eq=False)
 class LensTops:
     """The lens statistics one trace sends back (L+1 layers, T positions, k candidates)."""
@@ -227,8 +221,8 @@ def trace_lens_tops(wrapper, input_ids: torch.Tensor, layers_path: str, norm_pat
     """
     import nnsight
 
-    blocks = envoy_at(wrapper, layers_path)
-    norm, head = envoy_at(wrapper, norm_path), envoy_at(wrapper, head_path)
+    blocks = module_at(wrapper, layers_path)
+    norm, head = module_at(wrapper, norm_path), module_at(wrapper, head_path)
     n_blocks = len(blocks)
     k = int(top_k)
     cap = float(softcap) if softcap else 0.0

@@ -29,9 +29,9 @@ from perplex.core.tokens import (
     token_texts,
 )
 from perplex.engine.local.anatomy import remote_paths
+from perplex.engine.local.nnsight_adapter import module_at
 from perplex.engine.ndif import (
     NdifError,
-    envoy_at,
     hub_error,
     hub_model,
     ndif_api_key,
@@ -140,7 +140,7 @@ class NdifEngine:
         bad = [layer for layer in layers if not 0 <= layer <= n]
         if bad:
             raise InputFormatError(f"Layer {bad[0]} does not exist: choose 0 (embedding) to {n}.")
-        blocks = envoy_at(self._wrapper, self._paths.layers_path)
+        blocks = module_at(self._wrapper, self._paths.layers_path)
         wanted = sorted(set(layers))
         try:
             saved: list = []  # filled inside the trace
@@ -160,7 +160,7 @@ class NdifEngine:
     def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits [..., V] of residuals [..., d], through the model's final norm and head."""
         cap = self._paths.softcap
-        norm, head = envoy_at(self._wrapper, self._paths.norm_path), self._head()
+        norm, head = module_at(self._wrapper, self._paths.norm_path), self._head()
         out: list = []  # filled inside the trace
         try:
             with torch.inference_mode(), self._trace([self.tokenizer.eos_token_id or 0]):
@@ -180,7 +180,7 @@ class NdifEngine:
         return json.dumps({"ndif": self.label})
 
     def _head(self):
-        return envoy_at(self._wrapper, self._paths.head_path)
+        return module_at(self._wrapper, self._paths.head_path)
 
     def _trace(self, ids: Sequence[int]):
         """Nnsight's trace of `ids`, sent as this engine sends (checked first)."""

@@ -36,8 +36,9 @@ def _wrapped(decoder: torch.nn.Module):
         return _WRAPPERS[decoder], _LOCKS[decoder]
 
 
-def _blocks(envoy, layers_path: str):
-    for name in layers_path.split("."):
+def module_at(envoy, path: str):
+    """The module (or nnsight envoy) at attribute path `path`, e.g. "model.layers"."""
+    for name in path.split("."):
         envoy = getattr(envoy, name)
     return envoy
 
@@ -70,7 +71,7 @@ def capture_residuals(decoder: torch.nn.Module, layers_path: str, input_ids: tor
         by_layer.setdefault(patch.layer, []).append(patch)
     saved: list = []
     with lock, torch.inference_mode(), wrapper.trace(input_ids):
-        blocks = _blocks(wrapper, layers_path)
+        blocks = module_at(wrapper, layers_path)
         n_blocks = len(blocks)
         for i in range(n_blocks + 1):
             if i == 0:
@@ -95,7 +96,7 @@ def patched_last_residual(decoder: torch.nn.Module, layers_path: str, input_ids:
     for patch in patches:
         by_layer.setdefault(patch.layer, []).append(patch)
     with lock, torch.inference_mode(), wrapper.trace(input_ids):
-        blocks = _blocks(wrapper, layers_path)
+        blocks = module_at(wrapper, layers_path)
         n_blocks = len(blocks)
         hidden = None
         for i in sorted(by_layer):  # modules must be reached in execution order
@@ -129,7 +130,7 @@ def capture_clean_run(decoder: torch.nn.Module, layers_path: str,
     wrapper, lock = _wrapped(decoder)
     saved: list = []
     with lock, torch.inference_mode(), wrapper.trace(input_ids):
-        blocks = _blocks(wrapper, layers_path)
+        blocks = module_at(wrapper, layers_path)
         n_blocks = len(blocks)
         for i in range(n_blocks):
             saved.append(nnsight.save(blocks[i].inputs))
@@ -151,7 +152,7 @@ def resume_with_patches(decoder: torch.nn.Module, layers_path: str, run: CleanRu
         raise ValueError(f"every patch must be at layer {layer}")
     n_blocks = len(run.inputs)
     _, lock = _wrapped(decoder)
-    blocks = _blocks(decoder, layers_path)
+    blocks = module_at(decoder, layers_path)
     with lock, torch.inference_mode():
         start = run.inputs[layer] if layer < n_blocks else run.last
         hidden = start.expand(rows, *start.shape[1:]).clone()
@@ -173,10 +174,10 @@ def capture_head_inputs(decoder: torch.nn.Module, layers_path: str, out_proj: st
     wrapper, lock = _wrapped(decoder)
     saved: list = []
     with lock, torch.inference_mode(), wrapper.trace(input_ids):
-        blocks = _blocks(wrapper, layers_path)
+        blocks = module_at(wrapper, layers_path)
         n_blocks = len(blocks)
         for i in range(n_blocks):
-            saved.append(_blocks(blocks[i], out_proj).input.save())
+            saved.append(module_at(blocks[i], out_proj).input.save())
         last = _hidden(blocks[n_blocks - 1].output).save()
     return torch.stack([h[0].float() for h in saved]), last[0].float()
 
