@@ -17,6 +17,7 @@ import torch
 from perplex.core.errors import GenerationError
 from perplex.core.records import DecodeParams, Generation, Message, Source, TokenRole
 from perplex.core.tokens import EncodedSequence, encode_messages
+from perplex.engine.local.generation import stop_string_hit
 from perplex.engine.local.models import LoadedModel
 from perplex.engine.local.scoring import sequence_steps
 
@@ -121,7 +122,6 @@ def _cut(lm: LoadedModel, new: list[int], params: DecodeParams) -> tuple[list[in
             return new[:n + 1], "eos"
         piece = lm.tokenizer.decode([token])
         text += piece
-        for stop in params.stop_strings:
-            if stop and stop in text[max(0, len(text) - len(piece) - len(stop)):]:
-                return new[:n + 1], f"stop string {stop!r}"
+        if (hit := stop_string_hit(text, len(piece), params.stop_strings)):
+            return new[:n + 1], f"stop string {hit!r}"
     return new, "max_new_tokens"

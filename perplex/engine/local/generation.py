@@ -90,7 +90,7 @@ class DecodeRun:
             if token_id in lm.eos_ids:
                 self.stop_reason = "eos"
                 break
-            if (hit := _stop_string_hit(response_text, len(text), params.stop_strings)):
+            if (hit := stop_string_hit(response_text, len(text), params.stop_strings)):
                 self.stop_reason = f"stop string {hit!r}"
                 break
             if n + 1 == room:
@@ -164,7 +164,8 @@ def choose_token(logits: torch.Tensor, params: DecodeParams,
     return int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator))
 
 
-def _stop_string_hit(text: str, added: int, stop_strings: tuple[str, ...]) -> str | None:
+def stop_string_hit(text: str, added: int, stop_strings: tuple[str, ...]) -> str | None:
+    """The stop string that the last `added` characters of `text` complete, if any."""
     for stop in stop_strings:
         if stop and stop in text[max(0, len(text) - added - len(stop)):]:
             return stop
