@@ -175,8 +175,8 @@ def settings_section(dataset: Dataset) -> RunSettings | None:
                                  min(20, len(dataset.items)), key=f"{PREFIX}.limit")
     with_p_true = cols[1].checkbox("also ask P(True) (one more pass per item)",
                                    key=f"{PREFIX}.ptrue")
-    local_only = resources.active_engine() is None or isinstance(resources.active_engine(),
-                                                                  LocalEngine)
+    chosen = resources.active_engine()
+    local_only = chosen is None or isinstance(chosen, LocalEngine)
     judges = [j for j in JUDGES if not (j == "engine" and local_only)]
     judge_choice = st.radio("Checking", judges, format_func=JUDGES.get, horizontal=True,
                             key=f"{PREFIX}.judge")

@@ -97,9 +97,9 @@ def answer_item(engine, item: Item, template: Template = Template(),
     messages = system + (Message("user", template.prompt(item)),)
     prefill = PREFILL if engine.capabilities.token_ids else ""
     generation = engine.generate(messages, params, prefill=prefill).run()
-    if _needs_asking(engine, generation, prefill):
-        generation = engine.generate(messages, _asking(params),
-                                     prefill=_asked_prefill(engine, generation)).run()
+    again = _confidence_prefill(_reply(engine, generation)[0]) if prefill else None
+    if again is not None:
+        generation = engine.generate(messages, _asking(params), prefill=again).run()
     return generation, read_result(engine, item, messages, generation, prefill, with_p_true,
                                    judge_engine, judge_prompt)
 
@@ -115,31 +115,26 @@ def answer_batch(engine, items: Sequence[Item], template: Template = Template(),
     """
     asked = [system + (Message("user", template.prompt(item)),) for item in items]
 
-    def follow_up(_: int, reply: str) -> str | None:  # the reply, its prefill included
-        stated = parse_confidence(reply)
-        if stated.value is None and stated.kind == "missing":
-            return f"{PREFILL} {answer_line(reply)[0]}{ASK_CONFIDENCE}"
-        return None
-
-    generations = engine.generate_many([(m, PREFILL) for m in asked], params,
-                                       follow_up=follow_up, follow_params=_asking(params))
+    generations = engine.generate_many(
+        [(m, PREFILL) for m in asked], params,
+        follow_up=lambda _, reply: _confidence_prefill(reply), follow_params=_asking(params))
     return [(g, read_result(engine, item, m, g, PREFILL, with_p_true, judge_engine,
                             judge_prompt)) for item, m, g in zip(items, asked, generations)]
 
 
-def _needs_asking(engine, generation: Generation, prefill: str) -> bool:
-    """Whether to ask for the confidence again: none stated, and text can be forced."""
-    stated = parse_confidence(_reply(engine, generation)[0])
-    return bool(prefill) and stated.value is None and stated.kind == "missing"
+def _confidence_prefill(reply: str) -> str | None:
+    """The forced start that asks again for a confidence `reply` does not state.
+
+    `reply` includes its prefill. None when it states one, even one that cannot be read.
+    """
+    stated = parse_confidence(reply)
+    if stated.value is None and stated.kind == "missing":
+        return f"{PREFILL} {answer_line(reply)[0]}{ASK_CONFIDENCE}"
+    return None
 
 
 def _asking(params: DecodeParams) -> DecodeParams:
     return replace(params, max_new_tokens=CONFIDENCE_TOKENS, stop_strings=("\n",))
-
-
-def _asked_prefill(engine, generation: Generation) -> str:
-    answer, _ = answer_line(_reply(engine, generation)[0])
-    return f"{PREFILL} {answer}{ASK_CONFIDENCE}"
 
 
 def read_result(engine, item: Item, messages: tuple[Message, ...], generation: Generation,
