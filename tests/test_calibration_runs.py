@@ -91,7 +91,8 @@ def test_results_are_stored_and_a_stopped_run_resumes(bundled_lm, store):
 def test_batched_answers_equal_one_at_a_time(bundled_lm):
     """The same answers and stated confidences, probabilities to float32 rounding.
 
-    Padded batches round float32 differently (greedy: no near-tie on these items).
+    Padded batches round float32 differently, so on another CPU a greedy choice may flip
+    where two tokens tie within that rounding: there, and only there, the two may part.
     """
     from perplex.modes.calibration.run import answer_batch
     from tests.tolerances import FLOAT32_PROB
@@ -101,8 +102,14 @@ def test_batched_answers_equal_one_at_a_time(bundled_lm):
     batched = answer_batch(engine, items)
     for item, (generation, result) in zip(items, batched):
         alone_generation, alone = answer_item(engine, item)
-        assert [s.token_id for s in generation.steps] == [
-            s.token_id for s in alone_generation.steps], item.id
+        ours = [s.token_id for s in generation.steps]
+        theirs = [s.token_id for s in alone_generation.steps]
+        if ours != theirs:
+            at = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
+            step = alone_generation.steps[at]
+            other = next(a for a in step.top if a.token_id == ours[at])
+            assert step.top[0].prob - other.prob <= 2 * FLOAT32_PROB, (item.id, at)
+            continue  # a near-tie flipped: the rest of the answer follows another token
         assert (result.answer, result.stated, result.correct) == (
             alone.answer, alone.stated, alone.correct)
         for kind, value in alone.confidences.items():
