@@ -217,3 +217,24 @@ def token_texts(tokenizer, ids: list[int] | tuple[int, ...]) -> list[str]:
     if texts and (rest := detok.pending()):
         texts[-1] += rest
     return texts
+
+
+SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "pad_token", "unk_token")
+
+
+@dataclass(frozen=True)
+class TokenizerFacts:
+    """What makes two tokenizers the same: vocabulary, special tokens, chat template."""
+
+    vocab: dict[str, int]  # token string → id
+    special: dict[str, str | None]  # bos/eos/pad/unk → their token strings
+    chat_template: str | None
+    vocab_size: int  # rows of the model's unembedding (may exceed the vocabulary)
+
+
+def tokenizer_facts(tokenizer, vocab_size: int) -> TokenizerFacts:
+    """The facts of a Hugging Face tokenizer for a model with `vocab_size` output rows."""
+    special = {name: getattr(tokenizer, name, None) for name in SPECIAL_TOKEN_NAMES}
+    return TokenizerFacts(dict(tokenizer.get_vocab()),
+                          {k: None if v is None else str(v) for k, v in special.items()},
+                          getattr(tokenizer, "chat_template", None), int(vocab_size))

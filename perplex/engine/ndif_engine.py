@@ -25,8 +25,10 @@ from perplex.core.tokens import (
     PLAIN_TEXT_ROLE,
     EncodedSequence,
     TextPrefix,
+    TokenizerFacts,
     encode_messages,
     token_texts,
+    tokenizer_facts,
 )
 from perplex.engine.local.anatomy import remote_paths
 from perplex.engine.local.nnsight_adapter import module_at
@@ -38,7 +40,7 @@ from perplex.engine.ndif import (
     remote_backend,
     remote_error,
 )
-from perplex.engine.protocol import Capabilities, ModelInfo
+from perplex.engine.protocol import Capabilities, ModelInfo, ScoredSequence
 
 NDIF_CAPABILITIES = Capabilities(
     token_ids=True, full_distribution=True, scores_text=True, internals=True, hooks=False,
@@ -101,6 +103,16 @@ class NdifEngine:
         """The text of `ids`, special tokens kept."""
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
 
+    def tokenizer_facts(self) -> TokenizerFacts:
+        """Vocabulary, special tokens and chat template of the model's tokenizer."""
+        return tokenizer_facts(self.tokenizer, self._paths.vocab_size)
+
+    def score_sequence(self, seq: EncodedSequence, top_k: int = 20) -> ScoredSequence:
+        """Records of `seq` and its logits (two remote traces)."""
+        if len(seq) < 2:
+            raise InputFormatError("There is nothing to score: the text is empty.")
+        return ScoredSequence(self._records(seq, top_k), self.sequence_logits(seq.ids))
+
     def score(self, conversations: Sequence[Sequence[Message]], top_k: int = 20,
               text_prefix: TextPrefix | None = None) -> list[Generation]:
         """Teacher-forced records of each conversation, one remote trace each."""
@@ -133,6 +145,20 @@ class NdifEngine:
             except Exception as exc:
                 raise self._failure(exc) from exc
         return np.stack([row.numpy() for row in rows])
+
+    def sequence_logits(self, ids: Sequence[int]) -> torch.Tensor:
+        """[T, V] float32 logits of one trace over `ids` (row t predicts token t + 1)."""
+        head, cap = self._head(), self._paths.softcap
+        saved: list = []  # filled inside the trace
+        try:
+            with torch.inference_mode(), self._trace(ids):
+                z = head.output[0].float()
+                if cap:
+                    z = torch.tanh(z / cap) * cap
+                saved.append(z.save())
+        except Exception as exc:
+            raise self._failure(exc) from exc
+        return saved[0]
 
     def residuals(self, ids: Sequence[int], layers: Sequence[int]) -> np.ndarray:
         """[len(layers), T, d] float32: layer 0 the embedding, l the output of block l."""

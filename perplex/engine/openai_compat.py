@@ -159,6 +159,18 @@ class EndpointEngine:
         """Refused: only the top-k is returned."""
         self.capabilities.require("full_distribution", self.info.label)
 
+    def tokenizer_facts(self):
+        """Refused: the server's tokenizer is out of sight."""
+        self.capabilities.require("token_ids", self.info.label)
+
+    def score_sequence(self, seq, top_k: int = 20):
+        """Refused: the server takes text, not token ids."""
+        self.capabilities.require("token_ids", self.info.label)
+
+    def sequence_logits(self, ids):
+        """Refused: the API gives only its top-k."""
+        self.capabilities.require("full_distribution", self.info.label)
+
     def residuals(self, ids, layers):
         """Refused: no internals."""
         self.capabilities.require("internals", self.info.label)

@@ -18,7 +18,7 @@ import torch
 
 from perplex.core.errors import PerplexError
 from perplex.core.records import DecodeParams, Generation, Message, TokenStep
-from perplex.core.tokens import EncodedSequence, TextPrefix
+from perplex.core.tokens import EncodedSequence, TextPrefix, TokenizerFacts
 
 CAPABILITY_NAMES = ("token_ids", "full_distribution", "scores_text", "internals", "hooks")
 
@@ -87,6 +87,17 @@ class ModelInfo:
     eos_ids: frozenset[int]
 
 
+@dataclass(frozen=True, eq=False)
+class ScoredSequence:
+    """Teacher-forced records of one token sequence, with its logits where there are any.
+
+    `logits` is [T, V] float32, row t predicting token t + 1; None for top-k-only engines.
+    """
+
+    steps: tuple[TokenStep, ...]
+    logits: torch.Tensor | None
+
+
 @runtime_checkable
 class Engine(Protocol):
     """What every engine implements. Methods behind a capability raise CapabilityError."""
@@ -104,6 +115,15 @@ class Engine(Protocol):
     def decode(self, ids: Sequence[int]) -> str:
         """The text of token ids, special tokens kept."""
 
+    def tokenizer_facts(self) -> TokenizerFacts:
+        """Vocabulary, special tokens and chat template (capability `token_ids`)."""
+
+    def score_sequence(self, seq: EncodedSequence, top_k: int = 20) -> ScoredSequence:
+        """Records of given token ids, and their logits where the engine has them.
+
+        Needs capabilities `token_ids` and `scores_text`.
+        """
+
     def score(self, conversations: Sequence[Sequence[Message]], top_k: int = 20,
               text_prefix: TextPrefix | None = None) -> list[Generation]:
         """Teacher-forced records of existing conversations (capability `scores_text`)."""
@@ -114,6 +134,12 @@ class Engine(Protocol):
 
     def next_token_probs(self, contexts: Sequence[Sequence[int]]) -> np.ndarray:
         """[N, V] float64 next-token distributions (capability `full_distribution`)."""
+
+    def sequence_logits(self, ids: Sequence[int]) -> torch.Tensor:
+        """[T, V] float32 logits of one pass over `ids`: row t predicts token t + 1.
+
+        Needs capability `full_distribution`.
+        """
 
     def residuals(self, ids: Sequence[int], layers: Sequence[int]) -> np.ndarray:
         """[len(layers), T, d] float32 residual stream (capability `internals`).

@@ -149,6 +149,35 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (run_id, item_id)
     );
     """,
+    # 5: comparisons of two conditions, their answers' generations and per-token divergences
+    """
+    CREATE TABLE comparisons (
+        id VARCHAR PRIMARY KEY,
+        session_id VARCHAR,
+        created_at TIMESTAMPTZ NOT NULL,
+        prompt VARCHAR NOT NULL,
+        conditions JSON NOT NULL,
+        generations JSON NOT NULL,
+        first_divergence INTEGER,
+        batch_id VARCHAR
+    );
+    CREATE TABLE comparison_tokens (
+        comparison_id VARCHAR NOT NULL,
+        author VARCHAR NOT NULL,
+        idx INTEGER NOT NULL,
+        token_id INTEGER,
+        text VARCHAR NOT NULL,
+        logprob_a DOUBLE NOT NULL,
+        logprob_b DOUBLE NOT NULL,
+        kl_ab DOUBLE NOT NULL,
+        kl_ba DOUBLE NOT NULL,
+        js DOUBLE NOT NULL,
+        rank_a INTEGER,
+        rank_b INTEGER,
+        bound BOOLEAN NOT NULL,
+        PRIMARY KEY (comparison_id, author, idx)
+    );
+    """,
 ]
 
 _ALTERNATIVE = pa.struct([("token_id", pa.int32()), ("text", pa.string()),

@@ -16,7 +16,14 @@ import torch
 
 from perplex.core.errors import InputFormatError
 from perplex.core.records import DecodeParams, Generation, Message
-from perplex.core.tokens import EncodedSequence, TextPrefix, encode_messages
+from perplex.core.steps import sequence_records
+from perplex.core.tokens import (
+    EncodedSequence,
+    TextPrefix,
+    TokenizerFacts,
+    encode_messages,
+    tokenizer_facts,
+)
 from perplex.engine.local.anatomy import Anatomy
 from perplex.engine.local.batch import generate_many
 from perplex.engine.local.generation import DecodeRun, start_generation
@@ -24,7 +31,7 @@ from perplex.engine.local.models import LoadedModel
 from perplex.engine.local.nnsight_adapter import capture_residuals, patched_last_residual
 from perplex.engine.local.scoring import score_conversations
 from perplex.engine.local.word_probs import continuation_probs
-from perplex.engine.protocol import Capabilities, ModelInfo, ResidualPatch
+from perplex.engine.protocol import Capabilities, ModelInfo, ResidualPatch, ScoredSequence
 
 LOCAL_CAPABILITIES = Capabilities(token_ids=True, full_distribution=True, scores_text=True,
                                   internals=True, hooks=True, max_top_k=None)
@@ -63,6 +70,19 @@ class LocalEngine:
         return self.lm.tokenizer.decode(list(ids), skip_special_tokens=False,
                                         clean_up_tokenization_spaces=False)
 
+    def tokenizer_facts(self) -> TokenizerFacts:
+        """Vocabulary, special tokens and chat template of the model's tokenizer."""
+        return tokenizer_facts(self.lm.tokenizer, self.lm.vocab_size)
+
+    def score_sequence(self, seq: EncodedSequence, top_k: int = 20) -> ScoredSequence:
+        """Records of `seq` from one pass, with that pass's logits."""
+        if len(seq) < 2:
+            raise InputFormatError("There is nothing to score: the text is empty.")
+        logits = self.sequence_logits(seq.ids)
+        steps = sequence_records(self.lm, list(seq.ids), list(seq.roles),
+                                 list(seq.message_indices), logits, top_k)
+        return ScoredSequence(tuple(steps), logits)
+
     def score(self, conversations: Sequence[Sequence[Message]], top_k: int = 20,
               text_prefix: TextPrefix | None = None) -> list[Generation]:
         """Teacher-forced records, batched."""
@@ -91,6 +111,17 @@ class LocalEngine:
                                        (), self.lm.tokenizer.pad_token_id or 0,
                                        self.lm.context_length)
         return np.stack([r.next_probs[0] for r in found])
+
+    def sequence_logits(self, ids: Sequence[int]) -> torch.Tensor:
+        """[T, V] float32 logits of one pass over `ids` (row t predicts token t + 1)."""
+        if not ids:
+            raise InputFormatError("There are no tokens to run.")
+        if len(ids) > self.lm.context_length:
+            raise InputFormatError(f"{len(ids)} tokens are more than {self.lm.label} reads "
+                                   f"({self.lm.context_length}): shorten the text.")
+        with self.lock, torch.inference_mode():
+            out = self.lm.model(input_ids=torch.tensor([list(ids)], device=self.lm.device))
+            return out.logits[0].float().cpu()
 
     def residuals(self, ids: Sequence[int], layers: Sequence[int]) -> np.ndarray:
         """[len(layers), T, d] float32: layer 0 the embedding, l the output of block l."""

@@ -1,0 +1,124 @@
+"""How far two models' next-token distributions are apart, token by token.
+
+For one text scored under model A and model B (teacher-forced, the same token ids), each
+position has two distributions p (A) and q (B). Per position: the chosen token's
+log p − log q, KL(p‖q), KL(q‖p) and the Jensen–Shannon divergence, in nats, and the
+chosen token's rank under each. With full distributions these are exact (float64 over
+the whole vocabulary). Where a side is known only by its top-k (an API), the numbers are
+**lower bounds**: the divergence of the two distributions coarsened to the tokens both
+sides report plus one cell for everything else, which by the data-processing inequality
+can only be smaller than the true divergence.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+ROWS_PER_CHUNK = 16  # [rows, V] float64 blocks, as in `steps.distribution_stats`
+REST_FLOOR = 1e-12  # the least mass given to "every other token" in a top-k bound
+
+
+@dataclass(frozen=True)
+class TokenDivergence:
+    """One token of a text under both models; `bound`: KL and JS are top-k lower bounds."""
+
+    index: int  # among the compared tokens (the answer's), 0-based
+    token_id: int | None
+    text: str
+    logprob_a: float
+    logprob_b: float
+    kl_ab: float
+    kl_ba: float
+    js: float
+    rank_a: int | None
+    rank_b: int | None
+    bound: bool = False
+
+    @property
+    def log_ratio(self) -> float:
+        """Log p_A − log p_B of the chosen token (positive: A liked it more)."""
+        return self.logprob_a - self.logprob_b
+
+    @property
+    def prob_a(self) -> float:
+        """p_A of the chosen token."""
+        return math.exp(self.logprob_a)
+
+    @property
+    def prob_b(self) -> float:
+        """p_B of the chosen token."""
+        return math.exp(self.logprob_b)
+
+
+@dataclass(frozen=True)
+class FullDivergence:
+    """Per-position divergences of two full distributions (lists of one entry per row)."""
+
+    kl_ab: list[float]
+    kl_ba: list[float]
+    js: list[float]
+
+
+def full_divergence(logits_a: torch.Tensor, logits_b: torch.Tensor) -> FullDivergence:
+    """KL(A‖B), KL(B‖A) and JS in nats per row of two logit blocks [T, V] (same V).
+
+    Softmax of the raw logits (temperature 1), computed in float64 row chunks. Tokens one
+    side masks (−inf) add nothing where that side has them; KL is +inf where the other
+    side gives zero mass to a token the first does not.
+    """
+    if logits_a.shape != logits_b.shape or logits_a.dim() != 2:
+        raise ValueError(f"need two [T, V] blocks of one shape, got {tuple(logits_a.shape)} "
+                         f"and {tuple(logits_b.shape)}")
+    kl_ab, kl_ba, js = [], [], []
+    for start in range(0, logits_a.shape[0], ROWS_PER_CHUNK):
+        la = torch.log_softmax(logits_a[start:start + ROWS_PER_CHUNK].double(), dim=-1)
+        lb = torch.log_softmax(logits_b[start:start + ROWS_PER_CHUNK].double(), dim=-1)
+        pa, pb = la.exp(), lb.exp()
+        # log of the mixture (p + q) / 2; where p = q it is log p itself, exactly
+        lm = torch.where(la == lb, la, torch.logaddexp(la, lb) - math.log(2.0))
+        kl_ab += _weighted_gap(pa, la, lb).clamp_(min=0.0).tolist()  # ≥ 0 up to rounding
+        kl_ba += _weighted_gap(pb, lb, la).clamp_(min=0.0).tolist()
+        js += (0.5 * _weighted_gap(pa, la, lm) + 0.5 * _weighted_gap(pb, lb, lm)
+               ).clamp_(min=0.0).tolist()
+    return FullDivergence(kl_ab, kl_ba, js)
+
+
+def _weighted_gap(p: torch.Tensor, log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """Σ_v p (log p − log q) per row, with 0 · anything = 0."""
+    gap = torch.where(p > 0, log_p - log_q, torch.zeros_like(p))
+    return (p * gap).sum(dim=-1)
+
+
+def top_k_divergence(top_a: Mapping[object, float], top_b: Mapping[object, float]
+                     ) -> tuple[float, float, float]:
+    """Lower bounds on (KL(A‖B), KL(B‖A), JS) from each side's known log-probabilities.
+
+    `top_a`, `top_b`: token (id, or text where ids are unknown) → log-probability, for the
+    tokens each side reports. The bound coarsens both distributions to the tokens both
+    report and one cell holding the rest of each side's mass (at least `REST_FLOOR`, as
+    API log-probabilities are rounded and may sum to slightly more than 1).
+    """
+    shared = [t for t in top_a if t in top_b]
+    p = [math.exp(top_a[t]) for t in shared]
+    q = [math.exp(top_b[t]) for t in shared]
+    p.append(max(REST_FLOOR, 1.0 - sum(p)))
+    q.append(max(REST_FLOOR, 1.0 - sum(q)))
+    kl_pq, kl_qp = _kl(p, q), _kl(q, p)
+    m = [(x + y) / 2 for x, y in zip(p, q)]
+    return kl_pq, kl_qp, 0.5 * _kl(p, m) + 0.5 * _kl(q, m)
+
+
+def _kl(p: Sequence[float], q: Sequence[float]) -> float:
+    return sum(x * math.log(x / y) for x, y in zip(p, q) if x > 0)
+
+
+def first_divergence(ids_a: Sequence[int | str], ids_b: Sequence[int | str]) -> int | None:
+    """The first index where two token sequences differ (one ending early counts); None if equal."""
+    for i, (a, b) in enumerate(zip(ids_a, ids_b)):
+        if a != b:
+            return i
+    return None if len(ids_a) == len(ids_b) else min(len(ids_a), len(ids_b))

@@ -1,0 +1,1 @@
+"""Comparison mode: two conditions (model, system prompt) on the same input, token by token."""

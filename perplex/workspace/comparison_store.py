@@ -1,0 +1,125 @@
+"""Comparisons in the DuckDB file: both answers, their four scorings and per-token divergences.
+
+A comparison is saved in one transaction with its six generations (each side's answer,
+and each answer scored under both sides), so a reload shows exactly what was computed,
+with every conditioning token; nothing is recomputed on opening one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+
+import pyarrow as pa
+
+from perplex.core.comparison import CrossScore, PairRun
+from perplex.core.divergence import TokenDivergence
+from perplex.core.errors import StoreError
+from perplex.core.records import Generation, new_id
+from perplex.workspace.store import Store, from_epoch_us, read_generation, write_generation
+
+_TOKEN_FIELDS = ("idx", "token_id", "text", "logprob_a", "logprob_b", "kl_ab", "kl_ba", "js",
+                 "rank_a", "rank_b", "bound")
+_ROLES = ("generation_a", "generation_b", "a_under_a", "a_under_b", "b_under_a", "b_under_b")
+
+
+@dataclass(frozen=True)
+class ComparisonSummary:
+    """One line of the comparisons list."""
+
+    id: str
+    created_at: datetime
+    prompt: str
+    conditions: dict
+    first_divergence: int | None
+    batch_id: str | None
+
+
+def save_comparison(store: Store, run: PairRun, conditions: dict, session_id: str | None,
+                    batch_id: str | None = None) -> str:
+    """Store a pair run (its generations into `session_id`); returns the comparison's id."""
+    comparison_id = new_id()
+    generations = _generations(run, session_id)
+    with store.cursor(write=True) as cur:
+        for gen in generations.values():
+            write_generation(cur, gen)
+        cur.execute(
+            "INSERT INTO comparisons VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [comparison_id, session_id, datetime.now(timezone.utc), run.prompt,
+             json.dumps(conditions), json.dumps({k: g.id for k, g in generations.items()}),
+             run.first_divergence, batch_id])
+        table = _tokens_table(comparison_id, (run.cross_a, run.cross_b))
+        cur.register("incoming_divergences", table)
+        try:
+            cur.execute("INSERT INTO comparison_tokens SELECT * FROM incoming_divergences")
+        finally:
+            cur.unregister("incoming_divergences")
+    return comparison_id
+
+
+def _generations(run: PairRun, session_id: str | None) -> dict[str, Generation]:
+    found = dict(zip(_ROLES, (run.generation_a, run.generation_b, run.cross_a.under_a,
+                              run.cross_a.under_b, run.cross_b.under_a, run.cross_b.under_b)))
+    return {k: replace(g, session_id=session_id) for k, g in found.items()}
+
+
+def _tokens_table(comparison_id: str, crosses: tuple[CrossScore, ...]) -> pa.Table:
+    rows = [(cross.author, t) for cross in crosses for t in cross.tokens]
+    for _, t in rows:
+        if not all(math.isfinite(x) or x == math.inf
+                   for x in (t.logprob_a, t.logprob_b, t.kl_ab, t.kl_ba, t.js)):
+            raise StoreError(f"Token {t.index} of a comparison has a non-number divergence: "
+                             "nothing was saved.")
+    return pa.table({
+        "comparison_id": [comparison_id] * len(rows),
+        "author": [author for author, _ in rows],
+        "idx": pa.array([t.index for _, t in rows], pa.int32()),
+        "token_id": pa.array([t.token_id for _, t in rows], pa.int32()),
+        "text": [t.text for _, t in rows],
+        **{name: pa.array([getattr(t, name) for _, t in rows], pa.float64())
+           for name in ("logprob_a", "logprob_b", "kl_ab", "kl_ba", "js")},
+        "rank_a": pa.array([t.rank_a for _, t in rows], pa.int32()),
+        "rank_b": pa.array([t.rank_b for _, t in rows], pa.int32()),
+        "bound": pa.array([t.bound for _, t in rows], pa.bool_())})
+
+
+def load_comparison(store: Store, comparison_id: str) -> tuple[PairRun, dict]:
+    """A stored pair run and its conditions, as saved."""
+    with store.cursor() as cur:
+        row = cur.execute("SELECT prompt, conditions, generations, first_divergence "
+                          "FROM comparisons WHERE id = ?", [comparison_id]).fetchone()
+        if row is None:
+            raise StoreError(f"No comparison {comparison_id} in the database: it was deleted "
+                             "or the link is wrong.")
+        prompt, conditions, ids, first = row[0], json.loads(row[1]), json.loads(row[2]), row[3]
+        gens = {}
+        for role, gid in ids.items():
+            gen = read_generation(cur, gid)
+            if gen is None:
+                raise StoreError(f"Comparison {comparison_id} lost its generation {gid}.")
+            gens[role] = gen
+        tokens = cur.execute(
+            f"SELECT author, {', '.join(_TOKEN_FIELDS)} FROM comparison_tokens "
+            "WHERE comparison_id = ? ORDER BY author, idx", [comparison_id]).fetchall()
+    by_author = {"A": [], "B": []}
+    for author, *values in tokens:
+        by_author[author].append(TokenDivergence(*values))
+    cross_a = CrossScore("A", gens["a_under_a"], gens["a_under_b"], tuple(by_author["A"]))
+    cross_b = CrossScore("B", gens["b_under_a"], gens["b_under_b"], tuple(by_author["B"]))
+    return PairRun(prompt, gens["generation_a"], gens["generation_b"], cross_a, cross_b,
+                   first), conditions
+
+
+def list_comparisons(store: Store, session_id: str | None = None,
+                     batch_id: str | None = None) -> list[ComparisonSummary]:
+    """Comparisons, newest first, of one session and/or one batch (None: any)."""
+    with store.cursor() as cur:
+        rows = cur.execute(
+            "SELECT id, epoch_us(created_at), prompt, conditions, first_divergence, batch_id "
+            "FROM comparisons WHERE (? IS NULL OR session_id = ?) AND "
+            "(? IS NULL OR batch_id = ?) ORDER BY created_at DESC, id",
+            [session_id, session_id, batch_id, batch_id]).fetchall()
+    return [ComparisonSummary(r[0], from_epoch_us(r[1]), r[2], json.loads(r[3]), r[4], r[5])
+            for r in rows]

@@ -1,0 +1,191 @@
+"""Comparison mode: cross-scoring against direct computations, divergence points, pairing."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from perplex.core.divergence import first_divergence, full_divergence, top_k_divergence
+from perplex.core.records import DecodeParams
+from perplex.engine.local.engine import LocalEngine
+from perplex.engine.local.models import LoadedModel, ModelSpec
+from perplex.modes.comparison.cross import Side, answer_ids, cross_score
+from perplex.modes.comparison.pair import divergence_summary, finish_pair, pair_stats
+from perplex.modes.comparison.pairing import PairingError, check_pair
+from tests.tiny import tiny_model
+from tests.tolerances import FLOAT32_NATS, FLOAT32_PROB, SAME_LOGITS
+
+PROMPT = "The capital of France is"
+
+
+@pytest.fixture(scope="module")
+def tiny_pair():
+    """Two different random tiny models sharing one tokenizer."""
+    return LocalEngine(tiny_model(seed=0)), LocalEngine(tiny_model(seed=1))
+
+
+def direct_divergences(logits_a: np.ndarray, logits_b: np.ndarray):
+    """KL(A‖B), KL(B‖A), JS per row, by the textbook formulas in float64 numpy."""
+    def log_softmax(z):
+        z = z - z.max(axis=-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+    la, lb = log_softmax(logits_a.astype(np.float64)), log_softmax(logits_b.astype(np.float64))
+    pa, pb = np.exp(la), np.exp(lb)
+    m = (pa + pb) / 2
+    kl = lambda p, lp, lq: (p * (lp - lq)).sum(axis=-1)  # noqa: E731
+    return kl(pa, la, lb), kl(pb, lb, la), 0.5 * kl(pa, la, np.log(m)) + 0.5 * kl(pb, lb, np.log(m))
+
+
+def check_against_direct(a: LocalEngine, b: LocalEngine, side_a: Side, side_b: Side,
+                         ids: list[int]) -> None:
+    cross = cross_score(side_a, side_b, PROMPT, ids, "A")
+    n = len(ids)
+    rows = {}
+    for name, side, engine in (("a", side_a, a), ("b", side_b, b)):
+        full = list(side.prompt_sequence(PROMPT).ids) + ids
+        with torch.no_grad():  # an independent forward pass of the plain model
+            logits = engine.lm.model(torch.tensor([full])).logits[0].double().numpy()
+        rows[name] = logits[len(full) - n - 1:-1]
+    kl_ab, kl_ba, js = direct_divergences(rows["a"], rows["b"])
+    for t in cross.tokens:
+        # Two forward passes of one model on the same tokens: float32 reduction order.
+        assert abs(t.kl_ab - kl_ab[t.index]) <= FLOAT32_NATS
+        assert abs(t.kl_ba - kl_ba[t.index]) <= FLOAT32_NATS
+        assert abs(t.js - js[t.index]) <= FLOAT32_NATS
+        for name, logprob in (("a", t.logprob_a), ("b", t.logprob_b)):
+            z = rows[name][t.index]
+            direct = z[ids[t.index]] - z.max() - math.log(np.exp(z - z.max()).sum())
+            assert abs(math.exp(logprob) - math.exp(direct)) <= FLOAT32_PROB
+        assert t.rank_a == int((rows["a"][t.index] > rows["a"][t.index][ids[t.index]]).sum()) + 1
+    assert all(t.js > 0 for t in cross.tokens)  # two different models: they do differ
+
+
+def test_cross_scores_equal_a_direct_computation_on_the_tiny_pair(tiny_pair):
+    a, b = tiny_pair
+    ids = a.lm.tokenizer.encode(" Paris, France. Hello world!")
+    check_against_direct(a, b, Side("A", a), Side("B", b, "Answer in one word."), ids)
+
+
+def test_full_divergence_is_exact_for_the_same_logits():
+    logits = torch.randn(5, 40, generator=torch.Generator().manual_seed(3)) * 4
+    found = full_divergence(logits, logits.clone())
+    assert found.kl_ab == found.kl_ba == found.js == [SAME_LOGITS] * 5
+
+
+def test_a_model_compared_with_itself_diverges_nowhere(tiny_pair):
+    a, _ = tiny_pair
+    side = Side("A", a)
+    gen = a.generate(side.messages(PROMPT), DecodeParams(max_new_tokens=12)).run()
+    run = finish_pair(side, Side("B", a), PROMPT, gen, gen)
+    assert run.first_divergence is None
+    for cross in (run.cross_a, run.cross_b):
+        # One model, one input, one process: the two passes give the same logits.
+        assert [t.kl_ab for t in cross.tokens] == [SAME_LOGITS] * len(cross.tokens)
+        assert all(t.js == SAME_LOGITS and t.log_ratio == SAME_LOGITS for t in cross.tokens)
+    assert "identical" in divergence_summary(run)
+
+
+def test_first_divergence_is_the_first_differing_greedy_token(tiny_pair):
+    a, b = tiny_pair
+    side_a, side_b = Side("A", a), Side("B", b)
+    greedy = []
+    for engine, side in ((a, side_a), (b, side_b)):  # plain greedy decoding by transformers
+        ids = torch.tensor([list(side.prompt_sequence(PROMPT).ids)])
+        out = engine.lm.model.generate(ids, max_new_tokens=10, do_sample=False,
+                                       eos_token_id=None, pad_token_id=0)
+        greedy.append(out[0, ids.shape[1]:].tolist())
+    expected = next(i for i, (x, y) in enumerate(zip(*greedy)) if x != y)
+    gen_a = a.generate(side_a.messages(PROMPT), DecodeParams(max_new_tokens=10)).run()
+    gen_b = b.generate(side_b.messages(PROMPT), DecodeParams(max_new_tokens=10)).run()
+    assert answer_ids(gen_a)[:expected + 1] == greedy[0][:expected + 1]
+    run = finish_pair(side_a, side_b, PROMPT, gen_a, gen_b)
+    assert run.first_divergence == expected
+    assert f"diverge at token {expected}:" in divergence_summary(run)
+
+
+def test_first_divergence_by_hand():
+    assert first_divergence([1, 2, 3], [1, 2, 3]) is None
+    assert first_divergence([1, 2, 3], [1, 5, 3]) == 1
+    assert first_divergence([1, 2], [1, 2, 7]) == 2  # one answer ends first
+
+
+def test_top_k_bounds_never_exceed_the_true_divergence_and_are_exact_when_all_is_known():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        p, q = rng.dirichlet(np.ones(12) * 0.3), rng.dirichlet(np.ones(12) * 0.3)
+        true = (float((p * np.log(p / q)).sum()), float((q * np.log(q / p)).sum()))
+        m = (p + q) / 2
+        true_js = 0.5 * float((p * np.log(p / m)).sum()) + 0.5 * float((q * np.log(q / m)).sum())
+        top_p = {i: math.log(p[i]) for i in np.argsort(-p)[:4]}
+        top_q = {i: math.log(q[i]) for i in np.argsort(-q)[:4]}
+        kl_pq, kl_qp, js = top_k_divergence(top_p, top_q)
+        assert kl_pq <= true[0] + 1e-12 and kl_qp <= true[1] + 1e-12 and js <= true_js + 1e-12
+        everything = top_k_divergence({i: math.log(p[i]) for i in range(12)},
+                                      {i: math.log(q[i]) for i in range(12)})
+        assert everything == pytest.approx((*true, true_js), abs=1e-9)
+
+
+def test_a_top_k_side_gives_labelled_bounds(tiny_pair):
+    a, b = tiny_pair
+
+    class TopKOnly:  # the local engine, its logits withheld as an API withholds them
+        def __init__(self, engine):
+            self.engine = engine
+            self.info = engine.info
+
+        def encode(self, *args, **kwargs):
+            return self.engine.encode(*args, **kwargs)
+
+        def score_sequence(self, seq, top_k=20):
+            scored = self.engine.score_sequence(seq, 5)
+            return type(scored)(scored.steps, None)
+
+    ids = a.lm.tokenizer.encode(" Paris, France.")
+    exact = cross_score(Side("A", a), Side("B", b), PROMPT, ids, "A")
+    bounded = cross_score(Side("A", a), Side("B", TopKOnly(b)), PROMPT, ids, "A")
+    assert bounded.bounds and not exact.bounds
+    for e, t in zip(exact.tokens, bounded.tokens):
+        assert t.bound and t.kl_ab <= e.kl_ab + FLOAT32_NATS and t.js <= e.js + FLOAT32_NATS
+        assert t.logprob_b == e.logprob_b  # the chosen token's own number is exact
+
+
+def test_pair_stats_count_tokens_under_the_threshold(tiny_pair):
+    a, b = tiny_pair
+    ids = a.lm.tokenizer.encode(" Paris, France. Hello world!")
+    cross = cross_score(Side("A", a), Side("B", b), PROMPT, ids, "A")
+    for threshold in (1e-3, 0.05, 0.5):
+        expected = [t.index for t in cross.tokens
+                    if t.prob_a < threshold or t.prob_b < threshold]
+        assert cross.unlikely(threshold) == expected
+        assert pair_stats(cross, threshold).unlikely == len(expected)
+
+
+def test_different_tokenizers_are_refused_saying_how(tiny_pair):
+    from tests.tiny import tiny_tokenizer
+
+    a, _ = tiny_pair
+    other = tiny_tokenizer()
+    other.add_tokens(["<extra>"])
+    other.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    b = LoadedModel(ModelSpec(source="tiny-other"), a.lm.model, other, 0.0)
+    with pytest.raises(PairingError) as refused:
+        check_pair(a.tokenizer_facts(), LocalEngine(b).tokenizer_facts(), "tiny", "other")
+    message = str(refused.value)
+    assert "vocabularies differ at 1 token ids" in message and "'<extra>' (B)" in message
+    assert "chat templates differ" in message
+    assert check_pair(a.tokenizer_facts(), a.tokenizer_facts(), "tiny", "tiny") == []
+
+
+@pytest.mark.slow
+def test_cross_scores_equal_a_direct_computation_on_the_bundled_pair(bundled_lm):
+    from perplex.engine.local.models import load_model
+    from perplex.engine.local.variants import variant_folder
+
+    a = LocalEngine(bundled_lm)
+    b = LocalEngine(load_model(ModelSpec(source=str(variant_folder("int8")))))
+    ids = bundled_lm.tokenizer.encode(" Paris is the capital and largest city of France.")
+    check_against_direct(a, b, Side("A", a), Side("B", b), ids)
