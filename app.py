@@ -18,6 +18,7 @@ PAGES = [
     st.Page("pages/prefilling.py", title="Prefilling", icon=":material/block:"),
     st.Page("pages/hallucination.py", title="Hallucination", icon=":material/report:"),
     st.Page("pages/calibration.py", title="Calibration", icon=":material/target:"),
+    st.Page("pages/comparison.py", title="Comparison", icon=":material/compare_arrows:"),
 ]
 
 navigation = st.navigation(PAGES)

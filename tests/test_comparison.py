@@ -189,3 +189,31 @@ def test_cross_scores_equal_a_direct_computation_on_the_bundled_pair(bundled_lm)
     b = LocalEngine(load_model(ModelSpec(source=str(variant_folder("int8")))))
     ids = bundled_lm.tokenizer.encode(" Paris is the capital and largest city of France.")
     check_against_direct(a, b, Side("A", a), Side("B", b), ids)
+
+
+def test_a_comparison_is_stored_and_read_back_as_computed(tiny_pair, tmp_path):
+    from perplex.workspace.comparison_store import (
+        list_comparisons,
+        load_comparison,
+        save_comparison,
+    )
+    from perplex.workspace.store import Store
+
+    a, b = tiny_pair
+    side_a, side_b = Side("A", a, "Be brief."), Side("B", b)
+    gens = [e.generate(s.messages(PROMPT), DecodeParams(max_new_tokens=8)).run()
+            for e, s in ((a, side_a), (b, side_b))]
+    run = finish_pair(side_a, side_b, PROMPT, *gens)
+    conditions = {"A": {"model": "tiny-0", "system": "Be brief."}, "B": {"model": "tiny-1"}}
+    with Store.open(tmp_path / "db.duckdb") as store:
+        store.ensure_session("s1", "one")
+        cid = save_comparison(store, run, conditions, "s1")
+        loaded, read_conditions = load_comparison(store, cid)
+        assert [c.id for c in list_comparisons(store, "s1")] == [cid]
+        assert list_comparisons(store, "other") == []
+    assert read_conditions == conditions
+    assert loaded.first_divergence == run.first_divergence
+    assert loaded.cross_a.tokens == run.cross_a.tokens
+    assert loaded.cross_b.tokens == run.cross_b.tokens
+    assert loaded.cross_a.under_b.steps == run.cross_a.under_b.steps
+    assert loaded.generation_a.messages[0].content == "Be brief."  # conditioning kept

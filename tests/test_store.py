@@ -74,6 +74,15 @@ EXPECTED_SCHEMA = {
         ("stated_kind", "VARCHAR"), ("confidences", "JSON"), ("correct", "BOOLEAN"),
         ("matched", "VARCHAR"), ("override", "BOOLEAN"), ("judged", "BOOLEAN"),
         ("judge_p", "DOUBLE")],
+    "comparisons": [
+        ("id", "VARCHAR"), ("session_id", "VARCHAR"), ("created_at", "TIMESTAMP WITH TIME ZONE"),
+        ("prompt", "VARCHAR"), ("conditions", "JSON"), ("generations", "JSON"),
+        ("first_divergence", "INTEGER"), ("batch_id", "VARCHAR")],
+    "comparison_tokens": [
+        ("comparison_id", "VARCHAR"), ("author", "VARCHAR"), ("idx", "INTEGER"),
+        ("token_id", "INTEGER"), ("text", "VARCHAR"), ("logprob_a", "DOUBLE"),
+        ("logprob_b", "DOUBLE"), ("kl_ab", "DOUBLE"), ("kl_ba", "DOUBLE"), ("js", "DOUBLE"),
+        ("rank_a", "INTEGER"), ("rank_b", "INTEGER"), ("bound", "BOOLEAN")],
 }
 
 
@@ -118,7 +127,7 @@ def store(tmp_path):
 
 def test_blank_database_migrates_to_expected_schema(store):
     """A blank database gets every migration and exactly the documented tables and columns."""
-    assert store.schema_version() == len(MIGRATIONS) == 4
+    assert store.schema_version() == len(MIGRATIONS) == 5
     with store._cursor() as cur:
         rows = cur.execute("SELECT table_name, column_name, data_type FROM duckdb_columns() "
                            "WHERE database_name = current_database() "

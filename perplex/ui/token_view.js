@@ -73,13 +73,17 @@ function makeSpan(tok, index) {
   if (tok.role && tok.role !== "response") span.classList.add("role-" + tok.role);
   if (tok.t.indexOf("\n") >= 0) span.classList.add("nl");
   span.dataset.index = String(index);
+  if (tok.bg) {  // an overlay's colour (e.g. a divergence scale) instead of the class's
+    span.classList.add("overlay");
+    span.style.backgroundColor = tok.bg;
+  }
   fillToken(span, tok.t);
   return span;
 }
 
 function sameToken(a, b) {
   return a.t === b.t && a.p === b.p && a.c === b.c && a.f === b.f && a.pos === b.pos
-    && a.h === b.h && a.r === b.r && a.id === b.id;
+    && a.h === b.h && a.r === b.r && a.id === b.id && a.bg === b.bg;
 }
 
 const TIP_ALTERNATIVES = 3; // the menu lists them all
@@ -121,8 +125,8 @@ function buildTip(tip, tok, notes, alert) {
   if (tok.alt && tok.alt.length) {
     const alts = el("div", "tip-alts");
     // Records from an API carry only the top-k it returned: say so where they show.
-    alts.appendChild(el("div", "tip-label", tok.he ? "the API's top-" + tok.alt.length
-      + " (no full distribution)" : "top alternatives"));
+    alts.appendChild(el("div", "tip-label", tok.altl ? String(tok.altl) : tok.he
+      ? "the API's top-" + tok.alt.length + " (no full distribution)" : "top alternatives"));
     tok.alt.slice(0, TIP_ALTERNATIVES).forEach(([text, p], i) => {
       const chosen = tok.ac === i;
       const row = el("div", "tip-alt" + (chosen ? " chosen" : ""));
@@ -133,7 +137,27 @@ function buildTip(tip, tok, notes, alert) {
     });
     tip.appendChild(alts);
   }
+  addOverlayToTip(tip, tok);
   addNotesToTip(tip, notes);
+}
+
+// An overlay's lines (e.g. KL and JS) and a second model's top alternatives.
+function addOverlayToTip(tip, tok) {
+  if (Array.isArray(tok.x)) {
+    for (const line of tok.x) tip.appendChild(el("div", "tip-row", String(line)));
+  }
+  if (tok.alt2 && Array.isArray(tok.alt2.a)) {
+    const alts = el("div", "tip-alts");
+    alts.appendChild(el("div", "tip-label", String(tok.alt2.l || "second model")));
+    tok.alt2.a.slice(0, TIP_ALTERNATIVES).forEach(([text, p, chosen]) => {
+      const row = el("div", "tip-alt" + (chosen ? " chosen" : ""));
+      row.appendChild(el("span", "alt-mark", chosen ? "\u25b8" : ""));
+      row.appendChild(el("span", "alt-text", "\u201c" + visible(String(text)) + "\u201d"));
+      row.appendChild(el("span", "alt-p", fmtProb(p)));
+      alts.appendChild(row);
+    });
+    tip.appendChild(alts);
+  }
 }
 
 // The highest a tooltip may go: below Streamlit's fixed app header, if there is one.

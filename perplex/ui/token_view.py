@@ -56,12 +56,13 @@ import streamlit as st
 from perplex.core.records import TokenStep
 from perplex.ui.token_view_types import (
     AnnotationMark,
+    Overlay,
     TokenEvent,
     TokenSetInfo,
     parse_event,
 )
 
-__all__ = ["ALTERNATIVES_SHOWN", "AnnotationMark", "TokenEvent", "TokenSetInfo",
+__all__ = ["ALTERNATIVES_SHOWN", "AnnotationMark", "Overlay", "TokenEvent", "TokenSetInfo",
            "TokenViewStream", "confidence_class", "token_payload", "token_view"]
 
 _HERE = Path(__file__).parent
@@ -274,6 +275,7 @@ def token_view(
     on_event: EventHandler | None = None,
     inert: bool = False,
     reveal: int = 0,
+    overlay: Overlay | None = None,
 ) -> TokenEvent | None:
     """Show `steps` as coloured tokens; return the event that caused this rerun, if any.
 
@@ -285,7 +287,8 @@ def token_view(
     view still growing: clicks are ignored and a caret is shown. `token_sets` are offered
     in the menu (checked where they hold the token), `annotations` underline their tokens
     and show their notes on hover, `lens_available` offers "Open in Logit Lens", and
-    `selection` (inclusive indices) is drawn as the selected range, and `alerts`
+    `selection` (inclusive indices) is drawn as the selected range, `overlay` recolours
+    the tokens and adds to their tooltips (see `Overlay`), and `alerts`
     (index → reason) mark tokens with a red dot and the reason in the tooltip. An event
     is returned in the one rerun it causes only: keep what must last in `st.session_state`.
 
@@ -302,6 +305,12 @@ def token_view(
                           annotations=annotations, lens_available=lens_available,
                           alerts=alerts)
     data["inert"], data["reveal"] = inert, reveal
+    if overlay is not None:
+        if len(overlay.colours) != len(steps):
+            raise ValueError(f"an overlay needs one colour per token ({len(steps)}), "
+                             f"got {len(overlay.colours)}")
+        data["tokens"] = [{**entry, **overlay.entry_extras(i)}
+                          for i, entry in enumerate(data["tokens"])]
     return _mount(data, steps, key=key, highlight=highlight, streaming=streaming or inert,
                   selection=selection, set_names={info.name for info in token_sets},
                   on_event=on_event)

@@ -57,6 +57,35 @@ class AnnotationMark:
 
 
 @dataclass(frozen=True)
+class Overlay:
+    """Per shown token: a colour replacing the probability's, tooltip lines, a second top-k.
+
+    `colours` are CSS colours built by Perplex (never user text), one per token; `lines`
+    are extra tooltip rows; `label` names the token's own alternatives (e.g. "under A")
+    and `second_label` the `second` alternatives, `(text, prob, is_chosen)` per token.
+    """
+
+    colours: tuple[str, ...]
+    lines: tuple[tuple[str, ...], ...] = ()
+    label: str = ""
+    second_label: str = ""
+    second: tuple[tuple[tuple[str, float, bool], ...], ...] = ()
+
+    def entry_extras(self, index: int) -> dict:
+        """What token `index`'s view entry gains."""
+        extra: dict = {"bg": self.colours[index]}
+        if self.lines and self.lines[index]:
+            extra["x"] = list(self.lines[index])
+        if self.label:
+            extra["altl"] = self.label
+        if self.second:
+            extra["alt2"] = {"l": self.second_label,
+                             "a": [[t, float(f"{p:.4g}"), chosen]
+                                   for t, p, chosen in self.second[index]]}
+        return extra
+
+
+@dataclass(frozen=True)
 class TokenEvent:
     """One action in the token view, present in the rerun it causes only.
 

@@ -32,7 +32,7 @@ from perplex.core.records import Message, TokenRole
 from perplex.core.settings import Settings, load_settings
 from perplex.core.tokens import encode_messages
 from perplex.engine.local.anatomy import anatomy_of
-from perplex.engine.local.models import bundled_gguf_path, converted_gguf_folder
+from perplex.engine.local.models import BUNDLED_NAME, bundled_gguf_path, converted_gguf_folder
 
 TERSE_DATA = Path(__file__).resolve().parents[3] / "data" / "finetune" / "terse.jsonl"
 VARIANT_KINDS = ("terse", "int8")
@@ -84,7 +84,7 @@ def finetuned_copy(base: Path, data: Path, out_dir: Path, plan: FineTune = FineT
                    progress: Callable[[str], None] | None = None) -> Path:
     """The fine-tuned copy of the model in `base` on `data`, trained once and kept."""
     key = _digest(base.name, data.read_bytes(), json.dumps(asdict(plan), sort_keys=True))
-    folder = out_dir / f"{base.name}-terse-{key}"
+    folder = out_dir / f"{BUNDLED_NAME}-terse-{key}"
     if _complete(folder):
         return folder
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -159,7 +159,7 @@ def _padded(batch, pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def int8_copy(base: Path, out_dir: Path) -> Path:
     """The copy of `base` with int8-rounded block weights (W8A32), made once and kept."""
-    folder = out_dir / f"{base.name}-int8-{_digest(base.name, b'per-channel symmetric')}"
+    folder = out_dir / f"{BUNDLED_NAME}-int8-{_digest(base.name, b'per-channel symmetric')}"
     if _complete(folder):
         return folder
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -1,0 +1,428 @@
+"""The Comparison page's sections: two conditions, both answers, where and how they diverge."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import pandas as pd
+import streamlit as st
+
+from perplex.core.comparison import UNLIKELY, CrossScore, PairRun, answer_steps
+from perplex.core.errors import PerplexError
+from perplex.core.plots import short_prob, visible_token
+from perplex.core.records import DecodeParams, Generation, TokenRole
+from perplex.engine.local.engine import LocalEngine
+from perplex.engine.local.models import ModelSpec
+from perplex.engine.registry import model_bytes
+from perplex.modes import prefill
+from perplex.modes.comparison import plots
+from perplex.modes.comparison.cross import Side
+from perplex.modes.comparison.dataset import compare_prompt, divergent_tokens, prompt_row
+from perplex.modes.comparison.pair import divergence_summary, finish_pair, pair_stats, top_divergent
+from perplex.modes.comparison.pairing import check_pair
+from perplex.ui import page_state, resources, session_panel
+from perplex.ui.conditioning import system_prompt_control
+from perplex.ui.export_panel import download
+from perplex.ui.sidebar import thresholds
+from perplex.ui.text import count, plain
+from perplex.ui.token_view import Overlay, TokenViewStream, token_view
+from perplex.workspace.comparison_store import list_comparisons, load_comparison, save_comparison
+from perplex.workspace.exports import figure_image
+
+PREFIX = "comparison"
+RUN_KEY = f"{PREFIX}.run"  # Shown: the PairRun on screen, its id and its conditions
+PICKED_KEY = f"{PREFIX}.picked"  # the divergence view's highlighted token index
+REVEAL_KEY = f"{PREFIX}.reveal"
+MODEL_CHOICES = {
+    "sidebar": "The sidebar's model",
+    "terse": "Fine-tuned copy (terse answers)",
+    "int8": "int8 copy (W8A32)",
+    "other": "Another model (Hub id, folder or .gguf)…",
+}
+TOP_N = 10
+
+
+@dataclass(frozen=True)
+class Shown:
+    """The comparison on screen."""
+
+    comparison_id: str
+    run: PairRun
+    conditions: dict
+
+
+def condition_section(name: str, default: str) -> tuple[Side, dict] | None:
+    """One side's model and system prompt; None while it cannot be loaded."""
+    st.markdown(f"**Condition {name}**")
+    choice = st.selectbox(f"Model {name}", list(MODEL_CHOICES), format_func=MODEL_CHOICES.get,
+                          index=list(MODEL_CHOICES).index(default), key=f"{PREFIX}.{name}.model")
+    source = ""
+    if choice == "other":
+        source = st.text_input(f"Model {name}: Hub id, local folder or .gguf path",
+                               key=f"{PREFIX}.{name}.source").strip()
+        if not source:
+            st.caption("Give a model to load.")
+            return None
+    try:
+        engine = _engine(choice, source)
+    except PerplexError as exc:
+        st.error(plain(str(exc)))
+        return None
+    st.caption(f"{plain(engine.info.label)} · {engine.info.n_layers} layers · "
+               f"{model_bytes(engine.lm) / 2**20:,.0f} MiB")
+    system = system_prompt_control(engine.lm, f"{PREFIX}.{name}")
+    prompt = system[0].content if system else None
+    condition = {"model": engine.info.label, "spec": engine.lm.spec.to_json(), "system": prompt}
+    return Side(name, engine, prompt), condition
+
+
+def _engine(choice: str, source: str) -> LocalEngine:
+    lm = resources.loaded_model()
+    if choice == "sidebar":
+        if lm is None:
+            raise PerplexError("The sidebar has no model loaded: load one there first.")
+        return LocalEngine(lm)
+    if choice == "other":
+        spec = ModelSpec(source=source)
+    else:
+        from perplex.engine.local.variants import variant_folder
+
+        with st.status(f"Preparing the {MODEL_CHOICES[choice]} (once)…") as status:
+            folder = variant_folder(choice, resources.settings(), progress=status.write)
+            status.update(label=f"{MODEL_CHOICES[choice]} ready", state="complete")
+        spec = ModelSpec(source=str(folder))
+    if lm is not None and spec == lm.spec:
+        return LocalEngine(lm)
+    registry = resources.model_registry()
+    with st.spinner(f"Loading {spec.label}…"):
+        engine = registry.get(spec)
+    return engine
+
+
+def memory_caption() -> None:
+    """What the comparison's extra models hold, against the budget."""
+    registry = resources.model_registry()
+    budget = "no budget set" if registry.budget is None else \
+        f"budget {registry.budget / 2**30:.2f} GiB (PERPLEX_MODEL_MEMORY)"
+    st.caption(f"Models loaded for comparisons: {registry.used / 2**20:,.0f} MiB · {budget}")
+
+
+def pair_notes(a: Side, b: Side) -> bool:
+    """Check the pair can be compared token by token; False (and a message) if not."""
+    try:
+        notes = check_pair(a.engine.tokenizer_facts(), b.engine.tokenizer_facts(),
+                           a.engine.info.label, b.engine.info.label)
+    except PerplexError as exc:
+        st.error(plain(str(exc)))
+        return False
+    for note in notes:
+        st.info(plain(note))
+    return True
+
+
+def generate_section(a: Side, b: Side, conditions: dict, prompt: str,
+                     params: DecodeParams) -> None:
+    """Both sides answer, streamed side by side; then the answers are cross-scored and saved."""
+    columns = st.columns(2)
+    generations: dict[str, Generation] = {}
+    th = thresholds()
+    for side, column in zip((a, b), columns):
+        with column:
+            st.caption(f"{side.name}: {plain(side.engine.info.label)}")
+            stream = TokenViewStream(key=f"{PREFIX}-live-{side.name}", confident=th.confident,
+                                     uncertain=th.uncertain, expected=params.max_new_tokens)
+            stream.update([], force=True)
+            try:
+                run = side.engine.generate(side.messages(prompt), params)
+                shown = []
+                for step in run:
+                    if step.role is TokenRole.RESPONSE:
+                        shown.append(step)
+                        stream.update(shown)
+                generations[side.name] = run.generation()
+            except PerplexError as exc:
+                st.error(f"{side.name} failed: {plain(str(exc))}")
+    if len(generations) < 2:
+        _keep_the_answer_that_came(generations)
+        return
+    try:
+        with st.spinner("Scoring each answer under the other model…"):
+            run = finish_pair(a, b, prompt, generations["A"], generations["B"])
+    except PerplexError as exc:
+        st.error(f"Cross-scoring failed: {plain(str(exc))}")
+        _keep_the_answer_that_came(generations)
+        return
+    show(save_comparison(resources.store(), run, conditions,
+                         session_panel.session_for_saving()), run, conditions)
+    st.rerun()
+
+
+def _keep_the_answer_that_came(generations: dict[str, Generation]) -> None:
+    """Save the side that answered (the other failed), so nothing done is lost."""
+    for name, gen in generations.items():
+        resources.store().save_generation(replace(
+            gen, session_id=session_panel.session_for_saving(),
+            title=f"Comparison: {name} only (the other side failed)"))
+        st.info(f"{name}'s answer is saved in the session (Saved in the database).")
+
+
+def show(comparison_id: str, run: PairRun, conditions: dict) -> None:
+    """Put a comparison on screen (and in the session, for a reload)."""
+    st.session_state[RUN_KEY] = Shown(comparison_id, run, conditions)
+    st.session_state.pop(PICKED_KEY, None)
+    session_panel.remember({RUN_KEY: comparison_id})
+
+
+def restore() -> None:
+    """After a reload or on opening a session, put back the comparison the page showed."""
+    if RUN_KEY in st.session_state:
+        return
+    comparison_id = session_panel.session_settings().get(RUN_KEY)
+    if comparison_id:
+        try:
+            run, conditions = load_comparison(resources.store(), comparison_id)
+            st.session_state[RUN_KEY] = Shown(comparison_id, run, conditions)
+        except PerplexError as exc:
+            st.warning(plain(str(exc)))
+
+
+def results_section() -> None:
+    """The comparison on screen: summary, both answers, the divergence view and figures."""
+    shown: Shown | None = st.session_state.get(RUN_KEY)
+    if shown is None:
+        return
+    run, conditions = shown.run, shown.conditions
+    label_a, label_b = conditions["A"]["model"], conditions["B"]["model"]
+    st.subheader("Where they diverge")
+    st.markdown(f"**{plain(divergence_summary(run))}**")
+    threshold = st.number_input("Flag tokens either model gives a probability below",
+                                min_value=1e-9, max_value=1.0, value=UNLIKELY, format="%.0e",
+                                key=f"{PREFIX}.threshold")
+    _stats_table(run, threshold)
+    _answers_side_by_side(run, label_a, label_b)
+    author = st.radio("Divergence along", ["A", "B"], horizontal=True,
+                      format_func=lambda s: f"{s}'s answer", key=f"{PREFIX}.author")
+    cross = run.cross(author)
+    picked = st.session_state.get(PICKED_KEY)
+    divergence_view(cross, label_a, label_b, threshold, picked)
+    _top_divergent(cross, threshold)
+    heatmap = plots.dual_entropy_heatmap(cross, label_a, label_b)
+    timeline = plots.kl_timeline(cross, threshold, picked)
+    st.plotly_chart(heatmap, key=f"{PREFIX}.heatmap")
+    st.plotly_chart(timeline, key=f"{PREFIX}.timeline")
+    _lens_buttons(run, picked)
+    _downloads(shown, {"entropy": heatmap, "divergence": timeline})
+
+
+def _stats_table(run: PairRun, threshold: float) -> None:
+    rows = []
+    for author in ("A", "B"):
+        stats = pair_stats(run.cross(author), threshold)
+        bound = " (≥, top-k bound)" if stats.bounds else ""
+        rows.append({"answer": f"{author}'s", "tokens": len(run.cross(author).tokens),
+                     f"mean KL(A‖B){bound}": stats.mean_kl_ab,
+                     f"mean KL(B‖A){bound}": stats.mean_kl_ba, f"mean JS{bound}": stats.mean_js,
+                     f"flagged (p < {threshold:g})": stats.unlikely})
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+                 column_config={c: st.column_config.NumberColumn(format="%.4f")
+                                for c in rows[0] if c.startswith("mean")})
+
+
+def _answers_side_by_side(run: PairRun, label_a: str, label_b: str) -> None:
+    th = thresholds()
+    first = run.first_divergence
+    for (name, gen, label), column in zip((("A", run.generation_a, label_a),
+                                           ("B", run.generation_b, label_b)), st.columns(2)):
+        with column:
+            system = gen.messages[0].content if gen.messages[0].role == "system" else None
+            st.caption(f"{name}: {plain(label)}" + (f" · system: “{plain(system[:60])}”"
+                                                    if system else ""))
+            steps = answer_steps(gen)
+            marks = {first: "first divergence of the two answers"} \
+                if first is not None and first < len(steps) else None
+            token_view(steps, key=f"{PREFIX}-answer-{name}", confident=th.confident,
+                       uncertain=th.uncertain, highlight=first, alerts=marks, inert=True)
+
+
+def divergence_overlay(cross: CrossScore, label_a: str, label_b: str) -> Overlay:
+    """Colours by log p_A − log p_B; tooltips with both models' numbers and top-3."""
+    steps_b = cross.answer_steps("B")
+    bound = "≥ " if cross.bounds else ""
+    lines, second = [], []
+    for t, step_b in zip(cross.tokens, steps_b):
+        rank = f"rank {t.rank_a} under A, {t.rank_b} under B"
+        lines.append((f"p_A {short_prob(t.prob_a)} · p_B {short_prob(t.prob_b)} · "
+                      f"log p_A − log p_B = {t.log_ratio:+.3f}",
+                      f"KL(A‖B) {bound}{t.kl_ab:.4f} · KL(B‖A) {bound}{t.kl_ba:.4f} · "
+                      f"JS {bound}{t.js:.4f} nats", rank))
+        second.append(tuple((alt.text, alt.prob, alt.token_id == t.token_id)
+                            for alt in step_b.top[:3]))
+    return Overlay(tuple(plots.divergence_colour(t.log_ratio) for t in cross.tokens),
+                   tuple(lines), label=f"under A ({label_a})", second_label=f"under B ({label_b})",
+                   second=tuple(second))
+
+
+def divergence_view(cross: CrossScore, label_a: str, label_b: str, threshold: float,
+                    picked: int | None) -> None:
+    """The answer's tokens coloured by divergence, flagged ones marked, hover for both."""
+    flagged = {i: f"p < {threshold:g} under A or B" for i in cross.unlikely(threshold)}
+    th = thresholds()
+    event = token_view(cross.answer_steps("A"), key=f"{PREFIX}-divergence-{cross.author}",
+                       confident=th.confident, uncertain=th.uncertain, highlight=picked,
+                       alerts=flagged, overlay=divergence_overlay(cross, label_a, label_b),
+                       reveal=st.session_state.get(REVEAL_KEY, 0))
+    if event is not None and event.kind == "click":
+        st.session_state[PICKED_KEY] = event.index
+    st.caption(plots.divergence_legend(label_a, label_b) + f" {count(len(flagged), 'token')} "
+               f"flagged (p < {threshold:g} under either model).")
+
+
+def _top_divergent(cross: CrossScore, threshold: float) -> None:
+    by = st.selectbox("Top divergent tokens by", ["js", "kl_ab", "kl_ba", "log_ratio"],
+                      format_func={"js": "JS", "kl_ab": "KL(A‖B)", "kl_ba": "KL(B‖A)",
+                                   "log_ratio": "|log p_A − log p_B|"}.get,
+                      key=f"{PREFIX}.top_by")
+    top = top_divergent(cross, TOP_N, by)
+    st.caption(f"The {len(top)} tokens of {cross.author}'s answer that diverge most; "
+               "a button jumps to the token in the view above.")
+    columns = st.columns(5)
+    for i, t in enumerate(top):
+        flag = " ⚑" if min(t.prob_a, t.prob_b) < threshold else ""
+        columns[i % 5].button(
+            f"#{t.index} “{visible_token(t.text)}” JS {t.js:.3f}{flag}",
+            key=f"{PREFIX}.jump.{cross.author}.{t.index}", on_click=_jump, args=(t.index,),
+            help=f"p_A {short_prob(t.prob_a)}, p_B {short_prob(t.prob_b)}")
+
+
+def _jump(index: int) -> None:
+    st.session_state[PICKED_KEY] = index
+    st.session_state[REVEAL_KEY] = st.session_state.get(REVEAL_KEY, 0) + 1
+
+
+def _lens_buttons(run: PairRun, picked: int | None) -> None:
+    lm = resources.loaded_model()
+    label = lm.label if lm is not None else "the sidebar's model"
+    columns = st.columns(2)
+    for (name, gen), column in zip((("A", run.generation_a), ("B", run.generation_b)), columns):
+        steps = answer_steps(gen)
+        position = steps[picked].position if picked is not None and picked < len(steps) \
+            else None
+        if column.button(f"Open {name}'s answer in the Logit Lens", key=f"{PREFIX}.lens.{name}",
+                         help=f"The lens runs on the sidebar's model ({label})."):
+            page_state.open_in_lens(gen.id, position)
+
+
+def _downloads(shown: Shown, figures: dict) -> None:
+    with st.expander("Export"):
+        frame = divergence_frame(shown.run)
+        cols = st.columns(4)
+        name = f"perplex-comparison-{shown.comparison_id}"
+        download(cols[0], "Per-token CSV", frame.to_csv(index=False), file_name=f"{name}.csv",
+                 mime="text/csv", key=f"{PREFIX}.csv")
+        download(cols[1], "Per-token Parquet", lambda: frame.to_parquet(index=False),
+                 file_name=f"{name}.parquet", key=f"{PREFIX}.parquet")
+        for fig_name, fig in figures.items():
+            for fmt in ("png", "svg"):
+                key = f"{PREFIX}.fig.{fig_name}.{fmt}.{shown.comparison_id}"
+                if key in st.session_state:
+                    download(st, f"{fig_name} {fmt.upper()}: download", st.session_state[key],
+                             file_name=f"{name}-{fig_name}.{fmt}", key=f"{key}.dl")
+                elif st.button(f"Render the {fig_name} figure as {fmt.upper()}", key=key + ".go"):
+                    try:
+                        with st.spinner(f"Drawing {fmt.upper()}…"):
+                            st.session_state[key] = figure_image(fig, fmt)
+                    except PerplexError as exc:
+                        st.error(plain(str(exc)))
+                        return
+                    st.rerun()
+
+
+def divergence_frame(run: PairRun) -> pd.DataFrame:
+    """Every compared token of both answers, one row each, as the store keeps them."""
+    return pd.DataFrame([
+        {"answer": cross.author, "index": t.index, "token_id": t.token_id, "text": t.text,
+         "p_a": t.prob_a, "p_b": t.prob_b, "logprob_a": t.logprob_a, "logprob_b": t.logprob_b,
+         "log_ratio": t.log_ratio, "kl_ab": t.kl_ab, "kl_ba": t.kl_ba, "js": t.js,
+         "rank_a": t.rank_a, "rank_b": t.rank_b, "bound": t.bound}
+        for cross in (run.cross_a, run.cross_b) for t in cross.tokens])
+
+
+def dataset_section(a: Side, b: Side, conditions: dict, params: DecodeParams) -> None:
+    """The comparison over many prompts: per prompt in a table, the set's tokens, a histogram."""
+    st.subheader("Many prompts")
+    with st.form(f"{PREFIX}.many"):
+        pasted = st.text_area("One prompt per line (blank lines are skipped)",
+                              key=f"{PREFIX}.many_text")
+        go = st.form_submit_button("Compare every prompt")
+    batches_key = f"{PREFIX}.batch"
+    if go:
+        try:
+            prompts = list(prefill.parse_prompt_list(pasted).prompts)
+        except PerplexError as exc:
+            st.error(plain(str(exc)))
+            return
+        st.session_state[batches_key] = _run_many(a, b, conditions, prompts, params)
+    batch_id = st.session_state.get(batches_key)
+    if batch_id is not None:
+        _batch_results(batch_id)
+
+
+def _run_many(a: Side, b: Side, conditions: dict, prompts: list[str],
+              params: DecodeParams) -> str:
+    from perplex.core.records import new_id
+
+    batch_id, store = new_id(), resources.store()
+    session = session_panel.session_for_saving()
+    bar = st.progress(0.0, text=f"0 of {len(prompts)} prompts")
+    stop = st.empty()
+    stop.button("Stop", key=f"{PREFIX}.many_stop",
+                help="Ends the run after the prompt in progress; finished prompts are kept.")
+    started = time.perf_counter()
+    for done, prompt in enumerate(prompts, 1):
+        try:
+            run = compare_prompt(a, b, prompt, params)
+            save_comparison(store, run, conditions, session, batch_id)
+        except PerplexError as exc:
+            st.warning(f"Prompt {done} failed and was skipped: {plain(str(exc))}")
+        elapsed = time.perf_counter() - started
+        left = elapsed / done * (len(prompts) - done)
+        bar.progress(done / len(prompts), text=f"{done} of {len(prompts)} prompts · "
+                     f"{done / elapsed:.2f} prompts/s · about {left:.0f} s left")
+    stop.empty()
+    return batch_id
+
+
+def _batch_results(batch_id: str) -> None:
+    store = resources.store()
+    summaries = list_comparisons(store, batch_id=batch_id)
+    if not summaries:
+        st.caption("No prompt finished.")
+        return
+    runs = {s.id: load_comparison(store, s.id)[0] for s in summaries}
+    rows = [prompt_row(runs[s.id], s.id) for s in reversed(summaries)]
+    table = pd.DataFrame([{"prompt": r.prompt, "mean KL(A‖B)": r.mean_kl_ab,
+                           "mean KL(B‖A)": r.mean_kl_ba, "mean JS": r.mean_js,
+                           "first divergence": r.first_divergence, "flagged": r.unlikely}
+                          for r in rows])
+    picked = st.dataframe(table, hide_index=True, width="stretch", on_select="rerun",
+                          selection_mode="single-row", key=f"{PREFIX}.many_table.{batch_id}",
+                          column_config={c: st.column_config.NumberColumn(format="%.4f")
+                                         for c in table.columns if c.startswith("mean")})
+    st.caption("Click a column header to sort; tick a row to open that pair above. "
+               "KL and JS are over A's answer; flagged counts both answers.")
+    if picked and picked.selection.rows:
+        row = rows[picked.selection.rows[0]]
+        if st.session_state.get(RUN_KEY) is None or \
+                st.session_state[RUN_KEY].comparison_id != row.comparison_id:
+            run, conditions = load_comparison(store, row.comparison_id)
+            show(row.comparison_id, run, conditions)
+            st.rerun()
+    tallies = divergent_tokens(list(runs.values()))
+    if tallies:
+        st.markdown("**Tokens flagged most often across the set**")
+        st.dataframe(pd.DataFrame([{"token": visible_token(t.text), "times flagged": t.flagged,
+                                    "prompts": t.prompts, "mean JS": t.mean_js}
+                                   for t in tallies]), hide_index=True, width="stretch")
+    st.plotly_chart(plots.first_divergence_histogram([r.first_divergence for r in rows]),
+                    key=f"{PREFIX}.many_hist.{batch_id}")
