@@ -6,18 +6,18 @@ STAMP := $(VENV)/.installed
 MODEL_STAMP := data/models/.bundled-ready
 PORT ?= 8501
 
-.PHONY: run test test-fast bench lint docs setup model browser llama serve-openai clean
+.PHONY: run test test-fast bench lint docs setup model variants browser llama serve-openai clean
 
 run: setup model
 	$(VENV)/bin/streamlit run app.py --server.port $(PORT)
 
-test: setup model browser llama lint
+test: setup model variants browser llama lint
 	$(PY) -m pytest
 
-test-fast: setup model llama
+test-fast: setup model variants llama
 	$(PY) -m pytest -m "not browser and not slow"
 
-bench: setup model browser
+bench: setup model variants browser
 	$(PY) -m bench.run
 
 lint: setup
@@ -69,6 +69,15 @@ model: $(MODEL_STAMP)
 $(MODEL_STAMP): $(STAMP)
 	$(PY) -m perplex.engine.local.prepare
 	touch $(MODEL_STAMP)
+
+# The bundled model's terse fine-tuned and int8 copies (Comparison mode's offline pairs):
+# made once under data/models/ (about 30 s on 2 cores), found there afterwards.
+VARIANTS_STAMP := data/models/.variants-ready
+variants: $(VARIANTS_STAMP)
+
+$(VARIANTS_STAMP): $(MODEL_STAMP) data/finetune/terse.jsonl perplex/engine/local/variants.py
+	$(PY) -m perplex.engine.local.variants
+	touch $(VARIANTS_STAMP)
 
 # Real-browser tests drive Debian's chromium (Playwright's own browser download is not used).
 browser:

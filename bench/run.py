@@ -6,6 +6,10 @@
 4. Logit lens: the full lens vs the bare unembedding matmuls; peak memory for 512 tokens.
 5. OpenAI-compatible engine: tokens/s with top-20 logprobs through our client vs the same
    llama.cpp server without logprobs (the cost of asking for them and reading them).
+6. Calibration: items/s batched vs one at a time.
+7. Comparison: cross-scoring a 512-token answer under the second model vs one plain forward
+   pass of that model; the bundled model vs its terse fine-tune on three prompts; the
+   many-prompts view's prompts/s over 50 prompts.
 """
 
 from __future__ import annotations
@@ -297,6 +301,70 @@ def bench_calibration(lm, n_items: int = 100, batch_size: int = 16) -> None:
           f"{batched_rate / alone_rate:.2f} (target >= 2); {same}/{len(items)} answers the same")
 
 
+COMPARED_PROMPTS = ("What is the capital of Germany?", "Why do birds migrate?",
+                    "Name a famous scientist.")
+
+
+def bench_comparison(lm, n_tokens: int = 512, n_prompts: int = 50) -> None:
+    """Cross-scoring cost, the offline pair's divergence, and the many-prompts rate."""
+    from perplex.core.divergence import full_divergence
+    from perplex.core.records import TokenRole
+    from perplex.engine import LocalEngine
+    from perplex.engine.local.variants import variant_folder
+    from perplex.modes.calibration.datasets import sample_dataset
+    from perplex.modes.comparison.cross import Side
+    from perplex.modes.comparison.dataset import compare_prompt
+    from perplex.modes.comparison.pair import divergence_summary, pair_stats
+
+    settings = Settings(model_cache=PROJECT_ROOT / "data" / "models")
+    terse = load_model(ModelSpec(source=str(variant_folder("terse", settings))), settings)
+    a, b = Side("A", LocalEngine(lm)), Side("B", LocalEngine(terse))
+    answer = _lens_ids(lm, n_tokens)
+    full = torch.tensor([list(b.prompt_sequence(COMPARED_PROMPTS[0]).ids) + answer])
+
+    def plain_pass() -> None:
+        with torch.inference_mode():
+            terse.model(input_ids=full)
+
+    seq_a, seq_b = (side.prompt_sequence(COMPARED_PROMPTS[0])
+                    .extended(answer, TokenRole.RESPONSE, 1)
+                    for side in (a, b))
+    rows_a = a.engine.score_sequence(seq_a).logits[len(seq_a) - n_tokens - 1:-1]
+
+    def under_b() -> None:  # what scoring A's answer under B adds to A's own scoring
+        scored = b.engine.score_sequence(seq_b)
+        full_divergence(rows_a, scored.logits[len(seq_b) - n_tokens - 1:-1])
+
+    plain_pass()  # warm-up
+    plain = statistics.median(_timed(plain_pass) for _ in range(REPEATS))
+    cross = statistics.median(_timed(under_b) for _ in range(REPEATS))
+    print(f"compare cross-scoring a {n_tokens}-token answer under the second model: {cross:.2f} s "
+          "(a pass, top-20 records, KL both ways and JS) vs one plain forward pass "
+          f"{plain:.2f} s: ratio {cross / plain:.2f} (target <= 1.3)", flush=True)
+    params = DecodeParams(max_new_tokens=48)
+    for prompt in COMPARED_PROMPTS:
+        run = compare_prompt(a, b, prompt, params)
+        stats = pair_stats(run.cross_a)
+        print(f"compare bundled vs terse fine-tune, {prompt!r}: {divergence_summary(run)}; "
+              f"mean KL(A||B) {stats.mean_kl_ab:.3f}, KL(B||A) {stats.mean_kl_ba:.3f}, "
+              f"JS {stats.mean_js:.3f} nats over A's {len(run.cross_a.tokens)} tokens",
+              flush=True)
+    prompts = [item.question for item in sample_dataset("trivia").items[:n_prompts]]
+    params = DecodeParams(max_new_tokens=32)
+    started = time.perf_counter()
+    for prompt in prompts:
+        compare_prompt(a, b, prompt, params)
+    rate = len(prompts) / (time.perf_counter() - started)
+    print(f"compare many prompts: {len(prompts)} prompts (both answer, <= 32 new tokens, "
+          f"each answer scored under both) at {rate:.2f} prompts/s", flush=True)
+
+
+def _timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
 def run_stage(name: str, stage, *args) -> bool:
     """Run one stage; a failure or time-out prints "not measured: <why>" and the rest go on."""
     def expire(_signum, _frame):
@@ -326,7 +394,8 @@ def main() -> None:
     lm = load_model(ModelSpec(), Settings(model_cache=PROJECT_ROOT / "data" / "models"))
     done = [run_stage("decode", bench_decoding, lm), run_stage("load", bench_loading),
             run_stage("view", bench_token_view, lm), run_stage("lens", bench_lens, lm),
-            run_stage("endpoint", bench_endpoint), run_stage("calib", bench_calibration, lm)]
+            run_stage("endpoint", bench_endpoint), run_stage("calib", bench_calibration, lm),
+            run_stage("compare", bench_comparison, lm)]
     if not all(done):
         sys.exit(1)
 

@@ -91,5 +91,7 @@ def first_divergence_histogram(positions: Sequence[int | None]) -> go.Figure:
     fig.update_layout(title=f"First divergence position ({same} of {len(positions)} prompts "
                             "gave identical answers)",
                       xaxis_title="answer token where the answers first differ",
-                      yaxis_title="prompts", height=280, margin=dict(l=10, r=10, t=40, b=40))
+                      yaxis_title="prompts", height=280, margin=dict(l=10, r=10, t=40, b=40),
+                      xaxis=dict(dtick=1, range=[-0.5, max(parted, default=0) + 1.5]),
+                      bargap=0.15)
     return fig
