@@ -5,7 +5,6 @@ from __future__ import annotations
 import streamlit as st
 
 from perplex.ui import comparison_view as view
-from perplex.ui import resources
 from perplex.ui.sidebar import decode_params_form
 
 st.title("Comparison")
@@ -13,7 +12,6 @@ st.caption("Two conditions — a model and a system prompt each — answer the s
            "answer is then scored under both models, so every token has both distributions: "
            "log p_A − log p_B, KL both ways and JS, at temperature 1.")
 
-resources.local_model_only("The Comparison page")
 view.restore()
 left, right = st.columns(2)
 with left:
@@ -22,7 +20,8 @@ with right:
     side_b = view.condition_section("B", "terse")
 view.memory_caption()
 params = decode_params_form(view.PREFIX)
-ready = side_a is not None and side_b is not None and view.pair_notes(side_a[0], side_b[0])
+pairing = view.pair_notes(side_a[0], side_b[0]) if side_a and side_b else None
+ready, approximate = pairing is not None, pairing is False
 with st.form(f"{view.PREFIX}.prompt_form"):
     prompt = st.text_area("Prompt (both conditions answer it)", key=f"{view.PREFIX}.prompt",
                           value="What is the capital of France?")
@@ -32,7 +31,9 @@ if go and ready:
         st.error("Write a prompt first.")
     else:
         conditions = {"A": side_a[1], "B": side_b[1]}
-        view.generate_section(side_a[0], side_b[0], conditions, prompt.strip(), params)
+        view.generate_section(side_a[0], side_b[0], conditions, prompt.strip(), params,
+                              approximate)
 view.results_section()
 if ready:
-    view.dataset_section(side_a[0], side_b[0], {"A": side_a[1], "B": side_b[1]}, params)
+    view.dataset_section(side_a[0], side_b[0], {"A": side_a[1], "B": side_b[1]}, params,
+                         approximate)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from perplex.core.divergence import first_divergence, full_divergence, top_k_divergence
-from perplex.core.records import DecodeParams
+from perplex.core.records import DecodeParams, Generation, Message, Source, TokenRole
 from perplex.engine.local.engine import LocalEngine
 from perplex.engine.local.models import LoadedModel, ModelSpec
 from perplex.modes.comparison.cross import Side, answer_ids, cross_score
@@ -40,9 +40,19 @@ def direct_divergences(logits_a: np.ndarray, logits_b: np.ndarray):
     return kl(pa, la, lb), kl(pb, lb, la), 0.5 * kl(pa, la, np.log(m)) + 0.5 * kl(pb, lb, np.log(m))
 
 
+def forced(side: Side, ids: list[int]) -> Generation:
+    """A generation of `side` whose answer is the token ids `ids` (teacher-forced)."""
+    seq = side.prompt_sequence(PROMPT).extended(ids, TokenRole.RESPONSE,
+                                                len(side.messages(PROMPT)))
+    steps = side.engine.score_sequence(seq).steps
+    text = "".join(s.text for s in steps[len(steps) - len(ids):])
+    return Generation(steps=steps, messages=(*side.messages(PROMPT), Message("assistant", text)),
+                      model_label=side.engine.info.label, source=Source.SCORED)
+
+
 def check_against_direct(a: LocalEngine, b: LocalEngine, side_a: Side, side_b: Side,
                          ids: list[int]) -> None:
-    cross = cross_score(side_a, side_b, PROMPT, ids, "A")
+    cross = cross_score(side_a, side_b, PROMPT, forced(side_a, ids), "A")
     n = len(ids)
     rows = {}
     for name, side, engine in (("a", side_a, a), ("b", side_b, b)):
@@ -68,6 +78,7 @@ def test_cross_scores_equal_a_direct_computation_on_the_tiny_pair(tiny_pair):
     a, b = tiny_pair
     ids = a.lm.tokenizer.encode(" Paris, France. Hello world!")
     check_against_direct(a, b, Side("A", a), Side("B", b, "Answer in one word."), ids)
+    check_against_direct(a, b, Side("A", a, "Be brief."), Side("B", b), ids)
 
 
 def test_full_divergence_is_exact_for_the_same_logits():
@@ -135,18 +146,22 @@ def test_a_top_k_side_gives_labelled_bounds(tiny_pair):
     class TopKOnly:  # the local engine, its logits withheld as an API withholds them
         def __init__(self, engine):
             self.engine = engine
-            self.info = engine.info
+            self.info, self.capabilities = engine.info, engine.capabilities
 
         def encode(self, *args, **kwargs):
             return self.engine.encode(*args, **kwargs)
+
+        def tokenizer_facts(self):
+            return self.engine.tokenizer_facts()
 
         def score_sequence(self, seq, top_k=20):
             scored = self.engine.score_sequence(seq, 5)
             return type(scored)(scored.steps, None)
 
     ids = a.lm.tokenizer.encode(" Paris, France.")
-    exact = cross_score(Side("A", a), Side("B", b), PROMPT, ids, "A")
-    bounded = cross_score(Side("A", a), Side("B", TopKOnly(b)), PROMPT, ids, "A")
+    answer = forced(Side("A", a), ids)
+    exact = cross_score(Side("A", a), Side("B", b), PROMPT, answer, "A")
+    bounded = cross_score(Side("A", a), Side("B", TopKOnly(b)), PROMPT, answer, "A")
     assert bounded.bounds and not exact.bounds
     for e, t in zip(exact.tokens, bounded.tokens):
         assert t.bound and t.kl_ab <= e.kl_ab + FLOAT32_NATS and t.js <= e.js + FLOAT32_NATS
@@ -156,7 +171,7 @@ def test_a_top_k_side_gives_labelled_bounds(tiny_pair):
 def test_pair_stats_count_tokens_under_the_threshold(tiny_pair):
     a, b = tiny_pair
     ids = a.lm.tokenizer.encode(" Paris, France. Hello world!")
-    cross = cross_score(Side("A", a), Side("B", b), PROMPT, ids, "A")
+    cross = cross_score(Side("A", a), Side("B", b), PROMPT, forced(Side("A", a), ids), "A")
     for threshold in (1e-3, 0.05, 0.5):
         expected = [t.index for t in cross.tokens
                     if t.prob_a < threshold or t.prob_b < threshold]
@@ -248,3 +263,25 @@ def test_the_fast_path_equals_float64_textbook_sums_on_the_same_logits():
     assert np.abs(np.array(found.kl_ab) - kl_ab).max() <= 1e-6
     assert np.abs(np.array(found.kl_ba) - kl_ba).max() <= 1e-6
     assert np.abs(np.array(found.js) - js).max() <= 1e-6
+
+
+def test_two_tokenizers_are_refused_or_aligned_approximately_on_character_runs(tiny_pair):
+    from tests.tiny import tiny_tokenizer
+
+    a, _ = tiny_pair
+    other = LocalEngine(tiny_model(seed=2, tokenizer=tiny_tokenizer(vocab_size=275)))
+    side_a, side_b = Side("A", a), Side("B", other)
+    answer = forced(side_a, a.lm.tokenizer.encode(" Paris, France. Hello world! Sure, 42."))
+    with pytest.raises(PairingError, match="different tokens .* “approximate alignment”"):
+        cross_score(side_a, side_b, PROMPT, answer, "A")
+    cross = cross_score(side_a, side_b, PROMPT, answer, "A", approximate=True)
+    assert cross.approximate and all(math.isnan(t.js) for t in cross.tokens)
+    assert "".join(t.text for t in cross.tokens) == answer.response_text
+    steps_a, steps_b = cross.answer_steps("A"), cross.answer_steps("B")
+    assert len(steps_a) != len(steps_b)  # the two really split the text differently
+    assert len(cross.tokens) < max(len(steps_a), len(steps_b))  # runs join tokens
+    # each run's log-probability is the sum over the tokens inside it, on each side
+    assert sum(t.logprob_a for t in cross.tokens) == pytest.approx(
+        sum(s.logprob for s in steps_a), abs=1e-9)
+    assert sum(t.logprob_b for t in cross.tokens) == pytest.approx(
+        sum(s.logprob for s in steps_b), abs=1e-9)

@@ -77,12 +77,13 @@ EXPECTED_SCHEMA = {
     "comparisons": [
         ("id", "VARCHAR"), ("session_id", "VARCHAR"), ("created_at", "TIMESTAMP WITH TIME ZONE"),
         ("prompt", "VARCHAR"), ("conditions", "JSON"), ("generations", "JSON"),
-        ("first_divergence", "INTEGER"), ("batch_id", "VARCHAR")],
+        ("first_divergence", "INTEGER"), ("notes", "JSON"), ("batch_id", "VARCHAR")],
     "comparison_tokens": [
         ("comparison_id", "VARCHAR"), ("author", "VARCHAR"), ("idx", "INTEGER"),
         ("token_id", "INTEGER"), ("text", "VARCHAR"), ("logprob_a", "DOUBLE"),
         ("logprob_b", "DOUBLE"), ("kl_ab", "DOUBLE"), ("kl_ba", "DOUBLE"), ("js", "DOUBLE"),
-        ("rank_a", "INTEGER"), ("rank_b", "INTEGER"), ("bound", "BOOLEAN")],
+        ("rank_a", "INTEGER"), ("rank_b", "INTEGER"), ("bound", "BOOLEAN"),
+        ("approximate", "BOOLEAN")],
 }
 
 

@@ -16,13 +16,13 @@ CORPUS = ["The capital of France is Paris.", "The Eiffel Tower is in Paris, Fran
           "I'm sorry, I cannot help with that.", "émoji 🙂 and ünïcode ✓ text\n\tindented"]
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
+def tiny_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
     """A ~300-token byte-level BPE tokenizer with ChatML special tokens."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(CORPUS * 5, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>",
@@ -31,9 +31,9 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return fast
 
 
-def tiny_model(seed: int = 0, layers: int = 2) -> LoadedModel:
+def tiny_model(seed: int = 0, layers: int = 2, tokenizer=None) -> LoadedModel:
     """A seeded random Llama with a few layers: fast and deterministic."""
-    tokenizer = tiny_tokenizer()
+    tokenizer = tokenizer or tiny_tokenizer()
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,

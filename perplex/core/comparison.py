@@ -38,6 +38,11 @@ class CrossScore:
         """Whether KL and JS are top-k lower bounds (a side gave no full distribution)."""
         return any(t.bound for t in self.tokens)
 
+    @property
+    def approximate(self) -> bool:
+        """Whether the tokens are runs of characters aligned across two tokenizers."""
+        return any(t.approximate for t in self.tokens)
+
     def answer_steps(self, side: str) -> tuple[TokenStep, ...]:
         """The answer's records under side "A" or "B"."""
         return answer_steps(self.under_a if side == "A" else self.under_b)
@@ -54,10 +59,16 @@ class PairRun:
     prompt: str
     generation_a: Generation
     generation_b: Generation
-    cross_a: CrossScore  # A's answer under A and B
-    cross_b: CrossScore  # B's answer under A and B
+    cross_a: CrossScore | None  # A's answer under A and B (None: see `notes`)
+    cross_b: CrossScore | None  # B's answer under A and B
     first_divergence: int | None  # the first answer token where the two answers differ
+    notes: tuple[str, ...] = ()  # why a cross-score is missing
 
-    def cross(self, author: str) -> CrossScore:
-        """The cross-score of side `author`'s answer."""
+    def cross(self, author: str) -> CrossScore | None:
+        """The cross-score of side `author`'s answer (None where it could not be made)."""
         return self.cross_a if author == "A" else self.cross_b
+
+    @property
+    def crosses(self) -> tuple[CrossScore, ...]:
+        """The cross-scores that exist."""
+        return tuple(c for c in (self.cross_a, self.cross_b) if c is not None)

@@ -24,7 +24,11 @@ REST_FLOOR = 1e-12  # the least mass given to "every other token" in a top-k bou
 
 @dataclass(frozen=True)
 class TokenDivergence:
-    """One token of a text under both models; `bound`: KL and JS are top-k lower bounds."""
+    """One token of a text under both models; `bound`: KL and JS are top-k lower bounds.
+
+    With `approximate`, the unit is a run of characters that two tokenizers split
+    differently: its log-probabilities are sums over each side's tokens, KL and JS NaN.
+    """
 
     index: int  # among the compared tokens (the answer's), 0-based
     token_id: int | None
@@ -37,6 +41,7 @@ class TokenDivergence:
     rank_a: int | None
     rank_b: int | None
     bound: bool = False
+    approximate: bool = False  # a run of characters across two tokenizers: KL/JS are NaN
 
     @property
     def log_ratio(self) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, replace
 
@@ -11,7 +12,7 @@ import streamlit as st
 from perplex.core.comparison import UNLIKELY, CrossScore, PairRun, answer_steps
 from perplex.core.errors import PerplexError
 from perplex.core.plots import short_prob, visible_token
-from perplex.core.records import DecodeParams, Generation, TokenRole
+from perplex.core.records import DecodeParams, Generation, TokenRole, TokenStep
 from perplex.engine.local.engine import LocalEngine
 from perplex.engine.local.models import ModelSpec
 from perplex.engine.registry import model_bytes
@@ -39,7 +40,9 @@ MODEL_CHOICES = {
     "terse": "Fine-tuned copy (terse answers)",
     "int8": "int8 copy (W8A32)",
     "other": "Another model (Hub id, folder or .gguf)…",
+    "endpoint": "An OpenAI-compatible endpoint (top-k only)…",
 }
+APPROXIMATE_KEY = f"{PREFIX}.approximate"
 TOP_N = 10
 
 
@@ -57,6 +60,8 @@ def condition_section(name: str, default: str) -> tuple[Side, dict] | None:
     st.markdown(f"**Condition {name}**")
     choice = st.selectbox(f"Model {name}", list(MODEL_CHOICES), format_func=MODEL_CHOICES.get,
                           index=list(MODEL_CHOICES).index(default), key=f"{PREFIX}.{name}.model")
+    if choice == "endpoint":
+        return _endpoint_condition(name)
     source = ""
     if choice == "other":
         source = st.text_input(f"Model {name}: Hub id, local folder or .gguf path",
@@ -74,6 +79,34 @@ def condition_section(name: str, default: str) -> tuple[Side, dict] | None:
     system = system_prompt_control(engine.lm, f"{PREFIX}.{name}")
     prompt = system[0].content if system else None
     condition = {"model": engine.info.label, "spec": engine.lm.spec.to_json(), "system": prompt}
+    return Side(name, engine, prompt), condition
+
+
+def _endpoint_condition(name: str) -> tuple[Side, dict] | None:
+    """An OpenAI-compatible endpoint as a side; its key stays in this session's memory."""
+    from perplex.engine.openai_compat import EndpointEngine
+
+    base_url = st.text_input(f"Endpoint {name}: base URL (…/v1)",
+                             key=f"{PREFIX}.{name}.base_url").strip()
+    model = st.text_input(f"Endpoint {name}: model name", key=f"{PREFIX}.{name}.endpoint_model")
+    key = st.text_input(f"Endpoint {name}: API key (kept in this browser session only)",
+                        type="password", key=f"{PREFIX}.{name}.api_key")
+    if not base_url or not model.strip():
+        st.caption("Give the endpoint's base URL and model name.")
+        return None
+    try:
+        engine = EndpointEngine(base_url, model.strip(), key)
+    except PerplexError as exc:
+        st.error(plain(str(exc)))
+        return None
+    system = st.text_area(f"System prompt {name} (empty: none is sent; the server's "
+                          "template decides)", key=f"{PREFIX}.{name}.endpoint_system")
+    st.caption(f"{plain(engine.info.label)}: only its top-k per token, no given text scored "
+               "on most servers (vLLM can); KL and JS with it are lower bounds.")
+    prompt = system or None
+    condition = {"model": engine.info.label, "spec": json.dumps({"endpoint": base_url,
+                                                                  "model": model.strip()}),
+                 "system": prompt}
     return Side(name, engine, prompt), condition
 
 
@@ -108,21 +141,34 @@ def memory_caption() -> None:
     st.caption(f"Models loaded for comparisons: {registry.used / 2**20:,.0f} MiB · {budget}")
 
 
-def pair_notes(a: Side, b: Side) -> bool:
-    """Check the pair can be compared token by token; False (and a message) if not."""
+def pair_notes(a: Side, b: Side) -> bool | None:
+    """Whether the pair can be compared, and how.
+
+    True: token by token; False: approximately (the box is ticked); None: not at all (a
+    message says why).
+    """
+    for side in (a, b):
+        if not side.has_tokens:
+            st.info(f"{side.name}'s tokenizer is out of sight (an API): tokens are matched "
+                    "by their text, and KL and JS are lower bounds from its top-k.")
+    if not (a.has_tokens and b.has_tokens):
+        return True
     try:
         notes = check_pair(a.engine.tokenizer_facts(), b.engine.tokenizer_facts(),
                            a.engine.info.label, b.engine.info.label)
     except PerplexError as exc:
         st.error(plain(str(exc)))
-        return False
+        if st.checkbox("Approximate alignment: compare runs of characters (log-probability "
+                       "sums only; every number labelled approximate)", key=APPROXIMATE_KEY):
+            return False
+        return None
     for note in notes:
         st.info(plain(note))
     return True
 
 
 def generate_section(a: Side, b: Side, conditions: dict, prompt: str,
-                     params: DecodeParams) -> None:
+                     params: DecodeParams, approximate: bool = False) -> None:
     """Both sides answer, streamed side by side; then the answers are cross-scored and saved."""
     columns = st.columns(2)
     generations: dict[str, Generation] = {}
@@ -148,13 +194,19 @@ def generate_section(a: Side, b: Side, conditions: dict, prompt: str,
         return
     try:
         with st.spinner("Scoring each answer under the other model…"):
-            run = finish_pair(a, b, prompt, generations["A"], generations["B"])
+            run = finish_pair(a, b, prompt, generations["A"], generations["B"],
+                              approximate=approximate)
     except PerplexError as exc:
         st.error(f"Cross-scoring failed: {plain(str(exc))}")
         _keep_the_answer_that_came(generations)
         return
-    show(save_comparison(resources.store(), run, conditions,
-                         session_panel.session_for_saving()), run, conditions)
+    try:
+        saved = save_comparison(resources.store(), run, conditions,
+                                session_panel.session_for_saving())
+    except PerplexError as exc:
+        st.error(f"The comparison could not be saved: {plain(str(exc))}")
+        return
+    show(saved, run, conditions)
     st.rerun()
 
 
@@ -196,37 +248,47 @@ def results_section() -> None:
     label_a, label_b = conditions["A"]["model"], conditions["B"]["model"]
     st.subheader("Where they diverge")
     st.markdown(f"**{plain(divergence_summary(run))}**")
+    for note in run.notes:
+        st.info(plain(note))
     threshold = st.number_input("Flag tokens either model gives a probability below",
                                 min_value=1e-9, max_value=1.0, value=UNLIKELY, format="%.0e",
                                 key=f"{PREFIX}.threshold")
     _stats_table(run, threshold)
     _answers_side_by_side(run, label_a, label_b)
-    author = st.radio("Divergence along", ["A", "B"], horizontal=True,
+    authors = [cross.author for cross in run.crosses]
+    if not authors:
+        return
+    author = st.radio("Divergence along", authors, horizontal=True,
                       format_func=lambda s: f"{s}'s answer", key=f"{PREFIX}.author")
     cross = run.cross(author)
     picked = st.session_state.get(PICKED_KEY)
     divergence_view(cross, label_a, label_b, threshold, picked)
     _top_divergent(cross, threshold)
-    heatmap = plots.dual_entropy_heatmap(cross, label_a, label_b)
-    timeline = plots.kl_timeline(cross, threshold, picked)
-    st.plotly_chart(heatmap, key=f"{PREFIX}.heatmap")
-    st.plotly_chart(timeline, key=f"{PREFIX}.timeline")
+    figures = {"divergence": plots.kl_timeline(cross, threshold, picked)}
+    if cross.approximate:
+        st.caption("No entropy heatmap: across two tokenizers the tokens do not line up.")
+    else:
+        figures["entropy"] = plots.dual_entropy_heatmap(cross, label_a, label_b)
+        st.plotly_chart(figures["entropy"], key=f"{PREFIX}.heatmap")
+    st.plotly_chart(figures["divergence"], key=f"{PREFIX}.timeline")
     _lens_buttons(run, picked)
-    _downloads(shown, {"entropy": heatmap, "divergence": timeline})
+    _downloads(shown, figures)
 
 
 def _stats_table(run: PairRun, threshold: float) -> None:
     rows = []
-    for author in ("A", "B"):
-        stats = pair_stats(run.cross(author), threshold)
+    for cross in run.crosses:
+        stats = pair_stats(cross, threshold)
         bound = " (≥, top-k bound)" if stats.bounds else ""
-        rows.append({"answer": f"{author}'s", "tokens": len(run.cross(author).tokens),
+        unit = "runs (≈ approximate)" if cross.approximate else "tokens"
+        rows.append({"answer": f"{cross.author}'s", unit: len(cross.tokens),
                      f"mean KL(A‖B){bound}": stats.mean_kl_ab,
                      f"mean KL(B‖A){bound}": stats.mean_kl_ba, f"mean JS{bound}": stats.mean_js,
                      f"flagged (p < {threshold:g})": stats.unlikely})
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
-                 column_config={c: st.column_config.NumberColumn(format="%.4f")
-                                for c in rows[0] if c.startswith("mean")})
+    if rows:
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+                     column_config={c: st.column_config.NumberColumn(format="%.4f")
+                                    for c in rows[0] if c.startswith("mean")})
 
 
 def _answers_side_by_side(run: PairRun, label_a: str, label_b: str) -> None:
@@ -247,20 +309,40 @@ def _answers_side_by_side(run: PairRun, label_a: str, label_b: str) -> None:
 
 def divergence_overlay(cross: CrossScore, label_a: str, label_b: str) -> Overlay:
     """Colours by log p_A − log p_B; tooltips with both models' numbers and top-3."""
-    steps_b = cross.answer_steps("B")
     bound = "≥ " if cross.bounds else ""
     lines, second = [], []
-    for t, step_b in zip(cross.tokens, steps_b):
-        rank = f"rank {t.rank_a} under A, {t.rank_b} under B"
-        lines.append((f"p_A {short_prob(t.prob_a)} · p_B {short_prob(t.prob_b)} · "
-                      f"log p_A − log p_B = {t.log_ratio:+.3f}",
-                      f"KL(A‖B) {bound}{t.kl_ab:.4f} · KL(B‖A) {bound}{t.kl_ba:.4f} · "
-                      f"JS {bound}{t.js:.4f} nats", rank))
-        second.append(tuple((alt.text, alt.prob, alt.token_id == t.token_id)
-                            for alt in step_b.top[:3]))
+    steps_b = cross.answer_steps("B") if not cross.approximate else ()
+    for i, t in enumerate(cross.tokens):
+        head = (f"p_A {short_prob(t.prob_a)} · p_B {short_prob(t.prob_b)} · "
+                f"log p_A − log p_B = {t.log_ratio:+.3f}")
+        if t.approximate:
+            lines.append(("≈ approximate: a run of characters the two tokenizers split "
+                          "differently; p is the product over its tokens", head))
+            continue
+        lines.append((head, f"KL(A‖B) {bound}{t.kl_ab:.4f} · KL(B‖A) {bound}{t.kl_ba:.4f} · "
+                            f"JS {bound}{t.js:.4f} nats",
+                      f"rank {t.rank_a} under A, {t.rank_b} under B"))
+        second.append(tuple((alt.text, alt.prob, _is(alt, t)) for alt in steps_b[i].top[:3]))
     return Overlay(tuple(plots.divergence_colour(t.log_ratio) for t in cross.tokens),
-                   tuple(lines), label=f"under A ({label_a})", second_label=f"under B ({label_b})",
-                   second=tuple(second))
+                   tuple(lines), label=f"under A ({label_a})",
+                   second_label=f"under B ({label_b})", second=tuple(second))
+
+
+def _is(alt, t) -> bool:
+    """Whether an alternative is the compared token (by id where both have one)."""
+    if alt.token_id is not None and t.token_id is not None:
+        return alt.token_id == t.token_id
+    return alt.text == t.text
+
+
+def view_steps(cross: CrossScore) -> tuple[TokenStep, ...]:
+    """What the divergence view shows: the answer's records under A, or its runs."""
+    if not cross.approximate:
+        return cross.answer_steps("A")
+    first = cross.answer_steps("A")[0]
+    return tuple(TokenStep(position=first.position + t.index, token_id=None, text=t.text,
+                           role=TokenRole.RESPONSE, message_index=first.message_index,
+                           prob=t.prob_a, logprob=t.logprob_a) for t in cross.tokens)
 
 
 def divergence_view(cross: CrossScore, label_a: str, label_b: str, threshold: float,
@@ -268,14 +350,19 @@ def divergence_view(cross: CrossScore, label_a: str, label_b: str, threshold: fl
     """The answer's tokens coloured by divergence, flagged ones marked, hover for both."""
     flagged = {i: f"p < {threshold:g} under A or B" for i in cross.unlikely(threshold)}
     th = thresholds()
-    event = token_view(cross.answer_steps("A"), key=f"{PREFIX}-divergence-{cross.author}",
+    event = token_view(view_steps(cross), key=f"{PREFIX}-divergence-{cross.author}",
                        confident=th.confident, uncertain=th.uncertain, highlight=picked,
                        alerts=flagged, overlay=divergence_overlay(cross, label_a, label_b),
                        reveal=st.session_state.get(REVEAL_KEY, 0))
     if event is not None and event.kind == "click":
         st.session_state[PICKED_KEY] = event.index
+    approximate = (" ≈ Approximate alignment: each unit is a run of characters, p the "
+                   "product over its tokens; KL and JS are undefined across two "
+                   "vocabularies.") if cross.approximate else ""
+    bounds = (" KL and JS are lower bounds (≥) from the top-k a side reported."
+              if cross.bounds else "")
     st.caption(plots.divergence_legend(label_a, label_b) + f" {count(len(flagged), 'token')} "
-               f"flagged (p < {threshold:g} under either model).")
+               f"flagged (p < {threshold:g} under either model)." + bounds + approximate)
 
 
 def _top_divergent(cross: CrossScore, threshold: float) -> None:
@@ -306,6 +393,10 @@ def _lens_buttons(run: PairRun, picked: int | None) -> None:
     columns = st.columns(2)
     for (name, gen), column in zip((("A", run.generation_a), ("B", run.generation_b)), columns):
         steps = answer_steps(gen)
+        if any(s.token_id is None for s in steps):
+            column.caption(f"{name}'s answer came from an API without token ids: the lens "
+                           "cannot open it.")
+            continue
         position = steps[picked].position if picked is not None and picked < len(steps) \
             else None
         if column.button(f"Open {name}'s answer in the Logit Lens", key=f"{PREFIX}.lens.{name}",
@@ -344,11 +435,13 @@ def divergence_frame(run: PairRun) -> pd.DataFrame:
         {"answer": cross.author, "index": t.index, "token_id": t.token_id, "text": t.text,
          "p_a": t.prob_a, "p_b": t.prob_b, "logprob_a": t.logprob_a, "logprob_b": t.logprob_b,
          "log_ratio": t.log_ratio, "kl_ab": t.kl_ab, "kl_ba": t.kl_ba, "js": t.js,
-         "rank_a": t.rank_a, "rank_b": t.rank_b, "bound": t.bound}
-        for cross in (run.cross_a, run.cross_b) for t in cross.tokens])
+         "rank_a": t.rank_a, "rank_b": t.rank_b, "bound": t.bound,
+         "approximate": t.approximate}
+        for cross in run.crosses for t in cross.tokens])
 
 
-def dataset_section(a: Side, b: Side, conditions: dict, params: DecodeParams) -> None:
+def dataset_section(a: Side, b: Side, conditions: dict, params: DecodeParams,
+                    approximate: bool = False) -> None:
     """The comparison over many prompts: per prompt in a table, the set's tokens, a histogram."""
     st.subheader("Many prompts")
     with st.form(f"{PREFIX}.many"):
@@ -362,14 +455,15 @@ def dataset_section(a: Side, b: Side, conditions: dict, params: DecodeParams) ->
         except PerplexError as exc:
             st.error(plain(str(exc)))
             return
-        st.session_state[batches_key] = _run_many(a, b, conditions, prompts, params)
+        st.session_state[batches_key] = _run_many(a, b, conditions, prompts, params,
+                                                  approximate)
     batch_id = st.session_state.get(batches_key)
     if batch_id is not None:
         _batch_results(batch_id)
 
 
 def _run_many(a: Side, b: Side, conditions: dict, prompts: list[str],
-              params: DecodeParams) -> str:
+              params: DecodeParams, approximate: bool) -> str:
     from perplex.core.records import new_id
 
     batch_id, store = new_id(), resources.store()
@@ -381,7 +475,7 @@ def _run_many(a: Side, b: Side, conditions: dict, prompts: list[str],
     started = time.perf_counter()
     for done, prompt in enumerate(prompts, 1):
         try:
-            run = compare_prompt(a, b, prompt, params)
+            run = compare_prompt(a, b, prompt, params, approximate=approximate)
             save_comparison(store, run, conditions, session, batch_id)
         except PerplexError as exc:
             st.warning(f"Prompt {done} failed and was skipped: {plain(str(exc))}")

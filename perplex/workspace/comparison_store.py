@@ -21,7 +21,7 @@ from perplex.core.records import Generation, new_id
 from perplex.workspace.store import Store, from_epoch_us, read_generation, write_generation
 
 _TOKEN_FIELDS = ("idx", "token_id", "text", "logprob_a", "logprob_b", "kl_ab", "kl_ba", "js",
-                 "rank_a", "rank_b", "bound")
+                 "rank_a", "rank_b", "bound", "approximate")
 _ROLES = ("generation_a", "generation_b", "a_under_a", "a_under_b", "b_under_a", "b_under_b")
 
 
@@ -46,11 +46,11 @@ def save_comparison(store: Store, run: PairRun, conditions: dict, session_id: st
         for gen in generations.values():
             write_generation(cur, gen)
         cur.execute(
-            "INSERT INTO comparisons VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO comparisons VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [comparison_id, session_id, datetime.now(timezone.utc), run.prompt,
              json.dumps(conditions), json.dumps({k: g.id for k, g in generations.items()}),
-             run.first_divergence, batch_id])
-        table = _tokens_table(comparison_id, (run.cross_a, run.cross_b))
+             run.first_divergence, json.dumps(list(run.notes)), batch_id])
+        table = _tokens_table(comparison_id, run.crosses)
         cur.register("incoming_divergences", table)
         try:
             cur.execute("INSERT INTO comparison_tokens SELECT * FROM incoming_divergences")
@@ -60,16 +60,21 @@ def save_comparison(store: Store, run: PairRun, conditions: dict, session_id: st
 
 
 def _generations(run: PairRun, session_id: str | None) -> dict[str, Generation]:
-    found = dict(zip(_ROLES, (run.generation_a, run.generation_b, run.cross_a.under_a,
-                              run.cross_a.under_b, run.cross_b.under_a, run.cross_b.under_b)))
-    return {k: replace(g, session_id=session_id) for k, g in found.items()}
+    found = {"generation_a": run.generation_a, "generation_b": run.generation_b}
+    for cross in run.crosses:
+        low = cross.author.lower()
+        found[f"{low}_under_a"], found[f"{low}_under_b"] = cross.under_a, cross.under_b
+    unique: dict[str, Generation] = {}  # an API side's own answer is also its scoring
+    return {k: unique.setdefault(g.id, replace(g, session_id=session_id))
+            for k, g in found.items()}
 
 
 def _tokens_table(comparison_id: str, crosses: tuple[CrossScore, ...]) -> pa.Table:
     rows = [(cross.author, t) for cross in crosses for t in cross.tokens]
     for _, t in rows:
-        if not all(math.isfinite(x) or x == math.inf
-                   for x in (t.logprob_a, t.logprob_b, t.kl_ab, t.kl_ba, t.js)):
+        divergences = () if t.approximate else (t.kl_ab, t.kl_ba, t.js)  # NaN: undefined
+        if not all(math.isfinite(x) for x in (t.logprob_a, t.logprob_b)) or \
+                not all(math.isfinite(x) or x == math.inf for x in divergences):
             raise StoreError(f"Token {t.index} of a comparison has a non-number divergence: "
                              "nothing was saved.")
     return pa.table({
@@ -82,18 +87,20 @@ def _tokens_table(comparison_id: str, crosses: tuple[CrossScore, ...]) -> pa.Tab
            for name in ("logprob_a", "logprob_b", "kl_ab", "kl_ba", "js")},
         "rank_a": pa.array([t.rank_a for _, t in rows], pa.int32()),
         "rank_b": pa.array([t.rank_b for _, t in rows], pa.int32()),
-        "bound": pa.array([t.bound for _, t in rows], pa.bool_())})
+        "bound": pa.array([t.bound for _, t in rows], pa.bool_()),
+        "approximate": pa.array([t.approximate for _, t in rows], pa.bool_())})
 
 
 def load_comparison(store: Store, comparison_id: str) -> tuple[PairRun, dict]:
     """A stored pair run and its conditions, as saved."""
     with store.cursor() as cur:
-        row = cur.execute("SELECT prompt, conditions, generations, first_divergence "
+        row = cur.execute("SELECT prompt, conditions, generations, first_divergence, notes "
                           "FROM comparisons WHERE id = ?", [comparison_id]).fetchone()
         if row is None:
             raise StoreError(f"No comparison {comparison_id} in the database: it was deleted "
                              "or the link is wrong.")
         prompt, conditions, ids, first = row[0], json.loads(row[1]), json.loads(row[2]), row[3]
+        notes = tuple(json.loads(row[4]))
         gens = {}
         for role, gid in ids.items():
             gen = read_generation(cur, gid)
@@ -106,10 +113,11 @@ def load_comparison(store: Store, comparison_id: str) -> tuple[PairRun, dict]:
     by_author = {"A": [], "B": []}
     for author, *values in tokens:
         by_author[author].append(TokenDivergence(*values))
-    cross_a = CrossScore("A", gens["a_under_a"], gens["a_under_b"], tuple(by_author["A"]))
-    cross_b = CrossScore("B", gens["b_under_a"], gens["b_under_b"], tuple(by_author["B"]))
-    return PairRun(prompt, gens["generation_a"], gens["generation_b"], cross_a, cross_b,
-                   first), conditions
+    crosses = {author: CrossScore(author, gens[f"{author.lower()}_under_a"],
+                                  gens[f"{author.lower()}_under_b"], tuple(by_author[author]))
+               if f"{author.lower()}_under_a" in gens else None for author in ("A", "B")}
+    return PairRun(prompt, gens["generation_a"], gens["generation_b"], crosses["A"],
+                   crosses["B"], first, notes), conditions
 
 
 def list_comparisons(store: Store, session_id: str | None = None,

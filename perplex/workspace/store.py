@@ -159,6 +159,7 @@ MIGRATIONS: list[str] = [
         conditions JSON NOT NULL,
         generations JSON NOT NULL,
         first_divergence INTEGER,
+        notes JSON NOT NULL,
         batch_id VARCHAR
     );
     CREATE TABLE comparison_tokens (
@@ -175,6 +176,7 @@ MIGRATIONS: list[str] = [
         rank_a INTEGER,
         rank_b INTEGER,
         bound BOOLEAN NOT NULL,
+        approximate BOOLEAN NOT NULL,
         PRIMARY KEY (comparison_id, author, idx)
     );
     """,

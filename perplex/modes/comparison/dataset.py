@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
@@ -14,11 +15,11 @@ from perplex.modes.comparison.pair import finish_pair, pair_stats
 
 
 def compare_prompt(a: Side, b: Side, prompt: str, params: DecodeParams,
-                   top_k: int = 20) -> PairRun:
+                   top_k: int = 20, approximate: bool = False) -> PairRun:
     """Both sides answer `prompt` (one after the other), then both answers are cross-scored."""
     gen_a = a.engine.generate(a.messages(prompt), params).run()
     gen_b = b.engine.generate(b.messages(prompt), params).run()
-    return finish_pair(a, b, prompt, gen_a, gen_b, top_k)
+    return finish_pair(a, b, prompt, gen_a, gen_b, top_k, approximate)
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,13 @@ class PromptRow:
 
 
 def prompt_row(run: PairRun, comparison_id: str, threshold: float = UNLIKELY) -> PromptRow:
-    """The row of one prompt's pair run; KL and JS are averaged over A's answer."""
-    stats_a, stats_b = pair_stats(run.cross_a, threshold), pair_stats(run.cross_b, threshold)
-    return PromptRow(run.prompt, comparison_id, stats_a.mean_kl_ab, stats_a.mean_kl_ba,
-                     stats_a.mean_js, run.first_divergence, stats_a.unlikely + stats_b.unlikely)
+    """The row of one prompt's pair run; KL and JS are averaged over A's answer (else B's)."""
+    stats = [pair_stats(cross, threshold) for cross in run.crosses]
+    if not stats:
+        nan = math.nan
+        return PromptRow(run.prompt, comparison_id, nan, nan, nan, run.first_divergence, 0)
+    return PromptRow(run.prompt, comparison_id, stats[0].mean_kl_ab, stats[0].mean_kl_ba,
+                     stats[0].mean_js, run.first_divergence, sum(s.unlikely for s in stats))
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ def divergent_tokens(runs: Sequence[PairRun], threshold: float = UNLIKELY,
     js_by_text: dict[str, list[float]] = defaultdict(list)
     prompts_by_text: dict[str, set[int]] = defaultdict(set)
     for i, run in enumerate(runs):
-        for cross in (run.cross_a, run.cross_b):
+        for cross in run.crosses:
             for t in cross.tokens:
                 if min(t.prob_a, t.prob_b) < threshold:
                     js_by_text[t.text].append(t.js)

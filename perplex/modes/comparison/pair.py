@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 
 from perplex.core.comparison import UNLIKELY, CrossScore, PairRun, answer_steps
 from perplex.core.divergence import TokenDivergence
 from perplex.core.records import Generation, TokenStep
-from perplex.modes.comparison.cross import (
-    Side,
-    answer_ids,
-    cross_score,
-    first_answer_divergence,
-)
+from perplex.engine.protocol import CapabilityError
+from perplex.modes.comparison.cross import Side, cross_score, first_answer_divergence
 
 
 def finish_pair(a: Side, b: Side, prompt: str, gen_a: Generation, gen_b: Generation,
-                top_k: int = 20) -> PairRun:
-    """Cross-score both answers and find where they part."""
-    cross_a = cross_score(a, b, prompt, answer_ids(gen_a), "A", top_k)
-    cross_b = cross_score(a, b, prompt, answer_ids(gen_b), "B", top_k)
-    return PairRun(prompt, gen_a, gen_b, cross_a, cross_b,
-                   first_answer_divergence(gen_a, gen_b))
+                top_k: int = 20, approximate: bool = False) -> PairRun:
+    """Cross-score both answers and find where they part.
+
+    An answer the other side cannot score (an API that scores no given text) gets no
+    cross-score, and a note says why; the other answer's is still made.
+    """
+    crosses, notes = {}, []
+    for author, gen, other in (("A", gen_a, b), ("B", gen_b, a)):
+        try:
+            crosses[author] = cross_score(a, b, prompt, gen, author, top_k, approximate)
+        except CapabilityError as exc:
+            crosses[author] = None
+            notes.append(f"{author}'s answer is not scored under {other.name}: {exc}")
+    return PairRun(prompt, gen_a, gen_b, crosses["A"], crosses["B"],
+                   first_answer_divergence(gen_a, gen_b), tuple(notes))
 
 
 def divergence_summary(run: PairRun) -> str:
@@ -58,6 +64,9 @@ def pair_stats(cross: CrossScore, threshold: float = UNLIKELY) -> PairStats:
     tokens = cross.tokens
     if not tokens:
         return PairStats(0.0, 0.0, 0.0, 0.0, 0, False)
+    if cross.approximate:
+        nan = math.nan
+        return PairStats(nan, nan, nan, nan, len(cross.unlikely(threshold)), False)
     return PairStats(statistics.fmean(t.kl_ab for t in tokens),
                      statistics.fmean(t.kl_ba for t in tokens),
                      statistics.fmean(t.js for t in tokens), max(t.js for t in tokens),
@@ -66,6 +75,9 @@ def pair_stats(cross: CrossScore, threshold: float = UNLIKELY) -> PairStats:
 
 def top_divergent(cross: CrossScore, n: int = 10, by: str = "js") -> list[TokenDivergence]:
     """The `n` tokens that diverge most: by "js", "kl_ab", "kl_ba" or "log_ratio" (|·|)."""
+    if cross.approximate:
+        by = "log_ratio"  # KL and JS are undefined across two tokenizers
+
     def key(t: TokenDivergence) -> float:
         return abs(t.log_ratio) if by == "log_ratio" else getattr(t, by)
 

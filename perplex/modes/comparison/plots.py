@@ -52,6 +52,8 @@ def kl_timeline(cross: CrossScore, threshold: float = UNLIKELY,
                 highlight: int | None = None) -> go.Figure:
     """KL(A‖B), KL(B‖A) and JS per answer token; tokens under the threshold marked."""
     tokens = cross.tokens
+    if cross.approximate:
+        return _log_ratio_timeline(cross, highlight)
     x = [t.index for t in tokens]
     hover = [f"{visible_token(t.text)} · p_A {short_prob(t.prob_a)} · p_B {short_prob(t.prob_b)}"
              for t in tokens]
@@ -79,6 +81,29 @@ def kl_timeline(cross: CrossScore, threshold: float = UNLIKELY,
                       yaxis_rangemode="tozero", height=300, margin=dict(l=10, r=10, t=40, b=40),
                       legend=dict(orientation="h", y=-0.3))
     return fig
+
+
+def _log_ratio_timeline(cross: CrossScore, highlight: int | None) -> go.Figure:
+    """Across two tokenizers: log p_A − log p_B per run of characters (no KL exists)."""
+    tokens = cross.tokens
+    fig = go.Figure(go.Bar(
+        x=[t.index for t in tokens], y=[t.log_ratio for t in tokens],
+        marker_color=[bar_colour(t.log_ratio) for t in tokens],
+        text=[visible_token(t.text) for t in tokens], customdata=[t.index for t in tokens],
+        hovertemplate="run %{x}: %{text}<br>log p_A − log p_B ≈ %{y:.3f}<extra></extra>"))
+    if highlight is not None:
+        fig.add_vline(x=highlight, line=dict(color="#888", dash="dot"))
+    fig.update_layout(title=f"≈ log p_A − log p_B along {cross.author}'s answer, per run of "
+                            "characters (approximate alignment of two tokenizers)",
+                      xaxis_title="run", yaxis_title="nats", height=300,
+                      margin=dict(l=10, r=10, t=40, b=40))
+    return fig
+
+
+def bar_colour(log_ratio: float) -> str:
+    """A bar's solid colour: blue where A gave more probability, orange where B did."""
+    rgb = A_COLOUR if log_ratio > 0 else B_COLOUR
+    return f"rgb({rgb[0]}, {rgb[1]}, {rgb[2]})"
 
 
 def first_divergence_histogram(positions: Sequence[int | None]) -> go.Figure:
