@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from perplex.ui import comparison_view as view
+from perplex.ui import session_panel
 from perplex.ui.sidebar import decode_params_form
 
 st.title("Comparison")
@@ -13,6 +14,7 @@ st.caption("Two conditions — a model and a system prompt each — answer the s
            "log p_A − log p_B, KL both ways and JS, at temperature 1.")
 
 view.restore()
+viewing_only = session_panel.read_only()
 left, right = st.columns(2)
 with left:
     side_a = view.condition_section("A", "sidebar")
@@ -25,7 +27,10 @@ ready, approximate = pairing is not None, pairing is False
 with st.form(f"{view.PREFIX}.prompt_form"):
     prompt = st.text_area("Prompt (both conditions answer it)", key=f"{view.PREFIX}.prompt",
                           value="What is the capital of France?")
-    go = st.form_submit_button("Generate both", disabled=not ready, type="primary")
+    go = st.form_submit_button("Generate both", disabled=not ready or viewing_only,
+                               type="primary")
+if viewing_only:
+    st.caption("Read-only: fork the session (sidebar) to compare.")
 if go and ready:
     if not prompt.strip():
         st.error("Write a prompt first.")

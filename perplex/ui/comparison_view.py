@@ -444,14 +444,18 @@ def dataset_section(a: Side, b: Side, conditions: dict, params: DecodeParams,
                     approximate: bool = False) -> None:
     """The comparison over many prompts: per prompt in a table, the set's tokens, a histogram."""
     st.subheader("Many prompts")
+    viewing_only = session_panel.read_only()
     with st.form(f"{PREFIX}.many"):
         pasted = st.text_area("One prompt per line (blank lines are skipped)",
                               key=f"{PREFIX}.many_text")
-        go = st.form_submit_button("Compare every prompt")
+        uploaded = st.file_uploader("or a .txt file, one prompt per line (it is used instead "
+                                    f"of the box; at most {MAX_LIST_BYTES // 2**20} MiB)",
+                                    type=["txt"], key=f"{PREFIX}.many_file")
+        go = st.form_submit_button("Compare every prompt", disabled=viewing_only)
     batches_key = f"{PREFIX}.batch"
     if go:
         try:
-            prompts = list(prefill.parse_prompt_list(pasted).prompts)
+            prompts = list(prefill.parse_prompt_list(_list_text(pasted, uploaded)).prompts)
         except PerplexError as exc:
             st.error(plain(str(exc)))
             return
@@ -460,6 +464,23 @@ def dataset_section(a: Side, b: Side, conditions: dict, params: DecodeParams,
     batch_id = st.session_state.get(batches_key)
     if batch_id is not None:
         _batch_results(batch_id)
+
+
+MAX_LIST_BYTES = 5 * 2**20
+
+
+def _list_text(pasted: str, uploaded) -> str:
+    """The prompt list: the uploaded file's text (UTF-8), else the box's."""
+    if uploaded is None:
+        return pasted
+    if uploaded.size > MAX_LIST_BYTES:
+        raise PerplexError(f"{uploaded.name} is {uploaded.size / 2**20:.1f} MiB; a prompt list "
+                           f"may be at most {MAX_LIST_BYTES // 2**20} MiB. Split it.")
+    try:
+        return uploaded.getvalue().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PerplexError(f"{uploaded.name} is not UTF-8 text (byte {exc.start}): save it "
+                           "as UTF-8 and upload it again.") from None
 
 
 def _run_many(a: Side, b: Side, conditions: dict, prompts: list[str],
