@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-ROWS_PER_CHUNK = 16  # [rows, V] blocks, as in `steps.distribution_stats`
+ROWS_PER_CHUNK = 4  # [4, V] blocks stay in cache through every pass (0.17 s vs 0.47 s at 16)
 REST_FLOOR = 1e-12  # the least mass given to "every other token" in a top-k bound
 
 
@@ -117,7 +117,7 @@ def _finite_chunk(za: torch.Tensor, zb: torch.Tensor) -> tuple[torch.Tensor, ...
     h_a = total_a.log() * mass_a - _sum64(pa * sa)
     h_b = total_b.log() * mass_b - _sum64(pb * sb)
     m = pa.add_(pb).mul_(0.5)
-    h_m = -_sum64(m * torch.log(m).nan_to_num_(neginf=0.0))  # m = 0 adds 0
+    h_m = -_sum64(torch.xlogy(m, m))  # m log m, 0 where m = 0
     return kl_ab, kl_ba, h_m - 0.5 * (h_a + h_b)
 
 
