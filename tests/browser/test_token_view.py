@@ -423,7 +423,8 @@ def test_streaming_grows_without_blank_frames(app, screenshot):
     page = app.page
     page.evaluate(FRAME_SAMPLER)
     page.get_by_role("button", name="stream").click()
-    live = page.locator(".tv-root.streaming .tok")
+    # the live view on show: a superseded slot (hidden) may come first in the page
+    live = page.locator(".tv-root.streaming.ready:not(.superseded) .tok")
     live.nth(5).wait_for()
     early = page.evaluate(f"() => ({VIEW_ROOTS})().slice(1).map(r => "
                           "r.querySelectorAll('.tv-root:not(.superseded) .tok').length)")
