@@ -212,10 +212,10 @@ def test_hooks_replace_and_add_to_the_residual(case):
 
 def test_capabilities_must_say_why_they_are_missing():
     limited = Capabilities(token_ids=False, full_distribution=False, scores_text=False,
-                           internals=False, hooks=False, max_top_k=20,
+                           internals=False, hooks=False, stepwise=False, max_top_k=20,
                            why_not={name: f"no {name} here" for name in CAPABILITY_NAMES})
     with pytest.raises(CapabilityError, match="endpoint X cannot do this: no internals here"):
         limited.require("internals", "endpoint X")
     with pytest.raises(ValueError, match="say why"):
         Capabilities(token_ids=True, full_distribution=False, scores_text=True,
-                     internals=True, hooks=True)
+                     internals=True, hooks=True, stepwise=True)

@@ -44,9 +44,12 @@ from perplex.engine.protocol import Capabilities, ModelInfo, ScoredSequence
 
 NDIF_CAPABILITIES = Capabilities(
     token_ids=True, full_distribution=True, scores_text=True, internals=True, hooks=False,
-    max_top_k=None,
+    stepwise=False, max_top_k=None,
     why_not={"hooks": "patching and steering are not sent to NDIF from Perplex yet: run them "
-                      "on a local model, or in the exported notebook code"})
+                      "on a local model, or in the exported notebook code",
+             "stepwise": "each NDIF trace is one request with no KV cache kept between "
+                         "them, so token-by-token decoding methods would resend the whole "
+                         "text per token: run them on a local model"})
 
 
 class NdifEngine:
@@ -201,6 +204,10 @@ class NdifEngine:
     def patched_logits(self, ids, patches):
         """Refused: no hooks on NDIF yet."""
         self.capabilities.require("hooks", self.label)
+
+    def logit_stream(self, exit_layer=None):
+        """Refused: no KV cache is kept between NDIF requests."""
+        self.capabilities.require("stepwise", self.label)
 
     def _spec(self) -> str:
         return json.dumps({"ndif": self.label})

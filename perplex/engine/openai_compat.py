@@ -26,12 +26,14 @@ MAX_TOP_K = 20  # what the OpenAI API (and vLLM's default --max-logprobs) allows
 NO_INTERNALS = "an OpenAI-compatible endpoint exposes no residual stream: use a local model"
 ENDPOINT_CAPABILITIES = Capabilities(
     token_ids=False, full_distribution=False, scores_text=True, internals=False, hooks=False,
-    max_top_k=MAX_TOP_K,
+    stepwise=False, max_top_k=MAX_TOP_K,
     why_not={"token_ids": "the server tokenises and applies its chat template out of sight; "
                           "its token ids are not returned",
              "full_distribution": f"the endpoint returns at most the top {MAX_TOP_K} "
                                   "log-probabilities of each token",
-             "internals": NO_INTERNALS, "hooks": NO_INTERNALS})
+             "internals": NO_INTERNALS, "hooks": NO_INTERNALS,
+             "stepwise": "decoding methods need the model's logits step by step; the API "
+                         "returns sampled text: use a local model"})
 
 
 class EndpointEngine:
@@ -182,6 +184,10 @@ class EndpointEngine:
     def patched_logits(self, ids, patches):
         """Refused: no hooks."""
         self.capabilities.require("hooks", self.info.label)
+
+    def logit_stream(self, exit_layer=None):
+        """Refused: no step-by-step logits."""
+        self.capabilities.require("stepwise", self.info.label)
 
     def generate(self, messages: Sequence[Message], params: DecodeParams, prefill: str = "",
                  text_prefix=None) -> EndpointRun:

@@ -20,7 +20,8 @@ from perplex.core.errors import PerplexError
 from perplex.core.records import DecodeParams, Generation, Message, TokenStep
 from perplex.core.tokens import EncodedSequence, TextPrefix, TokenizerFacts
 
-CAPABILITY_NAMES = ("token_ids", "full_distribution", "scores_text", "internals", "hooks")
+CAPABILITY_NAMES = ("token_ids", "full_distribution", "scores_text", "internals", "hooks",
+                    "stepwise")
 
 
 class CapabilityError(PerplexError):
@@ -35,7 +36,9 @@ class Capabilities:
     `full_distribution`: probabilities over the whole vocabulary (else only the top-k,
     whose entropies are lower bounds); `scores_text`: teacher-forced scoring of given
     text; `internals`: residual stream and unembedding; `hooks`: adding to or replacing a
-    residual (patching, steering); `max_top_k`: the most alternatives per token (None: any).
+    residual (patching, steering); `stepwise`: a KV-cached pass that grows and shrinks a
+    token at a time (`logit_stream`: the decoding methods); `max_top_k`: the most
+    alternatives per token (None: any).
     """
 
     token_ids: bool
@@ -43,6 +46,7 @@ class Capabilities:
     scores_text: bool
     internals: bool
     hooks: bool
+    stepwise: bool
     max_top_k: int | None = None
     why_not: dict[str, str] = field(default_factory=dict)
 
@@ -85,6 +89,7 @@ class ModelInfo:
     context_length: int
     n_layers: int | None  # None where the engine cannot see inside the model
     eos_ids: frozenset[int]
+    tied_embeddings: bool = False  # the unembedding is the input embedding's transpose
 
 
 @dataclass(frozen=True, eq=False)
@@ -153,6 +158,13 @@ class Engine(Protocol):
     def patched_logits(self, ids: Sequence[int], patches: Sequence[ResidualPatch]
                        ) -> torch.Tensor:
         """Logits [T, V] (float32) of one pass over `ids` with `patches` applied (`hooks`)."""
+
+    def logit_stream(self, exit_layer: int | None = None):
+        """A KV-cached `LogitStream` over nothing yet (capability `stepwise`).
+
+        With `exit_layer` k, only the first k blocks run, then the final norm and the
+        unembedding (an early-exit draft; needs `internals` too).
+        """
 
 
 class GenerationRun(Protocol):

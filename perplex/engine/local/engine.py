@@ -30,11 +30,13 @@ from perplex.engine.local.generation import DecodeRun, start_generation
 from perplex.engine.local.models import LoadedModel
 from perplex.engine.local.nnsight_adapter import capture_residuals, patched_last_residual
 from perplex.engine.local.scoring import score_conversations
+from perplex.engine.local.stream import LogitStream, early_exit_model
 from perplex.engine.local.word_probs import continuation_probs
 from perplex.engine.protocol import Capabilities, ModelInfo, ResidualPatch, ScoredSequence
 
 LOCAL_CAPABILITIES = Capabilities(token_ids=True, full_distribution=True, scores_text=True,
-                                  internals=True, hooks=True, max_top_k=None)
+                                  internals=True, hooks=True, stepwise=True,
+                                  max_top_k=None)
 
 
 class LocalEngine:
@@ -52,7 +54,8 @@ class LocalEngine:
         """The model's facts."""
         lm = self.lm
         return ModelInfo(lm.label, lm.vocab_size, lm.context_length, lm.n_layers,
-                         frozenset(lm.eos_ids))
+                         frozenset(lm.eos_ids),
+                         bool(getattr(lm.model.config, "tie_word_embeddings", False)))
 
     @property
     def anatomy(self) -> Anatomy:
@@ -159,6 +162,18 @@ class LocalEngine:
                                          tuple(patches))
             with torch.inference_mode():
                 return self.anatomy.unembed_hidden(last[0])
+
+    def logit_stream(self, exit_layer: int | None = None) -> LogitStream:
+        """A KV-cached stream; with `exit_layer` k, the first k blocks then the unembedding."""
+        model, n = self.lm.model, self.anatomy.n_blocks
+        if exit_layer is not None:
+            if not 1 <= exit_layer < n:
+                raise InputFormatError(f"An early exit after block {exit_layer} is not in "
+                                       f"{self.lm.label}: choose 1 to {n - 1} of its {n} "
+                                       "blocks.")
+            model = early_exit_model(model, self.anatomy, exit_layer)
+        return LogitStream(model, self.anatomy, self.lock, self.lm.context_length,
+                           self.lm.label)
 
     def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits [..., V] float32 of residuals [..., d]: final norm, unembedding, soft cap."""

@@ -1,0 +1,1 @@
+"""Decoding mode: contrastive decoding, DoLa and speculative decoding, every step recorded."""
