@@ -27,12 +27,12 @@ class StreamLogits:
     """Logits after each token of one `extend`.
 
     `final` is [n, V] float32 (row i predicts the token after the i-th new one);
-    `layers` is [len(layers), n, V] float32: the unembedding (final norm, head, soft cap)
+    `early` is [len(layers), n, V] float32: the unembedding (final norm, head, soft cap)
     of the residual after each asked-for block (0: the embedding), or None if none asked.
     """
 
     final: torch.Tensor
-    layers: torch.Tensor | None = None
+    early: torch.Tensor | None = None
 
 
 class LogitStream:

@@ -105,7 +105,7 @@ def dola_decode(engine: Engine, context: Sequence[int], params: DolaParams,
     out = stream.extend(context, layers)
     answer, records, seen = [], [], list(context)
     while True:
-        record = dola_step(out.final[-1], out.layers[:, -1], layers, params, seen)
+        record = dola_step(out.final[-1], out.early[:, -1], layers, params, seen)
         answer.append(record.token_id)
         seen.append(record.token_id)
         records.append(record)
