@@ -169,7 +169,7 @@ def test_with_the_amateur_equal_to_the_expert_the_formula_decides(tiny):
 
 
 def test_dola_layers_and_scores_equal_a_direct_computation(tiny):
-    params = DolaParams(layers=(0, 1, 2), relative_top=0.1, repetition_penalty=1.2,
+    params = DolaParams(candidates=(0, 1, 2), relative_top=0.1, repetition_penalty=1.2,
                         max_new_tokens=12)
     context = list(tiny.encode(PROMPT, True).ids)
     run = dola_decode(tiny, context, params)
@@ -249,6 +249,6 @@ def test_bad_input_is_refused_with_a_message(tiny):
         with pytest.raises(InputFormatError, match=r"outside \(0, 1\]"):
             ContrastiveParams(alpha=alpha)
     with pytest.raises(InputFormatError, match="beyond the model's depth: it has 4 layers"):
-        run_method(tiny, PROMPT, DolaParams(layers=(1, 7), max_new_tokens=4))
+        run_method(tiny, PROMPT, DolaParams(candidates=(1, 7), max_new_tokens=4))
     with pytest.raises(InputFormatError, match="choose 1 to 3"):
         run_method(tiny, PROMPT, SpeculativeParams("early_exit", exit_layer=4, max_new_tokens=4))

@@ -35,15 +35,15 @@ BUCKET_SPAN = 20  # deep models: the buckets cover 20 layers, as in the paper's 
 class DolaParams:
     """Candidate layers ("low", "high" or explicit ids), relative top, repetition penalty."""
 
-    layers: str | tuple[int, ...] = "high"
+    candidates: str | tuple[int, ...] = "high"
     relative_top: float = 0.1
     repetition_penalty: float = 1.0
     max_new_tokens: int = 64
 
     def __post_init__(self) -> None:
-        if isinstance(self.layers, str) and self.layers not in ("low", "high"):
+        if isinstance(self.candidates, str) and self.candidates not in ("low", "high"):
             raise InputFormatError(f"Premature layers are \"low\", \"high\" or a list of layer "
-                                   f"numbers, not {self.layers!r}.")
+                                   f"numbers, not {self.candidates!r}.")
         if not 0 < self.relative_top <= 1:
             raise InputFormatError(f"The relative top {self.relative_top} is outside (0, 1].")
         if not 1 <= self.repetition_penalty <= 10:
@@ -98,7 +98,7 @@ def dola_decode(engine: Engine, context: Sequence[int], params: DolaParams,
                 progress: Progress | None = None) -> MethodRun:
     """Decode after `context` with DoLa, recording the chosen layer and scores per step."""
     engine.capabilities.require("internals", engine.info.label)
-    layers = premature_layers(params.layers, engine.info.n_layers, engine.info.tied_embeddings)
+    layers = premature_layers(params.candidates, engine.info.n_layers, engine.info.tied_embeddings)
     budget = engine_budget(engine, context, params.max_new_tokens)
     start = time.perf_counter()
     stream = engine.logit_stream()
@@ -114,7 +114,7 @@ def dola_decode(engine: Engine, context: Sequence[int], params: DolaParams,
         if budget.done(answer):
             break
         out = stream.extend([record.token_id], layers)
-    run_params = {**asdict(params), "layers": list(layers), "bucket": params.layers
-                  if isinstance(params.layers, str) else None}
+    run_params = {**asdict(params), "layers": list(layers), "bucket": params.candidates
+                  if isinstance(params.candidates, str) else None}
     return MethodRun("dola", run_params, tuple(context), tuple(answer), budget.reason,
                      time.perf_counter() - start, contrast=tuple(records))
