@@ -252,3 +252,26 @@ def test_bad_input_is_refused_with_a_message(tiny):
         run_method(tiny, PROMPT, DolaParams(candidates=(1, 7), max_new_tokens=4))
     with pytest.raises(InputFormatError, match="choose 1 to 3"):
         run_method(tiny, PROMPT, SpeculativeParams("early_exit", exit_layer=4, max_new_tokens=4))
+
+
+@pytest.mark.parametrize("params", [
+    SpeculativeParams("early_exit", gamma=3, exit_layer=2, temperature=0.9, seed=3,
+                      max_new_tokens=20),
+    ContrastiveParams(beta=0.5, max_new_tokens=10),
+    DolaParams(candidates=(0, 2), max_new_tokens=10)])
+def test_a_run_is_stored_and_read_back_as_computed(tiny, tmp_path, params):
+    from perplex.workspace.decoding_store import list_decodings, load_decoding, save_decoding
+    from perplex.workspace.store import Store
+
+    store = Store.open(tmp_path / "decoding.duckdb")
+    result = run_method(tiny, PROMPT, params)
+    run_id = save_decoding(store, PROMPT[0].content, result.method, result.greedy,
+                           result.method_generation, result.greedy_generation, None, None)
+    back = load_decoding(store, run_id)
+    assert back.method == result.method and back.greedy == result.greedy
+    assert back.method_generation.steps == result.method_generation.steps
+    assert back.greedy_generation.messages == result.greedy_generation.messages
+    [summary] = list_decodings(store)
+    assert (summary.id, summary.method, summary.tokens) == (run_id, result.method.method,
+                                                            len(result.method.answer_ids))
+    assert summary.first_difference == result.first_difference

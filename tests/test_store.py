@@ -84,6 +84,21 @@ EXPECTED_SCHEMA = {
         ("logprob_b", "DOUBLE"), ("kl_ab", "DOUBLE"), ("kl_ba", "DOUBLE"), ("js", "DOUBLE"),
         ("rank_a", "INTEGER"), ("rank_b", "INTEGER"), ("bound", "BOOLEAN"),
         ("approximate", "BOOLEAN")],
+    "decoding_runs": [
+        ("id", "VARCHAR"), ("session_id", "VARCHAR"), ("created_at", "TIMESTAMP WITH TIME ZONE"),
+        ("prompt", "VARCHAR"), ("method", "VARCHAR"), ("params", "JSON"), ("timings", "JSON"),
+        ("stop_reason", "VARCHAR"), ("method_generation_id", "VARCHAR"),
+        ("greedy_generation_id", "VARCHAR"), ("greedy", "JSON"), ("second_label", "VARCHAR"),
+        ("batch_id", "VARCHAR")],
+    "decoding_tokens": [
+        ("run_id", "VARCHAR"), ("idx", "INTEGER"), ("token_id", "INTEGER"), ("kind", "VARCHAR"),
+        ("round", "INTEGER"), ("greedy_id", "INTEGER"), ("p_a", "DOUBLE"), ("p_b", "DOUBLE"),
+        ("score", "DOUBLE"), ("rank_a", "INTEGER"), ("js", "DOUBLE"), ("plausible", "INTEGER"),
+        ("constraint_changed", "BOOLEAN"), ("layer", "INTEGER"), ("top_a", "JSON"),
+        ("top_b", "JSON"), ("top_score", "JSON")],
+    "decoding_drafts": [
+        ("run_id", "VARCHAR"), ("round", "INTEGER"), ("slot", "INTEGER"), ("token_id", "INTEGER"),
+        ("q", "DOUBLE"), ("p", "DOUBLE"), ("accepted", "BOOLEAN"), ("verified", "BOOLEAN")],
 }
 
 
@@ -128,7 +143,7 @@ def store(tmp_path):
 
 def test_blank_database_migrates_to_expected_schema(store):
     """A blank database gets every migration and exactly the documented tables and columns."""
-    assert store.schema_version() == len(MIGRATIONS) == 5
+    assert store.schema_version() == len(MIGRATIONS) == 6
     with store._cursor() as cur:
         rows = cur.execute("SELECT table_name, column_name, data_type FROM duckdb_columns() "
                            "WHERE database_name = current_database() "

@@ -8,6 +8,7 @@ is kept, the rejected and the discarded ones included.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -114,6 +115,8 @@ class MethodRun:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        # parameters are kept as they will be stored (JSON: tuples become lists)
+        object.__setattr__(self, "params", json.loads(json.dumps(self.params)))
         if self.contrast and len(self.contrast) != len(self.answer_ids):
             raise ValueError("one contrast record per answer token")
         if self.emitted and len(self.emitted) != len(self.answer_ids):

@@ -180,6 +180,55 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (comparison_id, author, idx)
     );
     """,
+    # 6: decoding-method runs, what the method did per answer token, every drafted token
+    """
+    CREATE TABLE decoding_runs (
+        id VARCHAR PRIMARY KEY,
+        session_id VARCHAR,
+        created_at TIMESTAMPTZ NOT NULL,
+        prompt VARCHAR NOT NULL,
+        method VARCHAR NOT NULL,
+        params JSON NOT NULL,
+        timings JSON NOT NULL,
+        stop_reason VARCHAR NOT NULL,
+        method_generation_id VARCHAR NOT NULL,
+        greedy_generation_id VARCHAR NOT NULL,
+        greedy JSON NOT NULL,
+        second_label VARCHAR,
+        batch_id VARCHAR
+    );
+    CREATE TABLE decoding_tokens (
+        run_id VARCHAR NOT NULL,
+        idx INTEGER NOT NULL,
+        token_id INTEGER NOT NULL,
+        kind VARCHAR,
+        round INTEGER,
+        greedy_id INTEGER,
+        p_a DOUBLE,
+        p_b DOUBLE,
+        score DOUBLE,
+        rank_a INTEGER,
+        js DOUBLE,
+        plausible INTEGER,
+        constraint_changed BOOLEAN,
+        layer INTEGER,
+        top_a JSON,
+        top_b JSON,
+        top_score JSON,
+        PRIMARY KEY (run_id, idx)
+    );
+    CREATE TABLE decoding_drafts (
+        run_id VARCHAR NOT NULL,
+        round INTEGER NOT NULL,
+        slot INTEGER NOT NULL,
+        token_id INTEGER NOT NULL,
+        q DOUBLE NOT NULL,
+        p DOUBLE,
+        accepted BOOLEAN NOT NULL,
+        verified BOOLEAN NOT NULL,
+        PRIMARY KEY (run_id, round, slot)
+    );
+    """,
 ]
 
 _ALTERNATIVE = pa.struct([("token_id", pa.int32()), ("text", pa.string()),
