@@ -160,8 +160,8 @@ def list_decodings(store: Store, session_id: str | None = None,
     with store.cursor() as cur:
         rows = cur.execute(
             "SELECT r.id, epoch_us(r.created_at), r.prompt, r.method, r.greedy, "
-            "list(t.token_id ORDER BY t.idx), r.batch_id FROM decoding_runs r JOIN decoding_tokens t "
-            "ON t.run_id = r.id WHERE (? IS NULL OR r.session_id = ?) AND "
+            "list(t.token_id ORDER BY t.idx), r.batch_id FROM decoding_runs r "
+            "JOIN decoding_tokens t ON t.run_id = r.id WHERE (? IS NULL OR r.session_id = ?) AND "
             "(? IS NULL OR r.batch_id = ?) GROUP BY ALL ORDER BY 2 DESC, 1",
             [session_id, session_id, batch_id, batch_id]).fetchall()
     return [DecodingSummary(r[0], from_epoch_us(r[1]), r[2], r[3], len(r[5]),
