@@ -24,12 +24,11 @@ from perplex.modes.comparison.pair import divergence_summary, finish_pair, pair_
 from perplex.modes.comparison.pairing import check_pair
 from perplex.ui import page_state, resources, session_panel
 from perplex.ui.conditioning import system_prompt_control
-from perplex.ui.export_panel import download
+from perplex.ui.export_panel import download, figure_downloads
 from perplex.ui.sidebar import thresholds
 from perplex.ui.text import count, plain
 from perplex.ui.token_view import Overlay, TokenViewStream, token_view
 from perplex.workspace.comparison_store import list_comparisons, load_comparison, save_comparison
-from perplex.workspace.exports import figure_image
 
 PREFIX = "comparison"
 RUN_KEY = f"{PREFIX}.run"  # Shown: the PairRun on screen, its id and its conditions
@@ -414,19 +413,8 @@ def _downloads(shown: Shown, figures: dict) -> None:
         download(cols[1], "Per-token Parquet", lambda: frame.to_parquet(index=False),
                  file_name=f"{name}.parquet", key=f"{PREFIX}.parquet")
         for fig_name, fig in figures.items():
-            for fmt in ("png", "svg"):
-                key = f"{PREFIX}.fig.{fig_name}.{fmt}.{shown.comparison_id}"
-                if key in st.session_state:
-                    download(st, f"{fig_name} {fmt.upper()}: download", st.session_state[key],
-                             file_name=f"{name}-{fig_name}.{fmt}", key=f"{key}.dl")
-                elif st.button(f"Render the {fig_name} figure as {fmt.upper()}", key=key + ".go"):
-                    try:
-                        with st.spinner(f"Drawing {fmt.upper()}…"):
-                            st.session_state[key] = figure_image(fig, fmt)
-                    except PerplexError as exc:
-                        st.error(plain(str(exc)))
-                        return
-                    st.rerun()
+            figure_downloads(fig, f"{name}-{fig_name}", f"{PREFIX}.fig.{fig_name}."
+                             f"{shown.comparison_id}", f"The {fig_name} figure")
 
 
 def divergence_frame(run: PairRun) -> pd.DataFrame:

@@ -62,20 +62,27 @@ def _token_downloads(gen: Generation, prefix: str) -> None:
 
 
 def _figure_downloads(gen: Generation, prefix: str) -> None:
-    st.markdown("**Entropy timeline of the last answer**")
     steps = [s for s in gen.message_steps(len(gen.messages) - 1) if s.role.value == "response"]
-    fig = entropy_timeline(steps)
+    figure_downloads(entropy_timeline(steps), f"perplex-{gen.id}-timeline",
+                     f"{prefix}.fig.{gen.id}", "Entropy timeline of the last answer")
+
+
+def figure_downloads(fig, name: str, key: str, title: str) -> None:
+    """HTML, PNG and SVG downloads of one figure; PNG and SVG are drawn when asked, then kept.
+
+    `name` is the file name without its extension; `key` must change with the figure's
+    content (include the id of what it shows), so a drawing is never of an older figure.
+    """
+    st.markdown(f"**{title}**")
     cols = st.columns(3)
     download(cols[0], "Interactive HTML", data=lambda: fig.to_html(include_plotlyjs=True),
-                            file_name=f"perplex-{gen.id}-timeline.html", mime="text/html",
-                            key=f"{prefix}.fig_html")
+             file_name=f"{name}.html", mime="text/html", key=f"{key}.html")
     for col, fmt in zip(cols[1:], ("png", "svg")):
-        rendered_key = f"{prefix}.fig_{fmt}.{gen.id}"
+        rendered_key = f"{key}.{fmt}"
         if rendered_key in st.session_state:
             download(col, f"{fmt.upper()} ready: download", st.session_state[rendered_key],
-                                file_name=f"perplex-{gen.id}-timeline.{fmt}",
-                                key=f"{prefix}.fig_{fmt}_dl")
-        elif col.button(f"Render {fmt.upper()}", key=f"{prefix}.fig_{fmt}",
+                     file_name=f"{name}.{fmt}", key=f"{rendered_key}.dl")
+        elif col.button(f"Render {fmt.upper()}", key=f"{rendered_key}.go",
                         help="Drawn by kaleido with Chromium; a few seconds the first time."):
             try:
                 with st.spinner(f"Drawing {fmt.upper()}…"):
