@@ -275,3 +275,18 @@ def test_a_run_is_stored_and_read_back_as_computed(tiny, tmp_path, params):
     assert (summary.id, summary.method, summary.tokens) == (run_id, result.method.method,
                                                             len(result.method.answer_ids))
     assert summary.first_difference == result.first_difference
+
+
+def test_an_early_exit_amateur_is_the_experts_first_blocks(tiny):
+    params = ContrastiveParams(amateur_exit_layer=2, max_new_tokens=6)
+    context = list(tiny.encode(PROMPT, True).ids)
+    run = contrastive_decode(tiny, tiny, context, params)
+    full = context + list(run.answer_ids)
+    lm = tiny.lm
+    with torch.no_grad():
+        hidden = lm.model(input_ids=torch.tensor([full]), output_hidden_states=True).hidden_states
+    amateur = torch.log_softmax(lm.anatomy.unembed_hidden(hidden[2][0]).double(), -1)
+    for i, record in enumerate(run.contrast):
+        assert record.p_b == pytest.approx(float(amateur[len(context) - 1 + i,
+                                                         record.token_id].exp()),
+                                           abs=FLOAT32_PROB)

@@ -13,9 +13,6 @@ from perplex.core.comparison import UNLIKELY, CrossScore, PairRun, answer_steps
 from perplex.core.errors import PerplexError
 from perplex.core.plots import short_prob, visible_token
 from perplex.core.records import DecodeParams, Generation, TokenRole, TokenStep
-from perplex.engine.local.engine import LocalEngine
-from perplex.engine.local.models import ModelSpec
-from perplex.engine.registry import model_bytes
 from perplex.modes import prefill
 from perplex.modes.comparison import plots
 from perplex.modes.comparison.cross import Side
@@ -25,6 +22,7 @@ from perplex.modes.comparison.pairing import check_pair
 from perplex.ui import page_state, resources, session_panel
 from perplex.ui.conditioning import system_prompt_control
 from perplex.ui.export_panel import download, figure_downloads
+from perplex.ui.model_choice import LOCAL_CHOICES, local_engine, memory_line, source_input
 from perplex.ui.sidebar import thresholds
 from perplex.ui.text import count, plain
 from perplex.ui.token_view import Overlay, TokenViewStream, token_view
@@ -34,13 +32,8 @@ PREFIX = "comparison"
 RUN_KEY = f"{PREFIX}.run"  # Shown: the PairRun on screen, its id and its conditions
 PICKED_KEY = f"{PREFIX}.picked"  # the divergence view's highlighted token index
 REVEAL_KEY = f"{PREFIX}.reveal"
-MODEL_CHOICES = {
-    "sidebar": "The sidebar's model",
-    "terse": "Fine-tuned copy (terse answers)",
-    "int8": "int8 copy (W8A32)",
-    "other": "Another model (Hub id, folder or .gguf)…",
-    "endpoint": "An OpenAI-compatible endpoint (top-k only)…",
-}
+MODEL_CHOICES = {**LOCAL_CHOICES,
+                 "endpoint": "An OpenAI-compatible endpoint (top-k only)…"}
 APPROXIMATE_KEY = f"{PREFIX}.approximate"
 TOP_N = 10
 
@@ -63,18 +56,15 @@ def condition_section(name: str, default: str) -> tuple[Side, dict] | None:
         return _endpoint_condition(name)
     source = ""
     if choice == "other":
-        source = st.text_input(f"Model {name}: Hub id, local folder or .gguf path",
-                               key=f"{PREFIX}.{name}.source").strip()
-        if not source:
-            st.caption("Give a model to load.")
+        source = source_input(f"Model {name}", f"{PREFIX}.{name}.source")
+        if source is None:
             return None
     try:
-        engine = _engine(choice, source)
+        engine = local_engine(choice, source)
     except PerplexError as exc:
         st.error(plain(str(exc)))
         return None
-    st.caption(f"{plain(engine.info.label)} · {engine.info.n_layers} layers · "
-               f"{model_bytes(engine.lm) / 2**20:,.0f} MiB")
+    memory_line(engine)
     system = system_prompt_control(engine.lm, f"{PREFIX}.{name}")
     prompt = system[0].content if system else None
     condition = {"model": engine.info.label, "spec": engine.lm.spec.to_json(), "system": prompt}
@@ -107,29 +97,6 @@ def _endpoint_condition(name: str) -> tuple[Side, dict] | None:
                                                                   "model": model.strip()}),
                  "system": prompt}
     return Side(name, engine, prompt), condition
-
-
-def _engine(choice: str, source: str) -> LocalEngine:
-    lm = resources.loaded_model()
-    if choice == "sidebar":
-        if lm is None:
-            raise PerplexError("The sidebar has no model loaded: load one there first.")
-        return LocalEngine(lm)
-    if choice == "other":
-        spec = ModelSpec(source=source)
-    else:
-        from perplex.engine.local.variants import variant_folder
-
-        with st.status(f"Preparing the {MODEL_CHOICES[choice]} (once)…") as status:
-            folder = variant_folder(choice, resources.settings(), progress=status.write)
-            status.update(label=f"{MODEL_CHOICES[choice]} ready", state="complete")
-        spec = ModelSpec(source=str(folder))
-    if lm is not None and spec == lm.spec:
-        return LocalEngine(lm)
-    registry = resources.model_registry()
-    with st.spinner(f"Loading {spec.label}…"):
-        engine = registry.get(spec)
-    return engine
 
 
 def memory_caption() -> None:

@@ -24,12 +24,17 @@ MAX_NEW_TOKENS = 1024
 
 @dataclass(frozen=True)
 class ContrastiveParams:
-    """α (plausibility), β (None: Li et al.'s difference), τ (the amateur's temperature)."""
+    """α (plausibility), β (None: Li et al.'s difference), τ (the amateur's temperature).
+
+    `amateur_exit_layer` k makes the amateur the first k blocks of its model (then the
+    final norm and unembedding): with the expert's own model, an early-exit amateur.
+    """
 
     alpha: float = 0.1
     beta: float | None = None
     amateur_temperature: float = 1.0
     max_new_tokens: int = 64
+    amateur_exit_layer: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha <= 1:
@@ -61,7 +66,8 @@ def contrastive_decode(expert: Engine, amateur: Engine, context: Sequence[int],
     """Decode after `context` (token ids) with the contrastive score, recording each step."""
     budget = engine_budget(expert, context, params.max_new_tokens)
     start = time.perf_counter()
-    stream_e, stream_a = expert.logit_stream(), amateur.logit_stream()
+    stream_e = expert.logit_stream()
+    stream_a = amateur.logit_stream(exit_layer=params.amateur_exit_layer)
     last_e = stream_e.extend(context).final[-1]
     last_a = stream_a.extend(context).final[-1]
     answer, records = [], []
