@@ -98,7 +98,8 @@ EXPECTED_SCHEMA = {
         ("top_b", "JSON"), ("top_score", "JSON")],
     "decoding_drafts": [
         ("run_id", "VARCHAR"), ("round", "INTEGER"), ("slot", "INTEGER"), ("token_id", "INTEGER"),
-        ("q", "DOUBLE"), ("p", "DOUBLE"), ("accepted", "BOOLEAN"), ("verified", "BOOLEAN")],
+        ("q", "DOUBLE"), ("p", "DOUBLE"), ("accepted", "BOOLEAN"), ("verified", "BOOLEAN"),
+        ("text", "VARCHAR")],
 }
 
 

@@ -26,7 +26,8 @@ class ContrastStep:
     Jensen–Shannon divergence of a and b in nats; `plausible` the size of the set the
     method may choose from (V_head, DoLa's relative top); `constraint_changed` is True when
     the best score over the whole vocabulary lies outside that set, so the constraint
-    changed the choice; `layer` is DoLa's premature layer. `top_*` are 3 (id, value) pairs.
+    changed the choice; `layer` is DoLa's premature layer. `top_*` are 3 (id, value, text)
+    triples (the text is filled in after decoding, "" until then).
     """
 
     token_id: int
@@ -39,9 +40,9 @@ class ContrastStep:
     plausible: int
     constraint_changed: bool
     layer: int | None = None
-    top_a: tuple[tuple[int, float], ...] = ()
-    top_b: tuple[tuple[int, float], ...] = ()
-    top_score: tuple[tuple[int, float], ...] = ()
+    top_a: tuple[tuple[int, float, str], ...] = ()
+    top_b: tuple[tuple[int, float, str], ...] = ()
+    top_score: tuple[tuple[int, float, str], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("p_a", "p_b"):
@@ -63,7 +64,8 @@ class DraftToken:
 
     `q` is its probability under the draft (1 for prompt lookup, which proposes without a
     distribution), `p` under the target (None when it was never verified); `accepted` it
-    was kept; a token after a rejection is discarded unverified (`verified` False).
+    was kept; a token after a rejection is discarded unverified (`verified` False). `text`
+    is the token's text (filled in after decoding).
     """
 
     round: int
@@ -73,6 +75,7 @@ class DraftToken:
     p: float | None
     accepted: bool
     verified: bool
+    text: str = ""
 
 
 @dataclass(frozen=True)

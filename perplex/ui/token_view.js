@@ -77,13 +77,20 @@ function makeSpan(tok, index) {
     span.classList.add("overlay");
     span.style.backgroundColor = tok.bg;
   }
+  if (Array.isArray(tok.s)) {  // rejected drafts, struck through, before their replacement
+    for (const raw of tok.s) {
+      const text = String(raw);
+      span.appendChild(el("span", "struck", text.trim() ? text : visible(text)));
+    }
+  }
   fillToken(span, tok.t);
   return span;
 }
 
 function sameToken(a, b) {
   return a.t === b.t && a.p === b.p && a.c === b.c && a.f === b.f && a.pos === b.pos
-    && a.h === b.h && a.r === b.r && a.id === b.id && a.bg === b.bg;
+    && a.h === b.h && a.r === b.r && a.id === b.id && a.bg === b.bg
+    && JSON.stringify(a.s) === JSON.stringify(b.s);
 }
 
 const TIP_ALTERNATIVES = 3; // the menu lists them all

@@ -62,7 +62,8 @@ class Overlay:
 
     `colours` are CSS colours built by Perplex (never user text), one per token; `lines`
     are extra tooltip rows; `label` names the token's own alternatives (e.g. "under A")
-    and `second_label` the `second` alternatives, `(text, prob, is_chosen)` per token.
+    and `second_label` the `second` alternatives, `(text, prob, is_chosen)` per token;
+    `struck` are texts drawn struck through before the token (rejected drafts).
     """
 
     colours: tuple[str, ...]
@@ -70,6 +71,7 @@ class Overlay:
     label: str = ""
     second_label: str = ""
     second: tuple[tuple[tuple[str, float, bool], ...], ...] = ()
+    struck: tuple[tuple[str, ...], ...] = ()
 
     def entry_extras(self, index: int) -> dict:
         """What token `index`'s view entry gains."""
@@ -78,6 +80,8 @@ class Overlay:
             extra["x"] = list(self.lines[index])
         if self.label:
             extra["altl"] = self.label
+        if self.struck and self.struck[index]:
+            extra["s"] = list(self.struck[index])
         if self.second:
             extra["alt2"] = {"l": self.second_label,
                              "a": [[t, float(f"{p:.4g}"), chosen]

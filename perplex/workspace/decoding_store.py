@@ -79,9 +79,9 @@ def save_decoding(store: Store, prompt: str, method: MethodRun, greedy: GreedyRu
         cur.executemany(f"INSERT INTO decoding_tokens ({', '.join(_TOKEN_COLUMNS)}) VALUES "
                         f"({', '.join('?' * len(_TOKEN_COLUMNS))})", _token_rows(run_id, method))
         if method.drafts:
-            cur.executemany("INSERT INTO decoding_drafts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            cur.executemany("INSERT INTO decoding_drafts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             [[run_id, d.round, d.slot, d.token_id, d.q, d.p, d.accepted,
-                              d.verified] for d in method.drafts])
+                              d.verified, d.text] for d in method.drafts])
     return run_id
 
 
@@ -126,7 +126,7 @@ def load_decoding(store: Store, run_id: str) -> StoredDecoding:
             raise StoreError(f"Decoding run {run_id} lost one of its generations.")
         tokens = cur.execute(f"SELECT {', '.join(_TOKEN_COLUMNS[1:])} FROM decoding_tokens "
                              "WHERE run_id = ? ORDER BY idx", [run_id]).fetchall()
-        drafts = cur.execute("SELECT round, slot, token_id, q, p, accepted, verified FROM "
+        drafts = cur.execute("SELECT round, slot, token_id, q, p, accepted, verified, text FROM "
                              "decoding_drafts WHERE run_id = ? ORDER BY round, slot",
                              [run_id]).fetchall()
     timings, greedy = json.loads(timings), json.loads(greedy)
@@ -147,8 +147,8 @@ def _contrast(t: tuple) -> ContrastStep:
     (_, token, _, _, greedy_id, p_a, p_b, score, rank_a, js, plausible, changed, layer,
      top_a, top_b, top_score) = t
 
-    def pairs(raw: str) -> tuple[tuple[int, float], ...]:
-        return tuple((int(i), float(v)) for i, v in json.loads(raw))
+    def pairs(raw: str) -> tuple[tuple[int, float, str], ...]:
+        return tuple((int(i), float(v), str(text)) for i, v, text in json.loads(raw))
 
     return ContrastStep(token, greedy_id, p_a, p_b, score, rank_a, js, plausible, changed, layer,
                         pairs(top_a), pairs(top_b), pairs(top_score))

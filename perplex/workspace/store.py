@@ -226,6 +226,7 @@ MIGRATIONS: list[str] = [
         p DOUBLE,
         accepted BOOLEAN NOT NULL,
         verified BOOLEAN NOT NULL,
+        text VARCHAR NOT NULL,
         PRIMARY KEY (run_id, round, slot)
     );
     """,

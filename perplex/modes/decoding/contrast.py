@@ -38,9 +38,9 @@ def js_divergence(logp_a: torch.Tensor, logp_b: torch.Tensor) -> float:
     return max(0.0, float(0.5 * (kl_pm + kl_qm)))
 
 
-def _top(values: torch.Tensor, exp: bool) -> tuple[tuple[int, float], ...]:
+def _top(values: torch.Tensor, exp: bool) -> tuple[tuple[int, float, str], ...]:
     found = torch.topk(values, TOP)
-    return tuple((int(i), float(v.exp() if exp else v))
+    return tuple((int(i), float(v.exp() if exp else v), "")
                  for i, v in zip(found.indices, found.values))
 
 
@@ -60,7 +60,8 @@ def contrast_record(logp_a: torch.Tensor, logp_b: torch.Tensor, raw: torch.Tenso
         js=js_divergence(logp_a, logp_b), plausible=int(plausible.sum()),
         constraint_changed=not bool(plausible[first_argmax(raw)]), layer=layer,
         top_a=_top(logp_a, True), top_b=_top(logp_b, True),
-        top_score=tuple((int(i), float(v)) for i, v in zip(top_score.indices, top_score.values)))
+        top_score=tuple((int(i), float(v), "")
+                        for i, v in zip(top_score.indices, top_score.values)))
 
 
 class Budget:

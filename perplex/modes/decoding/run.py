@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -106,6 +106,7 @@ def run_method(target: Engine, messages: tuple[Message, ...],
     else:
         draft = make_draft(target, params, second)
         method = speculative_decode(target, draft, ids, params, progress)
+    method = with_texts(method, target.decode)
     greedy = greedy_decode(target, ids, params.max_new_tokens, greedy_progress)
     temperature = getattr(params, "temperature", 0.0)
     return DecodingResult(
@@ -114,6 +115,17 @@ def run_method(target: Engine, messages: tuple[Message, ...],
                           method.stop_reason),
         answer_generation(target, messages, context, greedy.answer_ids, 0.0, greedy.stop_reason),
         None if second is None else second.info.label)
+
+
+def with_texts(run: MethodRun, decode) -> MethodRun:
+    """The run with the text of every recorded alternative and drafted token filled in."""
+    def named(top):
+        return tuple((i, v, decode([i])) for i, v, _ in top)
+
+    contrast = tuple(replace(c, top_a=named(c.top_a), top_b=named(c.top_b),
+                             top_score=named(c.top_score)) for c in run.contrast)
+    drafts = tuple(replace(d, text=decode([d.token_id])) for d in run.drafts)
+    return replace(run, contrast=contrast, drafts=drafts)
 
 
 def answer_generation(engine: Engine, messages: tuple[Message, ...], context: EncodedSequence,
