@@ -13,7 +13,6 @@ from perplex.core.comparison import UNLIKELY, CrossScore, PairRun, answer_steps
 from perplex.core.errors import PerplexError
 from perplex.core.plots import short_prob, visible_token
 from perplex.core.records import DecodeParams, Generation, TokenRole, TokenStep
-from perplex.modes import prefill
 from perplex.modes.comparison import plots
 from perplex.modes.comparison.cross import Side
 from perplex.modes.comparison.dataset import compare_prompt, divergent_tokens, prompt_row
@@ -23,6 +22,7 @@ from perplex.ui import page_state, resources, session_panel
 from perplex.ui.conditioning import system_prompt_control
 from perplex.ui.export_panel import download, figure_downloads
 from perplex.ui.model_choice import LOCAL_CHOICES, local_engine, memory_line, source_input
+from perplex.ui.prompt_list import prompt_list_form
 from perplex.ui.sidebar import thresholds
 from perplex.ui.text import count, plain
 from perplex.ui.token_view import Overlay, TokenViewStream, token_view
@@ -400,42 +400,14 @@ def dataset_section(a: Side, b: Side, conditions: dict, params: DecodeParams,
     """The comparison over many prompts: per prompt in a table, the set's tokens, a histogram."""
     st.subheader("Many prompts")
     viewing_only = session_panel.read_only()
-    with st.form(f"{PREFIX}.many"):
-        pasted = st.text_area("One prompt per line (blank lines are skipped)",
-                              key=f"{PREFIX}.many_text")
-        uploaded = st.file_uploader("or a .txt file, one prompt per line (it is used instead "
-                                    f"of the box; at most {MAX_LIST_BYTES // 2**20} MiB)",
-                                    type=["txt"], key=f"{PREFIX}.many_file")
-        go = st.form_submit_button("Compare every prompt", disabled=viewing_only)
+    listed = prompt_list_form(f"{PREFIX}.many", "Compare every prompt", disabled=viewing_only)
     batches_key = f"{PREFIX}.batch"
-    if go:
-        try:
-            prompts = list(prefill.parse_prompt_list(_list_text(pasted, uploaded)).prompts)
-        except PerplexError as exc:
-            st.error(plain(str(exc)))
-            return
-        st.session_state[batches_key] = _run_many(a, b, conditions, prompts, params,
-                                                  approximate)
+    if listed is not None:
+        st.session_state[batches_key] = _run_many(a, b, conditions, list(listed.prompts),
+                                                  params, approximate)
     batch_id = st.session_state.get(batches_key)
     if batch_id is not None:
         _batch_results(batch_id)
-
-
-MAX_LIST_BYTES = 5 * 2**20
-
-
-def _list_text(pasted: str, uploaded) -> str:
-    """The prompt list: the uploaded file's text (UTF-8), else the box's."""
-    if uploaded is None:
-        return pasted
-    if uploaded.size > MAX_LIST_BYTES:
-        raise PerplexError(f"{uploaded.name} is {uploaded.size / 2**20:.1f} MiB; a prompt list "
-                           f"may be at most {MAX_LIST_BYTES // 2**20} MiB. Split it.")
-    try:
-        return uploaded.getvalue().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PerplexError(f"{uploaded.name} is not UTF-8 text (byte {exc.start}): save it "
-                           "as UTF-8 and upload it again.") from None
 
 
 def _run_many(a: Side, b: Side, conditions: dict, prompts: list[str],
