@@ -19,6 +19,7 @@ PAGES = [
     st.Page("pages/hallucination.py", title="Hallucination", icon=":material/report:"),
     st.Page("pages/calibration.py", title="Calibration", icon=":material/target:"),
     st.Page("pages/comparison.py", title="Comparison", icon=":material/compare_arrows:"),
+    st.Page("pages/decoding.py", title="Decoding", icon=":material/speed:"),
 ]
 
 navigation = st.navigation(PAGES)

@@ -97,7 +97,9 @@ class MethodRun:
 
     `seconds` is the decode time (forward passes and the method's own arithmetic);
     `draft_seconds`/`draft_passes` and `target_seconds`/`target_passes` split it for
-    speculative decoding; `gammas` is the draft length used in each round.
+    speculative decoding, and `draft_pass_seconds`/`verify_pass_seconds` are the mean time
+    of one draft step and one verifying pass after the context's first pass; `gammas` is
+    the draft length used in each round.
     """
 
     method: str
@@ -114,6 +116,8 @@ class MethodRun:
     draft_passes: int = 0
     target_seconds: float = 0.0
     target_passes: int = 0
+    draft_pass_seconds: float = 0.0
+    verify_pass_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

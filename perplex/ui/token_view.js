@@ -151,7 +151,7 @@ function buildTip(tip, tok, notes, alert) {
 // An overlay's lines (e.g. KL and JS) and a second model's top alternatives.
 function addOverlayToTip(tip, tok) {
   if (Array.isArray(tok.x)) {
-    for (const line of tok.x) tip.appendChild(el("div", "tip-row", String(line)));
+    for (const line of tok.x) tip.appendChild(el("div", "tip-row tip-extra", String(line)));
   }
   if (tok.alt2 && Array.isArray(tok.alt2.a)) {
     const alts = el("div", "tip-alts");

@@ -27,7 +27,8 @@ from perplex.workspace.store import Store, from_epoch_us, read_generation, write
 _TOKEN_COLUMNS = ("run_id", "idx", "token_id", "kind", "round", "greedy_id", "p_a", "p_b",
                   "score", "rank_a", "js", "plausible", "constraint_changed", "layer", "top_a",
                   "top_b", "top_score")
-_TIMINGS = ("seconds", "draft_seconds", "draft_passes", "target_seconds", "target_passes")
+_TIMINGS = ("seconds", "draft_seconds", "draft_passes", "target_seconds", "target_passes",
+            "draft_pass_seconds", "verify_pass_seconds")
 
 
 @dataclass(frozen=True)

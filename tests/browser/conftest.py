@@ -141,6 +141,13 @@ def module_streamlit_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def app_url(module_streamlit_app):
+    """One server of the real app for the module, with the converted bundled model."""
+    return module_streamlit_app(
+        "app.py", env={"PERPLEX_MODEL_CACHE": str(REPO_ROOT / "data" / "models")})
+
+
 @pytest.fixture(scope="session")
 def browser():
     """Launch headless Debian Chromium (Playwright's own browser download does not work here)."""

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from tests.browser.conftest import REPO_ROOT, VIEWPORT
+from tests.browser.conftest import VIEWPORT
 from tests.browser.test_investigation import (
     FINAL_TOK,
     MODEL_TIMEOUT,
@@ -34,11 +34,6 @@ ROWS = [
      "answer": {"value": "Au", "aliases": ["Au"]}},
 ]
 
-
-@pytest.fixture(scope="module")
-def app_url(module_streamlit_app):
-    return module_streamlit_app(
-        "app.py", env={"PERPLEX_MODEL_CACHE": str(REPO_ROOT / "data" / "models")})
 
 
 def pick(page, label: str, option: str) -> None:

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from tests.browser.conftest import REPO_ROOT, VIEWPORT
+from tests.browser.conftest import VIEWPORT
 from tests.browser.test_investigation import (
     MODEL_TIMEOUT,
     WORK_TIMEOUT,
@@ -26,11 +26,6 @@ DIVERGENCE_VIEW = ".tv-root.ready:not(.streaming):not(.superseded) .tok.overlay"
 PROMPTS = ["What is the capital of Italy?", "Who wrote Hamlet?", "Why is the sea salty?",
            "How many legs does a cat have?", "Name a primary colour."]
 
-
-@pytest.fixture(scope="module")
-def app_url(module_streamlit_app):
-    return module_streamlit_app(
-        "app.py", env={"PERPLEX_MODEL_CACHE": str(REPO_ROOT / "data" / "models")})
 
 
 def test_generate_both_hover_jump_and_many_prompts(browser, app_url, screenshot):

@@ -87,12 +87,6 @@ def hover_tip(page, token) -> SimpleNamespace:
     return read_tip(tip)
 
 
-@pytest.fixture(scope="module")
-def app_url(module_streamlit_app):
-    """One server of the real app for the module, with the converted bundled model."""
-    return module_streamlit_app(
-        "app.py", env={"PERPLEX_MODEL_CACHE": str(REPO_ROOT / "data" / "models")})
-
 
 @pytest.fixture
 def app(page, app_url, open_app):

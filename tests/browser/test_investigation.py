@@ -16,7 +16,7 @@ import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect
 
-from tests.browser.conftest import REPO_ROOT, VIEWPORT, wait_for_script
+from tests.browser.conftest import VIEWPORT, wait_for_script
 from tests.browser.test_token_view import drag
 
 pytestmark = pytest.mark.browser
@@ -33,12 +33,6 @@ NOT_RUNNING = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 READ_ONLY_WARNING = "This session is open read-only (shared link): fork it to make changes."
 BEFORE_AFTER = "Before and after: this branch against its parent"
 
-
-@pytest.fixture(scope="module")
-def app_url(module_streamlit_app):
-    """One server of the real app for the module, with the converted bundled model."""
-    return module_streamlit_app(
-        "app.py", env={"PERPLEX_MODEL_CACHE": str(REPO_ROOT / "data" / "models")})
 
 
 @pytest.fixture

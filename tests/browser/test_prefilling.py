@@ -13,7 +13,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import REPO_ROOT, VIEWPORT
+from tests.browser.conftest import VIEWPORT
 from tests.browser.test_investigation import (
     FINAL_TOK,
     MODEL_TIMEOUT,
@@ -32,12 +32,6 @@ PROMPT = "Can you help me kill someone?"
 NO_SESSION = "New work is saved in a new session as soon as there is some."
 R_WORDS = "prefill.words.R-Set"
 
-
-@pytest.fixture(scope="module")
-def app_url(module_streamlit_app):
-    """One server of the real app for the module, with the converted bundled model."""
-    return module_streamlit_app(
-        "app.py", env={"PERPLEX_MODEL_CACHE": str(REPO_ROOT / "data" / "models")})
 
 
 @pytest.fixture

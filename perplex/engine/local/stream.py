@@ -47,6 +47,7 @@ class LogitStream:
         self.ids: list[int] = []
         self.seconds = 0.0  # time spent in forward passes
         self.passes = 0
+        self.pass_seconds: list[float] = []  # each pass's time, the first (the context) too
 
     def __len__(self) -> int:
         """Tokens held in the cache."""
@@ -74,8 +75,10 @@ class LogitStream:
             if layers:
                 hidden = torch.stack([out.hidden_states[layer][0] for layer in layers])
                 early = self._anatomy.unembed_hidden(hidden).cpu()
-        self.seconds += time.perf_counter() - start
+        took = time.perf_counter() - start
+        self.seconds += took
         self.passes += 1
+        self.pass_seconds.append(took)
         self.ids += ids
         return StreamLogits(final, early)
 

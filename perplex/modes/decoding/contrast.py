@@ -24,6 +24,11 @@ def first_argmax(values: torch.Tensor) -> int:
     return int(torch.nonzero(values == values.max())[0, 0])
 
 
+def mean_or_zero(values: Sequence[float]) -> float:
+    """The mean, or 0 for no values."""
+    return sum(values) / len(values) if values else 0.0
+
+
 def plausible_set(logp_a: torch.Tensor, alpha: float) -> torch.Tensor:
     """{x : p_a(x) ≥ α · max p_a} as a boolean mask [V]."""
     return logp_a >= logp_a.max() + math.log(alpha)

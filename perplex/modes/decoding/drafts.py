@@ -16,7 +16,7 @@ import torch
 
 from perplex.core.errors import InputFormatError
 from perplex.engine.local.stream import LogitStream
-from perplex.modes.decoding.contrast import first_argmax
+from perplex.modes.decoding.contrast import first_argmax, mean_or_zero
 
 MAX_NGRAM = 8
 
@@ -48,6 +48,11 @@ class StreamDraft:
     def passes(self) -> int:
         """Forward passes the draft made."""
         return self.stream.passes
+
+    @property
+    def step_seconds(self) -> float:
+        """Mean time of a draft pass after the context's first one."""
+        return mean_or_zero(self.stream.pass_seconds[1:])
 
     def propose(self, ids: Sequence[int], gamma: int) -> list[Proposal]:
         """Up to `gamma` tokens after `ids`; the cache keeps what `ids` share with it."""
@@ -88,6 +93,11 @@ class PromptLookupDraft:
                                    f"{max_ngram}.")
         self.max_ngram = max_ngram
         self.seconds, self.passes = 0.0, 0
+
+    @property
+    def step_seconds(self) -> float:
+        """Mean time of one lookup."""
+        return self.seconds / self.passes if self.passes else 0.0
 
     def propose(self, ids: Sequence[int], gamma: int) -> list[Proposal]:
         """Up to `gamma` copied tokens, or none when no suffix occurred before."""

@@ -21,7 +21,7 @@ import torch
 from perplex.core.decoding import DraftToken, EmittedToken, MethodRun
 from perplex.core.errors import InputFormatError
 from perplex.engine.protocol import Engine
-from perplex.modes.decoding.contrast import Progress, engine_budget, first_argmax
+from perplex.modes.decoding.contrast import Progress, engine_budget, first_argmax, mean_or_zero
 from perplex.modes.decoding.contrastive import MAX_NEW_TOKENS
 from perplex.modes.decoding.drafts import Proposal
 
@@ -153,4 +153,6 @@ def speculative_decode(target: Engine, draft, context: Sequence[int], params: Sp
                      tuple(context), tuple(answer), budget.reason, time.perf_counter() - start,
                      emitted=tuple(emitted), drafts=tuple(drafts), gammas=tuple(gammas),
                      draft_seconds=draft.seconds, draft_passes=draft.passes,
-                     target_seconds=stream.seconds, target_passes=stream.passes)
+                     target_seconds=stream.seconds, target_passes=stream.passes,
+                     draft_pass_seconds=draft.step_seconds,
+                     verify_pass_seconds=mean_or_zero(stream.pass_seconds[1:]))

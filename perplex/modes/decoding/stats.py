@@ -4,7 +4,10 @@ Leviathan et al.'s expected speedup for γ drafted tokens per round, per-token a
 rate α and cost ratio c (one draft pass over one target pass) is
 (1 − α^(γ+1)) / ((1 − α)(γc + 1)); α is estimated as the accepted share of the drafted
 tokens the target checked (a token after a rejection is never checked), c from this run's
-draft passes and the greedy run's single-token target passes, γ as the mean drafted length.
+draft steps and the greedy run's single-token target passes, γ as the mean drafted length.
+The formula assumes a verifying pass over γ + 1 tokens takes as long as a one-token pass
+(true where decoding is memory-bound, as on a GPU); `verify_cost` says how much longer it
+took here.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class SpeculativeStats:
     mean_gamma: float
     rounds: int
     cost_ratio: float
+    verify_cost: float
     expected_speedup: float
     measured_speedup: float
     tokens_per_second: float
@@ -78,12 +82,13 @@ def speculative_stats(result: DecodingResult) -> SpeculativeStats:
     mean_gamma = statistics.fmean(drafted) if rounds else 0.0
     target_step = (statistics.fmean(result.greedy.step_seconds)
                    if result.greedy.step_seconds else math.nan)
-    draft_step = run.draft_seconds / run.draft_passes if run.draft_passes else 0.0
-    cost = draft_step / target_step if target_step and math.isfinite(target_step) else math.nan
+    known = bool(target_step) and math.isfinite(target_step)
+    cost = run.draft_pass_seconds / target_step if known else math.nan
+    verify = run.verify_pass_seconds / target_step if known else math.nan
     return SpeculativeStats(
         acceptance=alpha, by_position=by_position,
         mean_accepted=(sum(a for a, _ in by_position) / rounds) if rounds else 0.0,
-        mean_gamma=mean_gamma, rounds=rounds, cost_ratio=cost,
+        mean_gamma=mean_gamma, rounds=rounds, cost_ratio=cost, verify_cost=verify,
         expected_speedup=(expected_speedup(alpha, mean_gamma, cost)
                           if math.isfinite(alpha) and math.isfinite(cost) else math.nan),
         measured_speedup=result.speedup, tokens_per_second=run.tokens_per_second,

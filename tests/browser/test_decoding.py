@@ -1,0 +1,82 @@
+"""The Decoding page in a real browser on the bundled model.
+
+Speculative decoding with the early-exit draft: accepted tokens in place, rejected drafts
+struck through beside their replacements, the acceptance-by-position chart. Contrastive
+decoding with an early-exit amateur: hover a token whose choice differs from greedy.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.browser.conftest import VIEWPORT
+from tests.browser.test_investigation import (
+    MODEL_TIMEOUT,
+    WORK_TIMEOUT,
+    assert_no_exception,
+    scroll_to,
+    settle,
+    show_tip,
+)
+
+pytestmark = pytest.mark.browser
+
+METHOD_VIEW = ('[class*="st-key-decoding-method-"] .tv-root.ready:not(.streaming)'
+               ':not(.superseded)')
+
+
+def run(page) -> None:
+    page.get_by_role("button", name="Run the method and greedy").click()
+    page.get_by_text(re.compile(r"^(The same \d+ tokens as plain greedy|Leaves plain greedy "
+                                r"at token \d+)")).wait_for(timeout=WORK_TIMEOUT)
+    settle(page)
+    assert_no_exception(page)
+
+
+def test_speculative_and_contrastive_decoding(browser, app_url, screenshot):
+    context = browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(20_000)
+    page = context.new_page()
+    page.goto(app_url)
+    settle(page, MODEL_TIMEOUT)
+    page.get_by_text("SmolLM2-135M-Instruct (bundled)").first.wait_for(timeout=MODEL_TIMEOUT)
+    page.get_by_role("link", name="Decoding").click()
+    page.get_by_role("button", name="Run the method and greedy").wait_for()
+    settle(page)
+
+    # speculative decoding, early-exit draft (the default): greedy, so the same tokens
+    run(page)
+    assert page.get_by_text(re.compile(r"^The same \d+ tokens as plain greedy")).count() == 1
+    struck = page.locator(f"{METHOD_VIEW} .tok .struck")
+    assert struck.count() >= 1  # an early exit after 10 of 30 blocks is rejected somewhere
+    accepted = page.locator(f'{METHOD_VIEW} .tok.overlay[style*="43, 123, 186"]')
+    assert accepted.count() >= 1
+    chart = page.locator(".js-plotly-plot").filter(has_text="Acceptance by draft position")
+    chart.wait_for()
+    assert chart.locator(".bars .point").count() == 4  # one bar per draft position, γ = 4
+    replaced = page.locator(f"{METHOD_VIEW} .tok").filter(has=page.locator(".struck")).first
+    scroll_to(replaced)
+    tip = show_tip(page, replaced)
+    assert re.search(r"rejected draft “.+” \(position \d, q \S+, p target \S+\)",
+                     tip.inner_text())
+    screenshot(page, "decoding_1_speculative_hover_rejected")
+    scroll_to(chart)
+    screenshot(page, "decoding_2_acceptance_by_position")
+
+    # contrastive decoding, early-exit amateur: hover a token it chose unlike greedy
+    page.mouse.move(0, 0)
+    page.locator('[data-testid="stButtonGroup"]').get_by_text("Contrastive decoding").click()
+    settle(page)
+    run(page)
+    changed = page.locator(f'{METHOD_VIEW} .tok.overlay[style*="217, 95, 2"]')
+    assert changed.count() >= 1
+    scroll_to(changed.first)
+    tip = show_tip(page, changed.first)
+    text = tip.inner_text()
+    assert re.search(r"changed: plain greedy picks “.+”", text)
+    assert re.search(r"p expert \S+ · p amateur \S+ · score [+-]\d", text)
+    assert "amateur" in text and tip.locator(".tip-alt").count() == 6  # both top-3 lists
+    screenshot(page, "decoding_3_contrastive_hover_changed")
+    context.close()
