@@ -10,6 +10,8 @@
 7. Comparison: cross-scoring a 512-token answer under the second model vs one plain forward
    pass of that model; the bundled model vs its terse fine-tune on three prompts; the
    many-prompts view's prompts/s over 50 prompts.
+8. Speculative decoding: prompt lookup (summarise-this-text) and early exit (free prompt) vs
+   the target alone, identical answers asserted (`bench/decoding.py`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from bench.decoding import bench_speculative
 from perplex.core.records import DecodeParams, Message
 from perplex.core.settings import PROJECT_ROOT, Settings
 from perplex.core.tokens import encode_messages
@@ -395,7 +398,7 @@ def main() -> None:
     done = [run_stage("decode", bench_decoding, lm), run_stage("load", bench_loading),
             run_stage("view", bench_token_view, lm), run_stage("lens", bench_lens, lm),
             run_stage("endpoint", bench_endpoint), run_stage("calib", bench_calibration, lm),
-            run_stage("compare", bench_comparison, lm)]
+            run_stage("compare", bench_comparison, lm), run_stage("spec", bench_speculative, lm)]
     if not all(done):
         sys.exit(1)
 
