@@ -175,6 +175,8 @@ def run_section(engine: LocalEngine, setup: Setup, messages: tuple[Message, ...]
     th = thresholds()
     detok = Detokenizer(engine.lm.tokenizer)
     shown: list[TokenStep] = []
+    stop = st.empty()
+    stop.button("Stop", key=f"{PREFIX}.stop", help="Ends the run; nothing is saved of it.")
     st.caption("The method, streaming (probabilities come once it ends):")
     stream = TokenViewStream(key=f"{PREFIX}-live", confident=th.confident,
                              uncertain=th.uncertain, expected=setup.params.max_new_tokens)
@@ -198,6 +200,7 @@ def run_section(engine: LocalEngine, setup: Setup, messages: tuple[Message, ...]
         st.error(plain(str(exc)))
         return
     note.empty()
+    stop.empty()
     try:
         run_id = save_result(prompt, result)
     except PerplexError as exc:

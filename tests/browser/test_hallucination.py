@@ -9,7 +9,6 @@ import pytest
 from tests.browser.test_investigation import (  # noqa: F401 (fixtures)
     FINAL_TOK,
     WORK_TIMEOUT,
-    app_url,
     assert_no_exception,
     new_tab,
     settle,
