@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from perplex.core.errors import InputFormatError
+from perplex.core.ranks import rank_auroc
 
 BINNINGS = ("equal width", "equal mass")
 
@@ -106,23 +107,7 @@ def auroc(confidences: Sequence[float | None], correct: Sequence[bool]) -> float
     n_pos, n_neg = int(right.sum()), int((~right).sum())
     if not n_pos or not n_neg:
         return math.nan
-    ranks = _average_ranks(conf)
-    return float((ranks[right].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks, tied values sharing the mean of their ranks (Mann–Whitney)."""
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(values.size, dtype=np.float64)
-    sorted_values = values[order]
-    start = 0
-    while start < values.size:
-        end = start
-        while end + 1 < values.size and sorted_values[end + 1] == sorted_values[start]:
-            end += 1
-        ranks[order[start:end + 1]] = (start + end) / 2 + 1
-        start = end + 1
-    return ranks
+    return rank_auroc(conf, right)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Persona traits: trait definitions, trait vectors, per-token projections, steering."""
