@@ -290,3 +290,28 @@ def test_an_early_exit_amateur_is_the_experts_first_blocks(tiny):
         assert record.p_b == pytest.approx(float(amateur[len(context) - 1 + i,
                                                          record.token_id].exp()),
                                            abs=FLOAT32_PROB)
+
+
+def test_an_early_exit_stays_early_after_the_lens_has_traced_the_model():
+    """Nnsight leaves a `forward` on the modules it traced; a view must not run the original."""
+    engine = LocalEngine(tiny_model(seed=3, layers=4))
+    ids = [5, 6, 7, 8, 9]
+    engine.residuals(ids, [1])  # an nnsight trace, as the Logit Lens makes
+    early = engine.logit_stream(exit_layer=2).extend(ids).final
+    with torch.no_grad():
+        hidden = engine.lm.model(input_ids=torch.tensor([ids]),
+                                 output_hidden_states=True).hidden_states
+    # the same blocks on the same tokens, read two ways: float32 tolerance
+    torch.testing.assert_close(early, engine.lm.anatomy.unembed_hidden(hidden[2][0]),
+                               atol=1e-4, rtol=0)
+
+
+def test_streams_leave_the_models_own_hidden_states_alone():
+    engine = LocalEngine(tiny_model(seed=4, layers=3))
+    ids = [5, 6, 7, 8]
+    engine.logit_stream().extend(ids, layers=[0, 1], capture=[0, 3])
+    engine.logit_stream(exit_layer=1).extend(ids)
+    with torch.no_grad():
+        states = engine.lm.model(input_ids=torch.tensor([ids]),
+                                 output_hidden_states=True).hidden_states
+    assert len(states) == 4  # the embedding and one per block, each recorded once

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from perplex.core.errors import InputFormatError
-from perplex.core.records import DecodeParams, Generation, Message
+from perplex.core.records import DecodeParams, Generation, Message, TokenStep
 from perplex.core.steps import sequence_records
 from perplex.core.tokens import (
     EncodedSequence,
@@ -30,7 +30,7 @@ from perplex.engine.local.generation import DecodeRun, start_generation
 from perplex.engine.local.models import LoadedModel
 from perplex.engine.local.nnsight_adapter import capture_residuals, patched_last_residual
 from perplex.engine.local.scoring import score_conversations
-from perplex.engine.local.stream import LogitStream, early_exit_model
+from perplex.engine.local.stream import LogitStream, Steering, model_view
 from perplex.engine.local.word_probs import continuation_probs
 from perplex.engine.protocol import Capabilities, ModelInfo, ResidualPatch, ScoredSequence
 
@@ -85,6 +85,12 @@ class LocalEngine:
         steps = sequence_records(self.lm, list(seq.ids), list(seq.roles),
                                  list(seq.message_indices), logits, top_k)
         return ScoredSequence(tuple(steps), logits)
+
+    def records(self, seq: EncodedSequence, logits: torch.Tensor, top_k: int = 20
+                ) -> tuple[TokenStep, ...]:
+        """The records of `seq` from logits [T, V] of a pass over it (e.g. a steered one)."""
+        return tuple(sequence_records(self.lm, list(seq.ids), list(seq.roles),
+                                      list(seq.message_indices), logits, top_k))
 
     def score(self, conversations: Sequence[Sequence[Message]], top_k: int = 20,
               text_prefix: TextPrefix | None = None) -> list[Generation]:
@@ -163,15 +169,18 @@ class LocalEngine:
             with torch.inference_mode():
                 return self.anatomy.unembed_hidden(last[0])
 
-    def logit_stream(self, exit_layer: int | None = None) -> LogitStream:
-        """A KV-cached stream; with `exit_layer` k, the first k blocks then the unembedding."""
-        model, n = self.lm.model, self.anatomy.n_blocks
-        if exit_layer is not None:
-            if not 1 <= exit_layer < n:
-                raise InputFormatError(f"An early exit after block {exit_layer} is not in "
-                                       f"{self.lm.label}: choose 1 to {n - 1} of its {n} "
-                                       "blocks.")
-            model = early_exit_model(model, self.anatomy, exit_layer)
+    def logit_stream(self, exit_layer: int | None = None,
+                     steering: Sequence[Steering] = ()) -> LogitStream:
+        """A KV-cached stream; with `exit_layer` k, the first k blocks then the unembedding.
+
+        `steering` adds vectors to the residual stream (a view of the model: other users
+        of it are not steered).
+        """
+        n = self.anatomy.n_blocks
+        if exit_layer is not None and not 1 <= exit_layer < n:
+            raise InputFormatError(f"An early exit after block {exit_layer} is not in "
+                                   f"{self.lm.label}: choose 1 to {n - 1} of its {n} blocks.")
+        model = model_view(self.lm.model, self.anatomy, exit_layer, steering)
         return LogitStream(model, self.anatomy, self.lock, self.lm.context_length,
                            self.lm.label)
 

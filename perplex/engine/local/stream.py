@@ -5,6 +5,8 @@ time and read the logits after each new token; speculative decoding also takes t
 (a rejected draft). `LogitStream` keeps one model's KV cache for that: `extend` runs the new
 tokens in one forward pass, `truncate` crops the cache. An early-exit stream runs only the
 first k blocks, then the model's own final norm and unembedding (the self-speculative draft).
+A steered stream adds vectors to the residual after chosen blocks (persona steering); both
+are views of the model sharing its weights, so other users of the model are not affected.
 """
 
 from __future__ import annotations
@@ -28,11 +30,77 @@ class StreamLogits:
 
     `final` is [n, V] float32 (row i predicts the token after the i-th new one);
     `early` is [len(layers), n, V] float32: the unembedding (final norm, head, soft cap)
-    of the residual after each asked-for block (0: the embedding), or None if none asked.
+    of the residual after each asked-for block (0: the embedding), or None if none asked;
+    `hidden` is [len(capture), n, d] float32: the residuals themselves at `capture`.
     """
 
     final: torch.Tensor
     early: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Steering:
+    """Add `coefficient` · `vector` [d] to the residual after `layer` blocks (1 … n).
+
+    `positions` is "all", "prompt" (positions before `prompt_length`) or "response" (from
+    `prompt_length` on): where in the sequence the vector is added.
+    """
+
+    layer: int
+    vector: torch.Tensor
+    coefficient: float
+    positions: str = "all"
+    prompt_length: int = 0
+
+    def __post_init__(self) -> None:
+        if self.positions not in ("all", "prompt", "response"):
+            raise InputFormatError("Steer at positions all, prompt or response.")
+
+    def applies(self, start: int, n: int) -> torch.Tensor:
+        """[n] bool: which of the positions start … start + n − 1 are steered."""
+        at = torch.arange(start, start + n)
+        if self.positions == "prompt":
+            return at < self.prompt_length
+        if self.positions == "response":
+            return at >= self.prompt_length
+        return torch.ones(n, dtype=torch.bool)
+
+
+class _Tap(torch.nn.Module):
+    """A block seen through a tap: its output residual kept, steering vectors added.
+
+    transformers' own `hidden_states` give the final layer after the final norm and the
+    inner block's output (before any steering), and asking a view for them installs
+    transformers' recording hooks on the blocks it shares with the model (which then
+    records every layer twice), so residuals are read here instead.
+    """
+
+    def __init__(self, block: torch.nn.Module, steering: list[Steering]) -> None:
+        super().__init__()
+        self.block, self.steering = block, steering
+        self.start = 0  # absolute position of the chunk being run (set by the stream)
+        self.output: torch.Tensor | None = None  # the residual after this block, last chunk
+        self.input: torch.Tensor | None = None  # the residual before it (the first: embedding)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:  # what the decoder reads of its blocks (e.g. attention_type)
+            return getattr(self._modules["block"], name)
+
+    def forward(self, *args, **kwargs):
+        self.input = args[0] if args else kwargs["hidden_states"]
+        out = self.block(*args, **kwargs)
+        hidden = out[0] if isinstance(out, tuple) else out
+        if self.steering:
+            n = hidden.shape[-2]
+            delta = torch.zeros(n, hidden.shape[-1], dtype=torch.float32)
+            for s in self.steering:
+                delta[s.applies(self.start, n)] += s.coefficient * s.vector.float()
+            hidden = hidden + delta.to(hidden.dtype).to(hidden.device)
+        self.output = hidden
+        return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
 
 
 class LogitStream:
@@ -40,7 +108,7 @@ class LogitStream:
 
     def __init__(self, model: torch.nn.Module, anatomy: Anatomy, lock: threading.RLock,
                  context_length: int, label: str) -> None:
-        """A stream over nothing yet; `model` may be an early-exit view of the model."""
+        """A stream over nothing yet; `model` is a `model_view` (its blocks tapped)."""
         self._model, self._anatomy, self._lock = model, anatomy, lock
         self._limit, self._label = context_length, label
         self._cache = DynamicCache(config=model.config)
@@ -53,8 +121,13 @@ class LogitStream:
         """Tokens held in the cache."""
         return len(self.ids)
 
-    def extend(self, ids: Sequence[int], layers: Sequence[int] = ()) -> StreamLogits:
-        """Run `ids` after the cached sequence; the logits after each of them."""
+    def extend(self, ids: Sequence[int], layers: Sequence[int] = (),
+               capture: Sequence[int] = ()) -> StreamLogits:
+        """Run `ids` after the cached sequence; the logits after each of them.
+
+        `layers` are unembedded (DoLa's premature layers); `capture` are returned as
+        residuals (0: the embedding, l: after block l, up to n).
+        """
         ids = list(ids)
         if not ids:
             raise InputFormatError("There are no tokens to run.")
@@ -64,23 +137,40 @@ class LogitStream:
         n = self._anatomy.n_blocks
         if any(not 0 <= layer < n for layer in layers):
             raise InputFormatError(f"Premature layers are 0 (embedding) to {n - 1}.")
+        if any(not 0 <= layer <= len(self._blocks()) for layer in capture):
+            raise InputFormatError(f"Residuals are read at layers 0 (embedding) to "
+                                   f"{len(self._blocks())}.")
+        for block in self._blocks():
+            block.start = len(self.ids)
         start = time.perf_counter()
         with self._lock, torch.inference_mode():
             device = self._anatomy.unembed.weight.device
             out = self._model(input_ids=torch.tensor([ids], device=device),
-                              past_key_values=self._cache, use_cache=True,
-                              output_hidden_states=bool(layers))
+                              past_key_values=self._cache, use_cache=True)
             final = out.logits[0].float().cpu()
-            early = None
+            early = captured = None
             if layers:
-                hidden = torch.stack([out.hidden_states[layer][0] for layer in layers])
+                hidden = torch.stack([self._residual(out, layer)[0] for layer in layers])
                 early = self._anatomy.unembed_hidden(hidden).cpu()
+            if capture:
+                captured = torch.stack([self._residual(out, layer)[0].float()
+                                        for layer in capture]).cpu()
         took = time.perf_counter() - start
         self.seconds += took
         self.passes += 1
         self.pass_seconds.append(took)
         self.ids += ids
-        return StreamLogits(final, early)
+        return StreamLogits(final, early, captured)
+
+    def _residual(self, out, layer: int) -> torch.Tensor:
+        """The residual after `layer` blocks (steering included); 0 is the embedding."""
+        blocks = self._blocks()
+        return blocks[0].input if layer == 0 else blocks[layer - 1].output
+
+    def _blocks(self) -> torch.nn.ModuleList:
+        family = self._anatomy.family
+        decoder = getattr(self._model, family.decoder)
+        return getattr(decoder, family.blocks)
 
     def truncate(self, length: int) -> None:
         """Keep the first `length` tokens (a rejected draft's are dropped)."""
@@ -91,24 +181,40 @@ class LogitStream:
             del self.ids[length:]
 
 
-def early_exit_model(model: torch.nn.Module, anatomy: Anatomy, blocks: int) -> torch.nn.Module:
-    """The model with only its first `blocks` blocks, sharing every weight with it.
+def model_view(model: torch.nn.Module, anatomy: Anatomy, blocks: int | None = None,
+               steering: Sequence[Steering] = ()) -> torch.nn.Module:
+    """The model's first `blocks` blocks (None: all), each tapped, `steering` added.
 
-    The copies are shallow: the blocks, final norm and unembedding are the model's own
-    modules (no memory is added), only the list of blocks and the config are new.
+    The copy is shallow: the blocks, final norm and unembedding are the model's own modules
+    (no memory is added); only the list of blocks, the taps and the config are new, so
+    other users of the model see none of it.
     """
+    n, d = anatomy.n_blocks, anatomy.hidden_size
+    kept = n if blocks is None else blocks
+    for s in steering:
+        if not 1 <= s.layer <= kept:
+            raise InputFormatError(f"Steer at layers 1 to {kept} (the residual after that many "
+                                   f"blocks), not {s.layer}.")
+        if tuple(s.vector.shape) != (d,):
+            raise InputFormatError(f"A steering vector has shape {tuple(s.vector.shape)}; the "
+                                   f"residual stream has {d} features.")
+    tapped = [_Tap(block, [s for s in steering if s.layer == i + 1])
+              for i, block in enumerate(list(anatomy.blocks)[:kept])]
     family = anatomy.family
     decoder = copy.copy(anatomy.decoder)
     decoder._modules = dict(anatomy.decoder._modules)
-    decoder._modules[family.blocks] = torch.nn.ModuleList(list(anatomy.blocks)[:blocks])
-    short = copy.copy(model)
-    short._modules = dict(model._modules)
-    short._modules[family.decoder] = decoder
-    config = copy.deepcopy(model.config)
-    for name in ("num_hidden_layers", "n_layer"):
-        if hasattr(config, name):
-            setattr(config, name, blocks)
-    if getattr(config, "layer_types", None):
-        config.layer_types = list(config.layer_types)[:blocks]
-    short.config = decoder.config = config
-    return short
+    decoder._modules[family.blocks] = torch.nn.ModuleList(tapped)
+    view = copy.copy(model)
+    view._modules = dict(model._modules)
+    view._modules[family.decoder] = decoder
+    for copied in (decoder, view):  # nnsight leaves a `forward` bound to the original
+        copied.__dict__.pop("forward", None)
+    if kept != n:
+        config = copy.deepcopy(model.config)
+        for name in ("num_hidden_layers", "n_layer"):
+            if hasattr(config, name):
+                setattr(config, name, kept)
+        if getattr(config, "layer_types", None):
+            config.layer_types = list(config.layer_types)[:kept]
+        view.config = decoder.config = config
+    return view

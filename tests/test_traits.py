@@ -1,0 +1,182 @@
+"""Persona traits against independent computations: hand-made means, output_hidden_states."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from perplex.core.errors import GenerationError, InputFormatError, PerplexError
+from perplex.core.ranks import rank_auroc
+from perplex.core.records import DecodeParams, Message, TokenRole
+from perplex.engine.local.engine import LocalEngine
+from perplex.engine.local.stream import Steering
+from perplex.modes.traits.definitions import parse_trait, shipped_traits
+from perplex.modes.traits.monitor import Monitor, monitor_generate, monitor_text
+from perplex.modes.traits.vectors import extract_prompt_last
+from tests.tiny import tiny_model
+
+SMALL = parse_trait("cheer", json.dumps({
+    "instruction": [{"pos": "Be cheerful.", "neg": "Be gloomy."},
+                    {"pos": "Smile in words.", "neg": "Sigh in words."}],
+    "questions": ["How are you?", "What is the weather?", "Tell me a fact.", "Hello!"],
+    "eval_prompt": "Score cheer: {question} {answer}"}))
+QUESTION = (Message("user", "Hello world! How are you today?"),)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return LocalEngine(tiny_model(seed=0, layers=3))
+
+
+@pytest.fixture(scope="module")
+def cheer(tiny):
+    return extract_prompt_last(tiny, SMALL)
+
+
+def hidden_states(engine: LocalEngine, ids) -> tuple[torch.Tensor, ...]:
+    """Residuals 0 … n by hand: `output_hidden_states`, whose last entry transformers gives
+    after the final norm, so the last residual is taken at the final norm's input instead.
+    """
+    lm = engine.lm
+    seen = []
+    hook = lm.model.model.norm.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    try:
+        with torch.no_grad():
+            states = lm.model(input_ids=torch.tensor([list(ids)]),
+                              output_hidden_states=True).hidden_states
+    finally:
+        hook.remove()
+    return (*states[:-1], seen[0])
+
+
+def test_the_shipped_traits_are_complete():
+    traits = shipped_traits()
+    assert sorted(traits) == ["corrigibility", "evil", "hallucination", "overconfidence",
+                              "refusal", "sycophancy", "uncertainty", "verbosity"]
+    for trait in traits.values():
+        assert len(trait.pairs) == 5 and len(trait.questions) >= 10
+        assert "{question}" in trait.eval_prompt and "{answer}" in trait.eval_prompt
+
+
+def test_the_vector_is_the_mean_difference_by_hand(tiny, cheer):
+    pos, neg = [], []
+    for question in SMALL.questions:
+        for positive, negative in SMALL.pairs:
+            for side, system in ((pos, positive), (neg, negative)):
+                ids = tiny.encode((Message("system", system), Message("user", question)),
+                                  True).ids
+                side.append(torch.stack([h[0, -1] for h in hidden_states(tiny, ids)]))
+    by_hand = (torch.stack(pos).double().mean(0) - torch.stack(neg).double().mean(0)).numpy()
+    assert cheer.vector.shape == (4, 64)
+    # the residuals capture and output_hidden_states are two passes: float32 tolerance
+    np.testing.assert_allclose(cheer.vector, by_hand, atol=1e-5)
+    assert cheer.norms[0] == pytest.approx(0.0, abs=1e-6)  # the same last token both sides
+    assert 1 <= cheer.default_layer <= 3 and cheer.n_examples == 16 and cheer.n_held_out == 4
+
+
+def test_rank_auroc_equals_scikit_learn():
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.normal(size=200), 1)  # ties included
+    labels = rng.random(200) < 0.4
+    assert rank_auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+
+
+@pytest.mark.parametrize("layer", [1, 3])
+def test_projections_equal_h_dot_v_over_norm_generated_and_rescored(tiny, cheer, layer):
+    monitors = [Monitor(cheer, layer)]
+    run = monitor_generate(tiny, QUESTION, monitors, DecodeParams(max_new_tokens=12))
+    ids = [s.token_id for s in run.generation.steps]
+    hidden = hidden_states(tiny, ids)[layer][0].double().numpy()
+    unit = cheer.vector[layer].astype(np.float64) / np.linalg.norm(cheer.vector[layer])
+    expected = hidden[run.answer_start:] @ unit
+    np.testing.assert_allclose(run.scores[0], expected, atol=1e-5)
+    imported = QUESTION + (Message("assistant", "The capital of France is Paris."),)
+    rescored = monitor_text(tiny, imported, monitors)
+    ids = [s.token_id for s in rescored.generation.steps]
+    answer = [s for s in rescored.generation.steps if s.message_index == 1
+              and s.role is TokenRole.RESPONSE]
+    assert "".join(s.text for s in answer) == "The capital of France is Paris."
+    hidden = hidden_states(tiny, ids)[layer][0].double().numpy()
+    np.testing.assert_allclose(rescored.scores[0], hidden[rescored.answer_start:] @ unit,
+                               atol=1e-5)
+
+
+def test_streamed_scores_match_the_stored_ones(tiny, cheer):
+    streamed = []
+    run = monitor_generate(tiny, QUESTION, [Monitor(cheer, 2)], DecodeParams(max_new_tokens=8),
+                           progress=lambda n, token, scores: streamed.append(scores[0]))
+    # KV-cached steps against one full pass: float32 tolerance
+    np.testing.assert_allclose(streamed, run.scores[0], atol=1e-4)
+
+
+def test_steering_with_coefficient_zero_is_the_baseline(tiny, cheer):
+    monitors = [Monitor(cheer, 2)]
+    params = DecodeParams(max_new_tokens=10)
+    base = monitor_generate(tiny, QUESTION, monitors, params)
+    zero = monitor_generate(tiny, QUESTION, monitors, params,
+                            steering=[Steering(2, torch.from_numpy(cheer.vector[2]), 0.0)])
+    assert zero.generation.steps == base.generation.steps
+    assert np.array_equal(zero.scores, base.scores)
+
+
+@pytest.mark.parametrize("positions", ["all", "prompt", "response"])
+def test_steering_adds_exactly_c_v_where_asked_and_nowhere_else(tiny, cheer, positions):
+    ids = list(tiny.encode(QUESTION, True).ids) + [40, 41, 42, 43]
+    prompt_length = len(ids) - 4
+    v, c = torch.from_numpy(cheer.vector[2]), 3.0
+    baseline = hidden_states(tiny, ids)[2][0]
+    steered = tiny.logit_stream(steering=[Steering(2, v, c, positions, prompt_length)]) \
+        .extend(ids, capture=[1, 2]).hidden
+    at = {"all": slice(0, len(ids)), "prompt": slice(0, prompt_length),
+          "response": slice(prompt_length, len(ids))}[positions]
+    mask = torch.zeros(len(ids), dtype=torch.bool)
+    mask[at] = True
+    # one float32 addition of c·v rounds to ~1e-7 of the residual's size
+    torch.testing.assert_close(steered[1][mask] - baseline[mask], (c * v).expand(int(mask.sum()),
+                                                                               -1),
+                               atol=2e-6, rtol=0)
+    torch.testing.assert_close(steered[1][~mask], baseline[~mask], atol=1e-6, rtol=0)
+    torch.testing.assert_close(steered[0], hidden_states(tiny, ids)[1][0], atol=1e-6, rtol=0)
+
+
+def test_a_strong_steer_changes_the_answer(tiny, cheer):
+    params = DecodeParams(max_new_tokens=10)
+    base = monitor_generate(tiny, QUESTION, [], params)
+    pushed = monitor_generate(tiny, QUESTION, [], params, steering=[
+        Steering(1, torch.from_numpy(cheer.unit(1)).float(), 40.0, "response")])
+    answer = [s.token_id for s in base.generation.steps if s.role is TokenRole.RESPONSE]
+    steered = [s.token_id for s in pushed.generation.steps if s.role is TokenRole.RESPONSE]
+    assert answer != steered
+    assert pushed.steering == ({"layer": 1, "coefficient": 40.0, "positions": "response"},)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("{}", "has no instruction, questions, eval_prompt"),
+    ('{"instruction": [], "questions": ["a", "b"], "eval_prompt": "x"}', "non-empty list"),
+    ('{"instruction": [{"pos": "a"}], "questions": ["a", "b"], "eval_prompt": "x"}',
+     'instruction\\[0\\] must be an object with exactly the keys "pos" and "neg"'),
+    ('{"instruction": [{"pos": "a", "neg": "b"}], "questions": "q", "eval_prompt": "x"}',
+     "questions must be a list of at least 2"),
+    ('{"instruction": [{"pos": "a", "neg": " "}], "questions": ["a", "b"], "eval_prompt": "x"}',
+     "instruction\\[0\\].neg must be non-empty text"),
+    ("[1, 2", "is not JSON"),
+])
+def test_a_bad_trait_file_is_named(text, message):
+    with pytest.raises(InputFormatError, match=message):
+        parse_trait("mine", text)
+    with pytest.raises(InputFormatError, match="not a trait name"):
+        parse_trait("My Trait!", "{}")
+
+
+def test_a_vector_from_another_model_is_refused(cheer):
+    other = LocalEngine(tiny_model(seed=0, layers=2))
+    with pytest.raises(GenerationError, match=r"needs \[3, 64\] .*made for another model"):
+        monitor_generate(other, QUESTION, [Monitor(cheer, 1)], DecodeParams(max_new_tokens=2))
+    with pytest.raises(PerplexError, match="Steer at layers 1 to 2"):
+        other.logit_stream(steering=[Steering(3, torch.zeros(64), 1.0)])
+    with pytest.raises(PerplexError, match="has shape \\(5,\\)"):
+        other.logit_stream(steering=[Steering(1, torch.zeros(5), 1.0)])
