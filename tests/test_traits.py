@@ -38,8 +38,10 @@ def cheer(tiny):
 
 
 def hidden_states(engine: LocalEngine, ids) -> tuple[torch.Tensor, ...]:
-    """Residuals 0 … n by hand: `output_hidden_states`, whose last entry transformers gives
-    after the final norm, so the last residual is taken at the final norm's input instead.
+    """Residuals 0 … n by hand, from `output_hidden_states` and the final norm's input.
+
+    transformers gives the last entry of `output_hidden_states` after the final norm, so
+    the last residual is taken at the final norm's input instead.
     """
     lm = engine.lm
     seen = []
