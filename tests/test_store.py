@@ -96,6 +96,11 @@ EXPECTED_SCHEMA = {
         ("score", "DOUBLE"), ("rank_a", "INTEGER"), ("js", "DOUBLE"), ("plausible", "INTEGER"),
         ("constraint_changed", "BOOLEAN"), ("layer", "INTEGER"), ("top_a", "JSON"),
         ("top_b", "JSON"), ("top_score", "JSON")],
+    "trait_vectors": [
+        ("id", "VARCHAR"), ("session_id", "VARCHAR"), ("created_at", "TIMESTAMP WITH TIME ZONE"),
+        ("trait", "VARCHAR"), ("model_label", "VARCHAR"), ("variant", "VARCHAR"),
+        ("layers", "INTEGER"), ("hidden", "INTEGER"), ("default_layer", "INTEGER"),
+        ("norms", "JSON"), ("auroc", "JSON"), ("meta", "JSON"), ("file", "VARCHAR")],
     "decoding_drafts": [
         ("run_id", "VARCHAR"), ("round", "INTEGER"), ("slot", "INTEGER"), ("token_id", "INTEGER"),
         ("q", "DOUBLE"), ("p", "DOUBLE"), ("accepted", "BOOLEAN"), ("verified", "BOOLEAN"),
@@ -144,7 +149,7 @@ def store(tmp_path):
 
 def test_blank_database_migrates_to_expected_schema(store):
     """A blank database gets every migration and exactly the documented tables and columns."""
-    assert store.schema_version() == len(MIGRATIONS) == 6
+    assert store.schema_version() == len(MIGRATIONS) == 7
     with store._cursor() as cur:
         rows = cur.execute("SELECT table_name, column_name, data_type FROM duckdb_columns() "
                            "WHERE database_name = current_database() "

@@ -182,3 +182,48 @@ def test_a_vector_from_another_model_is_refused(cheer):
         other.logit_stream(steering=[Steering(3, torch.zeros(64), 1.0)])
     with pytest.raises(PerplexError, match="has shape \\(5,\\)"):
         other.logit_stream(steering=[Steering(1, torch.zeros(5), 1.0)])
+
+
+def test_a_vector_round_trips_through_safetensors_and_duckdb(cheer, tmp_path):
+    from perplex.workspace.store import Store
+    from perplex.workspace.trait_store import load_vector, save_vector
+
+    store = Store.open(tmp_path / "traits.duckdb")
+    vector_id = save_vector(store, tmp_path, cheer)
+    back = load_vector(store, tmp_path, vector_id)
+    assert np.array_equal(back.vector, cheer.vector)
+    assert back.norms == cheer.norms and back.default_layer == cheer.default_layer
+    assert [a for a in back.auroc if not np.isnan(a)] == [a for a in cheer.auroc
+                                                            if not np.isnan(a)]
+    assert (tmp_path / "vectors" / f"{vector_id}.safetensors").is_file()
+
+
+class _Payload:
+    def __reduce__(self):
+        import os
+
+        return os.system, ("touch pwned-by-pickle",)
+
+
+def test_pt_vectors_import_only_as_plain_tensors_of_the_models_shape(tmp_path, monkeypatch):
+    import io
+
+    from perplex.workspace.trait_store import import_pt
+
+    def saved(obj) -> bytes:
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        return buffer.getvalue()
+
+    good = import_pt(saved(torch.randn(4, 64)), "evil", "tiny", layers=3, hidden=64)
+    assert good.vector.shape == (4, 64) and good.variant == "imported"
+    with pytest.raises(InputFormatError, match=r"shape \(5, 64\) .* needs \[4, 64\]"):
+        import_pt(saved(torch.randn(5, 64)), "evil", "tiny", layers=3, hidden=64)
+    with pytest.raises(InputFormatError, match="holds a dict, not a tensor"):
+        import_pt(saved({"v": torch.randn(4, 64)}), "evil", "tiny", layers=3, hidden=64)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputFormatError, match="refused without running anything"):
+        import_pt(saved(_Payload()), "evil", "tiny", layers=3, hidden=64)
+    assert not (tmp_path / "pwned-by-pickle").exists()
+    with pytest.raises(InputFormatError, match="non-finite"):
+        import_pt(saved(torch.full((4, 64), float("nan"))), "evil", "tiny", layers=3, hidden=64)

@@ -230,6 +230,24 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (run_id, round, slot)
     );
     """,
+    # 7: trait vectors (the tensors are safetensors files under <home>/vectors)
+    """
+    CREATE TABLE trait_vectors (
+        id VARCHAR PRIMARY KEY,
+        session_id VARCHAR,
+        created_at TIMESTAMPTZ NOT NULL,
+        trait VARCHAR NOT NULL,
+        model_label VARCHAR NOT NULL,
+        variant VARCHAR NOT NULL,
+        layers INTEGER NOT NULL,
+        hidden INTEGER NOT NULL,
+        default_layer INTEGER NOT NULL,
+        norms JSON NOT NULL,
+        auroc JSON NOT NULL,
+        meta JSON NOT NULL,
+        file VARCHAR NOT NULL
+    );
+    """,
 ]
 
 _ALTERNATIVE = pa.struct([("token_id", pa.int32()), ("text", pa.string()),

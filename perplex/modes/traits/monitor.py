@@ -20,10 +20,10 @@ import torch
 from perplex.core.errors import GenerationError
 from perplex.core.records import DecodeParams, Generation, Message, Source, TokenRole
 from perplex.core.tokens import EncodedSequence
+from perplex.core.traits import TraitVector
 from perplex.engine.local.engine import LocalEngine
 from perplex.engine.local.generation import choose_token
 from perplex.engine.local.stream import Steering
-from perplex.modes.traits.vectors import TraitVector
 
 Progress = Callable[[int, int, np.ndarray], None]  # (tokens so far, token id, scores [traits])
 

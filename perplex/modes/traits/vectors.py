@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from perplex.core.errors import InputFormatError
 from perplex.core.ranks import rank_auroc
 from perplex.core.records import Message
+from perplex.core.traits import TraitVector
 from perplex.engine.protocol import Engine
 from perplex.modes.traits.definitions import Trait
 
@@ -32,52 +31,6 @@ Progress = Callable[[int, int], None]  # (passes done, passes in all)
 
 class Stopped(Exception):  # noqa: N818 - a signal, not an error
     """The extraction was asked to stop."""
-
-
-@dataclass(frozen=True, eq=False)
-class TraitVector:
-    """A trait's direction at every layer of one model, with per-layer statistics.
-
-    `vector` is [layers + 1, hidden] float32; `norms` and `auroc` have one entry per row
-    (AUROC NaN where undefined, e.g. the embedding row under prompt-last);
-    `default_layer` is the layer with the best held-out separation.
-    """
-
-    trait: str
-    model_label: str
-    variant: str
-    vector: np.ndarray
-    norms: tuple[float, ...]
-    auroc: tuple[float, ...]
-    default_layer: int
-    n_examples: int
-    n_held_out: int
-    meta: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.vector.ndim != 2 or not np.isfinite(self.vector).all():
-            raise ValueError("a trait vector is a finite [layers + 1, hidden] array")
-        if len(self.norms) != len(self.vector) or len(self.auroc) != len(self.vector):
-            raise ValueError("one norm and one AUROC per layer")
-
-    @property
-    def n_layers(self) -> int:
-        """Blocks of the model (rows − 1)."""
-        return len(self.vector) - 1
-
-    def unit(self, layer: int) -> np.ndarray:
-        """V / ‖v‖ at `layer`."""
-        v = self.vector[layer].astype(np.float64)
-        norm = float(np.linalg.norm(v))
-        if norm == 0:
-            raise InputFormatError(f"The {self.trait} vector is zero at layer {layer}: choose "
-                                   "another layer.")
-        return v / norm
-
-
-def projections(hidden: np.ndarray, vector: TraitVector, layer: int) -> np.ndarray:
-    """H · v / ‖v‖ for residuals `hidden` [T, d] at `layer`, float64 [T]."""
-    return hidden.astype(np.float64) @ vector.unit(layer)
 
 
 def prompt_last_residuals(engine: Engine, system: str, question: str) -> np.ndarray:
