@@ -12,6 +12,8 @@
    many-prompts view's prompts/s over 50 prompts.
 8. Speculative decoding: prompt lookup (summarise-this-text) and early exit (free prompt) vs
    the target alone, identical answers asserted (`bench/decoding.py`).
+9. Persona traits: generation with 8 traits monitored vs unmonitored; one trait's
+   prompt-last extraction (`bench/traits.py`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 import torch
 
 from bench.decoding import bench_speculative
+from bench.traits import bench_traits
 from perplex.core.records import DecodeParams, Message
 from perplex.core.settings import PROJECT_ROOT, Settings
 from perplex.core.tokens import encode_messages
@@ -398,7 +401,8 @@ def main() -> None:
     done = [run_stage("decode", bench_decoding, lm), run_stage("load", bench_loading),
             run_stage("view", bench_token_view, lm), run_stage("lens", bench_lens, lm),
             run_stage("endpoint", bench_endpoint), run_stage("calib", bench_calibration, lm),
-            run_stage("compare", bench_comparison, lm), run_stage("spec", bench_speculative, lm)]
+            run_stage("compare", bench_comparison, lm), run_stage("spec", bench_speculative, lm),
+            run_stage("traits", bench_traits, lm)]
     if not all(done):
         sys.exit(1)
 
