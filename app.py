@@ -20,6 +20,7 @@ PAGES = [
     st.Page("pages/calibration.py", title="Calibration", icon=":material/target:"),
     st.Page("pages/comparison.py", title="Comparison", icon=":material/compare_arrows:"),
     st.Page("pages/decoding.py", title="Decoding", icon=":material/speed:"),
+    st.Page("pages/persona_traits.py", title="Persona Traits", icon=":material/psychology:"),
 ]
 
 navigation = st.navigation(PAGES)

@@ -1,0 +1,257 @@
+"""The Persona Traits page's sections: vectors, a monitored answer, baseline vs steered."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+import torch
+
+from perplex.core.errors import PerplexError
+from perplex.core.plots import visible_token
+from perplex.core.records import DecodeParams, Message, TokenRole
+from perplex.core.traits import TraitVector
+from perplex.engine.local.engine import LocalEngine
+from perplex.engine.local.stream import Steering
+from perplex.modes.traits import plots
+from perplex.modes.traits.definitions import Trait, parse_trait, shipped_traits
+from perplex.modes.traits.monitor import Monitor, MonitoredRun, monitor_generate
+from perplex.modes.traits.vectors import extract_prompt_last
+from perplex.ui import resources, session_panel
+from perplex.ui.text import plain
+from perplex.ui.token_view import Overlay, token_view
+from perplex.workspace.trait_store import import_pt, save_vector
+
+PREFIX = "traits"
+VECTORS_KEY = f"{PREFIX}.vectors"  # {(model label, trait): TraitVector} of this session
+LAYERS_KEY = f"{PREFIX}.layers"  # {trait: layer} chosen per trait
+OWN_KEY = f"{PREFIX}.own"  # {name: Trait} added or edited on the page (this session)
+RUN_KEY = f"{PREFIX}.run"  # the monitored answer on screen
+PAIR_KEY = f"{PREFIX}.pair"  # (baseline, steered) on screen
+STOP_KEY = f"{PREFIX}.stop_asked"
+
+
+def traits() -> dict[str, Trait]:
+    """The shipped traits, with this session's own added or edited ones over them."""
+    return {**shipped_traits(), **st.session_state.get(OWN_KEY, {})}
+
+
+def trait_editor() -> None:
+    """Add or edit a trait in the persona_vectors JSON format, validated."""
+    with st.expander("Add or edit a trait (persona_vectors JSON: instruction, questions, "
+                     "eval_prompt)"):
+        known = traits()
+        start = st.selectbox("Start from", ["(empty)", *known], key=f"{PREFIX}.edit_from")
+        name = st.text_input("Name", value="" if start == "(empty)" else start,
+                             key=f"{PREFIX}.edit_name.{start}")
+        text = st.text_area("Definition", height=220, key=f"{PREFIX}.edit_text.{start}",
+                            value="" if start == "(empty)" else known[start].to_json())
+        if st.button("Use this trait", key=f"{PREFIX}.edit_save"):
+            try:
+                trait = parse_trait(name.strip(), text)
+            except PerplexError as exc:
+                st.error(plain(str(exc)))
+                return
+            st.session_state.setdefault(OWN_KEY, {})[trait.name] = trait
+            st.success(f"{trait.name}: {len(trait.pairs)} instruction pairs, "
+                       f"{len(trait.questions)} questions (kept in this browser session).")
+
+
+def vectors_section(engine: LocalEngine, chosen: list[str]) -> dict[str, TraitVector]:
+    """Extract (or import) the chosen traits' vectors; per-layer statistics; pick layers."""
+    held: dict = st.session_state.setdefault(VECTORS_KEY, {})
+    label = engine.info.label
+    missing = [t for t in chosen if (label, t) not in held]
+    cols = st.columns([2, 1, 3])
+    if cols[0].button(f"Extract {len(missing)} vector(s) (prompt-last)", type="primary",
+                      disabled=not missing or session_panel.read_only(),
+                      key=f"{PREFIX}.extract"):
+        _extract(engine, missing, held)
+    cols[1].button("Stop", key=f"{PREFIX}.extract_stop",
+                   help="Stops the extraction after the pass in progress; finished traits "
+                        "are kept.")
+    _import_pt(engine, chosen, held)
+    ready = {t: held[(label, t)] for t in chosen if (label, t) in held}
+    if not ready:
+        return {}
+    layers = st.session_state.setdefault(LAYERS_KEY, {})
+    rows = []
+    for name, vector in ready.items():
+        layer = layers.get(name, vector.default_layer)
+        auroc = vector.auroc[layer]
+        rows.append({"trait": name, "layer": layer, "‖v‖ there": vector.norms[layer],
+                     "held-out AUROC there": None if math.isnan(auroc) else auroc,
+                     "best layer": vector.default_layer, "variant": vector.variant})
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    shown = st.selectbox("Per-layer statistics of", list(ready), key=f"{PREFIX}.stats_of")
+    vector = ready[shown]
+    layer = st.slider(f"Layer used for {shown}", 0, vector.n_layers,
+                      layers.get(shown, vector.default_layer), key=f"{PREFIX}.layer.{shown}")
+    layers[shown] = layer
+    st.plotly_chart(plots.layer_statistics(vector, layer), key=f"{PREFIX}.layer_chart")
+    st.caption("AUROC: a vector from the first 70% of the questions, projections of the other "
+               "30% (positive vs negative system prompt) on it. The best layer is picked on "
+               "these same held-out questions, so its AUROC is optimistic.")
+    return ready
+
+
+def _extract(engine: LocalEngine, names: list[str], held: dict) -> None:
+    defs = traits()
+    bar = st.progress(0.0, text="Extracting…")
+    store, home = resources.store(), resources.settings().home
+    for k, name in enumerate(names):
+        def progress(done: int, total: int, k=k, name=name) -> None:
+            bar.progress((k + done / total) / len(names),
+                         text=f"{name}: {done}/{total} forward passes · trait {k + 1} of "
+                              f"{len(names)}")
+        try:
+            vector = extract_prompt_last(engine, defs[name], progress)
+        except PerplexError as exc:
+            st.error(plain(str(exc)))
+            break
+        held[(engine.info.label, name)] = vector
+        save_vector(store, home, vector, session_panel.session_for_saving())
+    bar.empty()
+
+
+def _import_pt(engine: LocalEngine, chosen: list[str], held: dict) -> None:
+    with st.expander("Import a persona_vectors .pt vector"):
+        trait = st.selectbox("For the trait", chosen or ["(choose traits first)"],
+                             key=f"{PREFIX}.pt_trait")
+        uploaded = st.file_uploader("Vector file (.pt, a [layers + 1, hidden] tensor)",
+                                    type=["pt"], key=f"{PREFIX}.pt_file")
+        if uploaded is not None and chosen and st.button("Import", key=f"{PREFIX}.pt_go"):
+            anatomy = engine.anatomy
+            try:
+                vector = import_pt(uploaded.getvalue(), trait, engine.info.label,
+                                   anatomy.n_blocks, anatomy.hidden_size)
+            except PerplexError as exc:
+                st.error(plain(str(exc)))
+                return
+            held[(engine.info.label, trait)] = vector
+            st.success(f"Imported {trait}: layer {vector.default_layer} (largest norm) by "
+                       "default.")
+
+
+def monitors(vectors: dict[str, TraitVector]) -> list[Monitor]:
+    """Each ready trait at its chosen layer."""
+    layers = st.session_state.get(LAYERS_KEY, {})
+    return [Monitor(v, layers.get(name, v.default_layer)) for name, v in vectors.items()]
+
+
+def generate_section(engine: LocalEngine, found: list[Monitor], messages: tuple[Message, ...],
+                     max_new: int) -> None:
+    """Generate with every token's trait scores streamed beside it."""
+    line = st.empty()
+
+    def progress(n: int, token: int, scores: np.ndarray) -> None:
+        if n % 4 == 1:
+            named = " · ".join(f"{m.vector.trait} {s:+.2f}" for m, s in zip(found, scores))
+            line.caption(f"{n} tokens · last token's scores: {named}")
+
+    try:
+        run = monitor_generate(engine, messages, found, DecodeParams(max_new_tokens=max_new),
+                               progress=progress)
+    except PerplexError as exc:
+        st.error(plain(str(exc)))
+        return
+    line.empty()
+    st.session_state[RUN_KEY] = run
+    resources.store().save_generation(replace(
+        run.generation, session_id=session_panel.session_for_saving(),
+        title="Persona traits: monitored answer"))
+
+
+def answer_texts(run: MonitoredRun) -> list[str]:
+    """The answer tokens' texts."""
+    return [s.text for s in run.generation.steps[run.answer_start:]]
+
+
+def monitored_section(run: MonitoredRun, key: str) -> None:
+    """Slider + bars, lines, stats grid and the token view coloured by one trait."""
+    texts = answer_texts(run)
+    if not texts or not run.traits:
+        st.caption("No answer tokens, or no trait monitored.")
+        return
+    index = st.slider("Token", 0, len(texts) - 1, 0, key=f"{key}.token")
+    cols = st.columns(2)
+    cols[0].plotly_chart(plots.token_bars(run.traits, run.scores, index, texts[index]),
+                         key=f"{key}.bars")
+    cols[1].plotly_chart(plots.trait_lines(run.traits, run.scores, texts, index),
+                         key=f"{key}.lines")
+    grid = pd.DataFrame([{"trait": t, "layer": run.layers[i], "min": run.scores[i].min(),
+                          "max": run.scores[i].max(), "mean": run.scores[i].mean(),
+                          "peaks at": f"#{int(run.scores[i].argmax())} "
+                                      f"“{visible_token(texts[int(run.scores[i].argmax())])}”"}
+                         for i, t in enumerate(run.traits)])
+    st.dataframe(grid, hide_index=True, width="stretch")
+    coloured_by = st.selectbox("Colour the answer by", run.traits, key=f"{key}.colour")
+    t = run.traits.index(coloured_by)
+    lines = tuple(tuple(f"{name}: {run.scores[i, j]:+.3f}" for i, name in enumerate(run.traits))
+                  for j in range(len(texts)))
+    overlay = Overlay(plots.score_colours(run.scores[t].tolist()), lines,
+                      label="the model (temperature 1)")
+    steps = run.generation.steps[run.answer_start:]
+    token_view(steps, key=f"{key}-answer", confident=0.7, uncertain=0.3, highlight=index,
+               overlay=overlay, inert=True)
+    st.caption(f"Red: the token's residual projects towards {coloured_by} (h · v / ‖v‖ > 0), "
+               "blue: away; full colour at the answer's largest |score|. Hover: every trait.")
+
+
+def steering_section(engine: LocalEngine, found: list[Monitor], messages: tuple[Message, ...],
+                     max_new: int) -> None:
+    """The same prompt with and without steering, both monitored, side by side."""
+    st.subheader("Steering: baseline vs steered")
+    names = [m.vector.trait for m in found]
+    cols = st.columns(4)
+    trait = cols[0].selectbox("Steer along", names, key=f"{PREFIX}.steer_trait")
+    coefficient = float(cols[1].number_input("Coefficient c (adds c · v)", -20.0, 20.0, 2.0,
+                                             0.5, key=f"{PREFIX}.coefficient",
+                                             help="v is the trait's vector at the layer, "
+                                                  "unnormalised (persona_vectors' semantics)"))
+    positions = cols[2].selectbox("At positions", ["response", "prompt", "all"],
+                                  key=f"{PREFIX}.positions")
+    monitor = found[names.index(trait)]
+    layer = int(cols[3].number_input("At layer", 1, engine.anatomy.n_blocks,
+                                     max(1, monitor.layer), key=f"{PREFIX}.steer_layer"))
+    if st.button("Generate baseline and steered", key=f"{PREFIX}.steer_go",
+                 disabled=session_panel.read_only()):
+        vector = torch.from_numpy(monitor.vector.vector[layer]).float()
+        params = DecodeParams(max_new_tokens=max_new)
+        try:
+            with st.spinner("Baseline, then steered…"):
+                base = monitor_generate(engine, messages, found, params)
+                steered = monitor_generate(engine, messages, found, params, steering=[
+                    Steering(layer, vector, coefficient, positions)])
+        except PerplexError as exc:
+            st.error(plain(str(exc)))
+            return
+        st.session_state[PAIR_KEY] = (base, steered)
+    pair = st.session_state.get(PAIR_KEY)
+    if pair is None:
+        return
+    base, steered = pair
+    a, b = ([s.token_id for s in r.generation.steps if s.role is TokenRole.RESPONSE]
+            for r in (base, steered))
+    first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y),
+                 None if len(a) == len(b) else min(len(a), len(b)))
+    st.markdown("**" + ("The steered answer is the same as the baseline." if first is None
+                        else f"The answers part at token {first}.") + "**")
+    described = steered.steering[0]
+    left, right = st.columns(2)
+    for column, run, title in ((left, base, "Baseline"),
+                               (right, steered, f"Steered: {described['coefficient']:+g} · v "
+                                                f"at layer {described['layer']}, "
+                                                f"{described['positions']}")):
+        with column:
+            st.caption(title)
+            t = run.traits.index(trait)
+            steps = run.generation.steps[run.answer_start:]
+            token_view(steps, key=f"{PREFIX}-{title[:8]}", confident=0.7, uncertain=0.3,
+                       overlay=Overlay(plots.score_colours(run.scores[t].tolist())),
+                       highlight=first if first is not None and first < len(steps) else None,
+                       inert=True)
+            st.caption(f"mean {trait} score {run.scores[t].mean():+.3f}")

@@ -1,0 +1,70 @@
+"""The Persona Traits page in a real browser on the bundled model.
+
+Extract one trait (prompt-last), generate with monitoring, move the token slider and see
+the bar chart follow, then steer and see baseline and steered side by side.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.browser.conftest import VIEWPORT
+from tests.browser.test_investigation import (
+    MODEL_TIMEOUT,
+    WORK_TIMEOUT,
+    assert_no_exception,
+    scroll_to,
+    settle,
+)
+
+pytestmark = pytest.mark.browser
+
+
+def test_extract_monitor_slide_and_steer(browser, app_url, screenshot):
+    context = browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(20_000)
+    page = context.new_page()
+    page.goto(app_url)
+    settle(page, MODEL_TIMEOUT)
+    page.get_by_text("SmolLM2-135M-Instruct (bundled)").first.wait_for(timeout=MODEL_TIMEOUT)
+    page.get_by_role("link", name="Persona Traits").click()
+    page.get_by_role("button", name=re.compile(r"^Extract 3 vector")).wait_for()
+    settle(page)
+    page.get_by_role("button", name=re.compile(r"^Extract 3 vector")).click()
+    page.get_by_text("vector norm and separation by layer").wait_for(timeout=3 * WORK_TIMEOUT)
+    settle(page)
+    assert_no_exception(page)
+    screenshot(page, "traits_1_vectors", full_page=True)
+
+    page.get_by_role("button", name="Generate with monitoring").click()
+    bars = page.locator(".js-plotly-plot").filter(has_text="Trait scores at token")
+    bars.wait_for(timeout=WORK_TIMEOUT)
+    settle(page)
+    assert_no_exception(page)
+    title = bars.locator(".gtitle").text_content()
+    assert title.startswith("Trait scores at token 0")
+    slider = page.locator('[data-testid="stSlider"]').filter(has_text="Token").get_by_role(
+        "slider")
+    scroll_to(slider)
+    slider.focus()
+    for _ in range(4):
+        page.keyboard.press("ArrowRight")
+    settle(page)
+    page.get_by_text(re.compile(r"^Trait scores at token 4")).wait_for()
+    assert bars.locator(".gtitle").text_content() != title
+    assert bars.locator(".bars .point").count() == 3
+    screenshot(page, "traits_2_monitored_slider")
+
+    button = page.get_by_role("button", name="Generate baseline and steered")
+    scroll_to(button)
+    button.click()
+    page.get_by_text(re.compile(r"^(The answers part at token \d+|The steered answer is the "
+                                r"same)")).wait_for(timeout=WORK_TIMEOUT)
+    settle(page)
+    assert_no_exception(page)
+    assert page.get_by_text(re.compile(r"^Steered: \+2 · v at layer \d+, response")).count() == 1
+    scroll_to(page.get_by_text(re.compile(r"^Steered: ")))
+    screenshot(page, "traits_3_baseline_vs_steered")
+    context.close()

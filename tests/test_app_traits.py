@@ -1,0 +1,59 @@
+"""The Persona Traits page (AppTest, bundled model): extract, monitor, steer; bad input."""
+
+from __future__ import annotations
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from perplex.core.settings import PROJECT_ROOT, load_settings
+from perplex.workspace.store import Store
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def app(bundled_lm, monkeypatch):
+    monkeypatch.setenv("PERPLEX_MODEL_CACHE", str(PROJECT_ROOT / "data" / "models"))
+    st.cache_resource.clear()
+    at = AppTest.from_file(str(PROJECT_ROOT / "pages" / "persona_traits.py"),
+                           default_timeout=300)
+    at.session_state["perplex.lm"] = bundled_lm
+    return at
+
+
+def button(at: AppTest, label: str):
+    return next(b for b in at.button if b.label.startswith(label))
+
+
+def test_extract_monitor_and_steer(app):
+    at = app.run()
+    at.multiselect(key="traits.chosen").set_value(["sycophancy"]).run()
+    button(at, "Extract 1 vector").click().run()
+    assert not at.exception, at.exception
+    with Store.open(load_settings().database) as store, store.cursor() as cur:
+        assert cur.execute("SELECT trait, layers FROM trait_vectors").fetchall() == [
+            ("sycophancy", 30)]
+    at.number_input(key="traits.max_new").set_value(12)
+    next(b for b in at.button if b.label == "Generate with monitoring").click().run()
+    assert not at.exception, at.exception
+    run = at.session_state["traits.run"]
+    assert run.traits == ("sycophancy",) and run.scores.shape == (1, 12)
+    at.slider(key="traits.run.token").set_value(5).run()
+    assert not at.exception
+    at.number_input(key="traits.coefficient").set_value(3.0)
+    button(at, "Generate baseline and steered").click().run()
+    assert not at.exception, at.exception
+    base, steered = at.session_state["traits.pair"]
+    assert steered.steering[0]["coefficient"] == 3.0
+    assert base.scores.shape[0] == steered.scores.shape[0] == 1
+
+
+def test_a_bad_trait_definition_gets_a_message(app):
+    at = app.run()
+    at.text_input(key="traits.edit_name.(empty)").set_value("mine").run()
+    at.text_area(key="traits.edit_text.(empty)").set_value('{"questions": ["a", "b"]}').run()
+    button(at, "Use this trait").click().run()
+    assert not at.exception
+    assert any("has no instruction, eval_prompt" in e.value.replace("\\", "")
+               for e in at.error)  # Markdown escapes
