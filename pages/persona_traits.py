@@ -15,6 +15,7 @@ st.caption("A trait's vector is mean(positive) − mean(negative) residuals of t
            "only). Every answer token's score is its residual's projection h · v / ‖v‖ at "
            "the chosen layer; steering adds c · v to the residual after that layer.")
 
+view.import_section()
 lm = resources.require_model()
 engine = view.LocalEngine(lm)
 view.trait_editor()

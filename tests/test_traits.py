@@ -227,3 +227,27 @@ def test_pt_vectors_import_only_as_plain_tensors_of_the_models_shape(tmp_path, m
     assert not (tmp_path / "pwned-by-pickle").exists()
     with pytest.raises(InputFormatError, match="non-finite"):
         import_pt(saved(torch.full((4, 64), float("nan"))), "evil", "tiny", layers=3, hidden=64)
+
+
+def test_monitor_json_round_trips_and_bad_files_are_named():
+    from perplex.modes.traits.monitoring_json import MonitoringRecord, parse_monitoring
+
+    record = MonitoringRecord("Hi?", "Hello there", ("Hello", " there"), ("evil", "refusal"),
+                              np.array([[0.5, -1.25], [2.0, 3.0]]))
+    [back] = parse_monitoring(json.dumps(record.to_json()).encode())
+    assert back.tokens == record.tokens and back.traits == record.traits
+    assert np.array_equal(back.scores, record.scores)
+    assert len(parse_monitoring(json.dumps([record.to_json()] * 3).encode())) == 3
+    bad = record.to_json()
+    bad["trait_scores"]["evil"] = [0.5]
+    with pytest.raises(InputFormatError, match=r"trait_scores\['evil'\] has 1 scores but there "
+                                               r"are 2 tokens"):
+        parse_monitoring(json.dumps(bad).encode())
+    with pytest.raises(InputFormatError, match="has no tokens, trait_scores"):
+        parse_monitoring(b'{"prompt": "a", "response": "b"}')
+    nan = record.to_json()
+    nan["trait_scores"]["evil"] = [0.5, float("nan")]
+    with pytest.raises(InputFormatError, match="not a finite number"):
+        parse_monitoring(json.dumps(nan).encode())
+    with pytest.raises(InputFormatError, match="not UTF-8"):
+        parse_monitoring(b'\xff\xfe{"prompt"')

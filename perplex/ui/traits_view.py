@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 
@@ -12,15 +13,17 @@ import torch
 
 from perplex.core.errors import PerplexError
 from perplex.core.plots import visible_token
-from perplex.core.records import DecodeParams, Message, TokenRole
+from perplex.core.records import DecodeParams, Message, TokenRole, TokenStep
 from perplex.core.traits import TraitVector
 from perplex.engine.local.engine import LocalEngine
 from perplex.engine.local.stream import Steering
 from perplex.modes.traits import plots
 from perplex.modes.traits.definitions import Trait, parse_trait, shipped_traits
 from perplex.modes.traits.monitor import Monitor, MonitoredRun, monitor_generate
+from perplex.modes.traits.monitoring_json import MonitoringRecord, parse_monitoring
 from perplex.modes.traits.vectors import extract_prompt_last
 from perplex.ui import resources, session_panel
+from perplex.ui.export_panel import download
 from perplex.ui.text import plain
 from perplex.ui.token_view import Overlay, token_view
 from perplex.workspace.trait_store import import_pt, save_vector
@@ -165,36 +168,78 @@ def generate_section(engine: LocalEngine, found: list[Monitor], messages: tuple[
         title="Persona traits: monitored answer"))
 
 
-def answer_texts(run: MonitoredRun) -> list[str]:
-    """The answer tokens' texts."""
-    return [s.text for s in run.generation.steps[run.answer_start:]]
+def record_of(run: MonitoredRun) -> MonitoringRecord:
+    """A monitored answer in the per-token monitor format."""
+    steps = run.generation.steps[run.answer_start:]
+    users = [m.content for m in run.generation.messages if m.role == "user"]
+    return MonitoringRecord(users[-1] if users else "", run.generation.messages[-1].content,
+                            tuple(s.text for s in steps), run.traits, run.scores)
+
+
+def import_section() -> None:
+    """Show a per-token monitor JSON file (no model needed) in the same views."""
+    with st.expander("Open per-token trait-monitor JSON (prompt, response, tokens, "
+                     "trait_scores)"):
+        uploaded = st.file_uploader("Monitor file (.json)", type=["json"],
+                                    key=f"{PREFIX}.monitor_file")
+        if uploaded is None:
+            return
+        try:
+            records = parse_monitoring(uploaded.getvalue())
+        except PerplexError as exc:
+            st.error(plain(str(exc)))
+            return
+        pick = st.selectbox("Answer", range(len(records)),
+                            format_func=lambda i: f"{i + 1}: {records[i].prompt[:80]}",
+                            key=f"{PREFIX}.monitor_pick")
+        record = records[pick]
+        st.caption(f"Prompt: {plain(record.prompt[:300])}")
+        steps = tuple(TokenStep(position=i, token_id=None, text=t, role=TokenRole.RESPONSE,
+                                message_index=1) for i, t in enumerate(record.tokens))
+        monitor_views(record.traits, None, record.scores, steps, f"{PREFIX}.imported")
 
 
 def monitored_section(run: MonitoredRun, key: str) -> None:
+    """The monitored answer on screen, with its exports."""
+    monitor_views(run.traits, run.layers, run.scores, run.generation.steps[run.answer_start:],
+                  key)
+    record = record_of(run)
+    cols = st.columns(2)
+    download(cols[0], "Per-token monitor JSON", json.dumps([record.to_json()], indent=1),
+             file_name=f"perplex-traits-{run.generation.id}.json", mime="application/json",
+             key=f"{key}.json")
+    frame = pd.DataFrame({"index": range(len(record.tokens)), "token": record.tokens,
+                          **{t: run.scores[i] for i, t in enumerate(run.traits)}})
+    download(cols[1], "Per-token CSV", frame.to_csv(index=False),
+             file_name=f"perplex-traits-{run.generation.id}.csv", mime="text/csv",
+             key=f"{key}.csv")
+
+
+def monitor_views(traits: tuple[str, ...], layers: tuple[int, ...] | None, scores: np.ndarray,
+                  steps, key: str) -> None:
     """Slider + bars, lines, stats grid and the token view coloured by one trait."""
-    texts = answer_texts(run)
-    if not texts or not run.traits:
+    texts = [s.text for s in steps]
+    if not texts or not traits:
         st.caption("No answer tokens, or no trait monitored.")
         return
     index = st.slider("Token", 0, len(texts) - 1, 0, key=f"{key}.token")
     cols = st.columns(2)
-    cols[0].plotly_chart(plots.token_bars(run.traits, run.scores, index, texts[index]),
+    cols[0].plotly_chart(plots.token_bars(traits, scores, index, texts[index]),
                          key=f"{key}.bars")
-    cols[1].plotly_chart(plots.trait_lines(run.traits, run.scores, texts, index),
-                         key=f"{key}.lines")
-    grid = pd.DataFrame([{"trait": t, "layer": run.layers[i], "min": run.scores[i].min(),
-                          "max": run.scores[i].max(), "mean": run.scores[i].mean(),
-                          "peaks at": f"#{int(run.scores[i].argmax())} "
-                                      f"“{visible_token(texts[int(run.scores[i].argmax())])}”"}
-                         for i, t in enumerate(run.traits)])
+    cols[1].plotly_chart(plots.trait_lines(traits, scores, texts, index), key=f"{key}.lines")
+    grid = pd.DataFrame([{"trait": t, "layer": str(layers[i]) if layers else "(imported)",
+                          "min": scores[i].min(), "max": scores[i].max(),
+                          "mean": scores[i].mean(),
+                          "peaks at": f"#{int(scores[i].argmax())} "
+                                      f"“{visible_token(texts[int(scores[i].argmax())])}”"}
+                         for i, t in enumerate(traits)])
     st.dataframe(grid, hide_index=True, width="stretch")
-    coloured_by = st.selectbox("Colour the answer by", run.traits, key=f"{key}.colour")
-    t = run.traits.index(coloured_by)
-    lines = tuple(tuple(f"{name}: {run.scores[i, j]:+.3f}" for i, name in enumerate(run.traits))
+    coloured_by = st.selectbox("Colour the answer by", traits, key=f"{key}.colour")
+    t = traits.index(coloured_by)
+    lines = tuple(tuple(f"{name}: {scores[i, j]:+.3f}" for i, name in enumerate(traits))
                   for j in range(len(texts)))
-    overlay = Overlay(plots.score_colours(run.scores[t].tolist()), lines,
+    overlay = Overlay(plots.score_colours(scores[t].tolist()), lines,
                       label="the model (temperature 1)")
-    steps = run.generation.steps[run.answer_start:]
     token_view(steps, key=f"{key}-answer", confident=0.7, uncertain=0.3, highlight=index,
                overlay=overlay, inert=True)
     st.caption(f"Red: the token's residual projects towards {coloured_by} (h · v / ‖v‖ > 0), "

@@ -1,11 +1,13 @@
 """The Persona Traits page in a real browser on the bundled model.
 
 Extract one trait (prompt-last), generate with monitoring, move the token slider and see
-the bar chart follow, then steer and see baseline and steered side by side.
+the bar chart follow, steer and see baseline and steered side by side, then open a
+per-token monitor JSON file and see its line chart.
 """
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -22,7 +24,7 @@ from tests.browser.test_investigation import (
 pytestmark = pytest.mark.browser
 
 
-def test_extract_monitor_slide_and_steer(browser, app_url, screenshot):
+def test_extract_monitor_slide_and_steer(browser, app_url, screenshot, tmp_path):
     context = browser.new_context(viewport=VIEWPORT)
     context.set_default_timeout(20_000)
     page = context.new_page()
@@ -67,4 +69,21 @@ def test_extract_monitor_slide_and_steer(browser, app_url, screenshot):
     assert page.get_by_text(re.compile(r"^Steered: \+2 · v at layer \d+, response")).count() == 1
     scroll_to(page.get_by_text(re.compile(r"^Steered: ")))
     screenshot(page, "traits_3_baseline_vs_steered")
+
+    # a per-token monitor JSON file, no model needed: its line chart
+    record = {"prompt": "Is my plan good?", "response": "Yes, brilliant!",
+              "tokens": ["Yes", ",", " brilliant", "!"],
+              "trait_scores": {"sycophancy": [1.0, 0.2, 2.5, 1.5], "evil": [-1, -0.5, 0, -2]}}
+    path = tmp_path / "monitor.json"
+    path.write_text(json.dumps([record]))
+    page.mouse.move(0, 0)
+    page.get_by_text(re.compile(r"^Open per-token trait-monitor JSON")).click()
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(path))
+    page.get_by_text("Prompt: Is my plan good?").wait_for(timeout=WORK_TIMEOUT)
+    settle(page)
+    assert_no_exception(page)
+    lines = page.locator(".js-plotly-plot").filter(has_text="Trait scores over the answer").first
+    scroll_to(lines)
+    assert lines.locator(".scatterlayer .trace").count() == 2  # one line per trait
+    screenshot(page, "traits_4_imported_monitor_json")
     context.close()

@@ -1,0 +1,100 @@
+"""Per-token trait-monitor JSON: read (untrusted, validated) and write.
+
+The format of per-token trait monitors: an object, or a list of them, each with `prompt`,
+`response`, `tokens` (the response's tokens as text) and `trait_scores` (trait name → one
+number per token). Imported data needs no model; it is shown in the page's usual views.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from perplex.core.errors import InputFormatError
+
+MAX_BYTES = 20 * 2**20
+MAX_RECORDS = 1_000
+MAX_TOKENS = 20_000
+MAX_TRAITS = 64
+
+
+@dataclass(frozen=True, eq=False)
+class MonitoringRecord:
+    """One monitored answer: `scores` is [len(traits), len(tokens)] float64."""
+
+    prompt: str
+    response: str
+    tokens: tuple[str, ...]
+    traits: tuple[str, ...]
+    scores: np.ndarray
+
+    def to_json(self) -> dict:
+        """The record in the monitor format."""
+        return {"prompt": self.prompt, "response": self.response, "tokens": list(self.tokens),
+                "trait_scores": {t: self.scores[i].tolist() for i, t in enumerate(self.traits)}}
+
+
+def parse_monitoring(data: bytes) -> list[MonitoringRecord]:
+    """Records from a monitor JSON file; InputFormatError saying what is wrong and where."""
+    if len(data) > MAX_BYTES:
+        raise InputFormatError(f"The file is {len(data) / 2**20:.1f} MiB; at most "
+                               f"{MAX_BYTES // 2**20} MiB is read.")
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InputFormatError(f"The file is not UTF-8 (byte {exc.start}).") from None
+    except json.JSONDecodeError as exc:
+        raise InputFormatError(f"The file is not JSON: {exc.msg} at line {exc.lineno}, column "
+                               f"{exc.colno}.") from None
+    items = raw if isinstance(raw, list) else [raw]
+    if not items or len(items) > MAX_RECORDS:
+        raise InputFormatError(f"The file must hold 1 to {MAX_RECORDS:,} monitored answers.")
+    return [_record(i, item) for i, item in enumerate(items)]
+
+
+def _record(i: int, item) -> MonitoringRecord:
+    where = f"Answer {i + 1}"
+    if not isinstance(item, dict):
+        raise InputFormatError(f"{where} is not an object with prompt, response, tokens and "
+                               "trait_scores.")
+    missing = [k for k in ("prompt", "response", "tokens", "trait_scores") if k not in item]
+    if missing:
+        raise InputFormatError(f"{where} has no {', '.join(missing)}.")
+    prompt, response = _text(where, "prompt", item["prompt"]), _text(where, "response",
+                                                                     item["response"])
+    tokens = item["tokens"]
+    if not isinstance(tokens, list) or not tokens or len(tokens) > MAX_TOKENS or \
+            not all(isinstance(t, str) for t in tokens):
+        raise InputFormatError(f"{where}: tokens must be a list of 1 to {MAX_TOKENS:,} texts.")
+    for t in tokens:
+        _text(where, "a token", t, blank_ok=True)
+    scores = item["trait_scores"]
+    if not isinstance(scores, dict) or not scores or len(scores) > MAX_TRAITS:
+        raise InputFormatError(f"{where}: trait_scores must map 1 to {MAX_TRAITS} trait names "
+                               "to lists of numbers.")
+    rows = []
+    for name, values in scores.items():
+        if not isinstance(values, list) or len(values) != len(tokens):
+            got = len(values) if isinstance(values, list) else type(values).__name__
+            raise InputFormatError(f"{where}: trait_scores[{name!r}] has {got} scores but there "
+                                   f"are {len(tokens)} tokens: one score per token.")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                   for v in values):
+            raise InputFormatError(f"{where}: trait_scores[{name!r}] holds something that is not "
+                                   "a finite number.")
+        rows.append(values)
+    return MonitoringRecord(prompt, response, tuple(tokens), tuple(str(n) for n in scores),
+                            np.array(rows, dtype=np.float64))
+
+
+def _text(where: str, name: str, value, blank_ok: bool = False) -> str:
+    if not isinstance(value, str) or (not blank_ok and not value.strip()):
+        raise InputFormatError(f"{where}: {name} must be text.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputFormatError(f"{where}: {name} is not valid Unicode.") from None
+    return value
