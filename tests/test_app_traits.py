@@ -47,6 +47,11 @@ def test_extract_monitor_and_steer(app):
     base, steered = at.session_state["traits.pair"]
     assert steered.steering[0]["coefficient"] == 3.0
     assert base.scores.shape[0] == steered.scores.shape[0] == 1
+    at.number_input(key="traits.sweep_n").set_value(3)
+    button(at, "Run the sweep").click().run()
+    assert not at.exception, at.exception
+    trait, points = at.session_state["traits.sweep"]
+    assert trait == "sycophancy" and [p.coefficient for p in points] == [-2.0, 0.0, 2.0]
 
 
 def test_a_bad_trait_definition_gets_a_message(app):

@@ -251,3 +251,23 @@ def test_monitor_json_round_trips_and_bad_files_are_named():
         parse_monitoring(json.dumps(nan).encode())
     with pytest.raises(InputFormatError, match="not UTF-8"):
         parse_monitoring(b'\xff\xfe{"prompt"')
+
+
+def test_a_sweep_runs_each_coefficient_and_zero_is_the_baseline(tiny, cheer):
+    from perplex.modes.traits.sweep import coefficient_sweep
+
+    monitors = [Monitor(cheer, 2)]
+    params = DecodeParams(max_new_tokens=8)
+    points = coefficient_sweep(tiny, QUESTION, monitors, "cheer", 2, [-20.0, 20.0], "response",
+                               params)
+    assert [p.coefficient for p in points] == [-20.0, 0.0, 20.0]
+    baseline = monitor_generate(tiny, QUESTION, monitors, params)
+    zero = points[1]
+    assert zero.run.generation.steps == baseline.generation.steps
+    assert zero.first_difference is None
+    assert zero.mean_score == pytest.approx(float(baseline.scores[0].mean()))
+    # the steered layer is the monitored one: its first answer token's score moves by c·‖v‖
+    norm = float(np.linalg.norm(cheer.vector[2]))
+    for point in (points[0], points[2]):
+        assert point.run.scores[0, 0] - baseline.scores[0, 0] == pytest.approx(
+            point.coefficient * norm, rel=1e-5)

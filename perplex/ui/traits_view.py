@@ -21,6 +21,7 @@ from perplex.modes.traits import plots
 from perplex.modes.traits.definitions import Trait, parse_trait, shipped_traits
 from perplex.modes.traits.monitor import Monitor, MonitoredRun, monitor_generate
 from perplex.modes.traits.monitoring_json import MonitoringRecord, parse_monitoring
+from perplex.modes.traits.sweep import MAX_POINTS, coefficient_sweep
 from perplex.modes.traits.vectors import extract_prompt_last
 from perplex.ui import resources, session_panel
 from perplex.ui.export_panel import download
@@ -34,7 +35,7 @@ LAYERS_KEY = f"{PREFIX}.layers"  # {trait: layer} chosen per trait
 OWN_KEY = f"{PREFIX}.own"  # {name: Trait} added or edited on the page (this session)
 RUN_KEY = f"{PREFIX}.run"  # the monitored answer on screen
 PAIR_KEY = f"{PREFIX}.pair"  # (baseline, steered) on screen
-STOP_KEY = f"{PREFIX}.stop_asked"
+SWEEP_KEY = f"{PREFIX}.sweep"  # (trait, sweep points) on screen
 
 
 def traits() -> dict[str, Trait]:
@@ -275,6 +276,7 @@ def steering_section(engine: LocalEngine, found: list[Monitor], messages: tuple[
             st.error(plain(str(exc)))
             return
         st.session_state[PAIR_KEY] = (base, steered)
+    _sweep(engine, found, messages, max_new, trait, layer, positions)
     pair = st.session_state.get(PAIR_KEY)
     if pair is None:
         return
@@ -300,3 +302,39 @@ def steering_section(engine: LocalEngine, found: list[Monitor], messages: tuple[
                        highlight=first if first is not None and first < len(steps) else None,
                        inert=True)
             st.caption(f"mean {trait} score {run.scores[t].mean():+.3f}")
+
+
+def _sweep(engine: LocalEngine, found: list[Monitor], messages: tuple[Message, ...],
+           max_new: int, trait: str, layer: int, positions: str) -> None:
+    with st.expander("Coefficient sweep"):
+        cols = st.columns(3)
+        low = float(cols[0].number_input("From c", -20.0, 20.0, -2.0, 0.5,
+                                         key=f"{PREFIX}.sweep_low"))
+        high = float(cols[1].number_input("To c", -20.0, 20.0, 2.0, 0.5,
+                                          key=f"{PREFIX}.sweep_high"))
+        steps = int(cols[2].number_input("Points", 2, MAX_POINTS, 5, key=f"{PREFIX}.sweep_n"))
+        if st.button("Run the sweep", key=f"{PREFIX}.sweep_go",
+                     disabled=session_panel.read_only() or high <= low):
+            bar = st.progress(0.0, text="Sweeping…")
+            try:
+                points = coefficient_sweep(
+                    engine, messages, found, trait, layer, np.linspace(low, high, steps),
+                    positions, DecodeParams(max_new_tokens=max_new),
+                    lambda done, total: bar.progress(done / total,
+                                                     text=f"{done} of {total} coefficients"))
+            except PerplexError as exc:
+                st.error(plain(str(exc)))
+                return
+            bar.empty()
+            st.session_state[SWEEP_KEY] = (trait, points)
+        shown = st.session_state.get(SWEEP_KEY)
+        if shown is None:
+            return
+        swept, points = shown
+        st.plotly_chart(plots.sweep_figure(swept, [p.coefficient for p in points],
+                                           [p.mean_score for p in points]),
+                        key=f"{PREFIX}.sweep_chart")
+        st.dataframe(pd.DataFrame([{"c": p.coefficient, f"mean {swept}": p.mean_score,
+                                    "parts from c = 0 at": p.first_difference,
+                                    "answer": p.answer[:200]} for p in points]),
+                     hide_index=True, width="stretch")

@@ -73,3 +73,13 @@ def _css(value: float, scale: float) -> str:
     rgb = POSITIVE if value > 0 else NEGATIVE
     alpha = MAX_ALPHA * min(1.0, abs(value) / scale)
     return f"rgba({rgb[0]}, {rgb[1]}, {rgb[2]}, {alpha:.3f})"
+
+
+def sweep_figure(trait: str, coefficients: Sequence[float], means: Sequence[float]) -> go.Figure:
+    """The swept trait's mean answer score against the steering coefficient."""
+    fig = go.Figure(go.Scatter(x=list(coefficients), y=list(means), mode="lines+markers",
+                               hovertemplate="c %{x:+g}: mean %{y:.3f}<extra></extra>"))
+    fig.update_layout(title=f"Mean {trait} score of the answer by steering coefficient",
+                      height=300, xaxis_title="c (adds c · v)", yaxis_title="mean h · v / ‖v‖",
+                      margin=dict(l=50, r=20, t=50, b=45))
+    return fig
