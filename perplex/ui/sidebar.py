@@ -203,7 +203,7 @@ def _restore_session_settings() -> dict:
 
 def decode_params_form(prefix: str) -> DecodeParams:
     """Widgets for decoding settings (page-prefixed keys); returns the chosen params."""
-    with st.expander("Decoding", expanded=False):
+    with st.expander("Generation settings", expanded=False):
         cols = st.columns(5)
         max_new = cols[0].number_input("max new tokens", 1, 2048, 200, key=f"{prefix}.max_new")
         temperature = cols[1].number_input("temperature (0 = greedy)", 0.0, 5.0, 0.0, 0.1,

@@ -42,7 +42,7 @@ def set_number(page, label: str, value: str) -> None:
 
 def test_alert_appears_while_the_answer_streams(hallucination_page, screenshot):
     page = hallucination_page
-    page.get_by_text("Decoding", exact=True).click()
+    page.get_by_text("Generation settings", exact=True).click()
     set_number(page, "max new tokens", "40")
     page.get_by_label("Question").fill(QUESTION)
     page.get_by_role("button", name="Ask", exact=True).click()

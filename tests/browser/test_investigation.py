@@ -104,8 +104,8 @@ def session_of(page) -> str | None:
 
 
 def set_max_new_tokens(page, value: str = MAX_NEW) -> None:
-    """Open the Decoding expander and set "max new tokens"."""
-    page.get_by_text("Decoding", exact=True).click()
+    """Open the "Generation settings" expander and set "max new tokens"."""
+    page.get_by_text("Generation settings", exact=True).click()
     field = page.get_by_label("max new tokens")
     field.fill(value)
     field.press("Enter")

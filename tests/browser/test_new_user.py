@@ -264,7 +264,7 @@ def test_consistency_shows_answers_as_written_without_the_end_of_turn_token(open
     page.get_by_role("link", name="Hallucination").click()
     page.get_by_label("Question").wait_for()
     settle(page)
-    page.get_by_text("Decoding", exact=True).click()
+    page.get_by_text("Generation settings", exact=True).click()
     set_number(page, "max new tokens", "24")
     page.get_by_label("Question").fill("What is the boiling point of water? Answer briefly.")
     page.get_by_role("button", name="Ask", exact=True).click()

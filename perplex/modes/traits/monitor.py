@@ -46,7 +46,7 @@ class MonitoredRun:
 
     generation: Generation
     traits: tuple[str, ...]
-    layers: tuple[int, ...]
+    trait_layers: tuple[int, ...]  # the layer each trait is read at
     scores: np.ndarray
     steering: tuple[dict, ...] = field(default=())
 
