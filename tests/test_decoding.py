@@ -315,3 +315,20 @@ def test_streams_leave_the_models_own_hidden_states_alone():
         states = engine.lm.model(input_ids=torch.tensor([ids]),
                                  output_hidden_states=True).hidden_states
     assert len(states) == 4  # the embedding and one per block, each recorded once
+
+
+def test_the_figures_are_built_from_a_run(tiny):
+    from perplex.modes.decoding import plots
+    from perplex.modes.decoding.stats import contrast_stats
+
+    spec = run_method(tiny, PROMPT, SpeculativeParams("early_exit", gamma=3, exit_layer=2,
+                                                      max_new_tokens=20))
+    stats = speculative_stats(spec)
+    bars = plots.acceptance_by_position(stats)
+    assert list(bars.data[0].y) == pytest.approx([a / c if c else 0.0
+                                                  for a, c in stats.by_position])
+    dola = run_method(tiny, PROMPT, DolaParams(candidates=(0, 1, 2), max_new_tokens=8))
+    layers = plots.layer_histogram(contrast_stats(dola), 4)
+    assert sum(layers.data[0].y) == 8
+    timeline = plots.contrast_timeline(dola.method, ["t"] * 8)
+    assert list(timeline.data[0].y) == pytest.approx([r.p_a for r in dola.method.contrast])

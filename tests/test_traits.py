@@ -271,3 +271,22 @@ def test_a_sweep_runs_each_coefficient_and_zero_is_the_baseline(tiny, cheer):
     for point in (points[0], points[2]):
         assert point.run.scores[0, 0] - baseline.scores[0, 0] == pytest.approx(
             point.coefficient * norm, rel=1e-5)
+
+
+def test_the_figures_are_built_from_a_run(tiny, cheer):
+    from perplex.modes.traits import plots
+
+    run = monitor_generate(tiny, QUESTION, [Monitor(cheer, 1), Monitor(cheer, 2)],
+                           DecodeParams(max_new_tokens=6))
+    texts = [s.text for s in run.generation.steps[run.answer_start:]]
+    bars = plots.token_bars(run.traits, run.scores, 2, texts[2])
+    assert list(bars.data[0].y) == pytest.approx(run.scores[:, 2].tolist())
+    lines = plots.trait_lines(run.traits, run.scores, texts, 2)
+    assert len(lines.data) == 2 and list(lines.data[1].y) == pytest.approx(run.scores[1])
+    layers = plots.layer_statistics(cheer, cheer.default_layer)
+    assert list(layers.data[0].y) == pytest.approx(list(cheer.norms))
+    difference = plots.score_difference("cheer", run.scores[0], run.scores[0] + 1.5, None)
+    assert list(difference.data[0].y) == pytest.approx([1.5] * 6)
+    sweep = plots.sweep_figure("cheer", [-1.0, 0.0, 1.0], [0.1, 0.2, 0.3])
+    assert list(sweep.data[0].x) == [-1.0, 0.0, 1.0]
+    assert plots.score_colours([2.0, -1.0, 0.0])[0] == "rgba(178, 24, 43, 0.600)"

@@ -202,7 +202,7 @@ def import_section() -> None:
 
 def monitored_section(run: MonitoredRun, key: str) -> None:
     """The monitored answer on screen, with its exports."""
-    monitor_views(run.traits, run.layers, run.scores, run.generation.steps[run.answer_start:],
+    monitor_views(run.traits, run.trait_layers, run.scores, run.generation.steps[run.answer_start:],
                   key)
     record = record_of(run)
     cols = st.columns(2)
@@ -216,6 +216,14 @@ def monitored_section(run: MonitoredRun, key: str) -> None:
              key=f"{key}.csv")
 
 
+def _point_to_token(key: str) -> None:
+    """A clicked point of the line chart moves the token slider to it (before the rerun)."""
+    picked = st.session_state.get(f"{key}.lines")
+    points = picked.get("selection", {}).get("points", []) if picked else []
+    if points:
+        st.session_state[f"{key}.token"] = int(points[0]["x"])
+
+
 def monitor_views(traits: tuple[str, ...], layers: tuple[int, ...] | None, scores: np.ndarray,
                   steps, key: str) -> None:
     """Slider + bars, lines, stats grid and the token view coloured by one trait."""
@@ -227,7 +235,8 @@ def monitor_views(traits: tuple[str, ...], layers: tuple[int, ...] | None, score
     cols = st.columns(2)
     cols[0].plotly_chart(plots.token_bars(traits, scores, index, texts[index]),
                          key=f"{key}.bars")
-    cols[1].plotly_chart(plots.trait_lines(traits, scores, texts, index), key=f"{key}.lines")
+    cols[1].plotly_chart(plots.trait_lines(traits, scores, texts, index), key=f"{key}.lines",
+                         on_select=lambda: _point_to_token(key), selection_mode="points")
     grid = pd.DataFrame([{"trait": t, "layer": str(layers[i]) if layers else "(imported)",
                           "min": scores[i].min(), "max": scores[i].max(),
                           "mean": scores[i].mean(),
@@ -302,6 +311,9 @@ def steering_section(engine: LocalEngine, found: list[Monitor], messages: tuple[
                        highlight=first if first is not None and first < len(steps) else None,
                        inert=True)
             st.caption(f"mean {trait} score {run.scores[t].mean():+.3f}")
+    t = base.traits.index(trait)
+    st.plotly_chart(plots.score_difference(trait, base.scores[t], steered.scores[t], first),
+                    key=f"{PREFIX}.difference")
 
 
 def _sweep(engine: LocalEngine, found: list[Monitor], messages: tuple[Message, ...],

@@ -83,3 +83,18 @@ def sweep_figure(trait: str, coefficients: Sequence[float], means: Sequence[floa
                       height=300, xaxis_title="c (adds c · v)", yaxis_title="mean h · v / ‖v‖",
                       margin=dict(l=50, r=20, t=50, b=45))
     return fig
+
+
+def score_difference(trait: str, baseline: np.ndarray, steered: np.ndarray,
+                     first: int | None) -> go.Figure:
+    """Per answer position: the steered answer's trait score minus the baseline's."""
+    n = min(len(baseline), len(steered))
+    delta = (steered[:n] - baseline[:n]).tolist()
+    fig = go.Figure(go.Bar(x=list(range(n)), y=delta, marker_color=list(score_colours(delta)),
+                           hovertemplate="token %{x}: %{y:+.3f}<extra></extra>"))
+    if first is not None and first < n:
+        fig.add_vline(x=first, line_dash="dot", annotation_text="answers part")
+    fig.update_layout(title=f"Steered − baseline {trait} score per answer token", height=280,
+                      xaxis_title="answer token (same position in both answers)",
+                      yaxis_title="Δ h · v / ‖v‖", margin=dict(l=50, r=20, t=50, b=45))
+    return fig
