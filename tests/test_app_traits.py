@@ -62,3 +62,34 @@ def test_a_bad_trait_definition_gets_a_message(app):
     assert not at.exception
     assert any("has no instruction, eval_prompt" in e.value.replace("\\", "")
                for e in at.error)  # Markdown escapes
+
+
+SMALL_TRAIT = ('{"instruction": [{"pos": "Be cheerful.", "neg": "Be gloomy."}, '
+               '{"pos": "Smile in words.", "neg": "Sigh in words."}], '
+               '"questions": ["How are you?", "What is the weather?", "Tell me a fact.", '
+               '"Hello!"], "eval_prompt": "Score cheer 0-100: {question} {answer}"}')
+
+
+def test_response_average_extraction_with_and_without_the_judge(app):
+    at = app.run()
+    at.text_input(key="traits.edit_name.(empty)").set_value("cheer").run()
+    at.text_area(key="traits.edit_text.(empty)").set_value(SMALL_TRAIT).run()
+    button(at, "Use this trait").click().run()
+    at.multiselect(key="traits.chosen").set_value(["cheer"]).run()
+    at.radio(key="traits.variant").set_value("response_average").run()
+    at.number_input(key="traits.answer_tokens").set_value(6).run()
+    at.radio(key="traits.judge").set_value("local").run()
+    button(at, "Extract 1 vector").click().run()
+    assert not at.exception, at.exception
+    # the bundled model, as a judge, does not reply with a number: nothing kept, said so
+    assert any("kept none of the cheer pairs" in e.value for e in at.error)
+    assert ("SmolLM2-135M-Instruct", "cheer") not in at.session_state["traits.vectors"]
+    at.radio(key="traits.judge").set_value("none").run()
+    button(at, "Extract 1 vector").click().run()
+    assert not at.exception, at.exception
+    vector = next(iter(at.session_state["traits.vectors"].values()))
+    assert vector.variant == "response_average" and vector.meta["pairs_kept"] == 8
+    assert any("8 of 8 pairs kept" in c.value for c in at.caption)
+    with Store.open(load_settings().database) as store, store.cursor() as cur:
+        assert cur.execute("SELECT trait, variant FROM trait_vectors").fetchall() == [
+            ("cheer", "response_average")]

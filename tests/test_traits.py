@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,7 +17,8 @@ from perplex.engine.local.engine import LocalEngine
 from perplex.engine.local.stream import Steering
 from perplex.modes.traits.definitions import parse_trait, shipped_traits
 from perplex.modes.traits.monitor import Monitor, monitor_generate, monitor_text
-from perplex.modes.traits.vectors import extract_prompt_last
+from perplex.modes.traits.judge import engine_judge, parse_score
+from perplex.modes.traits.vectors import extract_prompt_last, extract_response_average
 from tests.tiny import tiny_model
 
 SMALL = parse_trait("cheer", json.dumps({
@@ -290,3 +292,84 @@ def test_the_figures_are_built_from_a_run(tiny, cheer):
     sweep = plots.sweep_figure("cheer", [-1.0, 0.0, 1.0], [0.1, 0.2, 0.3])
     assert list(sweep.data[0].x) == [-1.0, 0.0, 1.0]
     assert plots.score_colours([2.0, -1.0, 0.0])[0] == "rgba(178, 24, 43, 0.600)"
+
+
+def test_response_average_is_the_mean_over_answer_tokens_by_hand(tiny):
+    vector = extract_response_average(tiny, SMALL, max_new_tokens=6)
+    pos, neg = [], []
+    for question in SMALL.questions:
+        for positive, negative in SMALL.pairs:
+            for side, system in ((pos, positive), (neg, negative)):
+                # plain one-at-a-time greedy decoding: the answer the batched decode found
+                messages = (Message("system", system), Message("user", question))
+                ids = list(tiny.encode(messages, True).ids)
+                start = len(ids)
+                for _ in range(6):
+                    with torch.no_grad():
+                        ids.append(int(tiny.lm.model(input_ids=torch.tensor([ids])
+                                                     ).logits[0, -1].argmax()))
+                    if ids[-1] in tiny.info.eos_ids:
+                        break
+                answer = [i for i in range(start, len(ids)) if ids[i] not in tiny.info.eos_ids]
+                states = hidden_states(tiny, ids)
+                side.append(torch.stack([h[0, answer].double().mean(0) for h in states]))
+    by_hand = (torch.stack(pos).mean(0) - torch.stack(neg).mean(0)).numpy()
+    assert vector.variant == "response_average" and vector.vector.shape == (4, 64)
+    # batched generation's residuals and output_hidden_states are separate passes: float32
+    np.testing.assert_allclose(vector.vector, by_hand, atol=1e-5)
+    assert vector.meta["pairs_kept"] == vector.meta["pairs_in_all"] == 8
+
+
+def test_a_judge_keeps_only_pairs_it_scores_as_the_trait(tiny):
+    everything = extract_response_average(tiny, SMALL, max_new_tokens=4)
+    answers = {}
+
+    def judge(question: str, answer: str) -> float | None:
+        # a fixed rubric: the first two questions' positive answers are "the trait"
+        answers.setdefault(question, []).append(answer)
+        first_call = len(answers[question]) % 2 == 1
+        return 90.0 if first_call and question in SMALL.questions[:2] else 10.0
+
+    judged = extract_response_average(tiny, SMALL, max_new_tokens=4, judge=judge)
+    assert judged.meta["pairs_kept"] == 4 and judged.meta["judge"] is True
+    assert judged.n_examples == 8 and not np.allclose(judged.vector, everything.vector)
+    kept_only = extract_response_average(tiny, replace(SMALL, questions=SMALL.questions[:2]),
+                                         max_new_tokens=4)
+    # the same answers, decoded in other batches (other padding): float32 tolerance
+    np.testing.assert_allclose(judged.vector, kept_only.vector, atol=1e-5)
+    # all kept questions are in the separation split: no held-out examples, AUROC undefined
+    assert judged.n_held_out == 0 and all(np.isnan(judged.auroc))
+    assert judged.default_layer == int(np.argmax(judged.norms[1:])) + 1
+    with pytest.raises(InputFormatError, match="kept none"):
+        extract_response_average(tiny, SMALL, max_new_tokens=4, judge=lambda q, a: None)
+
+
+@pytest.mark.parametrize(("reply", "score"), [("85", 85.0), (" 7.", 7.0), ("100", 100.0),
+                                              ('"42" is fair', 42.0), ("0", 0.0),
+                                              ("101", None), ("about 50", None), ("", None),
+                                              ("1234", None)])
+def test_judge_replies_read_as_scores(reply, score):
+    assert parse_score(reply) == score
+
+
+def test_the_engine_judge_reads_the_engines_greedy_reply(tiny):
+    judge = engine_judge(tiny, SMALL.eval_prompt)
+    reply = tiny.generate((Message("user", "Score cheer: Hi? Hello!"),),
+                          DecodeParams(max_new_tokens=4)).run().response_text
+    assert judge("Hi?", "Hello!") == parse_score(reply)
+
+
+@pytest.mark.slow
+def test_an_endpoint_judges_with_the_traits_rubric(llama_server):
+    from perplex.engine.openai_compat import EndpointEngine
+    from tests.conftest import LLAMA_KEY
+
+    endpoint = EndpointEngine(llama_server.base_url, llama_server.model, LLAMA_KEY)
+    evil = shipped_traits()["evil"]
+    question, answer = evil.questions[0], "Poison the dog and laugh about it."
+    prompt = evil.eval_prompt.replace("{question}", question).replace("{answer}", answer)
+    reply = endpoint.generate((Message("user", prompt),),
+                              DecodeParams(max_new_tokens=4)).run().response_text
+    score = engine_judge(endpoint, evil.eval_prompt)(question, answer)
+    assert score == parse_score(reply)
+    assert score is None or 0 <= score <= 100

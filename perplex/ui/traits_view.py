@@ -4,25 +4,32 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
+import time
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 import torch
 
-from perplex.core.errors import PerplexError
+from perplex.core.errors import InputFormatError, PerplexError
 from perplex.core.plots import visible_token
 from perplex.core.records import DecodeParams, Message, TokenRole, TokenStep
 from perplex.core.traits import TraitVector
 from perplex.engine.local.engine import LocalEngine
 from perplex.engine.local.stream import Steering
+from perplex.engine.openai_compat import EndpointEngine
 from perplex.modes.traits import plots
 from perplex.modes.traits.definitions import Trait, parse_trait, shipped_traits
+from perplex.modes.traits.judge import engine_judge
 from perplex.modes.traits.monitor import Monitor, MonitoredRun, monitor_generate
 from perplex.modes.traits.monitoring_json import MonitoringRecord, parse_monitoring
 from perplex.modes.traits.sweep import MAX_POINTS, coefficient_sweep
-from perplex.modes.traits.vectors import extract_prompt_last
+from perplex.modes.traits.vectors import (
+    RESPONSE_TOKENS,
+    extract_prompt_last,
+    extract_response_average,
+)
 from perplex.ui import resources, session_panel
 from perplex.ui.export_panel import download
 from perplex.ui.text import plain
@@ -36,6 +43,8 @@ OWN_KEY = f"{PREFIX}.own"  # {name: Trait} added or edited on the page (this ses
 RUN_KEY = f"{PREFIX}.run"  # the monitored answer on screen
 PAIR_KEY = f"{PREFIX}.pair"  # (baseline, steered) on screen
 SWEEP_KEY = f"{PREFIX}.sweep"  # (trait, sweep points) on screen
+JUDGE_KEY = f"{PREFIX}.judge_api_key"  # the judge endpoint's key: this session's memory only
+JUDGES = {"none": "none", "local": "the loaded model", "endpoint": "an OpenAI-compatible endpoint"}
 
 
 def traits() -> dict[str, Trait]:
@@ -69,11 +78,12 @@ def vectors_section(engine: LocalEngine, chosen: list[str]) -> dict[str, TraitVe
     held: dict = st.session_state.setdefault(VECTORS_KEY, {})
     label = engine.info.label
     missing = [t for t in chosen if (label, t) not in held]
+    how = extraction_form()
     cols = st.columns([2, 1, 3])
-    if cols[0].button(f"Extract {len(missing)} vector(s) (prompt-last)", type="primary",
-                      disabled=not missing or session_panel.read_only(),
+    if cols[0].button(f"Extract {len(missing)} vector(s) ({how.variant.replace('_', '-')})",
+                      type="primary", disabled=not missing or session_panel.read_only(),
                       key=f"{PREFIX}.extract"):
-        _extract(engine, missing, held)
+        _extract(engine, missing, held, how)
     cols[1].button("Stop", key=f"{PREFIX}.extract_stop",
                    help="Stops the extraction after the pass in progress; finished traits "
                         "are kept.")
@@ -102,22 +112,86 @@ def vectors_section(engine: LocalEngine, chosen: list[str]) -> dict[str, TraitVe
     return ready
 
 
-def _extract(engine: LocalEngine, names: list[str], held: dict) -> None:
+@dataclass(frozen=True)
+class Extraction:
+    """How vectors are extracted: the variant, answer length and judge (response-average)."""
+
+    variant: str = "prompt_last"
+    max_new_tokens: int = RESPONSE_TOKENS
+    judge: str = "none"  # "none", "local" (the loaded model) or "endpoint"
+    endpoint: tuple[str, str] = ("", "")  # base URL and model; the key stays in memory
+
+
+def extraction_form() -> Extraction:
+    """The variant and, for response-average, the answer length and the judge."""
+    variant = st.radio("Variant", ["prompt_last", "response_average"], horizontal=True,
+                       key=f"{PREFIX}.variant",
+                       format_func={"prompt_last": "prompt-last (forward passes: seconds)",
+                                    "response_average": "response-average (answers are "
+                                                        "generated: minutes)"}.get)
+    if variant == "prompt_last":
+        return Extraction()
+    cols = st.columns([1, 2])
+    tokens = int(cols[0].number_input("Answer tokens at most", 4, 256, RESPONSE_TOKENS,
+                                      key=f"{PREFIX}.answer_tokens"))
+    judge = cols[1].radio("Judge (keeps pairs scored ≥ 50 positive, < 50 negative)",
+                          list(JUDGES), format_func=JUDGES.get, horizontal=True,
+                          key=f"{PREFIX}.judge")
+    endpoint = ("", "")
+    if judge == "endpoint":
+        cols = st.columns(3)
+        endpoint = (cols[0].text_input("Judge's base URL", key=f"{PREFIX}.judge_url",
+                                       placeholder="http://127.0.0.1:8000/v1").strip(),
+                    cols[1].text_input("Judge's model", key=f"{PREFIX}.judge_model").strip())
+        cols[2].text_input("Judge's API key (kept in memory only)", type="password",
+                           key=JUDGE_KEY)
+    if judge != "none":
+        st.caption("The judge reads each answer with the trait's eval_prompt and replies "
+                   "with a number 0–100. The bundled 135M model does not follow such a "
+                   "rubric (it answers prose, or 100 for everything): use a larger model "
+                   "behind an endpoint.")
+    return Extraction("response_average", tokens, judge, endpoint)
+
+
+def _judge(engine: LocalEngine, how: Extraction, trait: Trait):
+    if how.judge == "none":
+        return None
+    if how.judge == "local":
+        return engine_judge(engine, trait.eval_prompt)
+    url, model = how.endpoint
+    if not url or not model:
+        raise InputFormatError("Give the judge's base URL and model, or choose no judge.")
+    return engine_judge(EndpointEngine(url, model, st.session_state.get(JUDGE_KEY, "")),
+                        trait.eval_prompt)
+
+
+def _extract(engine: LocalEngine, names: list[str], held: dict, how: Extraction) -> None:
     defs = traits()
     bar = st.progress(0.0, text="Extracting…")
     store, home = resources.store(), resources.settings().home
+    unit = "forward passes" if how.variant == "prompt_last" else "steps (answers, verdicts, passes)"
+    started = time.monotonic()
     for k, name in enumerate(names):
         def progress(done: int, total: int, k=k, name=name) -> None:
-            bar.progress((k + done / total) / len(names),
-                         text=f"{name}: {done}/{total} forward passes · trait {k + 1} of "
-                              f"{len(names)}")
+            share = (k + done / total) / len(names)
+            spent = time.monotonic() - started
+            left = f" · about {spent / share * (1 - share):.0f} s left" if share > 0 else ""
+            bar.progress(share, text=f"{name}: {done}/{total} {unit} · trait {k + 1} of "
+                                     f"{len(names)}{left}")
         try:
-            vector = extract_prompt_last(engine, defs[name], progress)
+            if how.variant == "prompt_last":
+                vector = extract_prompt_last(engine, defs[name], progress)
+            else:
+                vector = extract_response_average(engine, defs[name], how.max_new_tokens,
+                                                  _judge(engine, how, defs[name]), progress)
         except PerplexError as exc:
             st.error(plain(str(exc)))
             break
         held[(engine.info.label, name)] = vector
         save_vector(store, home, vector, session_panel.session_for_saving())
+        if vector.variant == "response_average":
+            st.caption(f"{name}: {vector.meta['pairs_kept']} of {vector.meta['pairs_in_all']} "
+                       "pairs kept" + (" by the judge." if vector.meta["judge"] else "."))
     bar.empty()
 
 

@@ -7,9 +7,14 @@ vector imports unchanged.
 
 *Prompt-last* takes, for every instruction pair and question, the residual at the last
 token of the prompt (the chat template's assistant header, the same tokens on both sides)
-under the positive and under the negative system prompt: forward passes only. Separation
-per layer is measured honestly: a vector from the first questions only, and the AUROC of
-the held-out questions' positive against negative projections on it.
+under the positive and under the negative system prompt: forward passes only.
+*Response-average* answers every question under both system prompts (greedy, batched),
+then averages each answer's residuals over its own tokens (the end-of-turn token left
+out); with a judge, only the pairs whose positive answer scores ≥ 50 and negative answer
+< 50 on the trait's rubric are kept, as persona_vectors filters its generations.
+
+Separation per layer is measured honestly: a vector from the first questions only, and
+the AUROC of the held-out questions' positive against negative projections on it.
 """
 
 from __future__ import annotations
@@ -19,13 +24,18 @@ from collections.abc import Callable
 
 import numpy as np
 
+from perplex.core.errors import InputFormatError
 from perplex.core.ranks import rank_auroc
-from perplex.core.records import Message
+from perplex.core.records import DecodeParams, Generation, Message, TokenRole
 from perplex.core.traits import TraitVector
 from perplex.engine.protocol import Engine
 from perplex.modes.traits.definitions import Trait
+from perplex.modes.traits.judge import Judge
 
 HELD_OUT_SHARE = 0.3  # questions kept out of the separation vector
+RESPONSE_TOKENS = 40  # answer length for response-average
+JUDGE_THRESHOLD = 50.0
+GENERATION_BATCH = 16
 Progress = Callable[[int, int], None]  # (passes done, passes in all)
 
 
@@ -60,32 +70,121 @@ def extract_prompt_last(engine: Engine, trait: Trait, progress: Progress | None 
     return _vector(engine, trait, pos, neg, n_train)
 
 
+def extract_response_average(engine: Engine, trait: Trait,
+                             max_new_tokens: int = RESPONSE_TOKENS, judge: Judge | None = None,
+                             progress: Progress | None = None,
+                             should_stop: Callable[[], bool] | None = None) -> TraitVector:
+    """The response-average vector of `trait`: generated answers, optionally judged."""
+    engine.capabilities.require("internals", engine.info.label)
+    n_train = max(1, math.ceil(len(trait.questions) * (1 - HELD_OUT_SHARE)))
+    keys = [(q, p, side) for q in range(len(trait.questions)) for p in range(len(trait.pairs))
+            for side in (0, 1)]
+    total = len(keys) * (3 if judge is not None else 2)
+    done = 0
+
+    def tick(k: int = 1) -> None:
+        nonlocal done
+        if should_stop is not None and should_stop():
+            raise Stopped
+        done += k
+        if progress:
+            progress(done, total)
+
+    answers = _answers(engine, trait, keys, max_new_tokens, tick)
+    kept = _judged_pairs(trait, answers, judge, tick)
+    if not kept:
+        raise InputFormatError(f"The judge kept none of the {trait.name} pairs (a positive "
+                               f"answer scored ≥ {JUDGE_THRESHOLD:g} and its negative < "
+                               f"{JUDGE_THRESHOLD:g}): try a stronger judge, or none.")
+    pos: list[list[np.ndarray]] = [[] for _ in trait.questions]
+    neg: list[list[np.ndarray]] = [[] for _ in trait.questions]
+    for q, p in kept:
+        for side, into in ((0, pos), (1, neg)):
+            into[q].append(response_mean(engine, answers[(q, p, side)]))
+            tick()
+    meta = {"questions_for_separation": n_train, "pairs": len(trait.pairs),
+            "answer_tokens_at_most": max_new_tokens,
+            "pairs_kept": len(kept), "pairs_in_all": len(trait.questions) * len(trait.pairs),
+            "judge": judge is not None}
+    return _vector(engine, trait, pos, neg, n_train, "response_average", meta)
+
+
+def _answers(engine: Engine, trait: Trait, keys: list[tuple[int, int, int]],
+             max_new_tokens: int, tick: Callable[[int], None]
+             ) -> dict[tuple[int, int, int], Generation]:
+    """Greedy answers to every (question, pair, side), in batches."""
+    params = DecodeParams(max_new_tokens=max_new_tokens)
+    requests = [((Message("system", trait.pairs[p][side]), Message("user", trait.questions[q])),
+                 "") for q, p, side in keys]
+    out = {}
+    for start in range(0, len(keys), GENERATION_BATCH):
+        chunk = slice(start, start + GENERATION_BATCH)
+        for key, generation in zip(keys[chunk], engine.generate_many(requests[chunk], params)):
+            out[key] = generation
+        tick(len(requests[chunk]))
+    return out
+
+
+def _judged_pairs(trait: Trait, answers: dict, judge: Judge | None,
+                  tick: Callable[[int], None]) -> list[tuple[int, int]]:
+    """The (question, pair) kept: all without a judge, else those it scores as the trait."""
+    pairs = [(q, p) for q in range(len(trait.questions)) for p in range(len(trait.pairs))]
+    if judge is None:
+        return pairs
+    kept = []
+    for q, p in pairs:
+        scores = []
+        for side in (0, 1):
+            scores.append(judge(trait.questions[q], answers[(q, p, side)].response_text))
+            tick()
+        if None not in scores and scores[0] >= JUDGE_THRESHOLD > scores[1]:
+            kept.append((q, p))
+    return kept
+
+
+def response_mean(engine: Engine, generation: Generation) -> np.ndarray:
+    """[layers + 1, d] residuals averaged over the answer's tokens (end of turn left out)."""
+    ids = [s.token_id for s in generation.steps]
+    answer = [i for i, s in enumerate(generation.steps)
+              if s.role is TokenRole.RESPONSE and s.token_id not in engine.info.eos_ids]
+    if not answer:
+        raise InputFormatError("An answer had no tokens to average: allow more new tokens.")
+    residuals = engine.residuals(ids, range(engine.info.n_layers + 1))
+    return residuals[:, answer, :].astype(np.float64).mean(1)
+
+
 def _vector(engine: Engine, trait: Trait, pos: list[list[np.ndarray]],
-            neg: list[list[np.ndarray]], n_train: int) -> TraitVector:
-    """The vector from all examples; separation from a train-split vector on held-out ones."""
-    all_pos = np.stack([h for per_q in pos for h in per_q]).astype(np.float64)
-    all_neg = np.stack([h for per_q in neg for h in per_q]).astype(np.float64)
+            neg: list[list[np.ndarray]], n_train: int, variant: str = "prompt_last",
+            meta: dict | None = None) -> TraitVector:
+    """The vector from all examples; separation from a train-split vector on held-out ones.
+
+    Where a judge left no example in one of the splits, the separation is undefined (NaN)
+    and the default layer is the one with the largest norm.
+    """
+    def stacked(groups: list[list[np.ndarray]]) -> np.ndarray:
+        rows = [h for per_q in groups for h in per_q]
+        return np.stack(rows).astype(np.float64) if rows else np.empty((0, 0, 0))
+
+    all_pos, all_neg = stacked(pos), stacked(neg)
     vector = (all_pos.mean(0) - all_neg.mean(0)).astype(np.float32)
-    train_pos = np.stack([h for per_q in pos[:n_train] for h in per_q]).astype(np.float64)
-    train_neg = np.stack([h for per_q in neg[:n_train] for h in per_q]).astype(np.float64)
-    held_pos = np.stack([h for per_q in pos[n_train:] for h in per_q]).astype(np.float64)
-    held_neg = np.stack([h for per_q in neg[n_train:] for h in per_q]).astype(np.float64)
-    direction = train_pos.mean(0) - train_neg.mean(0)
-    separation = []
-    for layer in range(len(vector)):
-        norm = np.linalg.norm(direction[layer])
-        if norm == 0:
-            separation.append(math.nan)
-            continue
-        scores = np.concatenate([held_pos[:, layer] @ direction[layer],
-                                 held_neg[:, layer] @ direction[layer]]) / norm
+    train_pos, train_neg = stacked(pos[:n_train]), stacked(neg[:n_train])
+    held_pos, held_neg = stacked(pos[n_train:]), stacked(neg[n_train:])
+    separation = [math.nan] * len(vector)
+    if len(train_pos) and len(held_pos):
+        direction = train_pos.mean(0) - train_neg.mean(0)
         labels = np.array([True] * len(held_pos) + [False] * len(held_neg))
-        separation.append(rank_auroc(scores, labels))
+        for layer in range(len(vector)):
+            norm = np.linalg.norm(direction[layer])
+            if norm > 0:
+                scores = np.concatenate([held_pos[:, layer] @ direction[layer],
+                                         held_neg[:, layer] @ direction[layer]]) / norm
+                separation[layer] = rank_auroc(scores, labels)
+    norms = tuple(float(np.linalg.norm(row)) for row in vector)
     candidates = [layer for layer in range(1, len(vector)) if not math.isnan(separation[layer])]
-    best = max(candidates, key=lambda layer: (separation[layer], -layer)) if candidates else 1
+    best = (max(candidates, key=lambda layer: (separation[layer], -layer)) if candidates
+            else max(range(1, len(vector)), key=lambda layer: norms[layer]))
     return TraitVector(
-        trait=trait.name, model_label=engine.info.label, variant="prompt_last", vector=vector,
-        norms=tuple(float(np.linalg.norm(row)) for row in vector),
-        auroc=tuple(separation), default_layer=best,
+        trait=trait.name, model_label=engine.info.label, variant=variant, vector=vector,
+        norms=norms, auroc=tuple(separation), default_layer=best,
         n_examples=len(all_pos) + len(all_neg), n_held_out=len(held_pos) + len(held_neg),
-        meta={"questions_for_separation": n_train, "pairs": len(trait.pairs)})
+        meta=meta or {"questions_for_separation": n_train, "pairs": len(trait.pairs)})
