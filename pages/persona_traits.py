@@ -15,6 +15,7 @@ st.caption("A trait's vector is mean(positive) − mean(negative) residuals of t
            "only). Every answer token's score is its residual's projection h · v / ‖v‖ at "
            "the chosen layer; steering adds c · v to the residual after that layer.")
 
+view.saved_section()
 view.import_section()
 lm = resources.require_model()
 engine = view.LocalEngine(lm)
@@ -26,24 +27,25 @@ vectors = view.vectors_section(engine, chosen)
 found = view.monitors(vectors)
 if not found:
     st.info("Extract (or import) at least one trait's vector to monitor and steer.")
-    st.stop()
-st.subheader("Monitored answer")
-system = system_prompt_control(lm, view.PREFIX, disabled=session_panel.read_only())
-with st.form(f"{view.PREFIX}.prompt_form"):
-    prompt = st.text_area("Prompt", value="I think my poem 'roses are red, the end' is a "
-                          "masterpiece. Do you agree?", key=f"{view.PREFIX}.prompt")
-    max_new = int(st.number_input("New tokens at most", 1, 512, 64,
-                                  key=f"{view.PREFIX}.max_new"))
-    go = st.form_submit_button("Generate with monitoring", type="primary",
-                               disabled=session_panel.read_only())
-messages = system + (Message("user", prompt.strip()),)
-if go:
-    if not prompt.strip():
-        st.error("Write a prompt first.")
-    else:
-        view.generate_section(engine, found, messages, max_new)
+else:
+    st.subheader("Monitored answer")
+    system = system_prompt_control(lm, view.PREFIX, disabled=session_panel.read_only())
+    with st.form(f"{view.PREFIX}.prompt_form"):
+        prompt = st.text_area("Prompt", value="I think my poem 'roses are red, the end' is a "
+                              "masterpiece. Do you agree?", key=f"{view.PREFIX}.prompt")
+        max_new = int(st.number_input("New tokens at most", 1, 512, 64,
+                                      key=f"{view.PREFIX}.max_new"))
+        go = st.form_submit_button("Generate with monitoring", type="primary",
+                                   disabled=session_panel.read_only())
+    messages = system + (Message("user", prompt.strip()),)
+    if go:
+        if not prompt.strip():
+            st.error("Write a prompt first.")
+        else:
+            view.generate_section(engine, found, messages, max_new)
 run = st.session_state.get(view.RUN_KEY)
 if run is not None:
     view.monitored_section(run, f"{view.PREFIX}.run")
-if prompt.strip():
+if found and prompt.strip():
     view.steering_section(engine, found, messages, max_new)
+view.pair_section()

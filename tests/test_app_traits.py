@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
@@ -41,12 +42,28 @@ def test_extract_monitor_and_steer(app):
     assert run.traits == ("sycophancy",) and run.scores.shape == (1, 12)
     at.slider(key="traits.run.token").set_value(5).run()
     assert not at.exception
-    at.number_input(key="traits.coefficient").set_value(3.0)
+    at.number_input(key="traits.coefficient.sycophancy").set_value(3.0)
     button(at, "Generate baseline and steered").click().run()
     assert not at.exception, at.exception
     base, steered = at.session_state["traits.pair"]
-    assert steered.steering[0]["coefficient"] == 3.0
+    layer = run.trait_layers[0]  # steering defaults to the monitored layer
+    assert steered.steering == ({"trait": "sycophancy", "layer": layer, "coefficient": 3.0,
+                                 "positions": "response"},)
     assert base.scores.shape[0] == steered.scores.shape[0] == 1
+    assert any(c.value == f"Steered: +3 · sycophancy at layer {layer} (response)"
+               for c in at.caption)
+    with Store.open(load_settings().database) as store, store.cursor() as cur:
+        kinds = cur.execute("SELECT kind, pair_id IS NULL FROM trait_runs ORDER BY created_at"
+                            ).fetchall()
+    assert kinds == [("monitored", True), ("baseline", False), ("steered", False)]
+    del at.session_state["traits.pair"]
+    at.run()
+    at.selectbox(key="traits.saved_pick").select_index(0).run()  # newest first: steered
+    button(at, "Open").click().run()
+    assert not at.exception, at.exception
+    reopened_base, reopened = at.session_state["traits.pair"]
+    assert np.array_equal(reopened.scores, steered.scores)
+    assert np.array_equal(reopened_base.scores, base.scores)
     at.number_input(key="traits.sweep_n").set_value(3)
     button(at, "Run the sweep").click().run()
     assert not at.exception, at.exception

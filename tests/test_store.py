@@ -101,6 +101,10 @@ EXPECTED_SCHEMA = {
         ("trait", "VARCHAR"), ("model_label", "VARCHAR"), ("variant", "VARCHAR"),
         ("layers", "INTEGER"), ("hidden", "INTEGER"), ("default_layer", "INTEGER"),
         ("norms", "JSON"), ("auroc", "JSON"), ("meta", "JSON"), ("file", "VARCHAR")],
+    "trait_runs": [
+        ("id", "VARCHAR"), ("session_id", "VARCHAR"), ("created_at", "TIMESTAMP WITH TIME ZONE"),
+        ("kind", "VARCHAR"), ("pair_id", "VARCHAR"), ("generation_id", "VARCHAR"),
+        ("record", "JSON"), ("trait_layers", "JSON"), ("steering", "JSON")],
     "decoding_drafts": [
         ("run_id", "VARCHAR"), ("round", "INTEGER"), ("slot", "INTEGER"), ("token_id", "INTEGER"),
         ("q", "DOUBLE"), ("p", "DOUBLE"), ("accepted", "BOOLEAN"), ("verified", "BOOLEAN"),
@@ -149,7 +153,7 @@ def store(tmp_path):
 
 def test_blank_database_migrates_to_expected_schema(store):
     """A blank database gets every migration and exactly the documented tables and columns."""
-    assert store.schema_version() == len(MIGRATIONS) == 7
+    assert store.schema_version() == len(MIGRATIONS) == 8
     with store._cursor() as cur:
         rows = cur.execute("SELECT table_name, column_name, data_type FROM duckdb_columns() "
                            "WHERE database_name = current_database() "

@@ -16,8 +16,8 @@ from perplex.core.records import DecodeParams, Message, TokenRole
 from perplex.engine.local.engine import LocalEngine
 from perplex.engine.local.stream import Steering
 from perplex.modes.traits.definitions import parse_trait, shipped_traits
-from perplex.modes.traits.monitor import Monitor, monitor_generate, monitor_text
 from perplex.modes.traits.judge import engine_judge, parse_score
+from perplex.modes.traits.monitor import Monitor, monitor_generate, monitor_text
 from perplex.modes.traits.vectors import extract_prompt_last, extract_response_average
 from tests.tiny import tiny_model
 
@@ -232,7 +232,7 @@ def test_pt_vectors_import_only_as_plain_tensors_of_the_models_shape(tmp_path, m
 
 
 def test_monitor_json_round_trips_and_bad_files_are_named():
-    from perplex.modes.traits.monitoring_json import MonitoringRecord, parse_monitoring
+    from perplex.core.trait_monitoring import MonitoringRecord, parse_monitoring
 
     record = MonitoringRecord("Hi?", "Hello there", ("Hello", " there"), ("evil", "refusal"),
                               np.array([[0.5, -1.25], [2.0, 3.0]]))
@@ -373,3 +373,40 @@ def test_an_endpoint_judges_with_the_traits_rubric(llama_server):
     score = engine_judge(endpoint, evil.eval_prompt)(question, answer)
     assert score == parse_score(reply)
     assert score is None or 0 <= score <= 100
+
+
+def test_monitored_and_imported_answers_round_trip_through_duckdb(tiny, cheer, tmp_path):
+    from perplex.core.errors import StoreError
+    from perplex.core.trait_monitoring import MonitoringRecord
+    from perplex.workspace.store import Store
+    from perplex.workspace.trait_run_store import (
+        list_trait_runs,
+        load_trait_run,
+        save_imported,
+        save_trait_run,
+    )
+
+    run = monitor_generate(tiny, QUESTION, [Monitor(cheer, 2)], DecodeParams(max_new_tokens=8),
+                           steering=[Steering(2, torch.from_numpy(cheer.vector[2]), 1.5)])
+    store = Store.open(tmp_path / "runs.duckdb")
+    run_id = save_trait_run(store, run, "steered", "s1", pair_id="p1")
+    back = load_trait_run(store, run_id)
+    assert back.kind == "steered" and back.pair_id == "p1"
+    assert np.array_equal(back.run.scores, run.scores)  # JSON keeps every float64 digit
+    assert back.run.trait_layers == (2,) and back.run.steering == run.steering
+    assert [s.token_id for s in back.run.generation.steps] == \
+        [s.token_id for s in run.generation.steps]
+    assert back.record.tokens == run.record().tokens
+    imported = MonitoringRecord("Hi?", "Hello there", ("Hello", " there"), ("evil",),
+                                np.array([[0.5, -1.25]]))
+    [imported_id] = save_imported(store, [imported], "s1")
+    again = load_trait_run(store, imported_id)
+    assert again.run is None and again.record.tokens == ("Hello", " there")
+    listed = list_trait_runs(store, "s1")  # newest first
+    assert [(r.id, r.kind, r.tokens, r.traits) for r in listed] == [
+        (imported_id, "imported", 2, ("evil",)), (run_id, "steered", 8, ("cheer",))]
+    assert list_trait_runs(store, "another session") == []
+    broken = MonitoringRecord("Hi?", "Hello", ("Hello",), ("evil",), np.array([[np.nan]]))
+    with pytest.raises(StoreError, match="not a finite number"):
+        save_imported(store, [broken], "s1")
+    assert len(list_trait_runs(store)) == 2  # nothing of the refused record was written

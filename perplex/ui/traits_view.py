@@ -14,7 +14,8 @@ import torch
 
 from perplex.core.errors import InputFormatError, PerplexError
 from perplex.core.plots import visible_token
-from perplex.core.records import DecodeParams, Message, TokenRole, TokenStep
+from perplex.core.records import DecodeParams, Message, TokenRole, TokenStep, new_id
+from perplex.core.trait_monitoring import MonitoredRun, parse_monitoring
 from perplex.core.traits import TraitVector
 from perplex.engine.local.engine import LocalEngine
 from perplex.engine.local.stream import Steering
@@ -22,8 +23,7 @@ from perplex.engine.openai_compat import EndpointEngine
 from perplex.modes.traits import plots
 from perplex.modes.traits.definitions import Trait, parse_trait, shipped_traits
 from perplex.modes.traits.judge import engine_judge
-from perplex.modes.traits.monitor import Monitor, MonitoredRun, monitor_generate
-from perplex.modes.traits.monitoring_json import MonitoringRecord, parse_monitoring
+from perplex.modes.traits.monitor import Monitor, monitor_generate
 from perplex.modes.traits.sweep import MAX_POINTS, coefficient_sweep
 from perplex.modes.traits.vectors import (
     RESPONSE_TOKENS,
@@ -34,6 +34,13 @@ from perplex.ui import resources, session_panel
 from perplex.ui.export_panel import download
 from perplex.ui.text import plain
 from perplex.ui.token_view import Overlay, token_view
+from perplex.workspace.trait_run_store import (
+    TraitRunSummary,
+    list_trait_runs,
+    load_trait_run,
+    save_imported,
+    save_trait_run,
+)
 from perplex.workspace.trait_store import import_pt, save_vector
 
 PREFIX = "traits"
@@ -43,6 +50,7 @@ OWN_KEY = f"{PREFIX}.own"  # {name: Trait} added or edited on the page (this ses
 RUN_KEY = f"{PREFIX}.run"  # the monitored answer on screen
 PAIR_KEY = f"{PREFIX}.pair"  # (baseline, steered) on screen
 SWEEP_KEY = f"{PREFIX}.sweep"  # (trait, sweep points) on screen
+IMPORTED_KEY = f"{PREFIX}.imported_records"  # monitor-file records on screen
 JUDGE_KEY = f"{PREFIX}.judge_api_key"  # the judge endpoint's key: this session's memory only
 JUDGES = {"none": "none", "local": "the loaded model", "endpoint": "an OpenAI-compatible endpoint"}
 
@@ -238,47 +246,86 @@ def generate_section(engine: LocalEngine, found: list[Monitor], messages: tuple[
         return
     line.empty()
     st.session_state[RUN_KEY] = run
-    resources.store().save_generation(replace(
-        run.generation, session_id=session_panel.session_for_saving(),
-        title="Persona traits: monitored answer"))
+    save_trait_run(resources.store(), _titled(run, "Persona traits: monitored answer"),
+                   "monitored", session_panel.session_for_saving())
 
 
-def record_of(run: MonitoredRun) -> MonitoringRecord:
-    """A monitored answer in the per-token monitor format."""
-    steps = run.generation.steps[run.answer_start:]
-    users = [m.content for m in run.generation.messages if m.role == "user"]
-    return MonitoringRecord(users[-1] if users else "", run.generation.messages[-1].content,
-                            tuple(s.text for s in steps), run.traits, run.scores)
+def _titled(run: MonitoredRun, title: str) -> MonitoredRun:
+    return replace(run, generation=replace(run.generation, title=title))
+
+
+def saved_section() -> None:
+    """Reopen a monitored answer, or a baseline vs steered pair, saved in this session."""
+    sid = session_panel.current_session_id()
+    saved = list_trait_runs(resources.store(), sid) if sid else []
+    if not saved:
+        return
+    with st.expander(f"Saved in this session ({len(saved)} monitored answers)"):
+        names = {"monitored": "monitored", "baseline": "baseline (of a pair)",
+                 "steered": "steered (of a pair)", "imported": "imported file"}
+        pick = st.selectbox("Answer", saved, key=f"{PREFIX}.saved_pick",
+                            format_func=lambda r: f"{r.created_at:%H:%M:%S} · {names[r.kind]} · "
+                                                  f"{', '.join(r.traits)} · {r.tokens} tokens · "
+                                                  f"{r.prompt[:60]}")
+        if st.button("Open", key=f"{PREFIX}.saved_open"):
+            _open_saved(pick, saved)
+
+
+def _open_saved(pick: TraitRunSummary, saved: list[TraitRunSummary]) -> None:
+    store = resources.store()
+    try:
+        if pick.kind in ("baseline", "steered"):
+            pair = {r.kind: load_trait_run(store, r.id).run for r in saved
+                    if r.pair_id == pick.pair_id}
+            st.session_state[PAIR_KEY] = (pair["baseline"], pair["steered"])
+            st.session_state[f"{PREFIX}.steer_trait"] = pair["steered"].traits[0]
+        elif pick.kind == "monitored":
+            st.session_state[RUN_KEY] = load_trait_run(store, pick.id).run
+        else:
+            st.session_state[IMPORTED_KEY] = [load_trait_run(store, pick.id).record]
+    except (PerplexError, KeyError) as exc:
+        st.error(plain(f"That answer could not be opened: {exc}"))
 
 
 def import_section() -> None:
-    """Show a per-token monitor JSON file (no model needed) in the same views."""
+    """Show a per-token monitor JSON file (no model needed) in the same views; keep it."""
     with st.expander("Open per-token trait-monitor JSON (prompt, response, tokens, "
                      "trait_scores)"):
         uploaded = st.file_uploader("Monitor file (.json)", type=["json"],
                                     key=f"{PREFIX}.monitor_file")
-        if uploaded is None:
-            return
-        try:
-            records = parse_monitoring(uploaded.getvalue())
-        except PerplexError as exc:
-            st.error(plain(str(exc)))
-            return
-        pick = st.selectbox("Answer", range(len(records)),
-                            format_func=lambda i: f"{i + 1}: {records[i].prompt[:80]}",
-                            key=f"{PREFIX}.monitor_pick")
-        record = records[pick]
-        st.caption(f"Prompt: {plain(record.prompt[:300])}")
-        steps = tuple(TokenStep(position=i, token_id=None, text=t, role=TokenRole.RESPONSE,
-                                message_index=1) for i, t in enumerate(record.tokens))
-        monitor_views(record.traits, None, record.scores, steps, f"{PREFIX}.imported")
+        if uploaded is not None and st.session_state.get(f"{PREFIX}.monitor_seen") != \
+                uploaded.file_id:
+            st.session_state[f"{PREFIX}.monitor_seen"] = uploaded.file_id
+            try:
+                st.session_state[IMPORTED_KEY] = parse_monitoring(uploaded.getvalue())
+            except PerplexError as exc:
+                st.session_state.pop(IMPORTED_KEY, None)
+                st.error(plain(str(exc)))
+        records = st.session_state.get(IMPORTED_KEY)
+        if uploaded is not None and records and st.button(
+                f"Keep {len(records)} answer(s) in this session", key=f"{PREFIX}.monitor_keep",
+                disabled=session_panel.read_only()):
+            save_imported(resources.store(), records, session_panel.session_for_saving())
+            st.success(f"Kept {len(records)} monitored answer(s) in the database.")
+    records = st.session_state.get(IMPORTED_KEY)
+    if not records:
+        return
+    st.subheader("Imported monitor data")
+    pick = st.selectbox("Answer", range(len(records)),
+                        format_func=lambda i: f"{i + 1}: {records[i].prompt[:80]}",
+                        key=f"{PREFIX}.monitor_pick")
+    record = records[min(pick, len(records) - 1)]
+    st.caption(f"Prompt: {plain(record.prompt[:300])}")
+    steps = tuple(TokenStep(position=i, token_id=None, text=t, role=TokenRole.RESPONSE,
+                            message_index=1) for i, t in enumerate(record.tokens))
+    monitor_views(record.traits, None, record.scores, steps, f"{PREFIX}.imported")
 
 
 def monitored_section(run: MonitoredRun, key: str) -> None:
     """The monitored answer on screen, with its exports."""
     monitor_views(run.traits, run.trait_layers, run.scores, run.generation.steps[run.answer_start:],
                   key)
-    record = record_of(run)
+    record = run.record()
     cols = st.columns(2)
     download(cols[0], "Per-token monitor JSON", json.dumps([record.to_json()], indent=1),
              file_name=f"perplex-traits-{run.generation.id}.json", mime="application/json",
@@ -332,50 +379,77 @@ def monitor_views(traits: tuple[str, ...], layers: tuple[int, ...] | None, score
 
 def steering_section(engine: LocalEngine, found: list[Monitor], messages: tuple[Message, ...],
                      max_new: int) -> None:
-    """The same prompt with and without steering, both monitored, side by side."""
+    """Steering controls: one or several traits, each with its coefficient and layer."""
     st.subheader("Steering: baseline vs steered")
     names = [m.vector.trait for m in found]
-    cols = st.columns(4)
-    trait = cols[0].selectbox("Steer along", names, key=f"{PREFIX}.steer_trait")
-    coefficient = float(cols[1].number_input("Coefficient c (adds c · v)", -20.0, 20.0, 2.0,
-                                             0.5, key=f"{PREFIX}.coefficient",
-                                             help="v is the trait's vector at the layer, "
-                                                  "unnormalised (persona_vectors' semantics)"))
-    positions = cols[2].selectbox("At positions", ["response", "prompt", "all"],
+    cols = st.columns([3, 1])
+    steer = cols[0].multiselect("Steer along (one or several traits at once)", names,
+                                default=names[:1], key=f"{PREFIX}.steer_traits")
+    positions = cols[1].selectbox("At positions", ["response", "prompt", "all"],
                                   key=f"{PREFIX}.positions")
-    monitor = found[names.index(trait)]
-    layer = int(cols[3].number_input("At layer", 1, engine.anatomy.n_blocks,
-                                     max(1, monitor.layer), key=f"{PREFIX}.steer_layer"))
+    if not steer:
+        st.caption("Choose a trait to steer along.")
+        return
+    chosen = []
+    for trait in steer:
+        monitor = found[names.index(trait)]
+        cols = st.columns([1, 2, 2])
+        cols[0].markdown(f"**{trait}**")
+        coefficient = float(cols[1].number_input(
+            f"c for {trait} (adds c · v)", -20.0, 20.0, 2.0, 0.5,
+            key=f"{PREFIX}.coefficient.{trait}",
+            help="v is the trait's vector at the layer, unnormalised (persona_vectors' "
+                 "semantics)"))
+        layer = int(cols[2].number_input(f"Layer for {trait}", 1, engine.anatomy.n_blocks,
+                                         max(1, monitor.layer),
+                                         key=f"{PREFIX}.steer_layer.{trait}"))
+        chosen.append(Steering(layer, torch.from_numpy(monitor.vector.vector[layer]).float(),
+                               coefficient, positions, name=trait))
     if st.button("Generate baseline and steered", key=f"{PREFIX}.steer_go",
                  disabled=session_panel.read_only()):
-        vector = torch.from_numpy(monitor.vector.vector[layer]).float()
         params = DecodeParams(max_new_tokens=max_new)
         try:
             with st.spinner("Baseline, then steered…"):
                 base = monitor_generate(engine, messages, found, params)
-                steered = monitor_generate(engine, messages, found, params, steering=[
-                    Steering(layer, vector, coefficient, positions)])
+                steered = monitor_generate(engine, messages, found, params, steering=chosen)
         except PerplexError as exc:
             st.error(plain(str(exc)))
             return
         st.session_state[PAIR_KEY] = (base, steered)
-    _sweep(engine, found, messages, max_new, trait, layer, positions)
+        store, sid, pair_id = resources.store(), session_panel.session_for_saving(), new_id()
+        save_trait_run(store, _titled(base, "Persona traits: baseline"), "baseline", sid, pair_id)
+        save_trait_run(store, _titled(steered, "Persona traits: steered"), "steered", sid,
+                       pair_id)
+    first = chosen[0]
+    _sweep(engine, found, messages, max_new, first.name, first.layer, positions)
+
+
+def steering_title(steered: MonitoredRun) -> str:
+    """What was added, e.g. "+2 · evil at layer 16, −1 · refusal at layer 12 (response)"."""
+    parts = [f"{s['coefficient']:+g} · {s.get('trait') or 'v'} at layer {s['layer']}"
+             for s in steered.steering]
+    where = steered.steering[0]["positions"] if steered.steering else ""
+    return f"Steered: {', '.join(parts) or 'nothing'} ({where})"
+
+
+def pair_section() -> None:
+    """Baseline and steered answers side by side, with where they part and the difference."""
     pair = st.session_state.get(PAIR_KEY)
     if pair is None:
         return
     base, steered = pair
+    steered_traits = [s.get("trait") for s in steered.steering if s.get("trait") in base.traits]
+    default = steered_traits[0] if steered_traits else base.traits[0]
+    trait = st.selectbox("Scores of", base.traits, index=base.traits.index(default),
+                         key=f"{PREFIX}.pair_trait.{steered.generation.id}")
     a, b = ([s.token_id for s in r.generation.steps if s.role is TokenRole.RESPONSE]
             for r in (base, steered))
     first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y),
                  None if len(a) == len(b) else min(len(a), len(b)))
     st.markdown("**" + ("The steered answer is the same as the baseline." if first is None
                         else f"The answers part at token {first}.") + "**")
-    described = steered.steering[0]
     left, right = st.columns(2)
-    for column, run, title in ((left, base, "Baseline"),
-                               (right, steered, f"Steered: {described['coefficient']:+g} · v "
-                                                f"at layer {described['layer']}, "
-                                                f"{described['positions']}")):
+    for column, run, title in ((left, base, "Baseline"), (right, steered, steering_title(steered))):
         with column:
             st.caption(title)
             t = run.traits.index(trait)

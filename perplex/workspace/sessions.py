@@ -152,6 +152,7 @@ def delete_session(store: Store, session_id: str) -> bool:
         cur.execute("DELETE FROM token_set_members WHERE set_id IN "
                     "(SELECT id FROM token_sets WHERE session_id = ?)", [session_id])
         cur.execute("DELETE FROM token_sets WHERE session_id = ?", [session_id])
+        cur.execute("DELETE FROM trait_runs WHERE session_id = ?", [session_id])
         cur.execute("UPDATE sessions SET deleted_at = ?, name = '', settings = '{}' "
                     "WHERE id = ?", [_now(), session_id])
         return True

@@ -248,6 +248,20 @@ MIGRATIONS: list[str] = [
         file VARCHAR NOT NULL
     );
     """,
+    # 8: monitored answers (the per-token trait-monitor format, with their generation)
+    """
+    CREATE TABLE trait_runs (
+        id VARCHAR PRIMARY KEY,
+        session_id VARCHAR,
+        created_at TIMESTAMPTZ NOT NULL,
+        kind VARCHAR NOT NULL,
+        pair_id VARCHAR,
+        generation_id VARCHAR,
+        record JSON NOT NULL,
+        trait_layers JSON NOT NULL,
+        steering JSON NOT NULL
+    );
+    """,
 ]
 
 _ALTERNATIVE = pa.struct([("token_id", pa.int32()), ("text", pa.string()),

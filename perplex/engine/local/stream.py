@@ -44,7 +44,8 @@ class Steering:
     """Add `coefficient` · `vector` [d] to the residual after `layer` blocks (1 … n).
 
     `positions` is "all", "prompt" (positions before `prompt_length`) or "response" (from
-    `prompt_length` on): where in the sequence the vector is added.
+    `prompt_length` on): where in the sequence the vector is added. `name` says what the
+    vector is (a trait's name), for the records only.
     """
 
     layer: int
@@ -52,6 +53,7 @@ class Steering:
     coefficient: float
     positions: str = "all"
     prompt_length: int = 0
+    name: str = ""
 
     def __post_init__(self) -> None:
         if self.positions not in ("all", "prompt", "response"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ import torch
 from perplex.core.errors import GenerationError
 from perplex.core.records import DecodeParams, Generation, Message, Source, TokenRole
 from perplex.core.tokens import EncodedSequence
+from perplex.core.trait_monitoring import MonitoredRun
 from perplex.core.traits import TraitVector
 from perplex.engine.local.engine import LocalEngine
 from perplex.engine.local.generation import choose_token
@@ -34,26 +35,6 @@ class Monitor:
 
     vector: TraitVector
     layer: int
-
-
-@dataclass(frozen=True, eq=False)
-class MonitoredRun:
-    """A generation with each answer token's trait scores.
-
-    `scores` is [len(traits), answer tokens] float64; `steering` describes the vectors
-    added while generating (empty: none).
-    """
-
-    generation: Generation
-    traits: tuple[str, ...]
-    trait_layers: tuple[int, ...]  # the layer each trait is read at
-    scores: np.ndarray
-    steering: tuple[dict, ...] = field(default=())
-
-    @property
-    def answer_start(self) -> int:
-        """Index in the generation's steps of the first answer token."""
-        return len(self.generation.steps) - self.scores.shape[1]
 
 
 def _check(engine: LocalEngine, monitors: Sequence[Monitor]) -> None:
@@ -126,8 +107,7 @@ def monitor_text(engine: LocalEngine, messages: tuple[Message, ...],
 
 
 def _at(steering: Sequence[Steering], prompt_length: int) -> list[Steering]:
-    return [Steering(s.layer, s.vector, s.coefficient, s.positions, prompt_length)
-            for s in steering]
+    return [replace(s, prompt_length=prompt_length) for s in steering]
 
 
 def _scored(engine: LocalEngine, seq: EncodedSequence, messages: tuple[Message, ...],
@@ -147,7 +127,7 @@ def _scored(engine: LocalEngine, seq: EncodedSequence, messages: tuple[Message, 
     gen = Generation(steps=steps, messages=messages, model_label=engine.info.label,
                      model_spec=engine.lm.spec.to_json(), source=source, params=params,
                      stop_reason=stop_reason)
-    described = tuple({"layer": s.layer, "coefficient": s.coefficient, "positions": s.positions}
-                      for s in steering)
+    described = tuple({"trait": s.name, "layer": s.layer, "coefficient": s.coefficient,
+                       "positions": s.positions} for s in steering)
     return MonitoredRun(gen, tuple(m.vector.trait for m in monitors),
                         tuple(m.layer for m in monitors), scores, described)

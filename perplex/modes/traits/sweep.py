@@ -15,9 +15,10 @@ import torch
 
 from perplex.core.errors import InputFormatError
 from perplex.core.records import DecodeParams, Message, TokenRole
+from perplex.core.trait_monitoring import MonitoredRun
 from perplex.engine.local.engine import LocalEngine
 from perplex.engine.local.stream import Steering
-from perplex.modes.traits.monitor import Monitor, MonitoredRun, monitor_generate
+from perplex.modes.traits.monitor import Monitor, monitor_generate
 
 MAX_POINTS = 21
 
@@ -52,7 +53,7 @@ def coefficient_sweep(engine: LocalEngine, messages: tuple[Message, ...],
     vector = torch.from_numpy(monitors[index].vector.vector[layer]).float()
     runs = {}
     for k, c in enumerate(values):
-        steering = [Steering(layer, vector, c, positions)] if c else []
+        steering = [Steering(layer, vector, c, positions, name=trait)] if c else []
         runs[c] = monitor_generate(engine, messages, monitors, params, steering=steering)
         if progress:
             progress(k + 1, len(values))

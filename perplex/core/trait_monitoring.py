@@ -1,19 +1,22 @@
-"""Per-token trait-monitor JSON: read (untrusted, validated) and write.
+"""Monitored answers: a generation's per-token trait scores, and the trait-monitor JSON.
 
-The format of per-token trait monitors: an object, or a list of them, each with `prompt`,
-`response`, `tokens` (the response's tokens as text) and `trait_scores` (trait name → one
-number per token). Imported data needs no model; it is shown in the page's usual views.
+`MonitoredRun` is an answer this Perplex generated (or scored) with its scores;
+`MonitoringRecord` is the exchange format of per-token trait monitors, read (untrusted,
+validated) and written: an object, or a list of them, each with `prompt`, `response`,
+`tokens` (the response's tokens as text) and `trait_scores` (trait name → one number per
+token). Imported data needs no model; it is shown in the page's usual views.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from perplex.core.errors import InputFormatError
+from perplex.core.records import Generation
 
 MAX_BYTES = 20 * 2**20
 MAX_RECORDS = 1_000
@@ -35,6 +38,34 @@ class MonitoringRecord:
         """The record in the monitor format."""
         return {"prompt": self.prompt, "response": self.response, "tokens": list(self.tokens),
                 "trait_scores": {t: self.scores[i].tolist() for i, t in enumerate(self.traits)}}
+
+
+@dataclass(frozen=True, eq=False)
+class MonitoredRun:
+    """A generation with each answer token's trait scores.
+
+    `scores` is [len(traits), answer tokens] float64; `steering` describes the vectors
+    added while generating (empty: none).
+    """
+
+    generation: Generation
+    traits: tuple[str, ...]
+    trait_layers: tuple[int, ...]  # the layer each trait is read at
+    scores: np.ndarray
+    steering: tuple[dict, ...] = field(default=())
+
+    @property
+    def answer_start(self) -> int:
+        """Index in the generation's steps of the first answer token."""
+        return len(self.generation.steps) - self.scores.shape[1]
+
+
+    def record(self) -> MonitoringRecord:
+        """The answer in the per-token monitor format."""
+        steps = self.generation.steps[self.answer_start:]
+        users = [m.content for m in self.generation.messages if m.role == "user"]
+        return MonitoringRecord(users[-1] if users else "", self.generation.messages[-1].content,
+                                tuple(s.text for s in steps), self.traits, self.scores)
 
 
 def parse_monitoring(data: bytes) -> list[MonitoringRecord]:
