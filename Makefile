@@ -26,6 +26,7 @@ lint: setup
 # Regenerate the README's screenshot from its browser test (tests never touch docs/ otherwise).
 docs: setup model browser
 	PERPLEX_UPDATE_DOCS=1 $(PY) -m pytest tests/browser/test_logit_lens.py -k eiffel
+	PERPLEX_UPDATE_DOCS=1 $(PY) -m pytest tests/browser/test_persona_traits.py
 
 setup: $(STAMP)
 

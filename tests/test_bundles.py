@@ -11,7 +11,13 @@ import pytest
 from perplex.core.errors import PerplexError, StoreError
 from perplex.workspace import bundles
 from perplex.workspace.annotations import add_annotation, edit_annotation, session_annotations
-from perplex.workspace.bundles import BundleError, export_bundle, import_bundle, read_bundle
+from perplex.workspace.bundles import (
+    BUNDLE_VERSION,
+    BundleError,
+    export_bundle,
+    import_bundle,
+    read_bundle,
+)
 from perplex.workspace.sessions import create_session, delete_session, get_session, list_sessions
 from perplex.workspace.store import MIGRATIONS, Store
 from perplex.workspace.token_sets import add_token, create_token_set, list_token_sets
@@ -165,7 +171,8 @@ def test_deleted_and_empty_sessions(target, tmp_path):
     (lambda d: b"\x80\x04\x95 pickle, never", "corrupted or cut short"),
     (lambda d: rezip(d, drop=("annotations.json",)), "lacks annotations.json"),
     (lambda d: rezip(d, drop=("manifest.json",)), "lacks manifest.json"),
-    (lambda d: rezip(d, change=edit_manifest(bundle_version=2)), "newer Perplex.*bundle version 2"),
+    (lambda d: rezip(d, change=edit_manifest(bundle_version=BUNDLE_VERSION + 1)),
+     f"newer Perplex.*bundle version {BUNDLE_VERSION + 1}"),
     (lambda d: rezip(d, change=edit_manifest(schema_version=len(MIGRATIONS) + 1)),
      "newer Perplex.*schema version"),
     (lambda d: rezip(d, change=edit_manifest(schema_version="3")), "no valid schema_version"),

@@ -155,7 +155,8 @@ def test_a_strong_steer_changes_the_answer(tiny, cheer):
     answer = [s.token_id for s in base.generation.steps if s.role is TokenRole.RESPONSE]
     steered = [s.token_id for s in pushed.generation.steps if s.role is TokenRole.RESPONSE]
     assert answer != steered
-    assert pushed.steering == ({"layer": 1, "coefficient": 40.0, "positions": "response"},)
+    assert pushed.steering == ({"trait": "", "layer": 1, "coefficient": 40.0,
+                                "positions": "response"},)
 
 
 @pytest.mark.parametrize("text,message", [
@@ -191,8 +192,8 @@ def test_a_vector_round_trips_through_safetensors_and_duckdb(cheer, tmp_path):
     from perplex.workspace.trait_store import load_vector, save_vector
 
     store = Store.open(tmp_path / "traits.duckdb")
-    vector_id = save_vector(store, tmp_path, cheer)
-    back = load_vector(store, tmp_path, vector_id)
+    vector_id = save_vector(store, cheer)
+    back = load_vector(store, vector_id)
     assert np.array_equal(back.vector, cheer.vector)
     assert back.norms == cheer.norms and back.default_layer == cheer.default_layer
     assert [a for a in back.auroc if not np.isnan(a)] == [a for a in cheer.auroc
@@ -410,3 +411,93 @@ def test_monitored_and_imported_answers_round_trip_through_duckdb(tiny, cheer, t
     with pytest.raises(StoreError, match="not a finite number"):
         save_imported(store, [broken], "s1")
     assert len(list_trait_runs(store)) == 2  # nothing of the refused record was written
+
+
+def _resealed(bundle: bytes, member: str, edit) -> bytes:
+    """The bundle with one member edited and the manifest's checksums made to match."""
+    import hashlib
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(bundle)) as src:
+        contents = {info.filename: src.read(info.filename) for info in src.infolist()}
+    contents[member] = edit(contents[member])
+    manifest = json.loads(contents["manifest.json"])
+    manifest["members"][member] = {"bytes": len(contents[member]),
+                                   "sha256": hashlib.sha256(contents[member]).hexdigest()}
+    contents["manifest.json"] = json.dumps(manifest).encode()
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as dst:
+        for name, content in contents.items():
+            dst.writestr(name, content)
+    return out.getvalue()
+
+
+def test_trait_runs_and_vectors_travel_in_session_bundles(tiny, cheer, tmp_path):
+    from perplex.core.trait_monitoring import MonitoringRecord
+    from perplex.workspace.bundles import BundleError, export_bundle, import_bundle
+    from perplex.workspace.sessions import create_session
+    from perplex.workspace.store import Store
+    from perplex.workspace.trait_run_store import (
+        list_trait_runs,
+        load_trait_run,
+        save_imported,
+        save_trait_run,
+    )
+    from perplex.workspace.trait_store import latest_vectors, save_vector
+
+    source = Store.open(tmp_path / "a" / "perplex.duckdb")
+    session = create_session(source, "traits")
+    save_vector(source, cheer, session.id)
+    monitors = [Monitor(cheer, 2)]
+    base = monitor_generate(tiny, QUESTION, monitors, DecodeParams(max_new_tokens=6))
+    steered = monitor_generate(tiny, QUESTION, monitors, DecodeParams(max_new_tokens=6),
+                               steering=[Steering(2, torch.from_numpy(cheer.vector[2]), 4.0,
+                                                  name="cheer")])
+    save_trait_run(source, base, "baseline", session.id, pair_id="pair")
+    save_trait_run(source, steered, "steered", session.id, pair_id="pair")
+    save_imported(source, [MonitoringRecord("Q", "A b", ("A", " b"), ("evil",),
+                                            np.array([[1.0, -2.0]]))], session.id)
+    bundle = export_bundle(source, session.id)
+
+    target = Store.open(tmp_path / "b" / "perplex.duckdb")
+    for attempt in range(2):  # the second import gets fresh ids: pairs and links follow
+        imported = import_bundle(target, bundle)
+        runs = {r.kind: load_trait_run(target, r.id) for r in list_trait_runs(target, imported.id)}
+        assert sorted(runs) == ["baseline", "imported", "steered"]
+        assert np.array_equal(runs["steered"].run.scores, steered.scores)
+        assert runs["steered"].run.steering == steered.steering
+        assert runs["baseline"].pair_id == runs["steered"].pair_id
+        assert (runs["steered"].pair_id == "pair") == (attempt == 0)
+        assert runs["steered"].run.generation.session_id == imported.id
+        assert runs["imported"].record.tokens == ("A", " b")
+    vector = latest_vectors(target, tiny.info.label, "prompt_last")["cheer"]
+    assert np.array_equal(vector.vector, cheer.vector)
+    assert len(list((tmp_path / "b" / "vectors").glob("*.safetensors"))) == 2
+
+    def nan_score(raw: bytes) -> bytes:
+        doc = json.loads(raw)
+        doc["runs"][0]["record"]["trait_scores"]["cheer"][0] = "NaN"
+        return json.dumps(doc).encode()
+
+    def unknown_generation(raw: bytes) -> bytes:
+        doc = json.loads(raw)
+        doc["runs"][0]["generation_id"] = "elsewhere"
+        return json.dumps(doc).encode()
+
+    def broken_vector(raw: bytes) -> bytes:
+        doc = json.loads(raw)
+        doc["vectors"][0]["safetensors"] = doc["vectors"][0]["safetensors"][:40]
+        return json.dumps(doc).encode()
+
+    empty = Store.open(tmp_path / "c" / "perplex.duckdb")
+    for edit, message in ((nan_score, "not a finite number"),
+                          (unknown_generation, "generation is not in the bundle"),
+                          (broken_vector, "not a trait vector")):
+        with pytest.raises(BundleError, match=message):
+            import_bundle(empty, _resealed(bundle, "traits.json", edit))
+    with empty.cursor() as cur:
+        assert cur.execute("SELECT count(*) FROM sessions").fetchone()[0] == 0
+        assert cur.execute("SELECT count(*) FROM trait_runs").fetchone()[0] == 0
+    assert not (tmp_path / "c" / "vectors").exists() or \
+        not list((tmp_path / "c" / "vectors").iterdir())

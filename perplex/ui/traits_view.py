@@ -41,7 +41,7 @@ from perplex.workspace.trait_run_store import (
     save_imported,
     save_trait_run,
 )
-from perplex.workspace.trait_store import import_pt, save_vector
+from perplex.workspace.trait_store import import_pt, latest_vectors, save_vector
 
 PREFIX = "traits"
 VECTORS_KEY = f"{PREFIX}.vectors"  # {(model label, trait): TraitVector} of this session
@@ -85,8 +85,19 @@ def vectors_section(engine: LocalEngine, chosen: list[str]) -> dict[str, TraitVe
     """Extract (or import) the chosen traits' vectors; per-layer statistics; pick layers."""
     held: dict = st.session_state.setdefault(VECTORS_KEY, {})
     label = engine.info.label
-    missing = [t for t in chosen if (label, t) not in held]
     how = extraction_form()
+    wanted = (how.variant, "imported")
+
+    def lacking(names: list[str]) -> list[str]:
+        return [t for t in names
+                if (label, t) not in held or held[(label, t)].variant not in wanted]
+
+    missing = lacking(chosen)
+    if missing:  # saved earlier (another tab, before a reload): opened, not recomputed
+        for trait, vector in latest_vectors(resources.store(), label, how.variant).items():
+            if trait in missing:
+                held[(label, trait)] = vector
+        missing = lacking(missing)
     cols = st.columns([2, 1, 3])
     if cols[0].button(f"Extract {len(missing)} vector(s) ({how.variant.replace('_', '-')})",
                       type="primary", disabled=not missing or session_panel.read_only(),
@@ -176,7 +187,7 @@ def _judge(engine: LocalEngine, how: Extraction, trait: Trait):
 def _extract(engine: LocalEngine, names: list[str], held: dict, how: Extraction) -> None:
     defs = traits()
     bar = st.progress(0.0, text="Extracting…")
-    store, home = resources.store(), resources.settings().home
+    store = resources.store()
     unit = "forward passes" if how.variant == "prompt_last" else "steps (answers, verdicts, passes)"
     started = time.monotonic()
     for k, name in enumerate(names):
@@ -196,7 +207,7 @@ def _extract(engine: LocalEngine, names: list[str], held: dict, how: Extraction)
             st.error(plain(str(exc)))
             break
         held[(engine.info.label, name)] = vector
-        save_vector(store, home, vector, session_panel.session_for_saving())
+        save_vector(store, vector, session_panel.session_for_saving())
         if vector.variant == "response_average":
             st.caption(f"{name}: {vector.meta['pairs_kept']} of {vector.meta['pairs_in_all']} "
                        "pairs kept" + (" by the judge." if vector.meta["judge"] else "."))
@@ -218,6 +229,7 @@ def _import_pt(engine: LocalEngine, chosen: list[str], held: dict) -> None:
                 st.error(plain(str(exc)))
                 return
             held[(engine.info.label, trait)] = vector
+            save_vector(resources.store(), vector, session_panel.session_for_saving())
             st.success(f"Imported {trait}: layer {vector.default_layer} (largest norm) by "
                        "default.")
 

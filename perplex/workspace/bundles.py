@@ -5,7 +5,9 @@ A bundle is a zip of JSON documents and one Parquet table, never pickle:
 - `manifest.json`: format name, bundle version, the exporter's schema version, and the
   size and SHA-256 of every other member;
 - `session.json`, `generations.json`, `annotations.json`, `token_sets.json`;
-- `token_steps.parquet`: every token record, in the store's own layout.
+- `token_steps.parquet`: every token record, in the store's own layout;
+- `traits.json` (from bundle version 2): the session's monitored answers and trait vectors
+  (`trait_bundle`).
 
 Bundles are untrusted uploads. `read_bundle` checks everything before `import_bundle`
 writes anything, in one transaction: bad zips, missing or tampered members, bundles from a
@@ -46,14 +48,23 @@ from perplex.workspace.store import (
     write_generation,
 )
 from perplex.workspace.token_sets import TokenSet, token_sets_of_session
+from perplex.workspace.trait_bundle import MEMBER as TRAITS_MEMBER
+from perplex.workspace.trait_bundle import (
+    TraitPayload,
+    export_traits,
+    ids_taken,
+    parse_traits,
+    write_traits,
+)
 
 FORMAT = "perplex-session-bundle"
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2  # 2: traits.json
 MAX_UNCOMPRESSED_BYTES = 1024**3  # what a bundle may unpack to, all members together
 MAX_MEMBERS = 16
 MANIFEST = "manifest.json"
 PAYLOADS = ("session.json", "generations.json", "annotations.json", "token_sets.json",
             "token_steps.parquet")
+SINCE_VERSION_2 = (TRAITS_MEMBER,)  # required from bundle version 2 on
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,7 @@ class SessionBundle:
     annotations: tuple[Annotation, ...]
     token_sets: tuple[TokenSet, ...]
     schema_version: int  # of the Perplex that wrote it
+    traits: TraitPayload = TraitPayload()
 
 
 def export_bundle(store: Store, session_id: str) -> bytes:
@@ -79,6 +91,7 @@ def export_bundle(store: Store, session_id: str) -> bytes:
         generations = [read_generation(cur, generation_id) for generation_id in ids]
         annotations = annotations_of_session(cur, session_id)
         token_sets = token_sets_of_session(cur, session_id)
+        traits = export_traits(cur, store, session_id)
         cur.rollback()
     tables = [steps_table(gen) for gen in generations]
     sink = io.BytesIO()
@@ -89,6 +102,7 @@ def export_bundle(store: Store, session_id: str) -> bytes:
         "annotations.json": docs.dump([docs.annotation_doc(a) for a in annotations]),
         "token_sets.json": docs.dump([docs.token_set_doc(s) for s in token_sets]),
         "token_steps.parquet": sink.getvalue(),
+        TRAITS_MEMBER: traits,
     }
     manifest = {
         "format": FORMAT, "bundle_version": BUNDLE_VERSION, "schema_version": len(MIGRATIONS),
@@ -112,30 +126,48 @@ def import_bundle(store: Store, bundle: bytes | str | Path,
     (an identical session). Where any of its ids is taken (the bundle was made here, or
     imported before), everything gets fresh ids and the name ends in "(imported)".
     """
-    parsed = read_bundle(bundle, max_bytes)
-    with store.cursor(write=True) as cur:
-        if _ids_taken(cur, parsed):
-            parsed = _with_fresh_ids(parsed)
-        session = parsed.session
-        cur.execute("INSERT INTO sessions (id, name, created_at, updated_at, settings) "
-                    "VALUES (?, ?, ?, ?, ?)", [session.id, session.name, session.created_at,
-                                                session.updated_at,
-                                                settings_json(session.settings)])
-        for gen in parsed.generations:
-            write_generation(cur, gen)
-        for note in parsed.annotations:
-            cur.execute("INSERT INTO annotations VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        [note.id, note.generation_id, note.start, note.end, note.text,
-                         note.created_at, note.updated_at])
-        for token_set in parsed.token_sets:
-            cur.execute("INSERT INTO token_sets VALUES (?, ?, ?, ?, ?)",
-                        [token_set.id, session.id, token_set.name, token_set.created_at,
-                         token_set.updated_at])
-            for ordinal, m in enumerate(token_set.members):
-                cur.execute("INSERT INTO token_set_members VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            [token_set.id, m.tokenizer, m.token_id, m.token_text, m.word,
-                             ordinal, token_set.updated_at])
-        return read_session(cur, session.id)
+    original = read_bundle(bundle, max_bytes)
+    written = []
+    try:
+        with store.cursor(write=True) as cur:
+            fresh = _ids_taken(cur, original) or ids_taken(cur, original.traits)
+            parsed = _with_fresh_ids(original) if fresh else original
+            session = _write(cur, parsed)
+            generation_ids = {old.id: new.id for old, new in zip(original.generations,
+                                                                 parsed.generations)}
+            written = write_traits(cur, store, original.traits, session.id, generation_ids,
+                                   fresh)
+            return read_session(cur, session.id)
+    except BaseException:
+        for path in written:  # the rows were rolled back: their files go too
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _write(cur, parsed: SessionBundle) -> Session:
+    """Insert a checked bundle's session, generations, notes and token sets."""
+    session = parsed.session
+    cur.execute("INSERT INTO sessions (id, name, created_at, updated_at, settings) "
+                "VALUES (?, ?, ?, ?, ?)", [session.id, session.name, session.created_at,
+                                            session.updated_at,
+                                            settings_json(session.settings)])
+    for gen in parsed.generations:
+        write_generation(cur, gen)
+    for note in parsed.annotations:
+        cur.execute("INSERT INTO annotations VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [note.id, note.generation_id, note.start, note.end, note.text,
+                     note.created_at, note.updated_at])
+    for token_set in parsed.token_sets:
+        cur.execute("INSERT INTO token_sets VALUES (?, ?, ?, ?, ?)",
+                    [token_set.id, session.id, token_set.name, token_set.created_at,
+                     token_set.updated_at])
+        for ordinal, m in enumerate(token_set.members):
+            cur.execute("INSERT INTO token_set_members VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [token_set.id, m.tokenizer, m.token_id, m.token_text, m.word,
+                         ordinal, token_set.updated_at])
+    return read_session(cur, session.id)
+
+
 
 
 def read_bundle(bundle: bytes | str | Path,
@@ -154,7 +186,8 @@ def read_bundle(bundle: bytes | str | Path,
             docs.load(members["annotations.json"], "annotations.json"), generations),
         token_sets=docs.parse_token_sets(
             docs.load(members["token_sets.json"], "token_sets.json"), session.id),
-        schema_version=manifest["schema_version"])
+        schema_version=manifest["schema_version"],
+        traits=parse_traits(members.get(TRAITS_MEMBER), {g.id for g in generations}))
 
 
 def _read_members(bundle: bytes | str | Path, max_bytes: int) -> dict[str, bytes]:
@@ -175,7 +208,7 @@ def _read_members(bundle: bytes | str | Path, max_bytes: int) -> dict[str, bytes
                 raise BundleError(f"This bundle is incomplete: it lacks {', '.join(missing)}. "
                                   "Export the session again. Nothing was imported.")
             members, budget = {}, max_bytes
-            for name in (MANIFEST, *PAYLOADS):
+            for name in (MANIFEST, *PAYLOADS, *(n for n in SINCE_VERSION_2 if n in names)):
                 with archive.open(name) as member:  # the header's size may lie: cap the read
                     data = member.read(budget + 1)
                 if len(data) > budget:
@@ -208,8 +241,13 @@ def _check_manifest(manifest: object, members: dict[str, bytes]) -> None:
                 f"This bundle was written by a newer Perplex ({key.replace('_', ' ')} "
                 f"{theirs}; this one reads up to {ours}). Update Perplex to import it. "
                 "Nothing was imported.")
+    if manifest["bundle_version"] >= 2:
+        lacking = [name for name in SINCE_VERSION_2 if name not in members]
+        if lacking:
+            raise BundleError(f"This bundle is incomplete: it lacks {', '.join(lacking)}. "
+                              "Export the session again. Nothing was imported.")
     listed = manifest.get("members")
-    for name in PAYLOADS:
+    for name in (*PAYLOADS, *(n for n in SINCE_VERSION_2 if n in members)):
         entry = listed.get(name) if isinstance(listed, dict) else None
         data = members[name]
         if (not isinstance(entry, dict) or entry.get("bytes") != len(data)

@@ -1,10 +1,11 @@
 """Trait vectors on disk and in DuckDB: safetensors files, their metadata in a table.
 
-A vector is saved as `<home>/vectors/<id>.safetensors` (the tensor under "vector", the
-statistics in the file's metadata, so the file stands alone) and listed in
-`trait_vectors`. Vectors from persona_vectors (`.pt` files of a [layers + 1, hidden]
-tensor) import through `torch.load(weights_only=True)`: a file holding anything but a
-plain tensor is refused and nothing in it runs.
+A vector is saved as `vectors/<id>.safetensors` beside the database file (the tensor
+under "vector", the statistics in the file's metadata, so the file stands alone; the
+folder goes wherever the database goes) and listed in `trait_vectors`. Vectors from
+persona_vectors (`.pt` files of a [layers + 1, hidden] tensor) import through
+`torch.load(weights_only=True)`: a file holding anything but a plain tensor is refused and
+nothing in it runs.
 """
 
 from __future__ import annotations
@@ -29,59 +30,106 @@ from perplex.workspace.store import Store
 MAX_VECTOR_BYTES = 64 * 2**20
 
 
-def vectors_dir(home: Path) -> Path:
-    """Where vector files live."""
-    return home / "vectors"
+def vectors_dir(store: Store) -> Path:
+    """Where the vector files of `store` live: beside its database file."""
+    return Path(store.path).parent / "vectors"
 
 
-def save_vector(store: Store, home: Path, vector: TraitVector,
-                session_id: str | None = None) -> str:
-    """Write the vector's file, then its row; returns its id."""
+def save_vector(store: Store, vector: TraitVector, session_id: str | None = None) -> str:
+    """Write the vector's file, then its row; returns its fresh id."""
     vector_id = new_id()
-    folder = vectors_dir(home)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{vector_id}.safetensors"
-    meta = {"trait": vector.trait, "model_label": vector.model_label, "variant": vector.variant,
-            "default_layer": str(vector.default_layer), "norms": json.dumps(vector.norms),
-            "auroc": json.dumps([None if math.isnan(a) else a for a in vector.auroc]),
-            "meta": json.dumps(vector.meta)}
-    path.write_bytes(save_safetensors({"vector": vector.vector.astype(np.float32)}, meta))
+    path = write_vector_file(store, vector, vector_id)
     try:
         with store.cursor(write=True) as cur:
-            cur.execute("INSERT INTO trait_vectors VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [vector_id, session_id, datetime.now(timezone.utc), vector.trait,
-                         vector.model_label, vector.variant, vector.n_layers,
-                         int(vector.vector.shape[1]), vector.default_layer, meta["norms"],
-                         meta["auroc"], meta["meta"], path.name])
+            insert_vector_row(cur, vector_id, session_id, vector, path.name)
     except Exception:
         path.unlink(missing_ok=True)
         raise
     return vector_id
 
 
-def load_vector(store: Store, home: Path, vector_id: str) -> TraitVector:
+def vector_file_bytes(vector: TraitVector) -> bytes:
+    """The vector as a standalone safetensors file: the tensor and its statistics."""
+    return save_safetensors({"vector": vector.vector.astype(np.float32)}, _file_meta(vector))
+
+
+def write_vector_file(store: Store, vector: TraitVector, vector_id: str) -> Path:
+    """Write `<id>.safetensors` into the store's vectors folder; returns its path."""
+    folder = vectors_dir(store)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{vector_id}.safetensors"
+    path.write_bytes(vector_file_bytes(vector))
+    return path
+
+
+def insert_vector_row(cur, vector_id: str, session_id: str | None, vector: TraitVector,
+                      file_name: str) -> None:
+    """List a written vector file in `trait_vectors`, on a write cursor."""
+    meta = _file_meta(vector)
+    cur.execute("INSERT INTO trait_vectors VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [vector_id, session_id, datetime.now(timezone.utc), vector.trait,
+                 vector.model_label, vector.variant, vector.n_layers, int(vector.vector.shape[1]),
+                 vector.default_layer, meta["norms"], meta["auroc"], meta["meta"], file_name])
+
+
+def _file_meta(vector: TraitVector) -> dict[str, str]:
+    return {"trait": vector.trait, "model_label": vector.model_label, "variant": vector.variant,
+            "default_layer": str(vector.default_layer), "norms": json.dumps(vector.norms),
+            "auroc": json.dumps([None if math.isnan(a) else a for a in vector.auroc]),
+            "meta": json.dumps(vector.meta)}
+
+
+def load_vector(store: Store, vector_id: str) -> TraitVector:
     """A saved vector, read back from its file."""
     with store.cursor() as cur:
         row = cur.execute("SELECT file FROM trait_vectors WHERE id = ?", [vector_id]).fetchone()
     if row is None:
         raise StoreError(f"No trait vector {vector_id} in the database.")
-    path = vectors_dir(home) / row[0]
+    path = vectors_dir(store) / row[0]
     if not path.is_file():
         raise StoreError(f"The file of trait vector {vector_id} ({path.name}) is gone.")
     return read_vector_file(path.read_bytes())
 
 
+def latest_vectors(store: Store, model_label: str, variant: str) -> dict[str, TraitVector]:
+    """The newest saved vector of each trait for this model and variant, by trait name."""
+    with store.cursor() as cur:
+        rows = cur.execute("SELECT trait, arg_max(id, created_at) FROM trait_vectors "
+                           "WHERE model_label = ? AND variant = ? GROUP BY trait",
+                           [model_label, variant]).fetchall()
+    found = {}
+    for trait, vector_id in rows:
+        try:
+            found[trait] = load_vector(store, vector_id)
+        except StoreError:
+            continue  # its file was removed by hand: extract it again
+    return found
+
+
 def read_vector_file(data: bytes) -> TraitVector:
-    """A vector from safetensors bytes written by `save_vector`."""
-    header_len = int.from_bytes(data[:8], "little")
-    meta = json.loads(data[8:8 + header_len]).get("__metadata__", {})
-    tensor = load_safetensors(data)["vector"]
-    auroc = tuple(math.nan if a is None else float(a) for a in json.loads(meta["auroc"]))
-    return TraitVector(trait=meta["trait"], model_label=meta["model_label"],
-                       variant=meta["variant"], vector=tensor,
-                       norms=tuple(json.loads(meta["norms"])), auroc=auroc,
-                       default_layer=int(meta["default_layer"]), n_examples=0, n_held_out=0,
-                       meta=json.loads(meta["meta"]))
+    """A vector from safetensors bytes written by `save_vector` (untrusted: checked)."""
+    if len(data) > MAX_VECTOR_BYTES:
+        raise InputFormatError(f"A vector file is over {MAX_VECTOR_BYTES // 2**20} MiB.")
+    try:
+        header_len = int.from_bytes(data[:8], "little")
+        meta = json.loads(data[8:8 + header_len]).get("__metadata__", {})
+        tensor = load_safetensors(data)["vector"]
+        auroc = tuple(math.nan if a is None else float(a) for a in json.loads(meta["auroc"]))
+        norms = tuple(float(n) for n in json.loads(meta["norms"]))
+        vector = TraitVector(trait=str(meta["trait"]), model_label=str(meta["model_label"]),
+                             variant=str(meta["variant"]), vector=tensor.astype(np.float32),
+                             norms=norms, auroc=auroc, default_layer=int(meta["default_layer"]),
+                             n_examples=0, n_held_out=0, meta=json.loads(meta["meta"]))
+    except Exception as exc:  # safetensors, JSON, a missing key, a wrong type or shape
+        raise InputFormatError(f"This is not a Perplex trait vector file ({type(exc).__name__}: "
+                               f"{str(exc)[:200]}).") from None
+    if not (vector.trait.strip() and 1 <= vector.default_layer <= vector.n_layers
+            and isinstance(vector.meta, dict)
+            and all(math.isfinite(n) and n >= 0 for n in vector.norms)
+            and all(math.isnan(a) or 0 <= a <= 1 for a in vector.auroc)):
+        raise InputFormatError("A trait vector file has statistics out of range (a name, a "
+                               "layer, a norm or an AUROC).")
+    return vector
 
 
 def import_pt(data: bytes, trait: str, model_label: str, layers: int, hidden: int

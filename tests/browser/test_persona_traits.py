@@ -8,10 +8,13 @@ per-token monitor JSON file and see its line chart.
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 
 import pytest
 
+from perplex.core.settings import PROJECT_ROOT
 from tests.browser.conftest import VIEWPORT
 from tests.browser.test_investigation import (
     MODEL_TIMEOUT,
@@ -59,6 +62,16 @@ def test_extract_monitor_slide_and_steer(browser, app_url, screenshot, tmp_path)
     assert bars.locator(".bars .point").count() == 3
     screenshot(page, "traits_2_monitored_slider")
 
+    # the README's example: +4 · sycophancy at every position turns a loop of "I'm glad to
+    # hear that." into praise of the poem
+    coefficient = page.get_by_role("spinbutton", name="c for sycophancy (adds c · v)")
+    scroll_to(coefficient)
+    coefficient.fill("4")
+    coefficient.press("Enter")
+    settle(page)
+    page.locator('[data-testid="stSelectbox"]').filter(has_text="At positions").click()
+    page.get_by_role("option", name="all", exact=True).click()
+    settle(page)
     button = page.get_by_role("button", name="Generate baseline and steered")
     scroll_to(button)
     button.click()
@@ -66,9 +79,12 @@ def test_extract_monitor_slide_and_steer(browser, app_url, screenshot, tmp_path)
                                 r"same)")).wait_for(timeout=WORK_TIMEOUT)
     settle(page)
     assert_no_exception(page)
-    assert page.get_by_text(re.compile(r"^Steered: \+2 · v at layer \d+, response")).count() == 1
+    steered = re.compile(r"^Steered: \+4 · sycophancy at layer \d+ \(all\)")
+    assert page.get_by_text(steered).count() == 1
     scroll_to(page.get_by_text(re.compile(r"^Steered: ")))
-    screenshot(page, "traits_3_baseline_vs_steered")
+    path = screenshot(page, "traits_3_baseline_vs_steered")
+    if os.environ.get("PERPLEX_UPDATE_DOCS"):  # `make docs`: the README's screenshot
+        shutil.copy(path, PROJECT_ROOT / "docs" / "traits_steering.png")
 
     # a per-token monitor JSON file, no model needed: its line chart
     record = {"prompt": "Is my plan good?", "response": "Yes, brilliant!",
