@@ -105,6 +105,20 @@ EXPECTED_SCHEMA = {
         ("id", "VARCHAR"), ("session_id", "VARCHAR"), ("created_at", "TIMESTAMP WITH TIME ZONE"),
         ("kind", "VARCHAR"), ("pair_id", "VARCHAR"), ("generation_id", "VARCHAR"),
         ("record", "JSON"), ("trait_layers", "JSON"), ("steering", "JSON")],
+    "batches": [
+        ("id", "VARCHAR"), ("session_id", "VARCHAR"), ("created_at", "TIMESTAMP WITH TIME ZONE"),
+        ("name", "VARCHAR"), ("kind", "VARCHAR"), ("model_label", "VARCHAR"),
+        ("settings", "JSON"), ("malformed", "JSON"), ("n_malformed", "INTEGER")],
+    "batch_items": [
+        ("batch_id", "VARCHAR"), ("idx", "INTEGER"), ("line", "INTEGER"), ("messages", "JSON"),
+        ("prompt", "VARCHAR"), ("reference", "VARCHAR"), ("status", "VARCHAR"),
+        ("error", "VARCHAR"), ("generation_id", "VARCHAR"),
+        ("finished_at", "TIMESTAMP WITH TIME ZONE"), ("answer", "VARCHAR"),
+        ("n_tokens", "INTEGER"), ("mean_prob", "DOUBLE"), ("min_prob", "DOUBLE"),
+        ("mean_entropy", "DOUBLE"), ("max_entropy", "DOUBLE"), ("perplexity", "DOUBLE"),
+        ("low_confidence", "INTEGER"), ("entropy_spikes", "INTEGER"),
+        ("hallucination_spans", "INTEGER"), ("answer_mismatch", "BOOLEAN"),
+        ("flagged", "JSON")],
     "decoding_drafts": [
         ("run_id", "VARCHAR"), ("round", "INTEGER"), ("slot", "INTEGER"), ("token_id", "INTEGER"),
         ("q", "DOUBLE"), ("p", "DOUBLE"), ("accepted", "BOOLEAN"), ("verified", "BOOLEAN"),
@@ -153,7 +167,7 @@ def store(tmp_path):
 
 def test_blank_database_migrates_to_expected_schema(store):
     """A blank database gets every migration and exactly the documented tables and columns."""
-    assert store.schema_version() == len(MIGRATIONS) == 8
+    assert store.schema_version() == len(MIGRATIONS) == 9
     with store._cursor() as cur:
         rows = cur.execute("SELECT table_name, column_name, data_type FROM duckdb_columns() "
                            "WHERE database_name = current_database() "

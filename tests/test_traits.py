@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
@@ -501,3 +502,21 @@ def test_trait_runs_and_vectors_travel_in_session_bundles(tiny, cheer, tmp_path)
         assert cur.execute("SELECT count(*) FROM trait_runs").fetchone()[0] == 0
     assert not (tmp_path / "c" / "vectors").exists() or \
         not list((tmp_path / "c" / "vectors").iterdir())
+
+
+def test_monitoring_exports_keep_token_texts_and_scores(tmp_path):
+    from perplex.core.trait_monitoring import MonitoringRecord
+    from perplex.workspace.exports import monitoring_frame, monitoring_parquet
+
+    records = [MonitoringRecord("Q", "NA ", ("NA", " "), ("evil", "refusal"),
+                                np.array([[0.1, -2.5], [3.0, 1e-7]])),
+               MonitoringRecord("Q2", "x", ("x",), ("refusal",), np.array([[4.0]]))]
+    frame = monitoring_frame(records, ["a", "b"])
+    assert frame.columns.tolist() == ["answer", "index", "token", "evil", "refusal"]
+    path = tmp_path / "scores.parquet"
+    path.write_bytes(monitoring_parquet(frame))
+    back = pd.read_parquet(path)
+    assert back["token"].tolist() == ["NA", " ", "x"]
+    assert back["refusal"].tolist() == [3.0, 1e-7, 4.0]
+    assert back["evil"].tolist()[:2] == [0.1, -2.5] and np.isnan(back["evil"].iloc[2])
+    assert back["answer"].tolist() == ["a", "a", "b"]

@@ -374,14 +374,12 @@ def _jsonl_upload(text: str) -> ParsedUpload:
     for number, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 is JSON
         if not line.strip():
             continue
-        line_warnings: list[str] = []
         try:
-            obj = load_json(line, line=number)
-            title = _title_of(obj, f"line {number}", ("title", "id"))
-            transcripts.extend(_json_transcripts(obj, title, f"{title}, ", line_warnings)[1])
-        except _Problem as problem:
+            found, line_warnings = line_transcripts(line, number)
+        except InputFormatError as problem:
             bad.append(f"line {number}: {problem}")
             continue
+        transcripts.extend(found)
         warnings.extend(line_warnings)
     detail = " ".join(bad[:3]) + (f" (and {len(bad) - 3} more)" if len(bad) > 3 else "")
     if not transcripts:
@@ -390,6 +388,14 @@ def _jsonl_upload(text: str) -> ParsedUpload:
         numbers = ", ".join(entry.split(":")[0].removeprefix("line ") for entry in bad[:20])
         warnings.insert(0, f"skipped unreadable lines {numbers}. {detail}")
     return ParsedUpload("jsonl", tuple(transcripts), tuple(warnings))
+
+
+def line_transcripts(line: str, number: int) -> tuple[tuple[Transcript, ...], list[str]]:
+    """The transcripts of one JSONL line (a chat, messages object or OpenAI response)."""
+    warnings: list[str] = []
+    obj = load_json(line, line=number)
+    title = _title_of(obj, f"line {number}", ("title", "id"))
+    return _json_transcripts(obj, title, f"{title}, ", warnings)[1], warnings
 
 
 def _title_of(obj: Any, default: str, keys: tuple[str, ...]) -> str:

@@ -15,7 +15,7 @@ import torch
 from perplex.core.errors import InputFormatError, PerplexError
 from perplex.core.plots import visible_token
 from perplex.core.records import DecodeParams, Message, TokenRole, TokenStep, new_id
-from perplex.core.trait_monitoring import MonitoredRun, parse_monitoring
+from perplex.core.trait_monitoring import MonitoredRun, MonitoringRecord, parse_monitoring
 from perplex.core.traits import TraitVector
 from perplex.engine.local.engine import LocalEngine
 from perplex.engine.local.stream import Steering
@@ -31,9 +31,10 @@ from perplex.modes.traits.vectors import (
     extract_response_average,
 )
 from perplex.ui import resources, session_panel
-from perplex.ui.export_panel import download
+from perplex.ui.export_panel import download, figure_downloads
 from perplex.ui.text import plain
 from perplex.ui.token_view import Overlay, token_view
+from perplex.workspace.exports import monitoring_frame, monitoring_parquet
 from perplex.workspace.trait_run_store import (
     TraitRunSummary,
     list_trait_runs,
@@ -331,6 +332,10 @@ def import_section() -> None:
     steps = tuple(TokenStep(position=i, token_id=None, text=t, role=TokenRole.RESPONSE,
                             message_index=1) for i, t in enumerate(record.tokens))
     monitor_views(record.traits, None, record.scores, steps, f"{PREFIX}.imported")
+    monitor_exports(list(records), [str(i + 1) for i in range(len(records))],
+                    "perplex-traits-imported",
+                    {"lines": plots.trait_lines(record.traits, record.scores, record.tokens)},
+                    f"{PREFIX}.imported.{pick}.{len(records)}")
 
 
 def monitored_section(run: MonitoredRun, key: str) -> None:
@@ -338,15 +343,30 @@ def monitored_section(run: MonitoredRun, key: str) -> None:
     monitor_views(run.traits, run.trait_layers, run.scores, run.generation.steps[run.answer_start:],
                   key)
     record = run.record()
-    cols = st.columns(2)
-    download(cols[0], "Per-token monitor JSON", json.dumps([record.to_json()], indent=1),
-             file_name=f"perplex-traits-{run.generation.id}.json", mime="application/json",
-             key=f"{key}.json")
-    frame = pd.DataFrame({"index": range(len(record.tokens)), "token": record.tokens,
-                          **{t: run.scores[i] for i, t in enumerate(run.traits)}})
-    download(cols[1], "Per-token CSV", frame.to_csv(index=False),
-             file_name=f"perplex-traits-{run.generation.id}.csv", mime="text/csv",
-             key=f"{key}.csv")
+    monitor_exports([record], [run.generation.id], f"perplex-traits-{run.generation.id}",
+                    {"lines": plots.trait_lines(run.traits, run.scores, record.tokens)},
+                    f"{key}.{run.generation.id}")
+
+
+def monitor_exports(records: list[MonitoringRecord], labels: list[str], name: str,
+                    figures: dict, key: str) -> None:
+    """The answers' per-token scores as monitor JSON, CSV and Parquet, and their figures.
+
+    `key` must change with what is shown (include an id), so a drawn figure is never stale.
+    """
+    with st.expander("Export"):
+        frame = monitoring_frame(records, labels)
+        cols = st.columns(3)
+        download(cols[0], "Per-token monitor JSON",
+                 json.dumps([r.to_json() for r in records], indent=1),
+                 file_name=f"{name}.json", mime="application/json", key=f"{key}.json")
+        download(cols[1], "Per-token CSV", frame.to_csv(index=False), file_name=f"{name}.csv",
+                 mime="text/csv", key=f"{key}.csv")
+        download(cols[2], "Per-token Parquet", lambda: monitoring_parquet(frame),
+                 file_name=f"{name}.parquet", key=f"{key}.parquet")
+        for fig_name, fig in figures.items():
+            figure_downloads(fig, f"{name}-{fig_name}", f"{key}.fig.{fig_name}",
+                             f"The {fig_name} figure")
 
 
 def _point_to_token(key: str) -> None:
@@ -472,8 +492,12 @@ def pair_section() -> None:
                        inert=True)
             st.caption(f"mean {trait} score {run.scores[t].mean():+.3f}")
     t = base.traits.index(trait)
-    st.plotly_chart(plots.score_difference(trait, base.scores[t], steered.scores[t], first),
-                    key=f"{PREFIX}.difference")
+    difference = plots.score_difference(trait, base.scores[t], steered.scores[t], first)
+    st.plotly_chart(difference, key=f"{PREFIX}.difference")
+    ids = [base.generation.id, steered.generation.id]
+    monitor_exports([base.record(), steered.record()], ["baseline", "steered"],
+                    f"perplex-traits-pair-{ids[1]}", {f"{trait}-difference": difference},
+                    f"{PREFIX}.pair.{ids[1]}.{trait}")
 
 
 def _sweep(engine: LocalEngine, found: list[Monitor], messages: tuple[Message, ...],

@@ -1,4 +1,4 @@
-"""Exports for papers and other tools: token records, annotations and figures.
+"""Exports for papers and other tools: token records, annotations, trait scores and figures.
 
 Token records are one row per token with its top-k alternatives: CSV (top-k as a JSON text
 column), JSON (a list of row objects) and Parquet (top-k as a list of structs, the store's
@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from perplex.core.errors import PerplexError
 from perplex.core.records import Generation, TokenStep
 from perplex.core.stats import summarise
+from perplex.core.trait_monitoring import MonitoringRecord
 from perplex.workspace.annotations import Annotation
 from perplex.workspace.store import STEP_SCHEMA, steps_table
 
@@ -267,3 +268,28 @@ def _stats_line(row: dict[str, Any]) -> str:
             f" · max entropy {number(row['max_entropy'])} nats · perplexity "
             f"{number(row['perplexity'], 2)} · {row['n_below_threshold']} under p "
             f"{row['threshold']:g}")
+
+
+def monitoring_frame(records: Sequence[MonitoringRecord],
+                     labels: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per-token trait scores: one row per answer token, one column per trait.
+
+    `labels` names each record's answer (default: its number); a trait a record does not
+    carry is empty (NaN) in that record's rows.
+    """
+    traits = list(dict.fromkeys(t for record in records for t in record.traits))
+    rows = []
+    for n, record in enumerate(records):
+        label = labels[n] if labels is not None else str(n + 1)
+        for i, token in enumerate(record.tokens):
+            scores = {t: float(record.scores[record.traits.index(t), i])
+                      if t in record.traits else math.nan for t in traits}
+            rows.append({"answer": label, "index": i, "token": token, **scores})
+    return pd.DataFrame(rows, columns=["answer", "index", "token", *traits])
+
+
+def monitoring_parquet(frame: pd.DataFrame) -> bytes:
+    """A `monitoring_frame` as Parquet (token texts stay strings)."""
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
+    return sink.getvalue()

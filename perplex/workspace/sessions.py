@@ -153,6 +153,9 @@ def delete_session(store: Store, session_id: str) -> bool:
                     "(SELECT id FROM token_sets WHERE session_id = ?)", [session_id])
         cur.execute("DELETE FROM token_sets WHERE session_id = ?", [session_id])
         cur.execute("DELETE FROM trait_runs WHERE session_id = ?", [session_id])
+        cur.execute("DELETE FROM batch_items WHERE batch_id IN "
+                    "(SELECT id FROM batches WHERE session_id = ?)", [session_id])
+        cur.execute("DELETE FROM batches WHERE session_id = ?", [session_id])
         cur.execute("UPDATE sessions SET deleted_at = ?, name = '', settings = '{}' "
                     "WHERE id = ?", [_now(), session_id])
         return True

@@ -262,6 +262,45 @@ MIGRATIONS: list[str] = [
         steering JSON NOT NULL
     );
     """,
+    # 9: batches of prompts or transcripts, their items with statistics and flag counts
+    """
+    CREATE TABLE batches (
+        id VARCHAR PRIMARY KEY,
+        session_id VARCHAR,
+        created_at TIMESTAMPTZ NOT NULL,
+        name VARCHAR NOT NULL,
+        kind VARCHAR NOT NULL,
+        model_label VARCHAR NOT NULL,
+        settings JSON NOT NULL,
+        malformed JSON NOT NULL,
+        n_malformed INTEGER NOT NULL
+    );
+    CREATE TABLE batch_items (
+        batch_id VARCHAR NOT NULL,
+        idx INTEGER NOT NULL,
+        line INTEGER NOT NULL,
+        messages JSON NOT NULL,
+        prompt VARCHAR NOT NULL,
+        reference VARCHAR,
+        status VARCHAR NOT NULL,
+        error VARCHAR,
+        generation_id VARCHAR,
+        finished_at TIMESTAMPTZ,
+        answer VARCHAR,
+        n_tokens INTEGER,
+        mean_prob DOUBLE,
+        min_prob DOUBLE,
+        mean_entropy DOUBLE,
+        max_entropy DOUBLE,
+        perplexity DOUBLE,
+        low_confidence INTEGER,
+        entropy_spikes INTEGER,
+        hallucination_spans INTEGER,
+        answer_mismatch BOOLEAN,
+        flagged JSON,
+        PRIMARY KEY (batch_id, idx)
+    );
+    """,
 ]
 
 _ALTERNATIVE = pa.struct([("token_id", pa.int32()), ("text", pa.string()),

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 
+import pandas as pd
 import pytest
 
 from perplex.core.settings import PROJECT_ROOT
@@ -102,4 +103,15 @@ def test_extract_monitor_slide_and_steer(browser, app_url, screenshot, tmp_path)
     scroll_to(lines)
     assert lines.locator(".scatterlayer .trace").count() == 2  # one line per trait
     screenshot(page, "traits_4_imported_monitor_json")
+
+    # its export in Parquet carries the file's tokens and scores unchanged
+    page.get_by_text("Export", exact=True).last.click()
+    parquet = page.get_by_role("button", name="Per-token Parquet").last
+    scroll_to(parquet)
+    with page.expect_download() as download:
+        parquet.click()
+    frame = pd.read_parquet(download.value.path())
+    assert frame["token"].tolist() == record["tokens"]
+    assert frame["sycophancy"].tolist() == record["trait_scores"]["sycophancy"]
+    assert frame["evil"].tolist() == [float(v) for v in record["trait_scores"]["evil"]]
     context.close()

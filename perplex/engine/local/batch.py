@@ -1,23 +1,27 @@
-"""Greedy generation for many conversations at once: one batched decode, then one scoring.
+"""Generation for many conversations at once: one batched decode loop, then one scoring.
 
-For work over many items (calibration runs, lists of prompts) where nothing streams. The
-tokens come from a left-padded batched greedy decode; the stored records from a
-teacher-forced pass over each finished sequence (as a single generation's are, so its
-numbers are those of scoring the text). Padding changes float32 rounding a little, so on a
-near-tie a batched greedy choice can differ from the one-at-a-time choice; the records
-always describe the tokens chosen.
+For work over many items (batches, calibration runs, lists of prompts) where nothing
+streams. The rows are left-padded and decoded together with one KV-cached forward per step;
+each row picks its token from its own logits with the single-generation rule
+(`choose_token`, its own seeded generator), stops on its own (end of turn, stop string,
+limit, full context) and leaves the batch when it stops. The stored records come from a
+teacher-forced pass over each finished sequence, as a single generation's do. Padding
+changes float32 rounding (~1e-6 on a logit), so only on such a near-tie can a row's choice
+differ from the one-at-a-time choice; the records always describe the tokens chosen.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 
 from perplex.core.errors import GenerationError
 from perplex.core.records import DecodeParams, Generation, Message, Source, TokenRole
-from perplex.core.tokens import EncodedSequence, encode_messages
-from perplex.engine.local.generation import stop_string_hit
+from perplex.core.tokens import Detokenizer, EncodedSequence, encode_messages
+from perplex.engine.local.generation import choose_token, stop_string_hit
 from perplex.engine.local.models import LoadedModel
 from perplex.engine.local.scoring import sequence_steps
 
@@ -25,22 +29,23 @@ MAX_BATCH = 16  # rows decoded together: bounds the KV cache held at once
 
 
 def generate_many(lm: LoadedModel, requests: Sequence[tuple[tuple[Message, ...], str]],
-                  params: DecodeParams,
+                  params: DecodeParams | Sequence[DecodeParams],
                   follow_up: Callable[[int, str], str | None] | None = None,
                   follow_params: DecodeParams | None = None) -> list[Generation]:
-    """Answer each (messages, prefill) greedily; the answer starts with its prefill.
+    """Answer each (messages, prefill); the answer starts with its prefill.
 
-    `follow_up(i, reply)` may return a new prefill for request i given its first reply
-    (the answer's text, special tokens left out): that request is then answered again,
-    from its messages, with that prefill and `follow_params`. Records are computed once,
-    for the answers kept.
+    `params` may be one `DecodeParams` for all or one per request; sampled rows without a
+    seed get one (recorded, so reproducible). `follow_up(i, reply)` may return a new prefill
+    for request i given its first reply (the answer's text, special tokens left out): that
+    request is then answered again, from its messages, with that prefill and
+    `follow_params`. Records are computed once, for the answers kept.
     """
-    if not params.greedy or (follow_params is not None and not follow_params.greedy):
-        raise GenerationError("Batched generation is greedy only: set the temperature to 0 "
-                              "or generate one at a time.")
     requests = list(requests)
-    rows = _decode_all(lm, requests, params)
-    final_params = [params] * len(requests)
+    rows_params = seeded(params if isinstance(params, Sequence) else [params] * len(requests))
+    if len(rows_params) != len(requests):
+        raise GenerationError("Give one set of decoding settings per request, or one for all.")
+    rows = _decode_all(lm, requests, rows_params)
+    final_params = list(rows_params)
     if follow_up is not None:
         again = {}
         for i, (seq, _) in enumerate(rows):
@@ -49,13 +54,15 @@ def generate_many(lm: LoadedModel, requests: Sequence[tuple[tuple[Message, ...],
             prefill = follow_up(i, lm.tokenizer.decode(answer, skip_special_tokens=True))
             if prefill is not None:
                 again[i] = (requests[i][0], prefill)
-        redone = _decode_all(lm, list(again.values()), follow_params or params)
-        for i, row in zip(again, redone):
+        again_params = seeded([follow_params or rows_params[i] for i in again])
+        redone = _decode_all(lm, list(again.values()), again_params)
+        for i, row, used in zip(again, redone, again_params):
             rows[i] = row
-            final_params[i] = follow_params or params
+            final_params[i] = used
     forced = [[False] * (len(seq) - n_forced - n_new) + [True] * n_forced + [False] * n_new
               for seq, (n_forced, n_new, _) in rows]
-    steps = sequence_steps(lm, [seq for seq, _ in rows], params.top_alternatives, forced)
+    top = max(p.top_alternatives for p in final_params) if final_params else 0
+    steps = sequence_steps(lm, [seq for seq, _ in rows], top, forced)
     out = []
     for (messages, _), (seq, (_, _, reason)), records, used in zip(requests, rows, steps,
                                                                      final_params):
@@ -69,23 +76,32 @@ def generate_many(lm: LoadedModel, requests: Sequence[tuple[tuple[Message, ...],
     return out
 
 
-def _decode_all(lm: LoadedModel, requests, params: DecodeParams):
+def seeded(params: Sequence[DecodeParams]) -> list[DecodeParams]:
+    """The settings with a seed for every sampled row that has none."""
+    return [p if p.greedy or p.seed is not None else replace(p, seed=random.randrange(2**31))
+            for p in params]
+
+
+def _decode_all(lm: LoadedModel, requests, params: Sequence[DecodeParams]):
     """Each request's finished sequence, with (forced count, new count, stop reason)."""
     contexts = [_context(lm, messages, prefill) for messages, prefill in requests]
-    longest = max((len(c) for c, _ in contexts), default=0)
-    if longest + params.max_new_tokens > lm.context_length:
-        raise GenerationError(f"A prompt has {longest} tokens; with {params.max_new_tokens} "
-                              f"new ones that is more than {lm.label} reads "
-                              f"({lm.context_length}).")
-    new_ids: list[list[int]] = []
-    for start in range(0, len(contexts), MAX_BATCH):
-        new_ids += _decode(lm, [c for c, _ in contexts[start:start + MAX_BATCH]], params)
+    for (context, _), p in zip(contexts, params):
+        if p.temperature < 0 or not 0 < p.top_p <= 1 or p.top_k < 0:
+            raise GenerationError("Sampling settings out of range: temperature ≥ 0, "
+                                  "0 < top-p ≤ 1, top-k ≥ 0.")
+        if len(context) >= lm.context_length:
+            raise GenerationError(f"A prompt has {len(context)} tokens but {lm.label} reads at "
+                                  f"most {lm.context_length}. Shorten it.")
     rows = []
-    for (messages, _), (context, n_forced), new in zip(requests, contexts, new_ids):
-        kept, reason = _cut(lm, new, params)
-        rows.append((context.extended(kept, TokenRole.RESPONSE, len(messages)),
-                     (n_forced, len(kept), reason)))
-    return rows
+    for start in range(0, len(contexts), MAX_BATCH):
+        chunk = slice(start, start + MAX_BATCH)
+        rows += decode_rows(lm, [c for c, _ in contexts[chunk]], list(params[chunk]),
+                            [n for _, n in contexts[chunk]])
+    out = []
+    for (messages, _), (context, n_forced), row in zip(requests, contexts, rows):
+        out.append((context.extended(row.new, TokenRole.RESPONSE, len(messages)),
+                    (n_forced, len(row.new), row.stop_reason)))
+    return out
 
 
 def _context(lm: LoadedModel, messages, prefill: str) -> tuple[EncodedSequence, int]:
@@ -97,31 +113,87 @@ def _context(lm: LoadedModel, messages, prefill: str) -> tuple[EncodedSequence, 
     return context.extended(forced, TokenRole.RESPONSE, len(messages)), len(forced)
 
 
-def _decode(lm: LoadedModel, contexts: list[EncodedSequence], params: DecodeParams):
-    """Left-padded greedy decode of a batch; each row's new ids (padding included)."""
+@dataclass
+class _Row:
+    """One row of a batched decode: its new tokens, its text so far and why it stopped."""
+
+    params: DecodeParams
+    generator: torch.Generator | None
+    detok: Detokenizer
+    response_text: str
+    room: int  # tokens the context window still holds
+    new: list[int]
+    stop_reason: str = ""
+
+    def take(self, token_id: int, eos_ids) -> None:
+        """Add the chosen token; set `stop_reason` if the row ends with it."""
+        self.new.append(token_id)
+        text = self.detok.push(token_id)
+        self.response_text += text
+        limit = min(self.params.max_new_tokens, self.room)
+        if token_id in eos_ids:
+            self.stop_reason = "eos"
+        elif (hit := stop_string_hit(self.response_text, len(text), self.params.stop_strings)):
+            self.stop_reason = f"stop string {hit!r}"
+        elif len(self.new) == self.room:
+            self.stop_reason = "context window full"
+        elif len(self.new) >= limit:
+            self.stop_reason = "max_new_tokens"
+
+
+def decode_rows(lm: LoadedModel, contexts: Sequence[EncodedSequence],
+                params: Sequence[DecodeParams], n_forced: Sequence[int]) -> list[_Row]:
+    """Decode left-padded rows together, each by its own settings, until every row stops.
+
+    `n_forced[i]` of context i's last tokens are a forced start of the answer (their text
+    counts towards stop strings, as in a single generation).
+    """
+    rows = [_start_row(lm, c, p, k) for c, p, k in zip(contexts, params, n_forced)]
+    live = [i for i, r in enumerate(rows) if r.params.max_new_tokens > 0 and r.room > 0]
+    for i, r in enumerate(rows):
+        if i not in live:
+            r.stop_reason = "max_new_tokens" if r.room > 0 else "context window full"
+    if not live:
+        return rows
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    length = max(len(c) for c in contexts)
-    ids = torch.full((len(contexts), length), pad, dtype=torch.long)
-    mask = torch.zeros((len(contexts), length), dtype=torch.long)
-    for row, context in enumerate(contexts):
-        ids[row, length - len(context):] = torch.tensor(context.ids)
-        mask[row, length - len(context):] = 1
+    length = max(len(contexts[i]) for i in live)
+    ids = torch.full((len(live), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(live), length), dtype=torch.long)
+    for row, i in enumerate(live):
+        ids[row, length - len(contexts[i]):] = torch.tensor(contexts[i].ids)
+        mask[row, length - len(contexts[i]):] = 1
+    logits, cache = _forward(lm, ids, mask, None)
+    while live:
+        for row, i in enumerate(live):
+            rows[i].take(choose_token(logits[row], rows[i].params, rows[i].generator),
+                         lm.eos_ids)
+        keep = [row for row, i in enumerate(live) if not rows[i].stop_reason]
+        if not keep:
+            break
+        if len(keep) < len(live):
+            cache.batch_select_indices(torch.tensor(keep))
+            mask = mask[keep]
+        live = [live[row] for row in keep]
+        step = torch.tensor([[rows[i].new[-1]] for i in live])
+        mask = torch.cat([mask, torch.ones((len(live), 1), dtype=torch.long)], dim=1)
+        logits, cache = _forward(lm, step, mask, cache)
+    return rows
+
+
+def _start_row(lm: LoadedModel, context: EncodedSequence, params: DecodeParams,
+               n_forced: int) -> _Row:
+    detok = Detokenizer(lm.tokenizer)
+    texts = [detok.push(t) for t in context.ids]
+    generator = None if params.greedy else torch.Generator().manual_seed(params.seed)
+    return _Row(params, generator, detok, "".join(texts[len(texts) - n_forced:]),
+                lm.context_length - len(context), [])
+
+
+def _forward(lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, cache):
+    """[rows, V] float32 logits of each row's last position, and the cache."""
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, -ids.shape[1]:]
+    device = lm.model.device
     with torch.inference_mode():
-        out = lm.model.generate(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
-                                do_sample=False, max_new_tokens=params.max_new_tokens,
-                                pad_token_id=pad, eos_token_id=sorted(lm.eos_ids),
-                                temperature=None, top_p=None, top_k=None)
-    return [row[length:].tolist() for row in out.cpu()]
-
-
-def _cut(lm: LoadedModel, new: list[int], params: DecodeParams) -> tuple[list[int], str]:
-    """A row's tokens up to its end: an end-of-turn token, a stop string, or the limit."""
-    text = ""
-    for n, token in enumerate(new):
-        if token in lm.eos_ids:
-            return new[:n + 1], "eos"
-        piece = lm.tokenizer.decode([token])
-        text += piece
-        if (hit := stop_string_hit(text, len(piece), params.stop_strings)):
-            return new[:n + 1], f"stop string {hit!r}"
-    return new, "max_new_tokens"
+        out = lm.model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                       position_ids=positions.to(device), past_key_values=cache, use_cache=True)
+    return out.logits[:, -1].float().cpu(), out.past_key_values

@@ -105,9 +105,9 @@ class LocalEngine:
         return _Locked(run, self.lock)
 
     def generate_many(self, requests: Sequence[tuple[tuple[Message, ...], str]],
-                      params: DecodeParams, follow_up=None,
+                      params: DecodeParams | Sequence[DecodeParams], follow_up=None,
                       follow_params: DecodeParams | None = None) -> list[Generation]:
-        """Greedy answers to many (messages, prefill) at once (`batch.generate_many`)."""
+        """Answers to many (messages, prefill) decoded together (`batch.generate_many`)."""
         with self.lock:
             return generate_many(self.lm, requests, params, follow_up, follow_params)
 

@@ -1,0 +1,1 @@
+"""Batch processing: many prompts or transcripts at once, flags, filters, a reader."""

@@ -1,0 +1,146 @@
+"""The batch's automatic flags: named rules over an item's answer tokens, with parameters.
+
+Each rule reads the answer's records (role "response", scored tokens only) and says where
+it fires, as indices into the generation's steps, so the reader can mark those tokens:
+
+- **low confidence**: a token with p < `low_p` (default 0.1).
+- **entropy spike**: a token whose entropy exceeds mean + `spike_k` · sd of the answer's
+  own token entropies (default k = 2; population sd; none when the answer has fewer than
+  3 scored tokens or all entropies are equal).
+- **hallucination span**: the Hallucination mode's rule (`flagged_spans`): a token with
+  p < `span_confidence` whose next `span_k` tokens have mean entropy > `span_entropy`.
+- **answer mismatch**: a reference was given and its TriviaQA-normalised text is not a
+  whole-word part of the normalised answer (any of its aliases).
+- **perplexity outlier** (across the batch, computed when filtering): an answer whose
+  log-perplexity is more than `perplexity_z` standard deviations above the batch's mean.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from perplex.core.errors import InputFormatError
+from perplex.core.records import TokenRole, TokenStep
+from perplex.modes.calibration.answers import triviaqa_normalise
+from perplex.modes.hallucination import AlertThresholds, flagged_spans
+
+
+@dataclass(frozen=True)
+class FlagSettings:
+    """The rules' parameters (see the module docstring)."""
+
+    low_p: float = 0.1
+    spike_k: float = 2.0
+    span_confidence: float = 0.4
+    span_entropy: float = 2.5
+    span_k: int = 3
+    perplexity_z: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("low_p", "span_confidence"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                raise InputFormatError(f"{name} is a probability between 0 and 1, not {value!r}.")
+        for name in ("spike_k", "span_entropy", "perplexity_z"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise InputFormatError(f"{name} is a finite number ≥ 0, not {value!r}.")
+        if not isinstance(self.span_k, int) or self.span_k < 1:
+            raise InputFormatError(f"span_k is a whole number ≥ 1, not {self.span_k!r}.")
+
+    def to_json(self) -> dict:
+        """The parameters by name (stored with the batch)."""
+        return dict(self.__dict__)
+
+
+FLAG_TITLES = {  # the store's flag names (`batch_store.FLAGS`), as the page shows them
+    "low_confidence": "low-confidence tokens",
+    "entropy_spike": "entropy spikes",
+    "hallucination_span": "hallucination spans",
+    "answer_mismatch": "answer ≠ reference",
+    "perplexity_outlier": "perplexity outlier",
+}
+
+
+@dataclass(frozen=True)
+class ItemFlags:
+    """Where each per-item rule fired: step indices (spans: (start, end) step indices)."""
+
+    low_confidence: tuple[int, ...]
+    entropy_spikes: tuple[int, ...]
+    hallucination_spans: tuple[tuple[int, int], ...]
+    answer_mismatch: bool | None  # None: no reference
+
+    def marks(self) -> dict[int, str]:
+        """Step index → what fired there, for the token view."""
+        out: dict[int, list[str]] = {}
+        for i in self.low_confidence:
+            out.setdefault(i, []).append("low confidence")
+        for i in self.entropy_spikes:
+            out.setdefault(i, []).append("entropy spike")
+        for start, end in self.hallucination_spans:
+            for i in range(start, end):
+                out.setdefault(i, []).append("hallucination span")
+        return {i: ", ".join(found) for i, found in out.items()}
+
+    def to_json(self) -> dict:
+        """Where the rules fired, as stored in the item's `flagged` column."""
+        return {"low_confidence": list(self.low_confidence),
+                "entropy_spikes": list(self.entropy_spikes),
+                "hallucination_spans": [list(s) for s in self.hallucination_spans]}
+
+    @classmethod
+    def from_json(cls, data: dict, answer_mismatch: bool | None) -> ItemFlags:
+        """The flags as `to_json` stored them."""
+        return cls(tuple(data.get("low_confidence", ())), tuple(data.get("entropy_spikes", ())),
+                   tuple(tuple(s) for s in data.get("hallucination_spans", ())), answer_mismatch)
+
+
+def answer_indices(steps: Sequence[TokenStep]) -> list[int]:
+    """Indices of the answer's tokens: the last message's response tokens."""
+    response = [i for i, s in enumerate(steps) if s.role is TokenRole.RESPONSE]
+    if not response:
+        return []
+    last = steps[response[-1]].message_index
+    return [i for i in response if steps[i].message_index == last]
+
+
+def item_flags(steps: Sequence[TokenStep], settings: FlagSettings, answer: str,
+               reference: Sequence[str] | None) -> ItemFlags:
+    """Run every per-item rule over a generation's steps."""
+    answer_at = answer_indices(steps)
+    scored = [i for i in answer_at if steps[i].prob is not None]
+    low = tuple(i for i in scored if steps[i].prob < settings.low_p)
+    spans = flagged_spans([steps[i] for i in answer_at],
+                          AlertThresholds(settings.span_confidence, settings.span_entropy),
+                          settings.span_k)
+    return ItemFlags(low, entropy_spikes(steps, scored, settings.spike_k),
+                     tuple((answer_at[s.start], answer_at[s.end - 1] + 1) for s in spans),
+                     None if not reference else mismatch(answer, reference))
+
+
+def entropy_spikes(steps: Sequence[TokenStep], scored: Sequence[int], k: float
+                   ) -> tuple[int, ...]:
+    """Tokens whose entropy is over the answer's mean + k · sd (population)."""
+    at = [i for i in scored if steps[i].entropy is not None]
+    if len(at) < 3:
+        return ()
+    values = [steps[i].entropy for i in at]
+    mean = sum(values) / len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+    if sd == 0:
+        return ()
+    return tuple(i for i, v in zip(at, values) if v > mean + k * sd)
+
+
+def mismatch(answer: str, references: Sequence[str]) -> bool:
+    """True when no normalised reference is a whole-word part of the normalised answer."""
+    text = f" {triviaqa_normalise(answer)} "
+    for reference in references:
+        wanted = triviaqa_normalise(reference)
+        if wanted and re.search(rf"(?<= ){re.escape(wanted)}(?= )", text):
+            return False
+    return True

@@ -1,0 +1,199 @@
+"""Running a batch: pending items in chunks, each finished item stored with its flags.
+
+On a local engine a chunk of prompts is decoded together (`generate_many`: left-padded,
+one KV-cached forward per step, each row stopping on its own) and transcripts are scored
+in padded batches. On an OpenAI-compatible engine the items of a chunk go out as
+concurrent requests (bounded), each retried with exponential back-off when the server
+answers 429 or 5xx. A chunk that fails is rerun item by item, so one bad item is recorded
+with its error and the rest go on. Sampled items get the seed `base seed + item index`,
+so an item gives the same answer whether it ran first or after a resume.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+from perplex.core.errors import GenerationError, PerplexError
+from perplex.core.records import DecodeParams, Generation
+from perplex.core.stats import summarise
+from perplex.modes.batch.flags import FlagSettings, answer_indices, item_flags
+from perplex.workspace.batch_store import (
+    ItemResult,
+    PendingItem,
+    fail_item,
+    finish_item,
+    item_generation,
+    load_batch,
+    pending_items,
+    reset_failed,
+)
+from perplex.workspace.store import Store
+
+CHUNK = 16
+CONCURRENCY = 8
+RETRY_STATUS = (429, 500, 502, 503, 504)
+RETRIES = 5
+BACKOFF_S = 0.5
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """Where a run stands: items done or failed of the total, and its pace."""
+
+    done: int
+    failed: int
+    total: int
+    tokens: int  # answer tokens produced or scored in this run
+    seconds: float  # of this run
+    items_this_run: int
+    stopped: bool = False
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Answer tokens per second in this run."""
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def seconds_left(self) -> float | None:
+        """At this run's pace, for the items still pending."""
+        if not self.items_this_run:
+            return None
+        return self.seconds / self.items_this_run * (self.total - self.done - self.failed)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How a batch's items are run."""
+
+    params: DecodeParams
+    flags: FlagSettings = FlagSettings()
+    rescore: bool = False  # transcripts that carry probabilities: score them again anyway
+    retry_failed: bool = False  # run the failed items again too
+
+    def to_json(self) -> dict:
+        """As stored with the batch."""
+        return {"params": dict(self.params.__dict__, stop_strings=list(self.params.stop_strings)),
+                "flags": self.flags.to_json(), "rescore": self.rescore}
+
+
+def item_result(generation: Generation, references: Sequence[str],
+                flags: FlagSettings) -> ItemResult:
+    """An item's statistics and flags from its generation's records."""
+    steps = generation.steps
+    answer_at = answer_indices(steps)
+    answer = "".join(steps[i].text for i in answer_at)
+    stats = summarise([steps[i] for i in answer_at])
+    found = item_flags(steps, flags, answer, references)
+    return ItemResult(generation, answer, stats.n_tokens, stats.mean_prob, stats.min_prob,
+                      stats.mean_entropy, stats.max_entropy, stats.perplexity,
+                      len(found.low_confidence), len(found.entropy_spikes),
+                      len(found.hallucination_spans), found.answer_mismatch, found.to_json())
+
+
+def run_batch(engine, store: Store, batch_id: str, settings: RunSettings,
+              should_stop: Callable[[], bool] = lambda: False,
+              on_progress: Callable[[BatchProgress], None] | None = None,
+              sleep: Callable[[float], None] = time.sleep) -> BatchProgress:
+    """Run the batch's pending items until none is left or `should_stop()` is true."""
+    if settings.retry_failed:
+        reset_failed(store, batch_id)
+    summary = load_batch(store, batch_id)
+    done, failed = summary.done, summary.failed
+    started, tokens, count = time.perf_counter(), 0, 0
+
+    def progress(stopped: bool = False) -> BatchProgress:
+        return BatchProgress(done, failed, summary.total, tokens,
+                             time.perf_counter() - started, count, stopped)
+
+    while not should_stop():
+        items = pending_items(store, batch_id, CHUNK)
+        if not items:
+            return progress()
+        for item, outcome in zip(items, _run_chunk(engine, store, summary.kind, items,
+                                                   settings, sleep)):
+            if isinstance(outcome, Generation):
+                result = item_result(outcome, item.references, settings.flags)
+                try:
+                    finish_item(store, batch_id, item.idx, result)
+                except PerplexError as exc:
+                    fail_item(store, batch_id, item.idx, str(exc))
+                    failed += 1
+                    continue
+                done += 1
+                tokens += result.n_tokens
+            else:
+                fail_item(store, batch_id, item.idx, outcome)
+                failed += 1
+            count += 1
+        if on_progress:
+            on_progress(progress())
+    return progress(stopped=True)
+
+
+def _run_chunk(engine, store: Store, kind: str, items: list[PendingItem],
+               settings: RunSettings, sleep) -> list[Generation | str]:
+    """Each item's generation, or the error that stopped it."""
+    if kind == "transcripts":
+        return _score(engine, store, items, settings)
+    params = [_item_params(settings.params, item.idx) for item in items]
+    requests = [(item.messages, "") for item in items]
+    if hasattr(engine, "generate_many"):
+        try:
+            return list(engine.generate_many(requests, params))
+        except PerplexError:
+            return [_one(lambda r=r, p=p: engine.generate_many([r], [p])[0])
+                    for r, p in zip(requests, params)]
+    with ThreadPoolExecutor(max_workers=min(CONCURRENCY, len(items))) as pool:
+        return list(pool.map(lambda rp: _one(lambda: _with_retries(
+            lambda: engine.generate(rp[0][0], rp[1]).run(), sleep)), zip(requests, params)))
+
+
+def _item_params(params: DecodeParams, idx: int) -> DecodeParams:
+    if params.greedy:
+        return params
+    return replace(params, seed=(params.seed or 0) + idx)
+
+
+def _score(engine, store: Store, items: list[PendingItem], settings: RunSettings
+           ) -> list[Generation | str]:
+    out: list[Generation | str | None] = [None] * len(items)
+    to_score = []
+    for n, item in enumerate(items):
+        if item.generation_id is not None and not settings.rescore:
+            out[n] = _one(lambda item=item: item_generation(store, item.generation_id))
+        else:
+            to_score.append(n)
+    if to_score:
+        top = settings.params.top_alternatives
+        try:
+            scored = engine.score([items[n].messages for n in to_score], top)
+        except PerplexError:
+            scored = [_one(lambda n=n: engine.score([items[n].messages], top)[0])
+                      for n in to_score]
+        for n, generation in zip(to_score, scored):
+            out[n] = generation
+    return out
+
+
+def _one(call) -> Generation | str:
+    try:
+        return call()
+    except PerplexError as exc:
+        return str(exc)
+
+
+def _with_retries(call, sleep):
+    """`call()`, again after 0.5, 1, 2, 4 s while the server answers 429 or 5xx."""
+    for attempt in range(RETRIES):
+        try:
+            return call()
+        except GenerationError as exc:
+            status = getattr(exc.__cause__, "status_code", None)
+            if status not in RETRY_STATUS or attempt == RETRIES - 1:
+                raise
+            sleep(BACKOFF_S * 2 ** attempt)
+    raise AssertionError("unreachable")
+

@@ -1,0 +1,389 @@
+"""Batches in DuckDB: the items, what each produced, their statistics, flags and filters.
+
+A batch is a list of items (prompts to answer, or transcripts to score) read from an upload
+in chunks, so a long file never sits in memory at once. An item is "pending" until it is
+finished — its generation, statistics and flag counts written in one transaction — or
+"failed" with its error. A run takes pending items only, so after a stop or a crash
+(kill -9 included) nothing finished is recomputed and nothing finished is lost.
+
+Filters are built here from a fixed set of columns and operators, with every value passed
+as a query parameter: a value is never part of the SQL text.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+
+import pyarrow as pa
+
+from perplex.core.errors import InputFormatError, StoreError
+from perplex.core.records import Generation, Message, new_id
+from perplex.workspace.store import Store, from_epoch_us, read_generation, write_generation
+
+KINDS = ("prompts", "transcripts")
+MAX_LISTED_MALFORMED = 200
+INSERT_CHUNK = 2_000
+_INSERT_SCHEMA = pa.schema([("batch_id", pa.string()), ("idx", pa.int32()), ("line", pa.int32()),
+                           ("messages", pa.string()), ("prompt", pa.string()),
+                           ("reference", pa.string()), ("status", pa.string()),
+                           ("generation_id", pa.string())])
+_INSERTED = tuple(_INSERT_SCHEMA.names)
+STATISTICS = ("n_tokens", "mean_prob", "min_prob", "mean_entropy", "max_entropy", "perplexity",
+              "perplexity_z", "low_confidence", "entropy_spikes", "hallucination_spans")
+TEXT_COLUMNS = ("answer", "prompt", "status", "error")
+COLUMNS = ("idx", "line") + STATISTICS + ("answer_mismatch",) + TEXT_COLUMNS
+NUMBER_OPS = ("<", "<=", ">", ">=", "=", "!=")
+TEXT_OPS = ("contains", "does not contain", "=", "!=")
+# A flag, as a condition on an item row; "?" takes the flag's parameter from the batch.
+FLAGS = {
+    "low_confidence": ("low_confidence > 0", None),
+    "entropy_spike": ("entropy_spikes > 0", None),
+    "hallucination_span": ("hallucination_spans > 0", None),
+    "answer_mismatch": ("answer_mismatch", None),
+    "perplexity_outlier": ("perplexity_z > ?", "perplexity_z"),
+}
+# Items with their prompt text and the batch-relative z of log-perplexity.
+_ITEMS = """
+    SELECT *, (ln(perplexity) - avg(ln(perplexity)) OVER w)
+               / nullif(stddev_pop(ln(perplexity)) OVER w, 0) AS perplexity_z
+    FROM batch_items WHERE batch_id = ?
+    WINDOW w AS (PARTITION BY status)
+"""
+
+
+@dataclass(frozen=True)
+class BatchInput:
+    """One item as read from the upload: the conversation, a reference, its line."""
+
+    line: int
+    messages: tuple[Message, ...]
+    references: tuple[str, ...] = ()
+    given: Generation | None = None  # a transcript that carries its own probabilities
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A line that could not be read, and why."""
+
+    line: int
+    why: str
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    """A batch as the picker lists it."""
+
+    id: str
+    name: str
+    kind: str
+    created_at: datetime
+    model_label: str
+    total: int
+    done: int
+    failed: int
+    n_malformed: int
+    settings: dict
+    malformed: tuple[Malformed, ...]
+
+    @property
+    def pending(self) -> int:
+        """Items not run yet."""
+        return self.total - self.done - self.failed
+
+
+@dataclass(frozen=True)
+class PendingItem:
+    """An item still to run."""
+
+    idx: int
+    messages: tuple[Message, ...]
+    references: tuple[str, ...]
+    generation_id: str | None  # set when the upload carried the records
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """What a finished item produced, as stored."""
+
+    generation: Generation
+    answer: str
+    n_tokens: int
+    mean_prob: float | None
+    min_prob: float | None
+    mean_entropy: float | None
+    max_entropy: float | None
+    perplexity: float | None
+    low_confidence: int
+    entropy_spikes: int
+    hallucination_spans: int
+    answer_mismatch: bool | None
+    flagged: dict  # where the per-item rules fired (step indices)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One filter: `column op value`, or `flag` alone (the item has that flag)."""
+
+    column: str
+    op: str = ""
+    value: float | str | None = None
+
+
+def create_batch(store: Store, name: str, kind: str, model_label: str, settings: dict,
+                 session_id: str | None) -> str:
+    """A new, empty batch; its items come with `add_items`."""
+    if kind not in KINDS:
+        raise StoreError(f"Unknown kind of batch: {kind!r}.")
+    batch_id = new_id()
+    with store.cursor(write=True) as cur:
+        cur.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [batch_id, session_id, datetime.now(timezone.utc), name.strip()[:200]
+                     or "Batch", kind, model_label, json.dumps(settings), "[]", 0])
+    return batch_id
+
+
+def add_items(store: Store, batch_id: str, read: Iterable[BatchInput | Malformed],
+              on_chunk=None) -> tuple[int, int]:
+    """Store the read items in chunks; returns (items, malformed lines).
+
+    `on_chunk(items, malformed)` is called after each stored chunk (progress).
+    """
+    malformed_count = 0
+    listed: list[dict] = []
+    chunk: list[BatchInput] = []
+    with store.cursor() as cur:
+        [(items,)] = cur.execute("SELECT count(*) FROM batch_items WHERE batch_id = ?",
+                                 [batch_id]).fetchall()
+    for entry in read:
+        if isinstance(entry, Malformed):
+            malformed_count += 1
+            if len(listed) < MAX_LISTED_MALFORMED:
+                listed.append({"line": entry.line, "why": entry.why})
+            continue
+        chunk.append(entry)
+        if len(chunk) >= INSERT_CHUNK:
+            items = _insert(store, batch_id, chunk, items)
+            chunk = []
+            if on_chunk:
+                on_chunk(items, malformed_count)
+    items = _insert(store, batch_id, chunk, items)
+    with store.cursor(write=True) as cur:
+        cur.execute("UPDATE batches SET malformed = ?, n_malformed = ? WHERE id = ?",
+                    [json.dumps(listed), malformed_count, batch_id])
+    if on_chunk:
+        on_chunk(items, malformed_count)
+    return items, malformed_count
+
+
+def _insert(store: Store, batch_id: str, chunk: list[BatchInput], start: int) -> int:
+    if not chunk:
+        return start
+    with store.cursor(write=True) as cur:
+        session_id = _session(cur, batch_id)
+        columns: dict[str, list] = {name: [] for name in _INSERTED}
+        for n, item in enumerate(chunk, start):
+            generation_id = None
+            if item.given is not None:
+                generation_id = new_id()
+                write_generation(cur, _with_id(item.given, generation_id, session_id))
+            users = [m.content for m in item.messages if m.role in ("user", "text")]
+            for name, value in zip(_INSERTED, (
+                    batch_id, n, item.line, _messages_json(item.messages),
+                    users[-1] if users else "",
+                    json.dumps(list(item.references)) if item.references else None,
+                    "pending", generation_id)):
+                columns[name].append(value)
+        cur.register("incoming_items", pa.table(columns, schema=_INSERT_SCHEMA))
+        try:
+            cur.execute(f"INSERT INTO batch_items ({', '.join(_INSERTED)}) "
+                        f"SELECT {', '.join(_INSERTED)} FROM incoming_items")
+        finally:
+            cur.unregister("incoming_items")
+    return start + len(chunk)
+
+
+def _with_id(generation: Generation, generation_id: str, session_id: str | None) -> Generation:
+    return replace(generation, id=generation_id, session_id=session_id)
+
+
+def _session(cur, batch_id: str) -> str | None:
+    rows = cur.execute("SELECT session_id FROM batches WHERE id = ?", [batch_id]).fetchall()
+    if not rows:
+        raise StoreError(f"There is no batch {batch_id!r}.")
+    return rows[0][0]
+
+
+def _messages_json(messages: Sequence[Message]) -> str:
+    return json.dumps([{"role": m.role, "content": m.content} for m in messages],
+                      ensure_ascii=False)
+
+
+def _messages(text: str) -> tuple[Message, ...]:
+    return tuple(Message(m["role"], m["content"]) for m in json.loads(text))
+
+
+def pending_items(store: Store, batch_id: str, limit: int) -> list[PendingItem]:
+    """The next items to run, in order."""
+    with store.cursor() as cur:
+        rows = cur.execute(
+            "SELECT idx, messages, reference, generation_id FROM batch_items "
+            "WHERE batch_id = ? AND status = 'pending' ORDER BY idx LIMIT ?",
+            [batch_id, limit]).fetchall()
+    return [PendingItem(idx, _messages(messages), tuple(json.loads(ref)) if ref else (), gid)
+            for idx, messages, ref, gid in rows]
+
+
+def finish_item(store: Store, batch_id: str, idx: int, result: ItemResult) -> None:
+    """Store an item's generation, statistics and flags in one transaction."""
+    numbers = (result.mean_prob, result.min_prob, result.mean_entropy, result.max_entropy,
+               result.perplexity)
+    if any(v is not None and not math.isfinite(v) for v in numbers):
+        raise StoreError(f"Item {idx} has a statistic that is not a finite number; "
+                         "nothing was saved for it.")
+    with store.cursor(write=True) as cur:
+        generation = _with_id(result.generation, result.generation.id, _session(cur, batch_id))
+        write_generation(cur, generation)
+        cur.execute(
+            "UPDATE batch_items SET status = 'done', error = NULL, generation_id = ?, "
+            "finished_at = ?, answer = ?, n_tokens = ?, mean_prob = ?, min_prob = ?, "
+            "mean_entropy = ?, max_entropy = ?, perplexity = ?, low_confidence = ?, "
+            "entropy_spikes = ?, hallucination_spans = ?, "
+            "answer_mismatch = ?, flagged = ? WHERE batch_id = ? AND idx = ?",
+            [generation.id, datetime.now(timezone.utc), result.answer, result.n_tokens,
+             result.mean_prob, result.min_prob, result.mean_entropy, result.max_entropy,
+             result.perplexity, result.low_confidence, result.entropy_spikes,
+             result.hallucination_spans, result.answer_mismatch,
+             json.dumps(result.flagged), batch_id, idx])
+
+
+def reset_failed(store: Store, batch_id: str) -> int:
+    """Make the failed items pending again (to run them once more); returns how many."""
+    with store.cursor(write=True) as cur:
+        cur.execute("UPDATE batch_items SET status = 'pending', error = NULL, finished_at = NULL "
+                    "WHERE batch_id = ? AND status = 'failed' RETURNING idx", [batch_id])
+        return len(cur.fetchall())
+
+
+def fail_item(store: Store, batch_id: str, idx: int, error: str) -> None:
+    """Record why an item failed; the batch goes on."""
+    with store.cursor(write=True) as cur:
+        cur.execute("UPDATE batch_items SET status = 'failed', error = ?, finished_at = ? "
+                    "WHERE batch_id = ? AND idx = ?",
+                    [error[:1000], datetime.now(timezone.utc), batch_id, idx])
+
+
+def list_batches(store: Store, session_id: str | None = None) -> list[BatchSummary]:
+    """Batches, newest first (of one session when given)."""
+    where, params = ("WHERE b.session_id = ?", [session_id]) if session_id else ("", [])
+    with store.cursor() as cur:
+        rows = cur.execute(
+            "SELECT b.id, b.name, b.kind, epoch_us(b.created_at), b.model_label, "
+            "count(i.idx), count(i.idx) FILTER (WHERE i.status = 'done'), "
+            "count(i.idx) FILTER (WHERE i.status = 'failed'), b.n_malformed, b.settings, "
+            f"b.malformed FROM batches b LEFT JOIN batch_items i ON i.batch_id = b.id {where} "
+            "GROUP BY ALL ORDER BY 4 DESC", params).fetchall()
+    return [BatchSummary(r[0], r[1], r[2], from_epoch_us(r[3]), r[4], r[5], r[6], r[7], r[8],
+                         json.loads(r[9]), tuple(Malformed(m["line"], m["why"])
+                                                 for m in json.loads(r[10])))
+            for r in rows]
+
+
+def load_batch(store: Store, batch_id: str) -> BatchSummary:
+    """One batch's summary."""
+    with store.cursor() as cur:
+        session = _session(cur, batch_id)
+    for summary in list_batches(store, session):
+        if summary.id == batch_id:
+            return summary
+    raise StoreError(f"There is no batch {batch_id!r}.")
+
+
+def _condition_sql(condition: Condition, settings: dict) -> tuple[str, list]:
+    """SQL for one condition, from the fixed vocabulary; the value is a parameter."""
+    if condition.column in FLAGS and not condition.op:
+        sql, parameter = FLAGS[condition.column]
+        return f"({sql})", [settings[parameter]] if parameter else []
+    if condition.column not in COLUMNS:
+        raise InputFormatError(f"Cannot filter on {condition.column!r}: choose one of "
+                               f"{', '.join(COLUMNS)}.")
+    column = condition.column
+    if column in TEXT_COLUMNS:
+        if condition.op not in TEXT_OPS:
+            raise InputFormatError(f"{condition.op!r} does not compare text: use one of "
+                                   f"{', '.join(TEXT_OPS)}.")
+        value = str(condition.value if condition.value is not None else "")
+        if condition.op in ("contains", "does not contain"):
+            found = f"coalesce(position(lower(?) IN lower({column})), 0) > 0"
+            return (f"({found})" if condition.op == "contains" else f"(NOT {found})"), [value]
+        return f"({column} {'=' if condition.op == '=' else '<>'} ?)", [value]
+    if condition.op not in NUMBER_OPS:
+        raise InputFormatError(f"{condition.op!r} does not compare numbers: use one of "
+                               f"{', '.join(NUMBER_OPS)}.")
+    value = _number(condition.value, column)
+    op = "<>" if condition.op == "!=" else condition.op
+    return f"({column} {op} ?)", [value]
+
+
+def _number(value, column: str) -> float | bool:
+    if column == "answer_mismatch":
+        if isinstance(value, bool) or value in (0, 1):
+            return bool(value)
+        raise InputFormatError("answer_mismatch is true or false.")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputFormatError(f"{column} is compared with a number, not {value!r}.") from None
+    if not math.isfinite(number):
+        raise InputFormatError(f"{column} is compared with a finite number, not {value!r}.")
+    return number
+
+
+def filter_items(store: Store, batch_id: str, conditions: Sequence[Condition] = (),
+                 order_by: str = "idx", descending: bool = False, limit: int | None = None
+                 ) -> list[dict]:
+    """Items (as column → value rows) meeting every condition, sorted."""
+    if order_by not in COLUMNS:
+        raise InputFormatError(f"Cannot sort by {order_by!r}.")
+    settings = load_batch(store, batch_id).settings.get("flags", {})
+    parts, params = [], [batch_id]
+    for condition in conditions:
+        sql, values = _condition_sql(condition, settings)
+        parts.append(sql)
+        params += values
+    where = " AND ".join(parts) or "TRUE"
+    direction = "DESC" if descending else "ASC"
+    sql = (f"SELECT {', '.join(COLUMNS)}, generation_id, flagged, reference FROM ({_ITEMS}) "
+           f"WHERE {where} ORDER BY {order_by} {direction} NULLS LAST, idx"
+           + (" LIMIT ?" if limit is not None else ""))
+    if limit is not None:
+        params.append(int(limit))
+    with store.cursor() as cur:
+        cursor = cur.execute(sql, params)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+def flag_counts(store: Store, batch_id: str) -> dict[str, int]:
+    """Finished items having each flag."""
+    settings = load_batch(store, batch_id).settings.get("flags", {})
+    out = {}
+    with store.cursor() as cur:
+        for name, (sql, parameter) in FLAGS.items():
+            values = [settings[parameter]] if parameter else []
+            out[name] = cur.execute(f"SELECT count(*) FROM ({_ITEMS}) WHERE status = 'done' "
+                                    f"AND ({sql})", [batch_id, *values]).fetchall()[0][0]
+    return out
+
+
+def item_generation(store: Store, generation_id: str) -> Generation:
+    """An item's stored generation."""
+    with store.cursor() as cur:
+        generation = read_generation(cur, generation_id)
+    if generation is None:
+        raise StoreError(f"The generation {generation_id!r} is not in the database.")
+    return generation
+

@@ -1,0 +1,301 @@
+"""Batches: reading uploads, flag rules on hand-built records, filters, runs and resume."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import tracemalloc
+
+import pytest
+
+from perplex.core.errors import InputFormatError
+from perplex.core.records import (
+    Alternative,
+    DecodeParams,
+    Generation,
+    Message,
+    Source,
+    TokenRole,
+    TokenStep,
+)
+from perplex.engine.local.engine import LocalEngine
+from perplex.modes.batch.flags import FlagSettings, item_flags, mismatch
+from perplex.modes.batch.inputs import read_items
+from perplex.modes.batch.run import RunSettings, item_result, run_batch
+from perplex.workspace.batch_store import (
+    COLUMNS,
+    BatchInput,
+    Condition,
+    Malformed,
+    add_items,
+    create_batch,
+    filter_items,
+    finish_item,
+    flag_counts,
+    list_batches,
+    load_batch,
+)
+from perplex.workspace.store import Store
+from tests.tiny import tiny_model
+
+PARAMS = DecodeParams(max_new_tokens=6)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return LocalEngine(tiny_model(seed=0, layers=2))
+
+
+def _step(i: int, prob: float | None, entropy: float | None,
+          role: TokenRole = TokenRole.RESPONSE, text: str = "x") -> TokenStep:
+    top = () if prob is None else (Alternative(1, text, prob, math.log(prob)),)
+    return TokenStep(position=i, token_id=1, text=text, role=role, message_index=1,
+                     prob=prob, logprob=None if prob is None else math.log(prob),
+                     entropy=entropy, rank=None if prob is None else 1, top=top)
+
+
+def _generation(steps) -> Generation:
+    return Generation(steps=tuple(steps), messages=(Message("user", "q"), Message("assistant",
+                      "".join(s.text for s in steps if s.role is TokenRole.RESPONSE))),
+                      model_label="hand", source=Source.SCORED)
+
+
+def test_each_flag_fires_exactly_where_its_rule_says():
+    # the prompt's tokens (0, 1) are never flagged, however unlikely
+    steps = [_step(0, None, None, TokenRole.PROMPT), _step(1, 0.01, 9.0, TokenRole.PROMPT),
+             _step(2, 0.9, 0.5), _step(3, 0.05, 0.4), _step(4, 0.5, 3.0), _step(5, 0.6, 3.0),
+             _step(6, 0.7, 3.0), _step(7, 0.95, 0.2), _step(8, 0.99, 0.1), _step(9, 0.09, 0.3)]
+    settings = FlagSettings(low_p=0.1, spike_k=1.0, span_confidence=0.4, span_entropy=2.5,
+                            span_k=3)
+    found = item_flags(steps, settings, "x" * 8, None)
+    assert found.low_confidence == (3, 9)  # p < 0.1: 0.05 and 0.09 (not 0.1 itself)
+    entropies = [0.5, 0.4, 3.0, 3.0, 3.0, 0.2, 0.1, 0.3]
+    mean = sum(entropies) / 8
+    sd = math.sqrt(sum((e - mean) ** 2 for e in entropies) / 8)
+    assert found.entropy_spikes == tuple(i + 2 for i, e in enumerate(entropies)
+                                         if e > mean + sd) == (4, 5, 6)
+    # step 3 (p 0.05) is followed by entropies 3, 3, 3 → one span, steps 3..6; step 9 is
+    # last and has no follower
+    assert found.hallucination_spans == ((3, 7),)
+    assert found.answer_mismatch is None
+    assert item_flags(steps, FlagSettings(spike_k=3.0), "", None).entropy_spikes == ()
+
+
+def test_answer_mismatch_is_whole_words_after_normalisation():
+    assert not mismatch("The capital is Paris.", ["paris"])
+    assert mismatch("The capital is Parisian.", ["Paris"])
+    assert not mismatch("It's the U.K.", ["Britain", "u k"])
+    assert mismatch("", ["Paris"])
+
+
+def _ingest(store, text: str, name: str = "p.txt", session=None) -> str:
+    batch_id = create_batch(store, "t", "prompts", "tiny", {"flags": FlagSettings().to_json()},
+                            session)
+    add_items(store, batch_id, read_items(name, io.BytesIO(text.encode("utf-8")
+                                                           if isinstance(text, str) else text)))
+    return batch_id
+
+
+def test_uploads_are_read_line_by_line_and_bad_lines_are_named(tmp_path):
+    jsonl = "\n".join([json.dumps({"prompt": "Capital of France?", "reference": ["Paris"]}),
+                       "{not json", json.dumps({"prompt": 3}), "",
+                       json.dumps([{"role": "user", "content": "a"},
+                                   {"role": "assistant", "content": "b"}]),
+                       json.dumps({"prompt": "  "})])
+    read = list(read_items("x.jsonl", io.BytesIO(jsonl.encode())))
+    items = [r for r in read if isinstance(r, BatchInput)]
+    bad = {r.line: r.why for r in read if isinstance(r, Malformed)}
+    assert [i.messages[-1].content for i in items] == ["Capital of France?"]
+    assert items[0].references == ("Paris",)
+    assert set(bad) == {2, 3, 5, 6}
+    assert "not JSON" in bad[2] and "not text" in bad[3] and "one kind a batch" in bad[5]
+    assert "empty" in bad[6]
+    csv_text = b"id,prompt,reference\n1,Hello there,Hi|Hey\n2,\"multi\nline\",x\n3,\xff\xfe,y\n"
+    read = list(read_items("x.csv", io.BytesIO(csv_text)))
+    items = [r for r in read if isinstance(r, BatchInput)]
+    assert [i.messages[-1].content for i in items] == ["Hello there", "multi\nline"]
+    assert items[0].references == ("Hi", "Hey")
+    assert [r.why for r in read if isinstance(r, Malformed)] == ["not UTF-8 (byte 3)"]
+    with pytest.raises(InputFormatError, match="reads .txt, .csv, .jsonl, .zip"):
+        list(read_items("x.pdf", io.BytesIO(b"")))
+
+
+def test_a_hundred_thousand_line_file_streams_in_with_bounded_memory(tmp_path, measurement):
+    store = Store.open(tmp_path / "b.duckdb")
+    lines = [f"Question number {i}: what is {i} + {i}?" for i in range(100_000)]
+    lines[500] = "\udcff"  # becomes invalid UTF-8 bytes below
+    data = "\n".join(lines).encode("utf-8", "surrogateescape")
+    batch_id = create_batch(store, "big", "prompts", "tiny", {}, None)
+    chunks = []
+    tracemalloc.start()
+    started = time.perf_counter()
+    items, bad = add_items(store, batch_id, read_items("big.txt", io.BytesIO(data)),
+                           on_chunk=lambda n, m: chunks.append(n))
+    seconds = time.perf_counter() - started
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert (items, bad) == (99_999, 1)
+    assert len(chunks) >= 50 and chunks == sorted(chunks)  # progress, chunk by chunk
+    assert peak < 64 * 2**20, peak  # the 4.6 MB file's items are never all held as objects
+    summary = load_batch(store, batch_id)
+    assert summary.total == 99_999 and summary.malformed[0].line == 501
+    measurement(f"100,000-line prompt file: {seconds:.1f} s to store, Python peak "
+                f"{peak / 2**20:.1f} MiB beyond the file's bytes")
+
+
+def _hand_batch(store) -> str:
+    """A finished batch of hand-built items with known statistics and flags."""
+    batch_id = create_batch(store, "hand", "prompts", "hand", {"flags": FlagSettings(
+        perplexity_z=1.0).to_json()}, None)
+    prompts = ["alpha", "beta'; DROP TABLE batch_items; --", "gamma", "delta", "epsilon"]
+    add_items(store, batch_id, [BatchInput(i + 1, (Message("user", p),),
+                                           ("Paris",) if i % 2 else ())
+                                for i, p in enumerate(prompts)])
+    probs = [[0.9, 0.8], [0.05, 0.9, 0.9], [0.5, 0.5, 0.5, 0.01], [0.99], [0.3, 0.2]]
+    for idx, row in enumerate(probs):
+        steps = [_step(0, None, None, TokenRole.PROMPT)] + [
+            _step(i + 1, p, 1.0 + i, text=f" w{i}") for i, p in enumerate(row)]
+        finish_item(store, batch_id, idx, item_result(_generation(steps), ("Paris",)
+                                                      if idx % 2 else (), FlagSettings()))
+    return batch_id
+
+
+def test_a_filter_returns_what_a_comprehension_over_the_same_rows_returns(tmp_path):
+    store = Store.open(tmp_path / "f.duckdb")
+    batch_id = _hand_batch(store)
+    everything = filter_items(store, batch_id)
+    assert len(everything) == 5 and set(COLUMNS) <= set(everything[0])
+    cases = [
+        ([Condition("low_confidence")], lambda r: r["low_confidence"] > 0),
+        ([Condition("mean_prob", "<", 0.6)], lambda r: r["mean_prob"] < 0.6),
+        ([Condition("n_tokens", ">=", "2"), Condition("answer_mismatch")],
+         lambda r: r["n_tokens"] >= 2 and bool(r["answer_mismatch"])),
+        ([Condition("prompt", "contains", "DROP TABLE")], lambda r: "drop table" in
+         r["prompt"].lower()),
+        ([Condition("prompt", "=", "beta'; DROP TABLE batch_items; --")],
+         lambda r: r["prompt"] == "beta'; DROP TABLE batch_items; --"),
+        ([Condition("answer", "does not contain", "%")], lambda r: True),  # % is no wildcard
+        ([Condition("perplexity_outlier")], lambda r: r["perplexity_z"] is not None
+         and r["perplexity_z"] > 1.0),
+    ]
+    for conditions, keep in cases:
+        got = [r["idx"] for r in filter_items(store, batch_id, conditions)]
+        assert got == [r["idx"] for r in everything if keep(r)], conditions
+    # the z-score by hand: log-perplexities of the five answers
+    logs = [math.log(r["perplexity"]) for r in everything]
+    mean = sum(logs) / 5
+    sd = math.sqrt(sum((v - mean) ** 2 for v in logs) / 5)
+    for r, v in zip(everything, logs):
+        assert r["perplexity_z"] == pytest.approx((v - mean) / sd)
+    assert len(filter_items(store, batch_id)) == 5  # the hostile value dropped nothing
+    counts = flag_counts(store, batch_id)
+    assert counts["low_confidence"] == sum(r["low_confidence"] > 0 for r in everything)
+    ordered = filter_items(store, batch_id, order_by="perplexity", descending=True)
+    assert [r["perplexity"] for r in ordered] == sorted((r["perplexity"] for r in everything),
+                                                        reverse=True)
+    for bad, message in [(Condition("idx; DROP", "=", 1), "Cannot filter on"),
+                         (Condition("mean_prob", "LIKE", 1), "does not compare numbers"),
+                         (Condition("mean_prob", "<", "1 OR 1=1"), "compared with a number"),
+                         (Condition("mean_prob", "<", "nan"), "finite number")]:
+        with pytest.raises(InputFormatError, match=message):
+            filter_items(store, batch_id, [bad])
+    with pytest.raises(InputFormatError, match="Cannot sort"):
+        filter_items(store, batch_id, order_by="idx DESC; DROP TABLE x")
+
+
+def test_a_batch_run_gives_the_batched_answers_and_resumes_without_recomputing(engine,
+                                                                             tmp_path):
+    store = Store.open(tmp_path / "r.duckdb")
+    prompts = [f"Prompt {i}: hello world" for i in range(20)]
+    batch_id = _ingest(store, "\n".join(prompts))
+    settings = RunSettings(PARAMS)
+    calls = []
+    first = run_batch(engine, store, batch_id, settings, should_stop=lambda: len(calls) >= 1,
+                      on_progress=calls.append)
+    assert first.stopped and first.done == 16 and calls[-1].tokens_per_s > 0
+    kept = {r["idx"]: r["generation_id"] for r in filter_items(store, batch_id)
+            if r["status"] == "done"}
+    assert len(kept) == 16
+    second = run_batch(engine, store, batch_id, settings)
+    assert not second.stopped and (second.done, second.items_this_run) == (20, 4)
+    rows = filter_items(store, batch_id)
+    assert {r["idx"]: r["generation_id"] for r in rows if r["idx"] in kept} == kept
+    alone = engine.generate_many([((Message("user", p),), "") for p in prompts], PARAMS)
+    for row, expected in zip(rows, alone):
+        assert row["answer"] == "".join(s.text for s in expected.steps
+                                        if s.role is TokenRole.RESPONSE)
+    assert list_batches(store)[0].done == 20
+
+
+def test_a_failed_item_is_recorded_and_the_batch_goes_on(engine, tmp_path):
+    store = Store.open(tmp_path / "e.duckdb")
+    long_prompt = "word " * 400  # more tokens than the tiny model's 256-token window
+    batch_id = _ingest(store, f"Hello\n{long_prompt}\nBye")
+    progress = run_batch(engine, store, batch_id, RunSettings(PARAMS))
+    assert (progress.done, progress.failed) == (2, 1)
+    [failed] = filter_items(store, batch_id, [Condition("status", "=", "failed")])
+    assert failed["line"] == 2 and "reads at most" in failed["error"]
+
+
+def test_transcripts_are_scored_or_kept_as_given(engine, tmp_path):
+    store = Store.open(tmp_path / "t.duckdb")
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello world"}]
+    api = {"choices": [{"message": {"role": "assistant", "content": "Yes"},
+                        "logprobs": {"content": [{"token": "Yes", "logprob": -0.5,
+                                                  "top_logprobs": [{"token": "Yes",
+                                                                    "logprob": -0.5}]}]}}]}
+    text = json.dumps(chat) + "\n" + json.dumps(api)
+    batch_id = create_batch(store, "t", "transcripts", "tiny", {}, None)
+    add_items(store, batch_id, read_items("t.jsonl", io.BytesIO(text.encode())))
+    run_batch(engine, store, batch_id, RunSettings(PARAMS))
+    scored, given = filter_items(store, batch_id)
+    assert scored["status"] == given["status"] == "done"
+    assert scored["answer"] == "Hello world"  # the transcript's text, scored by the model
+    [expected] = engine.score([tuple(Message(m["role"], m["content"]) for m in chat)])
+    answer = [s for s in expected.steps if s.role is TokenRole.RESPONSE]
+    assert scored["mean_prob"] == pytest.approx(sum(s.prob for s in answer) / len(answer))
+    assert given["mean_prob"] == pytest.approx(math.exp(-0.5))  # its own logprobs, kept
+
+
+KILLED_RUN = """
+import sys
+from perplex.core.records import DecodeParams
+from perplex.engine.local.engine import LocalEngine
+from perplex.modes.batch.run import RunSettings, run_batch
+from perplex.workspace.store import Store
+from tests.tiny import tiny_model
+
+store = Store.open(sys.argv[1])
+run_batch(LocalEngine(tiny_model(seed=0, layers=2)), store, sys.argv[2],
+          RunSettings(DecodeParams(max_new_tokens=6)),
+          on_progress=lambda p: print(p.done, flush=True))
+"""
+
+
+def test_resume_after_kill_9_loses_nothing_finished(engine, tmp_path):
+    path = tmp_path / "k.duckdb"
+    store = Store.open(path)
+    batch_id = _ingest(store, "\n".join(f"Item {i}" for i in range(64)))
+    store.close()
+    child = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(path), batch_id],
+                             stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    first = ""
+    while not first.strip():  # (building the tiny tokenizer prints blank lines)
+        first = child.stdout.readline()
+    assert int(first) == 16
+    os.kill(child.pid, signal.SIGKILL)  # mid-batch: the next chunk is being decoded
+    child.wait()
+    store = Store.open(path)
+    before = {r["idx"]: (r["generation_id"], r["answer"]) for r in filter_items(store, batch_id)
+              if r["status"] == "done"}
+    assert 16 <= len(before) < 64
+    progress = run_batch(engine, store, batch_id, RunSettings(PARAMS))
+    assert progress.done == 64 and progress.items_this_run == 64 - len(before)
+    after = {r["idx"]: (r["generation_id"], r["answer"]) for r in filter_items(store, batch_id)}
+    assert {i: after[i] for i in before} == before
