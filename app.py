@@ -21,6 +21,7 @@ PAGES = [
     st.Page("pages/comparison.py", title="Comparison", icon=":material/compare_arrows:"),
     st.Page("pages/decoding.py", title="Decoding", icon=":material/speed:"),
     st.Page("pages/persona_traits.py", title="Persona Traits", icon=":material/psychology:"),
+    st.Page("pages/batch.py", title="Batch", icon=":material/dataset:"),
 ]
 
 navigation = st.navigation(PAGES)

@@ -1,0 +1,30 @@
+"""Batch mode: many prompts or transcripts at once, automatic flags, filters, a reader."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from perplex.ui import batch_view as view
+from perplex.ui import resources, session_panel
+from perplex.ui.conditioning import system_prompt_control
+from perplex.ui.sidebar import decode_params_form
+
+st.title("Batch")
+st.caption("Run many prompts (or score many transcripts) at once. Every item is stored with "
+           "its tokens, statistics and flags; filter the items by any of them, then read "
+           "them one after another (j / k) in the token view.")
+
+lm = resources.loaded_model()
+engine = resources.active_engine()  # the local model, or the endpoint chosen in the sidebar
+params = decode_params_form(view.PREFIX)
+system = system_prompt_control(lm, view.PREFIX, disabled=session_panel.read_only(),
+                               applies="for prompts") if lm is not None else ()
+view.new_batch_section(engine, system, params)
+batch = view.batch_picker()
+if batch is not None:
+    view.run_section(engine, batch)
+    counts = view.flags_section(batch)
+    shown = view.filter_bar(batch)
+    rows = view.items_section(batch, shown)
+    view.reader_section(rows, lm, params)
+    view.export_section(batch, rows, counts, shown)

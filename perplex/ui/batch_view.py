@@ -1,0 +1,410 @@
+"""The Batch page's sections: a new batch, its run, flags and filters, the reader, exports."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+from dataclasses import dataclass
+
+import pandas as pd
+import streamlit as st
+
+from perplex.core.errors import PerplexError
+from perplex.core.records import DecodeParams, Message
+from perplex.modes.batch import flags
+from perplex.modes.batch.flags import FLAG_TITLES, FlagSettings, ItemFlags
+from perplex.modes.batch.inputs import FORMATS, batch_kind, read_items
+from perplex.modes.batch.plots import statistic_bins, statistic_histogram
+from perplex.modes.batch.run import BatchProgress, RunSettings, run_batch
+from perplex.ui import investigate, page_state, resources, session_panel
+from perplex.ui.export_panel import download, figure_downloads
+from perplex.ui.sidebar import thresholds
+from perplex.ui.text import plain
+from perplex.ui.transcript import show_transcript
+from perplex.workspace.batch_exports import (
+    items_csv,
+    items_jsonl,
+    items_tokens_parquet,
+    report_markdown,
+)
+from perplex.workspace.batch_store import (
+    NUMBER_OPS,
+    STATISTICS,
+    TEXT_COLUMNS,
+    TEXT_OPS,
+    BatchInput,
+    BatchSummary,
+    Condition,
+    add_items,
+    create_batch,
+    filter_items,
+    flag_counts,
+    item_generation,
+    list_batches,
+    reset_failed,
+)
+
+PREFIX = "batch"
+CURRENT = page_state.current_key(PREFIX)  # the item's Generation open in the reader
+BATCH_KEY = f"{PREFIX}.open"  # id of the batch on screen
+RUNNING_KEY = f"{PREFIX}.running"  # batch id being run (None: not running)
+READER_KEY = f"{PREFIX}.reader"  # position in the filtered list
+RANGE_KEY = f"{PREFIX}.range"  # (statistic, low, high) picked on the histogram
+DEFAULT_PAGE = "pages/default.py"
+FILTER_ROWS = 3
+FILTER_COLUMNS = STATISTICS + ("answer_mismatch",) + TEXT_COLUMNS
+
+
+@dataclass(frozen=True)
+class Shown:
+    """What the filter bar chose: its conditions, their words, the order."""
+
+    conditions: tuple[Condition, ...]
+    words: str
+    order_by: str
+    descending: bool
+
+
+def new_batch_section(engine, system: tuple[Message, ...], params: DecodeParams) -> None:
+    """Upload or paste items, choose the flags' parameters, create and start the batch."""
+    with st.expander("New batch", expanded=not list_batches(resources.store(),
+                                                             session_panel.current_session_id())
+                     if session_panel.current_session_id() else True):
+        upload = st.file_uploader(
+            "Prompts (.txt one a line, .csv with a prompt column, .jsonl with \"prompt\") or "
+            "transcripts (.jsonl of chats or OpenAI responses with logprobs, .zip of JSON "
+            "files)", type=[f.removeprefix(".") for f in FORMATS], key=f"{PREFIX}.upload")
+        pasted = st.text_area("…or paste prompts, one a line", key=f"{PREFIX}.pasted",
+                              height=120)
+        name = st.text_input("Batch name", key=f"{PREFIX}.name",
+                             placeholder="the file's name, or “Pasted prompts”")
+        name = name.strip() or (upload.name if upload is not None else "Pasted prompts")
+        flag_settings = _flag_settings()
+        rescore = st.checkbox("Score transcripts that carry their own probabilities again with "
+                              "the model", key=f"{PREFIX}.rescore",
+                              help="Off: an OpenAI response keeps the log-probabilities it "
+                                   "came with; transcripts without them are scored by the "
+                                   "model.")
+        go = st.button("Create the batch and run it", type="primary", key=f"{PREFIX}.create",
+                       disabled=session_panel.read_only() or engine is None
+                       or (upload is None and not pasted.strip()))
+        if go:
+            _create(engine, upload, pasted, name, system,
+                    RunSettings(params, flag_settings, rescore))
+
+
+def _flag_settings() -> FlagSettings:
+    st.markdown("**Flags** (each documented under *How the flags are computed*)")
+    cols = st.columns(6)
+    values = dict(
+        low_p=cols[0].number_input("low confidence: p <", 0.0, 1.0, 0.1, 0.01,
+                                   key=f"{PREFIX}.low_p"),
+        spike_k=cols[1].number_input("entropy spike: k (sd)", 0.0, 10.0, 2.0, 0.5,
+                                     key=f"{PREFIX}.spike_k"),
+        span_confidence=cols[2].number_input("span: p <", 0.0, 1.0, 0.4, 0.05,
+                                             key=f"{PREFIX}.span_p"),
+        span_entropy=cols[3].number_input("span: mean entropy >", 0.0, 20.0, 2.5, 0.5,
+                                          key=f"{PREFIX}.span_h"),
+        span_k=int(cols[4].number_input("span: next k tokens", 1, 20, 3,
+                                        key=f"{PREFIX}.span_k")),
+        perplexity_z=cols[5].number_input("perplexity outlier: z >", 0.0, 10.0, 2.0, 0.5,
+                                          key=f"{PREFIX}.ppl_z"))
+    return FlagSettings(**{k: float(v) if k != "span_k" else v for k, v in values.items()})
+
+
+def _create(engine, upload, pasted: str, name: str, system: tuple[Message, ...],
+            settings: RunSettings) -> None:
+    source = (upload.name, upload) if upload is not None else \
+        ("pasted.txt", io.BytesIO(pasted.encode("utf-8")))
+    store = resources.store()
+    bar = st.progress(0.0, text="Reading the items…")
+    try:
+        entries = read_items(source[0], source[1], system)
+        head = []  # unreadable lines before the first item, which sets the batch's kind
+        for entry in entries:
+            head.append(entry)
+            if isinstance(entry, BatchInput):
+                break
+        if not head or not isinstance(head[-1], BatchInput):
+            bar.empty()
+            st.error("No item could be read" + (f" (line {head[0].line}: {plain(head[0].why)})"
+                                                if head else "") +
+                     ": put one prompt a line, or one transcript.")
+            return
+        batch_id = create_batch(store, name, batch_kind(head[-1]), engine.info.label,
+                                settings.to_json(), session_panel.session_for_saving())
+        items, bad = add_items(store, batch_id, itertools.chain(head, entries),
+                               on_chunk=lambda n, m: bar.progress(
+                                   0.5, text=f"Read {n:,} items ({m:,} unreadable lines)…"))
+    except PerplexError as exc:
+        bar.empty()
+        st.error(plain(str(exc)))
+        return
+    bar.empty()
+    st.session_state[BATCH_KEY] = batch_id
+    st.session_state[RUNNING_KEY] = batch_id if items else None
+    st.session_state[f"{PREFIX}.settings.{batch_id}"] = settings
+    st.toast(f"Read {items:,} items" + (f"; {bad:,} lines could not be read" if bad else ""))
+    st.rerun()
+
+
+def batch_picker() -> BatchSummary | None:
+    """The session's batches; the chosen one (the newest unless another was opened)."""
+    sid = session_panel.current_session_id()
+    batches = list_batches(resources.store(), sid) if sid else []
+    if not batches:
+        st.caption("No batch in this session yet.")
+        return None
+    ids = [b.id for b in batches]
+    wanted = st.session_state.get(BATCH_KEY)
+    index = ids.index(wanted) if wanted in ids else 0
+    chosen = st.selectbox("Batch", range(len(batches)), index=index, key=f"{PREFIX}.picker",
+                          format_func=lambda i: f"{batches[i].name} · {batches[i].total:,} "
+                          f"{batches[i].kind} · {batches[i].created_at:%Y-%m-%d %H:%M}")
+    batch = batches[chosen]
+    if batch.id != wanted:
+        st.session_state[BATCH_KEY] = batch.id
+        st.session_state.pop(READER_KEY, None)
+    return batch
+
+
+def _settings_of(batch: BatchSummary) -> RunSettings:
+    kept = st.session_state.get(f"{PREFIX}.settings.{batch.id}")
+    if kept is not None:
+        return kept
+    stored = batch.settings
+    params = DecodeParams(**{**stored["params"],
+                             "stop_strings": tuple(stored["params"]["stop_strings"])})
+    return RunSettings(params, FlagSettings(**stored["flags"]), stored.get("rescore", False))
+
+
+def run_section(engine, batch: BatchSummary) -> None:
+    """Progress of the batch; run, stop, resume, retry the failed items."""
+    st.caption(f"{batch.total:,} items · {batch.done:,} done · {batch.failed:,} failed · "
+               f"{batch.pending:,} pending · model {plain(batch.model_label)}"
+               + (f" · {batch.n_malformed:,} unreadable lines" if batch.n_malformed else ""))
+    if batch.malformed:
+        with st.expander(f"Unreadable lines ({batch.n_malformed:,})"):
+            st.dataframe(pd.DataFrame([{"line": m.line, "why": m.why} for m in batch.malformed]),
+                         hide_index=True, width="stretch")
+            if batch.n_malformed > len(batch.malformed):
+                st.caption(f"The first {len(batch.malformed)} are listed.")
+    if engine is None:
+        st.info("Load a model (sidebar) to run the batch.")
+        return
+    settings = _settings_of(batch)
+    if st.session_state.get(RUNNING_KEY) == batch.id and batch.pending:
+        stop = st.empty()
+        if stop.button("Stop", key=f"{PREFIX}.stop", help="Finished items are kept; the "
+                       "chunk in progress is left pending and runs on Resume."):
+            st.session_state[RUNNING_KEY] = None
+        else:
+            _run(engine, batch, settings)
+        stop.empty()
+        st.rerun()
+    cols = st.columns(4)
+    if batch.pending and cols[0].button(
+            f"Resume ({batch.pending:,} left)" if batch.done or batch.failed else "Run",
+            key=f"{PREFIX}.resume", disabled=session_panel.read_only()):
+        st.session_state[RUNNING_KEY] = batch.id
+        st.rerun()
+    if batch.failed and cols[1].button(f"Run the {batch.failed} failed again",
+                                       key=f"{PREFIX}.retry",
+                                       disabled=session_panel.read_only()):
+        reset_failed(resources.store(), batch.id)
+        st.session_state[RUNNING_KEY] = batch.id
+        st.rerun()
+
+
+def _run(engine, batch: BatchSummary, settings: RunSettings) -> None:
+    bar = st.progress(batch.done / max(batch.total, 1),
+                      text=f"{batch.done:,} of {batch.total:,} items…")
+
+    def show(p: BatchProgress) -> None:
+        left = p.seconds_left
+        bar.progress((p.done + p.failed) / max(p.total, 1),
+                     text=f"{p.done:,} of {p.total:,} items done"
+                          + (f", {p.failed:,} failed" if p.failed else "")
+                          + f" · {p.tokens_per_s:.1f} tokens/s"
+                          + (f" · about {left:.0f} s left" if left is not None else ""))
+
+    try:
+        run_batch(engine, resources.store(), batch.id, settings, on_progress=show)
+    except PerplexError as exc:
+        st.error(plain(str(exc)))
+    st.session_state[RUNNING_KEY] = None
+
+
+def flags_section(batch: BatchSummary) -> dict[str, int]:
+    """How many finished items have each flag."""
+    counts = flag_counts(resources.store(), batch.id)
+    cols = st.columns(len(counts))
+    for col, (name, n) in zip(cols, counts.items()):
+        col.metric(FLAG_TITLES[name], f"{n:,}")
+    with st.expander("How the flags are computed"):
+        st.markdown(flags.__doc__.split("\n\n", 1)[1])
+    return counts
+
+
+def filter_bar(batch: BatchSummary) -> Shown:
+    """Flags to require, up to three conditions and the order: all parameterised."""
+    chosen = st.multiselect("Items having every one of these flags", list(FLAG_TITLES),
+                            format_func=FLAG_TITLES.get, key=f"{PREFIX}.flags.{batch.id}")
+    conditions = [Condition(name) for name in chosen]
+    words = [FLAG_TITLES[name] for name in chosen]
+    active = any(st.session_state.get(f"{PREFIX}.col{row}", "(none)") != "(none)"
+                 for row in range(FILTER_ROWS))
+    with st.expander("Conditions on statistics and text", expanded=active):
+        for row in range(FILTER_ROWS):
+            cols = st.columns([2, 1, 2])
+            column = cols[0].selectbox(f"Condition {row + 1}", ("(none)",) + FILTER_COLUMNS,
+                                       key=f"{PREFIX}.col{row}")
+            if column == "(none)":
+                continue
+            ops = TEXT_OPS if column in TEXT_COLUMNS else NUMBER_OPS
+            op = cols[1].selectbox("is", ops, key=f"{PREFIX}.op{row}.{column}")
+            value = cols[2].text_input("value", key=f"{PREFIX}.value{row}.{column}")
+            if value.strip() or column in TEXT_COLUMNS:
+                conditions.append(Condition(column, op, value))
+                words.append(f"{column} {op} {value!r}")
+    picked = st.session_state.get(RANGE_KEY)
+    if picked and picked[0] == batch.id:
+        _, stat, low, high = picked
+        conditions += [Condition(stat, ">=", low), Condition(stat, "<=", high)]
+        words.append(f"{low:.4g} ≤ {stat} ≤ {high:.4g} (histogram)")
+        if st.button("Clear the histogram's range", key=f"{PREFIX}.clear_range"):
+            st.session_state.pop(RANGE_KEY, None)
+            st.rerun()
+    cols = st.columns([2, 1])
+    order = cols[0].selectbox("Sort by", ("idx",) + STATISTICS, key=f"{PREFIX}.order")
+    descending = cols[1].toggle("Highest first", key=f"{PREFIX}.descending")
+    return Shown(tuple(conditions), " and ".join(words), order, descending)
+
+
+def items_section(batch: BatchSummary, shown: Shown) -> list[dict]:
+    """The filtered items: a table, a row opens in the reader; the distribution plot."""
+    try:
+        rows = filter_items(resources.store(), batch.id, shown.conditions, shown.order_by,
+                            shown.descending)
+    except PerplexError as exc:
+        st.error(plain(str(exc)))
+        return []
+    st.markdown(f"**{len(rows):,} of {batch.total:,} items**"
+                + (f" with {plain(shown.words)}" if shown.words else ""))
+    if not rows:
+        return rows
+    table = pd.DataFrame([{"#": r["idx"], "line": r["line"], "status": r["status"],
+                           "prompt": (r["prompt"] or "")[:120],
+                           "answer": (r["answer"] or r["error"] or "")[:120],
+                           "mean p": r["mean_prob"], "perplexity": r["perplexity"],
+                           "low-p": r["low_confidence"], "spikes": r["entropy_spikes"],
+                           "spans": r["hallucination_spans"],
+                           "mismatch": r["answer_mismatch"]} for r in rows[:5000]])
+    picked = st.dataframe(table, hide_index=True, width="stretch", height=260,
+                          on_select="rerun", selection_mode="single-row",
+                          key=f"{PREFIX}.table.{batch.id}.{hash(shown)}")
+    if picked and picked.selection.rows:
+        st.session_state[READER_KEY] = picked.selection.rows[0]
+    _distribution(batch, rows)
+    return rows
+
+
+def _distribution(batch: BatchSummary, rows: list[dict]) -> None:
+    stat = st.selectbox("Distribution of", STATISTICS, index=STATISTICS.index("perplexity"),
+                        key=f"{PREFIX}.stat")
+    values = [r[stat] for r in rows]
+    edges = statistic_bins(values)
+    fig = statistic_histogram(stat, values, edges)
+    event = st.plotly_chart(fig, key=f"{PREFIX}.hist.{batch.id}.{stat}", on_select="rerun",
+                            selection_mode="points")
+    points = event.get("selection", {}).get("points", []) if event else []
+    if points:
+        low, high = points[0]["customdata"]
+        wanted = (batch.id, stat, float(low), float(high))
+        if st.session_state.get(RANGE_KEY) != wanted:
+            st.session_state[RANGE_KEY] = wanted
+            st.rerun()
+    st.session_state[f"{PREFIX}.figure"] = fig
+
+
+def reader_section(rows: list[dict], lm, params: DecodeParams) -> None:
+    """The filtered items one after another (j / k), flagged tokens marked; annotate."""
+    done = [r for r in rows if r["status"] == "done"]
+    if not done:
+        return
+    st.subheader("Reader")
+    at = min(st.session_state.get(READER_KEY, 0), len(rows) - 1)
+    cols = st.columns([1.4, 1.4, 3, 2, 2])
+    if cols[0].button("Previous", key=f"{PREFIX}.prev", shortcut="k", disabled=at == 0,
+                      width="stretch"):
+        at -= 1
+    if cols[1].button("Next", key=f"{PREFIX}.next", shortcut="j", width="stretch",
+                      disabled=at >= len(rows) - 1):
+        at += 1
+    st.session_state[READER_KEY] = at
+    row = rows[at]
+    cols[2].markdown(f"**Item {at + 1} of {len(rows)}** · #{row['idx']} (line {row['line']})")
+    if row["status"] != "done":
+        st.warning(f"This item {row['status']}: {plain(row['error'] or 'not run yet')}")
+        return
+    generation = item_generation(resources.store(), row["generation_id"])
+    if cols[3].button("Open on the Default page", key=f"{PREFIX}.to_default"):
+        _open_on_default(generation)
+    if cols[4].button("Open in the Logit Lens", key=f"{PREFIX}.to_lens"):
+        page_state.open_in_lens(generation.id, None)
+    st.session_state[CURRENT] = generation
+    found = ItemFlags.from_json(json.loads(row["flagged"] or "{}"),
+                                row["answer_mismatch"])
+    marks = {generation.steps[i].position: why for i, why in found.marks().items()}
+    st.caption(plain(_item_line(row)))
+    event = show_transcript(generation, f"{PREFIX}.item", thresholds(),
+                            extras=investigate.view_extras,
+                            alerts=lambda steps: {i: marks[s.position] for i, s in
+                                                  enumerate(steps) if s.position in marks})
+    investigate.act_on(event, generation, CURRENT, lm, params)
+
+
+def _item_line(row: dict) -> str:
+    parts = [f"mean p {row['mean_prob']:.3f}" if row["mean_prob"] is not None else "",
+             f"perplexity {row['perplexity']:.3g}" if row["perplexity"] is not None else "",
+             f"{row['low_confidence']} low-confidence", f"{row['entropy_spikes']} entropy spikes",
+             f"{row['hallucination_spans']} hallucination spans"]
+    if row["answer_mismatch"] is not None:
+        expected = " | ".join(json.loads(row["reference"]))
+        parts.append(f"answer ≠ reference “{expected}”" if row["answer_mismatch"]
+                     else f"answer matches “{expected}”")
+    return " · ".join(p for p in parts if p) + " · flagged tokens carry a red dot."
+
+
+def _open_on_default(generation) -> None:
+    key = page_state.current_key("default")
+    st.session_state[key] = generation
+    if not session_panel.read_only():
+        session_panel.remember({key: generation.id})
+    st.switch_page(DEFAULT_PAGE)
+
+
+def export_section(batch: BatchSummary, rows: list[dict], counts: dict[str, int],
+                   shown: Shown) -> None:
+    """The filtered items as CSV, per-token Parquet, JSONL; a Markdown report; the figure."""
+    if not rows:
+        return
+    store = resources.store()
+    with st.expander(f"Export the {len(rows):,} filtered items"):
+        name = f"perplex-batch-{batch.id}"
+        cols = st.columns(4)
+        download(cols[0], "Items (CSV)", lambda: items_csv(rows), file_name=f"{name}.csv",
+                 mime="text/csv", key=f"{PREFIX}.csv")
+        download(cols[1], "Per-token records (Parquet)", lambda: items_tokens_parquet(store, rows),
+                 file_name=f"{name}-tokens.parquet", key=f"{PREFIX}.parquet")
+        download(cols[2], "Items with tokens (JSONL)", lambda: items_jsonl(store, rows),
+                 file_name=f"{name}.jsonl", mime="application/json", key=f"{PREFIX}.jsonl")
+        download(cols[3], "Summary report (Markdown)",
+                 lambda: report_markdown(batch, counts, FLAG_TITLES, rows, shown.words,
+                                         f"{name}-distribution.png"),
+                 file_name=f"{name}-report.md", mime="text/markdown", key=f"{PREFIX}.report")
+        fig = st.session_state.get(f"{PREFIX}.figure")
+        if fig is not None:
+            figure_downloads(fig, f"{name}-distribution",
+                             f"{PREFIX}.fig.{batch.id}.{hash(shown)}", "The distribution figure")

@@ -1,0 +1,104 @@
+"""The Batch page in a real browser, on the bundled model.
+
+Upload the 20 sample prompts, run them with progress, filter by a flag, step through three
+items with the keyboard (j / k), annotate one, export the filtered items.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+
+import pytest
+
+from perplex.core.settings import PROJECT_ROOT
+from tests.browser.conftest import VIEWPORT
+from tests.browser.test_investigation import (
+    FINAL_TOK,
+    MODEL_TIMEOUT,
+    WORK_TIMEOUT,
+    annotate_token,
+    assert_no_exception,
+    scroll_to,
+    set_max_new_tokens,
+    settle,
+)
+
+pytestmark = pytest.mark.browser
+PROMPTS = PROJECT_ROOT / "data" / "samples" / "batch_prompts.jsonl"
+
+
+def _count(page, pattern: str) -> int:
+    text = page.get_by_text(re.compile(pattern)).first.text_content()
+    return int(re.search(pattern, text).group(1).replace(",", ""))
+
+
+def test_upload_run_filter_read_annotate_export(browser, app_url, screenshot):
+    context = browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(20_000)
+    page = context.new_page()
+    page.goto(app_url)
+    settle(page, MODEL_TIMEOUT)
+    page.get_by_text("SmolLM2-135M-Instruct (bundled)").first.wait_for(timeout=MODEL_TIMEOUT)
+    page.get_by_role("link", name="Batch").click()
+    page.get_by_role("button", name="Create the batch and run it").wait_for()
+    settle(page)
+    set_max_new_tokens(page, "16")
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(
+        str(PROMPTS))
+    settle(page)
+    page.get_by_role("button", name="Create the batch and run it").click()
+    # the progress bar names items done, tokens/s and time left while the batch runs
+    page.get_by_text(re.compile(r"of 20 items")).first.wait_for(timeout=WORK_TIMEOUT)
+    page.get_by_text(re.compile(r"^20 of 20 items")).wait_for(timeout=3 * WORK_TIMEOUT)
+    settle(page)
+    assert_no_exception(page)
+    assert page.get_by_text(re.compile(r"20 items · 20 done · 0 failed")).count() == 1
+    screenshot(page, "batch_1_run", full_page=True)
+
+    # filter by a flag: the count matches the flag's metric
+    metric = page.locator('[data-testid="stMetric"]').filter(has_text="answer ≠ reference")
+    flagged = int(metric.locator('[data-testid="stMetricValue"]').text_content())
+    assert 0 < flagged <= 20
+    page.locator('[data-testid="stMultiSelect"]').filter(
+        has_text="Items having every one of these flags").click()
+    page.get_by_role("option", name="answer ≠ reference").click()
+    page.keyboard.press("Escape")
+    settle(page)
+    assert _count(page, r"^(\d+) of 20 items with answer ≠ reference") == flagged
+
+    # the reader: j, j, k through the filtered items
+    heading = page.get_by_text(re.compile(r"^Item \d+ of \d+"))
+    assert heading.text_content().startswith(f"Item 1 of {flagged}")
+    page.locator(FINAL_TOK).first.wait_for()
+    page.mouse.click(5, 500)  # focus the page, not a text box
+    steps = ["j", "j", "k"] if flagged >= 3 else ["j", "k", "j"][:flagged]
+    expected = 1
+    for key in steps:
+        page.keyboard.press(key)
+        expected += 1 if key == "j" else -1
+        expected = max(1, min(expected, flagged))
+        settle(page)
+        assert heading.text_content().startswith(f"Item {expected} of {flagged}"), key
+    assert_no_exception(page)
+    annotate_token(page, 1, "Check: a confident wrong answer?")
+    settle(page)
+    page.locator(f"{FINAL_TOK}.annotated").first.wait_for(timeout=WORK_TIMEOUT)
+    screenshot(page, "batch_2_reader", full_page=True)
+
+    # export the filtered items
+    page.get_by_text(re.compile(r"^Export the \d+ filtered items")).click()
+    button = page.get_by_role("button", name="Items (CSV)")
+    scroll_to(button)
+    with page.expect_download() as items:
+        button.click()
+    rows = list(csv.DictReader(io.StringIO(open(items.value.path(), encoding="utf-8").read())))
+    assert len(rows) == flagged and all(r["answer_mismatch"] == "True" for r in rows)
+    with page.expect_download() as lines:
+        page.get_by_role("button", name="Items with tokens (JSONL)").click()
+    objects = [json.loads(line) for line in open(lines.value.path(), encoding="utf-8")]
+    assert len(objects) == flagged and all(o["tokens"] for o in objects)
+    assert_no_exception(page)
+    context.close()

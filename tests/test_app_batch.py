@@ -1,0 +1,53 @@
+"""The Batch page (AppTest, tiny model): create, run, filter, read, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from perplex.core.settings import PROJECT_ROOT, load_settings
+from perplex.workspace.store import Store
+from tests.tiny import tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_lm_for_pages():
+    return tiny_model(seed=0, layers=2)
+
+
+@pytest.fixture
+def app(tiny_lm_for_pages):
+    st.cache_resource.clear()
+    at = AppTest.from_file(str(PROJECT_ROOT / "pages" / "batch.py"), default_timeout=300)
+    at.session_state["perplex.lm"] = tiny_lm_for_pages
+    return at
+
+
+def button(at: AppTest, label: str):
+    return next(b for b in at.button if b.label.startswith(label))
+
+
+def test_paste_run_filter_and_read(app):
+    at = app.run()
+    assert not at.exception, at.exception
+    at.number_input(key="batch.max_new").set_value(6)
+    at.text_area(key="batch.pasted").set_value("\n".join(f"Prompt {i}: hello" for i in range(20)))
+    at.run()
+    button(at, "Create the batch and run it").click().run()
+    assert not at.exception, at.exception
+    with Store.open(load_settings().database) as store, store.cursor() as cur:
+        assert cur.execute("SELECT count(*), count(*) FILTER (WHERE status = 'done') "
+                           "FROM batch_items").fetchall() == [(20, 20)]
+    assert any("20 of 20 items" in m.value for m in at.markdown)
+    at.selectbox(key="batch.col0").set_value("n_tokens").run()
+    at.selectbox(key="batch.op0.n_tokens").set_value(">").run()
+    at.text_input(key="batch.value0.n_tokens").set_value("100").run()
+    assert not at.exception, at.exception
+    assert any(m.value.startswith("**0 of 20 items**") for m in at.markdown)
+    at.text_input(key="batch.value0.n_tokens").set_value("0").run()
+    assert any(m.value.startswith("**20 of 20 items**") for m in at.markdown)
+    assert any(m.value.startswith("**Item 1 of 20**") for m in at.markdown)
+    button(at, "Next").click().run()
+    assert any(m.value.startswith("**Item 2 of 20**") for m in at.markdown)
+    assert not at.exception, at.exception
