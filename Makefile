@@ -63,7 +63,8 @@ $(LLAMA_STAMP): $(STAMP)
 OPENAI_PORT ?= 8000
 serve-openai: setup llama
 	$(PY) -m llama_cpp.server --model "$$($(PY) -c 'from perplex.engine.local.models import bundled_gguf_path; print(bundled_gguf_path())')" \
-	  --model_alias smollm2 --host 127.0.0.1 --port $(OPENAI_PORT) --n_ctx 2048
+	  --model_alias smollm2 --host 127.0.0.1 --port $(OPENAI_PORT) --n_ctx 2048 \
+	  --interrupt_requests false
 
 model: $(MODEL_STAMP)
 

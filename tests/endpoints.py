@@ -39,7 +39,10 @@ class LlamaServer:
         command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf),
                    "--model_alias", self.model, "--host", "127.0.0.1",
                    "--port", str(self.port), "--n_ctx", "2048", "--n_threads", "2",
-                   "--logits_all", "true"]
+                   "--logits_all", "true",
+                   # queue concurrent requests, as vLLM serves them, rather than cutting
+                   # a streaming answer short when the next request arrives
+                   "--interrupt_requests", "false"]
         if api_key:
             command += ["--api_key", api_key]
         self._log = log.open("w")
@@ -124,5 +127,67 @@ class MisbehavingServer:
     def stop(self) -> None:
         """Let a stalled answer go and shut the server down."""
         self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class RateLimitingProxy:
+    """A real HTTP proxy in front of an OpenAI-compatible server that answers 429 at first.
+
+    The first `refuse` requests get "429 Too Many Requests" (as a rate-limited provider
+    answers); every later one is passed to `upstream` and its answer (a stream included)
+    passed back as it comes.
+    """
+
+    def __init__(self, upstream: str, refuse: int) -> None:
+        """`upstream`: the server's base URL (…/v1)."""
+        outer = self
+        self.refused = 0
+        self.passed = 0
+        self._lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):  # noqa: N802 - the http.server API
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with outer._lock:
+                    refuse = outer.refused < refuse_first
+                    outer.refused += refuse
+                    outer.passed += not refuse
+                if refuse:
+                    error = json.dumps({"error": {"message": "Rate limit reached",
+                                                  "type": "rate_limit"}}).encode()
+                    self.send_response(429)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(error)))
+                    self.end_headers()
+                    self.wfile.write(error)
+                    return
+                request = urllib.request.Request(
+                    upstream.removesuffix("/v1") + self.path, data=body, method="POST",
+                    headers={k: v for k, v in self.headers.items()
+                             if k.lower() in ("content-type", "authorization")})
+                with urllib.request.urlopen(request, timeout=120) as answer:
+                    self.send_response(answer.status)
+                    self.send_header("Content-Type", answer.headers.get("Content-Type", ""))
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    while piece := answer.read1(65536):
+                        self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                        self.wfile.flush()
+                    self.wfile.write(b"0\r\n\r\n")
+
+            def log_message(self, *args):
+                pass
+
+        refuse_first = refuse
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.base_url = f"http://127.0.0.1:{self.server.server_port}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Shut the proxy down."""
         self.server.shutdown()
         self.server.server_close()

@@ -299,3 +299,30 @@ def test_resume_after_kill_9_loses_nothing_finished(engine, tmp_path):
     assert progress.done == 64 and progress.items_this_run == 64 - len(before)
     after = {r["idx"]: (r["generation_id"], r["answer"]) for r in filter_items(store, batch_id)}
     assert {i: after[i] for i in before} == before
+
+
+def test_a_rate_limited_endpoint_is_retried_with_back_off(llama_server, tmp_path):
+    """Against llama.cpp's server behind a proxy that answers 429 to the first 3 requests."""
+    from perplex.engine.openai_compat import EndpointEngine
+    from tests.conftest import LLAMA_KEY
+    from tests.endpoints import RateLimitingProxy
+
+    proxy = RateLimitingProxy(llama_server.base_url, refuse=3)
+    try:
+        engine = EndpointEngine(proxy.base_url, llama_server.model, LLAMA_KEY)
+        store = Store.open(tmp_path / "rl.duckdb")
+        prompts = ["What is 2 + 2?", "Name a colour.", "Say hello.", "What is the capital of "
+                   "France?"]
+        batch_id = _ingest(store, "\n".join(prompts))
+        waits = []
+        progress = run_batch(engine, store, batch_id, RunSettings(DecodeParams(
+            max_new_tokens=8)), sleep=waits.append)
+        assert (progress.done, progress.failed) == (4, 0)
+        assert proxy.refused == 3 and sorted(waits)[:1] == [0.5] and all(
+            w in (0.5, 1.0, 2.0, 4.0) for w in waits)
+        direct = EndpointEngine(llama_server.base_url, llama_server.model, LLAMA_KEY)
+        for row, prompt in zip(filter_items(store, batch_id), prompts):
+            alone = direct.generate((Message("user", prompt),), DecodeParams(max_new_tokens=8))
+            assert row["answer"] == alone.run().messages[-1].content, prompt
+    finally:
+        proxy.stop()
