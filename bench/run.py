@@ -14,6 +14,8 @@
    the target alone, identical answers asserted (`bench/decoding.py`).
 9. Persona traits: generation with 8 traits monitored vs unmonitored; one trait's
    prompt-last extraction (`bench/traits.py`).
+10. Batch: 64 prompts x 64 new tokens batched vs one by one; transcript scoring against
+    the compute bound (`bench/batch.py`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from bench.batch import bench_batch
 from bench.decoding import bench_speculative
 from bench.traits import bench_traits
 from perplex.core.records import DecodeParams, Message
@@ -402,7 +405,7 @@ def main() -> None:
             run_stage("view", bench_token_view, lm), run_stage("lens", bench_lens, lm),
             run_stage("endpoint", bench_endpoint), run_stage("calib", bench_calibration, lm),
             run_stage("compare", bench_comparison, lm), run_stage("spec", bench_speculative, lm),
-            run_stage("traits", bench_traits, lm)]
+            run_stage("traits", bench_traits, lm), run_stage("batch", bench_batch, lm)]
     if not all(done):
         sys.exit(1)
 

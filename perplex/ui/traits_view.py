@@ -335,7 +335,7 @@ def import_section() -> None:
     monitor_exports(list(records), [str(i + 1) for i in range(len(records))],
                     "perplex-traits-imported",
                     {"lines": plots.trait_lines(record.traits, record.scores, record.tokens)},
-                    f"{PREFIX}.imported.{pick}.{len(records)}")
+                    f"{PREFIX}.imported.{pick}.{len(records)}", "Export the imported answers")
 
 
 def monitored_section(run: MonitoredRun, key: str) -> None:
@@ -349,12 +349,12 @@ def monitored_section(run: MonitoredRun, key: str) -> None:
 
 
 def monitor_exports(records: list[MonitoringRecord], labels: list[str], name: str,
-                    figures: dict, key: str) -> None:
+                    figures: dict, key: str, title: str = "Export this answer") -> None:
     """The answers' per-token scores as monitor JSON, CSV and Parquet, and their figures.
 
     `key` must change with what is shown (include an id), so a drawn figure is never stale.
     """
-    with st.expander("Export"):
+    with st.expander(title):
         frame = monitoring_frame(records, labels)
         cols = st.columns(3)
         download(cols[0], "Per-token monitor JSON",
@@ -497,7 +497,7 @@ def pair_section() -> None:
     ids = [base.generation.id, steered.generation.id]
     monitor_exports([base.record(), steered.record()], ["baseline", "steered"],
                     f"perplex-traits-pair-{ids[1]}", {f"{trait}-difference": difference},
-                    f"{PREFIX}.pair.{ids[1]}.{trait}")
+                    f"{PREFIX}.pair.{ids[1]}.{trait}", "Export both answers")
 
 
 def _sweep(engine: LocalEngine, found: list[Monitor], messages: tuple[Message, ...],

@@ -27,10 +27,14 @@ METHOD_VIEW = ('[class*="st-key-decoding-method-"] .tv-root.ready:not(.streaming
                ':not(.superseded)')
 
 
-def run(page) -> None:
+SAME = r"^The same \d+ tokens as plain greedy"
+PARTS = r"^Leaves plain greedy at token \d+"
+
+
+def run(page, summary: str) -> None:
+    """Run the method and wait for its summary (one the previous run did not show)."""
     page.get_by_role("button", name="Run the method and greedy").click()
-    page.get_by_text(re.compile(r"^(The same \d+ tokens as plain greedy|Leaves plain greedy "
-                                r"at token \d+)")).wait_for(timeout=WORK_TIMEOUT)
+    page.get_by_text(re.compile(summary)).wait_for(timeout=WORK_TIMEOUT)
     settle(page)
     assert_no_exception(page)
 
@@ -47,8 +51,8 @@ def test_speculative_and_contrastive_decoding(browser, app_url, screenshot):
     settle(page)
 
     # speculative decoding, early-exit draft (the default): greedy, so the same tokens
-    run(page)
-    assert page.get_by_text(re.compile(r"^The same \d+ tokens as plain greedy")).count() == 1
+    run(page, SAME)
+    assert page.get_by_text(re.compile(SAME)).count() == 1
     struck = page.locator(f"{METHOD_VIEW} .tok .struck")
     assert struck.count() >= 1  # an early exit after 10 of 30 blocks is rejected somewhere
     accepted = page.locator(f'{METHOD_VIEW} .tok.overlay[style*="43, 123, 186"]')
@@ -69,7 +73,7 @@ def test_speculative_and_contrastive_decoding(browser, app_url, screenshot):
     page.mouse.move(0, 0)
     page.locator('[data-testid="stButtonGroup"]').get_by_text("Contrastive decoding").click()
     settle(page)
-    run(page)
+    run(page, PARTS)  # (waiting for the same-tokens summary would find the previous run's)
     changed = page.locator(f'{METHOD_VIEW} .tok.overlay[style*="217, 95, 2"]')
     assert changed.count() >= 1
     scroll_to(changed.first)

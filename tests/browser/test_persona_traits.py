@@ -105,8 +105,9 @@ def test_extract_monitor_slide_and_steer(browser, app_url, screenshot, tmp_path)
     screenshot(page, "traits_4_imported_monitor_json")
 
     # its export in Parquet carries the file's tokens and scores unchanged
-    page.get_by_text("Export", exact=True).last.click()
-    parquet = page.get_by_role("button", name="Per-token Parquet").last
+    page.get_by_text("Export the imported answers", exact=True).click()
+    parquet = page.locator('[data-testid="stExpander"]').filter(
+        has_text="Export the imported answers").get_by_role("button", name="Per-token Parquet")
     scroll_to(parquet)
     with page.expect_download() as download:
         parquet.click()
