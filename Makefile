@@ -27,6 +27,7 @@ lint: setup
 docs: setup model browser
 	PERPLEX_UPDATE_DOCS=1 $(PY) -m pytest tests/browser/test_logit_lens.py -k eiffel
 	PERPLEX_UPDATE_DOCS=1 $(PY) -m pytest tests/browser/test_persona_traits.py
+	PERPLEX_UPDATE_DOCS=1 $(PY) -m pytest tests/browser/test_batch.py
 
 setup: $(STAMP)
 

@@ -20,7 +20,7 @@ from perplex.modes.batch.run import BatchProgress, RunSettings, run_batch
 from perplex.ui import investigate, page_state, resources, session_panel
 from perplex.ui.export_panel import download, figure_downloads
 from perplex.ui.sidebar import thresholds
-from perplex.ui.text import plain
+from perplex.ui.text import count, plain
 from perplex.ui.transcript import show_transcript
 from perplex.workspace.batch_exports import (
     items_csv,
@@ -368,8 +368,9 @@ def reader_section(rows: list[dict], lm, params: DecodeParams) -> None:
 def _item_line(row: dict) -> str:
     parts = [f"mean p {row['mean_prob']:.3f}" if row["mean_prob"] is not None else "",
              f"perplexity {row['perplexity']:.3g}" if row["perplexity"] is not None else "",
-             f"{row['low_confidence']} low-confidence", f"{row['entropy_spikes']} entropy spikes",
-             f"{row['hallucination_spans']} hallucination spans"]
+             f"{row['low_confidence']} low-confidence",
+             count(row["entropy_spikes"], "entropy spike"),
+             count(row["hallucination_spans"], "hallucination span")]
     if row["answer_mismatch"] is not None:
         expected = " | ".join(json.loads(row["reference"]))
         parts.append(f"answer ≠ reference “{expected}”" if row["answer_mismatch"]
