@@ -51,3 +51,22 @@ def test_paste_run_filter_and_read(app):
     button(at, "Next").click().run()
     assert any(m.value.startswith("**Item 2 of 20**") for m in at.markdown)
     assert not at.exception, at.exception
+
+
+def test_a_flag_in_sql_is_added_and_a_bad_one_named(app):
+    at = app.run()
+    at.number_input(key="batch.max_new").set_value(4)
+    at.text_area(key="batch.pasted").set_value("One\nTwo\nThree")
+    at.run()
+    button(at, "Create the batch and run it").click().run()
+    at.text_input(key="batch.custom_name").set_value("short")
+    at.text_area(key="batch.custom_sql").set_value("n_tokens <= 4 AND idx < 2")
+    button(at, "Add the flag").click().run()
+    assert not at.exception, at.exception
+    assert any(m.label == "short" and m.value == "2" for m in at.metric)
+    at.text_input(key="batch.custom_name").set_value("files")
+    at.text_area(key="batch.custom_sql").set_value(
+        "idx IN (SELECT 1 FROM read_text('/etc/passwd'))")
+    button(at, "Add the flag").click().run()
+    assert any("Permission Error" in e.value for e in at.error)
+    assert not any(m.label == "files" for m in at.metric)

@@ -36,8 +36,10 @@ from perplex.workspace.batch_store import (
     BatchInput,
     BatchSummary,
     Condition,
+    add_custom_flag,
     add_items,
     create_batch,
+    custom_flags,
     filter_items,
     flag_counts,
     item_generation,
@@ -237,22 +239,49 @@ def _run(engine, batch: BatchSummary, settings: RunSettings) -> None:
 
 
 def flags_section(batch: BatchSummary) -> dict[str, int]:
-    """How many finished items have each flag."""
-    counts = flag_counts(resources.store(), batch.id)
-    cols = st.columns(len(counts))
-    for col, (name, n) in zip(cols, counts.items()):
-        col.metric(FLAG_TITLES[name], f"{n:,}")
+    """How many finished items have each flag; the researcher's own flags in SQL."""
+    store = resources.store()
+    counts = flag_counts(store, batch.id)
+    cols = st.columns(min(len(counts), 6))
+    for n, (name, found) in enumerate(counts.items()):
+        cols[n % len(cols)].metric(FLAG_TITLES.get(name, name), f"{found:,}")
     with st.expander("How the flags are computed"):
         st.markdown(flags.__doc__.split("\n\n", 1)[1])
+    with st.expander("Add a flag written in SQL"):
+        st.caption("One SQL condition over `items` (one row per finished item: the filter's "
+                   "columns) and `tokens` (idx, position, text, role, prob, logprob, entropy, "
+                   "rank). It runs on a copy of this batch in a separate in-memory database "
+                   "without file access, for at most 10 s; what it matches is kept (run it "
+                   "again to update it after more items finish).")
+        with st.form(f"{PREFIX}.custom_form"):
+            name = st.text_input("Name", key=f"{PREFIX}.custom_name",
+                                 placeholder="e.g. unsure start")
+            condition = st.text_area(
+                "Condition", key=f"{PREFIX}.custom_sql",
+                placeholder="(SELECT prob FROM tokens t WHERE t.idx = items.idx AND "
+                            "t.role = 'response' ORDER BY position LIMIT 1) < 0.2")
+            if st.form_submit_button("Add the flag", disabled=session_panel.read_only()):
+                try:
+                    found = add_custom_flag(store, batch.id, name, condition)
+                except PerplexError as exc:
+                    st.error(plain(str(exc)))
+                else:
+                    st.toast(f"{plain(name.strip())}: {len(found):,} items.")
+                    st.rerun()
+        for own, flag in custom_flags(store, batch.id).items():
+            st.markdown(f"**{plain(own)}**: `{flag['sql'].replace('`', '')}` "
+                        f"({len(flag['matches']):,} items)")
     return counts
 
 
 def filter_bar(batch: BatchSummary) -> Shown:
     """Flags to require, up to three conditions and the order: all parameterised."""
-    chosen = st.multiselect("Items having every one of these flags", list(FLAG_TITLES),
-                            format_func=FLAG_TITLES.get, key=f"{PREFIX}.flags.{batch.id}")
+    names = list(FLAG_TITLES) + list(custom_flags(resources.store(), batch.id))
+    chosen = st.multiselect("Items having every one of these flags", names,
+                            format_func=lambda n: FLAG_TITLES.get(n, n),
+                            key=f"{PREFIX}.flags.{batch.id}")
     conditions = [Condition(name) for name in chosen]
-    words = [FLAG_TITLES[name] for name in chosen]
+    words = [FLAG_TITLES.get(name, name) for name in chosen]
     active = any(st.session_state.get(f"{PREFIX}.col{row}", "(none)") != "(none)"
                  for row in range(FILTER_ROWS))
     with st.expander("Conditions on statistics and text", expanded=active):

@@ -7,17 +7,25 @@ finished — its generation, statistics and flag counts written in one transacti
 (kill -9 included) nothing finished is recomputed and nothing finished is lost.
 
 Filters are built here from a fixed set of columns and operators, with every value passed
-as a query parameter: a value is never part of the SQL text.
+as a query parameter: a value is never part of the SQL text. A researcher's own flag, an
+SQL condition over the tables `items` (one row per item, the filter's columns) and `tokens`
+(one row per token: idx, position, text, role, prob, logprob, entropy, rank), runs on a
+copy of the batch in a separate in-memory DuckDB with file access off and its
+configuration locked, for at most `CUSTOM_SECONDS`: it cannot read or change anything
+else, and what it matches is kept as a list of item numbers.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
+import duckdb
 import pyarrow as pa
 
 from perplex.core.errors import InputFormatError, StoreError
@@ -46,6 +54,10 @@ FLAGS = {
     "answer_mismatch": ("answer_mismatch", None),
     "perplexity_outlier": ("perplexity_z > ?", "perplexity_z"),
 }
+CUSTOM_SECONDS = 10.0
+MAX_CUSTOM_TOKENS = 5_000_000  # token rows copied for a custom flag
+MAX_CUSTOM_CHARS = 2_000
+CUSTOM_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_ -]{0,39}$")
 # Items with their prompt text and the batch-relative z of log-perplexity.
 _ITEMS = """
     SELECT *, (ln(perplexity) - avg(ln(perplexity)) OVER w)
@@ -304,6 +316,9 @@ def load_batch(store: Store, batch_id: str) -> BatchSummary:
 
 def _condition_sql(condition: Condition, settings: dict) -> tuple[str, list]:
     """SQL for one condition, from the fixed vocabulary; the value is a parameter."""
+    custom = settings.get("custom", {})
+    if condition.column in custom and not condition.op:
+        return "list_contains(?, idx)", [custom[condition.column]["matches"]]
     if condition.column in FLAGS and not condition.op:
         sql, parameter = FLAGS[condition.column]
         return f"({sql})", [settings[parameter]] if parameter else []
@@ -348,7 +363,8 @@ def filter_items(store: Store, batch_id: str, conditions: Sequence[Condition] = 
     """Items (as column → value rows) meeting every condition, sorted."""
     if order_by not in COLUMNS:
         raise InputFormatError(f"Cannot sort by {order_by!r}.")
-    settings = load_batch(store, batch_id).settings.get("flags", {})
+    stored = load_batch(store, batch_id).settings
+    settings = {**stored.get("flags", {}), "custom": stored.get("custom_flags", {})}
     parts, params = [], [batch_id]
     for condition in conditions:
         sql, values = _condition_sql(condition, settings)
@@ -376,7 +392,90 @@ def flag_counts(store: Store, batch_id: str) -> dict[str, int]:
             values = [settings[parameter]] if parameter else []
             out[name] = cur.execute(f"SELECT count(*) FROM ({_ITEMS}) WHERE status = 'done' "
                                     f"AND ({sql})", [batch_id, *values]).fetchall()[0][0]
+    for name, flag in custom_flags(store, batch_id).items():
+        out[name] = len(flag["matches"])
     return out
+
+
+def custom_flags(store: Store, batch_id: str) -> dict[str, dict]:
+    """The batch's own flags: name → {"sql": condition, "matches": item numbers}."""
+    return load_batch(store, batch_id).settings.get("custom_flags", {})
+
+
+def add_custom_flag(store: Store, batch_id: str, name: str, condition: str,
+                    seconds: float = CUSTOM_SECONDS) -> list[int]:
+    """Run a researcher's SQL condition on the finished items; keep it and what it matched.
+
+    Run it again (same name) after more items finish to update what it matched.
+    """
+    name = name.strip()
+    if not CUSTOM_NAME.match(name) or name in FLAGS:
+        raise InputFormatError("Name the flag with a letter then up to 39 letters, digits, "
+                               "spaces, - or _, and not as a built-in flag.")
+    matches = custom_matches(store, batch_id, condition, seconds)
+    with store.cursor(write=True) as cur:
+        [(text,)] = cur.execute("SELECT settings FROM batches WHERE id = ?",
+                                [batch_id]).fetchall()
+        settings = json.loads(text)
+        settings.setdefault("custom_flags", {})[name] = {"sql": condition.strip(),
+                                                         "matches": matches}
+        cur.execute("UPDATE batches SET settings = ? WHERE id = ?",
+                    [json.dumps(settings), batch_id])
+    return matches
+
+
+def custom_matches(store: Store, batch_id: str, condition: str,
+                   seconds: float = CUSTOM_SECONDS) -> list[int]:
+    """The finished items for which the condition holds, run in an isolated copy."""
+    condition = condition.strip()
+    if not condition or len(condition) > MAX_CUSTOM_CHARS or ";" in condition:
+        raise InputFormatError(f"A flag is one SQL condition (no ';', at most "
+                               f"{MAX_CUSTOM_CHARS:,} characters), e.g. "
+                               "`mean_prob < 0.5 AND (SELECT max(entropy) FROM tokens t "
+                               "WHERE t.idx = items.idx) > 4`.")
+    items, tokens = _copies(store, batch_id)
+    sandbox = duckdb.connect(":memory:", config={"enable_external_access": False,
+                                                 "lock_configuration": True})
+    timer = threading.Timer(seconds, sandbox.interrupt)
+    try:
+        sandbox.register("items", items)
+        sandbox.register("tokens", tokens)
+        timer.start()
+        rows = sandbox.execute(f"SELECT idx FROM items WHERE ({condition})").fetchall()
+    except duckdb.InterruptException:
+        raise InputFormatError(f"The flag's SQL ran longer than {seconds:g} s and was "
+                               "stopped: make it simpler.") from None
+    except duckdb.Error as exc:
+        first = str(exc).strip().splitlines()[0][:300]
+        raise InputFormatError(f"The flag's SQL was refused: {first}") from None
+    finally:
+        timer.cancel()
+        sandbox.close()
+    found = {row[0] for row in rows}
+    if not all(isinstance(i, int) for i in found) or not found <= set(items["idx"].to_pylist()):
+        raise InputFormatError("The flag's SQL must select items of this batch.")
+    return sorted(found)
+
+
+def _copies(store: Store, batch_id: str) -> tuple[pa.Table, pa.Table]:
+    """The finished items (filter columns) and their tokens, as Arrow tables."""
+    with store.cursor() as cur:
+        [(n,)] = cur.execute(
+            "SELECT count(*) FROM token_steps t JOIN batch_items i ON "
+            "t.generation_id = i.generation_id WHERE i.batch_id = ? AND i.status = 'done'",
+            [batch_id]).fetchall()
+        if n > MAX_CUSTOM_TOKENS:
+            raise InputFormatError(f"The batch has {n:,} token records; a flag written in SQL "
+                                   f"reads at most {MAX_CUSTOM_TOKENS:,}. Filter with the "
+                                   "built-in conditions instead.")
+        items = cur.sql(f"SELECT {', '.join(COLUMNS)} FROM ({_ITEMS}) WHERE status = 'done'",
+                        params=[batch_id]).to_arrow_table()
+        tokens = cur.sql(
+            "SELECT i.idx, t.position, t.text, t.role, t.prob, t.logprob, t.entropy, t.rank "
+            "FROM token_steps t JOIN batch_items i ON t.generation_id = i.generation_id "
+            "WHERE i.batch_id = ? AND i.status = 'done' ORDER BY i.idx, t.position",
+            params=[batch_id]).to_arrow_table()
+    return items, tokens
 
 
 def item_generation(store: Store, generation_id: str) -> Generation:
