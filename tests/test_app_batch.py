@@ -70,3 +70,17 @@ def test_a_flag_in_sql_is_added_and_a_bad_one_named(app):
     button(at, "Add the flag").click().run()
     assert any("Permission Error" in e.value for e in at.error)
     assert not any(m.label == "files" for m in at.metric)
+
+
+def test_a_sample_dataset_runs_as_a_batch(app):
+    at = app.run()
+    at.number_input(key="batch.max_new").set_value(3)
+    at.selectbox(key="batch.dataset").set_value("sample:mmlu").run()
+    button(at, "Create the batch and run it").click().run()
+    assert not at.exception, at.exception
+    with Store.open(load_settings().database) as store, store.cursor() as cur:
+        [(name, n, done, refs)] = cur.execute(
+            "SELECT b.name, count(*), count(*) FILTER (WHERE i.status = 'done'), "
+            "count(i.reference) FROM batches b JOIN batch_items i ON i.batch_id = b.id "
+            "GROUP BY b.name").fetchall()
+    assert name.startswith("sample: MMLU") and n == done == refs > 0

@@ -358,3 +358,18 @@ def test_a_flag_written_in_sql_runs_isolated_and_matches_a_comprehension(tmp_pat
     assert len(filter_items(store, batch_id)) == 5 and "bad" not in custom_flags(store, batch_id)
     with pytest.raises(InputFormatError, match="Name the flag"):
         add_custom_flag(store, batch_id, "low_confidence", "TRUE")
+
+
+def test_a_stored_dataset_becomes_prompts_with_references(tmp_path):
+    from perplex.core.calibration import Dataset, Item
+    from perplex.modes.batch.inputs import dataset_items
+    from perplex.workspace.calibration_store import list_datasets, load_dataset, save_dataset
+
+    store = Store.open(tmp_path / "d.duckdb")
+    save_dataset(store, Dataset("quiz", (Item("a", "Capital of France?", ("Paris",)),
+                                         Item("b", "2 + 2?", (), ("3", "4"), 1)), id="q1"))
+    assert list_datasets(store) == [("q1", "quiz", 2)]
+    free, choice = dataset_items(load_dataset(store, "q1"), (Message("system", "Be brief."),))
+    assert free.messages == (Message("system", "Be brief."), Message("user", "Capital of France?"))
+    assert free.references == ("Paris",) and free.line == 1
+    assert choice.messages[-1].content == "2 + 2?\nA. 3\nB. 4" and choice.references == ("B", "4")

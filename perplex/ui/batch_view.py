@@ -14,9 +14,10 @@ from perplex.core.errors import PerplexError
 from perplex.core.records import DecodeParams, Message
 from perplex.modes.batch import flags
 from perplex.modes.batch.flags import FLAG_TITLES, FlagSettings, ItemFlags
-from perplex.modes.batch.inputs import FORMATS, batch_kind, read_items
+from perplex.modes.batch.inputs import FORMATS, batch_kind, dataset_items, read_items
 from perplex.modes.batch.plots import statistic_bins, statistic_histogram
 from perplex.modes.batch.run import BatchProgress, RunSettings, run_batch
+from perplex.modes.calibration.datasets import sample_dataset
 from perplex.ui import investigate, page_state, resources, session_panel
 from perplex.ui.export_panel import download, figure_downloads
 from perplex.ui.sidebar import thresholds
@@ -46,6 +47,7 @@ from perplex.workspace.batch_store import (
     list_batches,
     reset_failed,
 )
+from perplex.workspace.calibration_store import list_datasets, load_dataset
 
 PREFIX = "batch"
 CURRENT = page_state.current_key(PREFIX)  # the item's Generation open in the reader
@@ -79,9 +81,17 @@ def new_batch_section(engine, system: tuple[Message, ...], params: DecodeParams)
             "files)", type=[f.removeprefix(".") for f in FORMATS], key=f"{PREFIX}.upload")
         pasted = st.text_area("…or paste prompts, one a line", key=f"{PREFIX}.pasted",
                               height=120)
+        datasets = {"": "(none)",
+                    "sample:trivia": "sample: TriviaQA-style questions (Calibration's)",
+                    "sample:mmlu": "sample: MMLU-style multiple choice (Calibration's)",
+                    **{f"db:{i}": f"{title} ({n:,} questions, saved in Calibration)"
+                       for i, title, n in list_datasets(resources.store())}}
+        dataset = st.selectbox("…or a dataset already in the database", list(datasets),
+                               format_func=datasets.get, key=f"{PREFIX}.dataset")
         name = st.text_input("Batch name", key=f"{PREFIX}.name",
-                             placeholder="the file's name, or “Pasted prompts”")
-        name = name.strip() or (upload.name if upload is not None else "Pasted prompts")
+                             placeholder="the file's or dataset's name, or “Pasted prompts”")
+        name = name.strip() or (upload.name if upload is not None else "Pasted prompts"
+                                if pasted.strip() else datasets[dataset])
         flag_settings = _flag_settings()
         rescore = st.checkbox("Score transcripts that carry their own probabilities again with "
                               "the model", key=f"{PREFIX}.rescore",
@@ -90,9 +100,9 @@ def new_batch_section(engine, system: tuple[Message, ...], params: DecodeParams)
                                    "model.")
         go = st.button("Create the batch and run it", type="primary", key=f"{PREFIX}.create",
                        disabled=session_panel.read_only() or engine is None
-                       or (upload is None and not pasted.strip()))
+                       or (upload is None and not pasted.strip() and not dataset))
         if go:
-            _create(engine, upload, pasted, name, system,
+            _create(engine, _entries(upload, pasted, dataset, system), name,
                     RunSettings(params, flag_settings, rescore))
 
 
@@ -115,14 +125,22 @@ def _flag_settings() -> FlagSettings:
     return FlagSettings(**{k: float(v) if k != "span_k" else v for k, v in values.items()})
 
 
-def _create(engine, upload, pasted: str, name: str, system: tuple[Message, ...],
-            settings: RunSettings) -> None:
-    source = (upload.name, upload) if upload is not None else \
-        ("pasted.txt", io.BytesIO(pasted.encode("utf-8")))
+def _entries(upload, pasted: str, dataset: str, system: tuple[Message, ...]):
+    """What the batch reads: the upload, else the pasted lines, else the dataset."""
+    if upload is not None:
+        return lambda: read_items(upload.name, upload, system)
+    if pasted.strip():
+        return lambda: read_items("pasted.txt", io.BytesIO(pasted.encode("utf-8")), system)
+    kind, _, ident = dataset.partition(":")
+    return lambda: dataset_items(sample_dataset(ident) if kind == "sample"
+                                 else load_dataset(resources.store(), ident), system)
+
+
+def _create(engine, read, name: str, settings: RunSettings) -> None:
     store = resources.store()
     bar = st.progress(0.0, text="Reading the items…")
     try:
-        entries = read_items(source[0], source[1], system)
+        entries = read()
         head = []  # unreadable lines before the first item, which sets the batch's kind
         for entry in entries:
             head.append(entry)

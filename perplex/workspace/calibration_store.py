@@ -57,6 +57,15 @@ def save_dataset(store: Store, dataset: Dataset) -> None:
             cur.unregister("incoming_items")
 
 
+def list_datasets(store: Store) -> list[tuple[str, str, int]]:
+    """(id, name, items) of every stored dataset, newest first."""
+    with store.cursor() as cur:
+        return [tuple(row) for row in cur.execute(
+            "SELECT d.id, d.name, count(i.item_id) FROM calibration_datasets d LEFT JOIN "
+            "calibration_items i ON i.dataset_id = d.id GROUP BY d.id, d.name, d.created_at "
+            "ORDER BY d.created_at DESC").fetchall()]
+
+
 def load_dataset(store: Store, dataset_id: str) -> Dataset:
     """The dataset saved under `dataset_id`."""
     with store.cursor() as cur:

@@ -7,6 +7,8 @@
   list of aliases) for prompts; or a chat transcript (a list of messages, `{"messages":
   [...]}`, or an OpenAI chat completion with logprobs) for transcripts.
 - `.zip`: a folder of JSON transcript files, one transcript (or list of them) each.
+- a dataset already in the database (Calibration's): each question a prompt, its aliases
+  (or, for multiple choice, the right option's letter and text) the references.
 
 A batch holds prompts or transcripts, decided by the first readable item. A line that
 cannot be read (not UTF-8, malformed JSON, an empty or overlong prompt, the other kind of
@@ -22,9 +24,12 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
+from perplex.core.calibration import Dataset
 from perplex.core.errors import InputFormatError
 from perplex.core.formats import line_transcripts, parse_upload
 from perplex.core.records import Message
+from perplex.modes.calibration.answers import LETTERS
+from perplex.modes.calibration.run import Template
 from perplex.workspace.batch_store import BatchInput, Malformed
 
 MAX_ITEMS = 100_000
@@ -210,3 +215,17 @@ def _zip(stream: BinaryIO, system) -> Iterator[BatchInput | Malformed]:
             yield Malformed(number, f"{member.filename}: larger than the archive says")
             continue
         yield from _transcripts_of(number, lambda: parse_upload(member.filename, data).transcripts)
+
+
+def dataset_items(dataset: Dataset, system: tuple[Message, ...] = ()) -> Iterator[BatchInput]:
+    """A stored dataset's questions as prompts with their references (line = item number).
+
+    A multiple-choice question lists its options as the Calibration mode does; its
+    references are the right option's letter and text.
+    """
+    ask = Template(free="{question}", choice="{question}\n{options}")
+    for number, item in enumerate(dataset.items, 1):
+        references = item.aliases
+        if item.multiple_choice and item.answer_index is not None:
+            references = (LETTERS[item.answer_index], item.choices[item.answer_index])
+        yield BatchInput(number, system + (Message("user", ask.prompt(item)),), references)
