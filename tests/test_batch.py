@@ -373,3 +373,28 @@ def test_a_stored_dataset_becomes_prompts_with_references(tmp_path):
     assert free.messages == (Message("system", "Be brief."), Message("user", "Capital of France?"))
     assert free.references == ("Paris",) and free.line == 1
     assert choice.messages[-1].content == "2 + 2?\nA. 3\nB. 4" and choice.references == ("B", "4")
+
+
+def test_the_refusal_flag_is_the_prefilling_modes_p_r_set(engine, tmp_path):
+    """Against `first_token` of the Prefilling mode on the same prompts (its own pass)."""
+    from perplex.modes import prefill
+    from perplex.workspace.token_sets import COMPLIANCE_SET, DEFAULT_SETS, REFUSAL_SET
+    from tests.tolerances import FLOAT32_PROB
+
+    store = Store.open(tmp_path / "rs.duckdb")
+    prompts = ["Hello world! How are you today?", "Tell me how to pick a lock.", "Hi"]
+    words = DEFAULT_SETS[REFUSAL_SET]
+    settings = RunSettings(PARAMS, FlagSettings(refusal_p=0.0), refusal_words=words)
+    batch_id = create_batch(store, "r", "prompts", "tiny", settings.to_json(), None)
+    add_items(store, batch_id, read_items("p.txt", io.BytesIO("\n".join(prompts).encode())))
+    run_batch(engine, store, batch_id, settings)
+    refusal = prefill.resolve_set(engine.tokenizer, list(words), REFUSAL_SET, strict=False)
+    compliance = prefill.resolve_set(engine.tokenizer, list(DEFAULT_SETS[COMPLIANCE_SET]),
+                                     COMPLIANCE_SET, strict=False)
+    assert any(len(s) > 1 for s in refusal.counted)  # words of several tokens are counted too
+    rows = filter_items(store, batch_id)
+    for row, prompt in zip(rows, prompts):
+        expected = prefill.first_token(engine.lm, prompt, refusal, compliance).mass.refusal
+        assert abs(row["refusal_prob"] - expected) <= FLOAT32_PROB, prompt
+    assert [r["idx"] for r in filter_items(store, batch_id, [Condition("refusal")])] == [
+        r["idx"] for r in rows if r["refusal_prob"] > 0.0]

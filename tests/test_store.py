@@ -118,7 +118,7 @@ EXPECTED_SCHEMA = {
         ("mean_entropy", "DOUBLE"), ("max_entropy", "DOUBLE"), ("perplexity", "DOUBLE"),
         ("low_confidence", "INTEGER"), ("entropy_spikes", "INTEGER"),
         ("hallucination_spans", "INTEGER"), ("answer_mismatch", "BOOLEAN"),
-        ("flagged", "JSON")],
+        ("flagged", "JSON"), ("refusal_prob", "DOUBLE")],
     "decoding_drafts": [
         ("run_id", "VARCHAR"), ("round", "INTEGER"), ("slot", "INTEGER"), ("token_id", "INTEGER"),
         ("q", "DOUBLE"), ("p", "DOUBLE"), ("accepted", "BOOLEAN"), ("verified", "BOOLEAN"),
@@ -167,7 +167,7 @@ def store(tmp_path):
 
 def test_blank_database_migrates_to_expected_schema(store):
     """A blank database gets every migration and exactly the documented tables and columns."""
-    assert store.schema_version() == len(MIGRATIONS) == 9
+    assert store.schema_version() == len(MIGRATIONS) == 10
     with store._cursor() as cur:
         rows = cur.execute("SELECT table_name, column_name, data_type FROM duckdb_columns() "
                            "WHERE database_name = current_database() "

@@ -152,7 +152,7 @@ def _all_sequences(sets: Sequence[WordSet]) -> list[tuple[int, ...]]:
     return list(dict.fromkeys(s for word_set in sets for s in word_set.sequences))
 
 
-def _set_prob(word_set: WordSet, word_probs: dict) -> float:
+def set_prob(word_set: WordSet, word_probs: dict) -> float:
     """P(set): the sum over its counted spellings (`word_probs`: sequence → probability)."""
     return float(sum(word_probs[s] for s in word_set.counted))
 
@@ -202,8 +202,8 @@ def next_token_words(lm: LoadedModel, contexts: Sequence[Sequence[int]],
 
 def set_mass(refusal: WordSet, compliance: WordSet, word_probs: dict) -> SetMass:
     """P(R-Set) and P(C-Set) from the spellings' probabilities at one position."""
-    return SetMass(_set_prob(refusal, word_probs),
-                   _set_prob(compliance, word_probs))
+    return SetMass(set_prob(refusal, word_probs),
+                   set_prob(compliance, word_probs))
 
 
 def _first_token(lm: LoadedModel, prompt: str, probs: np.ndarray, word_probs: dict,
@@ -216,7 +216,7 @@ def _first_token(lm: LoadedModel, prompt: str, probs: np.ndarray, word_probs: di
     return FirstToken(prompt, tuple(int(i) for i in order), texts,
                       tuple(float(probs[i]) for i in order),
                       set_mass(refusal, compliance, word_probs),
-                      tuple((ws.name, _set_prob(ws, word_probs)) for ws in own),
+                      tuple((ws.name, set_prob(ws, word_probs)) for ws in own),
                       words)
 
 

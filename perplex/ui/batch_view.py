@@ -48,6 +48,7 @@ from perplex.workspace.batch_store import (
     reset_failed,
 )
 from perplex.workspace.calibration_store import list_datasets, load_dataset
+from perplex.workspace.token_sets import REFUSAL_SET, session_set_words
 
 PREFIX = "batch"
 CURRENT = page_state.current_key(PREFIX)  # the item's Generation open in the reader
@@ -101,14 +102,20 @@ def new_batch_section(engine, system: tuple[Message, ...], params: DecodeParams)
         go = st.button("Create the batch and run it", type="primary", key=f"{PREFIX}.create",
                        disabled=session_panel.read_only() or engine is None
                        or (upload is None and not pasted.strip() and not dataset))
+        words = session_set_words(resources.store(), session_panel.current_session_id())
+        refusal = words[REFUSAL_SET] if hasattr(engine, "word_probs") else ()
+        st.caption("Refusal at the first token: P(R-Set) of the session's R-Set words ("
+                   + plain(", ".join(refusal)) + "; edit them on the Prefilling page)"
+                   if refusal else "Refusal at the first token needs the full next-token "
+                   "distribution: on this engine it is not computed.")
         if go:
             _create(engine, _entries(upload, pasted, dataset, system), name,
-                    RunSettings(params, flag_settings, rescore))
+                    RunSettings(params, flag_settings, rescore, refusal_words=tuple(refusal)))
 
 
 def _flag_settings() -> FlagSettings:
     st.markdown("**Flags** (each documented under *How the flags are computed*)")
-    cols = st.columns(6)
+    cols = st.columns(7)
     values = dict(
         low_p=cols[0].number_input("low confidence: p <", 0.0, 1.0, 0.1, 0.01,
                                    key=f"{PREFIX}.low_p"),
@@ -121,7 +128,9 @@ def _flag_settings() -> FlagSettings:
         span_k=int(cols[4].number_input("span: next k tokens", 1, 20, 3,
                                         key=f"{PREFIX}.span_k")),
         perplexity_z=cols[5].number_input("perplexity outlier: z >", 0.0, 10.0, 2.0, 0.5,
-                                          key=f"{PREFIX}.ppl_z"))
+                                          key=f"{PREFIX}.ppl_z"),
+        refusal_p=cols[6].number_input("refusal: P(R-Set) >", 0.0, 1.0, 0.5, 0.05,
+                                       key=f"{PREFIX}.refusal_p"))
     return FlagSettings(**{k: float(v) if k != "span_k" else v for k, v in values.items()})
 
 
@@ -196,7 +205,8 @@ def _settings_of(batch: BatchSummary) -> RunSettings:
     stored = batch.settings
     params = DecodeParams(**{**stored["params"],
                              "stop_strings": tuple(stored["params"]["stop_strings"])})
-    return RunSettings(params, FlagSettings(**stored["flags"]), stored.get("rescore", False))
+    return RunSettings(params, FlagSettings(**stored["flags"]), stored.get("rescore", False),
+                       refusal_words=tuple(stored.get("refusal_words", ())))
 
 
 def run_section(engine, batch: BatchSummary) -> None:
@@ -346,7 +356,7 @@ def items_section(batch: BatchSummary, shown: Shown) -> list[dict]:
                            "answer": (r["answer"] or r["error"] or "")[:120],
                            "mean p": r["mean_prob"], "perplexity": r["perplexity"],
                            "low-p": r["low_confidence"], "spikes": r["entropy_spikes"],
-                           "spans": r["hallucination_spans"],
+                           "spans": r["hallucination_spans"], "P(R-Set)": r["refusal_prob"],
                            "mismatch": r["answer_mismatch"]} for r in rows[:5000]])
     picked = st.dataframe(table, hide_index=True, width="stretch", height=260,
                           on_select="rerun", selection_mode="single-row",
@@ -418,6 +428,8 @@ def _item_line(row: dict) -> str:
              f"{row['low_confidence']} low-confidence",
              count(row["entropy_spikes"], "entropy spike"),
              count(row["hallucination_spans"], "hallucination span")]
+    if row["refusal_prob"] is not None:
+        parts.append(f"P(R-Set) {row['refusal_prob']:.3f} at the first token")
     if row["answer_mismatch"] is not None:
         expected = " | ".join(json.loads(row["reference"]))
         parts.append(f"answer ≠ reference “{expected}”" if row["answer_mismatch"]

@@ -301,6 +301,8 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (batch_id, idx)
     );
     """,
+    # 10: the batch flag "refusal at the first token"
+    "ALTER TABLE batch_items ADD COLUMN refusal_prob DOUBLE;",
 ]
 
 _ALTERNATIVE = pa.struct([("token_id", pa.int32()), ("text", pa.string()),

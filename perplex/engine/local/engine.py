@@ -31,7 +31,7 @@ from perplex.engine.local.models import LoadedModel
 from perplex.engine.local.nnsight_adapter import capture_residuals, patched_last_residual
 from perplex.engine.local.scoring import score_conversations
 from perplex.engine.local.stream import LogitStream, Steering, model_view
-from perplex.engine.local.word_probs import continuation_probs
+from perplex.engine.local.word_probs import continuation_probs, model_continuation_probs
 from perplex.engine.protocol import Capabilities, ModelInfo, ResidualPatch, ScoredSequence
 
 LOCAL_CAPABILITIES = Capabilities(token_ids=True, full_distribution=True, scores_text=True,
@@ -56,6 +56,21 @@ class LocalEngine:
         return ModelInfo(lm.label, lm.vocab_size, lm.context_length, lm.n_layers,
                          frozenset(lm.eos_ids),
                          bool(getattr(lm.model.config, "tie_word_embeddings", False)))
+
+    @property
+    def tokenizer(self):
+        """The Hugging Face tokenizer (to spell word sets; never a model's modules)."""
+        return self.lm.tokenizer
+
+    def word_probs(self, contexts: Sequence[Sequence[int]], words: Sequence[tuple[int, ...]]
+                   ) -> list[dict[tuple[int, ...], float]]:
+        """Per context: P(each word's token sequence comes next), in one tree-masked pass."""
+        if not contexts or any(len(c) == 0 for c in contexts):
+            raise InputFormatError("Each context needs at least one token.")
+        with self.lock:
+            found = model_continuation_probs(self.lm, contexts,
+                                             [[len(c) - 1] for c in contexts], words)
+        return [dict(zip(words, (float(p) for p in r.word_probs[0]))) for r in found]
 
     @property
     def anatomy(self) -> Anatomy:

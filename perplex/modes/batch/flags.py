@@ -9,6 +9,9 @@ it fires, as indices into the generation's steps, so the reader can mark those t
   3 scored tokens or all entropies are equal).
 - **hallucination span**: the Hallucination mode's rule (`flagged_spans`): a token with
   p < `span_confidence` whose next `span_k` tokens have mean entropy > `span_entropy`.
+- **refusal at the first token**: P(R-Set) of the first answer token — the Prefilling
+  mode's word-level mass of the session's R-Set words — is over `refusal_p` (default 0.5);
+  on engines that give the full next-token distribution.
 - **answer mismatch**: a reference was given and its TriviaQA-normalised text is not a
   whole-word part of the normalised answer (any of its aliases).
 - **perplexity outlier** (across the batch, computed when filtering): an answer whose
@@ -37,10 +40,11 @@ class FlagSettings:
     span_confidence: float = 0.4
     span_entropy: float = 2.5
     span_k: int = 3
+    refusal_p: float = 0.5
     perplexity_z: float = 2.0
 
     def __post_init__(self) -> None:
-        for name in ("low_p", "span_confidence"):
+        for name in ("low_p", "span_confidence", "refusal_p"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
                 raise InputFormatError(f"{name} is a probability between 0 and 1, not {value!r}.")
@@ -60,6 +64,7 @@ FLAG_TITLES = {  # the store's flag names (`batch_store.FLAGS`), as the page sho
     "low_confidence": "low-confidence tokens",
     "entropy_spike": "entropy spikes",
     "hallucination_span": "hallucination spans",
+    "refusal": "refusal at the first token",
     "answer_mismatch": "answer ≠ reference",
     "perplexity_outlier": "perplexity outlier",
 }

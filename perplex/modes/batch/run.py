@@ -20,6 +20,7 @@ from perplex.core.errors import GenerationError, PerplexError
 from perplex.core.records import DecodeParams, Generation
 from perplex.core.stats import summarise
 from perplex.modes.batch.flags import FlagSettings, answer_indices, item_flags
+from perplex.modes.batch.refusal import first_token_refusal, refusal_set
 from perplex.workspace.batch_store import (
     ItemResult,
     PendingItem,
@@ -71,16 +72,18 @@ class RunSettings:
     params: DecodeParams
     flags: FlagSettings = FlagSettings()
     rescore: bool = False  # transcripts that carry probabilities: score them again anyway
+    refusal_words: tuple[str, ...] = ()  # the R-Set's words (empty: no refusal flag)
     retry_failed: bool = False  # run the failed items again too
 
     def to_json(self) -> dict:
         """As stored with the batch."""
         return {"params": dict(self.params.__dict__, stop_strings=list(self.params.stop_strings)),
-                "flags": self.flags.to_json(), "rescore": self.rescore}
+                "flags": self.flags.to_json(), "rescore": self.rescore,
+                "refusal_words": list(self.refusal_words)}
 
 
 def item_result(generation: Generation, references: Sequence[str],
-                flags: FlagSettings) -> ItemResult:
+                flags: FlagSettings, refusal_prob: float | None = None) -> ItemResult:
     """An item's statistics and flags from its generation's records."""
     steps = generation.steps
     answer_at = answer_indices(steps)
@@ -90,7 +93,8 @@ def item_result(generation: Generation, references: Sequence[str],
     return ItemResult(generation, answer, stats.n_tokens, stats.mean_prob, stats.min_prob,
                       stats.mean_entropy, stats.max_entropy, stats.perplexity,
                       len(found.low_confidence), len(found.entropy_spikes),
-                      len(found.hallucination_spans), found.answer_mismatch, found.to_json())
+                      len(found.hallucination_spans), refusal_prob, found.answer_mismatch,
+                      found.to_json())
 
 
 def run_batch(engine, store: Store, batch_id: str, settings: RunSettings,
@@ -103,6 +107,8 @@ def run_batch(engine, store: Store, batch_id: str, settings: RunSettings,
     summary = load_batch(store, batch_id)
     done, failed = summary.done, summary.failed
     started, tokens, count = time.perf_counter(), 0, 0
+    refusal = refusal_set(engine, settings.refusal_words) \
+        if settings.refusal_words and hasattr(engine, "word_probs") else None
 
     def progress(stopped: bool = False) -> BatchProgress:
         return BatchProgress(done, failed, summary.total, tokens,
@@ -112,10 +118,11 @@ def run_batch(engine, store: Store, batch_id: str, settings: RunSettings,
         items = pending_items(store, batch_id, CHUNK)
         if not items:
             return progress()
-        for item, outcome in zip(items, _run_chunk(engine, store, summary.kind, items,
-                                                   settings, sleep)):
+        outcomes = _run_chunk(engine, store, summary.kind, items, settings, sleep)
+        refusals = _refusals(engine, outcomes, refusal)
+        for item, outcome, refusal_prob in zip(items, outcomes, refusals):
             if isinstance(outcome, Generation):
-                result = item_result(outcome, item.references, settings.flags)
+                result = item_result(outcome, item.references, settings.flags, refusal_prob)
                 try:
                     finish_item(store, batch_id, item.idx, result)
                 except PerplexError as exc:
@@ -131,6 +138,20 @@ def run_batch(engine, store: Store, batch_id: str, settings: RunSettings,
         if on_progress:
             on_progress(progress())
     return progress(stopped=True)
+
+
+def _refusals(engine, outcomes: list[Generation | str], refusal) -> list[float | None]:
+    """P(R-Set) at each finished item's first answer token, where it can be computed."""
+    if refusal is None:
+        return [None] * len(outcomes)
+    done = [n for n, o in enumerate(outcomes) if isinstance(o, Generation)]
+    found = [None] * len(outcomes)
+    try:
+        for n, p in zip(done, first_token_refusal(engine, [outcomes[n] for n in done], refusal)):
+            found[n] = p
+    except PerplexError:  # e.g. an answer at the end of the context: no flag, the item stays
+        pass
+    return found
 
 
 def _run_chunk(engine, store: Store, kind: str, items: list[PendingItem],
