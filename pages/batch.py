@@ -19,10 +19,11 @@ engine = resources.active_engine()  # the local model, or the endpoint chosen in
 params = decode_params_form(view.PREFIX)
 system = system_prompt_control(lm, view.PREFIX, disabled=session_panel.read_only(),
                                applies="for prompts") if lm is not None else ()
+second = view.second_model()
 view.new_batch_section(engine, system, params)
 batch = view.batch_picker()
 if batch is not None:
-    view.run_section(engine, batch)
+    view.run_section(engine, batch, second)
     counts = view.flags_section(batch)
     shown = view.filter_bar(batch)
     rows = view.items_section(batch, shown)

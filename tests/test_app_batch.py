@@ -84,3 +84,22 @@ def test_a_sample_dataset_runs_as_a_batch(app):
             "count(i.reference) FROM batches b JOIN batch_items i ON i.batch_id = b.id "
             "GROUP BY b.name").fetchall()
     assert name.startswith("sample: MMLU") and n == done == refs > 0
+
+
+def test_the_divergence_flag_with_a_second_model(app, tiny_lm_for_pages, monkeypatch):
+    from perplex.engine.local.engine import LocalEngine
+    from perplex.ui import model_choice
+
+    second = LocalEngine(tiny_model(seed=1, layers=2, tokenizer=tiny_lm_for_pages.tokenizer))
+    # the picker would prepare the bundled model's fine-tune; a second tiny model stands in
+    monkeypatch.setattr(model_choice, "local_engine", lambda choice, source="": second)
+    at = app.run()
+    at.toggle(key="batch.use_second").set_value(True).run()
+    at.number_input(key="batch.max_new").set_value(3)
+    at.text_area(key="batch.pasted").set_value("One\nTwo")
+    at.run()
+    button(at, "Create the batch and run it").click().run()
+    assert not at.exception, at.exception
+    with Store.open(load_settings().database) as store, store.cursor() as cur:
+        values = [v for (v,) in cur.execute("SELECT divergence FROM batch_items").fetchall()]
+    assert len(values) == 2 and all(v is not None and v > 0 for v in values)

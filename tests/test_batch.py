@@ -398,3 +398,31 @@ def test_the_refusal_flag_is_the_prefilling_modes_p_r_set(engine, tmp_path):
         assert abs(row["refusal_prob"] - expected) <= FLOAT32_PROB, prompt
     assert [r["idx"] for r in filter_items(store, batch_id, [Condition("refusal")])] == [
         r["idx"] for r in rows if r["refusal_prob"] > 0.0]
+
+
+def test_divergence_from_a_second_model_is_the_mean_kl_by_hand(engine, tmp_path):
+    import torch
+
+    from perplex.modes.comparison.pairing import PairingError
+    from tests.tiny import tiny_tokenizer
+    from tests.tolerances import FLOAT32_NATS
+
+    second = LocalEngine(tiny_model(seed=1, layers=2, tokenizer=engine.tokenizer))
+    store = Store.open(tmp_path / "dv.duckdb")
+    settings = RunSettings(PARAMS, FlagSettings(divergence_kl=0.0))
+    batch_id = create_batch(store, "d", "prompts", "tiny", settings.to_json(), None)
+    add_items(store, batch_id, read_items("p.txt", io.BytesIO(b"Hello world!\nSure")))
+    run_batch(engine, store, batch_id, settings, second=second)
+    rows = filter_items(store, batch_id)
+    for row in rows:
+        generation = item_generation(store, row["generation_id"])
+        ids = [s.token_id for s in generation.steps]
+        answer = [i for i, s in enumerate(generation.steps) if s.role is TokenRole.RESPONSE]
+        log_a = torch.log_softmax(engine.sequence_logits(ids).double(), -1)
+        log_b = torch.log_softmax(second.sequence_logits(ids).double(), -1)
+        kls = [float((log_a[t - 1].exp() * (log_a[t - 1] - log_b[t - 1])).sum()) for t in answer]
+        assert abs(row["divergence"] - sum(kls) / len(kls)) <= FLOAT32_NATS
+    assert len(filter_items(store, batch_id, [Condition("divergence")])) == len(rows)
+    other = LocalEngine(tiny_model(seed=1, layers=2, tokenizer=tiny_tokenizer(vocab_size=280)))
+    with pytest.raises(PairingError, match="do not share a tokenizer"):
+        run_batch(engine, store, batch_id, settings, second=other)

@@ -118,7 +118,7 @@ EXPECTED_SCHEMA = {
         ("mean_entropy", "DOUBLE"), ("max_entropy", "DOUBLE"), ("perplexity", "DOUBLE"),
         ("low_confidence", "INTEGER"), ("entropy_spikes", "INTEGER"),
         ("hallucination_spans", "INTEGER"), ("answer_mismatch", "BOOLEAN"),
-        ("flagged", "JSON"), ("refusal_prob", "DOUBLE")],
+        ("flagged", "JSON"), ("refusal_prob", "DOUBLE"), ("divergence", "DOUBLE")],
     "decoding_drafts": [
         ("run_id", "VARCHAR"), ("round", "INTEGER"), ("slot", "INTEGER"), ("token_id", "INTEGER"),
         ("q", "DOUBLE"), ("p", "DOUBLE"), ("accepted", "BOOLEAN"), ("verified", "BOOLEAN"),

@@ -20,6 +20,7 @@ from perplex.modes.batch.run import BatchProgress, RunSettings, run_batch
 from perplex.modes.calibration.datasets import sample_dataset
 from perplex.ui import investigate, page_state, resources, session_panel
 from perplex.ui.export_panel import download, figure_downloads
+from perplex.ui.model_choice import choose_local_model
 from perplex.ui.sidebar import thresholds
 from perplex.ui.text import count, plain
 from perplex.ui.transcript import show_transcript
@@ -115,22 +116,24 @@ def new_batch_section(engine, system: tuple[Message, ...], params: DecodeParams)
 
 def _flag_settings() -> FlagSettings:
     st.markdown("**Flags** (each documented under *How the flags are computed*)")
-    cols = st.columns(7)
+    first, second = st.columns(4), st.columns(4)
     values = dict(
-        low_p=cols[0].number_input("low confidence: p <", 0.0, 1.0, 0.1, 0.01,
-                                   key=f"{PREFIX}.low_p"),
-        spike_k=cols[1].number_input("entropy spike: k (sd)", 0.0, 10.0, 2.0, 0.5,
-                                     key=f"{PREFIX}.spike_k"),
-        span_confidence=cols[2].number_input("span: p <", 0.0, 1.0, 0.4, 0.05,
-                                             key=f"{PREFIX}.span_p"),
-        span_entropy=cols[3].number_input("span: mean entropy >", 0.0, 20.0, 2.5, 0.5,
-                                          key=f"{PREFIX}.span_h"),
-        span_k=int(cols[4].number_input("span: next k tokens", 1, 20, 3,
-                                        key=f"{PREFIX}.span_k")),
-        perplexity_z=cols[5].number_input("perplexity outlier: z >", 0.0, 10.0, 2.0, 0.5,
-                                          key=f"{PREFIX}.ppl_z"),
-        refusal_p=cols[6].number_input("refusal: P(R-Set) >", 0.0, 1.0, 0.5, 0.05,
-                                       key=f"{PREFIX}.refusal_p"))
+        low_p=first[0].number_input("low confidence: p <", 0.0, 1.0, 0.1, 0.01,
+                                    key=f"{PREFIX}.low_p"),
+        spike_k=first[1].number_input("entropy spike: k (sd)", 0.0, 10.0, 2.0, 0.5,
+                                      key=f"{PREFIX}.spike_k"),
+        span_confidence=first[2].number_input("span: p <", 0.0, 1.0, 0.4, 0.05,
+                                              key=f"{PREFIX}.span_p"),
+        span_entropy=first[3].number_input("span: mean entropy >", 0.0, 20.0, 2.5, 0.5,
+                                           key=f"{PREFIX}.span_h"),
+        span_k=int(second[0].number_input("span: next k tokens", 1, 20, 3,
+                                          key=f"{PREFIX}.span_k")),
+        perplexity_z=second[1].number_input("perplexity outlier: z >", 0.0, 10.0, 2.0, 0.5,
+                                            key=f"{PREFIX}.ppl_z"),
+        refusal_p=second[2].number_input("refusal: P(R-Set) >", 0.0, 1.0, 0.5, 0.05,
+                                         key=f"{PREFIX}.refusal_p"),
+        divergence_kl=second[3].number_input("divergence: mean KL >", 0.0, 50.0, 0.5, 0.1,
+                                             key=f"{PREFIX}.divergence_kl"))
     return FlagSettings(**{k: float(v) if k != "span_k" else v for k, v in values.items()})
 
 
@@ -209,7 +212,7 @@ def _settings_of(batch: BatchSummary) -> RunSettings:
                        refusal_words=tuple(stored.get("refusal_words", ())))
 
 
-def run_section(engine, batch: BatchSummary) -> None:
+def run_section(engine, batch: BatchSummary, second=None) -> None:
     """Progress of the batch; run, stop, resume, retry the failed items."""
     st.caption(f"{batch.total:,} items · {batch.done:,} done · {batch.failed:,} failed · "
                f"{batch.pending:,} pending · model {plain(batch.model_label)}"
@@ -230,7 +233,7 @@ def run_section(engine, batch: BatchSummary) -> None:
                        "chunk in progress is left pending and runs on Resume."):
             st.session_state[RUNNING_KEY] = None
         else:
-            _run(engine, batch, settings)
+            _run(engine, batch, settings, second)
         stop.empty()
         st.rerun()
     cols = st.columns(4)
@@ -247,7 +250,17 @@ def run_section(engine, batch: BatchSummary) -> None:
         st.rerun()
 
 
-def _run(engine, batch: BatchSummary, settings: RunSettings) -> None:
+def second_model():
+    """The model answers are cross-scored under (the divergence flag), or None."""
+    if not hasattr(resources.active_engine(), "word_probs") or not st.toggle(
+            "Also flag divergence from a second model", key=f"{PREFIX}.use_second",
+            help="Every answer is scored under both models, as in Comparison: about two "
+                 "more forward passes per item. Applies to the items run from now on."):
+        return None
+    return choose_local_model("Second model", f"{PREFIX}.second", default="terse")
+
+
+def _run(engine, batch: BatchSummary, settings: RunSettings, second=None) -> None:
     bar = st.progress(batch.done / max(batch.total, 1),
                       text=f"{batch.done:,} of {batch.total:,} items…")
 
@@ -260,7 +273,8 @@ def _run(engine, batch: BatchSummary, settings: RunSettings) -> None:
                           + (f" · about {left:.0f} s left" if left is not None else ""))
 
     try:
-        run_batch(engine, resources.store(), batch.id, settings, on_progress=show)
+        run_batch(engine, resources.store(), batch.id, settings, on_progress=show,
+                  second=second)
     except PerplexError as exc:
         st.error(plain(str(exc)))
     st.session_state[RUNNING_KEY] = None
@@ -357,6 +371,7 @@ def items_section(batch: BatchSummary, shown: Shown) -> list[dict]:
                            "mean p": r["mean_prob"], "perplexity": r["perplexity"],
                            "low-p": r["low_confidence"], "spikes": r["entropy_spikes"],
                            "spans": r["hallucination_spans"], "P(R-Set)": r["refusal_prob"],
+                           "KL to 2nd": r["divergence"],
                            "mismatch": r["answer_mismatch"]} for r in rows[:5000]])
     picked = st.dataframe(table, hide_index=True, width="stretch", height=260,
                           on_select="rerun", selection_mode="single-row",
@@ -430,6 +445,8 @@ def _item_line(row: dict) -> str:
              count(row["hallucination_spans"], "hallucination span")]
     if row["refusal_prob"] is not None:
         parts.append(f"P(R-Set) {row['refusal_prob']:.3f} at the first token")
+    if row["divergence"] is not None:
+        parts.append(f"mean KL to the second model {row['divergence']:.3f} nats")
     if row["answer_mismatch"] is not None:
         expected = " | ".join(json.loads(row["reference"]))
         parts.append(f"answer ≠ reference “{expected}”" if row["answer_mismatch"]

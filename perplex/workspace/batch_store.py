@@ -42,7 +42,7 @@ _INSERT_SCHEMA = pa.schema([("batch_id", pa.string()), ("idx", pa.int32()), ("li
 _INSERTED = tuple(_INSERT_SCHEMA.names)
 STATISTICS = ("n_tokens", "mean_prob", "min_prob", "mean_entropy", "max_entropy", "perplexity",
               "perplexity_z", "low_confidence", "entropy_spikes", "hallucination_spans",
-              "refusal_prob")
+              "refusal_prob", "divergence")
 TEXT_COLUMNS = ("answer", "prompt", "status", "error")
 COLUMNS = ("idx", "line") + STATISTICS + ("answer_mismatch",) + TEXT_COLUMNS
 NUMBER_OPS = ("<", "<=", ">", ">=", "=", "!=")
@@ -53,6 +53,7 @@ FLAGS = {
     "entropy_spike": ("entropy_spikes > 0", None),
     "hallucination_span": ("hallucination_spans > 0", None),
     "refusal": ("refusal_prob > ?", "refusal_p"),
+    "divergence": ("divergence > ?", "divergence_kl"),
     "answer_mismatch": ("answer_mismatch", None),
     "perplexity_outlier": ("perplexity_z > ?", "perplexity_z"),
 }
@@ -135,6 +136,7 @@ class ItemResult:
     entropy_spikes: int
     hallucination_spans: int
     refusal_prob: float | None  # P(R-Set) at the first answer token; None: not computed
+    divergence: float | None  # mean KL(model ‖ second model) over the answer; None: no pair
     answer_mismatch: bool | None
     flagged: dict  # where the per-item rules fired (step indices)
 
@@ -255,7 +257,7 @@ def pending_items(store: Store, batch_id: str, limit: int) -> list[PendingItem]:
 def finish_item(store: Store, batch_id: str, idx: int, result: ItemResult) -> None:
     """Store an item's generation, statistics and flags in one transaction."""
     numbers = (result.mean_prob, result.min_prob, result.mean_entropy, result.max_entropy,
-               result.perplexity, result.refusal_prob)
+               result.perplexity, result.refusal_prob, result.divergence)
     if any(v is not None and not math.isfinite(v) for v in numbers):
         raise StoreError(f"Item {idx} has a statistic that is not a finite number; "
                          "nothing was saved for it.")
@@ -266,12 +268,13 @@ def finish_item(store: Store, batch_id: str, idx: int, result: ItemResult) -> No
             "UPDATE batch_items SET status = 'done', error = NULL, generation_id = ?, "
             "finished_at = ?, answer = ?, n_tokens = ?, mean_prob = ?, min_prob = ?, "
             "mean_entropy = ?, max_entropy = ?, perplexity = ?, low_confidence = ?, "
-            "entropy_spikes = ?, hallucination_spans = ?, refusal_prob = ?, "
+            "entropy_spikes = ?, hallucination_spans = ?, refusal_prob = ?, divergence = ?, "
             "answer_mismatch = ?, flagged = ? WHERE batch_id = ? AND idx = ?",
             [generation.id, datetime.now(timezone.utc), result.answer, result.n_tokens,
              result.mean_prob, result.min_prob, result.mean_entropy, result.max_entropy,
              result.perplexity, result.low_confidence, result.entropy_spikes,
-             result.hallucination_spans, result.refusal_prob, result.answer_mismatch,
+             result.hallucination_spans, result.refusal_prob, result.divergence,
+             result.answer_mismatch,
              json.dumps(result.flagged), batch_id, idx])
 
 

@@ -301,8 +301,11 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (batch_id, idx)
     );
     """,
-    # 10: the batch flag "refusal at the first token"
-    "ALTER TABLE batch_items ADD COLUMN refusal_prob DOUBLE;",
+    # 10: the batch flags "refusal at the first token" and "divergence from a second model"
+    """
+    ALTER TABLE batch_items ADD COLUMN refusal_prob DOUBLE;
+    ALTER TABLE batch_items ADD COLUMN divergence DOUBLE;
+    """,
 ]
 
 _ALTERNATIVE = pa.struct([("token_id", pa.int32()), ("text", pa.string()),

@@ -12,6 +12,9 @@ it fires, as indices into the generation's steps, so the reader can mark those t
 - **refusal at the first token**: P(R-Set) of the first answer token — the Prefilling
   mode's word-level mass of the session's R-Set words — is over `refusal_p` (default 0.5);
   on engines that give the full next-token distribution.
+- **divergence from a second model** (where one is chosen, with the same tokenizer): the
+  answer scored under both models as the Comparison mode does; the mean KL(model ‖ second)
+  over the answer's tokens, in nats, is over `divergence_kl` (default 0.5).
 - **answer mismatch**: a reference was given and its TriviaQA-normalised text is not a
   whole-word part of the normalised answer (any of its aliases).
 - **perplexity outlier** (across the batch, computed when filtering): an answer whose
@@ -41,6 +44,7 @@ class FlagSettings:
     span_entropy: float = 2.5
     span_k: int = 3
     refusal_p: float = 0.5
+    divergence_kl: float = 0.5
     perplexity_z: float = 2.0
 
     def __post_init__(self) -> None:
@@ -48,7 +52,7 @@ class FlagSettings:
             value = getattr(self, name)
             if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
                 raise InputFormatError(f"{name} is a probability between 0 and 1, not {value!r}.")
-        for name in ("spike_k", "span_entropy", "perplexity_z"):
+        for name in ("spike_k", "span_entropy", "perplexity_z", "divergence_kl"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise InputFormatError(f"{name} is a finite number ≥ 0, not {value!r}.")
@@ -65,6 +69,7 @@ FLAG_TITLES = {  # the store's flag names (`batch_store.FLAGS`), as the page sho
     "entropy_spike": "entropy spikes",
     "hallucination_span": "hallucination spans",
     "refusal": "refusal at the first token",
+    "divergence": "divergence from the second model",
     "answer_mismatch": "answer ≠ reference",
     "perplexity_outlier": "perplexity outlier",
 }

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from perplex.core.errors import GenerationError, PerplexError
 from perplex.core.records import DecodeParams, Generation
 from perplex.core.stats import summarise
+from perplex.modes.batch.divergence import check_second, mean_divergence
 from perplex.modes.batch.flags import FlagSettings, answer_indices, item_flags
 from perplex.modes.batch.refusal import first_token_refusal, refusal_set
 from perplex.workspace.batch_store import (
@@ -83,7 +84,8 @@ class RunSettings:
 
 
 def item_result(generation: Generation, references: Sequence[str],
-                flags: FlagSettings, refusal_prob: float | None = None) -> ItemResult:
+                flags: FlagSettings, refusal_prob: float | None = None,
+                divergence: float | None = None) -> ItemResult:
     """An item's statistics and flags from its generation's records."""
     steps = generation.steps
     answer_at = answer_indices(steps)
@@ -93,15 +95,20 @@ def item_result(generation: Generation, references: Sequence[str],
     return ItemResult(generation, answer, stats.n_tokens, stats.mean_prob, stats.min_prob,
                       stats.mean_entropy, stats.max_entropy, stats.perplexity,
                       len(found.low_confidence), len(found.entropy_spikes),
-                      len(found.hallucination_spans), refusal_prob, found.answer_mismatch,
-                      found.to_json())
+                      len(found.hallucination_spans), refusal_prob, divergence,
+                      found.answer_mismatch, found.to_json())
 
 
 def run_batch(engine, store: Store, batch_id: str, settings: RunSettings,
               should_stop: Callable[[], bool] = lambda: False,
               on_progress: Callable[[BatchProgress], None] | None = None,
-              sleep: Callable[[float], None] = time.sleep) -> BatchProgress:
-    """Run the batch's pending items until none is left or `should_stop()` is true."""
+              sleep: Callable[[float], None] = time.sleep, second=None) -> BatchProgress:
+    """Run the batch's pending items until none is left or `should_stop()` is true.
+
+    `second`: an engine to cross-score every answer under (the divergence flag).
+    """
+    if second is not None:
+        check_second(engine, second)
     if settings.retry_failed:
         reset_failed(store, batch_id)
     summary = load_batch(store, batch_id)
@@ -122,7 +129,8 @@ def run_batch(engine, store: Store, batch_id: str, settings: RunSettings,
         refusals = _refusals(engine, outcomes, refusal)
         for item, outcome, refusal_prob in zip(items, outcomes, refusals):
             if isinstance(outcome, Generation):
-                result = item_result(outcome, item.references, settings.flags, refusal_prob)
+                result = item_result(outcome, item.references, settings.flags, refusal_prob,
+                                     _divergence(engine, second, outcome))
                 try:
                     finish_item(store, batch_id, item.idx, result)
                 except PerplexError as exc:
@@ -138,6 +146,15 @@ def run_batch(engine, store: Store, batch_id: str, settings: RunSettings,
         if on_progress:
             on_progress(progress())
     return progress(stopped=True)
+
+
+def _divergence(engine, second, generation: Generation) -> float | None:
+    if second is None:
+        return None
+    try:
+        return mean_divergence(engine, second, generation)
+    except PerplexError:  # e.g. an answer the second model cannot read: no flag
+        return None
 
 
 def _refusals(engine, outcomes: list[Generation | str], refusal) -> list[float | None]:
