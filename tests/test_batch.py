@@ -426,3 +426,23 @@ def test_divergence_from_a_second_model_is_the_mean_kl_by_hand(engine, tmp_path)
     other = LocalEngine(tiny_model(seed=1, layers=2, tokenizer=tiny_tokenizer(vocab_size=280)))
     with pytest.raises(PairingError, match="do not share a tokenizer"):
         run_batch(engine, store, batch_id, settings, second=other)
+
+
+def test_a_zip_of_json_transcripts_is_read_and_a_zip_bomb_member_refused():
+    import zipfile
+
+    chat = json.dumps([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}])
+    data = io.BytesIO()
+    with zipfile.ZipFile(data, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("a/one.json", chat)
+        archive.writestr("a/two.json", "{broken")
+        archive.writestr("a/notes.txt", "not a transcript")
+        archive.writestr("a/bomb.json", "[" + " " * 5_000_000 + "]")
+    data.seek(0)
+    read = list(read_items("t.zip", data))
+    items = [r for r in read if isinstance(r, BatchInput)]
+    why = {r.line: r.why for r in read if isinstance(r, Malformed)}
+    assert [i.messages[-1].content for i in items] == ["Yo"]
+    assert "malformed" in why[2] and "not a .json file" in why[3] and "zip bomb" in why[4]
+    with pytest.raises(InputFormatError, match="not a zip archive"):
+        list(read_items("t.zip", io.BytesIO(b"PK nope")))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 
 import torch
@@ -31,8 +32,12 @@ MAX_BATCH = 16  # rows decoded together: bounds the KV cache held at once
 def generate_many(lm: LoadedModel, requests: Sequence[tuple[tuple[Message, ...], str]],
                   params: DecodeParams | Sequence[DecodeParams],
                   follow_up: Callable[[int, str], str | None] | None = None,
-                  follow_params: DecodeParams | None = None) -> list[Generation]:
+                  follow_params: DecodeParams | None = None,
+                  lock: AbstractContextManager | None = None) -> list[Generation]:
     """Answer each (messages, prefill); the answer starts with its prefill.
+
+    `lock` is held for each forward pass only (one decode step of all rows, one scoring
+    batch), so other users' passes on the same model run between them.
 
     `params` may be one `DecodeParams` for all or one per request; sampled rows without a
     seed get one (recorded, so reproducible). `follow_up(i, reply)` may return a new prefill
@@ -44,7 +49,8 @@ def generate_many(lm: LoadedModel, requests: Sequence[tuple[tuple[Message, ...],
     rows_params = seeded(params if isinstance(params, Sequence) else [params] * len(requests))
     if len(rows_params) != len(requests):
         raise GenerationError("Give one set of decoding settings per request, or one for all.")
-    rows = _decode_all(lm, requests, rows_params)
+    lock = lock if lock is not None else nullcontext()
+    rows = _decode_all(lm, requests, rows_params, lock)
     final_params = list(rows_params)
     if follow_up is not None:
         again = {}
@@ -55,14 +61,14 @@ def generate_many(lm: LoadedModel, requests: Sequence[tuple[tuple[Message, ...],
             if prefill is not None:
                 again[i] = (requests[i][0], prefill)
         again_params = seeded([follow_params or rows_params[i] for i in again])
-        redone = _decode_all(lm, list(again.values()), again_params)
+        redone = _decode_all(lm, list(again.values()), again_params, lock)
         for i, row, used in zip(again, redone, again_params):
             rows[i] = row
             final_params[i] = used
     forced = [[False] * (len(seq) - n_forced - n_new) + [True] * n_forced + [False] * n_new
               for seq, (n_forced, n_new, _) in rows]
     top = max(p.top_alternatives for p in final_params) if final_params else 0
-    steps = sequence_steps(lm, [seq for seq, _ in rows], top, forced)
+    steps = sequence_steps(lm, [seq for seq, _ in rows], top, forced, lock=lock)
     out = []
     for (messages, _), (seq, (_, _, reason)), records, used in zip(requests, rows, steps,
                                                                      final_params):
@@ -82,7 +88,7 @@ def seeded(params: Sequence[DecodeParams]) -> list[DecodeParams]:
             for p in params]
 
 
-def _decode_all(lm: LoadedModel, requests, params: Sequence[DecodeParams]):
+def _decode_all(lm: LoadedModel, requests, params: Sequence[DecodeParams], lock):
     """Each request's finished sequence, with (forced count, new count, stop reason)."""
     contexts = [_context(lm, messages, prefill) for messages, prefill in requests]
     for (context, _), p in zip(contexts, params):
@@ -96,7 +102,7 @@ def _decode_all(lm: LoadedModel, requests, params: Sequence[DecodeParams]):
     for start in range(0, len(contexts), MAX_BATCH):
         chunk = slice(start, start + MAX_BATCH)
         rows += decode_rows(lm, [c for c, _ in contexts[chunk]], list(params[chunk]),
-                            [n for _, n in contexts[chunk]])
+                            [n for _, n in contexts[chunk]], lock)
     out = []
     for (messages, _), (context, n_forced), row in zip(requests, contexts, rows):
         out.append((context.extended(row.new, TokenRole.RESPONSE, len(messages)),
@@ -142,7 +148,8 @@ class _Row:
 
 
 def decode_rows(lm: LoadedModel, contexts: Sequence[EncodedSequence],
-                params: Sequence[DecodeParams], n_forced: Sequence[int]) -> list[_Row]:
+                params: Sequence[DecodeParams], n_forced: Sequence[int],
+                lock: AbstractContextManager) -> list[_Row]:
     """Decode left-padded rows together, each by its own settings, until every row stops.
 
     `n_forced[i]` of context i's last tokens are a forced start of the answer (their text
@@ -162,7 +169,8 @@ def decode_rows(lm: LoadedModel, contexts: Sequence[EncodedSequence],
     for row, i in enumerate(live):
         ids[row, length - len(contexts[i]):] = torch.tensor(contexts[i].ids)
         mask[row, length - len(contexts[i]):] = 1
-    logits, cache = _forward(lm, ids, mask, None)
+    with lock:
+        logits, cache = _forward(lm, ids, mask, None)
     while live:
         for row, i in enumerate(live):
             rows[i].take(choose_token(logits[row], rows[i].params, rows[i].generator),
@@ -176,7 +184,8 @@ def decode_rows(lm: LoadedModel, contexts: Sequence[EncodedSequence],
         live = [live[row] for row in keep]
         step = torch.tensor([[rows[i].new[-1]] for i in live])
         mask = torch.cat([mask, torch.ones((len(live), 1), dtype=torch.long)], dim=1)
-        logits, cache = _forward(lm, step, mask, cache)
+        with lock:
+            logits, cache = _forward(lm, step, mask, cache)
     return rows
 
 

@@ -122,9 +122,12 @@ class LocalEngine:
     def generate_many(self, requests: Sequence[tuple[tuple[Message, ...], str]],
                       params: DecodeParams | Sequence[DecodeParams], follow_up=None,
                       follow_params: DecodeParams | None = None) -> list[Generation]:
-        """Answers to many (messages, prefill) decoded together (`batch.generate_many`)."""
-        with self.lock:
-            return generate_many(self.lm, requests, params, follow_up, follow_params)
+        """Answers to many (messages, prefill) decoded together (`batch.generate_many`).
+
+        The lock is taken for each forward pass, not the whole batch: other users' work on
+        this model goes on between the batch's steps.
+        """
+        return generate_many(self.lm, requests, params, follow_up, follow_params, self.lock)
 
     def next_token_probs(self, contexts: Sequence[Sequence[int]]) -> np.ndarray:
         """[N, V] float64 softmax of the raw logits after each context (one padded pass)."""

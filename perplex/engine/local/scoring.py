@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
@@ -51,11 +52,15 @@ def score_conversations(lm: LoadedModel, conversations: Sequence[Sequence[Messag
 def sequence_steps(lm: LoadedModel, encoded: Sequence[EncodedSequence], top_alternatives: int,
                    forced: Sequence[Sequence[bool]] | None = None,
                    on_each: Callable[[int, list[TokenStep]], None] | None = None,
-                   ) -> list[list[TokenStep]]:
-    """Teacher-forced records of token sequences, in padded batches of similar length."""
+                   lock: AbstractContextManager | None = None) -> list[list[TokenStep]]:
+    """Teacher-forced records of token sequences, in padded batches of similar length.
+
+    `lock`, if given, is held for each batch's forward pass only.
+    """
     out: list[list[TokenStep]] = [[] for _ in encoded]
     for batch in _batches(list(encoded)):
-        logits = _batch_logits(lm, [encoded[i] for i in batch])
+        with lock if lock is not None else nullcontext():
+            logits = _batch_logits(lm, [encoded[i] for i in batch])
         for row, i in enumerate(batch):
             seq = encoded[i]
             out[i] = sequence_records(lm, list(seq.ids), list(seq.roles),
