@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from perplex.core.errors import ModelLoadError
 from perplex.core.settings import Settings, load_settings
@@ -64,3 +65,28 @@ def test_bundled_model_facts(bundled_lm):
     assert bundled_lm.vocab_size == 49152
     assert 130e6 < bundled_lm.n_params < 140e6
     assert bundled_lm.tokenizer.eos_token_id in bundled_lm.eos_ids
+
+
+class _Runs:
+    """Unpickling this would call `print` (a stand-in for code a checkpoint could run)."""
+
+    def __reduce__(self):
+        return (print, ("unpickled code ran",))
+
+
+def test_a_pickled_pytorch_model_bin_that_is_not_plain_tensors_is_refused(tmp_path, capsys):
+    """Defect (issue 18, point 8): a raw UnpicklingError advising `weights_only=False`."""
+    import safetensors.torch
+
+    from tests.tiny import tiny_model
+
+    lm = tiny_model()
+    lm.model.save_pretrained(tmp_path)
+    lm.tokenizer.save_pretrained(tmp_path)
+    weights = safetensors.torch.load_file(tmp_path / "model.safetensors")
+    (tmp_path / "model.safetensors").unlink()
+    torch.save({**weights, "extra": _Runs()}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match="only as plain tensors") as refused:
+        load_model(ModelSpec(source=str(tmp_path)))
+    assert "weights_only" not in str(refused.value)
+    assert "unpickled code ran" not in capsys.readouterr().out

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import logging
 import os
+import pickle
 import shutil
 import socket
 import time
@@ -242,8 +243,15 @@ def _from_folder(folder: Path, spec: ModelSpec) -> tuple[torch.nn.Module, object
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust)
         model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=DTYPES[spec.dtype], trust_remote_code=trust).to(spec.device)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"Could not load the model in {folder}: {exc}") from exc
+    except pickle.UnpicklingError:
+        raise ModelLoadError(
+            f"{folder} holds pickled weights (pytorch_model.bin) with something other than "
+            "plain tensors in them. Perplex reads pickled weights only as plain tensors, so "
+            "nothing in the file was run. Use the model's safetensors files, or a copy "
+            "converted to safetensors by its publisher.") from None
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"Could not load the model in {folder}: "
+                             f"{str(exc).strip().splitlines()[0][:300]}") from exc
     return model, tokenizer
 
 
