@@ -424,3 +424,15 @@ def test_typed_chat_json_becomes_messages():
                       ('[{"role": "robot", "content": "x"}]', "role")):
         with pytest.raises(InputFormatError, match=said):
             parse_chat_text(bad)
+
+
+@pytest.mark.parametrize("logprob", ["-Infinity", "-1e400", "-" + "9" * 400])
+def test_a_logprob_that_is_not_finite_is_refused(logprob):
+    """Defect (issue 18, point 4): -Infinity was stored and the token view then failed."""
+    for where in ("chosen", "top"):
+        chosen = logprob if where == "chosen" else "-0.5"
+        doc = ('{"choices": [{"message": {"role": "assistant", "content": "Yes"}, "logprobs": '
+               '{"content": [{"token": "Yes", "logprob": %s, "top_logprobs": [{"token": "No", '
+               '"logprob": %s}]}]}}]}' % (chosen, logprob))
+        with pytest.raises(InputFormatError, match="must be a finite number"):
+            parse_upload("x.json", doc.encode())

@@ -345,16 +345,20 @@ def _entry(entry: Any, where: str) -> tuple[str, float, bytes | None, list]:
     logprob, raw, tops = entry.get("logprob"), entry.get("bytes"), entry.get("top_logprobs") or []
     if isinstance(logprob, bool) or not isinstance(logprob, (int, float)) or not logprob <= 1e-6:
         raise _Problem(f'{where} has "logprob" {_short(logprob)}; it must be a number <= 0.')
+    try:
+        finite = math.isfinite(float(logprob))
+    except OverflowError:  # an integer too negative for a float
+        finite = False
+    if not finite:
+        raise _Problem(f'{where} has "logprob" {_short(logprob)}; it must be a finite number '
+                       '<= 0 (write a very unlikely token as e.g. -9999, as OpenAI does).')
     if raw is not None and not (
         isinstance(raw, list) and all(type(b) is int and 0 <= b <= 255 for b in raw)
     ):
         raise _Problem(f'{where} has "bytes" that is not a list of integers 0-255 or null.')
     if not isinstance(tops, list):
         raise _Problem(f'{where} has "top_logprobs" that is not a list.')
-    try:
-        value = min(float(logprob), 0.0)
-    except OverflowError:  # an integer too negative for a float
-        value = -math.inf
+    value = min(float(logprob), 0.0)
     return entry["token"], value, None if raw is None else bytes(raw), tops
 
 

@@ -29,7 +29,7 @@ from tests.browser.test_investigation import (
 )
 
 pytestmark = pytest.mark.browser
-PROMPTS = PROJECT_ROOT / "data" / "samples" / "batch_prompts.jsonl"
+PROMPTS = PROJECT_ROOT / "data" / "batch" / "sample_prompts.jsonl"
 
 
 def _count(page, pattern: str) -> int:
