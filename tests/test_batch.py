@@ -446,3 +446,33 @@ def test_a_zip_of_json_transcripts_is_read_and_a_zip_bomb_member_refused():
     assert "malformed" in why[2] and "not a .json file" in why[3] and "zip bomb" in why[4]
     with pytest.raises(InputFormatError, match="not a zip archive"):
         list(read_items("t.zip", io.BytesIO(b"PK nope")))
+
+
+def test_the_exports_carry_the_filtered_items(tmp_path):
+    import pandas as pd
+
+    from perplex.modes.batch.flags import FLAG_TITLES
+    from perplex.workspace.batch_exports import (
+        items_csv,
+        items_jsonl,
+        items_tokens_parquet,
+        report_markdown,
+    )
+
+    store = Store.open(tmp_path / "x.duckdb")
+    batch_id = _hand_batch(store)
+    rows = filter_items(store, batch_id, [Condition("n_tokens", ">=", 2)])
+    lines = items_csv(rows).decode().splitlines()
+    assert len(lines) == len(rows) + 1 and lines[0].startswith("idx,line,")
+    objects = [json.loads(line) for line in items_jsonl(store, rows).decode().splitlines()]
+    assert [o["idx"] for o in objects] == [r["idx"] for r in rows]
+    assert all(len(o["tokens"]) == r["n_tokens"] + 1 for o, r in zip(objects, rows))
+    path = tmp_path / "t.parquet"
+    path.write_bytes(items_tokens_parquet(store, rows))
+    assert len(pd.read_parquet(path)) == sum(r["n_tokens"] + 1 for r in rows)
+    counts = flag_counts(store, batch_id)
+    assert counts["refusal"] is None and counts["divergence"] is None  # not computed here
+    report = report_markdown(load_batch(store, batch_id), counts, FLAG_TITLES, rows,
+                             "n_tokens >= 2")
+    assert "| refusal \\(first token\\) | not computed |" in report
+    assert "beta'; DROP TABLE batch\\_items; \\-\\-" in report  # markup and pipes escaped

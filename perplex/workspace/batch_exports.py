@@ -74,7 +74,7 @@ def _cell(text: str, limit: int = 80) -> str:
     return "".join("\\" + ch if ch in "\\`*_{}[]<>()#+-.!|~" else ch for ch in flat)
 
 
-def report_markdown(summary: BatchSummary, counts: dict[str, int], titles: dict[str, str],
+def report_markdown(summary: BatchSummary, counts: dict[str, int | None], titles: dict[str, str],
                     rows: Sequence[dict], conditions: str, figure: str | None = None) -> str:
     """A summary of the batch and of the filtered items, for a lab notebook."""
     done = [r for r in rows if r.get("status") == "done"]
@@ -84,7 +84,8 @@ def report_markdown(summary: BatchSummary, counts: dict[str, int], titles: dict[
              f"{summary.pending} pending); unreadable lines: {summary.n_malformed}",
              f"- filter: {_cell(conditions, 500) or 'none'} → {len(rows)} items", "",
              "## Flags (finished items)", "", "| flag | items |", "|---|---|"]
-    lines += [f"| {titles.get(name, name)} | {n} |" for name, n in counts.items()]
+    lines += [f"| {_cell(titles.get(name, name))} | {'not computed' if n is None else n} |"
+              for name, n in counts.items()]
     for stat in ("mean_prob", "perplexity", "mean_entropy", "n_tokens"):
         values = [r[stat] for r in done if r.get(stat) is not None]
         if values:

@@ -389,15 +389,19 @@ def filter_items(store: Store, batch_id: str, conditions: Sequence[Condition] = 
         return [dict(zip(names, row)) for row in cursor.fetchall()]
 
 
-def flag_counts(store: Store, batch_id: str) -> dict[str, int]:
-    """Finished items having each flag."""
+def flag_counts(store: Store, batch_id: str) -> dict[str, int | None]:
+    """Finished items having each flag (None: a flag no finished item was computed for)."""
     settings = load_batch(store, batch_id).settings.get("flags", {})
-    out = {}
+    out: dict[str, int | None] = {}
     with store.cursor() as cur:
         for name, (sql, parameter) in FLAGS.items():
             values = [settings[parameter]] if parameter else []
-            out[name] = cur.execute(f"SELECT count(*) FROM ({_ITEMS}) WHERE status = 'done' "
-                                    f"AND ({sql})", [batch_id, *values]).fetchall()[0][0]
+            column = {"refusal": "refusal_prob", "divergence": "divergence"}.get(name)
+            [(found, computed)] = cur.execute(
+                f"SELECT count(*) FILTER (WHERE {sql}), "
+                f"count({column or 'idx'}) FROM ({_ITEMS}) WHERE status = 'done'",
+                [*values, batch_id]).fetchall()
+            out[name] = found if computed or column is None else None
     for name, flag in custom_flags(store, batch_id).items():
         out[name] = len(flag["matches"])
     return out

@@ -60,6 +60,20 @@ def test_upload_run_filter_read_annotate_export(browser, app_url, screenshot):
     assert page.get_by_text(re.compile(r"20 items · 20 done · 0 failed")).count() == 1
     screenshot(page, "batch_1_run", full_page=True)
 
+    # a click on a bar of the distribution keeps that bar's items
+    hist = page.locator(".js-plotly-plot").filter(has_text="across the batch")
+    scroll_to(hist)
+    heights = hist.evaluate("e => e.data[0].y")
+    tallest = max(range(len(heights)), key=lambda i: heights[i])
+    box = hist.locator(".bars .point path").nth(tallest).bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    settle(page)
+    assert _count(page, r"^(\d+) of 20 items with .*perplexity.*\(histogram\)") == \
+        heights[tallest]
+    page.get_by_role("button", name="Clear the histogram's range").click()
+    settle(page)
+    assert page.get_by_text(re.compile(r"^20 of 20 items")).count() == 1
+
     # filter by a flag: the count matches the flag's metric
     metric = page.locator('[data-testid="stMetric"]').filter(has_text="answer ≠ reference")
     flagged = int(metric.locator('[data-testid="stMetricValue"]').text_content())
@@ -108,5 +122,14 @@ def test_upload_run_filter_read_annotate_export(browser, app_url, screenshot):
         page.get_by_role("button", name="Items with tokens (JSONL)").click()
     objects = [json.loads(line) for line in open(lines.value.path(), encoding="utf-8")]
     assert len(objects) == flagged and all(o["tokens"] for o in objects)
+    assert_no_exception(page)
+
+    # the item on screen opens on the Default page in one click
+    answer = "".join(page.locator(FINAL_TOK).all_text_contents())
+    page.get_by_role("button", name="Open on the Default page").click()
+    page.get_by_role("button", name="New chat").wait_for(timeout=WORK_TIMEOUT)
+    settle(page)
+    page.locator(FINAL_TOK).first.wait_for()
+    assert "".join(page.locator(FINAL_TOK).all_text_contents()) == answer
     assert_no_exception(page)
     context.close()

@@ -68,8 +68,8 @@ FLAG_TITLES = {  # the store's flag names (`batch_store.FLAGS`), as the page sho
     "low_confidence": "low-confidence tokens",
     "entropy_spike": "entropy spikes",
     "hallucination_span": "hallucination spans",
-    "refusal": "refusal at the first token",
-    "divergence": "divergence from the second model",
+    "refusal": "refusal (first token)",
+    "divergence": "divergence (2nd model)",
     "answer_mismatch": "answer ≠ reference",
     "perplexity_outlier": "perplexity outlier",
 }

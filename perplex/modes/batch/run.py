@@ -89,7 +89,9 @@ def item_result(generation: Generation, references: Sequence[str],
     """An item's statistics and flags from its generation's records."""
     steps = generation.steps
     answer_at = answer_indices(steps)
-    answer = "".join(steps[i].text for i in answer_at)
+    last = generation.messages[-1] if generation.messages else None
+    answer = last.content if last is not None and last.role == "assistant" else \
+        "".join(steps[i].text for i in answer_at)  # special tokens left out, as in the chat
     stats = summarise([steps[i] for i in answer_at])
     found = item_flags(steps, flags, answer, references)
     return ItemResult(generation, answer, stats.n_tokens, stats.mean_prob, stats.min_prob,
