@@ -267,6 +267,9 @@ def test_researcher_loop_survives_reload(new_tab, screenshot):
     stats.wait_for()
     settle(page)
     metrics = page.locator('[data-testid="stMetric"]')  # only the range panel has metrics
+    # (the caption can be drawn a moment before the panel's metrics under load)
+    metrics.filter(has=page.locator('[data-testid="stMetricLabel"]').get_by_text(
+        "tokens", exact=True)).wait_for()
     values = dict(zip(metrics.locator('[data-testid="stMetricLabel"]').all_inner_texts(),
                       metrics.locator('[data-testid="stMetricValue"]').all_inner_texts()))
     assert values["tokens"] == str(end)
