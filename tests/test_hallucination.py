@@ -58,10 +58,8 @@ def test_alerts_on_a_real_generation(which, request):
     response = run.generation().response_steps
     expected = [i for i, s in enumerate(response) if s.prob < 0.4 or s.entropy > 1.5]
     assert [a.index for a in h.alerts(response, th)] == expected
-    # streamed (KV-cached) numbers differ from the final pass by ~1e-5: compare off the edges
-    clear = [i for i, s in enumerate(response)
-             if abs(s.prob - 0.4) > 1e-3 and abs(s.entropy - 1.5) > 1e-3]
-    assert [a.index for a in live if a.index in clear] == [i for i in expected if i in clear]
+    # the stored records are the streamed ones: the live alerts are exactly the final ones
+    assert [a.index for a in live] == expected
     assert expected, "the test prompt should produce at least one doubtful token"
 
 

@@ -230,6 +230,5 @@ class _Locked:
         return self.generation()
 
     def generation(self) -> Generation:
-        """The finished record (its final pass under the lock)."""
-        with self._lock:
-            return self._run.generation()
+        """The record of what has been produced so far."""
+        return self._run.generation()

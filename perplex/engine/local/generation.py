@@ -22,6 +22,7 @@ from perplex.core.tokens import (
     EncodedSequence,
     TextPrefix,
     encode_messages,
+    token_texts,
 )
 from perplex.engine.local.models import LoadedModel
 
@@ -31,6 +32,11 @@ class DecodeRun:
 
     The context's steps (template, prompt, forced tokens) come first, all at once, then the
     generated ones. After iteration, `generation()` returns the finished record.
+
+    Each generated token's record is computed from the very logits that chose it (the
+    KV-cached step), so a greedy token is always rank 1 in its own record. Scoring the same
+    text from scratch is another forward pass: its numbers agree within float32 (~1e-6 on a
+    probability), not bit for bit.
     """
 
     def __init__(self, lm: LoadedModel, context: EncodedSequence, params: DecodeParams,
@@ -58,7 +64,6 @@ class DecodeRun:
         self.parent_id, self.branch_position = parent_id, branch_position
         self.steps: list[TokenStep] = []
         self.stop_reason = ""
-        self._final = False
 
     def __iter__(self) -> Iterator[TokenStep]:
         """Teacher-force the context, then decode token by token."""
@@ -98,23 +103,6 @@ class DecodeRun:
                 break
             logits, cache = self._forward([token_id], cache)
             last = logits[-1]
-        self._finalise()
-
-    def _finalise(self) -> None:
-        """Recompute every record in one teacher-forced pass over the final sequence.
-
-        The streamed records come from the KV-cached steps, whose float32 arithmetic differs
-        from a full forward pass by ~1e-5. The stored records are those of the full pass, so
-        a generation and the scoring of its text give identical numbers.
-        """
-        if self._final or not self.steps:
-            return
-        ids = [s.token_id for s in self.steps]
-        logits, _ = self._forward(ids, None)
-        self.steps = sequence_records(self.lm, ids, [s.role for s in self.steps],
-                                      [s.message_index for s in self.steps], logits,
-                                      self.params.top_alternatives, [s.forced for s in self.steps])
-        self._final = True
 
     def _forward(self, ids: list[int], cache) -> tuple[torch.Tensor, object]:
         model = self.lm.model
@@ -130,8 +118,14 @@ class DecodeRun:
         return self.generation()
 
     def generation(self) -> Generation:
-        """The record of what has been produced so far."""
-        self._finalise()
+        """The record of what has been produced so far.
+
+        Token texts are those of the whole sequence (as scoring gives them): a character
+        whose bytes were still pending when a token streamed out is shown where it ends.
+        """
+        texts = token_texts(self.lm.tokenizer, [s.token_id for s in self.steps])
+        self.steps = [s if s.text == text else replace(s, text=text)
+                      for s, text in zip(self.steps, texts)]
         response_ids = [s.token_id for s in self.steps if s.role is TokenRole.RESPONSE
                         and s.message_index == self.response_index]
         content = self.lm.tokenizer.decode(response_ids, skip_special_tokens=True)
