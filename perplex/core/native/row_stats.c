@@ -16,6 +16,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -40,6 +41,36 @@ static inline __m256 exp8(__m256 x) {
     __m256i two_n = _mm256_slli_epi32(
         _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(two_n));
+}
+
+/* natural log of 8 floats x > 0 (Cephes' logf: x = 2^e * f, f in [sqrt(1/2), sqrt(2)), log f
+ * by a degree-8 polynomial in f - 1), within 2e-7 relative; x below the normal floats
+ * is taken as FLT_MIN. */
+static inline __m256 log8(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(1.17549435e-38f));
+    __m256i bits = _mm256_castps_si256(x);
+    __m256 e = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(bits, 23),
+                                                   _mm256_set1_epi32(126)));
+    /* the mantissa as f in [0.5, 1) */
+    __m256 f = _mm256_castsi256_ps(_mm256_or_si256(
+        _mm256_and_si256(bits, _mm256_set1_epi32(0x007fffff)), _mm256_set1_epi32(0x3f000000)));
+    __m256 small = _mm256_cmp_ps(f, _mm256_set1_ps(0.707106781186547524f), _CMP_LT_OQ);
+    e = _mm256_sub_ps(e, _mm256_and_ps(small, _mm256_set1_ps(1.0f)));
+    f = _mm256_add_ps(_mm256_sub_ps(f, _mm256_set1_ps(1.0f)), _mm256_and_ps(small, f));
+    __m256 z = _mm256_mul_ps(f, f);
+    __m256 y = _mm256_set1_ps(7.0376836292e-2f);
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(-1.1514610310e-1f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.1676998740e-1f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(-1.2420140846e-1f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.4249322787e-1f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(-1.6668057665e-1f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(2.0000714765e-1f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(-2.4999993993e-1f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(3.3333331174e-1f));
+    y = _mm256_mul_ps(_mm256_mul_ps(y, f), z);
+    y = _mm256_fmadd_ps(e, _mm256_set1_ps(-2.12194440e-4f), y);
+    y = _mm256_fnmadd_ps(z, _mm256_set1_ps(0.5f), y);
+    return _mm256_fmadd_ps(e, _mm256_set1_ps(0.693359375f), _mm256_add_ps(f, y));
 }
 
 static double sum_lanes(__m256d v) {
@@ -261,4 +292,151 @@ void tile_stats(const float *z, int64_t n_rows, int64_t n_cols, int64_t col0, in
                  p_final ? p_final + position * n_vocab + col0 : 0, 0, s, band_cap);
         if (final_id >= col0 && final_id < col0 + n_cols) final_logit[r] = row[final_id - col0];
     }
+}
+
+/* Pass 1 of a pair of rows: both largest logits, and whether the rows differ anywhere. */
+static int pair_max(const float *za, const float *zb, int64_t n, float *ma, float *mb) {
+    float a = -INFINITY, b = -INFINITY;
+    int differ = 0;
+    int64_t i = 0;
+#if LANES == 8
+    __m256 a8 = _mm256_set1_ps(-INFINITY), b8 = a8;
+    __m256 diff8 = _mm256_setzero_ps();
+    for (; i + 8 <= n; i += 8) {
+        __m256 va = _mm256_loadu_ps(za + i), vb = _mm256_loadu_ps(zb + i);
+        a8 = _mm256_max_ps(a8, va);
+        b8 = _mm256_max_ps(b8, vb);
+        diff8 = _mm256_or_ps(diff8, _mm256_cmp_ps(va, vb, _CMP_NEQ_UQ));
+    }
+    float lanes_a[8], lanes_b[8];
+    _mm256_storeu_ps(lanes_a, a8);
+    _mm256_storeu_ps(lanes_b, b8);
+    for (int j = 0; j < 8; j++) {
+        a = lanes_a[j] > a ? lanes_a[j] : a;
+        b = lanes_b[j] > b ? lanes_b[j] : b;
+    }
+    differ = _mm256_movemask_ps(diff8) != 0;
+#endif
+    for (; i < n; i++) {
+        a = za[i] > a ? za[i] : a;
+        b = zb[i] > b ? zb[i] : b;
+        differ |= za[i] != zb[i];
+    }
+    *ma = a;
+    *mb = b;
+    return differ;
+}
+
+/* Pass 2: with s = z - m and e = exp s on each side, sums[0..5] = sum e_a, sum e_b,
+ * sum e_a s_a, sum e_b s_b, sum e_a (s_a - s_b), sum e_b (s_b - s_a); e_a, e_b kept. */
+static void pair_sums(const float *za, const float *zb, int64_t n, float ma, float mb,
+                      float *ea, float *eb, double *sums) {
+    double t[6] = {0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+#if LANES == 8
+    const __m256 ma8 = _mm256_set1_ps(ma), mb8 = _mm256_set1_ps(mb);
+    __m256d acc[6];
+    for (int j = 0; j < 6; j++) acc[j] = _mm256_setzero_pd();
+    for (; i + BLOCK <= n; i += BLOCK) {
+        __m256 f[6];
+        for (int j = 0; j < 6; j++) f[j] = _mm256_setzero_ps();
+        for (int64_t j = i; j < i + BLOCK; j += 8) {
+            __m256 sa = _mm256_sub_ps(_mm256_loadu_ps(za + j), ma8);
+            __m256 sb = _mm256_sub_ps(_mm256_loadu_ps(zb + j), mb8);
+            __m256 xa = exp8(sa), xb = exp8(sb), d = _mm256_sub_ps(sa, sb);
+            _mm256_storeu_ps(ea + j, xa);
+            _mm256_storeu_ps(eb + j, xb);
+            f[0] = _mm256_add_ps(f[0], xa);
+            f[1] = _mm256_add_ps(f[1], xb);
+            f[2] = _mm256_fmadd_ps(xa, sa, f[2]);
+            f[3] = _mm256_fmadd_ps(xb, sb, f[3]);
+            f[4] = _mm256_fmadd_ps(xa, d, f[4]);
+            f[5] = _mm256_fnmadd_ps(xb, d, f[5]);
+        }
+        for (int j = 0; j < 6; j++) acc[j] = add_to_double(acc[j], f[j]);
+    }
+    for (int j = 0; j < 6; j++) t[j] = sum_lanes(acc[j]);
+#endif
+    for (; i < n; i++) {
+        float sa = za[i] - ma, sb = zb[i] - mb, xa = expf(sa), xb = expf(sb);
+        ea[i] = xa;
+        eb[i] = xb;
+        t[0] += xa;
+        t[1] += xb;
+        t[2] += (double)xa * sa;
+        t[3] += (double)xb * sb;
+        t[4] += (double)xa * (sa - sb);
+        t[5] += (double)xb * (sb - sa);
+    }
+    for (int j = 0; j < 6; j++) sums[j] = t[j];
+}
+
+/* Pass 3: sum m and sum m log m for the mixture m = ca e_a + cb e_b (0 log 0 = 0). */
+static void mixture_sums(const float *ea, const float *eb, int64_t n, float ca, float cb,
+                         double *mass, double *mlogm) {
+    double total = 0.0, weighted = 0.0;
+    int64_t i = 0;
+#if LANES == 8
+    const __m256 ca8 = _mm256_set1_ps(ca), cb8 = _mm256_set1_ps(cb);
+    __m256d total4 = _mm256_setzero_pd(), weighted4 = total4;
+    for (; i + BLOCK <= n; i += BLOCK) {
+        __m256 t = _mm256_setzero_ps(), w = t;
+        for (int64_t j = i; j < i + BLOCK; j += 8) {
+            __m256 m = _mm256_fmadd_ps(_mm256_loadu_ps(ea + j), ca8,
+                                       _mm256_mul_ps(_mm256_loadu_ps(eb + j), cb8));
+            t = _mm256_add_ps(t, m);
+            w = _mm256_fmadd_ps(m, log8(m), w);
+        }
+        total4 = add_to_double(total4, t);
+        weighted4 = add_to_double(weighted4, w);
+    }
+    total = sum_lanes(total4);
+    weighted = sum_lanes(weighted4);
+#endif
+    for (; i < n; i++) {
+        float m = ea[i] * ca + eb[i] * cb;
+        total += m;
+        if (m > 0) weighted += (double)m * logf(m);
+    }
+    *mass = total;
+    *mlogm = weighted;
+}
+
+/* KL(p||q), KL(q||p) and JS (nats) of the softmax of rows za, zb [n_rows, n_vocab] (finite
+ * logits, contiguous), into out [n_rows, 3]: three passes over each pair of rows, sums in
+ * double. Rows that are equal everywhere give exactly 0. Returns 0, or -1 where the scratch
+ * space (2 n_vocab floats per thread) could not be allocated. n_threads: see the top. */
+int pair_divergence(const float *za, const float *zb, int64_t n_rows, int64_t n_vocab,
+                    double *out, int n_threads) {
+    int failed = 0;
+    (void)n_threads;
+#pragma omp parallel num_threads(n_threads) reduction(| : failed)
+    {
+        float *scratch = malloc(2 * (size_t)n_vocab * sizeof(float));
+        failed = scratch == 0;
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < n_rows; r++) {
+            const float *a = za + r * n_vocab, *b = zb + r * n_vocab;
+            double *o = out + 3 * r;
+            float ma, mb;
+            if (!scratch || !pair_max(a, b, n_vocab, &ma, &mb)) {
+                o[0] = o[1] = o[2] = 0.0;
+                continue;
+            }
+            double s[6], mass, mlogm;
+            pair_sums(a, b, n_vocab, ma, mb, scratch, scratch + n_vocab, s);
+            double log_a = log(s[0]), log_b = log(s[1]);
+            o[0] = s[4] / s[0] - log_a + log_b;
+            o[1] = s[5] / s[1] - log_b + log_a;
+            mixture_sums(scratch, scratch + n_vocab, n_vocab, (float)(0.5 / s[0]),
+                         (float)(0.5 / s[1]), &mass, &mlogm);
+            /* the mixture's float weights sum to `mass`, 1 up to rounding: H of the
+             * normalised mixture is (log mass - mlogm / mass) */
+            double h_m = log(mass) - mlogm / mass;
+            double h_a = log_a - s[2] / s[0], h_b = log_b - s[3] / s[1];
+            o[2] = h_m - 0.5 * (h_a + h_b);
+        }
+        free(scratch);
+    }
+    return failed ? -1 : 0;
 }

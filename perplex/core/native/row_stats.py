@@ -131,6 +131,8 @@ def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
                                    pointer, pointer, pointer, pointer, ctypes.c_int, pointer,
                                    ctypes.c_int]
     library.tile_stats.restype = None
+    library.pair_divergence.argtypes = [pointer, pointer, size, size, pointer, ctypes.c_int]
+    library.pair_divergence.restype = ctypes.c_int
     library.splits_rows.argtypes = []
     library.splits_rows.restype = ctypes.c_int
     return library
@@ -184,6 +186,29 @@ def row_sums(library: ctypes.CDLL, z: torch.Tensor, k: int,
 
     _in_threads(library, run, n_rows)
     return RowSums(top_values.numpy(), top_ids.numpy(), sums.numpy())
+
+
+def pair_divergence(library: ctypes.CDLL, za: torch.Tensor, zb: torch.Tensor) -> np.ndarray:
+    """[R, 3] float64: KL(p‖q), KL(q‖p) and JS of the softmax of finite rows za, zb [R, V].
+
+    Rows equal everywhere give exactly 0. Rows are split as in `row_sums`.
+    """
+    _check("za", za, torch.float32, tuple(za.shape))
+    _check("zb", zb, torch.float32, tuple(za.shape))
+    n_rows, n_vocab = za.shape
+    out = torch.empty((n_rows, 3), dtype=torch.float64)
+    failed = []
+
+    def run(first: int, last: int, threads: int) -> None:
+        if library.pair_divergence(_address(za, first), _address(zb, first), last - first,
+                                   n_vocab, _address(out, first), threads):
+            failed.append(first)
+
+    if n_rows:
+        _in_threads(library, run, n_rows)
+    if failed:
+        raise MemoryError(f"no room for the divergence's scratch space ({n_vocab} tokens)")
+    return out.numpy()
 
 
 def _in_threads(library: ctypes.CDLL, run, n_rows: int) -> None:
