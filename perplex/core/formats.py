@@ -132,9 +132,14 @@ def decode_upload(data: bytes, max_bytes: int, expected: str = UPLOAD_KINDS) -> 
 def load_json(text: str, line: int | None = None,
               fix: str = "Fix it there, or upload the file as .txt to score it as plain text.",
               ) -> Any:
-    """Parse JSON, turning every failure into an InputFormatError that says where it is."""
+    """Parse JSON, turning every failure into an InputFormatError that says where it is.
+
+    A string escape that leaves a lone surrogate (one half of a pair) is refused here: no
+    view, tokenizer or database can take such a string.
+    """
     try:
-        return json.loads(text)
+        value = json.loads(text)
+        surrogate = _lone_surrogate(value)
     except json.JSONDecodeError as err:
         raise _Problem(
             f"the JSON is malformed: {err.msg} at line {line or err.lineno}, column {err.colno}. "
@@ -142,6 +147,29 @@ def load_json(text: str, line: int | None = None,
         ) from None
     except (RecursionError, ValueError) as err:  # nested too deeply; integers too long
         raise _Problem(f"the JSON cannot be read safely ({type(err).__name__}).") from None
+    if surrogate is not None:
+        at = f" on line {line}" if line else ""
+        raise _Problem(f"the JSON{at} holds a lone surrogate escape in the text {surrogate}, "
+                       "which is not valid Unicode. Fix that escape (its pair is missing).")
+    return value
+
+
+def _lone_surrogate(value: Any) -> str | None:
+    """The first string (key or value) in a JSON value that is not valid Unicode, shown."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return _short(item)  # as JSON: the surrogate shows as its escape
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
 
 
 def _json_transcripts(

@@ -27,7 +27,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from perplex.core.errors import InputFormatError
 from perplex.core.records import Generation, TokenStep, new_id
+from perplex.core.validation import INT32_MAX, check_generation, check_int, check_text
 from perplex.workspace import bundle_docs as docs
 from perplex.workspace.annotations import Annotation, annotations_of_session
 from perplex.workspace.bundle_docs import BundleError
@@ -60,6 +62,10 @@ from perplex.workspace.trait_bundle import (
 FORMAT = "perplex-session-bundle"
 BUNDLE_VERSION = 2  # 2: traits.json
 MAX_UNCOMPRESSED_BYTES = 1024**3  # what a bundle may unpack to, all members together
+# ... and relative to its own size: Parquet is compressed already and JSON zips ~10x, so a
+# real bundle unpacks to a few times its size; a zip bomb to thousands of times
+MAX_UNPACK_RATIO = 50
+MIN_UNPACK_ALLOWANCE = 16 * 1024**2  # small bundles may always unpack this far
 MAX_MEMBERS = 16
 MANIFEST = "manifest.json"
 PAYLOADS = ("session.json", "generations.json", "annotations.json", "token_sets.json",
@@ -180,7 +186,7 @@ def read_bundle(bundle: bytes | str | Path,
     session = docs.parse_session(docs.load(members["session.json"], "session.json"))
     generations = docs.parse_generations(
         docs.load(members["generations.json"], "generations.json"), session.id, steps)
-    return SessionBundle(
+    parsed = SessionBundle(
         session=session, generations=generations,
         annotations=docs.parse_annotations(
             docs.load(members["annotations.json"], "annotations.json"), generations),
@@ -188,12 +194,36 @@ def read_bundle(bundle: bytes | str | Path,
             docs.load(members["token_sets.json"], "token_sets.json"), session.id),
         schema_version=manifest["schema_version"],
         traits=parse_traits(members.get(TRAITS_MEMBER), {g.id for g in generations}))
+    _check_values(parsed)
+    return parsed
+
+
+def _check_values(parsed: SessionBundle) -> None:
+    """Every value within the store's schema (`core.validation`), or BundleError naming it."""
+    try:
+        check_text(parsed.session.name, "session.json's name")
+        for i, gen in enumerate(parsed.generations):
+            check_generation(gen, f"generations.json item {i}")
+        for i, note in enumerate(parsed.annotations):
+            check_text(note.text, f"annotations.json item {i}'s text")
+        for i, token_set in enumerate(parsed.token_sets):
+            check_text(token_set.name, f"token_sets.json item {i}'s name")
+            for j, member in enumerate(token_set.members):
+                for field in ("tokenizer", "token_text", "word"):
+                    check_text(getattr(member, field), f"token_sets.json item {i}, member {j}'s "
+                               f"{field.replace('_', ' ')}")
+                check_int(member.token_id, 0, INT32_MAX,
+                          f"token_sets.json item {i}, member {j}'s token id")
+    except InputFormatError as exc:
+        raise BundleError(f"The bundle's {exc} Nothing was imported.") from None
 
 
 def _read_members(bundle: bytes | str | Path, max_bytes: int) -> dict[str, bytes]:
     """The manifest and payload members, read with size limits and zip errors caught."""
     source = io.BytesIO(bundle) if isinstance(bundle, (bytes, bytearray)) else Path(bundle)
     try:
+        packed = len(bundle) if isinstance(bundle, (bytes, bytearray)) else source.stat().st_size
+        max_bytes = min(max_bytes, max(MIN_UNPACK_ALLOWANCE, MAX_UNPACK_RATIO * packed))
         with zipfile.ZipFile(source) as archive:
             infos = archive.infolist()
             names = [info.filename for info in infos]
@@ -314,4 +344,7 @@ def _with_fresh_ids(parsed: SessionBundle) -> SessionBundle:
 def _too_large(size: int, limit: int) -> str:
     """The message for a bundle that would unpack to more than the limit."""
     return (f"This bundle would unpack to more than {limit / 1e6:,.0f} MB ({size / 1e6:,.0f} "
-            "MB declared); it is too large or not a genuine bundle. Nothing was imported.")
+            f"MB declared; a bundle may unpack to {MAX_UNPACK_RATIO} times its own size, at "
+            f"least {MIN_UNPACK_ALLOWANCE / 1e6:,.0f} MB, at most "
+            f"{MAX_UNCOMPRESSED_BYTES / 1e9:,.1f} GB); it is too large or not a genuine bundle. "
+            "Nothing was imported.")

@@ -32,6 +32,7 @@ from perplex.core.records import (
     new_id,
 )
 from perplex.core.settings import load_settings
+from perplex.core.validation import check_generation
 
 logger = logging.getLogger(__name__)
 
@@ -443,6 +444,7 @@ class Store:
         Raises StoreError when the generation belongs to a session that has been deleted.
         """
         started = time.perf_counter()
+        check_generation(gen)  # before the Arrow table, which a bad value breaks too
         steps = steps_table(gen)
         with self._cursor(write=True) as cur:
             write_generation(cur, gen, steps)
@@ -556,8 +558,14 @@ def touch_session_row(cur: duckdb.DuckDBPyConnection, session_id: str) -> None:
 
 def write_generation(cur: duckdb.DuckDBPyConnection, gen: Generation,
                      steps: pa.Table | None = None) -> None:
-    """Insert a generation and its steps on a write cursor, replacing any same id."""
-    steps = steps_table(gen) if steps is None else steps
+    """Insert a generation and its steps on a write cursor, replacing any same id.
+
+    Nothing that breaks the schema (`core.validation`) is written: InputFormatError. Given
+    `steps`, the table made from a checked `gen`, the check is the caller's.
+    """
+    if steps is None:
+        check_generation(gen)
+        steps = steps_table(gen)
     cur.execute("DELETE FROM token_steps WHERE generation_id = ?", [gen.id])
     cur.execute("DELETE FROM generations WHERE id = ?", [gen.id])
     cur.execute(
