@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from perplex.core.errors import InputFormatError
-from perplex.core.records import Message, Source, TokenRole
+from perplex.core.errors import GenerationError, InputFormatError
+from perplex.core.records import DecodeParams, Message, Source, TokenRole
+from perplex.engine.local.generation import start_generation
 from perplex.engine.local.scoring import score_conversations
 from tests.reference import assert_matches_direct
 from tests.tolerances import FLOAT32_PROB
@@ -61,3 +62,36 @@ def test_bundled_scoring_matches_a_direct_pass_and_generation(bundled_lm):
     assert_matches_direct(bundled_lm, gen)
     paris = next(s for s in gen.response_steps if s.text == " Paris")
     assert paris.prob > 0.5 and paris.rank == 1
+
+
+def test_a_text_far_over_the_context_window_is_refused_before_tokenising(tiny_lm, monkeypatch):
+    """A 19 MB paste took 30 s to tokenise before its length was refused: now at once."""
+    import perplex.engine.local.generation as generation
+    import perplex.engine.local.scoring as scoring
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("the text was tokenised")
+
+    huge = "lorem ipsum " * 1_600_000  # 19.2 MB
+    monkeypatch.setattr(scoring, "encode_messages", never)
+    monkeypatch.setattr(generation, "encode_messages", never)
+    with pytest.raises(InputFormatError, match="Text 1 cannot be scored: it has 19,200,000 "
+                                               "characters, more than"):
+        score_conversations(tiny_lm, [(Message("text", huge),)])
+    with pytest.raises(GenerationError, match="reads at most"):
+        start_generation(tiny_lm, (Message("user", huge),), DecodeParams())
+
+
+def test_the_early_refusal_never_refuses_a_text_that_fits(tiny_lm):
+    """The densest text there is (the longest token, repeated) that fits is not refused.
+
+    Every token adds at most `max_token_chars` characters, so a text that tokenises within
+    the window can never reach the bound; checked on the text that comes closest.
+    """
+    longest = max(range(tiny_lm.vocab_size), key=lambda i: len(tiny_lm.vocab_texts[i]))
+    text = tiny_lm.vocab_texts[longest] * tiny_lm.context_length
+    while len(tiny_lm.tokenizer(text)["input_ids"]) > tiny_lm.context_length:
+        text = text[:int(len(text) * 0.95)]
+    assert tiny_lm.overlong((Message("text", text),)) is None
+    assert tiny_lm.overlong((Message("text", "x" * (tiny_lm.context_length
+                                                     * tiny_lm.max_token_chars + 1)),))

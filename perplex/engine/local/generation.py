@@ -175,6 +175,8 @@ def start_generation(lm: LoadedModel, messages: tuple[Message, ...], params: Dec
     """
     if not messages or not any(m.content.strip() for m in messages):
         raise GenerationError("The prompt is empty: type something for the model to answer.")
+    if (why := lm.overlong(messages)) is not None:
+        raise GenerationError(f"The conversation cannot be answered: {why}")
     plain = len(messages) == 1 and messages[0].role == PLAIN_TEXT_ROLE
     context = encode_messages(lm.tokenizer, messages, add_generation_prompt=not plain,
                               text_prefix=text_prefix)

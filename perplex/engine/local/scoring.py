@@ -27,6 +27,9 @@ def score_conversations(lm: LoadedModel, conversations: Sequence[Sequence[Messag
     Every token except the first gets its probability under the model given what precedes
     it; assistant content is RESPONSE, system/user content PROMPT, the template TEMPLATE.
     """
+    for i, conversation in enumerate(conversations):
+        if (why := lm.overlong(conversation)) is not None:
+            raise InputFormatError(f"Text {i + 1} cannot be scored: {why}")
     encoded = [encode_messages(lm.tokenizer, tuple(c), add_generation_prompt=False,
                                text_prefix=text_prefix) for c in conversations]
     for i, seq in enumerate(encoded):
