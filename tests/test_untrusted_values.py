@@ -193,3 +193,26 @@ def test_the_store_itself_refuses_what_breaks_the_schema_and_keeps_what_it_had(s
 @pytest.fixture
 def store_path(tmp_path):
     return tmp_path / "perplex.duckdb"
+
+
+def test_a_big_upload_left_in_the_uploader_is_parsed_once_not_on_every_rerun():
+    from perplex.ui.uploads import parsed_once
+
+    state, calls = {}, []
+    data = ('{"messages": [{"role": "user", "content": "hi"}]}').encode()
+
+    def parse(data=data):
+        calls.append(1)
+        return parse_upload("chat.json", data)
+
+    first = parsed_once(state, "k", ("file-1", len(data)), parse)
+    for _ in range(5):  # five reruns with the same file in the uploader
+        assert parsed_once(state, "k", ("file-1", len(data)), parse) is first
+    assert len(calls) == 1
+    parsed_once(state, "k", ("file-2", len(data)), parse)  # another upload: parsed afresh
+    assert len(calls) == 2
+    bad = lambda: parse_upload("chat.json", b"{not json")  # noqa: E731
+    for _ in range(3):  # an error is kept too: the same message, no new parse
+        with pytest.raises(InputFormatError, match="malformed"):
+            parsed_once(state, "k", ("file-3", 9), lambda: (calls.append(1), bad())[1])
+    assert len(calls) == 3

@@ -422,7 +422,7 @@ def _verdict(store, run_id: str, result: ItemResult) -> None:
                                           else result.judged) else "wrong")
     options = [f"automatic ({automatic})", "right", "wrong"]
     now = 0 if result.override is None else (1 if result.override else 2)
-    chosen = st.radio(f"Verdict on {result.item_id}", options, index=now, horizontal=True,
+    chosen = st.radio(f"Verdict on {plain(result.item_id)}", options, index=now, horizontal=True,
                       key=f"{PREFIX}.verdict.{run_id}.{result.item_id}")
     wanted = None if chosen == options[0] else chosen == "right"
     if wanted != result.override:

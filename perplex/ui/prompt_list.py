@@ -213,7 +213,7 @@ def many_prompts(lm: LoadedModel, prefix: str, refusal: prefill.WordSet,
         return
     row = table.iloc[rows[0]]
     short = row["prompt"] if len(row["prompt"]) <= 60 else row["prompt"][:57] + "…"
-    st.button(f"Open line {row['line']} above: “{short}”", key=f"{prefix}.open_row",
+    st.button(f"Open line {row['line']} above: “{plain(short)}”", key=f"{prefix}.open_row",
               on_click=on_open, args=(row["prompt"],), type="primary",
               disabled=session_panel.read_only(),
               help="Runs the prompt in the form above (fork a shared session first).")

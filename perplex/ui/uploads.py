@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, MutableMapping
 from dataclasses import replace
 
 import streamlit as st
 
 from perplex.core.errors import PerplexError
-from perplex.core.formats import MAX_UPLOAD_BYTES, Transcript, parse_upload
+from perplex.core.formats import MAX_UPLOAD_BYTES, ParsedUpload, Transcript, parse_upload
 from perplex.core.records import Generation
 from perplex.engine.local.models import LoadedModel
 from perplex.engine.local.scoring import score_conversations
@@ -30,7 +31,8 @@ def upload_panel(prefix: str, target_key: str, lm: LoadedModel | None) -> None:
         current = st.session_state.get(target_key)
         if current is not None and lm is not None and current.steps and \
                 current.steps[-1].token_id is None:
-            if st.button(f"Re-score this transcript with {lm.label}", key=f"{prefix}.rescore"):
+            if st.button(f"Re-score this transcript with {plain(lm.label)}",
+                         key=f"{prefix}.rescore"):
                 _open(target_key, _score(lm, current.messages, current.title))
 
 
@@ -57,7 +59,8 @@ def _upload_section(prefix: str, target_key: str, lm: LoadedModel | None) -> Non
     if file is None:
         return
     try:
-        parsed = parse_upload(file.name, file.getvalue())
+        parsed = parsed_once(st.session_state, f"{prefix}.upload_parsed", (file.file_id, file.size),
+                             lambda: parse_upload(file.name, file.getvalue()))
     except PerplexError as exc:
         st.error(plain(str(exc)))
         return
@@ -82,6 +85,25 @@ def _upload_section(prefix: str, target_key: str, lm: LoadedModel | None) -> Non
             generation = transcript.generation
         if generation is not None:
             _open(target_key, generation)
+
+
+def parsed_once(state: MutableMapping, key: str, upload: object,
+                parse: Callable[[], ParsedUpload]) -> ParsedUpload:
+    """`parse()` of the upload identified by `upload`, computed once while it stays there.
+
+    A 20 MB file left in the uploader was parsed again on every rerun (+4 s per click).
+    Its outcome, the parsed file or the error, is kept under `key` for the next reruns.
+    """
+    held = state.get(key)
+    if held is None or held[0] != upload:
+        try:
+            held = (upload, parse(), None)
+        except PerplexError as exc:
+            held = (upload, None, exc)
+        state[key] = held
+    if held[2] is not None:
+        raise held[2]
+    return held[1]
 
 
 def _saved_section(prefix: str, target_key: str) -> None:

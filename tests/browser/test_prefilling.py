@@ -251,3 +251,24 @@ def test_many_prompts_table_and_a_ten_thousand_line_upload(prefilling, screensho
     assert grid.locator("[role=gridcell]").first.inner_text() == "1"
     screenshot(page, "prefilling_8_ten_thousand_stopped")
     assert_no_exception(page)
+
+
+def test_a_prompt_line_with_markdown_shows_literally_in_its_button(prefilling):
+    """A line `![img](x) **bold**` rendered an image and bold text in a button label."""
+    page = prefilling()
+    set_max_new_tokens(page, "4")
+    line = "![img](x) **bold** `code` <b>tag</b>"
+    page.get_by_label("One prompt per line (blank lines are skipped)").fill(f"{line}\nHi\n")
+    page.get_by_role("button", name="Score first tokens").click()
+    page.get_by_text("2 of 2 prompts scored").wait_for(timeout=WORK_TIMEOUT)
+    settle(page)
+    grid = page.locator('[data-testid="stDataFrame"]').last
+    scroll_to(grid)
+    grid.locator("[role=gridcell]").first.wait_for(state="attached")
+    box = grid.bounding_box()
+    page.mouse.click(box["x"] + 16, box["y"] + 53)  # tick the first row: line 1
+    button = page.get_by_role("button", name=re.compile("^Open line 1 above"))
+    button.wait_for()
+    assert line in button.inner_text()
+    assert button.locator("img, strong, b, code").count() == 0
+    assert_no_exception(page)
