@@ -10,6 +10,7 @@ their own words.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable
 
@@ -28,7 +29,9 @@ PROB_AGREEMENT = 1e-3
 
 def check_generation(gen: Generation, where: str = "The generation") -> None:
     """Raise InputFormatError naming the first value of `gen` that breaks the schema."""
-    for field, value in (("model label", gen.model_label), ("title", gen.title),
+    for field, value in (("id", gen.id), ("session id", gen.session_id or ""),
+                         ("parent id", gen.parent_id or ""),
+                         ("model label", gen.model_label), ("title", gen.title),
                          ("stop reason", gen.stop_reason), ("model spec", gen.model_spec)):
         check_text(value, f"{where}'s {field}")
     for i, message in enumerate(gen.messages):
@@ -36,6 +39,8 @@ def check_generation(gen: Generation, where: str = "The generation") -> None:
             raise InputFormatError(f"{where}, message {i}, has role {message.role!r}; it must "
                                    f"be one of {', '.join(MESSAGE_ROLES)}.")
         check_text(message.content, f"{where}, message {i}")
+    if gen.model_spec:
+        check_json_object(gen.model_spec, f"{where}'s model spec")
     if gen.params is not None:
         check_params(gen.params, f"{where}'s decoding settings")
     if gen.branch_position is not None:
@@ -86,6 +91,17 @@ def check_text(value: object, where: str) -> None:
             f"{where} holds a lone surrogate ({value[exc.start]!r} at character {exc.start}), "
             "which is not valid Unicode. Fix the file's text (a \\ud800-style escape without "
             "its pair) and try again.") from None
+
+
+def check_json_object(value: str, where: str) -> None:
+    """Text holding one JSON object (how a model was loaded is stored as JSON)."""
+    try:
+        parsed = json.loads(value)
+    except (ValueError, RecursionError):
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise InputFormatError(f"{where} is {_short(value)}; it must be a JSON object such as "
+                               '{"source": "…"}, or empty.')
 
 
 def check_int(value: object, low: int, high: int, where: str) -> None:

@@ -201,12 +201,15 @@ def read_bundle(bundle: bytes | str | Path,
 def _check_values(parsed: SessionBundle) -> None:
     """Every value within the store's schema (`core.validation`), or BundleError naming it."""
     try:
+        check_text(parsed.session.id, "session.json's id")
         check_text(parsed.session.name, "session.json's name")
         for i, gen in enumerate(parsed.generations):
             check_generation(gen, f"generations.json item {i}")
         for i, note in enumerate(parsed.annotations):
+            check_text(note.id, f"annotations.json item {i}'s id")
             check_text(note.text, f"annotations.json item {i}'s text")
         for i, token_set in enumerate(parsed.token_sets):
+            check_text(token_set.id, f"token_sets.json item {i}'s id")
             check_text(token_set.name, f"token_sets.json item {i}'s name")
             for j, member in enumerate(token_set.members):
                 for field in ("tokenizer", "token_text", "word"):

@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from perplex.core.errors import InputFormatError, StoreError
 from perplex.core.records import new_id
+from perplex.core.validation import check_text
 from perplex.workspace.store import Store, deleted_session_error, from_epoch_us, session_status
 
 MAX_NAME_CHARS = 200
@@ -262,6 +263,7 @@ def settings_json(settings: Mapping[str, Any]) -> str:
     except (TypeError, ValueError) as exc:
         raise InputFormatError(f"Session settings must be plain JSON values (numbers, text, "
                                f"lists, mappings; no NaN): {exc}") from None
+    check_text(text, "Session settings")
     if len(text.encode()) > MAX_SETTINGS_BYTES:
         raise InputFormatError(f"Session settings take {len(text.encode())} bytes; the limit "
                                f"is {MAX_SETTINGS_BYTES}.")
