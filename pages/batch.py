@@ -7,7 +7,10 @@ import streamlit as st
 from perplex.ui import batch_view as view
 from perplex.ui import resources, session_panel
 from perplex.ui.conditioning import system_prompt_control
+from perplex.ui.entry import run_inside_the_app
 from perplex.ui.sidebar import decode_params_form
+
+run_inside_the_app()  # first: a page opened alone on a cold server reruns through app.py
 
 st.title("Batch")
 st.caption("Run many prompts (or score many transcripts) at once. Every item is stored with "

@@ -6,8 +6,11 @@ import streamlit as st
 
 from perplex.ui import calibration_view as view
 from perplex.ui import resources
+from perplex.ui.entry import run_inside_the_app
 from perplex.ui.sidebar import thresholds
 from perplex.ui.transcript import show_transcript
+
+run_inside_the_app()  # first: a page opened alone on a cold server reruns through app.py
 
 st.title("Calibration")
 st.caption("Answer questions with known answers, each with a stated confidence, and see "

@@ -6,7 +6,10 @@ import streamlit as st
 
 from perplex.ui import comparison_view as view
 from perplex.ui import session_panel
+from perplex.ui.entry import run_inside_the_app
 from perplex.ui.sidebar import decode_params_form
+
+run_inside_the_app()  # first: a page opened alone on a cold server reruns through app.py
 
 st.title("Comparison")
 st.caption("Two conditions — a model and a system prompt each — answer the same prompt. Each "

@@ -8,7 +8,10 @@ from perplex.core.records import Message
 from perplex.ui import decoding_many, resources, session_panel
 from perplex.ui import decoding_view as view
 from perplex.ui.conditioning import system_prompt_control
+from perplex.ui.entry import run_inside_the_app
 from perplex.ui.text import plain
+
+run_inside_the_app()  # first: a page opened alone on a cold server reruns through app.py
 
 st.title("Decoding")
 st.caption("A decoding method in Perplex's own decode loop, beside plain greedy decoding of the "

@@ -8,11 +8,14 @@ from perplex.core.errors import PerplexError
 from perplex.core.records import Message, TokenRole
 from perplex.ui import investigate, page_state, resources, session_panel, uploads
 from perplex.ui.conditioning import system_prompt_control
+from perplex.ui.entry import run_inside_the_app
 from perplex.ui.export_panel import export_panel
 from perplex.ui.sidebar import decode_params_form, thresholds
 from perplex.ui.text import plain
 from perplex.ui.token_view import TokenViewStream
 from perplex.ui.transcript import show_transcript
+
+run_inside_the_app()  # first: a page opened alone on a cold server reruns through app.py
 
 PREFIX = "default"
 CURRENT = page_state.current_key(PREFIX)  # the Generation on screen: the whole conversation so far

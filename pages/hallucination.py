@@ -14,10 +14,13 @@ from perplex.engine.local.generation import start_generation
 from perplex.modes import hallucination as h
 from perplex.ui import investigate, page_state, resources, session_panel
 from perplex.ui.conditioning import system_prompt_control
+from perplex.ui.entry import run_inside_the_app
 from perplex.ui.sidebar import decode_params_form, thresholds
 from perplex.ui.text import plain
 from perplex.ui.token_view import TokenViewStream
 from perplex.ui.transcript import highlight_key, jump_to, show_transcript
+
+run_inside_the_app()  # first: a page opened alone on a cold server reruns through app.py
 
 PREFIX = "halluc"
 CURRENT = page_state.current_key(PREFIX)

@@ -27,9 +27,12 @@ from perplex.lens.remote import ndif_lens
 from perplex.lens.trajectory import residual_trajectory
 from perplex.ui import page_state, resources
 from perplex.ui.conditioning import system_prompt_control, text_prefix
+from perplex.ui.entry import run_inside_the_app
 from perplex.ui.lens_view import lens_view
 from perplex.ui.patching_view import patching_section
 from perplex.ui.text import count, plain
+
+run_inside_the_app()  # first: a page opened alone on a cold server reruns through app.py
 
 PREFIX = "lens"
 CACHE_KEY = f"{PREFIX}.cache"

@@ -8,6 +8,9 @@ from perplex.core.records import Message
 from perplex.ui import resources, session_panel
 from perplex.ui import traits_view as view
 from perplex.ui.conditioning import system_prompt_control
+from perplex.ui.entry import run_inside_the_app
+
+run_inside_the_app()  # first: a page opened alone on a cold server reruns through app.py
 
 st.title("Persona Traits")
 st.caption("A trait's vector is mean(positive) − mean(negative) residuals of the model under "

@@ -14,6 +14,7 @@ from perplex.engine.local.generation import start_generation
 from perplex.modes import prefill
 from perplex.ui import investigate, page_state, resources, session_panel
 from perplex.ui.conditioning import system_prompt_control
+from perplex.ui.entry import run_inside_the_app
 from perplex.ui.own_sets import own_sets_editor, word_list
 from perplex.ui.prompt_list import many_prompts
 from perplex.ui.sidebar import decode_params_form, thresholds
@@ -27,6 +28,8 @@ from perplex.workspace.token_sets import (
     save_set_words,
     session_set_words,
 )
+
+run_inside_the_app()  # first: a page opened alone on a cold server reruns through app.py
 
 PREFIX = "prefill"
 CURRENT = page_state.current_key(PREFIX)

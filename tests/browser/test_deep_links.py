@@ -1,0 +1,57 @@
+"""Deep links on a cold server: the first visitor of a page link gets the whole app.
+
+Streamlit (1.67) runs a fresh server's first script run in its old multipage mode when a
+`pages/` folder sits beside the entry script: a visitor opening `/prefilling` before anyone
+opened `/` got that page alone, with no sidebar and no model ("Load a model in the sidebar
+first."). Each test starts its own server, so its visit is the first one.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from perplex.core.records import Message
+from perplex.workspace.sessions import create_session
+from perplex.workspace.store import Store
+from tests.browser.conftest import REPO_ROOT, wait_for_script
+from tests.test_store import make_generation
+
+MODELS = {"PERPLEX_MODEL_CACHE": str(REPO_ROOT / "data" / "models")}
+LOAD_TIMEOUT = 120_000
+
+
+def assert_whole_app(page) -> None:
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.get_by_text("SmolLM2-135M-Instruct").first.wait_for(timeout=LOAD_TIMEOUT)
+    wait_for_script(page, LOAD_TIMEOUT)
+    nav = page.locator('[data-testid="stSidebarNav"]')
+    for title in ("Default", "Logit Lens", "Comparison", "Batch"):  # the app's own titles
+        assert nav.get_by_text(title, exact=True).count() == 1, title
+    assert page.get_by_text("Load a model in the sidebar first.").count() == 0
+    assert page.locator('[data-testid="stException"]').count() == 0
+
+
+@pytest.mark.parametrize("path, on_page", [
+    ("prefilling", "One prompt per line (blank lines are skipped)"),
+    ("logit_lens", "Logit Lens"),
+])
+def test_a_page_link_opened_first_on_a_cold_server_gets_the_sidebar_and_model(
+        streamlit_app, page, path, on_page):
+    url = streamlit_app("app.py", env=MODELS)
+    page.goto(f"{url}/{path}")
+    assert_whole_app(page)
+    assert page.url.rstrip("/").endswith(path)
+    page.get_by_text(on_page).first.wait_for()
+
+
+def test_a_share_link_copied_from_a_page_works_on_a_cold_server(streamlit_app, page,
+                                                                  perplex_home):
+    with Store.open(perplex_home / "perplex.duckdb") as store:
+        session = create_session(store, "Shared study")
+        gen = make_generation(n_steps=12, n_alts=3, session_id=session.id,
+                              messages=(Message("user", "Hi"), Message("assistant", "Hello")))
+        store.save_generation(gen)
+    url = streamlit_app("app.py", env=MODELS)
+    page.goto(f"{url}/hallucination?session={session.id}&view=shared")
+    assert_whole_app(page)
+    page.locator('[data-testid="stSidebar"]').get_by_text("Shared study").first.wait_for()
