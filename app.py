@@ -4,8 +4,11 @@ import logging
 
 import streamlit as st
 
+from perplex.ui.entry import app_running
 from perplex.ui.resources import ICON, LOADED_KEY
 from perplex.ui.sidebar import render_sidebar
+from perplex.ui.sign_in import pending as sign_in_pending
+from perplex.ui.sign_in import require_sign_in
 
 logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
 logging.getLogger("perplex").setLevel(logging.INFO)
@@ -24,6 +27,10 @@ PAGES = [
     st.Page("pages/batch.py", title="Batch", icon=":material/dataset:"),
 ]
 
-navigation = st.navigation(PAGES)
+# Hosted and signed out: no page list, only the sign-in form (st.navigation must still run:
+# it is what takes Streamlit out of its old multipage mode, see perplex/ui/entry.py).
+navigation = st.navigation(PAGES, position="hidden" if sign_in_pending() else "sidebar")
+require_sign_in()  # hosted: the sign-in form, and nothing else, until a visitor signs in
 st.session_state[LOADED_KEY] = render_sidebar()
-navigation.run()
+with app_running():
+    navigation.run()
