@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 MODEL_STAMP := data/models/.bundled-ready
 PORT ?= 8501
 
-.PHONY: run test test-fast bench lint docs setup model variants browser llama serve-openai clean
+.PHONY: run test test-fast bench lint docs setup model variants browser llama serve-openai serve-team clean
 
 run: setup model
 	$(VENV)/bin/streamlit run app.py --server.port $(PORT)
@@ -59,6 +59,13 @@ $(LLAMA_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet --force-reinstall --no-deps "$(LLAMA_WHEELS)"/llama_cpp_python-*.whl
 	$(PY) -m pip install --quiet 'llama-cpp-python[server]==$(LLAMA_VERSION)'
 	touch $(LLAMA_STAMP)
+
+# A team server: every visitor signs in (README "Hosting for a team"); USERS is the users file.
+ADDRESS ?= 127.0.0.1
+USERS ?= users.txt
+serve-team: setup model variants
+	PERPLEX_HOSTED=1 PERPLEX_USERS="$(USERS)" $(VENV)/bin/streamlit run app.py \
+	  --server.port $(PORT) --server.address $(ADDRESS)
 
 # Serve the bundled model on an OpenAI-compatible endpoint (point the sidebar's Engine at it).
 OPENAI_PORT ?= 8000

@@ -27,6 +27,14 @@ class Settings:
     top_k_stored: int = 20
     threads: int = 0  # torch threads; 0 leaves torch's default
     model_memory: str = ""  # budget for loaded models, e.g. "8GiB" ("": none)
+    hosted: bool = False  # a team server: every visitor signs in; models from an allow-list
+    users: Path | None = None  # hosted: the users file (`python -m perplex.core.accounts`)
+    allowed_models: str = ""  # hosted: comma-separated model sources besides the bundled one
+
+    @property
+    def model_allow_list(self) -> tuple[str, ...]:
+        """The model sources a hosted server may load: the bundled one and the operator's."""
+        return ("bundled", *(m.strip() for m in self.allowed_models.split(",") if m.strip()))
 
     @property
     def database(self) -> Path:
@@ -56,6 +64,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     environ = os.environ if environ is None else environ
     overrides: dict[str, object] = {}
     types = {"home": Path, "db_path": Path, "model_cache": Path, "trust_remote_code": bool,
+             "hosted": bool, "users": Path,
              "confident_threshold": float, "uncertain_threshold": float,
              "top_k_stored": int, "threads": int}
     for f in fields(Settings):

@@ -54,11 +54,16 @@ def _model_section(saved: object) -> LoadedModel | None:
     st.subheader("Model")
     spec = resources.chosen_spec()
     with st.popover("Change model", use_container_width=True):
-        source = st.text_input(
-            "Hugging Face id, local folder or .gguf file",
-            value="" if spec.source == BUNDLED else spec.source,
-            placeholder="e.g. HuggingFaceTB/SmolLM2-360M-Instruct or ./my-model",
-            help="Leave empty for the bundled SmolLM2-135M-Instruct.")
+        allowed = resources.settings().model_allow_list
+        if resources.settings().hosted:  # the operator's list (checked again when loading)
+            source = st.selectbox("Model", allowed, help="The models this server's operator "
+                                  "allowed (PERPLEX_ALLOWED_MODELS).")
+        else:
+            source = st.text_input(
+                "Hugging Face id, local folder or .gguf file",
+                value="" if spec.source == BUNDLED else spec.source,
+                placeholder="e.g. HuggingFaceTB/SmolLM2-360M-Instruct or ./my-model",
+                help="Leave empty for the bundled SmolLM2-135M-Instruct.")
         dtype = st.selectbox("dtype", list(DTYPES), index=list(DTYPES).index(spec.dtype))
         if st.button("Load", type="primary"):
             st.session_state[resources.MODEL_KEY] = ModelSpec(

@@ -169,6 +169,8 @@ def bundled_gguf_path() -> Path:
 def load_model(spec: ModelSpec, settings: Settings | None = None) -> LoadedModel:
     """Load a model and its tokenizer as the spec says; errors are `ModelLoadError`."""
     settings = settings or load_settings()
+    if settings.hosted:
+        refuse_unlisted(spec, settings)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     if spec.dtype not in DTYPES:
@@ -187,6 +189,25 @@ def load_model(spec: ModelSpec, settings: Settings | None = None) -> LoadedModel
     loaded = LoadedModel(spec, model, tokenizer, time.perf_counter() - started, converted_now)
     log.info("loaded %s in %.1f s", spec.label, loaded.load_seconds)
     return loaded
+
+
+def refuse_unlisted(spec: ModelSpec, settings: Settings) -> None:
+    """On a hosted server, only the operator's models load; say so without touching the path.
+
+    Allowed: the bundled model, the sources in `PERPLEX_ALLOWED_MODELS`, and folders inside
+    the model cache Perplex writes itself (the offline fine-tuned and int8 copies). Nothing
+    about the requested path is looked up, so a refusal tells nothing about what exists.
+    """
+    if spec.trust_remote_code and not settings.trust_remote_code:
+        raise ModelLoadError("This server does not run a model's own code (trust_remote_code).")
+    if spec.source in settings.model_allow_list:
+        return
+    cache = settings.models_dir.resolve()
+    if Path(spec.source).expanduser().resolve().is_relative_to(cache):
+        return
+    allowed = ", ".join(settings.model_allow_list)
+    raise ModelLoadError(f"This server loads only the models its operator allowed: {allowed}. "
+                         "Ask them to add the one you need (PERPLEX_ALLOWED_MODELS).")
 
 
 def converted_gguf_folder(gguf: Path, models_dir: Path) -> tuple[Path, bool]:
