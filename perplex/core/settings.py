@@ -30,6 +30,8 @@ class Settings:
     hosted: bool = False  # a team server: every visitor signs in; models from an allow-list
     users: Path | None = None  # hosted: the users file (`python -m perplex.core.accounts`)
     allowed_models: str = ""  # hosted: comma-separated model sources besides the bundled one
+    uploads_per_hour: int = 60  # hosted: per user (0: no limit)
+    runs_at_once: int = 1  # hosted: generations or scorings in progress per user (0: no limit)
 
     @property
     def model_allow_list(self) -> tuple[str, ...]:
@@ -66,7 +68,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     types = {"home": Path, "db_path": Path, "model_cache": Path, "trust_remote_code": bool,
              "hosted": bool, "users": Path,
              "confident_threshold": float, "uncertain_threshold": float,
-             "top_k_stored": int, "threads": int}
+             "top_k_stored": int, "threads": int, "uploads_per_hour": int,
+             "runs_at_once": int}
     for f in fields(Settings):
         raw = environ.get(f"PERPLEX_{f.name.upper()}")
         if raw is not None and raw != "":

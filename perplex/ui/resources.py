@@ -13,6 +13,7 @@ from perplex.workspace.store import Store
 
 MODEL_KEY = "perplex.model_spec"
 LOADED_KEY = "perplex.lm"  # the model the sidebar loaded in this run (None if it failed)
+USER_KEY = "perplex.user"  # who signed in, on a hosted server
 ICON = Path(__file__).parent / "assets" / "icon.png"  # the favicon
 
 
@@ -95,18 +96,47 @@ def ndif_key() -> str | None:
 
 def active_engine():
     """The engine chats go to: the chosen endpoint, else the loaded local model, else None."""
-    from perplex.engine import LocalEngine
     from perplex.engine.openai_compat import EndpointEngine
 
     remote = st.session_state.get(NDIF_ENGINE_KEY)
     if remote is not None:
-        return remote[1]
+        return _metered(remote[1])
     choice = st.session_state.get(ENDPOINT_KEY)
     if choice is not None:
-        return EndpointEngine(choice.base_url, choice.model,
-                              st.session_state.get(ENDPOINT_SECRET_KEY, ""))
+        return _metered(EndpointEngine(choice.base_url, choice.model,
+                                       st.session_state.get(ENDPOINT_SECRET_KEY, "")))
     lm = loaded_model()
-    return None if lm is None else LocalEngine(lm)
+    return None if lm is None else _metered(lm.engine)
+
+
+@st.cache_resource(show_spinner=False)
+def usage_meter():
+    """Per-user uploads and runs across every session (hosted servers: `core.limits`)."""
+    from perplex.core.limits import UsageMeter
+
+    loaded = settings()
+    return UsageMeter(loaded.uploads_per_hour, loaded.runs_at_once)
+
+
+def signed_in_user() -> str | None:
+    """Who this browser session signed in as on a hosted server (None otherwise)."""
+    return st.session_state.get(USER_KEY) if settings().hosted else None
+
+
+def count_upload() -> None:
+    """Count an upload against the signed-in user's hourly limit (hosted servers only)."""
+    user = signed_in_user()
+    if user is not None:
+        usage_meter().count_upload(user)
+
+
+def _metered(engine):
+    user = signed_in_user()
+    if engine is None or user is None:
+        return engine
+    from perplex.engine.metered import MeteredEngine
+
+    return MeteredEngine(engine, usage_meter(), user)
 
 
 def require_capability(name: str, needs: str) -> None:

@@ -18,7 +18,7 @@ from perplex.core.errors import InputFormatError
 from perplex.ui import resources
 from perplex.ui.text import plain
 
-USER_KEY = "perplex.user"
+USER_KEY = resources.USER_KEY
 MAX_FAILURES = 5  # wrong passwords in a row for one name before it must wait
 LOCKOUT_SECONDS = 30.0
 

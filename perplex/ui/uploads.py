@@ -60,7 +60,8 @@ def _upload_section(prefix: str, target_key: str, lm: LoadedModel | None) -> Non
         return
     try:
         parsed = parsed_once(st.session_state, f"{prefix}.upload_parsed", (file.file_id, file.size),
-                             lambda: parse_upload(file.name, file.getvalue()))
+                             lambda: (resources.count_upload(),
+                                      parse_upload(file.name, file.getvalue()))[1])
     except PerplexError as exc:
         st.error(plain(str(exc)))
         return

@@ -124,6 +124,16 @@ class LoadedModel:
         return self.tokenizer.batch_decode([[i] for i in range(self.vocab_size)])
 
     @cached_property
+    def engine(self):
+        """The model behind the engine protocol, one per loaded model.
+
+        Every session that uses the model shares it, so its lock serialises their passes.
+        """
+        from perplex.engine.local.engine import LocalEngine  # it wraps this class
+
+        return LocalEngine(self)
+
+    @cached_property
     def max_token_chars(self) -> int:
         """The most characters one token adds to a text (+1: a leading space joined on)."""
         return max(map(len, self.vocab_texts), default=1) + 1

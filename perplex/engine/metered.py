@@ -1,0 +1,56 @@
+"""An engine whose runs count against one user's limits (`core.limits`), for hosted servers.
+
+Generation, batched generation and scoring hold one of the user's runs while they compute;
+everything else is the wrapped engine's, unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from perplex.core.limits import UsageMeter
+
+
+class MeteredEngine:
+    """`engine`, with its runs counted for `user` by `meter`."""
+
+    def __init__(self, engine, meter: UsageMeter, user: str) -> None:
+        """Wrap an engine for one user."""
+        self._engine, self._meter, self._user = engine, meter, user
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+    def generate(self, *args, **kwargs) -> _MeteredRun:
+        """The engine's run, which holds one of the user's runs while it is iterated."""
+        with self._meter.running(self._user):  # refuse at once, before any work
+            pass
+        return _MeteredRun(self._engine.generate(*args, **kwargs), self._meter, self._user)
+
+    def generate_many(self, *args, **kwargs):
+        """Many answers at once: one run of the user's while the batch computes."""
+        with self._meter.running(self._user):
+            return self._engine.generate_many(*args, **kwargs)
+
+    def score(self, *args, **kwargs):
+        """Teacher-forced scoring: one run of the user's while it computes."""
+        with self._meter.running(self._user):
+            return self._engine.score(*args, **kwargs)
+
+
+class _MeteredRun:
+    def __init__(self, run, meter: UsageMeter, user: str) -> None:
+        self._run, self._meter, self._user = run, meter, user
+
+    def __getattr__(self, name: str):
+        return getattr(self._run, name)
+
+    def __iter__(self) -> Iterator:
+        with self._meter.running(self._user):  # released when the loop ends or is left
+            yield from self._run
+
+    def run(self):
+        """Run to the end and return the finished generation."""
+        for _ in self:
+            pass
+        return self._run.generation()
