@@ -288,3 +288,20 @@ def test_two_tokenizers_are_refused_or_aligned_approximately_on_character_runs(t
         sum(s.logprob for s in steps_a), abs=1e-9)
     assert sum(t.logprob_b for t in cross.tokens) == pytest.approx(
         sum(s.logprob for s in steps_b), abs=1e-9)
+
+
+def test_a_mask_written_as_float32s_lowest_value_adds_nothing_on_either_path():
+    """Logits of -3.4e38 (a mask as finite numbers) go through torch.
+
+    The compiled exp's floor times such a logit would not vanish.
+    """
+    g = torch.Generator().manual_seed(11)
+    za, zb = torch.randn(6, 300, generator=g) * 3, torch.randn(6, 300, generator=g) * 3
+    za[:, :5] = torch.finfo(torch.float32).min
+    zb[:, :5] = torch.finfo(torch.float32).min
+    found = full_divergence(za, zb)
+    # both sides mask the same five tokens: exactly the divergences of the other 295
+    kl_ab, kl_ba, js = direct_divergences(za[:, 5:].numpy(), zb[:, 5:].numpy())
+    assert np.abs(np.array(found.kl_ab) - kl_ab).max() <= 1e-6
+    assert np.abs(np.array(found.kl_ba) - kl_ba).max() <= 1e-6
+    assert np.abs(np.array(found.js) - js).max() <= 1e-6

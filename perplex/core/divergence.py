@@ -83,7 +83,7 @@ def full_divergence(logits_a: torch.Tensor, logits_b: torch.Tensor) -> FullDiver
         raise ValueError(f"need two [T, V] blocks of one shape, got {tuple(logits_a.shape)} "
                          f"and {tuple(logits_b.shape)}")
     library = native.load()
-    if library is not None and _finite(logits_a) and _finite(logits_b):
+    if library is not None and native.takes(logits_a) and native.takes(logits_b):
         found = native.pair_divergence(library, logits_a.float().contiguous(),
                                        logits_b.float().contiguous()).clip(min=0.0)
         return FullDivergence(*(found[:, j].tolist() for j in range(3)))

@@ -45,6 +45,7 @@ NATIVE_FLAGS = ("-march=native",)
 OPENMP_FLAGS = ("-fopenmp",)
 BUILD_SECONDS = 120
 N_SUMS = 4  # Σ e, Σ e·z, Σ p_final·z, count above the final token (see row_stats.c)
+MODERATE_LOGIT = 1e30  # logits beyond ± this go through torch (see `takes`)
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,17 @@ def row_sums(library: ctypes.CDLL, z: torch.Tensor, k: int,
 
     _in_threads(library, run, n_rows)
     return RowSums(top_values.numpy(), top_ids.numpy(), sums.numpy())
+
+
+def takes(z: torch.Tensor) -> bool:
+    """Whether the compiled code computes exactly what torch would for logits `z`.
+
+    Its exp floors at exp(-87.3): times a logit near -3e38 (a mask written as float32's
+    lowest) that would no longer vanish, and -inf or NaN would give NaN. Such rows must go
+    through torch. One min/max pass (ten times faster than `isfinite`).
+    """
+    low, high = torch.aminmax(z)
+    return bool(low > -MODERATE_LOGIT) and bool(high < MODERATE_LOGIT)
 
 
 def pair_divergence(library: ctypes.CDLL, za: torch.Tensor, zb: torch.Tensor) -> np.ndarray:
