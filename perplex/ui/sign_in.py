@@ -29,18 +29,13 @@ def _failures() -> tuple[dict[str, tuple[int, float]], threading.Lock]:
     return {}, threading.Lock()
 
 
-def signed_in_user() -> str | None:
-    """Who this browser session signed in as (None when not hosted or not yet)."""
-    return st.session_state.get(USER_KEY)
-
-
 def pending() -> bool:
     """Whether this visitor must still sign in (hosted, and not signed in yet)."""
     if not resources.settings().hosted:
         return False
     if _oidc_configured() and st.user.is_logged_in:
         st.session_state[USER_KEY] = str(st.user.get("email") or st.user.get("sub"))
-    return signed_in_user() is None
+    return resources.signed_in_user() is None
 
 
 def require_sign_in() -> str | None:
@@ -49,7 +44,7 @@ def require_sign_in() -> str | None:
     if not settings.hosted:
         return None
     if not pending():
-        user = signed_in_user()
+        user = resources.signed_in_user()
         with st.sidebar:
             st.caption(f"Signed in as **{plain(user)}**")
             if st.button("Sign out", key="perplex.sign_out"):
