@@ -36,7 +36,7 @@ EXPECTED_SCHEMA = {
     "sessions": [("id", "VARCHAR"), ("name", "VARCHAR"),
                  ("created_at", "TIMESTAMP WITH TIME ZONE"),
                  ("updated_at", "TIMESTAMP WITH TIME ZONE"), ("settings", "JSON"),
-                 ("deleted_at", "TIMESTAMP WITH TIME ZONE")],
+                 ("deleted_at", "TIMESTAMP WITH TIME ZONE"), ("owner", "VARCHAR")],
     "generations": [
         ("id", "VARCHAR"), ("session_id", "VARCHAR"),
         ("created_at", "TIMESTAMP WITH TIME ZONE"), ("source", "VARCHAR"),
@@ -60,14 +60,17 @@ EXPECTED_SCHEMA = {
         ("token_text", "VARCHAR"), ("word", "VARCHAR"), ("ordinal", "INTEGER"),
         ("added_at", "TIMESTAMP WITH TIME ZONE")],
     "calibration_datasets": [("id", "VARCHAR"), ("name", "VARCHAR"),
-                             ("created_at", "TIMESTAMP WITH TIME ZONE")],
+                             ("created_at", "TIMESTAMP WITH TIME ZONE"), ("owner", "VARCHAR")],
     "calibration_items": [
         ("dataset_id", "VARCHAR"), ("ordinal", "INTEGER"), ("item_id", "VARCHAR"),
         ("question", "VARCHAR"), ("aliases", "JSON"), ("choices", "JSON"),
         ("answer_index", "INTEGER")],
     "calibration_runs": [("id", "VARCHAR"), ("dataset_id", "VARCHAR"),
                          ("created_at", "TIMESTAMP WITH TIME ZONE"), ("model_label", "VARCHAR"),
-                         ("settings", "JSON")],
+                         ("settings", "JSON"), ("owner", "VARCHAR")],
+    "share_links": [("token", "VARCHAR"), ("session_id", "VARCHAR"),
+                    ("created_at", "TIMESTAMP WITH TIME ZONE"),
+                    ("revoked_at", "TIMESTAMP WITH TIME ZONE")],
     "calibration_results": [
         ("run_id", "VARCHAR"), ("item_id", "VARCHAR"), ("ordinal", "INTEGER"),
         ("generation_id", "VARCHAR"), ("answer", "VARCHAR"), ("stated", "VARCHAR"),
@@ -173,7 +176,7 @@ def store(tmp_path):
 
 def test_blank_database_migrates_to_expected_schema(store):
     """A blank database gets every migration and exactly the documented tables and columns."""
-    assert store.schema_version() == len(MIGRATIONS) == 10
+    assert store.schema_version() == len(MIGRATIONS) == 11
     with store._cursor() as cur:
         rows = cur.execute("SELECT table_name, column_name, data_type FROM duckdb_columns() "
                            "WHERE database_name = current_database() "
@@ -234,6 +237,7 @@ def test_open_without_path_uses_settings(perplex_home):
 def test_round_trip_is_exact(store):
     """What is loaded equals what was saved, field for field."""
     gen = make_generation(session_id="s1", parent_id="p0", branch_position=12)
+    store.ensure_session("s1", "one")
     store.save_generation(gen)
     loaded = store.load_generation(gen.id)
     assert loaded == gen
@@ -273,6 +277,8 @@ def test_list_and_delete(store):
     now = datetime.now(timezone.utc)
     old = make_generation(n_steps=5, session_id="a", created_at=now - timedelta(hours=1))
     new = make_generation(n_steps=8, session_id="b", created_at=now, source=Source.SCORED)
+    store.ensure_session("a", "a")
+    store.ensure_session("b", "b")
     store.save_generation(old)
     store.save_generation(new)
     summaries = store.list_generations()

@@ -391,6 +391,7 @@ def test_monitored_and_imported_answers_round_trip_through_duckdb(tiny, cheer, t
     run = monitor_generate(tiny, QUESTION, [Monitor(cheer, 2)], DecodeParams(max_new_tokens=8),
                            steering=[Steering(2, torch.from_numpy(cheer.vector[2]), 1.5)])
     store = Store.open(tmp_path / "runs.duckdb")
+    store.ensure_session("s1", "one")
     run_id = save_trait_run(store, run, "steered", "s1", pair_id="p1")
     back = load_trait_run(store, run_id)
     assert back.kind == "steered" and back.pair_id == "p1"

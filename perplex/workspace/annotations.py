@@ -15,7 +15,7 @@ import duckdb
 
 from perplex.core.errors import InputFormatError, StoreError
 from perplex.core.records import new_id
-from perplex.workspace.sessions import require_live_session
+from perplex.workspace.access import Actor, require_row, require_session
 from perplex.workspace.store import Store, from_epoch_us, touch_session_row
 
 MAX_NOTE_CHARS = 20_000
@@ -58,7 +58,7 @@ def add_annotation(store: Store, generation_id: str, start: int, text: str,
     now = _now()
     annotation_id = new_id()
     with store.cursor(write=True) as cur:
-        first, last = _generation_positions(cur, generation_id)
+        first, last = _generation_positions(cur, store.actor, generation_id)
         if first is None or start < first or end > last:
             where = "has no tokens" if first is None else f"has positions {first}..{last}"
             raise InputFormatError(
@@ -73,7 +73,7 @@ def edit_annotation(store: Store, annotation_id: str, text: str) -> Annotation:
     text = _check_text(text)
     with store.cursor(write=True) as cur:
         current = _read(cur, annotation_id)
-        _generation_positions(cur, current.generation_id)  # checks and touches the session
+        _generation_positions(cur, store.actor, current.generation_id)  # checks, touches
         cur.execute("UPDATE annotations SET text = ?, updated_at = ? WHERE id = ?",
                     [text, _now(), annotation_id])
         return _read(cur, annotation_id)
@@ -82,10 +82,12 @@ def edit_annotation(store: Store, annotation_id: str, text: str) -> Annotation:
 def delete_annotation(store: Store, annotation_id: str) -> bool:
     """Delete an annotation; False (and nothing changed) if there was none."""
     with store.cursor(write=True) as cur:
-        rows = cur.execute("SELECT g.session_id FROM annotations a JOIN generations g "
+        rows = cur.execute("SELECT g.id, g.session_id FROM annotations a JOIN generations g "
                            "ON a.generation_id = g.id WHERE a.id = ?", [annotation_id]).fetchall()
-        if rows and rows[0][0] is not None:
-            touch_session_row(cur, rows[0][0])
+        if rows:
+            require_row(cur, store.actor, "generations", rows[0][0], write=True)
+            if rows[0][1] is not None:
+                touch_session_row(cur, store.actor, rows[0][1])
         deleted = cur.execute("DELETE FROM annotations WHERE id = ? RETURNING id",
                               [annotation_id]).fetchall()
         return bool(deleted)
@@ -94,12 +96,16 @@ def delete_annotation(store: Store, annotation_id: str) -> bool:
 def get_annotation(store: Store, annotation_id: str) -> Annotation:
     """Return one annotation; StoreError if it has been deleted."""
     with store.cursor() as cur:
-        return _read(cur, annotation_id)
+        note = _read(cur, annotation_id)
+        require_row(cur, store.actor, "generations", note.generation_id)
+        return note
 
 
 def list_annotations(store: Store, generation_id: str) -> list[Annotation]:
     """The annotations of one generation, in token order."""
     with store.cursor() as cur:
+        if cur.execute("SELECT 1 FROM generations WHERE id = ?", [generation_id]).fetchall():
+            require_row(cur, store.actor, "generations", generation_id)
         rows = cur.execute(
             f"SELECT {_COLUMNS} FROM annotations a WHERE a.generation_id = ? "
             "ORDER BY a.start_position, a.end_position, a.created_at, a.id",
@@ -113,7 +119,7 @@ def session_annotations(store: Store, session_id: str) -> list[Annotation]:
     Raises StoreError if the session does not exist or has been deleted.
     """
     with store.cursor() as cur:
-        require_live_session(cur, session_id)
+        require_session(cur, store.actor, session_id)
         return annotations_of_session(cur, session_id)
 
 
@@ -126,9 +132,9 @@ def annotations_of_session(cur: duckdb.DuckDBPyConnection, session_id: str) -> l
     return [_annotation(row) for row in rows]
 
 
-def _generation_positions(cur: duckdb.DuckDBPyConnection,
+def _generation_positions(cur: duckdb.DuckDBPyConnection, actor: Actor,
                           generation_id: str) -> tuple[int | None, int | None]:
-    """First and last token position of a generation; checks and touches its session."""
+    """First and last token position of a generation; checks `actor` may change it, touches."""
     rows = cur.execute("SELECT g.session_id, min(t.position), max(t.position) "
                        "FROM generations g LEFT JOIN token_steps t ON t.generation_id = g.id "
                        "WHERE g.id = ? GROUP BY g.session_id", [generation_id]).fetchall()
@@ -136,8 +142,9 @@ def _generation_positions(cur: duckdb.DuckDBPyConnection,
         raise StoreError(f"No generation with id {generation_id!r}: it may have been deleted "
                          "(perhaps with its session, in another tab). Nothing was saved.")
     session_id, first, last = rows[0]
+    require_row(cur, actor, "generations", generation_id, write=True)
     if session_id is not None:
-        touch_session_row(cur, session_id)
+        touch_session_row(cur, actor, session_id)
     return first, last
 
 

@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from perplex.core.errors import InputFormatError, StoreError
 from perplex.core.records import Generation, Message, new_id
+from perplex.workspace.access import require_row, require_session, visible
 from perplex.workspace.store import Store, from_epoch_us, read_generation, write_generation
 
 KINDS = ("prompts", "transcripts")
@@ -157,6 +158,7 @@ def create_batch(store: Store, name: str, kind: str, model_label: str, settings:
         raise StoreError(f"Unknown kind of batch: {kind!r}.")
     batch_id = new_id()
     with store.cursor(write=True) as cur:
+        require_session(cur, store.actor, session_id, write=True)
         cur.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [batch_id, session_id, datetime.now(timezone.utc), name.strip()[:200]
                      or "Batch", kind, model_label, json.dumps(settings), "[]", 0])
@@ -173,6 +175,7 @@ def add_items(store: Store, batch_id: str, read: Iterable[BatchInput | Malformed
     listed: list[dict] = []
     chunk: list[BatchInput] = []
     with store.cursor() as cur:
+        _session(cur, store, batch_id, write=True)
         [(items,)] = cur.execute("SELECT count(*) FROM batch_items WHERE batch_id = ?",
                                  [batch_id]).fetchall()
     for entry in read:
@@ -189,6 +192,7 @@ def add_items(store: Store, batch_id: str, read: Iterable[BatchInput | Malformed
                 on_chunk(items, malformed_count)
     items = _insert(store, batch_id, chunk, items)
     with store.cursor(write=True) as cur:
+        _session(cur, store, batch_id, write=True)
         cur.execute("UPDATE batches SET malformed = ?, n_malformed = ? WHERE id = ?",
                     [json.dumps(listed), malformed_count, batch_id])
     if on_chunk:
@@ -200,7 +204,7 @@ def _insert(store: Store, batch_id: str, chunk: list[BatchInput], start: int) ->
     if not chunk:
         return start
     with store.cursor(write=True) as cur:
-        session_id = _session(cur, batch_id)
+        session_id = _session(cur, store, batch_id, write=True)
         columns: dict[str, list] = {name: [] for name in _INSERTED}
         for n, item in enumerate(chunk, start):
             generation_id = None
@@ -227,11 +231,9 @@ def _with_id(generation: Generation, generation_id: str, session_id: str | None)
     return replace(generation, id=generation_id, session_id=session_id)
 
 
-def _session(cur, batch_id: str) -> str | None:
-    rows = cur.execute("SELECT session_id FROM batches WHERE id = ?", [batch_id]).fetchall()
-    if not rows:
-        raise StoreError(f"There is no batch {batch_id!r}.")
-    return rows[0][0]
+def _session(cur, store: Store, batch_id: str, write: bool = False) -> str | None:
+    """The batch's session, after checking the store's actor may read (or change) it."""
+    return require_row(cur, store.actor, "batches", batch_id, write)
 
 
 def _messages_json(messages: Sequence[Message]) -> str:
@@ -246,6 +248,7 @@ def _messages(text: str) -> tuple[Message, ...]:
 def pending_items(store: Store, batch_id: str, limit: int) -> list[PendingItem]:
     """The next items to run, in order."""
     with store.cursor() as cur:
+        _session(cur, store, batch_id)
         rows = cur.execute(
             "SELECT idx, messages, reference, generation_id FROM batch_items "
             "WHERE batch_id = ? AND status = 'pending' ORDER BY idx LIMIT ?",
@@ -262,7 +265,8 @@ def finish_item(store: Store, batch_id: str, idx: int, result: ItemResult) -> No
         raise StoreError(f"Item {idx} has a statistic that is not a finite number; "
                          "nothing was saved for it.")
     with store.cursor(write=True) as cur:
-        generation = _with_id(result.generation, result.generation.id, _session(cur, batch_id))
+        generation = _with_id(result.generation, result.generation.id,
+                              _session(cur, store, batch_id, write=True))
         write_generation(cur, generation)
         cur.execute(
             "UPDATE batch_items SET status = 'done', error = NULL, generation_id = ?, "
@@ -281,6 +285,7 @@ def finish_item(store: Store, batch_id: str, idx: int, result: ItemResult) -> No
 def reset_failed(store: Store, batch_id: str) -> int:
     """Make the failed items pending again (to run them once more); returns how many."""
     with store.cursor(write=True) as cur:
+        _session(cur, store, batch_id, write=True)
         cur.execute("UPDATE batch_items SET status = 'pending', error = NULL, finished_at = NULL "
                     "WHERE batch_id = ? AND status = 'failed' RETURNING idx", [batch_id])
         return len(cur.fetchall())
@@ -289,20 +294,23 @@ def reset_failed(store: Store, batch_id: str) -> int:
 def fail_item(store: Store, batch_id: str, idx: int, error: str) -> None:
     """Record why an item failed; the batch goes on."""
     with store.cursor(write=True) as cur:
+        _session(cur, store, batch_id, write=True)
         cur.execute("UPDATE batch_items SET status = 'failed', error = ?, finished_at = ? "
                     "WHERE batch_id = ? AND idx = ?",
                     [error[:1000], datetime.now(timezone.utc), batch_id, idx])
 
 
 def list_batches(store: Store, session_id: str | None = None) -> list[BatchSummary]:
-    """Batches, newest first (of one session when given)."""
-    where, params = ("WHERE b.session_id = ?", [session_id]) if session_id else ("", [])
+    """Batches you may read, newest first (of one session when given)."""
+    where, params = visible(store.actor, "b.session_id")
+    if session_id:
+        where, params = f"{where} AND b.session_id = ?", [*params, session_id]
     with store.cursor() as cur:
         rows = cur.execute(
             "SELECT b.id, b.name, b.kind, epoch_us(b.created_at), b.model_label, "
             "count(i.idx), count(i.idx) FILTER (WHERE i.status = 'done'), "
             "count(i.idx) FILTER (WHERE i.status = 'failed'), b.n_malformed, b.settings, "
-            f"b.malformed FROM batches b LEFT JOIN batch_items i ON i.batch_id = b.id {where} "
+            f"b.malformed FROM batches b LEFT JOIN batch_items i ON i.batch_id = b.id WHERE {where} "
             "GROUP BY ALL ORDER BY 4 DESC", params).fetchall()
     return [BatchSummary(r[0], r[1], r[2], from_epoch_us(r[3]), r[4], r[5], r[6], r[7], r[8],
                          json.loads(r[9]), tuple(Malformed(m["line"], m["why"])
@@ -313,7 +321,7 @@ def list_batches(store: Store, session_id: str | None = None) -> list[BatchSumma
 def load_batch(store: Store, batch_id: str) -> BatchSummary:
     """One batch's summary."""
     with store.cursor() as cur:
-        session = _session(cur, batch_id)
+        session = _session(cur, store, batch_id)
     for summary in list_batches(store, session):
         if summary.id == batch_id:
             return summary
@@ -424,6 +432,7 @@ def add_custom_flag(store: Store, batch_id: str, name: str, condition: str,
                                "spaces, - or _, and not as a built-in flag.")
     matches = custom_matches(store, batch_id, condition, seconds)
     with store.cursor(write=True) as cur:
+        _session(cur, store, batch_id, write=True)
         [(text,)] = cur.execute("SELECT settings FROM batches WHERE id = ?",
                                 [batch_id]).fetchall()
         settings = json.loads(text)
@@ -470,6 +479,7 @@ def custom_matches(store: Store, batch_id: str, condition: str,
 def _copies(store: Store, batch_id: str) -> tuple[pa.Table, pa.Table]:
     """The finished items (filter columns) and their tokens, as Arrow tables."""
     with store.cursor() as cur:
+        _session(cur, store, batch_id)
         [(n,)] = cur.execute(
             "SELECT count(*) FROM token_steps t JOIN batch_items i ON "
             "t.generation_id = i.generation_id WHERE i.batch_id = ? AND i.status = 'done'",
@@ -492,6 +502,8 @@ def item_generation(store: Store, generation_id: str) -> Generation:
     """An item's stored generation."""
     with store.cursor() as cur:
         generation = read_generation(cur, generation_id)
+        if generation is not None:
+            require_row(cur, store.actor, "generations", generation_id)
     if generation is None:
         raise StoreError(f"The generation {generation_id!r} is not in the database.")
     return generation

@@ -31,13 +31,13 @@ from perplex.core.errors import InputFormatError
 from perplex.core.records import Generation, TokenStep, new_id
 from perplex.core.validation import INT32_MAX, check_generation, check_int, check_text
 from perplex.workspace import bundle_docs as docs
+from perplex.workspace.access import require_session
 from perplex.workspace.annotations import Annotation, annotations_of_session
 from perplex.workspace.bundle_docs import BundleError
 from perplex.workspace.sessions import (
     MAX_NAME_CHARS,
     Session,
     read_session,
-    require_live_session,
     settings_json,
 )
 from perplex.workspace.store import (
@@ -89,7 +89,7 @@ def export_bundle(store: Store, session_id: str) -> bytes:
     """The session as bundle bytes (a consistent snapshot, even while others write)."""
     with store.cursor() as cur:
         cur.begin()  # one read transaction: every table seen at the same moment
-        require_live_session(cur, session_id)
+        require_session(cur, store.actor, session_id)
         session = read_session(cur, session_id)
         ids = [row[0] for row in cur.execute(
             "SELECT id FROM generations WHERE session_id = ? ORDER BY created_at, id",
@@ -138,7 +138,7 @@ def import_bundle(store: Store, bundle: bytes | str | Path,
         with store.cursor(write=True) as cur:
             fresh = _ids_taken(cur, original) or ids_taken(cur, original.traits)
             parsed = _with_fresh_ids(original) if fresh else original
-            session = _write(cur, parsed)
+            session = _write(cur, parsed, store.actor.user)
             generation_ids = {old.id: new.id for old, new in zip(original.generations,
                                                                  parsed.generations)}
             written = write_traits(cur, store, original.traits, session.id, generation_ids,
@@ -150,13 +150,13 @@ def import_bundle(store: Store, bundle: bytes | str | Path,
         raise
 
 
-def _write(cur, parsed: SessionBundle) -> Session:
-    """Insert a checked bundle's session, generations, notes and token sets."""
+def _write(cur, parsed: SessionBundle, owner: str | None) -> Session:
+    """Insert a checked bundle's session (owned by `owner`), generations, notes, token sets."""
     session = parsed.session
-    cur.execute("INSERT INTO sessions (id, name, created_at, updated_at, settings) "
-                "VALUES (?, ?, ?, ?, ?)", [session.id, session.name, session.created_at,
-                                            session.updated_at,
-                                            settings_json(session.settings)])
+    cur.execute("INSERT INTO sessions (id, name, created_at, updated_at, settings, owner) "
+                "VALUES (?, ?, ?, ?, ?, ?)", [session.id, session.name, session.created_at,
+                                               session.updated_at,
+                                               settings_json(session.settings), owner])
     for gen in parsed.generations:
         write_generation(cur, gen)
     for note in parsed.annotations:

@@ -17,6 +17,7 @@ import pyarrow as pa
 from perplex.core.calibration import Dataset, Item, ItemResult
 from perplex.core.errors import StoreError
 from perplex.core.records import Generation, new_id
+from perplex.workspace.access import owned, require_owner
 from perplex.workspace.store import Store, from_epoch_us, write_generation
 
 
@@ -35,12 +36,16 @@ class RunSummary:
 
 
 def save_dataset(store: Store, dataset: Dataset) -> None:
-    """Store a dataset and its items (replacing one with the same id)."""
+    """Store a dataset and its items (replacing one with the same id, if it is yours)."""
     with store.cursor(write=True) as cur:
+        owner = cur.execute("SELECT owner FROM calibration_datasets WHERE id = ?",
+                            [dataset.id]).fetchall()
+        if owner:
+            require_owner(owner[0][0], store.actor, "calibration dataset")
         cur.execute("DELETE FROM calibration_items WHERE dataset_id = ?", [dataset.id])
         cur.execute("DELETE FROM calibration_datasets WHERE id = ?", [dataset.id])
-        cur.execute("INSERT INTO calibration_datasets VALUES (?, ?, ?)",
-                    [dataset.id, dataset.name, datetime.now(timezone.utc)])
+        cur.execute("INSERT INTO calibration_datasets VALUES (?, ?, ?, ?)",
+                    [dataset.id, dataset.name, datetime.now(timezone.utc), store.actor.user])
         items = pa.table({
             "dataset_id": [dataset.id] * len(dataset.items),
             "ordinal": pa.array(range(len(dataset.items)), pa.int32()),
@@ -58,19 +63,22 @@ def save_dataset(store: Store, dataset: Dataset) -> None:
 
 
 def list_datasets(store: Store) -> list[tuple[str, str, int]]:
-    """(id, name, items) of every stored dataset, newest first."""
+    """(id, name, items) of every dataset you own, newest first."""
+    where, params = owned(store.actor, "d.owner")
     with store.cursor() as cur:
         return [tuple(row) for row in cur.execute(
             "SELECT d.id, d.name, count(i.item_id) FROM calibration_datasets d LEFT JOIN "
-            "calibration_items i ON i.dataset_id = d.id GROUP BY d.id, d.name, d.created_at "
-            "ORDER BY d.created_at DESC").fetchall()]
+            f"calibration_items i ON i.dataset_id = d.id WHERE {where} "
+            "GROUP BY d.id, d.name, d.created_at ORDER BY d.created_at DESC", params).fetchall()]
 
 
 def load_dataset(store: Store, dataset_id: str) -> Dataset:
     """The dataset saved under `dataset_id`."""
     with store.cursor() as cur:
-        head = cur.execute("SELECT name FROM calibration_datasets WHERE id = ?",
+        head = cur.execute("SELECT name, owner FROM calibration_datasets WHERE id = ?",
                            [dataset_id]).fetchall()
+        if head:
+            require_owner(head[0][1], store.actor, "calibration dataset")
         rows = cur.execute("SELECT item_id, question, aliases, choices, answer_index FROM "
                            "calibration_items WHERE dataset_id = ? ORDER BY ordinal",
                            [dataset_id]).fetchall()
@@ -85,9 +93,14 @@ def create_run(store: Store, dataset_id: str, model_label: str, settings: dict) 
     """Start a run of `dataset_id` on `model_label` with `settings` (template, params...)."""
     run_id = new_id()
     with store.cursor(write=True) as cur:
-        cur.execute("INSERT INTO calibration_runs VALUES (?, ?, ?, ?, ?)",
+        owner = cur.execute("SELECT owner FROM calibration_datasets WHERE id = ?",
+                            [dataset_id]).fetchall()
+        if not owner:
+            raise StoreError(f"There is no calibration dataset {dataset_id!r} in the database.")
+        require_owner(owner[0][0], store.actor, "calibration dataset")
+        cur.execute("INSERT INTO calibration_runs VALUES (?, ?, ?, ?, ?, ?)",
                     [run_id, dataset_id, datetime.now(timezone.utc), model_label,
-                     json.dumps(settings)])
+                     json.dumps(settings), store.actor.user])
     return run_id
 
 
@@ -97,6 +110,7 @@ def save_result(store: Store, run_id: str, ordinal: int, result: ItemResult,
     confidences = {k: (v if v is None or math.isfinite(v) else None)
                    for k, v in result.confidences.items()}
     with store.cursor(write=True) as cur:
+        _require_run(cur, store, run_id)
         write_generation(cur, generation)
         cur.execute("DELETE FROM calibration_results WHERE run_id = ? AND item_id = ?",
                     [run_id, result.item_id])
@@ -112,6 +126,7 @@ def save_result(store: Store, run_id: str, ordinal: int, result: ItemResult,
 def load_results(store: Store, run_id: str) -> list[ItemResult]:
     """A run's results in the dataset's order."""
     with store.cursor() as cur:
+        _require_run(cur, store, run_id)
         rows = cur.execute(
             "SELECT item_id, generation_id, answer, stated, stated_kind, confidences, "
             "correct, matched, override, judged, judge_p FROM calibration_results "
@@ -126,6 +141,7 @@ def load_results(store: Store, run_id: str) -> list[ItemResult]:
 def set_override(store: Store, run_id: str, item_id: str, verdict: bool | None) -> None:
     """The researcher's verdict on an item (None: back to the automatic one)."""
     with store.cursor(write=True) as cur:
+        _require_run(cur, store, run_id)
         found = cur.execute("SELECT count(*) FROM calibration_results WHERE run_id = ? AND "
                             "item_id = ?", [run_id, item_id]).fetchall()[0][0]
         if not found:
@@ -135,13 +151,22 @@ def set_override(store: Store, run_id: str, item_id: str, verdict: bool | None) 
 
 
 def list_runs(store: Store) -> list[RunSummary]:
-    """Every calibration run, newest first, with how many items it has done."""
+    """Every calibration run you own, newest first, with how many items it has done."""
+    where, params = owned(store.actor, "r.owner")
     with store.cursor() as cur:
         rows = cur.execute(
             "SELECT r.id, r.dataset_id, d.name, r.model_label, epoch_us(r.created_at), "
             "r.settings, (SELECT count(*) FROM calibration_items i WHERE i.dataset_id = "
             "r.dataset_id), (SELECT count(*) FROM calibration_results x WHERE x.run_id = r.id) "
             "FROM calibration_runs r JOIN calibration_datasets d ON d.id = r.dataset_id "
-            "ORDER BY r.created_at DESC").fetchall()
+            f"WHERE {where} ORDER BY r.created_at DESC", params).fetchall()
     return [RunSummary(i, d, name, label, from_epoch_us(at), json.loads(settings), n, done)
             for i, d, name, label, at, settings, n, done in rows]
+
+
+def _require_run(cur, store: Store, run_id: str) -> None:
+    """Raise unless the run exists and the store's actor owns it."""
+    rows = cur.execute("SELECT owner FROM calibration_runs WHERE id = ?", [run_id]).fetchall()
+    if not rows:
+        raise StoreError(f"There is no calibration run {run_id!r} in the database.")
+    require_owner(rows[0][0], store.actor, "calibration run")

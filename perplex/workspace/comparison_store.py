@@ -18,6 +18,7 @@ from perplex.core.comparison import CrossScore, PairRun
 from perplex.core.divergence import TokenDivergence
 from perplex.core.errors import StoreError
 from perplex.core.records import Generation, new_id
+from perplex.workspace.access import require_row, require_session, visible
 from perplex.workspace.store import Store, from_epoch_us, read_generation, write_generation
 
 _TOKEN_FIELDS = ("idx", "token_id", "text", "logprob_a", "logprob_b", "kl_ab", "kl_ba", "js",
@@ -43,6 +44,7 @@ def save_comparison(store: Store, run: PairRun, conditions: dict, session_id: st
     comparison_id = new_id()
     generations = _generations(run, session_id)
     with store.cursor(write=True) as cur:
+        require_session(cur, store.actor, session_id, write=True)
         for gen in generations.values():
             write_generation(cur, gen)
         cur.execute(
@@ -99,6 +101,7 @@ def load_comparison(store: Store, comparison_id: str) -> tuple[PairRun, dict]:
         if row is None:
             raise StoreError(f"No comparison {comparison_id} in the database: it was deleted "
                              "or the link is wrong.")
+        require_row(cur, store.actor, "comparisons", comparison_id)
         prompt, conditions, ids, first = row[0], json.loads(row[1]), json.loads(row[2]), row[3]
         notes = tuple(json.loads(row[4]))
         gens = {}
@@ -122,12 +125,13 @@ def load_comparison(store: Store, comparison_id: str) -> tuple[PairRun, dict]:
 
 def list_comparisons(store: Store, session_id: str | None = None,
                      batch_id: str | None = None) -> list[ComparisonSummary]:
-    """Comparisons, newest first, of one session and/or one batch (None: any)."""
+    """Comparisons you may read, newest first, of one session and/or one batch (None: any)."""
+    where, params = visible(store.actor)
     with store.cursor() as cur:
         rows = cur.execute(
             "SELECT id, epoch_us(created_at), prompt, conditions, first_divergence, batch_id "
             "FROM comparisons WHERE (? IS NULL OR session_id = ?) AND "
-            "(? IS NULL OR batch_id = ?) ORDER BY created_at DESC, id",
-            [session_id, session_id, batch_id, batch_id]).fetchall()
+            f"(? IS NULL OR batch_id = ?) AND {where} ORDER BY created_at DESC, id",
+            [session_id, session_id, batch_id, batch_id, *params]).fetchall()
     return [ComparisonSummary(r[0], from_epoch_us(r[1]), r[2], json.loads(r[3]), r[4], r[5])
             for r in rows]

@@ -22,6 +22,7 @@ from perplex.core.decoding import (
 )
 from perplex.core.errors import StoreError
 from perplex.core.records import Generation, TokenRole, new_id
+from perplex.workspace.access import require_row, require_session, visible
 from perplex.workspace.store import Store, from_epoch_us, read_generation, write_generation
 
 _TOKEN_COLUMNS = ("run_id", "idx", "token_id", "kind", "round", "greedy_id", "p_a", "p_b",
@@ -71,6 +72,7 @@ def save_decoding(store: Store, prompt: str, method: MethodRun, greedy: GreedyRu
     greedy_json = {"answer_ids": list(greedy.answer_ids), "stop_reason": greedy.stop_reason,
                    "seconds": greedy.seconds, "step_seconds": list(greedy.step_seconds)}
     with store.cursor(write=True) as cur:
+        require_session(cur, store.actor, session_id, write=True)
         for gen in gens:
             write_generation(cur, gen)
         cur.execute("INSERT INTO decoding_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -121,6 +123,7 @@ def load_decoding(store: Store, run_id: str) -> StoredDecoding:
         if row is None:
             raise StoreError(f"No decoding run {run_id} in the database: it was deleted or "
                              "the link is wrong.")
+        require_row(cur, store.actor, "decoding_runs", run_id)
         prompt, method, params, timings, stop, gid_m, gid_g, greedy, second = row
         gens = [read_generation(cur, gid) for gid in (gid_m, gid_g)]
         if any(g is None for g in gens):
@@ -157,14 +160,15 @@ def _contrast(t: tuple) -> ContrastStep:
 
 def list_decodings(store: Store, session_id: str | None = None,
                    batch_id: str | None = None) -> list[DecodingSummary]:
-    """Saved runs, newest first, of one session and/or one batch (None: any)."""
+    """Saved runs you may read, newest first, of one session and/or one batch (None: any)."""
+    where, params = visible(store.actor, "r.session_id")
     with store.cursor() as cur:
         rows = cur.execute(
             "SELECT r.id, epoch_us(r.created_at), r.prompt, r.method, r.greedy, "
             "list(t.token_id ORDER BY t.idx), r.batch_id FROM decoding_runs r "
             "JOIN decoding_tokens t ON t.run_id = r.id WHERE (? IS NULL OR r.session_id = ?) AND "
-            "(? IS NULL OR r.batch_id = ?) GROUP BY ALL ORDER BY 2 DESC, 1",
-            [session_id, session_id, batch_id, batch_id]).fetchall()
+            f"(? IS NULL OR r.batch_id = ?) AND {where} GROUP BY ALL ORDER BY 2 DESC, 1",
+            [session_id, session_id, batch_id, batch_id, *params]).fetchall()
     return [DecodingSummary(r[0], from_epoch_us(r[1]), r[2], r[3], len(r[5]),
                             first_difference(tuple(r[5]),
                                              tuple(json.loads(r[4])["answer_ids"])), r[6])

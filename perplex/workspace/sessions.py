@@ -22,13 +22,14 @@ import pyarrow as pa
 from perplex.core.errors import InputFormatError, StoreError
 from perplex.core.records import new_id
 from perplex.core.validation import check_text
-from perplex.workspace.store import Store, deleted_session_error, from_epoch_us, session_status
+from perplex.workspace.access import AccessError, right_to_session, require_session, session_status, visible
+from perplex.workspace.store import Store, from_epoch_us
 
 MAX_NAME_CHARS = 200
 MAX_SETTINGS_BYTES = 1_000_000
 
 _SESSION_COLUMNS = ("id, name, epoch_us(created_at), epoch_us(coalesce(updated_at, created_at)), "
-                    "settings")
+                    "settings, owner")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,12 @@ class Session:
     created_at: datetime
     updated_at: datetime  # last change to the session or anything in it
     settings: dict[str, Any]
+    owner: str | None = None  # who signed in and created it (hosted servers); None locally
+
+
+def may_change(store: Store, session: Session) -> bool:
+    """Whether the store's actor owns `session` (shared sessions are read-only to others)."""
+    return store.actor.local or session.owner == store.actor.user
 
 
 def clean_name(name: object, what: str = "session") -> str:
@@ -56,47 +63,39 @@ def clean_name(name: object, what: str = "session") -> str:
     return name
 
 
-def require_live_session(cur: duckdb.DuckDBPyConnection, session_id: str) -> None:
-    """Raise StoreError unless `session_id` names a session that exists and is not deleted."""
-    status = session_status(cur, session_id)
-    if status == "deleted":
-        raise deleted_session_error(session_id)
-    if status is None:
-        raise StoreError(f"There is no session with id {session_id!r}. Check the link, or "
-                         "open a session from the list.")
-
-
 def create_session(store: Store, name: str, settings: Mapping[str, Any] | None = None) -> Session:
     """Create a session and return it."""
     name = clean_name(name)
     settings_text = settings_json(settings or {})
     session_id, now = new_id(), _now()
     with store.cursor(write=True) as cur:
-        cur.execute("INSERT INTO sessions (id, name, created_at, updated_at, settings) "
-                    "VALUES (?, ?, ?, ?, ?)", [session_id, name, now, now, settings_text])
+        cur.execute("INSERT INTO sessions (id, name, created_at, updated_at, settings, owner) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [session_id, name, now, now, settings_text, store.actor.user])
         return read_session(cur, session_id)
 
 
 def get_session(store: Store, session_id: str) -> Session:
-    """Return a session; StoreError if it does not exist or has been deleted."""
+    """Return a session; StoreError if it does not exist, is not yours or has been deleted."""
     with store.cursor() as cur:
-        require_live_session(cur, session_id)
+        require_session(cur, store.actor, session_id)
         return read_session(cur, session_id)
 
 
 def list_sessions(store: Store, limit: int | None = None) -> list[Session]:
-    """Sessions that are not deleted, most recently changed first."""
+    """The sessions you may open that are not deleted, most recently changed first."""
     return search_sessions(store, "", limit)
 
 
 def search_sessions(store: Store, query: str, limit: int | None = None) -> list[Session]:
     """Sessions whose name contains `query`, case-insensitively; wildcards are literal."""
     pattern = "%" + escape_like(query.strip()) + "%"
+    where, params = visible(store.actor, "id")
     with store.cursor() as cur:
         rows = cur.execute(
-            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE deleted_at IS NULL "
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE deleted_at IS NULL AND {where} "
             "AND name ILIKE ? ESCAPE '\\' ORDER BY coalesce(updated_at, created_at) DESC, id "
-            "LIMIT ?", [pattern, limit]).fetchall()
+            "LIMIT ?", [*params, pattern, limit]).fetchall()
     return [_session(row) for row in rows]
 
 
@@ -109,7 +108,7 @@ def rename_session(store: Store, session_id: str, name: str) -> Session:
     """Give a session another name."""
     name = clean_name(name)
     with store.cursor(write=True) as cur:
-        require_live_session(cur, session_id)
+        require_session(cur, store.actor, session_id, write=True)
         cur.execute("UPDATE sessions SET name = ?, updated_at = ? WHERE id = ?",
                     [name, _now(), session_id])
         return read_session(cur, session_id)
@@ -123,7 +122,7 @@ def update_settings(store: Store, session_id: str, changes: Mapping[str, Any],
     """
     settings_json(changes)  # reject bad input before taking the lock
     with store.cursor(write=True) as cur:
-        require_live_session(cur, session_id)
+        require_session(cur, store.actor, session_id, write=True)
         settings = {} if replace else read_session(cur, session_id).settings
         settings.update(changes)
         cur.execute("UPDATE sessions SET settings = ?, updated_at = ? WHERE id = ?",
@@ -134,18 +133,23 @@ def update_settings(store: Store, session_id: str, changes: Mapping[str, Any],
 def touch_session(store: Store, session_id: str) -> None:
     """Mark a session as used now (it moves to the top of the recency list)."""
     with store.cursor(write=True) as cur:
-        require_live_session(cur, session_id)
+        require_session(cur, store.actor, session_id, write=True)
         cur.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", [_now(), session_id])
 
 
 def delete_session(store: Store, session_id: str) -> bool:
     """Delete a session with its generations, token records, annotations and token sets.
 
-    Returns False (and changes nothing) when it was already deleted or never existed.
+    Returns False (and changes nothing) when it was already deleted, never existed or is
+    not yours to see; AccessError when it was shared with you read-only.
     """
     with store.cursor(write=True) as cur:
-        if session_status(cur, session_id) != "live":
+        right = right_to_session(cur, store.actor, session_id)
+        if session_status(cur, session_id) != "live" or right is None:
             return False
+        if right != "write":
+            raise AccessError("This session was shared with you read-only: only its owner "
+                              "can delete it. Nothing was deleted.")
         gens = "(SELECT id FROM generations WHERE session_id = ?)"
         cur.execute(f"DELETE FROM annotations WHERE generation_id IN {gens}", [session_id])
         cur.execute(f"DELETE FROM token_steps WHERE generation_id IN {gens}", [session_id])
@@ -169,13 +173,14 @@ def duplicate_session(store: Store, session_id: str, name: str | None = None) ->
     settings are copied. The copy is named `name`, or "<name> (copy)".
     """
     with store.cursor(write=True) as cur:
-        require_live_session(cur, session_id)
+        require_session(cur, store.actor, session_id)
         source = read_session(cur, session_id)
         copy_name = clean_name(name if name is not None else _copy_name(source.name))
         copy_id, now = new_id(), _now()
-        cur.execute("INSERT INTO sessions (id, name, created_at, updated_at, settings) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    [copy_id, copy_name, now, now, settings_json(source.settings)])
+        cur.execute("INSERT INTO sessions (id, name, created_at, updated_at, settings, owner) "
+                    "VALUES (?, ?, ?, ?, ?, ?)", [copy_id, copy_name, now, now,
+                                                  settings_json(source.settings),
+                                                  store.actor.user])
         gen_ids = copy_session_contents(cur, session_id, copy_id)
         # Settings name the generations pages show: point them at the copies, so the
         # copy's pages never show (or annotate) the original's generations.
@@ -248,10 +253,10 @@ def read_session(cur: duckdb.DuckDBPyConnection, session_id: str) -> Session:
 
 def _session(row: tuple) -> Session:
     """A Session from a row of `_SESSION_COLUMNS`."""
-    session_id, name, created_us, updated_us, settings = row
+    session_id, name, created_us, updated_us, settings, owner = row
     return Session(id=session_id, name=name, created_at=from_epoch_us(created_us),
                    updated_at=from_epoch_us(updated_us),
-                   settings=json.loads(settings) if settings else {})
+                   settings=json.loads(settings) if settings else {}, owner=owner)
 
 
 def settings_json(settings: Mapping[str, Any]) -> str:

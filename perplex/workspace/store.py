@@ -6,6 +6,7 @@ process: writes hold a lock, and each operation runs on its own cursor.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -33,6 +34,15 @@ from perplex.core.records import (
 )
 from perplex.core.settings import load_settings
 from perplex.core.validation import check_generation
+from perplex.workspace.access import (
+    LOCAL,
+    Actor,
+    no_session_error,
+    require_row,
+    right_to_session,
+    require_session,
+    visible,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -307,6 +317,18 @@ MIGRATIONS: list[str] = [
     ALTER TABLE batch_items ADD COLUMN refusal_prob DOUBLE;
     ALTER TABLE batch_items ADD COLUMN divergence DOUBLE;
     """,
+    # 11: owners (hosted servers; NULL on a local install) and revocable share links
+    """
+    ALTER TABLE sessions ADD COLUMN owner VARCHAR;
+    ALTER TABLE calibration_datasets ADD COLUMN owner VARCHAR;
+    ALTER TABLE calibration_runs ADD COLUMN owner VARCHAR;
+    CREATE TABLE share_links (
+        token VARCHAR PRIMARY KEY,
+        session_id VARCHAR NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL,
+        revoked_at TIMESTAMPTZ
+    );
+    """,
 ]
 
 _ALTERNATIVE = pa.struct([("token_id", pa.int32()), ("text", pa.string()),
@@ -345,13 +367,24 @@ class SessionSummary:
 
 
 class Store:
-    """Generations and sessions in one DuckDB file, safe to share between threads."""
+    """Generations and sessions in one DuckDB file, safe to share between threads.
+
+    `actor` is who the store's operations run for (`access`): the local user unless the
+    store came from `acting_as`, which every data module's checks then use.
+    """
 
     def __init__(self, conn: duckdb.DuckDBPyConnection, path: Path) -> None:
         """Wrap an open connection; use `Store.open` rather than calling this."""
         self._conn = conn
         self.path = path
         self._write_lock = threading.Lock()
+        self.actor: Actor = LOCAL
+
+    def acting_as(self, actor: Actor) -> Store:
+        """The same database (connection and lock shared) with operations run for `actor`."""
+        view = copy.copy(self)
+        view.actor = actor
+        return view
 
     @classmethod
     def open(cls, path: Path | None = None) -> Store:
@@ -447,9 +480,12 @@ class Store:
         check_generation(gen)  # before the Arrow table, which a bad value breaks too
         steps = steps_table(gen)
         with self._cursor(write=True) as cur:
+            if cur.execute("SELECT 1 FROM generations WHERE id = ?", [gen.id]).fetchall():
+                require_row(cur, self.actor, "generations", gen.id, write=True)
+            require_session(cur, self.actor, gen.session_id, write=True)
             write_generation(cur, gen, steps)
             if gen.session_id is not None:
-                touch_session_row(cur, gen.session_id)
+                touch_session_row(cur, self.actor, gen.session_id)
         logger.debug("Saved generation %s (%d steps) in %.3f s",
                      gen.id, len(gen.steps), time.perf_counter() - started)
 
@@ -457,20 +493,25 @@ class Store:
         """Return the generation saved under `generation_id`, equal to what was saved."""
         with self._cursor() as cur:
             gen = read_generation(cur, generation_id)
+            if gen is not None:
+                require_row(cur, self.actor, "generations", generation_id)
         if gen is None:
             raise StoreError(f"No generation with id {generation_id!r} in {self.path}: it may "
                              "have been deleted (perhaps with its session, in another tab).")
         return gen
 
     def list_generations(self, session_id: str | None = None) -> list[GenerationSummary]:
-        """Summaries of stored generations, newest first, optionally of one session only."""
+        """Summaries of the generations `actor` may read, newest first, or of one session."""
+        where, params = visible(self.actor, "g.session_id")
         with self._cursor() as cur:
+            if session_id is not None and right_to_session(cur, self.actor, session_id) is None:
+                raise no_session_error(session_id)
             rows = cur.execute(
                 "SELECT g.id, g.title, epoch_us(g.created_at), g.source, g.model_label, "
                 "coalesce(c.n, 0), g.session_id FROM generations g LEFT JOIN "
                 "(SELECT generation_id, count(*) AS n FROM token_steps GROUP BY generation_id) c "
-                "ON c.generation_id = g.id WHERE ?::VARCHAR IS NULL OR g.session_id = ? "
-                "ORDER BY g.created_at DESC, g.id", [session_id, session_id]).fetchall()
+                f"ON c.generation_id = g.id WHERE (?::VARCHAR IS NULL OR g.session_id = ?) AND {where} "
+                "ORDER BY g.created_at DESC, g.id", [session_id, session_id, *params]).fetchall()
         return [GenerationSummary(id=r[0], title=r[1], created_at=from_epoch_us(r[2]),
                                   source=Source(r[3]), model_label=r[4], n_tokens=r[5],
                                   session_id=r[6])
@@ -482,6 +523,10 @@ class Store:
         Branches of it keep their `parent_id`, which then names no stored generation.
         """
         with self._cursor(write=True) as cur:
+            if not cur.execute("SELECT 1 FROM generations WHERE id = ?",
+                               [generation_id]).fetchall():
+                return
+            require_row(cur, self.actor, "generations", generation_id, write=True)
             cur.execute("DELETE FROM annotations WHERE generation_id = ?", [generation_id])
             cur.execute("DELETE FROM token_steps WHERE generation_id = ?", [generation_id])
             cur.execute("DELETE FROM generations WHERE id = ?", [generation_id])
@@ -490,9 +535,9 @@ class Store:
         """Create the session `session_id` unless it exists (an existing name is kept)."""
         now = datetime.now(timezone.utc)
         with self._cursor(write=True) as cur:
-            cur.execute("INSERT INTO sessions (id, name, created_at, updated_at, settings) "
-                        "VALUES (?, ?, ?, ?, '{}') ON CONFLICT DO NOTHING",
-                        [session_id, name, now, now])
+            cur.execute("INSERT INTO sessions (id, name, created_at, updated_at, settings, "
+                        "owner) VALUES (?, ?, ?, ?, '{}', ?) ON CONFLICT DO NOTHING",
+                        [session_id, name, now, now, self.actor.user])
 
     def create_session(self, name: str) -> str:
         """Create a new session and return its id."""
@@ -501,10 +546,12 @@ class Store:
         return session_id
 
     def list_sessions(self) -> list[SessionSummary]:
-        """All sessions but deleted ones, newest first."""
+        """The sessions `actor` may read but deleted ones, newest first."""
+        where, params = visible(self.actor, "id")
         with self._cursor() as cur:
             rows = cur.execute("SELECT id, name, epoch_us(created_at) FROM sessions "
-                               "WHERE deleted_at IS NULL ORDER BY created_at DESC, id").fetchall()
+                               f"WHERE deleted_at IS NULL AND {where} "
+                               "ORDER BY created_at DESC, id", params).fetchall()
         return [SessionSummary(id=r[0], name=r[1], created_at=from_epoch_us(r[2])) for r in rows]
 
 
@@ -533,25 +580,9 @@ def _current_version(cur: duckdb.DuckDBPyConnection) -> int:
     return cur.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchall()[0][0]
 
 
-def session_status(cur: duckdb.DuckDBPyConnection, session_id: str) -> str | None:
-    """Return "live" or "deleted" for a known session id, None for an unknown one."""
-    rows = cur.execute("SELECT deleted_at IS NULL FROM sessions WHERE id = ?",
-                       [session_id]).fetchall()
-    return None if not rows else ("live" if rows[0][0] else "deleted")
-
-
-def deleted_session_error(session_id: str) -> StoreError:
-    """The error for an operation on a session that someone deleted."""
-    return StoreError(
-        f"The session {session_id!r} has been deleted (in another tab, or by someone else "
-        "sharing it), together with its generations and annotations. Open another session "
-        "or create a new one; nothing was saved into the deleted one.")
-
-
-def touch_session_row(cur: duckdb.DuckDBPyConnection, session_id: str) -> None:
-    """Mark a session as changed now; raise StoreError if it has been deleted."""
-    if session_status(cur, session_id) == "deleted":
-        raise deleted_session_error(session_id)
+def touch_session_row(cur: duckdb.DuckDBPyConnection, actor: Actor, session_id: str) -> None:
+    """Mark a session as changed now, after checking that `actor` may change it."""
+    require_session(cur, actor, session_id, write=True)
     cur.execute("UPDATE sessions SET updated_at = ? WHERE id = ?",
                 [datetime.now(timezone.utc), session_id])
 

@@ -19,7 +19,8 @@ import duckdb
 from perplex.core.errors import InputFormatError, StoreError
 from perplex.core.records import new_id
 from perplex.core.token_words import MAX_WORD_CHARS, ResolvedWord, resolve_words
-from perplex.workspace.sessions import clean_name, require_live_session
+from perplex.workspace.access import Actor, require_row, require_session
+from perplex.workspace.sessions import clean_name
 from perplex.workspace.store import Store, from_epoch_us, touch_session_row
 
 __all__ = ["COMPLIANCE_SET", "DEFAULT_SETS", "REFUSAL_SET", "ResolvedWord", "TokenSet",
@@ -71,9 +72,9 @@ def create_token_set(store: Store, session_id: str, name: str) -> TokenSet:
     """Create an empty set in a session; the name must be new there (case-insensitive)."""
     name = clean_name(name, "token set")
     with store.cursor(write=True) as cur:
-        require_live_session(cur, session_id)
+        require_session(cur, store.actor, session_id, write=True)
         _check_name_free(cur, session_id, name)
-        return _read(cur, _insert_set(cur, session_id, name))
+        return _read(cur, _insert_set(cur, store.actor, session_id, name))
 
 
 def add_words(store: Store, set_id: str, tokenizer, tokenizer_label: str, words: Sequence[str],
@@ -86,7 +87,7 @@ def add_words(store: Store, set_id: str, tokenizer, tokenizer_label: str, words:
     """
     resolved = resolve_words(tokenizer, words, leading_space, case_variants)
     with store.cursor(write=True) as cur:
-        _check_writable(cur, set_id)
+        _check_writable(cur, store.actor, set_id)
         _insert_resolved(cur, set_id, tokenizer_label, resolved)
     return resolved
 
@@ -97,7 +98,7 @@ def add_token(store: Store, set_id: str, tokenizer_label: str, token_id: int, to
     token_id = _token_id(token_id)
     word = token_text if word is None else word
     with store.cursor(write=True) as cur:
-        _check_writable(cur, set_id)
+        _check_writable(cur, store.actor, set_id)
         _insert_member(cur, set_id, tokenizer_label, token_id, token_text, word)
         return _read(cur, set_id)
 
@@ -105,7 +106,7 @@ def add_token(store: Store, set_id: str, tokenizer_label: str, token_id: int, to
 def remove_token(store: Store, set_id: str, tokenizer_label: str, token_id: int) -> TokenSet:
     """Remove one token id of one tokenizer (under every word) from the set, if there."""
     with store.cursor(write=True) as cur:
-        _check_writable(cur, set_id)
+        _check_writable(cur, store.actor, set_id)
         cur.execute("DELETE FROM token_set_members WHERE set_id = ? AND tokenizer = ? "
                     "AND token_id = ?", [set_id, tokenizer_label, _token_id(token_id)])
         return _read(cur, set_id)
@@ -114,7 +115,7 @@ def remove_token(store: Store, set_id: str, tokenizer_label: str, token_id: int)
 def remove_word(store: Store, set_id: str, word: str) -> TokenSet:
     """Remove a word and every token it was resolved to, for every tokenizer."""
     with store.cursor(write=True) as cur:
-        _check_writable(cur, set_id)
+        _check_writable(cur, store.actor, set_id)
         cur.execute("DELETE FROM token_set_members WHERE set_id = ? AND word = ?",
                     [set_id, word])
         return _read(cur, set_id)
@@ -124,7 +125,7 @@ def rename_token_set(store: Store, set_id: str, name: str) -> TokenSet:
     """Rename a set; the new name must be free in its session."""
     name = clean_name(name, "token set")
     with store.cursor(write=True) as cur:
-        session_id = _check_writable(cur, set_id)
+        session_id = _check_writable(cur, store.actor, set_id)
         _check_name_free(cur, session_id, name, set_id)
         cur.execute("UPDATE token_sets SET name = ?, updated_at = ? WHERE id = ?",
                     [name, _now(), set_id])
@@ -137,22 +138,24 @@ def delete_token_set(store: Store, set_id: str) -> bool:
         rows = cur.execute("SELECT session_id FROM token_sets WHERE id = ?", [set_id]).fetchall()
         if not rows:
             return False
-        touch_session_row(cur, rows[0][0])
+        require_row(cur, store.actor, "token_sets", set_id, write=True)
+        touch_session_row(cur, store.actor, rows[0][0])
         cur.execute("DELETE FROM token_set_members WHERE set_id = ?", [set_id])
         cur.execute("DELETE FROM token_sets WHERE id = ?", [set_id])
         return True
 
 
 def get_token_set(store: Store, set_id: str) -> TokenSet:
-    """Return one set; StoreError if it has been deleted."""
+    """Return one set; StoreError if it has been deleted or is not yours to see."""
     with store.cursor() as cur:
+        require_row(cur, store.actor, "token_sets", set_id)
         return _read(cur, set_id)
 
 
 def list_token_sets(store: Store, session_id: str) -> list[TokenSet]:
     """The sets of a session, by name."""
     with store.cursor() as cur:
-        require_live_session(cur, session_id)
+        require_session(cur, store.actor, session_id)
         return token_sets_of_session(cur, session_id)
 
 
@@ -199,11 +202,11 @@ def save_set_words(store: Store, session_id: str, name: str, words: Sequence[str
     typed = [w for w in words if w.strip() and len(w) <= MAX_WORD_CHARS]
     resolved = resolve_words(tokenizer, typed, leading_space, case_variants)
     with store.cursor(write=True) as cur:
-        require_live_session(cur, session_id)
+        require_session(cur, store.actor, session_id, write=True)
         rows = cur.execute("SELECT id FROM token_sets WHERE session_id = ? "
                            "AND lower(name) = lower(?)", [session_id, name]).fetchall()
-        set_id = rows[0][0] if rows else _insert_set(cur, session_id, name)
-        _check_writable(cur, set_id)
+        set_id = rows[0][0] if rows else _insert_set(cur, store.actor, session_id, name)
+        _check_writable(cur, store.actor, set_id)
         cur.execute("DELETE FROM token_set_members WHERE set_id = ? "
                     "AND (NOT list_contains(?::VARCHAR[], word) "
                     "OR (tokenizer = ? AND list_contains(?::VARCHAR[], word)))",
@@ -212,12 +215,13 @@ def save_set_words(store: Store, session_id: str, name: str, words: Sequence[str
         return _read(cur, set_id)
 
 
-def _insert_set(cur: duckdb.DuckDBPyConnection, session_id: str, name: str) -> str:
+def _insert_set(cur: duckdb.DuckDBPyConnection, actor: Actor, session_id: str,
+                name: str) -> str:
     """Insert an empty set and return its id."""
     set_id, now = new_id(), _now()
     cur.execute("INSERT INTO token_sets VALUES (?, ?, ?, ?, ?)",
                 [set_id, session_id, name, now, now])
-    touch_session_row(cur, session_id)
+    touch_session_row(cur, actor, session_id)
     return set_id
 
 
@@ -232,13 +236,14 @@ def _token_id(value: object) -> int:
     return token_id
 
 
-def _check_writable(cur: duckdb.DuckDBPyConnection, set_id: str) -> str:
-    """The set's session id, after checking the set and its session exist; touches both."""
+def _check_writable(cur: duckdb.DuckDBPyConnection, actor: Actor, set_id: str) -> str:
+    """The set's session id, after checking `actor` may change the set; touches both."""
     rows = cur.execute("SELECT session_id FROM token_sets WHERE id = ?", [set_id]).fetchall()
     if not rows:
         raise StoreError(f"No token set with id {set_id!r}: it has been deleted (perhaps in "
                          "another tab, or with its session).")
-    touch_session_row(cur, rows[0][0])
+    require_row(cur, actor, "token_sets", set_id, write=True)
+    touch_session_row(cur, actor, rows[0][0])
     cur.execute("UPDATE token_sets SET updated_at = ? WHERE id = ?", [_now(), set_id])
     return rows[0][0]
 

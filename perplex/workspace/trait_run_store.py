@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from perplex.core.errors import InputFormatError, StoreError
 from perplex.core.records import new_id
 from perplex.core.trait_monitoring import MonitoredRun, MonitoringRecord, parse_monitoring
+from perplex.workspace.access import require_row, require_session, visible
 from perplex.workspace.store import Store, from_epoch_us, read_generation, write_generation
 
 KINDS = ("monitored", "baseline", "steered", "imported")
@@ -66,6 +67,7 @@ def save_trait_run(store: Store, run: MonitoredRun, kind: str, session_id: str |
     generation = replace(run.generation, id=new_id(), session_id=session_id)
     run_id = new_id()
     with store.cursor(write=True) as cur:
+        require_session(cur, store.actor, session_id, write=True)
         write_generation(cur, generation)
         cur.execute("INSERT INTO trait_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [run_id, session_id, datetime.now(timezone.utc), kind, pair_id,
@@ -80,6 +82,7 @@ def save_imported(store: Store, records: list[MonitoringRecord], session_id: str
     rows = [[new_id(), session_id, datetime.now(timezone.utc), "imported", None, None,
              _checked(r), "{}", "[]"] for r in records]
     with store.cursor(write=True) as cur:
+        require_session(cur, store.actor, session_id, write=True)
         cur.executemany("INSERT INTO trait_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
     return [row[0] for row in rows]
 
@@ -91,6 +94,7 @@ def load_trait_run(store: Store, run_id: str) -> StoredTraitRun:
                           "FROM trait_runs WHERE id = ?", [run_id]).fetchone()
         if row is None:
             raise StoreError(f"No monitored answer {run_id} in the database.")
+        require_row(cur, store.actor, "trait_runs", run_id)
         kind, pair_id, generation_id, record_json, layers, steering = row
         generation = read_generation(cur, generation_id) if generation_id else None
     try:
@@ -109,12 +113,13 @@ def load_trait_run(store: Store, run_id: str) -> StoredTraitRun:
 
 
 def list_trait_runs(store: Store, session_id: str | None = None) -> list[TraitRunSummary]:
-    """Saved answers, newest first (of one session, or all with None)."""
+    """Saved answers you may read, newest first (of one session, or all with None)."""
+    where, params = visible(store.actor)
     with store.cursor() as cur:
         rows = cur.execute(
             "SELECT id, epoch_us(created_at), kind, pair_id, record->>'prompt', "
             "json_keys(record->'trait_scores'), json_array_length(record->'tokens') "
-            "FROM trait_runs WHERE (? IS NULL OR session_id = ?) ORDER BY 2 DESC, 1",
-            [session_id, session_id]).fetchall()
+            f"FROM trait_runs WHERE (? IS NULL OR session_id = ?) AND {where} "
+            "ORDER BY 2 DESC, 1", [session_id, session_id, *params]).fetchall()
     return [TraitRunSummary(r[0], from_epoch_us(r[1]), r[2], r[3], r[4], tuple(r[5]), int(r[6]))
             for r in rows]

@@ -25,6 +25,7 @@ from safetensors.numpy import save as save_safetensors
 from perplex.core.errors import InputFormatError, StoreError
 from perplex.core.records import new_id
 from perplex.core.traits import TraitVector
+from perplex.workspace.access import require_session, visible
 from perplex.workspace.store import Store
 
 MAX_VECTOR_BYTES = 64 * 2**20
@@ -41,6 +42,7 @@ def save_vector(store: Store, vector: TraitVector, session_id: str | None = None
     path = write_vector_file(store, vector, vector_id)
     try:
         with store.cursor(write=True) as cur:
+            require_session(cur, store.actor, session_id, write=True)
             insert_vector_row(cur, vector_id, session_id, vector, path.name)
     except Exception:
         path.unlink(missing_ok=True)
@@ -80,9 +82,11 @@ def _file_meta(vector: TraitVector) -> dict[str, str]:
 
 
 def load_vector(store: Store, vector_id: str) -> TraitVector:
-    """A saved vector, read back from its file."""
+    """A saved vector you may read, back from its file (vectors of no session are everyone's)."""
+    where, params = visible(store.actor)
     with store.cursor() as cur:
-        row = cur.execute("SELECT file FROM trait_vectors WHERE id = ?", [vector_id]).fetchone()
+        row = cur.execute("SELECT file FROM trait_vectors WHERE id = ? AND "
+                          f"(session_id IS NULL OR {where})", [vector_id, *params]).fetchone()
     if row is None:
         raise StoreError(f"No trait vector {vector_id} in the database.")
     path = vectors_dir(store) / row[0]
@@ -93,10 +97,12 @@ def load_vector(store: Store, vector_id: str) -> TraitVector:
 
 def latest_vectors(store: Store, model_label: str, variant: str) -> dict[str, TraitVector]:
     """The newest saved vector of each trait for this model and variant, by trait name."""
+    where, params = visible(store.actor)
     with store.cursor() as cur:
         rows = cur.execute("SELECT trait, arg_max(id, created_at) FROM trait_vectors "
-                           "WHERE model_label = ? AND variant = ? GROUP BY trait",
-                           [model_label, variant]).fetchall()
+                           "WHERE model_label = ? AND variant = ? AND "
+                           f"(session_id IS NULL OR {where}) GROUP BY trait",
+                           [model_label, variant, *params]).fetchall()
     found = {}
     for trait, vector_id in rows:
         try:
