@@ -12,7 +12,7 @@ import pytest
 from perplex.core.calibration import Dataset, Item
 from perplex.core.errors import StoreError
 from perplex.core.records import DecodeParams
-from perplex.workspace.access import Actor, AccessError
+from perplex.workspace.access import AccessError, Actor
 from perplex.workspace.annotations import add_annotation, list_annotations
 from perplex.workspace.batch_store import create_batch, list_batches, load_batch
 from perplex.workspace.bundles import export_bundle, import_bundle

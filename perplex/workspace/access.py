@@ -36,6 +36,7 @@ class Actor:
 
     @property
     def local(self) -> bool:
+        """Whether this is the local single user (no sign-in, owner of everything)."""
         return self.user is None
 
 
@@ -156,4 +157,5 @@ def require_owner(owner: str | None, actor: Actor, what: str) -> None:
 
 
 def now() -> datetime:
+    """The time stamps of share links (UTC)."""
     return datetime.now(timezone.utc)

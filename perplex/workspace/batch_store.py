@@ -310,8 +310,8 @@ def list_batches(store: Store, session_id: str | None = None) -> list[BatchSumma
             "SELECT b.id, b.name, b.kind, epoch_us(b.created_at), b.model_label, "
             "count(i.idx), count(i.idx) FILTER (WHERE i.status = 'done'), "
             "count(i.idx) FILTER (WHERE i.status = 'failed'), b.n_malformed, b.settings, "
-            f"b.malformed FROM batches b LEFT JOIN batch_items i ON i.batch_id = b.id WHERE {where} "
-            "GROUP BY ALL ORDER BY 4 DESC", params).fetchall()
+            "b.malformed FROM batches b LEFT JOIN batch_items i ON i.batch_id = b.id "
+            f"WHERE {where} GROUP BY ALL ORDER BY 4 DESC", params).fetchall()
     return [BatchSummary(r[0], r[1], r[2], from_epoch_us(r[3]), r[4], r[5], r[6], r[7], r[8],
                          json.loads(r[9]), tuple(Malformed(m["line"], m["why"])
                                                  for m in json.loads(r[10])))

@@ -19,10 +19,16 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from perplex.core.errors import InputFormatError, StoreError
+from perplex.core.errors import InputFormatError
 from perplex.core.records import new_id
 from perplex.core.validation import check_text
-from perplex.workspace.access import AccessError, right_to_session, require_session, session_status, visible
+from perplex.workspace.access import (
+    AccessError,
+    require_session,
+    right_to_session,
+    session_status,
+    visible,
+)
 from perplex.workspace.store import Store, from_epoch_us
 
 MAX_NAME_CHARS = 200

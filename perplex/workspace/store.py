@@ -39,8 +39,8 @@ from perplex.workspace.access import (
     Actor,
     no_session_error,
     require_row,
-    right_to_session,
     require_session,
+    right_to_session,
     visible,
 )
 
@@ -510,8 +510,9 @@ class Store:
                 "SELECT g.id, g.title, epoch_us(g.created_at), g.source, g.model_label, "
                 "coalesce(c.n, 0), g.session_id FROM generations g LEFT JOIN "
                 "(SELECT generation_id, count(*) AS n FROM token_steps GROUP BY generation_id) c "
-                f"ON c.generation_id = g.id WHERE (?::VARCHAR IS NULL OR g.session_id = ?) AND {where} "
-                "ORDER BY g.created_at DESC, g.id", [session_id, session_id, *params]).fetchall()
+                "ON c.generation_id = g.id WHERE (?::VARCHAR IS NULL OR g.session_id = ?) "
+                f"AND {where} ORDER BY g.created_at DESC, g.id",
+                [session_id, session_id, *params]).fetchall()
         return [GenerationSummary(id=r[0], title=r[1], created_at=from_epoch_us(r[2]),
                                   source=Source(r[3]), model_label=r[4], n_tokens=r[5],
                                   session_id=r[6])
