@@ -32,6 +32,7 @@ class Settings:
     allowed_models: str = ""  # hosted: comma-separated model sources besides the bundled one
     uploads_per_hour: int = 60  # hosted: per user (0: no limit)
     runs_at_once: int = 1  # hosted: generations or scorings in progress per user (0: no limit)
+    batch_items: int = 1000  # hosted: items one batch may hold (0: no limit)
 
     @property
     def model_allow_list(self) -> tuple[str, ...]:
@@ -69,7 +70,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
              "hosted": bool, "users": Path,
              "confident_threshold": float, "uncertain_threshold": float,
              "top_k_stored": int, "threads": int, "uploads_per_hour": int,
-             "runs_at_once": int}
+             "runs_at_once": int, "batch_items": int}
     for f in fields(Settings):
         raw = environ.get(f"PERPLEX_{f.name.upper()}")
         if raw is not None and raw != "":

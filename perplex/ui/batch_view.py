@@ -168,7 +168,8 @@ def _create(engine, read, name: str, settings: RunSettings) -> None:
                                 settings.to_json(), session_panel.session_for_saving())
         items, bad = add_items(store, batch_id, itertools.chain(head, entries),
                                on_chunk=lambda n, m: bar.progress(
-                                   0.5, text=f"Read {n:,} items ({m:,} unreadable lines)…"))
+                                   0.5, text=f"Read {n:,} items ({m:,} unreadable lines)…"),
+                               max_items=resources.batch_limit())
     except PerplexError as exc:
         bar.empty()
         st.error(plain(str(exc)))

@@ -9,11 +9,13 @@ import streamlit as st
 
 from perplex.core.settings import Settings, load_settings
 from perplex.engine.local.models import LoadedModel, ModelSpec, load_model
+from perplex.workspace.access import Actor
 from perplex.workspace.store import Store
 
 MODEL_KEY = "perplex.model_spec"
 LOADED_KEY = "perplex.lm"  # the model the sidebar loaded in this run (None if it failed)
 USER_KEY = "perplex.user"  # who signed in, on a hosted server
+SHARE_TOKENS_KEY = "perplex.share_tokens"  # share links this browser session opened
 ICON = Path(__file__).parent / "assets" / "icon.png"  # the favicon
 
 
@@ -45,8 +47,21 @@ def settings() -> Settings:
 
 
 def store() -> Store:
-    """The store for the configured database file."""
-    return cached_store(str(settings().database))
+    """The store for the configured database file, acting for this browser session's user.
+
+    On a hosted server that is the signed-in user with the share links this session
+    opened; the data modules check every read and write against it (`workspace.access`).
+    """
+    shared = cached_store(str(settings().database))
+    if not settings().hosted:
+        return shared
+    return shared.acting_as(Actor(user=st.session_state.get(USER_KEY) or "",
+                                  share_tokens=frozenset(share_tokens())))
+
+
+def share_tokens() -> set[str]:
+    """The share links' tokens this browser session opened (kept for its lifetime)."""
+    return st.session_state.setdefault(SHARE_TOKENS_KEY, set())
 
 
 def chosen_spec() -> ModelSpec:
@@ -121,6 +136,11 @@ def usage_meter():
 def signed_in_user() -> str | None:
     """Who this browser session signed in as on a hosted server (None otherwise)."""
     return st.session_state.get(USER_KEY) if settings().hosted else None
+
+
+def batch_limit() -> int:
+    """The most items one batch may hold: PERPLEX_BATCH_ITEMS on a hosted server, else none."""
+    return settings().batch_items if settings().hosted else 0
 
 
 def count_upload() -> None:

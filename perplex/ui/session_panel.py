@@ -1,9 +1,11 @@
 """The open session: sidebar controls, share links, and the rule for shared sessions.
 
-A session's own link (`?session=<id>`) is the working link: whoever has it edits the
-session. The *share* link adds `&view=shared`: it opens the same session read-only, and
-"Fork to edit" makes the viewer their own copy. Nobody's edits reach a session through a
-share link.
+A session's own link (`?session=<id>`) is its owner's working link (on a local install
+the one user owns every session); on a hosted server it opens nothing for anyone else. A
+*share* link (`?share=<token>`) is a capability the owner creates and can revoke: it opens
+the session read-only, and "Fork to edit" makes the viewer their own copy. The data
+modules check both rules on every read and write (`workspace.access`); this panel only
+offers what they allow.
 """
 
 from __future__ import annotations
@@ -23,10 +25,17 @@ from perplex.workspace.sessions import (
     delete_session,
     duplicate_session,
     get_session,
+    may_change,
     rename_session,
     search_sessions,
     touch_session,
     update_settings,
+)
+from perplex.workspace.sharing import (
+    create_share_link,
+    revoke_share_link,
+    share_links,
+    shared_session,
 )
 
 SESSION_KEY = "perplex.session_id"
@@ -39,7 +48,7 @@ def current_session_id() -> str | None:
 
 
 def read_only() -> bool:
-    """Whether this tab opened the session through a share link."""
+    """Whether this tab shows a session it may not change (opened through a share link)."""
     return bool(st.session_state.get(READ_ONLY_KEY))
 
 
@@ -72,33 +81,38 @@ def session_settings() -> dict:
 
 
 def open_from_url() -> None:
-    """Follow `?session=<id>[&view=shared]` once per change of the URL."""
-    wanted = st.query_params.get("session")
-    shared = st.query_params.get("view") == "shared"
-    marker = (wanted, shared)
-    if not wanted or st.session_state.get("perplex.session_url") == marker:
+    """Follow `?share=<token>` or `?session=<id>` once per change of the URL."""
+    token, wanted = st.query_params.get("share"), st.query_params.get("session")
+    marker = (token, wanted)
+    if not (token or wanted) or st.session_state.get("perplex.session_url") == marker:
         return
     st.session_state["perplex.session_url"] = marker
     try:
+        if token:
+            wanted = shared_session(resources.store(), token)
+            resources.share_tokens().add(token)
         session = get_session(resources.store(), wanted)
     except PerplexError as exc:
-        st.session_state.pop(SESSION_KEY, None)
+        _forget_open_session()
         st.error(plain(f"{exc} Starting a new session instead."))
         return
-    switch_to(session, read_only=shared)
+    switch_to(session, read_only=bool(token) or not may_change(resources.store(), session),
+              share_token=token)
 
 
-def switch_to(session: Session, read_only: bool) -> None:
+def switch_to(session: Session, read_only: bool, share_token: str | None = None) -> None:
     """Make `session` this tab's session (and the URL's), read-only or not."""
     page_state.forget_current_generations()  # pages reload theirs from the session's settings
     st.session_state[SESSION_KEY] = session.id
     st.session_state[READ_ONLY_KEY] = read_only
-    st.session_state["perplex.session_url"] = (session.id, read_only)
-    st.query_params["session"] = session.id
-    if read_only:
-        st.query_params["view"] = "shared"
+    if share_token:
+        st.query_params.pop("session", None)
+        st.query_params["share"] = share_token
     else:
-        st.query_params.pop("view", None)
+        st.query_params.pop("share", None)
+        st.query_params["session"] = session.id
+    st.session_state["perplex.session_url"] = (share_token, None if share_token else session.id)
+    if not read_only:
         touch_session(resources.store(), session.id)
 
 
@@ -123,21 +137,39 @@ def render_session_panel() -> None:
             switch_to(duplicate_session(store, session.id), read_only=False)
             st.rerun()
     else:
-        _name_and_share(session)
+        _name(session)
+        with st.expander("Share read-only"):
+            _share_links(session)
     with st.expander("Sessions"):
         _session_list(session)
 
 
-def _name_and_share(session: Session) -> None:
+def _name(session: Session) -> None:
     name = st.text_input("Name", value=session.name, key=f"perplex.session_name.{session.id}")
     if name.strip() and name != session.name:
         try:
             rename_session(resources.store(), session.id, name)
         except PerplexError as exc:
             st.error(plain(str(exc)))
-    st.caption("Share link (opens read-only; the viewer can fork a copy):")
-    st.code(f"{st.context.url or ''}?session={session.id}&view=shared", language=None,
-            wrap_lines=True)
+
+
+def _share_links(session: Session) -> None:
+    """The owner's links: create one, copy it, revoke it (the viewer then loses access)."""
+    store = resources.store()
+    if st.button("Create a share link", key="perplex.share_create", use_container_width=True,
+                 help="Anyone with the link can read this session (not change it) until "
+                      "you revoke the link; they can fork their own copy."):
+        create_share_link(store, session.id)
+    live = [link for link in share_links(store, session.id) if link.revoked_at is None]
+    if not live:
+        st.caption("No live share links: nobody else can open this session.")
+    for link in live:
+        st.code(f"{st.context.url or ''}?share={link.token}", language=None, wrap_lines=True)
+        if st.button(f"Revoke the link of {link.created_at:%m-%d %H:%M:%S}",
+                     key=f"perplex.share_revoke.{link.token}", use_container_width=True):
+            revoke_share_link(store, link.token)
+            st.toast("Link revoked: it opens nothing now.")
+            st.rerun()
 
 
 def _session_list(session: Session | None) -> None:
@@ -154,17 +186,25 @@ def _session_list(session: Session | None) -> None:
     chosen = st.selectbox(
         "Sessions", list(by_id), key="perplex.session_choice",
         format_func=lambda i: f"{by_id[i].name} · {by_id[i].updated_at:%m-%d %H:%M}")
+    mine = may_change(store, by_id[chosen])
     cols = st.columns(2)
     if cols[0].button("Open", use_container_width=True):
-        switch_to(by_id[chosen], read_only=False)
+        switch_to(by_id[chosen], read_only=not mine)
         st.rerun()
     if cols[1].button("Duplicate", use_container_width=True):
         switch_to(duplicate_session(store, chosen), read_only=False)
         st.rerun()
+    if not mine:
+        st.caption("Shared with you read-only: only its owner can rename or delete it.")
+        return
     confirm = st.checkbox(f"Yes, delete “{plain(by_id[chosen].name)}” and everything in it",
                           key="perplex.session_delete_confirm")
     if st.button("Delete", disabled=not confirm, use_container_width=True):
-        deleted = delete_session(store, chosen)
+        try:
+            deleted = delete_session(store, chosen)
+        except PerplexError as exc:
+            st.error(plain(str(exc)))
+            return
         if session is not None and chosen == session.id:
             _forget_open_session()
         st.toast("Session deleted." if deleted else "That session was already deleted.")
@@ -174,8 +214,10 @@ def _session_list(session: Session | None) -> None:
 def _forget_open_session() -> None:
     """Leave a session that is gone: its generations are off the pages, new work goes anew."""
     st.session_state.pop(SESSION_KEY, None)
+    st.session_state.pop(READ_ONLY_KEY, None)
     page_state.forget_current_generations()
     st.query_params.pop("session", None)
+    st.query_params.pop("share", None)
 
 
 def save_to_session(generation: Generation, page_key: str) -> Generation:

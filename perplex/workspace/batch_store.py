@@ -29,6 +29,7 @@ import duckdb
 import pyarrow as pa
 
 from perplex.core.errors import InputFormatError, StoreError
+from perplex.core.limits import LimitReached
 from perplex.core.records import Generation, Message, new_id
 from perplex.workspace.access import require_row, require_session, visible
 from perplex.workspace.store import Store, from_epoch_us, read_generation, write_generation
@@ -166,10 +167,12 @@ def create_batch(store: Store, name: str, kind: str, model_label: str, settings:
 
 
 def add_items(store: Store, batch_id: str, read: Iterable[BatchInput | Malformed],
-              on_chunk=None) -> tuple[int, int]:
+              on_chunk=None, max_items: int = 0) -> tuple[int, int]:
     """Store the read items in chunks; returns (items, malformed lines).
 
-    `on_chunk(items, malformed)` is called after each stored chunk (progress).
+    `on_chunk(items, malformed)` is called after each stored chunk (progress). With
+    `max_items` > 0, a read that holds more items stores none: the batch is deleted and
+    LimitReached says so.
     """
     malformed_count = 0
     listed: list[dict] = []
@@ -185,6 +188,11 @@ def add_items(store: Store, batch_id: str, read: Iterable[BatchInput | Malformed
                 listed.append({"line": entry.line, "why": entry.why})
             continue
         chunk.append(entry)
+        if 0 < max_items < items + len(chunk):
+            _delete(store, batch_id)
+            raise LimitReached(f"This batch has more than {max_items:,} items; this server "
+                               f"allows {max_items:,} per batch. Split the file, or ask the "
+                               "operator to raise PERPLEX_BATCH_ITEMS. Nothing was stored.")
         if len(chunk) >= INSERT_CHUNK:
             items = _insert(store, batch_id, chunk, items)
             chunk = []
@@ -225,6 +233,17 @@ def _insert(store: Store, batch_id: str, chunk: list[BatchInput], start: int) ->
         finally:
             cur.unregister("incoming_items")
     return start + len(chunk)
+
+
+def _delete(store: Store, batch_id: str) -> None:
+    """Remove a batch being read, with its items and their given transcripts."""
+    with store.cursor(write=True) as cur:
+        _session(cur, store, batch_id, write=True)
+        gens = "(SELECT generation_id FROM batch_items WHERE batch_id = ?)"
+        cur.execute(f"DELETE FROM token_steps WHERE generation_id IN {gens}", [batch_id])
+        cur.execute(f"DELETE FROM generations WHERE id IN {gens}", [batch_id])
+        cur.execute("DELETE FROM batch_items WHERE batch_id = ?", [batch_id])
+        cur.execute("DELETE FROM batches WHERE id = ?", [batch_id])
 
 
 def _with_id(generation: Generation, generation_id: str, session_id: str | None) -> Generation:

@@ -12,6 +12,7 @@ import pytest
 
 from perplex.core.records import Message
 from perplex.workspace.sessions import create_session
+from perplex.workspace.sharing import create_share_link
 from perplex.workspace.store import Store
 from tests.browser.conftest import REPO_ROOT, wait_for_script
 from tests.test_store import make_generation
@@ -51,7 +52,8 @@ def test_a_share_link_copied_from_a_page_works_on_a_cold_server(streamlit_app, p
         gen = make_generation(n_steps=12, n_alts=3, session_id=session.id,
                               messages=(Message("user", "Hi"), Message("assistant", "Hello")))
         store.save_generation(gen)
+        token = create_share_link(store, session.id).token
     url = streamlit_app("app.py", env=MODELS)
-    page.goto(f"{url}/hallucination?session={session.id}&view=shared")
+    page.goto(f"{url}/hallucination?share={token}")
     assert_whole_app(page)
     page.locator('[data-testid="stSidebar"]').get_by_text("Shared study").first.wait_for()

@@ -326,8 +326,13 @@ def test_researcher_loop_survives_reload(new_tab, screenshot):
 
 
 def share_link(page) -> str:
-    """The share link shown in the sidebar's code block."""
-    code = page.locator('[data-testid="stSidebar"] [data-testid="stCode"]')
+    """A new share link, made in the sidebar's "Share read-only" section."""
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    create = sidebar.get_by_role("button", name="Create a share link")
+    if not create.is_visible():
+        sidebar.get_by_text("Share read-only").click()
+    create.click()
+    code = sidebar.locator('[data-testid="stCode"]').first
     code.wait_for()
     return "".join(code.inner_text().split())
 
@@ -348,7 +353,7 @@ def test_share_link_is_read_only_and_forks(new_tab, screenshot):
     settle(a.page)
     a_sid, a_tokens = session_of(a.page), answer_text(a.page)
     link = share_link(a.page)
-    assert link.endswith(f"?session={a_sid}&view=shared"), link
+    assert re.search(r"\?share=[A-Za-z0-9_-]{32}$", link), link
 
     b = new_tab(link)
     page = b.page
@@ -378,7 +383,7 @@ def test_share_link_is_read_only_and_forks(new_tab, screenshot):
     page.get_by_role("button", name="Fork to edit").click()
     page.wait_for_function(
         f"() => {{ const q = new URL(location).searchParams;"
-        f" return q.get('session') && q.get('session') !== '{a_sid}' && !q.get('view'); }}")
+        f" return q.get('session') && q.get('session') !== '{a_sid}' && !q.get('share'); }}")
     page.locator('[data-testid="stChatInput"] textarea:not([disabled])').wait_for()
     settle(page)
     b_sid = session_of(page)
@@ -387,7 +392,7 @@ def test_share_link_is_read_only_and_forks(new_tab, screenshot):
     annotate_token(page, 1, "B's own note")
     page.get_by_text("Annotations (2)").wait_for()
     settle(page)
-    assert share_link(page).endswith(f"?session={b_sid}&view=shared")
+    assert re.search(r"\?share=[A-Za-z0-9_-]{32}$", share_link(page))
     scroll_to(tok(page, 0))
     screenshot(page, "investigation_forked")
 
