@@ -34,8 +34,8 @@ params = decode_params_form(PREFIX)
 uploads.upload_panel(PREFIX, CURRENT, lm)
 
 top = st.columns([1, 5])
-if top[0].button("New chat", disabled=CURRENT not in st.session_state or viewing_only):
-    st.session_state.pop(CURRENT, None)
+if top[0].button("New chat", disabled=st.session_state.get(CURRENT) is None or viewing_only):
+    st.session_state[CURRENT] = None  # this tab's own blank chat, whatever other tabs show
     session_panel.remember({CURRENT: None})
     st.rerun()
 

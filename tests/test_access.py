@@ -203,3 +203,20 @@ def test_the_local_user_keeps_every_right(store):
     store.save_generation(make_generation(n_steps=4, session_id=session.id))
     assert rename_session(store, session.id, "renamed").name == "renamed"
     assert delete_session(store, session.id) is True
+
+
+def test_a_batch_over_the_servers_item_limit_is_refused_and_stores_nothing(team):
+    import io
+
+    from perplex.core.limits import LimitReached
+    from perplex.modes.batch.inputs import read_items
+    from perplex.workspace.batch_store import add_items
+
+    alice, *_, session, _, _, _ = team
+    batch = create_batch(alice, "too big", "prompts", "m", {}, session.id)
+    lines = "".join(f"question {i}\n" for i in range(5)).encode()
+    with pytest.raises(LimitReached, match="allows 3 per batch"):
+        add_items(alice, batch, read_items("p.txt", io.BytesIO(lines)), max_items=3)
+    assert list_batches(alice) == []
+    kept = create_batch(alice, "fits", "prompts", "m", {}, session.id)
+    assert add_items(alice, kept, read_items("p.txt", io.BytesIO(lines)), max_items=5) == (5, 0)

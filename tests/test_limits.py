@@ -70,3 +70,19 @@ def test_a_metered_engine_refuses_a_second_run_while_the_first_streams(tiny_lm):
     again = ada.generate(QUESTION, DecodeParams(max_new_tokens=5)).run()
     assert [s.token_id for s in again.steps] == [s.token_id for s in alone.steps]
     assert ada.score([QUESTION])[0].steps
+
+
+def test_the_operators_ndif_key_serves_visitors_only_where_the_operator_allows(monkeypatch):
+    """A hosted server keeps its NDIF key to itself unless PERPLEX_OPERATOR_KEYS is set."""
+    from nnsight import CONFIG
+
+    from perplex.engine.ndif import ndif_api_key, ndif_key_set
+
+    monkeypatch.setattr(CONFIG.API, "APIKEY", None)
+    monkeypatch.setenv("NDIF_API_KEY", "operators-key")
+    monkeypatch.delenv("PERPLEX_HOSTED", raising=False)
+    assert ndif_api_key() == "operators-key"  # a local install: the user's own key
+    monkeypatch.setenv("PERPLEX_HOSTED", "1")
+    assert ndif_api_key() is None and not ndif_key_set()
+    monkeypatch.setenv("PERPLEX_OPERATOR_KEYS", "1")
+    assert ndif_api_key() == "operators-key" and ndif_key_set()

@@ -33,6 +33,7 @@ class Settings:
     uploads_per_hour: int = 60  # hosted: per user (0: no limit)
     runs_at_once: int = 1  # hosted: generations or scorings in progress per user (0: no limit)
     batch_items: int = 1000  # hosted: items one batch may hold (0: no limit)
+    operator_keys: bool = False  # hosted: visitors may use the operator's NDIF key
 
     @property
     def model_allow_list(self) -> tuple[str, ...]:
@@ -70,7 +71,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
              "hosted": bool, "users": Path,
              "confident_threshold": float, "uncertain_threshold": float,
              "top_k_stored": int, "threads": int, "uploads_per_hour": int,
-             "runs_at_once": int, "batch_items": int}
+             "runs_at_once": int, "batch_items": int, "operator_keys": bool}
     for f in fields(Settings):
         raw = environ.get(f"PERPLEX_{f.name.upper()}")
         if raw is not None and raw != "":

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from perplex.core.errors import PerplexError
+from perplex.core.settings import load_settings
 from perplex.core.tokens import token_texts
 from perplex.engine.local.anatomy import remote_paths
 from perplex.engine.local.nnsight_adapter import module_at
@@ -30,9 +31,16 @@ class NdifError(PerplexError):
     """A remote (NDIF) lens run cannot be started or failed."""
 
 def ndif_api_key() -> str | None:
-    """The NDIF API key from nnsight's config or the NDIF_API_KEY environment variable."""
+    """The operator's NDIF API key (nnsight's config or NDIF_API_KEY), where it may be used.
+
+    On a hosted server the operator's key serves visitors only with PERPLEX_OPERATOR_KEYS
+    set; otherwise each visitor brings their own, kept in their browser session.
+    """
     from nnsight import CONFIG
 
+    settings = load_settings()
+    if settings.hosted and not settings.operator_keys:
+        return None
     return getattr(CONFIG.API, "APIKEY", None) or os.environ.get("NDIF_API_KEY") or None
 
 def hub_error(model_id: str, exc: BaseException) -> NdifError:
@@ -107,12 +115,8 @@ for layer, top in enumerate(tops):
 '''
 
 def ndif_key_set() -> bool:
-    """Whether an NDIF API key is configured (nnsight's config or NDIF_API_KEY)."""
-    import os
-
-    from nnsight import CONFIG
-
-    return bool(getattr(CONFIG.API, "APIKEY", None) or os.environ.get("NDIF_API_KEY"))
+    """Whether the operator's NDIF API key is configured and may be used (`ndif_api_key`)."""
+    return ndif_api_key() is not None
 
 @dataclass(frozen=True)
 class NdifStatus:

@@ -119,8 +119,8 @@ def switch_to(session: Session, read_only: bool, share_token: str | None = None)
 def render_session_panel() -> None:
     """The sidebar section: name, share link, new / open / duplicate / delete."""
     st.subheader("Session")
-    store = resources.store()
     open_from_url()
+    store = resources.store()  # after the URL's share link joined this session's tokens
     sid = current_session_id()
     session = None
     if sid is not None:
@@ -230,9 +230,14 @@ def save_to_session(generation: Generation, page_key: str) -> Generation:
 
 
 def restore_current(page_key: str) -> None:
-    """After a reload or on opening a session, put back the generation the page showed."""
+    """After a reload or on opening a session, put back the generation the page showed.
+
+    Once per tab and session: from then on the tab shows its own work (None: nothing yet),
+    so another tab of the same session saving a generation never replaces it.
+    """
     if page_key in st.session_state:
         return
+    st.session_state[page_key] = None
     generation_id = session_settings().get(page_key)
     if generation_id:
         try:

@@ -409,6 +409,41 @@ def test_share_link_is_read_only_and_forks(new_tab, screenshot):
     assert a.dialogs == b.dialogs == []
 
 
+def test_two_tabs_of_one_session_keep_their_own_conversations(new_tab, app_url):
+    """Tab B of A's session starts another chat; A keeps showing (and can start) its own."""
+    a = new_tab()
+    ask(a.page)
+    sid, a_answer = session_of(a.page), answer_text(a.page)
+    b = new_tab(f"{app_url}/?session={sid}")
+    b.page.locator(FINAL_TOK).first.wait_for(timeout=WORK_TIMEOUT)
+    assert answer_text(b.page) == a_answer  # the session's current chat, restored
+    b.page.get_by_role("button", name="New chat").click()
+    settle(b.page)
+    expect(b.page.locator(FINAL_TOK)).to_have_count(0)
+    chat = chat_box(b.page)
+    chat.fill("What is the capital of Italy?")
+    chat.press("Enter")
+    b.page.locator(FINAL_TOK).filter(has_text=re.compile("Rome")).first.wait_for(
+        timeout=WORK_TIMEOUT)
+    settle(b.page)
+    b_answer = answer_text(b.page)
+    assert b_answer != a_answer
+
+    set_max_new_tokens(a.page, "12")  # a rerun of A's tab
+    assert answer_text(a.page) == a_answer
+    a.page.get_by_role("button", name="New chat").click()  # and a blank chat stays blank
+    settle(a.page)
+    set_max_new_tokens(a.page, "14")
+    expect(a.page.locator(FINAL_TOK)).to_have_count(0)
+    assert session_of(a.page) == session_of(b.page) == sid
+    b.page.reload()  # the session records both chats
+    settle(b.page, MODEL_TIMEOUT)
+    b.page.get_by_text("Open a transcript, an API response or a saved generation").click()
+    b.page.get_by_text("2 saved").wait_for()
+    assert_no_exception(a.page)
+    assert_no_exception(b.page)
+
+
 HOSTILE_NAME = '../"; DROP TABLE x; --'
 
 
