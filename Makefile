@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 MODEL_STAMP := data/models/.bundled-ready
 PORT ?= 8501
 
-.PHONY: run test test-fast bench lint docs setup model variants browser llama serve-openai serve-team clean
+.PHONY: run test test-fast bench loadtest lint docs setup model variants browser llama serve-openai serve-team clean
 
 run: setup model
 	$(VENV)/bin/streamlit run app.py --server.port $(PORT)
@@ -19,6 +19,12 @@ test-fast: setup model variants llama
 
 bench: setup model variants browser
 	$(PY) -m bench.run
+
+# Simulated researchers on one hosted server, on loopback (bench/loadtest.py): 8 users, 5 min.
+USERS_N ?= 8
+MINUTES ?= 5
+loadtest: setup model variants browser
+	$(PY) -m bench.loadtest --users $(USERS_N) --minutes $(MINUTES)
 
 lint: setup
 	$(VENV)/bin/ruff check .

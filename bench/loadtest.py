@@ -60,8 +60,8 @@ async def ask(page, question: str) -> str:
     """Start a new session, ask, and return the final token view's text."""
     new = page.locator('[data-testid="stSidebar"]').get_by_role("button", name="New session")
     if not await new.is_visible():
-        await page.locator('[data-testid="stSidebar"]').get_by_text("Sessions",
-                                                                   exact=True).click()
+        await page.locator('[data-testid="stSidebar"] summary').filter(
+            has_text="Sessions").click()
     await new.click()
     await page.locator(IDLE).wait_for(timeout=ANSWER_TIMEOUT)
     await page.wait_for_function("() => !document.querySelector('.tv-root')",

@@ -82,7 +82,7 @@ def sidebar(page):
 
 def open_sessions(page):
     """The sidebar's "Sessions" list, expanded."""
-    sidebar(page).get_by_text("Sessions", exact=True).click()
+    sidebar(page).locator("summary").filter(has_text="Sessions").click()
     return sidebar(page)
 
 
@@ -114,6 +114,7 @@ def test_a_read_only_share_stays_read_only_and_others_see_nothing(visitor, scree
     # an upload is refused by the server, and saves nothing into Alice's session
     page.get_by_text(PANEL).click()
     transcript_uploader(page).set_input_files(str(SAMPLE))
+    page.get_by_role("button", name=re.compile("^Score with")).click()
     page.get_by_text(re.compile("shared with you read-only: nothing was changed")).wait_for(
         timeout=WORK_TIMEOUT)
     # the sessions list offers Open and Duplicate (a fork), never Delete
