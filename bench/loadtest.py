@@ -58,17 +58,21 @@ async def sign_in(page, url: str, name: str) -> None:
 
 async def ask(page, question: str) -> str:
     """Start a new session, ask, and return the final token view's text."""
+    from playwright.async_api import expect
+
     new = page.locator('[data-testid="stSidebar"]').get_by_role("button", name="New session")
     if not await new.is_visible():
         await page.locator('[data-testid="stSidebar"] summary').filter(
             has_text="Sessions").click()
     await new.click()
-    await page.locator(IDLE).wait_for(timeout=ANSWER_TIMEOUT)
-    await page.wait_for_function("() => !document.querySelector('.tv-root')",
-                                 timeout=ANSWER_TIMEOUT)
+    # the last answer leaves the screen (locators pierce the view's shadow root)
+    await expect(page.locator(".tv-root")).to_have_count(0, timeout=ANSWER_TIMEOUT)
     box = page.locator(CHAT)
+    await expect(box).to_have_count(1, timeout=ANSWER_TIMEOUT)  # a redraw may show two
     await box.fill(question)
     await box.press("Enter")
+    await page.locator('[data-testid="stChatMessage"]').filter(has_text=question).first.wait_for(
+        timeout=ANSWER_TIMEOUT)
     await page.locator(FINAL_TOK).first.wait_for(timeout=ANSWER_TIMEOUT)
     await page.locator(IDLE).wait_for(timeout=ANSWER_TIMEOUT)
     return "".join(await page.locator(FINAL_TOK).all_text_contents())
