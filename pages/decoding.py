@@ -25,7 +25,7 @@ if engine is not None and not engine.capabilities.stepwise:
     st.info(f"{plain(engine.info.label)} is chosen in the sidebar, but "
             f"{plain(engine.capabilities.why_not['stepwise'])}. The methods below run on the "
             f"sidebar's local model, {plain(lm.label)}.")
-local = view.LocalEngine(lm)
+local = resources.local_engine(lm)
 viewing_only = session_panel.read_only()
 setup = view.method_section(local)
 system = system_prompt_control(lm, view.PREFIX, disabled=viewing_only)

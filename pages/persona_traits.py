@@ -21,7 +21,7 @@ st.caption("A trait's vector is mean(positive) − mean(negative) residuals of t
 view.saved_section()
 view.import_section()
 lm = resources.require_model()
-engine = view.LocalEngine(lm)
+engine = resources.local_engine(lm)
 view.trait_editor()
 known = view.traits()
 chosen = st.multiselect("Traits", list(known), default=["sycophancy", "refusal", "evil"],

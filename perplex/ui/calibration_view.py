@@ -16,7 +16,6 @@ import streamlit as st
 
 from perplex.core.calibration import CONFIDENCE_KINDS, Dataset, ItemResult
 from perplex.core.errors import PerplexError
-from perplex.engine import LocalEngine
 from perplex.engine.local.models import BUNDLED, ModelSpec
 from perplex.engine.openai_compat import EndpointEngine
 from perplex.modes.calibration.datasets import (
@@ -176,7 +175,7 @@ def settings_section(dataset: Dataset) -> RunSettings | None:
     with_p_true = cols[1].checkbox("also ask P(True) (one more pass per item)",
                                    key=f"{PREFIX}.ptrue")
     chosen = resources.active_engine()
-    local_only = chosen is None or isinstance(chosen, LocalEngine)
+    local_only = chosen is None or not resources.remote_engine_chosen()
     judges = [j for j in JUDGES if not (j == "engine" and local_only)]
     judge_choice = st.radio("Checking", judges, format_func=JUDGES.get, horizontal=True,
                             key=f"{PREFIX}.judge")
@@ -235,7 +234,7 @@ def _judge_engine(settings: dict):
     kind = settings.get("judge", "none")
     if kind == "local":
         lm = resources.loaded_model()
-        return None if lm is None else LocalEngine(lm)
+        return None if lm is None else resources.local_engine(lm)
     if kind == "engine":
         return resources.active_engine()
     if kind == "model":

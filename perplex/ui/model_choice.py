@@ -30,7 +30,7 @@ def local_engine(choice: str, source: str = "") -> LocalEngine:
     if choice == "sidebar":
         if lm is None:
             raise PerplexError("The sidebar has no model loaded: load one there first.")
-        return LocalEngine(lm)
+        return resources.local_engine(lm)
     if choice == "other":
         spec = ModelSpec(source=source)
     else:
@@ -41,7 +41,7 @@ def local_engine(choice: str, source: str = "") -> LocalEngine:
             status.update(label=f"{LOCAL_CHOICES[choice]} ready", state="complete")
         spec = ModelSpec(source=str(folder))
     if lm is not None and spec == lm.spec:
-        return LocalEngine(lm)
+        return resources.local_engine(lm)
     with st.spinner(f"Loading {spec.label}…"):
         return resources.model_registry().get(spec)
 

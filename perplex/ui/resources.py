@@ -121,7 +121,18 @@ def active_engine():
         return _metered(EndpointEngine(choice.base_url, choice.model,
                                        st.session_state.get(ENDPOINT_SECRET_KEY, "")))
     lm = loaded_model()
-    return None if lm is None else _metered(lm.engine)
+    return None if lm is None else local_engine(lm)
+
+
+def local_engine(lm: LoadedModel):
+    """A loaded model's one engine, its runs counted against the signed-in user's limits."""
+    return _metered(lm.engine)
+
+
+def remote_engine_chosen() -> bool:
+    """Whether the sidebar chose an endpoint or NDIF rather than the local model."""
+    return (st.session_state.get(NDIF_ENGINE_KEY) is not None
+            or st.session_state.get(ENDPOINT_KEY) is not None)
 
 
 @st.cache_resource(show_spinner=False)
@@ -175,8 +186,7 @@ def require_capability(name: str, needs: str) -> None:
 def local_model_only(page: str) -> None:
     """End a page that runs on the local model alone when the sidebar chose another engine."""
     engine = active_engine()
-    if engine is not None and (st.session_state.get(NDIF_ENGINE_KEY) is not None
-                               or st.session_state.get(ENDPOINT_KEY) is not None):
+    if engine is not None and remote_engine_chosen():
         st.info(f"{page} runs on the local model in this version; {engine.info.label} "
                 "(chosen in the sidebar) serves the Default page's chats. Switch the "
                 "sidebar's engine back to the local model to use this page.")
