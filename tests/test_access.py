@@ -15,6 +15,7 @@ from perplex.core.records import DecodeParams
 from perplex.workspace.access import AccessError, Actor
 from perplex.workspace.annotations import add_annotation, list_annotations
 from perplex.workspace.batch_store import create_batch, list_batches, load_batch
+from perplex.workspace.branches import branch_tree
 from perplex.workspace.bundles import export_bundle, import_bundle
 from perplex.workspace.calibration_store import (
     create_run,
@@ -88,7 +89,8 @@ def test_c_sees_nothing_of_a_by_any_id(team):
                  lambda: list_annotations(carol, gen.id),
                  lambda: list_token_sets(carol, session.id),
                  lambda: export_bundle(carol, session.id),
-                 lambda: duplicate_session(carol, session.id)):
+                 lambda: duplicate_session(carol, session.id),
+                 lambda: branch_tree(carol, gen.id)):
         with pytest.raises(StoreError, match="that you can open"):
             read()
 

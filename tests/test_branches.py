@@ -17,6 +17,8 @@ T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 @pytest.fixture
 def store(tmp_path):
     with Store.open(tmp_path / "perplex.duckdb") as opened:
+        for session_id in "stc":  # the sessions the generations below go into
+            opened.ensure_session(session_id, session_id)
         yield opened
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from perplex.core.errors import StoreError
+from perplex.workspace.access import require_row
 from perplex.workspace.store import Store, from_epoch_us
 
 
@@ -82,6 +83,7 @@ def branch_tree(store: Store, generation_id: str) -> BranchTree:
         if not found:
             raise StoreError(f"No generation with id {generation_id!r}: it may have been "
                              "deleted (perhaps with its session, in another tab).")
+        require_row(cur, store.actor, "generations", generation_id)
         rows = cur.execute(
             "SELECT g.id, g.title, g.parent_id, g.branch_position, epoch_us(g.created_at), "
             "(SELECT count(*) FROM token_steps t WHERE t.generation_id = g.id) "
