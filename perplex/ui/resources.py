@@ -59,9 +59,9 @@ def store() -> Store:
                                   share_tokens=frozenset(share_tokens())))
 
 
-def share_tokens() -> set[str]:
-    """The share links' tokens this browser session opened (kept for its lifetime)."""
-    return st.session_state.setdefault(SHARE_TOKENS_KEY, set())
+def share_tokens() -> dict[str, str]:
+    """The share links this browser session opened: token → session id (for its lifetime)."""
+    return st.session_state.setdefault(SHARE_TOKENS_KEY, {})
 
 
 def chosen_spec() -> ModelSpec:

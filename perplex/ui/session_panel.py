@@ -90,7 +90,7 @@ def open_from_url() -> None:
     try:
         if token:
             wanted = shared_session(resources.store(), token)
-            resources.share_tokens().add(token)
+            resources.share_tokens()[token] = wanted
         session = get_session(resources.store(), wanted)
     except PerplexError as exc:
         _forget_open_session()
@@ -189,7 +189,8 @@ def _session_list(session: Session | None) -> None:
     mine = may_change(store, by_id[chosen])
     cols = st.columns(2)
     if cols[0].button("Open", use_container_width=True):
-        switch_to(by_id[chosen], read_only=not mine)
+        switch_to(by_id[chosen], read_only=not mine, share_token=None if mine else next(
+            (t for t, s in resources.share_tokens().items() if s == chosen), None))
         st.rerun()
     if cols[1].button("Duplicate", use_container_width=True):
         switch_to(duplicate_session(store, chosen), read_only=False)

@@ -14,6 +14,7 @@ import re
 import shutil
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from perplex.core.settings import PROJECT_ROOT
 from tests.browser.conftest import VIEWPORT
@@ -35,6 +36,24 @@ PROMPTS = PROJECT_ROOT / "data" / "batch" / "sample_prompts.jsonl"
 def _count(page, pattern: str) -> int:
     text = page.get_by_text(re.compile(pattern)).first.text_content()
     return int(re.search(pattern, text).group(1).replace(",", ""))
+
+
+def pick_option(page, select, name: str, tries: int = 3) -> None:
+    """Open a multiselect and pick an option; a rerun that redraws it closes the list, so
+    open it again (as a user would) when the option does not show.
+    """
+    for _ in range(tries):
+        settle(page)
+        select.click()
+        option = page.get_by_role("option", name=name)
+        try:
+            option.wait_for(timeout=10_000)
+        except PlaywrightTimeout:
+            page.keyboard.press("Escape")
+            continue
+        option.click()
+        return
+    raise AssertionError(f"the option {name!r} never showed")
 
 
 def test_upload_run_filter_read_annotate_export(browser, app_url, screenshot):
@@ -78,9 +97,8 @@ def test_upload_run_filter_read_annotate_export(browser, app_url, screenshot):
     metric = page.locator('[data-testid="stMetric"]').filter(has_text="answer ≠ reference")
     flagged = int(metric.locator('[data-testid="stMetricValue"]').text_content())
     assert 0 < flagged <= 20
-    page.locator('[data-testid="stMultiSelect"]').filter(
-        has_text="Items having every one of these flags").click()
-    page.get_by_role("option", name="answer ≠ reference").click()
+    pick_option(page, page.locator('[data-testid="stMultiSelect"]').filter(
+        has_text="Items having every one of these flags"), "answer ≠ reference")
     page.keyboard.press("Escape")
     settle(page)
     assert _count(page, r"^(\d+) of 20 items with answer ≠ reference") == flagged
