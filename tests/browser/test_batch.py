@@ -39,8 +39,9 @@ def _count(page, pattern: str) -> int:
 
 
 def pick_option(page, select, name: str, tries: int = 3) -> None:
-    """Open a multiselect and pick an option; a rerun that redraws it closes the list, so
-    open it again (as a user would) when the option does not show.
+    """Open a multiselect and pick an option, reopening it if the option does not show.
+
+    A rerun that redraws the multiselect closes its list; a user would open it again.
     """
     for _ in range(tries):
         settle(page)
