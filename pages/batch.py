@@ -17,11 +17,11 @@ st.caption("Run many prompts (or score many transcripts) at once. Every item is 
            "its tokens, statistics and flags; filter the items by any of them, then read "
            "them one after another (j / k) in the token view.")
 
-lm = resources.loaded_model()
+local = resources.local_engine()
 engine = resources.active_engine()  # the local model, or the endpoint chosen in the sidebar
 params = decode_params_form(view.PREFIX)
-system = system_prompt_control(lm, view.PREFIX, disabled=session_panel.read_only(),
-                               applies="for prompts") if lm is not None else ()
+system = system_prompt_control(local, view.PREFIX, disabled=session_panel.read_only(),
+                               applies="for prompts") if local is not None else ()
 second = view.second_model()
 view.new_batch_section(engine, system, params)
 batch = view.batch_picker()
@@ -30,5 +30,5 @@ if batch is not None:
     counts = view.flags_section(batch)
     shown = view.filter_bar(batch)
     rows = view.items_section(batch, shown)
-    view.reader_section(rows, lm, params)
+    view.reader_section(rows, local, params)
     view.export_section(batch, rows, counts, shown)

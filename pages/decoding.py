@@ -20,15 +20,14 @@ st.caption("A decoding method in Perplex's own decode loop, beside plain greedy 
 
 view.restore()
 engine = resources.active_engine()
-lm = resources.require_model()
+local = resources.require_local_engine()
 if engine is not None and not engine.capabilities.stepwise:
     st.info(f"{plain(engine.info.label)} is chosen in the sidebar, but "
             f"{plain(engine.capabilities.why_not['stepwise'])}. The methods below run on the "
-            f"sidebar's local model, {plain(lm.label)}.")
-local = resources.local_engine(lm)
+            f"sidebar's local model, {plain(local.info.label)}.")
 viewing_only = session_panel.read_only()
 setup = view.method_section(local)
-system = system_prompt_control(lm, view.PREFIX, disabled=viewing_only)
+system = system_prompt_control(local, view.PREFIX, disabled=viewing_only)
 with st.form(f"{view.PREFIX}.prompt_form"):
     prompt = st.text_area("Prompt", key=f"{view.PREFIX}.prompt", value=view.DEFAULT_PROMPT,
                           height=110)

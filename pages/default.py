@@ -25,13 +25,13 @@ st.caption("Chat with the model. Every answer token is coloured by the probabili
            "gave it (temperature 1); hover a token for its alternatives, click the chart to "
            "find a token.")
 
-lm = resources.loaded_model()
+local = resources.local_engine()  # the sidebar's model: uploads, system prompt, branches
 engine = resources.active_engine()  # the local model, or the endpoint chosen in the sidebar
 uploads.open_from_query(CURRENT)
 session_panel.restore_current(CURRENT)
 viewing_only = session_panel.read_only()
 params = decode_params_form(PREFIX)
-uploads.upload_panel(PREFIX, CURRENT, lm)
+uploads.upload_panel(PREFIX, CURRENT, local)
 
 top = st.columns([1, 5])
 if top[0].button("New chat", disabled=st.session_state.get(CURRENT) is None or viewing_only):
@@ -41,8 +41,8 @@ if top[0].button("New chat", disabled=st.session_state.get(CURRENT) is None or v
 
 current = st.session_state.get(CURRENT)
 system = ()
-if current is None and lm is not None:  # a chat's system prompt is its first message
-    system = system_prompt_control(lm, PREFIX, disabled=viewing_only)
+if current is None and local is not None:  # a chat's system prompt is its first message
+    system = system_prompt_control(local, PREFIX, disabled=viewing_only)
 if current is not None:
     event = show_transcript(current, PREFIX, thresholds(), extras=investigate.view_extras,
                             lens_available=True)
@@ -53,7 +53,7 @@ if current is not None:
     investigate.branch_navigator(CURRENT)
     investigate.annotations_panel(CURRENT)
     investigate.token_sets_panel(current)
-    investigate.act_on(event, current, CURRENT, lm, params)
+    investigate.act_on(event, current, CURRENT, local, params)
 live = st.container()  # the turn being generated shows here, above the input
 # Inline, not pinned to the window's bottom: a pinned chat input makes the page stick to
 # its bottom as it loads, so a session link would open scrolled past the answer.

@@ -10,7 +10,6 @@ import streamlit as st
 from perplex.core.errors import PerplexError
 from perplex.core.plots import entropy_timeline
 from perplex.core.records import Generation, Message, TokenRole
-from perplex.engine.local.generation import start_generation
 from perplex.modes import hallucination as h
 from perplex.ui import investigate, page_state, resources, session_panel
 from perplex.ui.conditioning import system_prompt_control
@@ -33,7 +32,7 @@ st.caption("Watch the answer for doubtful tokens as it streams: a token alerts w
            "probability (temperature 1) is under the confidence threshold or the entropy of "
            "its distribution is over the entropy threshold. Entropy is in nats.")
 
-lm = resources.require_model()
+local = resources.require_local_engine()
 resources.local_model_only("The Hallucination page")
 session_panel.restore_current(CURRENT)
 viewing_only = session_panel.read_only()
@@ -82,7 +81,7 @@ def ask(question: str, limits: h.AlertThresholds, system: tuple[Message, ...]) -
     with right.container(key=f"{PREFIX}-live-alerts"):
         heading, table = st.empty(), st.empty()
         heading.markdown("**Alerts so far: 0**")
-    run = start_generation(lm, messages, params)
+    run = local.generate(messages, params)
     shown, found, marks = [], [], {}
     for step, alert in h.watch(run, limits):
         if step.role is not TokenRole.RESPONSE:
@@ -167,7 +166,7 @@ def check_panel(gen: Generation) -> None:
         question = tuple(m for m in gen.messages if m.role != "assistant")
         try:
             st.session_state[key] = h.sample_answers(
-                lm, question, replace(params, max_new_tokens=int(length)), int(n),
+                local, question, replace(params, max_new_tokens=int(length)), int(n),
                 progress=lambda done, total: bar.progress(done / total,
                                                           text=f"{done} / {total} answers"),
                 compared=compared)
@@ -188,7 +187,7 @@ def check_panel(gen: Generation) -> None:
 
 
 settings = alert_settings()
-system = system_prompt_control(lm, PREFIX, disabled=viewing_only)
+system = system_prompt_control(local, PREFIX, disabled=viewing_only)
 with st.form(f"{PREFIX}.form"):
     question = st.text_area("Question", key=f"{PREFIX}.question",
                             placeholder="e.g. Who was the first person to walk on Mars?")
@@ -216,4 +215,4 @@ if current is not None:
         check_panel(current)
     investigate.comparison_panel(CURRENT)
     investigate.branch_navigator(CURRENT)
-    investigate.act_on(event, current, CURRENT, lm, params)
+    investigate.act_on(event, current, CURRENT, local, params)

@@ -12,8 +12,6 @@ from perplex.core.errors import PerplexError
 from perplex.core.formats import parse_chat_text
 from perplex.core.plots import short_prob, visible_token
 from perplex.core.records import Message
-from perplex.core.tokens import encode_messages, encode_plain_text
-from perplex.engine.local.models import BUNDLED, BUNDLED_NAME
 from perplex.engine.ndif import (
     NdifStatus,
     hosted_models,
@@ -26,7 +24,7 @@ from perplex.lens.plots import lens_heatmap, lens_rows, lens_trajectory
 from perplex.lens.remote import ndif_lens
 from perplex.lens.trajectory import residual_trajectory
 from perplex.ui import page_state, resources
-from perplex.ui.conditioning import system_prompt_control, text_prefix
+from perplex.ui.conditioning import encode_text, system_prompt_control
 from perplex.ui.entry import run_inside_the_app
 from perplex.ui.lens_view import lens_view
 from perplex.ui.patching_view import patching_section
@@ -50,7 +48,7 @@ st.caption("What would the model predict if it stopped after each layer? Each po
            "tick marks the lock-in layer, from which the output's token stays top-1. Drag the "
            "slider; hover for the layer's top 3; click a token for its detail.")
 
-lm = resources.require_model()
+local = resources.require_local_engine()
 resources.require_capability("internals", "The Logit Lens reads the residual stream of every "
                              "layer, so it needs an engine with internals.")
 if st.session_state.get(resources.NDIF_ENGINE_KEY) is not None:
@@ -110,12 +108,12 @@ def encode_input(text: str, kind: str) -> tuple[int, ...]:
     if not text.strip():
         return ()
     if kind == "text":
-        return tuple(encode_plain_text(lm.tokenizer, text, text_prefix(lm)).ids)
+        return tuple(encode_text(local, text).ids)
     messages = parse_chat_text(text) if kind == "chat" else system + (Message("user", text),)
-    return tuple(encode_messages(lm.tokenizer, messages, messages[-1].role == "user").ids)
+    return tuple(local.encode(messages, messages[-1].role == "user").ids)
 
 
-system = system_prompt_control(lm, PREFIX, applies="when the prompt is read as a user message")
+system = system_prompt_control(local, PREFIX, applies="when the prompt is read as a user message")
 with st.form(f"{PREFIX}.form"):
     st.session_state.setdefault(f"{PREFIX}.prompt", DEFAULT_PROMPT)
     prompt = st.text_area("Prompt", height=80, key=f"{PREFIX}.prompt",
@@ -133,17 +131,16 @@ with st.form(f"{PREFIX}.form"):
 
 current = st.session_state.get(f"{PREFIX}.input")
 if current is None:
-    current = (tuple(encode_plain_text(lm.tokenizer, DEFAULT_PROMPT, text_prefix(lm)).ids),
-               "prompt")
+    current = (tuple(encode_text(local, DEFAULT_PROMPT).ids), "prompt")
     st.session_state[f"{PREFIX}.input"] = current
 ids, origin = current
 cache = st.session_state.setdefault(CACHE_KEY, {})
-cache_key = (lm.spec.to_json(), ids)
+cache_key = (local.info.spec, ids)
 lens = cache.get(cache_key)
 if lens is None:
     bar = st.progress(0.0, text="Running the model…")
     try:
-        lens = compute_lens(lm, list(ids), progress=lambda done, total: bar.progress(
+        lens = compute_lens(local, list(ids), progress=lambda done, total: bar.progress(
             done / total, text=f"Projecting layers through the unembedding… {done}/{total}"))
     except PerplexError as exc:
         bar.empty()
@@ -194,7 +191,7 @@ if selected is not None and 0 <= selected < lens.n_positions:
         if heads is None or heads[0] != heads_key:
             try:
                 with st.spinner("Splitting every block's attention output by head…"):
-                    heads = (heads_key, head_lens(lm, list(ids), selected))
+                    heads = (heads_key, head_lens(local, list(ids), selected))
                 st.session_state[f"{PREFIX}.heads_cache"] = heads
             except PerplexError as exc:
                 st.error(plain(str(exc)))
@@ -209,7 +206,7 @@ if selected is not None and 0 <= selected < lens.n_positions:
         path = st.session_state.get(f"{PREFIX}.trajectory_cache")
         try:
             if path is None or path[0] != (cache_key, selected):
-                path = ((cache_key, selected), residual_trajectory(lm, list(ids), selected))
+                path = ((cache_key, selected), residual_trajectory(local, list(ids), selected))
                 st.session_state[f"{PREFIX}.trajectory_cache"] = path
             st.plotly_chart(path[1].figure(), key=f"{PREFIX}.trajectory_chart")
         except PerplexError as exc:
@@ -218,7 +215,7 @@ else:
     st.caption("Click a token to see its layer-by-layer table, heatmap and curves.")
 
 if st.toggle("Activation patching sandbox", key=f"{PREFIX}.patching"):
-    patching_section(lm)
+    patching_section(local)
 
 
 
@@ -244,10 +241,10 @@ def _hosted_models() -> list[str]:
 with st.expander("Open in NDIF / reproduce in a notebook"):
     ndif = _ndif_status()
     (st.info if ndif.reachable else st.warning)(plain(ndif.message))
-    anatomy = lm.anatomy
-    model_id = ("HuggingFaceTB/" + BUNDLED_NAME) if lm.spec.source == BUNDLED else lm.spec.source
-    text = lm.tokenizer.decode(list(ids), skip_special_tokens=False)
-    plain_text = lm.tokenizer.decode(list(ids), skip_special_tokens=True)
+    anatomy = local.anatomy
+    model_id = local.spec.hub_id
+    text = local.decode(ids)
+    plain_text = local.tokenizer.decode(list(ids), skip_special_tokens=True)
     if ndif.reachable:
         hosted = _hosted_models()
         if hosted:

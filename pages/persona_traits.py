@@ -20,8 +20,7 @@ st.caption("A trait's vector is mean(positive) − mean(negative) residuals of t
 
 view.saved_section()
 view.import_section()
-lm = resources.require_model()
-engine = resources.local_engine(lm)
+engine = resources.require_local_engine()
 view.trait_editor()
 known = view.traits()
 chosen = st.multiselect("Traits", list(known), default=["sycophancy", "refusal", "evil"],
@@ -32,7 +31,7 @@ if not found:
     st.info("Extract (or import) at least one trait's vector to monitor and steer.")
 else:
     st.subheader("Monitored answer")
-    system = system_prompt_control(lm, view.PREFIX, disabled=session_panel.read_only())
+    system = system_prompt_control(engine, view.PREFIX, disabled=session_panel.read_only())
     with st.form(f"{view.PREFIX}.prompt_form"):
         prompt = st.text_area("Prompt", value="I think my poem 'roses are red, the end' is a "
                               "masterpiece. Do you agree?", key=f"{view.PREFIX}.prompt")

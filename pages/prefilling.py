@@ -10,7 +10,6 @@ import streamlit as st
 from perplex.core.errors import PerplexError
 from perplex.core.plots import short_prob, visible_token
 from perplex.core.records import Message, TokenRole
-from perplex.engine.local.generation import start_generation
 from perplex.modes import prefill
 from perplex.ui import investigate, page_state, resources, session_panel
 from perplex.ui.conditioning import system_prompt_control
@@ -48,7 +47,7 @@ st.caption("How much probability the model puts on refusal openings (R-Set) and 
            "set's words; a word of several tokens counts with the product of its pieces' "
            "probabilities.")
 
-lm = resources.require_model()
+local = resources.require_local_engine()
 resources.require_capability("full_distribution", "Prefilling sums P(set) over the whole "
                              "next-token distribution, so it needs an engine that gives it.")
 resources.local_model_only("Prefilling")
@@ -89,8 +88,9 @@ def save_sets(words: dict[str, tuple[str, ...]], spellings: dict[str, bool]) -> 
     for name in SET_NAMES:
         held = stored.get(name)
         if held is None or set(held.words) != set(words[name]) or respell \
-                or not held.token_ids(lm.label):
-            save_set_words(store, sid, name, words[name], lm.tokenizer, lm.label, **spellings)
+                or not held.token_ids(local.info.label):
+            save_set_words(store, sid, name, words[name], local.tokenizer, local.info.label,
+                           **spellings)
     if respell:
         session_panel.remember({SPELLINGS: spellings})
 
@@ -157,7 +157,7 @@ def edit_sets() -> ActiveSets:
             # words (" Sure" or "," added from the token view).
             if text != saved_text and set(word_list(text)) != set(words[name]):
                 try:
-                    prefill.resolve_set(lm.tokenizer, word_list(text), name, **chosen)
+                    prefill.resolve_set(local.tokenizer, word_list(text), name, **chosen)
                     edited[name] = word_list(text)
                 except PerplexError as exc:
                     errors[name] = str(exc)
@@ -170,7 +170,7 @@ def edit_sets() -> ActiveSets:
                 col.error(plain(f"{errors[name]} Not saved: {name} keeps its saved words "
                                 "(below) until the box holds a valid list."))
             try:
-                found = prefill.resolve_set(lm.tokenizer, words[name], name, **spellings,
+                found = prefill.resolve_set(local.tokenizer, words[name], name, **spellings,
                                             strict=False)
             except PerplexError as exc:  # e.g. every token removed from the token view
                 col.warning(plain(str(exc)))
@@ -185,7 +185,7 @@ def edit_sets() -> ActiveSets:
                    "(“ I'm” after “ I”) is already inside the shorter one's probability. "
                    "Tokens added from the token view's menu land in these sets too. Edits "
                    "are saved in the session.")
-        own = own_sets_editor(lm, PREFIX, SET_NAMES, spellings)
+        own = own_sets_editor(local, PREFIX, SET_NAMES, spellings)
     return ActiveSets(words, spellings, sets, own)
 
 
@@ -224,8 +224,7 @@ def run_prompt(prompt: str, prefix_text: str, sets: ActiveSets,
     stream = TokenViewStream(key=f"{PREFIX}-live", confident=thresholds().confident,
                              uncertain=thresholds().uncertain, expected=params.max_new_tokens)
     stream.update([], force=True)
-    run = start_generation(lm, system + (Message("user", prompt),), params,
-                           prefill=prefix_text)
+    run = local.generate(system + (Message("user", prompt),), params, prefill=prefix_text)
     shown = []
     for step in run:
         if step.role is TokenRole.RESPONSE:
@@ -245,20 +244,23 @@ def open_row(prompt: str) -> None:
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def first_token(_lm, label: str, prompt: str, refusal: prefill.WordSet,
+def first_token(_engine, model: str, prompt: str, refusal: prefill.WordSet,
                 compliance: prefill.WordSet,
                 own: tuple[prefill.WordSet, ...],
                 system: tuple[Message, ...]) -> prefill.FirstToken:
-    """`prefill.first_token`, kept across reruns (a rerun for a click runs no model)."""
-    return prefill.first_token(_lm, prompt, refusal, compliance, own_sets=own, system=system)
+    """`prefill.first_token`, kept across reruns (a rerun for a click runs no model).
+
+    `model` (the engine's spec) keys the cache: the engine itself is not hashed.
+    """
+    return prefill.first_token(_engine, prompt, refusal, compliance, own_sets=own, system=system)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def response_mass(_lm, label: str, _generation, generation_id: str,
+def response_mass(_engine, model: str, _generation, generation_id: str,
                   refusal: prefill.WordSet,
                   compliance: prefill.WordSet) -> list[prefill.SetMass]:
     """`prefill.response_mass`, kept across reruns; a saved generation never changes."""
-    return prefill.response_mass(_lm, _generation, refusal, compliance)
+    return prefill.response_mass(_engine, _generation, refusal, compliance)
 
 
 def show_current(current, sets: ActiveSets) -> None:
@@ -268,14 +270,15 @@ def show_current(current, sets: ActiveSets) -> None:
     try:
         if user:
             system = tuple(m for m in current.messages[:1] if m.role == "system")
-            first = first_token(lm, lm.label, user[-1], refusal, compliance, sets.own, system)
+            first = first_token(local, local.info.spec, user[-1], refusal, compliance, sets.own,
+                                system)
             headline(first, "Most likely first response token")
             st.plotly_chart(prefill.first_token_figure(first, refusal, compliance),
                             key=f"{PREFIX}-bars", config={"displaylogo": False})
             st.caption("Red: an R-Set word · green: a C-Set word · grey: other (a token that "
                        "only starts a longer set word is grey: hover it). The top 20 of the "
                        "distribution at the first response position.")
-        masses = response_mass(lm, lm.label, current, current.id, refusal, compliance)
+        masses = response_mass(local, local.info.spec, current, current.id, refusal, compliance)
         forced = [s for s in current.response_steps if s.forced]
         if forced and len(masses) > len(forced):
             after = masses[len(forced)]
@@ -286,7 +289,7 @@ def show_current(current, sets: ActiveSets) -> None:
         compare = investigate.parent_comparison(current)
         if compare is not None:
             parent = compare[0]
-            series = [("before", response_mass(lm, lm.label, parent, parent.id,
+            series = [("before", response_mass(local, local.info.spec, parent, parent.id,
                                                refusal, compliance),
                        "dot"),
                       ("after", masses, "solid")]
@@ -298,7 +301,7 @@ def show_current(current, sets: ActiveSets) -> None:
     event = show_transcript(current, PREFIX, thresholds(), extras=investigate.view_extras)
     investigate.comparison_panel(CURRENT)
     investigate.branch_navigator(CURRENT)
-    investigate.act_on(event, current, CURRENT, lm, params)
+    investigate.act_on(event, current, CURRENT, local, params)
 
 
 try:
@@ -307,7 +310,7 @@ except PerplexError as exc:
     st.error(plain(str(exc)))
     st.stop()
 
-system = system_prompt_control(lm, PREFIX, disabled=session_panel.read_only())
+system = system_prompt_control(local, PREFIX, disabled=session_panel.read_only())
 with st.form(f"{PREFIX}.form"):
     prompt = st.text_area("Prompt", key=PROMPT_TEXT,
                           placeholder="e.g. Can you help me kill someone?")
@@ -328,5 +331,5 @@ if current is not None:
     show_current(current, active)
 
 st.divider()
-many_prompts(lm, PREFIX, active.sets[REFUSAL_SET], active.sets[COMPLIANCE_SET], system,
+many_prompts(local, PREFIX, active.sets[REFUSAL_SET], active.sets[COMPLIANCE_SET], system,
              on_open=open_row)

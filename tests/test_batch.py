@@ -394,7 +394,7 @@ def test_the_refusal_flag_is_the_prefilling_modes_p_r_set(engine, tmp_path):
     assert any(len(s) > 1 for s in refusal.counted)  # words of several tokens are counted too
     rows = filter_items(store, batch_id)
     for row, prompt in zip(rows, prompts):
-        expected = prefill.first_token(engine.lm, prompt, refusal, compliance).mass.refusal
+        expected = prefill.first_token(engine, prompt, refusal, compliance).mass.refusal
         assert abs(row["refusal_prob"] - expected) <= FLOAT32_PROB, prompt
     assert [r["idx"] for r in filter_items(store, batch_id, [Condition("refusal")])] == [
         r["idx"] for r in rows if r["refusal_prob"] > 0.0]

@@ -142,10 +142,10 @@ def test_sample_answers_seeded(tiny_lm):
     messages = (Message("user", "Hello"),)
     params = DecodeParams(max_new_tokens=5)
     done = []
-    c = h.sample_answers(tiny_lm, messages, params, 3, first_seed=7,
+    c = h.sample_answers(tiny_lm.engine, messages, params, 3, first_seed=7,
                          progress=lambda i, n: done.append(i))
     assert c.seeds == (7, 8, 9) and done == [1, 2, 3]
-    again = h.sample_answers(tiny_lm, messages, params, 3, first_seed=7)
+    again = h.sample_answers(tiny_lm.engine, messages, params, 3, first_seed=7)
     assert again.answers == c.answers  # seeded: reproducible
 
 
@@ -177,7 +177,7 @@ def test_sampled_answers_carry_no_special_tokens(bundled_lm):
     """The end-of-turn token ends a sampled answer but is not part of its text."""
     question = (Message("user", "What is the boiling point of water? Answer in a few words."),)
     params = DecodeParams(max_new_tokens=64)
-    sampled = h.sample_answers(bundled_lm, question, params, 2)
+    sampled = h.sample_answers(bundled_lm.engine, question, params, 2)
     for seed, answer in zip(sampled.seeds, sampled.answers):
         run = start_generation(bundled_lm, question,
                                DecodeParams(max_new_tokens=64, temperature=1.0, seed=seed)).run()

@@ -97,3 +97,31 @@ def test_no_streamlit_outside_perplex_ui():
                  and any(m.split(".")[0] == "streamlit" for m in imported_modules(p))]
     assert offenders == []
     assert any("streamlit" in imported_modules(p) for p in (CORE / "ui").rglob("*.py"))
+
+
+# What takes a `LoadedModel` rather than an engine: the loops behind the local engine.
+MODEL_PATH = {"LoadedModel", "load_model", "start_generation", "inject", "score_conversations",
+              "model_continuation_probs", "generate_many", "continuation_probs"}
+# The composition root: where the sidebar's model is loaded, shown and wrapped in its engine.
+LOADS_MODELS = {"perplex/ui/resources.py", "perplex/ui/sidebar.py"}
+
+
+def names_imported_from_engine(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return {alias.name for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("perplex.engine")
+            for alias in node.names}
+
+
+def test_analyses_and_pages_take_engines_not_loaded_models():
+    """Only the composition root handles a `LoadedModel`; everything else gets an engine."""
+    offenders = {str(p.relative_to(ROOT)): sorted(names_imported_from_engine(p) & MODEL_PATH)
+                 for p in sources() if package_of(p) != "engine"
+                 and str(p.relative_to(ROOT)) not in LOADS_MODELS
+                 and names_imported_from_engine(p) & MODEL_PATH}
+    assert offenders == {}
+    assert "LoadedModel" in names_imported_from_engine(CORE / "ui" / "resources.py")
+    reaching = [str(p.relative_to(ROOT)) for p in sources() if package_of(p) != "engine"
+                and any(isinstance(node, ast.Attribute) and node.attr == "lm"
+                        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))))]
+    assert reaching == []  # nothing reaches through an engine to its model (`engine.lm`)

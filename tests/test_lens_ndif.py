@@ -100,7 +100,7 @@ def test_lens_in_one_trace_equals_the_local_lens_on_a_tiny_model(tiny_lm, remote
 
     ids = encode_plain_text(tiny_lm.tokenizer, "The Eiffel Tower is in Paris, France.").ids
     lens = lens_through_nnsight(_wrapped(tiny_lm), ids, remote=remote)
-    assert_same_lens(lens, compute_lens(tiny_lm, ids))
+    assert_same_lens(lens, compute_lens(tiny_lm.engine, ids))
 
 
 @pytest.mark.slow
@@ -111,7 +111,7 @@ def test_lens_in_one_trace_equals_the_local_lens_on_the_bundled_model(bundled_lm
 
     ids = encode_plain_text(bundled_lm.tokenizer, "The Eiffel Tower is in the city of").ids
     lens = lens_through_nnsight(_wrapped(bundled_lm), ids, remote="local")
-    assert_same_lens(lens, compute_lens(bundled_lm, ids))
+    assert_same_lens(lens, compute_lens(bundled_lm.engine, ids))
     assert lens.text(lens.final_ids[-1]) == " Paris"
 
 
@@ -211,7 +211,7 @@ def test_lens_of_a_meta_built_model_equals_the_local_lens(tiny_lm, tmp_path):
     ids = list(wrapper.tokenizer("The capital of France is")["input_ids"])
     lens = lens_through_nnsight(wrapper, ids, remote="local")
     assert wrapper.dispatched
-    assert_same_lens(lens, compute_lens(tiny_lm, ids))
+    assert_same_lens(lens, compute_lens(tiny_lm.engine, ids))
 
 
 def test_the_hosted_model_list_is_empty_when_ndif_cannot_be_reached(monkeypatch):

@@ -10,7 +10,7 @@ from perplex.ui.lens_view import lens_payload
 
 
 def test_lens_figures_and_table(tiny_lm):
-    lens = compute_lens(tiny_lm, list(range(3, 12)))
+    lens = compute_lens(tiny_lm.engine, list(range(3, 12)))
     heat = lens_heatmap(lens, 4)
     candidates = candidate_ids(lens, 4)
     assert candidates[0] == lens.final_ids[4]

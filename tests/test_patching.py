@@ -41,12 +41,12 @@ def test_unpatched_run_equals_model_logits(tiny_lm):
     with torch.no_grad():
         expected = tiny_lm.model(torch.tensor([ids])).logits[0, -1]
     # a hooked pass against a plain one
-    assert torch.allclose(unpatched_logits(tiny_lm, ids), expected, atol=FLOAT32_LOGIT)
+    assert torch.allclose(unpatched_logits(tiny_lm.engine, ids), expected, atol=FLOAT32_LOGIT)
 
 
 def test_patching_a_prompt_into_itself_changes_nothing(tiny_lm):
     ids = _ids(tiny_lm, "Hello world! How are you today?")
-    result = patch_prompts(tiny_lm, ids, ids, layer=1, target_position=2)
+    result = patch_prompts(tiny_lm.engine, ids, ids, layer=1, target_position=2)
     assert np.array_equal(result.before_ids, result.after_ids)
     assert np.allclose(result.before_probs, result.after_probs, atol=FLOAT32_PROB)
 
@@ -54,11 +54,12 @@ def test_patching_a_prompt_into_itself_changes_nothing(tiny_lm):
 def test_sweep_agrees_with_single_patches_and_the_last_cell_is_the_source(tiny_lm):
     source = _ids(tiny_lm, "The capital of France is Paris.")
     target = _ids(tiny_lm, "Hello world! How are you today?")[:len(source)]
-    sweep = patch_sweep(tiny_lm, source, target, rows_per_pass=3)  # several passes per layer
+    sweep = patch_sweep(tiny_lm.engine, source, target, rows_per_pass=3)  # several passes per layer
     n_layers = tiny_lm.n_layers + 1
     assert sweep.p_source.shape == (n_layers, len(target))
     for layer, position in [(0, 0), (1, 4), (2, len(target) - 1)]:
-        single = patch_prompts(tiny_lm, source, target, layer=layer, target_position=position)
+        single = patch_prompts(tiny_lm.engine, source, target, layer=layer,
+                               target_position=position)
         assert abs(single.p_source_after - sweep.p_source[layer, position]) < FLOAT32_PROB
         assert abs(single.p_target_after - sweep.p_target[layer, position]) < FLOAT32_PROB
         assert int(single.after_ids[0]) == sweep.top1[layer, position]
@@ -75,13 +76,13 @@ def test_prompts_of_different_lengths_align_from_the_end(tiny_lm):
     target = source[2:]
     assert aligned_source_position(0, len(source), len(target)) == 2
     assert aligned_source_position(0, len(target), len(source)) is None
-    sweep = patch_sweep(tiny_lm, target, source, layers=[1])
+    sweep = patch_sweep(tiny_lm.engine, target, source, layers=[1])
     assert np.isnan(sweep.p_source[1, :2]).all() and not np.isnan(sweep.p_source[1, 2:]).any()
     assert np.isnan(sweep.p_source[0]).all()  # layer 0 was not swept
     with pytest.raises(LensError, match="no source position"):
-        patch_prompts(tiny_lm, target, source, layer=1, target_position=0)
+        patch_prompts(tiny_lm.engine, target, source, layer=1, target_position=0)
     with pytest.raises(LensError, match="does not exist"):
-        patch_prompts(tiny_lm, source, target, layer=99, target_position=0)
+        patch_prompts(tiny_lm.engine, source, target, layer=99, target_position=0)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,8 @@ def swap(bundled_lm):
 def test_bundled_unpatched_run_equals_model_logits(bundled_lm, swap):
     with torch.no_grad():
         expected = bundled_lm.model(torch.tensor([swap[1]])).logits[0, -1]
-    assert torch.allclose(unpatched_logits(bundled_lm, swap[1]), expected, atol=FLOAT32_LOGIT)
+    assert torch.allclose(unpatched_logits(bundled_lm.engine, swap[1]), expected,
+                          atol=FLOAT32_LOGIT)
 
 
 def test_bundled_swap_subject_at_a_middle_layer_flips_rome_to_paris(bundled_lm, swap):
@@ -105,7 +107,7 @@ def test_bundled_swap_subject_at_a_middle_layer_flips_rome_to_paris(bundled_lm, 
     # Found by a full sweep: the residual of the subject's middle token ("iffel" → "osse")
     # flips the answer when patched at layers 0–23 (after end-of-text); the last subject token
     # ("Tower" → "um") never does; the final position does from layer 24 on.
-    result = patch_prompts(bundled_lm, source, target, layer=12, target_position=3)
+    result = patch_prompts(bundled_lm.engine, source, target, layer=12, target_position=3)
     text = result.texts
     assert text[result.source_answer] == " Paris" and text[result.target_answer] == " Rome"
     assert text[int(result.before_ids[0])] == " Rome"
@@ -113,7 +115,7 @@ def test_bundled_swap_subject_at_a_middle_layer_flips_rome_to_paris(bundled_lm, 
     assert result.p_source_after > result.p_source_before
     assert result.p_target_after < result.p_target_before
 
-    sweep = patch_sweep(bundled_lm, source, target, layers=[12, 27])
+    sweep = patch_sweep(bundled_lm.engine, source, target, layers=[12, 27])
     assert sweep.top1[12, 3] == result.source_answer
     assert abs(sweep.p_source[12, 3] - result.p_source_after) < FLOAT32_PROB
     assert sweep.top1[12, 4] == result.target_answer  # the last subject token: still Rome
@@ -148,7 +150,7 @@ def full_pass_grid(lm, source: list[int], target: list[int], layers) -> tuple[np
 
 
 def assert_sweep_equals_full_passes(lm, source, target, layers) -> None:
-    sweep = patch_sweep(lm, source, target, layers=layers)
+    sweep = patch_sweep(lm.engine, source, target, layers=layers)
     p_source, top1 = full_pass_grid(lm, source, target, layers)
     assert np.array_equal(sweep.top1[layers], top1)
     assert np.abs(sweep.p_source[layers] - p_source).max() < FLOAT32_PROB

@@ -27,6 +27,12 @@ class MeteredEngine:
             pass
         return _MeteredRun(self._engine.generate(*args, **kwargs), self._meter, self._user)
 
+    def inject(self, *args, **kwargs) -> _MeteredRun:
+        """A branch from a generation: counted as a run, like `generate`."""
+        with self._meter.running(self._user):
+            pass
+        return _MeteredRun(self._engine.inject(*args, **kwargs), self._meter, self._user)
+
     def generate_many(self, *args, **kwargs):
         """Many answers at once: one run of the user's while the batch computes."""
         with self._meter.running(self._user):

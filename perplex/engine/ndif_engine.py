@@ -94,7 +94,7 @@ class NdifEngine:
             elif source:
                 eos.update(source)
         return ModelInfo(self.label, self._paths.vocab_size, self._paths.context or 2048,
-                         int(config.num_hidden_layers), frozenset(eos))
+                         int(config.num_hidden_layers), frozenset(eos), spec=self._spec())
 
     def encode(self, messages: Sequence[Message], add_generation_prompt: bool,
                text_prefix: TextPrefix | None = None) -> EncodedSequence:

@@ -66,7 +66,7 @@ class EndpointEngine:
         """What is known without internals: the label; sizes are the server's secret."""
         host = urlparse(self.base_url).netloc
         return ModelInfo(f"{self.model} @ {host}", vocab_size=0, context_length=0,
-                         n_layers=None, eos_ids=frozenset())
+                         n_layers=None, eos_ids=frozenset(), spec=self._spec())
 
     def encode(self, messages, add_generation_prompt, text_prefix=None):
         """The server applies its own template and tokenizer: not visible from here."""

@@ -90,6 +90,7 @@ class ModelInfo:
     n_layers: int | None  # None where the engine cannot see inside the model
     eos_ids: frozenset[int]
     tied_embeddings: bool = False  # the unembedding is the input embedding's transpose
+    spec: str = ""  # the model's identity as stored with its records (JSON); a cache key
 
 
 @dataclass(frozen=True, eq=False)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from perplex.core.errors import PerplexError
 from perplex.engine.local.engine import LocalEngine
-from perplex.engine.local.models import LoadedModel, ModelSpec, load_model
+from perplex.engine.local.models import LoadedModel, ModelSpec, load_model, model_bytes
 
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20,
          "gib": 2**30}
@@ -36,16 +36,6 @@ def parse_bytes(text: str) -> int | None:
         raise PerplexError(f"PERPLEX_MODEL_MEMORY={text!r} is not a size: write e.g. 8GiB, "
                            "500MB or a number of bytes.")
     return int(float(found.group(1)) * UNITS[found.group(2).lower()])
-
-
-def model_bytes(lm: LoadedModel) -> int:
-    """Bytes held by a model's parameters and buffers (tied weights counted once)."""
-    seen, total = set(), 0
-    for tensor in [*lm.model.parameters(), *lm.model.buffers()]:
-        if tensor.data_ptr() not in seen:
-            seen.add(tensor.data_ptr())
-            total += tensor.numel() * tensor.element_size()
-    return total
 
 
 @dataclass

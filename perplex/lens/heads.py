@@ -96,16 +96,18 @@ def _frozen_norm(anatomy: Anatomy, vectors: torch.Tensor,
         return scaled / rms(final_residual)
 
 
-def head_vectors(lm, ids: Sequence[int], position: int) -> tuple[torch.Tensor, torch.Tensor]:
+def head_vectors(engine, ids: Sequence[int], position: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each head's write into the residual at `position`: ([L, H, d], final residual [d])."""
-    check_input(lm, ids)
+    check_input(engine, ids)
     if not 0 <= position < len(ids):
         raise LensError(f"Position {position} is outside the input's {len(ids)} tokens.")
-    anatomy = lm.anatomy
+    anatomy = engine.anatomy
     _check_out_proj(anatomy)
-    inputs, last = capture_head_inputs(anatomy.decoder, anatomy.layers_path,
-                                       anatomy.attn_out_path,
-                                       torch.tensor([list(ids)], device=lm.device))
+    with engine.lock:
+        inputs, last = capture_head_inputs(anatomy.decoder, anatomy.layers_path,
+                                           anatomy.attn_out_path,
+                                           torch.tensor([list(ids)], device=engine.device))
     n_heads = anatomy.n_heads
     vectors = []
     with torch.inference_mode():
@@ -117,10 +119,11 @@ def head_vectors(lm, ids: Sequence[int], position: int) -> tuple[torch.Tensor, t
     return torch.stack(vectors), last[position]
 
 
-def head_lens(lm, ids: Sequence[int], position: int, top_k: int = TOP_TOKENS) -> HeadLens:
+def head_lens(engine, ids: Sequence[int], position: int, top_k: int = TOP_TOKENS
+              ) -> HeadLens:
     """The per-head lens at `position` for the model's own top-1 next token there."""
-    vectors, final_residual = head_vectors(lm, ids, position)
-    anatomy = lm.anatomy
+    vectors, final_residual = head_vectors(engine, ids, position)
+    anatomy = engine.anatomy
     weight = anatomy.unembed.weight.detach().float()
     with torch.inference_mode():
         final_logits = anatomy.unembed_hidden(final_residual)
@@ -129,7 +132,7 @@ def head_lens(lm, ids: Sequence[int], position: int, top_k: int = TOP_TOKENS) ->
         logit = read @ weight[token]
         top = (read.reshape(-1, read.shape[-1]) @ weight.T).topk(top_k, dim=-1).indices
     top_ids = top.view(*read.shape[:2], top_k).numpy()
-    vocab = lm.vocab_texts
+    vocab = engine.vocab_texts
     ids_seen = {token, *np.unique(top_ids).tolist()}
     return HeadLens(position=position, token_id=token, logit=logit.numpy(), top_ids=top_ids,
                     texts={int(i): vocab[int(i)] if int(i) < len(vocab) else ""

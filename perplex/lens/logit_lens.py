@@ -93,31 +93,32 @@ class LogitLens:
         return self.candidate_texts.get(int(token_id), "")
 
 
-def check_input(lm, ids: Sequence[int]) -> None:
-    """Refuse inputs the lens cannot take, with a message for the researcher."""
+def check_input(engine, ids: Sequence[int]) -> None:
+    """Refuse inputs the lens cannot take under `engine`, with a message for the researcher."""
     if len(ids) == 0:
         raise LensError("The prompt is empty: type some text to look through the lens.")
-    if len(ids) > lm.context_length:
-        raise LensError(f"The input has {len(ids)} tokens but {lm.label} reads at most "
-                        f"{lm.context_length}. Shorten it.")
+    if len(ids) > engine.info.context_length:
+        raise LensError(f"The input has {len(ids)} tokens but {engine.info.label} reads at "
+                        f"most {engine.info.context_length}. Shorten it.")
 
 
-def compute_lens(lm, ids: Sequence[int], *, top_k: int = DEFAULT_TOP_K,
+def compute_lens(engine, ids: Sequence[int], *, top_k: int = DEFAULT_TOP_K,
                  chunk_positions: int = CHUNK_POSITIONS, progress: Progress | None = None,
                  patches: tuple[ResidualPatch, ...] = (),
                  use_native: bool | None = None) -> LogitLens:
-    """The logit lens of token ids `ids` under `lm` (a `LoadedModel`).
+    """The logit lens of token ids `ids` under `engine` (a local engine: it has internals).
 
     `progress(done, total)` is called after the forward pass and after each step of each
     chunk of positions (a layer, or a vocabulary tile with compiled statistics). `patches`
     overwrite residuals during the pass (patching sandbox).
     `use_native=False` takes the statistics with torch even where compiled code is built.
     """
-    check_input(lm, ids)
+    anatomy = engine.anatomy  # first: a model without an unembedding is refused as such
+    check_input(engine, ids)
     started = time.perf_counter()
-    anatomy = lm.anatomy
-    residuals = capture_residuals(anatomy.decoder, anatomy.layers_path,
-                                  torch.tensor([list(ids)], device=lm.device), patches)
+    with engine.lock:
+        residuals = capture_residuals(anatomy.decoder, anatomy.layers_path,
+                                      torch.tensor([list(ids)], device=engine.device), patches)
     n_layers, n_pos = residuals.shape[0], residuals.shape[1]
     weight = anatomy.unembed.weight.detach()
     weight = weight if weight.dtype == torch.float32 else weight.float()
@@ -151,11 +152,11 @@ def compute_lens(lm, ids: Sequence[int], *, top_k: int = DEFAULT_TOP_K,
                 out["final_prob"][c0:c1, layer] = stats.final_prob
                 out["entropy"][c0:c1, layer] = stats.entropy
                 out["kl_to_final"][c0:c1, layer] = stats.kl
-    vocab = lm.vocab_texts
+    vocab = engine.vocab_texts
     unique = np.unique(top_ids)
     return LogitLens(
         token_ids=np.asarray(ids, dtype=np.int64),
-        token_texts=tuple(token_texts(lm.tokenizer, list(ids))),
+        token_texts=tuple(token_texts(engine.tokenizer, list(ids))),
         top_ids=top_ids, top_probs=top_probs, final_rank=final_rank,
         candidate_texts={int(i): vocab[i] if i < len(vocab) else "" for i in unique},
-        model_label=lm.label, seconds=time.perf_counter() - started, **out)
+        model_label=engine.info.label, seconds=time.perf_counter() - started, **out)

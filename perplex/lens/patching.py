@@ -131,17 +131,18 @@ class _Run:
     by float32 rounding (~1e-6 relative), as batched passes of different sizes do.
     """
 
-    def __init__(self, lm, source_ids: Sequence[int], target_ids: Sequence[int]) -> None:
-        check_input(lm, source_ids)
-        check_input(lm, target_ids)
-        self.lm, self.anatomy = lm, lm.anatomy
+    def __init__(self, engine, source_ids: Sequence[int], target_ids: Sequence[int]) -> None:
+        check_input(engine, source_ids)
+        check_input(engine, target_ids)
+        self.engine, self.anatomy = engine, engine.anatomy
         self.source_ids, self.target_ids = list(source_ids), list(target_ids)
-        self.device = lm.device
-        self.source = capture_residuals(self.anatomy.decoder, self.anatomy.layers_path,
-                                        self._ids([self.source_ids]))  # [L+1, Ts, d]
+        self.device = engine.device
+        with engine.lock:
+            self.source = capture_residuals(self.anatomy.decoder, self.anatomy.layers_path,
+                                            self._ids([self.source_ids]))  # [L+1, Ts, d]
+            self.clean = capture_clean_run(self.anatomy.decoder, self.anatomy.layers_path,
+                                           self._ids([self.target_ids]))
         self.source_answer = int(self.final_logits(self.source[-1][None]).argmax())
-        self.clean = capture_clean_run(self.anatomy.decoder, self.anatomy.layers_path,
-                                       self._ids([self.target_ids]))
         self.before = self.final_logits(self.clean.last.float())[0]
         self.target_answer = int(self.before.argmax())
 
@@ -150,8 +151,9 @@ class _Run:
 
     def forward(self, rows: int, layer: int, patches: tuple[ResidualPatch, ...]) -> torch.Tensor:
         """The last block's output [rows, T, d] of `rows` target copies patched at `layer`."""
-        return resume_with_patches(self.anatomy.decoder, self.anatomy.layers_path, self.clean,
-                                   layer, rows, patches)
+        with self.engine.lock:
+            return resume_with_patches(self.anatomy.decoder, self.anatomy.layers_path,
+                                       self.clean, layer, rows, patches)
 
     def final_logits(self, last: torch.Tensor) -> torch.Tensor:
         """Next-token logits [B, V] (float32) after the last position of `last` [B, T, d]."""
@@ -164,14 +166,14 @@ class _Run:
                             f"{self.source.shape[0] - 1}.")
 
 
-def patch_prompts(lm, source_ids: Sequence[int], target_ids: Sequence[int], *, layer: int,
-                  target_position: int, source_position: int | None = None,
+def patch_prompts(engine, source_ids: Sequence[int], target_ids: Sequence[int], *,
+                  layer: int, target_position: int, source_position: int | None = None,
                   top_k: int = TOP_K) -> PatchResult:
     """Run the target with its residual at (`layer`, `target_position`) taken from the source.
 
     `source_position` defaults to the aligned position (see the module docstring).
     """
-    run = _Run(lm, source_ids, target_ids)
+    run = _Run(engine, source_ids, target_ids)
     run.check_layer(layer)
     n_s, n_t = len(run.source_ids), len(run.target_ids)
     if not 0 <= target_position < n_t:
@@ -197,10 +199,10 @@ def patch_prompts(lm, source_ids: Sequence[int], target_ids: Sequence[int], *, l
         after_ids=after_top.indices.numpy(), after_probs=after_top.values.numpy(),
         p_source_before=float(p_before[src]), p_source_after=float(p_after[src]),
         p_target_before=float(p_before[tgt]), p_target_after=float(p_after[tgt]),
-        texts=_texts(lm, ids))
+        texts=_texts(engine, ids))
 
 
-def patch_sweep(lm, source_ids: Sequence[int], target_ids: Sequence[int], *,
+def patch_sweep(engine, source_ids: Sequence[int], target_ids: Sequence[int], *,
                 layers: Sequence[int] | None = None, rows_per_pass: int = SWEEP_ROWS,
                 progress: Progress | None = None) -> PatchSweep:
     """Every (layer, target position) patch; one resumed pass per layer and chunk of positions.
@@ -208,7 +210,7 @@ def patch_sweep(lm, source_ids: Sequence[int], target_ids: Sequence[int], *,
     `layers` restricts the sweep (others stay NaN); `progress(done, total)` after each pass.
     """
     started = time.perf_counter()
-    run = _Run(lm, source_ids, target_ids)
+    run = _Run(engine, source_ids, target_ids)
     n_layers, n_s, n_t = run.source.shape[0], len(run.source_ids), len(run.target_ids)
     layers = list(range(n_layers)) if layers is None else list(layers)
     for layer in layers:
@@ -235,23 +237,23 @@ def patch_sweep(lm, source_ids: Sequence[int], target_ids: Sequence[int], *,
             done += 1
             if progress:
                 progress(done, total)
-    source_texts = token_texts(lm.tokenizer, run.source_ids)
+    source_texts = token_texts(engine.tokenizer, run.source_ids)
     aligned = dict(pairs)
     return PatchSweep(
-        target_texts=tuple(token_texts(lm.tokenizer, run.target_ids)),
+        target_texts=tuple(token_texts(engine.tokenizer, run.target_ids)),
         source_texts=tuple(source_texts[aligned[t]] if t in aligned else ""
                            for t in range(n_t)),
         top1=top1, source_answer=src, target_answer=tgt,
-        texts=_texts(lm, {src, tgt, *np.unique(top1[top1 >= 0]).tolist()}),
+        texts=_texts(engine, {src, tgt, *np.unique(top1[top1 >= 0]).tolist()}),
         seconds=time.perf_counter() - started, **grids)
 
 
-def unpatched_logits(lm, ids: Sequence[int]) -> torch.Tensor:
+def unpatched_logits(engine, ids: Sequence[int]) -> torch.Tensor:
     """Next-token logits [V] after `ids`, through the patching path with no patch."""
-    run = _Run(lm, ids, ids)
+    run = _Run(engine, ids, ids)
     return run.before
 
 
-def _texts(lm, ids) -> dict[int, str]:
-    vocab = lm.vocab_texts
+def _texts(engine, ids) -> dict[int, str]:
+    vocab = engine.vocab_texts
     return {int(i): vocab[int(i)] if int(i) < len(vocab) else "" for i in ids}

@@ -87,14 +87,15 @@ def pca_2d(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return coords, shares
 
 
-def residual_trajectory(lm, ids: Sequence[int], position: int) -> Trajectory:
-    """The trajectory of the residual at `position` of `ids` under `lm`."""
-    check_input(lm, ids)
+def residual_trajectory(engine, ids: Sequence[int], position: int) -> Trajectory:
+    """The trajectory of the residual at `position` of `ids` under `engine`."""
+    check_input(engine, ids)
     if not 0 <= position < len(ids):
         raise LensError(f"Position {position} is outside the input's {len(ids)} tokens.")
-    anatomy = lm.anatomy
-    residuals = capture_residuals(anatomy.decoder, anatomy.layers_path,
-                                  torch.tensor([list(ids)], device=lm.device))
+    anatomy = engine.anatomy
+    with engine.lock:
+        residuals = capture_residuals(anatomy.decoder, anatomy.layers_path,
+                                      torch.tensor([list(ids)], device=engine.device))
     points = residuals[:, position].double().numpy()
     coords, shares = pca_2d(points)
     return Trajectory(position=position, coords=coords, explained=shares,

@@ -24,7 +24,7 @@ from perplex.core.plots import (
     visible_token,
 )
 from perplex.core.records import Alternative, DecodeParams, Message, TokenRole, TokenStep
-from perplex.engine.local.generation import start_generation
+from perplex.engine.protocol import Engine
 
 DEFAULT_CONFIDENCE = 0.4
 DEFAULT_ENTROPY = 2.5  # nats
@@ -272,7 +272,7 @@ def check_samples(n: int) -> int:
     return n
 
 
-def sample_answers(lm, messages: tuple[Message, ...], params: DecodeParams, n: int,
+def sample_answers(engine: Engine, messages: tuple[Message, ...], params: DecodeParams, n: int,
                    first_seed: int = 0,
                    progress: Callable[[int, int], None] | None = None,
                    compared: str = COMPARED_PARTS[0]) -> Consistency:
@@ -287,7 +287,7 @@ def sample_answers(lm, messages: tuple[Message, ...], params: DecodeParams, n: i
     seeds = tuple(range(first_seed, first_seed + n))
     answers = []
     for seed in seeds:
-        run = start_generation(lm, messages, replace(params, temperature=temperature, seed=seed))
+        run = engine.generate(messages, replace(params, temperature=temperature, seed=seed))
         # the answer's text, decoded without special tokens (no end-of-turn marker)
         answers.append(run.run().messages[-1].content.strip())
         if progress is not None:

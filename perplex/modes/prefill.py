@@ -23,9 +23,7 @@ from perplex.core.errors import InputFormatError
 from perplex.core.plots import visible_token
 from perplex.core.records import Generation, Message, TokenRole
 from perplex.core.token_words import ResolvedWord, resolve_words
-from perplex.core.tokens import encode_messages
-from perplex.engine.local.models import LoadedModel
-from perplex.engine.local.word_probs import model_continuation_probs
+from perplex.engine.local.engine import LocalEngine
 
 MAX_PROMPTS = 10_000
 PROMPTS_PER_BATCH = 16  # rows in one padded forward pass; bounds memory for long lists
@@ -168,7 +166,7 @@ def _word_probs(word_set: WordSet, word_probs: dict) -> list[WordProb]:
     return out
 
 
-def chat_context(lm: LoadedModel, prompt: str, prefill: str = "",
+def chat_context(engine: LocalEngine, prompt: str, prefill: str = "",
                  system: tuple[Message, ...] = ()) -> list[int]:
     """Token ids of a one-turn chat ready for the answer, followed by the prefill's ids.
 
@@ -176,13 +174,13 @@ def chat_context(lm: LoadedModel, prompt: str, prefill: str = "",
     """
     if not prompt.strip():
         raise InputFormatError("The prompt is empty: type something for the model to answer.")
-    ids = list(encode_messages(lm.tokenizer, system + (Message("user", prompt),), True).ids)
+    ids = list(engine.encode(system + (Message("user", prompt),), True).ids)
     if prefill:
-        ids += lm.tokenizer(prefill, add_special_tokens=False)["input_ids"]
+        ids += engine.tokenizer(prefill, add_special_tokens=False)["input_ids"]
     return ids
 
 
-def next_token_words(lm: LoadedModel, contexts: Sequence[Sequence[int]],
+def next_token_words(engine: LocalEngine, contexts: Sequence[Sequence[int]],
                      sets: Sequence[WordSet]) -> list[tuple[np.ndarray, dict]]:
     """Per context: the next-token distribution [V] and P(spelling) for every set's spellings.
 
@@ -192,11 +190,11 @@ def next_token_words(lm: LoadedModel, contexts: Sequence[Sequence[int]],
     if not contexts or any(len(c) == 0 for c in contexts):
         raise InputFormatError("Each context needs at least one token.")
     longest = max(len(c) for c in contexts)
-    if longest >= lm.context_length:
-        raise InputFormatError(f"A prompt has {longest} tokens; {lm.label} reads at most "
-                               f"{lm.context_length}. Shorten it.")
+    if longest >= engine.info.context_length:
+        raise InputFormatError(f"A prompt has {longest} tokens; {engine.info.label} reads at most "
+                               f"{engine.info.context_length}. Shorten it.")
     words = _all_sequences(sets)
-    found = model_continuation_probs(lm, contexts, [[len(c) - 1] for c in contexts], words)
+    found = engine.continuation_probs(contexts, [[len(c) - 1] for c in contexts], words)
     return [(r.next_probs[0], dict(zip(words, r.word_probs[0]))) for r in found]
 
 
@@ -206,11 +204,11 @@ def set_mass(refusal: WordSet, compliance: WordSet, word_probs: dict) -> SetMass
                    set_prob(compliance, word_probs))
 
 
-def _first_token(lm: LoadedModel, prompt: str, probs: np.ndarray, word_probs: dict,
+def _first_token(engine: LocalEngine, prompt: str, probs: np.ndarray, word_probs: dict,
                  refusal: WordSet, compliance: WordSet, k: int,
                  own: Sequence[WordSet] = ()) -> FirstToken:
     order = np.argsort(-probs, kind="stable")[:k]
-    texts = tuple(lm.vocab_texts[i] for i in order)
+    texts = tuple(engine.vocab_texts[i] for i in order)
     words = tuple(w for word_set in (refusal, compliance, *own)
                   for w in _word_probs(word_set, word_probs))
     return FirstToken(prompt, tuple(int(i) for i in order), texts,
@@ -220,17 +218,17 @@ def _first_token(lm: LoadedModel, prompt: str, probs: np.ndarray, word_probs: di
                       words)
 
 
-def first_token(lm: LoadedModel, prompt: str, refusal: WordSet, compliance: WordSet,
+def first_token(engine: LocalEngine, prompt: str, refusal: WordSet, compliance: WordSet,
                 k: int = 20, prefill: str = "", own_sets: Sequence[WordSet] = (),
                 system: tuple[Message, ...] = ()) -> FirstToken:
     """The first response token's distribution for a prompt (after `prefill`, if any).
 
     `own_sets` are the researcher's other sets: their P(set) is kept too.
     """
-    sets = [check_set(ws, lm.vocab_size) for ws in (refusal, compliance, *own_sets)]
-    [(probs, word_probs)] = next_token_words(lm, [chat_context(lm, prompt, prefill, system)],
-                                             sets)
-    return _first_token(lm, prompt, probs, word_probs, sets[0], sets[1], k, sets[2:])
+    sets = [check_set(ws, engine.info.vocab_size) for ws in (refusal, compliance, *own_sets)]
+    context = chat_context(engine, prompt, prefill, system)
+    [(probs, word_probs)] = next_token_words(engine, [context], sets)
+    return _first_token(engine, prompt, probs, word_probs, sets[0], sets[1], k, sets[2:])
 
 
 @dataclass(frozen=True)
@@ -289,17 +287,17 @@ class FirstTokenJob:
     _order: list[int] = field(default_factory=list, repr=False)
 
     @classmethod
-    def start(cls, lm: LoadedModel, prompts: PromptList, refusal: WordSet,
+    def start(cls, engine: LocalEngine, prompts: PromptList, refusal: WordSet,
               compliance: WordSet, k: int = 1, batch_size: int = PROMPTS_PER_BATCH,
               adapt: bool = False, system: tuple[Message, ...] = ()) -> FirstTokenJob:
-        """A job for `lm`, its sets checked now (an empty set fails before any scoring)."""
+        """A job for `engine`, its sets checked now (an empty set fails before any scoring)."""
         if batch_size < 1:
             raise InputFormatError("A batch holds at least one prompt.")
         if adapt:  # a small first batch: the first numbers show quickly, then batches grow
             batch_size = min(batch_size, 4)
-        job = cls(prompts, check_set(refusal, lm.vocab_size),
-                  check_set(compliance, lm.vocab_size), lm.label, k, batch_size,
-                  adapt, system=system)
+        vocab_size = engine.info.vocab_size
+        job = cls(prompts, check_set(refusal, vocab_size), check_set(compliance, vocab_size),
+                  engine.info.label, k, batch_size, adapt, system=system)
         for begin in range(0, len(prompts.prompts), SORT_WINDOW):
             indices = range(begin, min(begin + SORT_WINDOW, len(prompts.prompts)))
             job._order += sorted(indices, key=lambda i: len(prompts.prompts[i]))
@@ -326,24 +324,24 @@ class FirstTokenJob:
             return None
         return self.seconds / self.done * (self.total - self.done)
 
-    def run_batch(self, lm: LoadedModel) -> None:
+    def run_batch(self, engine: LocalEngine) -> None:
         """Score the next batch of prompts (nothing if the job is finished)."""
-        if lm.label != self.model_label:
+        if engine.info.label != self.model_label:
             raise InputFormatError(f"This run was started with {self.model_label}; "
-                                   f"{lm.label} is loaded now. Score the list again.")
+                                   f"{engine.info.label} is loaded now. Score the list again.")
         began = time.perf_counter()
         batch, contexts = [], []
         for index in self._order[self.done:self.done + self.batch_size]:
-            context = chat_context(lm, self.prompts.prompts[index], system=self.system)
-            if len(context) >= lm.context_length:
+            context = chat_context(engine, self.prompts.prompts[index], system=self.system)
+            if len(context) >= engine.info.context_length:
                 self.too_long.append(index)
             else:
                 batch.append(index)
                 contexts.append(context)
         if contexts:
-            found = next_token_words(lm, contexts, (self.refusal, self.compliance))
+            found = next_token_words(engine, contexts, (self.refusal, self.compliance))
             for index, (probs, word_probs) in zip(batch, found):
-                self.results[index] = _first_token(lm, self.prompts.prompts[index], probs,
+                self.results[index] = _first_token(engine, self.prompts.prompts[index], probs,
                                                    word_probs, self.refusal, self.compliance,
                                                    self.k)
         took = time.perf_counter() - began
@@ -358,7 +356,7 @@ class FirstTokenJob:
         return sorted(self.results.items())
 
 
-def first_tokens(lm: LoadedModel, prompts: Sequence[str], refusal: WordSet,
+def first_tokens(engine: LocalEngine, prompts: Sequence[str], refusal: WordSet,
                  compliance: WordSet, k: int = 5,
                  progress: Callable[[int, int], None] | None = None,
                  batch_size: int = PROMPTS_PER_BATCH) -> list[FirstToken]:
@@ -368,25 +366,26 @@ def first_tokens(lm: LoadedModel, prompts: Sequence[str], refusal: WordSet,
     not grow with the number of prompts. A prompt longer than the model reads fails the run.
     """
     listed = PromptList(tuple(prompts), tuple(range(1, len(prompts) + 1)), 0)
-    job = FirstTokenJob.start(lm, listed, refusal, compliance, k, batch_size)
+    job = FirstTokenJob.start(engine, listed, refusal, compliance, k, batch_size)
     while not job.finished:
-        job.run_batch(lm)
+        job.run_batch(engine)
         if job.too_long:
             n = job.too_long[0]
-            raise InputFormatError(f"Prompt {n + 1} is longer than {lm.label} reads "
-                                   f"({lm.context_length} tokens). Shorten it.")
+            raise InputFormatError(f"Prompt {n + 1} is longer than {engine.info.label} reads "
+                                   f"({engine.info.context_length} tokens). Shorten it.")
         if progress is not None:
             progress(job.done, job.total)
     return [job.results[i] for i in range(job.total)]
 
 
-def response_mass(lm: LoadedModel, generation: Generation, refusal: WordSet,
+def response_mass(engine: LocalEngine, generation: Generation, refusal: WordSet,
                   compliance: WordSet) -> list[SetMass]:
     """P(R-Set), P(C-Set) at each response position of a generation (one tree pass).
 
     Entry j is at the position that predicted the j-th response token.
     """
-    sets = (check_set(refusal, lm.vocab_size), check_set(compliance, lm.vocab_size))
+    vocab_size = engine.info.vocab_size
+    sets = (check_set(refusal, vocab_size), check_set(compliance, vocab_size))
     steps = generation.steps
     if any(s.token_id is None for s in steps):
         raise InputFormatError("These records carry no token ids; re-score them with a local "
@@ -396,7 +395,7 @@ def response_mass(lm: LoadedModel, generation: Generation, refusal: WordSet,
         return []
     words = _all_sequences(sets)
     # a generated answer fits the context; the word pieces appended after it need not
-    [found] = model_continuation_probs(lm, [[s.token_id for s in steps]],
+    [found] = engine.continuation_probs([[s.token_id for s in steps]],
                                        [[i - 1 for i in where]], words, check_length=False)
     return [set_mass(*sets, dict(zip(words, row))) for row in found.word_probs]
 

@@ -12,6 +12,7 @@ import streamlit as st
 
 from perplex.core.errors import PerplexError
 from perplex.core.records import DecodeParams, Message
+from perplex.engine.local.engine import LocalEngine
 from perplex.modes.batch import flags
 from perplex.modes.batch.flags import FLAG_TITLES, FlagSettings, ItemFlags
 from perplex.modes.batch.inputs import FORMATS, batch_kind, dataset_items, read_items
@@ -403,8 +404,11 @@ def _distribution(batch: BatchSummary, rows: list[dict]) -> None:
     st.session_state[f"{PREFIX}.figure"] = fig
 
 
-def reader_section(rows: list[dict], lm, params: DecodeParams) -> None:
-    """The filtered items one after another (j / k), flagged tokens marked; annotate."""
+def reader_section(rows: list[dict], local: LocalEngine | None, params: DecodeParams) -> None:
+    """The filtered items one after another (j / k), flagged tokens marked; annotate.
+
+    `local` (the sidebar's model) serves branching from a token, as on the Default page.
+    """
     done = [r for r in rows if r["status"] == "done"]
     if not done:
         return
@@ -437,7 +441,7 @@ def reader_section(rows: list[dict], lm, params: DecodeParams) -> None:
                             extras=investigate.view_extras,
                             alerts=lambda steps: {i: marks[s.position] for i, s in
                                                   enumerate(steps) if s.position in marks})
-    investigate.act_on(event, generation, CURRENT, lm, params)
+    investigate.act_on(event, generation, CURRENT, local, params)
 
 
 def _item_line(row: dict) -> str:

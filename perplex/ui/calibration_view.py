@@ -233,8 +233,7 @@ def _judge_engine(settings: dict):
     """The judge a run's settings name (the endpoint's key from this session's memory)."""
     kind = settings.get("judge", "none")
     if kind == "local":
-        lm = resources.loaded_model()
-        return None if lm is None else resources.local_engine(lm)
+        return resources.local_engine()
     if kind == "engine":
         return resources.active_engine()
     if kind == "model":

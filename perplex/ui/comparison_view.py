@@ -65,9 +65,9 @@ def condition_section(name: str, default: str) -> tuple[Side, dict] | None:
         st.error(plain(str(exc)))
         return None
     memory_line(engine)
-    system = system_prompt_control(engine.lm, f"{PREFIX}.{name}")
+    system = system_prompt_control(engine, f"{PREFIX}.{name}")
     prompt = system[0].content if system else None
-    condition = {"model": engine.info.label, "spec": engine.lm.spec.to_json(), "system": prompt}
+    condition = {"model": engine.info.label, "spec": engine.info.spec, "system": prompt}
     return Side(name, engine, prompt), condition
 
 
@@ -354,8 +354,8 @@ def _jump(index: int) -> None:
 
 
 def _lens_buttons(run: PairRun, picked: int | None) -> None:
-    lm = resources.loaded_model()
-    label = lm.label if lm is not None else "the sidebar's model"
+    sidebar = resources.local_engine()
+    label = sidebar.info.label if sidebar is not None else "the sidebar's model"
     columns = st.columns(2)
     for (name, gen), column in zip((("A", run.generation_a), ("B", run.generation_b)), columns):
         steps = answer_steps(gen)

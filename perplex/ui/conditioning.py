@@ -12,34 +12,41 @@ import streamlit as st
 
 from perplex.core.records import Message
 from perplex.core.tokens import (
+    PLAIN_TEXT_ROLE,
     PREFIX_LABELS,
+    EncodedSequence,
     TextPrefix,
     available_prefixes,
     default_system_prompt,
     default_text_prefix,
     prefix_ids,
 )
-from perplex.engine.local.models import LoadedModel
+from perplex.engine.local.engine import LocalEngine
 
 TEXT_PREFIX_KEY = "perplex.text_prefix"
 SYSTEM_CHOICES = {"default": "the template's default", "none": "none (an empty system turn)",
                   "custom": "my own"}
 
 
-def text_prefix(lm: LoadedModel) -> TextPrefix:
-    """The plain-text prefix this session uses with `lm` (its default until chosen)."""
+def text_prefix(engine: LocalEngine) -> TextPrefix:
+    """The plain-text prefix this session uses with `engine` (its default until chosen)."""
     chosen = st.session_state.get(TEXT_PREFIX_KEY)
-    offered = available_prefixes(lm.tokenizer)
-    return TextPrefix(chosen) if chosen in offered else default_text_prefix(lm.tokenizer)
+    offered = available_prefixes(engine.tokenizer)
+    return TextPrefix(chosen) if chosen in offered else default_text_prefix(engine.tokenizer)
 
 
-def text_prefix_select(lm: LoadedModel) -> TextPrefix:
+def encode_text(engine: LocalEngine, text: str) -> EncodedSequence:
+    """Plain text as the model reads it here: after this session's text prefix, no template."""
+    return engine.encode((Message(PLAIN_TEXT_ROLE, text),), False, text_prefix(engine))
+
+
+def text_prefix_select(engine: LocalEngine) -> TextPrefix:
     """The sidebar's choice of what plain text starts with; returns the choice."""
-    offered = available_prefixes(lm.tokenizer)
-    current = text_prefix(lm)
+    offered = available_prefixes(engine.tokenizer)
+    current = text_prefix(engine)
     picked = st.selectbox(
         "Plain text starts with", offered, index=offered.index(current),
-        format_func=lambda p: _prefix_label(lm, p), key=f"{TEXT_PREFIX_KEY}.select",
+        format_func=lambda p: _prefix_label(engine, p), key=f"{TEXT_PREFIX_KEY}.select",
         help="The token put before plain text (Logit Lens, patching, uploaded text) so that "
              "its first token is predicted too. It is the first token shown and stored. "
              "The default is the end-of-text token, the separator between documents in "
@@ -48,14 +55,14 @@ def text_prefix_select(lm: LoadedModel) -> TextPrefix:
     return picked
 
 
-def _prefix_label(lm: LoadedModel, prefix: TextPrefix) -> str:
+def _prefix_label(engine: LocalEngine, prefix: TextPrefix) -> str:
     if prefix is TextPrefix.NONE:
         return PREFIX_LABELS[prefix]
-    [token_id] = prefix_ids(lm.tokenizer, prefix)
-    return f"{lm.vocab_texts[token_id]} ({PREFIX_LABELS[prefix]})"
+    [token_id] = prefix_ids(engine.tokenizer, prefix)
+    return f"{engine.vocab_texts[token_id]} ({PREFIX_LABELS[prefix]})"
 
 
-def system_prompt_control(lm: LoadedModel, prefix: str, disabled: bool = False,
+def system_prompt_control(engine: LocalEngine, prefix: str, disabled: bool = False,
                           applies: str = "") -> tuple[Message, ...]:
     """Show and choose the system prompt; returns the system message to start a chat with.
 
@@ -63,7 +70,7 @@ def system_prompt_control(lm: LoadedModel, prefix: str, disabled: bool = False,
     "none" an empty system message, "custom" the researcher's text. A template without a
     default gives no message for "default". `applies` says when it is used, if not always.
     """
-    default = default_system_prompt(lm.tokenizer)
+    default = default_system_prompt(engine.tokenizer)
     st.caption(f"System prompt{f' ({applies})' if applies else ''}: "
                + _summary(prefix, default))
     with st.expander("Change the system prompt", expanded=False):

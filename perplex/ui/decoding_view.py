@@ -173,7 +173,7 @@ def run_section(engine: LocalEngine, setup: Setup, messages: tuple[Message, ...]
                 prompt: str) -> None:
     """Run the method and plain greedy on the prompt, streamed; save and show the result."""
     th = thresholds()
-    detok = Detokenizer(engine.lm.tokenizer)
+    detok = Detokenizer(engine.tokenizer)
     shown: list[TokenStep] = []
     stop = st.empty()
     stop.button("Stop", key=f"{PREFIX}.stop", help="Ends the run; nothing is saved of it.")
@@ -361,8 +361,8 @@ def _statistics(stored: StoredDecoding) -> dict:
     texts = [s.text for s in _answer_steps(stored.method_generation)]
     figures = {"probabilities": plots.contrast_timeline(run, texts)}
     if run.method == "dola":
-        lm = resources.loaded_model()
-        n_layers = lm.n_layers if lm is not None else max(run.params["layers"]) + 1
+        engine = resources.local_engine()
+        n_layers = engine.info.n_layers if engine is not None else max(run.params["layers"]) + 1
         figures["layers"] = plots.layer_histogram(stats, n_layers)
     for name, fig in figures.items():
         st.plotly_chart(fig, key=f"{PREFIX}.{name}.{stored.id}")

@@ -15,8 +15,7 @@ from perplex.core.errors import PerplexError
 from perplex.core.plots import before_after_timeline, visible_token
 from perplex.core.records import DecodeParams, Generation, TokenStep
 from perplex.core.stats import summarise
-from perplex.engine.local.generation import inject
-from perplex.engine.local.models import LoadedModel
+from perplex.engine.local.engine import LocalEngine
 from perplex.ui import page_state, resources
 from perplex.ui.session_panel import current_session_id, read_only, remember, save_to_session
 from perplex.ui.sidebar import thresholds
@@ -46,7 +45,7 @@ def view_extras(gen: Generation, message_index: int,
 
 
 def act_on(found: TranscriptEvent | None, gen: Generation, page_key: str,
-           lm: LoadedModel | None, params: DecodeParams) -> None:
+           engine: LocalEngine | None, params: DecodeParams) -> None:
     """Carry out a token-view action on the generation `gen` shown under `page_key`."""
     if found is None or found.event.kind in ("click", "select_range"):
         return
@@ -59,7 +58,7 @@ def act_on(found: TranscriptEvent | None, gen: Generation, page_key: str,
     event, step = found.event, found.steps[found.event.index]
     try:
         if event.kind in ("inject", "branch"):
-            _regenerate(found, gen, page_key, lm, params)
+            _regenerate(found, gen, page_key, engine, params)
         elif event.kind in ("add_to_set", "new_set"):
             _add_to_set(event.set_name, gen, step)
         elif event.kind == "annotate":
@@ -74,8 +73,8 @@ def act_on(found: TranscriptEvent | None, gen: Generation, page_key: str,
 
 
 def _regenerate(found: TranscriptEvent, gen: Generation, page_key: str,
-                lm: LoadedModel | None, params: DecodeParams) -> None:
-    if lm is None:
+                engine: LocalEngine | None, params: DecodeParams) -> None:
+    if engine is None:
         raise PerplexError("Load a model (sidebar) to regenerate.")
     event, step = found.event, found.steps[found.event.index]
     if event.seed is not None or event.temperature is not None:
@@ -83,7 +82,7 @@ def _regenerate(found: TranscriptEvent, gen: Generation, page_key: str,
                          temperature=params.temperature if event.temperature is None
                          else event.temperature)
     forced = event.token_id if event.token_id is not None else event.text
-    run = inject(lm, gen, step.position, forced, params)
+    run = engine.inject(gen, step.position, forced, params)
     st.caption(f"Regenerating from token #{event.index}…")
     th = thresholds()
     stream = TokenViewStream(key=f"{page_key}-inject-live", confident=th.confident,

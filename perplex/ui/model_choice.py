@@ -12,7 +12,6 @@ import streamlit as st
 from perplex.core.errors import PerplexError
 from perplex.engine.local.engine import LocalEngine
 from perplex.engine.local.models import ModelSpec
-from perplex.engine.registry import model_bytes
 from perplex.ui import resources
 from perplex.ui.text import plain
 
@@ -26,11 +25,11 @@ LOCAL_CHOICES = {
 
 def local_engine(choice: str, source: str = "") -> LocalEngine:
     """The engine of a `LOCAL_CHOICES` key (`source` for "other"), loaded once."""
-    lm = resources.loaded_model()
+    sidebar = resources.local_engine()
     if choice == "sidebar":
-        if lm is None:
+        if sidebar is None:
             raise PerplexError("The sidebar has no model loaded: load one there first.")
-        return resources.local_engine(lm)
+        return sidebar
     if choice == "other":
         spec = ModelSpec(source=source)
     else:
@@ -40,8 +39,8 @@ def local_engine(choice: str, source: str = "") -> LocalEngine:
             folder = variant_folder(choice, resources.settings(), progress=status.write)
             status.update(label=f"{LOCAL_CHOICES[choice]} ready", state="complete")
         spec = ModelSpec(source=str(folder))
-    if lm is not None and spec == lm.spec:
-        return resources.local_engine(lm)
+    if sidebar is not None and spec == sidebar.spec:
+        return sidebar
     with st.spinner(f"Loading {spec.label}…"):
         return resources.model_registry().get(spec)
 
@@ -77,4 +76,4 @@ def choose_local_model(label: str, key: str, default: str = "sidebar",
 def memory_line(engine: LocalEngine) -> None:
     """The model's label, layers and size."""
     st.caption(f"{plain(engine.info.label)} · {engine.info.n_layers} layers · "
-               f"{model_bytes(engine.lm) / 2**20:,.0f} MiB")
+               f"{engine.n_bytes / 2**20:,.0f} MiB")

@@ -11,7 +11,7 @@ import streamlit as st
 
 from perplex.core.errors import PerplexError
 from perplex.core.plots import visible_token
-from perplex.engine.local.models import LoadedModel
+from perplex.engine.local.engine import LocalEngine
 from perplex.modes import prefill
 from perplex.ui import resources, session_panel
 from perplex.ui.text import plain
@@ -37,7 +37,7 @@ def own_sets(reserved: tuple[str, ...]) -> list[TokenSet]:
     return [s for s in list_token_sets(resources.store(), sid) if s.name not in reserved]
 
 
-def word_set(lm: LoadedModel, token_set: TokenSet,
+def word_set(engine: LocalEngine, token_set: TokenSet,
              spellings: dict[str, bool]) -> prefill.WordSet | None:
     """A set's words resolved with this model's tokenizer (None if none is usable).
 
@@ -45,20 +45,20 @@ def word_set(lm: LoadedModel, token_set: TokenSet,
     always the probability of the set's words.
     """
     try:
-        found = prefill.resolve_set(lm.tokenizer, token_set.words, token_set.name,
+        found = prefill.resolve_set(engine.tokenizer, token_set.words, token_set.name,
                                     **spellings, strict=False)
     except PerplexError:
         return None
     return found if found.spellings else None
 
 
-def own_sets_editor(lm: LoadedModel, prefix: str, reserved: tuple[str, ...],
+def own_sets_editor(engine: LocalEngine, prefix: str, reserved: tuple[str, ...],
                     spellings: dict[str, bool]) -> tuple[prefill.WordSet, ...]:
     """List, add and delete the researcher's sets; returns those usable with this model."""
     locked = session_panel.read_only()
     st.markdown("**Your own sets**")
     mine = own_sets(reserved)
-    sets = {s.name: word_set(lm, s, spellings) for s in mine}
+    sets = {s.name: word_set(engine, s, spellings) for s in mine}
     if mine:
         st.dataframe(pd.DataFrame(
             [{"set": s.name, "words": ", ".join(visible_token(w) for w in s.words),
@@ -74,7 +74,7 @@ def own_sets_editor(lm: LoadedModel, prefix: str, reserved: tuple[str, ...],
         words = cols[1].text_input("its words (comma separated)", disabled=locked,
                                    placeholder="kill, weapon, poison", key=f"{prefix}.own_words")
         if st.form_submit_button("Add set", disabled=locked):
-            _add(lm, name, words, reserved, spellings)
+            _add(engine, name, words, reserved, spellings)
     if mine and not locked:
         cols = st.columns([3, 1], vertical_alignment="bottom")
         gone = cols[0].selectbox("Delete a set", [s.name for s in mine], index=None,
@@ -85,18 +85,19 @@ def own_sets_editor(lm: LoadedModel, prefix: str, reserved: tuple[str, ...],
     return tuple(found for found in sets.values() if found is not None)
 
 
-def _add(lm: LoadedModel, name: str, words: str, reserved: tuple[str, ...],
+def _add(engine: LocalEngine, name: str, words: str, reserved: tuple[str, ...],
          spellings: dict[str, bool]) -> None:
     """Create a set from the form (its words checked first); shows what was wrong."""
     if name.strip().lower() in (r.lower() for r in reserved):
         st.error(f"{plain(name.strip())} is edited above; give your set another name.")
         return
     try:
-        prefill.resolve_set(lm.tokenizer, word_list(words), name.strip() or "new set",
+        prefill.resolve_set(engine.tokenizer, word_list(words), name.strip() or "new set",
                             **spellings)
         store = resources.store()
         created = create_token_set(store, session_panel.session_for_saving(), name)
-        add_words(store, created.id, lm.tokenizer, lm.label, word_list(words), **spellings)
+        add_words(store, created.id, engine.tokenizer, engine.info.label, word_list(words),
+                  **spellings)
     except PerplexError as exc:
         st.error(f"{plain(str(exc))} Nothing was added.")
         return

@@ -7,9 +7,9 @@ import streamlit as st
 
 from perplex.core.errors import PerplexError
 from perplex.core.plots import short_prob, visible_token
-from perplex.core.tokens import encode_plain_text
+from perplex.engine.local.engine import LocalEngine
 from perplex.lens.patching import PatchResult, aligned_source_position, patch_prompts, patch_sweep
-from perplex.ui.conditioning import text_prefix
+from perplex.ui.conditioning import encode_text
 from perplex.ui.text import plain
 
 PREFIX = "lens.patch"
@@ -43,7 +43,7 @@ def subject_note(subject: list[int], default: int, source_ids, target_ids, vocab
             "the sweep below shows every layer × position.")
 
 
-def patching_section(lm) -> None:
+def patching_section(engine: LocalEngine) -> None:
     """Patch one residual from a source prompt into a target prompt, or sweep them all."""
     st.caption("Copy the residual stream at one layer and position from the source prompt's "
                "run into the target prompt's run, and watch the target's next-token "
@@ -53,19 +53,16 @@ def patching_section(lm) -> None:
     source = left.text_input("Source prompt", SOURCE, key=f"{PREFIX}.source")
     target = right.text_input("Target prompt", TARGET, key=f"{PREFIX}.target")
     try:
-        start = text_prefix(lm)
-        source_ids = list(encode_plain_text(lm.tokenizer, source, start).ids) \
-            if source.strip() else []
-        target_ids = list(encode_plain_text(lm.tokenizer, target, start).ids) \
-            if target.strip() else []
+        source_ids = list(encode_text(engine, source).ids) if source.strip() else []
+        target_ids = list(encode_text(engine, target).ids) if target.strip() else []
     except PerplexError as exc:
         st.error(plain(str(exc)))
         return
     if not source_ids or not target_ids:
         st.info("Type both prompts.")
         return
-    vocab = lm.vocab_texts
-    n_layers = lm.n_layers + 1
+    vocab = engine.vocab_texts
+    n_layers = engine.info.n_layers + 1
     layer_col, position_col = st.columns(2)
     layer = layer_col.slider("Layer to patch", 0, n_layers - 1, min(12, n_layers - 1),
                              key=f"{PREFIX}.layer")
@@ -88,14 +85,14 @@ def patching_section(lm) -> None:
         try:
             with st.spinner("Running both prompts…"):
                 st.session_state[f"{PREFIX}.result"] = patch_prompts(
-                    lm, source_ids, target_ids, layer=layer, target_position=position)
+                    engine, source_ids, target_ids, layer=layer, target_position=position)
         except PerplexError as exc:
             st.error(plain(str(exc)))
     if sweep_button.button("Sweep every layer × position", key=f"{PREFIX}.sweep"):
         bar = st.progress(0.0, text="Patching…")
         try:
             st.session_state[f"{PREFIX}.sweep_result"] = patch_sweep(
-                lm, source_ids, target_ids, progress=lambda done, total: bar.progress(
+                engine, source_ids, target_ids, progress=lambda done, total: bar.progress(
                     done / total, text=f"Patched layers: forward pass {done}/{total}"))
         except PerplexError as exc:
             st.error(plain(str(exc)))

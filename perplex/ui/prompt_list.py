@@ -16,7 +16,7 @@ import streamlit as st
 from perplex.core.errors import PerplexError
 from perplex.core.plots import visible_token
 from perplex.core.records import Message
-from perplex.engine.local.models import LoadedModel
+from perplex.engine.local.engine import LocalEngine
 from perplex.modes import prefill
 from perplex.ui import session_panel
 from perplex.ui.text import plain
@@ -74,7 +74,7 @@ def batch_table(job: prefill.FirstTokenJob) -> pd.DataFrame:
         columns=["line", "prompt", "P(R-Set)", "P(C-Set)", "top first token", "p(top)"])
 
 
-def score(lm: LoadedModel, job: prefill.FirstTokenJob, running_key: str) -> None:
+def score(engine: LocalEngine, job: prefill.FirstTokenJob, running_key: str) -> None:
     """Score the job's remaining prompts, with a progress bar and a growing table.
 
     Results are kept in the job after every batch, so Stop (any rerun, in fact) loses
@@ -85,7 +85,7 @@ def score(lm: LoadedModel, job: prefill.FirstTokenJob, running_key: str) -> None
     shown_at = time.monotonic()
     try:
         while not job.finished:
-            job.run_batch(lm)
+            job.run_batch(engine)
             bar.progress(job.done / job.total, text=progress_text(job))
             if time.monotonic() - shown_at > PREVIEW_EVERY_S:
                 preview.dataframe(batch_table(job), hide_index=True, width="stretch",
@@ -98,7 +98,7 @@ def score(lm: LoadedModel, job: prefill.FirstTokenJob, running_key: str) -> None
     preview.empty()
 
 
-def batch_status(lm: LoadedModel, job: prefill.FirstTokenJob, refusal: prefill.WordSet,
+def batch_status(engine: LocalEngine, job: prefill.FirstTokenJob, refusal: prefill.WordSet,
                  compliance: prefill.WordSet) -> None:
     """What the run did: prompts scored, blank lines skipped, prompts too long, time."""
     listed = job.prompts
@@ -112,8 +112,9 @@ def batch_status(lm: LoadedModel, job: prefill.FirstTokenJob, refusal: prefill.W
     st.markdown(" · ".join(parts))
     if job.too_long:
         lines = ", ".join(str(listed.lines[i]) for i in sorted(job.too_long)[:10])
-        st.warning(f"{len(job.too_long):,} prompts are longer than {plain(lm.label)} reads "
-                   f"({lm.context_length:,} tokens) and were left out: line {lines}"
+        st.warning(f"{len(job.too_long):,} prompts are longer than "
+                   f"{plain(engine.info.label)} reads "
+                   f"({engine.info.context_length:,} tokens) and were left out: line {lines}"
                    f"{' …' if len(job.too_long) > 10 else ''}.")
     if (job.refusal.sequences, job.compliance.sequences) != (refusal.sequences,
                                                              compliance.sequences):
@@ -161,7 +162,7 @@ def _list_text(pasted: str, uploaded) -> str:
                            "as UTF-8 and upload it again.") from None
 
 
-def many_prompts(lm: LoadedModel, prefix: str, refusal: prefill.WordSet,
+def many_prompts(engine: LocalEngine, prefix: str, refusal: prefill.WordSet,
                  compliance: prefill.WordSet, system: tuple[Message, ...],
                  on_open: Callable[[str], None]) -> None:
     """Paste or upload a list; score each prompt's first token; a row opens its prompt.
@@ -176,7 +177,7 @@ def many_prompts(lm: LoadedModel, prefix: str, refusal: prefill.WordSet,
         try:
             st.session_state[keys.run_count] = st.session_state.get(keys.run_count, 0) + 1
             st.session_state[keys.job] = prefill.FirstTokenJob.start(
-                lm, listed, refusal, compliance, adapt=True, system=system)
+                engine, listed, refusal, compliance, adapt=True, system=system)
             st.session_state[keys.running] = True
         except PerplexError as exc:
             st.error(plain(str(exc)))
@@ -189,12 +190,13 @@ def many_prompts(lm: LoadedModel, prefix: str, refusal: prefill.WordSet,
                        help="Keeps the prompts scored so far; Continue scores the rest."):
             st.session_state[keys.running] = False
         else:
-            note = st.caption(f"Scoring {job.total:,} prompts on {plain(lm.label)}, a batch "
+            note = st.caption(f"Scoring {job.total:,} prompts on {plain(engine.info.label)}, "
+                              "a batch "
                               "every few seconds. Stop keeps what is done.")
-            score(lm, job, keys.running)
+            score(engine, job, keys.running)
             note.empty()
         stop.empty()
-    batch_status(lm, job, refusal, compliance)
+    batch_status(engine, job, refusal, compliance)
     if not job.finished and st.button(f"Continue ({job.total - job.done:,} left)",
                                       key=f"{prefix}.batch_continue"):
         st.session_state[keys.running] = True

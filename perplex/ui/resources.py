@@ -8,6 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from perplex.core.settings import Settings, load_settings
+from perplex.engine.local.engine import LocalEngine
 from perplex.engine.local.models import LoadedModel, ModelSpec, load_model
 from perplex.workspace.access import Actor
 from perplex.workspace.store import Store
@@ -79,13 +80,22 @@ def loaded_model() -> LoadedModel | None:
     return st.session_state.get(LOADED_KEY)
 
 
-def require_model() -> LoadedModel:
-    """The loaded model; without one, say so and end the page here."""
+def local_engine() -> LocalEngine | None:
+    """The sidebar's local model behind the engine protocol, or None when loading failed.
+
+    Its runs count against the signed-in user's limits on a hosted server.
+    """
     lm = loaded_model()
-    if lm is None:
+    return None if lm is None else _metered(lm.engine)
+
+
+def require_local_engine() -> LocalEngine:
+    """The sidebar's local model's engine; without one, say so and end the page here."""
+    engine = local_engine()
+    if engine is None:
         st.info("Load a model in the sidebar first.")
         st.stop()
-    return lm
+    return engine
 
 
 @dataclass(frozen=True)
@@ -120,13 +130,7 @@ def active_engine():
     if choice is not None:
         return _metered(EndpointEngine(choice.base_url, choice.model,
                                        st.session_state.get(ENDPOINT_SECRET_KEY, "")))
-    lm = loaded_model()
-    return None if lm is None else local_engine(lm)
-
-
-def local_engine(lm: LoadedModel):
-    """A loaded model's one engine, its runs counted against the signed-in user's limits."""
-    return _metered(lm.engine)
+    return local_engine()
 
 
 def remote_engine_chosen() -> bool:

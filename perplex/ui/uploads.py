@@ -10,8 +10,7 @@ import streamlit as st
 from perplex.core.errors import PerplexError
 from perplex.core.formats import MAX_UPLOAD_BYTES, ParsedUpload, Transcript, parse_upload
 from perplex.core.records import Generation
-from perplex.engine.local.models import LoadedModel
-from perplex.engine.local.scoring import score_conversations
+from perplex.engine.local.engine import LocalEngine
 from perplex.ui import resources
 from perplex.ui.conditioning import text_prefix
 from perplex.ui.session_panel import current_session_id, remember, save_to_session
@@ -20,20 +19,20 @@ from perplex.ui.text import plain
 UPLOAD_TYPES = ["json", "jsonl", "ndjson", "txt"]
 
 
-def upload_panel(prefix: str, target_key: str, lm: LoadedModel | None) -> None:
+def upload_panel(prefix: str, target_key: str, engine: LocalEngine | None) -> None:
     """An expander to open an upload or a saved generation into `st.session_state[target_key]`."""
     with st.expander("Open a transcript, an API response or a saved generation"):
         upload_tab, saved_tab = st.columns(2, gap="large")
         with upload_tab:
-            _upload_section(prefix, target_key, lm)
+            _upload_section(prefix, target_key, engine)
         with saved_tab:
             _saved_section(prefix, target_key)
         current = st.session_state.get(target_key)
-        if current is not None and lm is not None and current.steps and \
+        if current is not None and engine is not None and current.steps and \
                 current.steps[-1].token_id is None:
-            if st.button(f"Re-score this transcript with {plain(lm.label)}",
+            if st.button(f"Re-score this transcript with {plain(engine.info.label)}",
                          key=f"{prefix}.rescore"):
-                _open(target_key, _score(lm, current.messages, current.title))
+                _open(target_key, _score(engine, current.messages, current.title))
 
 
 def open_from_query(target_key: str) -> None:
@@ -50,7 +49,7 @@ def open_from_query(target_key: str) -> None:
         st.error(plain(str(exc)))
 
 
-def _upload_section(prefix: str, target_key: str, lm: LoadedModel | None) -> None:
+def _upload_section(prefix: str, target_key: str, engine: LocalEngine | None) -> None:
     st.markdown("**Upload**")
     file = st.file_uploader(
         "Chat JSON, plain text, OpenAI-style response with logprobs, or JSONL",
@@ -77,11 +76,11 @@ def _upload_section(prefix: str, target_key: str, lm: LoadedModel | None) -> Non
     transcript = transcripts[choice]
     needs_model = transcript.generation is None
     label = "Show with its logprobs" if not needs_model else (
-        f"Score with {lm.label}" if lm else "Load a model to score it")
+        f"Score with {engine.info.label}" if engine else "Load a model to score it")
     if st.button(label, key=f"{prefix}.open_upload", type="primary",
-                 disabled=needs_model and lm is None):
+                 disabled=needs_model and engine is None):
         if needs_model:
-            generation = _score(lm, transcript.messages, transcript.title)
+            generation = _score(engine, transcript.messages, transcript.title)
         else:
             generation = transcript.generation
         if generation is not None:
@@ -141,12 +140,11 @@ def _describe(transcript: Transcript) -> str:
     return f"{transcript.title} · {kind}"
 
 
-def _score(lm: LoadedModel, messages, title: str) -> Generation | None:
+def _score(engine: LocalEngine, messages, title: str) -> Generation | None:
     bar = st.progress(0.0, text="Scoring…")
     try:
-        [generation] = score_conversations(
-            lm, [messages], top_alternatives=resources.settings().top_k_stored,
-            text_prefix=text_prefix(lm),
+        [generation] = engine.score(
+            [messages], top_k=resources.settings().top_k_stored, text_prefix=text_prefix(engine),
             progress=lambda done, total: bar.progress(done / total, text="Scoring…"))
     except PerplexError as exc:
         bar.empty()

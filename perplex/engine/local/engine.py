@@ -9,7 +9,7 @@ hold the engine's lock, so several browser sessions can share one engine.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -26,12 +26,16 @@ from perplex.core.tokens import (
 )
 from perplex.engine.local.anatomy import Anatomy
 from perplex.engine.local.batch import generate_many
-from perplex.engine.local.generation import DecodeRun, start_generation
-from perplex.engine.local.models import LoadedModel
+from perplex.engine.local.generation import DecodeRun, inject, start_generation
+from perplex.engine.local.models import LoadedModel, ModelSpec, model_bytes
 from perplex.engine.local.nnsight_adapter import capture_residuals, patched_last_residual
 from perplex.engine.local.scoring import score_conversations
 from perplex.engine.local.stream import LogitStream, Steering, model_view
-from perplex.engine.local.word_probs import continuation_probs, model_continuation_probs
+from perplex.engine.local.word_probs import (
+    ContinuationProbs,
+    continuation_probs,
+    model_continuation_probs,
+)
 from perplex.engine.protocol import Capabilities, ModelInfo, ResidualPatch, ScoredSequence
 
 LOCAL_CAPABILITIES = Capabilities(token_ids=True, full_distribution=True, scores_text=True,
@@ -55,21 +59,57 @@ class LocalEngine:
         lm = self.lm
         return ModelInfo(lm.label, lm.vocab_size, lm.context_length, lm.n_layers,
                          frozenset(lm.eos_ids),
-                         bool(getattr(lm.model.config, "tie_word_embeddings", False)))
+                         bool(getattr(lm.model.config, "tie_word_embeddings", False)),
+                         lm.spec.to_json())
+
+    @property
+    def spec(self) -> ModelSpec:
+        """What was loaded (the sidebar compares it with the researcher's choice)."""
+        return self.lm.spec
+
+    @property
+    def n_bytes(self) -> int:
+        """Bytes held by the model's parameters and buffers (tied weights counted once)."""
+        return model_bytes(self.lm)
 
     @property
     def tokenizer(self):
         """The Hugging Face tokenizer (to spell word sets; never a model's modules)."""
         return self.lm.tokenizer
 
+    @property
+    def vocab_texts(self) -> list[str]:
+        """Every token id's text, special tokens kept (candidate labels in figures)."""
+        return self.lm.vocab_texts
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (tensors handed to `anatomy` go there)."""
+        return self.lm.device
+
+    def overlong(self, messages: Sequence[Message]) -> str | None:
+        """Why `messages` cannot fit the context window (None: they may), before tokenising."""
+        return self.lm.overlong(messages)
+
+    def continuation_probs(self, contexts: Sequence[Sequence[int]],
+                           branch_points: Sequence[Sequence[int]],
+                           words: Sequence[tuple[int, ...]], *,
+                           check_length: bool = True) -> list[ContinuationProbs]:
+        """Next-token distributions and word probabilities at branch points, in one pass.
+
+        Per context: at each of its branch points, the full next-token distribution and
+        P(each word's token sequence comes next) (`word_probs.continuation_probs`).
+        """
+        with self.lock:
+            return model_continuation_probs(self.lm, contexts, branch_points, words,
+                                            check_length=check_length)
+
     def word_probs(self, contexts: Sequence[Sequence[int]], words: Sequence[tuple[int, ...]]
                    ) -> list[dict[tuple[int, ...], float]]:
         """Per context: P(each word's token sequence comes next), in one tree-masked pass."""
         if not contexts or any(len(c) == 0 for c in contexts):
             raise InputFormatError("Each context needs at least one token.")
-        with self.lock:
-            found = model_continuation_probs(self.lm, contexts,
-                                             [[len(c) - 1] for c in contexts], words)
+        found = self.continuation_probs(contexts, [[len(c) - 1] for c in contexts], words)
         return [dict(zip(words, (float(p) for p in r.word_probs[0]))) for r in found]
 
     @property
@@ -108,16 +148,22 @@ class LocalEngine:
                                       list(seq.message_indices), logits, top_k))
 
     def score(self, conversations: Sequence[Sequence[Message]], top_k: int = 20,
-              text_prefix: TextPrefix | None = None) -> list[Generation]:
-        """Teacher-forced records, batched."""
+              text_prefix: TextPrefix | None = None,
+              progress: Callable[[int, int], None] | None = None) -> list[Generation]:
+        """Teacher-forced records, batched; `progress(done, total)` after each batch."""
         with self.lock:
-            return score_conversations(self.lm, conversations, top_k, text_prefix=text_prefix)
+            return score_conversations(self.lm, conversations, top_k, progress, text_prefix)
 
     def generate(self, messages: Sequence[Message], params: DecodeParams, prefill: str = "",
                  text_prefix: TextPrefix | None = None) -> DecodeRun:
         """A decode run; its forward passes take the lock while they run."""
         run = start_generation(self.lm, tuple(messages), params, prefill, text_prefix)
         return _Locked(run, self.lock)
+
+    def inject(self, generation: Generation, index: int, replacement: str | int,
+               params: DecodeParams) -> DecodeRun:
+        """Keep `generation`'s steps before `index`, force `replacement` there, decode on."""
+        return _Locked(inject(self.lm, generation, index, replacement, params), self.lock)
 
     def generate_many(self, requests: Sequence[tuple[tuple[Message, ...], str]],
                       params: DecodeParams | Sequence[DecodeParams], follow_up=None,

@@ -63,6 +63,11 @@ class ModelSpec:
         return "hub"
 
     @property
+    def hub_id(self) -> str:
+        """How a notebook loads it: the bundled model's Hub id, else the source as given."""
+        return f"HuggingFaceTB/{BUNDLED_NAME}" if self.kind == "bundled" else self.source
+
+    @property
     def label(self) -> str:
         """A short name for tables and legends."""
         if self.kind == "bundled":
@@ -161,6 +166,16 @@ class LoadedModel:
             elif source:
                 ids.update(source)
         return ids
+
+
+def model_bytes(lm: LoadedModel) -> int:
+    """Bytes held by a model's parameters and buffers (tied weights counted once)."""
+    seen, total = set(), 0
+    for tensor in [*lm.model.parameters(), *lm.model.buffers()]:
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            total += tensor.numel() * tensor.element_size()
+    return total
 
 
 def bundled_gguf_path() -> Path:

@@ -125,7 +125,7 @@ def _scored(engine: LocalEngine, seq: EncodedSequence, messages: tuple[Message, 
     scores = _scores(out.hidden, monitors, layers)[:, prompt_length:] if monitors \
         else np.zeros((0, n_answer))
     gen = Generation(steps=steps, messages=messages, model_label=engine.info.label,
-                     model_spec=engine.lm.spec.to_json(), source=source, params=params,
+                     model_spec=engine.info.spec, source=source, params=params,
                      stop_reason=stop_reason)
     described = tuple({"trait": s.name, "layer": s.layer, "coefficient": s.coefficient,
                        "positions": s.positions} for s in steering)
