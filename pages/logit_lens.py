@@ -135,7 +135,7 @@ if current is None:
     st.session_state[f"{PREFIX}.input"] = current
 ids, origin = current
 cache = st.session_state.setdefault(CACHE_KEY, {})
-cache_key = (local.info.spec, ids)
+cache_key = (local.spec.to_json(), ids)
 lens = cache.get(cache_key)
 if lens is None:
     bar = st.progress(0.0, text="Running the model…")
