@@ -48,6 +48,11 @@ SESSION_TABLES = {"generations": "generation", "token_sets": "token set", "batch
                   "trait_runs": "trait run"}
 
 
+def owns(actor: Actor, owner: str | None) -> bool:
+    """Whether `actor` owns a row whose owner is `owner` (the local user owns every row)."""
+    return actor.local or owner == actor.user
+
+
 def session_status(cur: duckdb.DuckDBPyConnection, session_id: str) -> str | None:
     """Return "live" or "deleted" for a known session id, None for an unknown one."""
     rows = cur.execute("SELECT deleted_at IS NULL FROM sessions WHERE id = ?",
@@ -75,7 +80,7 @@ def right_to_session(cur: duckdb.DuckDBPyConnection, actor: Actor,
     if actor.local:
         return "write"
     rows = cur.execute("SELECT owner FROM sessions WHERE id = ?", [session_id]).fetchall()
-    if rows and rows[0][0] == actor.user:
+    if rows and owns(actor, rows[0][0]):
         return "write"
     if actor.share_tokens and cur.execute(
             "SELECT 1 FROM share_links WHERE session_id = ? AND revoked_at IS NULL AND "
@@ -96,7 +101,11 @@ def require_session(cur: duckdb.DuckDBPyConnection, actor: Actor, session_id: st
             return
         raise AccessError("This work belongs to no session, so it is not yours to open on "
                           "a shared server.")
-    right = right_to_session(cur, actor, session_id)
+    _check_right(cur, session_id, right_to_session(cur, actor, session_id), write)
+
+
+def _check_right(cur: duckdb.DuckDBPyConnection, session_id: str, right: str | None,
+                 write: bool) -> None:
     status = session_status(cur, session_id)
     if right is None or status is None:
         raise no_session_error(session_id)
@@ -116,20 +125,24 @@ def require_row(cur: duckdb.DuckDBPyConnection, actor: Actor, table: str, row_id
         raise StoreError(f"There is no {what} with id {row_id!r}: it may have been deleted "
                          "(perhaps with its session, in another tab).")
     session_id = rows[0][0]
-    if session_id is None and table == "generations" and not actor.local:
-        return _calibration_generation(cur, actor, row_id, write)
-    if session_id is not None and right_to_session(cur, actor, session_id) is None:
+    if session_id is None:
+        if table == "generations" and not actor.local:
+            return _calibration_generation(cur, actor, row_id)
+        require_session(cur, actor, None, write)
+        return None
+    right = right_to_session(cur, actor, session_id)
+    if right is None:
         raise StoreError(f"There is no {what} with id {row_id!r} that you can open.")
-    require_session(cur, actor, session_id, write)
+    _check_right(cur, session_id, right, write)
     return session_id
 
 
-def _calibration_generation(cur: duckdb.DuckDBPyConnection, actor: Actor, generation_id: str,
-                            write: bool) -> None:
+def _calibration_generation(cur: duckdb.DuckDBPyConnection, actor: Actor,
+                            generation_id: str) -> None:
     """Generations outside sessions are calibration answers: their run's owner has them."""
     rows = cur.execute("SELECT r.owner FROM calibration_results x JOIN calibration_runs r "
                        "ON r.id = x.run_id WHERE x.generation_id = ?", [generation_id]).fetchall()
-    if not rows or rows[0][0] != actor.user:
+    if not rows or not owns(actor, rows[0][0]):
         raise StoreError(f"There is no generation with id {generation_id!r} that you can open.")
 
 
@@ -152,7 +165,7 @@ def owned(actor: Actor, column: str = "owner") -> tuple[str, list]:
 
 def require_owner(owner: str | None, actor: Actor, what: str) -> None:
     """Raise unless `actor` owns a row with an owner column (calibration data)."""
-    if not actor.local and owner != actor.user:
+    if not owns(actor, owner):
         raise StoreError(f"There is no {what} with that id that you can open.")
 
 

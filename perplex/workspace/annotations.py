@@ -87,7 +87,7 @@ def delete_annotation(store: Store, annotation_id: str) -> bool:
         if rows:
             require_row(cur, store.actor, "generations", rows[0][0], write=True)
             if rows[0][1] is not None:
-                touch_session_row(cur, store.actor, rows[0][1])
+                touch_session_row(cur, rows[0][1])
         deleted = cur.execute("DELETE FROM annotations WHERE id = ? RETURNING id",
                               [annotation_id]).fetchall()
         return bool(deleted)
@@ -144,7 +144,7 @@ def _generation_positions(cur: duckdb.DuckDBPyConnection, actor: Actor,
     session_id, first, last = rows[0]
     require_row(cur, actor, "generations", generation_id, write=True)
     if session_id is not None:
-        touch_session_row(cur, actor, session_id)
+        touch_session_row(cur, session_id)
     return first, last
 
 

@@ -38,10 +38,7 @@ class RunSummary:
 def save_dataset(store: Store, dataset: Dataset) -> None:
     """Store a dataset and its items (replacing one with the same id, if it is yours)."""
     with store.cursor(write=True) as cur:
-        owner = cur.execute("SELECT owner FROM calibration_datasets WHERE id = ?",
-                            [dataset.id]).fetchall()
-        if owner:
-            require_owner(owner[0][0], store.actor, "calibration dataset")
+        _require_dataset(cur, store, dataset.id, must_exist=False)
         cur.execute("DELETE FROM calibration_items WHERE dataset_id = ?", [dataset.id])
         cur.execute("DELETE FROM calibration_datasets WHERE id = ?", [dataset.id])
         cur.execute("INSERT INTO calibration_datasets VALUES (?, ?, ?, ?)",
@@ -75,29 +72,22 @@ def list_datasets(store: Store) -> list[tuple[str, str, int]]:
 def load_dataset(store: Store, dataset_id: str) -> Dataset:
     """The dataset saved under `dataset_id`."""
     with store.cursor() as cur:
-        head = cur.execute("SELECT name, owner FROM calibration_datasets WHERE id = ?",
-                           [dataset_id]).fetchall()
-        if head:
-            require_owner(head[0][1], store.actor, "calibration dataset")
+        _require_dataset(cur, store, dataset_id)
+        [(name,)] = cur.execute("SELECT name FROM calibration_datasets WHERE id = ?",
+                                [dataset_id]).fetchall()
         rows = cur.execute("SELECT item_id, question, aliases, choices, answer_index FROM "
                            "calibration_items WHERE dataset_id = ? ORDER BY ordinal",
                            [dataset_id]).fetchall()
-    if not head:
-        raise StoreError(f"There is no calibration dataset {dataset_id!r} in the database.")
     items = tuple(Item(i, q, tuple(json.loads(a)), tuple(json.loads(c)), index)
                   for i, q, a, c, index in rows)
-    return Dataset(head[0][0], items, id=dataset_id)
+    return Dataset(name, items, id=dataset_id)
 
 
 def create_run(store: Store, dataset_id: str, model_label: str, settings: dict) -> str:
     """Start a run of `dataset_id` on `model_label` with `settings` (template, params...)."""
     run_id = new_id()
     with store.cursor(write=True) as cur:
-        owner = cur.execute("SELECT owner FROM calibration_datasets WHERE id = ?",
-                            [dataset_id]).fetchall()
-        if not owner:
-            raise StoreError(f"There is no calibration dataset {dataset_id!r} in the database.")
-        require_owner(owner[0][0], store.actor, "calibration dataset")
+        _require_dataset(cur, store, dataset_id)
         cur.execute("INSERT INTO calibration_runs VALUES (?, ?, ?, ?, ?, ?)",
                     [run_id, dataset_id, datetime.now(timezone.utc), model_label,
                      json.dumps(settings), store.actor.user])
@@ -162,6 +152,17 @@ def list_runs(store: Store) -> list[RunSummary]:
             f"WHERE {where} ORDER BY r.created_at DESC", params).fetchall()
     return [RunSummary(i, d, name, label, from_epoch_us(at), json.loads(settings), n, done)
             for i, d, name, label, at, settings, n, done in rows]
+
+
+def _require_dataset(cur, store: Store, dataset_id: str, must_exist: bool = True) -> None:
+    """Raise unless the store's actor owns the dataset (or, without `must_exist`, it is new)."""
+    rows = cur.execute("SELECT owner FROM calibration_datasets WHERE id = ?",
+                       [dataset_id]).fetchall()
+    if not rows:
+        if must_exist:
+            raise StoreError(f"There is no calibration dataset {dataset_id!r} in the database.")
+        return
+    require_owner(rows[0][0], store.actor, "calibration dataset")
 
 
 def _require_run(cur, store: Store, run_id: str) -> None:

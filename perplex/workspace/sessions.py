@@ -24,6 +24,7 @@ from perplex.core.records import new_id
 from perplex.core.validation import check_text
 from perplex.workspace.access import (
     AccessError,
+    owns,
     require_session,
     right_to_session,
     session_status,
@@ -55,7 +56,7 @@ class Session:
 
 def may_change(store: Store, session: Session) -> bool:
     """Whether the store's actor owns `session` (shared sessions are read-only to others)."""
-    return store.actor.local or session.owner == store.actor.user
+    return owns(store.actor, session.owner)
 
 
 def clean_name(name: object, what: str = "session") -> str:

@@ -33,11 +33,12 @@ class ShareLink:
 
 def create_share_link(store: Store, session_id: str) -> ShareLink:
     """A new read-only link to a session you own."""
-    token = secrets.token_urlsafe(TOKEN_BYTES)
+    link = ShareLink(secrets.token_urlsafe(TOKEN_BYTES), session_id, now(), None)
     with store.cursor(write=True) as cur:
         require_session(cur, store.actor, session_id, write=True)
-        cur.execute("INSERT INTO share_links VALUES (?, ?, ?, NULL)", [token, session_id, now()])
-    return ShareLink(token, session_id, now(), None)
+        cur.execute("INSERT INTO share_links VALUES (?, ?, ?, NULL)",
+                    [link.token, session_id, link.created_at])
+    return link
 
 
 def share_links(store: Store, session_id: str) -> list[ShareLink]:

@@ -485,7 +485,7 @@ class Store:
             require_session(cur, self.actor, gen.session_id, write=True)
             write_generation(cur, gen, steps)
             if gen.session_id is not None:
-                touch_session_row(cur, self.actor, gen.session_id)
+                touch_session_row(cur, gen.session_id)
         logger.debug("Saved generation %s (%d steps) in %.3f s",
                      gen.id, len(gen.steps), time.perf_counter() - started)
 
@@ -581,9 +581,8 @@ def _current_version(cur: duckdb.DuckDBPyConnection) -> int:
     return cur.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchall()[0][0]
 
 
-def touch_session_row(cur: duckdb.DuckDBPyConnection, actor: Actor, session_id: str) -> None:
-    """Mark a session as changed now, after checking that `actor` may change it."""
-    require_session(cur, actor, session_id, write=True)
+def touch_session_row(cur: duckdb.DuckDBPyConnection, session_id: str) -> None:
+    """Mark a session as changed now (the caller has checked that its actor may change it)."""
     cur.execute("UPDATE sessions SET updated_at = ? WHERE id = ?",
                 [datetime.now(timezone.utc), session_id])
 

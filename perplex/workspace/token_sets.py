@@ -139,7 +139,7 @@ def delete_token_set(store: Store, set_id: str) -> bool:
         if not rows:
             return False
         require_row(cur, store.actor, "token_sets", set_id, write=True)
-        touch_session_row(cur, store.actor, rows[0][0])
+        touch_session_row(cur, rows[0][0])
         cur.execute("DELETE FROM token_set_members WHERE set_id = ?", [set_id])
         cur.execute("DELETE FROM token_sets WHERE id = ?", [set_id])
         return True
@@ -217,11 +217,12 @@ def save_set_words(store: Store, session_id: str, name: str, words: Sequence[str
 
 def _insert_set(cur: duckdb.DuckDBPyConnection, actor: Actor, session_id: str,
                 name: str) -> str:
-    """Insert an empty set and return its id."""
+    """Insert an empty set into a session `actor` may change and return its id."""
+    require_session(cur, actor, session_id, write=True)
     set_id, now = new_id(), _now()
     cur.execute("INSERT INTO token_sets VALUES (?, ?, ?, ?, ?)",
                 [set_id, session_id, name, now, now])
-    touch_session_row(cur, actor, session_id)
+    touch_session_row(cur, session_id)
     return set_id
 
 
@@ -243,7 +244,7 @@ def _check_writable(cur: duckdb.DuckDBPyConnection, actor: Actor, set_id: str) -
         raise StoreError(f"No token set with id {set_id!r}: it has been deleted (perhaps in "
                          "another tab, or with its session).")
     require_row(cur, actor, "token_sets", set_id, write=True)
-    touch_session_row(cur, actor, rows[0][0])
+    touch_session_row(cur, rows[0][0])
     cur.execute("UPDATE token_sets SET updated_at = ? WHERE id = ?", [_now(), set_id])
     return rows[0][0]
 

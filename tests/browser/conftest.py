@@ -177,10 +177,28 @@ def screenshot() -> Callable[..., Path]:
 
     def save(target, name: str, **kwargs) -> Path:
         path = SCREENSHOTS / f"{name}.png"
+        wait_for_animations(getattr(target, "page", target))
         target.screenshot(path=str(path), **kwargs)
         return path
 
     return save
+
+
+FINITE_ANIMATIONS_DONE_JS = """() => document.getAnimations().every(a =>
+    a.playState !== 'running' || a.effect.getComputedTiming().endTime === Infinity)"""
+
+
+def wait_for_animations(page, timeout: float = 3_000) -> None:
+    """Wait until opening expanders and other finite transitions have ended (for a picture).
+
+    Endless ones (a spinner) are not waited for; past `timeout` the picture is taken anyway.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(FINITE_ANIMATIONS_DONE_JS, timeout=timeout)
+    except PlaywrightTimeout:
+        pass
 
 
 def wait_for_script(page, timeout: float = 30_000) -> None:
