@@ -20,6 +20,7 @@ import torch
 
 from perplex.core.errors import PerplexError
 from perplex.core.tokens import token_texts
+from perplex.engine.local.engine import LocalEngine
 from perplex.engine.local.nnsight_adapter import capture_residuals
 from perplex.engine.protocol import ResidualPatch
 from perplex.lens.stats import Projector
@@ -93,7 +94,7 @@ class LogitLens:
         return self.candidate_texts.get(int(token_id), "")
 
 
-def check_input(engine, ids: Sequence[int]) -> None:
+def check_input(engine: LocalEngine, ids: Sequence[int]) -> None:
     """Refuse inputs the lens cannot take under `engine`, with a message for the researcher."""
     if len(ids) == 0:
         raise LensError("The prompt is empty: type some text to look through the lens.")
@@ -102,7 +103,7 @@ def check_input(engine, ids: Sequence[int]) -> None:
                         f"most {engine.info.context_length}. Shorten it.")
 
 
-def compute_lens(engine, ids: Sequence[int], *, top_k: int = DEFAULT_TOP_K,
+def compute_lens(engine: LocalEngine, ids: Sequence[int], *, top_k: int = DEFAULT_TOP_K,
                  chunk_positions: int = CHUNK_POSITIONS, progress: Progress | None = None,
                  patches: tuple[ResidualPatch, ...] = (),
                  use_native: bool | None = None) -> LogitLens:

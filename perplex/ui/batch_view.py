@@ -50,6 +50,7 @@ from perplex.workspace.batch_store import (
     reset_failed,
 )
 from perplex.workspace.calibration_store import list_datasets, load_dataset
+from perplex.workspace.store import params_from_dict
 from perplex.workspace.token_sets import REFUSAL_SET, session_set_words
 
 PREFIX = "batch"
@@ -208,9 +209,8 @@ def _settings_of(batch: BatchSummary) -> RunSettings:
     if kept is not None:
         return kept
     stored = batch.settings
-    params = DecodeParams(**{**stored["params"],
-                             "stop_strings": tuple(stored["params"]["stop_strings"])})
-    return RunSettings(params, FlagSettings(**stored["flags"]), stored.get("rescore", False),
+    return RunSettings(params_from_dict(stored["params"]), FlagSettings(**stored["flags"]),
+                       stored.get("rescore", False),
                        refusal_words=tuple(stored.get("refusal_words", ())))
 
 

@@ -419,16 +419,18 @@ def filter_items(store: Store, batch_id: str, conditions: Sequence[Condition] = 
 def flag_counts(store: Store, batch_id: str) -> dict[str, int | None]:
     """Finished items having each flag (None: a flag no finished item was computed for)."""
     settings = load_batch(store, batch_id).settings.get("flags", {})
+    columns = {name: {"refusal": "refusal_prob", "divergence": "divergence"}.get(name)
+               for name in FLAGS}
+    counts = ", ".join(f"count(*) FILTER (WHERE {sql}), count({columns[name] or 'idx'})"
+                       for name, (sql, _) in FLAGS.items())  # fixed SQL, never user input
+    values = [settings[parameter] for sql, parameter in FLAGS.values() if parameter]
+    with store.cursor() as cur:  # every flag in one pass over the finished items
+        [row] = cur.execute(f"SELECT {counts} FROM ({_ITEMS}) WHERE status = 'done'",
+                            [*values, batch_id]).fetchall()
     out: dict[str, int | None] = {}
-    with store.cursor() as cur:
-        for name, (sql, parameter) in FLAGS.items():
-            values = [settings[parameter]] if parameter else []
-            column = {"refusal": "refusal_prob", "divergence": "divergence"}.get(name)
-            [(found, computed)] = cur.execute(
-                f"SELECT count(*) FILTER (WHERE {sql}), "
-                f"count({column or 'idx'}) FROM ({_ITEMS}) WHERE status = 'done'",
-                [*values, batch_id]).fetchall()
-            out[name] = found if computed or column is None else None
+    for n, name in enumerate(FLAGS):
+        found, computed = row[2 * n], row[2 * n + 1]
+        out[name] = found if computed or columns[name] is None else None
     for name, flag in custom_flags(store, batch_id).items():
         out[name] = len(flag["matches"])
     return out

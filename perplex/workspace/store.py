@@ -685,10 +685,13 @@ def params_to_json(params: DecodeParams | None) -> str | None:
 
 def params_from_json(text: str | None) -> DecodeParams | None:
     """Decode parameters from JSON, ignoring keys this version does not know."""
-    if text is None:
-        return None
+    return None if text is None else params_from_dict(json.loads(text))
+
+
+def params_from_dict(stored: dict) -> DecodeParams:
+    """Decode parameters from their stored dict, ignoring keys this version does not know."""
     known = {f.name for f in dataclasses.fields(DecodeParams)}
-    values = {k: v for k, v in json.loads(text).items() if k in known}
+    values = {k: v for k, v in stored.items() if k in known}
     if "stop_strings" in values:
         values["stop_strings"] = tuple(values["stop_strings"])
     return DecodeParams(**values)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -53,9 +54,9 @@ class LocalEngine:
         self.lm = lm
         self.lock = threading.RLock()  # one forward pass at a time on this model
 
-    @property
+    @cached_property
     def info(self) -> ModelInfo:
-        """The model's facts."""
+        """The model's facts (a loaded model never changes)."""
         lm = self.lm
         return ModelInfo(lm.label, lm.vocab_size, lm.context_length, lm.n_layers,
                          frozenset(lm.eos_ids),
