@@ -13,7 +13,7 @@ from perplex.ui.export_panel import export_panel
 from perplex.ui.sidebar import decode_params_form, thresholds
 from perplex.ui.text import plain
 from perplex.ui.token_view import TokenViewStream
-from perplex.ui.transcript import show_transcript
+from perplex.ui.transcript import provenance_caption, show_transcript
 
 run_inside_the_app()  # first: a page opened alone on a cold server reruns through app.py
 
@@ -46,9 +46,7 @@ if current is None and local is not None:  # a chat's system prompt is its first
 if current is not None:
     event = show_transcript(current, PREFIX, thresholds(), extras=investigate.view_extras,
                             lens_available=True)
-    if current.stop_reason:
-        st.caption(f"Stopped: {current.stop_reason} · {plain(current.model_label)} · "
-                   f"{current.source.value}")
+    provenance_caption(current)
     investigate.comparison_panel(CURRENT)
     investigate.branch_navigator(CURRENT)
     investigate.annotations_panel(CURRENT)

@@ -17,7 +17,7 @@ from perplex.ui.entry import run_inside_the_app
 from perplex.ui.sidebar import decode_params_form, thresholds
 from perplex.ui.text import plain
 from perplex.ui.token_view import TokenViewStream
-from perplex.ui.transcript import highlight_key, jump_to, show_transcript
+from perplex.ui.transcript import highlight_key, jump_to, provenance_caption, show_transcript
 
 run_inside_the_app()  # first: a page opened alone on a cold server reruns through app.py
 
@@ -32,8 +32,11 @@ st.caption("Watch the answer for doubtful tokens as it streams: a token alerts w
            "probability (temperature 1) is under the confidence threshold or the entropy of "
            "its distribution is over the entropy threshold. Entropy is in nats.")
 
-local = resources.require_local_engine()
-resources.local_model_only("The Hallucination page")
+local = resources.local_engine()  # the sidebar's model: system prompt, branches
+engine = resources.active_engine()  # the local model, or the endpoint or NDIF model chosen
+if engine is None:
+    st.info("Load a model in the sidebar first.")
+    st.stop()
 session_panel.restore_current(CURRENT)
 viewing_only = session_panel.read_only()
 params = decode_params_form(PREFIX)
@@ -81,7 +84,7 @@ def ask(question: str, limits: h.AlertThresholds, system: tuple[Message, ...]) -
     with right.container(key=f"{PREFIX}-live-alerts"):
         heading, table = st.empty(), st.empty()
         heading.markdown("**Alerts so far: 0**")
-    run = local.generate(messages, params)
+    run = engine.generate(messages, params)
     shown, found, marks = [], [], {}
     for step, alert in h.watch(run, limits):
         if step.role is not TokenRole.RESPONSE:
@@ -113,6 +116,11 @@ def alert_panel(gen: Generation, limits: h.AlertThresholds, k: int) -> None:
              if spans else "none found")
     st.markdown(f"**{len(found)} alerts** in {len(steps)} tokens · "
                 f"**{len(spans)} flagged spans** (k = {k}): {where}")
+    if any(s.entropy_is_estimate for s in steps):
+        st.caption("These entropies come from the top-k alternatives the engine returned: "
+                   "each is a lower bound of the full distribution's, so an entropy alert "
+                   "holds for the full distribution too, but a token whose full entropy is "
+                   "over the threshold can go unflagged.")
     if found:
         table_key = f"{PREFIX}.alert_table"
         st.dataframe(pd.DataFrame(h.alert_rows(found)), hide_index=True, key=table_key,
@@ -166,7 +174,7 @@ def check_panel(gen: Generation) -> None:
         question = tuple(m for m in gen.messages if m.role != "assistant")
         try:
             st.session_state[key] = h.sample_answers(
-                local, question, replace(params, max_new_tokens=int(length)), int(n),
+                engine, question, replace(params, max_new_tokens=int(length)), int(n),
                 progress=lambda done, total: bar.progress(done / total,
                                                           text=f"{done} / {total} answers"),
                 compared=compared)
@@ -187,7 +195,7 @@ def check_panel(gen: Generation) -> None:
 
 
 settings = alert_settings()
-system = system_prompt_control(local, PREFIX, disabled=viewing_only)
+system = system_prompt_control(local, PREFIX, disabled=viewing_only) if local else ()
 with st.form(f"{PREFIX}.form"):
     question = st.text_area("Question", key=f"{PREFIX}.question",
                             placeholder="e.g. Who was the first person to walk on Mars?")
@@ -207,6 +215,7 @@ if current is not None:
         alerts=(lambda steps: h.alert_marks(steps, limits)) if limits else None,
         timeline=(lambda steps, highlight: h.alert_timeline(steps, limits, highlight))
         if limits else entropy_timeline)
+    provenance_caption(current)
     left, right = st.columns([3, 2], gap="large")
     with left:
         if limits is not None:

@@ -75,3 +75,29 @@ def test_a_chat_goes_through_the_ndif_engine(app, tiny_on_ndif_path):
     at.switch_page("pages/prefilling.py").run()
     assert any("runs on the local model in this version; tiny (NDIF)" in i.value
                for i in at.info), [i.value for i in at.info]
+
+
+def test_hallucination_alerts_come_from_the_ndif_engine(app, tiny_on_ndif_path):
+    """The Hallucination page asks the sidebar's engine; its alerts are on those records."""
+    from perplex.engine.ndif import hub_model
+    from perplex.engine.ndif_engine import NdifEngine
+    from perplex.modes import hallucination as h
+
+    engine = NdifEngine(hub_model(str(tiny_on_ndif_path)), "tiny (NDIF)", remote="local")
+    app.session_state[NDIF_ENGINE_KEY] = (("tiny", hashlib.sha256(b"a-key").hexdigest()),
+                                          engine)
+    app.session_state["halluc.system_choice"] = "none"  # the tiny model reads 256 tokens
+    at = _choose_ndif(app, "tiny", key="a-key")
+    at.switch_page("pages/hallucination.py").run()
+    assert not at.exception and not at.info, [i.value for i in at.info]
+    at.text_area(key="halluc.question").set_value("Who walked on Mars first?")
+    at.button[[b.label for b in at.button].index("Ask")].click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    generation = at.session_state["halluc.generation"]
+    assert generation.model_label == "tiny (NDIF)" and generation.response_steps
+    found = h.alerts(generation.response_steps,
+                     h.AlertThresholds(h.DEFAULT_CONFIDENCE, h.DEFAULT_ENTROPY))
+    summary = next(m.value for m in at.markdown if " alerts** in " in m.value)
+    assert summary.startswith(f"**{len(found)} alerts** in {len(generation.response_steps)} "
+                              "tokens")
+    assert any("tiny \\(NDIF\\) · generated" in c.value for c in at.caption)

@@ -95,6 +95,13 @@ def show_transcript(gen: Generation, prefix: str, thresholds: Thresholds,
     return found
 
 
+def provenance_caption(gen: Generation) -> None:
+    """Why the answer stopped, which model gave it and how its records were obtained."""
+    if gen.stop_reason:
+        st.caption(f"Stopped: {gen.stop_reason} · {plain(gen.model_label)} · "
+                   f"{gen.source.value}")
+
+
 def all_tokens(gen: Generation, prefix: str, thresholds: Thresholds) -> None:
     """The whole sequence the model read, template tokens included, as one token view."""
     with st.container(border=True):

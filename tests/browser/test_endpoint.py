@@ -52,5 +52,20 @@ def test_chat_through_the_endpoint_then_back_to_the_local_model(open_page, llama
     page.get_by_role("link", name="Logit Lens").click()
     page.get_by_text(re.compile("needs an engine with internals")).wait_for()
     screenshot(page, "endpoint_2_lens_needs_internals")
+
+    # Hallucination alerts work on the endpoint's top-k, their entropies labelled as bounds.
+    page.get_by_role("link", name="Hallucination").click()
+    page.get_by_label("Question").fill("Who was the first person to walk on Mars?")
+    page.get_by_role("button", name="Ask", exact=True).click()
+    summary = page.get_by_text(re.compile(r"\d+ alerts in \d+ tokens"))
+    summary.wait_for(timeout=WORK_TIMEOUT)
+    settle(page)
+    n_alerts, n_tokens = map(int, re.findall(r"(\d+) alerts in (\d+) tokens",
+                                             summary.inner_text())[0])
+    assert n_tokens == page.locator(FINAL_TOK).count() >= 1
+    assert page.locator(f"{FINAL_TOK}.alert").count() == n_alerts
+    page.get_by_text(re.compile("come from the top-k alternatives the engine returned")).wait_for()
+    assert "@ 127.0.0.1" in page.get_by_text(re.compile("^Stopped:")).first.inner_text()
+    screenshot(page, "endpoint_3_hallucination_on_top_k")
     sidebar.get_by_text("Local model (above)").click()
     page.locator(".lv-cell").last.wait_for(timeout=WORK_TIMEOUT)
