@@ -49,9 +49,6 @@ def test_chat_through_the_endpoint_then_back_to_the_local_model(open_page, llama
     assert "top-k estimate" in tip.inner_text()
     assert "@ 127.0.0.1" in page.get_by_text(re.compile("^Stopped:")).first.inner_text()
     screenshot(page, "endpoint_1_chat")
-    page.get_by_role("link", name="Logit Lens").click()
-    page.get_by_text(re.compile("needs an engine with internals")).wait_for()
-    screenshot(page, "endpoint_2_lens_needs_internals")
 
     # Hallucination alerts work on the endpoint's top-k, their entropies labelled as bounds.
     page.get_by_role("link", name="Hallucination").click()
@@ -66,6 +63,11 @@ def test_chat_through_the_endpoint_then_back_to_the_local_model(open_page, llama
     assert page.locator(f"{FINAL_TOK}.alert").count() == n_alerts
     page.get_by_text(re.compile("come from the top-k alternatives the engine returned")).wait_for()
     assert "@ 127.0.0.1" in page.get_by_text(re.compile("^Stopped:")).first.inner_text()
-    screenshot(page, "endpoint_3_hallucination_on_top_k")
+    summary.scroll_into_view_if_needed()
+    screenshot(page, "endpoint_2_hallucination_on_top_k")
+
+    page.get_by_role("link", name="Logit Lens").click()
+    page.get_by_text(re.compile("needs an engine with internals")).wait_for()
+    screenshot(page, "endpoint_3_lens_needs_internals")
     sidebar.get_by_text("Local model (above)").click()
     page.locator(".lv-cell").last.wait_for(timeout=WORK_TIMEOUT)
