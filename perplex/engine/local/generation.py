@@ -82,7 +82,8 @@ class DecodeRun:
         room = lm.context_length - len(ids)
         response_text = "".join(s.text for s in self.steps if s.role is TokenRole.RESPONSE)
         self.stop_reason = "max_new_tokens"
-        for n in range(min(params.max_new_tokens, room)):
+        limit = min(params.max_new_tokens, room)
+        for n in range(limit):
             token_id = choose_token(last, params, generator)
             text = detok.push(token_id)
             stats = distribution_stats(last[None], torch.tensor([token_id]),
@@ -100,6 +101,8 @@ class DecodeRun:
                 break
             if n + 1 == room:
                 self.stop_reason = "context window full"
+                break
+            if n + 1 == limit:  # the last token: no forward pass for a next one
                 break
             logits, cache = self._forward([token_id], cache)
             last = logits[-1]
