@@ -27,6 +27,7 @@ from perplex.core.errors import ModelLoadError
 from perplex.core.records import Message
 from perplex.core.settings import Settings, load_settings
 from perplex.engine.local.anatomy import Anatomy, anatomy_of
+from perplex.engine.local.layout import lay_out_for_decoding
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,7 @@ def load_model(spec: ModelSpec, settings: Settings | None = None) -> LoadedModel
     else:
         model, tokenizer = _from_hub(spec)
     model.eval().requires_grad_(False)
+    lay_out_for_decoding(model)
     loaded = LoadedModel(spec, model, tokenizer, time.perf_counter() - started, converted_now)
     log.info("loaded %s in %.1f s", spec.label, loaded.load_seconds)
     return loaded
