@@ -274,13 +274,23 @@ def token_sets_panel(gen: Generation | None) -> None:
         return
     with st.expander(f"Token sets ({len(sets)})"):
         for token_set in sets:
-            members = [m for m in token_set.members if m.tokenizer == gen.model_label]
-            st.markdown(f"**{plain(token_set.name)}** · {count(len(members), 'token')}")
-            for member in members:
-                if st.button(f"✕ “{plain(visible_token(member.token_text))}” "
-                             f"(id {member.token_id})", help="Remove from the set",
-                             key=f"set-{token_set.id}-{member.token_id}",
+            tokens = _distinct_tokens(token_set, gen.model_label)
+            st.markdown(f"**{plain(token_set.name)}** · {count(len(tokens), 'token')}")
+            for token_id, (text, words) in tokens.items():
+                # One button per token id: several words can start with the same token
+                # ("I" and "I'm"), and removing the id removes it under each of them.
+                if st.button(f"✕ “{plain(visible_token(text))}” (id {token_id}; "
+                             f"{plain(', '.join(words))})", help="Remove from the set",
+                             key=f"set-{token_set.id}-{token_id}",
                              disabled=read_only()):
-                    remove_token(resources.store(), token_set.id, gen.model_label,
-                                 member.token_id)
+                    remove_token(resources.store(), token_set.id, gen.model_label, token_id)
                     st.rerun()
+
+
+def _distinct_tokens(token_set, tokenizer: str) -> dict[int, tuple[str, list[str]]]:
+    """Token id → (its text, the words it was entered as), first seen first."""
+    tokens: dict[int, tuple[str, list[str]]] = {}
+    for member in token_set.members:
+        if member.tokenizer == tokenizer:
+            tokens.setdefault(member.token_id, (member.token_text, []))[1].append(member.word)
+    return tokens
