@@ -57,6 +57,14 @@ CASES = [
     ("Apollo 11 landed in 1969, about 3/4 of the way through the decade, as most "
      "historians agree.", None, "missing"),  # a long answer without a label
     ("", None, "missing"),
+    # an answer is never a confidence (numbers issue, point 1)
+    ("Answer: 20%", None, "missing"),
+    ("Answer: 100%", None, "missing"),
+    ("Answer: 0.5", None, "missing"),
+    ("Answer: very likely", None, "missing"),
+    ("Answer: 120 minutes", None, "missing"),
+    ("Answer: 20%\nConfidence: 90%", 0.9, "percent"),
+    ("Answer: 120, confidence 70%", 0.7, "percent"),
     ("Confidence:", None, "missing"),
     ("Confidence: I cannot say", None, "missing"),
 ]
@@ -76,3 +84,10 @@ def test_written_cases(text, value, kind):
 def test_there_are_at_least_forty_cases_and_the_word_map_is_a_probability():
     assert len(CASES) >= 40
     assert all(0 <= p <= 1 for p in WORDS.values())
+
+
+@pytest.mark.parametrize("reply", ["Answer: 20%", "Answer: 100%", "Answer: 0.8"])
+def test_a_reply_that_is_only_an_answer_is_asked_for_its_confidence(reply):
+    from perplex.modes.calibration.run import _confidence_prefill
+
+    assert _confidence_prefill(reply) == f"{reply}\nConfidence:"

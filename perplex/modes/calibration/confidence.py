@@ -1,7 +1,9 @@
 """The confidence a model states, parsed: "Confidence: 80%", "0.8", "8/10", "very likely".
 
-Where the text has a confidence label ("Confidence: …", "confidence is …") only the rest of
-its line is read (or, when that is empty, the line before the label: "80% confidence");
+An answer ("Answer: …", to the end of its line or to a confidence label on it) is never
+read: "Answer: 20%" states no confidence. Where the rest has a confidence label
+("Confidence: …", "confidence is …") only the rest of its line is read (or, when that is
+empty, the line before the label: "80% confidence");
 else a sentence of the model's own ("I am 90% sure", "I'm not sure"); else, only when the
 whole text is short (a bare reply such as "0.8"), the whole text. Numbers, in this order:
 
@@ -39,6 +41,7 @@ WORDS: dict[str, float] = {
     "almost no chance": 0.03, "impossible": 0.01,
 }
 _LABEL = re.compile(r"(?:confidence(?:\s+level)?|certainty|probability)\s*(?::|=|is\b|of\b|at\b)?")
+_ANSWER = re.compile(r"\banswer\s*:(?:(?!confidence|certainty)[^\n])*")
 _SELF = re.compile(r"\bi\s*(?:'m|am)\b")
 SHORT_REPLY = 40  # characters: a whole text this short is read as a bare confidence
 _NUM = r"(-?\d+(?:\.\d+)?|-?\.\d+)"
@@ -61,7 +64,7 @@ class StatedConfidence:
 
 def parse_confidence(text: str) -> StatedConfidence:
     """The confidence stated in `text` (see the module's rules)."""
-    lowered = unicodedata.normalize("NFKC", text or "").lower().replace("’", "'")
+    lowered = without_answer(unicodedata.normalize("NFKC", text or "").lower().replace("’", "'"))
     labels = list(_LABEL.finditer(lowered))
     if labels:
         label = labels[-1]
@@ -79,6 +82,15 @@ def parse_confidence(text: str) -> StatedConfidence:
     if len(lowered.strip()) <= SHORT_REPLY:
         return _read(lowered, labelled=False)
     return StatedConfidence(None, "missing", "")
+
+
+def without_answer(text: str) -> str:
+    """`text` less its answers: each "Answer: …" up to its line's end or a confidence label.
+
+    An answer is never a confidence: "Answer: 20%" answers a question, and a reply that is
+    only an answer states no confidence (so the caller can ask for one).
+    """
+    return _ANSWER.sub("", text)
 
 
 def _read(span: str, labelled: bool) -> StatedConfidence:

@@ -4,7 +4,8 @@ Each item is asked through a prompt template; the answer starts with the prefill
 "Answer:" (on engines that can force text), so the option letter of a multiple-choice
 answer comes right after it, where the full distribution gives the options' probabilities.
 The answer is the rest of the line after "Answer:" (else the first line); the stated
-confidence is parsed from the whole reply (`confidence.parse_confidence`). When the reply
+confidence is parsed from the rest of the reply (`confidence.parse_confidence`, which never
+reads an answer as a confidence). When the reply
 states none and the engine can force text, the reply is continued once with the forced
 line "Confidence:" (small models seldom write the second line unasked); the stored
 generation is then that continuation, whose answer tokens keep their probabilities.
