@@ -18,7 +18,7 @@ from perplex.engine.local.engine import LocalEngine
 from perplex.engine.local.stream import Steering
 from perplex.modes.traits.definitions import parse_trait, shipped_traits
 from perplex.modes.traits.judge import engine_judge, parse_score
-from perplex.modes.traits.monitor import Monitor, monitor_generate, monitor_text
+from perplex.modes.traits.monitor import Monitor, injected, monitor_generate, monitor_text
 from perplex.modes.traits.vectors import extract_prompt_last, extract_response_average
 from tests.tiny import tiny_model
 
@@ -157,7 +157,7 @@ def test_a_strong_steer_changes_the_answer(tiny, cheer):
     steered = [s.token_id for s in pushed.generation.steps if s.role is TokenRole.RESPONSE]
     assert answer != steered
     assert pushed.steering == ({"trait": "", "layer": 1, "coefficient": 40.0,
-                                "positions": "response"},)
+                                "positions": "response", "injected": {}},)
 
 
 @pytest.mark.parametrize("text,message", [
@@ -270,11 +270,45 @@ def test_a_sweep_runs_each_coefficient_and_zero_is_the_baseline(tiny, cheer):
     assert zero.run.generation.steps == baseline.generation.steps
     assert zero.first_difference is None
     assert zero.mean_score == pytest.approx(float(baseline.scores[0].mean()))
-    # the steered layer is the monitored one: its first answer token's score moves by c·‖v‖
-    norm = float(np.linalg.norm(cheer.vector[2]))
+    # the steered layer is the monitored one: the vector adds c·‖v‖ to the residual's
+    # projection by itself, which the scores leave out (and record)
+    norm = float(np.linalg.norm(cheer.vector[2].astype(np.float64)))
     for point in (points[0], points[2]):
-        assert point.run.scores[0, 0] - baseline.scores[0, 0] == pytest.approx(
-            point.coefficient * norm, rel=1e-5)
+        assert point.run.injected == {"cheer": pytest.approx(point.coefficient * norm, rel=1e-12)}
+        assert point.run.scores[0, 0] == pytest.approx(baseline.scores[0, 0], rel=1e-5, abs=1e-4)
+
+
+def test_steered_scores_leave_out_what_the_vector_adds_by_itself(tiny, cheer):
+    """Numbers issue, point 2: monitored at the steered layer, every score rose by c·‖v‖.
+
+    Where the two answers are still the same text, the residual at the steered layer is the
+    baseline's plus c·v exactly, so the steered score there equals the baseline's; the raw
+    projection (score + injected) is the baseline's plus c·‖v‖. A layer before the steered
+    one gets nothing added.
+    """
+    c, layer = 4.0, 2
+    monitors = [Monitor(cheer, layer)]
+    params = DecodeParams(max_new_tokens=8)
+    base = monitor_generate(tiny, QUESTION, monitors, params)
+    steered = monitor_generate(tiny, QUESTION, monitors, params, steering=[
+        Steering(layer, torch.from_numpy(cheer.vector[layer]), c, "response", name="cheer")])
+    norm = float(np.linalg.norm(cheer.vector[layer].astype(np.float64)))
+    assert steered.injected == {"cheer": pytest.approx(c * norm, rel=1e-12)}
+    assert steered.steering[0]["injected"] == {"cheer": pytest.approx(c * norm, rel=1e-12)}
+    a, b = (_answer_ids(r) for r in (base, steered))
+    same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    agree = same  # the first token is chosen before any steered position: same >= 1
+    assert agree >= 1
+    # float32 residuals (|h| ~ 1e1) summed with c·v, projected in float64: 1e-4 absolute
+    np.testing.assert_allclose(steered.scores[0, :agree], base.scores[0, :agree], atol=1e-4)
+    raw = steered.scores[0, :agree] + steered.injected["cheer"]
+    np.testing.assert_allclose(raw - base.scores[0, :agree], c * norm, atol=1e-4)
+    earlier = [Monitor(cheer, 1)]  # a layer before the steered one gets nothing added
+    assert injected(earlier, [Steering(layer, torch.from_numpy(cheer.vector[layer]), c)]) == 0
+
+
+def _answer_ids(run) -> list[int]:
+    return [s.token_id for s in run.generation.steps[run.answer_start:]]
 
 
 def test_the_figures_are_built_from_a_run(tiny, cheer):

@@ -45,7 +45,9 @@ class MonitoredRun:
     """A generation with each answer token's trait scores.
 
     `scores` is [len(traits), answer tokens] float64; `steering` describes the vectors
-    added while generating (empty: none).
+    added while generating (empty: none). A steered answer's scores leave out what the
+    vectors add to the residual by themselves; each steering entry's "injected" maps a trait
+    to that amount (entries saved before it was recorded lack it: their scores are raw).
     """
 
     generation: Generation
@@ -59,6 +61,16 @@ class MonitoredRun:
         """Index in the generation's steps of the first answer token."""
         return len(self.generation.steps) - self.scores.shape[1]
 
+    @property
+    def injected(self) -> dict[str, float] | None:
+        """Trait → what steering added to each answer token's score and was taken out.
+
+        None where a steered answer was saved without it (its scores include the vectors).
+        """
+        if any("injected" not in s for s in self.steering):
+            return None
+        return {t: sum(float(s["injected"].get(t, 0.0)) for s in self.steering)
+                for t in self.traits}
 
     def record(self) -> MonitoringRecord:
         """The answer in the per-token monitor format."""

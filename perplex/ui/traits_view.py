@@ -464,6 +464,19 @@ def steering_title(steered: MonitoredRun) -> str:
     return f"Steered: {', '.join(parts) or 'nothing'} ({where})"
 
 
+def _injected_note(run: MonitoredRun, trait: str) -> str:
+    """What the steered scores leave out, said beside them."""
+    if not run.steering:
+        return ""
+    added = run.injected
+    if added is None:
+        return (" · raw: saved before steered scores left out the steering vector, so they "
+                "include what it adds by itself")
+    return (f" · steering alone adds {added[trait]:+.3f} to every steered token's projection "
+            "(c · v·v̂ at the monitored layer); it is taken out here, so the scores show how "
+            "the answer moved")
+
+
 def pair_section() -> None:
     """Baseline and steered answers side by side, with where they part and the difference."""
     pair = st.session_state.get(PAIR_KEY)
@@ -490,7 +503,8 @@ def pair_section() -> None:
                        overlay=Overlay(plots.score_colours(run.scores[t].tolist())),
                        highlight=first if first is not None and first < len(steps) else None,
                        inert=True)
-            st.caption(f"mean {trait} score {run.scores[t].mean():+.3f}")
+            st.caption(f"mean {trait} score {run.scores[t].mean():+.3f}"
+                       + _injected_note(run, trait))
     t = base.traits.index(trait)
     difference = plots.score_difference(trait, base.scores[t], steered.scores[t], first)
     st.plotly_chart(difference, key=f"{PREFIX}.difference")

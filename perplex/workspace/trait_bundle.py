@@ -168,7 +168,14 @@ def _steering_ok(s) -> bool:
             and type(s.get("layer")) is int and s["layer"] >= 1
             and isinstance(s.get("coefficient"), (int, float))
             and not isinstance(s["coefficient"], bool) and math.isfinite(s["coefficient"])
-            and s.get("positions") in POSITIONS)
+            and s.get("positions") in POSITIONS
+            and _injected_ok(s.get("injected", {})))
+
+
+def _injected_ok(injected) -> bool:
+    return isinstance(injected, dict) and all(
+        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+        and math.isfinite(v) for k, v in injected.items())
 
 
 def _vector(i: int, raw) -> tuple[str, TraitVector]:

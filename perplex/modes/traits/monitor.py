@@ -5,7 +5,9 @@ layer read in the same pass, so its scores stream with it (h · v / ‖v‖, the
 token's own position). When the answer ends, one teacher-forced pass over the whole text
 (with the same steering, if any) gives the stored records and scores, so a generation's
 numbers equal those of scoring its text. A steered answer is generated and scored by the
-steered model.
+steered model, and its scores leave out what the steering vector adds to the residual by
+itself (`injected`): they show how the answer moved, not the vector that was added. Each
+steering record keeps that amount per trait ("injected"), so raw = score + injected.
 """
 
 from __future__ import annotations
@@ -49,12 +51,33 @@ def _check(engine: LocalEngine, monitors: Sequence[Monitor]) -> None:
             raise GenerationError(f"Layer {m.layer} is not in {engine.info.label} (0 to {n}).")
 
 
-def _scores(hidden: torch.Tensor, monitors: Sequence[Monitor], layers: list[int]) -> np.ndarray:
-    """[traits, n] projections from captured residuals [len(layers), n, d]."""
+def _scores(hidden: torch.Tensor, monitors: Sequence[Monitor], layers: list[int],
+            injected: np.ndarray | None = None) -> np.ndarray:
+    """[traits, n] projections from captured residuals [len(layers), n, d].
+
+    `injected` [traits] is subtracted: what steering added to each projection by itself.
+    """
     if not monitors:
         return np.zeros((0, 1 if hidden is None else hidden.shape[1]))
-    return np.stack([hidden[layers.index(m.layer)].double().numpy() @ m.vector.unit(m.layer)
-                     for m in monitors])
+    raw = np.stack([hidden[layers.index(m.layer)].double().numpy() @ m.vector.unit(m.layer)
+                    for m in monitors])
+    return raw if injected is None else raw - injected[:, None]
+
+
+def injected(monitors: Sequence[Monitor], steering: Sequence[Steering]) -> np.ndarray:
+    """[traits] what the steering vectors add to each answer token's projection by themselves.
+
+    A vector c · v added after block L stays in the residual stream unchanged (every later
+    block adds to it), so a trait read at layer M ≥ L carries exactly c · (v · v̂_M) more
+    at each steered position, whatever the model does. Steering on prompt positions only
+    adds nothing at the answer's own positions.
+    """
+    out = np.zeros(len(monitors))
+    for i, m in enumerate(monitors):
+        for s in steering:
+            if s.positions != "prompt" and s.layer <= m.layer:
+                out[i] += s.coefficient * float(s.vector.double().numpy() @ m.vector.unit(m.layer))
+    return out
 
 
 def monitor_generate(engine: LocalEngine, messages: tuple[Message, ...],
@@ -67,6 +90,7 @@ def monitor_generate(engine: LocalEngine, messages: tuple[Message, ...],
     layers = sorted({m.layer for m in monitors})
     stream = engine.logit_stream(steering=_at(steering, len(context)))
     out = stream.extend(context.ids, capture=layers)
+    added = injected(monitors, steering)
     if not params.greedy and params.seed is None:
         params = replace(params, seed=random.randrange(2**31))  # recorded: reproducible
     generator = None if params.greedy else torch.Generator().manual_seed(params.seed)
@@ -78,7 +102,7 @@ def monitor_generate(engine: LocalEngine, messages: tuple[Message, ...],
         answer.append(token)
         out = stream.extend([token], capture=layers)
         if progress:
-            progress(len(answer), token, _scores(out.hidden, monitors, layers)[:, -1])
+            progress(len(answer), token, _scores(out.hidden, monitors, layers, added)[:, -1])
         if token in engine.info.eos_ids:
             stop_reason = "eos"
             break
@@ -122,12 +146,15 @@ def _scored(engine: LocalEngine, seq: EncodedSequence, messages: tuple[Message, 
     out = engine.logit_stream(steering=_at(steering, prompt_length)).extend(seq.ids,
                                                                           capture=layers)
     steps = engine.records(seq, out.final)
-    scores = _scores(out.hidden, monitors, layers)[:, prompt_length:] if monitors \
+    added = injected(monitors, steering)
+    scores = _scores(out.hidden, monitors, layers, added)[:, prompt_length:] if monitors \
         else np.zeros((0, n_answer))
     gen = Generation(steps=steps, messages=messages, model_label=engine.info.label,
                      model_spec=engine.info.spec, source=source, params=params,
                      stop_reason=stop_reason)
     described = tuple({"trait": s.name, "layer": s.layer, "coefficient": s.coefficient,
-                       "positions": s.positions} for s in steering)
+                       "positions": s.positions,
+                       "injected": {m.vector.trait: float(injected([m], [s])[0])
+                                    for m in monitors}} for s in steering)
     return MonitoredRun(gen, tuple(m.vector.trait for m in monitors),
                         tuple(m.layer for m in monitors), scores, described)
