@@ -37,8 +37,12 @@ def test_token_sets_whose_words_share_a_first_token_show_without_a_crash(app, pe
     and took the chat input with it.
     """
     from perplex.ui.session_panel import SESSION_KEY
-    from perplex.workspace.token_sets import (DEFAULT_SETS, REFUSAL_SET, list_token_sets,
-                                              save_set_words)
+    from perplex.workspace.token_sets import (
+        DEFAULT_SETS,
+        REFUSAL_SET,
+        list_token_sets,
+        save_set_words,
+    )
 
     app.chat_input[0].set_value("Say hello.").run()
     sid = app.session_state[SESSION_KEY]
