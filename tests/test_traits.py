@@ -83,6 +83,40 @@ def test_the_vector_is_the_mean_difference_by_hand(tiny, cheer):
     assert 1 <= cheer.default_layer <= 3 and cheer.n_examples == 16 and cheer.n_held_out == 4
 
 
+def test_the_baseline_is_the_negative_mean_projection_by_hand(tiny, cheer):
+    """Numbers issue, point 3: scores are coloured against the negative examples' mean.
+
+    By hand from `hidden_states`: the negative and positive examples' mean projections at
+    each layer; the positive one lies at baseline + ‖v‖ (v is their difference).
+    """
+    pos, neg = [], []
+    for question in SMALL.questions:
+        for positive, negative in SMALL.pairs:
+            for side, system in ((pos, positive), (neg, negative)):
+                ids = tiny.encode((Message("system", system), Message("user", question)),
+                                  True).ids
+                side.append(torch.stack([h[0, -1] for h in hidden_states(tiny, ids)]))
+    for layer in range(1, cheer.n_layers + 1):
+        unit = cheer.unit(layer)
+        negative = float(torch.stack(neg).double().mean(0)[layer].numpy() @ unit)
+        positive = float(torch.stack(pos).double().mean(0)[layer].numpy() @ unit)
+        # two passes (the engine's and output_hidden_states'): float32 tolerance
+        assert cheer.baseline(layer) == pytest.approx(negative, abs=1e-5)
+        assert positive - cheer.baseline(layer) == pytest.approx(cheer.norms[layer], abs=1e-5)
+    assert cheer.baseline(0) is None  # v = 0 at the embedding: no direction
+
+
+def test_colours_are_read_against_the_baseline():
+    from perplex.modes.traits import plots
+
+    # all scores positive (the issue's answer: min 7.35): without a baseline all red
+    scores = [7.35, 9.0, 12.0]
+    assert all(c.startswith("rgba(178") for c in plots.score_colours(scores))
+    coloured = plots.score_colours(scores, (9.0, 3.0))
+    assert coloured[0].startswith("rgba(33") and coloured[2] == "rgba(178, 24, 43, 0.600)"
+    assert coloured[1].endswith("0.000)")  # at the baseline: no colour
+
+
 def test_rank_auroc_equals_scikit_learn():
     rng = np.random.default_rng(0)
     scores = np.round(rng.normal(size=200), 1)  # ties included
@@ -196,6 +230,7 @@ def test_a_vector_round_trips_through_safetensors_and_duckdb(cheer, tmp_path):
     vector_id = save_vector(store, cheer)
     back = load_vector(store, vector_id)
     assert np.array_equal(back.vector, cheer.vector)
+    assert [back.baseline(i) for i in range(4)] == [cheer.baseline(i) for i in range(4)]
     assert back.norms == cheer.norms and back.default_layer == cheer.default_layer
     assert [a for a in back.auroc if not np.isnan(a)] == [a for a in cheer.auroc
                                                             if not np.isnan(a)]
@@ -555,3 +590,14 @@ def test_monitoring_exports_keep_token_texts_and_scores(tmp_path):
     assert back["refusal"].tolist() == [3.0, 1e-7, 4.0]
     assert back["evil"].tolist()[:2] == [0.1, -2.5] and np.isnan(back["evil"].iloc[2])
     assert back["answer"].tolist() == ["a", "a", "b"]
+
+
+@pytest.mark.parametrize("baseline", [["x", 1.0, 2.0, 3.0], [1.0], [True, 1.0, 1.0, 1.0]])
+def test_a_vector_file_with_a_bad_baseline_is_refused(cheer, baseline):
+    from dataclasses import replace
+
+    from perplex.workspace.trait_store import read_vector_file, vector_file_bytes
+
+    bad = replace(cheer, meta={**cheer.meta, "baseline": baseline})
+    with pytest.raises(PerplexError, match="baseline"):
+        read_vector_file(vector_file_bytes(bad))

@@ -44,6 +44,17 @@ class TraitVector:
         """Blocks of the model (rows − 1)."""
         return len(self.vector) - 1
 
+    def baseline(self, layer: int) -> float | None:
+        """The negative examples' mean projection at `layer`, from extraction (else None).
+
+        Imported vectors have none: only their direction is known.
+        """
+        values = self.meta.get("baseline")
+        if not isinstance(values, list) or len(values) != len(self.vector):
+            return None
+        value = values[layer]
+        return float(value) if isinstance(value, (int, float)) and np.isfinite(value) else None
+
     def unit(self, layer: int) -> np.ndarray:
         """V / ‖v‖ at `layer`."""
         v = self.vector[layer].astype(np.float64)
@@ -52,6 +63,19 @@ class TraitVector:
             raise InputFormatError(f"The {self.trait} vector is zero at layer {layer}: choose "
                                    "another layer.")
         return v / norm
+
+
+def baselines(negative_mean: np.ndarray, vector: np.ndarray) -> list[float | None]:
+    """Per layer, the negative examples' mean residual projected on v / ‖v‖ (None: v = 0).
+
+    The positive examples' mean then projects at baseline + ‖v‖ (v is their difference), so
+    a score read against the baseline says where a token sits between the two.
+    """
+    out: list[float | None] = []
+    for mean, row in zip(negative_mean.astype(np.float64), vector.astype(np.float64)):
+        norm = float(np.linalg.norm(row))
+        out.append(float(mean @ row) / norm if norm > 0 else None)
+    return out
 
 
 def projections(hidden: np.ndarray, vector: TraitVector, layer: int) -> np.ndarray:

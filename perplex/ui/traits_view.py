@@ -338,10 +338,25 @@ def import_section() -> None:
                     f"{PREFIX}.imported.{pick}.{len(records)}", "Export the imported answers")
 
 
+def references(run: MonitoredRun) -> tuple[tuple[float, float] | None, ...]:
+    """Per trait of `run`: (baseline, ‖v‖) of its vector at its layer, where this tab has it.
+
+    The baseline is the negative examples' mean projection from extraction; imported vectors
+    and vectors not loaded here have none (None).
+    """
+    held = st.session_state.get(VECTORS_KEY, {})
+    out = []
+    for trait, layer in zip(run.traits, run.trait_layers):
+        vector = held.get((run.generation.model_label, trait))
+        baseline = vector.baseline(layer) if vector is not None else None
+        out.append(None if baseline is None else (baseline, vector.norms[layer]))
+    return tuple(out)
+
+
 def monitored_section(run: MonitoredRun, key: str) -> None:
     """The monitored answer on screen, with its exports."""
     monitor_views(run.traits, run.trait_layers, run.scores, run.generation.steps[run.answer_start:],
-                  key)
+                  key, references(run))
     record = run.record()
     monitor_exports([record], [run.generation.id], f"perplex-traits-{run.generation.id}",
                     {"lines": plots.trait_lines(run.traits, run.scores, record.tokens)},
@@ -378,8 +393,13 @@ def _point_to_token(key: str) -> None:
 
 
 def monitor_views(traits: tuple[str, ...], layers: tuple[int, ...] | None, scores: np.ndarray,
-                  steps, key: str) -> None:
-    """Slider + bars, lines, stats grid and the token view coloured by one trait."""
+                  steps, key: str,
+                  refs: tuple[tuple[float, float] | None, ...] | None = None) -> None:
+    """Slider + bars, lines, stats grid and the token view coloured by one trait.
+
+    `refs` gives each trait's (baseline, ‖v‖) where known: colours are read against it.
+    """
+    refs = refs or (None,) * len(traits)
     texts = [s.text for s in steps]
     if not texts or not traits:
         st.caption("No answer tokens, or no trait monitored.")
@@ -393,6 +413,7 @@ def monitor_views(traits: tuple[str, ...], layers: tuple[int, ...] | None, score
     grid = pd.DataFrame([{"trait": t, "layer": str(layers[i]) if layers else "(imported)",
                           "min": scores[i].min(), "max": scores[i].max(),
                           "mean": scores[i].mean(),
+                          "baseline": refs[i][0] if refs[i] else None,
                           "peaks at": f"#{int(scores[i].argmax())} "
                                       f"“{visible_token(texts[int(scores[i].argmax())])}”"}
                          for i, t in enumerate(traits)])
@@ -401,12 +422,24 @@ def monitor_views(traits: tuple[str, ...], layers: tuple[int, ...] | None, score
     t = traits.index(coloured_by)
     lines = tuple(tuple(f"{name}: {scores[i, j]:+.3f}" for i, name in enumerate(traits))
                   for j in range(len(texts)))
-    overlay = Overlay(plots.score_colours(scores[t].tolist()), lines,
+    overlay = Overlay(plots.score_colours(scores[t].tolist(), refs[t]), lines,
                       label="the model (temperature 1)")
     token_view(steps, key=f"{key}-answer", confident=0.7, uncertain=0.3, highlight=index,
                overlay=overlay, inert=True)
-    st.caption(f"Red: the token's residual projects towards {coloured_by} (h · v / ‖v‖ > 0), "
-               "blue: away; full colour at the answer's largest |score|. Hover: every trait.")
+    st.caption(colour_caption(coloured_by, refs[t]) + " Hover: every trait.")
+
+
+def colour_caption(trait: str, ref: tuple[float, float] | None) -> str:
+    """How the answer's colours read, with the baseline they are read against."""
+    if ref is None:
+        return (f"Red: the token's residual projects towards {trait} (h · v / ‖v‖ > 0), blue: "
+                "away; full colour at the answer's largest |score|. This vector has no "
+                "baseline (imported, or not loaded here), so colours are relative to 0, which "
+                "need not be neutral.")
+    baseline, span = ref
+    return (f"Colours are read against {trait}'s baseline {baseline:+.2f}, the mean score of "
+            f"its negative examples at extraction: red above it, blue below, full red at "
+            f"{baseline + span:+.2f} (the positive examples' mean, baseline + ‖v‖).")
 
 
 def steering_section(engine: LocalEngine, found: list[Monitor], messages: tuple[Message, ...],
@@ -500,12 +533,14 @@ def pair_section() -> None:
             t = run.traits.index(trait)
             steps = run.generation.steps[run.answer_start:]
             token_view(steps, key=f"{PREFIX}-{title[:8]}", confident=0.7, uncertain=0.3,
-                       overlay=Overlay(plots.score_colours(run.scores[t].tolist())),
+                       overlay=Overlay(plots.score_colours(run.scores[t].tolist(),
+                                                           references(run)[t])),
                        highlight=first if first is not None and first < len(steps) else None,
                        inert=True)
             st.caption(f"mean {trait} score {run.scores[t].mean():+.3f}"
                        + _injected_note(run, trait))
     t = base.traits.index(trait)
+    st.caption(colour_caption(trait, references(base)[t]))
     difference = plots.score_difference(trait, base.scores[t], steered.scores[t], first)
     st.plotly_chart(difference, key=f"{PREFIX}.difference")
     ids = [base.generation.id, steered.generation.id]

@@ -112,6 +112,13 @@ def latest_vectors(store: Store, model_label: str, variant: str) -> dict[str, Tr
     return found
 
 
+def _baseline_ok(vector: TraitVector) -> bool:
+    values = vector.meta.get("baseline", [])
+    return isinstance(values, list) and all(
+        v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+        for v in values) and len(values) in (0, len(vector.vector))
+
+
 def read_vector_file(data: bytes) -> TraitVector:
     """A vector from safetensors bytes written by `save_vector` (untrusted: checked)."""
     if len(data) > MAX_VECTOR_BYTES:
@@ -130,11 +137,11 @@ def read_vector_file(data: bytes) -> TraitVector:
         raise InputFormatError(f"This is not a Perplex trait vector file ({type(exc).__name__}: "
                                f"{str(exc)[:200]}).") from None
     if not (vector.trait.strip() and 1 <= vector.default_layer <= vector.n_layers
-            and isinstance(vector.meta, dict)
+            and isinstance(vector.meta, dict) and _baseline_ok(vector)
             and all(math.isfinite(n) and n >= 0 for n in vector.norms)
             and all(math.isnan(a) or 0 <= a <= 1 for a in vector.auroc)):
         raise InputFormatError("A trait vector file has statistics out of range (a name, a "
-                               "layer, a norm or an AUROC).")
+                               "layer, a norm, an AUROC or a baseline).")
     return vector
 
 

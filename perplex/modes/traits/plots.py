@@ -63,8 +63,17 @@ def trait_lines(traits: Sequence[str], scores: np.ndarray, texts: Sequence[str],
     return fig
 
 
-def score_colours(values: Sequence[float]) -> tuple[str, ...]:
-    """A diverging colour per score: red above 0, blue below, scaled to the largest |score|."""
+def score_colours(values: Sequence[float], reference: tuple[float, float] | None = None
+                  ) -> tuple[str, ...]:
+    """A diverging colour per score.
+
+    With `reference` (baseline, span): red above the baseline, blue below, full colour at
+    baseline ± span (a trait vector's baseline and ‖v‖: full red where the positive
+    examples' mean lies). Without: red above 0, blue below, scaled to the largest |score|.
+    """
+    if reference is not None:
+        baseline, span = reference
+        return tuple(_css(v - baseline, span or 1.0) for v in values)
     scale = max((abs(v) for v in values), default=1.0) or 1.0
     return tuple(_css(v, scale) for v in values)
 

@@ -13,6 +13,9 @@ then averages each answer's residuals over its own tokens (the end-of-turn token
 out); with a judge, only the pairs whose positive answer scores ≥ 50 and negative answer
 < 50 on the trait's rubric are kept, as persona_vectors filters its generations.
 
+Each vector keeps, per layer, its *baseline*: the negative examples' mean projection on
+v / ‖v‖ (the positive examples' mean sits at baseline + ‖v‖); scores are coloured against it.
+
 Separation per layer is measured honestly: a vector from the first questions only, and
 the AUROC of the held-out questions' positive against negative projections on it.
 """
@@ -27,7 +30,7 @@ import numpy as np
 from perplex.core.errors import InputFormatError
 from perplex.core.ranks import rank_auroc
 from perplex.core.records import DecodeParams, Generation, Message, TokenRole
-from perplex.core.traits import TraitVector
+from perplex.core.traits import TraitVector, baselines
 from perplex.engine.protocol import Engine
 from perplex.modes.traits.definitions import Trait
 from perplex.modes.traits.judge import Judge
@@ -180,6 +183,8 @@ def _vector(engine: Engine, trait: Trait, pos: list[list[np.ndarray]],
                                          held_neg[:, layer] @ direction[layer]]) / norm
                 separation[layer] = rank_auroc(scores, labels)
     norms = tuple(float(np.linalg.norm(row)) for row in vector)
+    meta = {**(meta or {"questions_for_separation": n_train, "pairs": len(trait.pairs)}),
+            "baseline": baselines(all_neg.mean(0), vector)}
     candidates = [layer for layer in range(1, len(vector)) if not math.isnan(separation[layer])]
     best = (max(candidates, key=lambda layer: (separation[layer], -layer)) if candidates
             else max(range(1, len(vector)), key=lambda layer: norms[layer]))
@@ -187,4 +192,4 @@ def _vector(engine: Engine, trait: Trait, pos: list[list[np.ndarray]],
         trait=trait.name, model_label=engine.info.label, variant=variant, vector=vector,
         norms=norms, auroc=tuple(separation), default_layer=best,
         n_examples=len(all_pos) + len(all_neg), n_held_out=len(held_pos) + len(held_neg),
-        meta=meta or {"questions_for_separation": n_train, "pairs": len(trait.pairs)})
+        meta=meta)
