@@ -146,6 +146,12 @@ def _jump_to_alert(table_key: str, generation_id: str, answer_index: int,
         jump_to(highlight_key(PREFIX, generation_id, answer_index), found[rows[0]].index)
 
 
+def question_text(gen: Generation) -> str:
+    """The last user message the answer replies to."""
+    users = [m.content for m in gen.messages if m.role == "user"]
+    return users[-1] if users else ""
+
+
 def check_panel(gen: Generation) -> None:
     """Normalised exact match with a reference, or agreement between sampled answers."""
     st.markdown("**Check the answer**")
@@ -168,6 +174,13 @@ def check_panel(gen: Generation) -> None:
     compared = st.radio("Compare", h.COMPARED_PARTS, horizontal=True, key=f"{PREFIX}.compared",
                         help="Sampled answers seldom agree word for word to the end; their "
                              "first sentences usually carry the answer.")
+    meaning = f"same meaning (judged by {engine.info.label}, both ways round)"
+    grouping = st.radio("Answers agree by", (h.EXACT, meaning), horizontal=True,
+                        key=f"{PREFIX}.grouping",
+                        help="Exact: the same words after normalisation. Meaning: the "
+                             "sidebar's model is asked whether two answers say the same "
+                             "thing, in both orders (semantic-entropy grouping); it costs two "
+                             "judge calls per pair compared.")
     if st.button("Sample answers", key=f"{PREFIX}.sample", disabled=viewing_only,
                  help="Samples with seeds 0…N−1 at the decoding temperature (1 when greedy)."):
         bar = st.progress(0.0, text=f"0 / {n} answers")
@@ -183,15 +196,28 @@ def check_panel(gen: Generation) -> None:
         bar.empty()
     sampled = st.session_state.get(key)
     if sampled is not None:
-        result = h.consistency(sampled.answers, sampled.seeds, compared)
-        st.markdown(f"Consistency **estimate**: {result.agreeing} of {len(result.answers)} "
-                    f"sampled answers agree ({result.rate:.0%}) on their {compared}: "
-                    f"“{plain(result.majority_answer)}”")
+        same = None if grouping == h.EXACT else h.judged_same(engine, question_text(gen))
+        grouped = st.session_state.setdefault(f"{key}.grouped", {})  # judge calls cost
+        try:
+            if (sampled, compared, grouping) not in grouped:
+                with st.spinner("Grouping the answers…"):
+                    grouped[(sampled, compared, grouping)] = h.consistency(
+                        sampled.answers, sampled.seeds, compared, same, grouping)
+            result = grouped[(sampled, compared, grouping)]
+        except PerplexError as exc:
+            st.error(f"The judge could not compare the answers: {plain(str(exc))} Group them "
+                     "by exact match instead.")
+            return
+        st.markdown(f"Consistency **estimate** on their {compared}, by {plain(grouping)}: "
+                    f"{result.summary()}"
+                    + (f"; the largest group says “{plain(result.majority_answer)}”"
+                       if result.largest > 1 else "."))
         if result.others:
-            st.markdown("Disagreeing answers:\n" + "\n".join(
+            st.markdown("Answers outside the largest group:\n" + "\n".join(
                 f"- “{plain(' '.join(text.split()))}”" for text in result.others))
-        st.caption("An estimate from a few samples, compared after normalisation; "
-                   "a low rate suggests the model is not settled on an answer.")
+        st.caption("An estimate from a few samples. Exact match normalises first (lower case, "
+                   "no punctuation or articles); a small largest group, or many distinct "
+                   "answers, suggests the model is not settled on an answer.")
 
 
 settings = alert_settings()

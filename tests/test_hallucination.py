@@ -114,12 +114,48 @@ def test_normalised_exact_match():
 
 def test_consistency_counts_normalised_agreement():
     c = h.consistency(["Paris.", "paris", "Lyon", "The Paris"], [0, 1, 2, 3])
-    assert (c.majority, c.agreeing, c.others, c.rate) == ("paris", 3, ("Lyon",), 0.75)
+    assert (c.largest, c.distinct, c.others, c.rate) == (3, 2, ("Lyon",), 0.75)
+    assert c.groups == ((0, 1, 3), (2,))
     assert c.majority_answer == "Paris."  # shown as written, not normalised
+    assert c.summary() == ("the largest agreeing group holds 3 of 4 answers (75%) · "
+                           "2 distinct answers")
     numbers = h.consistency(["101.67 degrees.", "101.67 degrees!"], [0, 1])
-    assert numbers.majority == "101 67 degrees" and numbers.majority_answer == "101.67 degrees."
+    assert numbers.largest == 2 and numbers.majority_answer == "101.67 degrees."
     with pytest.raises(InputFormatError):
         h.check_samples(1)
+
+
+def test_when_no_two_answers_agree_it_says_so():
+    """Numbers issue, point 7: five different answers read "1 of 5 agree (20%)" before."""
+    c = h.consistency(["Paris", "Lyon", "Nice", "Lille", "Metz"], range(5))
+    assert (c.largest, c.distinct) == (1, 5)
+    assert c.summary() == "no two of the 5 answers agree: 5 distinct answers"
+    assert "agree (20%)" not in c.summary()
+
+
+def test_grouping_by_meaning_uses_the_given_comparison_and_says_so():
+    # a comparison worked by hand: answers naming the same city say the same thing
+    city = {"Paris": "paris", "The capital is Paris": "paris", "Lyon": "lyon",
+            "It's Lyon": "lyon", "Nice": "nice"}
+    answers = ["Paris", "Lyon", "The capital is Paris", "It's Lyon", "Paris", "Nice"]
+    c = h.consistency(answers, range(6), "whole answer", lambda a, b: city[a] == city[b],
+                      "same meaning (by hand)")
+    assert c.groups == ((0, 2, 4), (1, 3), (5,))
+    assert (c.largest, c.distinct, c.grouping) == (3, 3, "same meaning (by hand)")
+    exact = h.consistency(answers, range(6), "whole answer")
+    assert (exact.largest, exact.distinct, exact.grouping) == (2, 5, h.EXACT)
+
+
+def test_the_judge_groups_only_what_it_accepts_both_ways(bundled_lm):
+    from perplex.modes.calibration.judge import judge
+
+    engine, question = bundled_lm.engine, "What is the capital of France?"
+    same = h.judged_same(engine, question)
+    assert same("Paris.", "paris")  # an exact normalised match needs no judge
+    for a, b in (("Paris", "Lyon"), ("Paris", "The capital of France is Paris")):
+        both = [judge(engine, question, (x,), y, h.SAME_MEANING_PROMPT).correct
+                for x, y in ((a, b), (b, a))]
+        assert same(a, b) == all(both)
 
 
 def test_consistency_compares_first_sentences_unless_asked_for_the_whole():
@@ -129,11 +165,10 @@ def test_consistency_compares_first_sentences_unless_asked_for_the_whole():
         "The capital is Paris.", "the capital is paris!", "The capital is Paris.", "Lyon."]
     assert h.first_sentence("  \n  ") == "" and h.first_sentence("No end") == "No end"
     first = h.consistency(answers, range(4))
-    assert (first.compared, first.majority, first.agreeing) == ("first sentence",
-                                                                 "capital is paris", 3)
+    assert (first.compared, first.largest) == ("first sentence", 3)
     assert first.others == ("Lyon. Or Paris.",)
     whole = h.consistency(answers, range(4), "whole answer")
-    assert whole.agreeing == 1 and len(whole.others) == 3
+    assert whole.largest == 1 and len(whole.others) == 3
     with pytest.raises(InputFormatError, match="Compare the first sentence or the whole"):
         h.consistency(answers, range(4), "last word")
 

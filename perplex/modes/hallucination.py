@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
@@ -25,6 +24,7 @@ from perplex.core.plots import (
 )
 from perplex.core.records import Alternative, DecodeParams, Message, TokenRole, TokenStep
 from perplex.engine.protocol import Engine
+from perplex.modes.calibration.judge import judge
 
 DEFAULT_CONFIDENCE = 0.4
 DEFAULT_ENTROPY = 2.5  # nats
@@ -215,28 +215,61 @@ def first_sentence(text: str) -> str:
     return ""
 
 
+EXACT = "exact match (normalised)"
+SAME_MEANING_PROMPT = ("Two answers to one question.\nQuestion: {question}\n"
+                       "First answer: {references}\nSecond answer: {answer}\n"
+                       "Do the two answers say the same thing? Reply with Yes or No only.")
+
+
 @dataclass(frozen=True)
 class Consistency:
     """Agreement of N sampled answers: an estimate of how settled the model is.
 
-    Answers are compared on `compared` ("first sentence" or "whole answer") after
-    normalisation; `agreeing` answers share the most common form (`majority`, normalised;
-    `majority_answer` is the compared part of the first such answer as written), `others`
-    are the rest as sampled. Answers are the text of the answer, without special tokens.
+    Answers are compared on `compared` ("first sentence" or "whole answer") and put in
+    `groups` (indices into `answers`, largest group first): by exact match after
+    normalisation, or by meaning as a judge model saw it (`grouping` says which). Answers are
+    the text of the answer, without special tokens.
     """
 
     answers: tuple[str, ...]
     seeds: tuple[int, ...]
-    majority: str  # normalised
-    agreeing: int
-    others: tuple[str, ...]
+    groups: tuple[tuple[int, ...], ...]
     compared: str = COMPARED_PARTS[0]
-    majority_answer: str = ""  # as written
+    grouping: str = EXACT
+
+    @property
+    def largest(self) -> int:
+        """Answers in the largest agreeing group (1 when no two agree)."""
+        return len(self.groups[0])
+
+    @property
+    def distinct(self) -> int:
+        """How many different answers there are (groups)."""
+        return len(self.groups)
 
     @property
     def rate(self) -> float:
-        """Share of samples agreeing with the majority (an estimate from N samples)."""
-        return self.agreeing / len(self.answers)
+        """Share of samples in the largest group (an estimate from N samples)."""
+        return self.largest / len(self.answers)
+
+    @property
+    def majority_answer(self) -> str:
+        """The compared part of the largest group's first answer, as written."""
+        return _compared_part(self.compared)(self.answers[self.groups[0][0]])
+
+    @property
+    def others(self) -> tuple[str, ...]:
+        """The answers outside the largest group, as sampled."""
+        return tuple(self.answers[i] for g in self.groups[1:] for i in g)
+
+    def summary(self) -> str:
+        """One line that says what agreed, e.g. "3 of 5 agree (60%) · 2 distinct answers"."""
+        n = len(self.answers)
+        if self.largest == 1:
+            return f"no two of the {n} answers agree: {self.distinct} distinct answers"
+        return (f"the largest agreeing group holds {self.largest} of {n} answers "
+                f"({self.rate:.0%}) · {self.distinct} distinct "
+                f"answer{'' if self.distinct == 1 else 's'}")
 
 
 def _compared_part(compared: str) -> Callable[[str], str]:
@@ -247,22 +280,55 @@ def _compared_part(compared: str) -> Callable[[str], str]:
     return first_sentence if compared == COMPARED_PARTS[0] else str
 
 
+def group_answers(parts: Sequence[str], same: Callable[[str, str], bool]
+                  ) -> tuple[tuple[int, ...], ...]:
+    """Indices of `parts` grouped: each joins the first group whose first member it matches.
+
+    Largest group first (ties: the group that starts earlier).
+    """
+    groups: list[list[int]] = []
+    for i, text in enumerate(parts):
+        home = next((g for g in groups if same(parts[g[0]], text)), None)
+        if home is None:
+            groups.append([i])
+        else:
+            home.append(i)
+    return tuple(tuple(g) for g in sorted(groups, key=lambda g: (-len(g), g[0])))
+
+
 def consistency(answers: Sequence[str], seeds: Sequence[int],
-                compared: str = COMPARED_PARTS[0]) -> Consistency:
-    """Count normalised agreement between sampled answers, on the part `compared`.
+                compared: str = COMPARED_PARTS[0],
+                same: Callable[[str, str], bool] | None = None,
+                grouping: str = EXACT) -> Consistency:
+    """Group sampled answers that agree, on the part `compared`.
 
     Free-running answers rarely agree word for word to their last token, so by default
-    only their first sentences are compared.
+    only their first sentences are compared. `same` decides whether two compared parts say
+    the same thing (`grouping` names it); by default, exact match after normalisation.
     """
     if not answers:
         raise InputFormatError("No answers to compare: sample at least two.")
     part = _compared_part(compared)
-    normalised = [normalise_answer(part(a)) for a in answers]
-    majority, agreeing = Counter(normalised).most_common(1)[0]
-    others = tuple(a for a, n in zip(answers, normalised) if n != majority)
-    written = next(part(a) for a, n in zip(answers, normalised) if n == majority)
-    return Consistency(tuple(answers), tuple(seeds), majority, agreeing, others, compared,
-                       written)
+    parts = [part(a) for a in answers]
+    if same is None:
+        same, grouping = (lambda a, b: normalise_answer(a) == normalise_answer(b)), EXACT
+    return Consistency(tuple(answers), tuple(seeds), group_answers(parts, same), compared,
+                       grouping)
+
+
+def judged_same(engine: Engine, question: str) -> Callable[[str, str], bool]:
+    """Two answers say the same thing when the judge `engine` says so both ways round.
+
+    Asking both orders is the bidirectional check of semantic-entropy grouping (the judge
+    is `calibration.judge`, its prompt `SAME_MEANING_PROMPT`). Exact normalised matches are
+    the same without asking.
+    """
+    def same(a: str, b: str) -> bool:
+        if normalise_answer(a) == normalise_answer(b):
+            return True
+        return all(judge(engine, question, (x,), y, SAME_MEANING_PROMPT).correct
+                   for x, y in ((a, b), (b, a)))
+    return same
 
 
 def check_samples(n: int) -> int:

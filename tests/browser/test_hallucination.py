@@ -99,16 +99,19 @@ def test_alert_appears_while_the_answer_streams(hallucination_page, screenshot):
     set_number(page, "answers to sample", "3")
     set_number(page, "max tokens each", "6")
     page.get_by_role("button", name="Sample answers").click()
-    result = page.get_by_text(re.compile(r"Consistency estimate: \d of 3 sampled answers agree"))
+    said = r"(the largest agreeing group holds \d of 3 answers|no two of the 3 answers agree)"
+    result = page.get_by_text(re.compile(r"Consistency estimate on their first sentence, by "
+                                         r"exact match \(normalised\): " + said))
     result.wait_for(timeout=WORK_TIMEOUT)
-    assert "on their first sentence" in result.inner_text()
+    assert "distinct answer" in result.inner_text()
     result.scroll_into_view_if_needed()
     page.mouse.move(5, 5)  # no tooltip over the result
     page.wait_for_timeout(300)
     screenshot(page, "hallucination_4_consistency")
     # Comparing whole answers recounts the same samples (nothing is sampled again).
     page.get_by_text("whole answer", exact=True).click()
-    page.get_by_text(re.compile(r"sampled answers agree \(\d+%\) on their whole answer")).wait_for()
+    page.get_by_text(re.compile(r"Consistency estimate on their whole answer, by exact match "
+                                r"\(normalised\): " + said)).wait_for()
     assert_no_exception(page)
 
 
