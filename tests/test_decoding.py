@@ -332,3 +332,22 @@ def test_the_figures_are_built_from_a_run(tiny):
     assert sum(layers.data[0].y) == 8
     timeline = plots.contrast_timeline(dola.method, ["t"] * 8)
     assert list(timeline.data[0].y) == pytest.approx([r.p_a for r in dola.method.contrast])
+
+
+def test_the_summary_says_each_count_beside_what_it_counts(tiny):
+    """Numbers issue, point 9: "at 48 tokens … changed the choice" sat beside "30 of 48"."""
+    from perplex.modes.decoding.stats import contrast_stats, contrast_summary
+
+    for params in (DolaParams(candidates=(0, 1, 2), max_new_tokens=12),
+                   ContrastiveParams(max_new_tokens=12)):
+        result = run_method(tiny, PROMPT, params)
+        records = result.method.contrast
+        stats = contrast_stats(result)
+        changed = sum(r.token_id != r.greedy_id for r in records)  # by hand, from the records
+        binding = sum(r.constraint_changed for r in records)
+        said = contrast_summary(stats)
+        assert said.startswith(f"{changed} of {len(records)} tokens differ from what plain "
+                               "greedy picks")
+        assert (f"At {binding} of {len(records)} tokens the plausibility constraint decided"
+                in said) == (binding > 0)
+        assert "changed the choice" not in said

@@ -17,7 +17,7 @@ from perplex.modes.decoding.contrastive import MAX_NEW_TOKENS, ContrastiveParams
 from perplex.modes.decoding.dola import DolaParams, premature_layers
 from perplex.modes.decoding.run import DecodingResult, run_method
 from perplex.modes.decoding.speculative import MAX_GAMMA, SpeculativeParams
-from perplex.modes.decoding.stats import contrast_stats, speculative_stats
+from perplex.modes.decoding.stats import contrast_stats, contrast_summary, speculative_stats
 from perplex.ui import page_state, resources, session_panel
 from perplex.ui.decoding_marks import contrast_overlay, legend, speculative_overlay
 from perplex.ui.export_panel import download, figure_downloads
@@ -355,9 +355,7 @@ def _statistics(stored: StoredDecoding) -> dict:
     cols[1].metric("Mean JS", f"{stats.mean_js:.4f} nats")
     cols[2].metric("Tokens/s (method)", f"{stats.tokens_per_second:.1f}")
     cols[3].metric("Tokens/s (greedy)", f"{stats.greedy_tokens_per_second:.1f}")
-    if stats.constraint_changed:
-        st.caption(f"At {stats.constraint_changed} tokens the best score over the whole "
-                   "vocabulary lay outside the plausible set, which changed the choice.")
+    st.caption(contrast_summary(stats))
     texts = [s.text for s in _answer_steps(stored.method_generation)]
     figures = {"probabilities": plots.contrast_timeline(run, texts)}
     if run.method == "dola":

@@ -60,6 +60,23 @@ class ContrastStats:
     greedy_tokens_per_second: float
 
 
+def contrast_summary(stats: ContrastStats) -> str:
+    """What the run's two counts mean, each said beside its own number.
+
+    `changed` compares with plain greedy on the same context; `constraint_changed` compares
+    with the method's own unconstrained score, so the two differ and neither implies the
+    other.
+    """
+    said = (f"{stats.changed} of {stats.tokens} tokens differ from what plain greedy picks on "
+            "the same context.")
+    if stats.constraint_changed:
+        said += (f" At {stats.constraint_changed} of {stats.tokens} tokens the plausibility "
+                 "constraint decided: the best score over the whole vocabulary lay outside the "
+                 "plausible set, so the token chosen is the best inside it (it may still be "
+                 "greedy's).")
+    return said
+
+
 def expected_speedup(alpha: float, gamma: float, cost: float) -> float:
     """Leviathan et al.'s expected walltime improvement (α = 1: (γ + 1)/(γc + 1))."""
     if gamma <= 0:
