@@ -47,8 +47,15 @@ def test_extract_monitor_and_steer(app):
     assert not at.exception, at.exception
     base, steered = at.session_state["traits.pair"]
     layer = run.trait_layers[0]  # steering defaults to the monitored layer
-    assert steered.steering == ({"trait": "sycophancy", "layer": layer, "coefficient": 3.0,
-                                 "positions": "response"},)
+    [described] = steered.steering
+    vector = at.session_state["traits.vectors"][(steered.generation.model_label, "sycophancy")]
+    assert described == {"trait": "sycophancy", "layer": layer, "coefficient": 3.0,
+                         "positions": "response",
+                         "injected": {"sycophancy": pytest.approx(3.0 * vector.norms[layer],
+                                                                  rel=1e-6)}}
+    # what the vector adds by itself is taken out of the steered scores, and said
+    assert any("steering alone adds" in c.value and "taken out" in c.value for c in at.caption)
+    assert any("baseline" in c.value and "negative examples" in c.value for c in at.caption)
     assert base.scores.shape[0] == steered.scores.shape[0] == 1
     assert any(c.value == f"Steered: +3 · sycophancy at layer {layer} (response)"
                for c in at.caption)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from perplex.core.errors import InputFormatError
 from perplex.modes.calibration.answers import (
     chosen_option,
     match_aliases,
@@ -57,3 +58,27 @@ def test_a_multiple_choice_answer_is_right_only_for_its_option():
     assert match_choice("C", CHOICES, 2).correct
     assert match_choice("C", CHOICES, 2).matched == "C. Earth"
     assert not match_choice("A", CHOICES, 2).correct
+
+
+HEART = "The heart pumps blood through the body."
+
+
+@pytest.mark.parametrize(("rule", "correct"), [("exact", False), ("contains", True)])
+def test_one_matcher_serves_calibration_and_batch(rule, correct):
+    """Numbers issue, point 8: the two pages disagreed on this answer; now one rule decides."""
+    from perplex.modes.batch.flags import FlagSettings, mismatch
+
+    assert match_aliases(HEART, ["heart"], rule).correct is correct
+    assert mismatch(HEART, ["heart"], rule) is not correct
+    assert FlagSettings(answer_match=rule).to_json()["answer_match"] == rule
+
+
+def test_contains_takes_whole_words_only_and_a_bad_rule_is_refused():
+    assert not match_aliases("The hearth is warm.", ["heart"], "contains").correct
+    assert match_aliases("It is the Heart!", ["heart"], "contains").how == "contains the reference"
+    assert match_aliases("heart", ["The heart"], "exact").correct
+    with pytest.raises(InputFormatError, match="exact or contains"):
+        match_aliases(HEART, ["heart"], "fuzzy")
+    from perplex.modes.batch.flags import FlagSettings
+    with pytest.raises(InputFormatError):
+        FlagSettings(answer_match="fuzzy")

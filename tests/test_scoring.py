@@ -35,7 +35,9 @@ def test_roles_and_texts_reassemble_each_message(tiny_lm):
     [gen] = score_conversations(tiny_lm, [CHAT])
     for index, message in enumerate(CHAT):
         content = [s for s in gen.message_steps(index)]
-        assert "".join(s.text for s in content) == message.content
+        # an answer keeps its end-of-turn token, as a generated answer does (P(stop))
+        closing = "<|im_end|>" if message.role == "assistant" else ""
+        assert "".join(s.text for s in content) == message.content + closing
         expected = TokenRole.RESPONSE if message.role == "assistant" else TokenRole.PROMPT
         assert {s.role for s in content} == {expected}
     assert any(s.role is TokenRole.TEMPLATE for s in gen.steps)
@@ -95,3 +97,35 @@ def test_the_early_refusal_never_refuses_a_text_that_fits(tiny_lm):
     assert tiny_lm.overlong((Message("text", text),)) is None
     assert tiny_lm.overlong((Message("text", "x" * (tiny_lm.context_length
                                                      * tiny_lm.max_token_chars + 1)),))
+
+
+def test_a_generated_answer_and_the_same_transcript_count_the_end_of_turn_alike(bundled_lm):
+    """Numbers issue, point 5: `<|im_end|>` was an answer token generated, template uploaded.
+
+    Batch's perplexity of one answer then differed by route (1.6668 vs 1.7182). Now the
+    end-of-turn token that closes an answer is the answer's on both routes.
+    """
+    import math
+
+    from perplex.core.records import DecodeParams, Message
+
+    engine = bundled_lm.engine
+    question = (Message("user", "Name three planets."),)
+    generated = engine.generate(question, DecodeParams(max_new_tokens=80)).run()
+    assert generated.stop_reason == "eos"
+    [uploaded] = score_conversations(bundled_lm, [generated.messages])
+
+    def answer(gen):
+        return [s for s in gen.message_steps(len(gen.messages) - 1)
+                if s.role is TokenRole.RESPONSE]
+
+    mine, theirs = answer(generated), answer(uploaded)
+    assert [s.token_id for s in mine] == [s.token_id for s in theirs]
+    assert theirs[-1].text == "<|im_end|>"
+    # decoded step by step vs one teacher-forced pass: float32 tolerance per probability
+    assert max(abs(a.prob - b.prob) for a, b in zip(mine, theirs)) <= 1e-4
+
+    def perplexity(steps):
+        return math.exp(-sum(s.logprob for s in steps) / len(steps))
+
+    assert perplexity(mine) == pytest.approx(perplexity(theirs), rel=1e-4)

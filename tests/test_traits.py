@@ -138,7 +138,8 @@ def test_projections_equal_h_dot_v_over_norm_generated_and_rescored(tiny, cheer,
     ids = [s.token_id for s in rescored.generation.steps]
     answer = [s for s in rescored.generation.steps if s.message_index == 1
               and s.role is TokenRole.RESPONSE]
-    assert "".join(s.text for s in answer) == "The capital of France is Paris."
+    # the end-of-turn token closes the answer, as in a generated one
+    assert "".join(s.text for s in answer) == "The capital of France is Paris.<|im_end|>"
     hidden = hidden_states(tiny, ids)[layer][0].double().numpy()
     np.testing.assert_allclose(rescored.scores[0], hidden[rescored.answer_start:] @ unit,
                                atol=1e-5)

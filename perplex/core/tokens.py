@@ -121,7 +121,31 @@ def encode_messages(tokenizer, messages: tuple[Message, ...] | list[Message],
         overlaps = s < e and start < e and end > s
         roles.append(CONTENT_ROLES[messages[current].role] if overlaps else TokenRole.TEMPLATE)
         indices.append(current)
+    _answer_end_of_turn(tokenizer, enc["input_ids"], roles, indices, messages)
     return EncodedSequence(tuple(enc["input_ids"]), tuple(roles), tuple(indices))
+
+
+def end_of_turn_ids(tokenizer) -> frozenset[int]:
+    """The tokenizer's end-of-sequence id(s): the token a chat template closes a turn with."""
+    eos = getattr(tokenizer, "eos_token_id", None)
+    return frozenset([eos] if isinstance(eos, int) else (eos or ()))
+
+
+def _answer_end_of_turn(tokenizer, ids, roles: list[TokenRole], indices: list[int],
+                        messages: list[Message]) -> None:
+    """Give each assistant message the end-of-turn token that closes it, as an answer token.
+
+    Generation records the end-of-turn token it chose as part of the answer (its probability
+    is P(stop)); a transcript with the same ids must count it the same way, so the first
+    token after an assistant message's content, when it is an end-of-turn id, is that
+    message's RESPONSE token too (not TEMPLATE).
+    """
+    ends = end_of_turn_ids(tokenizer)
+    for i in range(1, len(ids)):
+        before, owner = roles[i - 1], indices[i - 1]
+        if (before is TokenRole.RESPONSE and roles[i] is TokenRole.TEMPLATE
+                and ids[i] in ends and messages[owner].role == "assistant"):
+            roles[i], indices[i] = TokenRole.RESPONSE, owner
 
 
 def default_system_prompt(tokenizer) -> str | None:

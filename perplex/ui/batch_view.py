@@ -18,6 +18,7 @@ from perplex.modes.batch.flags import FLAG_TITLES, FlagSettings, ItemFlags
 from perplex.modes.batch.inputs import FORMATS, batch_kind, dataset_items, read_items
 from perplex.modes.batch.plots import statistic_bins, statistic_histogram
 from perplex.modes.batch.run import BatchProgress, RunSettings, run_batch
+from perplex.modes.calibration.answers import MATCH_RULES
 from perplex.modes.calibration.datasets import sample_dataset
 from perplex.ui import investigate, page_state, resources, session_panel
 from perplex.ui.export_panel import download, figure_downloads
@@ -136,7 +137,12 @@ def _flag_settings() -> FlagSettings:
                                          key=f"{PREFIX}.refusal_p"),
         divergence_kl=second[3].number_input("divergence: mean KL >", 0.0, 50.0, 0.5, 0.1,
                                              key=f"{PREFIX}.divergence_kl"))
-    return FlagSettings(**{k: float(v) if k != "span_k" else v for k, v in values.items()})
+    rule = st.radio("An answer matches its reference when it", list(MATCH_RULES),
+                    format_func=MATCH_RULES.get, horizontal=True, key=f"{PREFIX}.answer_match",
+                    help="The same matcher as Calibration's; the choice is stored with the "
+                         "batch.")
+    return FlagSettings(**{k: float(v) if k != "span_k" else v for k, v in values.items()},
+                        answer_match=rule)
 
 
 def _entries(upload, pasted: str, dataset: str, system: tuple[Message, ...]):

@@ -18,6 +18,7 @@ from perplex.core.calibration import CONFIDENCE_KINDS, Dataset, ItemResult
 from perplex.core.errors import PerplexError
 from perplex.engine.local.models import BUNDLED, ModelSpec
 from perplex.engine.openai_compat import EndpointEngine
+from perplex.modes.calibration.answers import MATCH_RULES
 from perplex.modes.calibration.datasets import (
     PRESETS,
     FieldMap,
@@ -133,7 +134,7 @@ def _upload(store) -> None:
         st.session_state.pop(RUN_KEY, None)
 
 
-JUDGES = {"none": "exact match only (TriviaQA normalisation; option letters)",
+JUDGES = {"none": "the matcher only (TriviaQA normalisation; option letters)",
           "local": "the local model as judge",
           "model": "another local model as judge",
           "engine": "the sidebar's engine as judge",
@@ -151,12 +152,14 @@ class RunSettings:
     judge: str = "none"
     judge_prompt: str = JUDGE_PROMPT
     judge_endpoint: dict | None = None  # base URL and model (never the key), or the source
+    match_rule: str = "exact"  # `answers.MATCH_RULES`: how a free answer meets its aliases
 
     def to_json(self) -> dict:
         """The settings as stored with the run (no API key)."""
         return {"free": self.template.free, "choice": self.template.choice,
                 "with_p_true": self.with_p_true, "limit": self.limit, "judge": self.judge,
-                "judge_prompt": self.judge_prompt, "judge_endpoint": self.judge_endpoint}
+                "judge_prompt": self.judge_prompt, "judge_endpoint": self.judge_endpoint,
+                "match_rule": self.match_rule}
 
 
 def settings_section(dataset: Dataset) -> RunSettings | None:
@@ -198,11 +201,15 @@ def settings_section(dataset: Dataset) -> RunSettings | None:
     if judge_choice != "none":
         judge_prompt = st.text_area("Judge's prompt ({question}, {references}, {answer})",
                                     JUDGE_PROMPT, key=f"{PREFIX}.judge_prompt")
+    rule = st.radio("A free answer is correct when it", list(MATCH_RULES),
+                    format_func=MATCH_RULES.get, horizontal=True, key=f"{PREFIX}.match_rule",
+                    help="The same matcher as Batch's reference check; stored with the run. "
+                         "Exact is TriviaQA's official metric.")
     try:
         if judge_choice != "none":
             check_judge_prompt(judge_prompt)
         return RunSettings(Template(free, choice), with_p_true, int(limit), judge_choice,
-                           judge_prompt, endpoint)
+                           judge_prompt, endpoint, rule)
     except PerplexError as exc:
         st.error(plain(str(exc)))
         return None
@@ -275,7 +282,8 @@ def _answer_remaining(engine, store, run: RunSummary) -> None:
         for generation, result in answer_items(
                 engine, [item for _, item in todo], batch_size=BATCH, template=template,
                 with_p_true=run.settings["with_p_true"], judge_engine=judge_engine,
-                judge_prompt=run.settings.get("judge_prompt", JUDGE_PROMPT)):
+                judge_prompt=run.settings.get("judge_prompt", JUDGE_PROMPT),
+                match_rule=run.settings.get("match_rule", "exact")):
             save_result(store, run.id, ordinal[result.item_id], result, generation)
             answered += 1
             pace = answered / (time.monotonic() - started)
@@ -319,6 +327,8 @@ def results_section(store, show_item) -> None:
     if not summary:
         st.info("No item of this run has a confidence yet.")
         return
+    st.caption("Free answers were correct when they: "
+               + MATCH_RULES.get(run.settings.get("match_rule", "exact"), "?") + ".")
     _metrics_table(results, summary)
     kinds = st.multiselect("Confidence kinds on the diagram", list(summary),
                            default=list(summary)[:2], key=f"{PREFIX}.kinds")

@@ -129,7 +129,7 @@ def test_upload_map_run_click_a_bin_and_overrule(browser, app_url, screenshot, t
     page.get_by_text("sample: 105 trivia questions (TriviaQA format)").click()
     page.get_by_text(re.compile(r"sample: trivia_sample\.jsonl: 105 items")).wait_for()
     settle(page)
-    page.get_by_text("exact match only", exact=False).first.click()
+    page.get_by_text("the matcher only", exact=False).first.click()
     settle(page)
     page.get_by_label("items to answer").fill("24")
     page.get_by_label("items to answer").press("Enter")

@@ -15,8 +15,10 @@ it fires, as indices into the generation's steps, so the reader can mark those t
 - **divergence from a second model** (where one is chosen, with the same tokenizer): the
   answer scored under both models as the Comparison mode does; the mean KL(model ‖ second)
   over the answer's tokens, in nats, is over `divergence_kl` (default 0.5).
-- **answer mismatch**: a reference was given and its TriviaQA-normalised text is not a
-  whole-word part of the normalised answer (any of its aliases).
+- **answer mismatch**: a reference was given and the answer matches none of its aliases
+  under `answer_match` (`calibration.answers.match_aliases`, the matcher Calibration uses
+  too): "contains" (default: an alias is a whole-word part of the normalised answer) or
+  "exact" (the normalised answer is an alias).
 - **perplexity outlier** (across the batch, computed when filtering): an answer whose
   log-perplexity is more than `perplexity_z` standard deviations above the batch's mean.
 """
@@ -24,13 +26,12 @@ it fires, as indices into the generation's steps, so the reader can mark those t
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from perplex.core.errors import InputFormatError
 from perplex.core.records import TokenRole, TokenStep
-from perplex.modes.calibration.answers import triviaqa_normalise
+from perplex.modes.calibration.answers import check_rule, match_aliases
 from perplex.modes.hallucination import AlertThresholds, flagged_spans
 
 
@@ -46,8 +47,10 @@ class FlagSettings:
     refusal_p: float = 0.5
     divergence_kl: float = 0.5
     perplexity_z: float = 2.0
+    answer_match: str = "contains"  # `answers.MATCH_RULES`: how an answer meets a reference
 
     def __post_init__(self) -> None:
+        check_rule(self.answer_match)
         for name in ("low_p", "span_confidence", "refusal_p"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
@@ -129,7 +132,8 @@ def item_flags(steps: Sequence[TokenStep], settings: FlagSettings, answer: str,
                           settings.span_k)
     return ItemFlags(low, entropy_spikes(steps, scored, settings.spike_k),
                      tuple((answer_at[s.start], answer_at[s.end - 1] + 1) for s in spans),
-                     None if not reference else mismatch(answer, reference))
+                     None if not reference else mismatch(answer, reference,
+                                                         settings.answer_match))
 
 
 def entropy_spikes(steps: Sequence[TokenStep], scored: Sequence[int], k: float
@@ -146,11 +150,6 @@ def entropy_spikes(steps: Sequence[TokenStep], scored: Sequence[int], k: float
     return tuple(i for i, v in zip(at, values) if v > mean + k * sd)
 
 
-def mismatch(answer: str, references: Sequence[str]) -> bool:
-    """True when no normalised reference is a whole-word part of the normalised answer."""
-    text = f" {triviaqa_normalise(answer)} "
-    for reference in references:
-        wanted = triviaqa_normalise(reference)
-        if wanted and re.search(rf"(?<= ){re.escape(wanted)}(?= )", text):
-            return False
-    return True
+def mismatch(answer: str, references: Sequence[str], rule: str = "contains") -> bool:
+    """True when the answer matches no reference under `rule` (`answers.match_aliases`)."""
+    return not match_aliases(answer, references, rule).correct

@@ -1,4 +1,11 @@
-"""Checking an answer: TriviaQA's exact match against every alias, and multiple choice.
+"""Checking an answer against reference answers (aliases), and multiple choice.
+
+One matcher, used by Calibration and Batch alike, with the rule chosen per run and stored
+with it (`MATCH_RULES`):
+
+- "exact": the normalised answer equals a normalised alias (TriviaQA's exact match);
+- "contains": a normalised alias appears in the normalised answer as whole words
+  ("The heart pumps blood." contains "heart"; "hearth" does not).
 
 `triviaqa_normalise` is the official TriviaQA evaluation's `normalize_answer`: underscores
 to spaces, lower case, every ASCII punctuation mark (and the quotes ‘ ’ ´ `) to a space,
@@ -11,6 +18,8 @@ import re
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from perplex.core.errors import InputFormatError
 
 LETTERS = "ABCDEFGHIJ"
 _PUNCTUATION = set(string.punctuation) | {"‘", "’", "´", "`"}
@@ -33,12 +42,30 @@ class Match:
     how: str  # "exact match", "option letter", "option text", or "no match"
 
 
-def match_aliases(answer: str, aliases: Sequence[str]) -> Match:
-    """Exact match, after normalisation, of the answer with any alias."""
+MATCH_RULES = {"exact": "exact match (normalised)",
+               "contains": "contains a reference as whole words (normalised)"}
+
+
+def check_rule(rule: str) -> str:
+    """`rule` if it is one of `MATCH_RULES`, else InputFormatError."""
+    if rule not in MATCH_RULES:
+        raise InputFormatError(f"Match answers by {' or '.join(MATCH_RULES)}, not {rule!r}.")
+    return rule
+
+
+def match_aliases(answer: str, aliases: Sequence[str], rule: str = "exact") -> Match:
+    """Whether the answer matches any alias under `rule` (see the module docstring)."""
+    check_rule(rule)
     normalised = triviaqa_normalise(answer)
+    padded = f" {normalised} "
     for alias in aliases:
-        if normalised and normalised == triviaqa_normalise(alias):
+        wanted = triviaqa_normalise(alias)
+        if not normalised or not wanted:
+            continue
+        if rule == "exact" and normalised == wanted:
             return Match(True, alias, "exact match")
+        if rule == "contains" and f" {wanted} " in padded:
+            return Match(True, alias, "contains the reference")
     return Match(False, "", "no match")
 
 

@@ -90,7 +90,8 @@ def answer_line(reply: str) -> tuple[str, int]:
 def answer_item(engine, item: Item, template: Template = Template(),
                 params: DecodeParams = DEFAULT_PARAMS, system: tuple[Message, ...] = (),
                 with_p_true: bool = False, judge_engine=None,
-                judge_prompt: str = JUDGE_PROMPT) -> tuple[Generation, ItemResult]:
+                judge_prompt: str = JUDGE_PROMPT, match_rule: str = "exact"
+                ) -> tuple[Generation, ItemResult]:
     """Ask `item`, then check the answer and read every confidence the engine allows.
 
     With `judge_engine`, that model also judges the answer (`judge.judge`).
@@ -102,13 +103,14 @@ def answer_item(engine, item: Item, template: Template = Template(),
     if again is not None:
         generation = engine.generate(messages, _asking(params), prefill=again).run()
     return generation, read_result(engine, item, messages, generation, prefill, with_p_true,
-                                   judge_engine, judge_prompt)
+                                   judge_engine, judge_prompt, match_rule)
 
 
 def answer_batch(engine, items: Sequence[Item], template: Template = Template(),
                  params: DecodeParams = DEFAULT_PARAMS, system: tuple[Message, ...] = (),
                  with_p_true: bool = False, judge_engine=None,
-                 judge_prompt: str = JUDGE_PROMPT) -> list[tuple[Generation, ItemResult]]:
+                 judge_prompt: str = JUDGE_PROMPT, match_rule: str = "exact"
+                 ) -> list[tuple[Generation, ItemResult]]:
     """`answer_item` for several items, their generations decoded together (local engines).
 
     Greedy only; the same answers as one at a time, but for near-ties (see
@@ -120,7 +122,8 @@ def answer_batch(engine, items: Sequence[Item], template: Template = Template(),
         [(m, PREFILL) for m in asked], params,
         follow_up=lambda _, reply: _confidence_prefill(reply), follow_params=_asking(params))
     return [(g, read_result(engine, item, m, g, PREFILL, with_p_true, judge_engine,
-                            judge_prompt)) for item, m, g in zip(items, asked, generations)]
+                            judge_prompt, match_rule))
+            for item, m, g in zip(items, asked, generations)]
 
 
 def _confidence_prefill(reply: str) -> str | None:
@@ -140,8 +143,12 @@ def _asking(params: DecodeParams) -> DecodeParams:
 
 def read_result(engine, item: Item, messages: tuple[Message, ...], generation: Generation,
                 prefill: str, with_p_true: bool = False, judge_engine=None,
-                judge_prompt: str = JUDGE_PROMPT) -> ItemResult:
-    """The answer in `generation` checked, with every confidence the engine allows."""
+                judge_prompt: str = JUDGE_PROMPT, match_rule: str = "exact") -> ItemResult:
+    """The answer in `generation` checked, with every confidence the engine allows.
+
+    A free answer is checked against the item's aliases under `match_rule`
+    (`answers.MATCH_RULES`).
+    """
     reply, response = _reply(engine, generation)
     stated = parse_confidence(reply)
     answer, start = answer_line(reply)
@@ -164,7 +171,7 @@ def read_result(engine, item: Item, messages: tuple[Message, ...], generation: G
             confidences["options"] = float(option_probabilities(
                 engine, context, len(item.choices))[picked])
     else:
-        check = match_aliases(answer, item.aliases)
+        check = match_aliases(answer, item.aliases, match_rule)
     if with_p_true and answer and engine.capabilities.full_distribution:
         confidences["P(True)"] = p_true(engine, item.question, answer,
                                         tuple(m for m in messages if m.role == "system"))

@@ -77,12 +77,14 @@ def answer_ids(gen: Generation) -> list[int | None]:
 
 
 def score_answer(side: Side, prompt: str, answer: Generation, own: bool,
-                 same_tokenizer: bool, top_k: int = 20) -> ScoredAnswer:
+                 same_tokenizer: bool, top_k: int = 20, closed: bool = True) -> ScoredAnswer:
     """`answer` (a generation of this side's if `own`, else of the other's) under `side`.
 
     A side with its tokenizer scores the answer's token ids where the two sides share a
     tokenizer, else it re-tokenises the answer's text; an API side keeps its own records,
-    or scores the other side's text where it can score text at all.
+    or scores the other side's text where it can score text at all. Re-tokenised text keeps
+    the end-of-turn token the template closes it with only when the answer ended with one
+    (`closed`), as an answer's own records do.
     """
     ids = answer_ids(answer)
     if side.has_tokens and side.engine.capabilities.scores_text:
@@ -92,6 +94,8 @@ def score_answer(side: Side, prompt: str, answer: Generation, own: bool,
                                      add_generation_prompt=False)
             keep = [i for i, (r, m) in enumerate(zip(seq.roles, seq.message_indices))
                     if r is TokenRole.RESPONSE and m == len(side.messages(prompt))]
+            if keep and not closed and seq.ids[keep[-1]] in side.engine.info.eos_ids:
+                keep.pop()
             seq = EncodedSequence(seq.ids[:keep[-1] + 1], seq.roles[:keep[-1] + 1],
                                   seq.message_indices[:keep[-1] + 1]) if keep else seq
             n = len(keep)
@@ -115,8 +119,10 @@ def cross_score(a: Side, b: Side, prompt: str, answer: Generation, author: str,
                 top_k: int = 20, approximate: bool = False) -> CrossScore:
     """Score side `author`'s `answer` under both sides and compare it token by token."""
     same = shared_tokenizer(a, b)
-    under_a = score_answer(a, prompt, answer, author == "A", same, top_k)
-    under_b = score_answer(b, prompt, answer, author == "B", same, top_k)
+    own = answer_steps(answer)
+    closed = bool(own) and own[-1].token_id in (a if author == "A" else b).engine.info.eos_ids
+    under_a = score_answer(a, prompt, answer, author == "A", same, top_k, closed)
+    under_b = score_answer(b, prompt, answer, author == "B", same, top_k, closed)
     if _same_tokens(under_a.steps, under_b.steps):
         tokens = _token_divergences(under_a, under_b)
     elif approximate:
@@ -200,11 +206,18 @@ def _run_divergences(steps_a: Sequence[TokenStep], steps_b: Sequence[TokenStep]
             j += 1
         text = "".join(s.text for s in run_a)
         ids = {s.token_id for s in run_a}
-        out.append(TokenDivergence(
-            len(out), run_a[0].token_id if len(ids) == 1 else None, text,
-            sum(_logprob(s) for s in run_a), sum(_logprob(s) for s in run_b),
-            math.nan, math.nan, math.nan, None, None, bound=False, approximate=True))
+        out.append(_run(len(out), run_a, run_b))
+    if i < len(steps_a) and j < len(steps_b):  # the two end-of-turn tokens: one last run
+        out.append(_run(len(out), list(steps_a[i:]), list(steps_b[j:])))
     return tuple(out)
+
+
+def _run(index: int, run_a: list[TokenStep], run_b: list[TokenStep]) -> TokenDivergence:
+    ids = {s.token_id for s in run_a}
+    return TokenDivergence(
+        index, run_a[0].token_id if len(ids) == 1 else None, "".join(s.text for s in run_a),
+        sum(_logprob(s) for s in run_a), sum(_logprob(s) for s in run_b),
+        math.nan, math.nan, math.nan, None, None, bound=False, approximate=True)
 
 
 def _ends(steps: Sequence[TokenStep]) -> list[int]:
