@@ -204,8 +204,6 @@ def _run_divergences(steps_a: Sequence[TokenStep], steps_b: Sequence[TokenStep]
         while j < len(steps_b) and ends_b[j] <= end:
             run_b.append(steps_b[j])
             j += 1
-        text = "".join(s.text for s in run_a)
-        ids = {s.token_id for s in run_a}
         out.append(_run(len(out), run_a, run_b))
     if i < len(steps_a) and j < len(steps_b):  # the two end-of-turn tokens: one last run
         out.append(_run(len(out), list(steps_a[i:]), list(steps_b[j:])))
