@@ -602,3 +602,44 @@ def test_a_vector_file_with_a_bad_baseline_is_refused(cheer, baseline):
     bad = replace(cheer, meta={**cheer.meta, "baseline": baseline})
     with pytest.raises(PerplexError, match="baseline"):
         read_vector_file(vector_file_bytes(bad))
+
+
+def test_a_persona_vectors_import_is_used_below_its_normed_last_row(tiny, cheer):
+    """Numbers issue, point 6: persona_vectors' row n is output_hidden_states[n], after the norm.
+
+    Built here as persona_vectors builds it (the mean difference of `output_hidden_states`
+    at the prompt's last token), its rows below n equal Perplex's and import unchanged; its
+    row n is another space, so monitoring or steering there is refused with the reason.
+    """
+    import io
+
+    from perplex.workspace.trait_store import import_pt
+
+    pos, neg = [], []
+    for question in SMALL.questions:
+        for positive, negative in SMALL.pairs:
+            for side, system in ((pos, positive), (neg, negative)):
+                ids = tiny.encode((Message("system", system), Message("user", question)),
+                                  True).ids
+                with torch.no_grad():
+                    states = tiny.lm.model(input_ids=torch.tensor([ids]),
+                                           output_hidden_states=True).hidden_states
+                side.append(torch.stack([h[0, -1] for h in states]))
+    theirs = (torch.stack(pos).double().mean(0) - torch.stack(neg).double().mean(0)).float()
+    n = cheer.n_layers
+    # float32 passes read two ways: rows below n agree, row n is after the final norm
+    np.testing.assert_allclose(theirs[:n].numpy(), cheer.vector[:n], atol=1e-5)
+    assert float((theirs[n] - torch.from_numpy(cheer.vector[n])).abs().max()) > 1e-2
+    buffer = io.BytesIO()
+    torch.save(theirs, buffer)
+    imported = import_pt(buffer.getvalue(), "cheer", tiny.info.label, n, 64)
+    assert imported.default_layer < n
+    params = DecodeParams(max_new_tokens=4)
+    with pytest.raises(InputFormatError, match="after the model's final norm"):
+        monitor_generate(tiny, QUESTION, [Monitor(imported, n)], params)
+    with pytest.raises(InputFormatError, match=f"Use a layer below {n}"):
+        imported.row(n)
+    mine = monitor_generate(tiny, QUESTION, [Monitor(cheer, n - 1)], params)
+    used = monitor_generate(tiny, QUESTION, [Monitor(imported, n - 1)], params)
+    np.testing.assert_allclose(used.scores, mine.scores, atol=1e-4)  # the same row, read once
+    assert cheer.row(n) is not None  # Perplex's own vectors use every row

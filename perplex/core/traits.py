@@ -1,7 +1,11 @@
 """Trait vectors: a trait's direction at every layer of one model, with its statistics.
 
 Layers count blocks: row 0 is the embedding, row l the residual after block l (the
-indexing of persona_vectors' saved vectors too).
+indexing of persona_vectors' saved vectors too). The last row, n, is the residual stream
+after the last block, *before* the final norm: steering adds there and the stream carries it.
+persona_vectors reads `output_hidden_states`, whose last entry is *after* the final norm, so
+an imported vector's row n lies in another space (hundreds apart per feature): rows 0 … n − 1
+import unchanged and row n is refused (`row`).
 """
 
 from __future__ import annotations
@@ -55,9 +59,24 @@ class TraitVector:
         value = values[layer]
         return float(value) if isinstance(value, (int, float)) and np.isfinite(value) else None
 
+    @property
+    def normed_last_row(self) -> bool:
+        """Whether row n was taken after the final norm (persona_vectors' imports)."""
+        return bool(self.meta.get("normed_last_row"))
+
+    def row(self, layer: int) -> np.ndarray:
+        """The vector at `layer` [hidden], or InputFormatError where it cannot be used here."""
+        if layer == self.n_layers and self.normed_last_row:
+            raise InputFormatError(
+                f"Layer {layer} of the imported {self.trait} vector was read after the model's "
+                "final norm (persona_vectors takes output_hidden_states, whose last entry is "
+                f"normed), but Perplex reads layer {layer} before it, as the residual stream: "
+                f"the two are different spaces. Use a layer below {layer}.")
+        return self.vector[layer]
+
     def unit(self, layer: int) -> np.ndarray:
         """V / ‖v‖ at `layer`."""
-        v = self.vector[layer].astype(np.float64)
+        v = self.row(layer).astype(np.float64)
         norm = float(np.linalg.norm(v))
         if norm == 0:
             raise InputFormatError(f"The {self.trait} vector is zero at layer {layer}: choose "

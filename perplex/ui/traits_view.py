@@ -232,7 +232,9 @@ def _import_pt(engine: LocalEngine, chosen: list[str], held: dict) -> None:
             held[(engine.info.label, trait)] = vector
             save_vector(resources.store(), vector, session_panel.session_for_saving())
             st.success(f"Imported {trait}: layer {vector.default_layer} (largest norm) by "
-                       "default.")
+                       f"default. Layers 0 to {anatomy.n_blocks - 1} are used as they are; "
+                       f"layer {anatomy.n_blocks} was read after the final norm by "
+                       "persona_vectors, so it is not used here.")
 
 
 def monitors(vectors: dict[str, TraitVector]) -> list[Monitor]:
@@ -468,8 +470,13 @@ def steering_section(engine: LocalEngine, found: list[Monitor], messages: tuple[
         layer = int(cols[2].number_input(f"Layer for {trait}", 1, engine.anatomy.n_blocks,
                                          max(1, monitor.layer),
                                          key=f"{PREFIX}.steer_layer.{trait}"))
-        chosen.append(Steering(layer, torch.from_numpy(monitor.vector.vector[layer]).float(),
-                               coefficient, positions, name=trait))
+        try:
+            row = monitor.vector.row(layer)
+        except PerplexError as exc:
+            st.error(plain(str(exc)))
+            return
+        chosen.append(Steering(layer, torch.from_numpy(row).float(), coefficient, positions,
+                               name=trait))
     if st.button("Generate baseline and steered", key=f"{PREFIX}.steer_go",
                  disabled=session_panel.read_only()):
         params = DecodeParams(max_new_tokens=max_new)

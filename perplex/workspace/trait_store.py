@@ -168,8 +168,10 @@ def import_pt(data: bytes, trait: str, model_label: str, layers: int, hidden: in
     if not np.isfinite(array).all():
         raise InputFormatError("The vector holds non-finite numbers (NaN or infinity).")
     norms = tuple(float(np.linalg.norm(row)) for row in array)
-    best = max(range(1, layers + 1), key=lambda layer: norms[layer])
+    # row `layers` is after the final norm in persona_vectors: never the default (see `row`)
+    best = max(range(1, max(layers, 2)), key=lambda layer: norms[layer])
     return TraitVector(trait=trait, model_label=model_label, variant="imported", vector=array,
                        norms=norms, auroc=(math.nan,) * (layers + 1), default_layer=best,
                        n_examples=0, n_held_out=0,
-                       meta={"source": "persona_vectors .pt", "default": "largest norm"})
+                       meta={"source": "persona_vectors .pt", "default": "largest norm",
+                             "normed_last_row": True})

@@ -49,6 +49,7 @@ def _check(engine: LocalEngine, monitors: Sequence[Monitor]) -> None:
                 "for another model.")
         if not 0 <= m.layer <= n:
             raise GenerationError(f"Layer {m.layer} is not in {engine.info.label} (0 to {n}).")
+        m.vector.row(m.layer)  # refuses a row that cannot be read here
 
 
 def _scores(hidden: torch.Tensor, monitors: Sequence[Monitor], layers: list[int],

@@ -50,7 +50,7 @@ def coefficient_sweep(engine: LocalEngine, messages: tuple[Message, ...],
     if len(values) > MAX_POINTS:
         raise InputFormatError(f"Sweep at most {MAX_POINTS} coefficients.")
     index = names.index(trait)
-    vector = torch.from_numpy(monitors[index].vector.vector[layer]).float()
+    vector = torch.from_numpy(monitors[index].vector.row(layer)).float()
     runs = {}
     for k, c in enumerate(values):
         steering = [Steering(layer, vector, c, positions, name=trait)] if c else []
