@@ -270,7 +270,9 @@ with st.expander("Open in NDIF / reproduce in a notebook"):
                 st.error(plain(str(exc)))
     st.code(reproduction_code(model_id, text, anatomy.full_layers_path,
                               anatomy.full_norm_path, anatomy.head_path,
-                              remote=ndif.key_set), language="python")
+                              remote=ndif.key_set,
+                              gguf_file=str(gguf) if (gguf := local.spec.gguf_file) else None),
+            language="python")
 
 remote_run = st.session_state.get(NDIF_RESULT_KEY)
 if remote_run is not None:

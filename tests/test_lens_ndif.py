@@ -220,3 +220,41 @@ def test_the_hosted_model_list_is_empty_when_ndif_cannot_be_reached(monkeypatch)
 
     monkeypatch.setattr(CONFIG.API, "HOST", f"http://127.0.0.1:{closed_port()}")
     assert hosted_models() == []
+
+
+@pytest.mark.slow
+def test_the_notebook_code_computes_with_the_bundled_models_own_weights(bundled_lm, tmp_path):
+    """Numbers issue, point 10: the snippet loaded the Hub's full-precision weights.
+
+    It now dequantises the same GGUF file the way Perplex does; run as a notebook would run
+    it (from a file: nnsight reads a trace's source), its lens equals Perplex's.
+    """
+    import io
+    import runpy
+
+    import numpy as np
+
+    from perplex.engine.ndif import reproduction_code
+    from perplex.lens.logit_lens import compute_lens
+
+    spec, prompt = bundled_lm.spec, "The Eiffel Tower is in the city of"
+    assert "dequantised from the Q4_1 GGUF" in spec.precision
+    anatomy = bundled_lm.anatomy
+    code = reproduction_code(spec.hub_id, prompt, anatomy.full_layers_path,
+                             anatomy.full_norm_path, anatomy.head_path, remote=False,
+                             gguf_file=str(spec.gguf_file))
+    script = tmp_path / "notebook.py"
+    script.write_text(code)
+    with contextlib.redirect_stdout(io.StringIO()):
+        tops = runpy.run_path(str(script))["tops"]
+    ids = bundled_lm.tokenizer(prompt)["input_ids"]
+    lens = compute_lens(bundled_lm.engine, ids)
+    for layer, top in enumerate(tops):
+        assert int(top.indices[-1, 0]) == int(lens.top_ids[-1, layer, 0]), (layer, ids)
+        # another load of the same values, another order of sums: float32 tolerance
+        assert np.abs(top.values[-1].detach().numpy()[:1] - lens.top_probs[-1, layer, :1]
+                      ).max() < FLOAT32_PROB
+    remote = reproduction_code(spec.hub_id, prompt, anatomy.full_layers_path,
+                               anatomy.full_norm_path, anatomy.head_path, remote=True,
+                               gguf_file=str(spec.gguf_file))
+    assert "so these numbers will" in remote and "remote=True" in remote

@@ -14,6 +14,7 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -88,15 +89,18 @@ def _is_transport_error(exc: BaseException) -> bool:
         and "Status" not in type(exc).__name__  # an HTTP status is NDIF answering
 
 def reproduction_code(model_id: str, prompt: str, layers_path: str, norm_path: str,
-                      head_path: str, remote: bool) -> str:
+                      head_path: str, remote: bool, gguf_file: str | None = None) -> str:
     """Python (nnsight) that recomputes the logit lens of `prompt`, to paste in a notebook.
 
     Paths are attribute paths from the causal LM (e.g. "model.layers", "model.norm",
     "lm_head"). The projection runs inside the trace, so it also works remotely on NDIF.
+    With `gguf_file` (weights dequantised from a GGUF file, as the bundled model's are) the
+    notebook loads that file the way Perplex does, so it computes with the same weights; on
+    NDIF only the Hub's weights exist, and the code says its numbers will differ.
     """
     return f'''from nnsight import LanguageModel
 
-model = LanguageModel({model_id!r}, device_map="auto")
+{_loading(model_id, remote, gguf_file)}
 prompt = {prompt!r}
 tops = []
 with model.trace(prompt, remote={remote!r}):
@@ -113,6 +117,22 @@ for layer, top in enumerate(tops):
     words = [model.tokenizer.decode(int(i)) for i in top.indices[-1]]
     print(layer, list(zip(words, top.values[-1].tolist())))
 '''
+
+def _loading(model_id: str, remote: bool, gguf_file: str | None) -> str:
+    if gguf_file is None:
+        return f"model = LanguageModel({model_id!r}, device_map=\"auto\")"
+    if remote:
+        return (f"# NDIF runs the Hub's full-precision {model_id}; Perplex computed with the "
+                f"weights\n# dequantised from {Path(gguf_file).name}, so these numbers will "
+                f"differ from its.\nmodel = LanguageModel({model_id!r}, device_map=\"auto\")")
+    folder, name = str(Path(gguf_file).parent), Path(gguf_file).name
+    return ("from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f"# the weights Perplex uses: dequantised from {name} by transformers\n"
+            f"folder, gguf = {folder!r}, {name!r}\n"
+            "weights = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf)\n"
+            "tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)\n"
+            "model = LanguageModel(weights, tokenizer=tokenizer)")
+
 
 def ndif_key_set() -> bool:
     """Whether the operator's NDIF API key is configured and may be used (`ndif_api_key`)."""

@@ -85,7 +85,7 @@ def _model_section(saved: object) -> LoadedModel | None:
         remember({"model": chosen})  # part of the session's mode settings
     st.markdown(f"**{plain(lm.label)}**")
     st.caption(f"{lm.n_params / 1e6:,.0f} M parameters · {lm.n_layers} layers · "
-               f"vocabulary {lm.vocab_size:,} · {lm.spec.dtype} on {lm.device} · "
+               f"vocabulary {lm.vocab_size:,} · {lm.spec.precision} on {lm.device} · "
                f"loaded in {lm.load_seconds:.1f} s")
     text_prefix_select(lm.engine)
     return lm

@@ -64,6 +64,22 @@ class ModelSpec:
         return "hub"
 
     @property
+    def gguf_file(self) -> Path | None:
+        """The GGUF file the weights are dequantised from (bundled or .gguf), else None."""
+        if self.kind == "bundled":
+            return bundled_gguf_path()
+        return Path(self.source).expanduser() if self.kind == "gguf" else None
+
+    @property
+    def precision(self) -> str:
+        """What the numbers are computed in, and where the weights came from."""
+        if self.kind == "bundled":
+            return f"{self.dtype}, dequantised from the Q4_1 GGUF ({BUNDLED_GGUF})"
+        if self.kind == "gguf":
+            return f"{self.dtype}, dequantised from the GGUF file {Path(self.source).name}"
+        return self.dtype
+
+    @property
     def hub_id(self) -> str:
         """How a notebook loads it: the bundled model's Hub id, else the source as given."""
         return f"HuggingFaceTB/{BUNDLED_NAME}" if self.kind == "bundled" else self.source
