@@ -17,7 +17,7 @@ from perplex.ui.entry import run_inside_the_app
 from perplex.ui.own_sets import own_sets_editor, word_list
 from perplex.ui.prompt_list import many_prompts
 from perplex.ui.sidebar import decode_params_form, thresholds
-from perplex.ui.text import plain
+from perplex.ui.text import count, plain
 from perplex.ui.token_view import TokenViewStream
 from perplex.ui.transcript import show_transcript
 from perplex.workspace.token_sets import (
@@ -258,9 +258,33 @@ def first_token(_engine, model: str, prompt: str, refusal: prefill.WordSet,
 @st.cache_data(max_entries=32, show_spinner=False)
 def response_mass(_engine, model: str, _generation, generation_id: str,
                   refusal: prefill.WordSet,
-                  compliance: prefill.WordSet) -> list[prefill.SetMass]:
+                  compliance: prefill.WordSet) -> list[tuple[int, prefill.SetMass]]:
     """`prefill.response_mass`, kept across reruns; a saved generation never changes."""
     return prefill.response_mass(_engine, _generation, refusal, compliance)
+
+
+def opening_panel(current, masses: dict[int, prefill.SetMass]) -> None:
+    """With a forced opening: how likely it was, and the sets at the first free position."""
+    opening = prefill.forced_opening(current)
+    if opening is None:
+        return
+    shown = plain(visible_token(opening.text))
+    cols = st.columns(4)
+    cols[0].metric(f"P(the model opens with “{shown}”)", short_prob(opening.prob),
+                   help=f"The product of the probabilities of its "
+                        f"{count(opening.tokens, 'forced token')}, each given the prompt and "
+                        "the forced tokens before it "
+                        f"(log p = {opening.logprob:.3f}): how likely the model was to start "
+                        "this way itself.")
+    after = masses.get(opening.tokens)
+    if after is None:
+        return
+    cols[1].metric("next word in R-Set", short_prob(after.refusal))
+    cols[2].metric("next word in C-Set", short_prob(after.compliance))
+    cols[3].metric("next word in neither", short_prob(after.other))
+    st.caption(f"The last three are at the first free position, after “{shown}”: the "
+               "probability that the model's own next word is one of the set's words. "
+               "The forced tokens are left out of the answer's statistics below.")
 
 
 def show_current(current, sets: ActiveSets) -> None:
@@ -279,12 +303,7 @@ def show_current(current, sets: ActiveSets) -> None:
                        "only starts a longer set word is grey: hover it). The top 20 of the "
                        "distribution at the first response position.")
         masses = response_mass(local, local.info.spec, current, current.id, refusal, compliance)
-        forced = [s for s in current.response_steps if s.forced]
-        if forced and len(masses) > len(forced):
-            after = masses[len(forced)]
-            st.markdown(f"**After the forced prefix “{plain(''.join(s.text for s in forced))}”**"
-                        f": P(R-Set) = {short_prob(after.refusal)} · P(C-Set) = "
-                        f"{short_prob(after.compliance)} · other = {short_prob(after.other)}")
+        opening_panel(current, dict(masses))
         series = [("", masses, "solid")]
         compare = investigate.parent_comparison(current)
         if compare is not None:
@@ -293,7 +312,10 @@ def show_current(current, sets: ActiveSets) -> None:
                                                refusal, compliance),
                        "dot"),
                       ("after", masses, "solid")]
-        st.markdown("**P(R-Set) and P(C-Set) at each response position**")
+        st.markdown("**P(R-Set) and P(C-Set) where the answer's sentences start**")
+        st.caption("Evaluated at the answer's start, the first free position after a forced "
+                   "opening, and after each . ! ? or line break: opening words mean something "
+                   "there; mid-sentence, “I” or “Step” are just words.")
         st.plotly_chart(prefill.mass_timeline(series), key=f"{PREFIX}-mass",
                         config={"displaylogo": False})
     except PerplexError as exc:

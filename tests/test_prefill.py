@@ -242,10 +242,61 @@ def test_response_mass_matches_direct(tiny_lm):
     masses = prefill.response_mass(tiny_lm.engine, gen, refusal, compliance)
     ids = [s.token_id for s in gen.steps]
     where = [i for i, s in enumerate(gen.steps) if s.role is TokenRole.RESPONSE]
-    assert len(masses) == len(where)
-    for m, i in zip(masses, where):
+    starts = prefill.sentence_starts([gen.steps[i].text for i in where],
+                                     prefill.forced_opening(gen).tokens)
+    assert [j for j, _ in masses] == starts and 0 in starts
+    for j, m in masses:
+        i = where[j]
         assert abs(m.refusal - direct_set_prob(tiny_lm, ids[:i], refusal)) <= FLOAT32_PROB
         assert abs(m.compliance - direct_set_prob(tiny_lm, ids[:i], compliance)) <= FLOAT32_PROB
+
+
+def test_sets_are_read_where_sentences_start_not_mid_answer():
+    """Numbers issue, point 4: the timeline spiked to 1.0 wherever the next word was "I"."""
+    texts = ["Sure", ",", " here", " is", " step", " one", ".", " I", " think", " so", "!",
+             "\n", "Step", " two", " I", " said"]
+    assert prefill.sentence_starts(texts) == [0, 7, 11, 12]
+    assert prefill.sentence_starts(texts, free_from=1) == [0, 1, 7, 11, 12]
+
+
+def test_the_forced_opening_is_the_product_of_its_tokens_probabilities(tiny_lm):
+    """Numbers issue, point 4: P(the model opens with the forced text) from direct logits."""
+    import math
+
+    import torch
+
+    gen = start_generation(tiny_lm, (Message("user", "Hello"),), DecodeParams(max_new_tokens=4),
+                           prefill="Sure thing").run()
+    opening = prefill.forced_opening(gen)
+    response = [s for s in gen.steps if s.role is TokenRole.RESPONSE]
+    forced = [s for s in response if s.forced]
+    assert opening.text == "Sure thing" and opening.tokens == len(forced) >= 2
+    ids = [s.token_id for s in gen.steps]
+    start = len(gen.steps) - len(response)
+    with torch.no_grad():
+        logits = tiny_lm.model(input_ids=torch.tensor([ids])).logits[0].double()
+    by_hand = sum(float(torch.log_softmax(logits[start + k - 1], -1)[ids[start + k]])
+                  for k in range(len(forced)))
+    assert opening.logprob == pytest.approx(by_hand, abs=1e-5)  # two passes: float32
+    assert opening.prob == pytest.approx(math.exp(by_hand), rel=1e-5)
+    unforced = start_generation(tiny_lm, (Message("user", "Hello"),),
+                                DecodeParams(max_new_tokens=4)).run()
+    assert prefill.forced_opening(unforced) is None
+
+
+def test_forced_tokens_are_left_out_of_the_answers_statistics(tiny_lm):
+    """Numbers issue, point 4: "least confident: 'Sure'" named a token the model never chose."""
+    from perplex.core.stats import summarise
+
+    gen = start_generation(tiny_lm, (Message("user", "Hello"),), DecodeParams(max_new_tokens=5),
+                           prefill="Sure thing").run()
+    response = [s for s in gen.steps if s.role is TokenRole.RESPONSE]
+    summary = summarise(response, n_least=len(response))
+    free = [s for s in response if not s.forced]
+    assert summary.n_forced == len(response) - len(free) >= 2
+    assert summary.n_scored == len(free)
+    assert all(not response[i].forced for i in summary.least_confident)
+    assert summary.min_prob == min(s.prob for s in free)
 
 
 def test_figures_build(tiny_lm):
@@ -259,9 +310,10 @@ def test_figures_build(tiny_lm):
                 else prefill.COMPLIANCE_COLOUR if token_id in compliance.whole_ids
                 else prefill.OTHER_COLOUR)
         assert colour == want
-    m = [prefill.SetMass(0.7, 0.1), prefill.SetMass(0.2, 0.5)]
+    m = [(0, prefill.SetMass(0.7, 0.1)), (5, prefill.SetMass(0.2, 0.5))]
     fig = prefill.mass_timeline([("before", m, "dot"), ("after", m[:1], "solid")])
     assert len(fig.data) == 4 and list(fig.data[1].y) == [0.1, 0.5]
+    assert list(fig.data[1].x) == [0, 5]
 
 
 @pytest.fixture

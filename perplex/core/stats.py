@@ -11,8 +11,10 @@ from perplex.core.records import TokenStep
 
 @dataclass(frozen=True)
 class SpanSummary:
-    """Aggregates over the scored tokens of a span (unscored tokens are left out).
+    """Aggregates over the scored tokens of a span (unscored and forced tokens left out).
 
+    Forced tokens (a prefill, an injected token) were chosen by the researcher, not the
+    model, so they are not the answer's confidence: they are counted in `n_forced` only.
     `least_confident` holds indices into the span, lowest probability first.
     """
 
@@ -26,14 +28,16 @@ class SpanSummary:
     n_below: int  # scored tokens with p under the threshold
     least_confident: tuple[int, ...]
     entropy_is_estimate: bool
+    n_forced: int = 0
 
 
 def summarise(steps: Sequence[TokenStep], threshold: float = 0.3,
               n_least: int = 5) -> SpanSummary:
     """Summarise a span of token records."""
-    scored = [(i, s) for i, s in enumerate(steps) if s.prob is not None]
+    forced = sum(1 for s in steps if s.forced)
+    scored = [(i, s) for i, s in enumerate(steps) if s.prob is not None and not s.forced]
     if not scored:
-        return SpanSummary(len(steps), 0, None, None, None, None, None, 0, (), False)
+        return SpanSummary(len(steps), 0, None, None, None, None, None, 0, (), False, forced)
     probs = [s.prob for _, s in scored]
     entropies = [s.entropy for _, s in scored if s.entropy is not None]
     logprobs = [s.logprob for _, s in scored]
@@ -46,4 +50,4 @@ def summarise(steps: Sequence[TokenStep], threshold: float = 0.3,
         perplexity=math.exp(-sum(logprobs) / len(logprobs)),
         n_below=sum(p < threshold for p in probs),
         least_confident=tuple(i for i, _ in ordered[:n_least]),
-        entropy_is_estimate=any(s.entropy_is_estimate for _, s in scored))
+        entropy_is_estimate=any(s.entropy_is_estimate for _, s in scored), n_forced=forced)

@@ -378,11 +378,60 @@ def first_tokens(engine: LocalEngine, prompts: Sequence[str], refusal: WordSet,
     return [job.results[i] for i in range(job.total)]
 
 
-def response_mass(engine: LocalEngine, generation: Generation, refusal: WordSet,
-                  compliance: WordSet) -> list[SetMass]:
-    """P(R-Set), P(C-Set) at each response position of a generation (one tree pass).
+@dataclass(frozen=True)
+class Opening:
+    """The forced start of an answer and how likely the model was to start that way itself.
 
-    Entry j is at the position that predicted the j-th response token.
+    `prob` is the product of the forced tokens' probabilities, each given the prompt and the
+    forced tokens before it (temperature 1): P(the answer starts with `text`).
+    """
+
+    text: str
+    tokens: int
+    logprob: float
+
+    @property
+    def prob(self) -> float:
+        """P(the model starts its answer with exactly these tokens)."""
+        return float(np.exp(self.logprob))
+
+
+def forced_opening(generation: Generation) -> Opening | None:
+    """The answer's forced opening (its leading forced tokens), or None when there is none."""
+    steps = [s for s in generation.steps if s.role is TokenRole.RESPONSE]
+    lead = []
+    for step in steps:
+        if not step.forced:
+            break
+        lead.append(step)
+    if not lead or any(s.logprob is None for s in lead):
+        return None
+    return Opening("".join(s.text for s in lead), len(lead), float(sum(s.logprob for s in lead)))
+
+
+def sentence_starts(texts: Sequence[str], free_from: int = 0) -> list[int]:
+    """Positions (into `texts`, the answer's tokens) where a sentence starts.
+
+    The answer's start, the first free position after a forced opening (`free_from`), and
+    each token after one whose text, with trailing spaces, ends in . ! ? or a line break.
+    Sets of opening words (R-Set, C-Set) mean something there; mid-sentence, "I" or "Step"
+    are just words.
+    """
+    starts, text = [], ""
+    for j, piece in enumerate(texts):
+        stripped = text.rstrip(" \t")
+        if j in (0, free_from) or stripped.endswith((".", "!", "?")) or text.endswith("\n"):
+            starts.append(j)
+        text += piece
+    return starts
+
+
+def response_mass(engine: LocalEngine, generation: Generation, refusal: WordSet,
+                  compliance: WordSet) -> list[tuple[int, SetMass]]:
+    """P(R-Set), P(C-Set) where the answer's sentences start (one tree pass).
+
+    Each entry is (j, mass) at the position that predicted the j-th response token, for
+    the j of `sentence_starts` (the first free position after a forced opening included).
     """
     vocab_size = engine.info.vocab_size
     sets = (check_set(refusal, vocab_size), check_set(compliance, vocab_size))
@@ -390,14 +439,19 @@ def response_mass(engine: LocalEngine, generation: Generation, refusal: WordSet,
     if any(s.token_id is None for s in steps):
         raise InputFormatError("These records carry no token ids; re-score them with a local "
                                "model first.")
-    where = [i for i, s in enumerate(steps) if s.role is TokenRole.RESPONSE and i > 0]
-    if not where:
+    response = [i for i, s in enumerate(steps) if s.role is TokenRole.RESPONSE and i > 0]
+    if not response:
         return []
+    opening = forced_opening(generation)
+    starts = sentence_starts([steps[i].text for i in response],
+                             opening.tokens if opening else 0)
     words = _all_sequences(sets)
     # a generated answer fits the context; the word pieces appended after it need not
     [found] = engine.continuation_probs([[s.token_id for s in steps]],
-                                       [[i - 1 for i in where]], words, check_length=False)
-    return [set_mass(*sets, dict(zip(words, row))) for row in found.word_probs]
+                                       [[response[j] - 1 for j in starts]], words,
+                                       check_length=False)
+    return [(j, set_mass(*sets, dict(zip(words, row))))
+            for j, row in zip(starts, found.word_probs)]
 
 
 def first_token_figure(result: FirstToken, refusal: WordSet, compliance: WordSet) -> go.Figure:
@@ -430,21 +484,26 @@ def _kind(token_id: int, refusal: WordSet, compliance: WordSet) -> str:
     return "other; first piece of " + ", ".join(dict.fromkeys(starts)) if starts else "other"
 
 
-def mass_timeline(series: Sequence[tuple[str, Sequence[SetMass], str]]) -> go.Figure:
-    """P(R-Set) and P(C-Set) along the response; one (name, masses, dash) per continuation."""
+def mass_timeline(series: Sequence[tuple[str, Sequence[tuple[int, SetMass]], str]]
+                  ) -> go.Figure:
+    """P(R-Set) and P(C-Set) at the response's sentence starts.
+
+    One (name, [(position, mass)], dash) per continuation (`response_mass`).
+    """
     fig = go.Figure()
     for name, masses, dash in series:
-        xs = list(range(len(masses)))
+        xs = [j for j, _ in masses]
         for label, colour, values in (
-                ("P(R-Set)", REFUSAL_COLOUR, [m.refusal for m in masses]),
-                ("P(C-Set)", COMPLIANCE_COLOUR, [m.compliance for m in masses])):
+                ("P(R-Set)", REFUSAL_COLOUR, [m.refusal for _, m in masses]),
+                ("P(C-Set)", COMPLIANCE_COLOUR, [m.compliance for _, m in masses])):
             fig.add_trace(go.Scatter(
                 x=xs, y=values, name=f"{label} {name}".strip(), mode="lines+markers",
                 line=dict(color=colour, dash=dash, width=1.5), marker=dict(size=5),
                 hovertemplate=f"{name} #%{{x}}: {label} = %{{y:.4f}}<extra></extra>"))
     fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10), hovermode="x unified",
                       legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
-                      xaxis=dict(title="response position", showgrid=False),
+                      xaxis=dict(title="response position (sentence starts)",
+                                 showgrid=False),
                       yaxis=dict(title="probability", range=[0, 1.02]))
     return fig
 

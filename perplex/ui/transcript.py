@@ -167,7 +167,9 @@ def _summary_line(steps: Sequence[TokenStep], key: str, state_key: str,
         f"{count(summary.n_tokens, 'token')} · mean entropy {summary.mean_entropy:.3f} "
         f"nats{estimate} · "
         f"perplexity {summary.perplexity:.2f} · mean p {summary.mean_prob:.3f} · "
-        f"{summary.n_below} under p {thresholds.uncertain:.2f} · least confident:")
+        f"{summary.n_below} under p {thresholds.uncertain:.2f}"
+        + (f" · {count(summary.n_forced, 'forced token')} left out" if summary.n_forced else "")
+        + " · least confident:")
     cols = st.columns(len(summary.least_confident) or 1)
     for col, index in zip(cols, summary.least_confident):
         step = steps[index]
