@@ -35,6 +35,7 @@ import torch
 
 from bench.batch import bench_batch
 from bench.decoding import bench_speculative
+from bench.records import bench_records
 from bench.traits import bench_traits
 from perplex.core.records import DecodeParams, Message, TokenRole
 from perplex.core.settings import PROJECT_ROOT, Settings
@@ -449,7 +450,8 @@ def main() -> None:
           f"bundled model {bundled_gguf_path().name}")
     converted_gguf_folder(bundled_gguf_path(), PROJECT_ROOT / "data" / "models")
     lm = load_model(ModelSpec(), Settings(model_cache=PROJECT_ROOT / "data" / "models"))
-    done = [run_stage("decode", bench_decoding, lm), run_stage("load", bench_loading),
+    done = [run_stage("decode", bench_decoding, lm), run_stage("records", bench_records, lm),
+            run_stage("load", bench_loading),
             run_stage("view", bench_token_view, lm), run_stage("lens", bench_lens, lm),
             run_stage("endpoint", bench_endpoint), run_stage("calib", bench_calibration, lm),
             run_stage("compare", bench_comparison, lm), run_stage("spec", bench_speculative, lm),

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
+from bench.records import PROMPTS, record_drift
 from perplex.engine.local.layout import lay_out_for_decoding
-from tests.tolerances import FLOAT32_LOGIT
+from tests.tolerances import DECODE_VS_PASS_PROB, FLOAT32_LOGIT, FLOAT32_NATS
 
 
 def _tied_tiny(tiny_lm) -> torch.nn.Module:
@@ -48,3 +50,17 @@ def test_the_bundled_model_loads_laid_out_for_decoding(bundled_lm):
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     assert all(m.weight.t().is_contiguous() for m in model.modules()
                if isinstance(m, torch.nn.Linear))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("prompt", "tokens"), [("Name three planets in our solar system.", 40),
+                                                 (PROMPTS[3], 256)])
+def test_records_agree_with_one_full_pass_within_the_stated_bound(bundled_lm, prompt, tokens):
+    """Numbers issue, point 11: records vs a full pass, as the README and layout.py state it.
+
+    The issue measured 2.5e-5 in log p on a 40-token chat, past the old "~1e-6" promise;
+    the real bound is stated now (tests/tolerances.py) and held here.
+    """
+    drift = record_drift(bundled_lm.engine, prompt, tokens)
+    assert max(d[1] for d in drift) <= FLOAT32_NATS
+    assert max(d[0] for d in drift) <= DECODE_VS_PASS_PROB
