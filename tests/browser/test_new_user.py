@@ -277,7 +277,8 @@ def test_consistency_shows_answers_as_written_without_the_end_of_turn_token(open
     verdict.wait_for(timeout=WORK_TIMEOUT)
     settle(page)
     shown = page.locator('[data-testid="stMarkdown"]').filter(
-        has_text=re.compile("Consistency estimate|Disagreeing")).all_inner_texts()
+        has_text=re.compile("Consistency estimate|Answers outside")).all_inner_texts()
     assert shown and not any("im_end" in text or "im end" in text for text in shown), shown
-    quoted = re.search(r"“(.+)”", verdict.inner_text()).group(1)
+    # the largest group's answer, or (when no two agree) the answers listed below it
+    quoted = re.search(r"“(.+?)”", "\n".join(shown)).group(1)
     assert quoted != quoted.lower() or re.search(r"[.,!?°]", quoted), quoted  # as written
