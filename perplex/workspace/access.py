@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 import duckdb
 
 from perplex.core.errors import StoreError
+from perplex.workspace.holdings import SESSION_HOLDINGS
 
 
 class AccessError(StoreError):
@@ -42,10 +43,10 @@ class Actor:
 
 LOCAL = Actor()
 
-# The tables whose rows belong to a session through their `session_id` column.
-SESSION_TABLES = {"generations": "generation", "token_sets": "token set", "batches": "batch",
-                  "comparisons": "comparison", "decoding_runs": "decoding run",
-                  "trait_runs": "trait run"}
+# The tables whose rows belong to a session through their `session_id` column and have an
+# `id` (what `require_row` checks), from the one list of what a session holds.
+SESSION_TABLES = {h.table: h.what for h in SESSION_HOLDINGS
+                  if h.parent == "sessions" and h.table != "share_links"}
 
 
 def owns(actor: Actor, owner: str | None) -> bool:

@@ -30,7 +30,9 @@ from perplex.workspace.access import (
     session_status,
     visible,
 )
+from perplex.workspace.holdings import delete_holdings
 from perplex.workspace.store import Store, from_epoch_us
+from perplex.workspace.trait_store import vectors_dir
 
 MAX_NAME_CHARS = 200
 MAX_SETTINGS_BYTES = 1_000_000
@@ -145,8 +147,11 @@ def touch_session(store: Store, session_id: str) -> None:
 
 
 def delete_session(store: Store, session_id: str) -> bool:
-    """Delete a session with its generations, token records, annotations and token sets.
+    """Delete a session with everything it holds (`holdings.SESSION_HOLDINGS`).
 
+    Its generations, records, annotations, token sets, comparisons, decoding and trait
+    runs, trait vectors (their files too), batches and share links (so every link stops
+    working) go; the session's row stays, marked deleted, so that its id reads as deleted.
     Returns False (and changes nothing) when it was already deleted, never existed or is
     not yours to see; AccessError when it was shared with you read-only.
     """
@@ -157,20 +162,12 @@ def delete_session(store: Store, session_id: str) -> bool:
         if right != "write":
             raise AccessError("This session was shared with you read-only: only its owner "
                               "can delete it. Nothing was deleted.")
-        gens = "(SELECT id FROM generations WHERE session_id = ?)"
-        cur.execute(f"DELETE FROM annotations WHERE generation_id IN {gens}", [session_id])
-        cur.execute(f"DELETE FROM token_steps WHERE generation_id IN {gens}", [session_id])
-        cur.execute("DELETE FROM generations WHERE session_id = ?", [session_id])
-        cur.execute("DELETE FROM token_set_members WHERE set_id IN "
-                    "(SELECT id FROM token_sets WHERE session_id = ?)", [session_id])
-        cur.execute("DELETE FROM token_sets WHERE session_id = ?", [session_id])
-        cur.execute("DELETE FROM trait_runs WHERE session_id = ?", [session_id])
-        cur.execute("DELETE FROM batch_items WHERE batch_id IN "
-                    "(SELECT id FROM batches WHERE session_id = ?)", [session_id])
-        cur.execute("DELETE FROM batches WHERE session_id = ?", [session_id])
+        files = delete_holdings(cur, session_id)
         cur.execute("UPDATE sessions SET deleted_at = ?, name = '', settings = '{}' "
                     "WHERE id = ?", [_now(), session_id])
-        return True
+    for name in files:  # after the commit: a failed delete keeps its files
+        (vectors_dir(store) / name).unlink(missing_ok=True)
+    return True
 
 
 def duplicate_session(store: Store, session_id: str, name: str | None = None) -> Session:
