@@ -5,6 +5,7 @@ import logging
 import streamlit as st
 
 from perplex.ui.entry import app_running
+from perplex.ui.live import keep_stopped
 from perplex.ui.resources import ICON, LOADED_KEY
 from perplex.ui.sidebar import render_sidebar
 from perplex.ui.sign_in import pending as sign_in_pending
@@ -31,6 +32,7 @@ PAGES = [
 # it is what takes Streamlit out of its old multipage mode, see perplex/ui/entry.py).
 navigation = st.navigation(PAGES, position="hidden" if sign_in_pending() else "sidebar")
 require_sign_in()  # hosted: the sign-in form, and nothing else, until a visitor signs in
+keep_stopped()  # answers a Stop ended in the previous run are saved before anything is drawn
 st.session_state[LOADED_KEY] = render_sidebar()
 with app_running():
     navigation.run()

@@ -10,9 +10,9 @@ from perplex.ui import investigate, page_state, resources, session_panel, upload
 from perplex.ui.conditioning import system_prompt_control
 from perplex.ui.entry import run_inside_the_app
 from perplex.ui.export_panel import export_panel
+from perplex.ui.live import LiveGeneration, kept
 from perplex.ui.sidebar import decode_params_form, thresholds
 from perplex.ui.text import plain
-from perplex.ui.token_view import TokenViewStream
 from perplex.ui.transcript import provenance_caption, show_transcript
 
 run_inside_the_app()  # first: a page opened alone on a cold server reruns through app.py
@@ -65,17 +65,17 @@ if prompt and engine is not None:
     live.chat_message("user").text(prompt)
     with live.chat_message("assistant"):
         th = thresholds()
-        stream = TokenViewStream(key=f"{PREFIX}-live", confident=th.confident,
-                                 uncertain=th.uncertain, expected=params.max_new_tokens)
-        stream.update([], force=True)  # an empty view with a caret until the first token
+        view = LiveGeneration(key=f"{PREFIX}-live", confident=th.confident,
+                              uncertain=th.uncertain, expected=params.max_new_tokens)
         answer_index = len(messages)
         try:
             run = engine.generate(messages, params)
             shown = []
-            for step in run:
-                if step.role is TokenRole.RESPONSE and step.message_index == answer_index:
-                    shown.append(step)
-                    stream.update(shown)
+            with kept(run, lambda g: session_panel.save_to_session(g, CURRENT)):
+                for step in run:
+                    if step.role is TokenRole.RESPONSE and step.message_index == answer_index:
+                        shown.append(step)
+                        view.update(shown)
             session_panel.save_to_session(run.generation(), CURRENT)
         except PerplexError as exc:
             st.error(plain(str(exc)))

@@ -345,3 +345,29 @@ def test_openai_upload_shows_its_own_logprobs(app, screenshot):
     page.get_by_text(f"Stopped: {choice['finish_reason']} · gpt-4o-mini-2024-07-18 · imported"
                      ).wait_for()
     assert app.dialogs == []
+
+
+def test_stop_ends_the_answer_and_keeps_its_tokens(app, screenshot):
+    """New-user issue, point 6: a long answer can be stopped, and what came is kept."""
+    from tests.browser.test_hallucination import set_number
+
+    page = app.page
+    page.get_by_text("Generation settings", exact=True).click()
+    set_number(page, "max new tokens", "600")
+    page.evaluate(VIEW_SAMPLER)
+    chat = page.locator('[data-testid="stChatInput"] textarea')
+    chat.fill("Write a very long story about a dragon who learns to bake bread.")
+    chat.press("Enter")
+    page.wait_for_function("() => window.__views.some(([, live]) => live >= 5)",
+                           timeout=WORK_TIMEOUT, polling=50)
+    page.get_by_role("button", name="Stop", exact=True).click()
+    stopped = page.get_by_text(re.compile(r"^Stopped: stopped by you"))
+    stopped.wait_for(timeout=WORK_TIMEOUT)
+    wait_for_script(page, WORK_TIMEOUT)
+    n_tokens = page.locator(FINAL_TOK).count()
+    assert 5 <= n_tokens < 600, n_tokens
+    assert page.get_by_role("button", name="Stop", exact=True).count() == 0  # gone with the run
+    page.locator('[data-testid="stChatInput"] textarea:not([disabled])').wait_for()
+    screenshot(page, "default_page_stopped")
+    page.reload()  # kept in the session: a reload shows it again
+    page.get_by_text(re.compile(r"^Stopped: stopped by you")).wait_for(timeout=WORK_TIMEOUT)
