@@ -14,9 +14,9 @@ from perplex.modes import hallucination as h
 from perplex.ui import investigate, page_state, resources, session_panel
 from perplex.ui.conditioning import system_prompt_control
 from perplex.ui.entry import run_inside_the_app
+from perplex.ui.live import LiveGeneration, kept
 from perplex.ui.sidebar import decode_params_form, thresholds
 from perplex.ui.text import plain
-from perplex.ui.token_view import TokenViewStream
 from perplex.ui.transcript import highlight_key, jump_to, provenance_caption, show_transcript
 
 run_inside_the_app()  # first: a page opened alone on a cold server reruns through app.py
@@ -78,29 +78,30 @@ def ask(question: str, limits: h.AlertThresholds, system: tuple[Message, ...]) -
     th = thresholds()
     left, right = st.columns([3, 2])
     with left:
-        stream = TokenViewStream(key=f"{PREFIX}-live", confident=th.confident,
-                                 uncertain=th.uncertain, expected=params.max_new_tokens)
-        stream.update([], force=True)
+        view = LiveGeneration(key=f"{PREFIX}-live", confident=th.confident,
+                              uncertain=th.uncertain, expected=params.max_new_tokens)
     with right.container(key=f"{PREFIX}-live-alerts"):
         heading, table = st.empty(), st.empty()
         heading.markdown("**Alerts so far: 0**")
     run = engine.generate(messages, params)
     shown, found, marks = [], [], {}
-    for step, alert in h.watch(run, limits):
-        if step.role is not TokenRole.RESPONSE:
-            continue
-        shown.append(step)
-        if alert is None:
-            stream.update(shown, alerts=marks)
-            continue
-        found.append(alert)
-        marks[alert.index] = alert.reason
-        stream.update(shown, alerts=marks, force=True)
-        # A static table: it is drawn at once, where a data grid would flash empty per alert.
-        table.table(pd.DataFrame(h.alert_rows(found[:-LIVE_ROWS - 1:-1])).set_index("#")
-                    .style.format({"p": "{:.3f}", "entropy (nats)": "{:.3f}"}))
-        heading.markdown(f"**Alerts so far: {len(found)}** (latest: token #{alert.index}"
-                         f"{f'; the {LIVE_ROWS} newest shown' if len(found) > LIVE_ROWS else ''})")
+    with kept(run, lambda g: session_panel.save_to_session(g, CURRENT)):
+        for step, alert in h.watch(run, limits):
+            if step.role is not TokenRole.RESPONSE:
+                continue
+            shown.append(step)
+            if alert is None:
+                view.update(shown, alerts=marks)
+                continue
+            found.append(alert)
+            marks[alert.index] = alert.reason
+            view.update(shown, alerts=marks, force=True)
+            # A static table: drawn at once, where a data grid would flash empty per alert.
+            table.table(pd.DataFrame(h.alert_rows(found[:-LIVE_ROWS - 1:-1])).set_index("#")
+                        .style.format({"p": "{:.3f}", "entropy (nats)": "{:.3f}"}))
+            heading.markdown(
+                f"**Alerts so far: {len(found)}** (latest: token #{alert.index}"
+                f"{f'; the {LIVE_ROWS} newest shown' if len(found) > LIVE_ROWS else ''})")
     session_panel.save_to_session(run.generation(), CURRENT)
     st.rerun()
 

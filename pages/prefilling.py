@@ -14,11 +14,11 @@ from perplex.modes import prefill
 from perplex.ui import investigate, page_state, resources, session_panel
 from perplex.ui.conditioning import system_prompt_control
 from perplex.ui.entry import run_inside_the_app
+from perplex.ui.live import LiveGeneration, kept
 from perplex.ui.own_sets import own_sets_editor, word_list
 from perplex.ui.prompt_list import many_prompts
 from perplex.ui.sidebar import decode_params_form, thresholds
 from perplex.ui.text import count, plain
-from perplex.ui.token_view import TokenViewStream
 from perplex.ui.transcript import show_transcript
 from perplex.workspace.token_sets import (
     COMPLIANCE_SET,
@@ -221,16 +221,16 @@ def word_table(result: prefill.FirstToken) -> pd.DataFrame:
 def run_prompt(prompt: str, prefix_text: str, sets: ActiveSets,
                system: tuple[Message, ...]) -> None:
     """Generate an answer (starting with the prefix) and make it the page's current one."""
-    stream = TokenViewStream(key=f"{PREFIX}-live", confident=thresholds().confident,
-                             uncertain=thresholds().uncertain, expected=params.max_new_tokens)
-    stream.update([], force=True)
+    view = LiveGeneration(key=f"{PREFIX}-live", confident=thresholds().confident,
+                          uncertain=thresholds().uncertain, expected=params.max_new_tokens)
     run = local.generate(system + (Message("user", prompt),), params, prefill=prefix_text)
-    shown = []
-    for step in run:
-        if step.role is TokenRole.RESPONSE:
-            shown.append(step)
-            stream.update(shown)
     st.session_state[PROMPT] = (prompt, prefix_text)
+    shown = []
+    with kept(run, lambda g: session_panel.save_to_session(g, CURRENT)):
+        for step in run:
+            if step.role is TokenRole.RESPONSE:
+                shown.append(step)
+                view.update(shown)
     session_panel.save_to_session(run.generation(), CURRENT)
     save_sets(sets.words, sets.spellings)  # the session now holds the sets the run used
     st.rerun()

@@ -21,11 +21,12 @@ from perplex.modes.comparison.pairing import check_pair
 from perplex.ui import page_state, resources, session_panel
 from perplex.ui.conditioning import system_prompt_control
 from perplex.ui.export_panel import download, figure_downloads
+from perplex.ui.live import LiveGeneration, kept
 from perplex.ui.model_choice import LOCAL_CHOICES, local_engine, memory_line, source_input
 from perplex.ui.prompt_list import prompt_list_form
 from perplex.ui.sidebar import thresholds
 from perplex.ui.text import count, plain
-from perplex.ui.token_view import Overlay, TokenViewStream, token_view
+from perplex.ui.token_view import Overlay, token_view
 from perplex.workspace.comparison_store import list_comparisons, load_comparison, save_comparison
 
 PREFIX = "comparison"
@@ -142,17 +143,18 @@ def generate_section(a: Side, b: Side, conditions: dict, prompt: str,
     for side, column in zip((a, b), columns):
         with column:
             st.caption(f"{side.name}: {plain(side.engine.info.label)}")
-            stream = TokenViewStream(key=f"{PREFIX}-live-{side.name}", confident=th.confident,
-                                     uncertain=th.uncertain, expected=params.max_new_tokens)
-            stream.update([], force=True)
+            view = LiveGeneration(key=f"{PREFIX}-live-{side.name}", confident=th.confident,
+                                  uncertain=th.uncertain, expected=params.max_new_tokens)
             try:
                 run = side.engine.generate(side.messages(prompt), params)
                 shown = []
-                for step in run:
-                    if step.role is TokenRole.RESPONSE:
-                        shown.append(step)
-                        stream.update(shown)
+                with kept(run, _keeping_uncompared(generations, side.name)):
+                    for step in run:
+                        if step.role is TokenRole.RESPONSE:
+                            shown.append(step)
+                            view.update(shown)
                 generations[side.name] = run.generation()
+                view.done()
             except PerplexError as exc:
                 st.error(f"{side.name} failed: {plain(str(exc))}")
     if len(generations) < 2:
@@ -174,6 +176,19 @@ def generate_section(a: Side, b: Side, conditions: dict, prompt: str,
         return
     show(saved, run, conditions)
     st.rerun()
+
+
+def _keeping_uncompared(generations: dict[str, Generation], stopped: str):
+    """How a Stop during `stopped`'s answer keeps it and the answers already made."""
+    done = dict(generations)  # the sides finished before this one
+
+    def keep(partial: Generation) -> None:
+        for name, gen in {**done, stopped: partial}.items():
+            how = "stopped" if name == stopped else "complete"
+            resources.store().save_generation(replace(
+                gen, session_id=session_panel.session_for_saving(),
+                title=f"Comparison: {name}'s answer ({how}; not compared: the run was stopped)"))
+    return keep
 
 
 def _keep_the_answer_that_came(generations: dict[str, Generation]) -> None:

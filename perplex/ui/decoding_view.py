@@ -21,10 +21,11 @@ from perplex.modes.decoding.stats import contrast_stats, contrast_summary, specu
 from perplex.ui import page_state, resources, session_panel
 from perplex.ui.decoding_marks import contrast_overlay, legend, speculative_overlay
 from perplex.ui.export_panel import download, figure_downloads
+from perplex.ui.live import LiveGeneration
 from perplex.ui.model_choice import LOCAL_CHOICES, choose_local_model
 from perplex.ui.sidebar import thresholds
 from perplex.ui.text import plain
-from perplex.ui.token_view import TokenViewStream, token_view
+from perplex.ui.token_view import token_view
 from perplex.workspace.decoding_store import StoredDecoding, load_decoding, save_decoding
 
 PREFIX = "decoding"
@@ -175,17 +176,14 @@ def run_section(engine: LocalEngine, setup: Setup, messages: tuple[Message, ...]
     th = thresholds()
     detok = Detokenizer(engine.tokenizer)
     shown: list[TokenStep] = []
-    stop = st.empty()
-    stop.button("Stop", key=f"{PREFIX}.stop", help="Ends the run; nothing is saved of it.")
     st.caption("The method, streaming (probabilities come once it ends):")
-    stream = TokenViewStream(key=f"{PREFIX}-live", confident=th.confident,
-                             uncertain=th.uncertain, expected=setup.params.max_new_tokens)
-    stream.update([], force=True)
+    view = LiveGeneration(key=f"{PREFIX}-live", confident=th.confident, uncertain=th.uncertain,
+                          expected=setup.params.max_new_tokens, keeps=False)
 
     def progress(n: int, token_id: int) -> None:
         shown.append(TokenStep(position=n - 1, token_id=token_id, text=detok.push(token_id),
                                role=TokenRole.RESPONSE, message_index=len(messages)))
-        stream.update(shown)
+        view.update(shown)
 
     note = st.empty()
 
@@ -200,7 +198,7 @@ def run_section(engine: LocalEngine, setup: Setup, messages: tuple[Message, ...]
         st.error(plain(str(exc)))
         return
     note.empty()
-    stop.empty()
+    view.done()
     try:
         run_id = save_result(prompt, result)
     except PerplexError as exc:

@@ -17,10 +17,11 @@ from perplex.core.records import DecodeParams, Generation, TokenStep
 from perplex.core.stats import summarise
 from perplex.engine.local.engine import LocalEngine
 from perplex.ui import page_state, resources
+from perplex.ui.live import LiveGeneration, kept
 from perplex.ui.session_panel import current_session_id, read_only, remember, save_to_session
 from perplex.ui.sidebar import thresholds
 from perplex.ui.text import count, plain
-from perplex.ui.token_view import AnnotationMark, TokenSetInfo, TokenViewStream
+from perplex.ui.token_view import AnnotationMark, TokenSetInfo
 from perplex.ui.transcript import TranscriptEvent, highlight_key, jump_to
 from perplex.workspace.annotations import add_annotation, delete_annotation, edit_annotation
 from perplex.workspace.annotations import list_annotations as generation_annotations
@@ -85,14 +86,15 @@ def _regenerate(found: TranscriptEvent, gen: Generation, page_key: str,
     run = engine.inject(gen, step.position, forced, params)
     st.caption(f"Regenerating from token #{event.index}…")
     th = thresholds()
-    stream = TokenViewStream(key=f"{page_key}-inject-live", confident=th.confident,
-                             uncertain=th.uncertain, expected=params.max_new_tokens)
-    shown = []
-    for new in run:
-        if new.message_index == step.message_index and new.role is step.role:
-            shown.append(new)
-            stream.update(shown)
-    save_to_session(replace(run.generation(), title=_branch_title(event, step)), page_key)
+    view = LiveGeneration(key=f"{page_key}-inject-live", confident=th.confident,
+                          uncertain=th.uncertain, expected=params.max_new_tokens)
+    shown, title = [], _branch_title(event, step)
+    with kept(run, lambda g: save_to_session(replace(g, title=title), page_key)):
+        for new in run:
+            if new.message_index == step.message_index and new.role is step.role:
+                shown.append(new)
+                view.update(shown)
+    save_to_session(replace(run.generation(), title=title), page_key)
 
 
 def _branch_title(event, step: TokenStep) -> str:

@@ -32,12 +32,16 @@ class LiveGeneration:
     """A Stop button over a token view that grows while one script run generates."""
 
     def __init__(self, *, key: str, confident: float, uncertain: float,
-                 expected: int | None) -> None:
-        """Reserve the Stop button and the view where this is constructed."""
+                 expected: int | None, keeps: bool = True) -> None:
+        """Reserve the Stop button and the view where this is constructed.
+
+        `keeps` says whether a stopped run keeps its tokens (a loop wrapped in `kept`).
+        """
         self._stop = st.empty()
         self._stop.button("Stop", key=f"{key}-stop", icon=":material/stop_circle:",
                           help="Ends the generation at its next token; the tokens so far are "
-                               "kept and shown.")
+                               "kept and shown." if keeps else
+                               "Ends the run at its next token; nothing of it is saved.")
         self.view = TokenViewStream(key=key, confident=confident, uncertain=uncertain,
                                     expected=expected)
         self.view.update([], force=True)  # an empty view with a caret until the first token

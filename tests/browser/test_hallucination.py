@@ -134,3 +134,21 @@ def test_bad_thresholds_and_empty_question_get_clear_messages(hallucination_page
     set_number(page, "span length k (tokens)", "3")
     assert page.get_by_role("button", name="Ask", exact=True).is_enabled()
     assert_no_exception(page)
+
+
+def test_stop_keeps_the_answer_so_far_with_its_alerts(hallucination_page, screenshot):
+    """New-user issue, point 6: Hallucination's answer can be stopped; what came is kept."""
+    page = hallucination_page
+    page.get_by_text("Generation settings", exact=True).click()
+    set_number(page, "max new tokens", "600")
+    page.get_by_label("Question").fill("Tell me everything you know about the Moon, at length.")
+    page.get_by_role("button", name="Ask", exact=True).click()
+    page.locator(f"{LIVE_VIEW} .tok").nth(4).wait_for(timeout=WORK_TIMEOUT)
+    page.get_by_role("button", name="Stop", exact=True).click()
+    page.get_by_text(re.compile(r"^Stopped: stopped by you")).wait_for(timeout=WORK_TIMEOUT)
+    settle(page)
+    n_tokens = page.locator(FINAL_TOK).count()
+    assert 5 <= n_tokens < 600, n_tokens
+    assert page.get_by_role("button", name="Stop", exact=True).count() == 0
+    screenshot(page, "hallucination_stopped")
+    assert_no_exception(page)
