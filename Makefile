@@ -3,27 +3,39 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-MODEL_STAMP := data/models/.bundled-ready
+# Converted models go where Perplex looks for them (perplex/core/settings.py): the stamps too.
+MODELS_DIR := $(or $(PERPLEX_MODEL_CACHE),$(if $(PERPLEX_HOME),$(PERPLEX_HOME)/models,data/models))
+MODEL_STAMP := $(MODELS_DIR)/.bundled-ready
 PORT ?= 8501
 
 .PHONY: run test test-fast bench loadtest lint docs setup model variants browser llama serve-openai serve-team clean
 
+# The dashboard listens on this machine only; `make run ADDRESS=0.0.0.0` opens it to others.
+ADDRESS ?= 127.0.0.1
 run: setup model
-	$(VENV)/bin/streamlit run app.py --server.port $(PORT)
+	$(VENV)/bin/streamlit run app.py --server.port $(PORT) --server.address $(ADDRESS)
 
-test: setup model variants browser llama lint
+# Tests and benchmarks read the project's own model copies (data/models), whatever
+# PERPLEX_HOME says: each test points PERPLEX_HOME at a fresh folder of its own.
+PROJECT_MODELS := env -u PERPLEX_HOME -u PERPLEX_MODEL_CACHE $(MAKE) --no-print-directory model variants
+
+test: setup browser llama lint
+	$(PROJECT_MODELS)
 	$(PY) -m pytest
 
-test-fast: setup model variants llama
+test-fast: setup llama
+	$(PROJECT_MODELS)
 	$(PY) -m pytest -m "not browser and not slow"
 
-bench: setup model variants browser
+bench: setup browser
+	$(PROJECT_MODELS)
 	$(PY) -m bench.run
 
 # Simulated researchers on one hosted server, on loopback (bench/loadtest.py): 8 users, 5 min.
 USERS_N ?= 8
 MINUTES ?= 5
-loadtest: setup model variants browser
+loadtest: setup browser
+	$(PROJECT_MODELS)
 	$(PY) -m bench.loadtest --users $(USERS_N) --minutes $(MINUTES)
 
 lint: setup
@@ -67,7 +79,6 @@ $(LLAMA_STAMP): $(STAMP)
 	touch $(LLAMA_STAMP)
 
 # A team server: every visitor signs in (README "Hosting for a team"); USERS is the users file.
-ADDRESS ?= 127.0.0.1
 USERS ?= users.txt
 serve-team: setup model variants
 	PERPLEX_HOSTED=1 PERPLEX_USERS="$(USERS)" $(VENV)/bin/streamlit run app.py \
@@ -84,16 +95,16 @@ model: $(MODEL_STAMP)
 
 $(MODEL_STAMP): $(STAMP)
 	$(PY) -m perplex.engine.local.prepare
-	touch $(MODEL_STAMP)
+	mkdir -p "$(MODELS_DIR)" && touch "$(MODEL_STAMP)"
 
 # The bundled model's terse fine-tuned and int8 copies (Comparison mode's offline pairs):
 # made once under data/models/ (about 30 s on 2 cores), found there afterwards.
-VARIANTS_STAMP := data/models/.variants-ready
+VARIANTS_STAMP := $(MODELS_DIR)/.variants-ready
 variants: $(VARIANTS_STAMP)
 
 $(VARIANTS_STAMP): $(MODEL_STAMP) data/finetune/terse.jsonl perplex/engine/local/variants.py
 	$(PY) -m perplex.engine.local.variants
-	touch $(VARIANTS_STAMP)
+	touch "$(VARIANTS_STAMP)"
 
 # Real-browser tests drive Debian's chromium (Playwright's own browser download is not used).
 browser:
