@@ -66,3 +66,20 @@ def test_token_sets_whose_words_share_a_first_token_show_without_a_crash(app, pe
         kept = next(s for s in list_token_sets(store, sid) if s.name == REFUSAL_SET)
     assert shared_id not in kept.token_ids(label)
     assert kept.token_ids(label) == set(firsts) - {shared_id}
+
+
+def test_a_model_that_fails_to_load_leaves_the_working_one_loaded(app):
+    """New-user issue, point 4: a failed Change model unloaded the model every page uses."""
+    field = next(t for t in app.sidebar.text_input
+                 if t.label == "Hugging Face id, local folder or .gguf file")
+    field.set_value("./no-such-model-folder")
+    next(b for b in app.sidebar.button if b.label == "Load").click().run()
+    assert not app.exception
+    said = " ".join(e.value for e in app.sidebar.error).replace("\\", "")  # markdown escapes
+    assert "could not be loaded, so SmolLM2-135M-Instruct (bundled) stays loaded" in said
+    assert "No folder at" in said  # and why
+    assert any("SmolLM2-135M-Instruct (bundled)" in m.value.replace("\\", "")
+               for m in app.sidebar.markdown)
+    assert not app.chat_input[0].disabled  # the page still has its model
+    app.chat_input[0].set_value("What is the capital of France?").run()
+    assert "Paris" in app.session_state["default.generation"].messages[-1].content

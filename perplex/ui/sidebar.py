@@ -50,6 +50,24 @@ def render_sidebar() -> LoadedModel | None:
     return lm
 
 
+FAILED_LOAD_KEY = "perplex.failed_load"  # why the last Change model failed, shown once
+
+
+def _change_model(current: ModelSpec, wanted: ModelSpec) -> None:
+    """Load `wanted` first; only once it has loaded does it replace `current`.
+
+    A model that cannot be loaded leaves the working one loaded, with the reason.
+    """
+    try:
+        with st.spinner(f"Loading {wanted.label}…"):
+            resources.cached_model(wanted)
+    except PerplexError as exc:
+        st.session_state[FAILED_LOAD_KEY] = (
+            f"{wanted.label} could not be loaded, so {current.label} stays loaded: {exc}")
+        return
+    st.session_state[resources.MODEL_KEY] = wanted
+
+
 def _model_section(saved: object) -> LoadedModel | None:
     st.subheader("Model")
     spec = resources.chosen_spec()
@@ -66,9 +84,11 @@ def _model_section(saved: object) -> LoadedModel | None:
                 help="Leave empty for the bundled SmolLM2-135M-Instruct.")
         dtype = st.selectbox("dtype", list(DTYPES), index=list(DTYPES).index(spec.dtype))
         if st.button("Load", type="primary"):
-            st.session_state[resources.MODEL_KEY] = ModelSpec(
-                source=source.strip() or BUNDLED, dtype=dtype,
-                trust_remote_code=resources.settings().trust_remote_code)
+            _change_model(spec, ModelSpec(source=source.strip() or BUNDLED, dtype=dtype,
+                                          trust_remote_code=resources.settings().trust_remote_code))
+    failed = st.session_state.pop(FAILED_LOAD_KEY, None)
+    if failed:
+        st.error(plain(failed))
     spec = resources.chosen_spec()
     try:
         with st.spinner(f"Loading {spec.label}… (the first load of the bundled model "
