@@ -22,7 +22,9 @@ left, right = st.columns(2)
 with left:
     side_a = view.condition_section("A", "sidebar")
 with right:
-    side_b = view.condition_section("B", "terse")
+    # the same model under another system prompt: a pair that needs no preparation (the
+    # fine-tuned and int8 copies are built on request, with progress)
+    side_b = view.condition_section("B", "sidebar", view.TERSE_SYSTEM)
 view.memory_caption()
 params = decode_params_form(view.PREFIX)
 pairing = view.pair_notes(side_a[0], side_b[0]) if side_a and side_b else None

@@ -49,3 +49,19 @@ def test_a_second_model_over_the_memory_budget_is_refused_with_the_budget(app, m
     message = " ".join(e.value for e in at.error).replace("\\", "")  # Markdown escapes
     assert "model memory budget (PERPLEX_MODEL_MEMORY) is 0.09 GiB" in message, message
     assert next(b for b in at.button if b.label == "Generate both").disabled
+
+
+def test_opening_the_page_prepares_nothing_and_compares_two_system_prompts(app):
+    """New-user issue, point 5: opening Comparison started a 212 s fine-tune unasked."""
+    at = app.run()
+    assert not at.exception
+    assert at.selectbox(key="comparison.A.model").value == "sidebar"
+    assert at.selectbox(key="comparison.B.model").value == "sidebar"
+    assert not [s for s in at.status if "Preparing" in s.label]  # no copy is built
+    generate_both(at)
+    assert not at.exception, at.exception
+    shown = at.session_state["comparison.run"]
+    systems = [shown.run.generation_a.messages[0], shown.run.generation_b.messages[0]]
+    assert (systems[1].role, systems[1].content) == ("system",
+                                                     "Answer in as few words as possible.")
+    assert systems[0].content != systems[1].content  # A keeps the template's own

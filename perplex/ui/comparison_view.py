@@ -36,6 +36,7 @@ REVEAL_KEY = f"{PREFIX}.reveal"
 MODEL_CHOICES = {**LOCAL_CHOICES,
                  "endpoint": "An OpenAI-compatible endpoint (top-k only)…"}
 APPROXIMATE_KEY = f"{PREFIX}.approximate"
+TERSE_SYSTEM = "Answer in as few words as possible."  # condition B's system prompt at first
 TOP_N = 10
 
 
@@ -48,8 +49,15 @@ class Shown:
     conditions: dict
 
 
-def condition_section(name: str, default: str) -> tuple[Side, dict] | None:
-    """One side's model and system prompt; None while it cannot be loaded."""
+def condition_section(name: str, default: str, system: str | None = None
+                      ) -> tuple[Side, dict] | None:
+    """One side's model and system prompt; None while it cannot be loaded.
+
+    `system`, when given, is the side's system prompt until the researcher changes it.
+    """
+    if system is not None:
+        st.session_state.setdefault(f"{PREFIX}.{name}.system_choice", "custom")
+        st.session_state.setdefault(f"{PREFIX}.{name}.system_text", system)
     st.markdown(f"**Condition {name}**")
     choice = st.selectbox(f"Model {name}", list(MODEL_CHOICES), format_func=MODEL_CHOICES.get,
                           index=list(MODEL_CHOICES).index(default), key=f"{PREFIX}.{name}.model")

@@ -36,6 +36,11 @@ def test_generate_both_hover_jump_and_many_prompts(browser, app_url, screenshot)
     settle(page, MODEL_TIMEOUT)
     page.get_by_text("SmolLM2-135M-Instruct (bundled)").first.wait_for(timeout=MODEL_TIMEOUT)
     page.get_by_role("link", name="Comparison").click()
+    page.get_by_role("button", name="Generate both").wait_for(timeout=MODEL_TIMEOUT)
+    settle(page)
+    # B starts as the sidebar's model under another system prompt; the terse copy on request
+    page.get_by_label("Model B").click()
+    page.get_by_role("option", name="Fine-tuned copy (terse answers)").click()
     page.get_by_text("Fine-tuned copy (terse answers) ready").wait_for(timeout=MODEL_TIMEOUT)
     settle(page)
 
