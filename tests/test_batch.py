@@ -360,6 +360,38 @@ def test_a_flag_written_in_sql_runs_isolated_and_matches_a_comprehension(tmp_pat
         add_custom_flag(store, batch_id, "low_confidence", "TRUE")
 
 
+@pytest.mark.parametrize(("heavy", "message"), [
+    ("(SELECT len(range(1500000000))) > 0", "more memory than a flag may use"),
+    ("(SELECT sum(a.range * b.range) FROM range(3000000) a, range(3000000) b) > 0",
+     "longer than 3 s"),
+    ("(WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) "
+     "SELECT max(n) FROM r) > 0", "longer than 3 s|more memory than a flag may use"),
+    ("length(repeat('x', 2000000000)) > 0", "more memory than a flag may use"),
+])
+def test_a_heavy_flag_ends_in_a_message_and_the_server_keeps_its_memory(tmp_path, heavy,
+                                                                        message):
+    """Hardening issue, point 1: `len(range(1.5e9))` grew past 6 GB before the 10 s stop.
+
+    Each query ends within its time limit (3 s here, plus the child's start) with a message
+    that says why, and this process (the server) grows by less than 100 MiB.
+    """
+    import resource
+    import time
+
+    from perplex.workspace.batch_store import add_custom_flag, custom_flags
+
+    store = Store.open(tmp_path / "c.duckdb")
+    batch_id = _hand_batch(store)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    started = time.monotonic()
+    with pytest.raises(InputFormatError, match=message):
+        add_custom_flag(store, batch_id, "heavy", heavy, seconds=3.0)
+    assert time.monotonic() - started < 3.0 + 5.0 + 5.0  # the limit, the child's start, slack
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown < 100 * 1024, f"the server grew by {grown / 1024:.0f} MiB"
+    assert "heavy" not in custom_flags(store, batch_id)
+
+
 def test_a_stored_dataset_becomes_prompts_with_references(tmp_path):
     from perplex.core.calibration import Dataset, Item
     from perplex.modes.batch.inputs import dataset_items

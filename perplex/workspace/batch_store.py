@@ -10,9 +10,10 @@ Filters are built here from a fixed set of columns and operators, with every val
 as a query parameter: a value is never part of the SQL text. A researcher's own flag, an
 SQL condition over the tables `items` (one row per item, the filter's columns) and `tokens`
 (one row per token: idx, position, text, role, prob, logprob, entropy, rank), runs on a
-copy of the batch in a separate in-memory DuckDB with file access off and its
-configuration locked, for at most `CUSTOM_SECONDS`: it cannot read or change anything
-else, and what it matches is kept as a list of item numbers.
+copy of the batch in a child process (`flag_sandbox`): an in-memory DuckDB with file access
+off, its memory bounded and its configuration locked, for at most `CUSTOM_SECONDS`: it
+cannot read or change anything else, nor take the server's memory, and what it matches is
+kept as a list of item numbers.
 """
 
 from __future__ import annotations
@@ -20,18 +21,17 @@ from __future__ import annotations
 import json
 import math
 import re
-import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
-import duckdb
 import pyarrow as pa
 
 from perplex.core.errors import InputFormatError, StoreError
 from perplex.core.limits import LimitReached
 from perplex.core.records import Generation, Message, new_id
 from perplex.workspace.access import require_row, require_session, visible
+from perplex.workspace.flag_sandbox import run_condition
 from perplex.workspace.store import Store, from_epoch_us, read_generation, write_generation
 
 KINDS = ("prompts", "transcripts")
@@ -474,25 +474,8 @@ def custom_matches(store: Store, batch_id: str, condition: str,
                                "`mean_prob < 0.5 AND (SELECT max(entropy) FROM tokens t "
                                "WHERE t.idx = items.idx) > 4`.")
     items, tokens = _copies(store, batch_id)
-    sandbox = duckdb.connect(":memory:", config={"enable_external_access": False,
-                                                 "lock_configuration": True})
-    timer = threading.Timer(seconds, sandbox.interrupt)
-    try:
-        sandbox.register("items", items)
-        sandbox.register("tokens", tokens)
-        timer.start()
-        rows = sandbox.execute(f"SELECT idx FROM items WHERE ({condition})").fetchall()
-    except duckdb.InterruptException:
-        raise InputFormatError(f"The flag's SQL ran longer than {seconds:g} s and was "
-                               "stopped: make it simpler.") from None
-    except duckdb.Error as exc:
-        first = str(exc).strip().splitlines()[0][:300]
-        raise InputFormatError(f"The flag's SQL was refused: {first}") from None
-    finally:
-        timer.cancel()
-        sandbox.close()
-    found = {row[0] for row in rows}
-    if not all(isinstance(i, int) for i in found) or not found <= set(items["idx"].to_pylist()):
+    found = set(run_condition(items, tokens, condition, seconds))
+    if not found <= set(items["idx"].to_pylist()):
         raise InputFormatError("The flag's SQL must select items of this batch.")
     return sorted(found)
 
