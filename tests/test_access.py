@@ -222,3 +222,27 @@ def test_a_batch_over_the_servers_item_limit_is_refused_and_stores_nothing(team)
     assert list_batches(alice) == []
     kept = create_batch(alice, "fits", "prompts", "m", {}, session.id)
     assert add_items(alice, kept, read_items("p.txt", io.BytesIO(lines)), max_items=5) == (5, 0)
+
+
+def test_each_user_opens_the_calibration_samples_as_their_own(tmp_path):
+    """Hardening issue, point 2: the sample had one fixed id, owned by the first user."""
+    from perplex.modes.calibration.datasets import sample_dataset
+    from perplex.workspace.calibration_store import (
+        load_dataset,
+        sample_dataset_id,
+        save_dataset,
+    )
+
+    with Store.open(tmp_path / "db.duckdb") as store:
+        users = [store.acting_as(Actor(name)) for name in ("alice", "bob")]
+        sample = sample_dataset("trivia")
+        ids = []
+        for user in users:  # each opens the page in turn, and again
+            for _ in range(2):
+                wanted = sample_dataset_id("trivia", user)
+                save_dataset(user, Dataset(sample.name, sample.items, id=wanted))
+                assert load_dataset(user, wanted).items == sample.items
+            ids.append(wanted)
+        assert len(set(ids)) == 2 and sample_dataset_id("trivia", store) == "sample-trivia"
+        with pytest.raises(StoreError):
+            load_dataset(users[1], ids[0])  # and neither reads the other's copy

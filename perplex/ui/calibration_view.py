@@ -47,6 +47,7 @@ from perplex.workspace.calibration_store import (
     list_runs,
     load_dataset,
     load_results,
+    sample_dataset_id,
     save_dataset,
     save_result,
     set_override,
@@ -73,7 +74,7 @@ def dataset_section(store) -> Dataset | None:
     choice = st.radio("Questions", [*SAMPLES, UPLOAD], key=f"{PREFIX}.source",
                       label_visibility="collapsed")
     if choice in SAMPLES:
-        wanted = f"sample-{SAMPLES[choice]}"
+        wanted = sample_dataset_id(SAMPLES[choice], store)
         if st.session_state.get(DATASET_KEY) != wanted:
             dataset = sample_dataset(SAMPLES[choice])
             save_dataset(store, Dataset(dataset.name, dataset.items, id=wanted))

@@ -7,6 +7,7 @@ anything. A researcher's verdict overrides the automatic one and is kept as such
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -33,6 +34,18 @@ class RunSummary:
     settings: dict
     n_items: int
     n_done: int
+
+
+def sample_dataset_id(kind: str, store: Store) -> str:
+    """The id of a shipped sample dataset as this store's user keeps it.
+
+    Each signed-in user gets a copy of their own (a fixed id would belong to whoever opened
+    the page first, and refuse everyone else); the local user keeps "sample-<kind>".
+    """
+    user = store.actor.user
+    if user is None:
+        return f"sample-{kind}"
+    return f"sample-{kind}-{hashlib.sha256(user.encode('utf-8')).hexdigest()[:16]}"
 
 
 def save_dataset(store: Store, dataset: Dataset) -> None:
