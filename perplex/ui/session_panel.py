@@ -100,6 +100,23 @@ def open_from_url() -> None:
               share_token=token)
 
 
+def keep_in_url() -> None:
+    """Put this tab's session (or the share link it came through) back in the URL.
+
+    Streamlit clears the query string when the page changes, so without this a reload after
+    one click in the navigation lost the session, and a share-link viewer their view.
+    """
+    sid = current_session_id()
+    if sid is None:
+        return
+    token, _ = st.session_state.get("perplex.session_url", (None, None))
+    if token:
+        if st.query_params.get("share") != token:
+            st.query_params["share"] = token
+    elif st.query_params.get("session") != sid:
+        st.query_params["session"] = sid
+
+
 def switch_to(session: Session, read_only: bool, share_token: str | None = None) -> None:
     """Make `session` this tab's session (and the URL's), read-only or not."""
     page_state.forget_current_generations()  # pages reload theirs from the session's settings
@@ -120,6 +137,7 @@ def render_session_panel() -> None:
     """The sidebar section: name, share link, new / open / duplicate / delete."""
     st.subheader("Session")
     open_from_url()
+    keep_in_url()
     store = resources.store()  # after the URL's share link joined this session's tokens
     sid = current_session_id()
     session = None

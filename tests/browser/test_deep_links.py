@@ -57,3 +57,39 @@ def test_a_share_link_copied_from_a_page_works_on_a_cold_server(streamlit_app, p
     page.goto(f"{url}/hallucination?share={token}")
     assert_whole_app(page)
     page.locator('[data-testid="stSidebar"]').get_by_text("Shared study").first.wait_for()
+
+
+def test_the_session_and_a_share_link_stay_in_the_url_across_pages(streamlit_app, page,
+                                                                   perplex_home):
+    """New-user issue, point 2: Prefilling, then Default, then reload gave an empty session."""
+    with Store.open(perplex_home / "perplex.duckdb") as store:
+        session = create_session(store, "Kept study")
+        gen = make_generation(n_steps=12, n_alts=3, session_id=session.id,
+                              messages=(Message("user", "Hi"), Message("assistant", "Hello")))
+        store.save_generation(gen)
+        token = create_share_link(store, session.id).token
+    url = streamlit_app("app.py", env=MODELS)
+    nav = page.locator('[data-testid="stSidebarNav"]')
+    for query, key, value in ((f"?session={session.id}", "session", session.id),
+                              (f"?share={token}", "share", token)):
+        page.goto(f"{url}/{query}")
+        assert_whole_app(page)
+        page.wait_for_function(SIDEBAR_SHOWS, arg="Kept study", timeout=LOAD_TIMEOUT)
+        for title in ("Prefilling", "Default"):
+            nav.get_by_text(title, exact=True).click()
+            wait_for_script(page, LOAD_TIMEOUT)
+            page.wait_for_url(lambda now, key=key, value=value: f"{key}={value}" in now,
+                              timeout=LOAD_TIMEOUT)
+        page.reload()
+        assert_whole_app(page)
+        page.wait_for_function(SIDEBAR_SHOWS, arg="Kept study", timeout=LOAD_TIMEOUT)
+        assert f"{key}={value}" in page.url
+
+
+# The sidebar shows a session's name: as text, or as the value of its name box.
+SIDEBAR_SHOWS = """name => {
+  const bar = document.querySelector('[data-testid="stSidebar"]');
+  return Boolean(bar) && ([...bar.querySelectorAll('input')].some(i => i.value === name)
+    || [...bar.querySelectorAll('p, span, div')].some(e => e.offsetParent !== null
+                                                         && e.textContent.includes(name)));
+}"""
