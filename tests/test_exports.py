@@ -211,3 +211,52 @@ def test_markdown_report_numbers_tokens_as_the_page_and_escapes_only_what_acts(s
     assert "> Check: novel e.g." in report and "**Note:** Check: a novel idea" in report
     assert "\\:" not in report and "&#32;" not in report and "\\." not in report
     assert escape_markdown("1. a\n# b\n- c") == "1\\. a\n\\# b\n\\- c"
+
+
+HOSTILE_TEXTS = ["=HYPERLINK(\"http://x\")", "+1+1", "-2+3", "@SUM(A1)", "\tcmd", "\r=1",
+                 "'=quoted", "plain"]
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_written_as_text_and_read_back():
+    """Hardening issue, point 6 (OWASP CSV injection): formulas are text, numbers numbers."""
+    from perplex.workspace.exports import frame_csv, read_cell, safe_cell
+
+    frame = pd.DataFrame({"text": HOSTILE_TEXTS, "p": [0.5, -0.25, 1e-9, 0.0, 1.0, 2.0, 3.0,
+                                                      4.0]})
+    back = pd.read_csv(io.StringIO(frame_csv(frame)), keep_default_na=False)
+    cells = back["text"].tolist()
+    assert all(not c.startswith(("=", "+", "-", "@", "\t", "\r")) for c in cells), cells
+    assert [read_cell(c) for c in cells] == HOSTILE_TEXTS  # exactly undone
+    assert back["p"].tolist() == frame["p"].tolist()  # numbers stay numbers, negatives too
+    assert safe_cell(-3) == -3 and safe_cell(None) is None
+
+
+def test_every_csv_export_is_safe(tmp_path):
+    """The token, annotation, batch and calibration CSVs all go through the same cells."""
+    import csv as csvlib
+
+    from perplex.modes.calibration.table import results_csv
+    from perplex.workspace.batch_exports import items_csv
+
+    gens = generations()
+    hostile = [replace(s, text=HOSTILE_TEXTS[i % len(HOSTILE_TEXTS)]) if s.role is
+               TokenRole.RESPONSE else s for i, s in enumerate(gens[0].steps)]
+    gens = [replace(gens[0], steps=tuple(hostile)), *gens[1:]]
+    exported = [tokens_csv(gens).decode(), items_csv([{"prompt": t, "answer": t}
+                                                       for t in HOSTILE_TEXTS]).decode(),
+                results_csv(pd.DataFrame({"answer": HOSTILE_TEXTS})).decode()]
+    for text in exported:
+        for row in csvlib.reader(io.StringIO(text)):
+            for cell in row:
+                assert not cell.startswith(("=", "+", "@", "\t", "\r")) and not (
+                    cell.startswith("-") and not _number(cell)), (cell, text[:200])
+    back = read_tokens_csv(exported[0].encode())
+    assert back["text"].tolist()[:len(hostile)] == [s.text for s in hostile]
+
+
+def _number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True

@@ -28,6 +28,7 @@ from perplex.ui.sidebar import thresholds
 from perplex.ui.text import count, plain
 from perplex.ui.token_view import Overlay, token_view
 from perplex.workspace.comparison_store import list_comparisons, load_comparison, save_comparison
+from perplex.workspace.exports import frame_csv
 
 PREFIX = "comparison"
 RUN_KEY = f"{PREFIX}.run"  # Shown: the PairRun on screen, its id and its conditions
@@ -398,7 +399,7 @@ def _downloads(shown: Shown, figures: dict) -> None:
         frame = divergence_frame(shown.run)
         cols = st.columns(4)
         name = f"perplex-comparison-{shown.comparison_id}"
-        download(cols[0], "Per-token CSV", frame.to_csv(index=False), file_name=f"{name}.csv",
+        download(cols[0], "Per-token CSV", frame_csv(frame), file_name=f"{name}.csv",
                  mime="text/csv", key=f"{PREFIX}.csv")
         download(cols[1], "Per-token Parquet", lambda: frame.to_parquet(index=False),
                  file_name=f"{name}.parquet", key=f"{PREFIX}.parquet")

@@ -27,6 +27,7 @@ from perplex.ui.sidebar import thresholds
 from perplex.ui.text import plain
 from perplex.ui.token_view import token_view
 from perplex.workspace.decoding_store import StoredDecoding, load_decoding, save_decoding
+from perplex.workspace.exports import frame_csv
 
 PREFIX = "decoding"
 SHOWN_KEY = f"{PREFIX}.shown"  # the StoredDecoding on screen
@@ -401,13 +402,13 @@ def _downloads(stored: StoredDecoding, figures: dict) -> None:
         name = f"perplex-decoding-{stored.id}"
         frame = records_frame(run, texts)
         cols = st.columns(3)
-        download(cols[0], "Per-token CSV", frame.to_csv(index=False), file_name=f"{name}.csv",
+        download(cols[0], "Per-token CSV", frame_csv(frame), file_name=f"{name}.csv",
                  mime="text/csv", key=f"{PREFIX}.csv")
         download(cols[1], "Per-token Parquet", lambda: frame.to_parquet(index=False),
                  file_name=f"{name}.parquet", key=f"{PREFIX}.parquet")
         if run.drafts:
             download(cols[2], "Every drafted token (CSV)",
-                     drafts_frame(run).to_csv(index=False), file_name=f"{name}-drafts.csv",
+                     frame_csv(drafts_frame(run)), file_name=f"{name}-drafts.csv",
                      mime="text/csv", key=f"{PREFIX}.drafts_csv")
         for fig_name, fig in figures.items():
             figure_downloads(fig, f"{name}-{fig_name}", f"{PREFIX}.fig.{fig_name}.{stored.id}",

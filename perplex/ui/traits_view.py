@@ -34,7 +34,7 @@ from perplex.ui import resources, session_panel
 from perplex.ui.export_panel import download, figure_downloads
 from perplex.ui.text import plain
 from perplex.ui.token_view import Overlay, token_view
-from perplex.workspace.exports import monitoring_frame, monitoring_parquet
+from perplex.workspace.exports import frame_csv, monitoring_frame, monitoring_parquet
 from perplex.workspace.trait_run_store import (
     TraitRunSummary,
     list_trait_runs,
@@ -377,7 +377,7 @@ def monitor_exports(records: list[MonitoringRecord], labels: list[str], name: st
         download(cols[0], "Per-token monitor JSON",
                  json.dumps([r.to_json() for r in records], indent=1),
                  file_name=f"{name}.json", mime="application/json", key=f"{key}.json")
-        download(cols[1], "Per-token CSV", frame.to_csv(index=False), file_name=f"{name}.csv",
+        download(cols[1], "Per-token CSV", frame_csv(frame), file_name=f"{name}.csv",
                  mime="text/csv", key=f"{key}.csv")
         download(cols[2], "Per-token Parquet", lambda: monitoring_parquet(frame),
                  file_name=f"{name}.parquet", key=f"{key}.parquet")

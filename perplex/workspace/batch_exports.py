@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from perplex.workspace.batch_store import COLUMNS, BatchSummary, item_generation
-from perplex.workspace.exports import tokens_parquet
+from perplex.workspace.exports import safe_cell, tokens_parquet
 from perplex.workspace.store import Store
 
 _ITEM_COLUMNS = COLUMNS + ("reference", "generation_id")
@@ -35,7 +35,8 @@ def items_csv(rows: Sequence[dict]) -> bytes:
     writer = csv.writer(out)
     writer.writerow(_ITEM_COLUMNS)
     for row in rows:
-        writer.writerow(["" if row.get(c) is None else _plain(row.get(c)) for c in _ITEM_COLUMNS])
+        writer.writerow(["" if row.get(c) is None else safe_cell(_plain(row.get(c)))
+                         for c in _ITEM_COLUMNS])
     return out.getvalue().encode("utf-8")
 
 

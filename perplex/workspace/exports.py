@@ -40,19 +40,55 @@ def token_rows(generations: Iterable[Generation]) -> list[dict[str, Any]]:
     return [_row(gen.id, step) for gen in generations for step in gen.steps]
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may run (OWASP)
+
+
+def safe_cell(value):
+    """A text cell a spreadsheet shows as text: a leading ' before a formula's first sign.
+
+    A text that itself starts with ' gets one more, so `read_cell` undoes it exactly.
+    Numbers (and everything that is not text) stay as they are.
+    """
+    if isinstance(value, str) and value.startswith((*FORMULA_STARTS, "'")):
+        return "'" + value
+    return value
+
+
+def read_cell(value):
+    """A text cell as it was before `safe_cell`."""
+    if isinstance(value, str) and value.startswith("'"):
+        return value[1:]
+    return value
+
+
+def frame_csv(frame: pd.DataFrame, **options) -> str:
+    """`frame.to_csv` (no index) with every text cell made safe for a spreadsheet.
+
+    Text is quoted (pandas leaves a bare carriage return unquoted, which splits a row).
+    """
+    options.setdefault("quoting", csv.QUOTE_NONNUMERIC)
+    safe = frame.copy()
+    for column in safe.columns:
+        if safe[column].dtype == object or pd.api.types.is_string_dtype(safe[column]):
+            safe[column] = safe[column].map(safe_cell)
+    return safe.to_csv(index=False, **options)
+
+
 def tokens_csv(generations: Iterable[Generation]) -> bytes:
     """Token records as UTF-8 CSV; `top` holds the alternatives as JSON text."""
     frame = pd.DataFrame(token_rows(generations), columns=list(TOKEN_COLUMNS))
     frame["top"] = [_json(top) for top in frame["top"]]
     for column in ("token_id", "rank"):  # integers stay integers where values are missing
         frame[column] = frame[column].astype("Int64")
-    return frame.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n").encode()
+    return frame_csv(frame, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n").encode()
 
 
 def read_tokens_csv(data: bytes) -> pd.DataFrame:
     """Read `tokens_csv` output back: text stays text, `top` becomes lists of dicts."""
     frame = pd.read_csv(io.BytesIO(data), keep_default_na=False, dtype={c: str for c in _TEXT},
                         na_values={c: [""] for c in _NUMERIC})
+    for column in _TEXT:
+        frame[column] = frame[column].map(read_cell)
     frame["top"] = [json.loads(text) for text in frame["top"]]
     for column in ("position", "token_id", "message_index", "rank"):
         frame[column] = frame[column].astype("Int64")
@@ -99,8 +135,8 @@ def annotations_csv(annotations: Sequence[Annotation], generations: Mapping[str,
     """Annotations with their spans' text and statistics as UTF-8 CSV."""
     rows = annotation_rows(annotations, generations, threshold)
     columns = list(rows[0]) if rows else ["id", "generation_id", "start", "end", "note"]
-    return pd.DataFrame(rows, columns=columns).to_csv(
-        index=False, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n").encode()
+    return frame_csv(pd.DataFrame(rows, columns=columns), quoting=csv.QUOTE_NONNUMERIC,
+                     lineterminator="\n").encode()
 
 
 def annotations_json(annotations: Sequence[Annotation], generations: Mapping[str, Generation],

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from perplex.core.calibration import CONFIDENCE_KINDS, Dataset, ItemResult
+from perplex.workspace.exports import frame_csv
 
 FAILED_PARSES = ("missing", "invalid", "contradictory")
 
@@ -41,7 +42,7 @@ def parse_failures(results: Sequence[ItemResult]) -> float:
 
 def results_csv(frame: pd.DataFrame) -> bytes:
     """The table as UTF-8 CSV."""
-    return frame.to_csv(index=False).encode("utf-8")
+    return frame_csv(frame).encode("utf-8")
 
 
 def results_parquet(frame: pd.DataFrame) -> bytes:
