@@ -67,14 +67,30 @@ def test_the_shipped_traits_are_complete():
         assert "{question}" in trait.eval_prompt and "{answer}" in trait.eval_prompt
 
 
-def test_the_vector_is_the_mean_difference_by_hand(tiny, cheer):
+def output_hidden_states(engine: LocalEngine, ids) -> tuple[torch.Tensor, ...]:
+    """Transformers' own `hidden_states` (the last entry after the final norm)."""
+    with torch.no_grad():
+        return engine.lm.model(input_ids=torch.tensor([list(ids)]),
+                               output_hidden_states=True).hidden_states
+
+
+def prompt_last_by_hand(engine: LocalEngine, states) -> tuple[list, list]:
+    """The prompt-last residuals [layers + 1, d] of every (question, pair), by hand.
+
+    Under the positive and under the negative system prompt, read by `states(engine, ids)`.
+    """
     pos, neg = [], []
     for question in SMALL.questions:
         for positive, negative in SMALL.pairs:
             for side, system in ((pos, positive), (neg, negative)):
-                ids = tiny.encode((Message("system", system), Message("user", question)),
-                                  True).ids
-                side.append(torch.stack([h[0, -1] for h in hidden_states(tiny, ids)]))
+                ids = engine.encode((Message("system", system), Message("user", question)),
+                                    True).ids
+                side.append(torch.stack([h[0, -1] for h in states(engine, ids)]))
+    return pos, neg
+
+
+def test_the_vector_is_the_mean_difference_by_hand(tiny, cheer):
+    pos, neg = prompt_last_by_hand(tiny, hidden_states)
     by_hand = (torch.stack(pos).double().mean(0) - torch.stack(neg).double().mean(0)).numpy()
     assert cheer.vector.shape == (4, 64)
     # the residuals capture and output_hidden_states are two passes: float32 tolerance
@@ -89,13 +105,7 @@ def test_the_baseline_is_the_negative_mean_projection_by_hand(tiny, cheer):
     By hand from `hidden_states`: the negative and positive examples' mean projections at
     each layer; the positive one lies at baseline + ‖v‖ (v is their difference).
     """
-    pos, neg = [], []
-    for question in SMALL.questions:
-        for positive, negative in SMALL.pairs:
-            for side, system in ((pos, positive), (neg, negative)):
-                ids = tiny.encode((Message("system", system), Message("user", question)),
-                                  True).ids
-                side.append(torch.stack([h[0, -1] for h in hidden_states(tiny, ids)]))
+    pos, neg = prompt_last_by_hand(tiny, hidden_states)
     for layer in range(1, cheer.n_layers + 1):
         unit = cheer.unit(layer)
         negative = float(torch.stack(neg).double().mean(0)[layer].numpy() @ unit)
@@ -615,16 +625,7 @@ def test_a_persona_vectors_import_is_used_below_its_normed_last_row(tiny, cheer)
 
     from perplex.workspace.trait_store import import_pt
 
-    pos, neg = [], []
-    for question in SMALL.questions:
-        for positive, negative in SMALL.pairs:
-            for side, system in ((pos, positive), (neg, negative)):
-                ids = tiny.encode((Message("system", system), Message("user", question)),
-                                  True).ids
-                with torch.no_grad():
-                    states = tiny.lm.model(input_ids=torch.tensor([ids]),
-                                           output_hidden_states=True).hidden_states
-                side.append(torch.stack([h[0, -1] for h in states]))
+    pos, neg = prompt_last_by_hand(tiny, output_hidden_states)
     theirs = (torch.stack(pos).double().mean(0) - torch.stack(neg).double().mean(0)).float()
     n = cheer.n_layers
     # float32 passes read two ways: rows below n agree, row n is after the final norm
