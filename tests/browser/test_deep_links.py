@@ -21,6 +21,16 @@ MODELS = {"PERPLEX_MODEL_CACHE": str(REPO_ROOT / "data" / "models")}
 LOAD_TIMEOUT = 120_000
 
 
+def shared_study(home, name: str):
+    """A session with one chat in the test's database, and a share link to it."""
+    with Store.open(home / "perplex.duckdb") as store:
+        session = create_session(store, name)
+        store.save_generation(make_generation(
+            n_steps=12, n_alts=3, session_id=session.id,
+            messages=(Message("user", "Hi"), Message("assistant", "Hello"))))
+        return session, create_share_link(store, session.id).token
+
+
 def assert_whole_app(page) -> None:
     sidebar = page.locator('[data-testid="stSidebar"]')
     sidebar.get_by_text("SmolLM2-135M-Instruct").first.wait_for(timeout=LOAD_TIMEOUT)
@@ -47,12 +57,7 @@ def test_a_page_link_opened_first_on_a_cold_server_gets_the_sidebar_and_model(
 
 def test_a_share_link_copied_from_a_page_works_on_a_cold_server(streamlit_app, page,
                                                                   perplex_home):
-    with Store.open(perplex_home / "perplex.duckdb") as store:
-        session = create_session(store, "Shared study")
-        gen = make_generation(n_steps=12, n_alts=3, session_id=session.id,
-                              messages=(Message("user", "Hi"), Message("assistant", "Hello")))
-        store.save_generation(gen)
-        token = create_share_link(store, session.id).token
+    _, token = shared_study(perplex_home, "Shared study")
     url = streamlit_app("app.py", env=MODELS)
     page.goto(f"{url}/hallucination?share={token}")
     assert_whole_app(page)
@@ -62,12 +67,7 @@ def test_a_share_link_copied_from_a_page_works_on_a_cold_server(streamlit_app, p
 def test_the_session_and_a_share_link_stay_in_the_url_across_pages(streamlit_app, page,
                                                                    perplex_home):
     """New-user issue, point 2: Prefilling, then Default, then reload gave an empty session."""
-    with Store.open(perplex_home / "perplex.duckdb") as store:
-        session = create_session(store, "Kept study")
-        gen = make_generation(n_steps=12, n_alts=3, session_id=session.id,
-                              messages=(Message("user", "Hi"), Message("assistant", "Hello")))
-        store.save_generation(gen)
-        token = create_share_link(store, session.id).token
+    session, token = shared_study(perplex_home, "Kept study")
     url = streamlit_app("app.py", env=MODELS)
     nav = page.locator('[data-testid="stSidebarNav"]')
     for query, key, value in ((f"?session={session.id}", "session", session.id),
