@@ -18,7 +18,8 @@ import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
 
-from perplex.core.records import Generation, TokenRole, TokenStep
+from perplex.core.comparison import answer_steps
+from perplex.core.records import Generation, TokenStep
 from perplex.ui.token_view import TokenViewStream
 
 STOPPED = "stopped by you (the tokens so far are kept)"
@@ -54,12 +55,6 @@ class LiveGeneration:
     def done(self) -> None:
         """The run has ended: take the Stop button away."""
         self._stop.empty()
-
-
-def answer_steps(generation: Generation) -> list[TokenStep]:
-    """The response tokens of the generation's last message (the answer being made)."""
-    last = len(generation.messages) - 1
-    return [s for s in generation.message_steps(last) if s.role is TokenRole.RESPONSE]
 
 
 @contextmanager
