@@ -147,12 +147,6 @@ def _jump_to_alert(table_key: str, generation_id: str, answer_index: int,
         jump_to(highlight_key(PREFIX, generation_id, answer_index), found[rows[0]].index)
 
 
-def question_text(gen: Generation) -> str:
-    """The last user message the answer replies to."""
-    users = [m.content for m in gen.messages if m.role == "user"]
-    return users[-1] if users else ""
-
-
 def check_panel(gen: Generation) -> None:
     """Normalised exact match with a reference, or agreement between sampled answers."""
     st.markdown("**Check the answer**")
@@ -197,7 +191,7 @@ def check_panel(gen: Generation) -> None:
         bar.empty()
     sampled = st.session_state.get(key)
     if sampled is not None:
-        same = None if grouping == h.EXACT else h.judged_same(engine, question_text(gen))
+        same = None if grouping == h.EXACT else h.judged_same(engine, gen.last_user_text)
         grouped = st.session_state.setdefault(f"{key}.grouped", {})  # judge calls cost
         try:
             if (sampled, compared, grouping) not in grouped:

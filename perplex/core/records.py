@@ -131,6 +131,12 @@ class Generation:
         """The response as one string."""
         return "".join(s.text for s in self.response_steps)
 
+    @property
+    def last_user_text(self) -> str:
+        """The last user message (what the answer replies to), or "" when there is none."""
+        users = [m.content for m in self.messages if m.role == "user"]
+        return users[-1] if users else ""
+
     def message_steps(self, message_index: int) -> tuple[TokenStep, ...]:
         """The content tokens (no template) of one message."""
         return tuple(s for s in self.steps

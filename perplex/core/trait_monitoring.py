@@ -75,8 +75,8 @@ class MonitoredRun:
     def record(self) -> MonitoringRecord:
         """The answer in the per-token monitor format."""
         steps = self.generation.steps[self.answer_start:]
-        users = [m.content for m in self.generation.messages if m.role == "user"]
-        return MonitoringRecord(users[-1] if users else "", self.generation.messages[-1].content,
+        return MonitoringRecord(self.generation.last_user_text,
+                                self.generation.messages[-1].content,
                                 tuple(s.text for s in steps), self.traits, self.scores)
 
 
