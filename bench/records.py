@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from perplex.core.records import DecodeParams, Message, TokenRole
 from perplex.core.tokens import EncodedSequence
+from perplex.engine.registry import local_engine
 
 PROMPTS = ("Name three planets in our solar system.", "What is the capital of France?",
            "Write a haiku about the sea.", "Tell me a long story about a dragon and a knight.",
@@ -33,7 +34,7 @@ def bench_records(lm) -> None:
     """Worst |Δp| and |Δ log p| of records vs a full pass, per block of answer positions."""
     blocks: dict[int, list[tuple[float, float]]] = {}
     for prompt in PROMPTS:
-        for k, drift in enumerate(record_drift(lm.engine, prompt)):
+        for k, drift in enumerate(record_drift(local_engine(lm), prompt)):
             blocks.setdefault(k // BLOCK, []).append(drift)
     every = [d for found in blocks.values() for d in found]
     print(f"records decode records vs one full forward pass, {len(PROMPTS)} prompts, "

@@ -49,6 +49,7 @@ from perplex.engine.local.models import (
     load_model,
 )
 from perplex.engine.local.scoring import score_conversations
+from perplex.engine.registry import local_engine
 from perplex.workspace.store import Store
 
 PROMPT = (Message("user", "Write a long, detailed story about a lighthouse keeper who finds "
@@ -248,12 +249,13 @@ def bench_lens(lm, n_tokens: int = 128) -> None:
     warm up): that counts torch's allocations, which tracemalloc does not.
     """
     from perplex.core.native import row_stats
-    from perplex.engine.local.nnsight_adapter import capture_residuals
+    from perplex.engine.nnsight_adapter import capture_residuals
     from perplex.lens.logit_lens import compute_lens
     from perplex.lens.stats import ROWS_PER_MATMUL
 
     ids = _lens_ids(lm, n_tokens)
-    compute_lens(lm.engine, ids[:8])  # warm-up: nnsight wrapper, vocabulary texts, compiled code
+    # warm-up: nnsight wrapper, vocabulary texts, compiled code
+    compute_lens(local_engine(lm), ids[:8])
     anatomy = lm.anatomy
     weight = anatomy.unembed.weight.detach().float()
     hidden = torch.randn(lm.n_layers + 1, n_tokens, weight.shape[1])
@@ -273,7 +275,7 @@ def bench_lens(lm, n_tokens: int = 128) -> None:
     runs = {"per layer": per_layer, "stacked": stacked_rows,
             "forward": lambda: capture_residuals(anatomy.decoder, anatomy.layers_path,
                                                  torch.tensor([ids])),
-            "lens": lambda: compute_lens(lm.engine, ids)}
+            "lens": lambda: compute_lens(local_engine(lm), ids)}
     for _ in range(LENS_REPEATS):  # interleaved, so that every side sees the same load
         for name, run in runs.items():
             started = time.perf_counter()
@@ -314,11 +316,11 @@ def lens_memory_child(n_tokens: int) -> None:
     from perplex.lens.logit_lens import compute_lens
 
     lm = load_model(ModelSpec(), Settings(model_cache=PROJECT_ROOT / "data" / "models"))
-    compute_lens(lm.engine, _lens_ids(lm, 8))
+    compute_lens(local_engine(lm), _lens_ids(lm, 8))
     # Reset the peak-RSS mark (Linux: "5" > clear_refs) so loading's own peak is not counted.
     Path("/proc/self/clear_refs").write_text("5")
     before = _status_kib("VmRSS")
-    lens = compute_lens(lm.engine, _lens_ids(lm, n_tokens))
+    lens = compute_lens(local_engine(lm), _lens_ids(lm, n_tokens))
     after = _status_kib("VmHWM")
     kept = sum(getattr(lens, f).nbytes for f in ("top_ids", "top_probs", "final_prob",
                                                  "final_rank", "entropy", "kl_to_final"))

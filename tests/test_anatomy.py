@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from perplex.engine.local.anatomy import AnatomyError, anatomy_of, family_of, remote_paths
+from perplex.engine.anatomy import AnatomyError, anatomy_of, family_of, remote_paths
 from tests.test_lens import ARCHITECTURES
 from tests.tiny import tiny_tokenizer
 

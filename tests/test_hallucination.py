@@ -9,6 +9,7 @@ import pytest
 from perplex.core.errors import InputFormatError
 from perplex.core.records import DecodeParams, Message, TokenRole, TokenStep
 from perplex.engine.local.generation import start_generation
+from perplex.engine.registry import local_engine
 from perplex.modes import hallucination as h
 
 
@@ -149,7 +150,7 @@ def test_grouping_by_meaning_uses_the_given_comparison_and_says_so():
 def test_the_judge_groups_only_what_it_accepts_both_ways(bundled_lm):
     from perplex.modes.calibration.judge import judge
 
-    engine, question = bundled_lm.engine, "What is the capital of France?"
+    engine, question = local_engine(bundled_lm), "What is the capital of France?"
     same = h.judged_same(engine, question)
     assert same("Paris.", "paris")  # an exact normalised match needs no judge
     for a, b in (("Paris", "Lyon"), ("Paris", "The capital of France is Paris")):
@@ -177,10 +178,10 @@ def test_sample_answers_seeded(tiny_lm):
     messages = (Message("user", "Hello"),)
     params = DecodeParams(max_new_tokens=5)
     done = []
-    c = h.sample_answers(tiny_lm.engine, messages, params, 3, first_seed=7,
+    c = h.sample_answers(local_engine(tiny_lm), messages, params, 3, first_seed=7,
                          progress=lambda i, n: done.append(i))
     assert c.seeds == (7, 8, 9) and done == [1, 2, 3]
-    again = h.sample_answers(tiny_lm.engine, messages, params, 3, first_seed=7)
+    again = h.sample_answers(local_engine(tiny_lm), messages, params, 3, first_seed=7)
     assert again.answers == c.answers  # seeded: reproducible
 
 
@@ -212,7 +213,7 @@ def test_sampled_answers_carry_no_special_tokens(bundled_lm):
     """The end-of-turn token ends a sampled answer but is not part of its text."""
     question = (Message("user", "What is the boiling point of water? Answer in a few words."),)
     params = DecodeParams(max_new_tokens=64)
-    sampled = h.sample_answers(bundled_lm.engine, question, params, 2)
+    sampled = h.sample_answers(local_engine(bundled_lm), question, params, 2)
     for seed, answer in zip(sampled.seeds, sampled.answers):
         run = start_generation(bundled_lm, question,
                                DecodeParams(max_new_tokens=64, temperature=1.0, seed=seed)).run()

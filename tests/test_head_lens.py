@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from perplex.core.tokens import encode_plain_text
+from perplex.engine.registry import local_engine
 from perplex.lens.heads import head_lens, head_vectors
 from perplex.lens.logit_lens import LensError
 from tests.tolerances import FLOAT32_LOGIT
@@ -30,7 +31,7 @@ def _attention_outputs(lm, ids: list[int]) -> list[torch.Tensor]:
 def test_heads_sum_to_the_attention_output(tiny_lm):
     ids = list(encode_plain_text(tiny_lm.tokenizer, "The capital of France is Paris.").ids)
     position = 5
-    vectors, _ = head_vectors(tiny_lm.engine, ids, position)
+    vectors, _ = head_vectors(local_engine(tiny_lm), ids, position)
     assert vectors.shape == (tiny_lm.n_layers, 4, 64)
     for layer, attention in enumerate(_attention_outputs(tiny_lm, ids)):
         assert torch.allclose(vectors[layer].sum(0), attention[position], atol=FLOAT32_LOGIT)
@@ -39,7 +40,7 @@ def test_heads_sum_to_the_attention_output(tiny_lm):
 def test_head_logits_add_up_to_the_attention_outputs_logit(tiny_lm):
     ids = list(encode_plain_text(tiny_lm.tokenizer, "Hello world! How are you today?").ids)
     position = len(ids) - 1
-    lens = head_lens(tiny_lm.engine, ids, position)
+    lens = head_lens(local_engine(tiny_lm), ids, position)
     model = tiny_lm.model
     captured = []  # the final residual, before the norm: the last block's output
     hook = model.model.layers[-1].register_forward_hook(
@@ -66,12 +67,12 @@ def test_head_logits_add_up_to_the_attention_outputs_logit(tiny_lm):
 
 def test_bad_position_is_refused(tiny_lm):
     with pytest.raises(LensError, match="outside"):
-        head_lens(tiny_lm.engine, [3, 4, 5], 3)
+        head_lens(local_engine(tiny_lm), [3, 4, 5], 3)
 
 
 def test_bundled_model_head_lens_has_layers_by_heads(bundled_lm):
     ids = list(encode_plain_text(bundled_lm.tokenizer, "The Eiffel Tower is in the city of").ids)
-    lens = head_lens(bundled_lm.engine, ids, len(ids) - 1)
+    lens = head_lens(local_engine(bundled_lm), ids, len(ids) - 1)
     assert lens.texts[lens.token_id] == " Paris"
     config = bundled_lm.model.config
     assert lens.logit.shape == (config.num_hidden_layers, config.num_attention_heads)

@@ -9,8 +9,9 @@ import transformers
 
 from perplex.core.native import row_stats
 from perplex.core.tokens import TextPrefix, encode_plain_text
-from perplex.engine.local.anatomy import AnatomyError, anatomy_of
+from perplex.engine.anatomy import AnatomyError, anatomy_of
 from perplex.engine.local.models import LoadedModel, ModelSpec
+from perplex.engine.registry import local_engine
 from perplex.lens.logit_lens import LensError, compute_lens
 from tests.tiny import tiny_tokenizer
 from tests.tolerances import FLOAT32_NATS, FLOAT32_PROB
@@ -47,7 +48,7 @@ def reference_log_probs(lm, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def assert_matches_reference(lm, ids: list[int], **kwargs) -> None:
-    lens = compute_lens(lm.engine, ids, **kwargs)
+    lens = compute_lens(local_engine(lm), ids, **kwargs)
     ref, model_logp = reference_log_probs(lm, ids)
     # the same head on the same hidden state, but a soft cap is applied here in float64
     assert torch.allclose(ref[-1], model_logp, atol=FLOAT32_NATS), "reference last layer != model"
@@ -160,8 +161,9 @@ def test_bundled_model_matches_hidden_states_by_hand(bundled_lm, use_native):
 
 def test_same_input_gives_identical_lens(tiny_lm):
     ids = list(encode_plain_text(tiny_lm.tokenizer, "Hello world! How are you today?").ids)
-    a, b = compute_lens(tiny_lm.engine, ids), compute_lens(tiny_lm.engine, ids, chunk_positions=2)
-    again = compute_lens(tiny_lm.engine, ids)
+    engine = local_engine(tiny_lm)
+    a, b = compute_lens(engine, ids), compute_lens(engine, ids, chunk_positions=2)
+    again = compute_lens(local_engine(tiny_lm), ids)
     for name in ("top_ids", "top_probs", "final_rank", "final_prob", "entropy", "kl_to_final"):
         assert np.array_equal(getattr(a, name), getattr(again, name)), name
     # other chunks are other matmul shapes: float32 sums in another order
@@ -176,7 +178,7 @@ def test_lens_leaves_the_model_unchanged(tiny_lm):
     ids = torch.tensor([list(range(3, 20))])
     with torch.no_grad():
         before = tiny_lm.model(ids).logits
-    compute_lens(tiny_lm.engine, ids[0].tolist())
+    compute_lens(local_engine(tiny_lm), ids[0].tolist())
     with torch.no_grad():
         assert torch.equal(tiny_lm.model(ids).logits, before)
 
@@ -185,7 +187,8 @@ def test_progress_reaches_total(tiny_lm, use_native):
     from perplex.lens.stats import TILE_COLUMNS
 
     seen = []
-    compute_lens(tiny_lm.engine, list(range(3, 13)), chunk_positions=4, use_native=use_native,
+    compute_lens(local_engine(tiny_lm), list(range(3, 13)), chunk_positions=4,
+                 use_native=use_native,
                  progress=lambda done, total: seen.append((done, total)))
     vocab = tiny_lm.model.get_output_embeddings().weight.shape[0]
     per_chunk = tiny_lm.n_layers + 1 if use_native is False else 1 + -(-vocab // TILE_COLUMNS)
@@ -196,7 +199,7 @@ def test_progress_reaches_total(tiny_lm, use_native):
 
 def test_eiffel_tower_locks_in_paris(bundled_lm):
     ids = list(encode_plain_text(bundled_lm.tokenizer, "The Eiffel Tower is in the city of").ids)
-    lens = compute_lens(bundled_lm.engine, ids)
+    lens = compute_lens(local_engine(bundled_lm), ids)
     assert lens.text(lens.final_ids[-1]) == " Paris"
     lock = int(lens.lock_in[-1])
     assert 0 < lock <= bundled_lm.n_layers
@@ -219,16 +222,16 @@ def test_lock_in_by_hand():
 
 def test_empty_prompt_is_refused(tiny_lm):
     with pytest.raises(LensError, match="empty"):
-        compute_lens(tiny_lm.engine, [])
+        compute_lens(local_engine(tiny_lm), [])
 
 
 def test_prompt_longer_than_context_is_refused(tiny_lm):
     with pytest.raises(LensError, match="reads at most 256"):
-        compute_lens(tiny_lm.engine, [5] * 257)
+        compute_lens(local_engine(tiny_lm), [5] * 257)
 
 
 def test_model_without_unembedding_is_refused(tiny_lm):
     headless = LoadedModel(ModelSpec(source="headless"), tiny_lm.model.model,
                            tiny_lm.tokenizer, load_seconds=0.0)
     with pytest.raises(AnatomyError, match="has no unembedding"):
-        compute_lens(headless.engine, [3, 4, 5])
+        compute_lens(local_engine(headless), [3, 4, 5])

@@ -9,6 +9,7 @@ import pytest
 from nnsight import CONFIG
 
 from perplex.engine.ndif import ndif_status
+from perplex.engine.registry import local_engine
 from tests.tolerances import FLOAT32_NATS, FLOAT32_PROB
 
 
@@ -100,7 +101,7 @@ def test_lens_in_one_trace_equals_the_local_lens_on_a_tiny_model(tiny_lm, remote
 
     ids = encode_plain_text(tiny_lm.tokenizer, "The Eiffel Tower is in Paris, France.").ids
     lens = lens_through_nnsight(_wrapped(tiny_lm), ids, remote=remote)
-    assert_same_lens(lens, compute_lens(tiny_lm.engine, ids))
+    assert_same_lens(lens, compute_lens(local_engine(tiny_lm), ids))
 
 
 @pytest.mark.slow
@@ -111,7 +112,7 @@ def test_lens_in_one_trace_equals_the_local_lens_on_the_bundled_model(bundled_lm
 
     ids = encode_plain_text(bundled_lm.tokenizer, "The Eiffel Tower is in the city of").ids
     lens = lens_through_nnsight(_wrapped(bundled_lm), ids, remote="local")
-    assert_same_lens(lens, compute_lens(bundled_lm.engine, ids))
+    assert_same_lens(lens, compute_lens(local_engine(bundled_lm), ids))
     assert lens.text(lens.final_ids[-1]) == " Paris"
 
 
@@ -176,7 +177,7 @@ def test_a_model_needing_its_own_code_is_refused_plainly():
 
 def test_the_model_is_built_from_config_and_tokenizer_only(tiny_lm, tmp_path):
     """No weights in the folder, none loaded: every parameter is on the meta device."""
-    from perplex.engine.local.anatomy import remote_paths
+    from perplex.engine.anatomy import remote_paths
     from perplex.engine.ndif import hub_model
 
     tiny_lm.model.config.save_pretrained(tmp_path)
@@ -211,7 +212,7 @@ def test_lens_of_a_meta_built_model_equals_the_local_lens(tiny_lm, tmp_path):
     ids = list(wrapper.tokenizer("The capital of France is")["input_ids"])
     lens = lens_through_nnsight(wrapper, ids, remote="local")
     assert wrapper.dispatched
-    assert_same_lens(lens, compute_lens(tiny_lm.engine, ids))
+    assert_same_lens(lens, compute_lens(local_engine(tiny_lm), ids))
 
 
 def test_the_hosted_model_list_is_empty_when_ndif_cannot_be_reached(monkeypatch):
@@ -248,7 +249,7 @@ def test_the_notebook_code_computes_with_the_bundled_models_own_weights(bundled_
     with contextlib.redirect_stdout(io.StringIO()):
         tops = runpy.run_path(str(script))["tops"]
     ids = bundled_lm.tokenizer(prompt)["input_ids"]
-    lens = compute_lens(bundled_lm.engine, ids)
+    lens = compute_lens(local_engine(bundled_lm), ids)
     for layer, top in enumerate(tops):
         assert int(top.indices[-1, 0]) == int(lens.top_ids[-1, layer, 0]), (layer, ids)
         # another load of the same values, another order of sums: float32 tolerance

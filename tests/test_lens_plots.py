@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from perplex.engine.registry import local_engine
 from perplex.lens.logit_lens import compute_lens
 from perplex.lens.plots import candidate_ids, lens_heatmap, lens_rows, lens_trajectory
 from perplex.ui.lens_view import lens_payload
 
 
 def test_lens_figures_and_table(tiny_lm):
-    lens = compute_lens(tiny_lm.engine, list(range(3, 12)))
+    lens = compute_lens(local_engine(tiny_lm), list(range(3, 12)))
     heat = lens_heatmap(lens, 4)
     candidates = candidate_ids(lens, 4)
     assert candidates[0] == lens.final_ids[4]

@@ -12,11 +12,12 @@ import torch
 
 from perplex.core.tokens import TextPrefix, encode_plain_text
 from perplex.engine.local.models import LoadedModel, ModelSpec
-from perplex.engine.local.nnsight_adapter import (
+from perplex.engine.nnsight_adapter import (
     capture_residuals,
     patched_last_residual,
 )
 from perplex.engine.protocol import ResidualPatch
+from perplex.engine.registry import local_engine
 from perplex.lens.logit_lens import LensError
 from perplex.lens.patching import (
     aligned_source_position,
@@ -41,12 +42,13 @@ def test_unpatched_run_equals_model_logits(tiny_lm):
     with torch.no_grad():
         expected = tiny_lm.model(torch.tensor([ids])).logits[0, -1]
     # a hooked pass against a plain one
-    assert torch.allclose(unpatched_logits(tiny_lm.engine, ids), expected, atol=FLOAT32_LOGIT)
+    got = unpatched_logits(local_engine(tiny_lm), ids)
+    assert torch.allclose(got, expected, atol=FLOAT32_LOGIT)
 
 
 def test_patching_a_prompt_into_itself_changes_nothing(tiny_lm):
     ids = _ids(tiny_lm, "Hello world! How are you today?")
-    result = patch_prompts(tiny_lm.engine, ids, ids, layer=1, target_position=2)
+    result = patch_prompts(local_engine(tiny_lm), ids, ids, layer=1, target_position=2)
     assert np.array_equal(result.before_ids, result.after_ids)
     assert np.allclose(result.before_probs, result.after_probs, atol=FLOAT32_PROB)
 
@@ -54,11 +56,12 @@ def test_patching_a_prompt_into_itself_changes_nothing(tiny_lm):
 def test_sweep_agrees_with_single_patches_and_the_last_cell_is_the_source(tiny_lm):
     source = _ids(tiny_lm, "The capital of France is Paris.")
     target = _ids(tiny_lm, "Hello world! How are you today?")[:len(source)]
-    sweep = patch_sweep(tiny_lm.engine, source, target, rows_per_pass=3)  # several passes per layer
+    # several passes per layer
+    sweep = patch_sweep(local_engine(tiny_lm), source, target, rows_per_pass=3)
     n_layers = tiny_lm.n_layers + 1
     assert sweep.p_source.shape == (n_layers, len(target))
     for layer, position in [(0, 0), (1, 4), (2, len(target) - 1)]:
-        single = patch_prompts(tiny_lm.engine, source, target, layer=layer,
+        single = patch_prompts(local_engine(tiny_lm), source, target, layer=layer,
                                target_position=position)
         assert abs(single.p_source_after - sweep.p_source[layer, position]) < FLOAT32_PROB
         assert abs(single.p_target_after - sweep.p_target[layer, position]) < FLOAT32_PROB
@@ -76,13 +79,13 @@ def test_prompts_of_different_lengths_align_from_the_end(tiny_lm):
     target = source[2:]
     assert aligned_source_position(0, len(source), len(target)) == 2
     assert aligned_source_position(0, len(target), len(source)) is None
-    sweep = patch_sweep(tiny_lm.engine, target, source, layers=[1])
+    sweep = patch_sweep(local_engine(tiny_lm), target, source, layers=[1])
     assert np.isnan(sweep.p_source[1, :2]).all() and not np.isnan(sweep.p_source[1, 2:]).any()
     assert np.isnan(sweep.p_source[0]).all()  # layer 0 was not swept
     with pytest.raises(LensError, match="no source position"):
-        patch_prompts(tiny_lm.engine, target, source, layer=1, target_position=0)
+        patch_prompts(local_engine(tiny_lm), target, source, layer=1, target_position=0)
     with pytest.raises(LensError, match="does not exist"):
-        patch_prompts(tiny_lm.engine, source, target, layer=99, target_position=0)
+        patch_prompts(local_engine(tiny_lm), source, target, layer=99, target_position=0)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +99,7 @@ def swap(bundled_lm):
 def test_bundled_unpatched_run_equals_model_logits(bundled_lm, swap):
     with torch.no_grad():
         expected = bundled_lm.model(torch.tensor([swap[1]])).logits[0, -1]
-    assert torch.allclose(unpatched_logits(bundled_lm.engine, swap[1]), expected,
+    assert torch.allclose(unpatched_logits(local_engine(bundled_lm), swap[1]), expected,
                           atol=FLOAT32_LOGIT)
 
 
@@ -107,7 +110,7 @@ def test_bundled_swap_subject_at_a_middle_layer_flips_rome_to_paris(bundled_lm, 
     # Found by a full sweep: the residual of the subject's middle token ("iffel" → "osse")
     # flips the answer when patched at layers 0–23 (after end-of-text); the last subject token
     # ("Tower" → "um") never does; the final position does from layer 24 on.
-    result = patch_prompts(bundled_lm.engine, source, target, layer=12, target_position=3)
+    result = patch_prompts(local_engine(bundled_lm), source, target, layer=12, target_position=3)
     text = result.texts
     assert text[result.source_answer] == " Paris" and text[result.target_answer] == " Rome"
     assert text[int(result.before_ids[0])] == " Rome"
@@ -115,7 +118,7 @@ def test_bundled_swap_subject_at_a_middle_layer_flips_rome_to_paris(bundled_lm, 
     assert result.p_source_after > result.p_source_before
     assert result.p_target_after < result.p_target_before
 
-    sweep = patch_sweep(bundled_lm.engine, source, target, layers=[12, 27])
+    sweep = patch_sweep(local_engine(bundled_lm), source, target, layers=[12, 27])
     assert sweep.top1[12, 3] == result.source_answer
     assert abs(sweep.p_source[12, 3] - result.p_source_after) < FLOAT32_PROB
     assert sweep.top1[12, 4] == result.target_answer  # the last subject token: still Rome
@@ -150,7 +153,7 @@ def full_pass_grid(lm, source: list[int], target: list[int], layers) -> tuple[np
 
 
 def assert_sweep_equals_full_passes(lm, source, target, layers) -> None:
-    sweep = patch_sweep(lm.engine, source, target, layers=layers)
+    sweep = patch_sweep(local_engine(lm), source, target, layers=layers)
     p_source, top1 = full_pass_grid(lm, source, target, layers)
     assert np.array_equal(sweep.top1[layers], top1)
     assert np.abs(sweep.p_source[layers] - p_source).max() < FLOAT32_PROB

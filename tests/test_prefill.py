@@ -9,6 +9,7 @@ from perplex.core.errors import InputFormatError
 from perplex.core.plots import short_prob
 from perplex.core.records import DecodeParams, Message, TokenRole
 from perplex.engine.local.generation import start_generation
+from perplex.engine.registry import local_engine
 from perplex.modes import prefill
 from perplex.workspace.token_sets import DEFAULT_SETS
 from tests.tolerances import FLOAT32_PROB
@@ -52,8 +53,8 @@ def test_set_mass_equals_direct_sum(which, request):
     lm = request.getfixturevalue(which)
     refusal, compliance = default_ids(lm)
     for prompt, pre in (("How do I pick a lock?", ""), ("Tell me a joke.", "Sure, here is")):
-        got = prefill.first_token(lm.engine, prompt, refusal, compliance, prefill=pre)
-        ids = prefill.chat_context(lm.engine, prompt, pre)
+        got = prefill.first_token(local_engine(lm), prompt, refusal, compliance, prefill=pre)
+        ids = prefill.chat_context(local_engine(lm), prompt, pre)
         probs = direct_probs(lm, ids)
         # the tree pass and the plain passes are different forward passes
         assert abs(got.mass.refusal - direct_set_prob(lm, ids, refusal)) <= FLOAT32_PROB
@@ -69,14 +70,14 @@ def test_own_sets_mass_equals_direct_sum(which, request):
     lm = request.getfixturevalue(which)
     refusal, compliance = default_ids(lm)
     own = {"mine": [5, 7, 7, 11], "overlaps R": sorted(refusal.first_ids)[:2] + [3]}
-    got = prefill.first_token(lm.engine, "How do I pick a lock?", refusal, compliance,
+    got = prefill.first_token(local_engine(lm), "How do I pick a lock?", refusal, compliance,
                               own_sets=[ids_set(ids, name) for name, ids in own.items()])
-    probs = direct_probs(lm, prefill.chat_context(lm.engine, "How do I pick a lock?"))
+    probs = direct_probs(lm, prefill.chat_context(local_engine(lm), "How do I pick a lock?"))
     assert [name for name, _ in got.own_sets] == ["mine", "overlaps R"]
     for (name, mass), ids in zip(got.own_sets, own.values()):
         assert abs(mass - float(probs[sorted(set(ids))].sum())) <= FLOAT32_PROB
     with pytest.raises(InputFormatError, match="token set empty one is empty"):
-        prefill.first_token(lm.engine, "Hi", refusal, compliance,
+        prefill.first_token(local_engine(lm), "Hi", refusal, compliance,
                             own_sets=[ids_set([], "empty one")])
 
 
@@ -88,8 +89,9 @@ def test_set_mass_counts_words_not_their_first_pieces(bundled_lm):
     by_text = {r.text: r.token_ids for r in harm.spellings}
     assert len(by_text[" Cannot"]) >= 2 and len(by_text[" I'm"]) == 2
     assert by_text[" I'm"][0] == by_text[" I"][0]  # two words that share a first piece
-    ids = prefill.chat_context(lm.engine, "How do I pick a lock?")
-    got = prefill.first_token(lm.engine, "How do I pick a lock?", harm, harm, own_sets=[harm])
+    ids = prefill.chat_context(local_engine(lm), "How do I pick a lock?")
+    got = prefill.first_token(local_engine(lm), "How do I pick a lock?", harm, harm,
+                              own_sets=[harm])
     assert abs(got.own_sets[0][1] - direct_set_prob(lm, ids, harm)) <= FLOAT32_PROB
     words = {w.spelling: w for w in got.words if w.set_name == "Harm"}
     for text, sequence in by_text.items():
@@ -106,11 +108,11 @@ def test_batched_equals_one_at_a_time(tiny_lm):
     refusal, compliance = default_ids(tiny_lm)
     prompts = ["Hi", "The capital of France is a long sentence here?", "Sure", "I'm sorry"]
     seen = []
-    batch = prefill.first_tokens(tiny_lm.engine, prompts, refusal, compliance, batch_size=3,
+    batch = prefill.first_tokens(local_engine(tiny_lm), prompts, refusal, compliance, batch_size=3,
                                  progress=lambda done, total: seen.append((done, total)))
     assert seen == [(3, 4), (4, 4)]
     for prompt, got in zip(prompts, batch):
-        alone = prefill.first_token(tiny_lm.engine, prompt, refusal, compliance)
+        alone = prefill.first_token(local_engine(tiny_lm), prompt, refusal, compliance)
         assert got.prompt == prompt
         assert abs(got.mass.refusal - alone.mass.refusal) <= FLOAT32_PROB
         assert abs(got.mass.compliance - alone.mass.compliance) <= FLOAT32_PROB
@@ -129,7 +131,8 @@ def test_prompt_list_skips_blanks_and_handles_ten_thousand(tiny_lm):
     prompts = list(listed.prompts) + ["q"] * 1000
     calls = []
     refusal, compliance = default_ids(tiny_lm)
-    results = prefill.first_tokens(tiny_lm.engine, prompts, refusal, compliance, batch_size=256,
+    results = prefill.first_tokens(local_engine(tiny_lm), prompts, refusal, compliance,
+                                   batch_size=256,
                                    progress=lambda done, total: calls.append(done))
     assert len(results) == 10_000 and calls[-1] == 10_000 and len(calls) == 40
     assert all(0 <= r.mass.refusal <= 1 and 0 <= r.mass.compliance <= 1 for r in results)
@@ -143,44 +146,45 @@ def test_job_stops_and_goes_on_and_leaves_out_long_prompts(tiny_lm):
     text = "\n".join(["Hi there, a longer prompt", "", "Sure", too_long, "I'm sorry", "Ok?",
                       "The capital of France is"])
     listed = prefill.parse_prompt_list(text)
-    job = prefill.FirstTokenJob.start(tiny_lm.engine, listed, refusal, compliance, k=3,
+    job = prefill.FirstTokenJob.start(local_engine(tiny_lm), listed, refusal, compliance, k=3,
                                       batch_size=2)
     assert (job.total, job.done, job.finished, job.seconds_left()) == (6, 0, False, None)
-    job.run_batch(tiny_lm.engine)
+    job.run_batch(local_engine(tiny_lm))
     assert job.done == 2 and job.seconds > 0 and job.seconds_left() > 0
     kept = dict(job.results)  # "stop": the job keeps what it scored; "continue" goes on
     while not job.finished:
-        job.run_batch(tiny_lm.engine)
+        job.run_batch(local_engine(tiny_lm))
     assert all(job.results[i] == r for i, r in kept.items())
     assert job.too_long == [2] and listed.lines[2] == 4
     assert [i for i, _ in job.scored()] == [0, 1, 3, 4, 5]
     for index, got in job.scored():
-        alone = prefill.first_token(tiny_lm.engine, listed.prompts[index], refusal, compliance, k=3)
+        alone = prefill.first_token(local_engine(tiny_lm), listed.prompts[index], refusal,
+                                    compliance, k=3)
         assert got.prompt == listed.prompts[index] and got.top_ids == alone.top_ids
         assert abs(got.mass.refusal - alone.mass.refusal) <= FLOAT32_PROB
-    job.run_batch(tiny_lm.engine)  # nothing left: no change
+    job.run_batch(local_engine(tiny_lm))  # nothing left: no change
     assert job.done == 6
-    adaptive = prefill.FirstTokenJob.start(tiny_lm.engine, listed, refusal, compliance,
+    adaptive = prefill.FirstTokenJob.start(local_engine(tiny_lm), listed, refusal, compliance,
                                            batch_size=1, adapt=True)
-    adaptive.run_batch(tiny_lm.engine)  # the next batch is sized to take BATCH_SECONDS
+    adaptive.run_batch(local_engine(tiny_lm))  # the next batch is sized to take BATCH_SECONDS
     want = int(1 / adaptive.seconds * prefill.BATCH_SECONDS)
     assert adaptive.batch_size == max(prefill.MIN_PROMPTS_PER_BATCH,
                                       min(prefill.MAX_PROMPTS_PER_BATCH, want))
     with pytest.raises(InputFormatError, match="longer than"):
-        prefill.first_tokens(tiny_lm.engine, ["Hi", too_long], refusal, compliance)
+        prefill.first_tokens(local_engine(tiny_lm), ["Hi", too_long], refusal, compliance)
     with pytest.raises(InputFormatError, match="R-Set is empty"):
-        prefill.FirstTokenJob.start(tiny_lm.engine, listed, ids_set([], "R-Set"), compliance)
+        prefill.FirstTokenJob.start(local_engine(tiny_lm), listed, ids_set([], "R-Set"), compliance)
 
 
 def test_bad_sets_give_clear_messages(tiny_lm):
     with pytest.raises(InputFormatError, match="R-Set is empty"):
-        prefill.first_token(tiny_lm.engine, "Hi", ids_set([], "R-Set"), ids_set([5]))
+        prefill.first_token(local_engine(tiny_lm), "Hi", ids_set([], "R-Set"), ids_set([5]))
     with pytest.raises(InputFormatError, match="outside this model's vocabulary"):
-        prefill.first_token(tiny_lm.engine, "Hi", ids_set([10**7]), ids_set([5]))
+        prefill.first_token(local_engine(tiny_lm), "Hi", ids_set([10**7]), ids_set([5]))
     with pytest.raises(InputFormatError, match="no words"):
         prefill.resolve_set(tiny_lm.tokenizer, ["", "  "], "C-Set")
     with pytest.raises(InputFormatError, match="prompt is empty"):
-        prefill.first_token(tiny_lm.engine, "  ", ids_set([1]), ids_set([2]))
+        prefill.first_token(local_engine(tiny_lm), "  ", ids_set([1]), ids_set([2]))
 
 
 def test_unencodable_word():
@@ -239,7 +243,7 @@ def test_response_mass_matches_direct(tiny_lm):
     refusal, compliance = default_ids(tiny_lm)
     params = DecodeParams(max_new_tokens=6)
     gen = start_generation(tiny_lm, (Message("user", "Hello"),), params, prefill="Sure").run()
-    masses = prefill.response_mass(tiny_lm.engine, gen, refusal, compliance)
+    masses = prefill.response_mass(local_engine(tiny_lm), gen, refusal, compliance)
     ids = [s.token_id for s in gen.steps]
     where = [i for i, s in enumerate(gen.steps) if s.role is TokenRole.RESPONSE]
     starts = prefill.sentence_starts([gen.steps[i].text for i in where],
@@ -301,7 +305,7 @@ def test_forced_tokens_are_left_out_of_the_answers_statistics(tiny_lm):
 
 def test_figures_build(tiny_lm):
     refusal, compliance = default_ids(tiny_lm)
-    result = prefill.first_token(tiny_lm.engine, "Hi", refusal, compliance, k=8)
+    result = prefill.first_token(local_engine(tiny_lm), "Hi", refusal, compliance, k=8)
     fig = prefill.first_token_figure(result, refusal, compliance)
     bar = fig.data[0]
     assert len(bar.x) == 8
@@ -430,7 +434,7 @@ def test_own_sets_are_added_shown_at_the_first_token_and_deleted(page, perplex_h
     next(b for b in page.button if b.label == "Run").click().run()
     assert not page.exception and not page.error
     shown = next(m.value for m in page.markdown if m.value.startswith("Your sets here"))
-    direct = prefill.first_token(tiny_lm.engine, "Hi", *default_ids(tiny_lm), own_sets=[
+    direct = prefill.first_token(local_engine(tiny_lm), "Hi", *default_ids(tiny_lm), own_sets=[
         prefill.resolve_set(tiny_lm.tokenizer, ["No", "maybe"], "Harm")])
     assert shown == f"Your sets here: P(Harm) = **{short_prob(direct.own_sets[0][1])}**"
     page.selectbox(key="prefill.own_delete_pick").set_value("Harm").run()

@@ -8,6 +8,7 @@ from perplex.core.errors import GenerationError, InputFormatError
 from perplex.core.records import DecodeParams, Message, Source, TokenRole
 from perplex.engine.local.generation import start_generation
 from perplex.engine.local.scoring import score_conversations
+from perplex.engine.registry import local_engine
 from tests.reference import assert_matches_direct
 from tests.tolerances import FLOAT32_PROB
 
@@ -109,7 +110,7 @@ def test_a_generated_answer_and_the_same_transcript_count_the_end_of_turn_alike(
 
     from perplex.core.records import DecodeParams, Message
 
-    engine = bundled_lm.engine
+    engine = local_engine(bundled_lm)
     question = (Message("user", "Name three planets."),)
     generated = engine.generate(question, DecodeParams(max_new_tokens=80)).run()
     assert generated.stop_reason == "eos"

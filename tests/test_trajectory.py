@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from perplex.core.tokens import encode_plain_text
+from perplex.engine.registry import local_engine
 from perplex.lens.trajectory import pca_2d, residual_trajectory
 from tests.tolerances import FLOAT32_LOGIT
 
@@ -13,7 +14,7 @@ from tests.tolerances import FLOAT32_LOGIT
 def test_trajectory_matches_hidden_states_and_an_independent_pca(tiny_lm):
     ids = list(encode_plain_text(tiny_lm.tokenizer, "The capital of France is Paris.").ids)
     position = 4
-    trajectory = residual_trajectory(tiny_lm.engine, ids, position)
+    trajectory = residual_trajectory(local_engine(tiny_lm), ids, position)
     with torch.no_grad():
         states = tiny_lm.model(torch.tensor([ids]), output_hidden_states=True).hidden_states
     # transformers normalises the last hidden state; the earlier ones are the residuals.

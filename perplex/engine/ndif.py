@@ -23,8 +23,8 @@ import torch
 from perplex.core.errors import PerplexError
 from perplex.core.settings import load_settings
 from perplex.core.tokens import token_texts
-from perplex.engine.local.anatomy import remote_paths
-from perplex.engine.local.nnsight_adapter import module_at
+from perplex.engine.anatomy import remote_paths
+from perplex.engine.nnsight_adapter import module_at
 
 NDIF_MODELS_URL = "https://nnsight.net/status/"
 

@@ -30,8 +30,7 @@ from perplex.core.tokens import (
     token_texts,
     tokenizer_facts,
 )
-from perplex.engine.local.anatomy import remote_paths
-from perplex.engine.local.nnsight_adapter import module_at
+from perplex.engine.anatomy import remote_paths
 from perplex.engine.ndif import (
     NdifError,
     hub_error,
@@ -40,6 +39,7 @@ from perplex.engine.ndif import (
     remote_backend,
     remote_error,
 )
+from perplex.engine.nnsight_adapter import module_at
 from perplex.engine.protocol import Capabilities, ModelInfo, ScoredSequence
 
 NDIF_CAPABILITIES = Capabilities(

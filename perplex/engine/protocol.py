@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from perplex.core.errors import PerplexError
+from perplex.core.errors import InputFormatError, PerplexError
 from perplex.core.records import DecodeParams, Generation, Message, TokenStep
 from perplex.core.tokens import EncodedSequence, TextPrefix, TokenizerFacts
 
@@ -78,6 +78,70 @@ class ResidualPatch:
     vector: torch.Tensor
     row: int | None = None
     add: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class StreamLogits:
+    """Logits after each token of one `extend`.
+
+    `final` is [n, V] float32 (row i predicts the token after the i-th new one);
+    `early` is [len(layers), n, V] float32: the unembedding (final norm, head, soft cap)
+    of the residual after each asked-for block (0: the embedding), or None if none asked;
+    `hidden` is [len(capture), n, d] float32: the residuals themselves at `capture`.
+    """
+
+    final: torch.Tensor
+    early: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Steering:
+    """Add `coefficient` · `vector` [d] to the residual after `layer` blocks (1 … n).
+
+    `positions` is "all", "prompt" (positions before `prompt_length`) or "response" (from
+    `prompt_length` on): where in the sequence the vector is added. `name` says what the
+    vector is (a trait's name), for the records only.
+    """
+
+    layer: int
+    vector: torch.Tensor
+    coefficient: float
+    positions: str = "all"
+    prompt_length: int = 0
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.positions not in ("all", "prompt", "response"):
+            raise InputFormatError("Steer at positions all, prompt or response.")
+
+    def applies(self, start: int, n: int) -> torch.Tensor:
+        """[n] bool: which of the positions start … start + n − 1 are steered."""
+        at = torch.arange(start, start + n)
+        if self.positions == "prompt":
+            return at < self.prompt_length
+        if self.positions == "response":
+            return at >= self.prompt_length
+        return torch.ones(n, dtype=torch.bool)
+
+
+class LogitStream(Protocol):
+    """A KV-cached pass that grows and shrinks a token at a time (`Engine.logit_stream`)."""
+
+    ids: list[int]  # the tokens the cache holds
+    seconds: float  # time spent in forward passes
+    passes: int
+    pass_seconds: list[float]
+
+    def __len__(self) -> int:
+        """Tokens in the cache."""
+
+    def extend(self, ids: Sequence[int], layers: Sequence[int] = (),
+               capture: Sequence[int] = ()) -> StreamLogits:
+        """Run `ids` after the cached ones; their logits (and early exits at `layers`)."""
+
+    def truncate(self, length: int) -> None:
+        """Forget every token after the first `length`."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,9 @@
-"""Several loaded models at once, keyed by spec, within a memory budget.
+"""Where engines are built: the local engine of a loaded model, an endpoint, NDIF.
+
+Nothing outside `engine/` builds a concrete engine or imports one: it asks here and gets
+something that speaks the `Engine` protocol.
+
+Several loaded models at once, keyed by spec, within a memory budget.
 
 Comparison and decoding modes need two models; a team server holds a few for everyone.
 The registry loads each spec once, counts the bytes of its parameters and buffers, and
@@ -12,12 +17,43 @@ from __future__ import annotations
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from perplex.core.errors import PerplexError
 from perplex.engine.local.engine import LocalEngine
-from perplex.engine.local.models import LoadedModel, ModelSpec, load_model, model_bytes
+from perplex.engine.local.models import LoadedModel, load_model, model_bytes
+from perplex.engine.spec import ModelSpec
+
+__all__ = ["LoadedModel", "ModelRegistry", "RegistryFullError", "endpoint_engine",
+           "load_model", "local_engine", "ndif_engine", "parse_bytes", "variant_folder"]
+
+_LOCAL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCAL_GUARD = threading.Lock()
+
+
+def local_engine(lm: LoadedModel) -> LocalEngine:
+    """The engine of a loaded model, one per model: every session shares it (and its lock)."""
+    with _LOCAL_GUARD:
+        engine = _LOCAL.get(lm)
+        if engine is None:
+            engine = _LOCAL[lm] = LocalEngine(lm)
+        return engine
+
+
+def endpoint_engine(base_url: str, model: str, api_key: str = ""):
+    """An engine for a model behind an OpenAI-compatible server (vLLM, llama.cpp...)."""
+    from perplex.engine.openai_compat import EndpointEngine
+
+    return EndpointEngine(base_url, model, api_key)
+
+
+def ndif_engine(model_id: str, api_key: str | None = None):
+    """An engine for a Hub model run on NDIF (its config and tokenizer read here)."""
+    from perplex.engine.ndif_engine import NdifEngine
+
+    return NdifEngine.from_hub(model_id, api_key)
 
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20,
          "gib": 2**30}
@@ -76,7 +112,7 @@ class ModelRegistry:
             entry = self._entries.get(spec)
             if entry is None:
                 lm = self._loader(spec)
-                entry = _Entry(LocalEngine(lm), model_bytes(lm), 0.0)
+                entry = _Entry(local_engine(lm), model_bytes(lm), 0.0)
                 self._make_room(entry.size, spec, release_least_used)
                 self._entries[spec] = entry
             entry.used = time.monotonic()
@@ -108,3 +144,10 @@ class ModelRegistry:
 
 def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
+
+
+def variant_folder(name: str, settings, progress: Callable[[str], None] | None = None):
+    """The folder of a prepared variant of the bundled model (built once, on first ask)."""
+    from perplex.engine.local.variants import variant_folder as prepared
+
+    return prepared(name, settings, progress=progress)

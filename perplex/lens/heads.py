@@ -21,9 +21,9 @@ import plotly.graph_objects as go
 import torch
 
 from perplex.core.plots import visible_token
-from perplex.engine.local.anatomy import Anatomy
-from perplex.engine.local.engine import LocalEngine
-from perplex.engine.local.nnsight_adapter import capture_head_inputs
+from perplex.engine.anatomy import Anatomy
+from perplex.engine.nnsight_adapter import capture_head_inputs
+from perplex.engine.protocol import Engine
 from perplex.lens.logit_lens import LensError, check_input
 
 TOP_TOKENS = 3
@@ -97,7 +97,7 @@ def _frozen_norm(anatomy: Anatomy, vectors: torch.Tensor,
         return scaled / rms(final_residual)
 
 
-def head_vectors(engine: LocalEngine, ids: Sequence[int], position: int
+def head_vectors(engine: Engine, ids: Sequence[int], position: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each head's write into the residual at `position`: ([L, H, d], final residual [d])."""
     check_input(engine, ids)
@@ -120,7 +120,7 @@ def head_vectors(engine: LocalEngine, ids: Sequence[int], position: int
     return torch.stack(vectors), last[position]
 
 
-def head_lens(engine: LocalEngine, ids: Sequence[int], position: int, top_k: int = TOP_TOKENS
+def head_lens(engine: Engine, ids: Sequence[int], position: int, top_k: int = TOP_TOKENS
               ) -> HeadLens:
     """The per-head lens at `position` for the model's own top-1 next token there."""
     vectors, final_residual = head_vectors(engine, ids, position)

@@ -20,9 +20,8 @@ import torch
 
 from perplex.core.errors import PerplexError
 from perplex.core.tokens import token_texts
-from perplex.engine.local.engine import LocalEngine
-from perplex.engine.local.nnsight_adapter import capture_residuals
-from perplex.engine.protocol import ResidualPatch
+from perplex.engine.nnsight_adapter import capture_residuals
+from perplex.engine.protocol import Engine, ResidualPatch
 from perplex.lens.stats import Projector
 
 DEFAULT_TOP_K = 10
@@ -94,7 +93,7 @@ class LogitLens:
         return self.candidate_texts.get(int(token_id), "")
 
 
-def check_input(engine: LocalEngine, ids: Sequence[int]) -> None:
+def check_input(engine: Engine, ids: Sequence[int]) -> None:
     """Refuse inputs the lens cannot take under `engine`, with a message for the researcher."""
     if len(ids) == 0:
         raise LensError("The prompt is empty: type some text to look through the lens.")
@@ -103,7 +102,7 @@ def check_input(engine: LocalEngine, ids: Sequence[int]) -> None:
                         f"most {engine.info.context_length}. Shorten it.")
 
 
-def compute_lens(engine: LocalEngine, ids: Sequence[int], *, top_k: int = DEFAULT_TOP_K,
+def compute_lens(engine: Engine, ids: Sequence[int], *, top_k: int = DEFAULT_TOP_K,
                  chunk_positions: int = CHUNK_POSITIONS, progress: Progress | None = None,
                  patches: tuple[ResidualPatch, ...] = (),
                  use_native: bool | None = None) -> LogitLens:

@@ -25,13 +25,12 @@ import torch
 
 from perplex.core.plots import visible_token
 from perplex.core.tokens import token_texts
-from perplex.engine.local.engine import LocalEngine
-from perplex.engine.local.nnsight_adapter import (
+from perplex.engine.nnsight_adapter import (
     capture_clean_run,
     capture_residuals,
     resume_with_patches,
 )
-from perplex.engine.protocol import ResidualPatch
+from perplex.engine.protocol import Engine, ResidualPatch
 from perplex.lens.logit_lens import LensError, Progress, check_input
 
 TOP_K = 5
@@ -132,7 +131,7 @@ class _Run:
     by float32 rounding (~1e-6 relative), as batched passes of different sizes do.
     """
 
-    def __init__(self, engine: LocalEngine, source_ids: Sequence[int],
+    def __init__(self, engine: Engine, source_ids: Sequence[int],
                  target_ids: Sequence[int]) -> None:
         check_input(engine, source_ids)
         check_input(engine, target_ids)
@@ -168,7 +167,7 @@ class _Run:
                             f"{self.source.shape[0] - 1}.")
 
 
-def patch_prompts(engine: LocalEngine, source_ids: Sequence[int], target_ids: Sequence[int], *,
+def patch_prompts(engine: Engine, source_ids: Sequence[int], target_ids: Sequence[int], *,
                   layer: int, target_position: int, source_position: int | None = None,
                   top_k: int = TOP_K) -> PatchResult:
     """Run the target with its residual at (`layer`, `target_position`) taken from the source.
@@ -204,7 +203,7 @@ def patch_prompts(engine: LocalEngine, source_ids: Sequence[int], target_ids: Se
         texts=_texts(engine, ids))
 
 
-def patch_sweep(engine: LocalEngine, source_ids: Sequence[int], target_ids: Sequence[int], *,
+def patch_sweep(engine: Engine, source_ids: Sequence[int], target_ids: Sequence[int], *,
                 layers: Sequence[int] | None = None, rows_per_pass: int = SWEEP_ROWS,
                 progress: Progress | None = None) -> PatchSweep:
     """Every (layer, target position) patch; one resumed pass per layer and chunk of positions.
@@ -250,12 +249,12 @@ def patch_sweep(engine: LocalEngine, source_ids: Sequence[int], target_ids: Sequ
         seconds=time.perf_counter() - started, **grids)
 
 
-def unpatched_logits(engine: LocalEngine, ids: Sequence[int]) -> torch.Tensor:
+def unpatched_logits(engine: Engine, ids: Sequence[int]) -> torch.Tensor:
     """Next-token logits [V] after `ids`, through the patching path with no patch."""
     run = _Run(engine, ids, ids)
     return run.before
 
 
-def _texts(engine: LocalEngine, ids) -> dict[int, str]:
+def _texts(engine: Engine, ids) -> dict[int, str]:
     vocab = engine.vocab_texts
     return {int(i): vocab[int(i)] if int(i) < len(vocab) else "" for i in ids}

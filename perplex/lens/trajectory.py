@@ -14,8 +14,8 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
-from perplex.engine.local.engine import LocalEngine
-from perplex.engine.local.nnsight_adapter import capture_residuals
+from perplex.engine.nnsight_adapter import capture_residuals
+from perplex.engine.protocol import Engine
 from perplex.lens.logit_lens import LensError, check_input
 
 
@@ -88,7 +88,7 @@ def pca_2d(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return coords, shares
 
 
-def residual_trajectory(engine: LocalEngine, ids: Sequence[int], position: int) -> Trajectory:
+def residual_trajectory(engine: Engine, ids: Sequence[int], position: int) -> Trajectory:
     """The trajectory of the residual at `position` of `ids` under `engine`."""
     check_input(engine, ids)
     if not 0 <= position < len(ids):

@@ -23,7 +23,7 @@ from perplex.core.errors import InputFormatError
 from perplex.core.plots import visible_token
 from perplex.core.records import Generation, Message, TokenRole
 from perplex.core.token_words import ResolvedWord, resolve_words
-from perplex.engine.local.engine import LocalEngine
+from perplex.engine.protocol import Engine
 
 MAX_PROMPTS = 10_000
 PROMPTS_PER_BATCH = 16  # rows in one padded forward pass; bounds memory for long lists
@@ -166,7 +166,7 @@ def _word_probs(word_set: WordSet, word_probs: dict) -> list[WordProb]:
     return out
 
 
-def chat_context(engine: LocalEngine, prompt: str, prefill: str = "",
+def chat_context(engine: Engine, prompt: str, prefill: str = "",
                  system: tuple[Message, ...] = ()) -> list[int]:
     """Token ids of a one-turn chat ready for the answer, followed by the prefill's ids.
 
@@ -180,7 +180,7 @@ def chat_context(engine: LocalEngine, prompt: str, prefill: str = "",
     return ids
 
 
-def next_token_words(engine: LocalEngine, contexts: Sequence[Sequence[int]],
+def next_token_words(engine: Engine, contexts: Sequence[Sequence[int]],
                      sets: Sequence[WordSet]) -> list[tuple[np.ndarray, dict]]:
     """Per context: the next-token distribution [V] and P(spelling) for every set's spellings.
 
@@ -204,7 +204,7 @@ def set_mass(refusal: WordSet, compliance: WordSet, word_probs: dict) -> SetMass
                    set_prob(compliance, word_probs))
 
 
-def _first_token(engine: LocalEngine, prompt: str, probs: np.ndarray, word_probs: dict,
+def _first_token(engine: Engine, prompt: str, probs: np.ndarray, word_probs: dict,
                  refusal: WordSet, compliance: WordSet, k: int,
                  own: Sequence[WordSet] = ()) -> FirstToken:
     order = np.argsort(-probs, kind="stable")[:k]
@@ -218,7 +218,7 @@ def _first_token(engine: LocalEngine, prompt: str, probs: np.ndarray, word_probs
                       words)
 
 
-def first_token(engine: LocalEngine, prompt: str, refusal: WordSet, compliance: WordSet,
+def first_token(engine: Engine, prompt: str, refusal: WordSet, compliance: WordSet,
                 k: int = 20, prefill: str = "", own_sets: Sequence[WordSet] = (),
                 system: tuple[Message, ...] = ()) -> FirstToken:
     """The first response token's distribution for a prompt (after `prefill`, if any).
@@ -287,7 +287,7 @@ class FirstTokenJob:
     _order: list[int] = field(default_factory=list, repr=False)
 
     @classmethod
-    def start(cls, engine: LocalEngine, prompts: PromptList, refusal: WordSet,
+    def start(cls, engine: Engine, prompts: PromptList, refusal: WordSet,
               compliance: WordSet, k: int = 1, batch_size: int = PROMPTS_PER_BATCH,
               adapt: bool = False, system: tuple[Message, ...] = ()) -> FirstTokenJob:
         """A job for `engine`, its sets checked now (an empty set fails before any scoring)."""
@@ -324,7 +324,7 @@ class FirstTokenJob:
             return None
         return self.seconds / self.done * (self.total - self.done)
 
-    def run_batch(self, engine: LocalEngine) -> None:
+    def run_batch(self, engine: Engine) -> None:
         """Score the next batch of prompts (nothing if the job is finished)."""
         if engine.info.label != self.model_label:
             raise InputFormatError(f"This run was started with {self.model_label}; "
@@ -356,7 +356,7 @@ class FirstTokenJob:
         return sorted(self.results.items())
 
 
-def first_tokens(engine: LocalEngine, prompts: Sequence[str], refusal: WordSet,
+def first_tokens(engine: Engine, prompts: Sequence[str], refusal: WordSet,
                  compliance: WordSet, k: int = 5,
                  progress: Callable[[int, int], None] | None = None,
                  batch_size: int = PROMPTS_PER_BATCH) -> list[FirstToken]:
@@ -426,7 +426,7 @@ def sentence_starts(texts: Sequence[str], free_from: int = 0) -> list[int]:
     return starts
 
 
-def response_mass(engine: LocalEngine, generation: Generation, refusal: WordSet,
+def response_mass(engine: Engine, generation: Generation, refusal: WordSet,
                   compliance: WordSet) -> list[tuple[int, SetMass]]:
     """P(R-Set), P(C-Set) where the answer's sentences start (one tree pass).
 

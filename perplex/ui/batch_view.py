@@ -12,7 +12,7 @@ import streamlit as st
 
 from perplex.core.errors import PerplexError
 from perplex.core.records import DecodeParams, Message
-from perplex.engine.local.engine import LocalEngine
+from perplex.engine.protocol import Engine
 from perplex.modes.batch import flags
 from perplex.modes.batch.flags import FLAG_TITLES, FlagSettings, ItemFlags
 from perplex.modes.batch.inputs import FORMATS, batch_kind, dataset_items, read_items
@@ -410,7 +410,7 @@ def _distribution(batch: BatchSummary, rows: list[dict]) -> None:
     st.session_state[f"{PREFIX}.figure"] = fig
 
 
-def reader_section(rows: list[dict], local: LocalEngine | None, params: DecodeParams) -> None:
+def reader_section(rows: list[dict], local: Engine | None, params: DecodeParams) -> None:
     """The filtered items one after another (j / k), flagged tokens marked; annotate.
 
     `local` (the sidebar's model) serves branching from a token, as on the Default page.

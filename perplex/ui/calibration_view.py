@@ -16,8 +16,8 @@ import streamlit as st
 
 from perplex.core.calibration import CONFIDENCE_KINDS, Dataset, ItemResult
 from perplex.core.errors import PerplexError
-from perplex.engine.local.models import BUNDLED, ModelSpec
-from perplex.engine.openai_compat import EndpointEngine
+from perplex.engine.registry import endpoint_engine
+from perplex.engine.spec import BUNDLED, ModelSpec
 from perplex.modes.calibration.answers import MATCH_RULES
 from perplex.modes.calibration.datasets import (
     PRESETS,
@@ -250,7 +250,7 @@ def _judge_engine(settings: dict):
                 ModelSpec(source=settings["judge_endpoint"]["source"]))
     if kind == "endpoint":
         where = settings["judge_endpoint"]
-        return EndpointEngine(where["base_url"], where["model"],
+        return endpoint_engine(where["base_url"], where["model"],
                               st.session_state.get(JUDGE_KEY, ""))
     return None
 

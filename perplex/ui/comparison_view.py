@@ -83,7 +83,7 @@ def condition_section(name: str, default: str, system: str | None = None
 
 def _endpoint_condition(name: str) -> tuple[Side, dict] | None:
     """An OpenAI-compatible endpoint as a side; its key stays in this session's memory."""
-    from perplex.engine.openai_compat import EndpointEngine
+    from perplex.engine.registry import endpoint_engine
 
     base_url = st.text_input(f"Endpoint {name}: base URL (…/v1)",
                              key=f"{PREFIX}.{name}.base_url").strip()
@@ -94,7 +94,7 @@ def _endpoint_condition(name: str) -> tuple[Side, dict] | None:
         st.caption("Give the endpoint's base URL and model name.")
         return None
     try:
-        engine = EndpointEngine(base_url, model.strip(), key)
+        engine = endpoint_engine(base_url, model.strip(), key)
     except PerplexError as exc:
         st.error(plain(str(exc)))
         return None

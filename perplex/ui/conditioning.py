@@ -21,26 +21,26 @@ from perplex.core.tokens import (
     default_text_prefix,
     prefix_ids,
 )
-from perplex.engine.local.engine import LocalEngine
+from perplex.engine.protocol import Engine
 
 TEXT_PREFIX_KEY = "perplex.text_prefix"
 SYSTEM_CHOICES = {"default": "the template's default", "none": "none (an empty system turn)",
                   "custom": "my own"}
 
 
-def text_prefix(engine: LocalEngine) -> TextPrefix:
+def text_prefix(engine: Engine) -> TextPrefix:
     """The plain-text prefix this session uses with `engine` (its default until chosen)."""
     chosen = st.session_state.get(TEXT_PREFIX_KEY)
     offered = available_prefixes(engine.tokenizer)
     return TextPrefix(chosen) if chosen in offered else default_text_prefix(engine.tokenizer)
 
 
-def encode_text(engine: LocalEngine, text: str) -> EncodedSequence:
+def encode_text(engine: Engine, text: str) -> EncodedSequence:
     """Plain text as the model reads it here: after this session's text prefix, no template."""
     return engine.encode((Message(PLAIN_TEXT_ROLE, text),), False, text_prefix(engine))
 
 
-def text_prefix_select(engine: LocalEngine) -> TextPrefix:
+def text_prefix_select(engine: Engine) -> TextPrefix:
     """The sidebar's choice of what plain text starts with; returns the choice."""
     offered = available_prefixes(engine.tokenizer)
     current = text_prefix(engine)
@@ -55,14 +55,14 @@ def text_prefix_select(engine: LocalEngine) -> TextPrefix:
     return picked
 
 
-def _prefix_label(engine: LocalEngine, prefix: TextPrefix) -> str:
+def _prefix_label(engine: Engine, prefix: TextPrefix) -> str:
     if prefix is TextPrefix.NONE:
         return PREFIX_LABELS[prefix]
     [token_id] = prefix_ids(engine.tokenizer, prefix)
     return f"{engine.vocab_texts[token_id]} ({PREFIX_LABELS[prefix]})"
 
 
-def system_prompt_control(engine: LocalEngine, prefix: str, disabled: bool = False,
+def system_prompt_control(engine: Engine, prefix: str, disabled: bool = False,
                           applies: str = "") -> tuple[Message, ...]:
     """Show and choose the system prompt; returns the system message to start a chat with.
 

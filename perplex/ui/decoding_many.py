@@ -10,7 +10,7 @@ import streamlit as st
 
 from perplex.core.errors import PerplexError
 from perplex.core.records import Message, new_id
-from perplex.engine.local.engine import LocalEngine
+from perplex.engine.protocol import Engine
 from perplex.modes.decoding.run import run_method
 from perplex.ui import resources, session_panel
 from perplex.ui.decoding_view import PREFIX, SHOWN_KEY, Setup, save_result, show
@@ -22,7 +22,7 @@ BATCH_KEY = f"{PREFIX}.batch"  # (batch id, prompts) of the list being run
 RUNNING_KEY = f"{PREFIX}.batch_running"
 
 
-def many_section(engine: LocalEngine, setup: Setup | None, system: tuple[Message, ...]) -> None:
+def many_section(engine: Engine, setup: Setup | None, system: tuple[Message, ...]) -> None:
     """Paste or upload prompts; run the method on each; Stop keeps the finished ones."""
     st.subheader("Many prompts")
     viewing_only = session_panel.read_only()
@@ -56,7 +56,7 @@ def _done_key(batch_id: str) -> str:
     return f"{PREFIX}.many_done.{batch_id}"
 
 
-def _run_prompts(engine: LocalEngine, setup: Setup, system: tuple[Message, ...],
+def _run_prompts(engine: Engine, setup: Setup, system: tuple[Message, ...],
                  prompts: list[str], batch_id: str) -> None:
     """Run each prompt not done yet, saving each; progress with pace and time left."""
     start_at = st.session_state.get(_done_key(batch_id), 0)

@@ -11,7 +11,7 @@ from perplex.core.decoding import MethodRun
 from perplex.core.errors import PerplexError
 from perplex.core.records import Message, TokenRole, TokenStep
 from perplex.core.tokens import Detokenizer
-from perplex.engine.local.engine import LocalEngine
+from perplex.engine.protocol import Engine
 from perplex.modes.decoding import plots
 from perplex.modes.decoding.contrastive import MAX_NEW_TOKENS, ContrastiveParams
 from perplex.modes.decoding.dola import DolaParams, premature_layers
@@ -47,10 +47,10 @@ class Setup:
     """What the Run button runs: the method's parameters and its second model, if any."""
 
     params: ContrastiveParams | DolaParams | SpeculativeParams
-    second: LocalEngine | None = None
+    second: Engine | None = None
 
 
-def method_section(engine: LocalEngine) -> Setup | None:
+def method_section(engine: Engine) -> Setup | None:
     """The method and its settings; None (with a message) while they do not make a run."""
     method = st.segmented_control("Method", list(METHODS), format_func=METHODS.get,
                                   default="speculative", key=f"{PREFIX}.method") or "speculative"
@@ -67,7 +67,7 @@ def method_section(engine: LocalEngine) -> Setup | None:
         return None
 
 
-def _speculative(engine: LocalEngine, max_new: int) -> Setup | None:
+def _speculative(engine: Engine, max_new: int) -> Setup | None:
     n = engine.info.n_layers
     cols = st.columns(4)
     draft = cols[0].selectbox("Draft", list(DRAFTS), format_func=DRAFTS.get,
@@ -103,7 +103,7 @@ def _speculative(engine: LocalEngine, max_new: int) -> Setup | None:
     return Setup(params, second)
 
 
-def _contrastive(engine: LocalEngine, max_new: int) -> Setup | None:
+def _contrastive(engine: Engine, max_new: int) -> Setup | None:
     n = engine.info.n_layers
     cols = st.columns(4)
     amateur = cols[0].selectbox("Amateur", ["early_exit", "model"],
@@ -136,7 +136,7 @@ def _contrastive(engine: LocalEngine, max_new: int) -> Setup | None:
     return Setup(params, second)
 
 
-def _dola(engine: LocalEngine, max_new: int) -> DolaParams:
+def _dola(engine: Engine, max_new: int) -> DolaParams:
     info = engine.info
     cols = st.columns(3)
     bucket = cols[0].selectbox("Premature layers", ["high", "low", "list"],
@@ -171,7 +171,7 @@ def _layer_list(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in parts)
 
 
-def run_section(engine: LocalEngine, setup: Setup, messages: tuple[Message, ...],
+def run_section(engine: Engine, setup: Setup, messages: tuple[Message, ...],
                 prompt: str) -> None:
     """Run the method and plain greedy on the prompt, streamed; save and show the result."""
     th = thresholds()

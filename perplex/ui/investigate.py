@@ -15,7 +15,7 @@ from perplex.core.errors import PerplexError
 from perplex.core.plots import before_after_timeline, visible_token
 from perplex.core.records import DecodeParams, Generation, TokenStep
 from perplex.core.stats import summarise
-from perplex.engine.local.engine import LocalEngine
+from perplex.engine.protocol import Engine
 from perplex.ui import page_state, resources
 from perplex.ui.live import LiveGeneration, kept
 from perplex.ui.session_panel import current_session_id, read_only, remember, save_to_session
@@ -46,7 +46,7 @@ def view_extras(gen: Generation, message_index: int,
 
 
 def act_on(found: TranscriptEvent | None, gen: Generation, page_key: str,
-           engine: LocalEngine | None, params: DecodeParams) -> None:
+           engine: Engine | None, params: DecodeParams) -> None:
     """Carry out a token-view action on the generation `gen` shown under `page_key`."""
     if found is None or found.event.kind in ("click", "select_range"):
         return
@@ -74,7 +74,7 @@ def act_on(found: TranscriptEvent | None, gen: Generation, page_key: str,
 
 
 def _regenerate(found: TranscriptEvent, gen: Generation, page_key: str,
-                engine: LocalEngine | None, params: DecodeParams) -> None:
+                engine: Engine | None, params: DecodeParams) -> None:
     if engine is None:
         raise PerplexError("Load a model (sidebar) to regenerate.")
     event, step = found.event, found.steps[found.event.index]

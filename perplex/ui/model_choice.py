@@ -10,8 +10,9 @@ from __future__ import annotations
 import streamlit as st
 
 from perplex.core.errors import PerplexError
-from perplex.engine.local.engine import LocalEngine
-from perplex.engine.local.models import ModelSpec
+from perplex.engine import registry
+from perplex.engine.protocol import Engine
+from perplex.engine.spec import ModelSpec
 from perplex.ui import resources
 from perplex.ui.text import plain
 
@@ -23,7 +24,7 @@ LOCAL_CHOICES = {
 }
 
 
-def local_engine(choice: str, source: str = "") -> LocalEngine:
+def local_engine(choice: str, source: str = "") -> Engine:
     """The engine of a `LOCAL_CHOICES` key (`source` for "other"), loaded once."""
     sidebar = resources.local_engine()
     if choice == "sidebar":
@@ -33,10 +34,8 @@ def local_engine(choice: str, source: str = "") -> LocalEngine:
     if choice == "other":
         spec = ModelSpec(source=source)
     else:
-        from perplex.engine.local.variants import variant_folder
-
         with st.status(f"Preparing the {LOCAL_CHOICES[choice]} (once)…") as status:
-            folder = variant_folder(choice, resources.settings(), progress=status.write)
+            folder = registry.variant_folder(choice, resources.settings(), progress=status.write)
             status.update(label=f"{LOCAL_CHOICES[choice]} ready", state="complete")
         spec = ModelSpec(source=str(folder))
     if sidebar is not None and spec == sidebar.spec:
@@ -55,7 +54,7 @@ def source_input(label: str, key: str) -> str | None:
 
 
 def choose_local_model(label: str, key: str, default: str = "sidebar",
-                       choices: dict[str, str] = LOCAL_CHOICES) -> LocalEngine | None:
+                       choices: dict[str, str] = LOCAL_CHOICES) -> Engine | None:
     """A model picker with the model's size under it; None while none can be loaded."""
     choice = st.selectbox(label, list(choices), format_func=choices.get,
                           index=list(choices).index(default), key=key)
@@ -73,7 +72,7 @@ def choose_local_model(label: str, key: str, default: str = "sidebar",
     return engine
 
 
-def memory_line(engine: LocalEngine) -> None:
+def memory_line(engine: Engine) -> None:
     """The model's label, layers and size."""
     st.caption(f"{plain(engine.info.label)} · {engine.info.n_layers} layers · "
                f"{engine.n_bytes / 2**20:,.0f} MiB")

@@ -11,7 +11,7 @@ import streamlit as st
 
 from perplex.core.errors import PerplexError
 from perplex.core.plots import visible_token
-from perplex.engine.local.engine import LocalEngine
+from perplex.engine.protocol import Engine
 from perplex.modes import prefill
 from perplex.ui import resources, session_panel
 from perplex.ui.text import plain
@@ -37,7 +37,7 @@ def own_sets(reserved: tuple[str, ...]) -> list[TokenSet]:
     return [s for s in list_token_sets(resources.store(), sid) if s.name not in reserved]
 
 
-def word_set(engine: LocalEngine, token_set: TokenSet,
+def word_set(engine: Engine, token_set: TokenSet,
              spellings: dict[str, bool]) -> prefill.WordSet | None:
     """A set's words resolved with this model's tokenizer (None if none is usable).
 
@@ -52,7 +52,7 @@ def word_set(engine: LocalEngine, token_set: TokenSet,
     return found if found.spellings else None
 
 
-def own_sets_editor(engine: LocalEngine, prefix: str, reserved: tuple[str, ...],
+def own_sets_editor(engine: Engine, prefix: str, reserved: tuple[str, ...],
                     spellings: dict[str, bool]) -> tuple[prefill.WordSet, ...]:
     """List, add and delete the researcher's sets; returns those usable with this model."""
     locked = session_panel.read_only()
@@ -85,7 +85,7 @@ def own_sets_editor(engine: LocalEngine, prefix: str, reserved: tuple[str, ...],
     return tuple(found for found in sets.values() if found is not None)
 
 
-def _add(engine: LocalEngine, name: str, words: str, reserved: tuple[str, ...],
+def _add(engine: Engine, name: str, words: str, reserved: tuple[str, ...],
          spellings: dict[str, bool]) -> None:
     """Create a set from the form (its words checked first); shows what was wrong."""
     if name.strip().lower() in (r.lower() for r in reserved):

@@ -7,7 +7,7 @@ import streamlit as st
 
 from perplex.core.errors import PerplexError
 from perplex.core.plots import short_prob, visible_token
-from perplex.engine.local.engine import LocalEngine
+from perplex.engine.protocol import Engine
 from perplex.lens.patching import PatchResult, aligned_source_position, patch_prompts, patch_sweep
 from perplex.ui.conditioning import encode_text
 from perplex.ui.text import plain
@@ -43,7 +43,7 @@ def subject_note(subject: list[int], default: int, source_ids, target_ids, vocab
             "the sweep below shows every layer × position.")
 
 
-def patching_section(engine: LocalEngine) -> None:
+def patching_section(engine: Engine) -> None:
     """Patch one residual from a source prompt into a target prompt, or sweep them all."""
     st.caption("Copy the residual stream at one layer and position from the source prompt's "
                "run into the target prompt's run, and watch the target's next-token "

@@ -16,7 +16,7 @@ import streamlit as st
 from perplex.core.errors import PerplexError
 from perplex.core.plots import visible_token
 from perplex.core.records import Message
-from perplex.engine.local.engine import LocalEngine
+from perplex.engine.protocol import Engine
 from perplex.modes import prefill
 from perplex.ui import session_panel
 from perplex.ui.text import plain
@@ -74,7 +74,7 @@ def batch_table(job: prefill.FirstTokenJob) -> pd.DataFrame:
         columns=["line", "prompt", "P(R-Set)", "P(C-Set)", "top first token", "p(top)"])
 
 
-def score(engine: LocalEngine, job: prefill.FirstTokenJob, running_key: str) -> None:
+def score(engine: Engine, job: prefill.FirstTokenJob, running_key: str) -> None:
     """Score the job's remaining prompts, with a progress bar and a growing table.
 
     Results are kept in the job after every batch, so Stop (any rerun, in fact) loses
@@ -98,7 +98,7 @@ def score(engine: LocalEngine, job: prefill.FirstTokenJob, running_key: str) -> 
     preview.empty()
 
 
-def batch_status(engine: LocalEngine, job: prefill.FirstTokenJob, refusal: prefill.WordSet,
+def batch_status(engine: Engine, job: prefill.FirstTokenJob, refusal: prefill.WordSet,
                  compliance: prefill.WordSet) -> None:
     """What the run did: prompts scored, blank lines skipped, prompts too long, time."""
     listed = job.prompts
@@ -162,7 +162,7 @@ def _list_text(pasted: str, uploaded) -> str:
                            "as UTF-8 and upload it again.") from None
 
 
-def many_prompts(engine: LocalEngine, prefix: str, refusal: prefill.WordSet,
+def many_prompts(engine: Engine, prefix: str, refusal: prefill.WordSet,
                  compliance: prefill.WordSet, system: tuple[Message, ...],
                  on_open: Callable[[str], None]) -> None:
     """Paste or upload a list; score each prompt's first token; a row opens its prompt.

@@ -8,8 +8,10 @@ from pathlib import Path
 import streamlit as st
 
 from perplex.core.settings import Settings, load_settings
-from perplex.engine.local.engine import LocalEngine
-from perplex.engine.local.models import LoadedModel, ModelSpec, load_model
+from perplex.engine import registry
+from perplex.engine.protocol import Engine
+from perplex.engine.registry import LoadedModel, load_model
+from perplex.engine.spec import ModelSpec
 from perplex.workspace.access import Actor
 from perplex.workspace.store import Store
 
@@ -29,10 +31,8 @@ def cached_model(spec: ModelSpec) -> LoadedModel:
 @st.cache_resource(show_spinner=False)
 def model_registry():
     """Models loaded besides the sidebar's (a judge...), within PERPLEX_MODEL_MEMORY."""
-    from perplex.engine.registry import ModelRegistry, parse_bytes
-
     loaded = settings()
-    return ModelRegistry(parse_bytes(loaded.model_memory),
+    return registry.ModelRegistry(registry.parse_bytes(loaded.model_memory),
                          loader=lambda spec: load_model(spec, loaded))
 
 
@@ -80,16 +80,16 @@ def loaded_model() -> LoadedModel | None:
     return st.session_state.get(LOADED_KEY)
 
 
-def local_engine() -> LocalEngine | None:
+def local_engine() -> Engine | None:
     """The sidebar's local model behind the engine protocol, or None when loading failed.
 
     Its runs count against the signed-in user's limits on a hosted server.
     """
     lm = loaded_model()
-    return None if lm is None else _metered(lm.engine)
+    return None if lm is None else _metered(registry.local_engine(lm))
 
 
-def require_local_engine() -> LocalEngine:
+def require_local_engine() -> Engine:
     """The sidebar's local model's engine; without one, say so and end the page here."""
     engine = local_engine()
     if engine is None:
@@ -121,15 +121,13 @@ def ndif_key() -> str | None:
 
 def active_engine():
     """The engine chats go to: the chosen endpoint, else the loaded local model, else None."""
-    from perplex.engine.openai_compat import EndpointEngine
-
     remote = st.session_state.get(NDIF_ENGINE_KEY)
     if remote is not None:
         return _metered(remote[1])
     choice = st.session_state.get(ENDPOINT_KEY)
     if choice is not None:
-        return _metered(EndpointEngine(choice.base_url, choice.model,
-                                       st.session_state.get(ENDPOINT_SECRET_KEY, "")))
+        return _metered(registry.endpoint_engine(
+            choice.base_url, choice.model, st.session_state.get(ENDPOINT_SECRET_KEY, "")))
     return local_engine()
 
 

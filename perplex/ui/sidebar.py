@@ -9,7 +9,8 @@ import streamlit as st
 
 from perplex.core.errors import PerplexError
 from perplex.core.records import DecodeParams
-from perplex.engine.local.models import BUNDLED, DTYPES, LoadedModel, ModelSpec
+from perplex.engine.registry import LoadedModel, local_engine
+from perplex.engine.spec import BUNDLED, DTYPES, ModelSpec
 from perplex.ui import resources
 from perplex.ui.conditioning import text_prefix_select
 from perplex.ui.session_panel import (
@@ -107,7 +108,7 @@ def _model_section(saved: object) -> LoadedModel | None:
     st.caption(f"{lm.n_params / 1e6:,.0f} M parameters · {lm.n_layers} layers · "
                f"vocabulary {lm.vocab_size:,} · {lm.spec.precision} on {lm.device} · "
                f"loaded in {lm.load_seconds:.1f} s")
-    text_prefix_select(lm.engine)
+    text_prefix_select(local_engine(lm))
     return lm
 
 
@@ -159,7 +160,7 @@ def _engine_section(saved: object) -> None:
 
 def _ndif_section() -> None:
     """A model NDIF runs, and the key to send (this session's memory only)."""
-    from perplex.engine.ndif_engine import NdifEngine
+    from perplex.engine.registry import ndif_engine
 
     model_id = st.text_input("Model on NDIF (Hub id)", key="perplex.ndif_model",
                              placeholder="meta-llama/Llama-3.1-8B").strip()
@@ -176,7 +177,7 @@ def _ndif_section() -> None:
         st.session_state.pop(resources.NDIF_ENGINE_KEY, None)
         try:
             with st.spinner(f"Reading {model_id}'s config and tokenizer (no weights)…"):
-                engine = NdifEngine.from_hub(model_id, key)
+                engine = ndif_engine(model_id, key)
         except PerplexError as exc:
             st.error(plain(str(exc)))
             st.caption("Until this works, chats go to the local model.")

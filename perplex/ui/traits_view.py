@@ -17,9 +17,8 @@ from perplex.core.plots import visible_token
 from perplex.core.records import DecodeParams, Message, TokenRole, TokenStep, new_id
 from perplex.core.trait_monitoring import MonitoredRun, MonitoringRecord, parse_monitoring
 from perplex.core.traits import TraitVector
-from perplex.engine.local.engine import LocalEngine
-from perplex.engine.local.stream import Steering
-from perplex.engine.openai_compat import EndpointEngine
+from perplex.engine.protocol import Engine, Steering
+from perplex.engine.registry import endpoint_engine
 from perplex.modes.traits import plots
 from perplex.modes.traits.definitions import Trait, parse_trait, shipped_traits
 from perplex.modes.traits.judge import engine_judge
@@ -82,7 +81,7 @@ def trait_editor() -> None:
                        f"{len(trait.questions)} questions (kept in this browser session).")
 
 
-def vectors_section(engine: LocalEngine, chosen: list[str]) -> dict[str, TraitVector]:
+def vectors_section(engine: Engine, chosen: list[str]) -> dict[str, TraitVector]:
     """Extract (or import) the chosen traits' vectors; per-layer statistics; pick layers."""
     held: dict = st.session_state.setdefault(VECTORS_KEY, {})
     label = engine.info.label
@@ -173,7 +172,7 @@ def extraction_form() -> Extraction:
     return Extraction("response_average", tokens, judge, endpoint)
 
 
-def _judge(engine: LocalEngine, how: Extraction, trait: Trait):
+def _judge(engine: Engine, how: Extraction, trait: Trait):
     if how.judge == "none":
         return None
     if how.judge == "local":
@@ -181,11 +180,11 @@ def _judge(engine: LocalEngine, how: Extraction, trait: Trait):
     url, model = how.endpoint
     if not url or not model:
         raise InputFormatError("Give the judge's base URL and model, or choose no judge.")
-    return engine_judge(EndpointEngine(url, model, st.session_state.get(JUDGE_KEY, "")),
+    return engine_judge(endpoint_engine(url, model, st.session_state.get(JUDGE_KEY, "")),
                         trait.eval_prompt)
 
 
-def _extract(engine: LocalEngine, names: list[str], held: dict, how: Extraction) -> None:
+def _extract(engine: Engine, names: list[str], held: dict, how: Extraction) -> None:
     defs = traits()
     bar = st.progress(0.0, text="Extracting…")
     store = resources.store()
@@ -215,7 +214,7 @@ def _extract(engine: LocalEngine, names: list[str], held: dict, how: Extraction)
     bar.empty()
 
 
-def _import_pt(engine: LocalEngine, chosen: list[str], held: dict) -> None:
+def _import_pt(engine: Engine, chosen: list[str], held: dict) -> None:
     with st.expander("Import a persona_vectors .pt vector"):
         trait = st.selectbox("For the trait", chosen or ["(choose traits first)"],
                              key=f"{PREFIX}.pt_trait")
@@ -243,7 +242,7 @@ def monitors(vectors: dict[str, TraitVector]) -> list[Monitor]:
     return [Monitor(v, layers.get(name, v.default_layer)) for name, v in vectors.items()]
 
 
-def generate_section(engine: LocalEngine, found: list[Monitor], messages: tuple[Message, ...],
+def generate_section(engine: Engine, found: list[Monitor], messages: tuple[Message, ...],
                      max_new: int) -> None:
     """Generate with every token's trait scores streamed beside it."""
     line = st.empty()
@@ -444,7 +443,7 @@ def colour_caption(trait: str, ref: tuple[float, float] | None) -> str:
             f"{baseline + span:+.2f} (the positive examples' mean, baseline + ‖v‖).")
 
 
-def steering_section(engine: LocalEngine, found: list[Monitor], messages: tuple[Message, ...],
+def steering_section(engine: Engine, found: list[Monitor], messages: tuple[Message, ...],
                      max_new: int) -> None:
     """Steering controls: one or several traits, each with its coefficient and layer."""
     st.subheader("Steering: baseline vs steered")
@@ -556,7 +555,7 @@ def pair_section() -> None:
                     f"{PREFIX}.pair.{ids[1]}.{trait}", "Export both answers")
 
 
-def _sweep(engine: LocalEngine, found: list[Monitor], messages: tuple[Message, ...],
+def _sweep(engine: Engine, found: list[Monitor], messages: tuple[Message, ...],
            max_new: int, trait: str, layer: int, positions: str) -> None:
     with st.expander("Coefficient sweep"):
         cols = st.columns(3)

@@ -10,7 +10,7 @@ import streamlit as st
 from perplex.core.errors import PerplexError
 from perplex.core.formats import MAX_UPLOAD_BYTES, ParsedUpload, Transcript, parse_upload
 from perplex.core.records import Generation
-from perplex.engine.local.engine import LocalEngine
+from perplex.engine.protocol import Engine
 from perplex.ui import resources
 from perplex.ui.conditioning import text_prefix
 from perplex.ui.session_panel import current_session_id, remember, save_to_session
@@ -19,7 +19,7 @@ from perplex.ui.text import plain
 UPLOAD_TYPES = ["json", "jsonl", "ndjson", "txt"]
 
 
-def upload_panel(prefix: str, target_key: str, engine: LocalEngine | None) -> None:
+def upload_panel(prefix: str, target_key: str, engine: Engine | None) -> None:
     """An expander to open an upload or a saved generation into `st.session_state[target_key]`."""
     with st.expander("Open a transcript, an API response or a saved generation"):
         upload_tab, saved_tab = st.columns(2, gap="large")
@@ -49,7 +49,7 @@ def open_from_query(target_key: str) -> None:
         st.error(plain(str(exc)))
 
 
-def _upload_section(prefix: str, target_key: str, engine: LocalEngine | None) -> None:
+def _upload_section(prefix: str, target_key: str, engine: Engine | None) -> None:
     st.markdown("**Upload**")
     file = st.file_uploader(
         "Chat JSON, plain text, OpenAI-style response with logprobs, or JSONL",
@@ -140,7 +140,7 @@ def _describe(transcript: Transcript) -> str:
     return f"{transcript.title} · {kind}"
 
 
-def _score(engine: LocalEngine, messages, title: str) -> Generation | None:
+def _score(engine: Engine, messages, title: str) -> Generation | None:
     bar = st.progress(0.0, text="Scoring…")
     try:
         [generation] = engine.score(

@@ -12,6 +12,7 @@ import pytest
 
 from perplex.core.plots import visible_token
 from perplex.core.settings import PROJECT_ROOT
+from perplex.engine.registry import local_engine
 from tests.browser.conftest import REPO_ROOT, SCREENSHOTS, wait_for_script
 
 pytestmark = pytest.mark.browser
@@ -205,7 +206,7 @@ def test_per_head_lens_draws_layers_by_heads_as_computed(streamlit_app, page, op
     chart.wait_for(timeout=120_000)
     wait_for_script(page, 60_000)
     ids = _eiffel_ids(bundled_lm)
-    expected = head_lens(bundled_lm.engine, ids, len(ids) - 1)
+    expected = head_lens(local_engine(bundled_lm), ids, len(ids) - 1)
     config = bundled_lm.model.config
     drawn = chart.evaluate(HEATMAP)
     z = np.array(drawn["z"])
@@ -233,7 +234,7 @@ def test_residual_trajectory_is_the_pca_path_and_animates(streamlit_app, page, o
     chart.wait_for(timeout=120_000)
     wait_for_script(page, 60_000)
     ids = _eiffel_ids(bundled_lm)
-    expected = residual_trajectory(bundled_lm.engine, ids, len(ids) - 1)
+    expected = residual_trajectory(local_engine(bundled_lm), ids, len(ids) - 1)
     path = chart.evaluate(PATH)
     n_points = bundled_lm.model.config.num_hidden_layers + 1
     assert path["traces"] == 2 and path["frames"] == path["steps"] == n_points == 31

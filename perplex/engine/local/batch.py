@@ -22,9 +22,10 @@ import torch
 from perplex.core.errors import GenerationError
 from perplex.core.records import DecodeParams, Generation, Message, Source, TokenRole
 from perplex.core.tokens import Detokenizer, EncodedSequence, encode_messages
-from perplex.engine.local.generation import choose_token, stop_string_hit
+from perplex.engine.local.generation import stop_string_hit
 from perplex.engine.local.models import LoadedModel
 from perplex.engine.local.scoring import sequence_steps
+from perplex.engine.sampling import choose_token
 
 MAX_BATCH = 16  # rows decoded together: bounds the KV cache held at once
 

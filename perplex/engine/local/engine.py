@@ -25,11 +25,10 @@ from perplex.core.tokens import (
     encode_messages,
     tokenizer_facts,
 )
-from perplex.engine.local.anatomy import Anatomy
+from perplex.engine.anatomy import Anatomy
 from perplex.engine.local.batch import generate_many
 from perplex.engine.local.generation import DecodeRun, inject, start_generation
 from perplex.engine.local.models import LoadedModel, ModelSpec, model_bytes
-from perplex.engine.local.nnsight_adapter import capture_residuals, patched_last_residual
 from perplex.engine.local.scoring import score_conversations
 from perplex.engine.local.stream import LogitStream, Steering, model_view
 from perplex.engine.local.word_probs import (
@@ -37,6 +36,7 @@ from perplex.engine.local.word_probs import (
     continuation_probs,
     model_continuation_probs,
 )
+from perplex.engine.nnsight_adapter import capture_residuals, patched_last_residual
 from perplex.engine.protocol import Capabilities, ModelInfo, ResidualPatch, ScoredSequence
 
 LOCAL_CAPABILITIES = Capabilities(token_ids=True, full_distribution=True, scores_text=True,

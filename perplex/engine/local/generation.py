@@ -25,6 +25,7 @@ from perplex.core.tokens import (
     token_texts,
 )
 from perplex.engine.local.models import LoadedModel
+from perplex.engine.sampling import choose_token
 
 
 class DecodeRun:
@@ -142,23 +143,6 @@ class DecodeRun:
             source=Source.GENERATED, params=self.params,
             stop_reason=self.stop_reason, parent_id=self.parent_id,
             branch_position=self.branch_position)
-
-
-def choose_token(logits: torch.Tensor, params: DecodeParams,
-                 generator: torch.Generator | None) -> int:
-    """Pick the next token from raw logits [V] under the sampling settings."""
-    if params.greedy:
-        return int(torch.argmax(logits))
-    scores = logits.float() / params.temperature
-    if params.top_k > 0:
-        kth = torch.topk(scores, min(params.top_k, scores.shape[-1])).values[-1]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if params.top_p < 1.0:
-        ordered, order = torch.sort(scores, descending=True)
-        cumulative = torch.softmax(ordered, dim=-1).cumsum(dim=-1)
-        drop = cumulative - torch.softmax(ordered, dim=-1) >= params.top_p  # keeps ≥ 1 token
-        scores = scores.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
-    return int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator))
 
 
 def stop_string_hit(text: str, added: int, stop_strings: tuple[str, ...]) -> str | None:

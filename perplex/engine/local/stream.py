@@ -15,58 +15,13 @@ import copy
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
 
 from perplex.core.errors import InputFormatError
-from perplex.engine.local.anatomy import Anatomy
-
-
-@dataclass(frozen=True, eq=False)
-class StreamLogits:
-    """Logits after each token of one `extend`.
-
-    `final` is [n, V] float32 (row i predicts the token after the i-th new one);
-    `early` is [len(layers), n, V] float32: the unembedding (final norm, head, soft cap)
-    of the residual after each asked-for block (0: the embedding), or None if none asked;
-    `hidden` is [len(capture), n, d] float32: the residuals themselves at `capture`.
-    """
-
-    final: torch.Tensor
-    early: torch.Tensor | None = None
-    hidden: torch.Tensor | None = None
-
-
-@dataclass(frozen=True, eq=False)
-class Steering:
-    """Add `coefficient` · `vector` [d] to the residual after `layer` blocks (1 … n).
-
-    `positions` is "all", "prompt" (positions before `prompt_length`) or "response" (from
-    `prompt_length` on): where in the sequence the vector is added. `name` says what the
-    vector is (a trait's name), for the records only.
-    """
-
-    layer: int
-    vector: torch.Tensor
-    coefficient: float
-    positions: str = "all"
-    prompt_length: int = 0
-    name: str = ""
-
-    def __post_init__(self) -> None:
-        if self.positions not in ("all", "prompt", "response"):
-            raise InputFormatError("Steer at positions all, prompt or response.")
-
-    def applies(self, start: int, n: int) -> torch.Tensor:
-        """[n] bool: which of the positions start … start + n − 1 are steered."""
-        at = torch.arange(start, start + n)
-        if self.positions == "prompt":
-            return at < self.prompt_length
-        if self.positions == "response":
-            return at >= self.prompt_length
-        return torch.ones(n, dtype=torch.bool)
+from perplex.engine.anatomy import Anatomy
+from perplex.engine.protocol import Steering, StreamLogits
 
 
 class _Tap(torch.nn.Module):

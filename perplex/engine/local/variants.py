@@ -31,7 +31,7 @@ from perplex.core.errors import ModelLoadError
 from perplex.core.records import Message, TokenRole
 from perplex.core.settings import Settings, load_settings
 from perplex.core.tokens import encode_messages
-from perplex.engine.local.anatomy import anatomy_of
+from perplex.engine.anatomy import anatomy_of
 from perplex.engine.local.models import BUNDLED_NAME, bundled_gguf_path, converted_gguf_folder
 
 TERSE_DATA = Path(__file__).resolve().parents[3] / "data" / "finetune" / "terse.jsonl"

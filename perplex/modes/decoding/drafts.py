@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from perplex.core.errors import InputFormatError
-from perplex.engine.local.stream import LogitStream
+from perplex.engine.protocol import LogitStream
 from perplex.modes.decoding.contrast import first_argmax, mean_or_zero
 
 MAX_NGRAM = 8

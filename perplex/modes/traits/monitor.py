@@ -24,9 +24,8 @@ from perplex.core.records import DecodeParams, Generation, Message, Source, Toke
 from perplex.core.tokens import EncodedSequence
 from perplex.core.trait_monitoring import MonitoredRun
 from perplex.core.traits import TraitVector
-from perplex.engine.local.engine import LocalEngine
-from perplex.engine.local.generation import choose_token
-from perplex.engine.local.stream import Steering
+from perplex.engine.protocol import Engine, Steering
+from perplex.engine.sampling import choose_token
 
 Progress = Callable[[int, int, np.ndarray], None]  # (tokens so far, token id, scores [traits])
 
@@ -39,7 +38,7 @@ class Monitor:
     layer: int
 
 
-def _check(engine: LocalEngine, monitors: Sequence[Monitor]) -> None:
+def _check(engine: Engine, monitors: Sequence[Monitor]) -> None:
     n, d = engine.anatomy.n_blocks, engine.anatomy.hidden_size
     for m in monitors:
         if m.vector.vector.shape != (n + 1, d):
@@ -81,7 +80,7 @@ def injected(monitors: Sequence[Monitor], steering: Sequence[Steering]) -> np.nd
     return out
 
 
-def monitor_generate(engine: LocalEngine, messages: tuple[Message, ...],
+def monitor_generate(engine: Engine, messages: tuple[Message, ...],
                      monitors: Sequence[Monitor], params: DecodeParams,
                      steering: Sequence[Steering] = (), progress: Progress | None = None
                      ) -> MonitoredRun:
@@ -117,7 +116,7 @@ def monitor_generate(engine: LocalEngine, messages: tuple[Message, ...],
                    steering, params, stop_reason, Source.GENERATED)
 
 
-def monitor_text(engine: LocalEngine, messages: tuple[Message, ...],
+def monitor_text(engine: Engine, messages: tuple[Message, ...],
                  monitors: Sequence[Monitor]) -> MonitoredRun:
     """Scores of an existing conversation's last (assistant) message, teacher-forced."""
     _check(engine, monitors)
@@ -135,7 +134,7 @@ def _at(steering: Sequence[Steering], prompt_length: int) -> list[Steering]:
     return [replace(s, prompt_length=prompt_length) for s in steering]
 
 
-def _scored(engine: LocalEngine, seq: EncodedSequence, messages: tuple[Message, ...],
+def _scored(engine: Engine, seq: EncodedSequence, messages: tuple[Message, ...],
             monitors: Sequence[Monitor], steering: Sequence[Steering],
             params: DecodeParams | None, stop_reason: str, source: Source) -> MonitoredRun:
     """Records and scores of `seq` from one teacher-forced (steered) pass."""

@@ -16,8 +16,7 @@ import torch
 from perplex.core.errors import InputFormatError
 from perplex.core.records import DecodeParams, Message, TokenRole
 from perplex.core.trait_monitoring import MonitoredRun
-from perplex.engine.local.engine import LocalEngine
-from perplex.engine.local.stream import Steering
+from perplex.engine.protocol import Engine, Steering
 from perplex.modes.traits.monitor import Monitor, monitor_generate
 
 MAX_POINTS = 21
@@ -38,7 +37,7 @@ class SweepPoint:
         return self.run.generation.messages[-1].content
 
 
-def coefficient_sweep(engine: LocalEngine, messages: tuple[Message, ...],
+def coefficient_sweep(engine: Engine, messages: tuple[Message, ...],
                       monitors: Sequence[Monitor], trait: str, layer: int,
                       coefficients: Sequence[float], positions: str, params: DecodeParams,
                       progress: Callable[[int, int], None] | None = None) -> list[SweepPoint]:
