@@ -241,7 +241,7 @@ def _hosted_models() -> list[str]:
 with st.expander("Open in NDIF / reproduce in a notebook"):
     ndif = _ndif_status()
     (st.info if ndif.reachable else st.warning)(plain(ndif.message))
-    anatomy = local.anatomy
+    paths = local.module_paths
     model_id = local.spec.hub_id
     text = local.decode(ids)
     plain_text = local.tokenizer.decode(list(ids), skip_special_tokens=True)
@@ -268,8 +268,8 @@ with st.expander("Open in NDIF / reproduce in a notebook"):
                                                                    api_key=resources.ndif_key()))
             except PerplexError as exc:
                 st.error(plain(str(exc)))
-    st.code(reproduction_code(model_id, text, anatomy.full_layers_path,
-                              anatomy.full_norm_path, anatomy.head_path,
+    st.code(reproduction_code(model_id, text, paths.layers_path, paths.norm_path,
+                              paths.head_path,
                               remote=ndif.key_set,
                               gguf_file=str(gguf) if (gguf := local.spec.gguf_file) else None),
             language="python")

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from perplex.engine.anatomy import AnatomyError, anatomy_of, family_of, remote_paths
+from perplex.engine.anatomy import AnatomyError, anatomy_of, family_of, module_paths
 from tests.test_lens import ARCHITECTURES
 from tests.tiny import tiny_tokenizer
 
@@ -31,7 +31,7 @@ def test_declared_parts_are_the_models_own(arch):
     assert anatomy.final_norm is _final_norm_by_hand(model)
     assert anatomy.n_blocks == model.config.num_hidden_layers
     assert isinstance(anatomy.attn_out(0), torch.nn.Module)
-    paths = remote_paths(model.config)  # what a meta model on NDIF is traced at
+    paths = module_paths(model.config)  # what a meta model on NDIF is traced at
     assert (paths.layers_path, paths.norm_path, paths.head_path) == (
         anatomy.full_layers_path, anatomy.full_norm_path, anatomy.head_path)
 

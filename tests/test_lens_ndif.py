@@ -124,8 +124,10 @@ def test_without_a_key_the_remote_lens_refuses_before_any_network_call(no_key, m
     def network(*args, **kwargs):
         raise AssertionError("no network call may happen without a key")
 
-    monkeypatch.setattr(ndif, "hub_model", network)
-    monkeypatch.setattr(ndif, "remote_backend", network)
+    import perplex.engine.ndif_engine as ndif_engine
+
+    monkeypatch.setattr(ndif_engine, "hub_model", network)
+    monkeypatch.setattr(ndif_engine, "remote_backend", network)
     monkeypatch.setattr(socket, "create_connection", network)
     with pytest.raises(ndif.NdifError, match="No NDIF API key is set, so nothing was sent"):
         ndif.ndif_lens("meta-llama/Llama-3.1-8B", "The Eiffel Tower is in the city of")
@@ -177,7 +179,7 @@ def test_a_model_needing_its_own_code_is_refused_plainly():
 
 def test_the_model_is_built_from_config_and_tokenizer_only(tiny_lm, tmp_path):
     """No weights in the folder, none loaded: every parameter is on the meta device."""
-    from perplex.engine.anatomy import remote_paths
+    from perplex.engine.anatomy import module_paths
     from perplex.engine.ndif import hub_model
 
     tiny_lm.model.config.save_pretrained(tmp_path)
@@ -185,7 +187,7 @@ def test_the_model_is_built_from_config_and_tokenizer_only(tiny_lm, tmp_path):
     wrapper = hub_model(str(tmp_path))
     assert not wrapper.dispatched
     assert all(p.device.type == "meta" for p in wrapper._module.parameters())
-    assert remote_paths(wrapper.config).layers_path == "model.layers"
+    assert module_paths(wrapper.config).layers_path == "model.layers"
     text = "The Eiffel Tower"
     assert wrapper.tokenizer(text)["input_ids"] == tiny_lm.tokenizer(text)["input_ids"]
     # Sending the trace to NDIF (here a refused port) never loads weights locally.

@@ -10,10 +10,12 @@ an `Anatomy` and call it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
 from perplex.core.errors import PerplexError
+from perplex.engine.unembed import Unembed
 
 
 class AnatomyError(PerplexError):
@@ -61,15 +63,6 @@ def family_of(config) -> Family:
     raise AnatomyError(f"Perplex does not know where a {model_type or 'this'} model keeps "
                        f"its layers, final norm and unembedding, so it cannot look inside "
                        f"it. Known families: {known}.")
-
-
-def soft_cap(logits: torch.Tensor, cap: float | None, *, inplace: bool = False) -> torch.Tensor:
-    """Final logit soft-capping (Gemma 2): cap · tanh(z / cap); unchanged without a cap."""
-    if not cap:
-        return logits
-    if inplace:
-        return logits.div_(cap).tanh_().mul_(cap)
-    return torch.tanh(logits / cap) * cap
 
 
 def _get_path(module, path: str):
@@ -123,11 +116,15 @@ class Anatomy:
         """The attention output projection's path from a block."""
         return self.family.attn_out
 
+    @cached_property
+    def unembedding(self) -> Unembed:
+        """The final norm, unembedding and soft cap: how a residual becomes logits."""
+        return Unembed(self.final_norm, self.unembed, self.softcap)
+
     @property
     def norm_dtype(self) -> torch.dtype:
         """The dtype of the final norm's parameters (the model's dtype)."""
-        param = next(self.final_norm.parameters(), None)
-        return torch.float32 if param is None else param.dtype
+        return self.unembedding.norm_dtype
 
     @property
     def vocab_size(self) -> int:
@@ -140,11 +137,11 @@ class Anatomy:
 
     def logits(self, normed: torch.Tensor) -> torch.Tensor:
         """Float32 logits of already-normed states [..., d]: the head, then the soft cap."""
-        return soft_cap(self.unembed(normed.to(self.norm_dtype)).float(), self.softcap)
+        return self.unembedding.logits(normed)
 
     def unembed_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         """Float32 logits of residual states [..., d]: final norm, unembedding, soft cap."""
-        return self.logits(self.final_norm(hidden.to(self.norm_dtype)))
+        return self.unembedding(hidden)
 
 
 def anatomy_of(model: torch.nn.Module) -> Anatomy:
@@ -181,8 +178,12 @@ def anatomy_of(model: torch.nn.Module) -> Anatomy:
 
 
 @dataclass(frozen=True)
-class RemotePaths:
-    """What a trace of a model held elsewhere (NDIF) needs, from its config alone."""
+class ModulePaths:
+    """Where a family keeps its blocks, final norm and head, from a config alone.
+
+    A trace of a model held elsewhere (NDIF) needs no more; the notebook code a page
+    exports names the same paths for a local model.
+    """
 
     layers_path: str
     norm_path: str
@@ -192,11 +193,11 @@ class RemotePaths:
     context: int
 
 
-def remote_paths(config) -> RemotePaths:
-    """The declared paths of a model known only by its config (a meta model, no weights)."""
+def module_paths(config) -> ModulePaths:
+    """The declared paths of a model, from its config (a meta model with no weights will do)."""
     family = family_of(config)
     cap = getattr(config, "final_logit_softcapping", None)
-    return RemotePaths(layers_path=f"{family.decoder}.{family.blocks}",
+    return ModulePaths(layers_path=f"{family.decoder}.{family.blocks}",
                        norm_path=f"{family.decoder}.{family.final_norm}",
                        head_path=family.head, softcap=float(cap) if cap else None,
                        vocab_size=int(config.vocab_size),

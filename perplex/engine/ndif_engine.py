@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from perplex.core.tokens import (
     token_texts,
     tokenizer_facts,
 )
-from perplex.engine.anatomy import remote_paths
+from perplex.engine.anatomy import module_paths
 from perplex.engine.ndif import (
     NdifError,
     hub_error,
@@ -62,7 +62,7 @@ class NdifEngine:
         """`wrapper`: nnsight's model; `remote`/`backend`: how each trace is sent."""
         self._wrapper, self.label = wrapper, label
         self._options = {"backend": backend} if backend is not None else {"remote": remote}
-        self._paths = remote_paths(wrapper.config)
+        self._paths = module_paths(wrapper.config)
         self.tokenizer = wrapper.tokenizer
         self._vocab: list[str] | None = None
 
@@ -94,7 +94,8 @@ class NdifEngine:
             elif source:
                 eos.update(source)
         return ModelInfo(self.label, self._paths.vocab_size, self._paths.context or 2048,
-                         int(config.num_hidden_layers), frozenset(eos), spec=self._spec())
+                         int(config.num_hidden_layers), frozenset(eos), spec=self._spec(),
+                         hidden_size=getattr(config, "hidden_size", None))
 
     def encode(self, messages: Sequence[Message], add_generation_prompt: bool,
                text_prefix: TextPrefix | None = None) -> EncodedSequence:
@@ -201,6 +202,36 @@ class NdifEngine:
             raise self._failure(exc) from exc
         return out[0]
 
+    def lens(self, ids: Sequence[int], top_k: int) -> LensRun:
+        """The logit lens of `ids` in one trace; only top-k and statistics come back.
+
+        The paths come from the model's config (a meta model has no weights to walk).
+        """
+        if len(ids) == 0:
+            raise NdifError("The prompt is empty: type some text to look through the lens.")
+        paths = self._paths
+        if paths.context and len(ids) > paths.context:
+            raise NdifError(f"The input has {len(ids)} tokens but the model reads at most "
+                            f"{paths.context}. Shorten it.")
+        started = time.perf_counter()
+        try:
+            tops = trace_lens_tops(self._wrapper, torch.tensor([list(ids)]), paths.layers_path,
+                                   paths.norm_path, paths.head_path,
+                                   min(top_k, paths.vocab_size), paths.softcap, **self._options)
+        except Exception as exc:
+            raise self._failure(exc) from exc
+        tokenizer = self.tokenizer
+        unique = [int(i) for i in np.unique(tops.top_ids.numpy())]
+        return LensRun(ids=tuple(int(i) for i in ids),
+                       token_texts=tuple(token_texts(tokenizer, list(ids))), tops=tops,
+                       candidate_texts=dict(zip(unique, tokenizer.batch_decode(
+                           [[i] for i in unique]))),
+                       seconds=time.perf_counter() - started)
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """`prompt` tokenised as `model.trace(prompt)` would (with the special tokens)."""
+        return list(self.tokenizer(prompt)["input_ids"])
+
     def patched_logits(self, ids, patches):
         """Refused: no hooks on NDIF yet."""
         self.capabilities.require("hooks", self.label)
@@ -226,7 +257,8 @@ class NdifEngine:
 
     def _failure(self, exc: BaseException) -> PerplexError:
         """A failed trace told with what to do (network, key, model not hosted)."""
-        return exc if isinstance(exc, PerplexError) else remote_error(self.label, exc)
+        model_id = self.label.removesuffix(" (NDIF)")
+        return exc if isinstance(exc, PerplexError) else remote_error(model_id, exc)
 
     def _records(self, seq: EncodedSequence, top_k: int,
                  forced: Sequence[bool] | None = None) -> tuple[TokenStep, ...]:
@@ -272,6 +304,73 @@ class NdifEngine:
             self._vocab = self.tokenizer.batch_decode([[i] for i in
                                                        range(self._paths.vocab_size)])
         return self._vocab
+
+
+@dataclass(frozen=True, eq=False)
+class LensTops:
+    """The lens statistics one trace sends back (L+1 layers, T positions, k candidates)."""
+
+    top_ids: torch.Tensor  # [L+1, T, k] int64: each layer's k most probable next tokens
+    top_probs: torch.Tensor  # [L+1, T, k] float32: their probabilities
+    final_prob: torch.Tensor  # [L+1, T] float32: probability of the output's top-1
+    final_rank: torch.Tensor  # [L+1, T] int32: its rank (1 = most probable)
+    entropy: torch.Tensor  # [L+1, T] float32: nats
+    kl_to_final: torch.Tensor  # [L+1, T] float32: KL(output ‖ layer), nats
+
+
+def trace_lens_tops(wrapper, input_ids: torch.Tensor, layers_path: str, norm_path: str,
+                    head_path: str, top_k: int, softcap: float | None,
+                    remote: bool | str = False, backend=None) -> LensTops:
+    """The logit lens of `input_ids` [1, T] computed inside one trace of `wrapper`.
+
+    Every residual (embedding, each block's output) goes through the final norm and the
+    unembedding inside the trace; only per-layer top-k and per-position statistics are
+    saved, so a remote run sends back kilobytes, not [L+1, T, vocab] logits. `remote` is
+    nnsight's flag (False, True, "local" = serialise as for NDIF, then run here); `backend`
+    overrides it. The body uses only torch and the model: it is shipped as source to NDIF.
+    """
+    import nnsight
+
+    blocks = module_at(wrapper, layers_path)
+    norm, head = module_at(wrapper, norm_path), module_at(wrapper, head_path)
+    n_blocks = len(blocks)
+    k = int(top_k)
+    cap = float(softcap) if softcap else 0.0
+    options = {"backend": backend} if backend is not None else {"remote": remote}
+    with torch.inference_mode(), wrapper.trace(input_ids, **options):
+        hidden = [blocks[0].input]
+        for i in range(n_blocks):
+            out = blocks[i].output
+            hidden.append(out[0] if isinstance(out, tuple) else out)
+        rows = []
+        final_ids = p_final = logp_final = None
+        for h in reversed(hidden):  # the output first: every layer is compared with it
+            z = head(norm(h))[0].float()
+            if cap:
+                z = torch.tanh(z / cap) * cap
+            logp = torch.log_softmax(z.double(), dim=-1)  # float32 KL is off by ~1e-3 nats
+            top = torch.topk(z, k, dim=-1)
+            if final_ids is None:
+                final_ids, p_final, logp_final = top.indices[:, :1], logp.exp(), logp
+            z_final = z.gather(1, final_ids)
+            rows.append((top.indices, logp.gather(1, top.indices).exp().float(),
+                         logp.gather(1, final_ids)[:, 0].exp().float(),
+                         (z > z_final).sum(dim=1).to(torch.int32) + 1,
+                         -(logp.exp() * logp).sum(dim=1).float(),
+                         (p_final * (logp_final - logp)).sum(dim=1).clamp(min=0.0).float()))
+        stats = nnsight.save([torch.stack(column[::-1]).cpu() for column in zip(*rows)])
+    return LensTops(*stats)
+
+
+@dataclass(frozen=True, eq=False)
+class LensRun:
+    """One traced lens: the ids, their texts, the statistics, the candidates' texts."""
+
+    ids: tuple[int, ...]
+    token_texts: tuple[str, ...]
+    tops: LensTops
+    candidate_texts: dict[int, str]
+    seconds: float
 
 
 class NdifRun:

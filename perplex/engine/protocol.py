@@ -19,6 +19,8 @@ import torch
 from perplex.core.errors import InputFormatError, PerplexError
 from perplex.core.records import DecodeParams, Generation, Message, TokenStep
 from perplex.core.tokens import EncodedSequence, TextPrefix, TokenizerFacts
+from perplex.engine.anatomy import ModulePaths
+from perplex.engine.unembed import Unembed
 
 CAPABILITY_NAMES = ("token_ids", "full_distribution", "scores_text", "internals", "hooks",
                     "stepwise")
@@ -155,6 +157,7 @@ class ModelInfo:
     eos_ids: frozenset[int]
     tied_embeddings: bool = False  # the unembedding is the input embedding's transpose
     spec: str = ""  # the model's identity as stored with its records (JSON); a cache key
+    hidden_size: int | None = None  # features of the residual stream (None: unseen)
 
 
 @dataclass(frozen=True, eq=False)
@@ -243,3 +246,42 @@ class GenerationRun(Protocol):
 
     def generation(self) -> Generation:
         """What was produced so far (all of it once iteration has ended)."""
+
+
+class WeightsEngine(Engine, Protocol):
+    """An engine whose model's weights are on this machine (the local engine).
+
+    Analyses that read inside the model (the lens, per-head lens, patching, trajectory,
+    traits) ask it for what they need and never touch the model's modules themselves.
+    """
+
+    @property
+    def unembedding(self) -> Unembed:
+        """The final norm, unembedding and soft cap: how a residual becomes logits."""
+
+    @property
+    def module_paths(self) -> ModulePaths:
+        """Where the model keeps its blocks, final norm and head (for notebook code)."""
+
+    @property
+    def vocab_texts(self) -> list[str]:
+        """Every token id's text, special tokens kept."""
+
+    @property
+    def tokenizer(self):
+        """The Hugging Face tokenizer (to spell words and tokens; never a model's modules)."""
+
+    def residual_stream(self, ids: Sequence[int],
+                        patches: Sequence[ResidualPatch] = ()) -> torch.Tensor:
+        """[L+1, T, d] float32 residuals of one pass, `patches` written in (`internals`)."""
+
+    def clean_run(self, ids: Sequence[int]):
+        """An unpatched pass that `resume_patched` restarts at any block (`hooks`)."""
+
+    def resume_patched(self, run, layer: int, rows: int,
+                       patches: Sequence[ResidualPatch]) -> torch.Tensor:
+        """The last block's output [rows, T, d] of `rows` copies of `run` patched at `layer`."""
+
+    def head_writes(self, ids: Sequence[int], position: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each head's write into the residual at `position` [L, H, d], and that residual."""

@@ -27,7 +27,8 @@ from perplex.engine.local.models import LoadedModel, load_model, model_bytes
 from perplex.engine.spec import ModelSpec
 
 __all__ = ["LoadedModel", "ModelRegistry", "RegistryFullError", "endpoint_engine",
-           "load_model", "local_engine", "ndif_engine", "parse_bytes", "variant_folder"]
+           "load_model", "local_engine", "ndif_engine", "nnsight_engine", "parse_bytes",
+           "variant_folder"]
 
 _LOCAL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOCAL_GUARD = threading.Lock()
@@ -151,3 +152,10 @@ def variant_folder(name: str, settings, progress: Callable[[str], None] | None =
     from perplex.engine.local.variants import variant_folder as prepared
 
     return prepared(name, settings, progress=progress)
+
+
+def nnsight_engine(wrapper, label: str, *, remote: bool | str = True, backend=None):
+    """The NDIF engine of an nnsight model already built (`remote="local"`: run it here)."""
+    from perplex.engine.ndif_engine import NdifEngine
+
+    return NdifEngine(wrapper, label, remote=remote, backend=backend)

@@ -20,10 +20,9 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
+from perplex.core.errors import PerplexError
 from perplex.core.plots import visible_token
-from perplex.engine.anatomy import Anatomy
-from perplex.engine.nnsight_adapter import capture_head_inputs
-from perplex.engine.protocol import Engine
+from perplex.engine.protocol import WeightsEngine
 from perplex.lens.logit_lens import LensError, check_input
 
 TOP_TOKENS = 3
@@ -68,68 +67,30 @@ class HeadLens:
         return fig
 
 
-def _check_out_proj(anatomy: Anatomy) -> None:
-    """Heads separate only where the output projection is a plain linear map of them."""
-    if not isinstance(anatomy.attn_out(0), torch.nn.Linear):
-        raise LensError(f"{anatomy.family.name}: the attention output projection "
-                        f"({anatomy.attn_out_path}) is not a linear layer, so heads cannot "
-                        "be separated.")
-
-
-def _frozen_norm(anatomy: Anatomy, vectors: torch.Tensor,
-                 final_residual: torch.Tensor) -> torch.Tensor:
-    """The final RMS norm applied to `vectors` [..., d] with the final residual's scale.
-
-    For an RMS norm, norm(c) · rms(c) = g ⊙ c exactly (rms with the norm's epsilon), so
-    g ⊙ c / rms(final residual) is linear in c: contributions add up.
-    """
-    norm = anatomy.final_norm
-    if "rms" not in type(norm).__name__.lower():
-        raise LensError(f"The per-head lens needs an RMS final norm; this model has "
-                        f"{type(norm).__name__}.")
-    eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)) or 0.0)
-
-    def rms(x: torch.Tensor) -> torch.Tensor:
-        return torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-
-    with torch.inference_mode():
-        scaled = norm(vectors.to(anatomy.norm_dtype)).float() * rms(vectors)
-        return scaled / rms(final_residual)
-
-
-def head_vectors(engine: Engine, ids: Sequence[int], position: int
+def head_vectors(engine: WeightsEngine, ids: Sequence[int], position: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each head's write into the residual at `position`: ([L, H, d], final residual [d])."""
     check_input(engine, ids)
     if not 0 <= position < len(ids):
         raise LensError(f"Position {position} is outside the input's {len(ids)} tokens.")
-    anatomy = engine.anatomy
-    _check_out_proj(anatomy)
-    with engine.lock:
-        inputs, last = capture_head_inputs(anatomy.decoder, anatomy.layers_path,
-                                           anatomy.attn_out_path,
-                                           torch.tensor([list(ids)], device=engine.device))
-    n_heads = anatomy.n_heads
-    vectors = []
-    with torch.inference_mode():
-        for layer in range(anatomy.n_blocks):
-            weight = anatomy.attn_out(layer).weight.float()  # [d, H·dh]
-            z = inputs[layer, position].view(n_heads, -1)  # [H, dh]
-            vectors.append(torch.einsum("dhk,hk->hd", weight.view(weight.shape[0], n_heads, -1),
-                                        z))
-    return torch.stack(vectors), last[position]
+    try:
+        return engine.head_writes(ids, position)
+    except PerplexError as exc:  # heads that cannot be separated
+        raise LensError(str(exc)) from exc
 
 
-def head_lens(engine: Engine, ids: Sequence[int], position: int, top_k: int = TOP_TOKENS
+def head_lens(engine: WeightsEngine, ids: Sequence[int], position: int, top_k: int = TOP_TOKENS
               ) -> HeadLens:
     """The per-head lens at `position` for the model's own top-1 next token there."""
     vectors, final_residual = head_vectors(engine, ids, position)
-    anatomy = engine.anatomy
-    weight = anatomy.unembed.weight.detach().float()
+    unembed = engine.unembedding
+    weight = unembed.weight
+    try:
+        read = unembed.frozen_norm(vectors, final_residual)  # [L, H, d]
+    except PerplexError as exc:  # not an RMS norm
+        raise LensError(f"The per-head lens: {exc}") from exc
     with torch.inference_mode():
-        final_logits = anatomy.unembed_hidden(final_residual)
-        token = int(final_logits.argmax())
-        read = _frozen_norm(anatomy, vectors, final_residual)  # [L, H, d]
+        token = int(unembed(final_residual).argmax())
         logit = read @ weight[token]
         top = (read.reshape(-1, read.shape[-1]) @ weight.T).topk(top_k, dim=-1).indices
     top_ids = top.view(*read.shape[:2], top_k).numpy()

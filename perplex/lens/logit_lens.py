@@ -1,6 +1,6 @@
 """The logit lens: what the model would predict if it stopped after each layer.
 
-One forward pass (through the local engine's nnsight adapter) captures the residual stream
+One forward pass (the engine's `residual_stream`) captures the residual stream
 after the embedding and after every block; each is passed through the model's own final norm and
 unembedding. Row L (the last block's output, normed here) is therefore exactly the model's
 output distribution. Probabilities are softmax at temperature 1; entropy and KL in nats.
@@ -20,8 +20,7 @@ import torch
 
 from perplex.core.errors import PerplexError
 from perplex.core.tokens import token_texts
-from perplex.engine.nnsight_adapter import capture_residuals
-from perplex.engine.protocol import Engine, ResidualPatch
+from perplex.engine.protocol import Engine, ResidualPatch, WeightsEngine
 from perplex.lens.stats import Projector
 
 DEFAULT_TOP_K = 10
@@ -102,7 +101,7 @@ def check_input(engine: Engine, ids: Sequence[int]) -> None:
                         f"most {engine.info.context_length}. Shorten it.")
 
 
-def compute_lens(engine: Engine, ids: Sequence[int], *, top_k: int = DEFAULT_TOP_K,
+def compute_lens(engine: WeightsEngine, ids: Sequence[int], *, top_k: int = DEFAULT_TOP_K,
                  chunk_positions: int = CHUNK_POSITIONS, progress: Progress | None = None,
                  patches: tuple[ResidualPatch, ...] = (),
                  use_native: bool | None = None) -> LogitLens:
@@ -113,18 +112,13 @@ def compute_lens(engine: Engine, ids: Sequence[int], *, top_k: int = DEFAULT_TOP
     overwrite residuals during the pass (patching sandbox).
     `use_native=False` takes the statistics with torch even where compiled code is built.
     """
-    anatomy = engine.anatomy  # first: a model without an unembedding is refused as such
+    unembed = engine.unembedding  # first: a model without an unembedding is refused as such
     check_input(engine, ids)
     started = time.perf_counter()
-    with engine.lock:
-        residuals = capture_residuals(anatomy.decoder, anatomy.layers_path,
-                                      torch.tensor([list(ids)], device=engine.device), patches)
+    residuals = engine.residual_stream(ids, patches)
     n_layers, n_pos = residuals.shape[0], residuals.shape[1]
-    weight = anatomy.unembed.weight.detach()
-    weight = weight if weight.dtype == torch.float32 else weight.float()
-    bias = getattr(anatomy.unembed, "bias", None)
-    bias = None if bias is None else bias.detach().float()
-    projector = Projector(weight, bias, anatomy.softcap, use_native)
+    weight = unembed.weight
+    projector = Projector(weight, unembed.bias, unembed.softcap, use_native)
     n_chunks = -(-n_pos // chunk_positions)
     progress_at = [1, 1 + n_chunks * projector.steps(n_layers)]  # steps done, in all
 
@@ -144,7 +138,7 @@ def compute_lens(engine: Engine, ids: Sequence[int], *, top_k: int = DEFAULT_TOP
     with torch.inference_mode():
         for c0 in range(0, n_pos, chunk_positions):
             c1 = min(n_pos, c0 + chunk_positions)
-            normed = anatomy.final_norm(residuals[:, c0:c1].to(anatomy.norm_dtype)).float()
+            normed = unembed.normed(residuals[:, c0:c1])
             for layer, stats in enumerate(projector.chunk_stats(normed.contiguous(), k, step)):
                 top_ids[c0:c1, layer] = stats.top_ids
                 top_probs[c0:c1, layer] = stats.top_probs

@@ -25,12 +25,7 @@ import torch
 
 from perplex.core.plots import visible_token
 from perplex.core.tokens import token_texts
-from perplex.engine.nnsight_adapter import (
-    capture_clean_run,
-    capture_residuals,
-    resume_with_patches,
-)
-from perplex.engine.protocol import Engine, ResidualPatch
+from perplex.engine.protocol import ResidualPatch, WeightsEngine
 from perplex.lens.logit_lens import LensError, Progress, check_input
 
 TOP_K = 5
@@ -123,7 +118,7 @@ class PatchSweep:
 
 
 class _Run:
-    """The pieces a patching run needs: the model's anatomy and both prompts' runs.
+    """The pieces a patching run needs: the model's unembedding and both prompts' runs.
 
     A patch at layer l changes nothing before it, so patched passes resume the target's
     clean pass at layer l (blocks l+1… only): a sweep runs about half the blocks. The
@@ -131,35 +126,26 @@ class _Run:
     by float32 rounding (~1e-6 relative), as batched passes of different sizes do.
     """
 
-    def __init__(self, engine: Engine, source_ids: Sequence[int],
+    def __init__(self, engine: WeightsEngine, source_ids: Sequence[int],
                  target_ids: Sequence[int]) -> None:
         check_input(engine, source_ids)
         check_input(engine, target_ids)
-        self.engine, self.anatomy = engine, engine.anatomy
+        self.engine, self.unembed = engine, engine.unembedding
         self.source_ids, self.target_ids = list(source_ids), list(target_ids)
-        self.device = engine.device
-        with engine.lock:
-            self.source = capture_residuals(self.anatomy.decoder, self.anatomy.layers_path,
-                                            self._ids([self.source_ids]))  # [L+1, Ts, d]
-            self.clean = capture_clean_run(self.anatomy.decoder, self.anatomy.layers_path,
-                                           self._ids([self.target_ids]))
+        self.source = engine.residual_stream(self.source_ids)  # [L+1, Ts, d]
+        self.clean = engine.clean_run(self.target_ids)
         self.source_answer = int(self.final_logits(self.source[-1][None]).argmax())
         self.before = self.final_logits(self.clean.last.float())[0]
         self.target_answer = int(self.before.argmax())
 
-    def _ids(self, rows: list[list[int]]) -> torch.Tensor:
-        return torch.tensor(rows, device=self.device)
-
     def forward(self, rows: int, layer: int, patches: tuple[ResidualPatch, ...]) -> torch.Tensor:
         """The last block's output [rows, T, d] of `rows` target copies patched at `layer`."""
-        with self.engine.lock:
-            return resume_with_patches(self.anatomy.decoder, self.anatomy.layers_path,
-                                       self.clean, layer, rows, patches)
+        return self.engine.resume_patched(self.clean, layer, rows, patches)
 
     def final_logits(self, last: torch.Tensor) -> torch.Tensor:
         """Next-token logits [B, V] (float32) after the last position of `last` [B, T, d]."""
         with torch.inference_mode():
-            return self.anatomy.unembed_hidden(last[:, -1])
+            return self.unembed(last[:, -1])
 
     def check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.source.shape[0]:
@@ -167,7 +153,7 @@ class _Run:
                             f"{self.source.shape[0] - 1}.")
 
 
-def patch_prompts(engine: Engine, source_ids: Sequence[int], target_ids: Sequence[int], *,
+def patch_prompts(engine: WeightsEngine, source_ids: Sequence[int], target_ids: Sequence[int], *,
                   layer: int, target_position: int, source_position: int | None = None,
                   top_k: int = TOP_K) -> PatchResult:
     """Run the target with its residual at (`layer`, `target_position`) taken from the source.
@@ -203,7 +189,7 @@ def patch_prompts(engine: Engine, source_ids: Sequence[int], target_ids: Sequenc
         texts=_texts(engine, ids))
 
 
-def patch_sweep(engine: Engine, source_ids: Sequence[int], target_ids: Sequence[int], *,
+def patch_sweep(engine: WeightsEngine, source_ids: Sequence[int], target_ids: Sequence[int], *,
                 layers: Sequence[int] | None = None, rows_per_pass: int = SWEEP_ROWS,
                 progress: Progress | None = None) -> PatchSweep:
     """Every (layer, target position) patch; one resumed pass per layer and chunk of positions.
@@ -249,12 +235,12 @@ def patch_sweep(engine: Engine, source_ids: Sequence[int], target_ids: Sequence[
         seconds=time.perf_counter() - started, **grids)
 
 
-def unpatched_logits(engine: Engine, ids: Sequence[int]) -> torch.Tensor:
+def unpatched_logits(engine: WeightsEngine, ids: Sequence[int]) -> torch.Tensor:
     """Next-token logits [V] after `ids`, through the patching path with no patch."""
     run = _Run(engine, ids, ids)
     return run.before
 
 
-def _texts(engine: Engine, ids) -> dict[int, str]:
+def _texts(engine: WeightsEngine, ids) -> dict[int, str]:
     vocab = engine.vocab_texts
     return {int(i): vocab[int(i)] if int(i) < len(vocab) else "" for i in ids}

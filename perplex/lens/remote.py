@@ -1,9 +1,10 @@
-"""The logit lens of a larger model, run remotely on NDIF through nnsight.
+"""The logit lens of a larger model, run remotely on NDIF through the NDIF engine.
 
-The projection through the final norm and unembedding runs inside the trace, on NDIF's
-GPUs; only the top-k candidates and per-position statistics come back. The result is the
-same `LogitLens` the local lens gives, so the page draws both with one view. Locally only
-the model's config and tokenizer are read from the Hub (a meta model: no weights).
+The projection through the final norm and unembedding runs inside the engine's one trace,
+on NDIF's GPUs; only the top-k candidates and per-position statistics come back. The
+result is the same `LogitLens` the local lens gives, so the page draws both with one view.
+Locally only the model's config and tokenizer are read from the Hub (a meta model: no
+weights).
 """
 
 from __future__ import annotations
@@ -12,23 +13,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from perplex.core.errors import PerplexError
-from perplex.engine.ndif import (
-    LensRun,
-    NdifError,
-    hub_error,
-    hub_model,
-    ndif_api_key,
-    prompt_ids,
-    remote_backend,
-    remote_error,
-    run_lens,
-)
+from perplex.engine import registry
+from perplex.engine.ndif import NdifError, hub_error, ndif_api_key, remote_error
 from perplex.lens.logit_lens import DEFAULT_TOP_K, LogitLens
 
+__all__ = ["NdifError", "engine_lens", "hub_error", "lens_through_nnsight", "ndif_lens",
+           "remote_error", "run_remote"]
 
-def as_logit_lens(run: LensRun, label: str) -> LogitLens:
-    """The `LogitLens` of a remote run ([L+1, T, ...] tensors turned position-major)."""
+
+def engine_lens(engine, ids: Sequence[int], *, top_k: int = DEFAULT_TOP_K,
+                label: str | None = None) -> LogitLens:
+    """The `LogitLens` an NDIF engine computes in one trace ([L+1, T, ...] made position-major)."""
+    run = engine.lens(ids, top_k)
     tops = run.tops
     return LogitLens(
         token_ids=np.asarray(run.ids, dtype=np.int64),
@@ -39,7 +35,8 @@ def as_logit_lens(run: LensRun, label: str) -> LogitLens:
         final_rank=tops.final_rank.T.numpy().astype(np.int32),
         entropy=tops.entropy.T.numpy().astype(np.float32),
         kl_to_final=tops.kl_to_final.T.numpy().astype(np.float32),
-        candidate_texts=run.candidate_texts, model_label=label, seconds=run.seconds)
+        candidate_texts=run.candidate_texts,
+        model_label=engine.info.label if label is None else label, seconds=run.seconds)
 
 
 def lens_through_nnsight(wrapper, ids: Sequence[int], *, top_k: int = DEFAULT_TOP_K,
@@ -48,10 +45,10 @@ def lens_through_nnsight(wrapper, ids: Sequence[int], *, top_k: int = DEFAULT_TO
     """The logit lens of token ids `ids` computed inside one nnsight trace of `wrapper`.
 
     `wrapper` is nnsight's model (a meta model for NDIF, or a loaded one); `remote` and
-    `backend` are passed to the trace. Equals `compute_lens` on the same model and ids.
+    `backend` say how the trace is sent. Equals `compute_lens` on the same model and ids.
     """
-    return as_logit_lens(run_lens(wrapper, ids, top_k=top_k, remote=remote, backend=backend),
-                         label)
+    engine = registry.nnsight_engine(wrapper, label, remote=remote, backend=backend)
+    return engine_lens(engine, ids, top_k=top_k, label=label)
 
 
 def ndif_lens(model_id: str, prompt: str, *, top_k: int = DEFAULT_TOP_K,
@@ -73,27 +70,12 @@ def ndif_lens(model_id: str, prompt: str, *, top_k: int = DEFAULT_TOP_K,
                         "meta-llama/Llama-3.1-8B.")
     if not prompt.strip():
         raise NdifError("The prompt is empty: type some text to look through the lens.")
-    try:
-        wrapper = hub_model(model_id)
-    except Exception as exc:  # transformers / huggingface_hub raise many kinds
-        raise hub_error(model_id, exc) from exc
-    ids = prompt_ids(wrapper, prompt)
-    try:
-        backend = remote_backend(wrapper, api_key)
-    except Exception as exc:
-        raise hub_error(model_id, exc) from exc
-    return run_remote(wrapper, ids, backend, model_id, top_k=top_k)
+    engine = registry.ndif_engine(model_id, api_key)
+    return engine_lens(engine, engine.prompt_ids(prompt), top_k=top_k)
 
 
 def run_remote(wrapper, ids: Sequence[int], backend, model_id: str, *,
                top_k: int = DEFAULT_TOP_K) -> LogitLens:
-    """`lens_through_nnsight` through `backend`, its failures told as `NdifError`."""
-    try:
-        return lens_through_nnsight(wrapper, ids, top_k=top_k, backend=backend,
-                                    label=f"{model_id} (NDIF)")
-    except PerplexError:
-        raise
-    except Exception as exc:
-        raise remote_error(model_id, exc) from exc
-
-
+    """The lens of `ids` through `backend`, its failures told as `NdifError`."""
+    engine = registry.nnsight_engine(wrapper, f"{model_id} (NDIF)", backend=backend)
+    return engine_lens(engine, ids, top_k=top_k)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from perplex.core.native import row_stats as native
-from perplex.engine.anatomy import soft_cap
+from perplex.engine.unembed import soft_cap
 
 # torch: rows (layers × positions) per unembedding matmul; each matmul streams the whole
 # unembedding (113 MB for SmolLM2) from memory, so a few rows per matmul is memory-bound.

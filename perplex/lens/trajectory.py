@@ -12,10 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
-import torch
 
-from perplex.engine.nnsight_adapter import capture_residuals
-from perplex.engine.protocol import Engine
+from perplex.engine.protocol import WeightsEngine
 from perplex.lens.logit_lens import LensError, check_input
 
 
@@ -88,15 +86,12 @@ def pca_2d(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return coords, shares
 
 
-def residual_trajectory(engine: Engine, ids: Sequence[int], position: int) -> Trajectory:
+def residual_trajectory(engine: WeightsEngine, ids: Sequence[int], position: int) -> Trajectory:
     """The trajectory of the residual at `position` of `ids` under `engine`."""
     check_input(engine, ids)
     if not 0 <= position < len(ids):
         raise LensError(f"Position {position} is outside the input's {len(ids)} tokens.")
-    anatomy = engine.anatomy
-    with engine.lock:
-        residuals = capture_residuals(anatomy.decoder, anatomy.layers_path,
-                                      torch.tensor([list(ids)], device=engine.device))
+    residuals = engine.residual_stream(ids)
     points = residuals[:, position].double().numpy()
     coords, shares = pca_2d(points)
     return Trajectory(position=position, coords=coords, explained=shares,

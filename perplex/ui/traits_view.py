@@ -221,18 +221,18 @@ def _import_pt(engine: Engine, chosen: list[str], held: dict) -> None:
         uploaded = st.file_uploader("Vector file (.pt, a [layers + 1, hidden] tensor)",
                                     type=["pt"], key=f"{PREFIX}.pt_file")
         if uploaded is not None and chosen and st.button("Import", key=f"{PREFIX}.pt_go"):
-            anatomy = engine.anatomy
+            n_blocks = engine.info.n_layers
             try:
                 vector = import_pt(uploaded.getvalue(), trait, engine.info.label,
-                                   anatomy.n_blocks, anatomy.hidden_size)
+                                   n_blocks, engine.info.hidden_size)
             except PerplexError as exc:
                 st.error(plain(str(exc)))
                 return
             held[(engine.info.label, trait)] = vector
             save_vector(resources.store(), vector, session_panel.session_for_saving())
             st.success(f"Imported {trait}: layer {vector.default_layer} (largest norm) by "
-                       f"default. Layers 0 to {anatomy.n_blocks - 1} are used as they are; "
-                       f"layer {anatomy.n_blocks} was read after the final norm by "
+                       f"default. Layers 0 to {n_blocks - 1} are used as they are; "
+                       f"layer {n_blocks} was read after the final norm by "
                        "persona_vectors, so it is not used here.")
 
 
@@ -466,7 +466,7 @@ def steering_section(engine: Engine, found: list[Monitor], messages: tuple[Messa
             key=f"{PREFIX}.coefficient.{trait}",
             help="v is the trait's vector at the layer, unnormalised (persona_vectors' "
                  "semantics)"))
-        layer = int(cols[2].number_input(f"Layer for {trait}", 1, engine.anatomy.n_blocks,
+        layer = int(cols[2].number_input(f"Layer for {trait}", 1, engine.info.n_layers,
                                          max(1, monitor.layer),
                                          key=f"{PREFIX}.steer_layer.{trait}"))
         try:

@@ -25,7 +25,7 @@ from perplex.core.tokens import (
     encode_messages,
     tokenizer_facts,
 )
-from perplex.engine.anatomy import Anatomy
+from perplex.engine.anatomy import Anatomy, AnatomyError, ModulePaths, module_paths
 from perplex.engine.local.batch import generate_many
 from perplex.engine.local.generation import DecodeRun, inject, start_generation
 from perplex.engine.local.models import LoadedModel, ModelSpec, model_bytes
@@ -36,8 +36,16 @@ from perplex.engine.local.word_probs import (
     continuation_probs,
     model_continuation_probs,
 )
-from perplex.engine.nnsight_adapter import capture_residuals, patched_last_residual
+from perplex.engine.nnsight_adapter import (
+    CleanRun,
+    capture_clean_run,
+    capture_head_inputs,
+    capture_residuals,
+    patched_last_residual,
+    resume_with_patches,
+)
 from perplex.engine.protocol import Capabilities, ModelInfo, ResidualPatch, ScoredSequence
+from perplex.engine.unembed import Unembed
 
 LOCAL_CAPABILITIES = Capabilities(token_ids=True, full_distribution=True, scores_text=True,
                                   internals=True, hooks=True, stepwise=True,
@@ -58,10 +66,12 @@ class LocalEngine:
     def info(self) -> ModelInfo:
         """The model's facts (a loaded model never changes)."""
         lm = self.lm
+        config = lm.model.config
+        hidden = getattr(config, "hidden_size", None)
         return ModelInfo(lm.label, lm.vocab_size, lm.context_length, lm.n_layers,
                          frozenset(lm.eos_ids),
-                         bool(getattr(lm.model.config, "tie_word_embeddings", False)),
-                         lm.spec.to_json())
+                         bool(getattr(config, "tie_word_embeddings", False)),
+                         lm.spec.to_json(), int(hidden) if hidden else None)
 
     @property
     def spec(self) -> ModelSpec:
@@ -252,7 +262,77 @@ class LocalEngine:
     def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits [..., V] float32 of residuals [..., d]: final norm, unembedding, soft cap."""
         with self.lock, torch.inference_mode():
-            return self.anatomy.unembed_hidden(hidden.to(self.lm.device))
+            return self.unembedding(hidden.to(self.lm.device))
+
+    @property
+    def unembedding(self) -> Unembed:
+        """The model's final norm, unembedding and soft cap (its weights, read-only)."""
+        return self.anatomy.unembedding
+
+    @property
+    def module_paths(self) -> ModulePaths:
+        """Where the model keeps its blocks, final norm and head (for notebook code)."""
+        return module_paths(self.lm.model.config)
+
+    def residual_stream(self, ids: Sequence[int],
+                        patches: Sequence[ResidualPatch] = ()) -> torch.Tensor:
+        """[L+1, T, d] float32 residuals of one pass over `ids`, `patches` written in.
+
+        Row 0 is the embedding (the first block's input), row l the output of block l.
+        """
+        self._check_ids(ids)
+        with self.lock:
+            return capture_residuals(self.anatomy.decoder, self.anatomy.layers_path,
+                                     self._batch([ids]), tuple(patches))
+
+    def clean_run(self, ids: Sequence[int]) -> CleanRun:
+        """One unpatched pass over `ids` that `resume_patched` can restart at any block."""
+        self._check_ids(ids)
+        with self.lock:
+            return capture_clean_run(self.anatomy.decoder, self.anatomy.layers_path,
+                                     self._batch([ids]))
+
+    def resume_patched(self, run: CleanRun, layer: int, rows: int,
+                       patches: Sequence[ResidualPatch]) -> torch.Tensor:
+        """The last block's output [rows, T, d] of `rows` copies of `run` patched at `layer`."""
+        with self.lock:
+            return resume_with_patches(self.anatomy.decoder, self.anatomy.layers_path, run,
+                                       layer, rows, tuple(patches))
+
+    def head_writes(self, ids: Sequence[int], position: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each attention head's write into the residual at `position`.
+
+        Returns ([L, H, d], the last block's output at `position` [d]), float32: head h of
+        block l writes its output times its slice of the output projection.
+        """
+        anatomy = self.anatomy
+        if not isinstance(anatomy.attn_out(0), torch.nn.Linear):
+            raise AnatomyError(f"{anatomy.family.name}: the attention output projection "
+                               f"({anatomy.attn_out_path}) is not a linear layer, so heads "
+                               "cannot be separated.")
+        self._check_ids(ids)
+        with self.lock:
+            inputs, last = capture_head_inputs(anatomy.decoder, anatomy.layers_path,
+                                               anatomy.attn_out_path, self._batch([ids]))
+        n_heads, vectors = anatomy.n_heads, []
+        with torch.inference_mode():
+            for layer in range(anatomy.n_blocks):
+                weight = anatomy.attn_out(layer).weight.float()  # [d, H·dh]
+                z = inputs[layer, position].view(n_heads, -1)  # [H, dh]
+                vectors.append(torch.einsum("dhk,hk->hd",
+                                            weight.view(weight.shape[0], n_heads, -1), z))
+        return torch.stack(vectors), last[position]
+
+    def _check_ids(self, ids: Sequence[int]) -> None:
+        if not ids:
+            raise InputFormatError("There are no tokens to run.")
+        if len(ids) > self.lm.context_length:
+            raise InputFormatError(f"{len(ids)} tokens are more than {self.lm.label} reads "
+                                   f"({self.lm.context_length}): shorten the text.")
+
+    def _batch(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
+        return torch.tensor([list(r) for r in rows], device=self.lm.device)
 
 
 class _Locked:

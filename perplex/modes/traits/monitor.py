@@ -39,7 +39,7 @@ class Monitor:
 
 
 def _check(engine: Engine, monitors: Sequence[Monitor]) -> None:
-    n, d = engine.anatomy.n_blocks, engine.anatomy.hidden_size
+    n, d = engine.info.n_layers, engine.info.hidden_size
     for m in monitors:
         if m.vector.vector.shape != (n + 1, d):
             raise GenerationError(
