@@ -202,13 +202,13 @@ def bench_endpoint(n_tokens: int = 128) -> None:
     """
     import openai
 
-    from perplex.engine.openai_compat import EndpointEngine
+    from perplex.engine.registry import endpoint_engine
     from tests.endpoints import LlamaServer
 
     server = LlamaServer(bundled_gguf_path(), Path(tempfile.mkdtemp()) / "llama.log")
     try:
         server.wait()
-        engine = EndpointEngine(server.base_url, server.model)
+        engine = endpoint_engine(server.base_url, server.model)
         plain = openai.OpenAI(base_url=server.base_url, api_key="none", max_retries=0)
         params = DecodeParams(max_new_tokens=n_tokens, top_alternatives=20)
         request = dict(model=server.model, max_tokens=n_tokens, temperature=0.0, stream=True,
@@ -370,7 +370,7 @@ def bench_comparison(lm, n_tokens: int = 512, n_prompts: int = 50) -> None:
     from perplex.core.divergence import full_divergence
     from perplex.core.records import TokenRole
     from perplex.engine import LocalEngine
-    from perplex.engine.local.variants import variant_folder
+    from perplex.engine.registry import variant_folder
     from perplex.modes.calibration.datasets import sample_dataset
     from perplex.modes.comparison.cross import Side
     from perplex.modes.comparison.dataset import compare_prompt

@@ -125,3 +125,35 @@ def test_analyses_and_pages_take_engines_not_loaded_models():
                 and any(isinstance(node, ast.Attribute) and node.attr == "lm"
                         for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))))]
     assert reaching == []  # nothing reaches through an engine to its model (`engine.lm`)
+
+
+# The engines themselves: only perplex/engine (its registry above all) builds or imports one.
+CONCRETE = ("perplex.engine.local", "perplex.engine.openai_compat", "perplex.engine.ndif_engine",
+            "perplex.engine.nnsight_adapter")
+CONCRETE_NAMES = {"LocalEngine", "EndpointEngine", "NdifEngine"}
+
+
+def concrete_engine_imports(path: Path) -> set[str]:
+    """What `path` imports of a concrete engine: its modules, or its class by name."""
+    found = {m for m in imported_modules(path)
+             if any(m == c or m.startswith(c + ".") for c in CONCRETE)}
+    return found | (names_imported_from_engine(path) & CONCRETE_NAMES)
+
+
+def test_only_the_registry_builds_engines():
+    """Analyses, modes, the ui and pages ask the registry and the `Engine` protocol."""
+    offenders = {str(p.relative_to(ROOT)): sorted(concrete_engine_imports(p))
+                 for p in sources() + [ROOT / "app.py"]
+                 if p.name == "app.py" or package_of(p) != "engine"
+                 if concrete_engine_imports(p)}
+    assert offenders == {}
+
+
+def test_the_check_sees_a_concrete_engine_import(tmp_path):
+    """The rule above can fail: each way of reaching a concrete engine is found."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("from perplex.engine.local.anatomy import anatomy_of\n"
+                   "import perplex.engine.openai_compat\n"
+                   "from perplex.engine import LocalEngine\n")
+    assert concrete_engine_imports(bad) == {"perplex.engine.local.anatomy",
+                                            "perplex.engine.openai_compat", "LocalEngine"}
