@@ -2,8 +2,9 @@
 
 One definition serves every reading of a hidden state as tokens: the logit lens, the
 per-head lens, DoLa's early exits, patching, the trajectory's final answer and the
-traits' steered records. A trace body sent to NDIF cannot call Python code of ours, so
-the NDIF engine writes the same three steps out once, in `ndif_engine._unembed_in_trace`.
+traits' steered records. A trace body sent to NDIF runs only torch and the model's own
+modules (a function of ours would be pickled by reference and not found there), so the
+NDIF engine's trace bodies apply the model's head and the soft cap inline.
 """
 
 from __future__ import annotations
