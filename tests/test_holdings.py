@@ -24,7 +24,13 @@ from perplex.workspace.bundles import export_bundle
 from perplex.workspace.comparison_store import load_comparison, save_comparison
 from perplex.workspace.decoding_store import load_decoding, save_decoding
 from perplex.workspace.holdings import NOT_HELD, SESSION_HOLDINGS, rows_of_session
-from perplex.workspace.sessions import create_session, delete_session, search_sessions
+from perplex.workspace.sessions import (
+    create_session,
+    delete_session,
+    duplicate_session,
+    search_sessions,
+    update_settings,
+)
 from perplex.workspace.sharing import create_share_link, shared_session
 from perplex.workspace.store import Store
 from perplex.workspace.token_sets import add_token, create_token_set, get_token_set
@@ -148,3 +154,59 @@ def test_deleting_a_session_leaves_nothing_it_held_readable(tiny, tmp_path):
             export_bundle(store, doomed.id)
         assert len(list(vectors_dir(store).iterdir())) == 1  # its vector's file went too
         assert not delete_session(store, doomed.id)  # a second delete changes nothing
+
+
+def _ids_in(store: Store, session_id: str) -> dict[str, set[str]]:
+    """Every id a session's rows name, by table.column (own ids and links inside it)."""
+    with store.cursor() as cur:
+        out = {}
+        for h in SESSION_HOLDINGS:
+            condition, n = rows_of_session(h.table)
+            for column in ("id",) * h.has_id + h.id_columns + h.minted:
+                out[f"{h.table}.{column}"] = {r[0] for r in cur.execute(
+                    f"SELECT {column} FROM {h.table} WHERE {condition} AND {column} IS NOT "
+                    f"NULL", [session_id] * n).fetchall()}
+        return out
+
+
+def test_duplicating_a_session_copies_everything_it_holds(tiny, tmp_path):
+    """One house, point 2: the copy holds what the original does, under fresh ids.
+
+    Duplicate used its own list (generations, records, notes, token sets): comparisons,
+    decoding runs, trait vectors and runs, batches were left behind.
+    """
+    with Store.open(tmp_path / "db.duckdb") as store:
+        original = create_session(store, "study")
+        ids = _fill(store, tiny, original.id)
+        with store.cursor(write=True) as cur:  # a branch: a link inside the session
+            cur.execute("UPDATE generations SET parent_id = ? WHERE id <> ? AND session_id = ?",
+                        [ids["generation"], ids["generation"], original.id])
+        update_settings(store, original.id, {"default.generation": ids["generation"]})
+        before = _held_rows(store, original.id)
+
+        copy = duplicate_session(store, original.id)
+
+        copied = _held_rows(store, copy.id)
+        # every declared table is copied row for row, share links aside (a copy is unshared)
+        assert copied == {**before, "share_links": 0}
+        old, new = _ids_in(store, original.id), _ids_in(store, copy.id)
+        everything_old = set().union(*old.values())
+        for column, values in new.items():
+            assert not values & everything_old, f"{column} still names the original's rows"
+        generations = new["generations.id"]
+        for column in ("generations.parent_id", "batch_items.generation_id",
+                       "decoding_runs.method_generation_id",
+                       "decoding_runs.greedy_generation_id", "trait_runs.generation_id"):
+            assert new[column] <= generations, column
+        assert copy.settings["default.generation"] in generations
+        (comparison,) = new["comparisons.id"]
+        pair, _ = load_comparison(store, comparison)
+        assert {pair.generation_a.session_id, pair.generation_b.session_id} == {copy.id}
+        vector_before = load_vector(store, ids["trait vector"]).vector
+
+        # the copy stands alone: deleting the original leaves it whole, files included
+        assert delete_session(store, original.id)
+        assert _held_rows(store, copy.id) == copied
+        (vector,) = new["trait_vectors.id"]
+        np.testing.assert_array_equal(load_vector(store, vector).vector, vector_before)
+        assert len(list(vectors_dir(store).iterdir())) == 1

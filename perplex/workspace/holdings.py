@@ -2,15 +2,22 @@
 
 Each entry names its table, the table it belongs to (`sessions`, or another entry) and the
 column that points there, as a foreign key would (Django's `on_delete` declared where the
-child is defined). Deleting a session follows these declarations, children first; a test
-fails when a table is added to the schema without being declared here or in `NOT_HELD`.
+child is defined), and which of its columns hold ids. Deleting a session follows these
+declarations children first, duplicating it parents first; a test fails when a table is
+added to the schema without being declared here or in `NOT_HELD`.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import duckdb
+import pyarrow as pa
+
+from perplex.core.records import new_id
 
 
 @dataclass(frozen=True)
@@ -18,7 +25,10 @@ class Held:
     """A table whose rows belong to a session through `link` → `parent`'s id.
 
     `file_column` names a column holding a file's name (kept beside the database) that
-    belongs to the row and goes with it.
+    belongs to the row and goes with it. In a copy of the session, the row's own `id` and
+    every value of `id_columns` that is an id of something the session holds get fresh
+    ids (`minted` columns hold ids of their own: a pair of runs), as do such ids inside
+    `json_columns`. A table that is not `copied` stays with the original (share links).
     """
 
     table: str
@@ -26,24 +36,34 @@ class Held:
     link: str
     what: str
     file_column: str | None = None
+    has_id: bool = True  # an `id` column; without one, rows are keyed by their link
+    id_columns: tuple[str, ...] = ()
+    minted: tuple[str, ...] = ()
+    json_columns: tuple[str, ...] = ()
+    copied: bool = True
 
 
 SESSION_HOLDINGS: tuple[Held, ...] = (
-    Held("generations", "sessions", "session_id", "generation"),
-    Held("token_steps", "generations", "generation_id", "token record"),
+    Held("generations", "sessions", "session_id", "generation", id_columns=("parent_id",)),
+    Held("token_steps", "generations", "generation_id", "token record", has_id=False),
     Held("annotations", "generations", "generation_id", "annotation"),
     Held("token_sets", "sessions", "session_id", "token set"),
-    Held("token_set_members", "token_sets", "set_id", "token set member"),
-    Held("comparisons", "sessions", "session_id", "comparison"),
-    Held("comparison_tokens", "comparisons", "comparison_id", "comparison token"),
-    Held("decoding_runs", "sessions", "session_id", "decoding run"),
-    Held("decoding_tokens", "decoding_runs", "run_id", "decoding token"),
-    Held("decoding_drafts", "decoding_runs", "run_id", "decoding draft"),
-    Held("trait_vectors", "sessions", "session_id", "trait vector", file_column="file"),
-    Held("trait_runs", "sessions", "session_id", "trait run"),
+    Held("token_set_members", "token_sets", "set_id", "token set member", has_id=False),
     Held("batches", "sessions", "session_id", "batch"),
-    Held("batch_items", "batches", "batch_id", "batch item"),
-    Held("share_links", "sessions", "session_id", "share link"),
+    Held("batch_items", "batches", "batch_id", "batch item", has_id=False,
+         id_columns=("generation_id",)),
+    Held("comparisons", "sessions", "session_id", "comparison", id_columns=("batch_id",),
+         json_columns=("generations",)),
+    Held("comparison_tokens", "comparisons", "comparison_id", "comparison token",
+         has_id=False),
+    Held("decoding_runs", "sessions", "session_id", "decoding run",
+         id_columns=("method_generation_id", "greedy_generation_id", "batch_id")),
+    Held("decoding_tokens", "decoding_runs", "run_id", "decoding token", has_id=False),
+    Held("decoding_drafts", "decoding_runs", "run_id", "decoding draft", has_id=False),
+    Held("trait_vectors", "sessions", "session_id", "trait vector", file_column="file"),
+    Held("trait_runs", "sessions", "session_id", "trait run", id_columns=("generation_id",),
+         minted=("pair_id",)),
+    Held("share_links", "sessions", "session_id", "share link", has_id=False, copied=False),
 )
 
 # Tables that are not a session's: the sessions themselves, the schema's version, and
@@ -95,3 +115,81 @@ def delete_holdings(cur: duckdb.DuckDBPyConnection, session_id: str) -> list[str
                 [session_id] * n).fetchall()]
         cur.execute(f"DELETE FROM {held.table} WHERE {condition}", [session_id] * n)
     return files
+
+
+def copy_order() -> list[Held]:
+    """The copied entries, every table after the table it belongs to."""
+    return [held for held in reversed(deletion_order()) if held.copied]
+
+
+def copy_holdings(cur: duckdb.DuckDBPyConnection, source_id: str, target_id: str
+                  ) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """Copy every row `source_id` holds into `target_id` under fresh ids, on a write cursor.
+
+    Returns the fresh ids by old id, and the files the copies name (old name, new name),
+    which the caller copies beside the database. Ids that point outside the session stay.
+    """
+    fresh: dict[str, str] = {}
+    for held in copy_order():
+        condition, n = rows_of_session(held.table)
+        for column in ("id",) * held.has_id + held.minted:
+            for (old,) in cur.execute(f"SELECT DISTINCT {column} FROM {held.table} "
+                                      f"WHERE {condition} AND {column} IS NOT NULL",
+                                      [source_id] * n).fetchall():
+                fresh[old] = new_id()
+    cur.register("fresh_ids", pa.table({"old_id": pa.array(list(fresh), pa.string()),
+                                        "new_id": pa.array(list(fresh.values()), pa.string())}))
+    try:
+        for held in copy_order():
+            _copy_rows(cur, held, source_id, target_id)
+    finally:
+        cur.unregister("fresh_ids")
+    files = []
+    for held in copy_order():
+        condition, n = rows_of_session(held.table)
+        for column in held.json_columns:
+            for row_id, text in cur.execute(f"SELECT id, {column} FROM {held.table} WHERE "
+                                            f"{condition}", [target_id] * n).fetchall():
+                cur.execute(f"UPDATE {held.table} SET {column} = ? WHERE id = ?",
+                            [json.dumps(with_fresh_ids(json.loads(text), fresh)), row_id])
+        if held.file_column is not None:
+            for row_id, name in cur.execute(f"SELECT id, {held.file_column} FROM {held.table} "
+                                            f"WHERE {condition}", [target_id] * n).fetchall():
+                copy_name = f"{row_id}.{name.rsplit('.', 1)[-1]}" if "." in name else row_id
+                cur.execute(f"UPDATE {held.table} SET {held.file_column} = ? WHERE id = ?",
+                            [copy_name, row_id])
+                files.append((name, copy_name))
+    return fresh, files
+
+
+def _copy_rows(cur: duckdb.DuckDBPyConnection, held: Held, source_id: str,
+               target_id: str) -> None:
+    """INSERT … SELECT of one table's rows, its id columns looked up in `fresh_ids`."""
+    columns = [r[0] for r in cur.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+        "ORDER BY ordinal_position", [held.table]).fetchall()]
+    remapped = {held.link, *held.id_columns, *held.minted} | ({"id"} if held.has_id else set())
+    values = []
+    for column in columns:
+        if column == held.link and held.parent == "sessions":
+            values.append("?")
+        elif column in remapped:
+            values.append(f"coalesce((SELECT new_id FROM fresh_ids WHERE old_id = t.{column}), "
+                          f"t.{column})")
+        else:
+            values.append(f"t.{column}")
+    condition, n = rows_of_session(held.table)
+    params = [target_id] * (held.parent == "sessions") + [source_id] * n
+    cur.execute(f"INSERT INTO {held.table} ({', '.join(columns)}) SELECT {', '.join(values)} "
+                f"FROM {held.table} t WHERE {condition}", params)
+
+
+def with_fresh_ids(value: Any, fresh: Mapping[str, str]) -> Any:
+    """A JSON value with every text that is an old id replaced by its fresh id."""
+    if isinstance(value, str):
+        return fresh.get(value, value)
+    if isinstance(value, list):
+        return [with_fresh_ids(v, fresh) for v in value]
+    if isinstance(value, dict):
+        return {k: with_fresh_ids(v, fresh) for k, v in value.items()}
+    return value

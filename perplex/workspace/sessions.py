@@ -11,13 +11,14 @@ showing it gets a clear StoreError rather than silently writing into nothing.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 
 from perplex.core.errors import InputFormatError
 from perplex.core.records import new_id
@@ -30,7 +31,7 @@ from perplex.workspace.access import (
     session_status,
     visible,
 )
-from perplex.workspace.holdings import delete_holdings
+from perplex.workspace.holdings import copy_holdings, delete_holdings, with_fresh_ids
 from perplex.workspace.store import Store, from_epoch_us
 from perplex.workspace.trait_store import vectors_dir
 
@@ -173,73 +174,35 @@ def delete_session(store: Store, session_id: str) -> bool:
 def duplicate_session(store: Store, session_id: str, name: str | None = None) -> Session:
     """Deep-copy a session under new ids and return the copy.
 
-    Generations (branch links remapped), token records, annotations, token sets and
-    settings are copied. The copy is named `name`, or "<name> (copy)".
+    Everything the session holds (`holdings.SESSION_HOLDINGS`) is copied under fresh ids,
+    links inside the session following them (branches, a comparison's answers, a batch's
+    items); share links are not (a copy is not shared), and trait vectors' files are copied.
+    The settings point at the copies too. The copy is named `name`, or "<name> (copy)".
     """
-    with store.cursor(write=True) as cur:
-        require_session(cur, store.actor, session_id)
-        source = read_session(cur, session_id)
-        copy_name = clean_name(name if name is not None else _copy_name(source.name))
-        copy_id, now = new_id(), _now()
-        cur.execute("INSERT INTO sessions (id, name, created_at, updated_at, settings, owner) "
-                    "VALUES (?, ?, ?, ?, ?, ?)", [copy_id, copy_name, now, now,
-                                                  settings_json(source.settings),
-                                                  store.actor.user])
-        gen_ids = copy_session_contents(cur, session_id, copy_id)
-        # Settings name the generations pages show: point them at the copies, so the
-        # copy's pages never show (or annotate) the original's generations.
-        settings = {key: gen_ids.get(value, value) if isinstance(value, str) else value
-                    for key, value in source.settings.items()}
-        cur.execute("UPDATE sessions SET settings = ? WHERE id = ?",
-                    [settings_json(settings), copy_id])
-        return read_session(cur, copy_id)
-
-
-def copy_session_contents(cur: duckdb.DuckDBPyConnection, source_id: str,
-                          target_id: str) -> dict[str, str]:
-    """Copy a session's generations, steps, annotations and token sets into another.
-
-    Runs on a write cursor. Everything gets a fresh id; parent links inside the session
-    follow their generations. Returns the generations' new ids by old id.
-    """
-    gen_map = _id_map(cur, "SELECT id FROM generations WHERE session_id = ?", source_id)
-    ann_map = _id_map(cur, "SELECT a.id FROM annotations a JOIN generations g "
-                           "ON a.generation_id = g.id WHERE g.session_id = ?", source_id)
-    set_map = _id_map(cur, "SELECT id FROM token_sets WHERE session_id = ?", source_id)
-    for view, table in (("gen_map", gen_map), ("ann_map", ann_map), ("set_map", set_map)):
-        cur.register(view, table)
+    copied: list[Path] = []
     try:
-        cur.execute(
-            "INSERT INTO generations (id, session_id, created_at, source, model_label, params, "
-            "messages, stop_reason, parent_id, branch_position, title, model_spec) "
-            "SELECT m.new_id, ?, g.created_at, g.source, g.model_label, g.params, g.messages, "
-            "g.stop_reason, coalesce(p.new_id, g.parent_id), g.branch_position, g.title, "
-            "g.model_spec FROM generations g JOIN gen_map m ON g.id = m.old_id "
-            "LEFT JOIN gen_map p ON g.parent_id = p.old_id", [target_id])
-        cur.execute(
-            "INSERT INTO token_steps SELECT m.new_id, t.* EXCLUDE (generation_id) "
-            "FROM token_steps t JOIN gen_map m ON t.generation_id = m.old_id")
-        cur.execute(
-            "INSERT INTO annotations SELECT am.new_id, gm.new_id, a.start_position, "
-            "a.end_position, a.text, a.created_at, a.updated_at FROM annotations a "
-            "JOIN ann_map am ON a.id = am.old_id JOIN gen_map gm ON a.generation_id = gm.old_id")
-        cur.execute(
-            "INSERT INTO token_sets SELECT m.new_id, ?, s.name, s.created_at, s.updated_at "
-            "FROM token_sets s JOIN set_map m ON s.id = m.old_id", [target_id])
-        cur.execute(
-            "INSERT INTO token_set_members SELECT m.new_id, t.* EXCLUDE (set_id) "
-            "FROM token_set_members t JOIN set_map m ON t.set_id = m.old_id")
-    finally:
-        for view in ("gen_map", "ann_map", "set_map"):
-            cur.unregister(view)
-    return dict(zip(gen_map["old_id"].to_pylist(), gen_map["new_id"].to_pylist()))
-
-
-def _id_map(cur: duckdb.DuckDBPyConnection, query: str, session_id: str) -> pa.Table:
-    """A table (old_id, new_id) giving each id the query returns a fresh one."""
-    old = [row[0] for row in cur.execute(query, [session_id]).fetchall()]
-    return pa.table({"old_id": pa.array(old, pa.string()),
-                     "new_id": pa.array([new_id() for _ in old], pa.string())})
+        with store.cursor(write=True) as cur:
+            require_session(cur, store.actor, session_id)
+            source = read_session(cur, session_id)
+            copy_name = clean_name(name if name is not None else _copy_name(source.name))
+            copy_id, now = new_id(), _now()
+            fresh, files = copy_holdings(cur, session_id, copy_id)
+            # Settings name what pages show: point them at the copies, so the copy's pages
+            # never show (or annotate) the original's generations.
+            cur.execute("INSERT INTO sessions (id, name, created_at, updated_at, settings, "
+                        "owner) VALUES (?, ?, ?, ?, ?, ?)",
+                        [copy_id, copy_name, now, now,
+                         settings_json(with_fresh_ids(dict(source.settings), fresh)),
+                         store.actor.user])
+            for old, new in files:  # inside the transaction: a failed copy copies nothing
+                target = vectors_dir(store) / new
+                shutil.copyfile(vectors_dir(store) / old, target)
+                copied.append(target)
+            return read_session(cur, copy_id)
+    except BaseException:
+        for path in copied:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def _copy_name(name: str) -> str:
