@@ -20,7 +20,8 @@ from perplex.modes.traits.monitor import Monitor, monitor_generate
 from perplex.workspace.access import SESSION_TABLES
 from perplex.workspace.annotations import add_annotation
 from perplex.workspace.batch_store import BatchInput, add_items, create_batch, load_batch
-from perplex.workspace.bundles import export_bundle
+from perplex.workspace.bundle_docs import BundleError
+from perplex.workspace.bundles import export_bundle, import_bundle
 from perplex.workspace.comparison_store import load_comparison, save_comparison
 from perplex.workspace.decoding_store import load_decoding, save_decoding
 from perplex.workspace.holdings import NOT_HELD, SESSION_HOLDINGS, rows_of_session
@@ -28,6 +29,7 @@ from perplex.workspace.sessions import (
     create_session,
     delete_session,
     duplicate_session,
+    list_sessions,
     search_sessions,
     update_settings,
 )
@@ -210,3 +212,110 @@ def test_duplicating_a_session_copies_everything_it_holds(tiny, tmp_path):
         (vector,) = new["trait_vectors.id"]
         np.testing.assert_array_equal(load_vector(store, vector).vector, vector_before)
         assert len(list(vectors_dir(store).iterdir())) == 1
+
+
+def test_a_bundle_carries_everything_a_session_holds(tiny, tmp_path):
+    """One house, point 2: bundles carried generations, notes, token sets and traits only.
+
+    Into an empty database the session comes back with the same ids; into the one it came
+    from, under fresh ids that its links follow. Share links never travel.
+    """
+    with Store.open(tmp_path / "db.duckdb") as store:
+        original = create_session(store, "study")
+        ids = _fill(store, tiny, original.id)
+        update_settings(store, original.id, {"default.generation": ids["generation"]})
+        before = _held_rows(store, original.id)
+        data = export_bundle(store, original.id)
+
+        with Store.open(tmp_path / "elsewhere.duckdb") as elsewhere:
+            same = import_bundle(elsewhere, data)
+            assert same.id == original.id
+            assert _held_rows(elsewhere, same.id) == {**before, "share_links": 0}
+            def unshared(ids):
+                return {k: v for k, v in ids.items() if not k.startswith("share_links")}
+            assert unshared(_ids_in(elsewhere, same.id)) == unshared(_ids_in(store, original.id))
+            pair, _ = load_comparison(elsewhere, ids["comparison"])
+            assert pair.generation_a.session_id == original.id
+            for kind in ("speculative", "contrastive"):
+                load_decoding(elsewhere, ids[kind])
+            assert load_batch(elsewhere, ids["batch"]).name == "b"
+
+        again = import_bundle(store, data)
+        assert again.id != original.id
+        assert _held_rows(store, again.id) == {**before, "share_links": 0}
+        old, new = _ids_in(store, original.id), _ids_in(store, again.id)
+        everything_old = set().union(*old.values())
+        for column, values in new.items():
+            assert not values & everything_old, f"{column} still names the original's rows"
+        assert again.settings["default.generation"] in new["generations.id"]
+        for column in ("decoding_runs.method_generation_id", "trait_runs.generation_id"):
+            assert new[column] <= new["generations.id"], column
+        assert delete_session(store, original.id)
+        assert _held_rows(store, again.id) == {**before, "share_links": 0}
+
+
+def _resealed(data: bytes, member: str, edit) -> bytes:
+    """A bundle whose Parquet `member` went through `edit` (a table → table), resigned."""
+    import hashlib
+    import io
+    import json
+    import zipfile
+
+    import pyarrow.parquet as pq
+
+    with zipfile.ZipFile(io.BytesIO(data)) as src:
+        members = {name: src.read(name) for name in src.namelist()}
+    sink = io.BytesIO()
+    pq.write_table(edit(pq.read_table(io.BytesIO(members[member]))), sink)
+    members[member] = sink.getvalue()
+    manifest = json.loads(members["manifest.json"])
+    manifest["members"][member] = {"bytes": len(members[member]),
+                                   "sha256": hashlib.sha256(members[member]).hexdigest()}
+    members["manifest.json"] = json.dumps(manifest).encode()
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as dst:
+        for name, content in members.items():
+            dst.writestr(name, content)
+    return out.getvalue()
+
+
+def _set(column: str, value):
+    """An edit setting `column` of the first row to `value` (same type)."""
+    import pyarrow as pa
+
+    def edit(table):
+        values = table.column(column).to_pylist()
+        values[0] = value
+        index = table.column_names.index(column)
+        return table.set_column(index, table.field(index), pa.array(values,
+                                                                    table.field(index).type))
+    return edit
+
+
+@pytest.mark.parametrize("member, edit, message", [
+    # a comparison pointing at a generation of another session: a bundle cannot reach there
+    ("comparisons.parquet", _set("generations", '{"generation_a": "elsewhere"}'),
+     "not in the bundle"),
+    ("decoding_runs.parquet", _set("method_generation_id", "elsewhere"), "not in the bundle"),
+    ("batch_items.parquet", _set("batch_id", "elsewhere"), "not in the bundle"),
+    ("decoding_tokens.parquet", _set("p_a", 1.5), "outside"),
+    ("decoding_tokens.parquet", _set("p_a", float("nan")), "outside"),
+    ("comparison_tokens.parquet", _set("logprob_a", 0.5), "outside"),
+    ("comparisons.parquet", _set("conditions", "{not json"), "not JSON"),
+    ("comparisons.parquet", lambda t: t.drop_columns(["notes"]), "columns"),
+    ("comparison_tokens.parquet", lambda t: t.set_column(
+        2, "idx", t.column("text")), "wrong type"),  # texts where positions belong
+    ("decoding_runs.parquet", lambda t: t.take([0, 0]), "repeated id"),
+])
+def test_row_tables_of_a_bundle_are_checked_before_anything_is_stored(
+        tiny, tmp_path, member, edit, message):
+    """Untrusted rows: the store's columns and types, bounds, JSON, links inside the bundle."""
+    with Store.open(tmp_path / "db.duckdb") as store:
+        session = create_session(store, "study")
+        _fill(store, tiny, session.id)
+        data = _resealed(export_bundle(store, session.id), member, edit)
+    with Store.open(tmp_path / "empty.duckdb") as empty:
+        with pytest.raises(BundleError, match=message):
+            import_bundle(empty, data)
+        assert list_sessions(empty) == []
+        assert set(_held_rows(empty, session.id).values()) == {0}

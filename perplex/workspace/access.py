@@ -46,7 +46,7 @@ LOCAL = Actor()
 # The tables whose rows belong to a session through their `session_id` column and have an
 # `id` (what `require_row` checks), from the one list of what a session holds.
 SESSION_TABLES = {h.table: h.what for h in SESSION_HOLDINGS
-                  if h.parent == "sessions" and h.table != "share_links"}
+                  if h.parent == "sessions" and h.has_id}
 
 
 def owns(actor: Actor, owner: str | None) -> bool:

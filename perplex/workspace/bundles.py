@@ -7,7 +7,10 @@ A bundle is a zip of JSON documents and one Parquet table, never pickle:
 - `session.json`, `generations.json`, `annotations.json`, `token_sets.json`;
 - `token_steps.parquet`: every token record, in the store's own layout;
 - `traits.json` (from bundle version 2): the session's monitored answers and trait vectors
-  (`trait_bundle`).
+  (`trait_bundle`);
+- `<table>.parquet` (from bundle version 3) for each table the session registry carries as
+  rows: batches and their items, comparisons and their tokens, decoding runs, their tokens
+  and drafts (`bundle_rows`). Share links never travel.
 
 Bundles are untrusted uploads. `read_bundle` checks everything before `import_bundle`
 writes anything, in one transaction: bad zips, missing or tampered members, bundles from a
@@ -20,7 +23,8 @@ import hashlib
 import io
 import zipfile
 import zlib
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,9 +35,11 @@ from perplex.core.errors import InputFormatError
 from perplex.core.records import Generation, TokenStep, new_id
 from perplex.core.validation import INT32_MAX, check_generation, check_int, check_text
 from perplex.workspace import bundle_docs as docs
+from perplex.workspace import bundle_rows
 from perplex.workspace.access import require_session
 from perplex.workspace.annotations import Annotation, annotations_of_session
 from perplex.workspace.bundle_docs import BundleError
+from perplex.workspace.holdings import with_fresh_ids
 from perplex.workspace.sessions import (
     MAX_NAME_CHARS,
     Session,
@@ -60,7 +66,7 @@ from perplex.workspace.trait_bundle import (
 )
 
 FORMAT = "perplex-session-bundle"
-BUNDLE_VERSION = 2  # 2: traits.json
+BUNDLE_VERSION = 3  # 2: traits.json; 3: the row tables
 MAX_UNCOMPRESSED_BYTES = 1024**3  # what a bundle may unpack to, all members together
 # ... and relative to its own size: Parquet is compressed already and JSON zips ~10x, so a
 # real bundle unpacks to a few times its size; a zip bomb to thousands of times
@@ -71,6 +77,8 @@ MANIFEST = "manifest.json"
 PAYLOADS = ("session.json", "generations.json", "annotations.json", "token_sets.json",
             "token_steps.parquet")
 SINCE_VERSION_2 = (TRAITS_MEMBER,)  # required from bundle version 2 on
+SINCE_VERSION_3 = bundle_rows.MEMBERS
+OPTIONAL = (*SINCE_VERSION_2, *SINCE_VERSION_3)  # absent from older bundles
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,7 @@ class SessionBundle:
     token_sets: tuple[TokenSet, ...]
     schema_version: int  # of the Perplex that wrote it
     traits: TraitPayload = TraitPayload()
+    rows: Mapping[str, pa.Table] = field(default_factory=dict)  # `bundle_rows` tables
 
 
 def export_bundle(store: Store, session_id: str) -> bytes:
@@ -98,6 +107,7 @@ def export_bundle(store: Store, session_id: str) -> bytes:
         annotations = annotations_of_session(cur, session_id)
         token_sets = token_sets_of_session(cur, session_id)
         traits = export_traits(cur, store, session_id)
+        rows = bundle_rows.export_rows(cur, session_id)
         cur.rollback()
     tables = [steps_table(gen) for gen in generations]
     sink = io.BytesIO()
@@ -109,6 +119,7 @@ def export_bundle(store: Store, session_id: str) -> bytes:
         "token_sets.json": docs.dump([docs.token_set_doc(s) for s in token_sets]),
         "token_steps.parquet": sink.getvalue(),
         TRAITS_MEMBER: traits,
+        **rows,
     }
     manifest = {
         "format": FORMAT, "bundle_version": BUNDLE_VERSION, "schema_version": len(MIGRATIONS),
@@ -136,13 +147,15 @@ def import_bundle(store: Store, bundle: bytes | str | Path,
     written = []
     try:
         with store.cursor(write=True) as cur:
-            fresh = _ids_taken(cur, original) or ids_taken(cur, original.traits)
-            parsed = _with_fresh_ids(original) if fresh else original
+            fresh = _ids_taken(cur, original) or ids_taken(cur, original.traits) \
+                or bundle_rows.ids_taken(cur, original.rows)
+            parsed, fresh_ids = _with_fresh_ids(original) if fresh else (original, {})
             session = _write(cur, parsed, store.actor.user)
             generation_ids = {old.id: new.id for old, new in zip(original.generations,
                                                                  parsed.generations)}
             written = write_traits(cur, store, original.traits, session.id, generation_ids,
                                    fresh)
+            bundle_rows.write_rows(cur, original.rows, session.id, fresh_ids)
             return read_session(cur, session.id)
     except BaseException:
         for path in written:  # the rows were rolled back: their files go too
@@ -193,7 +206,8 @@ def read_bundle(bundle: bytes | str | Path,
         token_sets=docs.parse_token_sets(
             docs.load(members["token_sets.json"], "token_sets.json"), session.id),
         schema_version=manifest["schema_version"],
-        traits=parse_traits(members.get(TRAITS_MEMBER), {g.id for g in generations}))
+        traits=parse_traits(members.get(TRAITS_MEMBER), {g.id for g in generations}),
+        rows=bundle_rows.read_rows(members, session.id, {g.id for g in generations}))
     _check_values(parsed)
     return parsed
 
@@ -241,7 +255,7 @@ def _read_members(bundle: bytes | str | Path, max_bytes: int) -> dict[str, bytes
                 raise BundleError(f"This bundle is incomplete: it lacks {', '.join(missing)}. "
                                   "Export the session again. Nothing was imported.")
             members, budget = {}, max_bytes
-            for name in (MANIFEST, *PAYLOADS, *(n for n in SINCE_VERSION_2 if n in names)):
+            for name in (MANIFEST, *PAYLOADS, *(n for n in OPTIONAL if n in names)):
                 with archive.open(name) as member:  # the header's size may lie: cap the read
                     data = member.read(budget + 1)
                 if len(data) > budget:
@@ -274,13 +288,14 @@ def _check_manifest(manifest: object, members: dict[str, bytes]) -> None:
                 f"This bundle was written by a newer Perplex ({key.replace('_', ' ')} "
                 f"{theirs}; this one reads up to {ours}). Update Perplex to import it. "
                 "Nothing was imported.")
-    if manifest["bundle_version"] >= 2:
-        lacking = [name for name in SINCE_VERSION_2 if name not in members]
-        if lacking:
-            raise BundleError(f"This bundle is incomplete: it lacks {', '.join(lacking)}. "
-                              "Export the session again. Nothing was imported.")
+    required = (*SINCE_VERSION_2 * (manifest["bundle_version"] >= 2),
+                *SINCE_VERSION_3 * (manifest["bundle_version"] >= 3))
+    lacking = [name for name in required if name not in members]
+    if lacking:
+        raise BundleError(f"This bundle is incomplete: it lacks {', '.join(lacking)}. "
+                          "Export the session again. Nothing was imported.")
     listed = manifest.get("members")
-    for name in (*PAYLOADS, *(n for n in SINCE_VERSION_2 if n in members)):
+    for name in (*PAYLOADS, *(n for n in OPTIONAL if n in members)):
         entry = listed.get(name) if isinstance(listed, dict) else None
         data = members[name]
         if (not isinstance(entry, dict) or entry.get("bytes") != len(data)
@@ -325,23 +340,30 @@ def _ids_taken(cur, parsed: SessionBundle) -> bool:
                                    [ids]).fetchall()[0][0] for table, ids in checks)
 
 
-def _with_fresh_ids(parsed: SessionBundle) -> SessionBundle:
-    """The bundle with every id replaced (links follow), its name marked as imported."""
-    session_id = new_id()
-    gen_ids = {g.id: new_id() for g in parsed.generations}
+def _with_fresh_ids(parsed: SessionBundle) -> tuple[SessionBundle, dict[str, str]]:
+    """The bundle with every id replaced (links follow), its name marked as imported.
+
+    Also returns the fresh ids by old id (session, generations, row tables' rows), which
+    the row tables and the settings follow when they are written.
+    """
+    fresh = {parsed.session.id: new_id()}
+    fresh |= {g.id: new_id() for g in parsed.generations}
+    fresh |= {old: new_id() for old in bundle_rows.fresh_row_ids(parsed.rows)}
+    session_id = fresh[parsed.session.id]
     name = parsed.session.name
     suffix = " (imported)"
     return replace(
         parsed,
         session=replace(parsed.session, id=session_id,
-                        name=name[:MAX_NAME_CHARS - len(suffix)] + suffix),
-        generations=tuple(replace(g, id=gen_ids[g.id], session_id=session_id,
-                                  parent_id=gen_ids.get(g.parent_id, g.parent_id))
+                        name=name[:MAX_NAME_CHARS - len(suffix)] + suffix,
+                        settings=with_fresh_ids(dict(parsed.session.settings), fresh)),
+        generations=tuple(replace(g, id=fresh[g.id], session_id=session_id,
+                                  parent_id=fresh.get(g.parent_id, g.parent_id))
                           for g in parsed.generations),
-        annotations=tuple(replace(a, id=new_id(), generation_id=gen_ids[a.generation_id])
+        annotations=tuple(replace(a, id=new_id(), generation_id=fresh[a.generation_id])
                           for a in parsed.annotations),
         token_sets=tuple(replace(s, id=new_id(), session_id=session_id)
-                         for s in parsed.token_sets))
+                         for s in parsed.token_sets)), fresh
 
 
 def _too_large(size: int, limit: int) -> str:

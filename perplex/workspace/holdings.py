@@ -10,7 +10,7 @@ added to the schema without being declared here or in `NOT_HELD`.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +41,13 @@ class Held:
     minted: tuple[str, ...] = ()
     json_columns: tuple[str, ...] = ()
     copied: bool = True
+    bundle: str = "document"
+    bounds: tuple[tuple[str, float, float], ...] = ()
+    unbounded: tuple[str, ...] = ()
 
+
+_P = 0.0, 1.0  # a probability
+_INF = float("inf")
 
 SESSION_HOLDINGS: tuple[Held, ...] = (
     Held("generations", "sessions", "session_id", "generation", id_columns=("parent_id",)),
@@ -49,22 +55,32 @@ SESSION_HOLDINGS: tuple[Held, ...] = (
     Held("annotations", "generations", "generation_id", "annotation"),
     Held("token_sets", "sessions", "session_id", "token set"),
     Held("token_set_members", "token_sets", "set_id", "token set member", has_id=False),
-    Held("batches", "sessions", "session_id", "batch"),
+    Held("batches", "sessions", "session_id", "batch", bundle="rows"),
     Held("batch_items", "batches", "batch_id", "batch item", has_id=False,
-         id_columns=("generation_id",)),
+         id_columns=("generation_id",), bundle="rows",
+         bounds=(("mean_prob", *_P), ("min_prob", *_P), ("refusal_prob", *_P),
+                 ("mean_entropy", 0.0, _INF), ("max_entropy", 0.0, _INF),
+                 ("perplexity", 1.0, _INF), ("divergence", 0.0, _INF))),
     Held("comparisons", "sessions", "session_id", "comparison", id_columns=("batch_id",),
-         json_columns=("generations",)),
+         json_columns=("generations",), bundle="rows"),
     Held("comparison_tokens", "comparisons", "comparison_id", "comparison token",
-         has_id=False),
-    Held("decoding_runs", "sessions", "session_id", "decoding run",
+         has_id=False, bundle="rows",
+         bounds=(("logprob_a", -_INF, 0.0), ("logprob_b", -_INF, 0.0), ("kl_ab", 0.0, _INF),
+                 ("kl_ba", 0.0, _INF), ("js", 0.0, _INF)),
+         unbounded=("kl_ab", "kl_ba", "js")),  # ∞ where one side gives 0, NaN when approximate
+    Held("decoding_runs", "sessions", "session_id", "decoding run", bundle="rows",
          id_columns=("method_generation_id", "greedy_generation_id", "batch_id")),
-    Held("decoding_tokens", "decoding_runs", "run_id", "decoding token", has_id=False),
-    Held("decoding_drafts", "decoding_runs", "run_id", "decoding draft", has_id=False),
+    Held("decoding_tokens", "decoding_runs", "run_id", "decoding token", has_id=False,
+         bundle="rows", bounds=(("p_a", *_P), ("p_b", *_P), ("js", 0.0, _INF))),
+    Held("decoding_drafts", "decoding_runs", "run_id", "decoding draft", has_id=False,
+         bundle="rows", bounds=(("q", *_P), ("p", *_P))),
     Held("trait_vectors", "sessions", "session_id", "trait vector", file_column="file"),
     Held("trait_runs", "sessions", "session_id", "trait run", id_columns=("generation_id",),
          minted=("pair_id",)),
-    Held("share_links", "sessions", "session_id", "share link", has_id=False, copied=False),
+    Held("share_links", "sessions", "session_id", "share link", has_id=False, copied=False,
+         bundle="none"),
 )
+
 
 # Tables that are not a session's: the sessions themselves, the schema's version, and
 # calibration data, which belongs to its user (an `owner` column), not to a session.
@@ -137,8 +153,7 @@ def copy_holdings(cur: duckdb.DuckDBPyConnection, source_id: str, target_id: str
                                       f"WHERE {condition} AND {column} IS NOT NULL",
                                       [source_id] * n).fetchall():
                 fresh[old] = new_id()
-    cur.register("fresh_ids", pa.table({"old_id": pa.array(list(fresh), pa.string()),
-                                        "new_id": pa.array(list(fresh.values()), pa.string())}))
+    register_fresh_ids(cur, fresh)
     try:
         for held in copy_order():
             _copy_rows(cur, held, source_id, target_id)
@@ -146,12 +161,8 @@ def copy_holdings(cur: duckdb.DuckDBPyConnection, source_id: str, target_id: str
         cur.unregister("fresh_ids")
     files = []
     for held in copy_order():
+        remap_json_columns(cur, held, target_id, fresh)
         condition, n = rows_of_session(held.table)
-        for column in held.json_columns:
-            for row_id, text in cur.execute(f"SELECT id, {column} FROM {held.table} WHERE "
-                                            f"{condition}", [target_id] * n).fetchall():
-                cur.execute(f"UPDATE {held.table} SET {column} = ? WHERE id = ?",
-                            [json.dumps(with_fresh_ids(json.loads(text), fresh)), row_id])
         if held.file_column is not None:
             for row_id, name in cur.execute(f"SELECT id, {held.file_column} FROM {held.table} "
                                             f"WHERE {condition}", [target_id] * n).fetchall():
@@ -164,10 +175,18 @@ def copy_holdings(cur: duckdb.DuckDBPyConnection, source_id: str, target_id: str
 
 def _copy_rows(cur: duckdb.DuckDBPyConnection, held: Held, source_id: str,
                target_id: str) -> None:
-    """INSERT … SELECT of one table's rows, its id columns looked up in `fresh_ids`."""
-    columns = [r[0] for r in cur.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
-        "ORDER BY ordinal_position", [held.table]).fetchall()]
+    condition, n = rows_of_session(held.table)
+    insert_remapped(cur, held, held.table, target_id, condition, [source_id] * n)
+
+
+def insert_remapped(cur: duckdb.DuckDBPyConnection, held: Held, source: str, target_id: str,
+                    condition: str = "TRUE", params: Sequence[Any] = ()) -> None:
+    """INSERT … SELECT of `source`'s rows into `held.table`, ids looked up in `fresh_ids`.
+
+    `source` is the table itself or a registered relation with its columns; a row of a
+    table that belongs to the session directly moves to `target_id`.
+    """
+    columns = table_columns(cur, held.table)
     remapped = {held.link, *held.id_columns, *held.minted} | ({"id"} if held.has_id else set())
     values = []
     for column in columns:
@@ -178,10 +197,33 @@ def _copy_rows(cur: duckdb.DuckDBPyConnection, held: Held, source_id: str,
                           f"t.{column})")
         else:
             values.append(f"t.{column}")
-    condition, n = rows_of_session(held.table)
-    params = [target_id] * (held.parent == "sessions") + [source_id] * n
+    first = [target_id] if held.parent == "sessions" else []
     cur.execute(f"INSERT INTO {held.table} ({', '.join(columns)}) SELECT {', '.join(values)} "
-                f"FROM {held.table} t WHERE {condition}", params)
+                f"FROM {source} t WHERE {condition}", first + list(params))
+
+
+def table_columns(cur: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    """A table's columns in their order."""
+    return [r[0] for r in cur.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+        "ORDER BY ordinal_position", [table]).fetchall()]
+
+
+def remap_json_columns(cur: duckdb.DuckDBPyConnection, held: Held, session_id: str,
+                       fresh: Mapping[str, str]) -> None:
+    """Point ids inside `held`'s JSON columns at their fresh ids, in `session_id`'s rows."""
+    condition, n = rows_of_session(held.table)
+    for column in held.json_columns:
+        for row_id, text in cur.execute(f"SELECT id, {column} FROM {held.table} WHERE "
+                                        f"{condition}", [session_id] * n).fetchall():
+            cur.execute(f"UPDATE {held.table} SET {column} = ? WHERE id = ?",
+                        [json.dumps(with_fresh_ids(json.loads(text), fresh)), row_id])
+
+
+def register_fresh_ids(cur: duckdb.DuckDBPyConnection, fresh: Mapping[str, str]) -> None:
+    """Make `fresh` readable as the relation `fresh_ids` (old_id, new_id) on `cur`."""
+    cur.register("fresh_ids", pa.table({"old_id": pa.array(list(fresh), pa.string()),
+                                        "new_id": pa.array(list(fresh.values()), pa.string())}))
 
 
 def with_fresh_ids(value: Any, fresh: Mapping[str, str]) -> Any:
