@@ -174,18 +174,24 @@ def store(tmp_path):
         yield opened
 
 
-def test_blank_database_migrates_to_expected_schema(store):
-    """A blank database gets every migration and exactly the documented tables and columns."""
-    assert store.schema_version() == len(MIGRATIONS) == 11
+def _schema(store) -> tuple[dict[str, list[tuple[str, str]]], list[tuple[str, list[str]]]]:
+    """Each table's (column, type) in order, and each primary key's columns."""
     with store._cursor() as cur:
         rows = cur.execute("SELECT table_name, column_name, data_type FROM duckdb_columns() "
                            "WHERE database_name = current_database() "
                            "ORDER BY table_name, column_index").fetchall()
         keys = cur.execute("SELECT table_name, constraint_column_names FROM duckdb_constraints() "
-                           "WHERE constraint_type = 'PRIMARY KEY'").fetchall()
+                           "WHERE constraint_type = 'PRIMARY KEY' ORDER BY 1").fetchall()
     schema: dict[str, list[tuple[str, str]]] = {}
     for table, column, data_type in rows:
         schema.setdefault(table, []).append((column, data_type))
+    return schema, keys
+
+
+def test_blank_database_migrates_to_expected_schema(store):
+    """A blank database gets every migration and exactly the documented tables and columns."""
+    assert store.schema_version() == len(MIGRATIONS) == 11
+    schema, keys = _schema(store)
     assert schema == EXPECTED_SCHEMA
     assert dict(keys)["token_steps"] == ["generation_id", "position"]
     assert dict(keys)["generations"] == ["id"]
@@ -206,6 +212,27 @@ def test_open_migrates_forward_and_records_each_version(tmp_path, monkeypatch):
             versions = cur.execute("SELECT version FROM schema_version ORDER BY 1").fetchall()
             assert cur.execute("SELECT count(*) FROM extra").fetchall() == [(0,)]
     assert versions == [(v,) for v in range(1, len(migrations) + 1)]
+
+
+@pytest.mark.parametrize("version", range(1, len(MIGRATIONS)))
+def test_a_database_of_every_earlier_version_migrates_to_todays_schema(tmp_path, monkeypatch,
+                                                                     version):
+    """One house, point 2: from each earlier schema, opening gives a blank database's schema
+    (same columns in the same order, same keys) and keeps what that version had written."""
+    path = tmp_path / "perplex.duckdb"
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS[:version])
+    gen = make_generation(n_steps=3, n_alts=1, session_id="s1")
+    with Store.open(path) as old, old.cursor(write=True) as cur:
+        cur.execute("INSERT INTO sessions (id, name, created_at) VALUES ('s1', 'old', now())")
+        if version >= 2:  # a generation as every version since 2 writes it
+            store_module.write_generation(cur, gen)
+    monkeypatch.undo()
+    with Store.open(path) as new, Store.open(tmp_path / "blank.duckdb") as blank:
+        assert new.schema_version() == len(MIGRATIONS)
+        assert _schema(new) == _schema(blank)
+        assert [s.name for s in new.list_sessions()] == ["old"]
+        if version >= 2:
+            assert new.load_generation(gen.id) == gen
 
 
 def test_migration_3_keeps_existing_sessions_and_generations(tmp_path, monkeypatch):
