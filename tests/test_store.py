@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 import threading
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -217,8 +219,10 @@ def test_open_migrates_forward_and_records_each_version(tmp_path, monkeypatch):
 @pytest.mark.parametrize("version", range(1, len(MIGRATIONS)))
 def test_a_database_of_every_earlier_version_migrates_to_todays_schema(tmp_path, monkeypatch,
                                                                      version):
-    """One house, point 2: from each earlier schema, opening gives a blank database's schema
-    (same columns in the same order, same keys) and keeps what that version had written."""
+    """One house, point 2: every earlier schema migrates to a blank database's schema.
+
+    Same columns in the same order, same keys; what that version had written is kept.
+    """
     path = tmp_path / "perplex.duckdb"
     monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS[:version])
     gen = make_generation(n_steps=3, n_alts=1, session_id="s1")
@@ -418,3 +422,23 @@ def test_large_generation_round_trips(store):
     gen = make_generation(n_steps=2000, n_alts=20)
     store.save_generation(gen)
     assert store.load_generation(gen.id) == gen
+
+
+# An INSERT that lists no columns (nor matches them BY NAME) takes values by position.
+POSITIONAL_INSERT = re.compile(r"INSERT\s+INTO\s+[\w{}.]+\s+(VALUES|SELECT)", re.IGNORECASE)
+
+
+def positional_inserts(text: str) -> list[str]:
+    return [m.group(0) for m in POSITIONAL_INSERT.finditer(text)]
+
+
+def test_every_insert_names_its_columns():
+    """One house, point 2: a column added by a migration cannot shift an insert's values."""
+    root = Path(__file__).resolve().parent.parent / "perplex"
+    offenders = {str(p.relative_to(root)): positional_inserts(p.read_text(encoding="utf-8"))
+                 for p in sorted(root.rglob("*.py"))}
+    assert {k: v for k, v in offenders.items() if v} == {}
+    assert positional_inserts('cur.execute("INSERT INTO trait_runs VALUES (?, ?)")')
+    assert positional_inserts("INSERT INTO t SELECT * FROM incoming")
+    assert not positional_inserts("INSERT INTO t BY NAME SELECT * FROM incoming")
+    assert not positional_inserts("INSERT INTO t (a, b) VALUES (?, ?)")

@@ -16,7 +16,7 @@ import duckdb
 from perplex.core.errors import InputFormatError, StoreError
 from perplex.core.records import new_id
 from perplex.workspace.access import Actor, require_row, require_session
-from perplex.workspace.store import Store, from_epoch_us, touch_session_row
+from perplex.workspace.store import Store, from_epoch_us, insert_row, touch_session_row
 
 MAX_NOTE_CHARS = 20_000
 
@@ -63,8 +63,9 @@ def add_annotation(store: Store, generation_id: str, start: int, text: str,
             where = "has no tokens" if first is None else f"has positions {first}..{last}"
             raise InputFormatError(
                 f"Tokens {start}..{end} are outside this generation, which {where}.")
-        cur.execute("INSERT INTO annotations VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [annotation_id, generation_id, start, end, text, now, now])
+        insert_row(cur, "annotations", {
+            "id": annotation_id, "generation_id": generation_id, "start_position": start,
+            "end_position": end, "text": text, "created_at": now, "updated_at": now})
         return _read(cur, annotation_id)
 
 

@@ -32,7 +32,13 @@ from perplex.core.limits import LimitReached
 from perplex.core.records import Generation, Message, new_id
 from perplex.workspace.access import require_row, require_session, visible
 from perplex.workspace.flag_sandbox import run_condition
-from perplex.workspace.store import Store, from_epoch_us, read_generation, write_generation
+from perplex.workspace.store import (
+    Store,
+    from_epoch_us,
+    insert_row,
+    read_generation,
+    write_generation,
+)
 
 KINDS = ("prompts", "transcripts")
 MAX_LISTED_MALFORMED = 200
@@ -160,9 +166,10 @@ def create_batch(store: Store, name: str, kind: str, model_label: str, settings:
     batch_id = new_id()
     with store.cursor(write=True) as cur:
         require_session(cur, store.actor, session_id, write=True)
-        cur.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [batch_id, session_id, datetime.now(timezone.utc), name.strip()[:200]
-                     or "Batch", kind, model_label, json.dumps(settings), "[]", 0])
+        insert_row(cur, "batches", {
+            "id": batch_id, "session_id": session_id, "created_at": datetime.now(timezone.utc),
+            "name": name.strip()[:200] or "Batch", "kind": kind, "model_label": model_label,
+            "settings": json.dumps(settings), "malformed": "[]", "n_malformed": 0})
     return batch_id
 
 

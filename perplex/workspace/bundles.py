@@ -50,6 +50,7 @@ from perplex.workspace.store import (
     MIGRATIONS,
     STEP_SCHEMA,
     Store,
+    insert_row,
     read_generation,
     steps_from_table,
     steps_table,
@@ -173,17 +174,19 @@ def _write(cur, parsed: SessionBundle, owner: str | None) -> Session:
     for gen in parsed.generations:
         write_generation(cur, gen)
     for note in parsed.annotations:
-        cur.execute("INSERT INTO annotations VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [note.id, note.generation_id, note.start, note.end, note.text,
-                     note.created_at, note.updated_at])
+        insert_row(cur, "annotations", {
+            "id": note.id, "generation_id": note.generation_id, "start_position": note.start,
+            "end_position": note.end, "text": note.text, "created_at": note.created_at,
+            "updated_at": note.updated_at})
     for token_set in parsed.token_sets:
-        cur.execute("INSERT INTO token_sets VALUES (?, ?, ?, ?, ?)",
-                    [token_set.id, session.id, token_set.name, token_set.created_at,
-                     token_set.updated_at])
+        insert_row(cur, "token_sets", {
+            "id": token_set.id, "session_id": session.id, "name": token_set.name,
+            "created_at": token_set.created_at, "updated_at": token_set.updated_at})
         for ordinal, m in enumerate(token_set.members):
-            cur.execute("INSERT INTO token_set_members VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        [token_set.id, m.tokenizer, m.token_id, m.token_text, m.word,
-                         ordinal, token_set.updated_at])
+            insert_row(cur, "token_set_members", {
+                "set_id": token_set.id, "tokenizer": m.tokenizer, "token_id": m.token_id,
+                "token_text": m.token_text, "word": m.word, "ordinal": ordinal,
+                "added_at": token_set.updated_at})
     return read_session(cur, session.id)
 
 

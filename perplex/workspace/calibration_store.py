@@ -19,7 +19,7 @@ from perplex.core.calibration import Dataset, Item, ItemResult
 from perplex.core.errors import StoreError
 from perplex.core.records import Generation, new_id
 from perplex.workspace.access import owned, require_owner
-from perplex.workspace.store import Store, from_epoch_us, write_generation
+from perplex.workspace.store import Store, from_epoch_us, insert_row, write_generation
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,9 @@ def save_dataset(store: Store, dataset: Dataset) -> None:
         _require_dataset(cur, store, dataset.id, must_exist=False)
         cur.execute("DELETE FROM calibration_items WHERE dataset_id = ?", [dataset.id])
         cur.execute("DELETE FROM calibration_datasets WHERE id = ?", [dataset.id])
-        cur.execute("INSERT INTO calibration_datasets VALUES (?, ?, ?, ?)",
-                    [dataset.id, dataset.name, datetime.now(timezone.utc), store.actor.user])
+        insert_row(cur, "calibration_datasets", {
+            "id": dataset.id, "name": dataset.name, "created_at": datetime.now(timezone.utc),
+            "owner": store.actor.user})
         items = pa.table({
             "dataset_id": [dataset.id] * len(dataset.items),
             "ordinal": pa.array(range(len(dataset.items)), pa.int32()),
@@ -67,7 +68,7 @@ def save_dataset(store: Store, dataset: Dataset) -> None:
                                      pa.int32())})
         cur.register("incoming_items", items)  # one columnar insert: 50,000 rows in a second
         try:
-            cur.execute("INSERT INTO calibration_items SELECT * FROM incoming_items")
+            cur.execute("INSERT INTO calibration_items BY NAME SELECT * FROM incoming_items")
         finally:
             cur.unregister("incoming_items")
 
@@ -101,9 +102,10 @@ def create_run(store: Store, dataset_id: str, model_label: str, settings: dict) 
     run_id = new_id()
     with store.cursor(write=True) as cur:
         _require_dataset(cur, store, dataset_id)
-        cur.execute("INSERT INTO calibration_runs VALUES (?, ?, ?, ?, ?, ?)",
-                    [run_id, dataset_id, datetime.now(timezone.utc), model_label,
-                     json.dumps(settings), store.actor.user])
+        insert_row(cur, "calibration_runs", {
+            "id": run_id, "dataset_id": dataset_id, "created_at": datetime.now(timezone.utc),
+            "model_label": model_label, "settings": json.dumps(settings),
+            "owner": store.actor.user})
     return run_id
 
 
@@ -119,11 +121,13 @@ def save_result(store: Store, run_id: str, ordinal: int, result: ItemResult,
                     [run_id, result.item_id])
         judge_p = result.judge_p if result.judge_p is None or math.isfinite(result.judge_p) \
             else None
-        cur.execute("INSERT INTO calibration_results VALUES "
-                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [run_id, result.item_id, ordinal, result.generation_id, result.answer,
-                     result.stated, result.stated_kind, json.dumps(confidences),
-                     result.correct, result.matched, result.override, result.judged, judge_p])
+        insert_row(cur, "calibration_results", {
+            "run_id": run_id, "item_id": result.item_id, "ordinal": ordinal,
+            "generation_id": result.generation_id, "answer": result.answer,
+            "stated": result.stated, "stated_kind": result.stated_kind,
+            "confidences": json.dumps(confidences), "correct": result.correct,
+            "matched": result.matched, "override": result.override, "judged": result.judged,
+            "judge_p": judge_p})
 
 
 def load_results(store: Store, run_id: str) -> list[ItemResult]:

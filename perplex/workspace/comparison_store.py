@@ -19,7 +19,13 @@ from perplex.core.divergence import TokenDivergence
 from perplex.core.errors import StoreError
 from perplex.core.records import Generation, new_id
 from perplex.workspace.access import require_row, require_session, visible
-from perplex.workspace.store import Store, from_epoch_us, read_generation, write_generation
+from perplex.workspace.store import (
+    Store,
+    from_epoch_us,
+    insert_row,
+    read_generation,
+    write_generation,
+)
 
 _TOKEN_FIELDS = ("idx", "token_id", "text", "logprob_a", "logprob_b", "kl_ab", "kl_ba", "js",
                  "rank_a", "rank_b", "bound", "approximate")
@@ -47,15 +53,18 @@ def save_comparison(store: Store, run: PairRun, conditions: dict, session_id: st
         require_session(cur, store.actor, session_id, write=True)
         for gen in generations.values():
             write_generation(cur, gen)
-        cur.execute(
-            "INSERT INTO comparisons VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [comparison_id, session_id, datetime.now(timezone.utc), run.prompt,
-             json.dumps(conditions), json.dumps({k: g.id for k, g in generations.items()}),
-             run.first_divergence, json.dumps(list(run.notes)), batch_id])
+        insert_row(cur, "comparisons", {
+            "id": comparison_id, "session_id": session_id,
+            "created_at": datetime.now(timezone.utc), "prompt": run.prompt,
+            "conditions": json.dumps(conditions),
+            "generations": json.dumps({k: g.id for k, g in generations.items()}),
+            "first_divergence": run.first_divergence, "notes": json.dumps(list(run.notes)),
+            "batch_id": batch_id})
         table = _tokens_table(comparison_id, run.crosses)
         cur.register("incoming_divergences", table)
         try:
-            cur.execute("INSERT INTO comparison_tokens SELECT * FROM incoming_divergences")
+            cur.execute("INSERT INTO comparison_tokens BY NAME SELECT * FROM "
+                        "incoming_divergences")
         finally:
             cur.unregister("incoming_divergences")
     return comparison_id

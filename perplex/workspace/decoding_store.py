@@ -23,11 +23,20 @@ from perplex.core.decoding import (
 from perplex.core.errors import StoreError
 from perplex.core.records import Generation, TokenRole, new_id
 from perplex.workspace.access import require_row, require_session, visible
-from perplex.workspace.store import Store, from_epoch_us, read_generation, write_generation
+from perplex.workspace.store import (
+    Store,
+    from_epoch_us,
+    insert_row,
+    insert_sql,
+    read_generation,
+    write_generation,
+)
 
 _TOKEN_COLUMNS = ("run_id", "idx", "token_id", "kind", "round", "greedy_id", "p_a", "p_b",
                   "score", "rank_a", "js", "plausible", "constraint_changed", "layer", "top_a",
                   "top_b", "top_score")
+_DRAFT_COLUMNS = ("run_id", "round", "slot", "token_id", "q", "p", "accepted", "verified",
+                  "text")
 _TIMINGS = ("seconds", "draft_seconds", "draft_passes", "target_seconds", "target_passes",
             "draft_pass_seconds", "verify_pass_seconds")
 
@@ -75,14 +84,17 @@ def save_decoding(store: Store, prompt: str, method: MethodRun, greedy: GreedyRu
         require_session(cur, store.actor, session_id, write=True)
         for gen in gens:
             write_generation(cur, gen)
-        cur.execute("INSERT INTO decoding_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [run_id, session_id, datetime.now(timezone.utc), prompt, method.method,
-                     json.dumps(method.params), json.dumps(timings), method.stop_reason,
-                     gens[0].id, gens[1].id, json.dumps(greedy_json), second_label, batch_id])
-        cur.executemany(f"INSERT INTO decoding_tokens ({', '.join(_TOKEN_COLUMNS)}) VALUES "
-                        f"({', '.join('?' * len(_TOKEN_COLUMNS))})", _token_rows(run_id, method))
+        insert_row(cur, "decoding_runs", {
+            "id": run_id, "session_id": session_id, "created_at": datetime.now(timezone.utc),
+            "prompt": prompt, "method": method.method, "params": json.dumps(method.params),
+            "timings": json.dumps(timings), "stop_reason": method.stop_reason,
+            "method_generation_id": gens[0].id, "greedy_generation_id": gens[1].id,
+            "greedy": json.dumps(greedy_json), "second_label": second_label,
+            "batch_id": batch_id})
+        cur.executemany(insert_sql("decoding_tokens", _TOKEN_COLUMNS),
+                        _token_rows(run_id, method))
         if method.drafts:
-            cur.executemany("INSERT INTO decoding_drafts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            cur.executemany(insert_sql("decoding_drafts", _DRAFT_COLUMNS),
                             [[run_id, d.round, d.slot, d.token_id, d.q, d.p, d.accepted,
                               d.verified, d.text] for d in method.drafts])
     return run_id

@@ -15,7 +15,7 @@ from datetime import datetime
 
 from perplex.core.errors import StoreError
 from perplex.workspace.access import now, require_session, session_status
-from perplex.workspace.store import Store, from_epoch_us
+from perplex.workspace.store import Store, from_epoch_us, insert_row
 
 TOKEN_BYTES = 24  # 192 bits
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")  # token_urlsafe(24): 32 URL-safe characters
@@ -36,8 +36,8 @@ def create_share_link(store: Store, session_id: str) -> ShareLink:
     link = ShareLink(secrets.token_urlsafe(TOKEN_BYTES), session_id, now(), None)
     with store.cursor(write=True) as cur:
         require_session(cur, store.actor, session_id, write=True)
-        cur.execute("INSERT INTO share_links VALUES (?, ?, ?, NULL)",
-                    [link.token, session_id, link.created_at])
+        insert_row(cur, "share_links", {"token": link.token, "session_id": session_id,
+                                        "created_at": link.created_at})
     return link
 
 

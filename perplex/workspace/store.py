@@ -12,11 +12,12 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -341,6 +342,20 @@ STEP_SCHEMA = pa.schema([
     ("top", pa.list_(_ALTERNATIVE)),
 ])
 _STEP_COLUMNS = ", ".join(STEP_SCHEMA.names)
+
+
+def insert_row(cur: duckdb.DuckDBPyConnection, table: str, row: Mapping[str, Any]) -> None:
+    """Insert one row, naming each column it sets: a later migration cannot shift a value.
+
+    `table` and the keys are names written in code, never input.
+    """
+    cur.execute(insert_sql(table, list(row)), list(row.values()))
+
+
+def insert_sql(table: str, columns: Sequence[str]) -> str:
+    """`INSERT INTO table (columns) VALUES (?, …)` for code-written names."""
+    return (f"INSERT INTO {table} ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' * len(columns))})")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -467,8 +482,8 @@ class Store:
         for version in range(current + 1, len(MIGRATIONS) + 1):
             with self._cursor(write=True) as cur:
                 cur.execute(MIGRATIONS[version - 1])
-                cur.execute("INSERT INTO schema_version VALUES (?, ?)",
-                            [version, datetime.now(timezone.utc)])
+                insert_row(cur, "schema_version",
+                           {"version": version, "applied_at": datetime.now(timezone.utc)})
             logger.info("Migrated %s to schema version %d", self.path, version)
 
     def save_generation(self, gen: Generation) -> None:
@@ -609,7 +624,8 @@ def write_generation(cur: duckdb.DuckDBPyConnection, gen: Generation,
             gen.model_spec or None])
     cur.register("incoming_steps", steps)
     try:
-        cur.execute(f"INSERT INTO token_steps SELECT {_STEP_COLUMNS} FROM incoming_steps")
+        cur.execute(f"INSERT INTO token_steps ({_STEP_COLUMNS}) SELECT {_STEP_COLUMNS} "
+                    "FROM incoming_steps")
     finally:
         cur.unregister("incoming_steps")
 

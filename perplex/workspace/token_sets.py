@@ -21,7 +21,7 @@ from perplex.core.records import new_id
 from perplex.core.token_words import MAX_WORD_CHARS, ResolvedWord, resolve_words
 from perplex.workspace.access import Actor, require_row, require_session
 from perplex.workspace.sessions import clean_name
-from perplex.workspace.store import Store, from_epoch_us, touch_session_row
+from perplex.workspace.store import Store, from_epoch_us, insert_row, touch_session_row
 
 __all__ = ["COMPLIANCE_SET", "DEFAULT_SETS", "REFUSAL_SET", "ResolvedWord", "TokenSet",
            "TokenSetMember", "add_token", "add_words", "create_token_set", "delete_token_set",
@@ -220,8 +220,8 @@ def _insert_set(cur: duckdb.DuckDBPyConnection, actor: Actor, session_id: str,
     """Insert an empty set into a session `actor` may change and return its id."""
     require_session(cur, actor, session_id, write=True)
     set_id, now = new_id(), _now()
-    cur.execute("INSERT INTO token_sets VALUES (?, ?, ?, ?, ?)",
-                [set_id, session_id, name, now, now])
+    insert_row(cur, "token_sets", {"id": set_id, "session_id": session_id, "name": name,
+                                   "created_at": now, "updated_at": now})
     touch_session_row(cur, session_id)
     return set_id
 
@@ -275,7 +275,8 @@ def _insert_member(cur: duckdb.DuckDBPyConnection, set_id: str, tokenizer_label:
     if not isinstance(tokenizer_label, str) or not tokenizer_label:
         raise InputFormatError("Token-set entries need the label of their tokenizer (model).")
     cur.execute(
-        "INSERT INTO token_set_members SELECT ?, ?, ?, ?, ?, coalesce(max(ordinal) + 1, 0), ? "
+        "INSERT INTO token_set_members (set_id, tokenizer, token_id, token_text, word, "
+        "ordinal, added_at) SELECT ?, ?, ?, ?, ?, coalesce(max(ordinal) + 1, 0), ? "
         "FROM token_set_members WHERE set_id = ? ON CONFLICT DO NOTHING",
         [set_id, tokenizer_label, token_id, token_text, word, _now(), set_id])
 

@@ -21,7 +21,7 @@ from perplex.core.records import new_id
 from perplex.core.trait_monitoring import parse_monitoring
 from perplex.core.traits import TraitVector
 from perplex.workspace.bundle_docs import BundleError
-from perplex.workspace.store import Store, from_epoch_us
+from perplex.workspace.store import Store, from_epoch_us, insert_row
 from perplex.workspace.trait_run_store import KINDS
 from perplex.workspace.trait_store import (
     insert_vector_row,
@@ -111,11 +111,12 @@ def write_traits(cur, store: Store, payload: TraitPayload, session_id: str,
         if fresh and pair is not None:
             pair = pairs.setdefault(pair, new_id())
         generation = run["generation_id"]
-        cur.execute("INSERT INTO trait_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [new_id() if fresh else run["id"], session_id, run["created_at"],
-                     run["kind"], pair, None if generation is None else generation_ids[generation],
-                     json.dumps(run["record"]), json.dumps(run["trait_layers"]),
-                     json.dumps(run["steering"])])
+        insert_row(cur, "trait_runs", {
+            "id": new_id() if fresh else run["id"], "session_id": session_id,
+            "created_at": run["created_at"], "kind": run["kind"], "pair_id": pair,
+            "generation_id": None if generation is None else generation_ids[generation],
+            "record": json.dumps(run["record"]), "trait_layers": json.dumps(run["trait_layers"]),
+            "steering": json.dumps(run["steering"])})
     written = []
     for vector_id, vector in payload.vectors:
         vector_id = new_id() if fresh else vector_id

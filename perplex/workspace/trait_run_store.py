@@ -19,7 +19,14 @@ from perplex.core.errors import InputFormatError, StoreError
 from perplex.core.records import new_id
 from perplex.core.trait_monitoring import MonitoredRun, MonitoringRecord, parse_monitoring
 from perplex.workspace.access import require_row, require_session, visible
-from perplex.workspace.store import Store, from_epoch_us, read_generation, write_generation
+from perplex.workspace.store import (
+    Store,
+    from_epoch_us,
+    insert_row,
+    insert_sql,
+    read_generation,
+    write_generation,
+)
 
 KINDS = ("monitored", "baseline", "steered", "imported")
 
@@ -69,10 +76,11 @@ def save_trait_run(store: Store, run: MonitoredRun, kind: str, session_id: str |
     with store.cursor(write=True) as cur:
         require_session(cur, store.actor, session_id, write=True)
         write_generation(cur, generation)
-        cur.execute("INSERT INTO trait_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [run_id, session_id, datetime.now(timezone.utc), kind, pair_id,
-                     generation.id, record, json.dumps(dict(zip(run.traits, run.trait_layers))),
-                     json.dumps(list(run.steering))])
+        insert_row(cur, "trait_runs", {
+            "id": run_id, "session_id": session_id, "created_at": datetime.now(timezone.utc),
+            "kind": kind, "pair_id": pair_id, "generation_id": generation.id, "record": record,
+            "trait_layers": json.dumps(dict(zip(run.traits, run.trait_layers))),
+            "steering": json.dumps(list(run.steering))})
     return run_id
 
 
@@ -83,7 +91,9 @@ def save_imported(store: Store, records: list[MonitoringRecord], session_id: str
              _checked(r), "{}", "[]"] for r in records]
     with store.cursor(write=True) as cur:
         require_session(cur, store.actor, session_id, write=True)
-        cur.executemany("INSERT INTO trait_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        cur.executemany(insert_sql("trait_runs", ("id", "session_id", "created_at", "kind",
+                                                  "pair_id", "generation_id", "record",
+                                                  "trait_layers", "steering")), rows)
     return [row[0] for row in rows]
 
 

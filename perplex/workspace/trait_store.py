@@ -26,7 +26,7 @@ from perplex.core.errors import InputFormatError, StoreError
 from perplex.core.records import new_id
 from perplex.core.traits import TraitVector
 from perplex.workspace.access import require_session, visible
-from perplex.workspace.store import Store
+from perplex.workspace.store import Store, insert_row
 
 MAX_VECTOR_BYTES = 64 * 2**20
 
@@ -68,10 +68,12 @@ def insert_vector_row(cur, vector_id: str, session_id: str | None, vector: Trait
                       file_name: str) -> None:
     """List a written vector file in `trait_vectors`, on a write cursor."""
     meta = _file_meta(vector)
-    cur.execute("INSERT INTO trait_vectors VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [vector_id, session_id, datetime.now(timezone.utc), vector.trait,
-                 vector.model_label, vector.variant, vector.n_layers, int(vector.vector.shape[1]),
-                 vector.default_layer, meta["norms"], meta["auroc"], meta["meta"], file_name])
+    insert_row(cur, "trait_vectors", {
+        "id": vector_id, "session_id": session_id, "created_at": datetime.now(timezone.utc),
+        "trait": vector.trait, "model_label": vector.model_label, "variant": vector.variant,
+        "layers": vector.n_layers, "hidden": int(vector.vector.shape[1]),
+        "default_layer": vector.default_layer, "norms": meta["norms"], "auroc": meta["auroc"],
+        "meta": meta["meta"], "file": file_name})
 
 
 def _file_meta(vector: TraitVector) -> dict[str, str]:
