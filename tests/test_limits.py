@@ -86,3 +86,54 @@ def test_the_operators_ndif_key_serves_visitors_only_where_the_operator_allows(m
     assert ndif_api_key() is None and not ndif_key_set()
     monkeypatch.setenv("PERPLEX_OPERATOR_KEYS", "1")
     assert ndif_api_key() == "operators-key" and ndif_key_set()
+
+
+def _three_uploaders():
+    import streamlit as st
+
+    from perplex.ui import resources
+    from perplex.ui.file_input import uploaded_file
+
+    st.session_state[resources.USER_KEY] = "uploader-of-three"
+    for key in ("batch", "calibration", "bundle"):
+        file = uploaded_file(key, key=key, type=["txt"])
+        st.markdown(f"{key}: {'taken' if file is not None else 'refused'}")
+
+
+def test_every_upload_counts_against_the_hourly_limit_once(monkeypatch):
+    """Hardening, point 4: only the Default page's uploads were counted.
+
+    Every page takes files through `uploaded_file` (checked below); a file counts once,
+    when it arrives, and the one over the limit is refused with the reason.
+    """
+    from streamlit.testing.v1 import AppTest
+
+    from perplex.ui import resources
+
+    monkeypatch.setenv("PERPLEX_HOSTED", "1")
+    monkeypatch.setenv("PERPLEX_UPLOADS_PER_HOUR", "2")
+    resources.usage_meter.clear()
+    try:
+        at = AppTest.from_function(_three_uploaders, default_timeout=60)
+        at.run()
+        for key in ("batch", "calibration", "bundle"):
+            at.file_uploader(key=key).set_value((f"{key}.txt", b"hello", "text/plain"))
+        at.run()
+        shown = [m.value for m in at.markdown]
+        assert shown == ["batch: taken", "calibration: taken", "bundle: refused"]
+        assert "uploaded 2 files in the last hour; this server allows 2 an hour" in \
+            at.error[0].value
+        at.run()  # a rerun does not count the files again
+        assert [m.value for m in at.markdown] == shown
+    finally:
+        resources.usage_meter.clear()
+
+
+def test_no_page_takes_a_file_around_the_counted_widget():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    takers = sorted(str(p.relative_to(root)) for p in [*root.glob("perplex/**/*.py"),
+                                                       *root.glob("pages/*.py"), root / "app.py"]
+                    if "file_uploader(" in p.read_text(encoding="utf-8"))
+    assert takers == ["perplex/ui/file_input.py"]

@@ -22,6 +22,7 @@ from perplex.modes.calibration.answers import MATCH_RULES
 from perplex.modes.calibration.datasets import sample_dataset
 from perplex.ui import investigate, page_state, resources, session_panel
 from perplex.ui.export_panel import download, figure_downloads
+from perplex.ui.file_input import uploaded_file
 from perplex.ui.model_choice import choose_local_model
 from perplex.ui.sidebar import thresholds
 from perplex.ui.text import count, plain
@@ -80,7 +81,7 @@ def new_batch_section(engine, system: tuple[Message, ...], params: DecodeParams)
     with st.expander("New batch", expanded=not list_batches(resources.store(),
                                                              session_panel.current_session_id())
                      if session_panel.current_session_id() else True):
-        upload = st.file_uploader(
+        upload = uploaded_file(
             "Prompts (.txt one a line, .csv with a prompt column, .jsonl with \"prompt\") or "
             "transcripts (.jsonl of chats or OpenAI responses with logprobs, .zip of JSON "
             "files)", type=[f.removeprefix(".") for f in FORMATS], key=f"{PREFIX}.upload")

@@ -39,6 +39,7 @@ from perplex.modes.calibration.table import (
 )
 from perplex.ui import resources
 from perplex.ui.export_panel import download
+from perplex.ui.file_input import uploaded_file
 from perplex.ui.prompt_list import duration
 from perplex.ui.text import count, plain
 from perplex.workspace.calibration_store import (
@@ -92,8 +93,8 @@ def dataset_section(store) -> Dataset | None:
 
 
 def _upload(store) -> None:
-    file = st.file_uploader("CSV, JSONL or JSON", type=["csv", "jsonl", "ndjson", "json"],
-                            key=f"{PREFIX}.upload")
+    file = uploaded_file("CSV, JSONL or JSON", type=["csv", "jsonl", "ndjson", "json"],
+                         key=f"{PREFIX}.upload")
     if file is None:
         return
     try:

@@ -8,6 +8,7 @@ from perplex.core.errors import PerplexError
 from perplex.core.plots import entropy_timeline
 from perplex.core.records import Generation
 from perplex.ui import resources
+from perplex.ui.file_input import uploaded_file
 from perplex.ui.session_panel import current_session_id, switch_to
 from perplex.ui.sidebar import thresholds
 from perplex.ui.text import plain
@@ -113,8 +114,8 @@ def _annotation_downloads(session_id: str, prefix: str) -> None:
 
 
 def _bundle_import(prefix: str) -> None:
-    file = st.file_uploader("Import a session bundle (.zip)", type=["zip"],
-                            key=f"{prefix}.bundle_upload")
+    file = uploaded_file("Import a session bundle (.zip)", type=["zip"],
+                         key=f"{prefix}.bundle_upload")
     if file is None or not st.button("Import as a new session", key=f"{prefix}.bundle_go"):
         return
     try:

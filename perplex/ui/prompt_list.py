@@ -19,6 +19,7 @@ from perplex.core.records import Message
 from perplex.engine.protocol import Engine
 from perplex.modes import prefill
 from perplex.ui import session_panel
+from perplex.ui.file_input import uploaded_file
 from perplex.ui.text import plain
 
 PREVIEW_EVERY_S = 3.0  # how often the table under a running run is redrawn
@@ -134,7 +135,7 @@ def prompt_list_form(key: str, button: str, disabled: bool = False) -> prefill.P
     with st.form(f"{key}_form"):
         pasted = st.text_area("One prompt per line (blank lines are skipped)",
                               key=f"{key}_text")
-        uploaded = st.file_uploader("or a .txt file, one prompt per line (it is used instead "
+        uploaded = uploaded_file("or a .txt file, one prompt per line (it is used instead "
                                     f"of the box; at most {MAX_LIST_BYTES // 2**20} MiB, "
                                     f"{prefill.MAX_PROMPTS:,} prompts)", type=["txt"],
                                     key=f"{key}_file")

@@ -31,6 +31,7 @@ from perplex.modes.traits.vectors import (
 )
 from perplex.ui import resources, session_panel
 from perplex.ui.export_panel import download, figure_downloads
+from perplex.ui.file_input import uploaded_file
 from perplex.ui.text import plain
 from perplex.ui.token_view import Overlay, token_view
 from perplex.workspace.exports import frame_csv, monitoring_frame, monitoring_parquet
@@ -218,8 +219,8 @@ def _import_pt(engine: Engine, chosen: list[str], held: dict) -> None:
     with st.expander("Import a persona_vectors .pt vector"):
         trait = st.selectbox("For the trait", chosen or ["(choose traits first)"],
                              key=f"{PREFIX}.pt_trait")
-        uploaded = st.file_uploader("Vector file (.pt, a [layers + 1, hidden] tensor)",
-                                    type=["pt"], key=f"{PREFIX}.pt_file")
+        uploaded = uploaded_file("Vector file (.pt, a [layers + 1, hidden] tensor)",
+                                 type=["pt"], key=f"{PREFIX}.pt_file")
         if uploaded is not None and chosen and st.button("Import", key=f"{PREFIX}.pt_go"):
             n_blocks = engine.info.n_layers
             try:
@@ -305,8 +306,8 @@ def import_section() -> None:
     """Show a per-token monitor JSON file (no model needed) in the same views; keep it."""
     with st.expander("Open per-token trait-monitor JSON (prompt, response, tokens, "
                      "trait_scores)"):
-        uploaded = st.file_uploader("Monitor file (.json)", type=["json"],
-                                    key=f"{PREFIX}.monitor_file")
+        uploaded = uploaded_file("Monitor file (.json)", type=["json"],
+                                 key=f"{PREFIX}.monitor_file")
         if uploaded is not None and st.session_state.get(f"{PREFIX}.monitor_seen") != \
                 uploaded.file_id:
             st.session_state[f"{PREFIX}.monitor_seen"] = uploaded.file_id

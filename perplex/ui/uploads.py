@@ -13,6 +13,7 @@ from perplex.core.records import Generation
 from perplex.engine.protocol import Engine
 from perplex.ui import resources
 from perplex.ui.conditioning import text_prefix
+from perplex.ui.file_input import uploaded_file
 from perplex.ui.session_panel import current_session_id, remember, save_to_session
 from perplex.ui.text import plain
 
@@ -51,7 +52,7 @@ def open_from_query(target_key: str) -> None:
 
 def _upload_section(prefix: str, target_key: str, engine: Engine | None) -> None:
     st.markdown("**Upload**")
-    file = st.file_uploader(
+    file = uploaded_file(
         "Chat JSON, plain text, OpenAI-style response with logprobs, or JSONL",
         type=UPLOAD_TYPES, key=f"{prefix}.upload",
         help=f"Up to {MAX_UPLOAD_BYTES // 2**20} MB. Samples are in data/samples/.")
@@ -59,8 +60,7 @@ def _upload_section(prefix: str, target_key: str, engine: Engine | None) -> None
         return
     try:
         parsed = parsed_once(st.session_state, f"{prefix}.upload_parsed", (file.file_id, file.size),
-                             lambda: (resources.count_upload(),
-                                      parse_upload(file.name, file.getvalue()))[1])
+                             lambda: parse_upload(file.name, file.getvalue()))
     except PerplexError as exc:
         st.error(plain(str(exc)))
         return
