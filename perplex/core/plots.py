@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 
 import plotly.graph_objects as go
@@ -25,6 +26,20 @@ def visible_token(text: str) -> str:
     return text.replace("\n", "↵").replace("\t", "⇥").replace(" ", "·") or "∅"
 
 
+def figure_text(text: str) -> str:
+    """Untrusted text (a name, a model's output) for a figure, shown as written.
+
+    Plotly reads <a href>, <b>, <br> and entities in titles, legends, ticks and hover
+    labels as markup: a trait named `<a href=…>` became a link. Escaped, it is text.
+    """
+    return html.escape(text, quote=False)
+
+
+def figure_token(text: str) -> str:
+    """A token's text for a figure: whitespace made visible, markup escaped."""
+    return figure_text(visible_token(text))
+
+
 # Entropy on the left axis, probability on the right, for every timeline of both.
 ENTROPY_AND_P_AXES = dict(
     yaxis=dict(title="entropy (nats)", rangemode="tozero"),
@@ -39,7 +54,7 @@ def entropy_timeline(steps: Sequence[TokenStep], highlight: int | None = None,
     Each point carries its token index in `customdata`, so a click can find the token.
     """
     xs = list(range(len(steps)))
-    labels = [visible_token(s.text) for s in steps]
+    labels = [figure_token(s.text) for s in steps]
     probs = [s.prob for s in steps]
     entropies = [s.entropy for s in steps]
     estimate = any(s.entropy_is_estimate for s in steps)
@@ -74,7 +89,7 @@ def before_after_timeline(before: Sequence[TokenStep], after: Sequence[TokenStep
     fig = go.Figure()
     for steps, name, dash in ((before, "before", "dot"), (after, "after", "solid")):
         xs = list(range(len(steps)))
-        labels = [visible_token(s.text) for s in steps]
+        labels = [figure_token(s.text) for s in steps]
         fig.add_trace(go.Scatter(
             x=xs, y=[s.prob for s in steps], name=f"p(token) {name}", yaxis="y2",
             mode="lines", line=dict(color=PROB_COLOUR, dash=dash, width=1.5), text=labels,

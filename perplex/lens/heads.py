@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 import torch
 
 from perplex.core.errors import PerplexError
-from perplex.core.plots import visible_token
+from perplex.core.plots import figure_token
 from perplex.engine.protocol import WeightsEngine
 from perplex.lens.logit_lens import LensError, check_input
 
@@ -46,8 +46,8 @@ class HeadLens:
 
     def figure(self) -> go.Figure:
         """Heatmap, layers × heads, of each head's contribution to the token's logit."""
-        token = visible_token(self.texts.get(self.token_id, ""))
-        tops = [[", ".join(visible_token(self.texts.get(int(i), "")) for i in cell)
+        token = figure_token(self.texts.get(self.token_id, ""))
+        tops = [[", ".join(figure_token(self.texts.get(int(i), "")) for i in cell)
                  for cell in row] for row in self.top_ids]
         limit = float(np.abs(self.logit).max()) or 1.0
         n_layers, n_heads = self.logit.shape

@@ -23,7 +23,7 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
-from perplex.core.plots import visible_token
+from perplex.core.plots import figure_token
 from perplex.core.tokens import token_texts
 from perplex.engine.protocol import ResidualPatch, WeightsEngine
 from perplex.lens.logit_lens import LensError, Progress, check_input
@@ -89,8 +89,8 @@ class PatchSweep:
 
     def figure(self, metric: str = "p_source") -> go.Figure:
         """Heatmap, layers × target positions, of `metric` ("p_source" or "logit_diff")."""
-        src = visible_token(self.texts.get(self.source_answer, ""))
-        tgt = visible_token(self.texts.get(self.target_answer, ""))
+        src = figure_token(self.texts.get(self.source_answer, ""))
+        tgt = figure_token(self.texts.get(self.target_answer, ""))
         grid = getattr(self, metric)
         if metric == "logit_diff":
             title, bar = f"logit({src}) − logit({tgt}) after the patch", "Δ logit"
@@ -99,9 +99,9 @@ class PatchSweep:
         else:
             title, bar = f"p({src}) after the patch", "p"
             scale = dict(colorscale="Viridis", zmin=0.0, zmax=1.0)
-        labels = [f"{i}: {visible_token(t)}<br>← {visible_token(s)}"
+        labels = [f"{i}: {figure_token(t)}<br>← {figure_token(s)}"
                   for i, (t, s) in enumerate(zip(self.target_texts, self.source_texts))]
-        top1 = [[visible_token(self.texts.get(int(i), "")) if i >= 0 else "" for i in row]
+        top1 = [[figure_token(self.texts.get(int(i), "")) if i >= 0 else "" for i in row]
                 for row in self.top1]
         fig = go.Figure(go.Heatmap(
             z=grid, x=list(range(grid.shape[1])), y=list(range(grid.shape[0])),

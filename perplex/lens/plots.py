@@ -6,7 +6,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from perplex.core.plots import ENTROPY_COLOUR, PROB_COLOUR, visible_token
+from perplex.core.plots import ENTROPY_COLOUR, PROB_COLOUR, figure_token
 from perplex.lens.logit_lens import LogitLens
 
 KL_COLOUR = "#7b3294"
@@ -26,7 +26,7 @@ def lens_rows(lens: LogitLens, position: int, shown: int = 5) -> list[dict]:
     for layer in range(lens.n_layers):
         row = {"layer": layer_name(layer, lens.n_layers)}
         for j in range(min(shown, lens.top_ids.shape[2])):
-            token = visible_token(lens.text(lens.top_ids[position, layer, j]))
+            token = figure_token(lens.text(lens.top_ids[position, layer, j]))
             row[f"#{j + 1}"] = f"{token} {lens.top_probs[position, layer, j]:.3f}"
         row["p(final)"] = float(lens.final_prob[position, layer])
         row["rank(final)"] = int(lens.final_rank[position, layer])
@@ -61,7 +61,7 @@ def lens_heatmap(lens: LogitLens, position: int, limit: int = 12) -> go.Figure:
         for token, prob in zip(lens.top_ids[position, layer], lens.top_probs[position, layer]):
             if int(token) in column:
                 grid[layer, column[int(token)]] = prob
-    labels = [visible_token(lens.text(t)) for t in candidates]
+    labels = [figure_token(lens.text(t)) for t in candidates]
     k = lens.top_ids.shape[2]
     fig = go.Figure(go.Heatmap(
         z=grid, x=list(range(len(candidates))), y=list(range(lens.n_layers)),
@@ -82,7 +82,7 @@ def lens_heatmap(lens: LogitLens, position: int, limit: int = 12) -> go.Figure:
 def lens_trajectory(lens: LogitLens, position: int) -> go.Figure:
     """The final token's probability and rank, and entropy and KL to the final layer, by layer."""
     layers = list(range(lens.n_layers))
-    final = visible_token(lens.text(lens.final_ids[position]))
+    final = figure_token(lens.text(lens.final_ids[position]))
     fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06,
                         subplot_titles=(f"p({final}) by layer", f"rank of {final}",
                                         "entropy and KL to the final layer (nats)"))

@@ -19,6 +19,7 @@ from perplex.core.plots import (
     ENTROPY_COLOUR,
     PROB_COLOUR,
     entropy_timeline,
+    figure_token,
     short_prob,
     visible_token,
 )
@@ -374,7 +375,7 @@ def alert_timeline(steps: Sequence[TokenStep], thresholds: AlertThresholds,
     fig.add_trace(go.Scatter(
         x=[a.index for a in found], y=[a.prob for a in found], yaxis="y2", mode="markers",
         name="alert", marker=dict(symbol="x", size=10, color="#c0392b"),
-        text=[f"{visible_token(a.text)}: {a.reason}" for a in found],
+        text=[f"{figure_token(a.text)}: {a.reason}" for a in found],
         hovertemplate="#%{x} %{text}<extra></extra>"))
     return fig
 

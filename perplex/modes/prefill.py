@@ -20,7 +20,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from perplex.core.errors import InputFormatError
-from perplex.core.plots import visible_token
+from perplex.core.plots import figure_text, figure_token
 from perplex.core.records import Generation, Message, TokenRole
 from perplex.core.token_words import ResolvedWord, resolve_words
 from perplex.engine.protocol import Engine
@@ -463,7 +463,7 @@ def first_token_figure(result: FirstToken, refusal: WordSet, compliance: WordSet
     colours = [REFUSAL_COLOUR if i in refusal.whole_ids else COMPLIANCE_COLOUR
                if i in compliance.whole_ids else OTHER_COLOUR for i in result.top_ids]
     kinds = [_kind(i, refusal, compliance) for i in result.top_ids]
-    labels = [f"{visible_token(t)} " for t in result.top_texts]
+    labels = [f"{figure_token(t)} " for t in result.top_texts]
     fig = go.Figure(go.Bar(
         x=list(result.top_probs), y=labels, orientation="h", marker_color=colours,
         customdata=kinds, hovertemplate="%{y}: p = %{x:.4g} (%{customdata})<extra></extra>"))
@@ -478,9 +478,9 @@ def _kind(token_id: int, refusal: WordSet, compliance: WordSet) -> str:
     """What a bar is: a set's word, the first piece of set words, or other."""
     for word_set in (refusal, compliance):
         if token_id in word_set.whole_ids:
-            return word_set.name
-    starts = [f"{ws.name} {r.word!r}" for ws in (refusal, compliance) for r in ws.spellings
-              if r.token_ids[0] == token_id and len(r.token_ids) > 1]
+            return figure_text(word_set.name)
+    starts = [figure_text(f"{ws.name} {r.word!r}") for ws in (refusal, compliance)
+              for r in ws.spellings if r.token_ids[0] == token_id and len(r.token_ids) > 1]
     return "other; first piece of " + ", ".join(dict.fromkeys(starts)) if starts else "other"
 
 

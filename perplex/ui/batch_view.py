@@ -295,7 +295,7 @@ def flags_section(batch: BatchSummary) -> dict[str, int]:
     counts = flag_counts(store, batch.id)
     cols = st.columns(min(len(counts), 6))
     for n, (name, found) in enumerate(counts.items()):
-        cols[n % len(cols)].metric(FLAG_TITLES.get(name, name),
+        cols[n % len(cols)].metric(plain(FLAG_TITLES.get(name, name)),
                                    "—" if found is None else f"{found:,}",
                                    help="not computed for this batch" if found is None else None)
     with st.expander("How the flags are computed"):

@@ -74,7 +74,7 @@ def figure_downloads(fig, name: str, key: str, title: str) -> None:
     `name` is the file name without its extension; `key` must change with the figure's
     content (include the id of what it shows), so a drawing is never of an older figure.
     """
-    st.markdown(f"**{title}**")
+    st.markdown(f"**{plain(title)}**")
     cols = st.columns(3)
     download(cols[0], "Interactive HTML", data=lambda: fig.to_html(include_plotlyjs=True),
              file_name=f"{name}.html", mime="text/html", key=f"{key}.html")

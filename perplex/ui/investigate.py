@@ -149,9 +149,9 @@ def comparison_panel(page_key: str) -> None:
         marked_before, marked_after = token_diff([s.text for s in before[split:]],
                                                  [s.text for s in after[split:]])
         left, right = st.columns(2)
-        left.caption(f"parent: {parent.title or 'original'}")
+        left.caption(f"parent: {plain(parent.title or 'original')}")
         left.markdown(marked_before)
-        right.caption(f"this branch: {current.title or 'branch'}")
+        right.caption(f"this branch: {plain(current.title or 'branch')}")
         right.markdown(marked_after)
         st.caption("Highlighted: tokens that differ between the two continuations.")
 

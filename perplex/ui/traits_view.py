@@ -78,7 +78,7 @@ def trait_editor() -> None:
                 st.error(plain(str(exc)))
                 return
             st.session_state.setdefault(OWN_KEY, {})[trait.name] = trait
-            st.success(f"{trait.name}: {len(trait.pairs)} instruction pairs, "
+            st.success(f"{plain(trait.name)}: {len(trait.pairs)} instruction pairs, "
                        f"{len(trait.questions)} questions (kept in this browser session).")
 
 
@@ -196,7 +196,7 @@ def _extract(engine: Engine, names: list[str], held: dict, how: Extraction) -> N
             share = (k + done / total) / len(names)
             spent = time.monotonic() - started
             left = f" · about {spent / share * (1 - share):.0f} s left" if share > 0 else ""
-            bar.progress(share, text=f"{name}: {done}/{total} {unit} · trait {k + 1} of "
+            bar.progress(share, text=f"{plain(name)}: {done}/{total} {unit} · trait {k + 1} of "
                                      f"{len(names)}{left}")
         try:
             if how.variant == "prompt_last":
@@ -210,8 +210,9 @@ def _extract(engine: Engine, names: list[str], held: dict, how: Extraction) -> N
         held[(engine.info.label, name)] = vector
         save_vector(store, vector, session_panel.session_for_saving())
         if vector.variant == "response_average":
-            st.caption(f"{name}: {vector.meta['pairs_kept']} of {vector.meta['pairs_in_all']} "
-                       "pairs kept" + (" by the judge." if vector.meta["judge"] else "."))
+            st.caption(f"{plain(name)}: {vector.meta['pairs_kept']} of "
+                       f"{vector.meta['pairs_in_all']} pairs kept"
+                       + (" by the judge." if vector.meta["judge"] else "."))
     bar.empty()
 
 
@@ -231,7 +232,7 @@ def _import_pt(engine: Engine, chosen: list[str], held: dict) -> None:
                 return
             held[(engine.info.label, trait)] = vector
             save_vector(resources.store(), vector, session_panel.session_for_saving())
-            st.success(f"Imported {trait}: layer {vector.default_layer} (largest norm) by "
+            st.success(f"Imported {plain(trait)}: layer {vector.default_layer} (largest norm) by "
                        f"default. Layers 0 to {n_blocks - 1} are used as they are; "
                        f"layer {n_blocks} was read after the final norm by "
                        "persona_vectors, so it is not used here.")
@@ -251,7 +252,7 @@ def generate_section(engine: Engine, found: list[Monitor], messages: tuple[Messa
     def progress(n: int, token: int, scores: np.ndarray) -> None:
         if n % 4 == 1:
             named = " · ".join(f"{m.vector.trait} {s:+.2f}" for m, s in zip(found, scores))
-            line.caption(f"{n} tokens · last token's scores: {named}")
+            line.caption(f"{n} tokens · last token's scores: {plain(named)}")
 
     try:
         run = monitor_generate(engine, messages, found, DecodeParams(max_new_tokens=max_new),
@@ -371,7 +372,7 @@ def monitor_exports(records: list[MonitoringRecord], labels: list[str], name: st
 
     `key` must change with what is shown (include an id), so a drawn figure is never stale.
     """
-    with st.expander(title):
+    with st.expander(plain(title)):
         frame = monitoring_frame(records, labels)
         cols = st.columns(3)
         download(cols[0], "Per-token monitor JSON",
@@ -434,13 +435,13 @@ def monitor_views(traits: tuple[str, ...], layers: tuple[int, ...] | None, score
 def colour_caption(trait: str, ref: tuple[float, float] | None) -> str:
     """How the answer's colours read, with the baseline they are read against."""
     if ref is None:
-        return (f"Red: the token's residual projects towards {trait} (h · v / ‖v‖ > 0), blue: "
-                "away; full colour at the answer's largest |score|. This vector has no "
+        return (f"Red: the token's residual projects towards {plain(trait)} (h · v / ‖v‖ > 0), "
+                "blue: away; full colour at the answer's largest |score|. This vector has no "
                 "baseline (imported, or not loaded here), so colours are relative to 0, which "
                 "need not be neutral.")
     baseline, span = ref
-    return (f"Colours are read against {trait}'s baseline {baseline:+.2f}, the mean score of "
-            f"its negative examples at extraction: red above it, blue below, full red at "
+    return (f"Colours are read against {plain(trait)}'s baseline {baseline:+.2f}, the mean "
+            f"score of its negative examples at extraction: red above it, blue below, full red at "
             f"{baseline + span:+.2f} (the positive examples' mean, baseline + ‖v‖).")
 
 
@@ -461,13 +462,13 @@ def steering_section(engine: Engine, found: list[Monitor], messages: tuple[Messa
     for trait in steer:
         monitor = found[names.index(trait)]
         cols = st.columns([1, 2, 2])
-        cols[0].markdown(f"**{trait}**")
+        cols[0].markdown(f"**{plain(trait)}**")
         coefficient = float(cols[1].number_input(
-            f"c for {trait} (adds c · v)", -20.0, 20.0, 2.0, 0.5,
+            f"c for {plain(trait)} (adds c · v)", -20.0, 20.0, 2.0, 0.5,
             key=f"{PREFIX}.coefficient.{trait}",
             help="v is the trait's vector at the layer, unnormalised (persona_vectors' "
                  "semantics)"))
-        layer = int(cols[2].number_input(f"Layer for {trait}", 1, engine.info.n_layers,
+        layer = int(cols[2].number_input(f"Layer for {plain(trait)}", 1, engine.info.n_layers,
                                          max(1, monitor.layer),
                                          key=f"{PREFIX}.steer_layer.{trait}"))
         try:
@@ -536,7 +537,7 @@ def pair_section() -> None:
     left, right = st.columns(2)
     for column, run, title in ((left, base, "Baseline"), (right, steered, steering_title(steered))):
         with column:
-            st.caption(title)
+            st.caption(plain(title))
             t = run.traits.index(trait)
             steps = run.generation.steps[run.answer_start:]
             token_view(steps, key=f"{PREFIX}-{title[:8]}", confident=0.7, uncertain=0.3,
@@ -544,7 +545,7 @@ def pair_section() -> None:
                                                            references(run)[t])),
                        highlight=first if first is not None and first < len(steps) else None,
                        inert=True)
-            st.caption(f"mean {trait} score {run.scores[t].mean():+.3f}"
+            st.caption(f"mean {plain(trait)} score {run.scores[t].mean():+.3f}"
                        + _injected_note(run, trait))
     t = base.traits.index(trait)
     st.caption(colour_caption(trait, references(base)[t]))

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 
 from perplex.core.comparison import UNLIKELY, CrossScore
-from perplex.core.plots import MARKERS_UP_TO, short_prob, visible_token
+from perplex.core.plots import MARKERS_UP_TO, figure_text, figure_token, short_prob
 
 A_COLOUR = (43, 123, 186)  # blue: A gave the token more probability
 B_COLOUR = (217, 95, 2)  # orange: B did
@@ -32,11 +32,11 @@ def divergence_legend(label_a: str, label_b: str) -> str:
 def dual_entropy_heatmap(cross: CrossScore, label_a: str, label_b: str) -> go.Figure:
     """Two rows, entropy of each answer token under A and under B, aligned by position."""
     steps_a, steps_b = cross.answer_steps("A"), cross.answer_steps("B")
-    texts = [visible_token(s.text) for s in steps_a]
+    texts = [figure_token(s.text) for s in steps_a]
     estimate = any(s.entropy_is_estimate for s in (*steps_a, *steps_b))
     fig = go.Figure(go.Heatmap(
         z=[[s.entropy for s in steps_a], [s.entropy for s in steps_b]],
-        x=list(range(len(steps_a))), y=[f"A: {label_a}", f"B: {label_b}"],
+        x=list(range(len(steps_a))), y=[f"A: {figure_text(label_a)}", f"B: {figure_text(label_b)}"],
         text=[texts, texts], colorscale="Viridis", colorbar=dict(title="nats"),
         customdata=[list(range(len(steps_a)))] * 2,
         hovertemplate="token %{x}: %{text}<br>entropy %{z:.3f} nats<extra>%{y}</extra>"))
@@ -55,7 +55,7 @@ def kl_timeline(cross: CrossScore, threshold: float = UNLIKELY,
     if cross.approximate:
         return _log_ratio_timeline(cross, highlight)
     x = [t.index for t in tokens]
-    hover = [f"{visible_token(t.text)} · p_A {short_prob(t.prob_a)} · p_B {short_prob(t.prob_b)}"
+    hover = [f"{figure_token(t.text)} · p_A {short_prob(t.prob_a)} · p_B {short_prob(t.prob_b)}"
              for t in tokens]
     bound = " ≥" if cross.bounds else ""
     mode = "lines+markers" if len(tokens) <= MARKERS_UP_TO else "lines"
@@ -89,7 +89,7 @@ def _log_ratio_timeline(cross: CrossScore, highlight: int | None) -> go.Figure:
     fig = go.Figure(go.Bar(
         x=[t.index for t in tokens], y=[t.log_ratio for t in tokens],
         marker_color=[bar_colour(t.log_ratio) for t in tokens],
-        text=[visible_token(t.text) for t in tokens], customdata=[t.index for t in tokens],
+        text=[figure_token(t.text) for t in tokens], customdata=[t.index for t in tokens],
         hovertemplate="run %{x}: %{text}<br>log p_A − log p_B ≈ %{y:.3f}<extra></extra>"))
     if highlight is not None:
         fig.add_vline(x=highlight, line=dict(color="#888", dash="dot"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from perplex.core.decoding import MethodRun
+from perplex.core.plots import figure_text
 from perplex.modes.decoding.stats import ContrastStats, SpeculativeStats
 
 ACCEPTED = "#2b7bba"
@@ -44,6 +45,7 @@ def contrast_timeline(run: MethodRun, texts: list[str]) -> go.Figure:
     records = run.contrast
     x = list(range(len(records)))
     names = ("final layer", "premature layer") if run.method == "dola" else ("expert", "amateur")
+    texts = [figure_text(t) for t in texts]
     fig = go.Figure()
     fig.add_scatter(x=x, y=[r.p_a for r in records], mode="lines+markers", name=f"p {names[0]}",
                     text=texts, hovertemplate="%{text}: %{y:.3g}<extra></extra>")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from perplex.core.plots import visible_token
+from perplex.core.plots import figure_text, figure_token
 from perplex.core.traits import TraitVector
 
 POSITIVE = (178, 24, 43)  # red: the token leans towards the trait
@@ -26,7 +26,8 @@ def layer_statistics(vector: TraitVector, chosen: int) -> go.Figure:
                     name="held-out AUROC", mode="lines+markers", yaxis="y2",
                     hovertemplate="layer %{x}: AUROC %{y:.3f}<extra></extra>")
     fig.add_vline(x=chosen, line_dash="dot", annotation_text=f"layer {chosen}")
-    fig.update_layout(title=f"{vector.trait}: vector norm and separation by layer", height=300,
+    fig.update_layout(title=f"{figure_text(vector.trait)}: vector norm and separation by layer",
+                      height=300,
                       xaxis_title="layer (0 embedding)", yaxis=dict(title="‖v‖"),
                       yaxis2=dict(title="AUROC", overlaying="y", side="right",
                                   range=[0, 1.05]),
@@ -40,7 +41,7 @@ def token_bars(traits: Sequence[str], scores: np.ndarray, index: int, text: str)
     fig = go.Figure(go.Bar(x=list(traits), y=values,
                            marker_color=[_css(v, max(map(abs, values)) or 1) for v in values],
                            hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
-    fig.update_layout(title=f"Trait scores at token {index}: “{visible_token(text)}”",
+    fig.update_layout(title=f"Trait scores at token {index}: “{figure_token(text)}”",
                       height=300, yaxis_title="h · v / ‖v‖", margin=dict(l=50, r=20, t=50, b=45))
     return fig
 
@@ -52,7 +53,7 @@ def trait_lines(traits: Sequence[str], scores: np.ndarray, texts: Sequence[str],
     x = list(range(scores.shape[1]))
     for t, name in enumerate(traits):
         fig.add_scatter(x=x, y=scores[t].tolist(), name=name, mode="lines+markers",
-                        text=[visible_token(s) for s in texts], marker=dict(size=5),
+                        text=[figure_token(s) for s in texts], marker=dict(size=5),
                         hovertemplate=f"{name} · %{{text}}: %{{y:.3f}}<extra></extra>")
     if highlight is not None:
         fig.add_vline(x=highlight, line_dash="dot")
@@ -88,8 +89,9 @@ def sweep_figure(trait: str, coefficients: Sequence[float], means: Sequence[floa
     """The swept trait's mean answer score against the steering coefficient."""
     fig = go.Figure(go.Scatter(x=list(coefficients), y=list(means), mode="lines+markers",
                                hovertemplate="c %{x:+g}: mean %{y:.3f}<extra></extra>"))
-    fig.update_layout(title=f"Mean {trait} score of the answer by steering coefficient",
-                      height=300, xaxis_title="c (adds c · v)", yaxis_title="mean h · v / ‖v‖",
+    fig.update_layout(title=f"Mean {figure_text(trait)} score of the answer by steering "
+                            "coefficient", height=300, xaxis_title="c (adds c · v)",
+                      yaxis_title="mean h · v / ‖v‖",
                       margin=dict(l=50, r=20, t=50, b=45))
     return fig
 
@@ -103,7 +105,8 @@ def score_difference(trait: str, baseline: np.ndarray, steered: np.ndarray,
                            hovertemplate="token %{x}: %{y:+.3f}<extra></extra>"))
     if first is not None and first < n:
         fig.add_vline(x=first, line_dash="dot", annotation_text="answers part")
-    fig.update_layout(title=f"Steered − baseline {trait} score per answer token", height=280,
+    fig.update_layout(title=f"Steered − baseline {figure_text(trait)} score per answer token",
+                      height=280,
                       xaxis_title="answer token (same position in both answers)",
                       yaxis_title="Δ h · v / ‖v‖", margin=dict(l=50, r=20, t=50, b=45))
     return fig
