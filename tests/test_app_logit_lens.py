@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from perplex.core.settings import PROJECT_ROOT
 from perplex.ui.page_state import LensRequest
+from tests.shown import shown
 
 pytestmark = pytest.mark.slow
 
@@ -245,7 +246,7 @@ def test_run_on_ndif_shows_the_remote_lens_in_the_same_view(tiny_lm, ndif_answer
     monkeypatch.setattr(perplex.lens.remote, "ndif_lens", fake_ndif_lens)
     at = _app(tiny_lm).run()
     assert not at.exception
-    assert any("answers: run this prompt" in i.value for i in at.info)
+    assert any("answers: run this prompt" in shown(i.value) for i in at.info)
     assert any("remote=True" in c.value for c in at.code)
     assert any(c.value == "NDIF runs 1 model now: meta\\-llama/Llama\\-3\\.1\\-8B"
                for c in at.caption), [c.value for c in at.caption]

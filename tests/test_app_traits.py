@@ -9,6 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from perplex.core.settings import PROJECT_ROOT, load_settings
 from perplex.workspace.store import Store
+from tests.shown import shown
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +58,7 @@ def test_extract_monitor_and_steer(app):
     assert any("steering alone adds" in c.value and "taken out" in c.value for c in at.caption)
     assert any("baseline" in c.value and "negative examples" in c.value for c in at.caption)
     assert base.scores.shape[0] == steered.scores.shape[0] == 1
-    assert any(c.value == f"Steered: +3 · sycophancy at layer {layer} (response)"
+    assert any(shown(c.value) == f"Steered: +3 · sycophancy at layer {layer} (response)"
                for c in at.caption)
     with Store.open(load_settings().database) as store, store.cursor() as cur:
         kinds = cur.execute("SELECT kind, pair_id IS NULL FROM trait_runs ORDER BY created_at"

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import math
+import re
 import zipfile
 from dataclasses import replace
 
@@ -216,3 +217,19 @@ def test_a_big_upload_left_in_the_uploader_is_parsed_once_not_on_every_rerun():
         with pytest.raises(InputFormatError, match="malformed"):
             parsed_once(state, "k", ("file-3", 9), lambda: (calls.append(1), bad())[1])
     assert len(calls) == 3
+
+
+def test_plain_text_keeps_links_directives_and_markup_out():
+    """`plain` escapes markdown, HTML and Streamlit's ":red[…]" directives.
+
+    Streamlit links "http://…", "www.…" and "a@b.c" whatever their escapes, so these are
+    shown as code spans, as written (tests/browser/test_untrusted_names.py shows it).
+    """
+    from perplex.ui.text import plain
+
+    shown = plain("![x](http://h/p) :red[y] www.h.org me@h.org <b>z</b>")
+    assert shown == "\\!\\[x\\]\\(`http://h/p)` \\:red\\[y\\] `www.h.org` `me@h.org` " \
+        "\\<b\\>z\\</b\\>"
+    # what a reader sees: the same characters
+    assert re.sub(r"\\(.)|`", lambda m: m.group(1) or "", shown) == \
+        "![x](http://h/p) :red[y] www.h.org me@h.org <b>z</b>"

@@ -216,9 +216,14 @@ def _settings_of(batch: BatchSummary) -> RunSettings:
     if kept is not None:
         return kept
     stored = batch.settings
-    return RunSettings(params_from_dict(stored["params"]), FlagSettings(**stored["flags"]),
-                       stored.get("rescore", False),
-                       refusal_words=tuple(stored.get("refusal_words", ())))
+    try:
+        return RunSettings(params_from_dict(stored["params"]), FlagSettings(**stored["flags"]),
+                           bool(stored.get("rescore", False)),
+                           refusal_words=tuple(stored.get("refusal_words", ())))
+    except (KeyError, TypeError, ValueError, PerplexError):  # a batch from a bundle
+        st.warning("This batch's stored settings are incomplete; running it uses the "
+                   "default generation and flag settings.")
+        return RunSettings(DecodeParams())
 
 
 def run_section(engine, batch: BatchSummary, second=None) -> None:

@@ -26,7 +26,7 @@ def statistic_bins(values: Sequence[float], bins: int = BINS) -> np.ndarray:
 def statistic_histogram(name: str, values: Sequence[float], edges: np.ndarray) -> go.Figure:
     """Items per bin of `name`; a bar's customdata holds its (low, high) edges."""
     finite = [v for v in values if v is not None and np.isfinite(v)]
-    shown = figure_text(name).replace("%", "%%")  # hovertemplate reads %{…}
+    shown = figure_text(name)
     counts, _ = np.histogram(finite, bins=edges)
     centres = (edges[:-1] + edges[1:]) / 2
     fig = go.Figure(go.Bar(

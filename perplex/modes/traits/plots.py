@@ -38,7 +38,7 @@ def layer_statistics(vector: TraitVector, chosen: int) -> go.Figure:
 def token_bars(traits: Sequence[str], scores: np.ndarray, index: int, text: str) -> go.Figure:
     """Bars: every trait's score at answer token `index`."""
     values = [float(scores[t, index]) for t in range(len(traits))]
-    fig = go.Figure(go.Bar(x=list(traits), y=values,
+    fig = go.Figure(go.Bar(x=[figure_text(t) for t in traits], y=values,
                            marker_color=[_css(v, max(map(abs, values)) or 1) for v in values],
                            hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
     fig.update_layout(title=f"Trait scores at token {index}: “{figure_token(text)}”",
@@ -51,7 +51,8 @@ def trait_lines(traits: Sequence[str], scores: np.ndarray, texts: Sequence[str],
     """One line per trait over the answer's tokens (click a point: that token)."""
     fig = go.Figure()
     x = list(range(scores.shape[1]))
-    for t, name in enumerate(traits):
+    for t, trait in enumerate(traits):
+        name = figure_text(trait)
         fig.add_scatter(x=x, y=scores[t].tolist(), name=name, mode="lines+markers",
                         text=[figure_token(s) for s in texts], marker=dict(size=5),
                         hovertemplate=f"{name} · %{{text}}: %{{y:.3f}}<extra></extra>")
