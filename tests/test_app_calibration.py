@@ -6,6 +6,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from perplex.core.settings import PROJECT_ROOT
+from tests.shown import shown
 
 pytestmark = pytest.mark.slow
 
@@ -119,3 +120,43 @@ def test_a_judge_model_that_cannot_load_is_named_and_nothing_is_lost(bundled_lm,
     at.button(key="calib.run").click().run()
     assert not at.exception
     assert any(e.value.startswith("No folder at") for e in at.error), [e.value for e in at.error]
+
+
+def _upload(at: AppTest, name: str, data: bytes) -> AppTest:
+    at.radio(key="calib.source").set_value("upload a dataset").run()
+    at.file_uploader(key="calib.upload").set_value((name, data, "application/json")).run()
+    return at
+
+
+def _mapping(at: AppTest) -> dict[str, str]:
+    return {s.label: s.value for s in at.selectbox
+            if s.key and s.key.startswith(("calib.preset.", "calib.map."))}
+
+
+def test_an_upload_maps_its_own_fields_and_runs_all_its_items_by_default(bundled_lm):
+    """New-user issue, point 8: a new file's fields choose its mapping.
+
+    After an MMLU-shaped file the mapping stayed on TriviaQA with choices and answer
+    "(none)"; the old file's caption stayed; 20 of 30 items ran by default.
+    """
+    at = _app(bundled_lm).run()
+    assert at.number_input(key="calib.limit").value == 105  # the sample: all of it
+    mmlu = (PROJECT_ROOT / "data" / "calibration" / "mmlu_sample.jsonl").read_bytes()
+    _upload(at, "mine.jsonl", mmlu)
+    assert not at.exception
+    mapping = _mapping(at)
+    assert mapping["Fields as in"] == "MMLU"
+    assert (mapping["choices"], mapping["answer index or letter"]) == ("choices", "answer")
+    assert not any("items" in c.value for c in at.caption)  # no caption before it is used
+    at.button(key="calib.use").click().run()
+    n = len(mmlu.splitlines())
+    assert any(f"mine.jsonl: {n} items (multiple choice)" in shown(c.value) for c in at.caption)
+    assert at.number_input(key="calib.limit").value == n
+
+    trivia = (PROJECT_ROOT / "data" / "calibration" / "trivia_sample.jsonl").read_bytes()
+    at.file_uploader(key="calib.upload").set_value(
+        ("other.jsonl", trivia, "application/json")).run()
+    mapping = _mapping(at)
+    assert mapping["Fields as in"] == "TriviaQA (rc.nocontext)"
+    assert mapping["choices"] == "(none)" and mapping["aliases"] == "answer.aliases"
+    assert not any("mine.jsonl" in shown(c.value) for c in at.caption)  # the old one's is gone

@@ -23,6 +23,7 @@ from perplex.modes.calibration.datasets import (
     PRESETS,
     FieldMap,
     build_dataset,
+    detect_preset,
     field_names,
     read_records,
     sample_dataset,
@@ -59,6 +60,8 @@ DATASET_KEY = f"{PREFIX}.dataset_id"
 RUN_KEY = f"{PREFIX}.run_id"
 RUNNING_KEY = f"{PREFIX}.running"
 SHOWN_KEY = f"{PREFIX}.shown_run"  # the run whose results are on screen
+DATASET_FILE_KEY = f"{PREFIX}.dataset_file"  # the upload the current dataset was made from
+OWN_MAPPING = "my own mapping"
 SAMPLES = {"sample: 105 trivia questions (TriviaQA format)": "trivia",
            "sample: 42 four-choice questions (MMLU format)": "mmlu"}
 UPLOAD = "upload a dataset"
@@ -80,8 +83,8 @@ def dataset_section(store) -> Dataset | None:
             dataset = sample_dataset(SAMPLES[choice])
             save_dataset(store, Dataset(dataset.name, dataset.items, id=wanted))
             st.session_state[DATASET_KEY] = wanted
-    else:
-        _upload(store)
+    elif _upload(store) != st.session_state.get(DATASET_FILE_KEY):
+        return None  # a new file (or none): its mapping first, not the last file's caption
     dataset_id = st.session_state.get(DATASET_KEY)
     if dataset_id is None or (choice in SAMPLES) != dataset_id.startswith("sample-"):
         return None
@@ -92,25 +95,30 @@ def dataset_section(store) -> Dataset | None:
     return dataset
 
 
-def _upload(store) -> None:
+def _upload(store) -> str | None:
+    """The uploader and its field mapping; the file's id (None: no readable file)."""
     file = uploaded_file("CSV, JSONL or JSON", type=["csv", "jsonl", "ndjson", "json"],
                          key=f"{PREFIX}.upload")
     if file is None:
-        return
+        return None
     try:
         rows = read_records(file.name, file.getvalue())
     except PerplexError as exc:
         st.error(plain(str(exc)))
-        return
+        return None
     names = field_names(rows)
-    preset = st.selectbox("Fields as in", [*PRESETS, "my own mapping"], key=f"{PREFIX}.preset")
+    presets = [*PRESETS, OWN_MAPPING]
+    detected = detect_preset(names) or OWN_MAPPING  # each new file starts from its fields
+    preset = st.selectbox("Fields as in", presets, index=presets.index(detected),
+                          key=f"{PREFIX}.preset.{file.file_id}")
     base = PRESETS.get(preset, FieldMap(question=names[0] if names else ""))
     none = "(none)"
     options = [none, *names]
 
     def pick(label: str, current: str | None) -> str | None:
         index = options.index(current) if current in options else 0
-        chosen = st.selectbox(label, options, index=index, key=f"{PREFIX}.map.{label}")
+        chosen = st.selectbox(label, options, index=index,
+                              key=f"{PREFIX}.map.{file.file_id}.{preset}.{label}")
         return None if chosen == none else chosen
 
     cols = st.columns(3)
@@ -133,7 +141,9 @@ def _upload(store) -> None:
             return
         save_dataset(store, dataset)
         st.session_state[DATASET_KEY] = dataset.id
+        st.session_state[DATASET_FILE_KEY] = file.file_id
         st.session_state.pop(RUN_KEY, None)
+    return file.file_id
 
 
 JUDGES = {"none": "the matcher only (TriviaQA normalisation; option letters)",
@@ -175,8 +185,11 @@ def settings_section(dataset: Dataset) -> RunSettings | None:
         choice = st.text_area("Multiple choice ({question}, {options})", choice_default,
                               key=f"{PREFIX}.choice.{preset}")
     cols = st.columns(2)
+    if st.session_state.get(f"{PREFIX}.limit_of") != dataset.id:  # a new dataset: all of it
+        st.session_state[f"{PREFIX}.limit_of"] = dataset.id
+        st.session_state[f"{PREFIX}.limit"] = len(dataset.items)
     limit = cols[0].number_input("items to answer", 1, len(dataset.items),
-                                 min(20, len(dataset.items)), key=f"{PREFIX}.limit")
+                                 key=f"{PREFIX}.limit")
     with_p_true = cols[1].checkbox("also ask P(True) (one more pass per item)",
                                    key=f"{PREFIX}.ptrue")
     chosen = resources.active_engine()
@@ -313,9 +326,14 @@ def results_section(store, show_item) -> None:
                     f"{r.created_at:%Y-%m-%d %H:%M}" for r in runs}
     ids = list(labels)
     current = st.session_state.get(RUN_KEY)
-    if st.session_state.get(SHOWN_KEY) not in ids:
-        st.session_state[SHOWN_KEY] = current if current in ids else ids[0]
-    run_id = st.selectbox("Run", ids, format_func=labels.get, key=SHOWN_KEY)
+    wanted = st.session_state.get(SHOWN_KEY)
+    if wanted not in ids:
+        wanted = current if current in ids else ids[0]
+    # Keyed by the run wanted: a run started (or stopped) while this picker was not drawn
+    # shows at once; a picker keyed once kept the browser's older choice.
+    run_id = st.selectbox("Run", ids, index=ids.index(wanted), format_func=labels.get,
+                          key=f"{PREFIX}.run_pick.{wanted}")
+    st.session_state[SHOWN_KEY] = run_id
     others = ["(none)", *[i for i in ids if i != run_id]]
     other = st.selectbox("Compare with", others, key=f"{PREFIX}.other_run",
                          format_func=lambda i: labels.get(i, i))

@@ -142,6 +142,9 @@ def test_upload_map_run_click_a_bin_and_overrule(browser, app_url, screenshot, t
     settle(page)
     left = int(re.search(r"\((\d+) item", resume.inner_text()).group(1))
     assert 0 < left < 24
+    # the results show the stopped run, not the one before it (its picker was not drawn
+    # while this one ran)
+    page.get_by_text(re.compile(rf"Accuracy \d\.\d{{3}} over {24 - left} items")).wait_for()
     screenshot(page, "calibration_4_stopped")
     resume.click()
     page.get_by_text(re.compile(r"Accuracy \d\.\d{3} over 24 items")).wait_for(

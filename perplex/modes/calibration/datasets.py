@@ -56,6 +56,13 @@ PRESETS = {
 }
 
 
+def detect_preset(names: Sequence[str]) -> str | None:
+    """The preset whose every field the file has (the one reading most of them), or None."""
+    fitting = [(len(fields.fields()), name) for name, fields in PRESETS.items()
+               if set(fields.fields()) <= set(names)]
+    return max(fitting)[1] if fitting else None
+
+
 def read_records(filename: str, data: bytes, max_bytes: int = MAX_DATASET_BYTES,
                  max_items: int = MAX_ITEMS) -> list[dict[str, Any]]:
     """The rows of an uploaded CSV, JSONL or JSON (a list of objects) file."""
