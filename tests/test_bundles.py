@@ -21,6 +21,7 @@ from perplex.workspace.bundles import (
 from perplex.workspace.sessions import create_session, delete_session, get_session, list_sessions
 from perplex.workspace.store import MIGRATIONS, Store
 from perplex.workspace.token_sets import add_token, create_token_set, list_token_sets
+from tests.bundle_edits import resealed
 from tests.test_store import make_generation
 
 TABLES = ("sessions", "generations", "token_steps", "annotations", "token_sets",
@@ -191,14 +192,7 @@ def test_bad_bundles_are_refused_and_nothing_is_written(untouched, data, mangle,
 
 def resigned(data: bytes, name: str, edit) -> bytes:
     """A bundle with one JSON member edited and the manifest's checksum made to match."""
-    import hashlib
-    with zipfile.ZipFile(io.BytesIO(data)) as src:
-        content = json.dumps(edit(json.loads(src.read(name)))).encode()
-        manifest = json.loads(src.read("manifest.json"))
-    manifest["members"][name] = {"bytes": len(content),
-                                 "sha256": hashlib.sha256(content).hexdigest()}
-    return rezip(data, change={name: lambda _: content,
-                               "manifest.json": lambda _: json.dumps(manifest).encode()})
+    return resealed(data, name, lambda content: json.dumps(edit(json.loads(content))).encode())
 
 
 def set_first(key, value):

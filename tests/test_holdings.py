@@ -38,6 +38,7 @@ from perplex.workspace.store import Store
 from perplex.workspace.token_sets import add_token, create_token_set, get_token_set
 from perplex.workspace.trait_run_store import load_trait_run, save_trait_run
 from perplex.workspace.trait_store import load_vector, save_vector, vectors_dir
+from tests.bundle_edits import resealed
 from tests.tiny import tiny_model
 
 PROMPT = (Message("user", "Hello world! How are you today?"),)
@@ -255,28 +256,17 @@ def test_a_bundle_carries_everything_a_session_holds(tiny, tmp_path):
 
 
 def _resealed(data: bytes, member: str, edit) -> bytes:
-    """A bundle whose Parquet `member` went through `edit` (a table → table), resigned."""
-    import hashlib
+    """A bundle whose Parquet `member` went through `edit` (a table → table), resealed."""
     import io
-    import json
-    import zipfile
 
     import pyarrow.parquet as pq
 
-    with zipfile.ZipFile(io.BytesIO(data)) as src:
-        members = {name: src.read(name) for name in src.namelist()}
-    sink = io.BytesIO()
-    pq.write_table(edit(pq.read_table(io.BytesIO(members[member]))), sink)
-    members[member] = sink.getvalue()
-    manifest = json.loads(members["manifest.json"])
-    manifest["members"][member] = {"bytes": len(members[member]),
-                                   "sha256": hashlib.sha256(members[member]).hexdigest()}
-    members["manifest.json"] = json.dumps(manifest).encode()
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as dst:
-        for name, content in members.items():
-            dst.writestr(name, content)
-    return out.getvalue()
+    def edited(content: bytes) -> bytes:
+        sink = io.BytesIO()
+        pq.write_table(edit(pq.read_table(io.BytesIO(content))), sink)
+        return sink.getvalue()
+
+    return resealed(data, member, edited)
 
 
 def _set(column: str, value):

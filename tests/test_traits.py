@@ -20,6 +20,7 @@ from perplex.modes.traits.definitions import parse_trait, shipped_traits
 from perplex.modes.traits.judge import engine_judge, parse_score
 from perplex.modes.traits.monitor import Monitor, injected, monitor_generate, monitor_text
 from perplex.modes.traits.vectors import extract_prompt_last, extract_response_average
+from tests.bundle_edits import resealed
 from tests.tiny import tiny_model
 
 SMALL = parse_trait("cheer", json.dumps({
@@ -495,26 +496,6 @@ def test_monitored_and_imported_answers_round_trip_through_duckdb(tiny, cheer, t
     assert len(list_trait_runs(store)) == 2  # nothing of the refused record was written
 
 
-def _resealed(bundle: bytes, member: str, edit) -> bytes:
-    """The bundle with one member edited and the manifest's checksums made to match."""
-    import hashlib
-    import io
-    import zipfile
-
-    with zipfile.ZipFile(io.BytesIO(bundle)) as src:
-        contents = {info.filename: src.read(info.filename) for info in src.infolist()}
-    contents[member] = edit(contents[member])
-    manifest = json.loads(contents["manifest.json"])
-    manifest["members"][member] = {"bytes": len(contents[member]),
-                                   "sha256": hashlib.sha256(contents[member]).hexdigest()}
-    contents["manifest.json"] = json.dumps(manifest).encode()
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as dst:
-        for name, content in contents.items():
-            dst.writestr(name, content)
-    return out.getvalue()
-
-
 def test_trait_runs_and_vectors_travel_in_session_bundles(tiny, cheer, tmp_path):
     from perplex.core.trait_monitoring import MonitoringRecord
     from perplex.workspace.bundles import BundleError, export_bundle, import_bundle
@@ -577,7 +558,7 @@ def test_trait_runs_and_vectors_travel_in_session_bundles(tiny, cheer, tmp_path)
                           (unknown_generation, "generation is not in the bundle"),
                           (broken_vector, "not a trait vector")):
         with pytest.raises(BundleError, match=message):
-            import_bundle(empty, _resealed(bundle, "traits.json", edit))
+            import_bundle(empty, resealed(bundle, "traits.json", edit))
     with empty.cursor() as cur:
         assert cur.execute("SELECT count(*) FROM sessions").fetchone()[0] == 0
         assert cur.execute("SELECT count(*) FROM trait_runs").fetchone()[0] == 0
