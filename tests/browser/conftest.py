@@ -211,6 +211,29 @@ def wait_for_script(page, timeout: float = 30_000) -> None:
         timeout=timeout)
 
 
+MODEL_TIMEOUT = 180_000  # ms: the first page load loads the bundled model
+WORK_TIMEOUT = 90_000  # ms: generating on a loaded 2-core machine
+
+
+def settle(page, timeout: float = WORK_TIMEOUT) -> None:
+    """Wait for the current script run to end, and then for the page to stay idle."""
+    wait_for_script(page, timeout)
+    page.wait_for_timeout(150)  # a rerun that st.rerun() starts shows up a moment later
+    wait_for_script(page, timeout)
+
+
+def open_mode(browser, url: str, link: str):
+    """(context, page): a fresh context on the app, the bundled model loaded, on `link`'s page."""
+    context = browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(20_000)
+    page = context.new_page()
+    page.goto(url)
+    settle(page, MODEL_TIMEOUT)
+    page.get_by_text("SmolLM2-135M-Instruct (bundled)").first.wait_for(timeout=MODEL_TIMEOUT)
+    page.get_by_role("link", name=link).click()
+    return context, page
+
+
 @pytest.fixture
 def open_app() -> Callable[..., None]:
     """`open_app(page, url)`: load a Streamlit app and wait for its first script run."""

@@ -17,10 +17,9 @@ import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from perplex.core.settings import PROJECT_ROOT
-from tests.browser.conftest import VIEWPORT
+from tests.browser.conftest import open_mode
 from tests.browser.test_investigation import (
     FINAL_TOK,
-    MODEL_TIMEOUT,
     WORK_TIMEOUT,
     annotate_token,
     assert_no_exception,
@@ -58,13 +57,7 @@ def pick_option(page, select, name: str, tries: int = 3) -> None:
 
 
 def test_upload_run_filter_read_annotate_export(browser, app_url, screenshot):
-    context = browser.new_context(viewport=VIEWPORT)
-    context.set_default_timeout(20_000)
-    page = context.new_page()
-    page.goto(app_url)
-    settle(page, MODEL_TIMEOUT)
-    page.get_by_text("SmolLM2-135M-Instruct (bundled)").first.wait_for(timeout=MODEL_TIMEOUT)
-    page.get_by_role("link", name="Batch").click()
+    context, page = open_mode(browser, app_url, "Batch")
     page.get_by_role("button", name="Create the batch and run it").wait_for()
     settle(page)
     set_max_new_tokens(page, "16")

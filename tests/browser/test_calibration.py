@@ -11,10 +11,9 @@ import re
 
 import pytest
 
-from tests.browser.conftest import VIEWPORT
+from tests.browser.conftest import open_mode
 from tests.browser.test_investigation import (
     FINAL_TOK,
-    MODEL_TIMEOUT,
     WORK_TIMEOUT,
     assert_no_exception,
     scroll_to,
@@ -49,13 +48,7 @@ def legend_ece(page) -> list[str]:
 
 
 def test_upload_map_run_click_a_bin_and_overrule(browser, app_url, screenshot, tmp_path):
-    context = browser.new_context(viewport=VIEWPORT)
-    context.set_default_timeout(20_000)
-    page = context.new_page()
-    page.goto(app_url)
-    settle(page, MODEL_TIMEOUT)
-    page.get_by_text("SmolLM2-135M-Instruct (bundled)").first.wait_for(timeout=MODEL_TIMEOUT)
-    page.get_by_role("link", name="Calibration").click()
+    context, page = open_mode(browser, app_url, "Calibration")
     page.get_by_text("1 · Dataset").wait_for()
     settle(page)
 

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from tests.browser.conftest import VIEWPORT
+from tests.browser.conftest import open_mode
 from tests.browser.test_investigation import (
     MODEL_TIMEOUT,
     WORK_TIMEOUT,
@@ -29,13 +29,7 @@ PROMPTS = ["What is the capital of Italy?", "Who wrote Hamlet?", "Why is the sea
 
 
 def test_generate_both_hover_jump_and_many_prompts(browser, app_url, screenshot):
-    context = browser.new_context(viewport=VIEWPORT)
-    context.set_default_timeout(20_000)
-    page = context.new_page()
-    page.goto(app_url)
-    settle(page, MODEL_TIMEOUT)
-    page.get_by_text("SmolLM2-135M-Instruct (bundled)").first.wait_for(timeout=MODEL_TIMEOUT)
-    page.get_by_role("link", name="Comparison").click()
+    context, page = open_mode(browser, app_url, "Comparison")
     page.get_by_role("button", name="Generate both").wait_for(timeout=MODEL_TIMEOUT)
     settle(page)
     # B starts as the sidebar's model under another system prompt; the terse copy on request

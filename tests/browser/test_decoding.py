@@ -11,9 +11,8 @@ import re
 
 import pytest
 
-from tests.browser.conftest import VIEWPORT
+from tests.browser.conftest import open_mode
 from tests.browser.test_investigation import (
-    MODEL_TIMEOUT,
     WORK_TIMEOUT,
     assert_no_exception,
     scroll_to,
@@ -40,13 +39,7 @@ def run(page, summary: str) -> None:
 
 
 def test_speculative_and_contrastive_decoding(browser, app_url, screenshot):
-    context = browser.new_context(viewport=VIEWPORT)
-    context.set_default_timeout(20_000)
-    page = context.new_page()
-    page.goto(app_url)
-    settle(page, MODEL_TIMEOUT)
-    page.get_by_text("SmolLM2-135M-Instruct (bundled)").first.wait_for(timeout=MODEL_TIMEOUT)
-    page.get_by_role("link", name="Decoding").click()
+    context, page = open_mode(browser, app_url, "Decoding")
     page.get_by_role("button", name="Run the method and greedy").wait_for()
     settle(page)
 

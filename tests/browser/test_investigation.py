@@ -16,15 +16,13 @@ import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect
 
-from tests.browser.conftest import VIEWPORT, wait_for_script
+from tests.browser.conftest import MODEL_TIMEOUT, VIEWPORT, WORK_TIMEOUT, settle
 from tests.browser.test_token_view import drag
 
 pytestmark = pytest.mark.browser
 
 QUESTION = "What is the capital of France?"
 ANSWER = "The capital of France is Paris."
-MODEL_TIMEOUT = 180_000  # ms: the first page load loads the bundled model
-WORK_TIMEOUT = 90_000  # ms: generating on a loaded 2-core machine
 MAX_NEW = "10"  # new tokens per continuation: keeps injections and branches short
 
 # The final token view of the generation on screen (inside the component's shadow root).
@@ -58,13 +56,6 @@ def new_tab(browser, app_url):
     yield open_tab
     for context in contexts:
         context.close()
-
-
-def settle(page, timeout: float = WORK_TIMEOUT) -> None:
-    """Wait for the current script run to end, and then for the page to stay idle."""
-    wait_for_script(page, timeout)
-    page.wait_for_timeout(150)  # a rerun that st.rerun() starts shows up a moment later
-    wait_for_script(page, timeout)
 
 
 def show_tip(page, token, tries: int = 3):

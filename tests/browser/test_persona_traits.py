@@ -16,9 +16,8 @@ import pandas as pd
 import pytest
 
 from perplex.core.settings import PROJECT_ROOT
-from tests.browser.conftest import VIEWPORT
+from tests.browser.conftest import open_mode
 from tests.browser.test_investigation import (
-    MODEL_TIMEOUT,
     WORK_TIMEOUT,
     assert_no_exception,
     scroll_to,
@@ -29,13 +28,7 @@ pytestmark = pytest.mark.browser
 
 
 def test_extract_monitor_slide_and_steer(browser, app_url, screenshot, tmp_path):
-    context = browser.new_context(viewport=VIEWPORT)
-    context.set_default_timeout(20_000)
-    page = context.new_page()
-    page.goto(app_url)
-    settle(page, MODEL_TIMEOUT)
-    page.get_by_text("SmolLM2-135M-Instruct (bundled)").first.wait_for(timeout=MODEL_TIMEOUT)
-    page.get_by_role("link", name="Persona Traits").click()
+    context, page = open_mode(browser, app_url, "Persona Traits")
     page.get_by_role("button", name=re.compile(r"^Extract 3 vector")).wait_for()
     settle(page)
     page.get_by_role("button", name=re.compile(r"^Extract 3 vector")).click()
