@@ -104,3 +104,14 @@ def test_a_fifty_thousand_row_file_is_read_and_stored_whole(tmp_path):
     with Store.open(tmp_path / "perplex.duckdb") as store:
         save_dataset(store, dataset)
         assert load_dataset(store, dataset.id) == dataset
+
+
+def test_a_files_fields_choose_its_preset():
+    """New-user issue, point 8: the mapping follows the uploaded file's shape."""
+    from perplex.modes.calibration.datasets import detect_preset
+
+    trivia = ["question_id", "question", "answer", "answer.value", "answer.aliases"]
+    assert detect_preset(trivia) == "TriviaQA (rc.nocontext)"
+    assert detect_preset(["qid", *trivia[1:]]) == "TriviaQA (rc.nocontext)"  # id named otherwise
+    assert detect_preset(["question", "choices", "answer"]) == "MMLU"
+    assert detect_preset(["prompt", "target"]) is None  # the user maps it

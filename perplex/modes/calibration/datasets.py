@@ -57,9 +57,15 @@ PRESETS = {
 
 
 def detect_preset(names: Sequence[str]) -> str | None:
-    """The preset whose every field the file has (the one reading most of them), or None."""
-    fitting = [(len(fields.fields()), name) for name, fields in PRESETS.items()
-               if set(fields.fields()) <= set(names)]
+    """The preset whose content fields the file has (an id field may be named otherwise).
+
+    Where several fit, the one reading most of the file's fields; None where none does.
+    """
+    def content(fields: FieldMap) -> set[str]:
+        return set(fields.fields()) - {fields.id}
+
+    fitting = [(len(set(fields.fields()) & set(names)), name)
+               for name, fields in PRESETS.items() if content(fields) <= set(names)]
     return max(fitting)[1] if fitting else None
 
 
