@@ -4,9 +4,10 @@ Hardening issue, point 5: a trait named `![x](http://127.0.0.1:PORT/pixel.png)` 
 browser fetch the pixel, and names with links became links in Plotly titles. Here a
 markdown image, a markdown link, an HTML image and an HTML link are put in every name a
 session holds (the session, a generation and its branch, an annotation, a token set, a
-batch) and in an uploaded monitor file's trait name and tokens. The pages that show them
-are opened with a pixel server listening: nothing may reach it, no element may point at
-it, and the payload must be on screen as the characters typed.
+batch, a model label), in an uploaded monitor file's trait name and tokens, a dataset's
+column and a transcript's role (a flag's name is refused: flags are named with words).
+The pages that show them are opened with a pixel server listening: nothing may reach it,
+no element may point at it, and the payload is on screen as the characters typed.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from perplex.core.errors import InputFormatError
 from perplex.core.records import DecodeParams, Generation, Message, Source, TokenRole, TokenStep
 from perplex.modes.batch.run import RunSettings
 from perplex.ui.page_state import current_key
 from perplex.workspace.annotations import add_annotation
-from perplex.workspace.batch_store import create_batch
+from perplex.workspace.batch_store import add_custom_flag, create_batch
 from perplex.workspace.sessions import create_session, update_settings
 from perplex.workspace.store import Store
 from perplex.workspace.token_sets import add_token, create_token_set
@@ -88,8 +90,10 @@ def _seed(base: str) -> tuple[str, str]:
         add_annotation(store, branch.id, 1, payload(base, "note"), end=2)
         token_set = create_token_set(store, session.id, payload(base, "set"))
         add_token(store, token_set.id, root.model_label, 7, " x", word=payload(base, "word"))
-        create_batch(store, payload(base, "batch"), "prompts", root.model_label,
-                     RunSettings(DecodeParams()).to_json(), session.id)
+        batch = create_batch(store, payload(base, "batch"), "prompts", root.model_label,
+                             RunSettings(DecodeParams()).to_json(), session.id)
+        with pytest.raises(InputFormatError, match="Name the flag"):  # flag names are words
+            add_custom_flag(store, batch, payload(base, "flag"), "TRUE")
         update_settings(store, session.id, {current_key("default"): branch.id})
     return session.id, branch.id
 
@@ -141,6 +145,35 @@ def test_every_name_is_shown_as_text_and_fetches_nothing(streamlit_app, browser,
         # the run caption names the model label as typed (the picker shows the batch's name)
         page.get_by_text("0 items · 0 done", exact=False).first.wait_for()
         assert "model ![i](http" in page.get_by_text("0 items · 0 done").first.inner_text()
+        _nothing_points_at(page, pixel)
+
+        # a dataset whose column is named with the payload: the mapping lists it as text
+        page.goto(f"{url}/calibration?session={session_id}")
+        wait_for_script(page, LOAD_TIMEOUT)
+        page.get_by_text("upload a dataset").click()
+        wait_for_script(page)
+        dataset = tmp_path / "columns.csv"
+        column = payload(pixel, "column").replace('"', '""')  # CSV quoting
+        dataset.write_text(f'question,"{column}"\nWhat is 2+2?,4\n', encoding="utf-8")
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(
+            str(dataset))
+        page.get_by_label("Fields as in").wait_for()
+        wait_for_script(page)
+        page.get_by_role("button", name="Use this dataset").click()  # no answer field: refused
+        wait_for_script(page)
+        _nothing_points_at(page, pixel)
+
+        # a transcript whose role is the payload: refused, the role quoted as text
+        page.goto(f"{url}/?session={session_id}")
+        wait_for_script(page, LOAD_TIMEOUT)
+        page.get_by_text("Open a transcript, an API response or a saved generation").click()
+        chat = tmp_path / "roles.json"
+        chat.write_text(json.dumps([{"role": payload(pixel, "role"), "content": "Hi"},
+                                    {"role": "assistant", "content": "Hello"}]))
+        page.locator('[data-testid="stFileUploaderDropzoneInput"][accept*=".jsonl"]') \
+            .set_input_files(str(chat))
+        page.get_by_text("has role", exact=False).first.wait_for()
+        wait_for_script(page)
         _nothing_points_at(page, pixel)
 
         page.goto(f"{url}/persona_traits?session={session_id}")
