@@ -11,6 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from perplex.core.errors import PerplexError
+from perplex.core.plots import caption_line
 from perplex.core.records import DecodeParams, Message
 from perplex.engine.protocol import Engine
 from perplex.modes.batch import flags
@@ -503,4 +504,6 @@ def export_section(batch: BatchSummary, rows: list[dict], counts: dict[str, int]
         fig = st.session_state.get(f"{PREFIX}.figure")
         if fig is not None:
             figure_downloads(fig, f"{name}-distribution",
-                             f"{PREFIX}.fig.{batch.id}.{hash(shown)}", "The distribution figure")
+                             f"{PREFIX}.fig.{batch.id}.{hash(shown)}", "The distribution figure",
+                             caption_line(f"batch “{batch.name}”", batch.model_label,
+                                          f"{len(rows):,} items shown"))

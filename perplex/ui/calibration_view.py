@@ -16,6 +16,7 @@ import streamlit as st
 
 from perplex.core.calibration import CONFIDENCE_KINDS, Dataset, ItemResult
 from perplex.core.errors import PerplexError
+from perplex.core.plots import caption_line
 from perplex.engine.registry import endpoint_engine
 from perplex.engine.spec import BUNDLED, ModelSpec
 from perplex.modes.calibration.answers import MATCH_RULES
@@ -366,7 +367,10 @@ def results_section(store, show_item) -> None:
                     key=f"{PREFIX}.risk")
     members = _picked_bin(picked, results, summary, binning, kinds)
     frame = results_frame(dataset, results)
-    _downloads(frame, figure, run_id)
+    _downloads(frame, figure, run_id, caption_line(
+        f"dataset “{run.dataset_name}”", run.model_label, f"{len(results):,} items",
+        f"{n_bins} bins, {binning}", f"match rule {run.settings.get('match_rule', 'exact')}",
+        f"run {run_id}"))
     _items(frame, results, members, kinds, run_id, store, show_item)
 
 
@@ -398,7 +402,7 @@ def _picked_bin(picked, results, summary, binning, kinds):
     return None
 
 
-def _downloads(frame: pd.DataFrame, figure, run_id: str) -> None:
+def _downloads(frame: pd.DataFrame, figure, run_id: str, caption: str) -> None:
     from perplex.workspace.exports import figure_image
 
     cols = st.columns(4)
@@ -408,9 +412,9 @@ def _downloads(frame: pd.DataFrame, figure, run_id: str) -> None:
     download(cols[1], "Items (Parquet)", data=lambda: results_parquet(frame),
              file_name=f"{name}.parquet", mime="application/octet-stream",
              key=f"{PREFIX}.parquet")
-    download(cols[2], "Diagram (PNG)", data=lambda: figure_image(figure, "png"),
+    download(cols[2], "Diagram (PNG)", data=lambda: figure_image(figure, "png", caption=caption),
              file_name=f"{name}.png", mime="image/png", key=f"{PREFIX}.png")
-    download(cols[3], "Diagram (SVG)", data=lambda: figure_image(figure, "svg"),
+    download(cols[3], "Diagram (SVG)", data=lambda: figure_image(figure, "svg", caption=caption),
              file_name=f"{name}.svg", mime="image/svg+xml", key=f"{PREFIX}.svg")
 
 

@@ -11,7 +11,7 @@ import streamlit as st
 
 from perplex.core.comparison import UNLIKELY, CrossScore, PairRun, answer_steps
 from perplex.core.errors import PerplexError
-from perplex.core.plots import short_prob, visible_token
+from perplex.core.plots import caption_line, short_prob, visible_token
 from perplex.core.records import DecodeParams, Generation, TokenRole, TokenStep
 from perplex.modes.comparison import plots
 from perplex.modes.comparison.cross import Side
@@ -405,7 +405,11 @@ def _downloads(shown: Shown, figures: dict) -> None:
                  file_name=f"{name}.parquet", key=f"{PREFIX}.parquet")
         for fig_name, fig in figures.items():
             figure_downloads(fig, f"{name}-{fig_name}", f"{PREFIX}.fig.{fig_name}."
-                             f"{shown.comparison_id}", f"The {fig_name} figure")
+                             f"{shown.comparison_id}", f"The {fig_name} figure", caption_line(
+                                 f"A: {shown.run.generation_a.model_label}",
+                                 f"B: {shown.run.generation_b.model_label}",
+                                 f"prompt “{shown.run.prompt[:80]}”",
+                                 f"comparison {shown.comparison_id}"))
 
 
 def divergence_frame(run: PairRun) -> pd.DataFrame:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pandas as pd
@@ -9,6 +10,7 @@ import streamlit as st
 
 from perplex.core.decoding import MethodRun
 from perplex.core.errors import PerplexError
+from perplex.core.plots import caption_line
 from perplex.core.records import Message, TokenRole, TokenStep
 from perplex.core.tokens import Detokenizer
 from perplex.engine.protocol import Engine
@@ -412,4 +414,7 @@ def _downloads(stored: StoredDecoding, figures: dict) -> None:
                      mime="text/csv", key=f"{PREFIX}.drafts_csv")
         for fig_name, fig in figures.items():
             figure_downloads(fig, f"{name}-{fig_name}", f"{PREFIX}.fig.{fig_name}.{stored.id}",
-                             f"The {fig_name} figure")
+                             f"The {fig_name} figure", caption_line(
+                                 stored.method_generation.model_label,
+                                 f"{run.method} {json.dumps(run.params)}",
+                                 f"prompt “{stored.prompt[:80]}”", f"decoding run {stored.id}"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from perplex.core.errors import PerplexError
-from perplex.core.plots import entropy_timeline
+from perplex.core.plots import caption_line, decoding_caption, entropy_timeline
 from perplex.core.records import Generation
 from perplex.ui import resources
 from perplex.ui.file_input import uploaded_file
@@ -65,14 +65,24 @@ def _token_downloads(gen: Generation, prefix: str) -> None:
 def _figure_downloads(gen: Generation, prefix: str) -> None:
     steps = [s for s in gen.message_steps(len(gen.messages) - 1) if s.role.value == "response"]
     figure_downloads(entropy_timeline(steps), f"perplex-{gen.id}-timeline",
-                     f"{prefix}.fig.{gen.id}", "Entropy timeline of the last answer")
+                     f"{prefix}.fig.{gen.id}", "Entropy timeline of the last answer",
+                     generation_caption(gen))
 
 
-def figure_downloads(fig, name: str, key: str, title: str) -> None:
+def generation_caption(gen: Generation) -> str:
+    """Where a generation's figure comes from: model, prompt, decoding, its id."""
+    prompt = gen.last_user_text
+    return caption_line(gen.model_label, f"prompt “{prompt[:80]}{'…' * (len(prompt) > 80)}”"
+                        if prompt else "", decoding_caption(gen.params), f"generation {gen.id}")
+
+
+def figure_downloads(fig, name: str, key: str, title: str, caption: str) -> None:
     """HTML, PNG and SVG downloads of one figure; PNG and SVG are drawn when asked, then kept.
 
     `name` is the file name without its extension; `key` must change with the figure's
     content (include the id of what it shows), so a drawing is never of an older figure.
+    PNG and SVG are laid out for a paper, with `caption` (`core.plots.caption_line`: what
+    the figure shows, from which model and settings, when) under the title.
     """
     st.markdown(f"**{plain(title)}**")
     cols = st.columns(3)
@@ -87,7 +97,7 @@ def figure_downloads(fig, name: str, key: str, title: str) -> None:
                         help="Drawn by kaleido with Chromium; a few seconds the first time."):
             try:
                 with st.spinner(f"Drawing {fmt.upper()}…"):
-                    st.session_state[rendered_key] = figure_image(fig, fmt)
+                    st.session_state[rendered_key] = figure_image(fig, fmt, caption=caption)
             except PerplexError as exc:
                 st.error(plain(str(exc)))
                 return

@@ -13,7 +13,7 @@ import streamlit as st
 import torch
 
 from perplex.core.errors import InputFormatError, PerplexError
-from perplex.core.plots import visible_token
+from perplex.core.plots import caption_line, visible_token
 from perplex.core.records import DecodeParams, Message, TokenRole, TokenStep, new_id
 from perplex.core.trait_monitoring import MonitoredRun, MonitoringRecord, parse_monitoring
 from perplex.core.traits import TraitVector
@@ -384,7 +384,10 @@ def monitor_exports(records: list[MonitoringRecord], labels: list[str], name: st
                  file_name=f"{name}.parquet", key=f"{key}.parquet")
         for fig_name, fig in figures.items():
             figure_downloads(fig, f"{name}-{fig_name}", f"{key}.fig.{fig_name}",
-                             f"The {fig_name} figure")
+                             f"The {fig_name} figure", caption_line(
+                                 f"prompt “{records[0].prompt[:80]}”" if records else "",
+                                 f"traits {', '.join(records[0].traits)}" if records else "",
+                                 name))
 
 
 def _point_to_token(key: str) -> None:

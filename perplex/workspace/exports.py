@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from perplex.core.errors import PerplexError
+from perplex.core.plots import paper_figure
 from perplex.core.records import Generation, TokenStep
 from perplex.core.stats import summarise
 from perplex.core.trait_monitoring import MonitoringRecord
@@ -222,10 +223,15 @@ def figure_to_file(fig: go.Figure, path: str | Path, format: str | None = None) 
     return path
 
 
-def figure_image(fig: go.Figure, format: str = "png", scale: float = 2.0) -> bytes:
-    """A figure as PNG or SVG bytes (for a download button), drawn by kaleido."""
+def figure_image(fig: go.Figure, format: str = "png", scale: float = 2.0,
+                 caption: str = "") -> bytes:
+    """A figure as PNG or SVG bytes (for a download button), drawn by kaleido.
+
+    Laid out for a paper (`core.plots.paper_figure`): labels unclipped, `caption` under
+    the title.
+    """
     try:
-        return fig.to_image(format=format, scale=scale)
+        return paper_figure(fig, caption).to_image(format=format, scale=scale)
     except Exception as exc:  # kaleido reports a missing browser in several ways
         if _browser_missing(exc):
             raise PerplexError(
