@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pandas as pd
 import plotly.graph_objects as go
+import pyarrow.parquet as pq
 import pytest
 
 from perplex.core.errors import PerplexError
@@ -17,6 +18,8 @@ from perplex.core.records import Alternative, Generation, Message, Source, Token
 from perplex.core.stats import summarise
 from perplex.workspace.annotations import add_annotation, list_annotations, session_annotations
 from perplex.workspace.exports import (
+    EXPORT_COLUMNS,
+    PROVENANCE_KEY,
     TOKEN_COLUMNS,
     annotation_rows,
     annotations_csv,
@@ -24,6 +27,7 @@ from perplex.workspace.exports import (
     annotations_markdown,
     escape_markdown,
     figure_to_file,
+    provenance,
     read_tokens_csv,
     token_rows,
     tokens_csv,
@@ -56,11 +60,12 @@ def same(expected, actual) -> bool:
     return expected == actual
 
 
-def assert_frame_is_records(frame: pd.DataFrame, gens: list[Generation]) -> None:
+def assert_frame_is_records(frame: pd.DataFrame, gens: list[Generation],
+                            columns: tuple[str, ...] = EXPORT_COLUMNS) -> None:
     rows = token_rows(gens)
-    assert list(frame.columns) == list(TOKEN_COLUMNS) and len(frame) == len(rows)
+    assert list(frame.columns) == list(columns) and len(frame) == len(rows)
     for expected, (_, actual) in zip(rows, frame.iterrows(), strict=True):
-        for column in TOKEN_COLUMNS:
+        for column in columns:
             value = actual[column]
             if column == "top":
                 value = [{k: (None if pd.isna(v) else v) for k, v in alt.items()}
@@ -71,6 +76,10 @@ def assert_frame_is_records(frame: pd.DataFrame, gens: list[Generation]) -> None
 def test_token_rows_mirror_the_records():
     gen = generations()[0]
     rows = token_rows([gen])
+    # every row says where it comes from (new-user issue, point 7)
+    assert rows[3]["model_label"] == gen.model_label and rows[3]["decoding"]
+    assert rows[3]["system_prompt"] == "\n\n".join(
+        m.content for m in gen.messages if m.role == "system")
     step = gen.steps[7]
     assert rows[7]["text"] == step.text and rows[7]["role"] == step.role.value
     assert rows[7]["top"][0] == {"token_id": step.top[0].token_id, "text": step.top[0].text,
@@ -89,8 +98,11 @@ def test_csv_reads_back_equal_to_the_records():
 
 def test_parquet_reads_back_equal_to_the_records():
     gens = generations()
-    frame = pd.read_parquet(io.BytesIO(tokens_parquet(gens)))
-    assert_frame_is_records(frame, gens)
+    data = tokens_parquet(gens)
+    assert_frame_is_records(pd.read_parquet(io.BytesIO(data)), gens, TOKEN_COLUMNS)
+    # each generation's model, system prompt and decoding ride in the file's metadata
+    metadata = pq.read_schema(io.BytesIO(data)).metadata[PROVENANCE_KEY]
+    assert json.loads(metadata) == {g.id: provenance(g) for g in gens}
     empty = pd.read_parquet(io.BytesIO(tokens_parquet([])))
     assert list(empty.columns) == list(TOKEN_COLUMNS) and len(empty) == 0
 

@@ -28,17 +28,33 @@ from perplex.core.records import Generation, TokenStep
 from perplex.core.stats import summarise
 from perplex.core.trait_monitoring import MonitoringRecord
 from perplex.workspace.annotations import Annotation
-from perplex.workspace.store import STEP_SCHEMA, steps_table
+from perplex.workspace.store import STEP_SCHEMA, params_to_json, steps_table
 
 TOKEN_COLUMNS = tuple(STEP_SCHEMA.names)
+# Where every row comes from, beside it (CSV, JSON) or in the file's metadata (Parquet):
+# the model (its label and how it was loaded), the system prompt, how tokens were chosen.
+PROVENANCE_COLUMNS = ("model_label", "model_spec", "system_prompt", "decoding")
+EXPORT_COLUMNS = (*TOKEN_COLUMNS, *PROVENANCE_COLUMNS)
+PROVENANCE_KEY = b"perplex.provenance"  # Parquet metadata: {generation id: provenance}
 _NUMERIC = ("position", "token_id", "message_index", "prob", "logprob", "entropy", "rank")
-_TEXT = ("generation_id", "text", "role", "top")
+_TEXT = ("generation_id", "text", "role", "top", *PROVENANCE_COLUMNS)
 FIGURE_FORMATS = ("html", "png", "svg")
 
 
 def token_rows(generations: Iterable[Generation]) -> list[dict[str, Any]]:
-    """One plain dict per token: the `token_steps` columns, `top` as a list of dicts."""
-    return [_row(gen.id, step) for gen in generations for step in gen.steps]
+    """One plain dict per token: the `token_steps` columns, then its provenance.
+
+    `top` is a list of dicts; the provenance is the generation's (`PROVENANCE_COLUMNS`).
+    """
+    return [{**_row(gen.id, step), **provenance(gen)} for gen in generations
+            for step in gen.steps]
+
+
+def provenance(gen: Generation) -> dict[str, str]:
+    """Which model made a generation, what it was told besides the chat, how it chose."""
+    return {"model_label": gen.model_label, "model_spec": gen.model_spec or "",
+            "system_prompt": "\n\n".join(m.content for m in gen.messages if m.role == "system"),
+            "decoding": params_to_json(gen.params) or ""}
 
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may run (OWASP)
@@ -77,7 +93,7 @@ def frame_csv(frame: pd.DataFrame, **options) -> str:
 
 def tokens_csv(generations: Iterable[Generation]) -> bytes:
     """Token records as UTF-8 CSV; `top` holds the alternatives as JSON text."""
-    frame = pd.DataFrame(token_rows(generations), columns=list(TOKEN_COLUMNS))
+    frame = pd.DataFrame(token_rows(generations), columns=list(EXPORT_COLUMNS))
     frame["top"] = [_json(top) for top in frame["top"]]
     for column in ("token_id", "rank"):  # integers stay integers where values are missing
         frame[column] = frame[column].astype("Int64")
@@ -102,9 +118,16 @@ def tokens_json(generations: Iterable[Generation]) -> bytes:
 
 
 def tokens_parquet(generations: Iterable[Generation]) -> bytes:
-    """Token records as Parquet, in the store's layout (top-k: list<struct>)."""
+    """Token records as Parquet, in the store's layout (top-k: list<struct>).
+
+    Each generation's provenance is in the file's metadata under `PROVENANCE_KEY`.
+    """
+    generations = list(generations)
     tables = [steps_table(gen) for gen in generations]
     table = pa.concat_tables(tables) if tables else STEP_SCHEMA.empty_table()
+    table = table.replace_schema_metadata({
+        **(table.schema.metadata or {}),
+        PROVENANCE_KEY: json.dumps({g.id: provenance(g) for g in generations}).encode()})
     sink = io.BytesIO()
     pq.write_table(table, sink)
     return sink.getvalue()
