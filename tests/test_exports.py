@@ -272,3 +272,22 @@ def _number(cell: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def test_every_exported_table_can_carry_where_it_comes_from():
+    """New-user issue, point 7: CSV and Parquet name the model(s), prompts and settings."""
+    import csv as csvlib
+
+    from perplex.workspace.batch_exports import items_csv
+    from perplex.workspace.exports import frame_csv, with_provenance
+
+    gen = generations()[0]
+    about = {**provenance(gen, "a_"), "settings": json.dumps({"n_bins": 10})}
+    frame = with_provenance(pd.DataFrame({"x": [1.5, 2.5]}), about)
+    back = pd.read_csv(io.StringIO(frame_csv(frame)), keep_default_na=False)
+    assert list(back.columns) == ["x", *about] and back["x"].tolist() == [1.5, 2.5]
+    assert back["a_model_label"].tolist() == [gen.model_label] * 2
+    assert back["a_system_prompt"].tolist() == ["Be terse.\r\n"] * 2
+    rows = list(csvlib.reader(io.StringIO(items_csv([{"prompt": "=1+1"}],
+                                                    {"model_label": "m"}).decode())))
+    assert rows[0][-1] == "model_label" and rows[1][-1] == "m"

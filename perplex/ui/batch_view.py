@@ -491,7 +491,9 @@ def export_section(batch: BatchSummary, rows: list[dict], counts: dict[str, int]
     with st.expander(f"Export the {len(rows):,} filtered items"):
         name = f"perplex-batch-{batch.id}"
         cols = st.columns(4)
-        download(cols[0], "Items (CSV)", lambda: items_csv(rows), file_name=f"{name}.csv",
+        about = {"batch": batch.name, "model_label": batch.model_label,
+                 "settings": json.dumps(batch.settings)}
+        download(cols[0], "Items (CSV)", lambda: items_csv(rows, about), file_name=f"{name}.csv",
                  mime="text/csv", key=f"{PREFIX}.csv")
         download(cols[1], "Per-token records (Parquet)", lambda: items_tokens_parquet(store, rows),
                  file_name=f"{name}-tokens.parquet", key=f"{PREFIX}.parquet")

@@ -7,6 +7,7 @@ unfinished resumes with the items it lacks.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ from perplex.workspace.calibration_store import (
     save_result,
     set_override,
 )
+from perplex.workspace.exports import with_provenance
 
 PREFIX = "calib"
 DATASET_KEY = f"{PREFIX}.dataset_id"
@@ -367,7 +369,10 @@ def results_section(store, show_item) -> None:
                     key=f"{PREFIX}.risk")
     members = _picked_bin(picked, results, summary, binning, kinds)
     frame = results_frame(dataset, results)
-    _downloads(frame, figure, run_id, caption_line(
+    exported = with_provenance(frame, {"dataset": run.dataset_name,
+                                       "model_label": run.model_label,
+                                       "settings": json.dumps(run.settings)})
+    _downloads(exported, figure, run_id, caption_line(
         f"dataset “{run.dataset_name}”", run.model_label, f"{len(results):,} items",
         f"{n_bins} bins, {binning}", f"match rule {run.settings.get('match_rule', 'exact')}",
         f"run {run_id}"))

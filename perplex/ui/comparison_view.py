@@ -28,7 +28,7 @@ from perplex.ui.sidebar import thresholds
 from perplex.ui.text import count, plain
 from perplex.ui.token_view import Overlay, token_view
 from perplex.workspace.comparison_store import list_comparisons, load_comparison, save_comparison
-from perplex.workspace.exports import frame_csv
+from perplex.workspace.exports import frame_csv, provenance, with_provenance
 
 PREFIX = "comparison"
 RUN_KEY = f"{PREFIX}.run"  # Shown: the PairRun on screen, its id and its conditions
@@ -396,7 +396,9 @@ def _lens_buttons(run: PairRun, picked: int | None) -> None:
 
 def _downloads(shown: Shown, figures: dict) -> None:
     with st.expander("Export"):
-        frame = divergence_frame(shown.run)
+        frame = with_provenance(divergence_frame(shown.run), {
+            **provenance(shown.run.generation_a, "a_"), **provenance(shown.run.generation_b, "b_"),
+            "conditions": json.dumps(shown.conditions)})
         cols = st.columns(4)
         name = f"perplex-comparison-{shown.comparison_id}"
         download(cols[0], "Per-token CSV", frame_csv(frame), file_name=f"{name}.csv",

@@ -29,7 +29,7 @@ from perplex.ui.sidebar import thresholds
 from perplex.ui.text import plain
 from perplex.ui.token_view import token_view
 from perplex.workspace.decoding_store import StoredDecoding, load_decoding, save_decoding
-from perplex.workspace.exports import frame_csv
+from perplex.workspace.exports import frame_csv, provenance, with_provenance
 
 PREFIX = "decoding"
 SHOWN_KEY = f"{PREFIX}.shown"  # the StoredDecoding on screen
@@ -402,7 +402,9 @@ def _downloads(stored: StoredDecoding, figures: dict) -> None:
     texts = [s.text for s in _answer_steps(stored.method_generation)]
     with st.expander("Export"):
         name = f"perplex-decoding-{stored.id}"
-        frame = records_frame(run, texts)
+        about = {**provenance(stored.method_generation), "method": run.method,
+                 "method_params": json.dumps(run.params)}
+        frame = with_provenance(records_frame(run, texts), about)
         cols = st.columns(3)
         download(cols[0], "Per-token CSV", frame_csv(frame), file_name=f"{name}.csv",
                  mime="text/csv", key=f"{PREFIX}.csv")
@@ -410,7 +412,8 @@ def _downloads(stored: StoredDecoding, figures: dict) -> None:
                  file_name=f"{name}.parquet", key=f"{PREFIX}.parquet")
         if run.drafts:
             download(cols[2], "Every drafted token (CSV)",
-                     frame_csv(drafts_frame(run)), file_name=f"{name}-drafts.csv",
+                     frame_csv(with_provenance(drafts_frame(run), about)),
+                     file_name=f"{name}-drafts.csv",
                      mime="text/csv", key=f"{PREFIX}.drafts_csv")
         for fig_name, fig in figures.items():
             figure_downloads(fig, f"{name}-{fig_name}", f"{PREFIX}.fig.{fig_name}.{stored.id}",

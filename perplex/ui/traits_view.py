@@ -34,7 +34,13 @@ from perplex.ui.export_panel import download, figure_downloads
 from perplex.ui.file_input import uploaded_file
 from perplex.ui.text import plain
 from perplex.ui.token_view import Overlay, token_view
-from perplex.workspace.exports import frame_csv, monitoring_frame, monitoring_parquet
+from perplex.workspace.exports import (
+    frame_csv,
+    monitoring_frame,
+    monitoring_parquet,
+    provenance,
+    with_provenance,
+)
 from perplex.workspace.trait_run_store import (
     TraitRunSummary,
     list_trait_runs,
@@ -338,7 +344,8 @@ def import_section() -> None:
     monitor_exports(list(records), [str(i + 1) for i in range(len(records))],
                     "perplex-traits-imported",
                     {"lines": plots.trait_lines(record.traits, record.scores, record.tokens)},
-                    f"{PREFIX}.imported.{pick}.{len(records)}", "Export the imported answers")
+                    f"{PREFIX}.imported.{pick}.{len(records)}", "Export the imported answers",
+                    {"source": "imported monitor file"})
 
 
 def references(run: MonitoredRun) -> tuple[tuple[float, float] | None, ...]:
@@ -363,17 +370,22 @@ def monitored_section(run: MonitoredRun, key: str) -> None:
     record = run.record()
     monitor_exports([record], [run.generation.id], f"perplex-traits-{run.generation.id}",
                     {"lines": plots.trait_lines(run.traits, run.scores, record.tokens)},
-                    f"{key}.{run.generation.id}")
+                    f"{key}.{run.generation.id}", about={
+                        **provenance(run.generation),
+                        "trait_layers": json.dumps(dict(zip(run.traits, run.trait_layers))),
+                        "steering": json.dumps(list(run.steering))})
 
 
 def monitor_exports(records: list[MonitoringRecord], labels: list[str], name: str,
-                    figures: dict, key: str, title: str = "Export this answer") -> None:
+                    figures: dict, key: str, title: str = "Export this answer",
+                    about: dict[str, str] | None = None) -> None:
     """The answers' per-token scores as monitor JSON, CSV and Parquet, and their figures.
 
     `key` must change with what is shown (include an id), so a drawn figure is never stale.
+    `about` (model, system prompt, layers, steering) becomes columns of the CSV and Parquet.
     """
     with st.expander(plain(title)):
-        frame = monitoring_frame(records, labels)
+        frame = with_provenance(monitoring_frame(records, labels), about or {})
         cols = st.columns(3)
         download(cols[0], "Per-token monitor JSON",
                  json.dumps([r.to_json() for r in records], indent=1),
@@ -557,7 +569,9 @@ def pair_section() -> None:
     ids = [base.generation.id, steered.generation.id]
     monitor_exports([base.record(), steered.record()], ["baseline", "steered"],
                     f"perplex-traits-pair-{ids[1]}", {f"{trait}-difference": difference},
-                    f"{PREFIX}.pair.{ids[1]}.{trait}", "Export both answers")
+                    f"{PREFIX}.pair.{ids[1]}.{trait}", "Export both answers", {
+                        **provenance(base.generation), "baseline_steering": "[]",
+                        "steering": json.dumps(list(steered.steering))})
 
 
 def _sweep(engine: Engine, found: list[Monitor], messages: tuple[Message, ...],

@@ -11,7 +11,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from perplex.workspace.batch_store import COLUMNS, BatchSummary, item_generation
@@ -29,14 +29,18 @@ def _plain(value):
     return value
 
 
-def items_csv(rows: Sequence[dict]) -> bytes:
-    """One row per item: its statistics, flag counts and what it answered."""
+def items_csv(rows: Sequence[dict], about: Mapping[str, str] | None = None) -> bytes:
+    """One row per item: its statistics, flag counts and what it answered.
+
+    `about` (the batch's model and settings) adds a column each, the same on every row.
+    """
+    about = dict(about or {})
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(_ITEM_COLUMNS)
+    writer.writerow([*_ITEM_COLUMNS, *about])
     for row in rows:
         writer.writerow(["" if row.get(c) is None else safe_cell(_plain(row.get(c)))
-                         for c in _ITEM_COLUMNS])
+                         for c in _ITEM_COLUMNS] + [safe_cell(v) for v in about.values()])
     return out.getvalue().encode("utf-8")
 
 

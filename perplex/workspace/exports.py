@@ -50,11 +50,18 @@ def token_rows(generations: Iterable[Generation]) -> list[dict[str, Any]]:
             for step in gen.steps]
 
 
-def provenance(gen: Generation) -> dict[str, str]:
+def with_provenance(frame: pd.DataFrame, about: Mapping[str, str]) -> pd.DataFrame:
+    """`frame` with a column per entry of `about` (model, prompts, settings) on every row."""
+    return frame.assign(**dict(about))
+
+
+def provenance(gen: Generation, prefix: str = "") -> dict[str, str]:
     """Which model made a generation, what it was told besides the chat, how it chose."""
-    return {"model_label": gen.model_label, "model_spec": gen.model_spec or "",
-            "system_prompt": "\n\n".join(m.content for m in gen.messages if m.role == "system"),
-            "decoding": params_to_json(gen.params) or ""}
+    about = {"model_label": gen.model_label, "model_spec": gen.model_spec or "",
+             "system_prompt": "\n\n".join(m.content for m in gen.messages
+                                           if m.role == "system"),
+             "decoding": params_to_json(gen.params) or ""}
+    return {f"{prefix}{key}": value for key, value in about.items()}
 
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may run (OWASP)
