@@ -131,6 +131,9 @@ def test_upload_run_filter_read_annotate_export(browser, app_url, screenshot):
         button.click()
     rows = list(csv.DictReader(io.StringIO(open(items.value.path(), encoding="utf-8").read())))
     assert len(rows) == flagged and all(r["answer_mismatch"] == "True" for r in rows)
+    # every row names the model and the batch's settings (new-user issue, point 7)
+    assert {r["model_label"] for r in rows} == {"SmolLM2-135M-Instruct (bundled)"}
+    assert all(json.loads(r["settings"])["params"]["max_new_tokens"] == 16 for r in rows)
     with page.expect_download() as lines:
         page.get_by_role("button", name="Items with tokens (JSONL)").click()
     objects = [json.loads(line) for line in open(lines.value.path(), encoding="utf-8")]
