@@ -137,6 +137,7 @@ def test_annotation_exports_carry_span_text_and_stats(store):
                         keep_default_na=False, dtype={"note": str, "span_text": str})
     assert frame["note"].tolist() == [HOSTILE, "single"]
     assert frame["span_text"].tolist() == [r["span_text"] for r in rows]
+    assert frame["model_label"].tolist() == [gen.model_label] * 2  # where each note's span is from
     assert annotations_csv([], {}).decode().startswith('"id","generation_id"')
     with pytest.raises(PerplexError, match="not given to the export"):
         annotations_markdown(notes, {})

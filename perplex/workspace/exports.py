@@ -142,7 +142,7 @@ def tokens_parquet(generations: Iterable[Generation]) -> bytes:
 
 def annotation_rows(annotations: Sequence[Annotation], generations: Mapping[str, Generation],
                     threshold: float = 0.3) -> list[dict[str, Any]]:
-    """One dict per annotation: its note, the span's text and the span's statistics."""
+    """One dict per annotation: its note, the span's text and statistics, its provenance."""
     rows = []
     for note in annotations:
         if note.generation_id not in generations:
@@ -157,7 +157,8 @@ def annotation_rows(annotations: Sequence[Annotation], generations: Mapping[str,
             "mean_entropy": stats.mean_entropy, "max_entropy": stats.max_entropy,
             "perplexity": stats.perplexity, "n_below_threshold": stats.n_below,
             "threshold": threshold, "created_at": note.created_at.isoformat(),
-            "updated_at": note.updated_at.isoformat()})
+            "updated_at": note.updated_at.isoformat(),
+            **provenance(generations[note.generation_id])})
     return rows
 
 
