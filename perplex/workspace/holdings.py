@@ -18,6 +18,7 @@ import duckdb
 import pyarrow as pa
 
 from perplex.core.records import new_id
+from perplex.core.validation import ENTROPY_ROUNDING
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class Held:
 
 _P = 0.0, 1.0  # a probability
 _INF = float("inf")
+_NONNEGATIVE = -ENTROPY_ROUNDING, _INF  # entropies: ≥ 0 up to float64 rounding
+# Divergences get no bound: a top-k lower bound on KL from an API's rounded
+# log-probabilities can come out below 0.
 
 SESSION_HOLDINGS: tuple[Held, ...] = (
     Held("generations", "sessions", "session_id", "generation", id_columns=("parent_id",)),
@@ -59,19 +63,18 @@ SESSION_HOLDINGS: tuple[Held, ...] = (
     Held("batch_items", "batches", "batch_id", "batch item", has_id=False,
          id_columns=("generation_id",), bundle="rows",
          bounds=(("mean_prob", *_P), ("min_prob", *_P), ("refusal_prob", *_P),
-                 ("mean_entropy", 0.0, _INF), ("max_entropy", 0.0, _INF),
-                 ("perplexity", 1.0, _INF), ("divergence", 0.0, _INF))),
+                 ("mean_entropy", *_NONNEGATIVE), ("max_entropy", *_NONNEGATIVE),
+                 ("perplexity", 1.0, _INF))),
     Held("comparisons", "sessions", "session_id", "comparison", id_columns=("batch_id",),
          json_columns=("generations",), bundle="rows"),
     Held("comparison_tokens", "comparisons", "comparison_id", "comparison token",
          has_id=False, bundle="rows",
-         bounds=(("logprob_a", -_INF, 0.0), ("logprob_b", -_INF, 0.0), ("kl_ab", 0.0, _INF),
-                 ("kl_ba", 0.0, _INF), ("js", 0.0, _INF)),
+         bounds=(("logprob_a", -_INF, 0.0), ("logprob_b", -_INF, 0.0)),
          unbounded=("kl_ab", "kl_ba", "js")),  # ∞ where one side gives 0, NaN when approximate
     Held("decoding_runs", "sessions", "session_id", "decoding run", bundle="rows",
          id_columns=("method_generation_id", "greedy_generation_id", "batch_id")),
     Held("decoding_tokens", "decoding_runs", "run_id", "decoding token", has_id=False,
-         bundle="rows", bounds=(("p_a", *_P), ("p_b", *_P), ("js", 0.0, _INF))),
+         bundle="rows", bounds=(("p_a", *_P), ("p_b", *_P))),
     Held("decoding_drafts", "decoding_runs", "run_id", "decoding draft", has_id=False,
          bundle="rows", bounds=(("q", *_P), ("p", *_P))),
     Held("trait_vectors", "sessions", "session_id", "trait vector", file_column="file"),
