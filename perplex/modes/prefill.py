@@ -2,9 +2,9 @@
 
 P(set) at a position is the probability that the continuation is one of the set's words
 (raw logits, temperature 1, float64). A word of several tokens counts with the product of its
-pieces' conditional probabilities (`engine.local.word_probs`), never by its first piece alone (" C"
-is not "Cannot"); a spelling that another of the set's spellings starts ("I'm" after "I") is
-already inside that one's probability and is not counted twice. This needs the full
+pieces' conditional probabilities (the engine's `continuation_probs`), never by its first
+piece alone (" C" is not "Cannot"); a spelling that another of the set's spellings starts
+("I'm" after "I") is already inside that one's probability and is not counted twice. This needs the full
 next-token distribution and more, not the top-k kept in a `TokenStep`, so this module runs
 its own forward passes.
 """
@@ -185,7 +185,7 @@ def next_token_words(engine: Engine, contexts: Sequence[Sequence[int]],
     """Per context: the next-token distribution [V] and P(spelling) for every set's spellings.
 
     One padded forward pass for all contexts, each with its words' prefixes as a token tree
-    (`perplex.engine.local.word_probs`), so each row's numbers are those of the context alone.
+    (`Engine.continuation_probs`), so each row's numbers are those of the context alone.
     """
     if not contexts or any(len(c) == 0 for c in contexts):
         raise InputFormatError("Each context needs at least one token.")
