@@ -4,9 +4,9 @@ P(set) at a position is the probability that the continuation is one of the set'
 (raw logits, temperature 1, float64). A word of several tokens counts with the product of its
 pieces' conditional probabilities (the engine's `continuation_probs`), never by its first
 piece alone (" C" is not "Cannot"); a spelling that another of the set's spellings starts
-("I'm" after "I") is already inside that one's probability and is not counted twice. This needs the full
-next-token distribution and more, not the top-k kept in a `TokenStep`, so this module runs
-its own forward passes.
+("I'm" after "I") is already inside that one's probability and is not counted twice. This
+needs the full next-token distribution and more, not the top-k kept in a `TokenStep`, so
+this module runs its own forward passes.
 """
 
 from __future__ import annotations
