@@ -165,7 +165,7 @@ def _ids_in(store: Store, session_id: str) -> dict[str, set[str]]:
         out = {}
         for h in SESSION_HOLDINGS:
             condition, n = rows_of_session(h.table)
-            for column in ("id",) * h.has_id + h.id_columns + h.minted:
+            for column in h.own_ids + h.id_columns:
                 out[f"{h.table}.{column}"] = {r[0] for r in cur.execute(
                     f"SELECT {column} FROM {h.table} WHERE {condition} AND {column} IS NOT "
                     f"NULL", [session_id] * n).fetchall()}

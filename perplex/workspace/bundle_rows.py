@@ -25,6 +25,7 @@ from perplex.workspace.bundle_docs import BundleError
 from perplex.workspace.holdings import (
     Held,
     copy_order,
+    ids_in_use,
     insert_remapped,
     register_fresh_ids,
     remap_json_columns,
@@ -119,7 +120,7 @@ def _check(held: Held, table: pa.Table, member: str, carried: Mapping[str, set[s
     parents = carried[held.parent]
     if any(link not in parents for link in table.column(held.link).to_pylist()):
         raise _bad(member, f"has a row whose {held.link} is not in the bundle")
-    ids = {value for column in ("id",) * held.has_id + held.minted
+    ids = {value for column in held.own_ids
            for value in table.column(column).to_pylist() if value is not None}
     if held.has_id and (None in table.column("id").to_pylist() or len(ids) != len(table)):
         raise _bad(member, "has a missing or repeated id")
@@ -169,18 +170,14 @@ def _bad(member: str, what: str) -> BundleError:
 
 def ids_taken(cur: duckdb.DuckDBPyConnection, tables: Mapping[str, pa.Table]) -> bool:
     """Whether any row id the tables carry is already used in this database."""
-    for held in ROW_TABLES:
-        ids = tables[held.table].column("id").to_pylist() if held.has_id else []
-        if ids and cur.execute(f"SELECT count(*) FROM {held.table} WHERE list_contains(?, id)",
-                               [ids]).fetchall()[0][0]:
-            return True
-    return False
+    return any(ids_in_use(cur, held.table, tables[held.table].column("id").to_pylist())
+               for held in ROW_TABLES if held.has_id)
 
 
 def fresh_row_ids(tables: Mapping[str, pa.Table]) -> list[str]:
     """Every id (own or minted) the tables carry, for the caller to give fresh ones."""
     return [value for held in ROW_TABLES
-            for column in ("id",) * held.has_id + held.minted
+            for column in held.own_ids
             for value in tables[held.table].column(column).to_pylist() if value is not None]
 
 

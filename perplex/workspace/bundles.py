@@ -39,7 +39,7 @@ from perplex.workspace import bundle_rows
 from perplex.workspace.access import require_session
 from perplex.workspace.annotations import Annotation, annotations_of_session
 from perplex.workspace.bundle_docs import BundleError
-from perplex.workspace.holdings import with_fresh_ids
+from perplex.workspace.holdings import ids_in_use, with_fresh_ids
 from perplex.workspace.sessions import (
     MAX_NAME_CHARS,
     Session,
@@ -339,8 +339,7 @@ def _ids_taken(cur, parsed: SessionBundle) -> bool:
               ("generations", [g.id for g in parsed.generations]),
               ("annotations", [a.id for a in parsed.annotations]),
               ("token_sets", [s.id for s in parsed.token_sets]))
-    return any(ids and cur.execute(f"SELECT count(*) FROM {table} WHERE list_contains(?, id)",
-                                   [ids]).fetchall()[0][0] for table, ids in checks)
+    return any(ids_in_use(cur, table, ids) for table, ids in checks)
 
 
 def _with_fresh_ids(parsed: SessionBundle) -> tuple[SessionBundle, dict[str, str]]:

@@ -46,6 +46,11 @@ class Held:
     bounds: tuple[tuple[str, float, float], ...] = ()
     unbounded: tuple[str, ...] = ()
 
+    @property
+    def own_ids(self) -> tuple[str, ...]:
+        """The columns holding ids this table's rows give out: `id`, then `minted`."""
+        return ("id",) * self.has_id + self.minted
+
 
 _P = 0.0, 1.0  # a probability
 _INF = float("inf")
@@ -151,7 +156,7 @@ def copy_holdings(cur: duckdb.DuckDBPyConnection, source_id: str, target_id: str
     fresh: dict[str, str] = {}
     for held in copy_order():
         condition, n = rows_of_session(held.table)
-        for column in ("id",) * held.has_id + held.minted:
+        for column in held.own_ids:
             for (old,) in cur.execute(f"SELECT DISTINCT {column} FROM {held.table} "
                                       f"WHERE {condition} AND {column} IS NOT NULL",
                                       [source_id] * n).fetchall():
@@ -159,14 +164,15 @@ def copy_holdings(cur: duckdb.DuckDBPyConnection, source_id: str, target_id: str
     register_fresh_ids(cur, fresh)
     try:
         for held in copy_order():
-            _copy_rows(cur, held, source_id, target_id)
+            condition, n = rows_of_session(held.table)
+            insert_remapped(cur, held, held.table, target_id, condition, [source_id] * n)
     finally:
         cur.unregister("fresh_ids")
     files = []
     for held in copy_order():
         remap_json_columns(cur, held, target_id, fresh)
-        condition, n = rows_of_session(held.table)
         if held.file_column is not None:
+            condition, n = rows_of_session(held.table)
             for row_id, name in cur.execute(f"SELECT id, {held.file_column} FROM {held.table} "
                                             f"WHERE {condition}", [target_id] * n).fetchall():
                 copy_name = f"{row_id}.{name.rsplit('.', 1)[-1]}" if "." in name else row_id
@@ -174,12 +180,6 @@ def copy_holdings(cur: duckdb.DuckDBPyConnection, source_id: str, target_id: str
                             [copy_name, row_id])
                 files.append((name, copy_name))
     return fresh, files
-
-
-def _copy_rows(cur: duckdb.DuckDBPyConnection, held: Held, source_id: str,
-               target_id: str) -> None:
-    condition, n = rows_of_session(held.table)
-    insert_remapped(cur, held, held.table, target_id, condition, [source_id] * n)
 
 
 def insert_remapped(cur: duckdb.DuckDBPyConnection, held: Held, source: str, target_id: str,
@@ -190,7 +190,7 @@ def insert_remapped(cur: duckdb.DuckDBPyConnection, held: Held, source: str, tar
     table that belongs to the session directly moves to `target_id`.
     """
     columns = table_columns(cur, held.table)
-    remapped = {held.link, *held.id_columns, *held.minted} | ({"id"} if held.has_id else set())
+    remapped = {held.link, *held.id_columns, *held.own_ids}
     values = []
     for column in columns:
         if column == held.link and held.parent == "sessions":
@@ -203,6 +203,12 @@ def insert_remapped(cur: duckdb.DuckDBPyConnection, held: Held, source: str, tar
     first = [target_id] if held.parent == "sessions" else []
     cur.execute(f"INSERT INTO {held.table} ({', '.join(columns)}) SELECT {', '.join(values)} "
                 f"FROM {source} t WHERE {condition}", first + list(params))
+
+
+def ids_in_use(cur: duckdb.DuckDBPyConnection, table: str, ids: Sequence[str]) -> bool:
+    """Whether any of `ids` is already the `id` of a row of `table` (a code-written name)."""
+    return bool(ids) and cur.execute(f"SELECT count(*) FROM {table} WHERE list_contains(?, id)",
+                                     [list(ids)]).fetchall()[0][0] > 0
 
 
 def table_columns(cur: duckdb.DuckDBPyConnection, table: str) -> list[str]:

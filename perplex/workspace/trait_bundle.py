@@ -21,6 +21,7 @@ from perplex.core.records import new_id
 from perplex.core.trait_monitoring import parse_monitoring
 from perplex.core.traits import TraitVector
 from perplex.workspace.bundle_docs import BundleError
+from perplex.workspace.holdings import ids_in_use
 from perplex.workspace.store import Store, from_epoch_us, insert_row
 from perplex.workspace.trait_run_store import KINDS
 from perplex.workspace.trait_store import (
@@ -90,12 +91,8 @@ def parse_traits(data: bytes | None, generation_ids: set[str]) -> TraitPayload:
 
 def ids_taken(cur, payload: TraitPayload) -> bool:
     """Whether any run or vector id of the payload is used in this database already."""
-    for table, ids in (("trait_runs", [r["id"] for r in payload.runs]),
-                       ("trait_vectors", [v[0] for v in payload.vectors])):
-        if ids and cur.execute(f"SELECT count(*) FROM {table} WHERE list_contains(?, id)",
-                               [ids]).fetchall()[0][0]:
-            return True
-    return False
+    return ids_in_use(cur, "trait_runs", [r["id"] for r in payload.runs]) or \
+        ids_in_use(cur, "trait_vectors", [v[0] for v in payload.vectors])
 
 
 def write_traits(cur, store: Store, payload: TraitPayload, session_id: str,
