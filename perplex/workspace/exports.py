@@ -46,8 +46,11 @@ def token_rows(generations: Iterable[Generation]) -> list[dict[str, Any]]:
 
     `top` is a list of dicts; the provenance is the generation's (`PROVENANCE_COLUMNS`).
     """
-    return [{**_row(gen.id, step), **provenance(gen)} for gen in generations
-            for step in gen.steps]
+    rows = []
+    for gen in generations:
+        about = provenance(gen)  # once per generation, not per token
+        rows += [{**_row(gen.id, step), **about} for step in gen.steps]
+    return rows
 
 
 def with_provenance(frame: pd.DataFrame, about: Mapping[str, str]) -> pd.DataFrame:
