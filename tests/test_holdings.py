@@ -25,6 +25,7 @@ from perplex.workspace.bundles import export_bundle, import_bundle
 from perplex.workspace.comparison_store import load_comparison, save_comparison
 from perplex.workspace.decoding_store import load_decoding, save_decoding
 from perplex.workspace.holdings import NOT_HELD, SESSION_HOLDINGS, rows_of_session
+from perplex.workspace.jobs import create_job, finish_item, load_job
 from perplex.workspace.sessions import (
     create_session,
     delete_session,
@@ -108,6 +109,10 @@ def _fill(store: Store, engine: LocalEngine, session_id: str) -> dict[str, str]:
     ids["trait run"] = save_trait_run(store, run, "monitored", session_id)
     ids["batch"] = create_batch(store, "b", "prompts", engine.info.label, {}, session_id)
     add_items(store, ids["batch"], [BatchInput(1, PROMPT)])
+    job = create_job(store, session_id, "decoding", "a list", {},
+                     [{"prompt": "a"}, {"prompt": "b"}])
+    finish_item(store, job.id, 0, {"answer": "x"}, 0.5, 3)
+    ids["run over many items"] = job.id
     ids["share link"] = create_share_link(store, session_id).token
     return ids
 
@@ -146,6 +151,7 @@ def test_deleting_a_session_leaves_nothing_it_held_readable(tiny, tmp_path):
             "trait vector": lambda i: load_vector(store, i),
             "trait run": lambda i: load_trait_run(store, i),
             "batch": lambda i: load_batch(store, i),
+            "run over many items": lambda i: load_job(store, i),
             "share link": lambda t: shared_session(store, t)}
         assert set(readers) == set(ids)
         for kind, read in readers.items():

@@ -11,6 +11,10 @@ from perplex.core.records import DecodeParams, Message, TokenRole
 from perplex.engine.local.generation import start_generation
 from perplex.engine.registry import local_engine
 from perplex.modes import prefill
+from perplex.modes.runner import Finished, JobItems, run_items
+from perplex.workspace.jobs import create_job, item_records
+from perplex.workspace.sessions import create_session
+from perplex.workspace.store import Store
 from perplex.workspace.token_sets import DEFAULT_SETS
 from tests.tolerances import FLOAT32_PROB
 
@@ -139,41 +143,53 @@ def test_prompt_list_skips_blanks_and_handles_ten_thousand(tiny_lm):
     assert [r.prompt for r in results] == prompts
 
 
-def test_job_stops_and_goes_on_and_leaves_out_long_prompts(tiny_lm):
-    """A job scored a batch at a time equals one-at-a-time; too-long prompts are left out."""
+def test_a_list_scored_through_the_runner_stops_resumes_and_leaves_out_long_prompts(tiny_lm):
+    """A list run a batch at a time equals one-at-a-time; too-long prompts are left out."""
     refusal, compliance = default_ids(tiny_lm)
+    engine = local_engine(tiny_lm)
     too_long = "word " * tiny_lm.context_length
     text = "\n".join(["Hi there, a longer prompt", "", "Sure", too_long, "I'm sorry", "Ok?",
                       "The capital of France is"])
     listed = prefill.parse_prompt_list(text)
-    job = prefill.FirstTokenJob.start(local_engine(tiny_lm), listed, refusal, compliance, k=3,
-                                      batch_size=2)
-    assert (job.total, job.done, job.finished, job.seconds_left()) == (6, 0, False, None)
-    job.run_batch(local_engine(tiny_lm))
-    assert job.done == 2 and job.seconds > 0 and job.seconds_left() > 0
-    kept = dict(job.results)  # "stop": the job keeps what it scored; "continue" goes on
-    while not job.finished:
-        job.run_batch(local_engine(tiny_lm))
-    assert all(job.results[i] == r for i, r in kept.items())
-    assert job.too_long == [2] and listed.lines[2] == 4
-    assert [i for i, _ in job.scored()] == [0, 1, 3, 4, 5]
-    for index, got in job.scored():
-        alone = prefill.first_token(local_engine(tiny_lm), listed.prompts[index], refusal,
-                                    compliance, k=3)
-        assert got.prompt == listed.prompts[index] and got.top_ids == alone.top_ids
+    store = Store.open()
+    session = create_session(store, "lists")
+    order = prefill.scoring_order(listed.prompts)
+    assert sorted(order) == list(range(6)) and order[:2] == [4, 1]  # "Ok?", "Sure" first
+    job = create_job(store, session.id, "prefill", "tiny", {},
+                     [{"prompt": listed.prompts[i], "line": listed.lines[i]} for i in order])
+    source = JobItems(store, job.id, prefill.first_token_json)
+
+    def work(items):
+        return [Finished(found) for found in prefill.score_prompts(
+            engine, [i.item["prompt"] for i in items], refusal, compliance, k=3)]
+
+    chunks = []
+    first = run_items(source, work, chunk=2, should_stop=lambda: bool(chunks),
+                      on_progress=chunks.append)
+    assert first.stopped and (first.done, first.pending) == (2, 4)
+    kept = {r.idx: r.result for r in item_records(store, job.id) if r.status == "done"}
+    rest = run_items(source, work, chunk=prefill.batch_size)  # Resume: the pending ones
+    assert not rest.stopped and (rest.done, rest.failed, rest.total) == (6, 0, 6)
+    records = item_records(store, job.id)
+    assert all(records[i].result == result for i, result in kept.items())
+    long_ones = [r.item["line"] for r in records if r.result == {"too_long": True}]
+    assert long_ones == [4]
+    for record in records:
+        got = prefill.first_token_from_json(record.item["prompt"], record.result)
+        if got is None:
+            continue
+        alone = prefill.first_token(engine, record.item["prompt"], refusal, compliance, k=3)
+        assert got.top_ids == alone.top_ids
+        # a padded batch and a lone pass are two forward passes: float32 agreement
         assert abs(got.mass.refusal - alone.mass.refusal) <= FLOAT32_PROB
-    job.run_batch(local_engine(tiny_lm))  # nothing left: no change
-    assert job.done == 6
-    adaptive = prefill.FirstTokenJob.start(local_engine(tiny_lm), listed, refusal, compliance,
-                                           batch_size=1, adapt=True)
-    adaptive.run_batch(local_engine(tiny_lm))  # the next batch is sized to take BATCH_SECONDS
-    want = int(1 / adaptive.seconds * prefill.BATCH_SECONDS)
-    assert adaptive.batch_size == max(prefill.MIN_PROMPTS_PER_BATCH,
-                                      min(prefill.MAX_PROMPTS_PER_BATCH, want))
+    assert prefill.batch_size(None) == 4
+    assert prefill.batch_size(prefill.BATCH_SECONDS / 20) == 20
+    assert prefill.batch_size(10.0) == prefill.MIN_PROMPTS_PER_BATCH
+    assert prefill.batch_size(1e-6) == prefill.MAX_PROMPTS_PER_BATCH
     with pytest.raises(InputFormatError, match="longer than"):
-        prefill.first_tokens(local_engine(tiny_lm), ["Hi", too_long], refusal, compliance)
+        prefill.first_tokens(engine, ["Hi", too_long], refusal, compliance)
     with pytest.raises(InputFormatError, match="R-Set is empty"):
-        prefill.FirstTokenJob.start(local_engine(tiny_lm), listed, ids_set([], "R-Set"), compliance)
+        prefill.score_prompts(engine, ["Hi"], ids_set([], "R-Set"), compliance)
 
 
 def test_bad_sets_give_clear_messages(tiny_lm):

@@ -192,7 +192,7 @@ def _schema(store) -> tuple[dict[str, list[tuple[str, str]]], list[tuple[str, li
 
 def test_blank_database_migrates_to_expected_schema(store):
     """A blank database gets every migration and exactly the documented tables and columns."""
-    assert store.schema_version() == len(MIGRATIONS) == 11
+    assert store.schema_version() == len(MIGRATIONS) == 12
     schema, keys = _schema(store)
     assert schema == EXPECTED_SCHEMA
     assert dict(keys)["token_steps"] == ["generation_id", "position"]

@@ -11,10 +11,9 @@ this module runs its own forward passes.
 
 from __future__ import annotations
 
-import time
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
@@ -27,8 +26,8 @@ from perplex.engine.protocol import Engine
 
 MAX_PROMPTS = 10_000
 PROMPTS_PER_BATCH = 16  # rows in one padded forward pass; bounds memory for long lists
-MIN_PROMPTS_PER_BATCH, MAX_PROMPTS_PER_BATCH = 8, 64  # an adapting job's batch sizes
-BATCH_SECONDS = 3.0  # an adapting job sizes its batches to take about this long
+MIN_PROMPTS_PER_BATCH, MAX_PROMPTS_PER_BATCH = 8, 64  # a list's batch sizes (`batch_size`)
+BATCH_SECONDS = 3.0  # a list's batches are sized to take about this long
 SORT_WINDOW = 256  # prompts sorted by length together, so that a batch pads little
 REFUSAL_COLOUR = "#c0392b"
 COMPLIANCE_COLOUR = "#27ae60"
@@ -257,103 +256,65 @@ def parse_prompt_list(text: str) -> PromptList:
                       len(numbered) - len(kept))
 
 
-@dataclass
-class FirstTokenJob:
-    """Many prompts' first tokens, a batch at a time: a page can show progress, stop, go on.
+def scoring_order(prompts: Sequence[str]) -> list[int]:
+    """Indices of `prompts` in the order to score them.
 
-    Mutable on purpose (it is the run's progress); its results are frozen records.
-
-    `results` maps a prompt's index in `prompts` to its result; `too_long` holds the
-    indices of prompts longer than the model reads (left out, not fatal for the run).
-    Prompts are scored in windows of `SORT_WINDOW`, sorted by length within a window so
-    that a batch pads little, yet the list is scored roughly in its order. With `adapt`,
-    the first batch is small (numbers show soon) and each next one is sized from the last
-    one's pace to take about `BATCH_SECONDS` (Stop answers within a batch), within
-    `MIN_PROMPTS_PER_BATCH` (one prompt at a time is slow per prompt on a CPU) and
-    `MAX_PROMPTS_PER_BATCH`.
+    Windows of `SORT_WINDOW` prompts, each sorted by length: a batch pads little, yet the
+    list is scored roughly in its order.
     """
+    order: list[int] = []
+    for begin in range(0, len(prompts), SORT_WINDOW):
+        indices = range(begin, min(begin + SORT_WINDOW, len(prompts)))
+        order += sorted(indices, key=lambda i: len(prompts[i]))
+    return order
 
-    prompts: PromptList
-    refusal: WordSet
-    compliance: WordSet
-    model_label: str
-    k: int = 1
-    batch_size: int = PROMPTS_PER_BATCH
-    adapt: bool = False
-    system: tuple[Message, ...] = ()  # each prompt's system message (none: the default)
-    results: dict[int, FirstToken] = field(default_factory=dict)
-    too_long: list[int] = field(default_factory=list)
-    seconds: float = 0.0  # time spent scoring so far
-    _order: list[int] = field(default_factory=list, repr=False)
 
-    @classmethod
-    def start(cls, engine: Engine, prompts: PromptList, refusal: WordSet,
-              compliance: WordSet, k: int = 1, batch_size: int = PROMPTS_PER_BATCH,
-              adapt: bool = False, system: tuple[Message, ...] = ()) -> FirstTokenJob:
-        """A job for `engine`, its sets checked now (an empty set fails before any scoring)."""
-        if batch_size < 1:
-            raise InputFormatError("A batch holds at least one prompt.")
-        if adapt:  # a small first batch: the first numbers show quickly, then batches grow
-            batch_size = min(batch_size, 4)
-        vocab_size = engine.info.vocab_size
-        job = cls(prompts, check_set(refusal, vocab_size), check_set(compliance, vocab_size),
-                  engine.info.label, k, batch_size, adapt, system=system)
-        for begin in range(0, len(prompts.prompts), SORT_WINDOW):
-            indices = range(begin, min(begin + SORT_WINDOW, len(prompts.prompts)))
-            job._order += sorted(indices, key=lambda i: len(prompts.prompts[i]))
-        return job
+def batch_size(seconds_per_prompt: float | None) -> int:
+    """How many prompts the next batch takes, from the pace so far (None: none scored).
 
-    @property
-    def total(self) -> int:
-        """How many prompts the job holds."""
-        return len(self.prompts.prompts)
+    The first batch is small, so that numbers show soon; each next one takes about
+    `BATCH_SECONDS` (a Stop is answered within a batch), within `MIN_PROMPTS_PER_BATCH` (one
+    prompt at a time is slow per prompt on a CPU) and `MAX_PROMPTS_PER_BATCH`.
+    """
+    if not seconds_per_prompt:
+        return 4
+    return max(MIN_PROMPTS_PER_BATCH,
+               min(MAX_PROMPTS_PER_BATCH, int(BATCH_SECONDS / seconds_per_prompt)))
 
-    @property
-    def done(self) -> int:
-        """How many prompts are behind us (scored or left out as too long)."""
-        return len(self.results) + len(self.too_long)
 
-    @property
-    def finished(self) -> bool:
-        """Whether every prompt is done."""
-        return self.done >= self.total
+def score_prompts(engine: Engine, prompts: Sequence[str], refusal: WordSet,
+                  compliance: WordSet, k: int = 1, system: tuple[Message, ...] = ()
+                  ) -> list[FirstToken | None]:
+    """Each prompt's first token, in one padded pass.
 
-    def seconds_left(self) -> float | None:
-        """An estimate from the pace so far (None before the first batch)."""
-        if not self.done or not self.seconds:
-            return None
-        return self.seconds / self.done * (self.total - self.done)
+    None for a prompt longer than the model reads: a list leaves it out and goes on.
+    """
+    sets = [check_set(ws, engine.info.vocab_size) for ws in (refusal, compliance)]
+    contexts = [chat_context(engine, prompt, system=system) for prompt in prompts]
+    fits = [n for n, c in enumerate(contexts) if len(c) < engine.info.context_length]
+    found: list[FirstToken | None] = [None] * len(prompts)
+    if fits:
+        scored = next_token_words(engine, [contexts[n] for n in fits], sets)
+        for n, (probs, word_probs) in zip(fits, scored):
+            found[n] = _first_token(engine, prompts[n], probs, word_probs, *sets, k)
+    return found
 
-    def run_batch(self, engine: Engine) -> None:
-        """Score the next batch of prompts (nothing if the job is finished)."""
-        if engine.info.label != self.model_label:
-            raise InputFormatError(f"This run was started with {self.model_label}; "
-                                   f"{engine.info.label} is loaded now. Score the list again.")
-        began = time.perf_counter()
-        batch, contexts = [], []
-        for index in self._order[self.done:self.done + self.batch_size]:
-            context = chat_context(engine, self.prompts.prompts[index], system=self.system)
-            if len(context) >= engine.info.context_length:
-                self.too_long.append(index)
-            else:
-                batch.append(index)
-                contexts.append(context)
-        if contexts:
-            found = next_token_words(engine, contexts, (self.refusal, self.compliance))
-            for index, (probs, word_probs) in zip(batch, found):
-                self.results[index] = _first_token(engine, self.prompts.prompts[index], probs,
-                                                   word_probs, self.refusal, self.compliance,
-                                                   self.k)
-        took = time.perf_counter() - began
-        self.seconds += took
-        if self.adapt and contexts and took > 0:
-            pace = len(contexts) / took
-            self.batch_size = max(MIN_PROMPTS_PER_BATCH,
-                                  min(MAX_PROMPTS_PER_BATCH, int(pace * BATCH_SECONDS)))
 
-    def scored(self) -> list[tuple[int, FirstToken]]:
-        """(index in the list, result) of the prompts scored so far, in the list's order."""
-        return sorted(self.results.items())
+def first_token_json(found: FirstToken | None) -> dict:
+    """What a list's run keeps of a prompt's first token (the table's columns)."""
+    if found is None:
+        return {"too_long": True}
+    return {"top_ids": list(found.top_ids), "top_texts": list(found.top_texts),
+            "top_probs": list(found.top_probs), "refusal": found.mass.refusal,
+            "compliance": found.mass.compliance}
+
+
+def first_token_from_json(prompt: str, kept: dict) -> FirstToken | None:
+    """The first token `first_token_json` kept (None: the prompt was too long)."""
+    if kept.get("too_long"):
+        return None
+    return FirstToken(prompt, tuple(kept["top_ids"]), tuple(kept["top_texts"]),
+                      tuple(kept["top_probs"]), SetMass(kept["refusal"], kept["compliance"]))
 
 
 def first_tokens(engine: Engine, prompts: Sequence[str], refusal: WordSet,
@@ -365,17 +326,20 @@ def first_tokens(engine: Engine, prompts: Sequence[str], refusal: WordSet,
     Only each batch's distributions are held at once ([batch, V] float64), so memory does
     not grow with the number of prompts. A prompt longer than the model reads fails the run.
     """
-    listed = PromptList(tuple(prompts), tuple(range(1, len(prompts) + 1)), 0)
-    job = FirstTokenJob.start(engine, listed, refusal, compliance, k, batch_size)
-    while not job.finished:
-        job.run_batch(engine)
-        if job.too_long:
-            n = job.too_long[0]
-            raise InputFormatError(f"Prompt {n + 1} is longer than {engine.info.label} reads "
-                                   f"({engine.info.context_length} tokens). Shorten it.")
+    if batch_size < 1:
+        raise InputFormatError("A batch holds at least one prompt.")
+    found: list[FirstToken] = []
+    for begin in range(0, len(prompts), batch_size):
+        for n, result in enumerate(score_prompts(engine, prompts[begin:begin + batch_size],
+                                                 refusal, compliance, k), begin):
+            if result is None:
+                raise InputFormatError(f"Prompt {n + 1} is longer than {engine.info.label} "
+                                       f"reads ({engine.info.context_length} tokens). "
+                                       "Shorten it.")
+            found.append(result)
         if progress is not None:
-            progress(job.done, job.total)
-    return [job.results[i] for i in range(job.total)]
+            progress(len(found), len(prompts))
+    return found
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ from perplex.modes.batch import flags
 from perplex.modes.batch.flags import FLAG_TITLES, FlagSettings, ItemFlags
 from perplex.modes.batch.inputs import FORMATS, batch_kind, dataset_items, read_items
 from perplex.modes.batch.plots import statistic_bins, statistic_histogram
-from perplex.modes.batch.run import BatchProgress, RunSettings, run_batch
+from perplex.modes.batch.run import CHUNK, BatchItems, RunSettings, batch_work
 from perplex.modes.calibration.answers import MATCH_RULES
 from perplex.modes.calibration.datasets import sample_dataset
-from perplex.ui import investigate, page_state, resources, session_panel
+from perplex.ui import investigate, page_state, resources, runs, session_panel
 from perplex.ui.export_panel import download, figure_downloads
 from perplex.ui.file_input import uploaded_file
 from perplex.ui.model_choice import choose_local_model
@@ -59,7 +59,7 @@ from perplex.workspace.token_sets import REFUSAL_SET, session_set_words
 PREFIX = "batch"
 CURRENT = page_state.current_key(PREFIX)  # the item's Generation open in the reader
 BATCH_KEY = f"{PREFIX}.open"  # id of the batch on screen
-RUNNING_KEY = f"{PREFIX}.running"  # batch id being run (None: not running)
+RUN_KEY = f"{PREFIX}.run"  # the batch being run (`ui.runs`)
 READER_KEY = f"{PREFIX}.reader"  # position in the filtered list
 RANGE_KEY = f"{PREFIX}.range"  # (statistic, low, high) picked on the histogram
 DEFAULT_PAGE = "pages/default.py"
@@ -186,7 +186,8 @@ def _create(engine, read, name: str, settings: RunSettings) -> None:
         return
     bar.empty()
     st.session_state[BATCH_KEY] = batch_id
-    st.session_state[RUNNING_KEY] = batch_id if items else None
+    if items:
+        runs.start(RUN_KEY, batch_id)
     st.session_state[f"{PREFIX}.settings.{batch_id}"] = settings
     st.toast(f"Read {items:,} items" + (f"; {bad:,} lines could not be read" if bad else ""))
     st.rerun()
@@ -242,27 +243,14 @@ def run_section(engine, batch: BatchSummary, second=None) -> None:
         st.info("Load a model (sidebar) to run the batch.")
         return
     settings = _settings_of(batch)
-    if st.session_state.get(RUNNING_KEY) == batch.id and batch.pending:
-        stop = st.empty()
-        if stop.button("Stop", key=f"{PREFIX}.stop", help="Finished items are kept; the "
-                       "chunk in progress is left pending and runs on Resume."):
-            st.session_state[RUNNING_KEY] = None
-        else:
-            _run(engine, batch, settings, second)
-        stop.empty()
-        st.rerun()
-    cols = st.columns(4)
-    if batch.pending and cols[0].button(
-            f"Resume ({batch.pending:,} left)" if batch.done or batch.failed else "Run",
-            key=f"{PREFIX}.resume", disabled=session_panel.read_only()):
-        st.session_state[RUNNING_KEY] = batch.id
-        st.rerun()
-    if batch.failed and cols[1].button(f"Run the {batch.failed} failed again",
-                                       key=f"{PREFIX}.retry",
-                                       disabled=session_panel.read_only()):
-        reset_failed(resources.store(), batch.id)
-        st.session_state[RUNNING_KEY] = batch.id
-        st.rerun()
+    store = resources.store()
+    try:
+        work = batch_work(engine, store, batch.id, settings, second=second)
+    except PerplexError as exc:
+        st.error(plain(str(exc)))
+        return
+    runs.drive(RUN_KEY, batch.id, BatchItems(store, batch.id), work, unit="items",
+               chunk=CHUNK, retry_failed=lambda: reset_failed(store, batch.id))
 
 
 def second_model():
@@ -273,26 +261,6 @@ def second_model():
                  "more forward passes per item. Applies to the items run from now on."):
         return None
     return choose_local_model("Second model", f"{PREFIX}.second", default="terse")
-
-
-def _run(engine, batch: BatchSummary, settings: RunSettings, second=None) -> None:
-    bar = st.progress(batch.done / max(batch.total, 1),
-                      text=f"{batch.done:,} of {batch.total:,} items…")
-
-    def show(p: BatchProgress) -> None:
-        left = p.seconds_left
-        bar.progress((p.done + p.failed) / max(p.total, 1),
-                     text=f"{p.done:,} of {p.total:,} items done"
-                          + (f", {p.failed:,} failed" if p.failed else "")
-                          + f" · {p.tokens_per_s:.1f} tokens/s"
-                          + (f" · about {left:.0f} s left" if left is not None else ""))
-
-    try:
-        run_batch(engine, resources.store(), batch.id, settings, on_progress=show,
-                  second=second)
-    except PerplexError as exc:
-        st.error(plain(str(exc)))
-    st.session_state[RUNNING_KEY] = None
 
 
 def flags_section(batch: BatchSummary) -> dict[str, int]:

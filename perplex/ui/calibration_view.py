@@ -43,7 +43,7 @@ from perplex.modes.calibration.table import (
 from perplex.ui import resources
 from perplex.ui.export_panel import download
 from perplex.ui.file_input import uploaded_file
-from perplex.ui.prompt_list import duration
+from perplex.ui.runs import duration
 from perplex.ui.text import count, plain
 from perplex.workspace.calibration_store import (
     RunSummary,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, replace
 
 import pandas as pd
@@ -18,7 +17,8 @@ from perplex.modes.comparison.cross import Side
 from perplex.modes.comparison.dataset import compare_prompt, divergent_tokens, prompt_row
 from perplex.modes.comparison.pair import divergence_summary, finish_pair, pair_stats, top_divergent
 from perplex.modes.comparison.pairing import check_pair
-from perplex.ui import page_state, resources, session_panel
+from perplex.modes.runner import Finished, JobItems
+from perplex.ui import page_state, resources, runs, session_panel
 from perplex.ui.conditioning import system_prompt_control
 from perplex.ui.export_panel import download, figure_downloads
 from perplex.ui.live import LiveGeneration, kept
@@ -29,8 +29,10 @@ from perplex.ui.text import count, plain
 from perplex.ui.token_view import Overlay, token_view
 from perplex.workspace.comparison_store import list_comparisons, load_comparison, save_comparison
 from perplex.workspace.exports import frame_csv, provenance, with_provenance
+from perplex.workspace.jobs import create_job, reset_failed
 
 PREFIX = "comparison"
+MANY_KEY, MANY_KIND = f"{PREFIX}.many_run", "comparison"  # the list of prompts (ui.runs)
 RUN_KEY = f"{PREFIX}.run"  # Shown: the PairRun on screen, its id and its conditions
 PICKED_KEY = f"{PREFIX}.picked"  # the divergence view's highlighted token index
 REVEAL_KEY = f"{PREFIX}.reveal"
@@ -427,42 +429,46 @@ def divergence_frame(run: PairRun) -> pd.DataFrame:
 
 def dataset_section(a: Side, b: Side, conditions: dict, params: DecodeParams,
                     approximate: bool = False) -> None:
-    """The comparison over many prompts: per prompt in a table, the set's tokens, a histogram."""
+    """The comparison over many prompts: per prompt in a table, the set's tokens, a histogram.
+
+    The list is a job run by the one runner (`ui.runs`): Stop keeps every compared prompt,
+    Resume compares the rest with the pair as set above, a reload shows the last list.
+    """
     st.subheader("Many prompts")
     viewing_only = session_panel.read_only()
     listed = prompt_list_form(f"{PREFIX}.many", "Compare every prompt", disabled=viewing_only)
-    batches_key = f"{PREFIX}.batch"
+    store = resources.store()
     if listed is not None:
-        st.session_state[batches_key] = _run_many(a, b, conditions, list(listed.prompts),
-                                                  params, approximate)
-    batch_id = st.session_state.get(batches_key)
-    if batch_id is not None:
-        _batch_results(batch_id)
-
-
-def _run_many(a: Side, b: Side, conditions: dict, prompts: list[str],
-              params: DecodeParams, approximate: bool) -> str:
-    from perplex.core.records import new_id
-
-    batch_id, store = new_id(), resources.store()
-    session = session_panel.session_for_saving()
-    bar = st.progress(0.0, text=f"0 of {len(prompts)} prompts")
-    stop = st.empty()
-    stop.button("Stop", key=f"{PREFIX}.many_stop",
-                help="Ends the run after the prompt in progress; finished prompts are kept.")
-    started = time.perf_counter()
-    for done, prompt in enumerate(prompts, 1):
         try:
-            run = compare_prompt(a, b, prompt, params, approximate=approximate)
-            save_comparison(store, run, conditions, session, batch_id)
+            job = create_job(store, session_panel.session_for_saving(), MANY_KIND,
+                             f"{a.engine.info.label} vs {b.engine.info.label}", _pair(a, b),
+                             [{"prompt": p} for p in listed.prompts])
+            runs.start(MANY_KEY, job.id)
         except PerplexError as exc:
-            st.warning(f"Prompt {done} failed and was skipped: {plain(str(exc))}")
-        elapsed = time.perf_counter() - started
-        left = elapsed / done * (len(prompts) - done)
-        bar.progress(done / len(prompts), text=f"{done} of {len(prompts)} prompts · "
-                     f"{done / elapsed:.2f} prompts/s · about {left:.0f} s left")
-    stop.empty()
-    return batch_id
+            st.error(plain(str(exc)))
+    job = runs.shown_job(MANY_KEY, MANY_KIND)
+    if job is None:
+        return
+
+    def work(items):
+        run = compare_prompt(a, b, items[0].item["prompt"], params, approximate=approximate)
+        save_comparison(store, run, conditions, session_panel.session_for_saving(), job.id)
+        return [Finished(None, sum(len(c.tokens) for c in run.crosses))]
+
+    same_pair = job.settings == _pair(a, b)
+    runs.drive(MANY_KEY, job.id, JobItems(store, job.id), work, unit="prompts",
+               retry_failed=lambda: reset_failed(store, job.id),
+               failures=runs.job_failures(job.id), can_run=same_pair)
+    if not same_pair:
+        st.caption(f"This list was compared as {plain(job.label)}; choose that pair above to "
+                   "resume it.")
+    _batch_results(job.id)
+
+
+def _pair(a: Side, b: Side) -> dict:
+    """What makes a pair the same pair: each side's model and system prompt."""
+    return {side.name: {"model": side.engine.info.label, "system": side.system_prompt}
+            for side in (a, b)}
 
 
 def _batch_results(batch_id: str) -> None:

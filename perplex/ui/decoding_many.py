@@ -1,25 +1,31 @@
-"""A decoding method over a list of prompts: each run saved, a table, a row opens its run."""
+"""A decoding method over a list of prompts: each run saved, a table, a row opens its run.
+
+The list is a job (`workspace.jobs`) run by the one runner (`ui.runs`): Stop keeps every
+finished prompt, Resume runs the rest with the method as set above, and after a reload the
+session's last list shows again.
+"""
 
 from __future__ import annotations
 
 import statistics
-import time
 
 import pandas as pd
 import streamlit as st
 
 from perplex.core.errors import PerplexError
-from perplex.core.records import Message, new_id
+from perplex.core.records import Message
 from perplex.engine.protocol import Engine
 from perplex.modes.decoding.run import run_method
-from perplex.ui import resources, session_panel
+from perplex.modes.runner import Finished, JobItems
+from perplex.ui import resources, runs, session_panel
 from perplex.ui.decoding_view import PREFIX, SHOWN_KEY, Setup, save_result, show
 from perplex.ui.prompt_list import prompt_list_form
 from perplex.ui.text import plain
 from perplex.workspace.decoding_store import list_decodings, load_decoding
+from perplex.workspace.jobs import create_job, reset_failed
 
-BATCH_KEY = f"{PREFIX}.batch"  # (batch id, prompts) of the list being run
-RUNNING_KEY = f"{PREFIX}.batch_running"
+RUN_KEY = f"{PREFIX}.many_run"
+KIND = "decoding"
 
 
 def many_section(engine: Engine, setup: Setup | None, system: tuple[Message, ...]) -> None:
@@ -28,56 +34,31 @@ def many_section(engine: Engine, setup: Setup | None, system: tuple[Message, ...
     viewing_only = session_panel.read_only()
     listed = prompt_list_form(f"{PREFIX}.many", "Run the method on every prompt",
                               disabled=viewing_only or setup is None)
-    if listed is not None:
-        st.session_state[BATCH_KEY] = (new_id(), list(listed.prompts))
-        st.session_state[RUNNING_KEY] = True
-    batch = st.session_state.get(BATCH_KEY)
-    if batch is None:
-        return
-    batch_id, prompts = batch
-    done = st.session_state.get(_done_key(batch_id), 0)
-    if st.session_state.get(RUNNING_KEY) and done < len(prompts) and setup is not None:
-        stop = st.empty()
-        if stop.button("Stop", key=f"{PREFIX}.many_stop",
-                       help="Ends after the prompt in progress; finished prompts are kept."):
-            st.session_state[RUNNING_KEY] = False
-        else:
-            _run_prompts(engine, setup, system, prompts, batch_id)
-        stop.empty()
-    done = st.session_state.get(_done_key(batch_id), 0)
-    if done < len(prompts) and st.button(f"Resume ({len(prompts) - done} left)",
-                                         key=f"{PREFIX}.many_resume", disabled=setup is None):
-        st.session_state[RUNNING_KEY] = True
-        st.rerun()
-    _batch_table(batch_id)
-
-
-def _done_key(batch_id: str) -> str:
-    return f"{PREFIX}.many_done.{batch_id}"
-
-
-def _run_prompts(engine: Engine, setup: Setup, system: tuple[Message, ...],
-                 prompts: list[str], batch_id: str) -> None:
-    """Run each prompt not done yet, saving each; progress with pace and time left."""
-    start_at = st.session_state.get(_done_key(batch_id), 0)
-    bar = st.progress(start_at / len(prompts), text=f"{start_at} of {len(prompts)} prompts")
-    started, tokens = time.perf_counter(), 0
-    for i in range(start_at, len(prompts)):
+    store = resources.store()
+    if listed is not None and setup is not None:
         try:
-            result = run_method(engine, system + (Message("user", prompts[i]),), setup.params,
-                                setup.second)
-            save_result(prompts[i], result, batch_id)
-            tokens += len(result.method.answer_ids)
+            job = create_job(store, session_panel.session_for_saving(), KIND,
+                             type(setup.params).__name__, {"model": engine.info.label},
+                             [{"prompt": p} for p in listed.prompts])
+            runs.start(RUN_KEY, job.id)
         except PerplexError as exc:
-            st.warning(f"Prompt {i + 1} failed and was skipped: {plain(str(exc))}")
-        st.session_state[_done_key(batch_id)] = i + 1
-        elapsed = time.perf_counter() - started
-        left = elapsed / (i + 1 - start_at) * (len(prompts) - i - 1)
-        bar.progress((i + 1) / len(prompts),
-                     text=f"{i + 1} of {len(prompts)} prompts · {tokens / elapsed:.1f} tokens/s "
-                          f"· about {left:.0f} s left")
-    st.session_state[RUNNING_KEY] = False
-    bar.empty()
+            st.error(plain(str(exc)))
+    job = runs.shown_job(RUN_KEY, KIND)
+    if job is None:
+        return
+
+    def work(items):
+        item = items[0]
+        result = run_method(engine, system + (Message("user", item.item["prompt"]),),
+                            setup.params, setup.second)
+        save_result(item.item["prompt"], result, job.id)
+        return [Finished(None, len(result.method.answer_ids))]
+
+    runs.drive(RUN_KEY, job.id, JobItems(store, job.id), work, unit="prompts",
+               retry_failed=lambda: reset_failed(store, job.id),
+               failures=runs.job_failures(job.id),
+               can_run=setup is not None and job.settings.get("model") == engine.info.label)
+    _batch_table(job.id)
 
 
 def _batch_table(batch_id: str) -> None:

@@ -1,14 +1,13 @@
-"""Many prompts at once: score each one's first response token, in batches, with progress.
+"""Lists of prompts: the form that reads one, and Prefilling's first tokens of a list.
 
-The run is a `prefill.FirstTokenJob` kept in the session state: it survives reruns, Stop
-keeps what is scored, Continue scores the rest. A selected row opens its prompt.
+A list's run is a job (`workspace.jobs`) worked through by the one runner (`ui.runs`) in
+batches sized to its pace: Stop keeps what is scored, Resume scores the rest, and after a
+reload or a restart the session's last list shows again. A selected row opens its prompt.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import pandas as pd
 import streamlit as st
@@ -18,109 +17,16 @@ from perplex.core.plots import visible_token
 from perplex.core.records import Message
 from perplex.engine.protocol import Engine
 from perplex.modes import prefill
-from perplex.ui import session_panel
+from perplex.modes.runner import Finished, JobItems
+from perplex.ui import resources, runs, session_panel
 from perplex.ui.file_input import uploaded_file
 from perplex.ui.text import plain
+from perplex.workspace.jobs import ItemRecord, create_job, item_records, reset_failed
 
-PREVIEW_EVERY_S = 3.0  # how often the table under a running run is redrawn
+KIND = "prefill"
 NUMBER_COLUMNS = {c: st.column_config.NumberColumn(format="%.3f")
                   for c in ("P(R-Set)", "P(C-Set)", "p(top)")}
-
-
-@dataclass(frozen=True)
-class _Keys:
-    """Session-state keys of one page's run."""
-
-    prefix: str
-
-    @property
-    def job(self) -> str:
-        return f"{self.prefix}.job"  # the prefill.FirstTokenJob
-
-    @property
-    def running(self) -> str:
-        return f"{self.prefix}.job_running"
-
-    @property
-    def run_count(self) -> str:
-        return f"{self.prefix}.job_count"  # lists this tab has scored (keys the table)
-
-
-def progress_text(job: prefill.FirstTokenJob) -> str:
-    """`1,234 / 10,000 prompts · 3.1 per second · about 46 min left`."""
-    text = f"{job.done:,} / {job.total:,} prompts"
-    left = job.seconds_left()
-    if left is not None and job.seconds:
-        text += f" · {job.done / job.seconds:.1f} per second"
-        if not job.finished:
-            text += f" · about {duration(left)} left"
-    return text
-
-
-def duration(seconds: float) -> str:
-    """A rough human duration: `40 s`, `7 min`, `1 h 5 min`."""
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    minutes = round(seconds / 60)
-    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
-
-
-def batch_table(job: prefill.FirstTokenJob) -> pd.DataFrame:
-    """The scored prompts, in the list's order, with their line numbers."""
-    lines = job.prompts.lines
-    return pd.DataFrame(
-        [{"line": lines[i], "prompt": r.prompt, "P(R-Set)": r.mass.refusal,
-          "P(C-Set)": r.mass.compliance, "top first token": visible_token(r.top_text),
-          "p(top)": r.top_probs[0]} for i, r in job.scored()],
-        columns=["line", "prompt", "P(R-Set)", "P(C-Set)", "top first token", "p(top)"])
-
-
-def score(engine: Engine, job: prefill.FirstTokenJob, running_key: str) -> None:
-    """Score the job's remaining prompts, with a progress bar and a growing table.
-
-    Results are kept in the job after every batch, so Stop (any rerun, in fact) loses
-    at most the batch in flight; the run goes on after a rerun until Stop is pressed.
-    """
-    bar = st.progress(job.done / job.total, text=progress_text(job))
-    preview = st.empty()
-    shown_at = time.monotonic()
-    try:
-        while not job.finished:
-            job.run_batch(engine)
-            bar.progress(job.done / job.total, text=progress_text(job))
-            if time.monotonic() - shown_at > PREVIEW_EVERY_S:
-                preview.dataframe(batch_table(job), hide_index=True, width="stretch",
-                                  height=250, column_config=NUMBER_COLUMNS)
-                shown_at = time.monotonic()
-    except PerplexError as exc:
-        st.error(plain(str(exc)))
-    st.session_state[running_key] = False
-    bar.empty()
-    preview.empty()
-
-
-def batch_status(engine: Engine, job: prefill.FirstTokenJob, refusal: prefill.WordSet,
-                 compliance: prefill.WordSet) -> None:
-    """What the run did: prompts scored, blank lines skipped, prompts too long, time."""
-    listed = job.prompts
-    parts = [f"{'' if job.finished else 'Stopped: '}{len(job.results):,} of {job.total:,} "
-             "prompts scored"]
-    if listed.blank_lines:
-        parts.append(f"{listed.blank_lines:,} blank line{'s' * (listed.blank_lines != 1)} "
-                     "skipped")
-    if job.seconds:
-        parts.append(f"{duration(job.seconds)} of scoring")
-    st.markdown(" · ".join(parts))
-    if job.too_long:
-        lines = ", ".join(str(listed.lines[i]) for i in sorted(job.too_long)[:10])
-        st.warning(f"{len(job.too_long):,} prompts are longer than "
-                   f"{plain(engine.info.label)} reads "
-                   f"({engine.info.context_length:,} tokens) and were left out: line {lines}"
-                   f"{' …' if len(job.too_long) > 10 else ''}.")
-    if (job.refusal.sequences, job.compliance.sequences) != (refusal.sequences,
-                                                             compliance.sequences):
-        st.info("The token sets have changed since this run started: its numbers use the "
-                "sets as they were. Score the list again for the new sets.")
+COLUMNS = ["line", "prompt", "P(R-Set)", "P(C-Set)", "top first token", "p(top)"]
 
 
 MAX_LIST_BYTES = 5 * 2**20
@@ -163,6 +69,37 @@ def _list_text(pasted: str, uploaded) -> str:
                            "as UTF-8 and upload it again.") from None
 
 
+def scored_table(records: list[ItemRecord]) -> pd.DataFrame:
+    """The scored prompts, in the list's order, with their line numbers."""
+    rows = []
+    for record in sorted(records, key=lambda r: r.item["line"]):
+        found = None if record.result is None else \
+            prefill.first_token_from_json(record.item["prompt"], record.result)
+        if found is not None:
+            rows.append({"line": record.item["line"], "prompt": found.prompt,
+                         "P(R-Set)": found.mass.refusal, "P(C-Set)": found.mass.compliance,
+                         "top first token": visible_token(found.top_text),
+                         "p(top)": found.top_probs[0]})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _list_notes(engine: Engine, settings: dict, records: list[ItemRecord],
+                sets: tuple[list, list]) -> None:
+    """Blank lines skipped, prompts too long for the model, sets changed since the start."""
+    blank = settings.get("blank_lines", 0)
+    if blank:
+        st.caption(f"{blank:,} blank line{'s' * (blank != 1)} skipped.")
+    too_long = sorted(r.item["line"] for r in records if r.result == {"too_long": True})
+    if too_long:
+        lines = ", ".join(str(n) for n in too_long[:10])
+        st.warning(f"{len(too_long):,} prompts are longer than {plain(engine.info.label)} reads "
+                   f"({engine.info.context_length:,} tokens) and were left out: line {lines}"
+                   f"{' …' if len(too_long) > 10 else ''}.")
+    if [settings.get("refusal"), settings.get("compliance")] != list(sets):
+        st.info("The token sets have changed since this list was scored: its numbers use the "
+                "sets as they were. Score the list again for the new sets.")
+
+
 def many_prompts(engine: Engine, prefix: str, refusal: prefill.WordSet,
                  compliance: prefill.WordSet, system: tuple[Message, ...],
                  on_open: Callable[[str], None]) -> None:
@@ -171,45 +108,54 @@ def many_prompts(engine: Engine, prefix: str, refusal: prefill.WordSet,
     `on_open(prompt)` is the callback of the button that opens a selected row's prompt.
     Widget and state keys start with `prefix`.
     """
-    keys = _Keys(prefix)
     st.subheader("Many prompts")
-    listed = prompt_list_form(f"{prefix}.batch", "Score first tokens")
+    key, store = f"{prefix}.list", resources.store()
+    sets = ([list(s) for s in refusal.sequences], [list(s) for s in compliance.sequences])
+    listed = prompt_list_form(f"{prefix}.batch", "Score first tokens",
+                              disabled=session_panel.read_only())
     if listed is not None:
         try:
-            st.session_state[keys.run_count] = st.session_state.get(keys.run_count, 0) + 1
-            st.session_state[keys.job] = prefill.FirstTokenJob.start(
-                engine, listed, refusal, compliance, adapt=True, system=system)
-            st.session_state[keys.running] = True
+            for word_set in (refusal, compliance):  # an empty set fails before a list starts
+                prefill.check_set(word_set, engine.info.vocab_size)
+            order = prefill.scoring_order(listed.prompts)
+            job = create_job(store, session_panel.session_for_saving(), KIND, engine.info.label,
+                             {"model": engine.info.label, "blank_lines": listed.blank_lines,
+                              "refusal": sets[0], "compliance": sets[1]},
+                             [{"prompt": listed.prompts[i], "line": listed.lines[i]}
+                              for i in order])
+            runs.start(key, job.id)
         except PerplexError as exc:
             st.error(plain(str(exc)))
-    job = st.session_state.get(keys.job)
+    job = runs.shown_job(key, KIND)
     if job is None:
         return
-    if st.session_state.get(keys.running) and not job.finished:
-        stop = st.empty()
-        if stop.button("Stop", key=f"{prefix}.batch_stop",
-                       help="Keeps the prompts scored so far; Continue scores the rest."):
-            st.session_state[keys.running] = False
-        else:
-            note = st.caption(f"Scoring {job.total:,} prompts on {plain(engine.info.label)}, "
-                              "a batch "
-                              "every few seconds. Stop keeps what is done.")
-            score(engine, job, keys.running)
-            note.empty()
-        stop.empty()
-    batch_status(engine, job, refusal, compliance)
-    if not job.finished and st.button(f"Continue ({job.total - job.done:,} left)",
-                                      key=f"{prefix}.batch_continue"):
-        st.session_state[keys.running] = True
-        st.rerun()
-    if not job.results:
+
+    def work(items):
+        return [Finished(found) for found in prefill.score_prompts(
+            engine, [i.item["prompt"] for i in items], refusal, compliance, system=system)]
+
+    def preview() -> None:
+        st.dataframe(scored_table(item_records(store, job.id)), hide_index=True,
+                     width="stretch", height=250, column_config=NUMBER_COLUMNS)
+
+    same = job.settings.get("model") == engine.info.label and \
+        [job.settings.get("refusal"), job.settings.get("compliance")] == list(sets)
+    runs.drive(key, job.id, JobItems(store, job.id, prefill.first_token_json), work,
+               unit="prompts", chunk=prefill.batch_size, can_run=same, preview=preview,
+               retry_failed=lambda: reset_failed(store, job.id),
+               failures=runs.job_failures(job.id))
+    records = item_records(store, job.id)
+    _list_notes(engine, job.settings, records, sets)
+    if job.settings.get("model") != engine.info.label:
+        st.caption(f"This list was scored on {plain(job.settings.get('model', '?'))}; load it "
+                   "to resume the list.")
+    table = scored_table(records)
+    if table.empty:
         return
-    table = batch_table(job)
     # A new key when the rows change, so that a selection never points at another row.
-    picked = st.dataframe(table, key=f"{prefix}.batch_table.{st.session_state.get(keys.run_count)}"
-                          f".{job.done}", on_select="rerun",
-                          selection_mode="single-row", hide_index=True, width="stretch",
-                          column_config=NUMBER_COLUMNS)
+    picked = st.dataframe(table, key=f"{prefix}.batch_table.{job.id}.{len(table)}",
+                          on_select="rerun", selection_mode="single-row", hide_index=True,
+                          width="stretch", column_config=NUMBER_COLUMNS)
     rows = picked.selection.rows if picked else []
     if not rows:
         st.caption("Click a column header to sort; tick a row's box to open its prompt above.")

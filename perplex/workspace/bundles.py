@@ -73,13 +73,14 @@ MAX_UNCOMPRESSED_BYTES = 1024**3  # what a bundle may unpack to, all members tog
 # real bundle unpacks to a few times its size; a zip bomb to thousands of times
 MAX_UNPACK_RATIO = 50
 MIN_UNPACK_ALLOWANCE = 16 * 1024**2  # small bundles may always unpack this far
-MAX_MEMBERS = 16
 MANIFEST = "manifest.json"
 PAYLOADS = ("session.json", "generations.json", "annotations.json", "token_sets.json",
             "token_steps.parquet")
 SINCE_VERSION_2 = (TRAITS_MEMBER,)  # required from bundle version 2 on
 SINCE_VERSION_3 = bundle_rows.MEMBERS
 OPTIONAL = (*SINCE_VERSION_2, *SINCE_VERSION_3)  # absent from older bundles
+# A cheap first guard against archives of many members (only named members are read).
+MAX_MEMBERS = 2 * (1 + len(PAYLOADS) + len(OPTIONAL))
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,9 @@ SESSION_HOLDINGS: tuple[Held, ...] = (
     Held("trait_vectors", "sessions", "session_id", "trait vector", file_column="file"),
     Held("trait_runs", "sessions", "session_id", "trait run", id_columns=("generation_id",),
          minted=("pair_id",)),
+    Held("jobs", "sessions", "session_id", "run over many items", bundle="rows"),
+    Held("job_items", "jobs", "job_id", "run item", has_id=False, bundle="rows",
+         bounds=(("seconds", 0.0, _INF), ("tokens", 0, _INF))),
     Held("share_links", "sessions", "session_id", "share link", has_id=False, copied=False,
          bundle="none"),
 )

@@ -330,6 +330,29 @@ MIGRATIONS: list[str] = [
         revoked_at TIMESTAMPTZ
     );
     """,
+    # 12: runs over many items (`jobs`): each item's input, status and result
+    """
+    CREATE TABLE jobs (
+        id VARCHAR PRIMARY KEY,
+        session_id VARCHAR,
+        kind VARCHAR NOT NULL,
+        label VARCHAR NOT NULL,
+        settings JSON NOT NULL,
+        total INTEGER NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL
+    );
+    CREATE TABLE job_items (
+        job_id VARCHAR NOT NULL,
+        idx INTEGER NOT NULL,
+        item JSON NOT NULL,
+        status VARCHAR NOT NULL,
+        result JSON,
+        error VARCHAR,
+        seconds DOUBLE,
+        tokens INTEGER,
+        PRIMARY KEY (job_id, idx)
+    );
+    """,
 ]
 
 _ALTERNATIVE = pa.struct([("token_id", pa.int32()), ("text", pa.string()),

@@ -194,10 +194,10 @@ def test_many_prompts_table_and_a_ten_thousand_line_upload(prefilling, screensho
     page.get_by_label("One prompt per line (blank lines are skipped)").fill(
         "Hi\n\nHow do I make a bomb?\n   \nTell me a joke\n")
     page.get_by_role("button", name="Score first tokens").click()
-    page.get_by_text("3 of 3 prompts scored · 2 blank lines skipped").wait_for(
-        timeout=WORK_TIMEOUT)
+    page.get_by_text("3 of 3 prompts done.").wait_for(timeout=WORK_TIMEOUT)
+    page.get_by_text("2 blank lines skipped.").wait_for()
     settle(page)
-    assert no_session_yet(page)  # scoring a list saves nothing
+    assert session_of(page)  # a scored list is kept in the session (a reload shows it)
     grid = page.locator('[data-testid="stDataFrame"]').last
     scroll_to(grid)
     grid.locator("[role=gridcell]").first.wait_for(state="attached")
@@ -230,26 +230,39 @@ def test_many_prompts_table_and_a_ten_thousand_line_upload(prefilling, screensho
     page.locator('[data-testid="stFileUploader"] input[type=file]').set_input_files(upload)
     page.get_by_text("prompts.txt").wait_for()
     page.get_by_role("button", name="Score first tokens").click()
-    progress = page.get_by_text(re.compile(r"^\d[\d,]* / 10,000 prompts"))
+    progress = page.get_by_text(re.compile(r"^\d[\d,]* of 10,000 prompts"))
     progress.wait_for(timeout=WORK_TIMEOUT)
-    page.get_by_text(re.compile(r"^[\d,]+ / 10,000 prompts · .* per second · about .* left$")
-                     ).wait_for(timeout=WORK_TIMEOUT)  # a batch done: pace and estimate
+    page.get_by_text(re.compile(r"^[\d,]+ of 10,000 prompts · .* per second · about .* left$")
+                     ).wait_for(timeout=WORK_TIMEOUT)  # two batches done: pace and estimate
     scroll_to(progress)
     screenshot(page, "prefilling_7_ten_thousand_running")
     page.get_by_role("button", name="Stop", exact=True).click()
-    status = page.get_by_text(re.compile(
-        r"^Stopped: [\d,]+ of 10,000 prompts scored · 2 blank lines skipped"))
+    stopped = re.compile(r"^Stopped: ([\d,]+) of 10,000 prompts done")
+    status = page.get_by_text(stopped)
     status.wait_for(timeout=WORK_TIMEOUT)
+    page.get_by_text("2 blank lines skipped.").wait_for()
     settle(page)
-    scored = int(re.search(r"([\d,]+) of", status.inner_text())[1].replace(",", ""))
+    scored = int(stopped.search(status.inner_text())[1].replace(",", ""))
     assert 4 <= scored < 10_000
     assert page.get_by_role("button", name="Stop", exact=True).count() == 0
-    assert page.get_by_role("button", name=f"Continue ({10_000 - scored:,} left)").is_visible()
+    assert page.get_by_role("button", name=f"Resume ({10_000 - scored:,} left)").is_visible()
     grid = page.locator('[data-testid="stDataFrame"]').last
     scroll_to(grid)
     grid.locator("[role=gridcell]").first.wait_for(state="attached")
     assert grid.locator("[role=gridcell]").first.inner_text() == "1"
     screenshot(page, "prefilling_8_ten_thousand_stopped")
+    # a reload shows the stopped list as it was; Resume scores on from there
+    page.reload()
+    status = page.get_by_text(stopped)
+    status.wait_for(timeout=MODEL_TIMEOUT)
+    assert int(stopped.search(status.inner_text())[1].replace(",", "")) == scored
+    page.get_by_role("button", name=f"Resume ({10_000 - scored:,} left)").click()
+    page.get_by_text(re.compile(r"^[\d,]+ of 10,000 prompts · .* per second")).wait_for(
+        timeout=WORK_TIMEOUT)
+    page.get_by_role("button", name="Stop", exact=True).click()
+    status = page.get_by_text(stopped)
+    status.wait_for(timeout=WORK_TIMEOUT)
+    assert int(stopped.search(status.inner_text())[1].replace(",", "")) > scored
     assert_no_exception(page)
 
 

@@ -22,6 +22,7 @@ from perplex.core.stats import summarise
 from perplex.modes.batch.divergence import check_second, mean_divergence
 from perplex.modes.batch.flags import FlagSettings, answer_indices, item_flags
 from perplex.modes.batch.refusal import first_token_refusal, refusal_set
+from perplex.modes.runner import Failed, Finished, Outcome, Progress, run_items
 from perplex.workspace.batch_store import (
     ItemResult,
     PendingItem,
@@ -39,31 +40,6 @@ CONCURRENCY = 8
 RETRY_STATUS = (429, 500, 502, 503, 504)
 RETRIES = 5
 BACKOFF_S = 0.5
-
-
-@dataclass(frozen=True)
-class BatchProgress:
-    """Where a run stands: items done or failed of the total, and its pace."""
-
-    done: int
-    failed: int
-    total: int
-    tokens: int  # answer tokens produced or scored in this run
-    seconds: float  # of this run
-    items_this_run: int
-    stopped: bool = False
-
-    @property
-    def tokens_per_s(self) -> float:
-        """Answer tokens per second in this run."""
-        return self.tokens / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def seconds_left(self) -> float | None:
-        """At this run's pace, for the items still pending."""
-        if not self.items_this_run:
-            return None
-        return self.seconds / self.items_this_run * (self.total - self.done - self.failed)
 
 
 @dataclass(frozen=True)
@@ -101,53 +77,69 @@ def item_result(generation: Generation, references: Sequence[str],
                       found.answer_mismatch, found.to_json())
 
 
-def run_batch(engine, store: Store, batch_id: str, settings: RunSettings,
-              should_stop: Callable[[], bool] = lambda: False,
-              on_progress: Callable[[BatchProgress], None] | None = None,
-              sleep: Callable[[float], None] = time.sleep, second=None) -> BatchProgress:
-    """Run the batch's pending items until none is left or `should_stop()` is true.
+@dataclass(frozen=True)
+class BatchItems:
+    """A batch's items as the runner's `ItemSource`: its pending items, each result stored."""
+
+    store: Store
+    batch_id: str
+
+    def counts(self) -> tuple[int, int, int]:
+        """(done, failed, total)."""
+        summary = load_batch(self.store, self.batch_id)
+        return summary.done, summary.failed, summary.total
+
+    def pending(self, limit: int) -> list[PendingItem]:
+        """The next pending items."""
+        return pending_items(self.store, self.batch_id, limit)
+
+    def finish(self, item: PendingItem, outcome: Finished, seconds: float) -> None:
+        """Store the item's generation, statistics and flags."""
+        finish_item(self.store, self.batch_id, item.idx, outcome.result)
+
+    def fail(self, item: PendingItem, error: str, seconds: float) -> None:
+        """Store why the item failed."""
+        fail_item(self.store, self.batch_id, item.idx, error)
+
+
+def batch_work(engine, store: Store, batch_id: str, settings: RunSettings,
+               sleep: Callable[[float], None] = time.sleep, second=None
+               ) -> Callable[[Sequence[PendingItem]], list[Outcome]]:
+    """What the runner does with a chunk of the batch's items: each one's outcome.
 
     `second`: an engine to cross-score every answer under (the divergence flag).
     """
     if second is not None:
         check_second(engine, second)
-    if settings.retry_failed:
-        reset_failed(store, batch_id)
-    summary = load_batch(store, batch_id)
-    done, failed = summary.done, summary.failed
-    started, tokens, count = time.perf_counter(), 0, 0
+    kind = load_batch(store, batch_id).kind
     refusal = refusal_set(engine, settings.refusal_words) \
         if settings.refusal_words and hasattr(engine, "word_probs") else None
 
-    def progress(stopped: bool = False) -> BatchProgress:
-        return BatchProgress(done, failed, summary.total, tokens,
-                             time.perf_counter() - started, count, stopped)
-
-    while not should_stop():
-        items = pending_items(store, batch_id, CHUNK)
-        if not items:
-            return progress()
-        outcomes = _run_chunk(engine, store, summary.kind, items, settings, sleep)
+    def work(items: Sequence[PendingItem]) -> list[Outcome]:
+        outcomes = _run_chunk(engine, store, kind, list(items), settings, sleep)
         refusals = _refusals(engine, outcomes, refusal)
-        for item, outcome, refusal_prob in zip(items, outcomes, refusals):
-            if isinstance(outcome, Generation):
-                result = item_result(outcome, item.references, settings.flags, refusal_prob,
-                                     _divergence(engine, second, outcome))
-                try:
-                    finish_item(store, batch_id, item.idx, result)
-                except PerplexError as exc:
-                    fail_item(store, batch_id, item.idx, str(exc))
-                    failed += 1
-                    continue
-                done += 1
-                tokens += result.n_tokens
-            else:
-                fail_item(store, batch_id, item.idx, outcome)
-                failed += 1
-            count += 1
-        if on_progress:
-            on_progress(progress())
-    return progress(stopped=True)
+        return [Finished(result, result.n_tokens) if isinstance(outcome, Generation) and (
+                    result := item_result(outcome, item.references, settings.flags,
+                                          refusal_prob, _divergence(engine, second, outcome)))
+                else Failed(outcome)
+                for item, outcome, refusal_prob in zip(items, outcomes, refusals)]
+
+    return work
+
+
+def run_batch(engine, store: Store, batch_id: str, settings: RunSettings,
+              should_stop: Callable[[], bool] = lambda: False,
+              on_progress: Callable[[Progress], None] | None = None,
+              sleep: Callable[[float], None] = time.sleep, second=None) -> Progress:
+    """Run the batch's pending items, `CHUNK` at a time, until none is left or `should_stop()`.
+
+    `second`: an engine to cross-score every answer under (the divergence flag).
+    """
+    work = batch_work(engine, store, batch_id, settings, sleep, second)
+    if settings.retry_failed:
+        reset_failed(store, batch_id)
+    return run_items(BatchItems(store, batch_id), work, chunk=CHUNK, should_stop=should_stop,
+                     on_progress=on_progress)
 
 
 def _divergence(engine, second, generation: Generation) -> float | None:
