@@ -30,6 +30,7 @@ from perplex.ui.token_view import Overlay, token_view
 from perplex.workspace.comparison_store import list_comparisons, load_comparison, save_comparison
 from perplex.workspace.exports import frame_csv, provenance, with_provenance
 from perplex.workspace.jobs import create_job, reset_failed
+from perplex.workspace.store import params_from_dict, params_to_json
 
 PREFIX = "comparison"
 MANY_KEY, MANY_KIND = f"{PREFIX}.many_run", "comparison"  # the list of prompts (ui.runs)
@@ -441,7 +442,9 @@ def dataset_section(a: Side, b: Side, conditions: dict, params: DecodeParams,
     if listed is not None:
         try:
             job = create_job(store, session_panel.session_for_saving(), MANY_KIND,
-                             f"{a.engine.info.label} vs {b.engine.info.label}", _pair(a, b),
+                             f"{a.engine.info.label} vs {b.engine.info.label}",
+                             {**_pair(a, b), "params": json.loads(params_to_json(params)),
+                              "approximate": approximate},
                              [{"prompt": p} for p in listed.prompts])
             runs.start(MANY_KEY, job.id)
         except PerplexError as exc:
@@ -450,12 +453,15 @@ def dataset_section(a: Side, b: Side, conditions: dict, params: DecodeParams,
     if job is None:
         return
 
+    kept = params_from_dict(job.settings["params"])  # Resume decodes as the list started
+
     def work(items):
-        run = compare_prompt(a, b, items[0].item["prompt"], params, approximate=approximate)
+        run = compare_prompt(a, b, items[0].item["prompt"], kept,
+                             approximate=job.settings["approximate"])
         save_comparison(store, run, conditions, session_panel.session_for_saving(), job.id)
         return [Finished(None, sum(len(c.tokens) for c in run.crosses))]
 
-    same_pair = job.settings == _pair(a, b)
+    same_pair = {side: job.settings[side] for side in "AB"} == _pair(a, b)
     runs.drive(MANY_KEY, job.id, JobItems(store, job.id), work, unit="prompts",
                retry_failed=lambda: reset_failed(store, job.id),
                failures=runs.job_failures(job.id), can_run=same_pair)

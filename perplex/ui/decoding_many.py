@@ -15,7 +15,7 @@ import streamlit as st
 from perplex.core.errors import PerplexError
 from perplex.core.records import Message
 from perplex.engine.protocol import Engine
-from perplex.modes.decoding.run import run_method
+from perplex.modes.decoding.run import method_params, method_settings, run_method
 from perplex.modes.runner import Finished, JobItems
 from perplex.ui import resources, runs, session_panel
 from perplex.ui.decoding_view import PREFIX, SHOWN_KEY, Setup, save_result, show
@@ -38,7 +38,7 @@ def many_section(engine: Engine, setup: Setup | None, system: tuple[Message, ...
     if listed is not None and setup is not None:
         try:
             job = create_job(store, session_panel.session_for_saving(), KIND,
-                             type(setup.params).__name__, {"model": engine.info.label},
+                             type(setup.params).__name__, _settings(engine, setup, system),
                              [{"prompt": p} for p in listed.prompts])
             runs.start(RUN_KEY, job.id)
         except PerplexError as exc:
@@ -47,18 +47,37 @@ def many_section(engine: Engine, setup: Setup | None, system: tuple[Message, ...
     if job is None:
         return
 
+    kept = job.settings
+    params = method_params(kept)  # Resume runs the list as it started, whatever the form says
+    listed_system = tuple(Message("system", text) for text in kept["system"])
+
     def work(items):
         item = items[0]
-        result = run_method(engine, system + (Message("user", item.item["prompt"]),),
-                            setup.params, setup.second)
+        result = run_method(engine, listed_system + (Message("user", item.item["prompt"]),),
+                            params, setup.second)
         save_result(item.item["prompt"], result, job.id)
         return [Finished(None, len(result.method.answer_ids))]
 
+    same = setup is not None and _second_label(setup) == kept["second"] and \
+        kept["model"] == engine.info.label
     runs.drive(RUN_KEY, job.id, JobItems(store, job.id), work, unit="prompts",
                retry_failed=lambda: reset_failed(store, job.id),
-               failures=runs.job_failures(job.id),
-               can_run=setup is not None and job.settings.get("model") == engine.info.label)
+               failures=runs.job_failures(job.id), can_run=same)
+    if not same:
+        st.caption(f"This list runs on {plain(kept['model'])}"
+                   + (f" with {plain(kept['second'])} as the second model" if kept["second"]
+                      else "") + ": choose that above to resume it.")
     _batch_table(job.id)
+
+
+def _second_label(setup: Setup) -> str | None:
+    return None if setup.second is None else setup.second.info.label
+
+
+def _settings(engine: Engine, setup: Setup, system: tuple[Message, ...]) -> dict:
+    """What the list runs with, kept with it: Resume after a reload runs the same way."""
+    return {"model": engine.info.label, "second": _second_label(setup),
+            "system": [m.content for m in system], **method_settings(setup.params)}
 
 
 def _batch_table(batch_id: str) -> None:

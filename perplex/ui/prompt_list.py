@@ -120,7 +120,8 @@ def many_prompts(engine: Engine, prefix: str, refusal: prefill.WordSet,
             order = prefill.scoring_order(listed.prompts)
             job = create_job(store, session_panel.session_for_saving(), KIND, engine.info.label,
                              {"model": engine.info.label, "blank_lines": listed.blank_lines,
-                              "refusal": sets[0], "compliance": sets[1]},
+                              "refusal": sets[0], "compliance": sets[1],
+                              "system": [m.content for m in system]},
                              [{"prompt": listed.prompts[i], "line": listed.lines[i]}
                               for i in order])
             runs.start(key, job.id)
@@ -130,9 +131,12 @@ def many_prompts(engine: Engine, prefix: str, refusal: prefill.WordSet,
     if job is None:
         return
 
-    def work(items):
+    listed_system = tuple(Message("system", text) for text in job.settings["system"])
+
+    def work(items):  # Resume scores with the list's own system prompt
         return [Finished(found) for found in prefill.score_prompts(
-            engine, [i.item["prompt"] for i in items], refusal, compliance, system=system)]
+            engine, [i.item["prompt"] for i in items], refusal, compliance,
+            system=listed_system)]
 
     def preview() -> None:
         st.dataframe(scored_table(item_records(store, job.id)), hide_index=True,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -139,3 +139,20 @@ def answer_generation(engine: Engine, messages: tuple[Message, ...], context: En
                       model_label=engine.info.label, source=Source.GENERATED,
                       params=DecodeParams(max_new_tokens=len(answer), temperature=temperature),
                       stop_reason=stop_reason)
+
+
+METHOD_PARAMS = {cls.__name__: cls for cls in (ContrastiveParams, DolaParams, SpeculativeParams)}
+
+
+def method_settings(params: ContrastiveParams | DolaParams | SpeculativeParams) -> dict:
+    """A method's parameters as JSON-ready data (kept with a list's run)."""
+    return {"method": type(params).__name__,
+            "params": {k: list(v) if isinstance(v, tuple) else v
+                       for k, v in asdict(params).items()}}
+
+
+def method_params(settings: dict) -> ContrastiveParams | DolaParams | SpeculativeParams:
+    """The parameters `method_settings` kept (checked again by the class)."""
+    values = {k: tuple(v) if isinstance(v, list) else v
+              for k, v in settings["params"].items()}
+    return METHOD_PARAMS[settings["method"]](**values)

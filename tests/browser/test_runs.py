@@ -1,0 +1,74 @@
+"""Work over many items runs on the one runner: Stop keeps what is done, a reload shows the
+stopped run, Resume finishes it (Decoding's and Comparison's lists of prompts; Prefilling's
+list and a Batch have their own browser tests on the same view)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.browser.conftest import MODEL_TIMEOUT, WORK_TIMEOUT, open_mode, settle
+from tests.browser.test_investigation import assert_no_exception, scroll_to
+
+pytestmark = pytest.mark.browser
+
+PROMPTS = ["Name a colour.", "Name a fruit.", "Name a city.", "Name an animal.",
+           "Name a number.", "Name a tree."]
+STOPPED = re.compile(r"^Stopped: (\d) of 6 prompts done")
+
+
+def stop_reload_resume(page, button: str, screenshot, name: str) -> None:
+    """Run the list, Stop after the first prompt, reload, Resume, wait for all six."""
+    box = page.get_by_label("One prompt per line (blank lines are skipped)")
+    scroll_to(box)
+    box.fill("\n".join(PROMPTS))
+    page.get_by_role("button", name=button).click()
+    page.get_by_text(re.compile(r"^[1-5] of 6 prompts · ")).wait_for(timeout=WORK_TIMEOUT)
+    page.get_by_role("button", name="Stop", exact=True).click()
+    status = page.get_by_text(STOPPED)
+    status.wait_for(timeout=WORK_TIMEOUT)
+    settle(page)
+    done = int(STOPPED.search(status.inner_text())[1])
+    assert 1 <= done < 6
+    assert page.get_by_role("button", name="Stop", exact=True).count() == 0
+    scroll_to(status)
+    screenshot(page, f"{name}_1_stopped")
+    page.reload()  # the stopped list is kept in the session: the reload shows it as it was
+    status = page.get_by_text(STOPPED)
+    status.wait_for(timeout=MODEL_TIMEOUT)
+    assert int(STOPPED.search(status.inner_text())[1]) == done
+    page.get_by_role("button", name=f"Resume ({6 - done} left)").click()
+    page.get_by_text("6 of 6 prompts done.").wait_for(timeout=6 * WORK_TIMEOUT)
+    settle(page)
+    assert page.get_by_role("button", name=re.compile("^Resume")).count() == 0
+    assert_no_exception(page)
+    scroll_to(page.get_by_text("6 of 6 prompts done."))
+    screenshot(page, f"{name}_2_resumed")
+
+
+def test_a_decoding_list_stops_reloads_and_resumes(browser, app_url, screenshot):
+    context, page = open_mode(browser, app_url, "Decoding")
+    page.get_by_role("button", name="Run the method and greedy").wait_for()
+    settle(page)
+    new_tokens = page.get_by_label("New tokens at most")
+    new_tokens.fill("8")
+    new_tokens.press("Enter")
+    settle(page)
+    stop_reload_resume(page, "Run the method on every prompt", screenshot, "runs_decoding")
+    grid = page.locator('[data-testid="stDataFrame"]').last
+    grid.locator("[role=gridcell]").first.wait_for(state="attached")
+    tokens = [int(t) for t in grid.locator("[role=gridcell]").all_inner_texts()[1::3]]
+    # six rows, each at most 8 tokens: Resume after the reload (which reset the form to 48)
+    # decoded as the list started
+    assert len(tokens) == 6 and max(tokens) <= 8, tokens
+    context.close()
+
+
+def test_a_comparison_list_stops_reloads_and_resumes(browser, app_url, screenshot):
+    context, page = open_mode(browser, app_url, "Comparison")
+    page.get_by_role("button", name="Compare every prompt").wait_for(timeout=MODEL_TIMEOUT)
+    settle(page)
+    stop_reload_resume(page, "Compare every prompt", screenshot, "runs_comparison")
+    page.get_by_text(re.compile(r"First divergence position \(\d of 6 prompts")).wait_for()
+    context.close()
