@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass
 
 import pandas as pd
@@ -33,17 +32,16 @@ from perplex.modes.calibration.datasets import (
 from perplex.modes.calibration.judge import JUDGE_PROMPT, check_judge_prompt
 from perplex.modes.calibration.metrics import BINNINGS, bin_members, summarise
 from perplex.modes.calibration.plots import reliability_diagram, risk_coverage_figure
-from perplex.modes.calibration.run import TEMPLATES, Template, answer_items
+from perplex.modes.calibration.run import TEMPLATES, CalibrationItems, Template, calibration_work
 from perplex.modes.calibration.table import (
     parse_failures,
     results_csv,
     results_frame,
     results_parquet,
 )
-from perplex.ui import resources
+from perplex.ui import resources, runs
 from perplex.ui.export_panel import download
 from perplex.ui.file_input import uploaded_file
-from perplex.ui.runs import duration
 from perplex.ui.text import count, plain
 from perplex.workspace.calibration_store import (
     RunSummary,
@@ -53,15 +51,13 @@ from perplex.workspace.calibration_store import (
     load_results,
     sample_dataset_id,
     save_dataset,
-    save_result,
     set_override,
 )
 from perplex.workspace.exports import with_provenance
 
 PREFIX = "calib"
 DATASET_KEY = f"{PREFIX}.dataset_id"
-RUN_KEY = f"{PREFIX}.run_id"
-RUNNING_KEY = f"{PREFIX}.running"
+RUNS_KEY = f"{PREFIX}.runs"  # the run being answered (`ui.runs`)
 SHOWN_KEY = f"{PREFIX}.shown_run"  # the run whose results are on screen
 DATASET_FILE_KEY = f"{PREFIX}.dataset_file"  # the upload the current dataset was made from
 OWN_MAPPING = "my own mapping"
@@ -145,7 +141,7 @@ def _upload(store) -> str | None:
         save_dataset(store, dataset)
         st.session_state[DATASET_KEY] = dataset.id
         st.session_state[DATASET_FILE_KEY] = file.file_id
-        st.session_state.pop(RUN_KEY, None)
+        st.session_state.pop(f"{RUNS_KEY}.job", None)
     return file.file_id
 
 
@@ -234,24 +230,25 @@ def settings_section(dataset: Dataset) -> RunSettings | None:
 
 
 def run_section(engine, store, dataset: Dataset, settings: RunSettings) -> None:
-    """Start a run, or go on with the current one, with progress; Stop keeps what is done."""
+    """Start a run, or go on with the current one (`ui.runs`): Stop keeps what is done."""
     st.subheader("3 · Running")
-    cols = st.columns([1, 1, 4])
-    if cols[0].button("Run", type="primary", key=f"{PREFIX}.run", disabled=engine is None):
-        st.session_state[RUN_KEY] = create_run(store, dataset.id, engine.info.label,
-                                               settings.to_json())
-        st.session_state[SHOWN_KEY] = st.session_state[RUN_KEY]  # its results, as they come
-        st.session_state[RUNNING_KEY] = True
-    if cols[1].button("Stop", key=f"{PREFIX}.stop"):
-        st.session_state[RUNNING_KEY] = False
-    run = _current_run(store)
-    if run is not None and run.dataset_id == dataset.id and not st.session_state.get(
-            RUNNING_KEY) and _left(run) and cols[2].button(
-                f"Resume ({count(_left(run), 'item')} left)", key=f"{PREFIX}.resume"):
-        st.session_state[SHOWN_KEY] = run.id
-        st.session_state[RUNNING_KEY] = True
-    if st.session_state.get(RUNNING_KEY) and run is not None:
-        _answer_remaining(engine, store, run)
+    if st.button("Run", type="primary", key=f"{PREFIX}.run", disabled=engine is None):
+        run_id = create_run(store, dataset.id, engine.info.label, settings.to_json())
+        st.session_state[SHOWN_KEY] = run_id  # its results, as they come
+        runs.start(RUNS_KEY, run_id)
+    run = _current_run(store, dataset)
+    if run is None or engine is None:
+        return
+    try:
+        judge_engine = _judge_engine(run.settings)
+    except PerplexError as exc:
+        st.error(plain(str(exc)))
+        return
+    runs.drive(RUNS_KEY, run.id, CalibrationItems.of(store, run),
+               calibration_work(engine, run.settings, judge_engine), unit="items",
+               chunk=BATCH, can_run=run.model_label == engine.info.label)
+    if run.model_label != engine.info.label:
+        st.caption(f"This run answers on {plain(run.model_label)}; load it to resume the run.")
 
 
 def _judge_engine(settings: dict):
@@ -272,50 +269,15 @@ def _judge_engine(settings: dict):
     return None
 
 
-def _current_run(store) -> RunSummary | None:
-    wanted = st.session_state.get(RUN_KEY)
-    return next((r for r in list_runs(store) if r.id == wanted), None)
-
-
-def _left(run: RunSummary) -> int:
-    return max(0, min(run.n_items, int(run.settings.get("limit", run.n_items))) - run.n_done)
-
-
-def _answer_remaining(engine, store, run: RunSummary) -> None:
-    dataset = load_dataset(store, run.dataset_id)
-    limit = min(len(dataset.items), int(run.settings.get("limit", len(dataset.items))))
-    done = {r.item_id for r in load_results(store, run.id)}
-    todo = [(n, item) for n, item in enumerate(dataset.items[:limit]) if item.id not in done]
-    template = Template(run.settings["free"], run.settings["choice"])
-    try:
-        judge_engine = _judge_engine(run.settings)
-    except PerplexError as exc:
-        st.error(plain(str(exc)))
-        st.session_state[RUNNING_KEY] = False
-        return
-    bar = st.progress(len(done) / limit, text=f"{len(done):,} / {limit:,} items")
-    started, answered = time.monotonic(), 0
-    ordinal = {item.id: n for n, item in todo}
-    try:
-        for generation, result in answer_items(
-                engine, [item for _, item in todo], batch_size=BATCH, template=template,
-                with_p_true=run.settings["with_p_true"], judge_engine=judge_engine,
-                judge_prompt=run.settings.get("judge_prompt", JUDGE_PROMPT),
-                match_rule=run.settings.get("match_rule", "exact")):
-            save_result(store, run.id, ordinal[result.item_id], result, generation)
-            answered += 1
-            pace = answered / (time.monotonic() - started)
-            left = (len(todo) - answered) / pace
-            bar.progress((len(done) + answered) / limit, text=(
-                f"{len(done) + answered:,} / {limit:,} items · {pace:.2f} per second"
-                + (f" · about {duration(left)} left" if answered < len(todo) else "")))
-    except PerplexError as exc:
-        st.session_state[RUNNING_KEY] = False
-        bar.empty()
-        st.error(plain(f"{exc} The items answered so far are kept: Resume goes on."))
-        return
-    st.session_state[RUNNING_KEY] = False
-    st.rerun()  # the buttons and results as they are now the run is done
+def _current_run(store, dataset: Dataset) -> RunSummary | None:
+    """The run this tab started on the dataset, else (after a reload) its newest."""
+    on_dataset = [r for r in list_runs(store) if r.dataset_id == dataset.id]
+    wanted = st.session_state.get(f"{RUNS_KEY}.job")
+    found = next((r for r in on_dataset if r.id == wanted), None) or \
+        next(iter(on_dataset), None)
+    if found is not None:
+        st.session_state[f"{RUNS_KEY}.job"] = found.id
+    return found
 
 
 def results_section(store, show_item) -> None:
@@ -328,7 +290,7 @@ def results_section(store, show_item) -> None:
     labels = {r.id: f"{r.dataset_name} · {r.model_label} · {r.n_done:,} items · "
                     f"{r.created_at:%Y-%m-%d %H:%M}" for r in runs}
     ids = list(labels)
-    current = st.session_state.get(RUN_KEY)
+    current = st.session_state.get(f"{RUNS_KEY}.job")
     wanted = st.session_state.get(SHOWN_KEY)
     if wanted not in ids:
         wanted = current if current in ids else ids[0]

@@ -73,7 +73,7 @@ def test_upload_map_run_click_a_bin_and_overrule(browser, app_url, screenshot, t
     page.get_by_label("Judge's prompt ({question}, {references}, {answer})").wait_for()
     settle(page)
     page.get_by_role("button", name="Run", exact=True).click()
-    page.get_by_text(re.compile(r"\d / 4 items")).first.wait_for(timeout=WORK_TIMEOUT)
+    page.get_by_text(re.compile(r"\d of 4 items")).first.wait_for(timeout=WORK_TIMEOUT)
     screenshot(page, "calibration_1_running")
     page.get_by_text("4 · Results").wait_for(timeout=WORK_TIMEOUT)
     page.locator(".js-plotly-plot .scatterlayer .trace .points path").first.wait_for(
@@ -128,12 +128,12 @@ def test_upload_map_run_click_a_bin_and_overrule(browser, app_url, screenshot, t
     page.get_by_label("items to answer").press("Enter")
     settle(page)
     page.get_by_role("button", name="Run", exact=True).click()
-    page.get_by_text(re.compile(r"^(8|16) / 24 items")).first.wait_for(timeout=WORK_TIMEOUT)
+    page.get_by_text(re.compile(r"^(8|16) of 24 items")).first.wait_for(timeout=WORK_TIMEOUT)
     page.get_by_role("button", name="Stop", exact=True).click()
-    resume = page.get_by_role("button", name=re.compile(r"^Resume \(\d+ items? left\)$"))
+    resume = page.get_by_role("button", name=re.compile(r"^Resume \(\d+ left\)$"))
     resume.wait_for(timeout=WORK_TIMEOUT)
     settle(page)
-    left = int(re.search(r"\((\d+) item", resume.inner_text()).group(1))
+    left = int(re.search(r"\((\d+) left", resume.inner_text()).group(1))
     assert 0 < left < 24
     # the results show the stopped run, not the one before it (its picker was not drawn
     # while this one ran)

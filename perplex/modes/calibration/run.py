@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from perplex.core.calibration import Item, ItemResult
-from perplex.core.errors import InputFormatError, PerplexError
+from perplex.core.errors import GenerationError, InputFormatError, PerplexError
 from perplex.core.records import DecodeParams, Generation, Message, TokenRole
 from perplex.core.tokens import TextPrefix
 from perplex.modes.calibration.answers import LETTERS, chosen_option, match_aliases, match_choice
@@ -30,6 +30,14 @@ from perplex.modes.calibration.token_confidence import (
     p_true,
     span_confidence,
 )
+from perplex.modes.runner import Finished
+from perplex.workspace.calibration_store import (
+    RunSummary,
+    load_dataset,
+    load_results,
+    save_result,
+)
+from perplex.workspace.store import Store
 
 PREFILL = "Answer:"
 FREE_TEMPLATE = ('{question}\nReply with the answer on one line beginning "Answer:", then '
@@ -212,3 +220,62 @@ def answer_items(engine, items: Sequence[Item], batch_size: int = 1, **options):
         except PerplexError as exc:
             where = chunk[0].id if len(chunk) == 1 else f"{chunk[0].id}…{chunk[-1].id}"
             raise type(exc)(f"Item {where}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class CalibrationItems:
+    """A calibration run's items as the runner's `ItemSource`.
+
+    The items are the dataset's first `limit`; an item is done once its result is stored.
+    An item that cannot be answered stops the run with its message (Resume tries it
+    again): calibration keeps no failed items, every number is over answered ones.
+    """
+
+    store: Store
+    run_id: str
+    items: tuple[Item, ...]
+
+    @classmethod
+    def of(cls, store: Store, run: RunSummary) -> CalibrationItems:
+        """The run's items, up to its limit."""
+        dataset = load_dataset(store, run.dataset_id)
+        limit = min(len(dataset.items), int(run.settings.get("limit", len(dataset.items))))
+        return cls(store, run.id, tuple(dataset.items[:limit]))
+
+    def _done(self) -> set[str]:
+        return {r.item_id for r in load_results(self.store, self.run_id)}
+
+    def counts(self) -> tuple[int, int, int]:
+        """(done, 0, total)."""
+        wanted = {item.id for item in self.items}
+        return len(self._done() & wanted), 0, len(self.items)
+
+    def pending(self, limit: int) -> list[tuple[int, Item]]:
+        """(ordinal, item) of the next items without a result."""
+        done = self._done()
+        return [(n, item) for n, item in enumerate(self.items) if item.id not in done][:limit]
+
+    def finish(self, item: tuple[int, Item], outcome, seconds: float) -> None:
+        """Store the item's answer and verdict."""
+        generation, result = outcome.result
+        save_result(self.store, self.run_id, item[0], result, generation)
+
+    def fail(self, item: tuple[int, Item], error: str, seconds: float) -> None:
+        """Stop the run with the item's error."""
+        raise GenerationError(f"Item {item[1].id}: {error}")
+
+
+def calibration_work(engine, settings: dict, judge_engine=None):
+    """What the runner does with a chunk of (ordinal, item): each item's answer and verdict."""
+    template = Template(settings["free"], settings["choice"])
+
+    def work(chunk):
+        answered = answer_items(
+            engine, [item for _, item in chunk], batch_size=len(chunk), template=template,
+            with_p_true=settings["with_p_true"], judge_engine=judge_engine,
+            judge_prompt=settings.get("judge_prompt", JUDGE_PROMPT),
+            match_rule=settings.get("match_rule", "exact"))
+        return [Finished(pair, sum(s.role is TokenRole.RESPONSE for s in pair[0].steps))
+                for pair in answered]
+
+    return work
