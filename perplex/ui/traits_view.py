@@ -19,17 +19,22 @@ from perplex.core.trait_monitoring import MonitoredRun, MonitoringRecord, parse_
 from perplex.core.traits import TraitVector
 from perplex.engine.protocol import Engine, Steering
 from perplex.engine.registry import endpoint_engine
+from perplex.modes.runner import JobItems
 from perplex.modes.traits import plots
 from perplex.modes.traits.definitions import Trait, parse_trait, shipped_traits
 from perplex.modes.traits.judge import engine_judge
 from perplex.modes.traits.monitor import Monitor, monitor_generate
 from perplex.modes.traits.sweep import MAX_POINTS, coefficient_sweep
 from perplex.modes.traits.vectors import (
+    GENERATION_BATCH,
     RESPONSE_TOKENS,
+    answer_items,
+    answer_work,
     extract_prompt_last,
-    extract_response_average,
+    finishing_steps,
+    vector_from_answers,
 )
-from perplex.ui import resources, session_panel
+from perplex.ui import resources, runs, session_panel
 from perplex.ui.export_panel import download, figure_downloads
 from perplex.ui.file_input import uploaded_file
 from perplex.ui.text import plain
@@ -40,6 +45,13 @@ from perplex.workspace.exports import (
     monitoring_parquet,
     provenance,
     with_provenance,
+)
+from perplex.workspace.jobs import (
+    create_job,
+    item_records,
+    load_job,
+    reset_failed,
+    update_job_settings,
 )
 from perplex.workspace.trait_run_store import (
     TraitRunSummary,
@@ -58,6 +70,7 @@ RUN_KEY = f"{PREFIX}.run"  # the monitored answer on screen
 PAIR_KEY = f"{PREFIX}.pair"  # (baseline, steered) on screen
 SWEEP_KEY = f"{PREFIX}.sweep"  # (trait, sweep points) on screen
 IMPORTED_KEY = f"{PREFIX}.imported_records"  # monitor-file records on screen
+ANSWERS_KEY, ANSWERS_KIND = f"{PREFIX}.answers", "trait answers"  # response-average (ui.runs)
 JUDGE_KEY = f"{PREFIX}.judge_api_key"  # the judge endpoint's key: this session's memory only
 JUDGES = {"none": "none", "local": "the loaded model", "endpoint": "an OpenAI-compatible endpoint"}
 
@@ -109,10 +122,11 @@ def vectors_section(engine: Engine, chosen: list[str]) -> dict[str, TraitVector]
     if cols[0].button(f"Extract {len(missing)} vector(s) ({how.variant.replace('_', '-')})",
                       type="primary", disabled=not missing or session_panel.read_only(),
                       key=f"{PREFIX}.extract"):
-        _extract(engine, missing, held, how)
-    cols[1].button("Stop", key=f"{PREFIX}.extract_stop",
-                   help="Stops the extraction after the pass in progress; finished traits "
-                        "are kept.")
+        if how.variant == "prompt_last":
+            _extract(engine, missing, held, how)
+        else:
+            _start_answers(engine, missing, how)
+    _answers_run(engine, held)
     _import_pt(engine, chosen, held)
     ready = {t: held[(label, t)] for t in chosen if (label, t) in held}
     if not ready:
@@ -192,34 +206,102 @@ def _judge(engine: Engine, how: Extraction, trait: Trait):
 
 
 def _extract(engine: Engine, names: list[str], held: dict, how: Extraction) -> None:
+    """Prompt-last vectors: forward passes only, a bar per pass."""
     defs = traits()
     bar = st.progress(0.0, text="Extracting…")
-    store = resources.store()
-    unit = "forward passes" if how.variant == "prompt_last" else "steps (answers, verdicts, passes)"
     started = time.monotonic()
     for k, name in enumerate(names):
         def progress(done: int, total: int, k=k, name=name) -> None:
             share = (k + done / total) / len(names)
             spent = time.monotonic() - started
             left = f" · about {spent / share * (1 - share):.0f} s left" if share > 0 else ""
-            bar.progress(share, text=f"{plain(name)}: {done}/{total} {unit} · trait {k + 1} of "
-                                     f"{len(names)}{left}")
+            bar.progress(share, text=f"{plain(name)}: {done}/{total} forward passes · trait "
+                                     f"{k + 1} of {len(names)}{left}")
         try:
-            if how.variant == "prompt_last":
-                vector = extract_prompt_last(engine, defs[name], progress)
-            else:
-                vector = extract_response_average(engine, defs[name], how.max_new_tokens,
-                                                  _judge(engine, how, defs[name]), progress)
+            vector = extract_prompt_last(engine, defs[name], progress)
         except PerplexError as exc:
             st.error(plain(str(exc)))
             break
         held[(engine.info.label, name)] = vector
-        save_vector(store, vector, session_panel.session_for_saving())
-        if vector.variant == "response_average":
-            st.caption(f"{plain(name)}: {vector.meta['pairs_kept']} of "
-                       f"{vector.meta['pairs_in_all']} pairs kept"
-                       + (" by the judge." if vector.meta["judge"] else "."))
+        save_vector(resources.store(), vector, session_panel.session_for_saving())
     bar.empty()
+
+
+def _start_answers(engine: Engine, names: list[str], how: Extraction) -> None:
+    """Response-average: the answers every trait needs, as a job for the one runner."""
+    defs = traits()
+    settings = {"model": engine.info.label, "max_new_tokens": how.max_new_tokens,
+                "judge": how.judge, "endpoint": list(how.endpoint),
+                "traits": {name: defs[name].to_json() for name in names}}
+    try:
+        job = create_job(resources.store(), session_panel.session_for_saving(), ANSWERS_KIND,
+                         ", ".join(names), settings,
+                         [item for name in names for item in answer_items(defs[name])])
+    except PerplexError as exc:
+        st.error(plain(str(exc)))
+        return
+    runs.start(ANSWERS_KEY, job.id)
+
+
+def _answers_run(engine: Engine, held: dict) -> None:
+    """The response-average answers' run: Stop keeps every answer, Resume goes on.
+
+    Once all answers are in, the vectors are built from them (judge verdicts and residual
+    passes) and saved.
+    """
+    job = runs.shown_job(ANSWERS_KEY, ANSWERS_KIND)
+    if job is None or job.settings.get("built"):
+        return
+    store, kept = resources.store(), job.settings
+    defs = {name: parse_trait(name, text) for name, text in kept["traits"].items()}
+    st.caption(f"Response-average answers for {plain(job.label)} "
+               f"({kept['max_new_tokens']} tokens at most each):")
+    runs.drive(ANSWERS_KEY, job.id, JobItems(store, job.id, to_json=lambda found: found),
+               answer_work(engine, defs, kept["max_new_tokens"]), unit="answers",
+               chunk=GENERATION_BATCH, can_run=kept["model"] == engine.info.label,
+               retry_failed=lambda: reset_failed(store, job.id),
+               failures=runs.job_failures(job.id, "trait"))
+    job = load_job(store, job.id)
+    if job.pending or job.failed or kept["model"] != engine.info.label:
+        return
+    _build_vectors(engine, job, defs, held)
+
+
+def _build_vectors(engine: Engine, job, defs: dict[str, Trait], held: dict) -> None:
+    """Every trait's vector from the job's answers, saved; the job is marked built."""
+    store, kept = resources.store(), job.settings
+    answers: dict[str, dict] = {name: {} for name in defs}
+    for record in item_records(store, job.id):
+        item = record.item
+        answers[item["trait"]][(item["q"], item["p"], item["side"])] = record.result
+    how = Extraction("response_average", kept["max_new_tokens"], kept["judge"],
+                     tuple(kept["endpoint"]))
+    bar = st.progress(0.0, text="Building the vectors from the answers…")
+    problems = []
+    for k, (name, trait) in enumerate(defs.items()):
+        done, total = 0, finishing_steps(trait, how.judge != "none")
+
+        def tick(n: int, k=k, name=name, total=total) -> None:
+            nonlocal done
+            done += n
+            bar.progress((k + min(done / total, 1.0)) / len(defs),
+                         text=f"{plain(name)}: {done}/{total} verdicts and passes · trait "
+                              f"{k + 1} of {len(defs)}")
+        try:
+            vector = vector_from_answers(engine, trait, answers[name], how.max_new_tokens,
+                                         _judge(engine, how, trait), tick)
+        except PerplexError as exc:
+            problems.append(f"{name}: {exc}")
+            continue
+        held[(engine.info.label, name)] = vector
+        save_vector(store, vector, job.session_id)
+        st.caption(f"{plain(name)}: {vector.meta['pairs_kept']} of "
+                   f"{vector.meta['pairs_in_all']} pairs kept"
+                   + (" by the judge." if vector.meta["judge"] else "."))
+    bar.empty()
+    update_job_settings(store, job.id, {**kept, "built": True, "problems": problems})
+    for problem in problems:
+        st.error(plain(problem))
 
 
 def _import_pt(engine: Engine, chosen: list[str], held: dict) -> None:

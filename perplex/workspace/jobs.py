@@ -167,3 +167,10 @@ def _dumps(value: dict) -> str:
                          "nothing was saved for it.") from None
 
 
+
+
+def update_job_settings(store: Store, job_id: str, settings: dict) -> None:
+    """Replace a job's settings (a page marks there what it did once the items were done)."""
+    with store.cursor(write=True) as cur:
+        require_row(cur, store.actor, "jobs", job_id, write=True)
+        cur.execute("UPDATE jobs SET settings = ? WHERE id = ?", [_dumps(settings), job_id])

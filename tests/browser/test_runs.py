@@ -72,3 +72,42 @@ def test_a_comparison_list_stops_reloads_and_resumes(browser, app_url, screensho
     stop_reload_resume(page, "Compare every prompt", screenshot, "runs_comparison")
     page.get_by_text(re.compile(r"First divergence position \(\d of 6 prompts")).wait_for()
     context.close()
+
+
+def test_response_average_answers_stop_reload_and_resume_into_vectors(browser, app_url,
+                                                                      screenshot):
+    """Trait extraction's generation phase: Stop keeps the answers, Resume finishes them,
+    then the vectors are built from them."""
+    context, page = open_mode(browser, app_url, "Persona Traits")
+    page.get_by_role("button", name=re.compile(r"^Extract 3 vector")).wait_for()
+    settle(page)
+    page.get_by_text("response-average (answers are generated: minutes)").click()
+    tokens = page.get_by_label("Answer tokens at most")
+    tokens.fill("4")
+    tokens.press("Enter")
+    settle(page)
+    page.get_by_role("button", name=re.compile(r"^Extract 3 vector")).click()
+    # a chunk done ("0 of 360 answers · starting…" shows first)
+    page.get_by_text(re.compile(r"^[1-9]\d* of 360 answers · ")).wait_for(timeout=WORK_TIMEOUT)
+    page.get_by_role("button", name="Stop", exact=True).click()
+    stopped = re.compile(r"^Stopped: (\d+) of 360 answers done")
+    status = page.get_by_text(stopped)
+    status.wait_for(timeout=WORK_TIMEOUT)
+    done = int(stopped.search(status.inner_text())[1])
+    assert 16 <= done < 360
+    settle(page)
+    scroll_to(status)
+    screenshot(page, "runs_traits_1_stopped")
+    page.reload()
+    status = page.get_by_text(stopped)
+    status.wait_for(timeout=MODEL_TIMEOUT)
+    assert int(stopped.search(status.inner_text())[1]) == done
+    page.get_by_role("button", name=f"Resume ({360 - done} left)").click()
+    page.get_by_text("vector norm and separation by layer").wait_for(timeout=6 * WORK_TIMEOUT)
+    settle(page)
+    assert_no_exception(page)
+    grid = page.locator('[data-testid="stDataFrame"]').first
+    grid.locator("[role=gridcell]").first.wait_for(state="attached")
+    assert grid.locator("[role=gridcell]").all_inner_texts().count("response_average") == 3
+    screenshot(page, "runs_traits_2_built", full_page=True)
+    context.close()

@@ -23,15 +23,17 @@ the AUROC of the held-out questions' positive against negative projections on it
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from perplex.core.errors import InputFormatError
 from perplex.core.ranks import rank_auroc
-from perplex.core.records import DecodeParams, Generation, Message, TokenRole
+from perplex.core.records import DecodeParams, Message
 from perplex.core.traits import TraitVector, baselines
 from perplex.engine.protocol import Engine
+from perplex.modes.runner import Finished
 from perplex.modes.traits.definitions import Trait
 from perplex.modes.traits.judge import Judge
 
@@ -73,16 +75,81 @@ def extract_prompt_last(engine: Engine, trait: Trait, progress: Progress | None 
     return _vector(engine, trait, pos, neg, n_train)
 
 
+def answer_items(trait: Trait) -> list[dict]:
+    """The answers a response-average vector needs: one per (question, pair, side)."""
+    return [{"trait": trait.name, "q": q, "p": p, "side": side}
+            for q in range(len(trait.questions)) for p in range(len(trait.pairs))
+            for side in (0, 1)]
+
+
+def answer_messages(trait: Trait, item: dict) -> tuple[Message, ...]:
+    """What the model answers for an item of `answer_items`: its system prompt and question."""
+    return (Message("system", trait.pairs[item["p"]][item["side"]]),
+            Message("user", trait.questions[item["q"]]))
+
+
+def answer_work(engine: Engine, defs: Mapping[str, Trait], max_new_tokens: int
+                ) -> Callable[[Sequence], list[Finished]]:
+    """For the runner: greedy answers to a chunk of `answer_items`, decoded together.
+
+    Items carry their `answer_items` entry as `.item`; each answer is kept as its token
+    ids and its text.
+    """
+    params = DecodeParams(max_new_tokens=max_new_tokens)
+
+    def work(items: Sequence) -> list[Finished]:
+        requests = [(answer_messages(defs[i.item["trait"]], i.item), "") for i in items]
+        answers = []
+        for generation in engine.generate_many(requests, params):
+            ids = [s.token_id for s in generation.response_steps]
+            answers.append(Finished({"ids": ids, "text": generation.response_text}, len(ids)))
+        return answers
+
+    return work
+
+
+def vector_from_answers(engine: Engine, trait: Trait, answers: Mapping[tuple[int, int, int], dict],
+                        max_new_tokens: int, judge: Judge | None = None,
+                        tick: Callable[[int], None] = lambda k: None) -> TraitVector:
+    """The response-average vector from every (question, pair, side)'s answer.
+
+    `answers` holds what `answer_work` kept; `tick(k)` counts judge verdicts and residual
+    passes as they are done.
+    """
+    n_train = max(1, math.ceil(len(trait.questions) * (1 - HELD_OUT_SHARE)))
+    kept = _judged_pairs(trait, answers, judge, tick)
+    if not kept:
+        raise InputFormatError(f"The judge kept none of the {trait.name} pairs (a positive "
+                               f"answer scored ≥ {JUDGE_THRESHOLD:g} and its negative < "
+                               f"{JUDGE_THRESHOLD:g}): try a stronger judge, or none.")
+    pos: list[list[np.ndarray]] = [[] for _ in trait.questions]
+    neg: list[list[np.ndarray]] = [[] for _ in trait.questions]
+    for q, p in kept:
+        for side, into in ((0, pos), (1, neg)):
+            messages = answer_messages(trait, {"q": q, "p": p, "side": side})
+            into[q].append(answer_mean(engine, messages, answers[(q, p, side)]["ids"]))
+            tick(1)
+    meta = {"questions_for_separation": n_train, "pairs": len(trait.pairs),
+            "answer_tokens_at_most": max_new_tokens,
+            "pairs_kept": len(kept), "pairs_in_all": len(trait.questions) * len(trait.pairs),
+            "judge": judge is not None}
+    return _vector(engine, trait, pos, neg, n_train, "response_average", meta)
+
+
+def finishing_steps(trait: Trait, judged: bool) -> int:
+    """How many ticks `vector_from_answers` counts at most (verdicts, then passes)."""
+    answers = 2 * len(trait.questions) * len(trait.pairs)
+    return answers * (2 if judged else 1)
+
+
 def extract_response_average(engine: Engine, trait: Trait,
                              max_new_tokens: int = RESPONSE_TOKENS, judge: Judge | None = None,
                              progress: Progress | None = None,
                              should_stop: Callable[[], bool] | None = None) -> TraitVector:
     """The response-average vector of `trait`: generated answers, optionally judged."""
     engine.capabilities.require("internals", engine.info.label)
-    n_train = max(1, math.ceil(len(trait.questions) * (1 - HELD_OUT_SHARE)))
-    keys = [(q, p, side) for q in range(len(trait.questions)) for p in range(len(trait.pairs))
-            for side in (0, 1)]
-    total = len(keys) * (3 if judge is not None else 2)
+    items = answer_items(trait)
+    total = len(items) + finishing_steps(trait, judge is not None)
     done = 0
 
     def tick(k: int = 1) -> None:
@@ -93,42 +160,22 @@ def extract_response_average(engine: Engine, trait: Trait,
         if progress:
             progress(done, total)
 
-    answers = _answers(engine, trait, keys, max_new_tokens, tick)
-    kept = _judged_pairs(trait, answers, judge, tick)
-    if not kept:
-        raise InputFormatError(f"The judge kept none of the {trait.name} pairs (a positive "
-                               f"answer scored ≥ {JUDGE_THRESHOLD:g} and its negative < "
-                               f"{JUDGE_THRESHOLD:g}): try a stronger judge, or none.")
-    pos: list[list[np.ndarray]] = [[] for _ in trait.questions]
-    neg: list[list[np.ndarray]] = [[] for _ in trait.questions]
-    for q, p in kept:
-        for side, into in ((0, pos), (1, neg)):
-            into[q].append(response_mean(engine, answers[(q, p, side)]))
-            tick()
-    meta = {"questions_for_separation": n_train, "pairs": len(trait.pairs),
-            "answer_tokens_at_most": max_new_tokens,
-            "pairs_kept": len(kept), "pairs_in_all": len(trait.questions) * len(trait.pairs),
-            "judge": judge is not None}
-    return _vector(engine, trait, pos, neg, n_train, "response_average", meta)
+    work = answer_work(engine, {trait.name: trait}, max_new_tokens)
+    answers = {}
+    for start in range(0, len(items), GENERATION_BATCH):
+        chunk = [_Item(item) for item in items[start:start + GENERATION_BATCH]]
+        for item, found in zip(chunk, work(chunk)):
+            answers[(item.item["q"], item.item["p"], item.item["side"])] = found.result
+        tick(len(chunk))
+    return vector_from_answers(engine, trait, answers, max_new_tokens, judge, tick)
 
 
-def _answers(engine: Engine, trait: Trait, keys: list[tuple[int, int, int]],
-             max_new_tokens: int, tick: Callable[[int], None]
-             ) -> dict[tuple[int, int, int], Generation]:
-    """Greedy answers to every (question, pair, side), in batches."""
-    params = DecodeParams(max_new_tokens=max_new_tokens)
-    requests = [((Message("system", trait.pairs[p][side]), Message("user", trait.questions[q])),
-                 "") for q, p, side in keys]
-    out = {}
-    for start in range(0, len(keys), GENERATION_BATCH):
-        chunk = slice(start, start + GENERATION_BATCH)
-        for key, generation in zip(keys[chunk], engine.generate_many(requests[chunk], params)):
-            out[key] = generation
-        tick(len(requests[chunk]))
-    return out
+@dataclass(frozen=True)
+class _Item:
+    item: dict  # as the runner's items carry it
 
 
-def _judged_pairs(trait: Trait, answers: dict, judge: Judge | None,
+def _judged_pairs(trait: Trait, answers: Mapping, judge: Judge | None,
                   tick: Callable[[int], None]) -> list[tuple[int, int]]:
     """The (question, pair) kept: all without a judge, else those it scores as the trait."""
     pairs = [(q, p) for q in range(len(trait.questions)) for p in range(len(trait.pairs))]
@@ -138,21 +185,21 @@ def _judged_pairs(trait: Trait, answers: dict, judge: Judge | None,
     for q, p in pairs:
         scores = []
         for side in (0, 1):
-            scores.append(judge(trait.questions[q], answers[(q, p, side)].response_text))
-            tick()
+            scores.append(judge(trait.questions[q], answers[(q, p, side)]["text"]))
+            tick(1)
         if None not in scores and scores[0] >= JUDGE_THRESHOLD > scores[1]:
             kept.append((q, p))
     return kept
 
 
-def response_mean(engine: Engine, generation: Generation) -> np.ndarray:
+def answer_mean(engine: Engine, messages: tuple[Message, ...], answer_ids: Sequence[int]
+                ) -> np.ndarray:
     """[layers + 1, d] residuals averaged over the answer's tokens (end of turn left out)."""
-    ids = [s.token_id for s in generation.steps]
-    answer = [i for i, s in enumerate(generation.steps)
-              if s.role is TokenRole.RESPONSE and s.token_id not in engine.info.eos_ids]
+    prompt = list(engine.encode(messages, True).ids)
+    answer = [len(prompt) + i for i, t in enumerate(answer_ids) if t not in engine.info.eos_ids]
     if not answer:
         raise InputFormatError("An answer had no tokens to average: allow more new tokens.")
-    residuals = engine.residuals(ids, range(engine.info.n_layers + 1))
+    residuals = engine.residuals(prompt + list(answer_ids), range(engine.info.n_layers + 1))
     return residuals[:, answer, :].astype(np.float64).mean(1)
 
 
