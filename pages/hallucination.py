@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pandas as pd
@@ -11,19 +12,40 @@ from perplex.core.errors import PerplexError
 from perplex.core.plots import entropy_timeline
 from perplex.core.records import Generation, Message, TokenRole
 from perplex.modes import hallucination as h
-from perplex.ui import investigate, page_state, resources, session_panel
+from perplex.modes.runner import JobItems
+from perplex.ui import investigate, page_state, resources, runs, session_panel
 from perplex.ui.conditioning import system_prompt_control
 from perplex.ui.entry import run_inside_the_app
 from perplex.ui.live import LiveGeneration, kept
 from perplex.ui.sidebar import decode_params_form, thresholds
 from perplex.ui.text import plain
 from perplex.ui.transcript import highlight_key, jump_to, provenance_caption, show_transcript
+from perplex.workspace.jobs import create_job, item_records
+from perplex.workspace.store import params_from_dict, params_to_json
 
 run_inside_the_app()  # first: a page opened alone on a cold server reruns through app.py
 
 PREFIX = "halluc"
 CURRENT = page_state.current_key(PREFIX)
 SETTINGS = f"{PREFIX}.thresholds"  # [confidence, entropy, k] in the session's settings
+SAMPLES_KEY = f"{PREFIX}.samples"  # the sampled answers' run (ui.runs)
+
+
+def _samples(engine, question: tuple[Message, ...], generation_id: str,
+             compared: str) -> h.Consistency | None:
+    """The sampled answers' run for this answer: Stop keeps the answers sampled so far."""
+    job = runs.shown_job(SAMPLES_KEY, f"samples:{generation_id}")
+    if job is None:
+        return None
+    store = resources.store()
+    work = h.sample_work(engine, question, params_from_dict(job.settings["params"]))
+    runs.drive(SAMPLES_KEY, job.id, JobItems(store, job.id, to_json=lambda found: found), work,
+               unit="answers", can_run=job.settings["model"] == engine.info.label)
+    done = [r for r in item_records(store, job.id) if r.status == "done"]
+    if len(done) < 2:
+        return None
+    return h.consistency([r.result["answer"] for r in done], [r.item["seed"] for r in done],
+                         compared)
 PERCENT = st.column_config.NumberColumn(format="%.3f")
 LIVE_ROWS = 8  # alerts listed while the answer streams (newest first); all of them after
 
@@ -176,20 +198,18 @@ def check_panel(gen: Generation) -> None:
                              "sidebar's model is asked whether two answers say the same "
                              "thing, in both orders (semantic-entropy grouping); it costs two "
                              "judge calls per pair compared.")
+    question = tuple(m for m in gen.messages if m.role != "assistant")
     if st.button("Sample answers", key=f"{PREFIX}.sample", disabled=viewing_only,
                  help="Samples with seeds 0…N−1 at the decoding temperature (1 when greedy)."):
-        bar = st.progress(0.0, text=f"0 / {n} answers")
-        question = tuple(m for m in gen.messages if m.role != "assistant")
         try:
-            st.session_state[key] = h.sample_answers(
-                engine, question, replace(params, max_new_tokens=int(length)), int(n),
-                progress=lambda done, total: bar.progress(done / total,
-                                                          text=f"{done} / {total} answers"),
-                compared=compared)
+            runs.start(SAMPLES_KEY, create_job(
+                resources.store(), session_panel.session_for_saving(), f"samples:{gen.id}",
+                f"{int(n)} answers", {"model": engine.info.label, "params": json.loads(
+                    params_to_json(replace(params, max_new_tokens=int(length))))},
+                [{"seed": seed} for seed in range(h.check_samples(int(n)))]).id)
         except PerplexError as exc:
             st.error(plain(str(exc)))
-        bar.empty()
-    sampled = st.session_state.get(key)
+    sampled = _samples(engine, question, gen.id, compared)
     if sampled is not None:
         same = None if grouping == h.EXACT else h.judged_same(engine, gen.last_user_text)
         grouped = st.session_state.setdefault(f"{key}.grouped", {})  # judge calls cost

@@ -26,6 +26,8 @@ from perplex.core.plots import (
 from perplex.core.records import Alternative, DecodeParams, Message, TokenRole, TokenStep
 from perplex.engine.protocol import Engine
 from perplex.modes.calibration.judge import judge
+from perplex.modes.runner import Finished
+from perplex.workspace.jobs import JobItem
 
 DEFAULT_CONFIDENCE = 0.4
 DEFAULT_ENTROPY = 2.5  # nats
@@ -343,23 +345,39 @@ def sample_answers(engine: Engine, messages: tuple[Message, ...], params: Decode
                    first_seed: int = 0,
                    progress: Callable[[int, int], None] | None = None,
                    compared: str = COMPARED_PARTS[0]) -> Consistency:
-    """Sample n answers with seeds first_seed … first_seed+n-1 and count their agreement.
+    """Sample n answers with seeds first_seed … first_seed+n-1 and count their agreement."""
+    n = check_samples(n)
+    _compared_part(compared)
+    seeds = tuple(range(first_seed, first_seed + n))
+    work = sample_work(engine, messages, params)
+    answers = []
+    for seed in seeds:
+        answers.append(work([JobItem(seed, {"seed": seed})])[0].result["answer"])
+        if progress is not None:
+            progress(len(answers), n)
+    return consistency(answers, seeds, compared)
+
+
+def sample_work(engine: Engine, messages: tuple[Message, ...], params: DecodeParams
+                ) -> Callable[[Sequence[JobItem]], list[Finished]]:
+    """For the runner: one sampled answer per item (`{"seed": s}`), as `{"answer": text}`.
 
     Sampling needs a temperature > 0: greedy decoding would give n copies of one answer,
     so a temperature of 0 is taken as 1.
     """
-    n = check_samples(n)
-    _compared_part(compared)
     temperature = params.temperature if params.temperature > 0 else 1.0
-    seeds = tuple(range(first_seed, first_seed + n))
-    answers = []
-    for seed in seeds:
-        run = engine.generate(messages, replace(params, temperature=temperature, seed=seed))
-        # the answer's text, decoded without special tokens (no end-of-turn marker)
-        answers.append(run.run().messages[-1].content.strip())
-        if progress is not None:
-            progress(len(answers), n)
-    return consistency(answers, seeds, compared)
+
+    def work(items: Sequence[JobItem]) -> list[Finished]:
+        found = []
+        for item in items:
+            run = engine.generate(messages, replace(params, temperature=temperature,
+                                                    seed=item.item["seed"])).run()
+            # the answer's text, decoded without special tokens (no end-of-turn marker)
+            found.append(Finished({"answer": run.messages[-1].content.strip()},
+                                  len(run.response_steps)))
+        return found
+
+    return work
 
 
 def alert_timeline(steps: Sequence[TokenStep], thresholds: AlertThresholds,

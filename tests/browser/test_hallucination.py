@@ -113,6 +113,26 @@ def test_alert_appears_while_the_answer_streams(hallucination_page, screenshot):
     page.get_by_text(re.compile(r"Consistency estimate on their whole answer, by exact match "
                                 r"\(normalised\): " + said)).wait_for()
     assert_no_exception(page)
+    # More samples, stopped after the first few: the answers so far are kept and counted;
+    # Resume samples the rest.
+    set_number(page, "answers to sample", "12")
+    page.get_by_role("button", name="Sample answers").click()
+    page.get_by_text(re.compile(r"^([2-9]|1[01]) of 12 answers · ")).wait_for(
+        timeout=WORK_TIMEOUT)
+    page.get_by_role("button", name="Stop", exact=True).click()
+    stopped = re.compile(r"^Stopped: (\d+) of 12 answers done")
+    status = page.get_by_text(stopped)
+    status.wait_for(timeout=WORK_TIMEOUT)
+    done = int(stopped.search(status.inner_text())[1])
+    assert 2 <= done < 12
+    page.get_by_text(re.compile(rf"(holds \d+ of {done} answers|no two of the {done} answers)")
+                     ).wait_for()
+    settle(page)
+    screenshot(page, "hallucination_5_sampling_stopped")
+    page.get_by_role("button", name=f"Resume ({12 - done} left)").click()
+    page.get_by_text("12 of 12 answers done.").wait_for(timeout=3 * WORK_TIMEOUT)
+    page.get_by_text(re.compile(r"(holds \d+ of 12 answers|no two of the 12 answers)")).wait_for()
+    assert_no_exception(page)
 
 
 def test_bad_thresholds_and_empty_question_get_clear_messages(hallucination_page, screenshot):

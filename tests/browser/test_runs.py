@@ -1,6 +1,9 @@
-"""Work over many items runs on the one runner: Stop keeps what is done, a reload shows the
-stopped run, Resume finishes it (Decoding's and Comparison's lists of prompts; Prefilling's
-list and a Batch have their own browser tests on the same view)."""
+"""Work over many items, on the one runner: Stop keeps what is done, a reload shows it.
+
+Resume finishes the run: Decoding's and Comparison's lists of prompts, trait extraction's
+answers. Prefilling's list, Calibration, Hallucination's samples and Batch have their own
+browser tests on the same view.
+"""
 
 from __future__ import annotations
 
@@ -77,7 +80,8 @@ def test_a_comparison_list_stops_reloads_and_resumes(browser, app_url, screensho
 def test_response_average_answers_stop_reload_and_resume_into_vectors(browser, app_url,
                                                                       screenshot):
     """Trait extraction's generation phase: Stop keeps the answers, Resume finishes them,
-    then the vectors are built from them."""
+    then the vectors are built from them.
+    """
     context, page = open_mode(browser, app_url, "Persona Traits")
     page.get_by_role("button", name=re.compile(r"^Extract 3 vector")).wait_for()
     settle(page)

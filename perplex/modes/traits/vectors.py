@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -36,6 +35,7 @@ from perplex.engine.protocol import Engine
 from perplex.modes.runner import Finished
 from perplex.modes.traits.definitions import Trait
 from perplex.modes.traits.judge import Judge
+from perplex.workspace.jobs import JobItem
 
 HELD_OUT_SHARE = 0.3  # questions kept out of the separation vector
 RESPONSE_TOKENS = 40  # answer length for response-average
@@ -163,16 +163,12 @@ def extract_response_average(engine: Engine, trait: Trait,
     work = answer_work(engine, {trait.name: trait}, max_new_tokens)
     answers = {}
     for start in range(0, len(items), GENERATION_BATCH):
-        chunk = [_Item(item) for item in items[start:start + GENERATION_BATCH]]
+        chunk = [JobItem(start + n, item)
+                 for n, item in enumerate(items[start:start + GENERATION_BATCH])]
         for item, found in zip(chunk, work(chunk)):
             answers[(item.item["q"], item.item["p"], item.item["side"])] = found.result
         tick(len(chunk))
     return vector_from_answers(engine, trait, answers, max_new_tokens, judge, tick)
-
-
-@dataclass(frozen=True)
-class _Item:
-    item: dict  # as the runner's items carry it
 
 
 def _judged_pairs(trait: Trait, answers: Mapping, judge: Judge | None,
