@@ -79,8 +79,9 @@ def test_a_comparison_list_stops_reloads_and_resumes(browser, app_url, screensho
 
 def test_response_average_answers_stop_reload_and_resume_into_vectors(browser, app_url,
                                                                       screenshot):
-    """Trait extraction's generation phase: Stop keeps the answers, Resume finishes them,
-    then the vectors are built from them.
+    """Trait extraction's generation phase: Stop keeps the answers, Resume finishes them.
+
+    Then the vectors are built from the stored answers.
     """
     context, page = open_mode(browser, app_url, "Persona Traits")
     page.get_by_role("button", name=re.compile(r"^Extract 3 vector")).wait_for()
