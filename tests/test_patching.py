@@ -6,6 +6,8 @@ the Eiffel Tower → Colosseum swap flips the target's answer.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -23,6 +25,8 @@ from perplex.lens.patching import (
     aligned_source_position,
     patch_prompts,
     patch_sweep,
+    sweep_from_rows,
+    sweep_rows,
     unpatched_logits,
 )
 from tests.test_lens import ARCHITECTURES
@@ -72,6 +76,25 @@ def test_sweep_agrees_with_single_patches_and_the_last_cell_is_the_source(tiny_l
         own = tiny_lm.model(torch.tensor([source])).logits[0, -1].softmax(-1)
     assert abs(float(own[sweep.source_answer]) - sweep.p_source[-1, -1]) < FLOAT32_PROB
     assert sweep.figure().data and sweep.figure("logit_diff").data
+
+
+def test_a_sweep_rebuilt_from_stored_layer_rows_is_the_sweep(tiny_lm):
+    """A stopped sweep keeps its layers as rows (JSON); the rows rebuild the same grids."""
+    engine = local_engine(tiny_lm)
+    source = _ids(tiny_lm, "The capital of France is Paris.")
+    target = _ids(tiny_lm, "Hello world! How are you today?")[:len(source)]
+    whole = patch_sweep(engine, source, target)
+    rows = {}
+    for layer in (2, 0):  # swept in chunks of layers, in any order, as the runner does
+        part = patch_sweep(engine, source, target, layers=[layer])
+        rows[layer] = json.loads(json.dumps(sweep_rows(part, layer), allow_nan=False))
+    rebuilt = sweep_from_rows(engine, source, target, rows)
+    for name in ("p_source", "p_target", "logit_diff", "top1"):
+        got, want = getattr(rebuilt, name), getattr(whole, name)
+        # the same forward pass for each layer, whichever other layers ran: exact
+        assert np.array_equal(got[[0, 2]], want[[0, 2]]), name
+    assert np.isnan(rebuilt.p_source[1]).all() and (rebuilt.top1[1] == -1).all()
+    assert set(rebuilt.texts) >= {int(i) for i in whole.top1[[0, 2]].ravel()}
 
 
 def test_prompts_of_different_lengths_align_from_the_end(tiny_lm):

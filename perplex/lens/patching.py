@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import plotly.graph_objects as go
@@ -244,3 +244,27 @@ def unpatched_logits(engine: WeightsEngine, ids: Sequence[int]) -> torch.Tensor:
 def _texts(engine: WeightsEngine, ids) -> dict[int, str]:
     vocab = engine.vocab_texts
     return {int(i): vocab[int(i)] if int(i) < len(vocab) else "" for i in ids}
+
+
+GRIDS = ("p_source", "p_target", "logit_diff", "top1")
+
+
+def sweep_rows(sweep: PatchSweep, layer: int) -> dict:
+    """One layer's row of every grid, as JSON-ready lists (None where no patch was made)."""
+    return {name: [None if (v != v or (name == "top1" and v < 0)) else v.item()
+                   for v in getattr(sweep, name)[layer]] for name in GRIDS}
+
+
+def sweep_from_rows(engine: WeightsEngine, source_ids: Sequence[int],
+                    target_ids: Sequence[int], rows: dict[int, dict],
+                    seconds: float = 0.0) -> PatchSweep:
+    """The sweep whose layers are `rows` (`sweep_rows` of each); other layers stay NaN."""
+    shell = patch_sweep(engine, source_ids, target_ids, layers=[])
+    grids = {name: getattr(shell, name).copy() for name in GRIDS}
+    for layer, row in rows.items():
+        for name in GRIDS:
+            missing = -1 if name == "top1" else np.nan
+            grids[name][layer] = [missing if v is None else v for v in row[name]]
+    found = np.unique(grids["top1"][grids["top1"] >= 0]).tolist()
+    return replace(shell, **grids, seconds=seconds,
+                   texts=_texts(engine, {shell.source_answer, shell.target_answer, *found}))

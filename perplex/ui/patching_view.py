@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Sequence
+
+import numpy as np
 import pandas as pd
 import streamlit as st
 
 from perplex.core.errors import PerplexError
 from perplex.core.plots import short_prob, visible_token
 from perplex.engine.protocol import Engine
-from perplex.lens.patching import PatchResult, aligned_source_position, patch_prompts, patch_sweep
+from perplex.lens.patching import (
+    PatchResult,
+    aligned_source_position,
+    patch_prompts,
+    patch_sweep,
+    sweep_from_rows,
+    sweep_rows,
+)
+from perplex.modes.runner import Finished, JobItems
+from perplex.ui import resources, runs, session_panel
 from perplex.ui.conditioning import encode_text
 from perplex.ui.text import plain
+from perplex.workspace.jobs import create_job, item_records
 
 PREFIX = "lens.patch"
+SWEEP_KEY = f"{PREFIX}.sweep_run"  # the sweep of the prompts shown (ui.runs)
+SWEEP_CHUNK = 4  # layers per call: each call runs both prompts once before patching
 SOURCE = "The Eiffel Tower is in the city of"
 TARGET = "The Colosseum is in the city of"
 
@@ -88,15 +105,15 @@ def patching_section(engine: Engine) -> None:
                     engine, source_ids, target_ids, layer=layer, target_position=position)
         except PerplexError as exc:
             st.error(plain(str(exc)))
+    kind = _sweep_kind(source_ids, target_ids)
     if sweep_button.button("Sweep every layer × position", key=f"{PREFIX}.sweep"):
-        bar = st.progress(0.0, text="Patching…")
         try:
-            st.session_state[f"{PREFIX}.sweep_result"] = patch_sweep(
-                engine, source_ids, target_ids, progress=lambda done, total: bar.progress(
-                    done / total, text=f"Patched layers: forward pass {done}/{total}"))
+            runs.start(SWEEP_KEY, create_job(
+                resources.store(), session_panel.session_for_saving(), kind, "patch sweep",
+                {"model": engine.info.label}, [{"layer": n} for n in range(n_layers)]).id)
         except PerplexError as exc:
             st.error(plain(str(exc)))
-        bar.empty()
+    sweep = _sweep(engine, source_ids, target_ids, kind)
     result = st.session_state.get(f"{PREFIX}.result")
     if result is not None:
         src = visible_token(result.texts[result.source_answer])
@@ -111,11 +128,44 @@ def patching_section(engine: Engine) -> None:
         st.dataframe(_result_table(result), hide_index=True,
                      column_config={c: st.column_config.NumberColumn(format="%.4f")
                                     for c in ("p before", "p after")})
-    sweep = st.session_state.get(f"{PREFIX}.sweep_result")
     if sweep is not None:
         metric = st.segmented_control("Colour", ["p(source answer)", "logit difference"],
                                       default="p(source answer)", key=f"{PREFIX}.metric")
         key = "logit_diff" if metric == "logit difference" else "p_source"
         st.plotly_chart(sweep.figure(key), key=f"{PREFIX}.heatmap")
-        st.caption(f"Sweep: {sweep.p_source.size} patches in {sweep.seconds:.1f} s. Hover a "
-                   "cell for the patched top-1.")
+        made = int(np.count_nonzero(~np.isnan(sweep.p_source)))
+        st.caption(f"Sweep: {made:,} patches in {sweep.seconds:.1f} s (layers not swept yet "
+                   "are blank). Hover a cell for the patched top-1.")
+
+
+def _sweep_kind(source_ids: Sequence[int], target_ids: Sequence[int]) -> str:
+    """The job kind of a sweep of this pair of prompts (one per pair)."""
+    pair = json.dumps([list(source_ids), list(target_ids)]).encode()
+    return f"patch sweep:{hashlib.sha256(pair).hexdigest()[:16]}"
+
+
+def _sweep(engine, source_ids: Sequence[int], target_ids: Sequence[int], kind: str):
+    """The layers of this pair's sweep done so far, as a sweep (None: none yet).
+
+    The sweep runs on the one runner, a layer per item: Stop keeps the layers swept,
+    Resume sweeps the rest.
+    """
+    job = runs.shown_job(SWEEP_KEY, kind)
+    if job is None:
+        return None
+    store = resources.store()
+
+    def work(items):
+        layers = [i.item["layer"] for i in items]
+        swept = patch_sweep(engine, source_ids, target_ids, layers=layers)
+        return [Finished(sweep_rows(swept, layer)) for layer in layers]
+
+    runs.drive(SWEEP_KEY, job.id, JobItems(store, job.id, to_json=lambda rows: rows), work,
+               unit="layers", chunk=SWEEP_CHUNK,
+               can_run=job.settings["model"] == engine.info.label)
+    done = [r for r in item_records(store, job.id) if r.status == "done"]
+    if not done:
+        return None
+    seconds = float(sum(r.seconds or 0.0 for r in done))
+    return sweep_from_rows(engine, source_ids, target_ids,
+                           {r.item["layer"]: r.result for r in done}, seconds)

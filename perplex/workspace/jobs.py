@@ -61,6 +61,7 @@ class ItemRecord:
     status: str
     result: dict | None
     error: str | None
+    seconds: float | None = None  # what the item took (its share of its chunk)
 
 
 def create_job(store: Store, session_id: str | None, kind: str, label: str, settings: dict,
@@ -152,10 +153,11 @@ def item_records(store: Store, job_id: str) -> list[ItemRecord]:
     """Every item of the job, in run order, with its status and result."""
     with store.cursor() as cur:
         require_row(cur, store.actor, "jobs", job_id)
-        rows = cur.execute("SELECT idx, item, status, result, error FROM job_items "
+        rows = cur.execute("SELECT idx, item, status, result, error, seconds FROM job_items "
                            "WHERE job_id = ? ORDER BY idx", [job_id]).fetchall()
     return [ItemRecord(idx, json.loads(item), status, None if result is None else
-                       json.loads(result), error) for idx, item, status, result, error in rows]
+                       json.loads(result), error, seconds)
+            for idx, item, status, result, error, seconds in rows]
 
 
 def _dumps(value: dict) -> str:
