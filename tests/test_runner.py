@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from perplex.core.errors import InputFormatError, StoreError
-from perplex.modes.runner import Failed, Finished, JobItems, Pace, Progress, run_items
+from perplex.modes.runner import Failed, Finished, JobItems, Pace, Progress, paced, run_items
 from perplex.workspace.access import AccessError, Actor
 from perplex.workspace.jobs import (
     create_job,
@@ -109,3 +109,11 @@ def test_jobs_belong_to_their_sessions_owner(store):
         run_items(JobItems(theirs, job.id), squares)
     assert latest_job(theirs, session.id, "test") is None
     assert load_job(mine, job.id).total == 1
+
+
+def test_paced_chunks_take_about_the_time_asked_within_bounds():
+    size = paced(4.0, first=2, smallest=1, largest=16)
+    assert size(None) == 2  # nothing measured yet: a small first chunk shows numbers soon
+    assert size(0.5) == 8  # 8 items of 0.5 s: about 4 s
+    assert size(10.0) == 1  # a slow model: one item at a time, the bar moves per item
+    assert size(0.001) == 16  # a fast one: at most the largest chunk

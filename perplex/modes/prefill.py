@@ -23,6 +23,7 @@ from perplex.core.plots import figure_text, figure_token
 from perplex.core.records import Generation, Message, TokenRole
 from perplex.core.token_words import ResolvedWord, resolve_words
 from perplex.engine.protocol import Engine
+from perplex.modes.runner import paced
 
 MAX_PROMPTS = 10_000
 PROMPTS_PER_BATCH = 16  # rows in one padded forward pass; bounds memory for long lists
@@ -269,17 +270,11 @@ def scoring_order(prompts: Sequence[str]) -> list[int]:
     return order
 
 
-def batch_size(seconds_per_prompt: float | None) -> int:
-    """How many prompts the next batch takes, from the pace so far (None: none scored).
-
-    The first batch is small, so that numbers show soon; each next one takes about
-    `BATCH_SECONDS` (a Stop is answered within a batch), within `MIN_PROMPTS_PER_BATCH` (one
-    prompt at a time is slow per prompt on a CPU) and `MAX_PROMPTS_PER_BATCH`.
-    """
-    if not seconds_per_prompt:
-        return 4
-    return max(MIN_PROMPTS_PER_BATCH,
-               min(MAX_PROMPTS_PER_BATCH, int(BATCH_SECONDS / seconds_per_prompt)))
+# How many prompts a list's next batch takes, from the pace so far: a small first batch, so
+# that numbers show soon, then about `BATCH_SECONDS` each (a Stop is answered within a
+# batch), within `MIN_PROMPTS_PER_BATCH` (one prompt at a time is slow per prompt on a CPU)
+# and `MAX_PROMPTS_PER_BATCH`.
+batch_size = paced(BATCH_SECONDS, 4, MIN_PROMPTS_PER_BATCH, MAX_PROMPTS_PER_BATCH)
 
 
 def score_prompts(engine: Engine, prompts: Sequence[str], refusal: WordSet,

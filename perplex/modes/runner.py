@@ -112,6 +112,21 @@ class Pace:
         return statistics.median(self.per_item) if self.per_item else None
 
 
+def paced(seconds: float, first: int, smallest: int, largest: int
+          ) -> Callable[[float | None], int]:
+    """Chunk sizes for `run_items`: `first`, then about `seconds` of work each.
+
+    Each size comes from the pace so far, within [`smallest`, `largest`]: batching pays,
+    and a Stop is answered within a chunk.
+    """
+    def size(per_item: float | None) -> int:
+        if not per_item:
+            return first
+        return max(smallest, min(largest, int(seconds / per_item)))
+
+    return size
+
+
 def run_items(source: ItemSource, work: Callable[[Sequence], Sequence[Outcome]], *,
               chunk: int | Callable[[float | None], int] = 1,
               should_stop: Callable[[], bool] = lambda: False,

@@ -21,6 +21,7 @@ from perplex.modes.batch.plots import statistic_bins, statistic_histogram
 from perplex.modes.batch.run import CHUNK, BatchItems, RunSettings, batch_work
 from perplex.modes.calibration.answers import MATCH_RULES
 from perplex.modes.calibration.datasets import sample_dataset
+from perplex.modes.runner import paced
 from perplex.ui import investigate, page_state, resources, runs, session_panel
 from perplex.ui.export_panel import download, figure_downloads
 from perplex.ui.file_input import uploaded_file
@@ -60,6 +61,9 @@ PREFIX = "batch"
 CURRENT = page_state.current_key(PREFIX)  # the item's Generation open in the reader
 BATCH_KEY = f"{PREFIX}.open"  # id of the batch on screen
 RUN_KEY = f"{PREFIX}.run"  # the batch being run (`ui.runs`)
+# Chunks sized to about this long (up to CHUNK items decoded together): the bar moves and
+# a Stop is answered every few seconds even on a slow model.
+CHUNK_SECONDS = 4.0
 READER_KEY = f"{PREFIX}.reader"  # position in the filtered list
 RANGE_KEY = f"{PREFIX}.range"  # (statistic, low, high) picked on the histogram
 DEFAULT_PAGE = "pages/default.py"
@@ -230,8 +234,7 @@ def _settings_of(batch: BatchSummary) -> RunSettings:
 
 def run_section(engine, batch: BatchSummary, second=None) -> None:
     """Progress of the batch; run, stop, resume, retry the failed items."""
-    st.caption(f"{batch.total:,} items · {batch.done:,} done · {batch.failed:,} failed · "
-               f"{batch.pending:,} pending · model {plain(batch.model_label)}"
+    st.caption(f"Model {plain(batch.model_label)}"
                + (f" · {batch.n_malformed:,} unreadable lines" if batch.n_malformed else ""))
     if batch.malformed:
         with st.expander(f"Unreadable lines ({batch.n_malformed:,})"):
@@ -250,7 +253,8 @@ def run_section(engine, batch: BatchSummary, second=None) -> None:
         st.error(plain(str(exc)))
         return
     runs.drive(RUN_KEY, batch.id, BatchItems(store, batch.id), work, unit="items",
-               chunk=CHUNK, retry_failed=lambda: reset_failed(store, batch.id))
+               chunk=paced(CHUNK_SECONDS, 2, 1, CHUNK),
+               retry_failed=lambda: reset_failed(store, batch.id))
 
 
 def second_model():

@@ -66,11 +66,11 @@ def test_upload_run_filter_read_annotate_export(browser, app_url, screenshot):
     settle(page)
     page.get_by_role("button", name="Create the batch and run it").click()
     # the progress bar names items done, tokens/s and time left while the batch runs
-    page.get_by_text(re.compile(r"of 20 items")).first.wait_for(timeout=WORK_TIMEOUT)
-    page.get_by_text(re.compile(r"^20 of 20 items")).wait_for(timeout=3 * WORK_TIMEOUT)
+    page.get_by_text(re.compile(r"^[1-9]\d? of 20 items · .* tokens/s")).wait_for(
+        timeout=WORK_TIMEOUT)
+    page.get_by_text("20 of 20 items done.").wait_for(timeout=3 * WORK_TIMEOUT)
     settle(page)
     assert_no_exception(page)
-    assert page.get_by_text(re.compile(r"20 items · 20 done · 0 failed")).count() == 1
     screenshot(page, "batch_1_run", full_page=True)
 
     # a click on a bar of the distribution keeps that bar's items
