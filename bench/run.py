@@ -17,6 +17,8 @@
    prompt-last extraction (`bench/traits.py`).
 10. Batch: 64 prompts x 64 new tokens batched vs one by one; transcript scoring against
     the compute bound (`bench/batch.py`).
+11. Pages: the first open of each page on a fresh database, as a new user meets it
+    (`bench/pages.py`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import torch
 
 from bench.batch import bench_batch
 from bench.decoding import bench_speculative
+from bench.pages import bench_pages
 from bench.records import bench_records
 from bench.traits import bench_traits
 from perplex.core.records import DecodeParams, Message, TokenRole
@@ -457,7 +460,8 @@ def main() -> None:
             run_stage("view", bench_token_view, lm), run_stage("lens", bench_lens, lm),
             run_stage("endpoint", bench_endpoint), run_stage("calib", bench_calibration, lm),
             run_stage("compare", bench_comparison, lm), run_stage("spec", bench_speculative, lm),
-            run_stage("traits", bench_traits, lm), run_stage("batch", bench_batch, lm)]
+            run_stage("traits", bench_traits, lm), run_stage("batch", bench_batch, lm),
+            run_stage("pages", bench_pages, PROJECT_ROOT)]
     if not all(done):
         sys.exit(1)
 

@@ -1,10 +1,11 @@
-"""`make bench` stage "traits": what per-token trait monitoring costs, and extraction time.
+"""`make bench` stage "traits": what per-token trait monitoring costs, and extraction times.
 
 Generation with 8 traits projected at every token (each at its own default layer) against
 the same decode loop with nothing projected, and against the Default page's generation
 (records for streaming included), 64 new tokens, runs interleaved, medians; the monitored
 and unmonitored answers must be identical. Then prompt-last extraction of one trait
-(5 instruction pairs × 12 questions × 2 sides = 120 forward passes).
+(5 instruction pairs × 12 questions × 2 sides = 120 forward passes), and its
+response-average extraction at the page's defaults (120 answers generated, then averaged).
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ from perplex.core.records import DecodeParams, Message
 from perplex.engine import LocalEngine
 from perplex.modes.traits.definitions import shipped_traits
 from perplex.modes.traits.monitor import Monitor, monitor_generate
-from perplex.modes.traits.vectors import extract_prompt_last
+from perplex.modes.traits.vectors import (
+    RESPONSE_TOKENS,
+    extract_prompt_last,
+    extract_response_average,
+)
 
 REPEATS = 3
 PROMPT = (Message("user", "Tell me about your favourite book and why you like it."),)
@@ -57,3 +62,11 @@ def bench_traits(lm) -> None:
     print(f"traits  prompt-last extraction of one trait (sycophancy, 120 passes): "
           f"{extraction:.1f} s; held-out AUROC at its layer {first.default_layer}: "
           f"{first.auroc[first.default_layer]:.3f}", flush=True)
+    started = time.perf_counter()
+    averaged = extract_response_average(engine, traits["sycophancy"], RESPONSE_TOKENS)
+    seconds = time.perf_counter() - started
+    answers = 2 * len(traits["sycophancy"].pairs) * len(traits["sycophancy"].questions)
+    print(f"traits  response-average extraction of one trait (sycophancy, the page's "
+          f"defaults: {answers} answers of at most {RESPONSE_TOKENS} tokens, no judge): "
+          f"{seconds:.1f} s; held-out AUROC at its layer {averaged.default_layer}: "
+          f"{averaged.auroc[averaged.default_layer]:.3f}", flush=True)

@@ -21,6 +21,7 @@ XPath selectors do not pierce them.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -243,3 +244,22 @@ def open_app() -> Callable[..., None]:
         wait_for_script(page, timeout)
 
     return load
+
+
+def stop_run(page, total: int, unit: str, timeout: float = WORK_TIMEOUT) -> int:
+    """Press Stop once a many-item run (`ui.runs`) has finished an item; the items it kept.
+
+    What it kept is read from its "Stopped: n of total unit done" line.
+    """
+    page.get_by_text(re.compile(rf"^[1-9][\d,]* of {total:,} {unit} · ")).wait_for(
+        timeout=timeout)
+    page.get_by_role("button", name="Stop", exact=True).click()
+    return stopped_at(page, total, unit, timeout)
+
+
+def stopped_at(page, total: int, unit: str, timeout: float = WORK_TIMEOUT) -> int:
+    """The items a stopped run shows as done, once its status line is there."""
+    pattern = re.compile(rf"^Stopped: ([\d,]+) of {total:,} {unit} done")
+    status = page.get_by_text(pattern)
+    status.wait_for(timeout=timeout)
+    return int(pattern.search(status.inner_text())[1].replace(",", ""))

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from tests.browser.conftest import stop_run
 from tests.browser.test_investigation import (  # noqa: F401 (fixtures)
     FINAL_TOK,
     WORK_TIMEOUT,
@@ -118,12 +119,8 @@ def test_alert_appears_while_the_answer_streams(hallucination_page, screenshot):
     set_number(page, "answers to sample", "12")
     page.get_by_role("button", name="Sample answers").click()
     page.get_by_text(re.compile(r"^([2-9]|1[01]) of 12 answers · ")).wait_for(
-        timeout=WORK_TIMEOUT)
-    page.get_by_role("button", name="Stop", exact=True).click()
-    stopped = re.compile(r"^Stopped: (\d+) of 12 answers done")
-    status = page.get_by_text(stopped)
-    status.wait_for(timeout=WORK_TIMEOUT)
-    done = int(stopped.search(status.inner_text())[1])
+        timeout=WORK_TIMEOUT)  # two answers, so that there is something to count
+    done = stop_run(page, 12, "answers")
     assert 2 <= done < 12
     page.get_by_text(re.compile(rf"(holds \d+ of {done} answers|no two of the {done} answers)")
                      ).wait_for()

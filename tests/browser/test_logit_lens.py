@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import statistics
 
@@ -14,7 +13,7 @@ import pytest
 from perplex.core.plots import visible_token
 from perplex.core.settings import PROJECT_ROOT
 from perplex.engine.registry import local_engine
-from tests.browser.conftest import REPO_ROOT, SCREENSHOTS, wait_for_script
+from tests.browser.conftest import REPO_ROOT, SCREENSHOTS, stop_run, wait_for_script
 
 pytestmark = pytest.mark.browser
 MODELS = str(PROJECT_ROOT / "data" / "models")
@@ -144,12 +143,7 @@ def test_patching_sandbox_swaps_rome_for_paris(streamlit_app, page, open_app, sc
     assert "flips to the source's answer" in text and "Paris" in text and "Rome" in text
     page.get_by_role("button", name="Sweep every layer × position").click()
     # Stop after a few layers: they are kept and drawn (10 positions each); Resume does the rest
-    page.get_by_text(re.compile(r"^[1-9]\d* of 31 layers · ")).wait_for(timeout=120_000)
-    page.get_by_role("button", name="Stop", exact=True).click()
-    stopped = re.compile(r"^Stopped: (\d+) of 31 layers done")
-    status = page.get_by_text(stopped)
-    status.wait_for(timeout=120_000)
-    swept = int(stopped.search(status.inner_text())[1])
+    swept = stop_run(page, 31, "layers", timeout=120_000)
     page.get_by_text(f"Sweep: {10 * swept} patches").wait_for()
     page.get_by_role("button", name=f"Resume ({31 - swept} left)").click()
     caption = page.get_by_text("Sweep: 310 patches")

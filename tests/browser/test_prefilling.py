@@ -13,7 +13,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import VIEWPORT
+from tests.browser.conftest import VIEWPORT, stop_run, stopped_at
 from tests.browser.test_investigation import (
     FINAL_TOK,
     MODEL_TIMEOUT,
@@ -236,13 +236,9 @@ def test_many_prompts_table_and_a_ten_thousand_line_upload(prefilling, screensho
                      ).wait_for(timeout=WORK_TIMEOUT)  # two batches done: pace and estimate
     scroll_to(progress)
     screenshot(page, "prefilling_7_ten_thousand_running")
-    page.get_by_role("button", name="Stop", exact=True).click()
-    stopped = re.compile(r"^Stopped: ([\d,]+) of 10,000 prompts done")
-    status = page.get_by_text(stopped)
-    status.wait_for(timeout=WORK_TIMEOUT)
+    scored = stop_run(page, 10_000, "prompts")
     page.get_by_text("2 blank lines skipped.").wait_for()
     settle(page)
-    scored = int(stopped.search(status.inner_text())[1].replace(",", ""))
     assert 4 <= scored < 10_000
     assert page.get_by_role("button", name="Stop", exact=True).count() == 0
     assert page.get_by_role("button", name=f"Resume ({10_000 - scored:,} left)").is_visible()
@@ -253,16 +249,9 @@ def test_many_prompts_table_and_a_ten_thousand_line_upload(prefilling, screensho
     screenshot(page, "prefilling_8_ten_thousand_stopped")
     # a reload shows the stopped list as it was; Resume scores on from there
     page.reload()
-    status = page.get_by_text(stopped)
-    status.wait_for(timeout=MODEL_TIMEOUT)
-    assert int(stopped.search(status.inner_text())[1].replace(",", "")) == scored
+    assert stopped_at(page, 10_000, "prompts", MODEL_TIMEOUT) == scored
     page.get_by_role("button", name=f"Resume ({10_000 - scored:,} left)").click()
-    page.get_by_text(re.compile(r"^[\d,]+ of 10,000 prompts · .* per second")).wait_for(
-        timeout=WORK_TIMEOUT)
-    page.get_by_role("button", name="Stop", exact=True).click()
-    status = page.get_by_text(stopped)
-    status.wait_for(timeout=WORK_TIMEOUT)
-    assert int(stopped.search(status.inner_text())[1].replace(",", "")) > scored
+    assert stop_run(page, 10_000, "prompts") > scored
     assert_no_exception(page)
 
 

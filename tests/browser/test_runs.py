@@ -11,14 +11,20 @@ import re
 
 import pytest
 
-from tests.browser.conftest import MODEL_TIMEOUT, WORK_TIMEOUT, open_mode, settle
+from tests.browser.conftest import (
+    MODEL_TIMEOUT,
+    WORK_TIMEOUT,
+    open_mode,
+    settle,
+    stop_run,
+    stopped_at,
+)
 from tests.browser.test_investigation import assert_no_exception, scroll_to
 
 pytestmark = pytest.mark.browser
 
 PROMPTS = ["Name a colour.", "Name a fruit.", "Name a city.", "Name an animal.",
            "Name a number.", "Name a tree."]
-STOPPED = re.compile(r"^Stopped: (\d) of 6 prompts done")
 
 
 def stop_reload_resume(page, button: str, screenshot, name: str) -> None:
@@ -27,20 +33,13 @@ def stop_reload_resume(page, button: str, screenshot, name: str) -> None:
     scroll_to(box)
     box.fill("\n".join(PROMPTS))
     page.get_by_role("button", name=button).click()
-    page.get_by_text(re.compile(r"^[1-5] of 6 prompts · ")).wait_for(timeout=WORK_TIMEOUT)
-    page.get_by_role("button", name="Stop", exact=True).click()
-    status = page.get_by_text(STOPPED)
-    status.wait_for(timeout=WORK_TIMEOUT)
-    settle(page)
-    done = int(STOPPED.search(status.inner_text())[1])
+    done = stop_run(page, 6, "prompts")
     assert 1 <= done < 6
+    settle(page)
     assert page.get_by_role("button", name="Stop", exact=True).count() == 0
-    scroll_to(status)
     screenshot(page, f"{name}_1_stopped")
     page.reload()  # the stopped list is kept in the session: the reload shows it as it was
-    status = page.get_by_text(STOPPED)
-    status.wait_for(timeout=MODEL_TIMEOUT)
-    assert int(STOPPED.search(status.inner_text())[1]) == done
+    assert stopped_at(page, 6, "prompts", MODEL_TIMEOUT) == done
     page.get_by_role("button", name=f"Resume ({6 - done} left)").click()
     page.get_by_text("6 of 6 prompts done.").wait_for(timeout=6 * WORK_TIMEOUT)
     settle(page)
@@ -92,21 +91,12 @@ def test_response_average_answers_stop_reload_and_resume_into_vectors(browser, a
     tokens.press("Enter")
     settle(page)
     page.get_by_role("button", name=re.compile(r"^Extract 3 vector")).click()
-    # a chunk done ("0 of 360 answers · starting…" shows first)
-    page.get_by_text(re.compile(r"^[1-9]\d* of 360 answers · ")).wait_for(timeout=WORK_TIMEOUT)
-    page.get_by_role("button", name="Stop", exact=True).click()
-    stopped = re.compile(r"^Stopped: (\d+) of 360 answers done")
-    status = page.get_by_text(stopped)
-    status.wait_for(timeout=WORK_TIMEOUT)
-    done = int(stopped.search(status.inner_text())[1])
+    done = stop_run(page, 360, "answers")
     assert 16 <= done < 360
     settle(page)
-    scroll_to(status)
     screenshot(page, "runs_traits_1_stopped")
     page.reload()
-    status = page.get_by_text(stopped)
-    status.wait_for(timeout=MODEL_TIMEOUT)
-    assert int(stopped.search(status.inner_text())[1]) == done
+    assert stopped_at(page, 360, "answers", MODEL_TIMEOUT) == done
     page.get_by_role("button", name=f"Resume ({360 - done} left)").click()
     page.get_by_text("vector norm and separation by layer").wait_for(timeout=6 * WORK_TIMEOUT)
     settle(page)
