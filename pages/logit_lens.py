@@ -23,7 +23,7 @@ from perplex.lens.logit_lens import compute_lens
 from perplex.lens.plots import lens_heatmap, lens_rows, lens_trajectory
 from perplex.lens.remote import ndif_lens
 from perplex.lens.trajectory import residual_trajectory
-from perplex.ui import page_state, resources
+from perplex.ui import page_state, resources, url_state
 from perplex.ui.conditioning import encode_text, system_prompt_control
 from perplex.ui.entry import run_inside_the_app
 from perplex.ui.lens_view import lens_view
@@ -68,7 +68,7 @@ def _requested_generation() -> tuple[str, int | None] | None:
     opened = page_state.take_lens_request()
     if opened is not None:
         return opened.generation_id, opened.position
-    wanted = st.query_params.get("generation")
+    wanted = url_state.wanted_generation()
     if wanted and st.session_state.get(f"{PREFIX}.from_query") != wanted:
         st.session_state[f"{PREFIX}.from_query"] = wanted
         return wanted, None

@@ -157,3 +157,12 @@ def test_the_check_sees_a_concrete_engine_import(tmp_path):
                    "from perplex.engine import LocalEngine\n")
     assert concrete_engine_imports(bad) == {"perplex.engine.local.anatomy",
                                             "perplex.engine.openai_compat", "LocalEngine"}
+
+
+def test_the_address_bar_is_read_and_written_in_one_module():
+    """One house, point 4: session, share link and generation in the URL, one module."""
+    owner = CORE / "ui" / "url_state.py"
+    others = [str(path.relative_to(ROOT)) for path in sources() + [ROOT / "app.py"]
+              if path != owner and "query_params" in path.read_text()]
+    assert others == []
+    assert "query_params" in owner.read_text()

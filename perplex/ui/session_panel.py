@@ -17,7 +17,7 @@ import streamlit as st
 
 from perplex.core.errors import PerplexError
 from perplex.core.records import Generation
-from perplex.ui import page_state, resources
+from perplex.ui import page_state, resources, url_state
 from perplex.ui.text import plain
 from perplex.workspace.sessions import (
     Session,
@@ -82,11 +82,11 @@ def session_settings() -> dict:
 
 def open_from_url() -> None:
     """Follow `?share=<token>` or `?session=<id>` once per change of the URL."""
-    token, wanted = st.query_params.get("share"), st.query_params.get("session")
-    marker = (token, wanted)
-    if not (token or wanted) or st.session_state.get("perplex.session_url") == marker:
+    found = url_state.address()
+    if found.empty or url_state.followed() == found:
         return
-    st.session_state["perplex.session_url"] = marker
+    url_state.follow(found)
+    token, wanted = found.share, found.session
     try:
         if token:
             wanted = shared_session(resources.store(), token)
@@ -107,14 +107,8 @@ def keep_in_url() -> None:
     one click in the navigation lost the session, and a share-link viewer their view.
     """
     sid = current_session_id()
-    if sid is None:
-        return
-    token, _ = st.session_state.get("perplex.session_url", (None, None))
-    if token:
-        if st.query_params.get("share") != token:
-            st.query_params["share"] = token
-    elif st.query_params.get("session") != sid:
-        st.query_params["session"] = sid
+    if sid is not None:
+        url_state.show(sid, url_state.followed().share)
 
 
 def switch_to(session: Session, read_only: bool, share_token: str | None = None) -> None:
@@ -122,13 +116,7 @@ def switch_to(session: Session, read_only: bool, share_token: str | None = None)
     page_state.forget_current_generations()  # pages reload theirs from the session's settings
     st.session_state[SESSION_KEY] = session.id
     st.session_state[READ_ONLY_KEY] = read_only
-    if share_token:
-        st.query_params.pop("session", None)
-        st.query_params["share"] = share_token
-    else:
-        st.query_params.pop("share", None)
-        st.query_params["session"] = session.id
-    st.session_state["perplex.session_url"] = (share_token, None if share_token else session.id)
+    url_state.show(session.id, share_token)
     if not read_only:
         touch_session(resources.store(), session.id)
 
@@ -235,8 +223,7 @@ def _forget_open_session() -> None:
     st.session_state.pop(SESSION_KEY, None)
     st.session_state.pop(READ_ONLY_KEY, None)
     page_state.forget_current_generations()
-    st.query_params.pop("session", None)
-    st.query_params.pop("share", None)
+    url_state.clear()
 
 
 def save_to_session(generation: Generation, page_key: str) -> Generation:

@@ -11,7 +11,7 @@ from perplex.core.errors import PerplexError
 from perplex.core.formats import MAX_UPLOAD_BYTES, ParsedUpload, Transcript, parse_upload
 from perplex.core.records import Generation
 from perplex.engine.protocol import Engine
-from perplex.ui import resources
+from perplex.ui import resources, url_state
 from perplex.ui.conditioning import text_prefix
 from perplex.ui.file_input import uploaded_file
 from perplex.ui.session_panel import current_session_id, remember, save_to_session
@@ -38,7 +38,7 @@ def upload_panel(prefix: str, target_key: str, engine: Engine | None) -> None:
 
 def open_from_query(target_key: str) -> None:
     """Open the saved generation named by `?generation=<id>` in the URL, once."""
-    wanted = st.query_params.get("generation")
+    wanted = url_state.wanted_generation()
     current = st.session_state.get(target_key)
     if not wanted or (current is not None and current.id == wanted) or \
             st.session_state.get(f"{target_key}.opened_from_query") == wanted:
