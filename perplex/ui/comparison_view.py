@@ -221,15 +221,8 @@ def show(comparison_id: str, run: PairRun, conditions: dict) -> None:
 
 def restore() -> None:
     """After a reload or on opening a session, put back the comparison the page showed."""
-    if RUN_KEY in st.session_state:
-        return
-    comparison_id = session_panel.session_settings().get(RUN_KEY)
-    if comparison_id:
-        try:
-            run, conditions = load_comparison(resources.store(), comparison_id)
-            st.session_state[RUN_KEY] = Shown(comparison_id, run, conditions)
-        except PerplexError as exc:
-            st.warning(plain(str(exc)))
+    session_panel.restore(RUN_KEY, lambda comparison_id: Shown(
+        comparison_id, *load_comparison(resources.store(), comparison_id)))
 
 
 def results_section() -> None:

@@ -226,14 +226,7 @@ def show(stored: StoredDecoding) -> None:
 
 def restore() -> None:
     """After a reload or on opening a session, put back the run the page showed."""
-    if SHOWN_KEY in st.session_state:
-        return
-    run_id = session_panel.session_settings().get(SHOWN_KEY)
-    if run_id:
-        try:
-            st.session_state[SHOWN_KEY] = load_decoding(resources.store(), run_id)
-        except PerplexError as exc:
-            st.warning(plain(str(exc)))
+    session_panel.restore(SHOWN_KEY, lambda run_id: load_decoding(resources.store(), run_id))
 
 
 def _answer_steps(gen) -> tuple[TokenStep, ...]:

@@ -10,6 +10,7 @@ offers what they allow.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
@@ -235,18 +236,26 @@ def save_to_session(generation: Generation, page_key: str) -> Generation:
     return saved
 
 
-def restore_current(page_key: str) -> None:
-    """After a reload or on opening a session, put back the generation the page showed.
+def restore(key: str, load: Callable[[str], object]) -> None:
+    """After a reload or on opening a session, put back what the page showed under `key`.
 
-    Once per tab and session: from then on the tab shows its own work (None: nothing yet),
-    so another tab of the same session saving a generation never replaces it.
+    The one restore path: pages `remember` the id of what they show, and `load(id)` reads
+    it back. Once per tab and session: from then on the tab shows its own work (None:
+    nothing yet), so another tab of the same session saving something never replaces it.
     """
-    if page_key in st.session_state:
+    sid, marker = current_session_id(), f"{key}.restored_for"
+    if key in st.session_state and st.session_state.get(marker) == sid:
         return
-    st.session_state[page_key] = None
-    generation_id = session_settings().get(page_key)
-    if generation_id:
+    st.session_state[marker] = sid
+    st.session_state.setdefault(key, None)
+    wanted = session_settings().get(key)
+    if wanted:
         try:
-            st.session_state[page_key] = resources.store().load_generation(generation_id)
+            st.session_state[key] = load(wanted)
         except PerplexError as exc:
             st.warning(plain(str(exc)))
+
+
+def restore_current(page_key: str) -> None:
+    """Put back the generation a page showed (`restore` of a generation)."""
+    restore(page_key, resources.store().load_generation)
