@@ -82,7 +82,7 @@ $(LLAMA_STAMP): $(STAMP)
 USERS ?= users.txt
 serve-team: setup model variants
 	PERPLEX_HOSTED=1 PERPLEX_USERS="$(USERS)" $(VENV)/bin/streamlit run app.py \
-	  --server.port $(PORT) --server.address $(ADDRESS)
+	  --server.port $(PORT) --server.address $(ADDRESS) --client.showErrorDetails none
 
 # Serve the bundled model on an OpenAI-compatible endpoint (point the sidebar's Engine at it).
 OPENAI_PORT ?= 8000

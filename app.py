@@ -4,7 +4,7 @@ import logging
 
 import streamlit as st
 
-from perplex.ui.entry import app_running
+from perplex.ui.entry import app_running, errors_kept_on_the_server
 from perplex.ui.live import keep_stopped
 from perplex.ui.resources import ICON, LOADED_KEY
 from perplex.ui.sidebar import render_sidebar
@@ -34,5 +34,5 @@ navigation = st.navigation(PAGES, position="hidden" if sign_in_pending() else "s
 require_sign_in()  # hosted: the sign-in form, and nothing else, until a visitor signs in
 keep_stopped()  # answers a Stop ended in the previous run are saved before anything is drawn
 st.session_state[LOADED_KEY] = render_sidebar()
-with app_running():
+with app_running(), errors_kept_on_the_server():
     navigation.run()

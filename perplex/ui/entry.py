@@ -10,6 +10,8 @@ ends its own run.
 
 from __future__ import annotations
 
+import logging
+import secrets
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,11 +19,14 @@ from pathlib import Path
 
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
+from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
 
 from perplex.core.settings import PROJECT_ROOT
+from perplex.ui import resources
 
 APP = PROJECT_ROOT / "app.py"
 _run = threading.local()  # each script run has its own thread
+LOG = logging.getLogger("perplex.errors")
 
 
 @contextmanager
@@ -51,3 +56,25 @@ def _app_is_the_entry() -> bool:
     context = get_script_run_ctx()
     entry = getattr(getattr(context, "pages_manager", None), "main_script_path", None)
     return entry is not None and Path(entry).resolve() == APP.resolve()
+
+
+@contextmanager
+def errors_kept_on_the_server() -> Iterator[None]:
+    """On a hosted server, an unexpected error shows a short message with a reference.
+
+    Its trace, with the same reference, goes to the server's log: a visitor sees no code,
+    path or value of the server. Locally the error shows as Streamlit shows it, trace and
+    all, for the person who runs the app is the one who debugs it.
+    """
+    try:
+        yield
+    except ScriptControlException:  # Streamlit's own stop and rerun signals
+        raise
+    except Exception:
+        if not resources.settings().hosted:
+            raise
+        reference = secrets.token_hex(4)
+        LOG.exception("unexpected error, reference %s", reference)
+        st.error(f"Something went wrong on the server (reference {reference}). What you saved "
+                 "is kept; try again, and if it happens again, give the administrator this "
+                 "reference: the details are in the server's log.")
