@@ -97,7 +97,7 @@ def test_a_prompt_preset_changes_what_is_asked(bundled_lm, perplex_home):
     from perplex.workspace.calibration_store import load_results
 
     with Store.open(perplex_home / "perplex.duckdb") as store:
-        [result] = load_results(store, at.session_state["calib.run_id"])
+        [result] = load_results(store, at.session_state["calib.runs.job"])
         asked = store.load_generation(result.generation_id).messages[0].content
     assert "in words (certain, very likely" in asked
 

@@ -420,11 +420,15 @@ def test_many_prompts_skip_blank_lines_and_a_row_opens_its_prompt(page, perplex_
     page.text_area(key="prefill.batch_text").set_value("Hi\n\n  \nI'm sorry\n")
     page.button[-1].click().run()  # the batch form's submit button is the last one
     assert not page.exception and not page.error
-    assert any("2 of 2 prompts scored · 2 blank lines skipped" in m.value
-               for m in page.markdown)
-    job = page.session_state["prefill.job"]
-    assert job.finished and [r.prompt for _, r in job.scored()] == ["Hi", "I'm sorry"]
-    assert stored(perplex_home) == ([], [])  # scoring a list saves nothing
+    captions = [c.value for c in page.caption]
+    assert "2 of 2 prompts done." in captions and "2 blank lines skipped." in captions
+    sessions, _ = stored(perplex_home)  # the list is kept in a session: a reload shows it
+    assert len(sessions) == 1
+    with Store.open(perplex_home / "perplex.duckdb") as store:
+        records = item_records(store, page.session_state["prefill.list.job"])
+    assert sorted(r.item["prompt"] for r in records) == ["Hi", "I'm sorry"]
+    assert [r.item["line"] for r in sorted(records, key=lambda r: r.item["line"])] == [1, 4]
+    assert all(r.status == "done" and r.result["top_ids"] for r in records)
 
 
 def test_own_sets_are_added_shown_at_the_first_token_and_deleted(page, perplex_home, tiny_lm):

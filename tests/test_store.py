@@ -73,6 +73,12 @@ EXPECTED_SCHEMA = {
     "share_links": [("token", "VARCHAR"), ("session_id", "VARCHAR"),
                     ("created_at", "TIMESTAMP WITH TIME ZONE"),
                     ("revoked_at", "TIMESTAMP WITH TIME ZONE")],
+    "jobs": [("id", "VARCHAR"), ("session_id", "VARCHAR"), ("kind", "VARCHAR"),
+             ("label", "VARCHAR"), ("settings", "JSON"), ("total", "INTEGER"),
+             ("created_at", "TIMESTAMP WITH TIME ZONE")],
+    "job_items": [("job_id", "VARCHAR"), ("idx", "INTEGER"), ("item", "JSON"),
+                  ("status", "VARCHAR"), ("result", "JSON"), ("error", "VARCHAR"),
+                  ("seconds", "DOUBLE"), ("tokens", "INTEGER")],
     "calibration_results": [
         ("run_id", "VARCHAR"), ("item_id", "VARCHAR"), ("ordinal", "INTEGER"),
         ("generation_id", "VARCHAR"), ("answer", "VARCHAR"), ("stated", "VARCHAR"),

@@ -22,8 +22,10 @@ from tests.browser.test_investigation import (
     QUESTION,
     answer_text,
     ask,
+    assert_no_exception,
     chat_box,
     session_of,
+    set_max_new_tokens,
     settle,
     share_link,
 )
@@ -84,11 +86,6 @@ def open_sessions(page):
     """The sidebar's "Sessions" list, expanded."""
     sidebar(page).locator("summary").filter(has_text="Sessions").click()
     return sidebar(page)
-
-
-def assert_no_exception(page) -> None:
-    errors = page.locator('[data-testid="stException"]')
-    assert errors.count() == 0, errors.all_inner_texts()
 
 
 def test_a_read_only_share_stays_read_only_and_others_see_nothing(visitor, screenshot):
@@ -187,3 +184,107 @@ def test_four_users_generating_at_once_get_the_answers_they_get_alone(visitor):
     assert len({session_of(person.page) for person in people}) == len(USERS)
     for person in people:
         assert_no_exception(person.page)
+
+
+def _fill(page, label: str, value: str) -> None:
+    field = page.get_by_label(label, exact=True).and_(page.locator("input, textarea"))
+    field.fill(value)
+    field.press("Enter" if value.isdigit() else "Tab")
+    settle(page)
+
+
+# Each page's main action, cut short (few tokens, few items), and what shows it done.
+def _default(page) -> None:
+    ask(page)
+
+
+def _lens(page) -> None:
+    _fill(page, "Prompt", "The capital of France is")
+    page.get_by_role("button", name="Look through the lens").click()
+    page.locator(".lv-cell").last.wait_for(timeout=WORK_TIMEOUT)
+
+
+def _prefilling(page) -> None:
+    _fill(page, "Prompt", "How do I bake bread?")
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.locator("[data-testid='first-token']").wait_for(timeout=WORK_TIMEOUT)
+
+
+def _hallucination(page) -> None:
+    page.get_by_label("Question").fill(QUESTION)
+    page.get_by_role("button", name="Ask", exact=True).click()
+    page.get_by_text(re.compile(r"^\d+ alerts in \d+ tokens")).wait_for(timeout=WORK_TIMEOUT)
+
+
+def _calibration(page) -> None:
+    _fill(page, "items to answer", "2")
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.get_by_text(re.compile(r"Accuracy \d\.\d{3} over 2 items")).wait_for(
+        timeout=WORK_TIMEOUT)
+
+
+def _comparison(page) -> None:
+    page.get_by_role("button", name="Generate both").click()
+    page.get_by_text(re.compile(r"^diverge at token \d+: |^The answers are identical")
+                     ).wait_for(timeout=WORK_TIMEOUT)
+
+
+def _decoding(page) -> None:
+    _fill(page, "New tokens at most", "6")
+    page.get_by_role("button", name="Run the method and greedy").click()
+    page.get_by_text(re.compile(r"^The same \d+ tokens as plain greedy|^Leaves plain greedy")
+                     ).wait_for(timeout=WORK_TIMEOUT)
+
+
+def _traits(page) -> None:
+    # one trait of the three chosen at first (Backspace takes the last chosen off)
+    chosen = page.locator('[data-testid="stMultiSelect"]').filter(has_text="Traits")
+    chosen.locator("input").click()
+    for _ in range(2):
+        chosen.locator("input").press("Backspace")
+    page.keyboard.press("Escape")
+    settle(page)
+    page.get_by_role("button", name=re.compile(r"^Extract 1 vector")).click()
+    page.get_by_text("vector norm and separation by layer").wait_for(timeout=3 * WORK_TIMEOUT)
+
+
+def _batch(page, upload) -> None:
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(upload)
+    settle(page)
+    page.get_by_role("button", name="Create the batch and run it").click()
+    page.get_by_text("2 of 2 items done.").wait_for(timeout=WORK_TIMEOUT)
+
+
+def test_two_users_open_every_page_in_turn_and_do_its_main_action(visitor, tmp_path,
+                                                                  screenshot):
+    """Hardening issue, point 2: two signed-in users, every page, its main action, no error.
+
+    Whatever a page creates on its first open is its opener's (Calibration's sample data
+    was created with fixed ids owned by the first user: the second got a traceback).
+    """
+    upload = tmp_path / "two.jsonl"
+    upload.write_text('{"prompt": "Name a colour."}\n{"prompt": "Name a fruit."}\n')
+    actions = {"Default": _default, "Logit Lens": _lens, "Prefilling": _prefilling,
+               "Hallucination": _hallucination, "Calibration": _calibration,
+               "Comparison": _comparison, "Decoding": _decoding, "Persona Traits": _traits,
+               "Batch": lambda page: _batch(page, upload)}
+    users = {name: visitor(name) for name in ("alice", "bob")}
+    for who in users.values():
+        who.go()
+        set_max_new_tokens(who.page, "6")
+    for link, action in actions.items():
+        for name, who in users.items():
+            page = who.page
+            page.get_by_role("link", name=link).click()
+            settle(page, LOAD_TIMEOUT)
+            try:
+                action(page)
+            finally:
+                screenshot(page, f"team_every_page_{name}_{link.replace(' ', '_')}")
+            settle(page, WORK_TIMEOUT)
+            assert_no_exception(page)
+            errors = page.locator('[data-testid="stAlertContentError"]').all_inner_texts()
+            assert errors == [], (name, link, errors)
+    # each one's work is in their own session, none in the other's
+    sessions = {name: session_of(who.page) for name, who in users.items()}
+    assert len(set(sessions.values())) == 2
