@@ -29,7 +29,7 @@ from perplex.ui.text import count, plain
 from perplex.ui.token_view import Overlay, token_view
 from perplex.workspace.comparison_store import list_comparisons, load_comparison, save_comparison
 from perplex.workspace.exports import frame_csv, provenance, with_provenance
-from perplex.workspace.jobs import create_job, reset_failed
+from perplex.workspace.jobs import reset_failed
 from perplex.workspace.store import params_from_dict, params_to_json
 
 PREFIX = "comparison"
@@ -433,15 +433,10 @@ def dataset_section(a: Side, b: Side, conditions: dict, params: DecodeParams,
     listed = prompt_list_form(f"{PREFIX}.many", "Compare every prompt", disabled=viewing_only)
     store = resources.store()
     if listed is not None:
-        try:
-            job = create_job(store, session_panel.session_for_saving(), MANY_KIND,
-                             f"{a.engine.info.label} vs {b.engine.info.label}",
-                             {**_pair(a, b), "params": json.loads(params_to_json(params)),
-                              "approximate": approximate},
-                             [{"prompt": p} for p in listed.prompts])
-            runs.start(MANY_KEY, job.id)
-        except PerplexError as exc:
-            st.error(plain(str(exc)))
+        runs.start_job(MANY_KEY, MANY_KIND, f"{a.engine.info.label} vs {b.engine.info.label}",
+                       {**_pair(a, b), "params": json.loads(params_to_json(params)),
+                        "approximate": approximate},
+                       lambda: [{"prompt": p} for p in listed.prompts])
     job = runs.shown_job(MANY_KEY, MANY_KIND)
     if job is None:
         return

@@ -12,7 +12,6 @@ import statistics
 import pandas as pd
 import streamlit as st
 
-from perplex.core.errors import PerplexError
 from perplex.core.records import Message
 from perplex.engine.protocol import Engine
 from perplex.modes.decoding.run import method_params, method_settings, run_method
@@ -22,7 +21,7 @@ from perplex.ui.decoding_view import PREFIX, SHOWN_KEY, Setup, save_result, show
 from perplex.ui.prompt_list import prompt_list_form
 from perplex.ui.text import plain
 from perplex.workspace.decoding_store import list_decodings, load_decoding
-from perplex.workspace.jobs import create_job, reset_failed
+from perplex.workspace.jobs import reset_failed
 
 RUN_KEY = f"{PREFIX}.many_run"
 KIND = "decoding"
@@ -36,13 +35,9 @@ def many_section(engine: Engine, setup: Setup | None, system: tuple[Message, ...
                               disabled=viewing_only or setup is None)
     store = resources.store()
     if listed is not None and setup is not None:
-        try:
-            job = create_job(store, session_panel.session_for_saving(), KIND,
-                             type(setup.params).__name__, _settings(engine, setup, system),
-                             [{"prompt": p} for p in listed.prompts])
-            runs.start(RUN_KEY, job.id)
-        except PerplexError as exc:
-            st.error(plain(str(exc)))
+        runs.start_job(RUN_KEY, KIND, type(setup.params).__name__,
+                       _settings(engine, setup, system),
+                       lambda: [{"prompt": p} for p in listed.prompts])
     job = runs.shown_job(RUN_KEY, KIND)
     if job is None:
         return

@@ -19,7 +19,7 @@ from perplex.ui.live import LiveGeneration, kept
 from perplex.ui.sidebar import thresholds
 from perplex.ui.text import plain
 from perplex.ui.transcript import highlight_key, jump_to, provenance_caption, show_transcript
-from perplex.workspace.jobs import create_job, item_records
+from perplex.workspace.jobs import item_records
 from perplex.workspace.store import params_from_dict, params_to_json
 
 PREFIX = "halluc"
@@ -168,14 +168,10 @@ def check_panel(engine: Engine, params: DecodeParams, gen: Generation) -> None:
     question = tuple(m for m in gen.messages if m.role != "assistant")
     if st.button("Sample answers", key=f"{PREFIX}.sample", disabled=session_panel.read_only(),
                  help="Samples with seeds 0…N−1 at the decoding temperature (1 when greedy)."):
-        try:
-            runs.start(SAMPLES_KEY, create_job(
-                resources.store(), session_panel.session_for_saving(), f"samples:{gen.id}",
-                f"{int(n)} answers", {"model": engine.info.label, "params": json.loads(
-                    params_to_json(replace(params, max_new_tokens=int(length))))},
-                [{"seed": seed} for seed in range(h.check_samples(int(n)))]).id)
-        except PerplexError as exc:
-            st.error(plain(str(exc)))
+        runs.start_job(SAMPLES_KEY, f"samples:{gen.id}", f"{int(n)} answers",
+                       {"model": engine.info.label, "params": json.loads(
+                           params_to_json(replace(params, max_new_tokens=int(length))))},
+                       lambda: [{"seed": seed} for seed in range(h.check_samples(int(n)))])
     sampled = _samples(engine, question, gen.id, compared)
     if sampled is not None:
         same = None if grouping == h.EXACT else h.judged_same(engine, gen.last_user_text)

@@ -22,10 +22,10 @@ from perplex.lens.patching import (
     sweep_rows,
 )
 from perplex.modes.runner import Finished, JobItems
-from perplex.ui import resources, runs, session_panel
+from perplex.ui import resources, runs
 from perplex.ui.conditioning import encode_text
 from perplex.ui.text import plain
-from perplex.workspace.jobs import create_job, item_records
+from perplex.workspace.jobs import item_records
 
 PREFIX = "lens.patch"
 SWEEP_KEY = f"{PREFIX}.sweep_run"  # the sweep of the prompts shown (ui.runs)
@@ -107,12 +107,8 @@ def patching_section(engine: Engine) -> None:
             st.error(plain(str(exc)))
     kind = _sweep_kind(source_ids, target_ids)
     if sweep_button.button("Sweep every layer × position", key=f"{PREFIX}.sweep"):
-        try:
-            runs.start(SWEEP_KEY, create_job(
-                resources.store(), session_panel.session_for_saving(), kind, "patch sweep",
-                {"model": engine.info.label}, [{"layer": n} for n in range(n_layers)]).id)
-        except PerplexError as exc:
-            st.error(plain(str(exc)))
+        runs.start_job(SWEEP_KEY, kind, "patch sweep", {"model": engine.info.label},
+                       lambda: [{"layer": n} for n in range(n_layers)])
     sweep = _sweep(engine, source_ids, target_ids, kind)
     result = st.session_state.get(f"{PREFIX}.result")
     if result is not None:

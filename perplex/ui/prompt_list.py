@@ -21,7 +21,7 @@ from perplex.modes.runner import Finished, JobItems
 from perplex.ui import resources, runs, session_panel
 from perplex.ui.file_input import uploaded_file
 from perplex.ui.text import plain
-from perplex.workspace.jobs import ItemRecord, create_job, item_records, reset_failed
+from perplex.workspace.jobs import ItemRecord, item_records, reset_failed
 
 KIND = "prefill"
 NUMBER_COLUMNS = {c: st.column_config.NumberColumn(format="%.3f")
@@ -114,19 +114,16 @@ def many_prompts(engine: Engine, prefix: str, refusal: prefill.WordSet,
     listed = prompt_list_form(f"{prefix}.batch", "Score first tokens",
                               disabled=session_panel.read_only())
     if listed is not None:
-        try:
+        def items() -> list[dict]:
             for word_set in (refusal, compliance):  # an empty set fails before a list starts
                 prefill.check_set(word_set, engine.info.vocab_size)
-            order = prefill.scoring_order(listed.prompts)
-            job = create_job(store, session_panel.session_for_saving(), KIND, engine.info.label,
-                             {"model": engine.info.label, "blank_lines": listed.blank_lines,
-                              "refusal": sets[0], "compliance": sets[1],
-                              "system": [m.content for m in system]},
-                             [{"prompt": listed.prompts[i], "line": listed.lines[i]}
-                              for i in order])
-            runs.start(key, job.id)
-        except PerplexError as exc:
-            st.error(plain(str(exc)))
+            return [{"prompt": listed.prompts[i], "line": listed.lines[i]}
+                    for i in prefill.scoring_order(listed.prompts)]
+
+        runs.start_job(key, KIND, engine.info.label,
+                       {"model": engine.info.label, "blank_lines": listed.blank_lines,
+                        "refusal": sets[0], "compliance": sets[1],
+                        "system": [m.content for m in system]}, items)
     job = runs.shown_job(key, KIND)
     if job is None:
         return

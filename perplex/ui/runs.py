@@ -21,7 +21,7 @@ from perplex.core.errors import PerplexError
 from perplex.modes.runner import ItemSource, Outcome, Progress, run_items
 from perplex.ui import resources, session_panel
 from perplex.ui.text import plain
-from perplex.workspace.jobs import Job, item_records, latest_job, load_job
+from perplex.workspace.jobs import Job, create_job, item_records, latest_job, load_job
 
 PREVIEW_EVERY_S = 3.0  # how often partial results under a running run are redrawn
 
@@ -54,6 +54,22 @@ def start(key: str, run_id: str) -> None:
     """Show the run `run_id` under `key` and run it from the next call of `drive`."""
     st.session_state[f"{key}.job"] = run_id
     st.session_state[f"{key}.running"] = run_id
+
+
+def start_job(key: str, kind: str, label: str, settings: dict,
+              items: Callable[[], Sequence[dict]]) -> None:
+    """Store a new job in this tab's session and run it under `key`.
+
+    `items()` may refuse its input with a PerplexError: the message shows, nothing is stored.
+    """
+    try:
+        made = list(items())
+        job = create_job(resources.store(), session_panel.session_for_saving(), kind, label,
+                         settings, made)
+    except PerplexError as exc:
+        st.error(plain(str(exc)))
+        return
+    start(key, job.id)
 
 
 def shown_job(key: str, kind: str) -> Job | None:

@@ -47,7 +47,6 @@ from perplex.workspace.exports import (
     with_provenance,
 )
 from perplex.workspace.jobs import (
-    create_job,
     item_records,
     load_job,
     reset_failed,
@@ -233,14 +232,8 @@ def _start_answers(engine: Engine, names: list[str], how: Extraction) -> None:
     settings = {"model": engine.info.label, "max_new_tokens": how.max_new_tokens,
                 "judge": how.judge, "endpoint": list(how.endpoint),
                 "traits": {name: defs[name].to_json() for name in names}}
-    try:
-        job = create_job(resources.store(), session_panel.session_for_saving(), ANSWERS_KIND,
-                         ", ".join(names), settings,
-                         [item for name in names for item in answer_items(defs[name])])
-    except PerplexError as exc:
-        st.error(plain(str(exc)))
-        return
-    runs.start(ANSWERS_KEY, job.id)
+    runs.start_job(ANSWERS_KEY, ANSWERS_KIND, ", ".join(names), settings,
+                   lambda: [item for name in names for item in answer_items(defs[name])])
 
 
 def _answers_run(engine: Engine, held: dict) -> None:
