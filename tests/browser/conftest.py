@@ -247,11 +247,13 @@ def open_app() -> Callable[..., None]:
 
 
 def stop_run(page, total: int, unit: str, timeout: float = WORK_TIMEOUT) -> int:
-    """Press Stop once a many-item run (`ui.runs`) has finished an item; the items it kept.
+    """Press Stop once a many-item run (`ui.runs`) has finished a chunk; the items it kept.
 
     What it kept is read from its "Stopped: n of total unit done" line.
     """
-    page.get_by_text(re.compile(rf"^[1-9][\d,]* of {total:,} {unit} · ")).wait_for(
+    # "per second" shows once this run has finished a chunk (a resumed run's bar starts
+    # at the items done before, with no pace yet)
+    page.get_by_text(re.compile(rf"^[1-9][\d,]* of {total:,} {unit} · .*per second")).wait_for(
         timeout=timeout)
     page.get_by_role("button", name="Stop", exact=True).click()
     return stopped_at(page, total, unit, timeout)

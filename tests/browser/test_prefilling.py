@@ -262,7 +262,7 @@ def test_a_prompt_line_with_markdown_shows_literally_in_its_button(prefilling):
     line = "![img](x) **bold** `code` <b>tag</b>"
     page.get_by_label("One prompt per line (blank lines are skipped)").fill(f"{line}\nHi\n")
     page.get_by_role("button", name="Score first tokens").click()
-    page.get_by_text("2 of 2 prompts scored").wait_for(timeout=WORK_TIMEOUT)
+    page.get_by_text("2 of 2 prompts done.").wait_for(timeout=WORK_TIMEOUT)
     settle(page)
     grid = page.locator('[data-testid="stDataFrame"]').last
     scroll_to(grid)
