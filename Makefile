@@ -27,7 +27,7 @@ test-fast: setup llama
 	$(PROJECT_MODELS)
 	$(PY) -m pytest -m "not browser and not slow"
 
-bench: setup browser
+bench: setup browser llama
 	$(PROJECT_MODELS)
 	$(PY) -m bench.run
 
