@@ -117,3 +117,37 @@ def test_paced_chunks_take_about_the_time_asked_within_bounds():
     assert size(0.5) == 8  # 8 items of 0.5 s: about 4 s
     assert size(10.0) == 1  # a slow model: one item at a time, the bar moves per item
     assert size(0.001) == 16  # a fast one: at most the largest chunk
+
+
+def _shown_jobs():
+    import streamlit as st
+
+    from perplex.ui import resources, runs
+    from perplex.ui.session_panel import SESSION_KEY
+    from perplex.workspace.jobs import create_job
+    from perplex.workspace.sessions import create_session
+
+    store = resources.store()
+    if "made" not in st.session_state:
+        first, second = create_session(store, "one"), create_session(store, "two")
+        a = create_job(store, first.id, "samples:A", "a", {}, [{"seed": 0}])
+        b = create_job(store, first.id, "samples:B", "b", {}, [{"seed": 0}])
+        other = create_job(store, second.id, "samples:A", "other", {}, [{"seed": 0}])
+        st.session_state["made"] = (first.id, second.id, a.id, b.id, other.id)
+        st.session_state[SESSION_KEY] = first.id
+        runs.start("k", a.id)  # this tab sampled answer A
+    first, second, a, b, other = st.session_state["made"]
+    for kind in ("samples:A", "samples:B"):
+        job = runs.shown_job("k", kind)
+        st.markdown(f"{kind}: {job.label if job else None}")
+    st.session_state[SESSION_KEY] = second  # the next run: another session is open
+
+
+def test_a_page_shows_only_its_own_kind_of_job_in_the_open_session():
+    """Samples of answer A are not shown under answer B, nor in another session."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_function(_shown_jobs, default_timeout=30).run()
+    assert [m.value for m in at.markdown] == ["samples:A: a", "samples:B: b"]
+    at.run()  # session "two": its own job of kind A, none of kind B
+    assert [m.value for m in at.markdown] == ["samples:A: other", "samples:B: None"]

@@ -73,16 +73,21 @@ def start_job(key: str, kind: str, label: str, settings: dict,
 
 
 def shown_job(key: str, kind: str) -> Job | None:
-    """The job shown under `key`: this tab's, else (after a reload) the session's newest."""
-    store = resources.store()
+    """The job shown under `key`: this tab's, else (after a reload) the session's newest.
+
+    Only a job of `kind` in the open session: another answer's samples, another pair of
+    prompts' sweep or another session's list is not shown.
+    """
+    store, session_id = resources.store(), session_panel.current_session_id()
     wanted = st.session_state.get(f"{key}.job")
     if wanted is not None:
         try:
-            return load_job(store, wanted)
-        except PerplexError:  # deleted with its session, or another session opened
+            job = load_job(store, wanted)
+            if job.kind == kind and job.session_id == session_id:
+                return job
+        except PerplexError:  # deleted with its session
             st.session_state[f"{key}.job"] = None
-    found = latest_job(store, session_panel.current_session_id(), kind) \
-        if session_panel.current_session_id() else None
+    found = latest_job(store, session_id, kind) if session_id else None
     if found is not None:
         st.session_state[f"{key}.job"] = found.id
     return found
