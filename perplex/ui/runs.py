@@ -115,7 +115,7 @@ def drive(key: str, run_id: str, source: ItemSource, work: Callable[[Sequence], 
             st.session_state[running_key] = None
             stop.empty()
         else:
-            ended = _run(source, work, unit, chunk, preview)
+            ended = _run(source, work, unit, chunk, preview, (done, failed, total))
             st.session_state[running_key] = None
             stop.empty()
             if ended:
@@ -125,9 +125,13 @@ def drive(key: str, run_id: str, source: ItemSource, work: Callable[[Sequence], 
     _status(key, run_id, done, failed, total, unit, can_run, retry_failed, failures)
 
 
-def _run(source: ItemSource, work, unit: str, chunk, preview) -> bool:
-    """Run the pending items under a bar; False when the run failed (its error shown)."""
-    done, failed, total = source.counts()
+def _run(source: ItemSource, work, unit: str, chunk, preview,
+         counts: tuple[int, int, int]) -> bool:
+    """Run the pending items under a bar; False when the run failed (its error shown).
+
+    `counts` is (done, failed, total) as `drive` just read them.
+    """
+    done, failed, total = counts
     bar = st.progress((done + failed) / max(total, 1),
                       text=f"{done:,} of {total:,} {unit} · starting…")
     shown = st.empty()
