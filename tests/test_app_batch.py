@@ -40,6 +40,8 @@ def test_paste_run_filter_and_read(app):
         assert cur.execute("SELECT count(*), count(*) FILTER (WHERE status = 'done') "
                            "FROM batch_items").fetchall() == [(20, 20)]
     assert any("20 of 20 items" in m.value for m in at.markdown)
+    # every flag has its count, the repetition flag (seq-rep-4 ≥ 0.25) among them
+    assert "repetition \\(loop\\)" in [m.label for m in at.metric]  # markdown-escaped
     at.selectbox(key="batch.col0").set_value("n_tokens").run()
     at.selectbox(key="batch.op0.n_tokens").set_value(">").run()
     at.text_input(key="batch.value0.n_tokens").set_value("100").run()

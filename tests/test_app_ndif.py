@@ -8,6 +8,7 @@ serialised as for NDIF and run here, so the page's path is the real one up to th
 from __future__ import annotations
 
 import hashlib
+import re
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -97,7 +98,8 @@ def test_hallucination_alerts_come_from_the_ndif_engine(app, tiny_on_ndif_path):
     assert generation.model_label == "tiny (NDIF)" and generation.response_steps
     found = h.alerts(generation.response_steps,
                      h.AlertThresholds(h.DEFAULT_CONFIDENCE, h.DEFAULT_ENTROPY))
-    summary = next(m.value for m in at.markdown if " alerts** in " in m.value)
-    assert summary.startswith(f"**{len(found)} alerts** in {len(generation.response_steps)} "
-                              "tokens")
+    summary = next(m.value for m in at.markdown if re.search(r" alerts?\*\* in ", m.value))
+    plural = "" if len(found) == 1 else "s"
+    assert summary.startswith(f"**{len(found)} alert{plural}** in "
+                              f"{len(generation.response_steps)} tokens")
     assert any("tiny \\(NDIF\\) · generated" in c.value for c in at.caption)

@@ -508,3 +508,32 @@ def test_the_exports_carry_the_filtered_items(tmp_path):
                              "n_tokens >= 2")
     assert "| refusal \\(first token\\) | not computed |" in report
     assert "beta'; DROP TABLE batch\\_items; \\-\\-" in report  # markup and pipes escaped
+
+
+def test_the_repetition_flag_is_seq_rep_4_of_the_scored_answer(engine, tmp_path):
+    """A looping transcript is flagged; prose is not; the rate is computed from its tokens."""
+    store = Store.open(tmp_path / "rep.duckdb")
+    loop = "It is a combination of" + " a combination of" * 8 + " things."
+    prose = "Paris is the capital of France, on the Seine, with about two million people."
+    chats = [[{"role": "user", "content": "What is it?"},
+              {"role": "assistant", "content": answer}] for answer in (prose, loop)]
+    older = {k: v for k, v in FlagSettings().to_json().items() if not k.startswith("repet")}
+    batch_id = create_batch(store, "r", "transcripts", "tiny", {"flags": older}, None)
+    add_items(store, batch_id, read_items("r.jsonl", io.BytesIO(
+        "\n".join(json.dumps(c) for c in chats).encode())))
+    run_batch(engine, store, batch_id, RunSettings(PARAMS))
+    rows = filter_items(store, batch_id)
+    for row, chat in zip(rows, chats):
+        scored = engine.score([tuple(Message(m["role"], m["content"]) for m in chat)])[0]
+        texts = [s.text for s in scored.steps if s.role is TokenRole.RESPONSE
+                 and s.message_index == len(chat) - 1]
+        grams = list(zip(*(texts[i:] for i in range(4))))
+        assert row["repetition"] == (len(grams) - len(set(grams))) / len(grams)
+    assert rows[0]["repetition"] < 0.25 <= rows[1]["repetition"]
+    # a batch made before the flag existed gets its default threshold, 0.25
+    assert [r["idx"] for r in filter_items(store, batch_id, [Condition("repetition")])] == [1]
+    assert flag_counts(store, batch_id)["repetition"] == 1
+    marked = json.loads(rows[1]["flagged"])["repeated"]
+    generation = item_generation(store, rows[1]["generation_id"])
+    assert marked and all(generation.steps[i].role is TokenRole.RESPONSE for i in marked)
+    assert json.loads(rows[0]["flagged"])["repeated"] == []

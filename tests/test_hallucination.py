@@ -219,3 +219,29 @@ def test_sampled_answers_carry_no_special_tokens(bundled_lm):
                                DecodeParams(max_new_tokens=64, temperature=1.0, seed=seed)).run()
         assert run.stop_reason == "eos" and run.response_text.endswith("<|im_end|>")
         assert answer == run.messages[-1].content.strip() and "<|im_end|>" not in answer
+
+
+def test_a_confident_loop_raises_no_alert_but_is_flagged_as_repetition():
+    """The new user's case: a loop of likely tokens ("a combination of …") went unflagged."""
+    th = h.AlertThresholds(confidence=0.4, entropy=2.0)
+    words = [" a", " combination", " of"] * 60 + [" things", "."]
+    steps = [TokenStep(position=10 + i, token_id=i % 3, text=w, role=TokenRole.RESPONSE,
+                       message_index=1, prob=0.9, logprob=math.log(0.9), entropy=0.3, rank=1)
+             for i, w in enumerate(words)]
+    assert h.alerts(steps, th) == []
+    found = h.answer_repetition(steps)
+    # 182 tokens → 179 four-grams; only the first three (a comb of a / comb of a comb /
+    # of a comb of) are new until the last two, which end in " things" and "."
+    assert (found.total, found.repeated) == (179, 174)
+    marks = h.alert_marks(steps, th)
+    assert set(marks) == set(found.marked) == set(range(3, 180))
+    assert marks[3] == "repeats an earlier 4-token sequence"
+    line = h.repetition_summary(found)
+    assert line.startswith("Repetition: 0.97 of the answer's 179 4-token sequences")
+    assert "flagged as a loop" in line and "begins at token #3" in line
+    # prose of the same length is not flagged, and its marks are the alerts alone
+    prose = [TokenStep(position=i, token_id=i, text=f" w{i}", role=TokenRole.RESPONSE,
+                       message_index=1, prob=0.9, logprob=math.log(0.9), entropy=0.3, rank=1)
+             for i in range(182)]
+    assert h.answer_repetition(prose).rate == 0.0 and h.alert_marks(prose, th) == {}
+    assert "flagged from 0.25" in h.repetition_summary(h.answer_repetition(prose))

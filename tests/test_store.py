@@ -129,7 +129,8 @@ EXPECTED_SCHEMA = {
         ("mean_entropy", "DOUBLE"), ("max_entropy", "DOUBLE"), ("perplexity", "DOUBLE"),
         ("low_confidence", "INTEGER"), ("entropy_spikes", "INTEGER"),
         ("hallucination_spans", "INTEGER"), ("answer_mismatch", "BOOLEAN"),
-        ("flagged", "JSON"), ("refusal_prob", "DOUBLE"), ("divergence", "DOUBLE")],
+        ("flagged", "JSON"), ("refusal_prob", "DOUBLE"), ("divergence", "DOUBLE"),
+        ("repetition", "DOUBLE")],
     "decoding_drafts": [
         ("run_id", "VARCHAR"), ("round", "INTEGER"), ("slot", "INTEGER"), ("token_id", "INTEGER"),
         ("q", "DOUBLE"), ("p", "DOUBLE"), ("accepted", "BOOLEAN"), ("verified", "BOOLEAN"),
@@ -198,7 +199,7 @@ def _schema(store) -> tuple[dict[str, list[tuple[str, str]]], list[tuple[str, li
 
 def test_blank_database_migrates_to_expected_schema(store):
     """A blank database gets every migration and exactly the documented tables and columns."""
-    assert store.schema_version() == len(MIGRATIONS) == 12
+    assert store.schema_version() == len(MIGRATIONS) == 13
     schema, keys = _schema(store)
     assert schema == EXPECTED_SCHEMA
     assert dict(keys)["token_steps"] == ["generation_id", "position"]

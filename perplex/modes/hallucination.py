@@ -2,7 +2,9 @@
 
 A token alerts when its probability (temperature 1) is under the confidence threshold or
 its distribution's entropy (nats) is over the entropy threshold. A flagged span starts at
-a low-confidence token followed by a high mean entropy over the next k tokens.
+a low-confidence token followed by a high mean entropy over the next k tokens. An answer
+caught in a loop is flagged by its repetition rate (`core.repetition`), which sees what
+confidence cannot: a loop's tokens are usually likely.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from perplex.core.plots import (
     visible_token,
 )
 from perplex.core.records import Alternative, DecodeParams, Message, TokenRole, TokenStep
+from perplex.core.repetition import REPETITION_N, REPETITION_RATE, Repetition, repetition
 from perplex.engine.protocol import Engine
 from perplex.modes.calibration.judge import judge
 from perplex.modes.runner import Finished
@@ -399,8 +402,37 @@ def alert_timeline(steps: Sequence[TokenStep], thresholds: AlertThresholds,
 
 
 def alert_marks(steps: Sequence[TokenStep], thresholds: AlertThresholds) -> dict[int, str]:
-    """The token view's alert marks of a response: index → reason."""
-    return {a.index: a.reason for a in alerts(steps, thresholds)}
+    """The token view's alert marks of a response: index → reason.
+
+    When the answer is flagged as repetitive, every token inside a repeated n-gram is
+    marked too, so the loop shows in the text.
+    """
+    marks = {a.index: a.reason for a in alerts(steps, thresholds)}
+    found = answer_repetition(steps)
+    if found.flagged():
+        why = f"repeats an earlier {found.n}-token sequence"
+        for i in found.marked:
+            marks[i] = f"{marks[i]}; {why}" if i in marks else why
+    return dict(sorted(marks.items()))
+
+
+def answer_repetition(steps: Sequence[TokenStep]) -> Repetition:
+    """The response's repetition (steps: the response tokens), n = `REPETITION_N`."""
+    return repetition([s.text for s in steps], REPETITION_N)
+
+
+def repetition_summary(found: Repetition) -> str:
+    """One line for the page: the rate, whether it is flagged, and what repeats."""
+    if found.rate is None:
+        return f"Repetition: too short to measure (fewer than {found.n} tokens)."
+    line = (f"Repetition: {found.rate:.2f} of the answer's {found.total} {found.n}-token "
+            f"sequences repeat an earlier one")
+    if not found.flagged():
+        return f"{line} (flagged from {REPETITION_RATE:g})."
+    text, times = found.most_repeated
+    return (f"{line}: flagged as a loop (≥ {REPETITION_RATE:g}). It begins at token "
+            f"#{found.first_repeat}; the commonest repeat, “{visible_token(text)}”, occurs "
+            f"{times} times.")
 
 
 def alert_rows(found: Sequence[Alert], alternatives: int = 3) -> list[dict]:

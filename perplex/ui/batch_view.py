@@ -13,6 +13,7 @@ import streamlit as st
 from perplex.core.errors import PerplexError
 from perplex.core.plots import caption_line
 from perplex.core.records import DecodeParams, Message
+from perplex.core.repetition import REPETITION_N, REPETITION_RATE
 from perplex.engine.protocol import Engine
 from perplex.modes.batch import flags
 from perplex.modes.batch.flags import FLAG_TITLES, FlagSettings, ItemFlags
@@ -125,7 +126,7 @@ def new_batch_section(engine, system: tuple[Message, ...], params: DecodeParams)
 
 def _flag_settings() -> FlagSettings:
     st.markdown("**Flags** (each documented under *How the flags are computed*)")
-    first, second = st.columns(4), st.columns(4)
+    first, second, third = st.columns(4), st.columns(4), st.columns(4)
     values = dict(
         low_p=first[0].number_input("low confidence: p <", 0.0, 1.0, 0.1, 0.01,
                                     key=f"{PREFIX}.low_p"),
@@ -142,12 +143,19 @@ def _flag_settings() -> FlagSettings:
         refusal_p=second[2].number_input("refusal: P(R-Set) >", 0.0, 1.0, 0.5, 0.05,
                                          key=f"{PREFIX}.refusal_p"),
         divergence_kl=second[3].number_input("divergence: mean KL >", 0.0, 50.0, 0.5, 0.1,
-                                             key=f"{PREFIX}.divergence_kl"))
+                                             key=f"{PREFIX}.divergence_kl"),
+        repetition_rate=third[0].number_input(
+            "repetition: share ≥", 0.0, 1.0, REPETITION_RATE, 0.05, key=f"{PREFIX}.rep_rate",
+            help="Of the answer's runs of n consecutive tokens, the share that already "
+                 "occurred earlier in it (seq-rep-n): prose is near 0, a loop near 1."),
+        repetition_n=int(third[1].number_input("repetition: n tokens", 1, 20, REPETITION_N,
+                                               key=f"{PREFIX}.rep_n")))
     rule = st.radio("An answer matches its reference when it", list(MATCH_RULES),
                     format_func=MATCH_RULES.get, horizontal=True, key=f"{PREFIX}.answer_match",
                     help="The same matcher as Calibration's; the choice is stored with the "
                          "batch.")
-    return FlagSettings(**{k: float(v) if k != "span_k" else v for k, v in values.items()},
+    return FlagSettings(**{k: v if k in ("span_k", "repetition_n") else float(v)
+                           for k, v in values.items()},
                         answer_match=rule)
 
 
@@ -360,7 +368,7 @@ def items_section(batch: BatchSummary, shown: Shown) -> list[dict]:
                            "mean p": r["mean_prob"], "perplexity": r["perplexity"],
                            "low-p": r["low_confidence"], "spikes": r["entropy_spikes"],
                            "spans": r["hallucination_spans"], "P(R-Set)": r["refusal_prob"],
-                           "KL to 2nd": r["divergence"],
+                           "KL to 2nd": r["divergence"], "repetition": r["repetition"],
                            "mismatch": r["answer_mismatch"]} for r in rows[:5000]])
     picked = st.dataframe(table, hide_index=True, width="stretch", height=260,
                           on_select="rerun", selection_mode="single-row",
@@ -439,6 +447,8 @@ def _item_line(row: dict) -> str:
         parts.append(f"P(R-Set) {row['refusal_prob']:.3f} at the first token")
     if row["divergence"] is not None:
         parts.append(f"mean KL to the second model {row['divergence']:.3f} nats")
+    if row["repetition"] is not None:
+        parts.append(f"repetition {row['repetition']:.2f}")
     if row["answer_mismatch"] is not None:
         expected = " | ".join(json.loads(row["reference"]))
         parts.append(f"answer ≠ reference “{expected}”" if row["answer_mismatch"]

@@ -17,7 +17,7 @@ from perplex.modes.runner import JobItems
 from perplex.ui import investigate, page_state, resources, runs, session_panel
 from perplex.ui.live import LiveGeneration, kept
 from perplex.ui.sidebar import thresholds
-from perplex.ui.text import plain
+from perplex.ui.text import count, plain
 from perplex.ui.transcript import highlight_key, jump_to, provenance_caption, show_transcript
 from perplex.workspace.jobs import item_records
 from perplex.workspace.store import params_from_dict, params_to_json
@@ -104,8 +104,15 @@ def alert_panel(gen: Generation, limits: h.AlertThresholds, k: int) -> None:
     where = (f"the first starts at token #{spans[0].start} "
              f"“{plain(steps[spans[0].start].text.strip() or steps[spans[0].start].text)}”"
              if spans else "none found")
-    st.markdown(f"**{len(found)} alerts** in {len(steps)} tokens · "
-                f"**{len(spans)} flagged spans** (k = {k}): {where}")
+    st.markdown(f"**{count(len(found), 'alert')}** in {count(len(steps), 'token')} · "
+                f"**{count(len(spans), 'flagged span')}** (k = {k}): {where}")
+    looped = h.answer_repetition(steps)
+    st.markdown(("**" + plain(h.repetition_summary(looped)) + "**") if looped.flagged()
+                else plain(h.repetition_summary(looped)))
+    st.caption(f"Repetition is seq-rep-{looped.n}: of the answer's runs of {looped.n} "
+               "consecutive tokens, the share that already occurred earlier in the answer "
+               "(1 − distinct / total). Prose scores near 0, a loop near 1; a loop's tokens "
+               "are often likely, so neither an alert nor perplexity sees it.")
     if any(s.entropy_is_estimate for s in steps):
         st.caption("These entropies come from the top-k alternatives the engine returned: "
                    "each is a lower bound of the full distribution's, so an entropy alert "

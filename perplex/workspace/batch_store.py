@@ -30,6 +30,7 @@ import pyarrow as pa
 from perplex.core.errors import InputFormatError, StoreError
 from perplex.core.limits import LimitReached
 from perplex.core.records import Generation, Message, new_id
+from perplex.core.repetition import REPETITION_RATE
 from perplex.workspace.access import require_row, require_session, visible
 from perplex.workspace.flag_sandbox import run_condition
 from perplex.workspace.store import (
@@ -50,7 +51,7 @@ _INSERT_SCHEMA = pa.schema([("batch_id", pa.string()), ("idx", pa.int32()), ("li
 _INSERTED = tuple(_INSERT_SCHEMA.names)
 STATISTICS = ("n_tokens", "mean_prob", "min_prob", "mean_entropy", "max_entropy", "perplexity",
               "perplexity_z", "low_confidence", "entropy_spikes", "hallucination_spans",
-              "refusal_prob", "divergence")
+              "refusal_prob", "divergence", "repetition")
 TEXT_COLUMNS = ("answer", "prompt", "status", "error")
 COLUMNS = ("idx", "line") + STATISTICS + ("answer_mismatch",) + TEXT_COLUMNS
 NUMBER_OPS = ("<", "<=", ">", ">=", "=", "!=")
@@ -64,7 +65,11 @@ FLAGS = {
     "divergence": ("divergence > ?", "divergence_kl"),
     "answer_mismatch": ("answer_mismatch", None),
     "perplexity_outlier": ("perplexity_z > ?", "perplexity_z"),
+    "repetition": ("repetition >= ?", "repetition_rate"),
 }
+# The column a flag is computed from, where an item can lack it (NULL: not computed).
+FLAG_SOURCES = {"refusal": "refusal_prob", "divergence": "divergence",
+                "repetition": "repetition"}
 CUSTOM_SECONDS = 10.0
 MAX_CUSTOM_TOKENS = 5_000_000  # token rows copied for a custom flag
 MAX_CUSTOM_CHARS = 2_000
@@ -147,6 +152,7 @@ class ItemResult:
     divergence: float | None  # mean KL(model ‖ second model) over the answer; None: no pair
     answer_mismatch: bool | None
     flagged: dict  # where the per-item rules fired (step indices)
+    repetition: float | None = None  # seq-rep-n of the answer; None: shorter than n tokens
 
 
 @dataclass(frozen=True)
@@ -286,7 +292,7 @@ def pending_items(store: Store, batch_id: str, limit: int) -> list[PendingItem]:
 def finish_item(store: Store, batch_id: str, idx: int, result: ItemResult) -> None:
     """Store an item's generation, statistics and flags in one transaction."""
     numbers = (result.mean_prob, result.min_prob, result.mean_entropy, result.max_entropy,
-               result.perplexity, result.refusal_prob, result.divergence)
+               result.perplexity, result.refusal_prob, result.divergence, result.repetition)
     if any(v is not None and not math.isfinite(v) for v in numbers):
         raise StoreError(f"Item {idx} has a statistic that is not a finite number; "
                          "nothing was saved for it.")
@@ -299,13 +305,13 @@ def finish_item(store: Store, batch_id: str, idx: int, result: ItemResult) -> No
             "finished_at = ?, answer = ?, n_tokens = ?, mean_prob = ?, min_prob = ?, "
             "mean_entropy = ?, max_entropy = ?, perplexity = ?, low_confidence = ?, "
             "entropy_spikes = ?, hallucination_spans = ?, refusal_prob = ?, divergence = ?, "
-            "answer_mismatch = ?, flagged = ? WHERE batch_id = ? AND idx = ?",
+            "answer_mismatch = ?, flagged = ?, repetition = ? WHERE batch_id = ? AND idx = ?",
             [generation.id, datetime.now(timezone.utc), result.answer, result.n_tokens,
              result.mean_prob, result.min_prob, result.mean_entropy, result.max_entropy,
              result.perplexity, result.low_confidence, result.entropy_spikes,
              result.hallucination_spans, result.refusal_prob, result.divergence,
              result.answer_mismatch,
-             json.dumps(result.flagged), batch_id, idx])
+             json.dumps(result.flagged), result.repetition, batch_id, idx])
 
 
 def reset_failed(store: Store, batch_id: str) -> int:
@@ -404,7 +410,7 @@ def filter_items(store: Store, batch_id: str, conditions: Sequence[Condition] = 
     if order_by not in COLUMNS:
         raise InputFormatError(f"Cannot sort by {order_by!r}.")
     stored = load_batch(store, batch_id).settings
-    settings = {**stored.get("flags", {}), "custom": stored.get("custom_flags", {})}
+    settings = {**_flag_parameters(stored), "custom": stored.get("custom_flags", {})}
     parts, params = [], [batch_id]
     for condition in conditions:
         sql, values = _condition_sql(condition, settings)
@@ -423,11 +429,15 @@ def filter_items(store: Store, batch_id: str, conditions: Sequence[Condition] = 
         return [dict(zip(names, row)) for row in cursor.fetchall()]
 
 
+def _flag_parameters(settings: dict) -> dict:
+    """The batch's flag parameters; a batch made before a flag existed gets its default."""
+    return {"repetition_rate": REPETITION_RATE, **settings.get("flags", {})}
+
+
 def flag_counts(store: Store, batch_id: str) -> dict[str, int | None]:
     """Finished items having each flag (None: a flag no finished item was computed for)."""
-    settings = load_batch(store, batch_id).settings.get("flags", {})
-    columns = {name: {"refusal": "refusal_prob", "divergence": "divergence"}.get(name)
-               for name in FLAGS}
+    settings = _flag_parameters(load_batch(store, batch_id).settings)
+    columns = {name: FLAG_SOURCES.get(name) for name in FLAGS}
     counts = ", ".join(f"count(*) FILTER (WHERE {sql}), count({columns[name] or 'idx'})"
                        for name, (sql, _) in FLAGS.items())  # fixed SQL, never user input
     values = [settings[parameter] for sql, parameter in FLAGS.values() if parameter]

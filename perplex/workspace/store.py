@@ -353,6 +353,10 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (job_id, idx)
     );
     """,
+    # 13: the batch flag "repetition" (seq-rep-n of the answer's tokens)
+    """
+    ALTER TABLE batch_items ADD COLUMN repetition DOUBLE;
+    """,
 ]
 
 _ALTERNATIVE = pa.struct([("token_id", pa.int32()), ("text", pa.string()),

@@ -65,10 +65,13 @@ def test_alert_appears_while_the_answer_streams(hallucination_page, screenshot):
     final = page.locator(FINAL_TOK)
     assert final.count() > tokens_at_alert  # the alert came before the generation ended
     marked = page.locator(f"{FINAL_TOK}.alert")
-    summary = page.get_by_text(re.compile(r"\d+ alerts in \d+ tokens")).inner_text()
-    n_alerts, n_tokens = map(int, re.findall(r"(\d+) alerts in (\d+) tokens", summary)[0])
+    summary = page.get_by_text(re.compile(r"\d+ alerts? in \d+ tokens")).inner_text()
+    n_alerts, n_tokens = map(int, re.findall(r"(\d+) alerts? in (\d+) tokens", summary)[0])
     assert marked.count() == n_alerts >= 1 and n_tokens == final.count()
-    assert re.search(r"\d+ flagged spans \(k = 3\)", page.locator("body").inner_text())
+    assert re.search(r"\d+ flagged spans? \(k = 3\)", page.locator("body").inner_text())
+    page.get_by_text(re.compile(r"^Repetition: \d\.\d\d of the answer's \d+ 4-token "
+                                r"sequences repeat an earlier one")).wait_for()
+    page.get_by_text(re.compile(r"^Repetition is seq-rep-4: ")).wait_for()  # its definition
 
     # The tooltip of a marked token says why it alerted, with its numbers.
     tip = show_tip(page, marked.first)
@@ -77,8 +80,8 @@ def test_alert_appears_while_the_answer_streams(hallucination_page, screenshot):
 
     # A stricter confidence threshold re-marks the answer at once and survives a reload.
     set_number(page, "confidence threshold (p)", "0.1")
-    strict = int(re.findall(r"(\d+) alerts in", page.get_by_text(
-        re.compile(r"\d+ alerts in \d+ tokens")).inner_text())[0])
+    strict = int(re.findall(r"(\d+) alerts? in", page.get_by_text(
+        re.compile(r"\d+ alerts? in \d+ tokens")).inner_text())[0])
     assert strict < n_alerts and page.locator(f"{FINAL_TOK}.alert").count() == strict
     page.reload()
     page.locator(FINAL_TOK).first.wait_for(timeout=WORK_TIMEOUT)
@@ -129,6 +132,28 @@ def test_alert_appears_while_the_answer_streams(hallucination_page, screenshot):
     page.get_by_role("button", name=f"Resume ({12 - done} left)").click()
     page.get_by_text("12 of 12 answers done.").wait_for(timeout=3 * WORK_TIMEOUT)
     page.get_by_text(re.compile(r"(holds \d+ of 12 answers|no two of the 12 answers)")).wait_for()
+    assert_no_exception(page)
+
+
+def test_a_confident_loop_is_flagged_as_repetition(hallucination_page, screenshot):
+    """New user, point 10: a loop of likely tokens raised no alert and no flag."""
+    page = hallucination_page
+    page.get_by_text("Generation settings", exact=True).click()
+    set_number(page, "max new tokens", "60")
+    # The bundled model answers "1, 1, 1, …" for 60 tokens with one alert at most.
+    page.get_by_label("Question").fill("List the numbers 1 1 1 1 1 1 1 1 1 1 1")
+    page.get_by_role("button", name="Ask", exact=True).click()
+    page.locator(FINAL_TOK).first.wait_for(timeout=WORK_TIMEOUT)
+    flag = page.get_by_text(re.compile(r"^Repetition: 0\.[89]\d of the answer's \d+ 4-token "
+                                       r"sequences .*flagged as a loop"))
+    flag.wait_for()
+    settle(page)
+    # every token of the loop is marked in the answer; its tooltip says why
+    marked = page.locator(f"{FINAL_TOK}.alert")
+    assert marked.count() >= 50
+    tip = show_tip(page, marked.nth(20))
+    assert "repeats an earlier 4-token sequence" in tip.inner_text()
+    screenshot(page, "hallucination_6_repetition_flag")
     assert_no_exception(page)
 
 

@@ -213,7 +213,7 @@ def _prefilling(page) -> None:
 def _hallucination(page) -> None:
     page.get_by_label("Question").fill(QUESTION)
     page.get_by_role("button", name="Ask", exact=True).click()
-    page.get_by_text(re.compile(r"^\d+ alerts in \d+ tokens")).wait_for(timeout=WORK_TIMEOUT)
+    page.get_by_text(re.compile(r"^\d+ alerts? in \d+ tokens")).wait_for(timeout=WORK_TIMEOUT)
 
 
 def _calibration(page) -> None:

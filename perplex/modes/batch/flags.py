@@ -21,6 +21,11 @@ it fires, as indices into the generation's steps, so the reader can mark those t
   "exact" (the normalised answer is an alias).
 - **perplexity outlier** (across the batch, computed when filtering): an answer whose
   log-perplexity is more than `perplexity_z` standard deviations above the batch's mean.
+- **repetition (loop)**: the answer's seq-rep-n (`core.repetition`) — of its runs of
+  `repetition_n` consecutive tokens (default 4), the share that already occurred earlier
+  in the answer — is at or over `repetition_rate` (default 0.25). Prose scores near 0, a
+  loop near 1; a loop's tokens are often likely, so low confidence and perplexity miss it.
+  None for an answer shorter than n tokens.
 """
 
 from __future__ import annotations
@@ -31,6 +36,13 @@ from dataclasses import dataclass
 
 from perplex.core.errors import InputFormatError
 from perplex.core.records import TokenRole, TokenStep
+from perplex.core.repetition import (
+    REPETITION_N,
+    REPETITION_RATE,
+    Repetition,
+    check_repetition_settings,
+    repetition,
+)
 from perplex.modes.calibration.answers import check_rule, match_aliases
 from perplex.modes.hallucination import AlertThresholds, flagged_spans
 
@@ -48,9 +60,12 @@ class FlagSettings:
     divergence_kl: float = 0.5
     perplexity_z: float = 2.0
     answer_match: str = "contains"  # `answers.MATCH_RULES`: how an answer meets a reference
+    repetition_rate: float = REPETITION_RATE
+    repetition_n: int = REPETITION_N
 
     def __post_init__(self) -> None:
         check_rule(self.answer_match)
+        check_repetition_settings(self.repetition_n, self.repetition_rate)
         for name in ("low_p", "span_confidence", "refusal_p"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
@@ -75,6 +90,7 @@ FLAG_TITLES = {  # the store's flag names (`batch_store.FLAGS`), as the page sho
     "divergence": "divergence (2nd model)",
     "answer_mismatch": "answer ≠ reference",
     "perplexity_outlier": "perplexity outlier",
+    "repetition": "repetition (loop)",
 }
 
 
@@ -86,6 +102,8 @@ class ItemFlags:
     entropy_spikes: tuple[int, ...]
     hallucination_spans: tuple[tuple[int, int], ...]
     answer_mismatch: bool | None  # None: no reference
+    repeated: tuple[int, ...] = ()  # tokens inside a repeated n-gram, when flagged
+    repetition: Repetition | None = None  # as computed (stored: its rate, in its own column)
 
     def marks(self) -> dict[int, str]:
         """Step index → what fired there, for the token view."""
@@ -97,19 +115,23 @@ class ItemFlags:
         for start, end in self.hallucination_spans:
             for i in range(start, end):
                 out.setdefault(i, []).append("hallucination span")
+        for i in self.repeated:
+            out.setdefault(i, []).append("repetition")
         return {i: ", ".join(found) for i, found in out.items()}
 
     def to_json(self) -> dict:
         """Where the rules fired, as stored in the item's `flagged` column."""
         return {"low_confidence": list(self.low_confidence),
                 "entropy_spikes": list(self.entropy_spikes),
-                "hallucination_spans": [list(s) for s in self.hallucination_spans]}
+                "hallucination_spans": [list(s) for s in self.hallucination_spans],
+                "repeated": list(self.repeated)}
 
     @classmethod
     def from_json(cls, data: dict, answer_mismatch: bool | None) -> ItemFlags:
         """The flags as `to_json` stored them."""
         return cls(tuple(data.get("low_confidence", ())), tuple(data.get("entropy_spikes", ())),
-                   tuple(tuple(s) for s in data.get("hallucination_spans", ())), answer_mismatch)
+                   tuple(tuple(s) for s in data.get("hallucination_spans", ())), answer_mismatch,
+                   tuple(data.get("repeated", ())))
 
 
 def answer_indices(steps: Sequence[TokenStep]) -> list[int]:
@@ -130,10 +152,14 @@ def item_flags(steps: Sequence[TokenStep], settings: FlagSettings, answer: str,
     spans = flagged_spans([steps[i] for i in answer_at],
                           AlertThresholds(settings.span_confidence, settings.span_entropy),
                           settings.span_k)
+    looped = repetition([steps[i].text for i in answer_at], settings.repetition_n)
     return ItemFlags(low, entropy_spikes(steps, scored, settings.spike_k),
                      tuple((answer_at[s.start], answer_at[s.end - 1] + 1) for s in spans),
                      None if not reference else mismatch(answer, reference,
-                                                         settings.answer_match))
+                                                         settings.answer_match),
+                     tuple(answer_at[i] for i in looped.marked)
+                     if looped.flagged(settings.repetition_rate) else (),
+                     looped)
 
 
 def entropy_spikes(steps: Sequence[TokenStep], scored: Sequence[int], k: float

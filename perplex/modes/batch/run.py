@@ -74,7 +74,7 @@ def item_result(generation: Generation, references: Sequence[str],
                       stats.mean_entropy, stats.max_entropy, stats.perplexity,
                       len(found.low_confidence), len(found.entropy_spikes),
                       len(found.hallucination_spans), refusal_prob, divergence,
-                      found.answer_mismatch, found.to_json())
+                      found.answer_mismatch, found.to_json(), found.repetition.rate)
 
 
 @dataclass(frozen=True)
