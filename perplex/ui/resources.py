@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +40,21 @@ def model_registry():
 
 @st.cache_resource(show_spinner=False)
 def cached_store(path: str) -> Store:
-    """The DuckDB store, opened once per process; it serialises its own writes."""
-    return Store.open(Path(path))
+    """The DuckDB store, opened once per process; it serialises its own writes.
+
+    When the server stops it is closed and dropped from the cache: held there as the
+    interpreter ends, DuckDB's bindings printed a page of "leaked instance" warnings.
+    """
+    opened = Store.open(Path(path))
+    atexit.register(_close_at_exit, weakref.ref(opened))  # weak: a cleared cache frees it
+    return opened
+
+
+def _close_at_exit(ref: weakref.ref) -> None:
+    opened = ref()
+    if opened is not None:
+        opened.close()
+    cached_store.clear()
 
 
 def settings() -> Settings:

@@ -4,13 +4,15 @@ One test per bug, named after it: jump to an annotation, the range bar over the 
 highlights kept per generation, the favicon fetched from a font server, a second
 download right after the first, the threshold slider's warning on a session URL,
 conditioning text in sight (system prompt, template tokens) and the Hallucination page's
-sampled answers. One Streamlit server serves the module; its log is read for warnings.
+sampled answers, and a clean shutdown. One Streamlit server serves the module; its log is
+read for warnings.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 from urllib.parse import urlparse
 
 import pytest
@@ -282,3 +284,30 @@ def test_consistency_shows_answers_as_written_without_the_end_of_turn_token(open
     # the largest group's answer, or (when no two agree) the answers listed below it
     quoted = re.search(r"“(.+?)”", "\n".join(shown)).group(1)
     assert quoted != quoted.lower() or re.search(r"[.,!?°]", quoted), quoted  # as written
+
+
+def test_stopping_the_server_prints_no_leak_warnings(browser, tmp_path):
+    """New-user issue, point 9: every Ctrl-C printed a page of DuckDB "leaked instance" lines.
+
+    The store stayed open in Streamlit's cache as the interpreter ended; now it is closed.
+    """
+    home = tmp_path / "shut-down-home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PERPLEX_DB_PATH"}
+    env.update(PERPLEX_HOME=str(home), PERPLEX_MODEL_CACHE=str(REPO_ROOT / "data" / "models"))
+    app = StreamlitServer("app.py", env, tmp_path)
+    try:
+        app.wait_healthy()
+        context = browser.new_context(viewport=VIEWPORT)
+        page = context.new_page()
+        page.goto(app.url)
+        page.get_by_text("SmolLM2-135M-Instruct (bundled)").first.wait_for(timeout=MODEL_TIMEOUT)
+        set_max_new_tokens(page)
+        ask(page)  # the answer is saved: the store is open and has written
+        context.close()
+        app.process.send_signal(signal.SIGINT)  # what Ctrl-C on `make run` sends
+        assert app.process.wait(timeout=120) == 0, app.log_tail()
+        log = app.log_tail(200_000)
+        assert "Stopping..." in log and "leaked" not in log, log[-3000:]
+    finally:
+        app.stop()
