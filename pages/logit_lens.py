@@ -179,11 +179,11 @@ if selected is not None and 0 <= selected < lens.n_positions:
     left, right = st.columns([3, 2])
     left.plotly_chart(lens_heatmap(lens, selected), key=f"{PREFIX}.heatmap")
     right.plotly_chart(lens_trajectory(lens, selected), key=f"{PREFIX}.lines")
-    st.dataframe(pd.DataFrame(lens_rows(lens, selected)), hide_index=True,
-                 column_config={"p(final)": st.column_config.NumberColumn(format="%.4f"),
-                                "entropy (nats)": st.column_config.NumberColumn(format="%.3f"),
-                                "KL to final (nats)": st.column_config.NumberColumn(
-                                    format="%.3f")})
+    number = st.column_config.NumberColumn
+    st.dataframe(pd.DataFrame(lens_rows(lens, selected)), hide_index=True, column_config={
+        "p(final)": number(format="%.3g", help="0: under 1.4e-45, the smallest positive "
+                                               "float32, in which the lens computes"),
+        "entropy (nats)": number(format="%.3f"), "KL to final (nats)": number(format="%.3f")})
     if st.toggle("Per-head lens (each attention head's direct contribution)",
                  key=f"{PREFIX}.heads"):
         heads_key = (cache_key, selected)

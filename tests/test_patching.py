@@ -6,6 +6,7 @@ the Eiffel Tower → Colosseum swap flips the target's answer.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -138,6 +139,7 @@ def test_bundled_swap_subject_at_a_middle_layer_flips_rome_to_paris(bundled_lm, 
     assert text[result.source_answer] == " Paris" and text[result.target_answer] == " Rome"
     assert text[int(result.before_ids[0])] == " Rome"
     assert result.flipped and text[int(result.after_ids[0])] == " Paris"
+    assert result.verdict == "flips to the source's answer"
     assert result.p_source_after > result.p_source_before
     assert result.p_target_after < result.p_target_before
 
@@ -147,6 +149,13 @@ def test_bundled_swap_subject_at_a_middle_layer_flips_rome_to_paris(bundled_lm, 
     assert sweep.top1[12, 4] == result.target_answer  # the last subject token: still Rome
     assert sweep.top1[27, 9] == result.source_answer  # late layers: the final position
     assert sweep.top1[12, 9] == result.target_answer
+    kept = patch_prompts(local_engine(bundled_lm), source, target, layer=12, target_position=4)
+    assert kept.verdict == "keeps its own answer"
+    # New-user issue, point 9: a top-1 that is neither answer read "keeps another answer"
+    other = int(result.before_ids[1])  # the unpatched runner-up, neither Rome nor Paris
+    assert other not in (result.source_answer, result.target_answer)
+    moved = dataclasses.replace(result, after_ids=np.array([other]))
+    assert moved.verdict == f"changes to another token, “{text[other].replace(' ', '·')}”"
 
 
 def full_pass_grid(lm, source: list[int], target: list[int], layers) -> tuple[np.ndarray, ...]:

@@ -23,7 +23,7 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
-from perplex.core.plots import figure_token
+from perplex.core.plots import figure_token, visible_token
 from perplex.core.tokens import token_texts
 from perplex.engine.protocol import ResidualPatch, WeightsEngine
 from perplex.lens.logit_lens import LensError, Progress, check_input
@@ -61,6 +61,16 @@ class PatchResult:
     def flipped(self) -> bool:
         """Whether the patched target's top-1 is the source's answer."""
         return int(self.after_ids[0]) == self.source_answer
+
+    @property
+    def verdict(self) -> str:
+        """What the patch did to the target's top-1, in words (token text made visible)."""
+        top = int(self.after_ids[0])
+        if top == self.source_answer:
+            return "flips to the source's answer"
+        if top == self.target_answer:
+            return "keeps its own answer"
+        return f"changes to another token, “{visible_token(self.texts[top])}”"
 
 
 @dataclass(frozen=True, eq=False)

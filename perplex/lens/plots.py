@@ -6,7 +6,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from perplex.core.plots import ENTROPY_COLOUR, PROB_COLOUR, figure_token
+from perplex.core.plots import ENTROPY_COLOUR, PROB_COLOUR, figure_token, short_prob
 from perplex.lens.logit_lens import LogitLens
 
 KL_COLOUR = "#7b3294"
@@ -27,7 +27,7 @@ def lens_rows(lens: LogitLens, position: int, shown: int = 5) -> list[dict]:
         row = {"layer": layer_name(layer, lens.n_layers)}
         for j in range(min(shown, lens.top_ids.shape[2])):
             token = figure_token(lens.text(lens.top_ids[position, layer, j]))
-            row[f"#{j + 1}"] = f"{token} {lens.top_probs[position, layer, j]:.3f}"
+            row[f"#{j + 1}"] = f"{token} {short_prob(float(lens.top_probs[position, layer, j]))}"
         row["p(final)"] = float(lens.final_prob[position, layer])
         row["rank(final)"] = int(lens.final_rank[position, layer])
         row["entropy (nats)"] = float(lens.entropy[position, layer])
@@ -68,7 +68,7 @@ def lens_heatmap(lens: LogitLens, position: int, limit: int = 12) -> go.Figure:
         colorscale="Viridis", zmin=0.0, zmax=1.0, hoverongaps=False,
         customdata=[labels] * lens.n_layers,
         colorbar=dict(title="p", thickness=12),
-        hovertemplate="layer %{y} · %{customdata}<br>p = %{z:.4f}<extra></extra>"))
+        hovertemplate="layer %{y} · %{customdata}<br>p = %{z:.3g}<extra></extra>"))
     fig.update_layout(
         height=max(320, 14 * lens.n_layers + 120), margin=dict(l=10, r=10, t=30, b=10),
         title=dict(text=f"Top candidates by layer (blank: outside that layer's top {k})",

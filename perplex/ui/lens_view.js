@@ -39,6 +39,14 @@ function rankColour(rank) {
   return `rgb(${c[0]}, ${c[1]}, ${c[2]})`;
 }
 
+// A probability in a few characters that never reads as 0 when it is not (2.3e-7), as
+// the token view and the tables write it (core.plots.short_prob). The lens computes in
+// float32, whose smallest positive value is 1.4e-45: a 0 there is a probability under it.
+function shortProb(p) {
+  if (p === 0) return "< 1e-45";
+  return p >= 0.001 ? p.toFixed(3) : p.toExponential(1);
+}
+
 function layerName(layer, n) {
   if (layer === 0) return "embedding";
   return layer === n - 1 ? `${layer} (output)` : String(layer);
@@ -236,12 +244,13 @@ function buildTip(state, index) {
   tok.top[layer].forEach(([c, p]) => {
     const row = el("div", "tip-alt" + (c === data.top1[data.layers - 1][index] ? " final" : ""));
     row.appendChild(el("span", "alt-text", "\u201c" + visible(data.cand[c]) + "\u201d"));
-    row.appendChild(el("span", "alt-p", String(p)));
+    row.appendChild(el("span", "alt-p", shortProb(p)));
     tip.appendChild(row);
   });
   const output = data.cand[data.top1[data.layers - 1][index]];
   tip.appendChild(el("div", "tip-row",
-    `output \u201c${visible(output)}\u201d here: p = ${tok.p[layer]}, rank ${tok.rank[layer]}`));
+    `output \u201c${visible(output)}\u201d here: p = ${shortProb(tok.p[layer])}, ` +
+    `rank ${tok.rank[layer]}`));
   tip.appendChild(el("div", "tip-row", `locks in at layer ${tok.lock}`));
 }
 

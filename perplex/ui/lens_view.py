@@ -32,6 +32,19 @@ _COMPONENT = st.components.v2.component(
 TOOLTIP_CANDIDATES = 3
 
 
+def significant(values: np.ndarray, digits: int = 4) -> np.ndarray:
+    """`values` to `digits` significant digits, so a small probability never reads as 0.
+
+    Dividing a whole number by an exact power of ten gives the double nearest the
+    decimal, so each value travels in a few characters. Zeros stay zero.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        magnitude = np.floor(np.log10(np.abs(values)))
+    scale = 10.0 ** (digits - 1 - np.where(np.isfinite(magnitude), magnitude, 0))
+    return np.round(values * scale) / scale
+
+
 def lens_payload(lens: LogitLens, first: int = 0) -> dict:
     """JSON-able data for the view, from position `first` on (earlier ones are context).
 
@@ -52,8 +65,8 @@ def lens_payload(lens: LogitLens, first: int = 0) -> dict:
 
     k = min(TOOLTIP_CANDIDATES, lens.top_ids.shape[2])
     top_ids = lens.top_ids[first:, :, :k].tolist()
-    top_probs = np.round(lens.top_probs[first:, :, :k].astype(float), 4).tolist()
-    final_p = np.round(lens.final_prob[first:].astype(float), 4).tolist()
+    top_probs = significant(lens.top_probs[first:, :, :k]).tolist()
+    final_p = significant(lens.final_prob[first:]).tolist()
     lock = lens.lock_in[first:].tolist()
     tokens = []
     for i, t in enumerate(shown):

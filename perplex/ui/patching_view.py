@@ -114,11 +114,11 @@ def patching_section(engine: Engine) -> None:
     if result is not None:
         src = visible_token(result.texts[result.source_answer])
         tgt = visible_token(result.texts[result.target_answer])
-        verdict = "flips to the source's answer" if result.flipped else "keeps another answer"
         st.markdown(
             f"Patched layer **{result.layer}**, target position **{result.target_position}** "
             f"← source position {result.source_position}: the target's top-1 "
-            f"**{plain(verdict)}**. p(“{plain(src)}”) {short_prob(result.p_source_before)} → "
+            f"**{plain(result.verdict)}**. "
+            f"p(“{plain(src)}”) {short_prob(result.p_source_before)} → "
             f"**{short_prob(result.p_source_after)}**; p(“{plain(tgt)}”) "
             f"{short_prob(result.p_target_before)} → **{short_prob(result.p_target_after)}**.")
         st.dataframe(_result_table(result), hide_index=True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import statistics
 
@@ -127,6 +128,18 @@ def test_eiffel_tower_view_shows_paris_and_its_lock_in(streamlit_app, page, open
     assert path == SCREENSHOTS / "logit_lens_paris.png" and path.exists()
     if os.environ.get("PERPLEX_UPDATE_DOCS"):  # `make docs`: the README's screenshot
         shutil.copy(path, PROJECT_ROOT / "docs" / "logit_lens_paris.png")
+    # New-user issue, point 9: at the embedding a probability rounded to 4 decimals read
+    # "p = 0.000"; now it has its digits, or says it is under float32's smallest value.
+    slider.focus()
+    page.keyboard.press("Home")
+    page.locator(".lv-slider + .lv-label", has_text="embedding").wait_for()
+    tips = []
+    for n in range(10):
+        cells.nth(n).hover()
+        tips.append(page.locator(".lv-tip.shown").inner_text())
+    said = [re.search(r"here: p = (.*?), rank (\d+)", tip).groups() for tip in tips]
+    assert all(p == "< 1e-45" or re.fullmatch(r"\d\.\de-\d+|[01]\.\d{3}", p) for p, _ in said)
+    assert not any(p == "0.000" and rank != "1" for p, rank in said), said
 
 
 def test_patching_sandbox_swaps_rome_for_paris(streamlit_app, page, open_app, screenshot,
