@@ -358,6 +358,33 @@ def test_a_flag_written_in_sql_runs_isolated_and_matches_a_comprehension(tmp_pat
     assert len(filter_items(store, batch_id)) == 5 and "bad" not in custom_flags(store, batch_id)
     with pytest.raises(InputFormatError, match="Name the flag"):
         add_custom_flag(store, batch_id, "low_confidence", "TRUE")
+    # the same name with another condition is refused unless replacing is asked for
+    # (new-user issue, point 9: it silently replaced the first)
+    with pytest.raises(InputFormatError, match="“doubtful long” exists with another condition"):
+        add_custom_flag(store, batch_id, "doubtful long", "TRUE")
+    assert custom_flags(store, batch_id)["doubtful long"]["sql"] == condition
+    assert add_custom_flag(store, batch_id, "doubtful long", condition) == by_hand  # update
+    assert add_custom_flag(store, batch_id, "doubtful long", "TRUE", replace=True) \
+        == [r["idx"] for r in everything]
+
+
+def test_answer_position_counts_the_answers_own_tokens_from_zero(tmp_path):
+    """New-user issue, point 9: `position = 0` is the template's first token, not the answer's."""
+    from perplex.workspace.batch_store import add_custom_flag
+
+    store = Store.open(tmp_path / "a.duckdb")
+    batch_id = _hand_batch(store)  # a prompt token at position 0, then the answer
+    first = {r["idx"]: item_generation(store, r["generation_id"]).steps[1].prob
+             for r in filter_items(store, batch_id)}
+    assert list(first.values()) == [0.9, 0.05, 0.5, 0.99, 0.3]
+    unsure = ("(SELECT prob FROM tokens t WHERE t.idx = items.idx "
+              "AND t.answer_position = 0) < 0.4")
+    assert add_custom_flag(store, batch_id, "unsure start", unsure) == [
+        idx for idx, p in first.items() if p < 0.4] == [1, 4]
+    last = ("(SELECT max(answer_position) FROM tokens t WHERE t.idx = items.idx) "
+            "= n_tokens - 1 AND (SELECT count(*) FROM tokens t WHERE t.idx = items.idx "
+            "AND t.answer_position IS NULL) = 1")  # the prompt token has none
+    assert add_custom_flag(store, batch_id, "numbered", last) == [0, 1, 2, 3, 4]
 
 
 @pytest.mark.parametrize(("heavy", "message"), [

@@ -288,20 +288,23 @@ def flags_section(batch: BatchSummary) -> dict[str, int]:
         st.markdown(flags.__doc__.split("\n\n", 1)[1])
     with st.expander("Add a flag written in SQL"):
         st.caption("One SQL condition over `items` (one row per finished item: the filter's "
-                   "columns) and `tokens` (idx, position, text, role, prob, logprob, entropy, "
-                   "rank). It runs on a copy of this batch in a separate in-memory database "
-                   "without file access, for at most 10 s; what it matches is kept (run it "
-                   "again to update it after more items finish).")
+                   "columns) and `tokens` (idx, position, answer_position, text, role, prob, "
+                   "logprob, entropy, rank; `answer_position` 0 is the answer's first token, "
+                   "`position` 0 the template's first). It runs on a copy of this batch in a "
+                   "separate in-memory database without file access, for at most 10 s; what "
+                   "it matches is kept (add it again to update it after more items finish).")
         with st.form(f"{PREFIX}.custom_form"):
             name = st.text_input("Name", key=f"{PREFIX}.custom_name",
                                  placeholder="e.g. unsure start")
             condition = st.text_area(
                 "Condition", key=f"{PREFIX}.custom_sql",
                 placeholder="(SELECT prob FROM tokens t WHERE t.idx = items.idx AND "
-                            "t.role = 'response' ORDER BY position LIMIT 1) < 0.2")
+                            "t.answer_position = 0) < 0.2")
+            replace = st.checkbox("Replace a flag of the same name with another condition",
+                                  key=f"{PREFIX}.custom_replace")
             if st.form_submit_button("Add the flag", disabled=session_panel.read_only()):
                 try:
-                    found = add_custom_flag(store, batch.id, name, condition)
+                    found = add_custom_flag(store, batch.id, name, condition, replace=replace)
                 except PerplexError as exc:
                     st.error(plain(str(exc)))
                 else:

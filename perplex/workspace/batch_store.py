@@ -9,7 +9,8 @@ finished — its generation, statistics and flag counts written in one transacti
 Filters are built here from a fixed set of columns and operators, with every value passed
 as a query parameter: a value is never part of the SQL text. A researcher's own flag, an
 SQL condition over the tables `items` (one row per item, the filter's columns) and `tokens`
-(one row per token: idx, position, text, role, prob, logprob, entropy, rank), runs on a
+(one row per token: idx, position, answer_position, text, role, prob, logprob, entropy,
+rank), runs on a
 copy of the batch in a child process (`flag_sandbox`): an in-memory DuckDB with file access
 off, its memory bounded and its configuration locked, for at most `CUSTOM_SECONDS`: it
 cannot read or change anything else, nor take the server's memory, and what it matches is
@@ -80,6 +81,25 @@ _ITEMS = """
                / nullif(stddev_pop(ln(perplexity)) OVER w, 0) AS perplexity_z
     FROM batch_items WHERE batch_id = ?
     WINDOW w AS (PARTITION BY status)
+"""
+
+# Every finished item's tokens for a flag in SQL. `answer_position` counts the answer's own
+# tokens from 0 (the last message's response tokens, as the built-in flags read them);
+# `position` counts from the first template token, so position 0 is `<|im_start|>`.
+_TOKENS = """
+    WITH marked AS (
+        SELECT i.idx, t.position, t.text, t.role, t.prob, t.logprob, t.entropy, t.rank,
+               t.role = 'response' AND t.message_index = max(t.message_index)
+                   FILTER (WHERE t.role = 'response') OVER (PARTITION BY i.idx) AS in_answer
+        FROM token_steps t JOIN batch_items i ON t.generation_id = i.generation_id
+        WHERE i.batch_id = ? AND i.status = 'done'
+    )
+    SELECT idx, position,
+           CASE WHEN in_answer THEN row_number() OVER (PARTITION BY idx, in_answer
+                                                       ORDER BY position) - 1 END
+               AS answer_position,
+           text, role, prob, logprob, entropy, rank
+    FROM marked ORDER BY idx, position
 """
 
 
@@ -459,15 +479,21 @@ def custom_flags(store: Store, batch_id: str) -> dict[str, dict]:
 
 
 def add_custom_flag(store: Store, batch_id: str, name: str, condition: str,
-                    seconds: float = CUSTOM_SECONDS) -> list[int]:
+                    seconds: float = CUSTOM_SECONDS, replace: bool = False) -> list[int]:
     """Run a researcher's SQL condition on the finished items; keep it and what it matched.
 
-    Run it again (same name) after more items finish to update what it matched.
+    Add it again (same name, same condition) after more items finish to update what it
+    matched. A flag of that name with another condition is replaced only when `replace`.
     """
     name = name.strip()
     if not CUSTOM_NAME.match(name) or name in FLAGS:
         raise InputFormatError("Name the flag with a letter then up to 39 letters, digits, "
                                "spaces, - or _, and not as a built-in flag.")
+    kept = custom_flags(store, batch_id).get(name)
+    if kept is not None and kept["sql"] != condition.strip() and not replace:
+        raise InputFormatError(f"A flag named “{name}” exists with another condition "
+                               f"({kept['sql']}). Choose another name, or tick “Replace” to "
+                               "put this condition in its place.")
     matches = custom_matches(store, batch_id, condition, seconds)
     with store.cursor(write=True) as cur:
         _session(cur, store, batch_id, write=True)
@@ -511,11 +537,7 @@ def _copies(store: Store, batch_id: str) -> tuple[pa.Table, pa.Table]:
                                    "built-in conditions instead.")
         items = cur.sql(f"SELECT {', '.join(COLUMNS)} FROM ({_ITEMS}) WHERE status = 'done'",
                         params=[batch_id]).to_arrow_table()
-        tokens = cur.sql(
-            "SELECT i.idx, t.position, t.text, t.role, t.prob, t.logprob, t.entropy, t.rank "
-            "FROM token_steps t JOIN batch_items i ON t.generation_id = i.generation_id "
-            "WHERE i.batch_id = ? AND i.status = 'done' ORDER BY i.idx, t.position",
-            params=[batch_id]).to_arrow_table()
+        tokens = cur.sql(_TOKENS, params=[batch_id]).to_arrow_table()
     return items, tokens
 
 
