@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+import zipfile
 
 import pytest
 
@@ -533,8 +534,19 @@ def test_the_exports_carry_the_filtered_items(tmp_path):
     assert counts["refusal"] is None and counts["divergence"] is None  # not computed here
     report = report_markdown(load_batch(store, batch_id), counts, FLAG_TITLES, rows,
                              "n_tokens >= 2")
-    assert "| refusal \\(first token\\) | not computed |" in report
-    assert "beta'; DROP TABLE batch\\_items; \\-\\-" in report  # markup and pipes escaped
+    assert "| refusal (first token) | not computed |" in report
+    # inline markup escaped, nothing else (new-user issue, point 9: "Paris\\." everywhere)
+    assert "beta'; DROP TABLE batch\\_items; --" in report
+    assert "](" not in report  # the report alone links no file it does not hold
+    from perplex.workspace.batch_exports import report_zip
+
+    png = b"\x89PNG\r\n\x1a\n not a real image, bytes kept as given"
+    linked = report_markdown(load_batch(store, batch_id), counts, FLAG_TITLES, rows,
+                             "n_tokens >= 2", "distribution.png")
+    with zipfile.ZipFile(io.BytesIO(report_zip(linked, png, "distribution.png"))) as archive:
+        assert sorted(archive.namelist()) == ["distribution.png", "report.md"]
+        assert "![distribution](distribution.png)" in archive.read("report.md").decode()
+        assert archive.read("distribution.png") == png
 
 
 def test_the_repetition_flag_is_seq_rep_4_of_the_scored_answer(engine, tmp_path):

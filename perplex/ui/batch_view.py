@@ -24,7 +24,7 @@ from perplex.modes.calibration.answers import MATCH_RULES
 from perplex.modes.calibration.datasets import sample_dataset
 from perplex.modes.runner import paced
 from perplex.ui import investigate, page_state, resources, runs, session_panel
-from perplex.ui.export_panel import download, figure_downloads
+from perplex.ui.export_panel import download, figure_downloads, rendered_figure
 from perplex.ui.file_input import uploaded_file
 from perplex.ui.model_choice import choose_local_model
 from perplex.ui.sidebar import thresholds
@@ -35,6 +35,7 @@ from perplex.workspace.batch_exports import (
     items_jsonl,
     items_tokens_parquet,
     report_markdown,
+    report_zip,
 )
 from perplex.workspace.batch_store import (
     NUMBER_OPS,
@@ -485,12 +486,23 @@ def export_section(batch: BatchSummary, rows: list[dict], counts: dict[str, int]
         download(cols[2], "Items with tokens (JSONL)", lambda: items_jsonl(store, rows),
                  file_name=f"{name}.jsonl", mime="application/json", key=f"{PREFIX}.jsonl")
         download(cols[3], "Summary report (Markdown)",
-                 lambda: report_markdown(batch, counts, FLAG_TITLES, rows, shown.words,
-                                         f"{name}-distribution.png"),
+                 lambda: report_markdown(batch, counts, FLAG_TITLES, rows, shown.words),
                  file_name=f"{name}-report.md", mime="text/markdown", key=f"{PREFIX}.report")
         fig = st.session_state.get(f"{PREFIX}.figure")
-        if fig is not None:
-            figure_downloads(fig, f"{name}-distribution",
-                             f"{PREFIX}.fig.{batch.id}.{hash(shown)}", "The distribution figure",
-                             caption_line(f"batch “{batch.name}”", batch.model_label,
-                                          f"{len(rows):,} items shown"))
+        if fig is None:
+            return
+        figure_key = f"{PREFIX}.fig.{batch.id}.{hash(shown)}"
+        figure_downloads(fig, f"{name}-distribution", figure_key, "The distribution figure",
+                         caption_line(f"batch “{batch.name}”", batch.model_label,
+                                      f"{len(rows):,} items shown"))
+        png = rendered_figure(figure_key, "png")
+        if png is None:
+            st.caption("Render the PNG to download the report with its figure (ZIP).")
+            return
+        figure_name = f"{name}-distribution.png"
+        download(st, "Report with its figure (ZIP)",
+                 lambda: report_zip(report_markdown(batch, counts, FLAG_TITLES, rows,
+                                                    shown.words, figure_name),
+                                    png, figure_name),
+                 file_name=f"{name}-report.zip", mime="application/zip",
+                 key=f"{PREFIX}.report_zip")

@@ -89,7 +89,7 @@ def figure_downloads(fig, name: str, key: str, title: str, caption: str) -> None
     download(cols[0], "Interactive HTML", data=lambda: fig.to_html(include_plotlyjs=True),
              file_name=f"{name}.html", mime="text/html", key=f"{key}.html")
     for col, fmt in zip(cols[1:], ("png", "svg")):
-        rendered_key = f"{key}.{fmt}"
+        rendered_key = _rendered_key(key, fmt)
         if rendered_key in st.session_state:
             download(col, f"{fmt.upper()} ready: download", st.session_state[rendered_key],
                      file_name=f"{name}.{fmt}", key=f"{rendered_key}.dl")
@@ -102,6 +102,15 @@ def figure_downloads(fig, name: str, key: str, title: str, caption: str) -> None
                 st.error(plain(str(exc)))
                 return
             st.rerun()
+
+
+def rendered_figure(key: str, fmt: str) -> bytes | None:
+    """The PNG or SVG `figure_downloads` drew under `key`, or None before it is drawn."""
+    return st.session_state.get(_rendered_key(key, fmt))
+
+
+def _rendered_key(key: str, fmt: str) -> str:
+    return f"{key}.{fmt}"
 
 
 def _annotation_downloads(session_id: str, prefix: str) -> None:

@@ -1,5 +1,8 @@
 """A batch's filtered items as files: items CSV, per-token Parquet, JSONL, a Markdown report.
 
+The report alone links no file; with its figure it is a ZIP holding both, the figure beside
+the report under the name the report links.
+
 The CSV has one row per item (its statistics and flag counts); the Parquet one row per
 token of those items (the store's token layout, `generation_id` joins it to the CSV); the
 JSONL one object per item with its messages, answer, statistics, flags and tokens.
@@ -11,6 +14,7 @@ import csv
 import io
 import json
 import math
+import zipfile
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
@@ -73,10 +77,16 @@ def items_jsonl(store: Store, rows: Sequence[dict]) -> bytes:
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
+# What starts markup inside a line: emphasis, code, links and images, HTML, entities,
+# strikethrough, a table's pipe. A cell is never at the start of a line, so "-", "#", "."
+# and "+" mean nothing there and stay as written: the raw report reads as plain text.
+_INLINE_MARKUP = "\\`*_[]<>&|~"
+
+
 def _cell(text: str, limit: int = 80) -> str:
-    """Text for a Markdown table cell: one line, pipes and markup characters escaped."""
+    """Text for a Markdown table cell: one line, each inline markup character escaped."""
     flat = " ".join(str(text).split())[:limit]
-    return "".join("\\" + ch if ch in "\\`*_{}[]<>()#+-.!|~" else ch for ch in flat)
+    return "".join("\\" + ch if ch in _INLINE_MARKUP else ch for ch in flat)
 
 
 def report_markdown(summary: BatchSummary, counts: dict[str, int | None], titles: dict[str, str],
@@ -108,3 +118,12 @@ def report_markdown(summary: BatchSummary, counts: dict[str, int | None], titles
     if len(rows) > 200:
         lines.append(f"\n({len(rows) - 200} more items in the CSV.)")
     return "\n".join(lines) + "\n"
+
+
+def report_zip(report: str, figure_png: bytes, figure_name: str) -> bytes:
+    """The report (which links `figure_name`) and that figure, in one ZIP."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("report.md", report)
+        archive.writestr(figure_name, figure_png)
+    return out.getvalue()

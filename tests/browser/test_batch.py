@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import zipfile
 
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
@@ -138,6 +139,20 @@ def test_upload_run_filter_read_annotate_export(browser, app_url, screenshot):
         page.get_by_role("button", name="Items with tokens (JSONL)").click()
     objects = [json.loads(line) for line in open(lines.value.path(), encoding="utf-8")]
     assert len(objects) == flagged and all(o["tokens"] for o in objects)
+    # the report reads as text and links no file it lacks; with its figure it is a ZIP
+    # holding both (new-user issue, point 9: over-escaped, and a PNG link to nothing)
+    with page.expect_download() as report:
+        page.get_by_role("button", name="Summary report (Markdown)").click()
+    text = open(report.value.path(), encoding="utf-8").read()
+    assert "](" not in text and "\\." not in text and "| answer ≠ reference |" in text
+    page.get_by_role("button", name="Render PNG").click()
+    with page.expect_download() as bundle:
+        page.get_by_role("button", name="Report with its figure (ZIP)").click(
+            timeout=WORK_TIMEOUT)
+    with zipfile.ZipFile(bundle.value.path()) as archive:
+        [figure] = [n for n in archive.namelist() if n.endswith(".png")]
+        assert f"]({figure})" in archive.read("report.md").decode()
+        assert archive.read(figure).startswith(b"\x89PNG")
     assert_no_exception(page)
 
     # the item on screen opens on the Default page in one click
