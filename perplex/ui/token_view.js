@@ -27,13 +27,15 @@ function el(tag, className, text) {
   return node;
 }
 
-// A token's text with its whitespace made visible, for the tooltip.
+// A token's text with its whitespace made visible, for the tooltip and the menu: the one
+// convention of every view and figure (core.plots.visible_token): · space, ↵ line break,
+// ⇥ tab.
 function visible(text) {
   return text
-    .replace(/ /g, "\u2423")
-    .replace(/\t/g, "\\t")
+    .replace(/ /g, "\u00b7")
+    .replace(/\t/g, "\u21e5")
     .replace(/\r/g, "\\r")
-    .replace(/\n/g, "\\n");
+    .replace(/\n/g, "\u21b5");
 }
 
 function fmtProb(p) {

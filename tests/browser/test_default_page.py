@@ -172,7 +172,7 @@ def test_first_look_streams_then_explains_tokens(app, screenshot):
     assert len(tip.alts) == 3, tip.text
     probs = [p for _, p, _ in tip.alts]
     assert probs == sorted(probs, reverse=True) and 0 < probs[-1] and sum(probs) <= 1.0001
-    assert tip.alts[0][0] == "\u201c\u2423Paris\u201d" and tip.alts[0][2]  # marked chosen
+    assert tip.alts[0][0] == "\u201c\u00b7Paris\u201d" and tip.alts[0][2]  # marked chosen
     assert math.isclose(tip.alts[0][1], tip.p, rel_tol=1e-3)
     assert not any(chosen for _, _, chosen in tip.alts[1:])
     paris_button = page.get_by_role("button", name=re.compile(r"^“·Paris” p "))
@@ -336,7 +336,7 @@ def test_openai_upload_shows_its_own_logprobs(app, screenshot):
         top = sorted((math.exp(t["logprob"]) for t in entry["top_logprobs"]), reverse=True)[:3]
         assert [p for _, p, _ in tip.alts] == pytest.approx(top, rel=1e-3)
     tip = hover_tip(page, tokens.nth(5))  # " Paris"
-    assert tip.alts[0][0] == "\u201c\u2423Paris\u201d" and tip.alts[0][2]
+    assert tip.alts[0][0] == "\u201c\u00b7Paris\u201d" and tip.alts[0][2]
     screenshot(page, "default_page_openai_tooltip")
     page.mouse.move(0, 0)
 

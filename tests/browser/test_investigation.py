@@ -149,8 +149,8 @@ def in_viewport(page, locator) -> bool:
 
 
 def shown(text: str) -> str:
-    """A menu label's token text as the model wrote it (`␣` marks a space)."""
-    return text.replace("\u2423", " ")
+    """A menu label's token text as the model wrote it (`·` marks a space)."""
+    return text.replace("\u00b7", " ")
 
 
 def continuations(page):

@@ -123,9 +123,9 @@ def test_hover_shows_tooltip_with_numbers_and_alternatives(app, screenshot):
     tok(5).hover()
     tip.wait_for(state="visible")
     text = tip.inner_text()
-    for expected in ("\u201c\u2423Paris\u201d", "p = 0.1235", "log p = -2.092",
+    for expected in ("\u201c\u00b7Paris\u201d", "p = 0.1235", "log p = -2.092",
                      "H = 1.64 nats", "rank 4",
-                     "\u2423the", "<b>x</b>", "\\n"):
+                     "\u00b7the", "<b>x</b>", "\u21b5"):
         assert expected in text, (expected, text)
     assert tip.locator(".tip-alt").count() == 3
     assert tip.evaluate("e => getComputedStyle(e).pointerEvents") == "none"
@@ -133,7 +133,7 @@ def test_hover_shows_tooltip_with_numbers_and_alternatives(app, screenshot):
 
     tok(1).hover()  # chosen token among the top 3: marked
     assert tip.locator(".tip-alt.chosen").inner_text().startswith("\u25b8")
-    assert "\u2423capital" in tip.locator(".tip-alt.chosen").inner_text()
+    assert "\u00b7capital" in tip.locator(".tip-alt.chosen").inner_text()
     tok(4).hover()  # entropy from the top-k only
     assert re.search(r"H \u2265 \d\.\d\d nats \(top-k estimate\)", tip.inner_text())
     tok(0).hover()
@@ -188,15 +188,15 @@ def test_click_opens_menu_and_inject_reaches_python(app, screenshot):
     box, token_box = menu.bounding_box(), tok(5).bounding_box()
     assert 0 <= box["y"] - (token_box["y"] + token_box["height"]) <= 8  # just below it
     assert abs(box["x"] - token_box["x"]) <= 2
-    assert menu.locator(".menu-token").inner_text() == "\u201c\u2423Paris\u201d"
+    assert menu.locator(".menu-token").inner_text() == "\u201c\u00b7Paris\u201d"
     assert app.item("open_lens").count() == 0  # not offered: lens_available is False
     app.item("inject").click()
     rows = app.panel("inject").locator(".menu-alt")
     assert rows.count() == 12  # every recorded alternative, not only the tooltip's 3
     texts = [" ".join(t.split()) for t in rows.all_inner_texts()]
-    assert texts[:4] == ["\u201c\u2423the\u201d 0.3944", "\u201c<b>x</b>\u201d 0.263",
-                         "\u201c\\n\u201d 0.1315", "\u25b8 \u201c\u2423Paris\u201d 0.1235"]
-    assert texts[11] == "\u201c\u2423rare7\u201d 0.01096"
+    assert texts[:4] == ["\u201c\u00b7the\u201d 0.3944", "\u201c<b>x</b>\u201d 0.263",
+                         "\u201c\u21b5\u201d 0.1315", "\u25b8 \u201c\u00b7Paris\u201d 0.1235"]
+    assert texts[11] == "\u201c\u00b7rare7\u201d 0.01096"
     assert rows.nth(3).is_disabled() and not rows.nth(0).is_disabled()  # the token itself
     screenshot(page, "token_view_menu")
     started = time.perf_counter()
