@@ -7,6 +7,7 @@ import streamlit as st
 from perplex.ui import comparison_view as view
 from perplex.ui import session_panel
 from perplex.ui.entry import run_inside_the_app
+from perplex.ui.live import answer_area
 from perplex.ui.sidebar import decode_params_form
 
 run_inside_the_app()  # first: a page opened alone on a cold server reruns through app.py
@@ -36,14 +37,15 @@ with st.form(f"{view.PREFIX}.prompt_form"):
                                type="primary")
 if viewing_only:
     st.caption("Read-only: fork the session (sidebar) to compare.")
-if go and ready:
-    if not prompt.strip():
-        st.error("Write a prompt first.")
-    else:
-        conditions = {"A": side_a[1], "B": side_b[1]}
-        view.generate_section(side_a[0], side_b[0], conditions, prompt.strip(), params,
-                              approximate)
-view.results_section()
+with answer_area(go and ready and bool(prompt.strip())):
+    if go and ready:
+        if not prompt.strip():
+            st.error("Write a prompt first.")
+        else:
+            conditions = {"A": side_a[1], "B": side_b[1]}
+            view.generate_section(side_a[0], side_b[0], conditions, prompt.strip(), params,
+                                  approximate)
+    view.results_section()
 if ready:
     view.dataset_section(side_a[0], side_b[0], {"A": side_a[1], "B": side_b[1]}, params,
                          approximate)

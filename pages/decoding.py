@@ -9,6 +9,7 @@ from perplex.ui import decoding_many, resources, session_panel
 from perplex.ui import decoding_view as view
 from perplex.ui.conditioning import system_prompt_control
 from perplex.ui.entry import run_inside_the_app
+from perplex.ui.live import answer_area
 from perplex.ui.text import plain
 
 run_inside_the_app()  # first: a page opened alone on a cold server reruns through app.py
@@ -35,11 +36,12 @@ with st.form(f"{view.PREFIX}.prompt_form"):
                                disabled=setup is None or viewing_only)
 if viewing_only:
     st.caption("Read-only: fork the session (sidebar) to run methods.")
-if go and setup is not None:
-    if not prompt.strip():
-        st.error("Write a prompt first.")
-    else:
-        view.run_section(local, setup, system + (Message("user", prompt.strip()),),
-                         prompt.strip())
-view.results_section()
+with answer_area(go and setup is not None and bool(prompt.strip())):
+    if go and setup is not None:
+        if not prompt.strip():
+            st.error("Write a prompt first.")
+        else:
+            view.run_section(local, setup, system + (Message("user", prompt.strip()),),
+                             prompt.strip())
+    view.results_section()
 decoding_many.many_section(local, setup, system)

@@ -9,6 +9,7 @@ from perplex.ui import hallucination_view as view
 from perplex.ui import resources, session_panel
 from perplex.ui.conditioning import system_prompt_control
 from perplex.ui.entry import run_inside_the_app
+from perplex.ui.live import answer_area
 from perplex.ui.sidebar import decode_params_form
 from perplex.ui.text import plain
 
@@ -34,12 +35,13 @@ with st.form(f"{view.PREFIX}.form"):
                             placeholder="e.g. Who was the first person to walk on Mars?")
     submitted = st.form_submit_button("Ask", type="primary",
                                       disabled=viewing_only or settings is None)
-if submitted and settings is not None:
-    try:
-        view.ask(engine, params, question, settings[0], system)
-    except PerplexError as exc:
-        st.error(plain(str(exc)))
-
-current = st.session_state.get(view.CURRENT)
-if current is not None:
-    view.answer_section(current, settings, engine, local, params)
+asking = submitted and settings is not None
+with answer_area(asking):
+    if asking:
+        try:
+            view.ask(engine, params, question, settings[0], system)
+        except PerplexError as exc:
+            st.error(plain(str(exc)))
+    current = st.session_state.get(view.CURRENT)
+    if current is not None:
+        view.answer_section(current, settings, engine, local, params)

@@ -14,7 +14,7 @@ from perplex.modes import prefill
 from perplex.ui import investigate, page_state, resources, session_panel
 from perplex.ui.conditioning import system_prompt_control
 from perplex.ui.entry import run_inside_the_app
-from perplex.ui.live import LiveGeneration, kept
+from perplex.ui.live import LiveGeneration, answer_area, kept
 from perplex.ui.own_sets import own_sets_editor, word_list
 from perplex.ui.prompt_list import many_prompts
 from perplex.ui.sidebar import decode_params_form, thresholds
@@ -341,16 +341,17 @@ with st.form(f"{PREFIX}.form"):
     submitted = st.form_submit_button("Run", type="primary",
                                       disabled=session_panel.read_only())
 opened = st.session_state.pop(OPEN_ROW, None)
-if (submitted or opened is not None) and not session_panel.read_only():
-    try:
-        run_prompt(opened if opened is not None else prompt,
-                   "" if opened is not None else prefix_text, active, system)
-    except PerplexError as exc:
-        st.error(plain(str(exc)))
-
-current = st.session_state.get(CURRENT)
-if current is not None:
-    show_current(current, active)
+running = (submitted or opened is not None) and not session_panel.read_only()
+with answer_area(running):
+    if running:
+        try:
+            run_prompt(opened if opened is not None else prompt,
+                       "" if opened is not None else prefix_text, active, system)
+        except PerplexError as exc:
+            st.error(plain(str(exc)))
+    current = st.session_state.get(CURRENT)
+    if current is not None:
+        show_current(current, active)
 
 st.divider()
 many_prompts(local, PREFIX, active.sets[REFUSAL_SET], active.sets[COMPLIANCE_SET], system,

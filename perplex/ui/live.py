@@ -5,6 +5,8 @@ button, or any other widget), and reruns it. `LiveGeneration` shows the tokens i
 `TokenViewStream` (with tokens/s and the time left) under a Stop button, and `kept` wraps
 the loop over a run: when the script is ended that way, the tokens produced so far are
 kept, as a generation whose stop reason says it was stopped, when the rerun starts.
+`answer_area` is where a page's answer and its numbers go, so that a new answer streams in
+their place rather than beside them.
 """
 
 from __future__ import annotations
@@ -106,3 +108,18 @@ def _tab() -> str:
     """This browser tab's Streamlit session id."""
     ctx = get_script_run_ctx()
     return ctx.session_id if ctx is not None else ""
+
+
+def answer_area(new_answer: bool):
+    """The container of a page's answer and its numbers; pass True when one is about to stream.
+
+    Streamlit shows what its previous run drew, greyed, until this run draws over it, and a
+    container drawn where one was takes over its contents: an answer streaming above the
+    last answer's numbers left those on screen, to be read as the new one's. Before a new
+    answer an empty element goes where the old container was, dropping it with everything
+    in it, and the answer streams into a container after it. (An `st.empty()` refilled with
+    a container at once does not do it: the two messages are merged before they are sent.)
+    """
+    if new_answer:
+        st.empty()
+    return st.container()

@@ -156,6 +156,17 @@ def test_a_confident_loop_is_flagged_as_repetition(hallucination_page, screensho
     screenshot(page, "hallucination_6_repetition_flag")
     assert_no_exception(page)
 
+    # New-user issue, point 9: while a new answer streams, the last answer's numbers are
+    # gone, not left on screen greyed beside it.
+    page.get_by_label("Question").fill(QUESTION)
+    page.get_by_role("button", name="Ask", exact=True).click()
+    page.locator(f"{LIVE_VIEW} .tok").first.wait_for(timeout=WORK_TIMEOUT)
+    old_numbers = page.get_by_text(re.compile(r"^\d+ alerts? in \d+ tokens|^Repetition: "))
+    assert old_numbers.count() == 0
+    assert page.locator(LIVE_VIEW).count() == 1, "the answer ended before the check"
+    page.locator(FINAL_TOK).first.wait_for(timeout=WORK_TIMEOUT)
+    old_numbers.first.wait_for()  # the new answer's own, once it is done
+
 
 def test_bad_thresholds_and_empty_question_get_clear_messages(hallucination_page, screenshot):
     page = hallucination_page
