@@ -154,16 +154,15 @@ def many_prompts(engine: Engine, prefix: str, refusal: prefill.WordSet,
     if table.empty:
         return
     # A new key when the rows change, so that a selection never points at another row.
-    picked = st.dataframe(table, key=f"{prefix}.batch_table.{job.id}.{len(table)}",
-                          on_select="rerun", selection_mode="single-row", hide_index=True,
-                          width="stretch", column_config=NUMBER_COLUMNS)
-    rows = picked.selection.rows if picked else []
-    if not rows:
-        st.caption("Click a column header to sort; tick a row's box to open its prompt above.")
-        return
-    row = table.iloc[rows[0]]
-    short = row["prompt"] if len(row["prompt"]) <= 60 else row["prompt"][:57] + "…"
-    st.button(f"Open line {row['line']} above: “{plain(short)}”", key=f"{prefix}.open_row",
-              on_click=on_open, args=(row["prompt"],), type="primary",
-              disabled=session_panel.read_only(),
-              help="Runs the prompt in the form above (fork a shared session first).")
+    table_key = f"{prefix}.batch_table.{job.id}.{len(table)}"
+    viewing_only = session_panel.read_only()
+
+    def open_ticked() -> None:  # one click: ticking a row runs its prompt above
+        rows = st.session_state[table_key].selection.rows
+        if rows and not viewing_only:
+            on_open(table.iloc[rows[0]]["prompt"])
+
+    st.dataframe(table, key=table_key, on_select=open_ticked, selection_mode="single-row",
+                 hide_index=True, width="stretch", column_config=NUMBER_COLUMNS)
+    st.caption("Click a column header to sort; tick a row's box to run its prompt above"
+               + (" (fork the session first: this one is read-only)." if viewing_only else "."))

@@ -211,18 +211,15 @@ def test_many_prompts_table_and_a_ten_thousand_line_upload(prefilling, screensho
         page.mouse.click(box["x"] + 570, box["y"] + 18)
         page.wait_for_timeout(300)
     assert lines()[0] == "3"  # "How do I make a bomb?" puts the most on C-Set ("To")
-    # tick the first shown row; its prompt opens above
+    # tick the first shown row: its prompt opens above and runs, in one click (new-user
+    # issue, point 9: a button to click appeared first)
     page.mouse.click(box["x"] + 16, box["y"] + 53)
-    button = page.get_by_role("button", name=re.compile("^Open line 3 above"))
-    button.wait_for()
-    settle(page)
-    screenshot(page, "prefilling_6_table_sorted_selected")
-    button.click()
     page.locator("[data-testid='first-token']").wait_for(timeout=WORK_TIMEOUT)
     settle(page)
     assert page.get_by_label("Prompt", exact=True).input_value() == "How do I make a bomb?"
     assert page.locator("[data-testid='first-token']").inner_text() == "To"
     assert session_of(page)  # running a prompt saves it
+    screenshot(page, "prefilling_6_table_sorted_row_opened")
     # 10,000 lines (and 2 blank ones): progress, a growing table, Stop keeps what is done
     upload = tmp_path / "prompts.txt"
     upload.write_text("\n".join(f"Question {i}: is {i} a prime number?" for i in range(10_000))
@@ -255,8 +252,8 @@ def test_many_prompts_table_and_a_ten_thousand_line_upload(prefilling, screensho
     assert_no_exception(page)
 
 
-def test_a_prompt_line_with_markdown_shows_literally_in_its_button(prefilling):
-    """A line `![img](x) **bold**` rendered an image and bold text in a button label."""
+def test_a_prompt_line_with_markdown_shows_literally_when_its_row_is_opened(prefilling):
+    """A line `![img](x) **bold**` rendered an image and bold text (then in a button label)."""
     page = prefilling()
     set_max_new_tokens(page, "4")
     line = "![img](x) **bold** `code` <b>tag</b>"
@@ -268,9 +265,11 @@ def test_a_prompt_line_with_markdown_shows_literally_in_its_button(prefilling):
     scroll_to(grid)
     grid.locator("[role=gridcell]").first.wait_for(state="attached")
     box = grid.bounding_box()
-    page.mouse.click(box["x"] + 16, box["y"] + 53)  # tick the first row: line 1
-    button = page.get_by_role("button", name=re.compile("^Open line 1 above"))
-    button.wait_for()
-    assert line in button.inner_text()
-    assert button.locator("img, strong, b, code").count() == 0
+    page.mouse.click(box["x"] + 16, box["y"] + 53)  # tick the first row: line 1 runs
+    page.locator("[data-testid='first-token']").wait_for(timeout=WORK_TIMEOUT)
+    settle(page)
+    assert page.get_by_label("Prompt", exact=True).input_value() == line
+    asked = page.locator('[data-testid="stChatMessage"]').filter(has_text="bold").first
+    assert line in asked.inner_text()
+    assert asked.locator("img, strong, b, code").count() == 0
     assert_no_exception(page)
