@@ -8,7 +8,7 @@ MODELS_DIR := $(or $(PERPLEX_MODEL_CACHE),$(if $(PERPLEX_HOME),$(PERPLEX_HOME)/m
 MODEL_STAMP := $(MODELS_DIR)/.bundled-ready
 PORT ?= 8501
 
-.PHONY: run test test-fast bench loadtest lint docs setup model variants browser llama serve-openai serve-team clean
+.PHONY: run test test-fast bench loadtest fuzz lint docs setup model variants browser llama serve-openai serve-team clean
 
 # The dashboard listens on this machine only; `make run ADDRESS=0.0.0.0` opens it to others.
 ADDRESS ?= 127.0.0.1
@@ -37,6 +37,13 @@ MINUTES ?= 5
 loadtest: setup browser
 	$(PROJECT_MODELS)
 	$(PY) -m bench.loadtest --users $(USERS_N) --minutes $(MINUTES)
+
+# Every upload path under many more generated files than `make test` tries (50 a path);
+# prints the table of path × cases × refused with a message × database unchanged.
+FUZZ_EXAMPLES ?= 1000
+fuzz: setup
+	PERPLEX_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q tests/test_fuzz_paths.py \
+	  tests/test_fuzz_uploads.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

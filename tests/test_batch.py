@@ -488,6 +488,33 @@ def test_divergence_from_a_second_model_is_the_mean_kl_by_hand(engine, tmp_path)
         run_batch(engine, store, batch_id, settings, second=other)
 
 
+def test_a_prompt_with_a_lone_surrogate_is_an_unreadable_line_not_a_stored_item(tmp_path):
+    """Found by the fuzz suite: a prompt holding a lone surrogate escape was stored as is."""
+    text = '{"prompt": "a\\ud800b"}\n{"prompt": "fine", "reference": ["x\\udc00"]}\n' \
+           '{"prompt": "Hello"}'
+    read = list(read_items("s.jsonl", io.BytesIO(text.encode())))
+    assert [type(r).__name__ for r in read] == ["Malformed", "Malformed", "BatchInput"]
+    assert "the prompt holds a lone surrogate" in read[0].why
+    assert "a reference holds a lone surrogate" in read[1].why
+
+
+def test_a_read_that_fails_part_way_stores_nothing(tmp_path):
+    """A file that turns out unreadable after its first items leaves no partial batch."""
+    store = Store.open(tmp_path / "p.duckdb")
+    batch_id = create_batch(store, "p", "prompts", "tiny", {}, None)
+
+    def read():
+        for i in range(3):
+            yield BatchInput(i + 1, (Message("user", f"Prompt {i}"),))
+        raise InputFormatError("member b.json of the zip is encrypted")
+
+    with pytest.raises(InputFormatError, match="encrypted. Nothing was stored."):
+        add_items(store, batch_id, read())
+    assert list_batches(store) == []
+    with store.cursor() as cur:
+        assert cur.execute("SELECT count(*) FROM batch_items").fetchall() == [(0,)]
+
+
 def test_a_zip_of_json_transcripts_is_read_and_a_zip_bomb_member_refused():
     import zipfile
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -182,7 +183,8 @@ JSON_VALUES = st.recursive(
     max_leaves=25)
 
 
-@settings(max_examples=300, deadline=None, derandomize=True,
+@settings(max_examples=max(300, int(os.environ.get("PERPLEX_FUZZ_EXAMPLES", "0"))),
+          deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(document=JSON_VALUES)
 def test_any_json_upload_is_refused_with_a_message_or_safe_downstream(document, store):

@@ -216,6 +216,9 @@ def test_a_strong_steer_changes_the_answer(tiny, cheer):
     ('{"instruction": [{"pos": "a", "neg": " "}], "questions": ["a", "b"], "eval_prompt": "x"}',
      "instruction\\[0\\].neg must be non-empty text"),
     ("[1, 2", "is not JSON"),
+    # found by the fuzz suite: a lone surrogate escape was accepted, then could not be shown
+    ('{"instruction": [{"pos": "a", "neg": "b"}], "questions": ["a", "\\ud800"], '
+     '"eval_prompt": "x"}', "questions\\[1\\] holds a lone surrogate"),
 ])
 def test_a_bad_trait_file_is_named(text, message):
     with pytest.raises(InputFormatError, match=message):
@@ -278,6 +281,14 @@ def test_pt_vectors_import_only_as_plain_tensors_of_the_models_shape(tmp_path, m
     assert not (tmp_path / "pwned-by-pickle").exists()
     with pytest.raises(InputFormatError, match="non-finite"):
         import_pt(saved(torch.full((4, 64), float("nan"))), "evil", "tiny", layers=3, hidden=64)
+    # found by the fuzz suite: 3e38 gave infinite norms, saved, then the vector was unreadable
+    with pytest.raises(InputFormatError, match="holds a value of 3e\\+38"):
+        import_pt(saved(torch.full((4, 64), 3e38)), "evil", "tiny", layers=3, hidden=64)
+    # found by the fuzz suite: a sparse tensor of the right shape raised a TypeError
+    for odd in (torch.randn(4, 64).to_sparse(), torch.randn(4, 64, dtype=torch.complex64),
+                torch.quantize_per_tensor(torch.randn(4, 64), 0.1, 0, torch.qint8)):
+        with pytest.raises(InputFormatError, match="plain dense tensor of numbers"):
+            import_pt(saved(odd), "evil", "tiny", layers=3, hidden=64)
 
 
 def test_monitor_json_round_trips_and_bad_files_are_named():

@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
-from perplex.core.errors import InputFormatError, StoreError
+from perplex.core.errors import InputFormatError, PerplexError, StoreError
 from perplex.core.limits import LimitReached
 from perplex.core.records import Generation, Message, new_id
 from perplex.core.repetition import REPETITION_RATE
@@ -205,8 +205,20 @@ def add_items(store: Store, batch_id: str, read: Iterable[BatchInput | Malformed
 
     `on_chunk(items, malformed)` is called after each stored chunk (progress). With
     `max_items` > 0, a read that holds more items stores none: the batch is deleted and
-    LimitReached says so.
+    LimitReached says so. A read that fails part way (a file that turns out unreadable)
+    stores none either: the batch is deleted and the error says nothing was stored.
     """
+    try:
+        return _add_items(store, batch_id, read, on_chunk, max_items)
+    except LimitReached:
+        raise
+    except PerplexError as exc:
+        _delete(store, batch_id)
+        raise InputFormatError(f"{str(exc).rstrip('.')}. Nothing was stored.") from None
+
+
+def _add_items(store: Store, batch_id: str, read: Iterable[BatchInput | Malformed],
+               on_chunk, max_items: int) -> tuple[int, int]:
     malformed_count = 0
     listed: list[dict] = []
     chunk: list[BatchInput] = []

@@ -29,6 +29,9 @@ from perplex.workspace.access import require_session, visible
 from perplex.workspace.store import Store, insert_row
 
 MAX_VECTOR_BYTES = 64 * 2**20
+# Residual activations of today's models reach a few thousand; a persona vector, a
+# difference of means, less. A value past this is a broken or hostile file.
+MAX_VECTOR_VALUE = 1e6
 
 
 def vectors_dir(store: Store) -> Path:
@@ -37,7 +40,8 @@ def vectors_dir(store: Store) -> Path:
 
 
 def save_vector(store: Store, vector: TraitVector, session_id: str | None = None) -> str:
-    """Write the vector's file, then its row; returns its fresh id."""
+    """Write the vector's file, then its row; returns its fresh id (checked first)."""
+    check_vector(vector)
     vector_id = new_id()
     path = write_vector_file(store, vector, vector_id)
     try:
@@ -138,13 +142,22 @@ def read_vector_file(data: bytes) -> TraitVector:
     except Exception as exc:  # safetensors, JSON, a missing key, a wrong type or shape
         raise InputFormatError(f"This is not a Perplex trait vector file ({type(exc).__name__}: "
                                f"{str(exc)[:200]}).") from None
+    check_vector(vector)
+    return vector
+
+
+def check_vector(vector: TraitVector) -> None:
+    """InputFormatError unless the vector's values and statistics are in range.
+
+    Saving checks this too, so the store never holds a vector it could not read back.
+    """
     if not (vector.trait.strip() and 1 <= vector.default_layer <= vector.n_layers
             and isinstance(vector.meta, dict) and _baseline_ok(vector)
+            and np.isfinite(vector.vector).all()
             and all(math.isfinite(n) and n >= 0 for n in vector.norms)
             and all(math.isnan(a) or 0 <= a <= 1 for a in vector.auroc)):
         raise InputFormatError("A trait vector file has statistics out of range (a name, a "
-                               "layer, a norm, an AUROC or a baseline).")
-    return vector
+                               "layer, a value, a norm, an AUROC or a baseline).")
 
 
 def import_pt(data: bytes, trait: str, model_label: str, layers: int, hidden: int
@@ -162,6 +175,13 @@ def import_pt(data: bytes, trait: str, model_label: str, layers: int, hidden: in
     if not isinstance(loaded, torch.Tensor):
         raise InputFormatError(f"The .pt file holds a {type(loaded).__name__}, not a tensor: "
                                "export the vector itself (torch.save(vector, path)).")
+    if loaded.layout != torch.strided or loaded.is_meta or loaded.is_quantized \
+            or loaded.is_complex() or not (loaded.is_floating_point()
+                                           or loaded.dtype in (torch.int32, torch.int64)):
+        raise InputFormatError(f"The .pt file holds a {loaded.layout} {loaded.dtype} tensor"
+                               f"{' on the meta device' if loaded.is_meta else ''}: save the "
+                               "vector as a plain dense tensor of numbers (vector.to_dense()"
+                               ".float()).")
     if tuple(loaded.shape) != (layers + 1, hidden):
         raise InputFormatError(f"The vector has shape {tuple(loaded.shape)} but {model_label} "
                                f"needs [{layers + 1}, {hidden}] (layers + 1, hidden): it was made "
@@ -169,7 +189,12 @@ def import_pt(data: bytes, trait: str, model_label: str, layers: int, hidden: in
     array = loaded.detach().float().numpy()
     if not np.isfinite(array).all():
         raise InputFormatError("The vector holds non-finite numbers (NaN or infinity).")
-    norms = tuple(float(np.linalg.norm(row)) for row in array)
+    largest = float(np.abs(array).max()) if array.size else 0.0
+    if largest > MAX_VECTOR_VALUE:
+        raise InputFormatError(f"The vector holds a value of {largest:.3g}; a direction in "
+                               f"the residual stream stays under {MAX_VECTOR_VALUE:g} per "
+                               "entry, so this file is not one.")
+    norms = tuple(float(np.linalg.norm(row.astype(np.float64))) for row in array)
     # row `layers` is after the final norm in persona_vectors: never the default (see `row`)
     best = max(range(1, max(layers, 2)), key=lambda layer: norms[layer])
     return TraitVector(trait=trait, model_label=model_label, variant="imported", vector=array,

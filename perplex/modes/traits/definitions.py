@@ -15,6 +15,7 @@ from pathlib import Path
 
 from perplex.core.errors import InputFormatError
 from perplex.core.settings import PROJECT_ROOT
+from perplex.core.validation import check_text
 
 TRAITS_DIR = PROJECT_ROOT / "data" / "traits"
 MAX_TRAIT_BYTES = 1_000_000
@@ -89,6 +90,7 @@ def _text(name: str, where: str, value) -> str:
         raise InputFormatError(f"{name}: {where} is over {MAX_TEXT_CHARS:,} characters.")
     if "\x00" in value:
         raise InputFormatError(f"{name}: {where} contains a NUL character.")
+    check_text(value, f"{name}: {where}")
     return value
 
 
