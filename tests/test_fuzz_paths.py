@@ -10,7 +10,7 @@ Every case must end one of two ways:
 
 The cases of each path are counted and printed as a table at the end of the run (path,
 cases, refused with a message, database unchanged when refused). `make test` runs
-`FUZZ_EXAMPLES` cases a path (50, so 450 in all); `make fuzz` runs more (its
+`FUZZ_EXAMPLES` cases a path (50, so 600 in all); `make fuzz` runs more (its
 `PERPLEX_FUZZ_EXAMPLES`). The Default page's JSON and the session bundle are also fuzzed by
 mutation of real files in `test_fuzz_uploads.py`.
 """

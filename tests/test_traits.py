@@ -313,6 +313,11 @@ def test_monitor_json_round_trips_and_bad_files_are_named():
         parse_monitoring(json.dumps(nan).encode())
     with pytest.raises(InputFormatError, match="not UTF-8"):
         parse_monitoring(b'\xff\xfe{"prompt"')
+    # found by the fuzz suite: a trait name with a lone surrogate escape was accepted
+    odd = record.to_json()
+    odd["trait_scores"] = {"a\ud800b": [0.5, 1.0]}
+    with pytest.raises(InputFormatError, match="a trait name in trait_scores is not valid"):
+        parse_monitoring(json.dumps(odd).encode())
 
 
 def test_a_sweep_runs_each_coefficient_and_zero_is_the_baseline(tiny, cheer):

@@ -120,6 +120,7 @@ def _record(i: int, item) -> MonitoringRecord:
                                "to lists of numbers.")
     rows = []
     for name, values in scores.items():
+        _text(where, "a trait name in trait_scores", name)
         if not isinstance(values, list) or len(values) != len(tokens):
             got = len(values) if isinstance(values, list) else type(values).__name__
             raise InputFormatError(f"{where}: trait_scores[{name!r}] has {got} scores but there "
