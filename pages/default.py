@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-from perplex.core.errors import PerplexError
-from perplex.core.records import Message, TokenRole
+from perplex.core.records import Message
 from perplex.ui import investigate, page_state, resources, session_panel, uploads
+from perplex.ui.chat import chat_turn
 from perplex.ui.conditioning import system_prompt_control
 from perplex.ui.entry import run_inside_the_app
 from perplex.ui.export_panel import export_panel
-from perplex.ui.live import LiveGeneration, kept
 from perplex.ui.sidebar import decode_params_form, thresholds
-from perplex.ui.text import plain
 from perplex.ui.transcript import provenance_caption, show_transcript
 
 run_inside_the_app()  # first: a page opened alone on a cold server reruns through app.py
@@ -61,23 +59,5 @@ prompt = st.container().chat_input(
 export_panel(current, PREFIX)
 if prompt and engine is not None:
     history = current.messages if current is not None else system
-    messages = history + (Message("user", prompt),)
-    live.chat_message("user").text(prompt)
-    with live.chat_message("assistant"):
-        th = thresholds()
-        view = LiveGeneration(key=f"{PREFIX}-live", confident=th.confident,
-                              uncertain=th.uncertain, expected=params.max_new_tokens)
-        answer_index = len(messages)
-        try:
-            run = engine.generate(messages, params)
-            shown = []
-            with kept(run, lambda g: session_panel.save_to_session(g, CURRENT)):
-                for step in run:
-                    if step.role is TokenRole.RESPONSE and step.message_index == answer_index:
-                        shown.append(step)
-                        view.update(shown)
-            session_panel.save_to_session(run.generation(), CURRENT)
-        except PerplexError as exc:
-            st.error(plain(str(exc)))
-            st.stop()
-    st.rerun()
+    chat_turn(engine, params, history + (Message("user", prompt),), live, CURRENT,
+              f"{PREFIX}-live")
