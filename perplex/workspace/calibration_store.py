@@ -145,6 +145,14 @@ def load_results(store: Store, run_id: str) -> list[ItemResult]:
             for i, g, a, s, k, c, ok, m, o, j, jp in rows]
 
 
+def answered_item_ids(store: Store, run_id: str) -> set[str]:
+    """The ids of the items a run has a result for (one column read, for its progress)."""
+    with store.cursor() as cur:
+        _require_run(cur, store, run_id)
+        return {i for (i,) in cur.execute(
+            "SELECT item_id FROM calibration_results WHERE run_id = ?", [run_id]).fetchall()}
+
+
 def set_override(store: Store, run_id: str, item_id: str, verdict: bool | None) -> None:
     """The researcher's verdict on an item (None: back to the automatic one)."""
     with store.cursor(write=True) as cur:

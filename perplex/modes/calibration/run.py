@@ -33,8 +33,8 @@ from perplex.modes.calibration.token_confidence import (
 from perplex.modes.runner import Finished
 from perplex.workspace.calibration_store import (
     RunSummary,
+    answered_item_ids,
     load_dataset,
-    load_results,
     save_result,
 )
 from perplex.workspace.store import Store
@@ -243,7 +243,7 @@ class CalibrationItems:
         return cls(store, run.id, tuple(dataset.items[:limit]))
 
     def _done(self) -> set[str]:
-        return {r.item_id for r in load_results(self.store, self.run_id)}
+        return answered_item_ids(self.store, self.run_id)
 
     def counts(self) -> tuple[int, int, int]:
         """(done, 0, total)."""
