@@ -41,12 +41,17 @@ def set_number(page, label: str, value: str) -> None:
     settle(page)
 
 
+def ask_at_most(page, max_new_tokens: int, question: str) -> None:
+    """Set "max new tokens", type the question and press Ask."""
+    page.get_by_text("Generation settings", exact=True).click()
+    set_number(page, "max new tokens", str(max_new_tokens))
+    page.get_by_label("Question").fill(question)
+    page.get_by_role("button", name="Ask", exact=True).click()
+
+
 def test_alert_appears_while_the_answer_streams(hallucination_page, screenshot):
     page = hallucination_page
-    page.get_by_text("Generation settings", exact=True).click()
-    set_number(page, "max new tokens", "40")
-    page.get_by_label("Question").fill(QUESTION)
-    page.get_by_role("button", name="Ask", exact=True).click()
+    ask_at_most(page, 40, QUESTION)
 
     # The first alert shows in the running list and on its token while tokens still stream.
     page.locator(LIVE_ALERTS).get_by_text(re.compile(r"Alerts so far: [1-9]")).wait_for(
@@ -138,11 +143,8 @@ def test_alert_appears_while_the_answer_streams(hallucination_page, screenshot):
 def test_a_confident_loop_is_flagged_as_repetition(hallucination_page, screenshot):
     """New user, point 10: a loop of likely tokens raised no alert and no flag."""
     page = hallucination_page
-    page.get_by_text("Generation settings", exact=True).click()
-    set_number(page, "max new tokens", "60")
     # The bundled model answers "1, 1, 1, …" for 60 tokens with one alert at most.
-    page.get_by_label("Question").fill("List the numbers 1 1 1 1 1 1 1 1 1 1 1")
-    page.get_by_role("button", name="Ask", exact=True).click()
+    ask_at_most(page, 60, "List the numbers 1 1 1 1 1 1 1 1 1 1 1")
     page.locator(FINAL_TOK).first.wait_for(timeout=WORK_TIMEOUT)
     flag = page.get_by_text(re.compile(r"^Repetition: 0\.[89]\d of the answer's \d+ 4-token "
                                        r"sequences .*flagged as a loop"))
@@ -192,10 +194,7 @@ def test_bad_thresholds_and_empty_question_get_clear_messages(hallucination_page
 def test_stop_keeps_the_answer_so_far_with_its_alerts(hallucination_page, screenshot):
     """New-user issue, point 6: Hallucination's answer can be stopped; what came is kept."""
     page = hallucination_page
-    page.get_by_text("Generation settings", exact=True).click()
-    set_number(page, "max new tokens", "600")
-    page.get_by_label("Question").fill("Tell me everything you know about the Moon, at length.")
-    page.get_by_role("button", name="Ask", exact=True).click()
+    ask_at_most(page, 600, "Tell me everything you know about the Moon, at length.")
     page.locator(f"{LIVE_VIEW} .tok").nth(4).wait_for(timeout=WORK_TIMEOUT)
     page.get_by_role("button", name="Stop", exact=True).click()
     page.get_by_text(re.compile(r"^Stopped: stopped by you")).wait_for(timeout=WORK_TIMEOUT)
