@@ -42,7 +42,7 @@ from perplex.workspace.sharing import (
 )
 from perplex.workspace.store import Store
 from perplex.workspace.token_sets import add_token, create_token_set, list_token_sets
-from tests.test_store import make_generation
+from tests.hand_records import make_generation
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from perplex.workspace.annotations import (
 )
 from perplex.workspace.sessions import create_session
 from perplex.workspace.store import Store
-from tests.test_store import make_generation
+from tests.hand_records import make_generation
 
 HOSTILE_NOTES = ["<img src=x onerror=alert(1)>", "'; DROP TABLE annotations; --",
                  "**bold** [link](javascript:alert(1)) `code`", "%s ? $1 :name \\", "😀\r\n\t",

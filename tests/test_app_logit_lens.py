@@ -65,7 +65,7 @@ def _saved_generation(perplex_home, with_ids: bool = True):
     from dataclasses import replace
 
     from perplex.workspace.store import Store
-    from tests.test_store import make_generation
+    from tests.hand_records import make_generation
 
     gen = make_generation(n_steps=8, n_alts=2)
     if with_ids:

@@ -9,7 +9,7 @@ import pytest
 from perplex.core.errors import StoreError
 from perplex.workspace.branches import branch_tree
 from perplex.workspace.store import Store
-from tests.test_store import make_generation
+from tests.hand_records import make_generation
 
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 

@@ -22,7 +22,7 @@ from perplex.workspace.sessions import create_session, delete_session, get_sessi
 from perplex.workspace.store import MIGRATIONS, Store
 from perplex.workspace.token_sets import add_token, create_token_set, list_token_sets
 from tests.bundle_edits import resealed
-from tests.test_store import make_generation
+from tests.hand_records import make_generation
 
 TABLES = ("sessions", "generations", "token_steps", "annotations", "token_sets",
           "token_set_members")

@@ -36,7 +36,7 @@ from perplex.workspace.exports import (
 )
 from perplex.workspace.sessions import create_session
 from perplex.workspace.store import Store
-from tests.test_store import TRICKY_TEXTS, make_generation
+from tests.hand_records import TRICKY_TEXTS, make_generation
 
 HOSTILE = "<img src=x onerror=alert(1)> **bold** [a](javascript:x) `c` # h\n    code &amp;"
 

@@ -23,7 +23,7 @@ from perplex.workspace.sessions import (
 )
 from perplex.workspace.store import Store
 from perplex.workspace.token_sets import add_token, create_token_set, list_token_sets
-from tests.test_store import make_generation
+from tests.hand_records import make_generation
 
 UNTRUSTED_NAMES = ["../../etc/passwd", "O'Brien \"quoted\"", "'; DROP TABLE sessions; --",
                    "<script>alert(1)</script>", "100% _done_ \\ back", "日本語 😀", "%", "_"]

@@ -15,7 +15,7 @@ from perplex.workspace.sessions import create_session
 from perplex.workspace.sharing import create_share_link
 from perplex.workspace.store import Store
 from tests.browser.conftest import REPO_ROOT, wait_for_script
-from tests.test_store import make_generation
+from tests.hand_records import make_generation
 
 MODELS = {"PERPLEX_MODEL_CACHE": str(REPO_ROOT / "data" / "models")}
 LOAD_TIMEOUT = 120_000

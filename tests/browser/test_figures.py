@@ -18,7 +18,7 @@ from perplex.modes.calibration.plots import reliability_diagram, risk_coverage_f
 from perplex.modes.comparison.plots import first_divergence_histogram
 from perplex.modes.traits.plots import score_difference, sweep_figure, token_bars, trait_lines
 from perplex.workspace.exports import figure_image
-from tests.test_store import make_generation
+from tests.hand_records import make_generation
 
 pytestmark = pytest.mark.browser
 
