@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from perplex.engine.anatomy import AnatomyError, anatomy_of, family_of, module_paths
-from tests.test_lens import ARCHITECTURES
-from tests.tiny import tiny_tokenizer
+from tests.tiny import ARCHITECTURES, tiny_tokenizer
 
 
 def _model(arch: str):

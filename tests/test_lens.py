@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import transformers
 
 from perplex.core.native import row_stats
 from perplex.core.tokens import TextPrefix, encode_plain_text
@@ -13,7 +12,7 @@ from perplex.engine.anatomy import AnatomyError, anatomy_of
 from perplex.engine.local.models import LoadedModel, ModelSpec
 from perplex.engine.registry import local_engine
 from perplex.lens.logit_lens import LensError, compute_lens
-from tests.tiny import tiny_tokenizer
+from tests.tiny import ARCHITECTURES, tiny_tokenizer
 from tests.tolerances import FLOAT32_NATS, FLOAT32_PROB
 
 
@@ -103,37 +102,6 @@ def test_vocabulary_tiles_match_by_hand(tiny_lm, monkeypatch, tile, band):
     monkeypatch.setattr(lens_stats, "TILE_COLUMNS", tile)
     monkeypatch.setattr(lens_stats, "BAND_CAP", band)
     assert_matches_reference(tiny_lm, list(range(3, 40)), chunk_positions=16)
-
-
-def _with_head_bias(model):
-    """The model with a language-model head that adds a bias (as some checkpoints have)."""
-    head = torch.nn.Linear(model.config.n_embd, model.config.vocab_size, bias=True)
-    torch.nn.init.normal_(head.bias, std=2.0)
-    model.set_output_embeddings(head)
-    return model
-
-
-ARCHITECTURES = {
-    "gpt2": lambda v: transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        vocab_size=v, n_embd=64, n_layer=2, n_head=4, n_positions=128)),
-    "qwen2": lambda v: transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
-        vocab_size=v, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)),
-    "mistral": lambda v: transformers.MistralForCausalLM(transformers.MistralConfig(
-        vocab_size=v, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)),
-    "gemma": lambda v: transformers.GemmaForCausalLM(transformers.GemmaConfig(
-        vocab_size=v, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-        max_position_embeddings=128)),
-    "gpt2-head-bias": lambda v: _with_head_bias(transformers.GPT2LMHeadModel(
-        transformers.GPT2Config(vocab_size=v, n_embd=64, n_layer=2, n_head=4, n_positions=128,
-                                tie_word_embeddings=False))),
-    "gemma2": lambda v: transformers.Gemma2ForCausalLM(transformers.Gemma2Config(
-        vocab_size=v, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-        max_position_embeddings=128, final_logit_softcapping=5.0)),
-}
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))

@@ -30,8 +30,7 @@ from perplex.lens.patching import (
     sweep_rows,
     unpatched_logits,
 )
-from tests.test_lens import ARCHITECTURES
-from tests.tiny import tiny_tokenizer
+from tests.tiny import ARCHITECTURES, tiny_tokenizer
 from tests.tolerances import FLOAT32_LOGIT, FLOAT32_PROB
 
 SOURCE = "The Eiffel Tower is in the city of"
