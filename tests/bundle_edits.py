@@ -27,3 +27,31 @@ def resealed(bundle: bytes, member: str, edit: Callable[[bytes], bytes]) -> byte
         for name, content in contents.items():
             dst.writestr(name, content)
     return out.getvalue()
+
+
+def rezip(data: bytes, change=None, drop=(), add=None) -> bytes:
+    """Rebuild a bundle with a member changed, dropped or added."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            if info.filename in drop:
+                continue
+            content = src.read(info.filename)
+            if change and info.filename in change:
+                content = change[info.filename](content)
+            dst.writestr(info.filename, content, compress_type=zipfile.ZIP_DEFLATED)
+        for name, content in (add or {}).items():
+            dst.writestr(name, content, compress_type=zipfile.ZIP_DEFLATED)
+    return out.getvalue()
+
+
+def resigned(data: bytes, name: str, edit) -> bytes:
+    """A bundle with one JSON member edited and the manifest's checksum made to match."""
+    return resealed(data, name, lambda content: json.dumps(edit(json.loads(content))).encode())
+
+
+def set_first(key, value):
+    def edit(items):
+        items[0][key] = value
+        return items
+    return edit

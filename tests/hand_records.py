@@ -1,4 +1,8 @@
-"""Records built by hand for tests: tricky texts and floats that obey the schema."""
+"""Records and a session built by hand for tests.
+
+Generations of tricky texts and floats that obey the schema, and a session filled with one
+of each thing a bundle carries.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,9 @@ from perplex.core.records import (
     TokenRole,
     TokenStep,
 )
+from perplex.workspace.annotations import add_annotation, edit_annotation
+from perplex.workspace.sessions import create_session, get_session
+from perplex.workspace.token_sets import add_token, create_token_set
 
 TRICKY_TEXTS = [
     "Hello", " world", "😀", "👩‍👩‍👧", "\n", "\r\n", "\t", "<script>alert(1)</script>",
@@ -57,3 +64,35 @@ def make_generation(n_steps: int = 40, n_alts: int = 20, **fields: object) -> Ge
         model_spec='{"dtype": "float32", "source": "tiny-test"}')
     defaults.update(fields)
     return Generation(**defaults)
+
+
+TABLES = ("sessions", "generations", "token_steps", "annotations", "token_sets",
+          "token_set_members")
+
+
+def fill(store):
+    """One session with branches, hostile text, annotations, token sets and settings."""
+    made = create_session(store, "Study '../x' \"q\" <b>", settings={
+        "mode": "prefill", "thresholds": [0.3, 0.7], "models": {"a": "bundled"}})
+    root = make_generation(n_steps=60, n_alts=20, session_id=made.id, title="root")
+    branch = make_generation(n_steps=45, n_alts=20, session_id=made.id, parent_id=root.id,
+                             branch_position=30, title="branch")
+    twig = make_generation(n_steps=40, n_alts=5, session_id=made.id, parent_id=branch.id,
+                           branch_position=35, title="twig")
+    for gen in (root, branch, twig):
+        store.save_generation(gen)
+    note = add_annotation(store, branch.id, 31, "<script>alert(1)</script>", end=36)
+    edit_annotation(store, note.id, "'; DROP TABLE annotations; -- **x**")
+    add_annotation(store, root.id, 12, "one token 😀")
+    token_set = create_token_set(store, made.id, "R-Set")
+    add_token(store, token_set.id, "tiny", 5, " Sorry", word="Sorry")
+    add_token(store, token_set.id, "tiny", 6, "I", word="I")
+    add_token(store, token_set.id, "tiny", 6, "I", word="I'm")
+    create_token_set(store, made.id, "empty")
+    return get_session(store, made.id)
+
+
+def counts(store) -> dict[str, int]:
+    """Rows in each table a bundle writes."""
+    with store.cursor() as cur:
+        return {t: cur.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in TABLES}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import zipfile
 
@@ -10,7 +9,7 @@ import pytest
 
 from perplex.core.errors import PerplexError, StoreError
 from perplex.workspace import bundles
-from perplex.workspace.annotations import add_annotation, edit_annotation, session_annotations
+from perplex.workspace.annotations import session_annotations
 from perplex.workspace.bundles import (
     BUNDLE_VERSION,
     BundleError,
@@ -20,12 +19,9 @@ from perplex.workspace.bundles import (
 )
 from perplex.workspace.sessions import create_session, delete_session, get_session, list_sessions
 from perplex.workspace.store import MIGRATIONS, Store
-from perplex.workspace.token_sets import add_token, create_token_set, list_token_sets
-from tests.bundle_edits import resealed
-from tests.hand_records import make_generation
-
-TABLES = ("sessions", "generations", "token_steps", "annotations", "token_sets",
-          "token_set_members")
+from perplex.workspace.token_sets import list_token_sets
+from tests.bundle_edits import resigned, rezip, set_first
+from tests.hand_records import TABLES, counts, fill
 
 
 @pytest.fixture(scope="module")
@@ -67,53 +63,11 @@ def untouched(tmp_path_factory):
         yield opened
 
 
-def fill(store):
-    made = create_session(store, "Study '../x' \"q\" <b>", settings={
-        "mode": "prefill", "thresholds": [0.3, 0.7], "models": {"a": "bundled"}})
-    root = make_generation(n_steps=60, n_alts=20, session_id=made.id, title="root")
-    branch = make_generation(n_steps=45, n_alts=20, session_id=made.id, parent_id=root.id,
-                             branch_position=30, title="branch")
-    twig = make_generation(n_steps=40, n_alts=5, session_id=made.id, parent_id=branch.id,
-                           branch_position=35, title="twig")
-    for gen in (root, branch, twig):
-        store.save_generation(gen)
-    note = add_annotation(store, branch.id, 31, "<script>alert(1)</script>", end=36)
-    edit_annotation(store, note.id, "'; DROP TABLE annotations; -- **x**")
-    add_annotation(store, root.id, 12, "one token 😀")
-    token_set = create_token_set(store, made.id, "R-Set")
-    add_token(store, token_set.id, "tiny", 5, " Sorry", word="Sorry")
-    add_token(store, token_set.id, "tiny", 6, "I", word="I")
-    add_token(store, token_set.id, "tiny", 6, "I", word="I'm")
-    create_token_set(store, made.id, "empty")
-    return get_session(store, made.id)
-
-
-def counts(store) -> dict[str, int]:
-    with store.cursor() as cur:
-        return {t: cur.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in TABLES}
-
-
 def snapshot(store, session_id):
     """Everything a session holds, as comparable values."""
     generations = [store.load_generation(g.id) for g in store.list_generations(session_id)]
     return (get_session(store, session_id), generations,
             session_annotations(store, session_id), list_token_sets(store, session_id))
-
-
-def rezip(data: bytes, change=None, drop=(), add=None) -> bytes:
-    """Rebuild a bundle with a member changed, dropped or added."""
-    out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w") as dst:
-        for info in src.infolist():
-            if info.filename in drop:
-                continue
-            content = src.read(info.filename)
-            if change and info.filename in change:
-                content = change[info.filename](content)
-            dst.writestr(info.filename, content, compress_type=zipfile.ZIP_DEFLATED)
-        for name, content in (add or {}).items():
-            dst.writestr(name, content, compress_type=zipfile.ZIP_DEFLATED)
-    return out.getvalue()
 
 
 def edit_manifest(**changes):
@@ -188,18 +142,6 @@ def test_bad_bundles_are_refused_and_nothing_is_written(untouched, data, mangle,
         import_bundle(untouched, mangle(data))
     assert isinstance(info.value, PerplexError) and "Nothing was imported" in str(info.value)
     assert counts(untouched) == dict.fromkeys(TABLES, 0)
-
-
-def resigned(data: bytes, name: str, edit) -> bytes:
-    """A bundle with one JSON member edited and the manifest's checksum made to match."""
-    return resealed(data, name, lambda content: json.dumps(edit(json.loads(content))).encode())
-
-
-def set_first(key, value):
-    def edit(items):
-        items[0][key] = value
-        return items
-    return edit
 
 
 @pytest.mark.parametrize("name, edit, message", [

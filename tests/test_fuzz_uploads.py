@@ -31,7 +31,8 @@ from perplex.core.settings import PROJECT_ROOT
 from perplex.ui.token_view import token_payload
 from perplex.workspace.bundles import export_bundle, import_bundle
 from perplex.workspace.store import Store
-from tests.test_bundles import counts, fill, resigned
+from tests.bundle_edits import resigned
+from tests.hand_records import counts, fill
 
 SAMPLES = PROJECT_ROOT / "data" / "samples"
 BAD_VALUES = {

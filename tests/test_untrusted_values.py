@@ -24,8 +24,8 @@ from perplex.core.formats import parse_upload
 from perplex.core.records import Alternative
 from perplex.workspace.bundles import BundleError, export_bundle, import_bundle
 from perplex.workspace.store import Store
-from tests.hand_records import make_generation
-from tests.test_bundles import TABLES, counts, fill, resigned, rezip, set_first
+from tests.bundle_edits import resigned, rezip, set_first
+from tests.hand_records import TABLES, counts, fill, make_generation
 
 
 @pytest.fixture(scope="module")
