@@ -30,6 +30,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -265,3 +266,28 @@ def stopped_at(page, total: int, unit: str, timeout: float = WORK_TIMEOUT) -> in
     status = page.get_by_text(pattern)
     status.wait_for(timeout=timeout)
     return int(pattern.search(status.inner_text())[1].replace(",", ""))
+
+
+@pytest.fixture
+def new_tab(browser, app_url):
+    """`new_tab(url=None)`: a page in a fresh browser context, the app loaded and ready.
+
+    JavaScript dialogs are recorded in `tab.dialogs`; contexts close after the test.
+    """
+    contexts = []
+
+    def open_tab(url: str | None = None):
+        context = browser.new_context(viewport=VIEWPORT)
+        context.set_default_timeout(20_000)
+        contexts.append(context)
+        page = context.new_page()
+        dialogs: list[str] = []
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        page.goto(url or app_url)
+        settle(page, MODEL_TIMEOUT)
+        page.get_by_text("SmolLM2-135M-Instruct (bundled)").first.wait_for(timeout=MODEL_TIMEOUT)
+        return SimpleNamespace(page=page, dialogs=dialogs)
+
+    yield open_tab
+    for context in contexts:
+        context.close()

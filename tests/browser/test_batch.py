@@ -19,7 +19,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from perplex.core.settings import PROJECT_ROOT
 from tests.browser.conftest import open_mode
-from tests.browser.test_investigation import (
+from tests.browser.support import (
     FINAL_TOK,
     WORK_TIMEOUT,
     annotate_token,

@@ -12,7 +12,7 @@ import re
 import pytest
 
 from tests.browser.conftest import open_mode
-from tests.browser.test_investigation import (
+from tests.browser.support import (
     FINAL_TOK,
     WORK_TIMEOUT,
     assert_no_exception,

@@ -10,13 +10,10 @@ import re
 
 import pytest
 
-from tests.browser.conftest import open_mode
-from tests.browser.test_investigation import (
-    MODEL_TIMEOUT,
-    WORK_TIMEOUT,
+from tests.browser.conftest import MODEL_TIMEOUT, WORK_TIMEOUT, open_mode, settle
+from tests.browser.support import (
     assert_no_exception,
     scroll_to,
-    settle,
     show_tip,
 )
 

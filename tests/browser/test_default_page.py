@@ -349,7 +349,7 @@ def test_openai_upload_shows_its_own_logprobs(app, screenshot):
 
 def test_stop_ends_the_answer_and_keeps_its_tokens(app, screenshot):
     """New-user issue, point 6: a long answer can be stopped, and what came is kept."""
-    from tests.browser.test_hallucination import set_number
+    from tests.browser.support import set_number
 
     page = app.page
     page.get_by_text("Generation settings", exact=True).click()

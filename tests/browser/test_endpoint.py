@@ -12,7 +12,12 @@ import re
 import pytest
 
 from perplex.engine.local.models import bundled_gguf_path
-from tests.browser.test_investigation import FINAL_TOK, WORK_TIMEOUT, chat_box, settle, show_tip
+from tests.browser.conftest import WORK_TIMEOUT, settle
+from tests.browser.support import (
+    FINAL_TOK,
+    chat_box,
+    show_tip,
+)
 from tests.browser.test_new_user import open_page, server  # noqa: F401 (fixtures)
 from tests.endpoints import LlamaServer
 

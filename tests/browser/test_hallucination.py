@@ -7,11 +7,11 @@ import re
 import pytest
 
 from tests.browser.conftest import stop_run
-from tests.browser.test_investigation import (  # noqa: F401 (fixtures)
+from tests.browser.support import (
     FINAL_TOK,
     WORK_TIMEOUT,
     assert_no_exception,
-    new_tab,
+    set_number,
     settle,
     show_tip,
 )
@@ -26,19 +26,12 @@ LIVE_ALERTS = ".st-key-halluc-live-alerts"
 
 
 @pytest.fixture
-def hallucination_page(new_tab):  # noqa: F811 (the fixture imported above)
+def hallucination_page(new_tab):
     page = new_tab().page
     page.get_by_role("link", name="Hallucination").click()
     page.get_by_label("Question").wait_for()
     settle(page)
     return page
-
-
-def set_number(page, label: str, value: str) -> None:
-    field = page.get_by_label(label, exact=True).and_(page.locator("input"))
-    field.fill(value)
-    field.press("Enter")
-    settle(page)
 
 
 def ask_at_most(page, max_new_tokens: int, question: str) -> None:

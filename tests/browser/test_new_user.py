@@ -18,25 +18,29 @@ from urllib.parse import urlparse
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import REPO_ROOT, VIEWPORT, StreamlitServer
-from tests.browser.test_hallucination import set_number
-from tests.browser.test_investigation import (
+from tests.browser.conftest import (
+    MODEL_TIMEOUT,
+    REPO_ROOT,
+    VIEWPORT,
+    WORK_TIMEOUT,
+    StreamlitServer,
+    settle,
+)
+from tests.browser.support import (
     ANSWER,
     FINAL_TOK,
-    MODEL_TIMEOUT,
-    WORK_TIMEOUT,
     annotate_token,
     answer_text,
     ask,
     assert_no_exception,
     chat_box,
+    drag,
     scroll_to,
     session_of,
     set_max_new_tokens,
-    settle,
+    set_number,
     tok,
 )
-from tests.browser.test_token_view import drag
 
 pytestmark = pytest.mark.browser
 

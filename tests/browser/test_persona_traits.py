@@ -17,7 +17,7 @@ import pytest
 
 from perplex.core.settings import PROJECT_ROOT
 from tests.browser.conftest import open_mode
-from tests.browser.test_investigation import (
+from tests.browser.support import (
     WORK_TIMEOUT,
     assert_no_exception,
     scroll_to,

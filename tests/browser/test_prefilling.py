@@ -13,16 +13,20 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import VIEWPORT, stop_run, stopped_at
-from tests.browser.test_investigation import (
-    FINAL_TOK,
+from tests.browser.conftest import (
     MODEL_TIMEOUT,
+    VIEWPORT,
     WORK_TIMEOUT,
+    settle,
+    stop_run,
+    stopped_at,
+)
+from tests.browser.support import (
+    FINAL_TOK,
     assert_no_exception,
     scroll_to,
     session_of,
     set_max_new_tokens,
-    settle,
 )
 
 pytestmark = pytest.mark.browser

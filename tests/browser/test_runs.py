@@ -19,7 +19,10 @@ from tests.browser.conftest import (
     stop_run,
     stopped_at,
 )
-from tests.browser.test_investigation import assert_no_exception, scroll_to
+from tests.browser.support import (
+    assert_no_exception,
+    scroll_to,
+)
 
 pytestmark = pytest.mark.browser
 

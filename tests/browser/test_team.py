@@ -16,8 +16,7 @@ from playwright.sync_api import expect
 
 from perplex.core.accounts import new_account
 from tests.browser.conftest import REPO_ROOT, VIEWPORT, wait_for_script
-from tests.browser.test_default_page import PANEL, saved_count, transcript_uploader
-from tests.browser.test_investigation import (
+from tests.browser.support import (
     FINAL_TOK,
     QUESTION,
     answer_text,
@@ -29,6 +28,7 @@ from tests.browser.test_investigation import (
     settle,
     share_link,
 )
+from tests.browser.test_default_page import PANEL, saved_count, transcript_uploader
 
 pytestmark = pytest.mark.browser
 

@@ -11,6 +11,9 @@ import pytest
 
 from perplex.ui.token_view import TokenEvent
 from tests.browser.conftest import REPO_ROOT, VIEWPORT, wait_for_script
+from tests.browser.support import (
+    drag,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -311,15 +314,6 @@ def test_menu_branch_sets_annotate_and_lens(app, screenshot):
     events.expect(TokenEvent("click", 6))
     app.item("open_lens").click()
     events.expect(TokenEvent("open_lens", 6, token_id=1006))
-
-
-def drag(page, start, end) -> None:
-    """Press on one token, move over others to another, release there."""
-    a, b = start.bounding_box(), end.bounding_box()
-    page.mouse.move(a["x"] + a["width"] / 2, a["y"] + a["height"] / 2)
-    page.mouse.down()
-    page.mouse.move(b["x"] + b["width"] / 2, b["y"] + b["height"] / 2, steps=8)
-    page.mouse.up()
 
 
 def test_drag_selects_a_range_and_annotates_it(app, screenshot):
