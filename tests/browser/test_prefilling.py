@@ -15,7 +15,6 @@ from playwright.sync_api import expect
 
 from tests.browser.conftest import (
     MODEL_TIMEOUT,
-    VIEWPORT,
     WORK_TIMEOUT,
     settle,
     stop_run,
@@ -39,27 +38,17 @@ R_WORDS = "prefill.words.R-Set"
 
 
 @pytest.fixture
-def prefilling(browser, app_url):
+def prefilling(new_tab):
     """`prefilling(url=None)`: a fresh browser context on the Prefilling page, settled."""
-    contexts = []
-
     def open_page(url: str | None = None):
-        context = browser.new_context(viewport=VIEWPORT)
-        context.set_default_timeout(20_000)
-        contexts.append(context)
-        page = context.new_page()
-        page.goto(url or app_url)
-        settle(page, MODEL_TIMEOUT)
-        page.get_by_text("SmolLM2-135M-Instruct (bundled)").first.wait_for(timeout=MODEL_TIMEOUT)
+        page = new_tab(url).page
         if url is None:
             page.get_by_role("link", name="Prefilling").click()
         page.get_by_text("Many prompts").wait_for()
         settle(page)
         return page
 
-    yield open_page
-    for context in contexts:
-        context.close()
+    return open_page
 
 
 def metric(page, label: str) -> float:
