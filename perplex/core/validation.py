@@ -84,13 +84,20 @@ def check_text(value: object, where: str) -> None:
     """A string that is valid Unicode (no lone surrogate), so every view can encode it."""
     if not isinstance(value, str):
         raise InputFormatError(f"{where} is a {type(value).__name__}, not text.")
+    problem = unicode_problem(value, where)
+    if problem is not None:
+        raise InputFormatError(f"{problem}. Fix the file's text (a \\ud800-style escape "
+                               "without its pair) and try again.")
+
+
+def unicode_problem(value: str, where: str) -> str | None:
+    """Why `value` is not valid Unicode (its lone surrogate, named), or None when it is."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise InputFormatError(
-            f"{where} holds a lone surrogate ({value[exc.start]!r} at character {exc.start}), "
-            "which is not valid Unicode. Fix the file's text (a \\ud800-style escape without "
-            "its pair) and try again.") from None
+        return (f"{where} holds a lone surrogate ({value[exc.start]!r} at character "
+                f"{exc.start}), which is not valid Unicode")
+    return None
 
 
 def check_json_object(value: str, where: str) -> None:

@@ -28,7 +28,7 @@ from perplex.core.calibration import Dataset
 from perplex.core.errors import InputFormatError
 from perplex.core.formats import line_transcripts, parse_upload
 from perplex.core.records import Message
-from perplex.core.validation import check_text
+from perplex.core.validation import unicode_problem
 from perplex.modes.calibration.answers import LETTERS
 from perplex.modes.calibration.run import Template
 from perplex.workspace.batch_store import BatchInput, Malformed
@@ -95,13 +95,12 @@ def _prompt(number: int, text: str, references: Iterable[str], system: tuple[Mes
     prompt = text.strip()
     if not prompt:
         return Malformed(number, "the prompt is empty")
-    try:
-        check_text(prompt, "the prompt")
-        for reference in references:
-            if isinstance(reference, str):
-                check_text(reference, "a reference")
-    except InputFormatError as exc:
-        return Malformed(number, str(exc).split(" Fix the file")[0].rstrip("."))
+    texts = [("the prompt", prompt)] + [("a reference", r) for r in references
+                                        if isinstance(r, str)]
+    for where, value in texts:
+        problem = unicode_problem(value, where)
+        if problem is not None:
+            return Malformed(number, problem)
     if len(prompt) > MAX_PROMPT_CHARS:
         return Malformed(number, f"the prompt has {len(prompt):,} characters; at most "
                                  f"{MAX_PROMPT_CHARS:,}")
