@@ -115,3 +115,20 @@ def test_a_files_fields_choose_its_preset():
     assert detect_preset(["qid", *trivia[1:]]) == "TriviaQA (rc.nocontext)"  # id named otherwise
     assert detect_preset(["question", "choices", "answer"]) == "MMLU"
     assert detect_preset(["prompt", "target"]) is None  # the user maps it
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (b"question,answer\n" + b"q" * 140_000 + b",a\n", "field larger than field limit"),
+    (b"question,answer\n" + b'"' + b"[" * 200_000 + b'",a\n', "field larger than field limit"),
+])
+def test_a_csv_field_over_the_csv_modules_limit_is_a_message(data, message):
+    """Hardening issue, point 7: a 128 KB CSV field ended in a traceback (csv.Error)."""
+    with pytest.raises(InputFormatError, match=f"big.csv: the CSV cannot be read.*{message}"):
+        read_records("big.csv", data)
+
+
+def test_a_list_cell_nested_too_deeply_reads_as_no_list():
+    """A CSV cell of 50,000 "[" is not a JSON list: no choices, no traceback (RecursionError)."""
+    rows = read_records("deep.csv", b'question,answer,aliases\nq,a,"' + b"[" * 50_000 + b'"\n')
+    fields = FieldMap(question="question", answer="answer", aliases="aliases")
+    assert build_dataset("deep", rows, fields).items[0].aliases == ("a",)

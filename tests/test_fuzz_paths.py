@@ -93,6 +93,14 @@ def as_csv(rows: list[list[str]]) -> bytes:
     return encoded(out.getvalue())
 
 
+# What a parser's own limits meet: nesting past the recursion limit, an integer past
+# Python's 4,300-digit limit, a CSV field past the csv module's 128 KiB (each once a traceback)
+DEEP = st.integers(1_000, 120_000).map(lambda n: b"[" * n + b"]" * n)
+HUGE_NUMBER = st.integers(4_301, 30_000).map(lambda n: b'{"n": ' + b"9" * n + b"}")
+HOSTILE_JSON = DEEP | HUGE_NUMBER
+HOSTILE_CSV = st.integers(131_073, 200_000).map(
+    lambda n: b"question,answer,prompt,role,content\n" + b"q" * n + b",a,b,user,c\n")
+
 CHAT_KEYS = ["messages", "role", "content", "prompt", "reference", "answer", "choices",
              "message", "logprobs", "token", "logprob", "top_logprobs", "system", "user",
              "assistant"]
@@ -252,27 +260,30 @@ def bundle_import(store: Store, data: bytes) -> None:
 PATHS: dict[str, tuple[Callable, object]] = {
     "Default · JSONL": (lambda s, d: default_upload(s, d, ".jsonl"),
                         st.lists(CHAT | json_values(CHAT_KEYS) | TEXT, max_size=4
-                                 ).map(as_jsonl)),
+                                 ).map(as_jsonl) | HOSTILE_JSON),
     "Default · CSV": (lambda s, d: default_upload(s, d, ".csv"),
-                      csv_rows(["role", "content"]).map(as_csv)),
+                      csv_rows(["role", "content"]).map(as_csv) | HOSTILE_CSV),
     "Batch · txt": (lambda s, d: batch_upload(s, d, ".txt"),
                     st.lists(TEXT, max_size=8).map(lambda lines: encoded("\n".join(lines)))),
     "Batch · CSV": (lambda s, d: batch_upload(s, d, ".csv"),
-                    csv_rows(["prompt", "reference"]).map(as_csv)),
+                    csv_rows(["prompt", "reference"]).map(as_csv) | HOSTILE_CSV),
     "Batch · JSONL": (lambda s, d: batch_upload(s, d, ".jsonl"),
                       st.lists(PROMPT_LINE | CHAT | json_values(CHAT_KEYS) | TEXT,
-                               max_size=5).map(as_jsonl)),
+                               max_size=5).map(as_jsonl) | HOSTILE_JSON),
     "Batch · zip": (lambda s, d: batch_upload(s, d, ".zip"), zips()),
     "Calibration / Comparison dataset · JSON": (
         lambda s, d: calibration_upload(s, d, ".json"),
-        st.lists(TRIVIA | MMLU | json_values(CALIBRATION_KEYS), max_size=5).map(as_json)),
+        st.lists(TRIVIA | MMLU | json_values(CALIBRATION_KEYS), max_size=5).map(as_json)
+        | HOSTILE_JSON),
     "Calibration / Comparison dataset · CSV": (
         lambda s, d: calibration_upload(s, d, ".csv"),
-        csv_rows(["question", "answer", "id"]).map(as_csv)),
+        csv_rows(["question", "answer", "id"]).map(as_csv) | HOSTILE_CSV),
     "Persona Traits · definition JSON": (trait_definition,
-                                         (TRAIT | json_values(TRAIT_KEYS)).map(as_json)),
+                                         (TRAIT | json_values(TRAIT_KEYS)).map(as_json)
+                                         | HOSTILE_JSON),
     "Persona Traits · monitor JSON": (monitor_file, (st.lists(MONITOR, max_size=3) | MONITOR
-                                                     | json_values(MONITOR_KEYS)).map(as_json)),
+                                                     | json_values(MONITOR_KEYS)).map(as_json)
+                                      | HOSTILE_JSON),
     "Persona Traits · .pt": (pt_vector, pt_files()),
     "Session bundle · zip": (bundle_import, zips()),
 }

@@ -14,6 +14,7 @@ from sklearn.metrics import roc_auc_score
 from perplex.core.errors import GenerationError, InputFormatError, PerplexError
 from perplex.core.ranks import rank_auroc
 from perplex.core.records import DecodeParams, Message, TokenRole
+from perplex.core.trait_monitoring import parse_monitoring
 from perplex.engine.local.engine import LocalEngine
 from perplex.engine.local.stream import Steering
 from perplex.modes.traits.definitions import parse_trait, shipped_traits
@@ -215,7 +216,7 @@ def test_a_strong_steer_changes_the_answer(tiny, cheer):
      "questions must be a list of at least 2"),
     ('{"instruction": [{"pos": "a", "neg": " "}], "questions": ["a", "b"], "eval_prompt": "x"}',
      "instruction\\[0\\].neg must be non-empty text"),
-    ("[1, 2", "is not JSON"),
+    ("[1, 2", "the JSON is malformed"),
     # found by the fuzz suite: a lone surrogate escape was accepted, then could not be shown
     ('{"instruction": [{"pos": "a", "neg": "b"}], "questions": ["a", "\\ud800"], '
      '"eval_prompt": "x"}', "questions\\[1\\] holds a lone surrogate"),
@@ -641,3 +642,18 @@ def test_a_persona_vectors_import_is_used_below_its_normed_last_row(tiny, cheer)
     used = monitor_generate(tiny, QUESTION, [Monitor(imported, n - 1)], params)
     np.testing.assert_allclose(used.scores, mine.scores, atol=1e-4)  # the same row, read once
     assert cheer.row(n) is not None  # Perplex's own vectors use every row
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("[" * 100_000 + "]" * 100_000, "cannot be read safely"),  # RecursionError before
+    ('{"instruction": [{"pos": "a", "neg": "b"}], "questions": ["a", "b"], "eval_prompt": "x",'
+     ' "n": ' + "9" * 20_000 + "}", "cannot be read safely"),  # ValueError: int digits
+    ("[1, 2", "the JSON is malformed"),
+])
+def test_a_trait_or_monitor_file_nested_too_deeply_or_with_a_huge_integer_is_a_message(text,
+                                                                                       why):
+    """Hardening issue, point 7: both readers raised RecursionError / ValueError."""
+    with pytest.raises(InputFormatError, match=f"The mine trait file cannot be used: .*{why}"):
+        parse_trait("mine", text)
+    with pytest.raises(InputFormatError, match=f"This monitor file cannot be used: .*{why}"):
+        parse_monitoring(text.encode())

@@ -131,15 +131,16 @@ def decode_upload(data: bytes, max_bytes: int, expected: str = UPLOAD_KINDS) -> 
 
 def load_json(text: str, line: int | None = None,
               fix: str = "Fix it there, or upload the file as .txt to score it as plain text.",
-              ) -> Any:
+              check_unicode: bool = True) -> Any:
     """Parse JSON, turning every failure into an InputFormatError that says where it is.
 
     A string escape that leaves a lone surrogate (one half of a pair) is refused here: no
-    view, tokenizer or database can take such a string.
+    view, tokenizer or database can take such a string. Readers that check every string
+    themselves, naming its field, pass `check_unicode=False`.
     """
     try:
         value = json.loads(text)
-        surrogate = _lone_surrogate(value)
+        surrogate = _lone_surrogate(value) if check_unicode else None
     except json.JSONDecodeError as err:
         raise _Problem(
             f"the JSON is malformed: {err.msg} at line {line or err.lineno}, column {err.colno}. "

@@ -9,13 +9,13 @@ token). Imported data needs no model; it is shown in the page's usual views.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from perplex.core.errors import InputFormatError
+from perplex.core.formats import decode_upload, load_json
 from perplex.core.records import Generation
 
 MAX_BYTES = 20 * 2**20
@@ -82,16 +82,11 @@ class MonitoredRun:
 
 def parse_monitoring(data: bytes) -> list[MonitoringRecord]:
     """Records from a monitor JSON file; InputFormatError saying what is wrong and where."""
-    if len(data) > MAX_BYTES:
-        raise InputFormatError(f"The file is {len(data) / 2**20:.1f} MiB; at most "
-                               f"{MAX_BYTES // 2**20} MiB is read.")
     try:
-        raw = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise InputFormatError(f"The file is not UTF-8 (byte {exc.start}).") from None
-    except json.JSONDecodeError as exc:
-        raise InputFormatError(f"The file is not JSON: {exc.msg} at line {exc.lineno}, column "
-                               f"{exc.colno}.") from None
+        raw = load_json(decode_upload(data, MAX_BYTES, "a monitor JSON file"),
+                        fix="Fix it there.", check_unicode=False)  # each field checked below
+    except InputFormatError as problem:
+        raise InputFormatError(f"This monitor file cannot be used: {problem}") from None
     items = raw if isinstance(raw, list) else [raw]
     if not items or len(items) > MAX_RECORDS:
         raise InputFormatError(f"The file must hold 1 to {MAX_RECORDS:,} monitored answers.")

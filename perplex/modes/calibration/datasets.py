@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -77,7 +76,7 @@ def read_records(filename: str, data: bytes, max_bytes: int = MAX_DATASET_BYTES,
         text = decode_upload(data, max_bytes, DATASET_FILES)
         ext = os.path.splitext(filename)[1].lower()
         if ext == ".csv":
-            rows = list(csv.DictReader(io.StringIO(text)))
+            rows = _csv_rows(text)
         elif ext in (".jsonl", ".ndjson"):
             rows = [load_json(line, n, "Fix that line.") for n, line in
                     enumerate(text.splitlines(), 1) if line.strip()]
@@ -98,6 +97,15 @@ def read_records(filename: str, data: bytes, max_bytes: int = MAX_DATASET_BYTES,
         raise InputFormatError(f"{name} has {len(rows):,} rows; Perplex takes at most "
                                f"{max_items:,} at once. Split the file.")
     return rows
+
+
+def _csv_rows(text: str) -> list[dict[str, Any]]:
+    reader = csv.DictReader(io.StringIO(text))
+    try:
+        return list(reader)
+    except csv.Error as exc:  # e.g. a field over the csv module's 128 KiB limit
+        raise InputFormatError(f"the CSV cannot be read after line {reader.line_num} ({exc})."
+                               " Fix the file there.") from None
 
 
 def field_names(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -192,8 +200,8 @@ def _texts(value: Any) -> list[str]:
         stripped = value.strip()
         if stripped.startswith("["):
             try:
-                value = json.loads(stripped)
-            except json.JSONDecodeError:
+                value = load_json(stripped)
+            except InputFormatError:
                 return []
         else:
             value = stripped.split("|")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from perplex.core.errors import InputFormatError
+from perplex.core.formats import load_json
 from perplex.core.settings import PROJECT_ROOT
 from perplex.core.validation import check_text
 
@@ -47,10 +48,9 @@ def parse_trait(name: str, text: str) -> Trait:
     if len(text.encode("utf-8", "surrogatepass")) > MAX_TRAIT_BYTES:
         raise InputFormatError(f"The {name} trait file is over {MAX_TRAIT_BYTES:,} bytes.")
     try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputFormatError(f"The {name} trait file is not JSON: {exc.msg} at line "
-                               f"{exc.lineno}, column {exc.colno}.") from None
+        raw = load_json(text, fix="Fix it there.", check_unicode=False)  # fields checked below
+    except InputFormatError as problem:
+        raise InputFormatError(f"The {name} trait file cannot be used: {problem}") from None
     if not isinstance(raw, dict):
         raise InputFormatError(f"The {name} trait file must be a JSON object with keys "
                                "instruction, questions and eval_prompt.")
