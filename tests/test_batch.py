@@ -420,6 +420,43 @@ def test_a_heavy_flag_ends_in_a_message_and_the_server_keeps_its_memory(tmp_path
     assert "heavy" not in custom_flags(store, batch_id)
 
 
+def test_a_flag_runs_at_the_lowest_cpu_priority(tmp_path):
+    """Load test: a hostile's heavy flags must not slow the other users' pages.
+
+    The query's child process is read from /proc while it runs: its niceness is 19.
+    """
+    import threading
+    from pathlib import Path
+
+    from perplex.workspace.batch_store import add_custom_flag
+
+    store = Store.open(tmp_path / "n.duckdb")
+    batch_id = _hand_batch(store)
+    seen: set[int] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            for children in Path("/proc/self/task").glob("*/children"):
+                for pid in children.read_text().split():
+                    try:  # field 19 of stat, after the command's closing parenthesis
+                        stat = Path(f"/proc/{pid}/stat").read_text()
+                    except OSError:
+                        continue
+                    seen.add(int(stat.rsplit(")", 1)[1].split()[16]))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with pytest.raises(InputFormatError, match="longer than 2 s"):
+            add_custom_flag(store, batch_id, "slow", "(SELECT sum(a.range * b.range) FROM "
+                            "range(3000000) a, range(3000000) b) > 0", seconds=2.0)
+    finally:
+        done.set()
+        watcher.join()
+    assert 19 in seen, seen
+
+
 def test_a_stored_dataset_becomes_prompts_with_references(tmp_path):
     from perplex.core.calibration import Dataset, Item
     from perplex.modes.batch.inputs import dataset_items
