@@ -14,7 +14,7 @@ from perplex.core.errors import StoreError
 from perplex.core.records import DecodeParams
 from perplex.workspace.access import AccessError, Actor
 from perplex.workspace.annotations import add_annotation, list_annotations
-from perplex.workspace.batch_store import create_batch, list_batches, load_batch
+from perplex.workspace.batch_store import add_items, create_batch, list_batches, load_batch
 from perplex.workspace.branches import branch_tree
 from perplex.workspace.bundles import export_bundle, import_bundle
 from perplex.workspace.calibration_store import (
@@ -181,6 +181,7 @@ def test_an_imported_bundle_belongs_to_whoever_imported_it(team):
 def test_batches_and_calibration_data_are_their_owners(team, store):
     alice, bob, carol, session, *_ = team
     batch = create_batch(alice, "alice's batch", "prompts", "m", {}, session.id)
+    add_items(alice, batch, [])  # listed once read
     assert [b.id for b in list_batches(alice)] == [batch]
     assert list_batches(carol) == []
     with pytest.raises(StoreError, match="that you can open"):

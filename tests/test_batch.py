@@ -303,6 +303,55 @@ def test_resume_after_kill_9_loses_nothing_finished(engine, tmp_path):
     assert {i: after[i] for i in before} == before
 
 
+KILLED_READ = """
+import sys, time
+from perplex.core.records import Message
+from perplex.workspace.batch_store import INSERT_CHUNK, BatchInput, add_items, create_batch
+from perplex.workspace.store import Store
+
+store = Store.open(sys.argv[1])
+batch_id = create_batch(store, "cut off", "prompts", "tiny", {}, None)
+print(batch_id, flush=True)
+
+def items():
+    for n in range(10 * INSERT_CHUNK):
+        if n == 2 * INSERT_CHUNK:
+            print("two chunks stored", flush=True)
+            time.sleep(600)  # killed here, part way through the file
+        yield BatchInput(n + 1, (Message("user", f"Item {n}"),), ())
+
+add_items(store, batch_id, items())
+"""
+
+
+def test_a_read_killed_part_way_leaves_no_batch_that_looks_finished(tmp_path):
+    """Hardening issue, point 7: a killed ingest left a smaller batch that looked whole."""
+    from perplex.workspace.batch_store import discard_interrupted_reads, list_batches
+
+    path = tmp_path / "r.duckdb"
+    child = subprocess.Popen([sys.executable, "-c", KILLED_READ, str(path)],
+                             stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    batch_id = child.stdout.readline().strip()
+    assert child.stdout.readline().strip() == "two chunks stored"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    store = Store.open(path)
+    with store.cursor() as cur:  # two chunks of items are in the file...
+        [(stored,)] = cur.execute("SELECT count(*) FROM batch_items WHERE batch_id = ?",
+                                  [batch_id]).fetchall()
+    assert stored > 0
+    assert list_batches(store) == []  # ...but the batch is not listed
+    assert discard_interrupted_reads(store) == 1  # and the next open deletes it
+    with store.cursor() as cur:
+        assert cur.execute("SELECT count(*) FROM batch_items").fetchall() == [(0,)]
+        assert cur.execute("SELECT count(*) FROM batches").fetchall() == [(0,)]
+    # a read going on in this process is left alone; it is listed once it ends
+    batch_id = create_batch(store, "now", "prompts", "tiny", {}, None)
+    assert discard_interrupted_reads(store) == 0 and list_batches(store) == []
+    add_items(store, batch_id, [BatchInput(1, (Message("user", "Hi"),), ())])
+    assert [b.id for b in list_batches(store)] == [batch_id]
+
+
 def test_a_rate_limited_endpoint_is_retried_with_back_off(llama_server, tmp_path):
     """Against llama.cpp's server behind a proxy that answers 429 to the first 3 requests."""
     from perplex.engine.openai_compat import EndpointEngine

@@ -213,3 +213,42 @@ def test_a_failure_while_writing_leaves_nothing(target, session, data, monkeypat
 def test_missing_file(untouched, tmp_path):
     with pytest.raises(BundleError, match="no bundle file"):
         import_bundle(untouched, tmp_path / "nope.zip")
+
+
+def test_a_bundle_written_before_a_migration_added_columns_still_imports(tmp_path):
+    """A bundle from before migrations 13 and 14 imports, its batch listed.
+
+    Batches gained `ingested` (14), batch items `repetition` (13): such a bundle has neither
+    column, and they are read as empty.
+    """
+    import io
+
+    import pyarrow.parquet as pq
+
+    from perplex.core.records import Message
+    from perplex.workspace.batch_store import BatchInput, add_items, create_batch, list_batches
+    from tests.bundle_edits import resealed
+
+    def without(column: str):
+        def edit(content: bytes) -> bytes:
+            table = pq.read_table(io.BytesIO(content))
+            out = io.BytesIO()
+            pq.write_table(table.drop_columns([column]), out)
+            return out.getvalue()
+        return edit
+
+    with Store.open(tmp_path / "old.duckdb") as store:
+        session = create_session(store, "with a batch")
+        batch_id = create_batch(store, "two", "prompts", "tiny", {}, session.id)
+        add_items(store, batch_id, [BatchInput(n, (Message("user", f"Q{n}"),), ())
+                                    for n in (1, 2)])
+        data = export_bundle(store, session.id)
+    older = resealed(resealed(data, "batches.parquet", without("ingested")),
+                     "batch_items.parquet", without("repetition"))
+    with Store.open(tmp_path / "new.duckdb") as target:
+        imported = import_bundle(target, older)
+        [batch] = list_batches(target, imported.id)
+        assert (batch.name, batch.total) == ("two", 2)
+    with pytest.raises(PerplexError, match="does not have the columns"):  # not a prefix
+        with Store.open(tmp_path / "bad.duckdb") as target:
+            import_bundle(target, resealed(data, "batches.parquet", without("name")))

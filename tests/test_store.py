@@ -109,7 +109,8 @@ EXPECTED_SCHEMA = {
     "batches": [
         ("id", "VARCHAR"), ("session_id", "VARCHAR"), ("created_at", "TIMESTAMP WITH TIME ZONE"),
         ("name", "VARCHAR"), ("kind", "VARCHAR"), ("model_label", "VARCHAR"),
-        ("settings", "JSON"), ("malformed", "JSON"), ("n_malformed", "INTEGER")],
+        ("settings", "JSON"), ("malformed", "JSON"), ("n_malformed", "INTEGER"),
+        ("ingested", "BOOLEAN")],
     "batch_items": [
         ("batch_id", "VARCHAR"), ("idx", "INTEGER"), ("line", "INTEGER"), ("messages", "JSON"),
         ("prompt", "VARCHAR"), ("reference", "VARCHAR"), ("status", "VARCHAR"),
@@ -153,7 +154,7 @@ def _schema(store) -> tuple[dict[str, list[tuple[str, str]]], list[tuple[str, li
 
 def test_blank_database_migrates_to_expected_schema(store):
     """A blank database gets every migration and exactly the documented tables and columns."""
-    assert store.schema_version() == len(MIGRATIONS) == 13
+    assert store.schema_version() == len(MIGRATIONS) == 14
     schema, keys = _schema(store)
     assert schema == EXPECTED_SCHEMA
     assert dict(keys)["token_steps"] == ["generation_id", "position"]

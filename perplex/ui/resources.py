@@ -15,6 +15,7 @@ from perplex.engine.protocol import Engine
 from perplex.engine.registry import LoadedModel, load_model
 from perplex.engine.spec import ModelSpec
 from perplex.workspace.access import Actor
+from perplex.workspace.batch_store import discard_interrupted_reads
 from perplex.workspace.store import Store
 
 MODEL_KEY = "perplex.model_spec"
@@ -44,8 +45,10 @@ def cached_store(path: str) -> Store:
 
     When the server stops it is closed and dropped from the cache: held there as the
     interpreter ends, DuckDB's bindings printed a page of "leaked instance" warnings.
+    A batch whose reading a killed server cut off is deleted here, never shown.
     """
     opened = Store.open(Path(path))
+    discard_interrupted_reads(opened)
     atexit.register(_close_at_exit, weakref.ref(opened))  # weak: a cleared cache frees it
     return opened
 

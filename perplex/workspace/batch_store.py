@@ -195,13 +195,18 @@ def create_batch(store: Store, name: str, kind: str, model_label: str, settings:
         insert_row(cur, "batches", {
             "id": batch_id, "session_id": session_id, "created_at": datetime.now(timezone.utc),
             "name": name.strip()[:200] or "Batch", "kind": kind, "model_label": model_label,
-            "settings": json.dumps(settings), "malformed": "[]", "n_malformed": 0})
+            "settings": json.dumps(settings), "malformed": "[]", "n_malformed": 0,
+            "ingested": False})
+    _READING.add(batch_id)
     return batch_id
 
 
 def add_items(store: Store, batch_id: str, read: Iterable[BatchInput | Malformed],
               on_chunk=None, max_items: int = 0) -> tuple[int, int]:
     """Store the read items in chunks; returns (items, malformed lines).
+
+    The batch is listed once the last item is stored: a process killed part way leaves it
+    unlisted, and `discard_interrupted_reads` deletes it when the store is next opened.
 
     `on_chunk(items, malformed)` is called after each stored chunk (progress). With
     `max_items` > 0, a read that holds more items stores none: the batch is deleted and
@@ -246,8 +251,9 @@ def _add_items(store: Store, batch_id: str, read: Iterable[BatchInput | Malforme
     items = _insert(store, batch_id, chunk, items)
     with store.cursor(write=True) as cur:
         _session(cur, store, batch_id, write=True)
-        cur.execute("UPDATE batches SET malformed = ?, n_malformed = ? WHERE id = ?",
-                    [json.dumps(listed), malformed_count, batch_id])
+        cur.execute("UPDATE batches SET malformed = ?, n_malformed = ?, ingested = TRUE "
+                    "WHERE id = ?", [json.dumps(listed), malformed_count, batch_id])
+    _READING.discard(batch_id)
     if on_chunk:
         on_chunk(items, malformed_count)
     return items, malformed_count
@@ -278,6 +284,23 @@ def _insert(store: Store, batch_id: str, chunk: list[BatchInput], start: int) ->
         finally:
             cur.unregister("incoming_items")
     return start + len(chunk)
+
+
+def discard_interrupted_reads(store: Store) -> int:
+    """Delete the batches whose reading was cut off (a killed process); how many.
+
+    Such a batch is never listed. A read going on in this process is left alone; no other
+    process can be reading, as DuckDB lets one process at a time open the file.
+    """
+    with store.cursor() as cur:
+        cut_off = [r[0] for r in cur.execute(
+            "SELECT id FROM batches WHERE ingested = FALSE").fetchall() if r[0] not in _READING]
+    for batch_id in cut_off:
+        _delete(store, batch_id)
+    return len(cut_off)
+
+
+_READING: set[str] = set()  # batches created in this process whose items are being read
 
 
 def _delete(store: Store, batch_id: str) -> None:
@@ -375,7 +398,8 @@ def list_batches(store: Store, session_id: str | None = None) -> list[BatchSumma
             "count(i.idx), count(i.idx) FILTER (WHERE i.status = 'done'), "
             "count(i.idx) FILTER (WHERE i.status = 'failed'), b.n_malformed, b.settings, "
             "b.malformed FROM batches b LEFT JOIN batch_items i ON i.batch_id = b.id "
-            f"WHERE {where} GROUP BY ALL ORDER BY 4 DESC", params).fetchall()
+            f"WHERE {where} AND b.ingested IS NOT FALSE GROUP BY ALL ORDER BY 4 DESC",
+            params).fetchall()
     return [BatchSummary(r[0], r[1], r[2], from_epoch_us(r[3]), r[4], r[5], r[6], r[7], r[8],
                          json.loads(r[9]), tuple(Malformed(m["line"], m["why"])
                                                  for m in json.loads(r[10])))

@@ -84,13 +84,20 @@ def read_rows(members: Mapping[str, bytes], session_id: str,
 
 
 def _read(data: bytes, member: str, schema: pa.Schema) -> pa.Table:
-    """A member as a table with exactly the store's columns and types."""
+    """A member as a table with exactly the store's columns and types.
+
+    A bundle written before a migration added columns lacks them: they are read as empty
+    (a batch's `ingested` empty counts as read, like every batch before migration 14).
+    """
     try:
         table = pq.read_table(io.BytesIO(data))
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise _bad(member, f"cannot be read ({exc})") from None
-    if table.column_names != schema.names:
+    older = schema.names[:table.num_columns]  # later migrations add columns at the end
+    if table.column_names != older or table.num_columns < 1:
         raise _bad(member, "does not have the columns of the table it stands for")
+    for name in schema.names[table.num_columns:]:  # empty in an older bundle's rows
+        table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
     try:
         return table.cast(schema)  # safe casts only: no overflow, no truncation
     except (pa.ArrowException, ValueError) as exc:

@@ -357,6 +357,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE batch_items ADD COLUMN repetition DOUBLE;
     """,
+    # 14: a batch is listed once all its items are read (a killed read leaves one unlisted)
+    """
+    ALTER TABLE batches ADD COLUMN ingested BOOLEAN DEFAULT TRUE;
+    """,
 ]
 
 _ALTERNATIVE = pa.struct([("token_id", pa.int32()), ("text", pa.string()),

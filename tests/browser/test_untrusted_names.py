@@ -25,7 +25,7 @@ from perplex.core.records import DecodeParams, Generation, Message, Source, Toke
 from perplex.modes.batch.run import RunSettings
 from perplex.ui.page_state import current_key
 from perplex.workspace.annotations import add_annotation
-from perplex.workspace.batch_store import add_custom_flag, create_batch
+from perplex.workspace.batch_store import add_custom_flag, add_items, create_batch
 from perplex.workspace.sessions import create_session, update_settings
 from perplex.workspace.store import Store
 from perplex.workspace.token_sets import add_token, create_token_set
@@ -93,6 +93,7 @@ def _seed(base: str) -> tuple[str, str]:
         add_token(store, token_set.id, root.model_label, 7, " x", word=payload(base, "word"))
         batch = create_batch(store, payload(base, "batch"), "prompts", root.model_label,
                              RunSettings(DecodeParams()).to_json(), session.id)
+        add_items(store, batch, [])  # a batch is listed once its items are read
         with pytest.raises(InputFormatError, match="Name the flag"):  # flag names are words
             add_custom_flag(store, batch, payload(base, "flag"), "TRUE")
         update_settings(store, session.id, {current_key("default"): branch.id})
