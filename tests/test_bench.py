@@ -19,3 +19,29 @@ def test_a_failing_or_stuck_stage_is_reported_and_the_next_still_runs(capsys, mo
     assert results == [False, False, True] and ran == [True]
     assert "view    not measured: RuntimeError: Locator.wait_for: Timeout 30000ms" in out
     assert "lens    not measured: StageTimeout: stopped after 1 s" in out
+
+
+def test_the_load_tests_hostile_is_caught_changing_anything(tmp_path):
+    """The load test's "nothing lost" holds only when the hostile stored nothing.
+
+    Each of the hostile's targets, changed by hand, is reported.
+    """
+    from bench import hostile
+    from perplex.workspace.access import Actor
+    from perplex.workspace.batch_store import add_custom_flag
+    from perplex.workspace.sessions import create_session
+    from perplex.workspace.store import Store
+    from tests.hand_records import make_generation
+
+    path = tmp_path / "load.duckdb"
+    seeded = hostile.seed(path)
+    assert hostile.unchanged(path, seeded) == []
+    with Store.open(path) as store:
+        attacker = store.acting_as(Actor(hostile.HOSTILE))
+        add_custom_flag(attacker, seeded.batch_id, "light", "TRUE")
+        create_session(attacker, "imported")
+        owner = store.acting_as(Actor(hostile.OWNER))
+        owner.save_generation(make_generation(5, session_id=seeded.shared_session))
+    found = hostile.unchanged(path, seeded)
+    assert found == ["a heavy flag was stored", "a bomb bundle made a session",
+                     "the shared session holds 2 generations"], found
