@@ -436,3 +436,41 @@ def test_a_logprob_that_is_not_finite_is_refused(logprob):
                '"logprob": %s}]}]}}]}' % (chosen, logprob))
         with pytest.raises(InputFormatError, match="must be a finite number"):
             parse_upload("x.json", doc.encode())
+
+
+def _logprob_response(entries: list[dict]) -> bytes:
+    content = "".join(e["token"] for e in entries)
+    return json.dumps({"choices": [{"message": {"role": "assistant", "content": content},
+                                    "logprobs": {"content": entries}}]}).encode()
+
+
+@pytest.mark.parametrize(("tops", "logprob", "message"), [
+    ([("a", 0.0), ("b", 0.0), ("c", 0.0)], -0.1, "add up to a probability of 3, more than 1"),
+    ([("a", -0.01), ("b", -5.0)], -5.0, 'the token "a" has logprob -5 .* own top_logprobs '
+                                        "entry says -0.01"),
+    ([("b", -1.5), ("c", -2.0)], -0.5, "more likely than the least likely of its "
+                                       "top_logprobs .* the ranks are inconsistent"),
+])
+def test_a_logprob_response_that_breaks_an_invariant_is_refused_at_upload(tops, logprob,
+                                                                          message):
+    """Hardening issue, point 11: these were accepted, then failed at saving or misled."""
+    entry = {"token": "a", "logprob": logprob,
+             "top_logprobs": [{"token": t, "logprob": lp} for t, lp in tops]}
+    with pytest.raises(InputFormatError, match=f"r.json: choice 0, token 0: .*{message}"):
+        parse_upload("r.json", _logprob_response([entry]))
+
+
+def test_a_consistent_logprob_response_with_rounding_and_look_alike_tokens_is_accepted():
+    """Six-digit rounding, a sum a hair over 1, and "\ufffd" listed twice (two byte tokens)."""
+    entries = [
+        {"token": "a", "logprob": -0.693147, "top_logprobs": [
+            {"token": "a", "logprob": -0.6931}, {"token": "b", "logprob": -0.693147}]},
+        {"token": "\ufffd", "logprob": -2.302585, "top_logprobs": [
+            {"token": "\ufffd", "logprob": -0.223144}, {"token": "\ufffd", "logprob": -2.302585},
+            {"token": "c", "logprob": -2.995732}]},
+        {"token": "d", "logprob": -3.0, "top_logprobs": [{"token": "e", "logprob": -0.1}]},
+    ]
+    [transcript] = parse_upload("ok.json", _logprob_response(entries)).transcripts
+    steps = transcript.generation.steps
+    assert [s.rank for s in steps] == [1, 2, None]
+    assert steps[2].prob == pytest.approx(math.exp(-3.0))  # unlisted, less likely than "e"

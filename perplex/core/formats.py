@@ -30,6 +30,7 @@ from perplex.core.records import (
     TokenStep,
     entropy_nats,
 )
+from perplex.core.validation import PROB_AGREEMENT
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # keep in sync with .streamlit/config.toml maxUploadSize
 CHAT_ROLES = ("system", "user", "assistant")
@@ -337,7 +338,9 @@ def api_step(
     """
     parsed = [_entry(top, f"{where}, top_logprobs[{i}]")[:3] for i, top in enumerate(tops)]
     chosen = [lp for tok, lp, _ in parsed if tok == token]
-    rank = 1 + sum(lp > chosen[0] for _, lp, _ in parsed) if chosen else None
+    _check_head(token, logprob, [lp for _, lp, _ in parsed], chosen, where)
+    own = min(chosen, key=lambda lp: abs(lp - logprob), default=None)  # of look-alikes
+    rank = None if own is None else 1 + sum(lp > own for _, lp, _ in parsed)
     known = [lp for _, lp, _ in parsed] + ([] if chosen else [logprob])
     top = sorted(
         (Alternative(None, _alt_text(tok, raw), math.exp(lp), lp) for tok, lp, raw in parsed),
@@ -356,6 +359,28 @@ def api_step(
         top=tuple(top),
         entropy_is_estimate=True,
     )
+
+
+def _check_head(token: str, logprob: float, listed: list[float], chosen: list[float],
+                where: str) -> None:
+    """Refuse top_logprobs that cannot be the head of the distribution the token came from.
+
+    The tolerance is the store's (`PROB_AGREEMENT`), so what passes here is never refused
+    at saving. Tokens that look alike may be listed twice: one of them must agree.
+    """
+    total = sum(math.exp(lp) for lp in listed)
+    if total > 1.0 + PROB_AGREEMENT:
+        raise _Problem(f"{where}: its top_logprobs add up to a probability of {total:.4g}, "
+                       "more than 1: they cannot come from one distribution.")
+    p = math.exp(logprob)
+    if chosen and not any(abs(math.exp(lp) - p) <= PROB_AGREEMENT for lp in chosen):
+        raise _Problem(f"{where}: the token {_short(token)} has logprob {logprob:.6g} (p "
+                       f"{p:.4g}), but its own top_logprobs entry says {chosen[0]:.6g} (p "
+                       f"{math.exp(chosen[0]):.4g}): they disagree.")
+    if not chosen and listed and p > math.exp(min(listed)) + PROB_AGREEMENT:
+        raise _Problem(f"{where}: the token {_short(token)} (p {p:.4g}) is more likely than "
+                       f"the least likely of its top_logprobs (p {math.exp(min(listed)):.4g}) "
+                       "but is not listed among them: the ranks are inconsistent.")
 
 
 def entropy_lower_bound(probs: list[float]) -> float:
