@@ -292,6 +292,40 @@ def test_pt_vectors_import_only_as_plain_tensors_of_the_models_shape(tmp_path, m
             import_pt(saved(odd), "evil", "tiny", layers=3, hidden=64)
 
 
+def test_a_pt_file_that_would_unpack_large_is_refused_before_loading():
+    """Hardening issue, point 8: a small .pt took far more memory than its size.
+
+    torch.save stores its members uncompressed; a crafted file deflates its data member, and
+    torch.load inflated all 300 MB (before refusing the size) of this 0.3 MB file.
+    """
+    import io
+    import resource
+    import zipfile
+
+    from perplex.workspace.trait_store import import_pt
+
+    plain = io.BytesIO()
+    torch.save(torch.zeros(4, 64), plain)
+    crafted = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(plain.getvalue())) as src, \
+            zipfile.ZipFile(crafted, "w") as dst:
+        for member in src.infolist():
+            if member.filename.endswith("/data/0"):  # written a megabyte at a time
+                inflated = zipfile.ZipInfo(member.filename)
+                inflated.compress_type = zipfile.ZIP_DEFLATED
+                with dst.open(inflated, "w") as out:
+                    for _ in range(300):
+                        out.write(bytes(1_000_000))
+            else:
+                dst.writestr(member, src.read(member.filename))
+    assert len(crafted.getvalue()) < 1_000_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    with pytest.raises(InputFormatError, match="would unpack to 286 MiB"):
+        import_pt(crafted.getvalue(), "evil", "tiny", layers=3, hidden=64)
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown < 50 * 1024, f"grew by {grown / 1024:.0f} MiB"
+
+
 def test_monitor_json_round_trips_and_bad_files_are_named():
     from perplex.core.trait_monitoring import MonitoringRecord, parse_monitoring
 

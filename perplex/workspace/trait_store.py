@@ -14,6 +14,7 @@ import io
 import json
 import math
 import pickle
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -160,12 +161,32 @@ def check_vector(vector: TraitVector) -> None:
                                "layer, a value, a norm, an AUROC or a baseline).")
 
 
+def _check_unpacked_size(data: bytes) -> None:
+    """Refuse a zip-format .pt whose members would unpack past MAX_VECTOR_BYTES.
+
+    torch.save writes its members uncompressed; torch.load inflates a deflated one whole
+    before it checks the tensor's size, so a 300 kB file could take 300 MB or more.
+    """
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        return  # the legacy (pickle) format: it holds no more than its own bytes
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            unpacked = sum(member.file_size for member in archive.infolist())
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise InputFormatError(f"The .pt file is not a plain tensor file: {exc}") from None
+    if unpacked > MAX_VECTOR_BYTES:
+        raise InputFormatError(f"The .pt file would unpack to {unpacked / 2**20:,.0f} MiB; a "
+                               f"vector file holds at most {MAX_VECTOR_BYTES // 2**20} MiB, so "
+                               "this is not one. Nothing was read.")
+
+
 def import_pt(data: bytes, trait: str, model_label: str, layers: int, hidden: int
               ) -> TraitVector:
     """A persona_vectors `.pt` vector, checked against the model's [layers + 1, hidden]."""
     if len(data) > MAX_VECTOR_BYTES:
         raise InputFormatError(f"The vector file is {len(data) / 2**20:.1f} MiB; at most "
                                f"{MAX_VECTOR_BYTES // 2**20} MiB is read.")
+    _check_unpacked_size(data)
     try:
         loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
