@@ -42,6 +42,7 @@ from perplex.workspace.sharing import (
 )
 from perplex.workspace.store import Store
 from perplex.workspace.token_sets import add_token, create_token_set, list_token_sets
+from perplex.workspace.trait_store import save_vector
 from tests.hand_records import make_generation
 
 
@@ -125,6 +126,7 @@ def test_a_read_only_link_stays_read_only_whatever_the_viewer_calls(team):
         "delete the session": lambda: delete_session(bob, session.id),
         "share it further": lambda: create_share_link(bob, session.id),
         "start a batch in it": lambda: create_batch(bob, "b", "prompts", "m", {}, session.id),
+        "import a .pt trait vector into it": lambda: save_vector(bob, _pt_vector(), session.id),
     }
     for what, write in writes.items():
         with pytest.raises(AccessError, match="read-only"):
@@ -134,6 +136,19 @@ def test_a_read_only_link_stays_read_only_whatever_the_viewer_calls(team):
     assert [g.id for g in alice.list_generations(session.id)] == [gen.id]
     assert [a.text for a in list_annotations(alice, gen.id)] == ["suspicious token"]
     assert [s.name for s in list_token_sets(alice, session.id)] == ["R-Set"]
+
+
+def _pt_vector():
+    """A persona_vectors .pt file as the Persona Traits page imports it."""
+    import io
+
+    import torch
+
+    from perplex.workspace.trait_store import import_pt
+
+    data = io.BytesIO()
+    torch.save(torch.ones(4, 8), data)
+    return import_pt(data.getvalue(), "evil", "m", layers=3, hidden=8)
 
 
 def test_a_viewer_forks_a_copy_that_is_theirs(team):

@@ -303,7 +303,8 @@ def _import_pt(engine: Engine, chosen: list[str], held: dict) -> None:
                              key=f"{PREFIX}.pt_trait")
         uploaded = uploaded_file("Vector file (.pt, a [layers + 1, hidden] tensor)",
                                  type=["pt"], key=f"{PREFIX}.pt_file")
-        if uploaded is not None and chosen and st.button("Import", key=f"{PREFIX}.pt_go"):
+        if uploaded is not None and chosen and st.button(
+                "Import", key=f"{PREFIX}.pt_go", disabled=session_panel.read_only()):
             n_blocks = engine.info.n_layers
             try:
                 vector = import_pt(uploaded.getvalue(), trait, engine.info.label,
