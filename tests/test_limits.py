@@ -72,6 +72,42 @@ def test_a_metered_engine_refuses_a_second_run_while_the_first_streams(tiny_lm):
     assert ada.score([QUESTION])[0].steps
 
 
+def test_every_pass_a_page_asks_for_counts_as_a_run(tiny_lm):
+    """Hardening issue, point 9: every kind of long run counts toward runs-at-once.
+
+    The lens, prefilling, patching, the per-head lens and stepwise decoding ran past the
+    limit: only generate and score counted.
+    """
+    from perplex.engine.metered import ONE_PASS
+
+    meter = UsageMeter(uploads_per_hour=0, runs_at_once=1)
+    engine = LocalEngine(tiny_lm)
+    ada, bob = MeteredEngine(engine, meter, "ada"), MeteredEngine(engine, meter, "bob")
+    ids = engine.encode(QUESTION, True).ids
+    passes = {
+        "score_sequence": lambda e: e.score_sequence(engine.encode(QUESTION, True)),
+        "next_token_probs": lambda e: e.next_token_probs([ids]),
+        "sequence_logits": lambda e: e.sequence_logits(ids),
+        "residuals": lambda e: e.residuals(ids, [0, 1]),
+        "patched_logits": lambda e: e.patched_logits(ids, []),
+        "residual_stream": lambda e: e.residual_stream(ids),
+        "clean_run": lambda e: e.clean_run(ids),
+        "resume_patched": lambda e: e.resume_patched(engine.clean_run(ids), 1, 1, []),
+        "head_writes": lambda e: e.head_writes(ids, 1),
+    }
+    assert set(passes) == ONE_PASS
+    passes["logit_stream(…).extend"] = lambda e: e.logit_stream().extend(ids)
+    first = iter(ada.generate(QUESTION, DecodeParams(max_new_tokens=5)))
+    next(first)  # ada's run is streaming
+    for name, one_pass in passes.items():
+        with pytest.raises(LimitReached, match="at a time per person"):
+            one_pass(ada)
+        assert one_pass(bob) is not None, name  # bob is not held up
+    list(first)
+    for name, one_pass in passes.items():
+        assert one_pass(ada) is not None, name  # once it ended, each runs
+
+
 def test_the_operators_ndif_key_serves_visitors_only_where_the_operator_allows(monkeypatch):
     """A hosted server keeps its NDIF key to itself unless PERPLEX_OPERATOR_KEYS is set."""
     from nnsight import CONFIG

@@ -1,14 +1,21 @@
 """An engine whose runs count against one user's limits (`core.limits`), for hosted servers.
 
-Generation, batched generation and scoring hold one of the user's runs while they compute;
-everything else is the wrapped engine's, unchanged.
+Every call that runs the model holds one of the user's runs while it computes: generation
+(while it is iterated), batched generation, scoring, and the passes the lens, prefilling,
+patching, the per-head lens, traits and stepwise decoding ask for (`ONE_PASS`; a logit
+stream holds one run for each `extend`). Everything else is the wrapped engine's, unchanged.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 from perplex.core.limits import UsageMeter
+
+ONE_PASS = frozenset({"score_sequence", "next_token_probs", "sequence_logits", "residuals",
+                      "patched_logits", "residual_stream", "clean_run", "resume_patched",
+                      "head_writes"})
 
 
 class MeteredEngine:
@@ -19,7 +26,19 @@ class MeteredEngine:
         self._engine, self._meter, self._user = engine, meter, user
 
     def __getattr__(self, name: str):
-        return getattr(self._engine, name)
+        found = getattr(self._engine, name)
+        return self._held(found) if name in ONE_PASS else found
+
+    def _held(self, method):
+        @functools.wraps(method)
+        def call(*args, **kwargs):
+            with self._meter.running(self._user):
+                return method(*args, **kwargs)
+        return call
+
+    def logit_stream(self, *args, **kwargs) -> _MeteredStream:
+        """The engine's KV-cached stream; each `extend` holds one of the user's runs."""
+        return _MeteredStream(self._engine.logit_stream(*args, **kwargs), self._held)
 
     def generate(self, *args, **kwargs) -> _MeteredRun:
         """The engine's run, which holds one of the user's runs while it is iterated."""
@@ -60,3 +79,20 @@ class _MeteredRun:
         for _ in self:
             pass
         return self._run.generation()
+
+
+class _MeteredStream:
+    def __init__(self, stream, held) -> None:
+        self._stream, self.extend = stream, held(stream.extend)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in ("_stream", "extend"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._stream, name, value)
+
+    def __len__(self) -> int:
+        return len(self._stream)

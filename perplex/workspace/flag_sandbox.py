@@ -7,13 +7,15 @@ DuckDB's memory limit does not track, e.g. `repeat('x', 2000000000)`, then fail 
 parent waits `seconds` at most and kills the child after that. Whichever limit comes first
 ends the query with a message that says which; the server's own memory never holds more
 than the copies and the matching item numbers. The child runs at the lowest CPU priority,
-so one researcher's heavy flag does not slow the others' pages.
+so one researcher's heavy flag does not slow the others' pages. Its working, home, secret and
+extension folders are its own temporary folder, and a message names no path.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -55,6 +57,7 @@ def run_condition(items: pa.Table, tokens: pa.Table, condition: str, seconds: fl
     return found["idx"]
 
 
+_PATH = re.compile(r"(?<![\w.])/(?:[\w.-]+/)*[\w.-]+")  # an absolute path, named nowhere
 _START_SECONDS = 5.0  # the child's own start (Python, DuckDB and Arrow imports)
 CHILD_NICENESS = 19  # the lowest CPU priority: a heavy flag takes only what others leave
 
@@ -64,7 +67,7 @@ def _run_child(work: Path, address_space: int, seconds: float) -> subprocess.Com
     child = subprocess.Popen(
         [sys.executable, "-m", "perplex.workspace.flag_sandbox", str(work), str(address_space),
          str(seconds)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": _source_root()})
+        env={**os.environ, "PYTHONPATH": _source_root()}, cwd=work)
     try:
         os.setpriority(os.PRIO_PROCESS, child.pid, CHILD_NICENESS)
     except OSError:  # it has ended already
@@ -100,9 +103,11 @@ def _child(work: Path, address_space: int, seconds: float) -> None:
     condition = (work / "condition.sql").read_text(encoding="utf-8")
     answer = work / "answer.json"
     try:
-        sandbox = duckdb.connect(":memory:", config={
+        sandbox = duckdb.connect(":memory:", config={  # its folders: the query's own
             "enable_external_access": False, "threads": 1, "memory_limit": DUCKDB_MEMORY,
-            "temp_directory": "", "lock_configuration": True})
+            "temp_directory": "", "home_directory": str(work),
+            "secret_directory": str(work / "secrets"),
+            "extension_directory": str(work / "extensions"), "lock_configuration": True})
         for name in ("items", "tokens"):
             with pa.memory_map(str(work / f"{name}.arrow")) as source:
                 sandbox.register(name, ipc.open_file(source).read_all())
@@ -116,7 +121,7 @@ def _child(work: Path, address_space: int, seconds: float) -> None:
     except (duckdb.OutOfMemoryException, MemoryError):
         result = {"error": TOO_MUCH_MEMORY}
     except duckdb.Error as exc:
-        first = str(exc).strip().splitlines()[0][:300]
+        first = _PATH.sub("(a path)", str(exc).strip().splitlines()[0])[:300]
         result = {"error": f"The flag's SQL was refused: {first}"}
     answer.write_text(json.dumps(result), encoding="utf-8")
     os._exit(0)  # the timer thread may still wait: leave at once
