@@ -19,15 +19,13 @@ run: setup model
 # PERPLEX_HOME says: each test points PERPLEX_HOME at a fresh folder of its own.
 PROJECT_MODELS := env -u PERPLEX_HOME -u PERPLEX_MODEL_CACHE $(MAKE) --no-print-directory model variants
 
-# Two pytest-xdist workers, each taking whole test files (a file's servers start once).
-TEST_WORKERS ?= 2
 test: setup browser llama lint
 	$(PROJECT_MODELS)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
+	$(PY) -m pytest --durations=15
 
 test-fast: setup llama
 	$(PROJECT_MODELS)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not browser and not slow"
+	$(PY) -m pytest -m "not browser and not slow"
 
 bench: setup browser llama
 	$(PROJECT_MODELS)
