@@ -146,6 +146,14 @@ def _expander(page, title: str):
         has=page.locator("summary").filter(has_text=title))
 
 
+async def _upload_in(page, title: str, file: Path) -> None:
+    """Open the expander titled `title` and give its uploader `file`."""
+    panel = _expander(page, title)
+    await panel.locator("summary").click()
+    await panel.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
+        str(file))
+
+
 async def _says(page, pattern: re.Pattern) -> None:
     await page.get_by_text(pattern).first.wait_for(timeout=TIMEOUT)
 
@@ -176,10 +184,7 @@ async def _read_only_write(page, url, sign_in, seeded, files, sample, round_) ->
 
 async def _bundle_bomb(page, url, sign_in, seeded, files, sample, round_) -> None:
     await sign_in(page, f"{url}/?session={seeded.hostile_session}", HOSTILE)
-    panel = _expander(page, "Export and import")
-    await panel.locator("summary").click()
-    await panel.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
-        str(files["bundle"]))
+    await _upload_in(page, "Export and import", files["bundle"])
     go = page.get_by_role("button", name="Import as a new session")
     limit = page.get_by_text(UPLOAD_LIMIT)
     await go.or_(limit).first.wait_for(timeout=TIMEOUT)
@@ -191,8 +196,5 @@ async def _bundle_bomb(page, url, sign_in, seeded, files, sample, round_) -> Non
 
 async def _monitor_bomb(page, url, sign_in, seeded, files, sample, round_) -> None:
     await sign_in(page, f"{url}/persona_traits", HOSTILE)
-    panel = _expander(page, "Open per-token trait-monitor JSON")
-    await panel.locator("summary").click()
-    await panel.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
-        str(files["monitor"]))
+    await _upload_in(page, "Open per-token trait-monitor JSON", files["monitor"])
     await _says(page, re.compile("This monitor file cannot be used|" + UPLOAD_LIMIT.pattern))
