@@ -132,3 +132,21 @@ def test_a_list_cell_nested_too_deeply_reads_as_no_list():
     rows = read_records("deep.csv", b'question,answer,aliases\nq,a,"' + b"[" * 50_000 + b'"\n')
     fields = FieldMap(question="question", answer="answer", aliases="aliases")
     assert build_dataset("deep", rows, fields).items[0].aliases == ("a",)
+
+
+def test_an_alias_that_reads_as_a_missing_value_stays_text_through_the_store(tmp_path):
+    """Hardening issue, point 9: the alias "nan" is text (as are "NaN", "None", "null", "")."""
+    from perplex.modes.calibration.answers import match_aliases
+    from perplex.workspace.calibration_store import load_dataset, save_dataset
+    from perplex.workspace.store import Store
+
+    rows = read_records("odd.csv", b"question,answer,aliases\n"
+                                   b"Not a number?,nan,NaN|None|null\nNothing?,None,\n")
+    fields = FieldMap(question="question", answer="answer", aliases="aliases")
+    dataset = build_dataset("odd", rows, fields)
+    with Store.open(tmp_path / "c.duckdb") as store:
+        save_dataset(store, dataset)
+        back = load_dataset(store, dataset.id)
+    assert [item.aliases for item in back.items] == [("nan", "NaN", "None", "null"), ("None",)]
+    assert match_aliases("NaN.", back.items[0].aliases).correct
+    assert match_aliases("none", back.items[1].aliases).correct
