@@ -21,6 +21,7 @@ from perplex.modes.batch.flags import FlagSettings
 from perplex.modes.batch.run import RunSettings, item_result
 from perplex.workspace.access import Actor
 from perplex.workspace.batch_store import (
+    BatchInput,
     add_items,
     create_batch,
     custom_flags,
@@ -72,8 +73,6 @@ def seed(path: Path) -> Seeded:
         session = create_session(hostile, "my batch")
         batch_id = create_batch(hostile, "five answers", "prompts", "hand",
                                 RunSettings(DecodeParams()).to_json(), session.id)
-        from perplex.modes.batch.inputs import BatchInput
-
         prompts = ("alpha", "beta", "gamma", "delta", "epsilon")
         add_items(hostile, batch_id, [BatchInput(i + 1, (Message("user", p),), ())
                                       for i, p in enumerate(prompts)])
