@@ -88,11 +88,5 @@ class _MeteredStream:
     def __getattr__(self, name: str):
         return getattr(self._stream, name)
 
-    def __setattr__(self, name: str, value) -> None:
-        if name in ("_stream", "extend"):
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self._stream, name, value)
-
     def __len__(self) -> int:
         return len(self._stream)

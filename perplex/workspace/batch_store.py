@@ -312,6 +312,7 @@ def _delete(store: Store, batch_id: str) -> None:
         cur.execute(f"DELETE FROM generations WHERE id IN {gens}", [batch_id])
         cur.execute("DELETE FROM batch_items WHERE batch_id = ?", [batch_id])
         cur.execute("DELETE FROM batches WHERE id = ?", [batch_id])
+    _READING.discard(batch_id)
 
 
 def _with_id(generation: Generation, generation_id: str, session_id: str | None) -> Generation:
