@@ -17,8 +17,9 @@ from perplex.workspace.bundles import (
     import_bundle,
     read_bundle,
 )
+from perplex.workspace.schema import MIGRATIONS
 from perplex.workspace.sessions import create_session, delete_session, get_session, list_sessions
-from perplex.workspace.store import MIGRATIONS, Store
+from perplex.workspace.store import Store
 from perplex.workspace.token_sets import list_token_sets
 from tests.bundle_edits import resigned, rezip, set_first
 from tests.hand_records import TABLES, counts, fill

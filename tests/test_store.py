@@ -19,7 +19,8 @@ from perplex.core.records import (
     TokenRole,
 )
 from perplex.workspace import store as store_module
-from perplex.workspace.store import MIGRATIONS, Store
+from perplex.workspace.schema import MIGRATIONS
+from perplex.workspace.store import Store
 from tests.hand_records import make_generation
 
 ALT_TYPE = "STRUCT(token_id INTEGER, \"text\" VARCHAR, prob DOUBLE, logprob DOUBLE)[]"

@@ -56,7 +56,7 @@ from perplex.workspace.batch_store import (
     reset_failed,
 )
 from perplex.workspace.calibration_store import list_datasets, load_dataset
-from perplex.workspace.store import params_from_dict
+from perplex.workspace.generation_rows import params_from_dict
 from perplex.workspace.token_sets import REFUSAL_SET, session_set_words
 
 PREFIX = "batch"

@@ -29,8 +29,8 @@ from perplex.ui.text import count, plain
 from perplex.ui.token_view import Overlay, token_view
 from perplex.workspace.comparison_store import list_comparisons, load_comparison, save_comparison
 from perplex.workspace.exports import frame_csv, provenance, with_provenance
+from perplex.workspace.generation_rows import params_from_dict, params_to_json
 from perplex.workspace.jobs import reset_failed
-from perplex.workspace.store import params_from_dict, params_to_json
 
 PREFIX = "comparison"
 MANY_KEY, MANY_KIND = f"{PREFIX}.many_run", "comparison"  # the list of prompts (ui.runs)

@@ -19,8 +19,8 @@ from perplex.ui.live import LiveGeneration, kept
 from perplex.ui.sidebar import thresholds
 from perplex.ui.text import count, plain
 from perplex.ui.transcript import highlight_key, jump_to, provenance_caption, show_transcript
+from perplex.workspace.generation_rows import params_from_dict, params_to_json
 from perplex.workspace.jobs import item_records
-from perplex.workspace.store import params_from_dict, params_to_json
 
 PREFIX = "halluc"
 CURRENT = page_state.current_key(PREFIX)

@@ -16,7 +16,8 @@ import duckdb
 from perplex.core.errors import InputFormatError, StoreError
 from perplex.core.records import new_id
 from perplex.workspace.access import Actor, require_row, require_session
-from perplex.workspace.store import Store, from_epoch_us, insert_row, touch_session_row
+from perplex.workspace.rows import from_epoch_us, insert_row, touch_session_row
+from perplex.workspace.store import Store
 
 MAX_NOTE_CHARS = 20_000
 

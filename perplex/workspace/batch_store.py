@@ -34,13 +34,9 @@ from perplex.core.records import Generation, Message, new_id
 from perplex.core.repetition import REPETITION_RATE
 from perplex.workspace.access import require_row, require_session, visible
 from perplex.workspace.flag_sandbox import run_condition
-from perplex.workspace.store import (
-    Store,
-    from_epoch_us,
-    insert_row,
-    read_generation,
-    write_generation,
-)
+from perplex.workspace.generation_rows import read_generation, write_generation
+from perplex.workspace.rows import from_epoch_us, insert_row
+from perplex.workspace.store import Store
 
 KINDS = ("prompts", "transcripts")
 MAX_LISTED_MALFORMED = 200

@@ -13,7 +13,8 @@ from datetime import datetime
 
 from perplex.core.errors import StoreError
 from perplex.workspace.access import require_row
-from perplex.workspace.store import Store, from_epoch_us
+from perplex.workspace.rows import from_epoch_us
+from perplex.workspace.store import Store
 
 
 @dataclass(frozen=True)

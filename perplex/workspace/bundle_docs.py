@@ -16,8 +16,8 @@ from typing import Any
 from perplex.core.errors import InputFormatError
 from perplex.core.records import Generation, Message, Source, TokenStep
 from perplex.workspace.annotations import MAX_NOTE_CHARS, Annotation
+from perplex.workspace.generation_rows import params_from_json
 from perplex.workspace.sessions import Session, clean_name, settings_json
-from perplex.workspace.store import params_from_json
 from perplex.workspace.token_sets import TokenSet, TokenSetMember
 
 MAX_ID_CHARS = 64

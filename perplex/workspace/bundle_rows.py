@@ -31,6 +31,7 @@ from perplex.workspace.holdings import (
     remap_json_columns,
     rows_of_session,
 )
+from perplex.workspace.schema import MIGRATIONS
 
 ROW_TABLES: tuple[Held, ...] = tuple(h for h in copy_order() if h.bundle == "rows")
 MEMBERS: tuple[str, ...] = tuple(f"{h.table}.parquet" for h in ROW_TABLES)
@@ -52,8 +53,6 @@ def export_rows(cur: duckdb.DuckDBPyConnection, session_id: str) -> dict[str, by
 @cache
 def _store_layout() -> tuple[dict[str, pa.Schema], dict[str, frozenset[str]]]:
     """Each row table's Arrow schema and JSON columns, from an empty store built in memory."""
-    from perplex.workspace.store import MIGRATIONS
-
     with duckdb.connect(":memory:") as con:
         for migration in MIGRATIONS:
             con.execute(migration)

@@ -39,23 +39,23 @@ from perplex.workspace import bundle_rows
 from perplex.workspace.access import require_session
 from perplex.workspace.annotations import Annotation, annotations_of_session
 from perplex.workspace.bundle_docs import BundleError
+from perplex.workspace.generation_rows import (
+    STEP_SCHEMA,
+    read_generation,
+    steps_from_table,
+    steps_table,
+    write_generation,
+)
 from perplex.workspace.holdings import ids_in_use, with_fresh_ids
+from perplex.workspace.rows import insert_row
+from perplex.workspace.schema import MIGRATIONS
 from perplex.workspace.sessions import (
     MAX_NAME_CHARS,
     Session,
     read_session,
     settings_json,
 )
-from perplex.workspace.store import (
-    MIGRATIONS,
-    STEP_SCHEMA,
-    Store,
-    insert_row,
-    read_generation,
-    steps_from_table,
-    steps_table,
-    write_generation,
-)
+from perplex.workspace.store import Store
 from perplex.workspace.token_sets import TokenSet, token_sets_of_session
 from perplex.workspace.trait_bundle import MEMBER as TRAITS_MEMBER
 from perplex.workspace.trait_bundle import (

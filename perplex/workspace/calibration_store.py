@@ -19,7 +19,9 @@ from perplex.core.calibration import Dataset, Item, ItemResult
 from perplex.core.errors import StoreError
 from perplex.core.records import Generation, new_id
 from perplex.workspace.access import owned, require_owner
-from perplex.workspace.store import Store, from_epoch_us, insert_row, write_generation
+from perplex.workspace.generation_rows import write_generation
+from perplex.workspace.rows import from_epoch_us, insert_row
+from perplex.workspace.store import Store
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,9 @@ from perplex.core.divergence import TokenDivergence
 from perplex.core.errors import StoreError
 from perplex.core.records import Generation, new_id
 from perplex.workspace.access import require_row, require_session, visible
-from perplex.workspace.store import (
-    Store,
-    from_epoch_us,
-    insert_row,
-    read_generation,
-    write_generation,
-)
+from perplex.workspace.generation_rows import read_generation, write_generation
+from perplex.workspace.rows import from_epoch_us, insert_row
+from perplex.workspace.store import Store
 
 _TOKEN_FIELDS = ("idx", "token_id", "text", "logprob_a", "logprob_b", "kl_ab", "kl_ba", "js",
                  "rank_a", "rank_b", "bound", "approximate")

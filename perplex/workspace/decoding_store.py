@@ -23,14 +23,9 @@ from perplex.core.decoding import (
 from perplex.core.errors import StoreError
 from perplex.core.records import Generation, TokenRole, new_id
 from perplex.workspace.access import require_row, require_session, visible
-from perplex.workspace.store import (
-    Store,
-    from_epoch_us,
-    insert_row,
-    insert_sql,
-    read_generation,
-    write_generation,
-)
+from perplex.workspace.generation_rows import read_generation, write_generation
+from perplex.workspace.rows import from_epoch_us, insert_row, insert_sql
+from perplex.workspace.store import Store
 
 _TOKEN_COLUMNS = ("run_id", "idx", "token_id", "kind", "round", "greedy_id", "p_a", "p_b",
                   "score", "rank_a", "js", "plausible", "constraint_changed", "layer", "top_a",

@@ -28,7 +28,7 @@ from perplex.core.records import Generation, TokenStep
 from perplex.core.stats import summarise
 from perplex.core.trait_monitoring import MonitoringRecord
 from perplex.workspace.annotations import Annotation
-from perplex.workspace.store import STEP_SCHEMA, params_to_json, steps_table
+from perplex.workspace.generation_rows import STEP_SCHEMA, params_to_json, steps_table
 
 TOKEN_COLUMNS = tuple(STEP_SCHEMA.names)
 # Where every row comes from, beside it (CSV, JSON) or in the file's metadata (Parquet):

@@ -19,7 +19,8 @@ import pyarrow as pa
 from perplex.core.errors import StoreError
 from perplex.core.records import new_id
 from perplex.workspace.access import require_row, require_session, visible
-from perplex.workspace.store import Store, from_epoch_us, insert_row
+from perplex.workspace.rows import from_epoch_us, insert_row
+from perplex.workspace.store import Store
 
 STATUSES = ("pending", "done", "failed")
 

@@ -32,7 +32,8 @@ from perplex.workspace.access import (
     visible,
 )
 from perplex.workspace.holdings import copy_holdings, delete_holdings, with_fresh_ids
-from perplex.workspace.store import Store, from_epoch_us
+from perplex.workspace.rows import from_epoch_us
+from perplex.workspace.store import Store
 from perplex.workspace.trait_store import vectors_dir
 
 MAX_NAME_CHARS = 200

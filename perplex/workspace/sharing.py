@@ -15,7 +15,8 @@ from datetime import datetime
 
 from perplex.core.errors import StoreError
 from perplex.workspace.access import now, require_session, session_status
-from perplex.workspace.store import Store, from_epoch_us, insert_row
+from perplex.workspace.rows import from_epoch_us, insert_row
+from perplex.workspace.store import Store
 
 TOKEN_BYTES = 24  # 192 bits
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")  # token_urlsafe(24): 32 URL-safe characters

@@ -20,8 +20,9 @@ from perplex.core.errors import InputFormatError, StoreError
 from perplex.core.records import new_id
 from perplex.core.token_words import MAX_WORD_CHARS, ResolvedWord, resolve_words
 from perplex.workspace.access import Actor, require_row, require_session
+from perplex.workspace.rows import from_epoch_us, insert_row, touch_session_row
 from perplex.workspace.sessions import clean_name
-from perplex.workspace.store import Store, from_epoch_us, insert_row, touch_session_row
+from perplex.workspace.store import Store
 
 __all__ = ["COMPLIANCE_SET", "DEFAULT_SETS", "REFUSAL_SET", "ResolvedWord", "TokenSet",
            "TokenSetMember", "add_token", "add_words", "create_token_set", "delete_token_set",

@@ -22,7 +22,8 @@ from perplex.core.trait_monitoring import parse_monitoring
 from perplex.core.traits import TraitVector
 from perplex.workspace.bundle_docs import BundleError
 from perplex.workspace.holdings import ids_in_use
-from perplex.workspace.store import Store, from_epoch_us, insert_row
+from perplex.workspace.rows import from_epoch_us, insert_row
+from perplex.workspace.store import Store
 from perplex.workspace.trait_run_store import KINDS
 from perplex.workspace.trait_store import (
     insert_vector_row,

@@ -19,14 +19,9 @@ from perplex.core.errors import InputFormatError, StoreError
 from perplex.core.records import new_id
 from perplex.core.trait_monitoring import MonitoredRun, MonitoringRecord, parse_monitoring
 from perplex.workspace.access import require_row, require_session, visible
-from perplex.workspace.store import (
-    Store,
-    from_epoch_us,
-    insert_row,
-    insert_sql,
-    read_generation,
-    write_generation,
-)
+from perplex.workspace.generation_rows import read_generation, write_generation
+from perplex.workspace.rows import from_epoch_us, insert_row, insert_sql
+from perplex.workspace.store import Store
 
 KINDS = ("monitored", "baseline", "steered", "imported")
 

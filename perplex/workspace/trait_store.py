@@ -27,7 +27,8 @@ from perplex.core.errors import InputFormatError, StoreError
 from perplex.core.records import new_id
 from perplex.core.traits import TraitVector
 from perplex.workspace.access import require_session, visible
-from perplex.workspace.store import Store, insert_row
+from perplex.workspace.rows import insert_row
+from perplex.workspace.store import Store
 
 MAX_VECTOR_BYTES = 64 * 2**20
 # Residual activations of today's models reach a few thousand; a persona vector, a

@@ -1,0 +1,148 @@
+"""How a `Generation` is kept: its row in `generations` and its steps in `token_steps`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import duckdb
+import pyarrow as pa
+
+from perplex.core.records import (
+    Alternative,
+    DecodeParams,
+    Generation,
+    Message,
+    Source,
+    TokenRole,
+    TokenStep,
+)
+from perplex.core.validation import check_generation
+from perplex.workspace.rows import from_epoch_us
+
+_ALTERNATIVE = pa.struct([("token_id", pa.int32()), ("text", pa.string()),
+                          ("prob", pa.float64()), ("logprob", pa.float64())])
+STEP_SCHEMA = pa.schema([
+    ("generation_id", pa.string()), ("position", pa.int32()), ("token_id", pa.int32()),
+    ("text", pa.string()), ("role", pa.string()), ("message_index", pa.int32()),
+    ("prob", pa.float64()), ("logprob", pa.float64()), ("entropy", pa.float64()),
+    ("rank", pa.int32()), ("entropy_is_estimate", pa.bool_()), ("forced", pa.bool_()),
+    ("top", pa.list_(_ALTERNATIVE)),
+])
+_STEP_COLUMNS = ", ".join(STEP_SCHEMA.names)
+
+
+def write_generation(cur: duckdb.DuckDBPyConnection, gen: Generation,
+                     steps: pa.Table | None = None) -> None:
+    """Insert a generation and its steps on a write cursor, replacing any same id.
+
+    Nothing that breaks the schema (`core.validation`) is written: InputFormatError. Given
+    `steps`, the table made from a checked `gen`, the check is the caller's.
+    """
+    if steps is None:
+        check_generation(gen)
+        steps = steps_table(gen)
+    cur.execute("DELETE FROM token_steps WHERE generation_id = ?", [gen.id])
+    cur.execute("DELETE FROM generations WHERE id = ?", [gen.id])
+    cur.execute(
+        "INSERT INTO generations (id, session_id, created_at, source, model_label, "
+        "params, messages, stop_reason, parent_id, branch_position, title, model_spec) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+            gen.id, gen.session_id, gen.created_at, gen.source.value, gen.model_label,
+            params_to_json(gen.params), _messages_to_json(gen.messages),
+            gen.stop_reason, gen.parent_id, gen.branch_position, gen.title,
+            gen.model_spec or None])
+    cur.register("incoming_steps", steps)
+    try:
+        cur.execute(f"INSERT INTO token_steps ({_STEP_COLUMNS}) SELECT {_STEP_COLUMNS} "
+                    "FROM incoming_steps")
+    finally:
+        cur.unregister("incoming_steps")
+
+
+def read_generation(cur: duckdb.DuckDBPyConnection, generation_id: str) -> Generation | None:
+    """Read one generation and its steps on a cursor; None if there is none with this id."""
+    rows = cur.execute(
+        "SELECT id, session_id, epoch_us(created_at), source, model_label, params, "
+        "messages, stop_reason, parent_id, branch_position, title, model_spec "
+        "FROM generations WHERE id = ?", [generation_id]).fetchall()
+    if not rows:
+        return None
+    columns = cur.sql(
+        f"SELECT {_STEP_COLUMNS} FROM token_steps WHERE generation_id = ? "
+        "ORDER BY position", params=[generation_id]).to_arrow_table().to_pydict()
+    (gen_id, session_id, created_us, source, model_label, params, messages,
+     stop_reason, parent_id, branch_position, title, model_spec) = rows[0]
+    return Generation(
+        steps=_steps_from_columns(columns), messages=_messages_from_json(messages),
+        model_label=model_label, source=Source(source), params=params_from_json(params),
+        stop_reason=stop_reason, id=gen_id, session_id=session_id, parent_id=parent_id,
+        branch_position=branch_position, title=title, created_at=from_epoch_us(created_us),
+        model_spec=model_spec or "")
+
+
+def steps_from_table(table: pa.Table) -> tuple[TokenStep, ...]:
+    """Token steps from an Arrow table shaped like `token_steps` (generation_id ignored)."""
+    return _steps_from_columns(table.select(STEP_SCHEMA.names[1:]).to_pydict())
+
+
+def steps_table(gen: Generation) -> pa.Table:
+    """The generation's token steps as an Arrow table shaped like `token_steps`."""
+    steps = gen.steps
+    columns = [
+        [gen.id] * len(steps), [s.position for s in steps], [s.token_id for s in steps],
+        [s.text for s in steps], [s.role.value for s in steps],
+        [s.message_index for s in steps], [s.prob for s in steps],
+        [s.logprob for s in steps], [s.entropy for s in steps], [s.rank for s in steps],
+        [s.entropy_is_estimate for s in steps], [s.forced for s in steps],
+        [[(a.token_id, a.text, a.prob, a.logprob) for a in s.top] for s in steps],
+    ]
+    return pa.Table.from_arrays(
+        [pa.array(col, type=f.type) for col, f in zip(columns, STEP_SCHEMA, strict=True)],
+        schema=STEP_SCHEMA)
+
+
+def _steps_from_columns(columns: dict[str, list]) -> tuple[TokenStep, ...]:
+    """Token steps from the columns of a `token_steps` query (all but generation_id)."""
+    rows = zip(*(columns[name] for name in STEP_SCHEMA.names[1:]), strict=True)
+    return tuple(
+        TokenStep(position=position, token_id=token_id, text=text, role=TokenRole(role),
+                  message_index=message_index, prob=prob, logprob=logprob, entropy=entropy,
+                  rank=rank, top=_alternatives(top), entropy_is_estimate=estimate,
+                  forced=forced)
+        for (position, token_id, text, role, message_index, prob, logprob, entropy, rank,
+             estimate, forced, top) in rows)
+
+
+def _alternatives(top: list[dict]) -> tuple[Alternative, ...]:
+    """Alternatives from the STRUCT list of one token step."""
+    return tuple(Alternative(**alternative) for alternative in top)
+
+
+def params_to_json(params: DecodeParams | None) -> str | None:
+    """Decode parameters as a JSON object, or None."""
+    return None if params is None else json.dumps(dataclasses.asdict(params))
+
+
+def params_from_json(text: str | None) -> DecodeParams | None:
+    """Decode parameters from JSON, ignoring keys this version does not know."""
+    return None if text is None else params_from_dict(json.loads(text))
+
+
+def params_from_dict(stored: dict) -> DecodeParams:
+    """Decode parameters from their stored dict, ignoring keys this version does not know."""
+    known = {f.name for f in dataclasses.fields(DecodeParams)}
+    values = {k: v for k, v in stored.items() if k in known}
+    if "stop_strings" in values:
+        values["stop_strings"] = tuple(values["stop_strings"])
+    return DecodeParams(**values)
+
+
+def _messages_to_json(messages: tuple[Message, ...]) -> str:
+    """Chat messages as a JSON list of {role, content} objects."""
+    return json.dumps([{"role": m.role, "content": m.content} for m in messages])
+
+
+def _messages_from_json(text: str) -> tuple[Message, ...]:
+    """Chat messages from their JSON list."""
+    return tuple(Message(role=m["role"], content=m["content"]) for m in json.loads(text))
