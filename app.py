@@ -4,12 +4,12 @@ import logging
 
 import streamlit as st
 
-from perplex.ui.entry import app_running, errors_kept_on_the_server
-from perplex.ui.live import keep_stopped
-from perplex.ui.resources import ICON, LOADED_KEY
-from perplex.ui.sidebar import render_sidebar
-from perplex.ui.sign_in import pending as sign_in_pending
-from perplex.ui.sign_in import require_sign_in
+from perplex.ui.components.live import keep_stopped
+from perplex.ui.shell.entry import app_running, errors_kept_on_the_server
+from perplex.ui.shell.resources import ICON, LOADED_KEY
+from perplex.ui.shell.sidebar import render_sidebar
+from perplex.ui.shell.sign_in import pending as sign_in_pending
+from perplex.ui.shell.sign_in import require_sign_in
 
 logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
 logging.getLogger("perplex").setLevel(logging.INFO)
@@ -29,7 +29,7 @@ PAGES = [
 ]
 
 # Hosted and signed out: no page list, only the sign-in form (st.navigation must still run:
-# it is what takes Streamlit out of its old multipage mode, see perplex/ui/entry.py).
+# it is what takes Streamlit out of its old multipage mode, see perplex/ui/shell/entry.py).
 navigation = st.navigation(PAGES, position="hidden" if sign_in_pending() else "sidebar")
 require_sign_in()  # hosted: the sign-in form, and nothing else, until a visitor signs in
 keep_stopped()  # answers a Stop ended in the previous run are saved before anything is drawn

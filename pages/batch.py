@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from perplex.ui import batch_view as view
-from perplex.ui import resources, session_panel
-from perplex.ui.conditioning import system_prompt_control
-from perplex.ui.entry import run_inside_the_app
-from perplex.ui.sidebar import decode_params_form
+from perplex.ui.components.generation_settings import generation_settings
+from perplex.ui.shell import resources, session_panel
+from perplex.ui.shell.conditioning import system_prompt_control
+from perplex.ui.shell.entry import run_inside_the_app
+from perplex.ui.views import batch_view as view
 
 run_inside_the_app()  # first: a page opened alone on a cold server reruns through app.py
 
@@ -19,7 +19,7 @@ st.caption("Run many prompts (or score many transcripts) at once. Every item is 
 
 local = resources.local_engine()
 engine = resources.active_engine()  # the local model, or the endpoint chosen in the sidebar
-params = decode_params_form(view.PREFIX)
+params = generation_settings(view.PREFIX)
 system = system_prompt_control(local, view.PREFIX, disabled=session_panel.read_only(),
                                applies="for prompts") if local is not None else ()
 second = view.second_model()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from perplex.ui import calibration_view as view
-from perplex.ui import resources
-from perplex.ui.entry import run_inside_the_app
-from perplex.ui.sidebar import thresholds
-from perplex.ui.transcript import show_transcript
+from perplex.ui.components.transcript import show_transcript
+from perplex.ui.shell import resources
+from perplex.ui.shell.entry import run_inside_the_app
+from perplex.ui.shell.sidebar import thresholds
+from perplex.ui.views import calibration_view as view
 
 run_inside_the_app()  # first: a page opened alone on a cold server reruns through app.py
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from perplex.ui import comparison_view as view
-from perplex.ui import session_panel
-from perplex.ui.entry import run_inside_the_app
-from perplex.ui.live import answer_area
-from perplex.ui.sidebar import decode_params_form
+from perplex.ui.components.generation_settings import generation_settings
+from perplex.ui.components.live import answer_area
+from perplex.ui.shell import session_panel
+from perplex.ui.shell.entry import run_inside_the_app
+from perplex.ui.views import comparison_view as view
 
 run_inside_the_app()  # first: a page opened alone on a cold server reruns through app.py
 
@@ -27,7 +27,7 @@ with right:
     # fine-tuned and int8 copies are built on request, with progress)
     side_b = view.condition_section("B", "sidebar", view.TERSE_SYSTEM)
 view.memory_caption()
-params = decode_params_form(view.PREFIX)
+params = generation_settings(view.PREFIX)
 pairing = view.pair_notes(side_a[0], side_b[0]) if side_a and side_b else None
 ready, approximate = pairing is not None, pairing is False
 with st.form(f"{view.PREFIX}.prompt_form"):

@@ -5,12 +5,13 @@ from __future__ import annotations
 import streamlit as st
 
 from perplex.core.records import Message
-from perplex.ui import decoding_many, resources, session_panel
-from perplex.ui import decoding_view as view
-from perplex.ui.conditioning import system_prompt_control
-from perplex.ui.entry import run_inside_the_app
-from perplex.ui.live import answer_area
-from perplex.ui.text import plain
+from perplex.ui.components.live import answer_area
+from perplex.ui.shell import resources, session_panel
+from perplex.ui.shell.conditioning import system_prompt_control
+from perplex.ui.shell.entry import run_inside_the_app
+from perplex.ui.shell.text import plain
+from perplex.ui.views import decoding_many
+from perplex.ui.views import decoding_view as view
 
 run_inside_the_app()  # first: a page opened alone on a cold server reruns through app.py
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import streamlit as st
 
 from perplex.core.records import Message
-from perplex.ui import investigate, page_state, resources, session_panel, uploads
-from perplex.ui.chat import chat_turn
-from perplex.ui.conditioning import system_prompt_control
-from perplex.ui.entry import run_inside_the_app
-from perplex.ui.export_panel import export_panel
-from perplex.ui.sidebar import decode_params_form, thresholds
-from perplex.ui.transcript import provenance_caption, show_transcript
+from perplex.ui.components import investigate, uploads
+from perplex.ui.components.export_panel import export_panel
+from perplex.ui.components.generation_settings import generation_settings
+from perplex.ui.components.transcript import provenance_caption, show_transcript
+from perplex.ui.shell import page_state, resources, session_panel
+from perplex.ui.shell.conditioning import system_prompt_control
+from perplex.ui.shell.entry import run_inside_the_app
+from perplex.ui.shell.sidebar import thresholds
+from perplex.ui.views.chat import chat_turn
 
 run_inside_the_app()  # first: a page opened alone on a cold server reruns through app.py
 
@@ -28,7 +30,7 @@ engine = resources.active_engine()  # the local model, or the endpoint chosen in
 uploads.open_from_query(CURRENT)
 session_panel.restore_current(CURRENT)
 viewing_only = session_panel.read_only()
-params = decode_params_form(PREFIX)
+params = generation_settings(PREFIX)
 uploads.upload_panel(PREFIX, CURRENT, local)
 
 top = st.columns([1, 5])

@@ -5,13 +5,13 @@ from __future__ import annotations
 import streamlit as st
 
 from perplex.core.errors import PerplexError
-from perplex.ui import hallucination_view as view
-from perplex.ui import resources, session_panel
-from perplex.ui.conditioning import system_prompt_control
-from perplex.ui.entry import run_inside_the_app
-from perplex.ui.live import answer_area
-from perplex.ui.sidebar import decode_params_form
-from perplex.ui.text import plain
+from perplex.ui.components.generation_settings import generation_settings
+from perplex.ui.components.live import answer_area
+from perplex.ui.shell import resources, session_panel
+from perplex.ui.shell.conditioning import system_prompt_control
+from perplex.ui.shell.entry import run_inside_the_app
+from perplex.ui.shell.text import plain
+from perplex.ui.views import hallucination_view as view
 
 run_inside_the_app()  # first: a page opened alone on a cold server reruns through app.py
 
@@ -27,7 +27,7 @@ if engine is None:
     st.stop()
 session_panel.restore_current(view.CURRENT)
 viewing_only = session_panel.read_only()
-params = decode_params_form(view.PREFIX)
+params = generation_settings(view.PREFIX)
 settings = view.alert_settings()
 system = system_prompt_control(local, view.PREFIX, disabled=viewing_only) if local else ()
 with st.form(f"{view.PREFIX}.form"):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from perplex.ui import logit_lens_view as view
-from perplex.ui import resources
-from perplex.ui.conditioning import system_prompt_control
-from perplex.ui.entry import run_inside_the_app
-from perplex.ui.patching_view import patching_section
+from perplex.ui.shell import resources
+from perplex.ui.shell.conditioning import system_prompt_control
+from perplex.ui.shell.entry import run_inside_the_app
+from perplex.ui.views import logit_lens_view as view
+from perplex.ui.views.patching_view import patching_section
 
 run_inside_the_app()  # first: a page opened alone on a cold server reruns through app.py
 

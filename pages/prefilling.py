@@ -5,14 +5,14 @@ from __future__ import annotations
 import streamlit as st
 
 from perplex.core.errors import PerplexError
-from perplex.ui import prefilling_view as view
-from perplex.ui import resources, session_panel
-from perplex.ui.conditioning import system_prompt_control
-from perplex.ui.entry import run_inside_the_app
-from perplex.ui.live import answer_area
-from perplex.ui.prompt_list import many_prompts
-from perplex.ui.sidebar import decode_params_form
-from perplex.ui.text import plain
+from perplex.ui.components.generation_settings import generation_settings
+from perplex.ui.components.live import answer_area
+from perplex.ui.shell import resources, session_panel
+from perplex.ui.shell.conditioning import system_prompt_control
+from perplex.ui.shell.entry import run_inside_the_app
+from perplex.ui.shell.text import plain
+from perplex.ui.views import prefilling_view as view
+from perplex.ui.views.prefilling_many import many_prompts
 
 run_inside_the_app()  # first: a page opened alone on a cold server reruns through app.py
 
@@ -28,7 +28,7 @@ resources.require_capability("full_distribution", "Prefilling sums P(set) over t
                              "next-token distribution, so it needs an engine that gives it.")
 resources.local_model_only("Prefilling")
 session_panel.restore_current(view.CURRENT)
-params = decode_params_form(view.PREFIX)
+params = generation_settings(view.PREFIX)
 try:
     active = view.edit_sets(local)
 except PerplexError as exc:

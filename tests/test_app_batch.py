@@ -90,7 +90,7 @@ def test_a_sample_dataset_runs_as_a_batch(app):
 
 def test_the_divergence_flag_with_a_second_model(app, tiny_lm_for_pages, monkeypatch):
     from perplex.engine.local.engine import LocalEngine
-    from perplex.ui import model_choice
+    from perplex.ui.shell import model_choice
 
     second = LocalEngine(tiny_model(seed=1, layers=2, tokenizer=tiny_lm_for_pages.tokenizer))
     # the picker would prepare the bundled model's fine-tune; a second tiny model stands in

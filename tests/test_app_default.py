@@ -36,7 +36,7 @@ def test_token_sets_whose_words_share_a_first_token_show_without_a_crash(app, pe
     Before, one button per member keyed by the token id raised StreamlitDuplicateElementKey
     and took the chat input with it.
     """
-    from perplex.ui.session_panel import SESSION_KEY
+    from perplex.ui.shell.session_panel import SESSION_KEY
     from perplex.workspace.token_sets import (
         DEFAULT_SETS,
         REFUSAL_SET,

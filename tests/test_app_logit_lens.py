@@ -9,7 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from perplex.core.settings import PROJECT_ROOT
-from perplex.ui.page_state import LensRequest
+from perplex.ui.shell.page_state import LensRequest
 from tests.shown import shown
 
 pytestmark = pytest.mark.slow

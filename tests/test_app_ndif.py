@@ -14,7 +14,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from perplex.core.settings import PROJECT_ROOT
-from perplex.ui.resources import NDIF_ENGINE_KEY
+from perplex.ui.shell.resources import NDIF_ENGINE_KEY
 
 pytestmark = pytest.mark.slow
 

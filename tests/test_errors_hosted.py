@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 def _failing_page():
     import streamlit as st
 
-    from perplex.ui.entry import errors_kept_on_the_server
+    from perplex.ui.shell.entry import errors_kept_on_the_server
 
     st.markdown("before")
     with errors_kept_on_the_server():

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from perplex.core.errors import PerplexError
 from perplex.core.formats import parse_upload
 from perplex.core.settings import PROJECT_ROOT
-from perplex.ui.token_view import token_payload
+from perplex.ui.components.token_view import token_payload
 from perplex.workspace.bundles import export_bundle, import_bundle
 from perplex.workspace.store import Store
 from tests.bundle_edits import resigned

@@ -3,7 +3,7 @@
 pages → ui → modes → lens / workspace → engine → core. A module imports from its own
 package or from one below; lens and workspace are siblings and do not import each other.
 Only perplex/ui (and the pages) import Streamlit; only perplex/engine touches a model's
-modules or nnsight.
+modules or nnsight. Inside ui, views → components → shell, the same one way.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def test_no_streamlit_outside_perplex_ui():
 MODEL_PATH = {"LoadedModel", "load_model", "start_generation", "inject", "score_conversations",
               "model_continuation_probs", "generate_many", "continuation_probs"}
 # The composition root: where the sidebar's model is loaded, shown and wrapped in its engine.
-LOADS_MODELS = {"perplex/ui/resources.py", "perplex/ui/sidebar.py"}
+LOADS_MODELS = {"perplex/ui/shell/resources.py", "perplex/ui/shell/sidebar.py"}
 
 
 def names_imported_from_engine(path: Path) -> set[str]:
@@ -120,7 +120,7 @@ def test_analyses_and_pages_take_engines_not_loaded_models():
                  and str(p.relative_to(ROOT)) not in LOADS_MODELS
                  and names_imported_from_engine(p) & MODEL_PATH}
     assert offenders == {}
-    assert "LoadedModel" in names_imported_from_engine(CORE / "ui" / "resources.py")
+    assert "LoadedModel" in names_imported_from_engine(CORE / "ui" / "shell" / "resources.py")
     reaching = [str(p.relative_to(ROOT)) for p in sources() if package_of(p) != "engine"
                 and any(isinstance(node, ast.Attribute) and node.attr == "lm"
                         for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))))]
@@ -161,8 +161,47 @@ def test_the_check_sees_a_concrete_engine_import(tmp_path):
 
 def test_the_address_bar_is_read_and_written_in_one_module():
     """One house, point 4: session, share link and generation in the URL, one module."""
-    owner = CORE / "ui" / "url_state.py"
+    owner = CORE / "ui" / "shell" / "url_state.py"
     others = [str(path.relative_to(ROOT)) for path in sources() + [ROOT / "app.py"]
               if path != owner and "query_params" in path.read_text()]
     assert others == []
     assert "query_params" in owner.read_text()
+
+
+# Inside ui: a mode's view builds on components, which build on the shell around every page.
+UI_RANK = {"shell": 0, "components": 1, "views": 2}
+
+
+def ui_part(module: str) -> str | None:
+    """`shell`, `components` or `views` for a module under perplex.ui (None otherwise)."""
+    parts = module.split(".")
+    return parts[2] if parts[:2] == ["perplex", "ui"] and len(parts) > 2 else None
+
+
+def upward_ui_imports(module: str, imported: set[str]) -> list[str]:
+    """What `module` (under perplex.ui) imports from a part of ui above its own."""
+    own = ui_part(module)
+    return sorted(m for m in imported if own is not None
+                  and ui_part(m) in UI_RANK and UI_RANK[ui_part(m)] > UI_RANK[own])
+
+
+def test_ui_has_a_shell_components_and_views_importing_one_way():
+    """One house, point 5: a `ui/` that shows its parts, each importing only those below."""
+    ui = CORE / "ui"
+    assert sorted(p.name for p in ui.glob("*.py")) == ["__init__.py"]
+    assert sorted(p.name for p in ui.iterdir() if (p / "__init__.py").exists()) == \
+        sorted(UI_RANK)
+    found = {".".join(p.relative_to(ROOT).with_suffix("").parts): imported_modules(p)
+             for p in ui.rglob("*.py")}
+    offenders = {m: upward_ui_imports(m, imported) for m, imported in found.items()
+                 if upward_ui_imports(m, imported)}
+    assert offenders == {}
+
+
+def test_the_ui_check_sees_an_upward_import():
+    """The rule above can fail: the shell importing a component or a view is found."""
+    imported = {"perplex.ui.components", "perplex.ui.views.chat", "perplex.ui.shell.text",
+                "perplex.core.records"}
+    assert upward_ui_imports("perplex.ui.shell.sidebar", imported) == [
+        "perplex.ui.components", "perplex.ui.views.chat"]
+    assert upward_ui_imports("perplex.ui.views.chat", imported) == []

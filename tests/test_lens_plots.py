@@ -7,7 +7,7 @@ import numpy as np
 from perplex.engine.registry import local_engine
 from perplex.lens.logit_lens import compute_lens
 from perplex.lens.plots import candidate_ids, lens_heatmap, lens_rows, lens_trajectory
-from perplex.ui.lens_view import lens_payload, significant
+from perplex.ui.components.lens_view import lens_payload, significant
 
 
 def test_lens_figures_and_table(tiny_lm):

@@ -127,8 +127,8 @@ def test_the_operators_ndif_key_serves_visitors_only_where_the_operator_allows(m
 def _three_uploaders():
     import streamlit as st
 
-    from perplex.ui import resources
-    from perplex.ui.file_input import uploaded_file
+    from perplex.ui.components.file_input import uploaded_file
+    from perplex.ui.shell import resources
 
     st.session_state[resources.USER_KEY] = "uploader-of-three"
     for key in ("batch", "calibration", "bundle"):
@@ -144,7 +144,7 @@ def test_every_upload_counts_against_the_hourly_limit_once(monkeypatch):
     """
     from streamlit.testing.v1 import AppTest
 
-    from perplex.ui import resources
+    from perplex.ui.shell import resources
 
     monkeypatch.setenv("PERPLEX_HOSTED", "1")
     monkeypatch.setenv("PERPLEX_UPLOADS_PER_HOUR", "2")
@@ -172,4 +172,4 @@ def test_no_page_takes_a_file_around_the_counted_widget():
     takers = sorted(str(p.relative_to(root)) for p in [*root.glob("perplex/**/*.py"),
                                                        *root.glob("pages/*.py"), root / "app.py"]
                     if "file_uploader(" in p.read_text(encoding="utf-8"))
-    assert takers == ["perplex/ui/file_input.py"]
+    assert takers == ["perplex/ui/components/file_input.py"]

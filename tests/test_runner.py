@@ -122,8 +122,9 @@ def test_paced_chunks_take_about_the_time_asked_within_bounds():
 def _shown_jobs():
     import streamlit as st
 
-    from perplex.ui import resources, runs
-    from perplex.ui.session_panel import SESSION_KEY
+    from perplex.ui.components import runs
+    from perplex.ui.shell import resources
+    from perplex.ui.shell.session_panel import SESSION_KEY
     from perplex.workspace.jobs import create_job
     from perplex.workspace.sessions import create_session
 

@@ -13,7 +13,7 @@ import random
 import pytest
 
 from perplex.core.records import Alternative, TokenRole, TokenStep
-from perplex.ui.token_view import (
+from perplex.ui.components.token_view import (
     AnnotationMark,
     TokenEvent,
     TokenSetInfo,
@@ -21,7 +21,7 @@ from perplex.ui.token_view import (
     confidence_class,
     token_payload,
 )
-from perplex.ui.token_view_types import MAX_NOTE_CHARS, MAX_SEED, parse_event
+from perplex.ui.components.token_view_types import MAX_NOTE_CHARS, MAX_SEED, parse_event
 
 
 def scored(position: int, text: str, prob: float, **kwargs) -> TokenStep:
@@ -283,7 +283,7 @@ def test_token_view_mounts_in_apptest():
         import streamlit as st
 
         from perplex.core.records import Alternative, TokenRole, TokenStep
-        from perplex.ui.token_view import (
+        from perplex.ui.components.token_view import (
             AnnotationMark,
             TokenSetInfo,
             TokenViewStream,

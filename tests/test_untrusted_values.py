@@ -197,7 +197,7 @@ def store_path(tmp_path):
 
 
 def test_a_big_upload_left_in_the_uploader_is_parsed_once_not_on_every_rerun():
-    from perplex.ui.uploads import parsed_once
+    from perplex.ui.components.uploads import parsed_once
 
     state, calls = {}, []
     data = ('{"messages": [{"role": "user", "content": "hi"}]}').encode()
@@ -225,7 +225,7 @@ def test_plain_text_keeps_links_directives_and_markup_out():
     Streamlit links "http://…", "www.…" and "a@b.c" whatever their escapes, so these are
     shown as code spans, as written (tests/browser/test_untrusted_names.py shows it).
     """
-    from perplex.ui.text import plain
+    from perplex.ui.shell.text import plain
 
     shown = plain("![x](http://h/p) :red[y] www.h.org me@h.org <b>z</b>")
     assert shown == "\\!\\[x\\]\\(`http://h/p)` \\:red\\[y\\] `www.h.org` `me@h.org` " \

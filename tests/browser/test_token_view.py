@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from perplex.ui.token_view import TokenEvent
+from perplex.ui.components.token_view import TokenEvent
 from tests.browser.conftest import REPO_ROOT, VIEWPORT, wait_for_script
 from tests.browser.support import (
     drag,

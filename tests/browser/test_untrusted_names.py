@@ -23,7 +23,7 @@ import pytest
 from perplex.core.errors import InputFormatError
 from perplex.core.records import DecodeParams, Generation, Message, Source, TokenRole, TokenStep
 from perplex.modes.batch.run import RunSettings
-from perplex.ui.page_state import current_key
+from perplex.ui.shell.page_state import current_key
 from perplex.workspace.annotations import add_annotation
 from perplex.workspace.batch_store import add_custom_flag, add_items, create_batch
 from perplex.workspace.sessions import create_session, update_settings

@@ -4,7 +4,7 @@ import numpy as np
 import streamlit as st
 
 from perplex.lens.logit_lens import LogitLens
-from perplex.ui.lens_view import lens_view
+from perplex.ui.components.lens_view import lens_view
 
 T, LAYERS, K = 300, 31, 10
 rng = np.random.default_rng(0)

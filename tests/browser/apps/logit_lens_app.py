@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from perplex.ui import resources
+from perplex.ui.shell import resources
 
 st.set_page_config(layout="wide")  # as app.py sets it
 

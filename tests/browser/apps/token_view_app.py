@@ -13,7 +13,7 @@ import time
 import streamlit as st
 
 from perplex.core.records import Alternative, TokenRole, TokenStep
-from perplex.ui.token_view import (
+from perplex.ui.components.token_view import (
     AnnotationMark,
     TokenEvent,
     TokenSetInfo,

@@ -19,8 +19,8 @@ import streamlit as st
 
 from perplex.core.errors import PerplexError
 from perplex.modes.runner import ItemSource, Outcome, Progress, run_items
-from perplex.ui import resources, session_panel
-from perplex.ui.text import plain
+from perplex.ui.shell import resources, session_panel
+from perplex.ui.shell.text import plain
 from perplex.workspace.jobs import Job, create_job, item_records, latest_job, load_job
 
 PREVIEW_EVERY_S = 3.0  # how often partial results under a running run are redrawn

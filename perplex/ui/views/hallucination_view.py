@@ -14,11 +14,17 @@ from perplex.core.records import DecodeParams, Generation, Message, TokenRole
 from perplex.engine.protocol import Engine
 from perplex.modes import hallucination as h
 from perplex.modes.runner import JobItems
-from perplex.ui import investigate, page_state, resources, runs, session_panel
-from perplex.ui.live import LiveGeneration, kept
-from perplex.ui.sidebar import thresholds
-from perplex.ui.text import count, plain
-from perplex.ui.transcript import highlight_key, jump_to, provenance_caption, show_transcript
+from perplex.ui.components import investigate, runs
+from perplex.ui.components.live import LiveGeneration, kept
+from perplex.ui.components.transcript import (
+    highlight_key,
+    jump_to,
+    provenance_caption,
+    show_transcript,
+)
+from perplex.ui.shell import page_state, resources, session_panel
+from perplex.ui.shell.sidebar import thresholds
+from perplex.ui.shell.text import count, plain
 from perplex.workspace.generation_rows import params_from_dict, params_to_json
 from perplex.workspace.jobs import item_records
 

@@ -28,10 +28,10 @@ from perplex.lens.heads import head_lens
 from perplex.lens.logit_lens import LogitLens, compute_lens
 from perplex.lens.plots import lens_heatmap, lens_rows, lens_trajectory
 from perplex.lens.trajectory import residual_trajectory
-from perplex.ui import page_state, resources, url_state
-from perplex.ui.conditioning import encode_text
-from perplex.ui.lens_view import lens_view
-from perplex.ui.text import count, plain
+from perplex.ui.components.lens_view import lens_view
+from perplex.ui.shell import page_state, resources, url_state
+from perplex.ui.shell.conditioning import encode_text
+from perplex.ui.shell.text import count, plain
 
 PREFIX = "lens"
 CACHE_KEY = f"{PREFIX}.cache"

@@ -18,8 +18,8 @@ import streamlit as st
 
 from perplex.core.errors import PerplexError
 from perplex.core.records import Generation
-from perplex.ui import page_state, resources, url_state
-from perplex.ui.text import plain
+from perplex.ui.shell import page_state, resources, url_state
+from perplex.ui.shell.text import plain
 from perplex.workspace.sessions import (
     Session,
     create_session,

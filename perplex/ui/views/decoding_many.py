@@ -16,10 +16,11 @@ from perplex.core.records import Message
 from perplex.engine.protocol import Engine
 from perplex.modes.decoding.run import method_params, method_settings, run_method
 from perplex.modes.runner import Finished, JobItems
-from perplex.ui import resources, runs, session_panel
-from perplex.ui.decoding_view import PREFIX, SHOWN_KEY, Setup, save_result, show
-from perplex.ui.prompt_list import prompt_list_form
-from perplex.ui.text import plain
+from perplex.ui.components import runs
+from perplex.ui.components.prompt_lists import prompt_list_form
+from perplex.ui.shell import resources, session_panel
+from perplex.ui.shell.text import plain
+from perplex.ui.views.decoding_view import PREFIX, SHOWN_KEY, Setup, save_result, show
 from perplex.workspace.decoding_store import list_decodings, load_decoding
 from perplex.workspace.jobs import reset_failed
 

@@ -54,7 +54,7 @@ from typing import Any
 import streamlit as st
 
 from perplex.core.records import TokenStep
-from perplex.ui.token_view_types import (
+from perplex.ui.components.token_view_types import (
     AnnotationMark,
     Overlay,
     TokenEvent,

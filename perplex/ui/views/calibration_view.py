@@ -39,10 +39,11 @@ from perplex.modes.calibration.table import (
     results_frame,
     results_parquet,
 )
-from perplex.ui import resources, runs
-from perplex.ui.export_panel import download
-from perplex.ui.file_input import uploaded_file
-from perplex.ui.text import count, plain
+from perplex.ui.components import runs
+from perplex.ui.components.export_panel import download
+from perplex.ui.components.file_input import uploaded_file
+from perplex.ui.shell import resources
+from perplex.ui.shell.text import count, plain
 from perplex.workspace.calibration_store import (
     RunSummary,
     create_run,

@@ -8,18 +8,17 @@ from dataclasses import dataclass
 import streamlit as st
 
 from perplex.core.errors import PerplexError
-from perplex.core.records import DecodeParams
 from perplex.engine.registry import LoadedModel, local_engine
 from perplex.engine.spec import BUNDLED, DTYPES, ModelSpec
-from perplex.ui import resources
-from perplex.ui.conditioning import text_prefix_select
-from perplex.ui.session_panel import (
+from perplex.ui.shell import resources
+from perplex.ui.shell.conditioning import text_prefix_select
+from perplex.ui.shell.session_panel import (
     current_session_id,
     remember,
     render_session_panel,
     session_settings,
 )
-from perplex.ui.text import plain
+from perplex.ui.shell.text import plain
 
 THRESHOLDS_KEY = "perplex.thresholds"
 SLIDER_KEY = "perplex.threshold_slider"
@@ -225,24 +224,3 @@ def _restore_session_settings() -> dict:
             source=model["source"], dtype=str(model.get("dtype", "float32")),
             trust_remote_code=resources.settings().trust_remote_code)
     return settings
-
-
-def decode_params_form(prefix: str) -> DecodeParams:
-    """Widgets for decoding settings (page-prefixed keys); returns the chosen params."""
-    with st.expander("Generation settings", expanded=False):
-        cols = st.columns(5)
-        max_new = cols[0].number_input("max new tokens", 1, 2048, 200, key=f"{prefix}.max_new")
-        temperature = cols[1].number_input("temperature (0 = greedy)", 0.0, 5.0, 0.0, 0.1,
-                                           key=f"{prefix}.temperature")
-        top_p = cols[2].number_input("top-p", 0.01, 1.0, 1.0, 0.05, key=f"{prefix}.top_p")
-        top_k = cols[3].number_input("top-k (0 = off)", 0, 1000, 0, key=f"{prefix}.top_k")
-        seed = cols[4].number_input("seed (-1 = random)", -1, 2**31 - 1, 0, key=f"{prefix}.seed")
-        stops = st.text_input("stop strings (separate with |)", key=f"{prefix}.stops",
-                              help="Generation ends after the token that completes one.")
-        st.caption("These settings choose tokens; the probabilities shown are always the "
-                   "model's raw distribution at temperature 1.")
-    return DecodeParams(max_new_tokens=int(max_new), temperature=float(temperature),
-                        top_p=float(top_p), top_k=int(top_k),
-                        seed=None if seed < 0 else int(seed),
-                        stop_strings=tuple(x for x in stops.split("|") if x),
-                        top_alternatives=resources.settings().top_k_stored)

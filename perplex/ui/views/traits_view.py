@@ -34,11 +34,12 @@ from perplex.modes.traits.vectors import (
     finishing_steps,
     vector_from_answers,
 )
-from perplex.ui import resources, runs, session_panel
-from perplex.ui.export_panel import download, figure_downloads
-from perplex.ui.file_input import uploaded_file
-from perplex.ui.text import plain
-from perplex.ui.token_view import Overlay, token_view
+from perplex.ui.components import runs
+from perplex.ui.components.export_panel import download, figure_downloads
+from perplex.ui.components.file_input import uploaded_file
+from perplex.ui.components.token_view import Overlay, token_view
+from perplex.ui.shell import resources, session_panel
+from perplex.ui.shell.text import plain
 from perplex.workspace.exports import (
     frame_csv,
     monitoring_frame,

@@ -12,9 +12,9 @@ from perplex.core.plots import entropy_timeline, short_prob, visible_token
 from perplex.core.records import Generation, TokenStep
 from perplex.core.stats import summarise
 from perplex.core.tokens import PLAIN_TEXT_ROLE
-from perplex.ui.sidebar import Thresholds
-from perplex.ui.text import count, plain
-from perplex.ui.token_view import AnnotationMark, TokenEvent, TokenSetInfo, token_view
+from perplex.ui.components.token_view import AnnotationMark, TokenEvent, TokenSetInfo, token_view
+from perplex.ui.shell.sidebar import Thresholds
+from perplex.ui.shell.text import count, plain
 
 ViewExtras = Callable[[Generation, int, tuple[TokenStep, ...]],
                       tuple[Sequence[TokenSetInfo], Sequence[AnnotationMark]]]

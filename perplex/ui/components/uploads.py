@@ -11,11 +11,11 @@ from perplex.core.errors import PerplexError
 from perplex.core.formats import MAX_UPLOAD_BYTES, ParsedUpload, Transcript, parse_upload
 from perplex.core.records import Generation
 from perplex.engine.protocol import Engine
-from perplex.ui import resources, url_state
-from perplex.ui.conditioning import text_prefix
-from perplex.ui.file_input import uploaded_file
-from perplex.ui.session_panel import current_session_id, remember, save_to_session
-from perplex.ui.text import plain
+from perplex.ui.components.file_input import uploaded_file
+from perplex.ui.shell import resources, url_state
+from perplex.ui.shell.conditioning import text_prefix
+from perplex.ui.shell.session_panel import current_session_id, remember, save_to_session
+from perplex.ui.shell.text import plain
 
 UPLOAD_TYPES = ["json", "jsonl", "ndjson", "txt"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from perplex.core.decoding import ContrastStep, DraftToken, MethodRun
 from perplex.core.plots import short_prob, visible_token
-from perplex.ui.token_view_types import Overlay
+from perplex.ui.components.token_view_types import Overlay
 
 CHANGED = "rgba(217, 95, 2, 0.55)"  # the method chose another token than greedy
 SAME = "rgba(43, 123, 186, 0.12)"

@@ -22,9 +22,10 @@ from perplex.lens.patching import (
     sweep_rows,
 )
 from perplex.modes.runner import Finished, JobItems
-from perplex.ui import resources, runs
-from perplex.ui.conditioning import encode_text
-from perplex.ui.text import plain
+from perplex.ui.components import runs
+from perplex.ui.shell import resources
+from perplex.ui.shell.conditioning import encode_text
+from perplex.ui.shell.text import plain
 from perplex.workspace.jobs import item_records
 
 PREFIX = "lens.patch"

@@ -16,13 +16,13 @@ from perplex.core.plots import before_after_timeline, visible_token
 from perplex.core.records import DecodeParams, Generation, TokenStep
 from perplex.core.stats import summarise
 from perplex.engine.protocol import Engine
-from perplex.ui import page_state, resources
-from perplex.ui.live import LiveGeneration, kept
-from perplex.ui.session_panel import current_session_id, read_only, remember, save_to_session
-from perplex.ui.sidebar import thresholds
-from perplex.ui.text import count, plain
-from perplex.ui.token_view import AnnotationMark, TokenSetInfo
-from perplex.ui.transcript import TranscriptEvent, highlight_key, jump_to
+from perplex.ui.components.live import LiveGeneration, kept
+from perplex.ui.components.token_view import AnnotationMark, TokenSetInfo
+from perplex.ui.components.transcript import TranscriptEvent, highlight_key, jump_to
+from perplex.ui.shell import page_state, resources
+from perplex.ui.shell.session_panel import current_session_id, read_only, remember, save_to_session
+from perplex.ui.shell.sidebar import thresholds
+from perplex.ui.shell.text import count, plain
 from perplex.workspace.annotations import add_annotation, delete_annotation, edit_annotation
 from perplex.workspace.annotations import list_annotations as generation_annotations
 from perplex.workspace.branches import branch_tree

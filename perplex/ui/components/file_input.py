@@ -10,8 +10,8 @@ from __future__ import annotations
 import streamlit as st
 
 from perplex.core.limits import LimitReached
-from perplex.ui import resources
-from perplex.ui.text import plain
+from perplex.ui.shell import resources
+from perplex.ui.shell.text import plain
 
 COUNTED_KEY = "perplex.uploads_counted"  # file ids this browser session has counted
 

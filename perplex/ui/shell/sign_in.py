@@ -15,8 +15,8 @@ import streamlit as st
 
 from perplex.core.accounts import check_password, read_accounts
 from perplex.core.errors import InputFormatError
-from perplex.ui import resources
-from perplex.ui.text import plain
+from perplex.ui.shell import resources
+from perplex.ui.shell.text import plain
 
 USER_KEY = resources.USER_KEY
 MAX_FAILURES = 5  # wrong passwords in a row for one name before it must wait

@@ -23,13 +23,14 @@ from perplex.modes.batch.run import CHUNK, BatchItems, RunSettings, batch_work
 from perplex.modes.calibration.answers import MATCH_RULES
 from perplex.modes.calibration.datasets import sample_dataset
 from perplex.modes.runner import paced
-from perplex.ui import investigate, page_state, resources, runs, session_panel
-from perplex.ui.export_panel import download, figure_downloads, rendered_figure
-from perplex.ui.file_input import uploaded_file
-from perplex.ui.model_choice import choose_local_model
-from perplex.ui.sidebar import thresholds
-from perplex.ui.text import count, plain
-from perplex.ui.transcript import show_transcript
+from perplex.ui.components import investigate, runs
+from perplex.ui.components.export_panel import download, figure_downloads, rendered_figure
+from perplex.ui.components.file_input import uploaded_file
+from perplex.ui.components.transcript import show_transcript
+from perplex.ui.shell import page_state, resources, session_panel
+from perplex.ui.shell.model_choice import choose_local_model
+from perplex.ui.shell.sidebar import thresholds
+from perplex.ui.shell.text import count, plain
 from perplex.workspace.batch_exports import (
     items_csv,
     items_jsonl,

@@ -7,10 +7,10 @@ import streamlit as st
 from perplex.core.errors import PerplexError
 from perplex.core.records import DecodeParams, Message, TokenRole
 from perplex.engine.protocol import Engine
-from perplex.ui import session_panel
-from perplex.ui.live import LiveGeneration, kept
-from perplex.ui.sidebar import thresholds
-from perplex.ui.text import plain
+from perplex.ui.components.live import LiveGeneration, kept
+from perplex.ui.shell import session_panel
+from perplex.ui.shell.sidebar import thresholds
+from perplex.ui.shell.text import plain
 
 
 def chat_turn(engine: Engine, params: DecodeParams, messages: tuple[Message, ...], where,

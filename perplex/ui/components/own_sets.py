@@ -13,8 +13,8 @@ from perplex.core.errors import PerplexError
 from perplex.core.plots import visible_token
 from perplex.engine.protocol import Engine
 from perplex.modes import prefill
-from perplex.ui import resources, session_panel
-from perplex.ui.text import plain
+from perplex.ui.shell import resources, session_panel
+from perplex.ui.shell.text import plain
 from perplex.workspace.token_sets import (
     TokenSet,
     add_words,

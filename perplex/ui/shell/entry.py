@@ -22,7 +22,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
 
 from perplex.core.settings import PROJECT_ROOT
-from perplex.ui import resources
+from perplex.ui.shell import resources
 
 APP = PROJECT_ROOT / "app.py"
 _run = threading.local()  # each script run has its own thread

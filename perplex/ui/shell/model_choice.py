@@ -13,8 +13,8 @@ from perplex.core.errors import PerplexError
 from perplex.engine import registry
 from perplex.engine.protocol import Engine
 from perplex.engine.spec import ModelSpec
-from perplex.ui import resources
-from perplex.ui.text import plain
+from perplex.ui.shell import resources
+from perplex.ui.shell.text import plain
 
 LOCAL_CHOICES = {
     "sidebar": "The sidebar's model",

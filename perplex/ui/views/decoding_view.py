@@ -20,14 +20,14 @@ from perplex.modes.decoding.dola import DolaParams, premature_layers
 from perplex.modes.decoding.run import DecodingResult, run_method
 from perplex.modes.decoding.speculative import MAX_GAMMA, SpeculativeParams
 from perplex.modes.decoding.stats import contrast_stats, contrast_summary, speculative_stats
-from perplex.ui import page_state, resources, session_panel
-from perplex.ui.decoding_marks import contrast_overlay, legend, speculative_overlay
-from perplex.ui.export_panel import download, figure_downloads
-from perplex.ui.live import LiveGeneration
-from perplex.ui.model_choice import LOCAL_CHOICES, choose_local_model
-from perplex.ui.sidebar import thresholds
-from perplex.ui.text import plain
-from perplex.ui.token_view import token_view
+from perplex.ui.components.export_panel import download, figure_downloads
+from perplex.ui.components.live import LiveGeneration
+from perplex.ui.components.token_view import token_view
+from perplex.ui.shell import page_state, resources, session_panel
+from perplex.ui.shell.model_choice import LOCAL_CHOICES, choose_local_model
+from perplex.ui.shell.sidebar import thresholds
+from perplex.ui.shell.text import plain
+from perplex.ui.views.decoding_marks import contrast_overlay, legend, speculative_overlay
 from perplex.workspace.decoding_store import StoredDecoding, load_decoding, save_decoding
 from perplex.workspace.exports import frame_csv, provenance, with_provenance
 

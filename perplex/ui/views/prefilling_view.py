@@ -16,12 +16,13 @@ from perplex.core.plots import short_prob, visible_token
 from perplex.core.records import DecodeParams, Message, TokenRole
 from perplex.engine.protocol import Engine
 from perplex.modes import prefill
-from perplex.ui import investigate, page_state, resources, session_panel
-from perplex.ui.live import LiveGeneration, kept
-from perplex.ui.own_sets import own_sets_editor, word_list
-from perplex.ui.sidebar import thresholds
-from perplex.ui.text import count, plain
-from perplex.ui.transcript import show_transcript
+from perplex.ui.components import investigate
+from perplex.ui.components.live import LiveGeneration, kept
+from perplex.ui.components.own_sets import own_sets_editor, word_list
+from perplex.ui.components.transcript import show_transcript
+from perplex.ui.shell import page_state, resources, session_panel
+from perplex.ui.shell.sidebar import thresholds
+from perplex.ui.shell.text import count, plain
 from perplex.workspace.token_sets import (
     COMPLIANCE_SET,
     REFUSAL_SET,

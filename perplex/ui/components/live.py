@@ -22,7 +22,7 @@ from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlExcepti
 
 from perplex.core.comparison import answer_steps
 from perplex.core.records import Generation, TokenStep
-from perplex.ui.token_view import TokenViewStream
+from perplex.ui.components.token_view import TokenViewStream
 
 STOPPED = "stopped by you (the tokens so far are kept)"
 HANDOVER_SECONDS = 60.0  # a forward pass in progress finishes before the run can stop

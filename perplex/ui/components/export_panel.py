@@ -7,11 +7,11 @@ import streamlit as st
 from perplex.core.errors import PerplexError
 from perplex.core.plots import caption_line, decoding_caption, entropy_timeline
 from perplex.core.records import Generation
-from perplex.ui import resources
-from perplex.ui.file_input import uploaded_file
-from perplex.ui.session_panel import current_session_id, switch_to
-from perplex.ui.sidebar import thresholds
-from perplex.ui.text import plain
+from perplex.ui.components.file_input import uploaded_file
+from perplex.ui.shell import resources
+from perplex.ui.shell.session_panel import current_session_id, switch_to
+from perplex.ui.shell.sidebar import thresholds
+from perplex.ui.shell.text import plain
 from perplex.workspace.annotations import session_annotations
 from perplex.workspace.bundles import export_bundle, import_bundle
 from perplex.workspace.exports import (

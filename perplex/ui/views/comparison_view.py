@@ -18,15 +18,16 @@ from perplex.modes.comparison.dataset import compare_prompt, divergent_tokens, p
 from perplex.modes.comparison.pair import divergence_summary, finish_pair, pair_stats, top_divergent
 from perplex.modes.comparison.pairing import check_pair
 from perplex.modes.runner import Finished, JobItems
-from perplex.ui import page_state, resources, runs, session_panel
-from perplex.ui.conditioning import system_prompt_control
-from perplex.ui.export_panel import download, figure_downloads
-from perplex.ui.live import LiveGeneration, kept
-from perplex.ui.model_choice import LOCAL_CHOICES, local_engine, memory_line, source_input
-from perplex.ui.prompt_list import prompt_list_form
-from perplex.ui.sidebar import thresholds
-from perplex.ui.text import count, plain
-from perplex.ui.token_view import Overlay, token_view
+from perplex.ui.components import runs
+from perplex.ui.components.export_panel import download, figure_downloads
+from perplex.ui.components.live import LiveGeneration, kept
+from perplex.ui.components.prompt_lists import prompt_list_form
+from perplex.ui.components.token_view import Overlay, token_view
+from perplex.ui.shell import page_state, resources, session_panel
+from perplex.ui.shell.conditioning import system_prompt_control
+from perplex.ui.shell.model_choice import LOCAL_CHOICES, local_engine, memory_line, source_input
+from perplex.ui.shell.sidebar import thresholds
+from perplex.ui.shell.text import count, plain
 from perplex.workspace.comparison_store import list_comparisons, load_comparison, save_comparison
 from perplex.workspace.exports import frame_csv, provenance, with_provenance
 from perplex.workspace.generation_rows import params_from_dict, params_to_json
