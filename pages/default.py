@@ -36,7 +36,7 @@ uploads.upload_panel(PREFIX, CURRENT, local)
 top = st.columns([1, 5])
 if top[0].button("New chat", disabled=st.session_state.get(CURRENT) is None or viewing_only):
     st.session_state[CURRENT] = None  # this tab's own blank chat, whatever other tabs show
-    session_panel.remember({CURRENT: None})
+    session_panel.remember_shown(CURRENT, None)
     st.rerun()
 
 current = st.session_state.get(CURRENT)

@@ -20,7 +20,12 @@ from perplex.ui.components.live import LiveGeneration, kept
 from perplex.ui.components.token_view import AnnotationMark, TokenSetInfo
 from perplex.ui.components.transcript import TranscriptEvent, highlight_key, jump_to
 from perplex.ui.shell import page_state, resources
-from perplex.ui.shell.session_panel import current_session_id, read_only, remember, save_to_session
+from perplex.ui.shell.session_panel import (
+    current_session_id,
+    read_only,
+    remember_shown,
+    save_to_session,
+)
 from perplex.ui.shell.sidebar import thresholds
 from perplex.ui.shell.text import count, plain
 from perplex.workspace.annotations import add_annotation, delete_annotation, edit_annotation
@@ -194,7 +199,7 @@ def branch_navigator(page_key: str) -> None:
             if st.button(plain(label), key=f"{page_key}-branch-{node.id}",
                          disabled=node.id == current.id):
                 st.session_state[page_key] = resources.store().load_generation(node.id)
-                remember({page_key: node.id})  # a reload shows the branch chosen here
+                remember_shown(page_key, node.id)  # a reload shows the branch chosen here
                 st.rerun()
         _compare_branches(tree, current, page_key)
 

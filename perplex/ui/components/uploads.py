@@ -14,7 +14,7 @@ from perplex.engine.protocol import Engine
 from perplex.ui.components.file_input import uploaded_file
 from perplex.ui.shell import resources, url_state
 from perplex.ui.shell.conditioning import text_prefix
-from perplex.ui.shell.session_panel import current_session_id, remember, save_to_session
+from perplex.ui.shell.session_panel import current_session_id, remember_shown, save_to_session
 from perplex.ui.shell.text import plain
 
 UPLOAD_TYPES = ["json", "jsonl", "ndjson", "txt"]
@@ -130,7 +130,7 @@ def _saved_section(prefix: str, target_key: str) -> None:
         except PerplexError as exc:
             st.error(plain(str(exc)))
             return
-        remember({target_key: chosen})
+        remember_shown(target_key, chosen)
         st.rerun()
 
 

@@ -18,7 +18,8 @@ import streamlit as st
 
 from perplex.core.errors import PerplexError
 from perplex.core.records import Generation
-from perplex.ui.shell import page_state, resources, url_state
+from perplex.ui.shell import page_state, resources, session_settings, url_state
+from perplex.ui.shell.session_settings import SessionSettings
 from perplex.ui.shell.text import plain
 from perplex.workspace.sessions import (
     Session,
@@ -63,22 +64,31 @@ def session_for_saving() -> str:
     return sid
 
 
-def remember(changes: dict) -> None:
-    """Merge page state (e.g. the generation on screen) into the session's settings."""
+def remember(**typed) -> None:
+    """Keep fields of `SessionSettings` (thresholds=…, model=…) in the open session."""
+    _merge(session_settings.changes(**typed))
+
+
+def remember_shown(page_key: str, shown_id: str | None) -> None:
+    """Keep the id of what page `page_key` shows (None: nothing) in the open session."""
+    _merge(session_settings.shown_change(page_key, shown_id))
+
+
+def _merge(changes: dict) -> None:
     sid = current_session_id()
     if sid is not None and not read_only():
         update_settings(resources.store(), sid, changes)
 
 
-def session_settings() -> dict:
-    """The open session's settings ({} when none is open or it is gone)."""
+def settings() -> SessionSettings:
+    """The open session's settings (all unset when none is open or it is gone)."""
     sid = current_session_id()
     if sid is None:
-        return {}
+        return SessionSettings()
     try:
-        return get_session(resources.store(), sid).settings
+        return SessionSettings.parse(get_session(resources.store(), sid).settings)
     except PerplexError:
-        return {}
+        return SessionSettings()
 
 
 def open_from_url() -> None:
@@ -232,7 +242,7 @@ def save_to_session(generation: Generation, page_key: str) -> Generation:
     saved = replace(generation, session_id=session_for_saving())
     resources.store().save_generation(saved)
     st.session_state[page_key] = saved
-    remember({page_key: saved.id})
+    remember_shown(page_key, saved.id)
     return saved
 
 
@@ -248,7 +258,7 @@ def restore(key: str, load: Callable[[str], object]) -> None:
         return
     st.session_state[marker] = sid
     st.session_state.setdefault(key, None)
-    wanted = session_settings().get(key)
+    wanted = settings().shown.get(key)
     if wanted:
         try:
             st.session_state[key] = load(wanted)

@@ -16,8 +16,9 @@ from perplex.ui.shell.session_panel import (
     current_session_id,
     remember,
     render_session_panel,
-    session_settings,
 )
+from perplex.ui.shell.session_panel import settings as session_settings
+from perplex.ui.shell.session_settings import SessionSettings, StoredEndpoint, StoredModel
 from perplex.ui.shell.text import plain
 
 THRESHOLDS_KEY = "perplex.thresholds"
@@ -44,9 +45,9 @@ def render_sidebar() -> LoadedModel | None:
     with st.sidebar:
         render_session_panel()
         saved = _restore_session_settings()
-        lm = _model_section(saved.get("model"))
-        _engine_section(saved.get("endpoint"))
-        _threshold_section(saved.get("thresholds"))
+        lm = _model_section(saved.model)
+        _engine_section(saved.endpoint)
+        _threshold_section(saved.thresholds)
     return lm
 
 
@@ -68,7 +69,7 @@ def _change_model(current: ModelSpec, wanted: ModelSpec) -> None:
     st.session_state[resources.MODEL_KEY] = wanted
 
 
-def _model_section(saved: object) -> LoadedModel | None:
+def _model_section(saved: StoredModel | None) -> LoadedModel | None:
     st.subheader("Model")
     spec = resources.chosen_spec()
     with st.popover("Change model", use_container_width=True):
@@ -100,9 +101,9 @@ def _model_section(saved: object) -> LoadedModel | None:
             st.session_state[resources.MODEL_KEY] = ModelSpec()
             st.rerun()
         return None
-    chosen = {"source": spec.source, "dtype": spec.dtype}
+    chosen = StoredModel(spec.source, spec.dtype)
     if saved != chosen:
-        remember({"model": chosen})  # part of the session's mode settings
+        remember(model=chosen)
     st.markdown(f"**{plain(lm.label)}**")
     st.caption(f"{lm.n_params / 1e6:,.0f} M parameters · {lm.n_layers} layers · "
                f"vocabulary {lm.vocab_size:,} · {lm.spec.precision} on {lm.device} · "
@@ -115,17 +116,17 @@ ENGINES = {"local": "Local model (above)", "endpoint": "OpenAI-compatible endpoi
            "ndif": "NDIF (remote, through nnsight)"}
 
 
-def _engine_section(saved: object) -> None:
+def _engine_section(saved: StoredEndpoint | None) -> None:
     """Where chats go: the local model, or an endpoint (base URL, model, API key).
 
     The key lives in this browser session's memory only: never in the database, a bundle,
     a log or the page. The base URL and model are kept with the session's settings.
     """
     st.subheader("Engine")
-    if isinstance(saved, dict) and "perplex.engine_choice" not in st.session_state:
+    if saved is not None and "perplex.engine_choice" not in st.session_state:
         st.session_state["perplex.engine_choice"] = "endpoint"
-        st.session_state["perplex.endpoint_url"] = str(saved.get("base_url", ""))
-        st.session_state["perplex.endpoint_model"] = str(saved.get("model", ""))
+        st.session_state["perplex.endpoint_url"] = saved.base_url
+        st.session_state["perplex.endpoint_model"] = saved.model
     choice = st.radio("Chats go to", list(ENGINES), format_func=ENGINES.get,
                       key="perplex.engine_choice", label_visibility="collapsed")
     if choice != "ndif":
@@ -133,7 +134,7 @@ def _engine_section(saved: object) -> None:
     if choice == "local":
         st.session_state.pop(resources.ENDPOINT_KEY, None)
         if saved is not None:
-            remember({"endpoint": None})
+            remember(endpoint=None)
         return
     if choice == "ndif":
         st.session_state.pop(resources.ENDPOINT_KEY, None)
@@ -151,8 +152,8 @@ def _engine_section(saved: object) -> None:
         return
     chosen = resources.EndpointChoice(url.strip(), model.strip())
     st.session_state[resources.ENDPOINT_KEY] = chosen
-    if saved != {"base_url": chosen.base_url, "model": chosen.model}:
-        remember({"endpoint": {"base_url": chosen.base_url, "model": chosen.model}})
+    if saved != StoredEndpoint(chosen.base_url, chosen.model):
+        remember(endpoint=StoredEndpoint(chosen.base_url, chosen.model))
     st.caption("Generation with the top-20 log-probabilities the endpoint returns: entropies "
                "are lower bounds; pages that need internals or the full distribution say so.")
 
@@ -186,7 +187,7 @@ def _ndif_section() -> None:
                "whole, with full-distribution records.")
 
 
-def _threshold_section(saved: object) -> None:
+def _threshold_section(saved: tuple[float, float] | None) -> None:
     st.subheader("Colours")
     current = thresholds()
     # A session that was opened has put its values in the slider's state: no default then.
@@ -196,8 +197,8 @@ def _threshold_section(saved: object) -> None:
         help="A token is red when p < the first value, green when p ≥ the second, "
              "yellow between. p is the model's probability at temperature 1.")
     st.session_state[THRESHOLDS_KEY] = Thresholds(confident=high, uncertain=low)
-    if saved != [low, high]:
-        remember({"thresholds": [low, high]})  # part of the session's mode settings
+    if saved != (low, high):
+        remember(thresholds=(low, high))
     st.markdown(
         '<span style="background:#c8ecd0;padding:1px 6px;border-radius:3px">confident</span> '
         '<span style="background:#fbe7a1;padding:1px 6px;border-radius:3px">unsure</span> '
@@ -205,22 +206,20 @@ def _threshold_section(saved: object) -> None:
         unsafe_allow_html=True)
 
 
-def _restore_session_settings() -> dict:
+def _restore_session_settings() -> SessionSettings:
     """Once per session opened, put back its thresholds and model; return its settings."""
-    settings = session_settings()
+    saved = session_settings()
     sid = current_session_id()
     if sid is None or st.session_state.get("perplex.settings_for") == sid:
-        return settings
+        return saved
     st.session_state["perplex.settings_for"] = sid
-    saved = settings.get("thresholds")
-    if isinstance(saved, list) and len(saved) == 2:
-        low, high = sorted(float(x) for x in saved)
+    if saved.thresholds is not None:
+        low, high = saved.thresholds
         st.session_state[SLIDER_KEY] = (low, high)
         st.session_state[THRESHOLDS_KEY] = Thresholds(confident=high, uncertain=low)
-    model = settings.get("model")
-    if isinstance(model, dict) and isinstance(model.get("source"), str):
+    if saved.model is not None:
         # trust_remote_code never comes from a (possibly shared) session, only from settings
         st.session_state[resources.MODEL_KEY] = ModelSpec(
-            source=model["source"], dtype=str(model.get("dtype", "float32")),
+            source=saved.model.source, dtype=saved.model.dtype,
             trust_remote_code=resources.settings().trust_remote_code)
-    return settings
+    return saved

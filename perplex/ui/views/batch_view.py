@@ -465,7 +465,7 @@ def _open_on_default(generation) -> None:
     key = page_state.current_key("default")
     st.session_state[key] = generation
     if not session_panel.read_only():
-        session_panel.remember({key: generation.id})
+        session_panel.remember_shown(key, generation.id)
     st.switch_page(DEFAULT_PAGE)
 
 

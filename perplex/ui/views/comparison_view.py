@@ -217,7 +217,7 @@ def show(comparison_id: str, run: PairRun, conditions: dict) -> None:
     """Put a comparison on screen (and in the session, for a reload)."""
     st.session_state[RUN_KEY] = Shown(comparison_id, run, conditions)
     st.session_state.pop(PICKED_KEY, None)
-    session_panel.remember({RUN_KEY: comparison_id})
+    session_panel.remember_shown(RUN_KEY, comparison_id)
 
 
 def restore() -> None:

@@ -221,7 +221,7 @@ def save_result(prompt: str, result: DecodingResult, batch_id: str | None = None
 def show(stored: StoredDecoding) -> None:
     """Put a saved run on screen (and in the session, for a reload)."""
     st.session_state[SHOWN_KEY] = stored
-    session_panel.remember({SHOWN_KEY: stored.id})
+    session_panel.remember_shown(SHOWN_KEY, stored.id)
 
 
 def restore() -> None:

@@ -23,6 +23,7 @@ from perplex.ui.components.transcript import (
     show_transcript,
 )
 from perplex.ui.shell import page_state, resources, session_panel
+from perplex.ui.shell.session_settings import AlertSettings
 from perplex.ui.shell.sidebar import thresholds
 from perplex.ui.shell.text import count, plain
 from perplex.workspace.generation_rows import params_from_dict, params_to_json
@@ -30,7 +31,6 @@ from perplex.workspace.jobs import item_records
 
 PREFIX = "halluc"
 CURRENT = page_state.current_key(PREFIX)
-SETTINGS = f"{PREFIX}.thresholds"  # [confidence, entropy, k] in the session's settings
 SAMPLES_KEY = f"{PREFIX}.samples"  # the sampled answers' run (ui.runs)
 PERCENT = st.column_config.NumberColumn(format="%.3f")
 LIVE_ROWS = 8  # alerts listed while the answer streams (newest first); all of them after
@@ -38,18 +38,18 @@ LIVE_ROWS = 8  # alerts listed while the answer streams (newest first); all of t
 
 def alert_settings() -> tuple[h.AlertThresholds, int] | None:
     """The thresholds and k from the widgets; None (with the reason shown) when invalid."""
-    saved = session_panel.session_settings().get(SETTINGS) or [
-        h.DEFAULT_CONFIDENCE, h.DEFAULT_ENTROPY, h.DEFAULT_SPAN_K]
+    saved = session_panel.settings().alerts or AlertSettings(
+        h.DEFAULT_CONFIDENCE, h.DEFAULT_ENTROPY, h.DEFAULT_SPAN_K)
     cols = st.columns(3)
     confidence = cols[0].number_input(
-        "confidence threshold (p)", value=float(saved[0]), step=0.05, format="%.3f",
+        "confidence threshold (p)", value=saved.confidence, step=0.05, format="%.3f",
         key=f"{PREFIX}.confidence", help="A token whose probability is under this alerts.")
     entropy = cols[1].number_input(
-        "entropy threshold (nats)", value=float(saved[1]), step=0.25, format="%.2f",
+        "entropy threshold (nats)", value=saved.entropy, step=0.25, format="%.2f",
         key=f"{PREFIX}.entropy", help="A token whose distribution's entropy is over this "
         "alerts. ln 2 ≈ 0.69 nats is a coin flip; ln 10 ≈ 2.3 ten equal choices.")
     k = cols[2].number_input(
-        "span length k (tokens)", value=int(saved[2]), step=1, key=f"{PREFIX}.k",
+        "span length k (tokens)", value=saved.span_k, step=1, key=f"{PREFIX}.k",
         help="A low-confidence token starts a flagged span when the mean entropy of the "
         "k tokens after it is over the entropy threshold.")
     try:
@@ -58,8 +58,9 @@ def alert_settings() -> tuple[h.AlertThresholds, int] | None:
     except PerplexError as exc:
         st.error(f"{plain(str(exc))} Change it above to see alerts.")
         return None
-    if [confidence, entropy, int(k)] != list(saved):
-        session_panel.remember({SETTINGS: [confidence, entropy, int(k)]})
+    wanted = AlertSettings(float(confidence), float(entropy), int(k))
+    if wanted != saved:
+        session_panel.remember(alerts=wanted)
     return chosen, int(k)
 
 

@@ -6,7 +6,7 @@ the researcher forces; the many-prompts table is `prompt_list`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import pandas as pd
 import streamlit as st
@@ -21,6 +21,7 @@ from perplex.ui.components.live import LiveGeneration, kept
 from perplex.ui.components.own_sets import own_sets_editor, word_list
 from perplex.ui.components.transcript import show_transcript
 from perplex.ui.shell import page_state, resources, session_panel
+from perplex.ui.shell.session_settings import Spellings
 from perplex.ui.shell.sidebar import thresholds
 from perplex.ui.shell.text import count, plain
 from perplex.workspace.token_sets import (
@@ -37,8 +38,6 @@ PROMPT = f"{PREFIX}.prompt"
 PROMPT_TEXT = f"{PREFIX}.prompt_text"
 PREFILL_TEXT = f"{PREFIX}.prefix_text"
 OPEN_ROW = f"{PREFIX}.open_row_prompt"  # a prompt the many-prompt table asked to run
-SPELLINGS = f"{PREFIX}.spellings"  # session setting: which spellings of a word count
-DEFAULT_SPELLINGS = {"leading_space": True, "case_variants": False}
 SET_NAMES = (REFUSAL_SET, COMPLIANCE_SET)
 
 
@@ -58,8 +57,7 @@ def saved_sets() -> tuple[dict[str, tuple[str, ...]], dict[str, bool]]:
     Only reads: opening the page creates no session and writes nothing.
     """
     words = session_set_words(resources.store(), session_panel.current_session_id())
-    stored = session_panel.session_settings().get(SPELLINGS, {})
-    return words, {k: bool(stored.get(k, v)) for k, v in DEFAULT_SPELLINGS.items()}
+    return words, asdict(session_panel.settings().spellings or Spellings())
 
 
 def save_sets(local: Engine, words: dict[str, tuple[str, ...]], spellings: dict[str, bool]
@@ -72,7 +70,7 @@ def save_sets(local: Engine, words: dict[str, tuple[str, ...]], spellings: dict[
     sid = session_panel.session_for_saving()
     store = resources.store()
     stored = {s.name: s for s in list_token_sets(store, sid)}
-    respell = session_panel.session_settings().get(SPELLINGS) != spellings
+    respell = session_panel.settings().spellings != Spellings(**spellings)
     for name in SET_NAMES:
         held = stored.get(name)
         if held is None or set(held.words) != set(words[name]) or respell \
@@ -80,7 +78,7 @@ def save_sets(local: Engine, words: dict[str, tuple[str, ...]], spellings: dict[
             save_set_words(store, sid, name, words[name], local.tokenizer, local.info.label,
                            **spellings)
     if respell:
-        session_panel.remember({SPELLINGS: spellings})
+        session_panel.remember(spellings=Spellings(**spellings))
 
 
 def synced(widget, label: str, key: str, saved, **kwargs):
