@@ -183,6 +183,10 @@ async def run(server: StreamlitServer, users: int, minutes: float, seeded, files
     attacks = attacker.Attacks()
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        # the hostile's browser stands for its own machine: at the lowest priority it takes
+        # only what the server, the model and the researchers' browsers leave idle
+        nice = lowest_priority(CHROMIUM, server.log_path.parent)
+        elsewhere = await playwright.chromium.launch(executable_path=nice, args=CHROMIUM_ARGS)
         context = await browser.new_context(viewport=VIEWPORT)
         page = await context.new_page()
         await sign_in(page, server.url, "user1")
@@ -202,7 +206,7 @@ async def run(server: StreamlitServer, users: int, minutes: float, seeded, files
 
         async def hostile_phase() -> None:
             await wait_until(bounds["hostile"][0])
-            await attacker.hostile(browser, server.url, sign_in, seeded, files, SAMPLE,
+            await attacker.hostile(elsewhere, server.url, sign_in, seeded, files, SAMPLE,
                                    bounds["hostile"][1], attacks)
 
         try:
@@ -212,8 +216,17 @@ async def run(server: StreamlitServer, users: int, minutes: float, seeded, files
         finally:
             stop.set()
             watcher.join()
+            await elsewhere.close()
             await browser.close()
     return phases, attacks, bounds
+
+
+def lowest_priority(executable: str, folder: Path) -> str:
+    """A launcher, written into `folder`, that starts `executable` at niceness 19."""
+    launcher = folder / "chromium-at-lowest-priority"
+    launcher.write_text(f'#!/bin/sh\nexec nice -n 19 "{executable}" "$@"\n')
+    launcher.chmod(0o755)
+    return str(launcher)
 
 
 def nothing_lost(path: Path, stored: dict[str, int]) -> list[str]:

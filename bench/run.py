@@ -19,6 +19,8 @@
     the compute bound (`bench/batch.py`).
 11. Pages: the first open of each page on a fresh database, as a new user meets it
     (`bench/pages.py`).
+12. Generation beside a thread busy in Python (a page drawing on the same server), at the
+    default switch interval vs the app's (`bench/gil.py`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import torch
 
 from bench.batch import bench_batch
 from bench.decoding import bench_speculative
+from bench.gil import bench_gil
 from bench.pages import bench_pages
 from bench.records import bench_records
 from bench.traits import bench_traits
@@ -461,7 +464,7 @@ def main() -> None:
             run_stage("endpoint", bench_endpoint), run_stage("calib", bench_calibration, lm),
             run_stage("compare", bench_comparison, lm), run_stage("spec", bench_speculative, lm),
             run_stage("traits", bench_traits, lm), run_stage("batch", bench_batch, lm),
-            run_stage("pages", bench_pages, PROJECT_ROOT)]
+            run_stage("pages", bench_pages, PROJECT_ROOT), run_stage("gil", bench_gil, lm)]
     if not all(done):
         sys.exit(1)
 

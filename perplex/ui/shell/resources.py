@@ -11,6 +11,7 @@ import streamlit as st
 
 from perplex.core.settings import Settings, load_settings
 from perplex.engine import registry
+from perplex.engine.interpreter import share_with_forward_passes
 from perplex.engine.protocol import Engine
 from perplex.engine.registry import LoadedModel, load_model
 from perplex.engine.spec import ModelSpec
@@ -23,6 +24,8 @@ LOADED_KEY = "perplex.lm"  # the model the sidebar loaded in this run (None if i
 USER_KEY = "perplex.user"  # who signed in, on a hosted server
 SHARE_TOKENS_KEY = "perplex.share_tokens"  # share links this browser session opened
 ICON = Path(__file__).parent / "assets" / "icon.png"  # the favicon
+
+share_with_forward_passes()  # every visitor's page runs in a thread beside the model's passes
 
 
 @st.cache_resource(max_entries=3, show_spinner=False)
