@@ -22,6 +22,7 @@ FINAL_TOK = ".tv-root.ready:not(.streaming):not(.superseded) .tok"
 NOT_RUNNING = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 READ_ONLY_WARNING = "This session is open read-only (shared link): fork it to make changes."
 BEFORE_AFTER = "Before and after: this branch against its parent"
+PANEL = "Open a transcript, an API response or a saved generation"  # the Default page's
 
 
 
@@ -180,3 +181,28 @@ def set_number(page, label: str, value: str) -> None:
     field.fill(value)
     field.press("Enter")
     settle(page)
+
+
+def transcript_uploader(page):
+    """The file input of the transcript uploader (the export panel has a bundle uploader)."""
+    return page.locator('[data-testid="stFileUploaderDropzoneInput"]'
+                        '[accept*=".jsonl"]')
+
+
+def open_panel(page) -> None:
+    """Expand the panel with the uploader and the saved generations."""
+    page.get_by_text(PANEL).click()
+    transcript_uploader(page).wait_for(state="attached")
+
+
+def upload(page, path) -> None:
+    """Give the panel's uploader a file, as if picked in the file dialog."""
+    transcript_uploader(page).set_input_files(str(path))
+
+
+def saved_count(page) -> int:
+    """How many generations the panel's "Saved in the database" column lists."""
+    listed = page.get_by_text(re.compile(r"^(\d+ saved|Nothing saved yet.*)$"))
+    listed.wait_for()
+    label = listed.inner_text()
+    return 0 if label.startswith("Nothing") else int(label.split()[0])

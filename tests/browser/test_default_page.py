@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from tests.browser.conftest import REPO_ROOT, wait_for_script
+from tests.browser.support import open_panel, saved_count, upload
 
 pytestmark = pytest.mark.browser
 
@@ -22,7 +23,6 @@ SAMPLES = REPO_ROOT / "data" / "samples"
 QUESTION = "What is the capital of France?"
 MODEL_TIMEOUT = 180_000  # ms: the first page load loads the bundled model
 WORK_TIMEOUT = 90_000  # ms: generating or scoring on a loaded 2-core machine
-PANEL = "Open a transcript, an API response or a saved generation"
 
 # Token views, inside the components' shadow roots (Playwright's CSS pierces them).
 FINAL_TOK = ".tv-root.ready:not(.streaming):not(.superseded) .tok"
@@ -102,31 +102,6 @@ def app(page, app_url, open_app):
     page.get_by_text("SmolLM2-135M-Instruct (bundled)").first.wait_for(timeout=MODEL_TIMEOUT)
     page.locator('[data-testid="stChatInput"] textarea:not([disabled])').wait_for()
     return SimpleNamespace(page=page, url=app_url, dialogs=dialogs)
-
-
-def transcript_uploader(page):
-    """The file input of the transcript uploader (the export panel has a bundle uploader)."""
-    return page.locator('[data-testid="stFileUploaderDropzoneInput"]'
-                        '[accept*=".jsonl"]')
-
-
-def open_panel(page) -> None:
-    """Expand the panel with the uploader and the saved generations."""
-    page.get_by_text(PANEL).click()
-    transcript_uploader(page).wait_for(state="attached")
-
-
-def upload(page, path) -> None:
-    """Give the panel's uploader a file, as if picked in the file dialog."""
-    transcript_uploader(page).set_input_files(str(path))
-
-
-def saved_count(page) -> int:
-    """How many generations the panel's "Saved in the database" column lists."""
-    listed = page.get_by_text(re.compile(r"^(\d+ saved|Nothing saved yet.*)$"))
-    listed.wait_for()
-    label = listed.inner_text()
-    return 0 if label.startswith("Nothing") else int(label.split()[0])
 
 
 def test_first_look_streams_then_explains_tokens(app, screenshot):

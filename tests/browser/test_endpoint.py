@@ -18,7 +18,6 @@ from tests.browser.support import (
     chat_box,
     show_tip,
 )
-from tests.browser.test_new_user import open_page, server  # noqa: F401 (fixtures)
 from tests.endpoints import LlamaServer
 
 pytestmark = pytest.mark.browser
@@ -34,7 +33,7 @@ def llama(tmp_path_factory):
         running.stop()
 
 
-def test_chat_through_the_endpoint_then_back_to_the_local_model(open_page, llama,  # noqa: F811
+def test_chat_through_the_endpoint_then_back_to_the_local_model(open_page, llama,
                                                                screenshot):
     page = open_page()
     sidebar = page.locator('[data-testid="stSidebar"]')

@@ -45,43 +45,6 @@ from tests.browser.support import (
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """The real app on the bundled model, one server for the module, its log readable."""
-    tmp = tmp_path_factory.mktemp("new-user")
-    home = tmp / "perplex-home"
-    home.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "PERPLEX_DB_PATH"}
-    env.update(PERPLEX_HOME=str(home), PERPLEX_MODEL_CACHE=str(REPO_ROOT / "data" / "models"))
-    app = StreamlitServer("app.py", env, tmp)
-    app.wait_healthy()
-    yield app
-    app.stop()
-
-
-@pytest.fixture
-def open_page(browser, server):
-    """`open_page(url=None, height=1000)`: a fresh context on the app, loaded and ready."""
-    contexts = []
-
-    def open_one(url: str | None = None, height: int = VIEWPORT["height"]):
-        context = browser.new_context(viewport={"width": VIEWPORT["width"], "height": height},
-                                      accept_downloads=True)
-        context.set_default_timeout(20_000)
-        contexts.append(context)
-        page = context.new_page()
-        page.requests = []
-        page.on("request", lambda request: page.requests.append(request.url))
-        page.goto(url or server.url)
-        settle(page, MODEL_TIMEOUT)
-        page.get_by_text("SmolLM2-135M-Instruct (bundled)").first.wait_for(timeout=MODEL_TIMEOUT)
-        return page
-
-    yield open_one
-    for context in contexts:
-        context.close()
-
-
 def in_window(page, locator) -> bool:
     """Whether any of the element shows in the browser window."""
     box = locator.bounding_box()

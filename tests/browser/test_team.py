@@ -18,17 +18,19 @@ from perplex.core.accounts import new_account
 from tests.browser.conftest import REPO_ROOT, VIEWPORT, wait_for_script
 from tests.browser.support import (
     FINAL_TOK,
+    PANEL,
     QUESTION,
     answer_text,
     ask,
     assert_no_exception,
     chat_box,
+    saved_count,
     session_of,
     set_max_new_tokens,
     settle,
     share_link,
+    transcript_uploader,
 )
-from tests.browser.test_default_page import PANEL, saved_count, transcript_uploader
 
 pytestmark = pytest.mark.browser
 
