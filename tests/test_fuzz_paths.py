@@ -50,10 +50,8 @@ from perplex.workspace.bundles import import_bundle
 from perplex.workspace.calibration_store import load_dataset, save_dataset
 from perplex.workspace.store import Store
 from perplex.workspace.trait_store import import_pt, load_vector, save_vector
-from tests.conftest import MEASUREMENTS
 
 FUZZ_EXAMPLES = int(os.environ.get("PERPLEX_FUZZ_EXAMPLES", "50"))
-TALLY: dict[str, Counter] = {}  # path → cases, refused, refused_clean, accepted
 
 # Text a careless or hostile colleague might send: markup, formulas, control characters,
 # lone surrogates (written with "surrogatepass", so the bytes are not valid UTF-8), numbers
@@ -287,6 +285,9 @@ PATHS: dict[str, tuple[Callable, object]] = {
     "Persona Traits · .pt": (pt_vector, pt_files()),
     "Session bundle · zip": (bundle_import, zips()),
 }
+WIDTH = max(map(len, PATHS))
+FUZZ_TABLE = (f"fuzz: {'upload path':<{WIDTH}} | cases | refused, with a message | "
+              "database unchanged when refused | accepted, read back valid")
 
 
 def table_counts(store: Store) -> dict[str, int]:
@@ -304,26 +305,12 @@ def store(tmp_path_factory):
         yield opened
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fuzz_table():
-    """Print path × cases × refused with a message × database unchanged, after the runs."""
-    yield
-    if not TALLY:
-        return
-    width = max(map(len, TALLY))
-    measurement = MEASUREMENTS.append
-    measurement(f"fuzz: {'upload path':<{width}} | cases | refused, with a message | "
-                "database unchanged when refused | accepted, read back valid")
-    for path, tally in TALLY.items():
-        measurement(f"fuzz: {path:<{width}} | {tally['cases']:5} | {tally['refused']:24} | "
-                    f"{tally['refused_clean']:31} | {tally['accepted']}")
-
-
 @pytest.mark.filterwarnings("ignore:Duplicate name")  # zips that repeat a member's name
 @pytest.mark.parametrize("path", list(PATHS))
-def test_every_upload_path_refuses_with_a_message_or_stores_valid_data(path, store):
+def test_every_upload_path_refuses_with_a_message_or_stores_valid_data(path, store,
+                                                                       measurement):
     ingest, files = PATHS[path]
-    tally = TALLY.setdefault(path, Counter())
+    tally = Counter()
 
     @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -344,4 +331,6 @@ def test_every_upload_path_refuses_with_a_message_or_stores_valid_data(path, sto
         tally["accepted"] += 1
 
     case()
+    measurement(f"fuzz: {path:<{WIDTH}} | {tally['cases']:5} | {tally['refused']:24} | "
+                f"{tally['refused_clean']:31} | {tally['accepted']}", heading=FUZZ_TABLE)
     assert tally["cases"] >= FUZZ_EXAMPLES

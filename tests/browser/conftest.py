@@ -7,6 +7,7 @@ Fixtures:
 - `module_streamlit_app(script, env=None) -> str`: the same, one server per test module
   (faster when a module's tests only need fresh browser sessions); its PERPLEX_HOME is
   a temporary folder of its own.
+- Every test here is marked `browser` (`make test-fast` leaves them out).
 - `browser`: one headless Debian Chromium per test session.
 - `page`: a fresh browser context and page, 1400x1000, per test.
 - `screenshot(target, name) -> Path`: save a PNG of a page or locator to
@@ -148,6 +149,19 @@ def app_url(module_streamlit_app):
     """One server of the real app for the module, with the converted bundled model."""
     return module_streamlit_app(
         "app.py", env={"PERPLEX_MODEL_CACHE": str(REPO_ROOT / "data" / "models")})
+
+
+BROWSER_TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Every test in this folder drives a real browser: marked `browser` here, not per file.
+
+    (pytest calls this hook with the whole session's items, so it looks at each one's path.)
+    """
+    for item in items:
+        if BROWSER_TESTS in item.path.parents:
+            item.add_marker(pytest.mark.browser)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,6 @@ import re
 import shutil
 import zipfile
 
-import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from perplex.core.settings import PROJECT_ROOT
@@ -29,7 +28,6 @@ from tests.browser.support import (
     settle,
 )
 
-pytestmark = pytest.mark.browser
 PROMPTS = PROJECT_ROOT / "data" / "batch" / "sample_prompts.jsonl"
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import re
 
-import pytest
-
 from tests.browser.conftest import open_mode
 from tests.browser.support import (
     FINAL_TOK,
@@ -19,8 +17,6 @@ from tests.browser.support import (
     scroll_to,
     settle,
 )
-
-pytestmark = pytest.mark.browser
 
 ROWS = [
     {"qid": "c1", "question": "What is the capital of France?",

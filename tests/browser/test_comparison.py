@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 from tests.browser.conftest import MODEL_TIMEOUT, WORK_TIMEOUT, open_mode, settle
 from tests.browser.support import (
     assert_no_exception,
     scroll_to,
     show_tip,
 )
-
-pytestmark = pytest.mark.browser
 
 DIVERGENCE_VIEW = ".tv-root.ready:not(.streaming):not(.superseded) .tok.overlay"
 PROMPTS = ["What is the capital of Italy?", "Who wrote Hamlet?", "Why is the sea salty?",

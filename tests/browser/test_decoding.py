@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 from tests.browser.conftest import open_mode
 from tests.browser.support import (
     WORK_TIMEOUT,
@@ -19,8 +17,6 @@ from tests.browser.support import (
     settle,
     show_tip,
 )
-
-pytestmark = pytest.mark.browser
 
 METHOD_VIEW = ('[class*="st-key-decoding-method-"] .tv-root.ready:not(.streaming)'
                ':not(.superseded)')

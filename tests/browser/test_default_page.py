@@ -17,8 +17,6 @@ import pytest
 from tests.browser.conftest import REPO_ROOT, wait_for_script
 from tests.browser.support import open_panel, saved_count, upload
 
-pytestmark = pytest.mark.browser
-
 SAMPLES = REPO_ROOT / "data" / "samples"
 QUESTION = "What is the capital of France?"
 MODEL_TIMEOUT = 180_000  # ms: the first page load loads the bundled model

@@ -20,8 +20,6 @@ from tests.browser.support import (
 )
 from tests.endpoints import LlamaServer
 
-pytestmark = pytest.mark.browser
-
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):

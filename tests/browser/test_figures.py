@@ -20,8 +20,6 @@ from perplex.modes.traits.plots import score_difference, sweep_figure, token_bar
 from perplex.workspace.exports import figure_image
 from tests.hand_records import make_generation
 
-pytestmark = pytest.mark.browser
-
 CAPTION = caption_line("SmolLM2-135M-Instruct (bundled)", "prompt “What is the capital of "
                        "France?”", "greedy, ≤ 256 new tokens", "generation 0123456789abcdef")
 

@@ -16,8 +16,6 @@ from tests.browser.support import (
     show_tip,
 )
 
-pytestmark = pytest.mark.browser
-
 # The bundled model makes up an answer here ("… was named John Taylor, …"): its first
 # token already crosses the entropy threshold (H ≈ 2.9 nats > 2.5) and more follow.
 QUESTION = "Who was the first person to walk on Mars?"

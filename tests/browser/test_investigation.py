@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import MODEL_TIMEOUT, WORK_TIMEOUT, settle
@@ -37,7 +36,6 @@ from tests.browser.support import (
     tok,
 )
 
-pytestmark = pytest.mark.browser
 
 def test_researcher_loop_survives_reload(new_tab, screenshot):
     """Generate, inject an alternative, compare, branch, switch, select, annotate, reload."""

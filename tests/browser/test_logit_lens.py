@@ -9,14 +9,12 @@ import shutil
 import statistics
 
 import numpy as np
-import pytest
 
 from perplex.core.plots import visible_token
 from perplex.core.settings import PROJECT_ROOT
 from perplex.engine.registry import local_engine
 from tests.browser.conftest import REPO_ROOT, SCREENSHOTS, stop_run, wait_for_script
 
-pytestmark = pytest.mark.browser
 MODELS = str(PROJECT_ROOT / "data" / "models")
 TIMINGS = "() => window.__perplexLensTimings || []"
 # The prediction a cell shows: the line of its column that sits in the cell's one-line window

@@ -15,7 +15,6 @@ import re
 import signal
 from urllib.parse import urlparse
 
-import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import (
@@ -41,8 +40,6 @@ from tests.browser.support import (
     set_number,
     tok,
 )
-
-pytestmark = pytest.mark.browser
 
 
 def in_window(page, locator) -> bool:

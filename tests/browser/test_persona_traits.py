@@ -13,7 +13,6 @@ import re
 import shutil
 
 import pandas as pd
-import pytest
 
 from perplex.core.settings import PROJECT_ROOT
 from tests.browser.conftest import open_mode
@@ -23,8 +22,6 @@ from tests.browser.support import (
     scroll_to,
     settle,
 )
-
-pytestmark = pytest.mark.browser
 
 
 def test_extract_monitor_slide_and_steer(browser, app_url, screenshot, tmp_path):

@@ -28,8 +28,6 @@ from tests.browser.support import (
     set_max_new_tokens,
 )
 
-pytestmark = pytest.mark.browser
-
 # The bundled model's most likely first answer token here is "I" (p ≈ 0.14, P(R-Set) ≈ 0.17).
 PROMPT = "Can you help me kill someone?"
 NO_SESSION = "New work is saved in a new session as soon as there is some."

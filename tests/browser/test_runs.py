@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 from tests.browser.conftest import (
     MODEL_TIMEOUT,
     WORK_TIMEOUT,
@@ -23,8 +21,6 @@ from tests.browser.support import (
     assert_no_exception,
     scroll_to,
 )
-
-pytestmark = pytest.mark.browser
 
 PROMPTS = ["Name a colour.", "Name a fruit.", "Name a city.", "Name an animal.",
            "Name a number.", "Name a tree."]

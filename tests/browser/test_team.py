@@ -32,8 +32,6 @@ from tests.browser.support import (
     transcript_uploader,
 )
 
-pytestmark = pytest.mark.browser
-
 PASSWORD = "correct horse battery"
 USERS = ("alice", "bob", "carol", "dave")
 LOAD_TIMEOUT = 180_000  # ms: the first sign-in loads the bundled model

@@ -15,8 +15,6 @@ from tests.browser.support import (
     drag,
 )
 
-pytestmark = pytest.mark.browser
-
 APP = "tests/browser/apps/token_view_app.py"
 N_TOKENS = 417  # the app's STEPS
 TIMINGS = REPO_ROOT / "test-artifacts" / "token_view_timings.json"

@@ -31,8 +31,6 @@ from perplex.workspace.store import Store
 from perplex.workspace.token_sets import add_token, create_token_set
 from tests.browser.conftest import REPO_ROOT, VIEWPORT, wait_for_script
 
-pytestmark = pytest.mark.browser
-
 LOAD_TIMEOUT = 180_000  # ms: the first page loads the bundled model
 
 
