@@ -128,6 +128,7 @@ def test_uploads_are_read_line_by_line_and_bad_lines_are_named(tmp_path):
         list(read_items("x.pdf", io.BytesIO(b"")))
 
 
+@pytest.mark.slow
 def test_a_hundred_thousand_line_file_streams_in_with_bounded_memory(tmp_path, measurement):
     store = Store.open(tmp_path / "b.duckdb")
     lines = [f"Question number {i}: what is {i} + {i}?" for i in range(100_000)]
@@ -280,6 +281,7 @@ run_batch(LocalEngine(tiny_model(seed=0, layers=2)), store, sys.argv[2],
 """
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_loses_nothing_finished(engine, tmp_path):
     path = tmp_path / "k.duckdb"
     store = Store.open(path)
@@ -352,6 +354,7 @@ def test_a_read_killed_part_way_leaves_no_batch_that_looks_finished(tmp_path):
     assert [b.id for b in list_batches(store)] == [batch_id]
 
 
+@pytest.mark.slow
 def test_a_rate_limited_endpoint_is_retried_with_back_off(llama_server, tmp_path):
     """Against llama.cpp's server behind a proxy that answers 429 to the first 3 requests."""
     from perplex.engine.openai_compat import EndpointEngine

@@ -317,6 +317,7 @@ def test_streams_leave_the_models_own_hidden_states_alone():
     assert len(states) == 4  # the embedding and one per block, each recorded once
 
 
+@pytest.mark.slow
 def test_the_figures_are_built_from_a_run(tiny):
     from perplex.modes.decoding import plots
     from perplex.modes.decoding.stats import contrast_stats

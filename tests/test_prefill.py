@@ -52,7 +52,7 @@ def ids_set(ids, name="mine"):
     return prefill.token_id_set(ids, name)
 
 
-@pytest.mark.parametrize("which", ["tiny_lm", "bundled_lm"])
+@pytest.mark.parametrize("which", ["tiny_lm", pytest.param("bundled_lm", marks=pytest.mark.slow)])
 def test_set_mass_equals_direct_sum(which, request):
     lm = request.getfixturevalue(which)
     refusal, compliance = default_ids(lm)
@@ -85,6 +85,7 @@ def test_own_sets_mass_equals_direct_sum(which, request):
                             own_sets=[ids_set([], "empty one")])
 
 
+@pytest.mark.slow
 def test_set_mass_counts_words_not_their_first_pieces(bundled_lm):
     """" Cannot" is several pieces: its P is below its first piece's; P(set) is by words."""
     lm = bundled_lm
@@ -123,6 +124,7 @@ def test_batched_equals_one_at_a_time(tiny_lm):
         assert got.top_ids[0] == alone.top_ids[0]
 
 
+@pytest.mark.slow
 def test_prompt_list_skips_blanks_and_handles_ten_thousand(tiny_lm):
     listed = prefill.parse_prompt_list("a\n\n  \nb\r\n")
     assert listed.prompts == ("a", "b") and listed.lines == (1, 4) and listed.blank_lines == 2

@@ -13,7 +13,7 @@ import numpy as np
 from perplex.core.plots import visible_token
 from perplex.core.settings import PROJECT_ROOT
 from perplex.engine.registry import local_engine
-from tests.browser.conftest import REPO_ROOT, SCREENSHOTS, stop_run, wait_for_script
+from tests.browser.conftest import REPO_ROOT, SCREENSHOTS, settle, stop_run, wait_for_script
 
 MODELS = str(PROJECT_ROOT / "data" / "models")
 TIMINGS = "() => window.__perplexLensTimings || []"
@@ -156,6 +156,7 @@ def test_patching_sandbox_swaps_rome_for_paris(streamlit_app, page, open_app, sc
     # Stop after a few layers: they are kept and drawn (10 positions each); Resume does the rest
     swept = stop_run(page, 31, "layers", timeout=120_000)
     page.get_by_text(f"Sweep: {10 * swept} patches").wait_for()
+    settle(page)  # a click while the Stop's rerun still draws can land on a button it replaces
     page.get_by_role("button", name=f"Resume ({31 - swept} left)").click()
     caption = page.get_by_text("Sweep: 310 patches")
     caption.wait_for(timeout=600_000)  # 31 layers on a 2-core machine that may be busy
