@@ -29,7 +29,9 @@ def test_extract_monitor_slide_and_steer(browser, app_url, screenshot, tmp_path)
     page.get_by_role("button", name=re.compile(r"^Extract 3 vector")).wait_for()
     settle(page)
     page.get_by_role("button", name=re.compile(r"^Extract 3 vector")).click()
-    page.get_by_text("vector norm and separation by layer").wait_for(timeout=3 * WORK_TIMEOUT)
+    # a bound, not a pace: with both cores taken by another process, extraction on the
+    # bundled model ran past 3 × WORK_TIMEOUT
+    page.get_by_text("vector norm and separation by layer").wait_for(timeout=10 * WORK_TIMEOUT)
     settle(page)
     assert_no_exception(page)
     screenshot(page, "traits_1_vectors", full_page=True)
