@@ -206,3 +206,16 @@ def saved_count(page) -> int:
     listed.wait_for()
     label = listed.inner_text()
     return 0 if label.startswith("Nothing") else int(label.split()[0])
+
+
+def keep_one_trait(page) -> None:
+    """On Persona Traits, leave one trait of the three chosen at first (the first one).
+
+    Backspace in the multiselect takes the last chosen trait off.
+    """
+    chosen = page.locator('[data-testid="stMultiSelect"]').filter(has_text="Traits")
+    chosen.locator("input").click()
+    for _ in range(2):
+        chosen.locator("input").press("Backspace")
+    page.keyboard.press("Escape")
+    settle(page)

@@ -24,6 +24,7 @@ from tests.browser.support import (
     ask,
     assert_no_exception,
     chat_box,
+    keep_one_trait,
     saved_count,
     session_of,
     set_max_new_tokens,
@@ -205,6 +206,7 @@ def _lens(page) -> None:
 
 
 def _prefilling(page) -> None:
+    set_max_new_tokens(page, "6")  # the page's own settings: 200 tokens at first
     _fill(page, "Prompt", "How do I bake bread?")
     page.get_by_role("button", name="Run", exact=True).click()
     page.locator("[data-testid='first-token']").wait_for(timeout=WORK_TIMEOUT)
@@ -237,13 +239,7 @@ def _decoding(page) -> None:
 
 
 def _traits(page) -> None:
-    # one trait of the three chosen at first (Backspace takes the last chosen off)
-    chosen = page.locator('[data-testid="stMultiSelect"]').filter(has_text="Traits")
-    chosen.locator("input").click()
-    for _ in range(2):
-        chosen.locator("input").press("Backspace")
-    page.keyboard.press("Escape")
-    settle(page)
+    keep_one_trait(page)
     page.get_by_role("button", name=re.compile(r"^Extract 1 vector")).click()
     page.get_by_text("vector norm and separation by layer").wait_for(timeout=3 * WORK_TIMEOUT)
 
