@@ -324,3 +324,14 @@ def test_token_view_mounts_in_apptest():
     at = AppTest.from_function(script).run(timeout=30)
     assert not at.exception, at.exception
     assert [m.value for m in at.markdown] == ["click=None", "final=None"]
+
+
+def test_reasoning_sections_in_the_payload_carry_their_header():
+    """`sec`: [start, end, header] per reasoning block; the header's mean p worked by hand."""
+    texts = ["Sure", "<think>", "a", "b", "</think>", " done"]
+    probs = [0.9, 0.5, 0.2, 0.4, 0.9, 0.6]
+    steps = [scored(i, t, p) for i, (t, p) in enumerate(zip(texts, probs))]
+    data = token_payload(steps, 0.7, 0.3)
+    # tokens 1..4, mean of 0.5, 0.2, 0.4, 0.9 = 0.5
+    assert data["sec"] == [[1, 5, "reasoning 1 · 4 tokens · mean p 0.500"]]
+    assert token_payload(steps[:1], 0.7, 0.3)["sec"] == []

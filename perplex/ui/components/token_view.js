@@ -210,7 +210,8 @@ function setupRoot(parentElement) {
   view.querySelectorAll(".tok").forEach((span) => span.remove()); // left by an earlier state
   const listening = new AbortController();
   const { signal } = listening;
-  root.querySelectorAll(".tv-menu, .tv-rangebar").forEach((node) => node.remove());
+  root.querySelectorAll(".tv-menu, .tv-rangebar, .tv-nav, .tv-sec")
+    .forEach((node) => node.remove());
   const state = {
     root, view, tip, tokens: [], spans: [], selected: null, highlight: null, reveal: 0,
     streaming: false, hovered: null, setTriggerValue: null, group: null, seq: 0,
@@ -221,6 +222,7 @@ function setupRoot(parentElement) {
     selectionData: "null", sentRange: null,
   };
   createOverlays(state);
+  createNav(state);
 
   const tokenOf = (target) => {
     const span = target && target.closest ? target.closest(".tok") : null;
@@ -434,6 +436,7 @@ function render(state, data) {
   applyAnnotations(state, data.ann);
   applyAlerts(state, data.alerts);
   updateRange(state, data);
+  updateNav(state, data);
   state.root.classList.toggle("streaming", state.streaming && !state.inert);
   state.root.classList.toggle("empty", tokens.length === 0);
   if (state.selected !== null && state.selected >= tokens.length) state.selected = null;

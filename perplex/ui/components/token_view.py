@@ -51,9 +51,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import streamlit as st
 
+from perplex.core.plots import short_prob
 from perplex.core.records import TokenStep
+from perplex.core.sections import REASONING, find_sections, section_rows
 from perplex.ui.components.token_view_types import (
     AnnotationMark,
     Overlay,
@@ -61,6 +64,7 @@ from perplex.ui.components.token_view_types import (
     TokenSetInfo,
     parse_event,
 )
+from perplex.ui.shell.text import count
 
 __all__ = ["ALTERNATIVES_SHOWN", "AnnotationMark", "Overlay", "TokenEvent", "TokenSetInfo",
            "TokenViewStream", "confidence_class", "token_payload", "token_view"]
@@ -76,7 +80,7 @@ _COMPONENT = st.components.v2.component(
     html=_HTML,
     css=(_HERE / "token_view.css").read_text(encoding="utf-8"),
     js="\n".join((_HERE / name).read_text(encoding="utf-8")
-                  for name in ("token_view_menu.js", "token_view.js")),
+                  for name in ("token_view_menu.js", "token_view_nav.js", "token_view.js")),
 )
 
 ALTERNATIVES_SHOWN = 3  # in the tooltip; the menu gets every alternative recorded
@@ -190,7 +194,21 @@ def _extras(steps: Sequence[TokenStep], token_sets: Sequence[TokenSetInfo],
         "lens": bool(lens_available),
         "alerts": [[index, str(reason)] for index, reason in sorted((alerts or {}).items())
                    if 0 <= index <= last],
+        "sec": _section_marks(steps),
     }
+
+
+def _section_marks(steps: Sequence[TokenStep]) -> list[list]:
+    """The reasoning sections the view can fold: `[start, end, header]` (end exclusive)."""
+    marks = []
+    for row in section_rows(steps, find_sections([s.text for s in steps]), threshold=0.0):
+        if row.section.kind != REASONING:
+            continue
+        mean = row.summary.mean_prob
+        header = f"{row.label} · {count(row.section.n_tokens, 'token')}" + (
+            "" if mean is None else f" · mean p {short_prob(mean)}")
+        marks.append([row.section.start, row.section.end, header])
+    return marks
 
 
 def _view_data(key: str, steps: Sequence[TokenStep], confident: float, uncertain: float, *,
@@ -311,9 +329,31 @@ def token_view(
                              f"got {len(overlay.colours)}")
         data["tokens"] = [{**entry, **overlay.entry_extras(i)}
                           for i, entry in enumerate(data["tokens"])]
-    return _mount(data, steps, key=key, highlight=highlight, streaming=streaming or inert,
-                  selection=selection, set_names={info.name for info in token_sets},
-                  on_event=on_event)
+    event = _mount(data, steps, key=key, highlight=highlight, streaming=streaming or inert,
+                   selection=selection, set_names={info.name for info in token_sets},
+                   on_event=on_event)
+    if data["sec"] and not streaming:
+        _section_table(steps, uncertain)
+    return event
+
+
+def _section_table(steps: Sequence[TokenStep], uncertain: float) -> None:
+    """Below a view with reasoning sections: each section's length and confidence."""
+    rows = section_rows(steps, find_sections([s.text for s in steps]), uncertain)
+    with st.expander(f"Sections: {count(len(rows), 'section')}, "
+                     f"{count(sum(r.section.kind == REASONING for r in rows), 'reasoning block')}"):
+        st.dataframe(pd.DataFrame([{
+            "section": row.label, "tokens": row.section.n_tokens,
+            "from token": row.section.start, "to token": row.section.end - 1,
+            "mean p": row.summary.mean_prob, "perplexity": row.summary.perplexity,
+            f"tokens with p < {uncertain:g}": row.summary.n_below} for row in rows]),
+            hide_index=True, width="stretch", column_config={
+                "mean p": st.column_config.NumberColumn(format="%.3f"),
+                "perplexity": st.column_config.NumberColumn(format="%.3f")})
+        st.caption("Reasoning blocks run from their opening tag (`<think>` and the like) to "
+                   "the closing one, tags included. Mean p and perplexity leave out forced "
+                   "tokens and the first token (nothing predicted it). The header above "
+                   "each block in the view folds it.")
 
 
 def _mount(

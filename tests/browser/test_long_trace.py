@@ -1,0 +1,135 @@
+"""Finding one's way in a long reasoning trace, in a real browser on the bundled model.
+
+An uploaded answer of about 1,500 tokens with a `<think>` block: the view's header folds
+the block, the bar jumps from one low-probability token to the next and finds text, and
+the sections table below gives each section's statistics.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from tests.browser.support import (
+    assert_no_exception,
+    open_panel,
+    scroll_to,
+    settle,
+    upload,
+)
+
+LIVE = ".tv-root.ready:not(.streaming):not(.superseded)"
+STEPS = ["First, recall what a capital is: the city where a government sits.",
+         "France is a country in western Europe; its government sits in Paris.",
+         "Lyon and Marseille are large, but neither is the capital.",
+         "So the answer should name Paris, and nothing else."]
+
+
+def reasoning_answer() -> str:
+    thinking = " ".join(f"Step {k}. {STEPS[k % len(STEPS)]}" for k in range(90))
+    return f"<think>\n{thinking}\n</think>\n\nThe capital of France is Paris."
+
+
+def visible_tokens(view) -> int:
+    return view.evaluate("""(root) => [...root.querySelectorAll('.tok')]
+                             .filter((t) => getComputedStyle(t).display !== 'none').length""")
+
+
+def indices(view, selector: str) -> list[int]:
+    """The indices of the view's tokens that match `selector`, in order."""
+    return view.evaluate(f"""(root) => [...root.querySelectorAll('{selector}')]
+                                      .map((t) => Number(t.dataset.index))""")
+
+
+def nav_hit(view) -> dict:
+    """The token the bar jumped to: its index and colour class."""
+    return view.evaluate("""(root) => {
+        const t = root.querySelector('.tok.navhit');
+        return t && {index: Number(t.dataset.index), cls: t.className};
+    }""")
+
+
+def test_fold_jump_find_and_the_sections_table(open_page, tmp_path, screenshot):
+    path = tmp_path / "reasoning.json"
+    path.write_text(json.dumps([
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": reasoning_answer()}]))
+    page = open_page()
+    open_panel(page)
+    upload(page, path)
+    page.get_by_role("button", name=re.compile(r"^Score with SmolLM2")).click()
+    view = page.locator(LIVE).last
+    try:
+        view.locator(".tv-sec").wait_for(timeout=120_000)
+    finally:
+        screenshot(page, "long_trace_0_scored")
+    settle(page)
+    assert_no_exception(page)
+    total = visible_tokens(view)
+    assert total > 1000
+
+    header = view.locator(".tv-sec")
+    assert header.count() == 1
+    label = header.inner_text()
+    match = re.search(r"reasoning 1 · ([\d,]+) tokens · mean p 0\.\d{3}", label)
+    assert match, label
+    in_block = int(match[1].replace(",", ""))
+    scroll_to(header)
+    screenshot(page, "long_trace_1_unfolded")
+
+    # the header folds the block: exactly its tokens leave the view, and come back
+    header.click()
+    assert visible_tokens(view) == total - in_block
+    assert header.inner_text().startswith("▶")
+    screenshot(page, "long_trace_2_folded")
+    header.click()
+    assert visible_tokens(view) == total
+
+    # next / previous low-probability token: each a red one, in order
+    nav = view.locator(".tv-nav")
+    lows = view.locator(".tok.lo").count()
+    assert nav.get_by_text(re.compile(rf"^p < 0\.3 \({lows}\)$")).count() == 1
+    nxt = nav.get_by_role("button", name="next low-probability token")
+    seen = []
+    for _ in range(3):
+        nxt.click()
+        hit = nav_hit(view)
+        assert " lo" in f" {hit['cls']}", hit
+        seen.append(hit["index"])
+    assert seen == sorted(seen) and len(set(seen)) == 3
+    assert seen == indices(view, ".tok.lo")[:3]
+    nav.get_by_role("button", name="previous low-probability token").click()
+    assert nav_hit(view)["index"] == seen[1]
+
+    # a jump into a folded block unfolds it
+    header.click()
+    assert visible_tokens(view) == total - in_block
+    nav.get_by_role("textbox", name="find in the text").fill("marseille")
+    expected = reasoning_answer().lower().count("marseille")
+    assert nav.get_by_text(re.compile(r"^\d+ matches$")).inner_text() == f"{expected} matches"
+    nav.get_by_role("button", name="next match").click()
+    # the next match after the token the bar was on (find goes on from where one is)
+    found = indices(view, ".tok.found")
+    starts = [i for k, i in enumerate(found) if k == 0 or found[k - 1] != i - 1]
+    assert len(starts) == expected  # no two matches touch: each run of tokens is one
+    assert nav_hit(view)["index"] == next(i for i in starts if i > seen[1])
+    assert visible_tokens(view) == total
+    screenshot(page, "long_trace_3_found")
+
+    # the map beside the text: a click near its bottom jumps near the end
+    strip = view.locator("canvas.tv-map")
+    box = strip.bounding_box()
+    assert box["height"] > 300  # as tall as the view
+    strip.click(position={"x": box["width"] / 2, "y": box["height"] * 0.97})
+    assert nav_hit(view)["index"] >= 0.95 * view.locator(".tok").count()
+
+    table = page.locator('[data-testid="stExpander"]').filter(
+        has_text="Sections: 2 sections, 1 reasoning block")
+    table.get_by_text(re.compile(r"^Sections:")).click()
+    grid = table.locator('[data-testid="stDataFrame"]')
+    grid.locator("[role=gridcell]").first.wait_for(state="attached")
+    scroll_to(grid)
+    screenshot(page, "long_trace_4_sections_table")
+    cells = grid.locator("[role=gridcell]").all_inner_texts()
+    assert "reasoning 1" in cells and str(in_block) in cells
+    assert_no_exception(page)
