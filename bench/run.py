@@ -21,6 +21,8 @@
     (`bench/pages.py`).
 12. Generation beside a thread busy in Python (a page drawing on the same server), at the
     default switch interval vs the app's (`bench/gil.py`).
+13. Long traces stored and read back: 2,000 / 10,000 / 30,000 tokens with top-20, write and
+    load times, bytes per token, against DuckDB's bare Arrow read (`bench/long_traces.py`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import torch
 from bench.batch import bench_batch
 from bench.decoding import bench_speculative
 from bench.gil import bench_gil
+from bench.long_traces import bench_long_traces
 from bench.pages import bench_pages
 from bench.records import bench_records
 from bench.traits import bench_traits
@@ -464,7 +467,8 @@ def main() -> None:
             run_stage("endpoint", bench_endpoint), run_stage("calib", bench_calibration, lm),
             run_stage("compare", bench_comparison, lm), run_stage("spec", bench_speculative, lm),
             run_stage("traits", bench_traits, lm), run_stage("batch", bench_batch, lm),
-            run_stage("pages", bench_pages, PROJECT_ROOT), run_stage("gil", bench_gil, lm)]
+            run_stage("pages", bench_pages, PROJECT_ROOT), run_stage("gil", bench_gil, lm),
+            run_stage("store", bench_long_traces)]
     if not all(done):
         sys.exit(1)
 

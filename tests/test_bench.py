@@ -45,3 +45,16 @@ def test_the_load_tests_hostile_is_caught_changing_anything(tmp_path):
     found = hostile.unchanged(path, seeded)
     assert found == ["a heavy flag was stored", "a bomb bundle made a session",
                      "the shared session holds 2 generations"], found
+
+
+def test_the_long_trace_stage_reads_back_what_it_wrote(tmp_path):
+    """The store stage's synthetic trace is valid and comes back equal, alternatives and all.
+
+    (It is saved through the schema checks; `measure` compares what it reads back.)
+    """
+    from bench.long_traces import TOP_K, measure, synthetic_generation
+
+    gen = synthetic_generation(50)
+    assert all(len(s.top) == TOP_K for s in gen.steps[1:]) and gen.steps[0].top == ()
+    row = measure(300, tmp_path)
+    assert row["n"] == 300 and row["load"] > 0 and row["raw"] > 0 and row["bytes"] > 0

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
+from contextlib import contextmanager
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from perplex.core.records import (
     Alternative,
@@ -68,13 +71,13 @@ def read_generation(cur: duckdb.DuckDBPyConnection, generation_id: str) -> Gener
         "FROM generations WHERE id = ?", [generation_id]).fetchall()
     if not rows:
         return None
-    columns = cur.sql(
+    steps = cur.sql(
         f"SELECT {_STEP_COLUMNS} FROM token_steps WHERE generation_id = ? "
-        "ORDER BY position", params=[generation_id]).to_arrow_table().to_pydict()
+        "ORDER BY position", params=[generation_id]).to_arrow_table()
     (gen_id, session_id, created_us, source, model_label, params, messages,
      stop_reason, parent_id, branch_position, title, model_spec) = rows[0]
     return Generation(
-        steps=_steps_from_columns(columns), messages=_messages_from_json(messages),
+        steps=steps_from_table(steps), messages=_messages_from_json(messages),
         model_label=model_label, source=Source(source), params=params_from_json(params),
         stop_reason=stop_reason, id=gen_id, session_id=session_id, parent_id=parent_id,
         branch_position=branch_position, title=title, created_at=from_epoch_us(created_us),
@@ -83,7 +86,45 @@ def read_generation(cur: duckdb.DuckDBPyConnection, generation_id: str) -> Gener
 
 def steps_from_table(table: pa.Table) -> tuple[TokenStep, ...]:
     """Token steps from an Arrow table shaped like `token_steps` (generation_id ignored)."""
-    return _steps_from_columns(table.select(STEP_SCHEMA.names[1:]).to_pydict())
+    columns = {name: table.column(name).to_pylist() for name in STEP_SCHEMA.names[1:-1]}
+    rows = zip(*columns.values(), _alternatives(table.column("top")), strict=True)
+    return tuple(
+        TokenStep(position=position, token_id=token_id, text=text, role=TokenRole(role),
+                  message_index=message_index, prob=prob, logprob=logprob, entropy=entropy,
+                  rank=rank, top=top, entropy_is_estimate=estimate, forced=forced)
+        for (position, token_id, text, role, message_index, prob, logprob, entropy, rank,
+             estimate, forced, top) in rows)
+
+
+def _alternatives(top: pa.ChunkedArray) -> list[tuple[Alternative, ...]]:
+    """Each step's alternatives from the `top` column.
+
+    Most of a long trace's load: 20 alternatives a token. The structs are read as four
+    flat lists cut at the list offsets, not as one dict per alternative.
+    """
+    lists = top.combine_chunks() if top.num_chunks != 1 else top.chunk(0)
+    if len(lists) == 0:
+        return []
+    offsets = pc.subtract(lists.offsets, lists.offsets[0]).to_pylist()
+    fields = lists.flatten().flatten()  # the structs of every step, one array per field
+    with _no_gc():
+        flat = list(map(Alternative, *(f.to_pylist() for f in fields)))
+        return [tuple(flat[a:b]) for a, b in zip(offsets, offsets[1:])]
+
+
+@contextmanager
+def _no_gc():
+    """The cyclic collector paused: 600,000 new objects would start it ~900 times.
+
+    Nothing made meanwhile holds a cycle, so pausing frees nothing later than it would be.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def steps_table(gen: Generation) -> pa.Table:
@@ -100,23 +141,6 @@ def steps_table(gen: Generation) -> pa.Table:
     return pa.Table.from_arrays(
         [pa.array(col, type=f.type) for col, f in zip(columns, STEP_SCHEMA, strict=True)],
         schema=STEP_SCHEMA)
-
-
-def _steps_from_columns(columns: dict[str, list]) -> tuple[TokenStep, ...]:
-    """Token steps from the columns of a `token_steps` query (all but generation_id)."""
-    rows = zip(*(columns[name] for name in STEP_SCHEMA.names[1:]), strict=True)
-    return tuple(
-        TokenStep(position=position, token_id=token_id, text=text, role=TokenRole(role),
-                  message_index=message_index, prob=prob, logprob=logprob, entropy=entropy,
-                  rank=rank, top=_alternatives(top), entropy_is_estimate=estimate,
-                  forced=forced)
-        for (position, token_id, text, role, message_index, prob, logprob, entropy, rank,
-             estimate, forced, top) in rows)
-
-
-def _alternatives(top: list[dict]) -> tuple[Alternative, ...]:
-    """Alternatives from the STRUCT list of one token step."""
-    return tuple(Alternative(**alternative) for alternative in top)
 
 
 def params_to_json(params: DecodeParams | None) -> str | None:

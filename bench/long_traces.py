@@ -1,0 +1,89 @@
+"""Long traces kept and read back: a stored generation of 2,000, 10,000 and 30,000 tokens.
+
+Each token carries its top-20, as a generation from the local model does. The traces are
+made here (`synthetic_generation`), never committed. The baseline is DuckDB reading the same
+rows into Arrow without building a single record: what storage itself costs, so the ratio
+is what turning rows into `TokenStep`s adds.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import tempfile
+import time
+from pathlib import Path
+
+from perplex.core.records import Alternative, Generation, Message, Source, TokenRole, TokenStep
+from perplex.workspace.store import Store
+
+SIZES = (2_000, 10_000, 30_000)
+TOP_K = 20
+VOCAB = 49_152
+LOAD_TARGET_S = 0.3  # issue: 30,000 tokens with top-20 load in 0.3 s at most
+
+
+def synthetic_generation(n_tokens: int, seed: int = 0) -> Generation:
+    """A response of `n_tokens`, each with TOP_K distinct alternatives and a valid distribution."""
+    rng = random.Random(seed)
+    steps = [TokenStep(0, 1, "<think>", TokenRole.RESPONSE, 1)]
+    for position in range(1, n_tokens):
+        weights = sorted((rng.random() ** 3 for _ in range(TOP_K)), reverse=True)
+        total = sum(weights) / 0.9  # the top-k hold 90% of the mass
+        top = tuple(Alternative(token_id, f" w{token_id}", w / total, math.log(w / total))
+                    for token_id, w in zip(rng.sample(range(VOCAB), TOP_K), weights))
+        chosen = top[rng.randrange(3)]
+        steps.append(TokenStep(position, chosen.token_id, chosen.text, TokenRole.RESPONSE, 1,
+                               prob=chosen.prob, logprob=chosen.logprob,
+                               entropy=rng.uniform(0.1, 4.0), rank=top.index(chosen) + 1,
+                               top=top))
+    text = "".join(s.text for s in steps)
+    return Generation(steps=tuple(steps), messages=(Message("user", "Think it through."),
+                                                    Message("assistant", text)),
+                      model_label="synthetic", source=Source.IMPORTED)
+
+
+def _timed(work) -> tuple[float, object]:
+    started = time.perf_counter()
+    result = work()
+    return time.perf_counter() - started, result
+
+
+def measure(n_tokens: int, folder: Path) -> dict:
+    """Write, load (best of 3) and the bare Arrow read of one trace, and its bytes on disk."""
+    gen = synthetic_generation(n_tokens)
+    path = folder / f"trace-{n_tokens}.duckdb"
+    with Store.open(path) as store:
+        empty = path.stat().st_size
+        write, _ = _timed(lambda: store.save_generation(gen))
+    size = path.stat().st_size - empty
+    with Store.open(path) as store:
+        loads = [_timed(lambda: store.load_generation(gen.id)) for _ in range(3)]
+        raw = min(_timed(lambda: _bare_read(store, gen.id))[0] for _ in range(3))
+    load, loaded = min(loads, key=lambda pair: pair[0])
+    if loaded != gen:
+        raise AssertionError(f"the {n_tokens}-token trace read back differs from the one written")
+    return {"n": n_tokens, "write": write, "load": load, "raw": raw, "bytes": size / n_tokens}
+
+
+def _bare_read(store: Store, generation_id: str):
+    with store.cursor() as cur:
+        return cur.sql("SELECT * FROM token_steps WHERE generation_id = ? ORDER BY position",
+                       params=[generation_id]).to_arrow_table()
+
+
+def bench_long_traces() -> None:
+    """Print write and load times and bytes per token at each size, and their growth."""
+    with tempfile.TemporaryDirectory() as folder:
+        rows = [measure(n, Path(folder)) for n in SIZES]
+    for row in rows:
+        print(f"store   {row['n']:>6,} tokens (top-{TOP_K}): write {row['write']:.2f} s, "
+              f"load {row['load']:.3f} s = {row['load'] / row['raw']:.1f}x the bare Arrow read "
+              f"({row['raw']:.3f} s), ~{row['bytes']:,.0f} bytes/token on disk", flush=True)
+    small, large = rows[0], rows[-1]
+    verdict = "met" if large["load"] <= LOAD_TARGET_S else "missed"
+    grows = {k: large[k] / small[k] for k in ("n", "write", "load")}
+    print(f"store   {small['n']:,} -> {large['n']:,} tokens (x{grows['n']:.0f}): "
+          f"write x{grows['write']:.1f}, load x{grows['load']:.1f}; "
+          f"load of {large['n']:,} tokens {large['load']:.2f} s, target <= {LOAD_TARGET_S} s: "
+          f"{verdict}", flush=True)
