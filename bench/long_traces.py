@@ -1,4 +1,4 @@
-"""Long traces kept and read back: a stored generation of 2,000, 10,000 and 30,000 tokens.
+"""Long traces: kept and read back at 2,000, 10,000 and 30,000 tokens; decoded at 8,000.
 
 Each token carries its top-20, as a generation from the local model does. The traces are
 made here (`synthetic_generation`), never committed. The baseline is DuckDB reading the same
@@ -14,7 +14,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from perplex.core.records import Alternative, Generation, Message, Source, TokenRole, TokenStep
+from perplex.core.records import (
+    Alternative,
+    DecodeParams,
+    Generation,
+    Message,
+    Source,
+    TokenRole,
+    TokenStep,
+)
+from perplex.engine.registry import local_engine
 from perplex.workspace.store import Store
 
 SIZES = (2_000, 10_000, 30_000)
@@ -87,3 +96,48 @@ def bench_long_traces() -> None:
           f"write x{grows['write']:.1f}, load x{grows['load']:.1f}; "
           f"load of {large['n']:,} tokens {large['load']:.2f} s, target <= {LOAD_TARGET_S} s: "
           f"{verdict}", flush=True)
+
+
+CONTEXTS = (100, 8_000)
+DECODED = 32  # new tokens timed at each context length
+FILLER = ("The keeper wrote the weather into the log, trimmed the wick, and climbed the "
+          "stairs again. ")
+
+
+def _decode_rate(engine, context_tokens: int) -> tuple[float, int]:
+    """(new tokens/s after the first, prompt tokens) with about `context_tokens` of prompt."""
+    tokenizer = engine.lm.tokenizer
+    per_filler = len(tokenizer(FILLER * 10)["input_ids"]) / 10  # joined, as in the prompt
+    prompt = FILLER * max(1, round(context_tokens / per_filler)) + "Now summarise the log."
+    times, prompt_len = [], 0
+    for step in engine.generate((Message("user", prompt),),
+                                DecodeParams(max_new_tokens=DECODED, stop_strings=())):
+        if step.role is TokenRole.RESPONSE:
+            times.append(time.perf_counter())
+        else:
+            prompt_len += 1
+    if len(times) < 3:
+        raise RuntimeError(f"only {len(times)} new tokens at {context_tokens} tokens of context")
+    return (len(times) - 1) / (times[-1] - times[0]), prompt_len
+
+
+def bench_long_context(lm) -> None:
+    """Decode tokens/s at ~8,000 tokens of context vs ~100: what the KV cache leaves to pay.
+
+    Each new token still reads the cache of every earlier one; the printed bound is the
+    slowdown if a step's time were the bytes it streams (weights, then weights plus the
+    whole cache), which a memory-bound CPU step follows.
+    """
+    engine = local_engine(lm)
+    _decode_rate(engine, 50)  # warm
+    found = {n: _decode_rate(engine, n) for n in CONTEXTS}
+    config = lm.model.config
+    kv_per_token = (2 * config.num_hidden_layers * config.num_key_value_heads
+                    * (config.hidden_size // config.num_attention_heads) * 4)  # float32
+    weights = sum(p.numel() * p.element_size() for p in lm.model.parameters())
+    (short_rate, short_len), (long_rate, long_len) = found[CONTEXTS[0]], found[CONTEXTS[1]]
+    bound = (weights + kv_per_token * long_len) / (weights + kv_per_token * short_len)
+    print(f"context decode at {short_len:,} tokens of context {short_rate:.1f} tok/s, at "
+          f"{long_len:,} {long_rate:.1f} tok/s: {short_rate / long_rate:.2f}x slower "
+          f"(bytes streamed per step predict {bound:.2f}x: weights {weights / 2**20:.0f} MiB, "
+          f"cache {kv_per_token * long_len / 2**20:.0f} MiB at {long_len:,})", flush=True)

@@ -23,6 +23,8 @@
     default switch interval vs the app's (`bench/gil.py`).
 13. Long traces stored and read back: 2,000 / 10,000 / 30,000 tokens with top-20, write and
     load times, bytes per token, against DuckDB's bare Arrow read (`bench/long_traces.py`).
+14. Decoding at ~8,000 tokens of context vs ~100, against what the bytes a step streams
+    (weights and KV cache) predict (`bench/long_traces.py`).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import torch
 from bench.batch import bench_batch
 from bench.decoding import bench_speculative
 from bench.gil import bench_gil
-from bench.long_traces import bench_long_traces
+from bench.long_traces import bench_long_context, bench_long_traces
 from bench.pages import bench_pages
 from bench.records import bench_records
 from bench.traits import bench_traits
@@ -468,7 +470,7 @@ def main() -> None:
             run_stage("compare", bench_comparison, lm), run_stage("spec", bench_speculative, lm),
             run_stage("traits", bench_traits, lm), run_stage("batch", bench_batch, lm),
             run_stage("pages", bench_pages, PROJECT_ROOT), run_stage("gil", bench_gil, lm),
-            run_stage("store", bench_long_traces)]
+            run_stage("store", bench_long_traces), run_stage("context", bench_long_context, lm)]
     if not all(done):
         sys.exit(1)
 
