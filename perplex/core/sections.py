@@ -108,8 +108,7 @@ def section_rows(steps: Sequence[TokenStep], sections: Sequence[Section],
     rows = []
     for section in sections:
         counts[section.kind] += 1
-        name = "reasoning" if section.kind == REASONING else "text"
-        label = f"{name} {counts[section.kind]}" + ("" if section.closed else " (unclosed)")
+        label = f"{section.kind} {counts[section.kind]}" + ("" if section.closed else " (unclosed)")
         rows.append(SectionRow(section, label,
                                summarise(steps[section.start:section.end], threshold)))
     return tuple(rows)

@@ -106,9 +106,11 @@ def _alternatives(top: pa.ChunkedArray) -> list[tuple[Alternative, ...]]:
     if len(lists) == 0:
         return []
     offsets = pc.subtract(lists.offsets, lists.offsets[0]).to_pylist()
-    fields = lists.flatten().flatten()  # the structs of every step, one array per field
+    structs = lists.flatten()  # every step's, one after another
+    by_name = dict(zip((f.name for f in structs.type), structs.flatten()))
+    columns = [by_name[f.name].to_pylist() for f in dataclasses.fields(Alternative)]
     with _no_gc():
-        flat = list(map(Alternative, *(f.to_pylist() for f in fields)))
+        flat = list(map(Alternative, *columns))
         return [tuple(flat[a:b]) for a, b in zip(offsets, offsets[1:])]
 
 

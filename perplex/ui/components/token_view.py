@@ -200,11 +200,10 @@ def _extras(steps: Sequence[TokenStep], token_sets: Sequence[TokenSetInfo],
 
 def _section_marks(steps: Sequence[TokenStep]) -> list[list]:
     """The reasoning sections the view can fold: `[start, end, header]` (end exclusive)."""
+    blocks = [s for s in find_sections([s.text for s in steps]) if s.kind == REASONING]
     marks = []
-    for row in section_rows(steps, find_sections([s.text for s in steps]), threshold=0.0):
-        if row.section.kind != REASONING:
-            continue
-        mean = row.summary.mean_prob
+    for row in section_rows(steps, blocks, threshold=0.0):  # only blocks are summarised:
+        mean = row.summary.mean_prob  # this runs on every rerun of every view
         header = f"{row.label} · {count(row.section.n_tokens, 'token')}" + (
             "" if mean is None else f" · mean p {short_prob(mean)}")
         marks.append([row.section.start, row.section.end, header])

@@ -21,10 +21,11 @@ function createNav(state) {
     return box;
   };
   const arrows = (box, name, step) => {
-    box.appendChild(button("nav-btn", "\u25c0", () => step(-1)));
-    box.appendChild(button("nav-btn", "\u25b6", () => step(1)));
-    box.querySelectorAll(".nav-btn")[0].setAttribute("aria-label", "previous " + name);
-    box.querySelectorAll(".nav-btn")[1].setAttribute("aria-label", "next " + name);
+    for (const [mark, dir, word] of [["\u25c0", -1, "previous "], ["\u25b6", 1, "next "]]) {
+      const arrow = button("nav-btn", mark, () => step(dir));
+      arrow.setAttribute("aria-label", word + name);
+      box.appendChild(arrow);
+    }
   };
 
   const low = group(el("span", "nav-label"));
@@ -177,7 +178,7 @@ function applySections(state, sections) {
       && s[0] >= 0 && s[0] < s[1] && s[1] <= n);
   const starts = new Set(state.sections.map(([a]) => a));
   for (const start of [...state.folded]) if (!starts.has(start)) state.folded.delete(start);
-  for (const [start, end, label] of state.sections) {
+  for (const [start, , label] of state.sections) {
     const node = el("div", "tv-sec");
     node.appendChild(el("span", "sec-mark", "\u25bc "));
     node.title = "Click to fold or unfold this block";
@@ -187,7 +188,7 @@ function applySections(state, sections) {
       fold(state, start, !state.folded.has(start));
     });
     state.view.insertBefore(node, state.spans[start]);
-    state.headers.push({ start, end, node });
+    state.headers.push({ start, node });
     fold(state, start, state.folded.has(start));
   }
 }
