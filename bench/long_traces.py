@@ -12,6 +12,7 @@ import math
 import random
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from perplex.core.records import (
@@ -29,6 +30,7 @@ from perplex.workspace.store import Store
 SIZES = (2_000, 10_000, 30_000)
 TOP_K = 20
 VOCAB = 49_152
+PARAGRAPH = 80  # tokens
 LOAD_TARGET_S = 0.3  # issue: 30,000 tokens with top-20 load in 0.3 s at most
 
 
@@ -41,7 +43,10 @@ def synthetic_generation(n_tokens: int, seed: int = 0) -> Generation:
         total = sum(weights) / 0.9  # the top-k hold 90% of the mass
         top = tuple(Alternative(token_id, f" w{token_id}", w / total, math.log(w / total))
                     for token_id, w in zip(rng.sample(range(VOCAB), TOP_K), weights))
-        chosen = top[rng.randrange(3)]
+        pick = rng.randrange(3)
+        if position % PARAGRAPH == 0:  # a reasoning trace comes in paragraphs
+            top = top[:pick] + (replace(top[pick], text=".\n\n"),) + top[pick + 1:]
+        chosen = top[pick]
         steps.append(TokenStep(position, chosen.token_id, chosen.text, TokenRole.RESPONSE, 1,
                                prob=chosen.prob, logprob=chosen.logprob,
                                entropy=rng.uniform(0.1, 4.0), rank=top.index(chosen) + 1,

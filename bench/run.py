@@ -25,6 +25,9 @@
     load times, bytes per token, against DuckDB's bare Arrow read (`bench/long_traces.py`).
 14. Decoding at ~8,000 tokens of context vs ~100, against what the bytes a step streams
     (weights and KV cache) predict (`bench/long_traces.py`).
+15. The token view at 2,000 / 10,000 / 30,000 tokens against a static page with one span per
+    token: first paint, a hover near the end, scrolling frames/s, heap and DOM nodes
+    (`bench/token_paint.py`).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from bench.gil import bench_gil
 from bench.long_traces import bench_long_context, bench_long_traces
 from bench.pages import bench_pages
 from bench.records import bench_records
+from bench.token_paint import bench_token_paint
 from bench.traits import bench_traits
 from perplex.core.records import DecodeParams, Message, TokenRole
 from perplex.core.settings import PROJECT_ROOT, Settings
@@ -470,7 +474,8 @@ def main() -> None:
             run_stage("compare", bench_comparison, lm), run_stage("spec", bench_speculative, lm),
             run_stage("traits", bench_traits, lm), run_stage("batch", bench_batch, lm),
             run_stage("pages", bench_pages, PROJECT_ROOT), run_stage("gil", bench_gil, lm),
-            run_stage("store", bench_long_traces), run_stage("context", bench_long_context, lm)]
+            run_stage("store", bench_long_traces), run_stage("context", bench_long_context, lm),
+            run_stage("paint", bench_token_paint)]
     if not all(done):
         sys.exit(1)
 

@@ -8,8 +8,12 @@ the sections table below gives each section's statistics.
 from __future__ import annotations
 
 import json
+import math
 import re
 
+from bench.long_traces import synthetic_generation
+from perplex.workspace.store import Store
+from tests.browser.conftest import MODEL_TIMEOUT, REPO_ROOT, WORK_TIMEOUT
 from tests.browser.support import (
     assert_no_exception,
     open_panel,
@@ -132,4 +136,80 @@ def test_fold_jump_find_and_the_sections_table(open_page, tmp_path, screenshot):
     screenshot(page, "long_trace_4_sections_table")
     cells = grid.locator("[role=gridcell]").all_inner_texts()
     assert "reasoning 1" in cells and str(in_block) in cells
+    assert_no_exception(page)
+
+
+LONG = 30_000
+
+
+def in_sight(view, index: int) -> bool:
+    """Whether token `index` is drawn and inside the view's scroll box."""
+    return view.evaluate("""(root, i) => {
+        const t = root.querySelector(`.tok[data-index="${i}"]`);
+        const box = root.querySelector('.tv-tokens').getBoundingClientRect();
+        if (!t) return false;
+        const r = t.getBoundingClientRect();
+        return r.bottom > box.top && r.top < box.bottom;
+    }""", index)
+
+
+def test_a_30000_token_trace_is_hovered_clicked_and_jumped_near_its_end(
+        streamlit_app, page, perplex_home, screenshot):
+    """A stored 30,000-token trace with top-20 per token, opened by its link.
+
+    Only tokens near the screen are in the DOM; the map jumps near the end, the bar goes
+    on from there, a hover there shows that token's own numbers and a click there opens
+    the menu with all 20 alternatives (sent for the clicked token only).
+    """
+    gen = synthetic_generation(LONG)
+    with Store.open(perplex_home / "perplex.duckdb") as store:
+        store.save_generation(gen)
+    url = streamlit_app("app.py", env={"PERPLEX_MODEL_CACHE": str(REPO_ROOT / "data" / "models")})
+    page.set_default_timeout(WORK_TIMEOUT)
+    page.goto(f"{url}/?generation={gen.id}")
+    view = page.locator(LIVE).last
+    view.locator(".tv-map").wait_for(timeout=MODEL_TIMEOUT)
+    settle(page)
+    assert_no_exception(page)
+    drawn = view.locator(".tok").count()
+    assert 0 < drawn < 3_000, drawn  # of 30,000: only the chunks near the screen
+    screenshot(page, "long_trace_30k_0_opened")
+
+    strip = view.locator("canvas.tv-map")
+    box = strip.bounding_box()
+    strip.click(position={"x": box["width"] / 2, "y": box["height"] * 0.97})
+    landed = nav_hit(view)["index"]
+    assert 0.96 * LONG <= landed <= 0.98 * LONG, landed
+    assert in_sight(view, landed)
+
+    nav = view.locator(".tv-nav")
+    nav.get_by_role("button", name="next low-probability token").click()
+    low = nav_hit(view)
+    steps = gen.response_steps
+    expected = next(i for i in range(landed + 1, LONG)
+                    if steps[i].prob is not None and steps[i].prob < 0.3)
+    assert low["index"] == expected and " lo" in f" {low['cls']}"
+    assert in_sight(view, expected)
+    assert view.locator(".tok").count() < 3_000  # what was drawn at the top is gone
+
+    token = view.locator(f'.tok[data-index="{expected}"]')
+    token.hover()
+    tip = view.locator(".tok-tip.shown")
+    tip.wait_for()
+    shown = re.search(r"p = ([0-9.e+-]+)", tip.inner_text())
+    # the tooltip shows 4 significant digits: within half a unit of the 4th of the record
+    assert shown and math.isclose(float(shown[1]), steps[expected].prob, rel_tol=5e-4)
+    screenshot(page, "long_trace_30k_1_hover_near_the_end")
+
+    token.click()
+    view.locator('.menu-item[data-action="inject"]').click()
+    alternatives = view.locator('.menu-panel[data-panel="inject"] .menu-alt')
+    page.wait_for_function(
+        """([root, n]) => root.querySelectorAll(
+               '.menu-panel[data-panel="inject"] .menu-alt').length === n""",
+        arg=[view.element_handle(), len(steps[expected].top)])
+    texts = alternatives.all_inner_texts()
+    assert len(texts) == 20
+    assert steps[expected].top[-1].text.strip() in texts[-1]
+    screenshot(page, "long_trace_30k_2_menu_with_all_alternatives")
     assert_no_exception(page)

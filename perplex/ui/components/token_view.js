@@ -207,18 +207,19 @@ function setupRoot(parentElement) {
   const root = parentElement.querySelector(".tv-root");
   const view = root.querySelector(".tv-tokens");
   const tip = root.querySelector(".tok-tip");
-  view.querySelectorAll(".tok").forEach((span) => span.remove()); // left by an earlier state
+  view.querySelectorAll(".tok, .tv-chunk").forEach((node) => node.remove()); // an earlier state's
   const listening = new AbortController();
   const { signal } = listening;
   root.querySelectorAll(".tv-menu, .tv-rangebar, .tv-nav, .tv-sec")
     .forEach((node) => node.remove());
   const state = {
-    root, view, tip, tokens: [], spans: [], selected: null, highlight: null, reveal: 0,
+    root, view, tip, tokens: [], spans: [], chunks: [], cutKey: null, eagerMax: EAGER_MAX,
+    selected: null, highlight: null, reveal: 0,
     streaming: false, hovered: null, setTriggerValue: null, group: null, seq: 0,
     fresh: true, stop: () => listening.abort(),
     // menu, range and annotations (token_view_menu.js)
     menu: null, bar: null, menuAt: null, range: null, drag: null, swallowClick: false,
-    sets: [], lens: false, ann: [], annAt: new Map(), alerts: new Map(),
+    sets: [], lens: false, ann: [], annAt: new Map(), annStarts: new Set(), alerts: new Map(),
     selectionData: "null", sentRange: null,
   };
   createOverlays(state);
@@ -255,13 +256,18 @@ function setupRoot(parentElement) {
   let placing = false;
   const onScroll = () => {
     hide();
-    if (placing || (!state.menuAt && !state.range)) return;
+    if (placing || (!state.menuAt && !state.range && !isLazy(state))) return;
     placing = true;
     requestAnimationFrame(() => {
       placing = false;
+      drawVisible(state);
       placeOverlays(state);
     });
   };
+  // A long view shown, hidden or resized draws what is then in sight.
+  const resized = new ResizeObserver(() => { if (isLazy(state)) drawVisible(state); });
+  resized.observe(view);
+  signal.addEventListener("abort", () => resized.disconnect());
   // Copying selected tokens copies their text: no "·", "↵" or "∅" markers.
   document.addEventListener("copy", (ev) => {
     const sel = [root.getSelection && root.getSelection(), window.getSelection()]
@@ -412,17 +418,10 @@ function render(state, data) {
   let keep = 0;
   const old = state.tokens;
   while (keep < old.length && keep < tokens.length && sameToken(old[keep], tokens[keep])) keep++;
-  for (let i = state.spans.length - 1; i >= keep; i--) state.spans[i].remove();
-  state.spans.length = keep;
-  const frag = document.createDocumentFragment();
-  for (let i = keep; i < tokens.length; i++) {
-    const span = makeSpan(tokens[i], i);
-    state.spans.push(span);
-    frag.appendChild(span);
-  }
-  const caret = view.querySelector(".tv-caret");
-  view.insertBefore(frag, caret);
   state.tokens = tokens;
+  if (Number.isInteger(data.eager_max)) state.eagerMax = data.eager_max;
+  applyFullAlternatives(state, data.full);
+  rechunk(state, tokens, keep, sectionCuts(data.sec, tokens.length));
   if (state.hovered && !view.contains(state.hovered)) {
     state.tip.classList.remove("shown");
     state.hovered = null;
@@ -437,6 +436,7 @@ function render(state, data) {
   applyAlerts(state, data.alerts);
   updateRange(state, data);
   updateNav(state, data);
+  drawVisible(state);
   state.root.classList.toggle("streaming", state.streaming && !state.inert);
   state.root.classList.toggle("empty", tokens.length === 0);
   if (state.selected !== null && state.selected >= tokens.length) state.selected = null;
@@ -451,8 +451,9 @@ function render(state, data) {
   const moved = highlight !== state.highlight || reveal !== state.reveal;
   state.highlight = highlight;
   state.reveal = reveal;
-  if (highlight !== null && state.spans[highlight]) {
-    const span = state.spans[highlight];
+  const lit = highlight !== null ? spanAt(state, highlight) : null;
+  if (lit) {
+    const span = lit;
     span.classList.add("highlight");
     if (moved) scrollToToken(view, span);
   } else if (state.streaming && atBottom) {
@@ -461,6 +462,22 @@ function render(state, data) {
   showNewest(state, data);
   state.fresh = false;
   placeOverlays(state);
+}
+
+// A long view's tokens carry the tooltip's alternatives only; the token clicked last comes
+// with its whole list (`full`: [index, alternatives, chosen]), for the menu's inject panel.
+function applyFullAlternatives(state, full) {
+  if (!Array.isArray(full) || !Array.isArray(full[1])) return;
+  const [index, alt, ac] = full;
+  const tok = state.tokens[index];
+  if (!tok) return;
+  state.tokens[index] = Object.assign({}, tok, { alt, ac: Number.isInteger(ac) ? ac : undefined });
+  if (!state.menuAt || state.menuAt.index !== index) return;
+  state.menuAt.tok = state.tokens[index];
+  const panel = state.menu.querySelector('.menu-panel[data-panel="inject"]');
+  if (!panel || !panel.childElementCount) return; // built with the full list when opened
+  panel.replaceChildren();
+  if (!panel.hidden) buildInject(state, panel, state.menuAt.tok);
 }
 
 // Mark the alert tokens (a warning sign over them); reasons go into the tooltip.

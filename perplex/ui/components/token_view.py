@@ -80,10 +80,15 @@ _COMPONENT = st.components.v2.component(
     html=_HTML,
     css=(_HERE / "token_view.css").read_text(encoding="utf-8"),
     js="\n".join((_HERE / name).read_text(encoding="utf-8")
-                  for name in ("token_view_menu.js", "token_view_nav.js", "token_view.js")),
+                  for name in ("token_view_menu.js", "token_view_nav.js", "token_view_chunks.js",
+                               "token_view.js")),
 )
 
 ALTERNATIVES_SHOWN = 3  # in the tooltip; the menu gets every alternative recorded
+# A longer view draws only the tokens near the screen (token_view_chunks.js) and is sent
+# only the tooltip's alternatives of each token: every one of them, 20 a token, would make
+# 30,000 tokens a 17 MB payload. A click sends the token's full list (`full`) for the menu.
+LONG_VIEW_TOKENS = 2_000
 
 
 def _sig(value: float | None, digits: int = 4) -> float | None:
@@ -195,6 +200,7 @@ def _extras(steps: Sequence[TokenStep], token_sets: Sequence[TokenSetInfo],
         "alerts": [[index, str(reason)] for index, reason in sorted((alerts or {}).items())
                    if 0 <= index <= last],
         "sec": _section_marks(steps),
+        "eager_max": LONG_VIEW_TOKENS,
     }
 
 
@@ -222,14 +228,34 @@ def _view_data(key: str, steps: Sequence[TokenStep], confident: float, uncertain
     stamp = (tuple(map(id, steps)), confident, uncertain)
     cache_key = f"_perplex.token_view.entries.{key}"
     cached = st.session_state.get(cache_key)
+    long_view = len(steps) > LONG_VIEW_TOKENS
     if cached is not None and cached[0] == stamp:
         entries = cached[2]
     else:
-        entries = [_token_entry(step, confident, uncertain) for step in steps]
+        shown = ALTERNATIVES_SHOWN if long_view else None
+        entries = [_token_entry(step, confident, uncertain, shown) for step in steps]
         st.session_state[cache_key] = (stamp, tuple(steps), entries)  # holding the steps
         # keeps their ids from being reused by other objects
-    return {"tokens": entries, "confident": confident, "uncertain": uncertain,
+    data = {"tokens": entries, "confident": confident, "uncertain": uncertain,
             **_extras(steps, token_sets, annotations, lens_available, alerts)}
+    opened = _opened_token(key, len(steps)) if long_view else None
+    if opened is not None:
+        full = _token_entry(steps[opened], confident, uncertain)
+        data["full"] = [opened, full.get("alt", []), full.get("ac")]
+    return data
+
+
+def _opened_token(key: str, n_steps: int) -> int | None:
+    """The token whose menu is open in view `key`: the last one clicked (kept in the session)."""
+    state = st.session_state.get(key)
+    raw = state.get("event") if isinstance(state, dict) else None
+    opened_key = f"_perplex.token_view.opened.{key}"
+    if isinstance(raw, dict) and raw.get("kind") == "click":
+        index = raw.get("index")
+        if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < n_steps:
+            st.session_state[opened_key] = index
+    index = st.session_state.get(opened_key)
+    return index if isinstance(index, int) and index < n_steps else None
 
 
 def _checked_range(selection: object, n_steps: int) -> list[int] | None:

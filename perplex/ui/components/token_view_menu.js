@@ -398,7 +398,7 @@ function paintRange(state) {
   const r = state.range;
   if (!r) return;
   for (let i = r[0]; i <= r[1] && i < state.spans.length; i++) {
-    state.spans[i].classList.add("in-range");
+    if (state.spans[i]) state.spans[i].classList.add("in-range");
   }
 }
 
@@ -448,8 +448,9 @@ function visibleIn(view, rect) {
 function placeBar(state) {
   const { bar, range, view } = state;
   if (bar.hidden || !range) return;
-  const first = state.spans[range[0]].getClientRects()[0];
-  const lastRects = state.spans[range[1]].getClientRects();
+  // An end of the range far from the screen has no span (token_view_chunks.js).
+  const first = state.spans[range[0]] ? state.spans[range[0]].getClientRects()[0] : null;
+  const lastRects = state.spans[range[1]] ? state.spans[range[1]].getClientRects() : [];
   const last = lastRects[lastRects.length - 1];
   const h = bar.offsetHeight;
   const w = bar.offsetWidth;
@@ -495,6 +496,7 @@ function applyAnnotations(state, ann) {
     }
   });
   const starts = new Set(state.ann.map((mark) => mark[0]));
+  state.annStarts = starts;
   state.spans.forEach((span, i) => {
     span.classList.toggle("annotated", state.annAt.has(i));
     span.classList.toggle("ann-start", starts.has(i));

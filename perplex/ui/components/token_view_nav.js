@@ -114,8 +114,9 @@ function jump(state, dir, matches, start = null) {
       state.spans[state.navAt].classList.remove("navhit");
     }
     state.navAt = i;
-    state.spans[i].classList.add("navhit");
-    scrollToToken(state.view, state.spans[i]);
+    const span = spanAt(state, i);
+    span.classList.add("navhit");
+    scrollToToken(state.view, span);
     return;
   }
   state.nav.classList.add("nav-none"); // nothing further that way: a short flash
@@ -147,7 +148,7 @@ function markFound(state) {
       }
     }
   }
-  for (const i of state.found.tokens) state.spans[i].classList.add("found");
+  for (const i of state.found.tokens) if (state.spans[i]) state.spans[i].classList.add("found");
   const n = state.found.n;
   state.navParts.found.textContent = q ? n + (n === 1 ? " match" : " matches") : "";
 }
@@ -158,8 +159,14 @@ function fold(state, start, folded) {
   if (folded) state.folded.add(start);
   else state.folded.delete(start);
   for (let i = section[0]; i < section[1] && i < state.spans.length; i++) {
-    state.spans[i].classList.toggle("folded", folded);
+    if (state.spans[i]) state.spans[i].classList.toggle("folded", folded);
   }
+  for (const chunk of state.chunks) {
+    if (chunk.start >= section[0] && chunk.end <= section[1]) {
+      chunk.node.classList.toggle("folded", folded);
+    }
+  }
+  if (!folded) drawVisible(state);
   const header = state.headers.find((h) => h.start === start);
   if (header) header.node.firstChild.textContent = folded ? "\u25b6 " : "\u25bc ";
 }
@@ -187,7 +194,7 @@ function applySections(state, sections) {
       ev.stopPropagation();
       fold(state, start, !state.folded.has(start));
     });
-    state.view.insertBefore(node, state.spans[start]);
+    state.view.insertBefore(node, chunkOf(state, start).node);
     state.headers.push({ start, node });
     fold(state, start, state.folded.has(start));
   }
@@ -198,7 +205,9 @@ function updateNav(state, data) {
   applySections(state, data.sec);
   const n = state.tokens.length;
   if (state.navAt !== null && state.navAt >= n) state.navAt = null;
-  if (state.navAt !== null) state.spans[state.navAt].classList.add("navhit");
+  if (state.navAt !== null && state.spans[state.navAt]) {
+    state.spans[state.navAt].classList.add("navhit");
+  }
   state.nav.hidden = state.streaming || (n < NAV_MIN_TOKENS && !state.sections.length);
   state.map.hidden = state.streaming || n < NAV_MIN_TOKENS;
   state.body.classList.toggle("mapped", !state.map.hidden);
