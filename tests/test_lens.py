@@ -11,7 +11,7 @@ from perplex.core.tokens import TextPrefix, encode_plain_text
 from perplex.engine.anatomy import AnatomyError, anatomy_of
 from perplex.engine.local.models import LoadedModel, ModelSpec
 from perplex.engine.registry import local_engine
-from perplex.lens.logit_lens import LensError, compute_lens
+from perplex.lens.logit_lens import LensError, LensWork, compute_lens
 from tests.tiny import ARCHITECTURES, tiny_tokenizer
 from tests.tolerances import FLOAT32_NATS, FLOAT32_PROB
 
@@ -203,3 +203,41 @@ def test_model_without_unembedding_is_refused(tiny_lm):
                            tiny_lm.tokenizer, load_seconds=0.0)
     with pytest.raises(AnatomyError, match="has no unembedding"):
         compute_lens(local_engine(headless), [3, 4, 5])
+
+
+class Interrupt(Exception):
+    """Raised by a progress callback: as a click elsewhere cuts a script run short."""
+
+
+def test_an_interrupted_lens_keeps_its_rows_and_goes_on_where_it_was(tiny_lm):
+    ids = list(range(3, 23))
+    engine = local_engine(tiny_lm)
+    whole = compute_lens(engine, ids, chunk_positions=4)
+    work = LensWork(tuple(ids))
+    calls = []
+
+    def cut_after_two_chunks(done, total):
+        calls.append(done)
+        if work.done >= 8:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        compute_lens(engine, ids, chunk_positions=4, progress=cut_after_two_chunks, work=work)
+    assert work.done == 8 and not work.finished
+    # the rows done are the lens of the first 8 tokens: a causal model reads no further;
+    # another input length is other matmul shapes, so float32 sums in another order
+    prefix, stopped = compute_lens(engine, ids[:8], chunk_positions=4), work.lens(engine)
+    assert stopped.n_positions == 8 and list(stopped.token_ids) == ids[:8]
+    assert np.array_equal(stopped.top_ids, prefix.top_ids)
+    assert np.abs(stopped.top_probs - prefix.top_probs).max() < FLOAT32_PROB
+    assert np.abs(stopped.entropy - prefix.entropy).max() < FLOAT32_NATS
+
+    resumed = compute_lens(engine, ids, chunk_positions=4, work=work)
+    assert work.finished
+    for name in ("top_ids", "top_probs", "final_rank", "final_prob", "entropy", "kl_to_final"):
+        assert np.array_equal(getattr(resumed, name), getattr(whole, name)), name
+
+
+def test_a_lens_stopped_before_any_row_says_so(tiny_lm):
+    with pytest.raises(LensError, match="No position"):
+        LensWork((3, 4, 5)).lens(local_engine(tiny_lm))

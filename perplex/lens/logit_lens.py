@@ -92,6 +92,40 @@ class LogitLens:
         return self.candidate_texts.get(int(token_id), "")
 
 
+@dataclass(eq=False)
+class LensWork:
+    """A lens being computed: its rows so far, kept between script runs.
+
+    A computation cut short (a click elsewhere reruns the page) goes on from `done`; a
+    stopped one still gives `lens()`: under a causal model the lens at position t reads
+    tokens 0..t only, so the first `done` rows are the lens of the first `done` tokens.
+    """
+
+    ids: tuple[int, ...]
+    arrays: dict[str, np.ndarray] | None = None  # allocated by the first computation
+    done: int = 0  # positions finished, from the first
+    seconds: float = 0.0  # spent so far, over every run
+
+    def lens(self, engine: WeightsEngine) -> LogitLens:
+        """The lens of the positions done (all of them once the work is finished)."""
+        if self.arrays is None or self.done == 0:
+            raise LensError("No position of the lens was finished before it stopped.")
+        rows = {name: array[:self.done] for name, array in self.arrays.items()}
+        ids = list(self.ids[:self.done])
+        vocab = engine.vocab_texts
+        return LogitLens(
+            token_ids=np.asarray(ids, dtype=np.int64),
+            token_texts=tuple(token_texts(engine.tokenizer, ids)),
+            candidate_texts={int(i): vocab[i] if i < len(vocab) else ""
+                             for i in np.unique(rows["top_ids"])},
+            model_label=engine.info.label, seconds=self.seconds, **rows)
+
+    @property
+    def finished(self) -> bool:
+        """Every position is done."""
+        return self.done == len(self.ids)
+
+
 def check_input(engine: Engine, ids: Sequence[int]) -> None:
     """Refuse inputs the lens cannot take under `engine`, with a message for the researcher."""
     if len(ids) == 0:
@@ -104,53 +138,59 @@ def check_input(engine: Engine, ids: Sequence[int]) -> None:
 def compute_lens(engine: WeightsEngine, ids: Sequence[int], *, top_k: int = DEFAULT_TOP_K,
                  chunk_positions: int = CHUNK_POSITIONS, progress: Progress | None = None,
                  patches: tuple[ResidualPatch, ...] = (),
-                 use_native: bool | None = None) -> LogitLens:
+                 use_native: bool | None = None, work: LensWork | None = None) -> LogitLens:
     """The logit lens of token ids `ids` under `engine` (a local engine: it has internals).
 
     `progress(done, total)` is called after the forward pass and after each step of each
     chunk of positions (a layer, or a vocabulary tile with compiled statistics). `patches`
     overwrite residuals during the pass (patching sandbox).
     `use_native=False` takes the statistics with torch even where compiled code is built.
+    `work` (of the same ids) keeps the rows as they are finished and skips those it holds:
+    an exception from `progress` leaves it with every chunk finished before.
     """
     unembed = engine.unembedding  # first: a model without an unembedding is refused as such
     check_input(engine, ids)
+    if work is None:
+        work = LensWork(tuple(ids))
+    elif work.ids != tuple(ids):
+        raise ValueError("the lens work is of other token ids")
     started = time.perf_counter()
     residuals = engine.residual_stream(ids, patches)
     n_layers, n_pos = residuals.shape[0], residuals.shape[1]
     weight = unembed.weight
     projector = Projector(weight, unembed.bias, unembed.softcap, use_native)
-    n_chunks = -(-n_pos // chunk_positions)
-    progress_at = [1, 1 + n_chunks * projector.steps(n_layers)]  # steps done, in all
+    chunks = range(work.done, n_pos, chunk_positions)
+    progress_at = [1, 1 + len(chunks) * projector.steps(n_layers)]  # steps done, in all
 
     def step() -> None:
         progress_at[0] += 1
         if progress:
             progress(*progress_at)
 
-    if progress:
-        progress(*progress_at)
     k = min(top_k, weight.shape[0])
-    out = {name: np.empty((n_pos, n_layers), np.float32)
-           for name in ("final_prob", "entropy", "kl_to_final")}
-    final_rank = np.empty((n_pos, n_layers), np.int32)
-    top_ids = np.empty((n_pos, n_layers, k), np.int64)
-    top_probs = np.empty((n_pos, n_layers, k), np.float32)
-    with torch.inference_mode():
-        for c0 in range(0, n_pos, chunk_positions):
-            c1 = min(n_pos, c0 + chunk_positions)
-            normed = unembed.normed(residuals[:, c0:c1])
-            for layer, stats in enumerate(projector.chunk_stats(normed.contiguous(), k, step)):
-                top_ids[c0:c1, layer] = stats.top_ids
-                top_probs[c0:c1, layer] = stats.top_probs
-                final_rank[c0:c1, layer] = stats.final_rank
-                out["final_prob"][c0:c1, layer] = stats.final_prob
-                out["entropy"][c0:c1, layer] = stats.entropy
-                out["kl_to_final"][c0:c1, layer] = stats.kl
-    vocab = engine.vocab_texts
-    unique = np.unique(top_ids)
-    return LogitLens(
-        token_ids=np.asarray(ids, dtype=np.int64),
-        token_texts=tuple(token_texts(engine.tokenizer, list(ids))),
-        top_ids=top_ids, top_probs=top_probs, final_rank=final_rank,
-        candidate_texts={int(i): vocab[i] if i < len(vocab) else "" for i in unique},
-        model_label=engine.info.label, seconds=time.perf_counter() - started, **out)
+    if work.arrays is None:
+        work.arrays = {name: np.empty((n_pos, n_layers), np.float32)
+                       for name in ("final_prob", "entropy", "kl_to_final")}
+        work.arrays["final_rank"] = np.empty((n_pos, n_layers), np.int32)
+        work.arrays["top_ids"] = np.empty((n_pos, n_layers, k), np.int64)
+        work.arrays["top_probs"] = np.empty((n_pos, n_layers, k), np.float32)
+    rows = work.arrays
+    try:
+        if progress:
+            progress(*progress_at)
+        with torch.inference_mode():
+            for c0 in chunks:
+                c1 = min(n_pos, c0 + chunk_positions)
+                normed = unembed.normed(residuals[:, c0:c1])
+                for layer, stats in enumerate(projector.chunk_stats(normed.contiguous(), k,
+                                                                    step)):
+                    rows["top_ids"][c0:c1, layer] = stats.top_ids
+                    rows["top_probs"][c0:c1, layer] = stats.top_probs
+                    rows["final_rank"][c0:c1, layer] = stats.final_rank
+                    rows["final_prob"][c0:c1, layer] = stats.final_prob
+                    rows["entropy"][c0:c1, layer] = stats.entropy
+                    rows["kl_to_final"][c0:c1, layer] = stats.kl
+                work.done = c1
+    finally:
+        work.seconds += time.perf_counter() - started
+    return work.lens(engine)

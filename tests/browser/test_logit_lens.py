@@ -274,3 +274,55 @@ def test_residual_trajectory_is_the_pca_path_and_animates(streamlit_app, page, o
         page.wait_for_timeout(50)
     assert len(seen) > 3 and min(seen) < 10, seen
     assert chart.evaluate(PATH)["drawn"] == n_points
+
+
+def long_prompt(n_tokens: int) -> str:
+    """About `n_tokens` tokens of the README, read by the bundled model's tokenizer."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from perplex.engine.local.models import converted_gguf_folder
+    from perplex.engine.spec import bundled_gguf_path
+
+    folder, _ = converted_gguf_folder(bundled_gguf_path(), Path(MODELS))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    text = (PROJECT_ROOT / "README.md").read_text()
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    while len(ids) < n_tokens:
+        ids = ids + ids
+    return tokenizer.decode(ids[:n_tokens])
+
+
+def test_a_4096_token_lens_shows_progress_and_stops_with_the_positions_done(
+        streamlit_app, page, open_app, screenshot):
+    url = streamlit_app("tests/browser/apps/logit_lens_app.py",
+                        env={"PERPLEX_MODEL_CACHE": MODELS})
+    open_app(page, url, timeout=120_000)
+    page.locator(".lv-cell").last.wait_for(timeout=120_000)  # the default prompt's lens
+    page.get_by_role("textbox", name="Prompt").fill(long_prompt(4_096))
+    page.get_by_role("button", name="Look through the lens").click()
+    moving = re.compile(r"Projecting layers through the unembedding… ([\d,]+) of ([\d,]+) "
+                        r"positions · about \d+ s left")
+    bar = page.get_by_text(moving)
+    # once a few chunks are done
+    page.wait_for_function("""() => [...document.querySelectorAll('p, div')].some((e) => {
+        const m = e.textContent.match(/… ([\\d,]+) of ([\\d,]+) positions/);
+        return m && Number(m[1].replace(/,/g, '')) >= 256;
+    })""", timeout=180_000)
+    total = int(moving.search(bar.first.inner_text())[2].replace(",", ""))
+    assert 4_000 <= total <= 4_200  # the prompt's tokens, with the start of the text
+    screenshot(page, "logit_lens_4096_progress")
+    page.get_by_role("button", name="Stop", exact=True).click()
+    note = page.get_by_text(re.compile(r"The lens was stopped after ([\d,]+) of ([\d,]+) "
+                                       r"positions"))
+    note.wait_for(timeout=60_000)
+    wait_for_script(page, 60_000)
+    done_text = re.search(r"after ([\d,]+) of ([\d,]+)", note.inner_text())
+    done = int(done_text[1].replace(",", ""))
+    assert int(done_text[2].replace(",", "")) == total and 256 <= done < total
+    # the lens of the positions done: its summary and its view have exactly those
+    assert page.get_by_text(f"{done} tokens × 31 layers").count() == 1
+    assert page.locator(".lv-cell").count() == done
+    screenshot(page, "logit_lens_4096_stopped")
+    assert page.get_by_role("button", name="Go on").count() == 1

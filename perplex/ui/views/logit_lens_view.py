@@ -25,7 +25,7 @@ from perplex.engine.ndif import (
 from perplex.engine.protocol import Engine
 from perplex.lens import remote  # looked up at each call: the remote transport is replaceable
 from perplex.lens.heads import head_lens
-from perplex.lens.logit_lens import LogitLens, compute_lens
+from perplex.lens.logit_lens import LensWork, LogitLens, compute_lens
 from perplex.lens.plots import lens_heatmap, lens_rows, lens_trajectory
 from perplex.lens.trajectory import residual_trajectory
 from perplex.ui.components.lens_view import lens_view
@@ -36,6 +36,8 @@ from perplex.ui.shell.text import count, plain
 PREFIX = "lens"
 CACHE_KEY = f"{PREFIX}.cache"
 CACHE_ENTRIES = 4
+WORK_KEY = f"{PREFIX}.work"  # (cache key, LensWork): the lens being computed, kept between runs
+STOPPED_KEY = f"{PREFIX}.stopped"  # the cache key of the lens the researcher stopped
 DEFAULT_PROMPT = "The Eiffel Tower is in the city of"
 NDIF_CHECK_SECONDS = 60.0
 NDIF_RESULT_KEY = f"{PREFIX}.ndif_result"  # ((model id, prompt), LogitLens)
@@ -138,19 +140,74 @@ def current_lens(local: Engine) -> tuple[LogitLens, tuple[int, ...], str, tuple]
     cache_key = (local.spec.to_json(), ids)
     lens = cache.get(cache_key)
     if lens is None:
-        bar = st.progress(0.0, text="Running the model…")
-        try:
-            lens = compute_lens(local, list(ids), progress=lambda done, total: bar.progress(
-                done / total, text=f"Projecting layers through the unembedding… {done}/{total}"))
-        except PerplexError as exc:
-            bar.empty()
-            st.error(plain(str(exc)))
-            st.stop()
-        bar.empty()
+        lens = _computed_lens(local, ids, cache_key)
+        if lens.n_positions < len(ids):  # stopped: the lens of the first tokens, not kept
+            return lens, ids[:lens.n_positions], origin, cache_key
         while len(cache) >= CACHE_ENTRIES:
             cache.pop(next(iter(cache)))
         cache[cache_key] = lens
     return lens, ids, origin, cache_key
+
+
+def _computed_lens(local: Engine, ids: tuple[int, ...], cache_key: tuple) -> LogitLens:
+    """The lens of `ids`, computed under a progress bar and a Stop button.
+
+    The rows are kept as they are finished (`LensWork`): a click elsewhere on the page
+    reruns the script and the lens goes on where it was; Stop shows the positions done.
+    """
+    kept = st.session_state.get(WORK_KEY)
+    if kept is None or kept[0] != cache_key:
+        kept = (cache_key, LensWork(ids))
+        st.session_state[WORK_KEY] = kept
+    work = kept[1]
+    if st.session_state.get(STOPPED_KEY) == cache_key:
+        return _stopped_lens(local, work)
+    stop = st.empty()
+    stop.button("Stop", key=f"{PREFIX}.stop", on_click=st.session_state.__setitem__,
+                args=(STOPPED_KEY, cache_key),
+                help="Stop the lens here and show the positions it has finished.")
+    bar = st.progress(0.0, text="Running the model…")
+    first: list[tuple[float, int]] = []  # (time, step) of the first call: the pass is done
+
+    def show(done: int, total: int) -> None:
+        now = time.perf_counter()
+        first[:] = first or [(now, done)]
+        text = (f"Projecting layers through the unembedding… {work.done:,} of "
+                f"{len(ids):,} positions")
+        if done > first[0][1]:
+            left = (now - first[0][0]) / (done - first[0][1]) * (total - done)
+            text += f" · about {left:.0f} s left"
+        bar.progress(done / total, text=text)
+
+    try:
+        lens = compute_lens(local, list(ids), progress=show, work=work)
+    except PerplexError as exc:
+        bar.empty()
+        stop.empty()
+        st.error(plain(str(exc)))
+        st.stop()
+    bar.empty()
+    stop.empty()
+    st.session_state.pop(WORK_KEY, None)
+    return lens
+
+
+def _stopped_lens(local: Engine, work: LensWork) -> LogitLens:
+    """The stopped lens's finished positions, with a way to go on."""
+    total = len(work.ids)
+    if work.done == 0:
+        st.info(f"The lens was stopped before its first position ({total:,} tokens in all).")
+    else:
+        st.info(f"The lens was stopped after {work.done:,} of {total:,} positions: below is "
+                f"the lens of the first {work.done:,} tokens, exactly (at each position the "
+                "model reads no further).")
+    if st.button("Go on", key=f"{PREFIX}.go_on",
+                 help="Compute the remaining positions, from where it stopped."):
+        st.session_state.pop(STOPPED_KEY, None)
+        st.rerun()
+    if work.done == 0:
+        st.stop()
+    return work.lens(local)
 
 
 def summary(lens: LogitLens, origin: str) -> str:
