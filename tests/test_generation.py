@@ -189,3 +189,10 @@ def test_compiled_and_torch_statistics_agree_on_real_logits(tiny_lm, masked, mon
     assert max(abs(a - b) for a, b in zip(found.entropy, exact.entropy)) <= 1e-5
     top = [abs(a - b) for x, y in zip(found.top_logprobs, exact.top_logprobs) for a, b in zip(x, y)]
     assert max(top) <= 1e-6
+
+
+def test_a_32768_token_limit_runs_until_the_context_is_full(tiny_lm):
+    """The pages allow 32,768 new tokens; a model with a shorter context ends at its end."""
+    gen = start_generation(tiny_lm, QUESTION, DecodeParams(max_new_tokens=32_768)).run()
+    assert gen.stop_reason == "context window full"
+    assert len(gen.steps) == tiny_lm.context_length

@@ -7,12 +7,17 @@ import streamlit as st
 from perplex.core.records import DecodeParams
 from perplex.ui.shell import resources
 
+MAX_NEW_TOKENS = 32_768  # a long reasoning trace; the model's context may end it sooner
+
 
 def generation_settings(prefix: str) -> DecodeParams:
     """Widgets for decoding settings (page-prefixed keys); returns the chosen params."""
     with st.expander("Generation settings", expanded=False):
         cols = st.columns(5)
-        max_new = cols[0].number_input("max new tokens", 1, 2048, 200, key=f"{prefix}.max_new")
+        max_new = cols[0].number_input(
+            "max new tokens", 1, MAX_NEW_TOKENS, 200, key=f"{prefix}.max_new",
+            help=f"Up to {MAX_NEW_TOKENS:,}. Generation ends sooner at the end of text, at a "
+                 "stop string, or when the model's context is full (its reply says which).")
         temperature = cols[1].number_input("temperature (0 = greedy)", 0.0, 5.0, 0.0, 0.1,
                                            key=f"{prefix}.temperature")
         top_p = cols[2].number_input("top-p", 0.01, 1.0, 1.0, 0.05, key=f"{prefix}.top_p")
