@@ -72,3 +72,27 @@ def test_the_paint_stage_measures_both_pages_and_ours_keeps_the_dom_small():
     assert ours["hovered"][0] >= 2_800 and baseline["hovered"][0] >= 2_800
     for result in (ours, baseline):
         assert result["paint"] > 0 and result["hover"] > 0 and result["fps"] > 0
+
+
+def test_a_30000_token_upload_is_read_with_its_numbers_and_stored(tmp_path):
+    """The upload path at 30,000 tokens: the OpenAI logprobs file is read token for token
+    (p = exp(logprob) of the file, top-5 in order) and stored and read back equal."""
+    import math
+
+    from bench.long_traces import openai_response, synthetic_generation
+    from perplex.core.formats import parse_upload
+    from perplex.workspace.store import Store
+
+    gen = synthetic_generation(30_001)
+    data = openai_response(gen)
+    assert len(data) < 20 * 2**20  # within the upload limit
+    [transcript] = parse_upload("trace.json", data).transcripts
+    steps = transcript.generation.steps
+    assert len(steps) == 30_000
+    for i in (0, 14_999, 29_999):
+        want, got = gen.steps[i + 1], steps[i]
+        assert got.text == want.text and got.prob == math.exp(want.logprob)
+        assert [a.text for a in got.top] == [a.text for a in want.top[:5]]
+    with Store.open(tmp_path / "upload.duckdb") as store:
+        store.save_generation(transcript.generation)
+        assert store.load_generation(transcript.generation.id) == transcript.generation
