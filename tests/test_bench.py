@@ -75,8 +75,10 @@ def test_the_paint_stage_measures_both_pages_and_ours_keeps_the_dom_small():
 
 
 def test_a_30000_token_upload_is_read_with_its_numbers_and_stored(tmp_path):
-    """The upload path at 30,000 tokens: the OpenAI logprobs file is read token for token
-    (p = exp(logprob) of the file, top-5 in order) and stored and read back equal."""
+    """The upload path at 30,000 tokens, read token for token and stored back equal.
+
+    p is exp(logprob) of the file, the top-5 in the file's order.
+    """
     import math
 
     from bench.long_traces import openai_response, synthetic_generation
