@@ -36,15 +36,15 @@ PARAGRAPH = 80  # tokens
 LOAD_TARGET_S = 0.3  # issue: 30,000 tokens with top-20 load in 0.3 s at most
 
 
-def synthetic_generation(n_tokens: int, seed: int = 0) -> Generation:
-    """A response of `n_tokens`, each with TOP_K distinct alternatives and a valid distribution."""
+def synthetic_generation(n_tokens: int, seed: int = 0, top_k: int = TOP_K) -> Generation:
+    """A response of `n_tokens`, each with `top_k` distinct alternatives, a valid distribution."""
     rng = random.Random(seed)
     steps = [TokenStep(0, 1, "<think>", TokenRole.RESPONSE, 1)]
     for position in range(1, n_tokens):
-        weights = sorted((rng.random() ** 3 for _ in range(TOP_K)), reverse=True)
+        weights = sorted((rng.random() ** 3 for _ in range(top_k)), reverse=True)
         total = sum(weights) / 0.9  # the top-k hold 90% of the mass
         top = tuple(Alternative(token_id, f" w{token_id}", w / total, math.log(w / total))
-                    for token_id, w in zip(rng.sample(range(VOCAB), TOP_K), weights))
+                    for token_id, w in zip(rng.sample(range(VOCAB), top_k), weights))
         pick = rng.randrange(3)
         if position % PARAGRAPH == 0:  # a reasoning trace comes in paragraphs
             top = top[:pick] + (replace(top[pick], text=".\n\n"),) + top[pick + 1:]

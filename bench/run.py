@@ -28,6 +28,8 @@
 15. The token view at 2,000 / 10,000 / 30,000 tokens against a static page with one span per
     token: first paint, a hover near the end, scrolling frames/s, heap and DOM nodes
     (`bench/token_paint.py`).
+16. Batch over 1,000 and 10,000 transcripts of 500 tokens: ingest rows/s against a plain
+    DuckDB insert of the same rows, and the flag and filter queries (`bench/datasets.py`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from pathlib import Path
 import torch
 
 from bench.batch import bench_batch
+from bench.datasets import bench_datasets
 from bench.decoding import bench_speculative
 from bench.gil import bench_gil
 from bench.long_traces import bench_long_context, bench_long_traces
@@ -479,7 +482,7 @@ def main() -> None:
             run_stage("traits", bench_traits, lm), run_stage("batch", bench_batch, lm),
             run_stage("pages", bench_pages, PROJECT_ROOT), run_stage("gil", bench_gil, lm),
             run_stage("store", bench_long_traces), run_stage("context", bench_long_context, lm),
-            run_stage("paint", bench_token_paint)]
+            run_stage("paint", bench_token_paint), run_stage("dataset", bench_datasets)]
     if not all(done):
         sys.exit(1)
 

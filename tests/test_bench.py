@@ -98,3 +98,25 @@ def test_a_30000_token_upload_is_read_with_its_numbers_and_stored(tmp_path):
     with Store.open(tmp_path / "upload.duckdb") as store:
         store.save_generation(transcript.generation)
         assert store.load_generation(transcript.generation.id) == transcript.generation
+
+
+def test_the_dataset_stage_ingests_every_row_and_filters_as_counted_by_hand(tmp_path):
+    """20 transcripts through the Batch path, every token row stored.
+
+    The plain insert takes the same rows; the filter's items are counted from the
+    transcripts themselves.
+    """
+    from statistics import fmean
+
+    from bench.datasets import N_TOKENS, TOP_K, measure
+    from bench.long_traces import synthetic_generation
+
+    row = measure(20, tmp_path)
+    assert row["rows"] == 20 * N_TOKENS and row["total"] == 20
+    by_hand = 0
+    for i in range(20):
+        gen = synthetic_generation(N_TOKENS, seed=i, top_k=TOP_K)
+        probs = [s.prob for s in gen.response_steps if s.prob is not None]
+        by_hand += fmean(probs) < 0.282 and len(gen.response_steps) > 100
+    assert 0 < row["shown"] == by_hand < 20
+    assert row["plain"] > 0 and row["read"] > 0 and row["run"] > 0

@@ -34,7 +34,11 @@ from perplex.core.records import Generation, Message, new_id
 from perplex.core.repetition import REPETITION_RATE
 from perplex.workspace.access import require_row, require_session, visible
 from perplex.workspace.flag_sandbox import run_condition
-from perplex.workspace.generation_rows import read_generation, write_generation
+from perplex.workspace.generation_rows import (
+    read_generation,
+    write_generation,
+    write_new_generations,
+)
 from perplex.workspace.rows import from_epoch_us, insert_row
 from perplex.workspace.store import Store
 
@@ -261,11 +265,12 @@ def _insert(store: Store, batch_id: str, chunk: list[BatchInput], start: int) ->
     with store.cursor(write=True) as cur:
         session_id = _session(cur, store, batch_id, write=True)
         columns: dict[str, list] = {name: [] for name in _INSERTED}
+        given = []
         for n, item in enumerate(chunk, start):
             generation_id = None
             if item.given is not None:
                 generation_id = new_id()
-                write_generation(cur, _with_id(item.given, generation_id, session_id))
+                given.append(_with_id(item.given, generation_id, session_id))
             users = [m.content for m in item.messages if m.role in ("user", "text")]
             for name, value in zip(_INSERTED, (
                     batch_id, n, item.line, _messages_json(item.messages),
@@ -273,6 +278,7 @@ def _insert(store: Store, batch_id: str, chunk: list[BatchInput], start: int) ->
                     json.dumps(list(item.references)) if item.references else None,
                     "pending", generation_id)):
                 columns[name].append(value)
+        write_new_generations(cur, given)
         cur.register("incoming_items", pa.table(columns, schema=_INSERT_SCHEMA))
         try:
             cur.execute(f"INSERT INTO batch_items ({', '.join(_INSERTED)}) "
@@ -351,7 +357,10 @@ def finish_item(store: Store, batch_id: str, idx: int, result: ItemResult) -> No
     with store.cursor(write=True) as cur:
         generation = _with_id(result.generation, result.generation.id,
                               _session(cur, store, batch_id, write=True))
-        write_generation(cur, generation)
+        [(kept,)] = cur.execute("SELECT generation_id FROM batch_items WHERE batch_id = ? "
+                                "AND idx = ?", [batch_id, idx]).fetchall() or [(None,)]
+        if kept != generation.id:  # an upload's transcript, kept as it came, is stored already
+            write_generation(cur, generation)
         cur.execute(
             "UPDATE batch_items SET status = 'done', error = NULL, generation_id = ?, "
             "finished_at = ?, answer = ?, n_tokens = ?, mean_prob = ?, min_prob = ?, "

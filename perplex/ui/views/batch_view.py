@@ -68,6 +68,7 @@ RUN_KEY = f"{PREFIX}.run"  # the batch being run (`ui.runs`)
 # a Stop is answered every few seconds even on a slow model.
 CHUNK_SECONDS = 4.0
 READER_KEY = f"{PREFIX}.reader"  # position in the filtered list
+TABLE_PAGE = 100  # items in the table at once: 10,000 results never go to the browser whole
 RANGE_KEY = f"{PREFIX}.range"  # (statistic, low, high) picked on the histogram
 DEFAULT_PAGE = "pages/default.py"
 FILTER_ROWS = 3
@@ -367,6 +368,7 @@ def items_section(batch: BatchSummary, shown: Shown) -> list[dict]:
                 + (f" with {plain(shown.words)}" if shown.words else ""))
     if not rows:
         return rows
+    start = _page_start(batch, shown, len(rows))
     table = pd.DataFrame([{"#": r["idx"], "line": r["line"], "status": r["status"],
                            "prompt": (r["prompt"] or "")[:120],
                            "answer": (r["answer"] or r["error"] or "")[:120],
@@ -374,14 +376,30 @@ def items_section(batch: BatchSummary, shown: Shown) -> list[dict]:
                            "low-p": r["low_confidence"], "spikes": r["entropy_spikes"],
                            "spans": r["hallucination_spans"], "P(R-Set)": r["refusal_prob"],
                            "KL to 2nd": r["divergence"], "repetition": r["repetition"],
-                           "mismatch": r["answer_mismatch"]} for r in rows[:5000]])
+                           "mismatch": r["answer_mismatch"]}
+                          for r in rows[start:start + TABLE_PAGE]])
     picked = st.dataframe(table, hide_index=True, width="stretch", height=260,
                           on_select="rerun", selection_mode="single-row",
-                          key=f"{PREFIX}.table.{batch.id}.{hash(shown)}")
+                          key=f"{PREFIX}.table.{batch.id}.{hash(shown)}.{start}")
     if picked and picked.selection.rows:
-        st.session_state[READER_KEY] = picked.selection.rows[0]
+        st.session_state[READER_KEY] = start + picked.selection.rows[0]
     _distribution(batch, rows)
     return rows
+
+
+def _page_start(batch: BatchSummary, shown: Shown, n_rows: int) -> int:
+    """The first row of the table's page: the table holds one page, the rest stay here."""
+    pages = -(-n_rows // TABLE_PAGE)
+    if pages == 1:
+        return 0
+    cols = st.columns([1, 3])
+    page = int(cols[0].number_input(f"Page (of {pages:,})", 1, pages, 1,
+                                    key=f"{PREFIX}.page.{batch.id}.{hash(shown)}"))
+    start = (page - 1) * TABLE_PAGE
+    cols[1].caption(f"Items {start + 1:,}–{min(n_rows, start + TABLE_PAGE):,} of {n_rows:,}: "
+                    f"the table shows {TABLE_PAGE} at a time; the reader, the distribution and "
+                    "the exports take every filtered item.")
+    return start
 
 
 def _distribution(batch: BatchSummary, rows: list[dict]) -> None:
