@@ -56,11 +56,12 @@ def transcripts(n_items: int, made: list[float]) -> Iterator[BatchInput]:
         yield item
 
 
-def ingest(store: Store, n_items: int) -> tuple[str, float, float]:
+def ingest(store: Store, n_items: int, session_id: str | None = None
+           ) -> tuple[str, float, float]:
     """A batch of `n_items` transcripts through the app's path: (its id, read s, run s)."""
     settings = RunSettings(DecodeParams())
     batch_id = create_batch(store, "dataset", "transcripts", "synthetic", settings.to_json(),
-                            None)
+                            session_id)
     made = [0.0]
     started = time.perf_counter()
     add_items(store, batch_id, transcripts(n_items, made))

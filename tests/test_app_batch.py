@@ -105,3 +105,27 @@ def test_the_divergence_flag_with_a_second_model(app, tiny_lm_for_pages, monkeyp
     with Store.open(load_settings().database) as store, store.cursor() as cur:
         values = [v for (v,) in cur.execute("SELECT divergence FROM batch_items").fetchall()]
     assert len(values) == 2 and all(v is not None and v > 0 for v in values)
+
+
+def test_a_big_batch_sends_the_table_one_page_at_a_time(app, tmp_path):
+    """250 finished transcripts: the table holds 100 rows a page, the reader all 250."""
+    from bench.datasets import ingest
+    from perplex.ui.shell.session_panel import SESSION_KEY
+    from perplex.workspace.sessions import create_session
+
+    with Store.open(load_settings().database) as store:
+        session = create_session(store, "Big batch")
+        batch_id, _, _ = ingest(store, 250, session_id=session.id)
+    app.session_state[SESSION_KEY] = session.id
+    at = app.run()
+    assert not at.exception, at.exception
+    assert any(m.value.startswith("**250 of 250 items**") for m in at.markdown)
+    [table] = [d for d in at.dataframe if "answer" in d.value.columns]
+    assert list(table.value["#"]) == list(range(100))
+    [page] = [n for n in at.number_input if n.label == "Page (of 3)"]
+    page.set_value(3).run()
+    [table] = [d for d in at.dataframe if "answer" in d.value.columns]
+    assert list(table.value["#"]) == list(range(200, 250))
+    assert any("Items 201–250 of 250" in c.value for c in at.caption)
+    assert any(m.value.startswith("**Item 1 of 250**") for m in at.markdown)
+    assert not at.exception, at.exception
