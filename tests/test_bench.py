@@ -120,3 +120,29 @@ def test_the_dataset_stage_ingests_every_row_and_filters_as_counted_by_hand(tmp_
         by_hand += fmean(probs) < 0.282 and len(gen.response_steps) > 100
     assert 0 < row["shown"] == by_hand < 20
     assert row["plain"] > 0 and row["read"] > 0 and row["run"] > 0
+
+
+def test_the_figure_reads_the_bench_lines_it_draws():
+    """Each stage's printed numbers become the figure's points, in seconds."""
+    from bench.figure import figure_svg, panels_from
+
+    output = (
+        "paint    2,000 tokens: first paint 0.194 s vs 0.128 s one span per token (1.52x); "
+        "hover near token 1,933 8.8 ms vs 6.5 ms; scroll 60 fps\n"
+        "store   30,000 tokens (top-20): write 1.23 s, load 0.695 s = 12.6x the bare read\n"
+        "dataset 10,000 transcripts x 500 tokens (top-5, 5,000,000 token rows): ingest 612.0 s "
+        "= 8,170 rows/s (read 1 s, run 2 s) vs a plain DuckDB insert 9.50 s = 526,315 rows/s: "
+        "ratio 64x; flags 41 ms, a filter with two conditions sorted (4,990 items) 57 ms, "
+        "every item 63 ms\n")
+    trace, dataset = panels_from(output)
+    points = {s.label: s.points for s in trace.series + dataset.series}
+    assert points["first paint"] == [(2000, 0.194)]
+    assert points["first paint, one span per token"] == [(2000, 0.128)]
+    assert points["hover"] == [(2000, 0.0088)]
+    assert points["load a stored trace"] == [(30000, 0.695)]
+    assert points["ingest (Batch)"] == [(10000, 612.0)]
+    assert points["plain DuckDB insert"] == [(10000, 9.5)]
+    assert points["flag counts"] == [(10000, 0.041)]
+    assert points["filter, sorted"] == [(10000, 0.057)]
+    svg = figure_svg(output)
+    assert svg.startswith("<svg") and svg.count("<polyline") == 9  # one a series
