@@ -4,8 +4,8 @@ Two pages in the same Chromium, from the same synthetic trace (`synthetic_genera
 top-20 per token, a paragraph every 80 tokens):
 
 - ours: the token view's own JavaScript and CSS, mounted in a shadow root as Streamlit
-  mounts it, given the payload the app sends (every alternative up to 2,000 tokens, the
-  tooltip's three beyond: a click fetches the rest);
+  mounts it, given the payload the app sends (every alternative up to 2,000 tokens; beyond,
+  the tooltip's three, a click fetches the rest, and the tokens come as columns);
 - the baseline: a static page with one coloured span per token in the same scroll box
   and styles, its numbers in a `title`, the way a viewer is usually written.
 
@@ -171,8 +171,10 @@ def measure_size(browser, n_tokens: int, folder: Path) -> tuple[dict, dict]:
         alternatives=token_view.ALTERNATIVES_SHOWN if long_view else None)
     ours = folder / f"ours-{n_tokens}.html"
     base = folder / f"baseline-{n_tokens}.html"
-    ours.write_text(ours_page(payload), encoding="utf-8")
     base.write_text(baseline_page(payload), encoding="utf-8")
+    if long_view:
+        payload = {**payload, "cols": token_view.token_columns(payload.pop("tokens"))}
+    ours.write_text(ours_page(payload), encoding="utf-8")
     return _measure(browser, ours, n_tokens), _measure(browser, base, n_tokens)
 
 
@@ -185,20 +187,25 @@ def _line(n: int, ours: dict, base: dict) -> str:
             f"nodes vs {base['heap']:.1f} MiB, {base['nodes']:,} nodes")
 
 
-def bench_token_paint(sizes: tuple[int, ...] = SIZES) -> dict[int, tuple[dict, dict]]:
-    from playwright.sync_api import sync_playwright
+def bench_token_paint(sizes: tuple[int, ...] = SIZES, browser=None
+                      ) -> dict[int, tuple[dict, dict]]:
+    """Measure and print each size, then the growth; in `browser`, else a Chromium of its own."""
+    if browser is None:
+        from playwright.sync_api import sync_playwright
 
-    from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
+        from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
 
+        with sync_playwright() as p:
+            own = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                return bench_token_paint(sizes, own)
+            finally:
+                own.close()
     results = {}
-    with tempfile.TemporaryDirectory() as folder, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            for n in sizes:
-                results[n] = measure_size(browser, n, Path(folder))
-                print(_line(n, *results[n]), flush=True)
-        finally:
-            browser.close()
+    with tempfile.TemporaryDirectory() as folder:
+        for n in sizes:
+            results[n] = measure_size(browser, n, Path(folder))
+            print(_line(n, *results[n]), flush=True)
     _print_growth(results)
     return results
 

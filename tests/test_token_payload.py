@@ -335,3 +335,15 @@ def test_reasoning_sections_in_the_payload_carry_their_header():
     # tokens 1..4, mean of 0.5, 0.2, 0.4, 0.9 = 0.5
     assert data["sec"] == [[1, 5, "reasoning 1 · 4 tokens · mean p 0.500"]]
     assert token_payload(steps[:1], 0.7, 0.3)["sec"] == []
+
+
+def test_a_long_views_entries_go_as_columns_that_give_each_entry_back():
+    from perplex.ui.components.token_view import token_columns
+
+    entries = [{"t": "a", "p": 0.5}, {"t": "b", "f": True}, {"t": "c", "p": None, "h": 1.0}]
+    cols = token_columns(entries)
+    assert cols == {"t": ["a", "b", "c"], "p": [0.5, None, None], "f": [None, True, None],
+                    "h": [None, None, 1.0]}
+    # as fromColumns in token_view.js reads them: a None is a field the token lacks
+    back = [{k: v[i] for k, v in cols.items() if v[i] is not None} for i in range(3)]
+    assert back == [{"t": "a", "p": 0.5}, {"t": "b", "f": True}, {"t": "c", "h": 1.0}]

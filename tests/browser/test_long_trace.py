@@ -213,3 +213,14 @@ def test_a_30000_token_trace_is_hovered_clicked_and_jumped_near_its_end(
     assert steps[expected].top[-1].text.strip() in texts[-1]
     screenshot(page, "long_trace_30k_2_menu_with_all_alternatives")
     assert_no_exception(page)
+
+
+def test_the_paint_stage_measures_both_pages_and_ours_keeps_the_dom_small(browser):
+    """At 3,000 tokens the view is a long one: it draws a few chunks, the baseline all."""
+    from bench.token_paint import bench_token_paint
+
+    [(ours, baseline)] = bench_token_paint((3_000,), browser).values()
+    assert baseline["spans"] == 3_000 and 0 < ours["spans"] < 2_000
+    assert ours["hovered"][0] >= 2_800 and baseline["hovered"][0] >= 2_800
+    for result in (ours, baseline):
+        assert result["paint"] > 0 and result["hover"] > 0 and result["fps"] > 0

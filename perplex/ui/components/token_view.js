@@ -408,9 +408,27 @@ function showNewest(state, data) {
   for (const other of members) other.root.classList.toggle("superseded", other !== newest);
 }
 
+// A long view's tokens come as columns (token_view.py `token_columns`): one array a
+// field, null where a token has none.
+function fromColumns(cols) {
+  const fields = cols && typeof cols === "object"
+    ? Object.keys(cols).filter((k) => Array.isArray(cols[k])) : [];
+  const n = fields.length ? cols[fields[0]].length : 0;
+  const tokens = new Array(n);
+  for (let i = 0; i < n; i++) {
+    const tok = {};
+    for (const k of fields) {
+      const value = cols[k][i];
+      if (value !== null && value !== undefined) tok[k] = value;
+    }
+    tokens[i] = tok;
+  }
+  return tokens;
+}
+
 function render(state, data) {
   const { view } = state;
-  const tokens = data.tokens || [];
+  const tokens = data.cols ? fromColumns(data.cols) : data.tokens || [];
   const atBottom = state.fresh
     || view.scrollTop + view.clientHeight >= view.scrollHeight - 4;
 
