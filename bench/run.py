@@ -351,7 +351,7 @@ def lens_memory_child(n_tokens: int) -> None:
           f"{'met' if peak <= LENS_MEMORY_TARGET_MIB else 'MISSED'})")
 
 
-STAGE_SECONDS = 900  # a stage still running after this is stopped and reported
+STAGE_SECONDS = 1_500  # a stage still running after this is stopped and reported
 
 
 class StageTimeout(Exception):

@@ -476,6 +476,10 @@ function render(state, data) {
     if (moved) scrollToToken(view, span);
   } else if (state.streaming && atBottom) {
     view.scrollTop = view.scrollHeight;
+    if (isLazy(state)) {  // the chunks now in sight drawn at their true heights: again
+      drawVisible(state);
+      view.scrollTop = view.scrollHeight;
+    }
   }
   showNewest(state, data);
   state.fresh = false;
