@@ -35,7 +35,7 @@ from perplex.core.repetition import REPETITION_RATE
 from perplex.workspace.access import require_row, require_session, visible
 from perplex.workspace.flag_sandbox import run_condition
 from perplex.workspace.generation_rows import (
-    read_generation,
+    read_generations,
     write_generation,
     write_new_generations,
 )
@@ -585,11 +585,17 @@ def _copies(store: Store, batch_id: str) -> tuple[pa.Table, pa.Table]:
 
 def item_generation(store: Store, generation_id: str) -> Generation:
     """An item's stored generation."""
-    with store.cursor() as cur:
-        generation = read_generation(cur, generation_id)
-        if generation is not None:
-            require_row(cur, store.actor, "generations", generation_id)
+    generation = item_generations(store, [generation_id]).get(generation_id)
     if generation is None:
         raise StoreError(f"The generation {generation_id!r} is not in the database.")
     return generation
+
+
+def item_generations(store: Store, generation_ids: Sequence[str]) -> dict[str, Generation]:
+    """Items' stored generations, read together, by id (a missing one is left out)."""
+    with store.cursor() as cur:
+        found = read_generations(cur, generation_ids)
+        for generation_id in found:
+            require_row(cur, store.actor, "generations", generation_id)
+    return found
 

@@ -89,23 +89,45 @@ def _insert_steps(cur: duckdb.DuckDBPyConnection, steps: pa.Table) -> None:
 
 def read_generation(cur: duckdb.DuckDBPyConnection, generation_id: str) -> Generation | None:
     """Read one generation and its steps on a cursor; None if there is none with this id."""
+    return read_generations(cur, [generation_id]).get(generation_id)
+
+
+def read_generations(cur: duckdb.DuckDBPyConnection, generation_ids: Sequence[str]
+                     ) -> dict[str, Generation]:
+    """The generations of these ids that exist, by id, their steps read in one query.
+
+    A batch's run reads its items 16 at a time: one pass over `token_steps` for the 16,
+    not one each (the table holds every item's tokens: 5 million rows at 10,000 items).
+    """
+    wanted = list(dict.fromkeys(generation_ids))
     rows = cur.execute(
         "SELECT id, session_id, epoch_us(created_at), source, model_label, params, "
         "messages, stop_reason, parent_id, branch_position, title, model_spec "
-        "FROM generations WHERE id = ?", [generation_id]).fetchall()
+        "FROM generations WHERE id IN (SELECT unnest(?::VARCHAR[]))", [wanted]).fetchall()
     if not rows:
-        return None
+        return {}
     steps = cur.sql(
-        f"SELECT {_STEP_COLUMNS} FROM token_steps WHERE generation_id = ? "
-        "ORDER BY position", params=[generation_id]).to_arrow_table()
-    (gen_id, session_id, created_us, source, model_label, params, messages,
-     stop_reason, parent_id, branch_position, title, model_spec) = rows[0]
-    return Generation(
-        steps=steps_from_table(steps), messages=_messages_from_json(messages),
-        model_label=model_label, source=Source(source), params=params_from_json(params),
-        stop_reason=stop_reason, id=gen_id, session_id=session_id, parent_id=parent_id,
-        branch_position=branch_position, title=title, created_at=from_epoch_us(created_us),
-        model_spec=model_spec or "")
+        f"SELECT {_STEP_COLUMNS} FROM token_steps WHERE generation_id IN "
+        "(SELECT unnest(?::VARCHAR[])) ORDER BY generation_id, position",
+        params=[[row[0] for row in rows]]).to_arrow_table()
+    owners = steps.column("generation_id").to_pylist()
+    spans, start = {}, 0
+    for i in range(1, len(owners) + 1):
+        if i == len(owners) or owners[i] != owners[start]:
+            spans[owners[start]] = (start, i)
+            start = i
+    out = {}
+    for (gen_id, session_id, created_us, source, model_label, params, messages,
+         stop_reason, parent_id, branch_position, title, model_spec) in rows:
+        a, b = spans.get(gen_id, (0, 0))
+        out[gen_id] = Generation(
+            steps=steps_from_table(steps.slice(a, b - a)),
+            messages=_messages_from_json(messages), model_label=model_label,
+            source=Source(source), params=params_from_json(params), stop_reason=stop_reason,
+            id=gen_id, session_id=session_id, parent_id=parent_id,
+            branch_position=branch_position, title=title,
+            created_at=from_epoch_us(created_us), model_spec=model_spec or "")
+    return out
 
 
 def steps_from_table(table: pa.Table) -> tuple[TokenStep, ...]:

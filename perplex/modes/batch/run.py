@@ -29,6 +29,7 @@ from perplex.workspace.batch_store import (
     fail_item,
     finish_item,
     item_generation,
+    item_generations,
     load_batch,
     pending_items,
     reset_failed,
@@ -192,12 +193,17 @@ def _item_params(params: DecodeParams, idx: int) -> DecodeParams:
 def _score(engine, store: Store, items: list[PendingItem], settings: RunSettings
            ) -> list[Generation | str]:
     out: list[Generation | str | None] = [None] * len(items)
-    to_score = []
-    for n, item in enumerate(items):
-        if item.generation_id is not None and not settings.rescore:
-            out[n] = _one(lambda item=item: item_generation(store, item.generation_id))
-        else:
-            to_score.append(n)
+    kept = [n for n, item in enumerate(items)
+            if item.generation_id is not None and not settings.rescore]
+    to_score = [n for n in range(len(items)) if n not in kept]
+    try:
+        stored = item_generations(store, [items[n].generation_id for n in kept])
+    except PerplexError:  # then each on its own, each with its own error
+        stored = {}
+    for n in kept:
+        item = items[n]
+        out[n] = stored.get(item.generation_id) or _one(
+            lambda item=item: item_generation(store, item.generation_id))
     if to_score:
         top = settings.params.top_alternatives
         try:
