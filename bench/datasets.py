@@ -77,7 +77,8 @@ def plain_insert(store: Store, folder: Path) -> tuple[float, int]:
     """The same token rows inserted at once into a fresh DuckDB file: (seconds, rows)."""
     with store.cursor() as cur:
         rows = cur.sql("SELECT * FROM token_steps").to_arrow_table()
-    plain = duckdb.connect(str(folder / f"plain-{rows.num_rows}.duckdb"))
+    plain = duckdb.connect(str(folder / f"plain-{rows.num_rows}.duckdb"),
+                           config={"enable_progress_bar": False})
     try:
         plain.register("incoming", rows)
         started = time.perf_counter()
