@@ -107,6 +107,7 @@ def test_the_divergence_flag_with_a_second_model(app, tiny_lm_for_pages, monkeyp
     assert len(values) == 2 and all(v is not None and v > 0 for v in values)
 
 
+@pytest.mark.slow  # ingests and scores 250 transcripts
 def test_a_big_batch_sends_the_table_one_page_at_a_time(app, tmp_path):
     """250 finished transcripts: the table holds 100 rows a page, the reader all 250."""
     from bench.datasets import ingest

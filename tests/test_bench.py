@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from bench import run
 
 
@@ -60,6 +62,7 @@ def test_the_long_trace_stage_reads_back_what_it_wrote(tmp_path):
     assert row["n"] == 300 and row["load"] > 0 and row["raw"] > 0 and row["bytes"] > 0
 
 
+@pytest.mark.slow  # builds, parses and stores a 30,000-token trace
 def test_a_30000_token_upload_is_read_with_its_numbers_and_stored(tmp_path):
     """The upload path at 30,000 tokens, read token for token and stored back equal.
 

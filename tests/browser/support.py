@@ -9,7 +9,6 @@ import re
 from urllib.parse import parse_qs, urlparse
 
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
-from playwright.sync_api import expect
 
 from tests.browser.conftest import WORK_TIMEOUT, settle
 
@@ -72,14 +71,22 @@ def set_max_new_tokens(page, value: str = MAX_NEW) -> None:
     assert field.input_value() == value
 
 
-def chat_box(page):
-    """The chat input, once a rerun has left exactly one on the page.
+# The one enabled chat input, once no script runs and a redraw has left exactly one: a
+# rerun can show the old input beside the new one for a moment.
+_ONE_CHAT_INPUT_JS = """() => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  const boxes = document.querySelectorAll('[data-testid="stChatInput"] textarea:not([disabled])');
+  return app?.dataset.testScriptState === "notRunning" && boxes.length === 1 ? boxes[0] : null;
+}"""
 
-    A redraw can show the old one beside the new one for a moment.
+
+def chat_box(page):
+    """The chat input, as the one element found when the page was idle with one input.
+
+    An element, not a locator: a redraw that starts after it was found cannot make a
+    `fill` or `press` on it match two inputs.
     """
-    box = page.locator('[data-testid="stChatInput"] textarea:not([disabled])')
-    expect(box).to_have_count(1, timeout=WORK_TIMEOUT)
-    return box
+    return page.wait_for_function(_ONE_CHAT_INPUT_JS, timeout=WORK_TIMEOUT).as_element()
 
 
 def ask(page, question: str = QUESTION) -> None:

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from tests.browser.conftest import REPO_ROOT, wait_for_script
-from tests.browser.support import open_panel, saved_count, upload
+from tests.browser.support import chat_box, open_panel, saved_count, upload
 
 SAMPLES = REPO_ROOT / "data" / "samples"
 QUESTION = "What is the capital of France?"
@@ -106,7 +106,7 @@ def test_first_look_streams_then_explains_tokens(app, screenshot):
     """Ask; watch the answer stream; hover " Paris"; click the chart, then a least-confident."""
     page = app.page
     page.evaluate(VIEW_SAMPLER)
-    chat = page.locator('[data-testid="stChatInput"] textarea')
+    chat = chat_box(page)
     chat.fill(QUESTION)
     chat.press("Enter")
 
@@ -328,7 +328,7 @@ def test_stop_ends_the_answer_and_keeps_its_tokens(app, screenshot):
     page.get_by_text("Generation settings", exact=True).click()
     set_number(page, "max new tokens", "600")
     page.evaluate(VIEW_SAMPLER)
-    chat = page.locator('[data-testid="stChatInput"] textarea')
+    chat = chat_box(page)
     chat.fill("Write a very long story about a dragon who learns to bake bread.")
     chat.press("Enter")
     page.wait_for_function("() => window.__views.some(([, live]) => live >= 5)",
