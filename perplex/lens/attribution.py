@@ -1,0 +1,88 @@
+"""Which earlier tokens made a token likely: occlusion, each earlier token replaced or deleted.
+
+For the token at `position` of `ids`, every earlier token j is edited out of the context
+`ids[:position]` in one of two ways, and the token's log-probability is read again:
+
+- **replace**: token j becomes a neutral token (" the" by default), the length unchanged;
+- **delete**: token j is removed, every later token one place earlier.
+
+The two answer different questions and often disagree: on "The capital of France is" →
+" Paris", replacing " France" costs the most, while deleting " is" costs the most (the
+sentence then no longer asks for a noun). Each value is exact for its edit: one more forward
+pass per earlier token, read off the full next-token distribution, in padded batches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from perplex.core.errors import InputFormatError
+from perplex.engine.protocol import Engine
+
+BATCH = 16  # edited contexts per padded pass: memory grows with BATCH x the context's length
+
+
+class Occlusion(StrEnum):
+    """How an earlier token is taken out of the context."""
+
+    REPLACE = "replace"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Each earlier token's effect on log p(the token at `position`), by occlusion.
+
+    `deltas[j]` is log p(target | context with token j edited) - `base_logprob`, in nats:
+    negative where the token made the target likelier. None where the edit leaves no
+    context (deleting the only earlier token).
+    """
+
+    position: int
+    target_id: int
+    method: Occlusion
+    neutral_id: int | None  # the replacing token (REPLACE only)
+    base_logprob: float
+    deltas: tuple[float | None, ...]
+
+    def strongest(self) -> int | None:
+        """The earlier position whose edit lowers the target's log-probability most."""
+        scored = [(d, j) for j, d in enumerate(self.deltas) if d is not None]
+        return min(scored)[1] if scored else None
+
+
+def occlusion(engine: Engine, ids: Sequence[int], position: int, method: Occlusion,
+              neutral_id: int | None = None) -> Attribution:
+    """Attribute the token at `position` of `ids` to each earlier token (see the module)."""
+    engine.capabilities.require("full_distribution", engine.info.label)
+    ids = list(ids)
+    if not 1 <= position < len(ids):
+        raise InputFormatError(f"Token {position} has no earlier token to attribute it to: "
+                               f"choose a token from 1 to {len(ids) - 1}.")
+    if method is Occlusion.REPLACE and neutral_id is None:
+        raise InputFormatError("Replacing tokens needs the neutral token to put in their place.")
+    context, target = ids[:position], ids[position]
+    edited = [_edit(context, j, method, neutral_id) for j in range(position)]
+    runs = [context, *(c for c in edited if c)]
+    logprobs = iter(_target_logprobs(engine, runs, target))
+    base = next(logprobs)
+    deltas = tuple(next(logprobs) - base if c else None for c in edited)
+    return Attribution(position, target, method,
+                       neutral_id if method is Occlusion.REPLACE else None, base, deltas)
+
+
+def _edit(context: list[int], j: int, method: Occlusion, neutral_id: int | None) -> list[int]:
+    if method is Occlusion.DELETE:
+        return context[:j] + context[j + 1:]
+    return context[:j] + [neutral_id] + context[j + 1:]
+
+
+def _target_logprobs(engine: Engine, contexts: list[list[int]], target: int) -> list[float]:
+    out = []
+    for start in range(0, len(contexts), BATCH):
+        probs = engine.next_token_probs(contexts[start:start + BATCH])
+        out.extend(math.log(p) if p > 0 else -math.inf for p in probs[:, target].tolist())
+    return out
