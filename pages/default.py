@@ -50,6 +50,7 @@ if current is not None:
     investigate.comparison_panel(CURRENT)
     investigate.branch_navigator(CURRENT)
     investigate.annotations_panel(CURRENT)
+    investigate.attribution_panel(CURRENT, current)
     investigate.token_sets_panel(current)
     investigate.act_on(event, current, CURRENT, local, params)
 live = st.container()  # the turn being generated shows here, above the input

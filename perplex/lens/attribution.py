@@ -19,9 +19,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+import plotly.graph_objects as go
+
 from perplex.core.errors import InputFormatError
+from perplex.core.plots import figure_text, visible_token
+from perplex.core.records import Message
+from perplex.core.tokens import TextPrefix
 from perplex.engine.protocol import Engine
 
+NEUTRAL_TEXT = " the"  # what replaces a token: frequent, and saying little on its own
 BATCH = 16  # edited contexts per padded pass: memory grows with BATCH x the context's length
 
 
@@ -86,3 +92,31 @@ def _target_logprobs(engine: Engine, contexts: list[list[int]], target: int) -> 
         probs = engine.next_token_probs(contexts[start:start + BATCH])
         out.extend(math.log(p) if p > 0 else -math.inf for p in probs[:, target].tolist())
     return out
+
+
+def neutral_token(engine: Engine, text: str = NEUTRAL_TEXT) -> int:
+    """The id of `text` as one token of the engine's vocabulary (the replacing token)."""
+    ids = engine.encode((Message("text", text),), False, TextPrefix.NONE).ids
+    if len(ids) != 1:
+        raise InputFormatError(f"{text!r} is {len(ids)} tokens for this model, not one: "
+                               "choose another neutral token.")
+    return ids[0]
+
+
+def attribution_figure(words: Sequence[str], replaced: Attribution,
+                       deleted: Attribution, neutral: str = NEUTRAL_TEXT) -> go.Figure:
+    """Both methods' Δ log p per earlier token, side by side: where they disagree shows."""
+    ticks = [f"{j} {figure_text(visible_token(w))}" for j, w in enumerate(words)]
+    fig = go.Figure()
+    for found, name, colour in ((replaced, f"replaced by “{visible_token(neutral)}”",
+                                 "#4c78a8"), (deleted, "deleted", "#e45756")):
+        fig.add_bar(x=list(range(len(found.deltas))), y=list(found.deltas), name=name,
+                    marker_color=colour, customdata=ticks,
+                    hovertemplate="%{customdata}: Δ log p %{y:.3f} nats<extra>" + name
+                    + "</extra>")
+    fig.update_layout(
+        barmode="group", height=320, margin={"l": 60, "r": 20, "t": 30, "b": 80},
+        legend={"orientation": "h", "y": 1.12},
+        xaxis={"tickvals": list(range(len(ticks))), "ticktext": ticks, "tickangle": -60},
+        yaxis={"title": "Δ log p (nats)", "zeroline": True})
+    return fig

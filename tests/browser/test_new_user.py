@@ -34,6 +34,7 @@ from tests.browser.support import (
     assert_no_exception,
     chat_box,
     drag,
+    open_menu,
     scroll_to,
     session_of,
     set_max_new_tokens,
@@ -69,6 +70,29 @@ def test_jump_in_the_annotations_list_scrolls_the_token_into_view(open_page, scr
         page.wait_for_timeout(100)
     assert in_window(page, marked), "the jumped-to token is not on screen"
     screenshot(page, "new_user_1_jump")
+    assert_no_exception(page)
+
+
+def test_attribute_draws_both_occlusion_methods_over_every_earlier_token(open_page, screenshot):
+    page = open_page()
+    set_max_new_tokens(page, "8")
+    ask(page)
+    paris = page.locator(FINAL_TOK).filter(has_text=re.compile(r"^ Paris$")).first
+    open_menu(page, int(paris.get_attribute("data-index")), "attribute")
+    panel = page.locator('[data-testid="stExpander"]').filter(has_text="What made “·Paris”")
+    panel.locator(".js-plotly-plot").wait_for(timeout=WORK_TIMEOUT)
+    settle(page)
+    position = int(re.search(r"\(token (\d+)\) likely", panel.inner_text()).group(1))
+    traces = panel.locator(".js-plotly-plot").evaluate(
+        "plot => plot.data.map(trace => [trace.name, trace.y.length, trace.customdata[0]])")
+    # one bar a method for every token the model saw before " Paris", the template's first
+    # (escaped for Plotly, which reads tags in labels)
+    first = "0 &lt;|im_start|&gt;"
+    assert traces == [["replaced by “·the”", position, first], ["deleted", position, first]]
+    panel.evaluate("e => e.scrollIntoView({block: 'center'})")
+    screenshot(page, "new_user_attribution")
+    panel.get_by_role("button", name="Close attribution").click()
+    expect(panel).to_have_count(0, timeout=WORK_TIMEOUT)
     assert_no_exception(page)
 
 

@@ -7,7 +7,7 @@ transcript. Everything that changes is saved into the open session at once.
 from __future__ import annotations
 
 import difflib
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import streamlit as st
 
@@ -16,6 +16,14 @@ from perplex.core.plots import before_after_timeline, visible_token
 from perplex.core.records import DecodeParams, Generation, TokenStep
 from perplex.core.stats import summarise
 from perplex.engine.protocol import Engine
+from perplex.lens.attribution import (
+    NEUTRAL_TEXT,
+    Attribution,
+    Occlusion,
+    attribution_figure,
+    neutral_token,
+    occlusion,
+)
 from perplex.ui.components.live import LiveGeneration, kept
 from perplex.ui.components.token_view import AnnotationMark, TokenSetInfo
 from perplex.ui.components.transcript import TranscriptEvent, highlight_key, jump_to
@@ -58,6 +66,9 @@ def act_on(found: TranscriptEvent | None, gen: Generation, page_key: str,
     if found.event.kind == "open_lens":
         position = found.steps[found.event.index].position
         page_state.open_in_lens(gen.id, position)
+    if found.event.kind == "attribute":  # reads the session only: read-only links may too
+        _attribute(found, gen, page_key, engine)
+        return
     if read_only():
         st.warning("This session is open read-only (shared link): fork it to make changes.")
         return
@@ -100,6 +111,68 @@ def _regenerate(found: TranscriptEvent, gen: Generation, page_key: str,
                 shown.append(new)
                 view.update(shown)
     save_to_session(replace(run.generation(), title=title), page_key)
+
+
+ATTRIBUTION_SUFFIX = ".attribution"
+
+
+@dataclass(frozen=True)
+class ShownAttribution:
+    """The attribution a page shows: the token at `position` of generation `generation_id`."""
+
+    generation_id: str
+    position: int
+    words: tuple[str, ...]  # the tokens before it, as the model saw them
+    replaced: Attribution
+    deleted: Attribution
+
+
+def _attribute(found: TranscriptEvent, gen: Generation, page_key: str,
+               engine: Engine | None) -> None:
+    step = found.steps[found.event.index]
+    ordered = sorted(gen.steps, key=lambda s: s.position)
+    ids = [s.token_id for s in ordered]
+    if engine is None:
+        st.error("Load a model (sidebar) to attribute a token.")
+        return
+    if None in ids or [s.position for s in ordered] != list(range(len(ordered))):
+        st.error("This transcript has no token ids of the model (an upload read as text): "
+                 "attribution re-runs the model on its tokens. Score it first.")
+        return
+    try:
+        with st.spinner(f"Attributing token {step.position} to the "
+                        f"{count(step.position, 'token')} before it…"):
+            neutral = neutral_token(engine)
+            replaced = occlusion(engine, ids, step.position, Occlusion.REPLACE, neutral)
+            deleted = occlusion(engine, ids, step.position, Occlusion.DELETE)
+    except PerplexError as exc:
+        st.error(plain(str(exc)))
+        return
+    words = tuple(s.text for s in ordered[:step.position])
+    st.session_state[page_key + ATTRIBUTION_SUFFIX] = ShownAttribution(
+        gen.id, step.position, words, replaced, deleted)
+    st.rerun()
+
+
+def attribution_panel(page_key: str, gen: Generation | None) -> None:
+    """The attributed token of the generation on screen, both occlusion methods drawn."""
+    shown = st.session_state.get(page_key + ATTRIBUTION_SUFFIX)
+    if gen is None or not isinstance(shown, ShownAttribution) or shown.generation_id != gen.id:
+        return
+    token = next((s.text for s in gen.steps if s.position == shown.position), "")
+    with st.expander(f"What made “{visible_token(token)}” (token {shown.position}) likely",
+                     expanded=True):
+        st.caption(
+            f"Each earlier token taken out of the context, and log p of “{visible_token(token)}”"
+            f" read again ({shown.replaced.base_logprob:.3f} nats as written). Blue: the token "
+            f"replaced by “{visible_token(NEUTRAL_TEXT)}” (the length kept); red: the token "
+            "deleted (every later token one place earlier). Below zero, the token made it "
+            "likelier. The two methods answer different questions and can disagree.")
+        st.plotly_chart(attribution_figure(shown.words, shown.replaced, shown.deleted),
+                        key=f"{page_key}.attribution_figure")
+        if st.button("Close attribution", key=f"{page_key}.attribution_close"):
+            del st.session_state[page_key + ATTRIBUTION_SUFFIX]
+            st.rerun()
 
 
 def _branch_title(event, step: TokenStep) -> str:

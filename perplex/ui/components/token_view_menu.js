@@ -99,6 +99,11 @@ function openMenu(state, index) {
     lens.appendChild(el("span", "menu-icon", "\u25ce"));
     lens.appendChild(el("span", "menu-label", "Open in Logit Lens"));
     menu.appendChild(lens);
+    const attribute = button("menu-item", "", () => act(state, "attribute", {}));
+    attribute.dataset.action = "attribute";
+    attribute.appendChild(el("span", "menu-icon", "\u2190"));
+    attribute.appendChild(el("span", "menu-label", "Attribute to earlier tokens"));
+    menu.appendChild(attribute);
   }
   menu.hidden = false;
   placeMenu(state);

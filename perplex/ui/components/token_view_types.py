@@ -16,7 +16,7 @@ from typing import Literal, get_args
 from perplex.core.records import TokenStep
 
 EventKind = Literal["click", "inject", "branch", "add_to_set", "new_set", "annotate",
-                    "open_lens", "select_range", "annotate_range"]
+                    "open_lens", "attribute", "select_range", "annotate_range"]
 EVENT_KINDS: frozenset[str] = frozenset(get_args(EventKind))
 
 MAX_NOTE_CHARS = 20_000  # an annotation's note
@@ -101,6 +101,8 @@ class TokenEvent:
     - add_to_set / new_set: put `token_id` (the token's own) into `set_name`.
     - annotate: the note `text` on `index`.
     - open_lens: look at `index` in the Logit Lens (only offered with `lens_available`).
+    - attribute: colour the tokens before `index` by how much each made it likely
+      (occlusion; offered with `lens_available`, as it needs the model's weights).
     - select_range / annotate_range: steps `index`..`end_index` (ordered, inclusive),
       the latter with the note `text`.
     """
@@ -180,8 +182,12 @@ def parse_event(raw: object, steps: Sequence[TokenStep], *, set_names: Collectio
     if kind == "annotate":
         note = _text(raw.get("text"), MAX_NOTE_CHARS)
         return None if note is None else TokenEvent("annotate", index, text=note)
+    if not lens_available:
+        return None
+    if kind == "attribute":
+        return TokenEvent("attribute", index, token_id=step.token_id)
     # open_lens
-    return TokenEvent("open_lens", index, token_id=step.token_id) if lens_available else None
+    return TokenEvent("open_lens", index, token_id=step.token_id)
 
 
 def _set_event(kind: str, index: int, name: object, step: TokenStep,
