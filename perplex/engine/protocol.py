@@ -282,6 +282,14 @@ class WeightsEngine(Engine, Protocol):
                        patches: Sequence[ResidualPatch]) -> torch.Tensor:
         """The last block's output [rows, T, d] of `rows` copies of `run` patched at `layer`."""
 
+    def embedding_gradients(self, ids: Sequence[int], position: int, baseline_id: int,
+                            scales: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Gradients of log p(ids[position]) on the path from a baseline's embeddings.
+
+        Log-probabilities [S], gradients [S, position, d] and context - baseline embeddings
+        [position, d] (`internals`).
+        """
+
     def head_writes(self, ids: Sequence[int], position: int
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each head's write into the residual at `position` [L, H, d], and that residual."""

@@ -19,13 +19,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+import numpy as np
 import plotly.graph_objects as go
 
 from perplex.core.errors import InputFormatError
 from perplex.core.plots import figure_text, visible_token
 from perplex.core.records import Message
 from perplex.core.tokens import TextPrefix
-from perplex.engine.protocol import Engine
+from perplex.engine.protocol import Engine, WeightsEngine
 
 NEUTRAL_TEXT = " the"  # what replaces a token: frequent, and saying little on its own
 BATCH = 16  # edited contexts per padded pass: memory grows with BATCH x the context's length
@@ -78,6 +79,49 @@ def occlusion(engine: Engine, ids: Sequence[int], position: int, method: Occlusi
     deltas = tuple(next(logprobs) - base if c else None for c in edited)
     return Attribution(position, target, method,
                        neutral_id if method is Occlusion.REPLACE else None, base, deltas)
+
+
+# Riemann midpoints on the path. The bundled model's path bends sharply: on "The capital of
+# France is" -> " Paris" the shares add up to 2.9 of the 16.7 nats at 32 steps, 17.4 at 256
+# (4.7 s here; a 42-token chat context takes ~100 s, so the Default page does not offer it yet).
+IG_STEPS = 256
+
+
+@dataclass(frozen=True)
+class GradientAttribution:
+    """Integrated gradients on the embeddings, from the neutral token's to the context's.
+
+    The baseline puts the neutral token's embedding at every earlier position (all-zero
+    embeddings are no baseline for a model that normalises its residual: every scale of
+    them but zero reads alike). `values[j]` is token j's share in nats: its embedding's
+    difference from the baseline times the mean gradient of log p(target) along the
+    straight path, summed over the features. The shares add up to `logprob -
+    baseline_logprob` up to the path sum's error (`steps` midpoints).
+    """
+
+    position: int
+    target_id: int
+    neutral_id: int
+    steps: int
+    logprob: float  # log p(target) after the context as it is
+    baseline_logprob: float  # after the neutral token at every earlier position
+    values: tuple[float, ...]
+
+
+def integrated_gradients(engine: WeightsEngine, ids: Sequence[int], position: int,
+                         neutral_id: int, steps: int = IG_STEPS) -> GradientAttribution:
+    """Attribute the token at `position` of `ids` to each earlier token's embedding."""
+    engine.capabilities.require("internals", engine.info.label)
+    ids = list(ids)
+    if not 1 <= position < len(ids):
+        raise InputFormatError(f"Token {position} has no earlier token to attribute it to: "
+                               f"choose a token from 1 to {len(ids) - 1}.")
+    scales = [(k + 0.5) / steps for k in range(steps)] + [0.0, 1.0]
+    logprobs, grads, difference = engine.embedding_gradients(ids, position, neutral_id, scales)
+    mean_grad = grads[:steps].astype(np.float64).mean(axis=0)
+    values = (difference.astype(np.float64) * mean_grad).sum(axis=1)
+    return GradientAttribution(position, ids[position], neutral_id, steps, float(logprobs[-1]),
+                               float(logprobs[-2]), tuple(values.tolist()))
 
 
 def _edit(context: list[int], j: int, method: Occlusion, neutral_id: int | None) -> list[int]:

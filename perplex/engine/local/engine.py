@@ -324,6 +324,28 @@ class LocalEngine:
                                             weight.view(weight.shape[0], n_heads, -1), z))
         return torch.stack(vectors), last[position]
 
+    def embedding_gradients(self, ids: Sequence[int], position: int, baseline_id: int,
+                            scales: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Gradients of log p(ids[position]) along embeddings from a baseline to the context's.
+
+        The baseline is `baseline_id`'s embedding at every position before `position`; at
+        scale a the input is baseline + a (context - baseline). Returns the log-probabilities
+        [S] (float64), their gradients with respect to the inputs [S, position, d], and
+        context - baseline [position, d] (float32).
+        """
+        self._check_ids(ids[:position + 1])
+        embed = self.lm.model.get_input_embeddings()
+        with self.lock, torch.enable_grad():
+            context = embed(self._batch([ids[:position]]))[0].detach().float()
+            baseline = embed(self._batch([[baseline_id] * position]))[0].detach().float()
+            alphas = torch.tensor(list(scales), dtype=torch.float32)[:, None, None]
+            inputs = (baseline + alphas * (context - baseline)).requires_grad_(True)
+            logits = self.lm.model(inputs_embeds=inputs.to(self.lm.model.dtype)).logits[:, -1]
+            logprobs = torch.log_softmax(logits.double(), dim=-1)[:, ids[position]]
+            (grads,) = torch.autograd.grad(logprobs.sum(), inputs)
+        return (logprobs.detach().cpu().numpy(), grads.cpu().numpy(),
+                (context - baseline).cpu().numpy())
+
     def _check_ids(self, ids: Sequence[int]) -> None:
         if not ids:
             raise InputFormatError("There are no tokens to run.")
