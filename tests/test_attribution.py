@@ -8,7 +8,7 @@ import torch
 from perplex.core.errors import InputFormatError
 from perplex.core.tokens import TextPrefix, encode_plain_text
 from perplex.engine.registry import local_engine
-from perplex.lens.attribution import Occlusion, integrated_gradients, occlusion
+from perplex.lens.attribution import MAX_CONTEXT, Occlusion, integrated_gradients, occlusion
 from tests.tolerances import FLOAT32_NATS
 
 
@@ -91,3 +91,13 @@ def test_integrated_gradients_add_up_to_the_change_from_the_baseline(tiny_lm):
     change = found.logprob - found.baseline_logprob
     assert len(found.values) == position
     assert sum(found.values) == pytest.approx(change, abs=0.01 * abs(change) + FLOAT32_NATS)
+
+
+def test_a_token_with_too_many_before_it_is_refused_and_progress_is_reported(tiny_lm):
+    engine = local_engine(tiny_lm)
+    ids = [5] * (MAX_CONTEXT + 2)
+    with pytest.raises(InputFormatError, match=f"at most {MAX_CONTEXT} before them"):
+        occlusion(engine, ids, MAX_CONTEXT + 1, Occlusion.DELETE)
+    reports = []
+    occlusion(engine, ids, 40, Occlusion.DELETE, progress=lambda *done: reports.append(done))
+    assert reports == [(16, 41), (32, 41), (41, 41)]  # the context itself, then 40 deletions

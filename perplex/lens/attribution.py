@@ -15,7 +15,7 @@ pass per earlier token, read off the full next-token distribution, in padded bat
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -30,6 +30,10 @@ from perplex.engine.protocol import Engine, WeightsEngine
 
 NEUTRAL_TEXT = " the"  # what replaces a token: frequent, and saying little on its own
 BATCH = 16  # edited contexts per padded pass: memory grows with BATCH x the context's length
+# One pass per earlier token, each as long as the context: the cost grows with its square.
+# 512 earlier tokens are ~1,000 passes of up to 512 tokens a method (minutes on 2 cores).
+MAX_CONTEXT = 512
+Progress = Callable[[int, int], None]  # (passes done, passes in all)
 
 
 class Occlusion(StrEnum):
@@ -62,19 +66,17 @@ class Attribution:
 
 
 def occlusion(engine: Engine, ids: Sequence[int], position: int, method: Occlusion,
-              neutral_id: int | None = None) -> Attribution:
+              neutral_id: int | None = None, progress: Progress | None = None) -> Attribution:
     """Attribute the token at `position` of `ids` to each earlier token (see the module)."""
     engine.capabilities.require("full_distribution", engine.info.label)
     ids = list(ids)
-    if not 1 <= position < len(ids):
-        raise InputFormatError(f"Token {position} has no earlier token to attribute it to: "
-                               f"choose a token from 1 to {len(ids) - 1}.")
+    _check_position(ids, position)
     if method is Occlusion.REPLACE and neutral_id is None:
         raise InputFormatError("Replacing tokens needs the neutral token to put in their place.")
     context, target = ids[:position], ids[position]
     edited = [_edit(context, j, method, neutral_id) for j in range(position)]
     runs = [context, *(c for c in edited if c)]
-    logprobs = iter(_target_logprobs(engine, runs, target))
+    logprobs = iter(_target_logprobs(engine, runs, target, progress))
     base = next(logprobs)
     deltas = tuple(next(logprobs) - base if c else None for c in edited)
     return Attribution(position, target, method,
@@ -113,9 +115,7 @@ def integrated_gradients(engine: WeightsEngine, ids: Sequence[int], position: in
     """Attribute the token at `position` of `ids` to each earlier token's embedding."""
     engine.capabilities.require("internals", engine.info.label)
     ids = list(ids)
-    if not 1 <= position < len(ids):
-        raise InputFormatError(f"Token {position} has no earlier token to attribute it to: "
-                               f"choose a token from 1 to {len(ids) - 1}.")
+    _check_position(ids, position)
     scales = [(k + 0.5) / steps for k in range(steps)] + [0.0, 1.0]
     logprobs, grads, difference = engine.embedding_gradients(ids, position, neutral_id, scales)
     mean_grad = grads[:steps].astype(np.float64).mean(axis=0)
@@ -130,11 +130,24 @@ def _edit(context: list[int], j: int, method: Occlusion, neutral_id: int | None)
     return context[:j] + [neutral_id] + context[j + 1:]
 
 
-def _target_logprobs(engine: Engine, contexts: list[list[int]], target: int) -> list[float]:
-    out = []
+def _check_position(ids: list[int], position: int) -> None:
+    if not 1 <= position < len(ids):
+        raise InputFormatError(f"Token {position} has no earlier token to attribute it to: "
+                               f"choose a token from 1 to {len(ids) - 1}.")
+    if position > MAX_CONTEXT:
+        raise InputFormatError(f"Token {position} has {position:,} tokens before it; "
+                               f"attribution re-runs the model once for each, so it takes "
+                               f"tokens with at most {MAX_CONTEXT} before them.")
+
+
+def _target_logprobs(engine: Engine, contexts: list[list[int]], target: int,
+                     progress: Progress | None) -> list[float]:
+    out: list[float] = []
     for start in range(0, len(contexts), BATCH):
         probs = engine.next_token_probs(contexts[start:start + BATCH])
         out.extend(math.log(p) if p > 0 else -math.inf for p in probs[:, target].tolist())
+        if progress is not None:
+            progress(len(out), len(contexts))
     return out
 
 

@@ -139,13 +139,18 @@ def _attribute(found: TranscriptEvent, gen: Generation, page_key: str,
         st.error("This transcript has no token ids of the model (an upload read as text): "
                  "attribution re-runs the model on its tokens. Score it first.")
         return
+    bar = st.progress(0.0, text=f"Attributing token {step.position} to the "
+                      f"{count(step.position, 'token')} before it…")
     try:
-        with st.spinner(f"Attributing token {step.position} to the "
-                        f"{count(step.position, 'token')} before it…"):
-            neutral = neutral_token(engine)
-            replaced = occlusion(engine, ids, step.position, Occlusion.REPLACE, neutral)
-            deleted = occlusion(engine, ids, step.position, Occlusion.DELETE)
+        neutral = neutral_token(engine)
+        replaced = occlusion(engine, ids, step.position, Occlusion.REPLACE, neutral,
+                             progress=lambda done, total: bar.progress(
+                                 done / total / 2, text=f"Replacing: {done} of {total} passes"))
+        deleted = occlusion(engine, ids, step.position, Occlusion.DELETE,
+                            progress=lambda done, total: bar.progress(
+                                0.5 + done / total / 2, text=f"Deleting: {done} of {total} passes"))
     except PerplexError as exc:
+        bar.empty()
         st.error(plain(str(exc)))
         return
     words = tuple(s.text for s in ordered[:step.position])
