@@ -293,3 +293,9 @@ class WeightsEngine(Engine, Protocol):
     def head_writes(self, ids: Sequence[int], position: int
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each head's write into the residual at `position` [L, H, d], and that residual."""
+
+
+def single_token_id(engine: Engine, text: str) -> int | None:
+    """The id of `text` as one token of the engine's vocabulary (no template); else None."""
+    ids = engine.encode((Message("text", text),), False, TextPrefix.NONE).ids
+    return ids[0] if len(ids) == 1 else None

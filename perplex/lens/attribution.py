@@ -24,9 +24,7 @@ import plotly.graph_objects as go
 
 from perplex.core.errors import InputFormatError
 from perplex.core.plots import figure_text, visible_token
-from perplex.core.records import Message
-from perplex.core.tokens import TextPrefix
-from perplex.engine.protocol import Engine, WeightsEngine
+from perplex.engine.protocol import Engine, WeightsEngine, single_token_id
 
 NEUTRAL_TEXT = " the"  # what replaces a token: frequent, and saying little on its own
 BATCH = 16  # edited contexts per padded pass: memory grows with BATCH x the context's length
@@ -153,11 +151,11 @@ def _target_logprobs(engine: Engine, contexts: list[list[int]], target: int,
 
 def neutral_token(engine: Engine, text: str = NEUTRAL_TEXT) -> int:
     """The id of `text` as one token of the engine's vocabulary (the replacing token)."""
-    ids = engine.encode((Message("text", text),), False, TextPrefix.NONE).ids
-    if len(ids) != 1:
-        raise InputFormatError(f"{text!r} is {len(ids)} tokens for this model, not one: "
+    found = single_token_id(engine, text)
+    if found is None:
+        raise InputFormatError(f"{text!r} is more than one token for this model: "
                                "choose another neutral token.")
-    return ids[0]
+    return found
 
 
 def attribution_figure(words: Sequence[str], replaced: Attribution,

@@ -22,6 +22,7 @@ import numpy as np
 from perplex.core.errors import InputFormatError
 from perplex.core.records import Message, TokenRole, TokenStep
 from perplex.core.tokens import TextPrefix
+from perplex.engine.protocol import single_token_id
 from perplex.modes.calibration.answers import LETTERS
 
 P_TRUE_PROMPT = ("Question: {question}\nProposed answer: {answer}\n"
@@ -66,9 +67,9 @@ def spelling_ids(engine, word: str) -> list[int]:
     """The single-token spellings of `word` (" word" and "word") in the engine's vocabulary."""
     ids = []
     for spelling in (f" {word}", word):
-        seq = engine.encode((Message("text", spelling),), False, TextPrefix.NONE)
-        if len(seq.ids) == 1 and seq.ids[0] not in ids:
-            ids.append(seq.ids[0])
+        found = single_token_id(engine, spelling)
+        if found is not None and found not in ids:
+            ids.append(found)
     if not ids:
         raise InputFormatError(f"{word!r} is more than one token for this model; its "
                                "probability cannot be read off one distribution.")
