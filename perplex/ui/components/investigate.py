@@ -118,11 +118,9 @@ ATTRIBUTION_SUFFIX = ".attribution"
 
 @dataclass(frozen=True)
 class ShownAttribution:
-    """The attribution a page shows: the token at `position` of generation `generation_id`."""
+    """The attribution a page shows, of a token of generation `generation_id`."""
 
     generation_id: str
-    position: int
-    words: tuple[str, ...]  # the tokens before it, as the model saw them
     replaced: Attribution
     deleted: Attribution
 
@@ -130,33 +128,38 @@ class ShownAttribution:
 def _attribute(found: TranscriptEvent, gen: Generation, page_key: str,
                engine: Engine | None) -> None:
     step = found.steps[found.event.index]
-    ordered = sorted(gen.steps, key=lambda s: s.position)
+    ordered = _in_order(gen)
     ids = [s.token_id for s in ordered]
     if engine is None:
         st.error("Load a model (sidebar) to attribute a token.")
         return
-    if None in ids or [s.position for s in ordered] != list(range(len(ordered))):
+    if None in ids or [s.position for s in ordered] != list(range(len(ids))):
         st.error("This transcript has no token ids of the model (an upload read as text): "
                  "attribution re-runs the model on its tokens. Score it first.")
         return
     bar = st.progress(0.0, text=f"Attributing token {step.position} to the "
                       f"{count(step.position, 'token')} before it…")
+
+    def half(start: float, doing: str):
+        return lambda done, total: bar.progress(start + done / total / 2,
+                                                text=f"{doing}: {done} of {total} passes")
+
     try:
         neutral = neutral_token(engine)
         replaced = occlusion(engine, ids, step.position, Occlusion.REPLACE, neutral,
-                             progress=lambda done, total: bar.progress(
-                                 done / total / 2, text=f"Replacing: {done} of {total} passes"))
+                             progress=half(0.0, "Replacing"))
         deleted = occlusion(engine, ids, step.position, Occlusion.DELETE,
-                            progress=lambda done, total: bar.progress(
-                                0.5 + done / total / 2, text=f"Deleting: {done} of {total} passes"))
+                            progress=half(0.5, "Deleting"))
     except PerplexError as exc:
         bar.empty()
         st.error(plain(str(exc)))
         return
-    words = tuple(s.text for s in ordered[:step.position])
-    st.session_state[page_key + ATTRIBUTION_SUFFIX] = ShownAttribution(
-        gen.id, step.position, words, replaced, deleted)
+    st.session_state[page_key + ATTRIBUTION_SUFFIX] = ShownAttribution(gen.id, replaced, deleted)
     st.rerun()
+
+
+def _in_order(gen: Generation) -> list[TokenStep]:
+    return sorted(gen.steps, key=lambda s: s.position)
 
 
 def attribution_panel(page_key: str, gen: Generation | None) -> None:
@@ -164,16 +167,18 @@ def attribution_panel(page_key: str, gen: Generation | None) -> None:
     shown = st.session_state.get(page_key + ATTRIBUTION_SUFFIX)
     if gen is None or not isinstance(shown, ShownAttribution) or shown.generation_id != gen.id:
         return
-    token = next((s.text for s in gen.steps if s.position == shown.position), "")
-    with st.expander(f"What made “{visible_token(token)}” (token {shown.position}) likely",
-                     expanded=True):
+    position = shown.replaced.position
+    steps = _in_order(gen)
+    token = visible_token(steps[position].text)
+    with st.expander(f"What made “{token}” (token {position}) likely", expanded=True):
         st.caption(
-            f"Each earlier token taken out of the context, and log p of “{visible_token(token)}”"
+            f"Each earlier token taken out of the context, and log p of “{token}”"
             f" read again ({shown.replaced.base_logprob:.3f} nats as written). Blue: the token "
             f"replaced by “{visible_token(NEUTRAL_TEXT)}” (the length kept); red: the token "
             "deleted (every later token one place earlier). Below zero, the token made it "
             "likelier. The two methods answer different questions and can disagree.")
-        st.plotly_chart(attribution_figure(shown.words, shown.replaced, shown.deleted),
+        st.plotly_chart(attribution_figure([s.text for s in steps[:position]], shown.replaced,
+                                           shown.deleted),
                         key=f"{page_key}.attribution_figure")
         if st.button("Close attribution", key=f"{page_key}.attribution_close"):
             del st.session_state[page_key + ATTRIBUTION_SUFFIX]

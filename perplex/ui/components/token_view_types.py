@@ -101,8 +101,8 @@ class TokenEvent:
     - add_to_set / new_set: put `token_id` (the token's own) into `set_name`.
     - annotate: the note `text` on `index`.
     - open_lens: look at `index` in the Logit Lens (only offered with `lens_available`).
-    - attribute: colour the tokens before `index` by how much each made it likely
-      (occlusion; offered with `lens_available`, as it needs the model's weights).
+    - attribute: how much each token before `index` made it likely, by occlusion
+      (offered with `lens_available`: it re-runs the model).
     - select_range / annotate_range: steps `index`..`end_index` (ordered, inclusive),
       the latter with the note `text`.
     """
