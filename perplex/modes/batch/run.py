@@ -195,7 +195,7 @@ def _score(engine, store: Store, items: list[PendingItem], settings: RunSettings
     out: list[Generation | str | None] = [None] * len(items)
     kept = [n for n, item in enumerate(items)
             if item.generation_id is not None and not settings.rescore]
-    to_score = [n for n in range(len(items)) if n not in kept]
+    to_score = sorted(set(range(len(items))) - set(kept))
     try:
         stored = item_generations(store, [items[n].generation_id for n in kept])
     except PerplexError:  # then each on its own, each with its own error
