@@ -22,6 +22,7 @@ PAGES = [
     st.Page("pages/prefilling.py", title="Prefilling", icon=":material/block:"),
     st.Page("pages/hallucination.py", title="Hallucination", icon=":material/report:"),
     st.Page("pages/calibration.py", title="Calibration", icon=":material/target:"),
+    st.Page("pages/checkpoints.py", title="Checkpoints", icon=":material/trending_up:"),
     st.Page("pages/comparison.py", title="Comparison", icon=":material/compare_arrows:"),
     st.Page("pages/decoding.py", title="Decoding", icon=":material/speed:"),
     st.Page("pages/persona_traits.py", title="Persona Traits", icon=":material/psychology:"),

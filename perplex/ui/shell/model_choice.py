@@ -7,6 +7,8 @@ folder or GGUF file. Extra models come from the registry, within its memory budg
 
 from __future__ import annotations
 
+import json
+
 import streamlit as st
 
 from perplex.core.errors import PerplexError
@@ -76,3 +78,26 @@ def memory_line(engine: Engine) -> None:
     """The model's label, layers and size."""
     st.caption(f"{plain(engine.info.label)} · {engine.info.n_layers} layers · "
                f"{engine.n_bytes / 2**20:,.0f} MiB")
+
+
+def engine_of_spec(model_spec: str) -> Engine | None:
+    """The local engine that made records stored with `model_spec`, loaded once.
+
+    None where the spec is not a local model's (an endpoint's or NDIF's: their keys are
+    not kept) or it cannot be loaded here.
+    """
+    try:
+        fields = json.loads(model_spec or "{}")
+        spec = ModelSpec(**fields) if isinstance(fields, dict) and "source" in fields else None
+    except (TypeError, ValueError):
+        return None
+    if spec is None:
+        return None
+    sidebar = resources.local_engine()
+    if sidebar is not None and spec == sidebar.spec:
+        return sidebar
+    try:
+        with st.spinner(f"Loading {spec.label}…"):
+            return resources.model_registry().get(spec)
+    except PerplexError:
+        return None

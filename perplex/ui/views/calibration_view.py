@@ -241,18 +241,18 @@ def run_section(engine, store, dataset: Dataset, settings: RunSettings) -> None:
     if run is None or engine is None:
         return
     try:
-        judge_engine = _judge_engine(run.settings)
+        judge = judge_engine(run.settings)
     except PerplexError as exc:
         st.error(plain(str(exc)))
         return
     runs.drive(RUNS_KEY, run.id, CalibrationItems.of(store, run),
-               calibration_work(engine, run.settings, judge_engine), unit="items",
+               calibration_work(engine, run.settings, judge), unit="items",
                chunk=BATCH, can_run=run.model_label == engine.info.label)
     if run.model_label != engine.info.label:
         st.caption(f"This run answers on {plain(run.model_label)}; load it to resume the run.")
 
 
-def _judge_engine(settings: dict):
+def judge_engine(settings: dict):
     """The judge a run's settings name (the endpoint's key from this session's memory)."""
     kind = settings.get("judge", "none")
     if kind == "local":

@@ -19,6 +19,7 @@ from perplex.modes.comparison.pair import divergence_summary, finish_pair, pair_
 from perplex.modes.comparison.pairing import check_pair
 from perplex.modes.runner import Finished, JobItems
 from perplex.ui.components import runs
+from perplex.ui.components.answer_pair import answers_side_by_side
 from perplex.ui.components.export_panel import download, figure_downloads
 from perplex.ui.components.live import LiveGeneration, kept
 from perplex.ui.components.prompt_lists import prompt_list_form
@@ -279,19 +280,13 @@ def _stats_table(run: PairRun, threshold: float) -> None:
 
 
 def _answers_side_by_side(run: PairRun, label_a: str, label_b: str) -> None:
-    th = thresholds()
-    first = run.first_divergence
-    for (name, gen, label), column in zip((("A", run.generation_a, label_a),
-                                           ("B", run.generation_b, label_b)), st.columns(2)):
-        with column:
-            system = gen.messages[0].content if gen.messages[0].role == "system" else None
-            st.caption(f"{name}: {plain(label)}" + (f" · system: “{plain(system[:60])}”"
-                                                    if system else ""))
-            steps = answer_steps(gen)
-            marks = {first: "first divergence of the two answers"} \
-                if first is not None and first < len(steps) else None
-            token_view(steps, key=f"{PREFIX}-answer-{name}", confident=th.confident,
-                       uncertain=th.uncertain, highlight=first, alerts=marks, inert=True)
+    answers = []
+    for name, gen, label in (("A", run.generation_a, label_a), ("B", run.generation_b, label_b)):
+        system = gen.messages[0].content if gen.messages[0].role == "system" else None
+        caption = f"{name}: {plain(label)}" + (f" · system: “{plain(system[:60])}”"
+                                                if system else "")
+        answers.append((name, caption, answer_steps(gen)))
+    answers_side_by_side(answers, run.first_divergence, f"{PREFIX}-answer")
 
 
 def divergence_overlay(cross: CrossScore, label_a: str, label_b: str) -> Overlay:
