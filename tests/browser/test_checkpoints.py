@@ -55,6 +55,7 @@ def test_two_checkpoints_the_change_a_flipped_item_and_what_moved(browser, app_u
     assert gained >= 1 and lost >= 1  # measured on these eight: one each way
     assert re.search(r"McNemar's exact test p = \d\.\d{4}", text)
     figure = page.locator(".js-plotly-plot").first
+    figure.locator(".scatterlayer .points path").nth(1).wait_for()  # Plotly draws later
     assert figure.locator(".scatterlayer .points path").count() == 2
     assert figure.locator(".errorbar").count() >= 1
     page.get_by_text(re.compile(rf"^Items that flipped: {gained + lost} items$")).wait_for()
@@ -76,6 +77,8 @@ def test_two_checkpoints_the_change_a_flipped_item_and_what_moved(browser, app_u
     assert page.get_by_text(re.compile(r"log p of the whole reference after “Answer:”: "
                                        r"-?\d+\.\d{3} before, -?\d+\.\d{3} after")).count() == 1
     assert page.locator(".st-key-checkpoints-reference .tok.highlight").count() == 1
+    assert page.get_by_text("log p of each reference token under every checkpoint.",
+                            exact=True).count() == 1
     assert_no_exception(page)
     scroll_to(reference.first)
     screenshot(page, "checkpoints_2_flipped_item")
@@ -86,6 +89,7 @@ def test_two_checkpoints_the_change_a_flipped_item_and_what_moved(browser, app_u
         timeout=WORK_TIMEOUT)
     settle(page)
     bars = page.locator(".js-plotly-plot").last
+    bars.locator(".barlayer .point").nth(1).wait_for()
     assert bars.locator(".barlayer .point").count() >= 2
     assert re.search(r"\(×\d+\)", " ".join(bars.locator(".ytick").all_text_contents()))
     assert_no_exception(page)

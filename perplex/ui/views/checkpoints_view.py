@@ -118,7 +118,7 @@ def checkpoint_section(store, dataset: Dataset) -> None:
                                     "items answered": f"{r.n_done} of {r.n_items}",
                                     "started": f"{r.created_at:%Y-%m-%d %H:%M}"}
                                    for n, r in enumerate(existing, 1)]), hide_index=True)
-    engine = choose_local_model("Answer the dataset under", f"{PREFIX}.model")
+    engine = _chosen_checkpoint()
     limit = st.number_input("items to answer", 1, len(dataset.items),
                             min(FIRST_ITEMS, len(dataset.items)), key=f"{PREFIX}.limit")
     st.caption("Asked with the prompts, matcher and judge of the dataset's first run, so the "
@@ -141,6 +141,18 @@ def checkpoint_section(store, dataset: Dataset) -> None:
     runs.drive(RUNS_KEY, run.id, CalibrationItems.of(store, run),
                calibration_work(engine, run.settings, judge), unit="items", chunk=BATCH,
                can_run=run.model_label == engine.info.label)
+
+
+def _chosen_checkpoint():
+    """A model loaded here, or the sidebar's endpoint or NDIF engine where one is chosen."""
+    if resources.remote_engine_chosen() and st.radio(
+            "Answer with", ["a model loaded here", "the sidebar's engine"], horizontal=True,
+            key=f"{PREFIX}.where") == "the sidebar's engine":
+        engine = resources.active_engine()
+        st.caption(f"{plain(engine.info.label)}: its answers keep the probabilities it "
+                   "returns; the reference answers are scored only under models loaded here.")
+        return engine
+    return choose_local_model("Answer the dataset under", f"{PREFIX}.model")
 
 
 def changes_section(store, dataset: Dataset) -> None:
@@ -170,7 +182,7 @@ def changes_section(store, dataset: Dataset) -> None:
         after = st.selectbox("Flipped items: baseline against", range(1, len(picked)),
                              format_func=lambda n: plain(comparison.checkpoints[n].label),
                              index=len(picked) - 2, key=f"{PREFIX}.after")
-    _flipped_items(store, dataset, picked[0], picked[after], comparison, after)
+    _flipped_items(store, dataset, picked, after, comparison)
     _dataset_references(dataset, picked[0], picked[after], comparison)
 
 
@@ -209,9 +221,10 @@ def _change_sentence(before: str, after: str, was: float, now: float,
         f"{' (the change could well be chance)' if change.p_value >= 0.05 else ''}.")
 
 
-def _flipped_items(store, dataset: Dataset, before: RunSummary, after: RunSummary,
-                   comparison: CheckpointComparison, index: int) -> None:
-    flips = comparison.flips[index - 1]
+def _flipped_items(store, dataset: Dataset, picked_runs: list[RunSummary], after_index: int,
+                   comparison: CheckpointComparison) -> None:
+    before, after = picked_runs[0], picked_runs[after_index]
+    flips = comparison.flips[after_index - 1]
     st.markdown(f"**Items that flipped: {count(len(flips), 'item')}**")
     if not flips:
         return
@@ -231,37 +244,63 @@ def _flipped_items(store, dataset: Dataset, before: RunSummary, after: RunSummar
                           key=f"{PREFIX}.flips.{before.id}.{after.id}.{direction}")
     rows = picked.selection.rows if picked else []
     if rows:
-        _flip_detail(store, dataset, before, after, shown[rows[0]])
+        _flip_detail(store, dataset, picked_runs, after_index, shown[rows[0]])
     else:
         st.caption("Pick a row to see both answers and the reference scored under both.")
 
 
-def _flip_detail(store, dataset: Dataset, before: RunSummary, after: RunSummary,
+def _flip_detail(store, dataset: Dataset, picked: list[RunSummary], after: int,
                  flip: Flip) -> None:
+    """Both answers, then the reference scored under every compared checkpoint."""
     gen_before = store.load_generation(flip.before.generation_id)
     gen_after = store.load_generation(flip.after.generation_id)
     verdict = {True: "right", False: "wrong"}
     answers_side_by_side(
-        [("before", f"Before: {plain(before.model_label)} ({verdict[flip.before.verdict]})",
-          answer_steps(gen_before)),
-         ("after", f"After: {plain(after.model_label)} ({verdict[flip.after.verdict]})",
-          answer_steps(gen_after))],
+        [("before", f"Before: {plain(picked[0].model_label)} "
+                    f"({verdict[flip.before.verdict]})", answer_steps(gen_before)),
+         ("after", f"After: {plain(picked[after].model_label)} "
+                   f"({verdict[flip.after.verdict]})", answer_steps(gen_after))],
         first_answer_divergence(gen_before, gen_after), f"{PREFIX}-flip")
-    engines = [engine_of_spec(gen_before.model_spec), engine_of_spec(gen_after.model_spec)]
-    if None in engines:
-        st.caption("The reference is scored only under local models this server can load; "
-                   f"{'before' if engines[0] is None else 'after'} is not one.")
-        return
     item = items_by_id(dataset)[flip.item_id]
-    template = Template(before.settings["free"], before.settings["choice"])
-    under_after = score_reference(engines[1], item, template)
-    change = reference_change(item.id, score_reference(engines[0], item, template),
-                              under_after)
+    scored = _reference_under_each(store, picked, item)
+    if scored[0] is None or scored[after] is None:
+        st.caption("The reference is scored only under models loaded here: "
+                   f"{plain(picked[0 if scored[0] is None else after].model_label)} is not "
+                   "one (an endpoint's or NDIF's).")
+        return
+    change = reference_change(item.id, scored[0], scored[after])
     if change is None:
         st.caption("The two checkpoints split the reference into different tokens: no "
                    "token-by-token comparison.")
         return
-    _reference_view(change, under_after, before.model_label, after.model_label)
+    _reference_view(change, scored[after], picked[0].model_label, picked[after].model_label)
+    _reference_table(picked, scored)
+
+
+def _reference_under_each(store, picked: list[RunSummary], item):
+    """The reference's records under each run's model (None where it cannot be loaded here)."""
+    template = Template(picked[0].settings["free"], picked[0].settings["choice"])
+    scored = []
+    for run in picked:
+        result = next(r for r in load_results(store, run.id) if r.item_id == item.id)
+        engine = engine_of_spec(store.load_generation(result.generation_id).model_spec)
+        scored.append(None if engine is None else score_reference(engine, item, template))
+    return scored
+
+
+def _reference_table(picked: list[RunSummary], scored) -> None:
+    """The reference tokens' log p under every checkpoint that splits them the same way."""
+    base = [s.text for s in scored[0]]
+    columns = {f"{n}. {run.model_label}": [s.logprob for s in steps]
+               for n, (run, steps) in enumerate(zip(picked, scored), 1)
+               if steps is not None and [s.text for s in steps] == base}
+    st.dataframe(pd.DataFrame({"token": [visible_token(t) for t in base], **columns}),
+                 hide_index=True, column_config={
+                     name: st.column_config.NumberColumn(format="%.3f") for name in columns})
+    left = len(picked) - len(columns)
+    st.caption("log p of each reference token under every checkpoint"
+               + (f" ({count(left, 'checkpoint')} left out: not loaded here, or split "
+                  "differently)." if left else "."))
 
 
 def _reference_view(change: ReferenceChange, under_after, before: str, after: str) -> None:
