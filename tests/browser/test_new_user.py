@@ -4,8 +4,8 @@ One test per bug, named after it: jump to an annotation, the range bar over the 
 highlights kept per generation, the favicon fetched from a font server, a second
 download right after the first, the threshold slider's warning on a session URL,
 conditioning text in sight (system prompt, template tokens) and the Hallucination page's
-sampled answers, and a clean shutdown. One Streamlit server serves the module; its log is
-read for warnings.
+sampled answers, and a clean shutdown; with them, a token's attribution and token tree.
+One Streamlit server serves the module; its log is read for warnings.
 """
 
 from __future__ import annotations
@@ -93,6 +93,50 @@ def test_attribute_draws_both_occlusion_methods_over_every_earlier_token(open_pa
     screenshot(page, "new_user_attribution")
     panel.get_by_role("button", name="Close attribution").click()
     expect(panel).to_have_count(0, timeout=WORK_TIMEOUT)
+    assert_no_exception(page)
+
+
+def test_token_tree_covers_its_leaves_finishes_them_and_continues_one_as_a_branch(
+        open_page, screenshot):
+    page = open_page()
+    set_max_new_tokens(page, "8")
+    ask(page)
+    paris = page.locator(FINAL_TOK).filter(has_text=re.compile(r"^ Paris$")).first
+    open_menu(page, int(paris.get_attribute("data-index")), "tree")
+    panel = page.locator('[data-testid="stExpander"]').filter(has_text="Token tree at “·Paris”")
+    panel.locator(".js-plotly-plot .scatterlayer .points path").first.wait_for(
+        timeout=WORK_TIMEOUT)
+    settle(page)
+    # the caption's covered mass is the sum of the drawn leaves' path probabilities
+    nodes = panel.locator(".js-plotly-plot").evaluate(
+        "plot => plot.data[2].customdata.map((d, i) => [d[2], plot.data[2].marker.color[i]])")
+    leaves = [p for p, colour in nodes if colour == "#2b7bba"]
+    covered = float(re.search(r"The leaves cover p = (\d\.\d{4})", panel.inner_text()).group(1))
+    assert covered == round(sum(leaves), 4)
+    assert 3 <= len(nodes) <= 39 and leaves
+    panel.evaluate("e => e.scrollIntoView({block: 'start'})")
+    screenshot(page, "new_user_token_tree")
+
+    # finish the leaves: the answers grouped by meaning, semantic beside token entropy
+    panel.get_by_role("button", name="Finish the leaves into answers").click()
+    line = panel.get_by_text(re.compile(r"^Semantic entropy \d+\.\d{3} nats over \d+ meanings? · "
+                                        r"token entropy at the root \d+\.\d{3} nats$"))
+    line.wait_for(timeout=WORK_TIMEOUT)
+    settle(page)
+    assert panel.locator('[data-testid="stDataFrame"]').count() == 1
+    screenshot(page, "new_user_token_tree_meanings")
+
+    # click a leaf: its path is forced and the model goes on, a new branch of the session
+    leaf = next(i for i, (_, colour) in enumerate(nodes) if colour == "#2b7bba")
+    point = panel.locator(".js-plotly-plot .scatterlayer .trace").nth(2).locator(
+        ".points path").nth(leaf)
+    scroll_to(point)
+    box = point.bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    nav = page.locator('[data-testid="stExpander"]').filter(has_text="Branches (2 in this tree)")
+    nav.wait_for(timeout=WORK_TIMEOUT)
+    settle(page)
+    assert nav.get_by_role("button", name=re.compile(r"tree path .* on screen")).count() == 1
     assert_no_exception(page)
 
 

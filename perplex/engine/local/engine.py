@@ -171,9 +171,12 @@ class LocalEngine:
         run = start_generation(self.lm, tuple(messages), params, prefill, text_prefix)
         return _Locked(run, self.lock)
 
-    def inject(self, generation: Generation, index: int, replacement: str | int,
-               params: DecodeParams) -> DecodeRun:
-        """Keep `generation`'s steps before `index`, force `replacement` there, decode on."""
+    def inject(self, generation: Generation, index: int,
+               replacement: str | int | tuple[int, ...], params: DecodeParams) -> DecodeRun:
+        """Keep `generation`'s steps before `index`, force `replacement` there, decode on.
+
+        `replacement`: text, a token id, or a path of token ids (a token tree's leaf).
+        """
         return _Locked(inject(self.lm, generation, index, replacement, params), self.lock)
 
     def generate_many(self, requests: Sequence[tuple[tuple[Message, ...], str]],

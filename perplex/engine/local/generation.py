@@ -57,6 +57,7 @@ class DecodeRun:
         self.response_index = 0 if self.plain else len(messages_before)
         self.context = context.extended(list(forced_ids), TokenRole.RESPONSE, self.response_index)
         self.forced = list(context_forced or (False,) * len(context)) + [True] * len(forced_ids)
+        self.ends_forced = bool(forced_ids) and forced_ids[-1] in lm.eos_ids  # nothing follows
         if len(self.context) >= lm.context_length:
             raise GenerationError(
                 f"The input has {len(self.context)} tokens but {lm.label} reads at most "
@@ -75,6 +76,9 @@ class DecodeRun:
                                       list(self.context.message_indices), logits,
                                       params.top_alternatives, self.forced)
         yield from self.steps
+        if self.ends_forced:
+            self.stop_reason = "eos"
+            return
         detok = Detokenizer(lm.tokenizer)
         for token_id in ids:
             detok.push(token_id)
@@ -175,9 +179,12 @@ def start_generation(lm: LoadedModel, messages: tuple[Message, ...], params: Dec
     return DecodeRun(lm, context, params, tuple(messages), forced_ids=forced)
 
 
-def inject(lm: LoadedModel, generation: Generation, index: int, replacement: str | int,
-           params: DecodeParams) -> DecodeRun:
-    """Keep `generation.steps[:index]`, force `replacement` there, and continue decoding."""
+def inject(lm: LoadedModel, generation: Generation, index: int,
+           replacement: str | int | tuple[int, ...], params: DecodeParams) -> DecodeRun:
+    """Keep `generation.steps[:index]`, force `replacement` there, and continue decoding.
+
+    `replacement` is text (tokenised here), one token id, or a path of token ids.
+    """
     if not 0 < index < len(generation.steps):
         raise GenerationError(f"No token at position {index} to replace.")
     target = generation.steps[index]
@@ -190,6 +197,10 @@ def inject(lm: LoadedModel, generation: Generation, index: int, replacement: str
                               "Re-score the transcript with a local model first.")
     if isinstance(replacement, int):
         forced = (replacement,)
+    elif isinstance(replacement, tuple):
+        if not replacement or not all(isinstance(t, int) for t in replacement):
+            raise GenerationError("A forced path needs at least one token id.")
+        forced = replacement
     else:
         if replacement == "":
             raise GenerationError("Nothing to inject: choose an alternative or type some text.")

@@ -24,7 +24,8 @@ from perplex.lens.attribution import (
     neutral_token,
     occlusion,
 )
-from perplex.ui.components.live import LiveGeneration, kept
+from perplex.ui.components.branching import continue_as_branch
+from perplex.ui.components.token_tree_panel import build_tree
 from perplex.ui.components.token_view import AnnotationMark, TokenSetInfo
 from perplex.ui.components.transcript import TranscriptEvent, highlight_key, jump_to
 from perplex.ui.shell import page_state, resources
@@ -32,9 +33,7 @@ from perplex.ui.shell.session_panel import (
     current_session_id,
     read_only,
     remember_shown,
-    save_to_session,
 )
-from perplex.ui.shell.sidebar import thresholds
 from perplex.ui.shell.text import count, plain
 from perplex.workspace.annotations import add_annotation, delete_annotation, edit_annotation
 from perplex.workspace.annotations import list_annotations as generation_annotations
@@ -69,6 +68,9 @@ def act_on(found: TranscriptEvent | None, gen: Generation, page_key: str,
     if found.event.kind == "attribute":  # reads the session only: read-only links may too
         _attribute(found, gen, page_key, engine)
         return
+    if found.event.kind == "tree":  # likewise
+        build_tree(found.steps[found.event.index], gen, page_key, engine)
+        return
     if read_only():
         st.warning("This session is open read-only (shared link): fork it to make changes.")
         return
@@ -91,26 +93,14 @@ def act_on(found: TranscriptEvent | None, gen: Generation, page_key: str,
 
 def _regenerate(found: TranscriptEvent, gen: Generation, page_key: str,
                 engine: Engine | None, params: DecodeParams) -> None:
-    if engine is None:
-        raise PerplexError("Load a model (sidebar) to regenerate.")
     event, step = found.event, found.steps[found.event.index]
     if event.seed is not None or event.temperature is not None:
         params = replace(params, seed=event.seed,
                          temperature=params.temperature if event.temperature is None
                          else event.temperature)
     forced = event.token_id if event.token_id is not None else event.text
-    run = engine.inject(gen, step.position, forced, params)
     st.caption(f"Regenerating from token #{event.index}…")
-    th = thresholds()
-    view = LiveGeneration(key=f"{page_key}-inject-live", confident=th.confident,
-                          uncertain=th.uncertain, expected=params.max_new_tokens)
-    shown, title = [], _branch_title(event, step)
-    with kept(run, lambda g: save_to_session(replace(g, title=title), page_key)):
-        for new in run:
-            if new.message_index == step.message_index and new.role is step.role:
-                shown.append(new)
-                view.update(shown)
-    save_to_session(replace(run.generation(), title=title), page_key)
+    continue_as_branch(gen, step, forced, _branch_title(event, step), page_key, engine, params)
 
 
 ATTRIBUTION_SUFFIX = ".attribution"

@@ -104,6 +104,11 @@ function openMenu(state, index) {
     attribute.appendChild(el("span", "menu-icon", "\u2190"));
     attribute.appendChild(el("span", "menu-label", "Attribute to earlier tokens"));
     menu.appendChild(attribute);
+    const tree = button("menu-item", "", () => act(state, "tree", {}));
+    tree.dataset.action = "tree";
+    tree.appendChild(el("span", "menu-icon", "\u2442"));
+    tree.appendChild(el("span", "menu-label", "Expand a token tree here"));
+    menu.appendChild(tree);
   }
   menu.hidden = false;
   placeMenu(state);

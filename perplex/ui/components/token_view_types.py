@@ -16,7 +16,7 @@ from typing import Literal, get_args
 from perplex.core.records import TokenStep
 
 EventKind = Literal["click", "inject", "branch", "add_to_set", "new_set", "annotate",
-                    "open_lens", "attribute", "select_range", "annotate_range"]
+                    "open_lens", "attribute", "tree", "select_range", "annotate_range"]
 EVENT_KINDS: frozenset[str] = frozenset(get_args(EventKind))
 
 MAX_NOTE_CHARS = 20_000  # an annotation's note
@@ -103,6 +103,7 @@ class TokenEvent:
     - open_lens: look at `index` in the Logit Lens (only offered with `lens_available`).
     - attribute: how much each token before `index` made it likely, by occlusion
       (offered with `lens_available`: it re-runs the model).
+    - tree: expand the alternatives at `index` into a token tree (with `lens_available`).
     - select_range / annotate_range: steps `index`..`end_index` (ordered, inclusive),
       the latter with the note `text`.
     """
@@ -184,8 +185,8 @@ def parse_event(raw: object, steps: Sequence[TokenStep], *, set_names: Collectio
         return None if note is None else TokenEvent("annotate", index, text=note)
     if not lens_available:
         return None
-    if kind == "attribute":
-        return TokenEvent("attribute", index, token_id=step.token_id)
+    if kind in ("attribute", "tree"):
+        return TokenEvent(kind, index, token_id=step.token_id)
     # open_lens
     return TokenEvent("open_lens", index, token_id=step.token_id)
 
