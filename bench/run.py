@@ -44,6 +44,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bench.batch import bench_batch
@@ -77,6 +78,7 @@ REPEATS = 3
 DECODE_REPEATS = 6  # one run swings by ±3% on a shared machine
 LENS_MEMORY_TARGET_MIB = 1024  # issue 34: the lens of 4,096 tokens within 1 GiB
 LENS_REPEATS = 5  # the lens timings swing by 30% between runs on a shared machine
+TUNED_STEPS = 60  # the Logit Lens page's default training
 DRAWN_JS = """n => [...document.querySelectorAll('*')].some(
     e => e.shadowRoot && e.shadowRoot.querySelectorAll('.tok').length >= n)"""
 
@@ -441,6 +443,35 @@ def bench_comparison(lm, n_tokens: int = 512, n_prompts: int = 50) -> None:
           f"each answer scored under both) at {rate:.2f} prompts/s", flush=True)
 
 
+def bench_tuned_lens(lm, steps: int = TUNED_STEPS) -> None:
+    """A tuned lens trained on the shipped text; mean KL to the output per layer, both lenses.
+
+    The baseline is the logit lens on the same held-out windows (every 8th of the text);
+    the ratio is tuned / logit, per layer and over all layers but the output.
+    """
+    from perplex.lens import tuned_lens as tl
+
+    engine = local_engine(lm)
+    train, held = tl.windows(engine, tl.corpus_texts())
+    started = time.perf_counter()
+    lens = tl.evaluated(engine, tl.train(engine, steps, training=tl.Training(engine, train)),
+                        held)
+    base, tuned = (np.array(k) for k in lens.held_out_kl)
+    worse = [str(i) for i in np.flatnonzero(tuned[:-1] >= base[:-1])]
+    elapsed = time.perf_counter() - started
+    ratio = tuned[:-1].mean() / base[:-1].mean()
+    print(f"tuned   {steps} steps of {tl.BATCH} positions x {len(base) - 1} layers on "
+          f"{lens.tokens:,} tokens: trained in {lens.seconds:.0f} s ({elapsed:.0f} s with "
+          f"reading the layers and evaluating on {len(held)} held-out windows). Mean KL to "
+          f"the output over layers 0-{len(base) - 2}: tuned {tuned[:-1].mean():.3f} vs logit "
+          f"lens {base[:-1].mean():.3f} nats, ratio {ratio:.2f}; tuned lower at "
+          f"{len(base) - 1 - len(worse)} of {len(base) - 1} layers"
+          + (f" (not at layer {', '.join(worse)})" if worse else ""), flush=True)
+    print("tuned   per layer (logit lens -> tuned lens, nats): " + ", ".join(
+        f"{i}: {b:.2f}->{t:.2f}" for i, (b, t) in enumerate(zip(base[:-1], tuned[:-1]))),
+        flush=True)
+
+
 def _timed(fn) -> float:
     started = time.perf_counter()
     fn()
@@ -482,7 +513,8 @@ def main() -> None:
             run_stage("traits", bench_traits, lm), run_stage("batch", bench_batch, lm),
             run_stage("pages", bench_pages, PROJECT_ROOT), run_stage("gil", bench_gil, lm),
             run_stage("store", bench_long_traces), run_stage("context", bench_long_context, lm),
-            run_stage("paint", bench_token_paint), run_stage("dataset", bench_datasets)]
+            run_stage("paint", bench_token_paint), run_stage("dataset", bench_datasets),
+            run_stage("tuned", bench_tuned_lens, lm)]
     if not all(done):
         sys.exit(1)
 

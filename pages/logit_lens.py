@@ -8,6 +8,7 @@ from perplex.ui.shell import resources
 from perplex.ui.shell.conditioning import system_prompt_control
 from perplex.ui.shell.entry import run_inside_the_app
 from perplex.ui.views import logit_lens_view as view
+from perplex.ui.views import tuned_lens_view as tuned_view
 from perplex.ui.views.patching_view import patching_section
 
 run_inside_the_app()  # first: a page opened alone on a cold server reruns through app.py
@@ -31,8 +32,11 @@ view.open_requested()
 system = system_prompt_control(local, view.PREFIX,
                                applies="when the prompt is read as a user message")
 view.input_form(local, system)
-lens, ids, origin, cache_key = view.current_lens(local)
-st.markdown(view.summary(lens, origin))
+tuned = tuned_view.chosen_lens(local)
+lens, ids, origin, cache_key = view.current_lens(local, tuned)
+st.markdown(view.summary(lens, origin if tuned is None else f"{origin}, tuned lens"))
+if tuned is not None:
+    tuned_view.lock_in_comparison(view.current_lens(local)[0], lens)
 view.position_detail(local, lens, ids, cache_key, view.scrubber(lens))
 if st.toggle("Activation patching sandbox", key=f"{view.PREFIX}.patching"):
     patching_section(local)

@@ -138,7 +138,8 @@ def check_input(engine: Engine, ids: Sequence[int]) -> None:
 def compute_lens(engine: WeightsEngine, ids: Sequence[int], *, top_k: int = DEFAULT_TOP_K,
                  chunk_positions: int = CHUNK_POSITIONS, progress: Progress | None = None,
                  patches: tuple[ResidualPatch, ...] = (),
-                 use_native: bool | None = None, work: LensWork | None = None) -> LogitLens:
+                 use_native: bool | None = None, work: LensWork | None = None,
+                 translator: Callable[[torch.Tensor], torch.Tensor] | None = None) -> LogitLens:
     """The logit lens of token ids `ids` under `engine` (a local engine: it has internals).
 
     `progress(done, total)` is called after the forward pass and after each step of each
@@ -147,6 +148,7 @@ def compute_lens(engine: WeightsEngine, ids: Sequence[int], *, top_k: int = DEFA
     `use_native=False` takes the statistics with torch even where compiled code is built.
     `work` (of the same ids) keeps the rows as they are finished and skips those it holds:
     an exception from `progress` leaves it with every chunk finished before.
+    `translator` rewrites the residuals [L+1, T, d] before they are read (a tuned lens).
     """
     unembed = engine.unembedding  # first: a model without an unembedding is refused as such
     check_input(engine, ids)
@@ -156,6 +158,8 @@ def compute_lens(engine: WeightsEngine, ids: Sequence[int], *, top_k: int = DEFA
         raise ValueError("the lens work is of other token ids")
     started = time.perf_counter()
     residuals = engine.residual_stream(ids, patches)
+    if translator is not None:
+        residuals = translator(residuals)
     n_layers, n_pos = residuals.shape[0], residuals.shape[1]
     weight = unembed.weight
     projector = Projector(weight, unembed.bias, unembed.softcap, use_native)

@@ -106,3 +106,44 @@ def lens_trajectory(lens: LogitLens, position: int) -> go.Figure:
     fig.update_layout(height=560, margin=dict(l=10, r=10, t=40, b=10), hovermode="x unified",
                       legend=dict(orientation="h", yanchor="bottom", y=-0.2, x=0))
     return fig
+
+
+LOGIT_COLOUR, TUNED_COLOUR = "#2b7bba", "#d95f02"
+
+
+def lock_in_figure(logit: LogitLens, tuned: LogitLens) -> go.Figure:
+    """Each position's lock-in layer under the logit lens and under the tuned lens."""
+    n = min(logit.n_positions, tuned.n_positions)
+    texts = [f"{t} {figure_token(logit.token_texts[t])}" for t in range(n)]
+    fig = go.Figure()
+    for name, lens, colour in (("logit lens", logit, LOGIT_COLOUR),
+                               ("tuned lens", tuned, TUNED_COLOUR)):
+        fig.add_trace(go.Scatter(x=texts, y=lens.lock_in[:n], name=name, mode="lines+markers",
+                                 line=dict(color=colour, shape="hvh"),
+                                 hovertemplate="%{x}: locks in at layer %{y}<extra>" + name
+                                 + "</extra>"))
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=40, b=10),
+                      title=dict(text="Lock-in layer per position: from this layer on the "
+                                      "output's token stays top-1", font=dict(size=13)),
+                      yaxis=dict(title="layer", range=[-0.5, logit.n_layers - 0.5]),
+                      legend=dict(orientation="h", y=1.12))
+    return fig
+
+
+def held_out_kl_figure(logit: np.ndarray, tuned: np.ndarray) -> go.Figure:
+    """Mean KL(output ‖ layer) per layer on held-out text, both lenses, log scale."""
+    layers = list(range(len(logit)))[:-1]  # the output against itself is 0: off a log axis
+    fig = go.Figure()
+    for name, values, colour in (("logit lens", logit, LOGIT_COLOUR),
+                                 ("tuned lens", tuned, TUNED_COLOUR)):
+        fig.add_trace(go.Scatter(x=layers, y=list(values[:-1]), name=name,
+                                 mode="lines+markers", line=dict(color=colour),
+                                 hovertemplate="layer %{x}: %{y:.3f} nats<extra>" + name
+                                 + "</extra>"))
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=40, b=10),
+                      title=dict(text="Mean KL to the output per layer, on held-out text",
+                                 font=dict(size=13)),
+                      xaxis=dict(title="layer (0 = embedding)"),
+                      yaxis=dict(title="KL (nats)", type="log"),
+                      legend=dict(orientation="h", y=1.12))
+    return fig

@@ -28,6 +28,7 @@ from perplex.lens.heads import head_lens
 from perplex.lens.logit_lens import LensWork, LogitLens, compute_lens
 from perplex.lens.plots import lens_heatmap, lens_rows, lens_trajectory
 from perplex.lens.trajectory import residual_trajectory
+from perplex.lens.tuned_lens import TunedLens
 from perplex.ui.components.lens_view import lens_view
 from perplex.ui.shell import page_state, resources, url_state
 from perplex.ui.shell.conditioning import encode_text
@@ -125,11 +126,13 @@ def input_form(local: Engine, system: tuple[Message, ...]) -> None:
                 st.error(plain(str(exc)))
 
 
-def current_lens(local: Engine) -> tuple[LogitLens, tuple[int, ...], str, tuple]:
+def current_lens(local: Engine, tuned: TunedLens | None = None
+                 ) -> tuple[LogitLens, tuple[int, ...], str, tuple]:
     """The lens of the current input (computed with progress, or from this tab's cache).
 
-    Returns (lens, its token ids, what the input is, its cache key); stops the page with a
-    message when the input cannot be read.
+    With `tuned`, the layers are read through its translators. Returns (lens, its token
+    ids, what the input is, its cache key); stops the page with a message when the input
+    cannot be read.
     """
     current = st.session_state.get(f"{PREFIX}.input")
     if current is None:
@@ -137,10 +140,10 @@ def current_lens(local: Engine) -> tuple[LogitLens, tuple[int, ...], str, tuple]
         st.session_state[f"{PREFIX}.input"] = current
     ids, origin = current
     cache = st.session_state.setdefault(CACHE_KEY, {})
-    cache_key = (local.spec.to_json(), ids)
+    cache_key = (local.spec.to_json(), ids, None if tuned is None else tuned.steps)
     lens = cache.get(cache_key)
     if lens is None:
-        lens = _computed_lens(local, ids, cache_key)
+        lens = _computed_lens(local, ids, cache_key, None if tuned is None else tuned.translate)
         if lens.n_positions < len(ids):  # stopped: the lens of the first tokens, not kept
             return lens, ids[:lens.n_positions], origin, cache_key
         while len(cache) >= CACHE_ENTRIES:
@@ -149,7 +152,8 @@ def current_lens(local: Engine) -> tuple[LogitLens, tuple[int, ...], str, tuple]
     return lens, ids, origin, cache_key
 
 
-def _computed_lens(local: Engine, ids: tuple[int, ...], cache_key: tuple) -> LogitLens:
+def _computed_lens(local: Engine, ids: tuple[int, ...], cache_key: tuple,
+                   translator=None) -> LogitLens:
     """The lens of `ids`, computed under a progress bar and a Stop button.
 
     The rows are kept as they are finished (`LensWork`): a click elsewhere on the page
@@ -180,7 +184,7 @@ def _computed_lens(local: Engine, ids: tuple[int, ...], cache_key: tuple) -> Log
         bar.progress(done / total, text=text)
 
     try:
-        lens = compute_lens(local, list(ids), progress=show, work=work)
+        lens = compute_lens(local, list(ids), progress=show, work=work, translator=translator)
     except PerplexError as exc:
         bar.empty()
         stop.empty()
