@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from perplex.core.records import Message
-from perplex.ui.components import investigate, token_tree_panel, uploads
+from perplex.ui.components import attribution_panel, investigate, token_tree_panel, uploads
 from perplex.ui.components.export_panel import export_panel
 from perplex.ui.components.generation_settings import generation_settings
 from perplex.ui.components.transcript import provenance_caption, show_transcript
@@ -50,7 +50,7 @@ if current is not None:
     investigate.comparison_panel(CURRENT)
     investigate.branch_navigator(CURRENT)
     investigate.annotations_panel(CURRENT)
-    investigate.attribution_panel(CURRENT, current)
+    attribution_panel.attribution_panel(CURRENT, current, local)
     token_tree_panel.tree_panel(CURRENT, current, local, params)
     investigate.token_sets_panel(current)
     investigate.act_on(event, current, CURRENT, local, params)

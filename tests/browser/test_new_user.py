@@ -89,8 +89,22 @@ def test_attribute_draws_both_occlusion_methods_over_every_earlier_token(open_pa
     # (escaped for Plotly, which reads tags in labels)
     first = "0 &lt;|im_start|&gt;"
     assert traces == [["replaced by “·the”", position, first], ["deleted", position, first]]
+    # every earlier token coloured by the method chosen, both occlusions in its tooltip
+    coloured = panel.locator("[class*='attribution-view'] .tv-root.ready .tok.overlay")
+    coloured.first.wait_for()
+    assert coloured.count() == position
     panel.evaluate("e => e.scrollIntoView({block: 'center'})")
     screenshot(page, "new_user_attribution")
+    # integrated gradients on request, labelled with how far the shares are from complete
+    panel.get_by_text("integrated gradients", exact=True).click()
+    set_number(page, "path points", "16")
+    panel.get_by_role("button", name="Compute integrated gradients").click()
+    panel.get_by_text(re.compile(r"16 path points: the shares add up to [+-]\d+\.\d{3} nats "
+                                 r"against the change in log p from the baseline, "
+                                 r"[+-]\d+\.\d{3}")).wait_for(timeout=WORK_TIMEOUT)
+    settle(page)
+    assert coloured.count() == position
+    screenshot(page, "new_user_attribution_gradients")
     panel.get_by_role("button", name="Close attribution").click()
     expect(panel).to_have_count(0, timeout=WORK_TIMEOUT)
     assert_no_exception(page)

@@ -7,7 +7,7 @@ transcript. Everything that changes is saved into the open session at once.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import streamlit as st
 
@@ -16,14 +16,7 @@ from perplex.core.plots import before_after_timeline, visible_token
 from perplex.core.records import DecodeParams, Generation, TokenStep
 from perplex.core.stats import summarise
 from perplex.engine.protocol import Engine
-from perplex.lens.attribution import (
-    NEUTRAL_TEXT,
-    Attribution,
-    Occlusion,
-    attribution_figure,
-    neutral_token,
-    occlusion,
-)
+from perplex.ui.components.attribution_panel import attribute
 from perplex.ui.components.branching import continue_as_branch
 from perplex.ui.components.token_tree_panel import build_tree
 from perplex.ui.components.token_view import AnnotationMark, TokenSetInfo
@@ -66,7 +59,7 @@ def act_on(found: TranscriptEvent | None, gen: Generation, page_key: str,
         position = found.steps[found.event.index].position
         page_state.open_in_lens(gen.id, position)
     if found.event.kind == "attribute":  # reads the session only: read-only links may too
-        _attribute(found, gen, page_key, engine)
+        attribute(found.steps[found.event.index], gen, page_key, engine)
         return
     if found.event.kind == "tree":  # likewise
         build_tree(found.steps[found.event.index], gen, page_key, engine)
@@ -101,78 +94,6 @@ def _regenerate(found: TranscriptEvent, gen: Generation, page_key: str,
     forced = event.token_id if event.token_id is not None else event.text
     st.caption(f"Regenerating from token #{event.index}…")
     continue_as_branch(gen, step, forced, _branch_title(event, step), page_key, engine, params)
-
-
-ATTRIBUTION_SUFFIX = ".attribution"
-
-
-@dataclass(frozen=True)
-class ShownAttribution:
-    """The attribution a page shows, of a token of generation `generation_id`."""
-
-    generation_id: str
-    replaced: Attribution
-    deleted: Attribution
-
-
-def _attribute(found: TranscriptEvent, gen: Generation, page_key: str,
-               engine: Engine | None) -> None:
-    step = found.steps[found.event.index]
-    ordered = _in_order(gen)
-    ids = [s.token_id for s in ordered]
-    if engine is None:
-        st.error("Load a model (sidebar) to attribute a token.")
-        return
-    if None in ids or [s.position for s in ordered] != list(range(len(ids))):
-        st.error("This transcript has no token ids of the model (an upload read as text): "
-                 "attribution re-runs the model on its tokens. Score it first.")
-        return
-    bar = st.progress(0.0, text=f"Attributing token {step.position} to the "
-                      f"{count(step.position, 'token')} before it…")
-
-    def half(start: float, doing: str):
-        return lambda done, total: bar.progress(start + done / total / 2,
-                                                text=f"{doing}: {done} of {total} passes")
-
-    try:
-        neutral = neutral_token(engine)
-        replaced = occlusion(engine, ids, step.position, Occlusion.REPLACE, neutral,
-                             progress=half(0.0, "Replacing"))
-        deleted = occlusion(engine, ids, step.position, Occlusion.DELETE,
-                            progress=half(0.5, "Deleting"))
-    except PerplexError as exc:
-        bar.empty()
-        st.error(plain(str(exc)))
-        return
-    st.session_state[page_key + ATTRIBUTION_SUFFIX] = ShownAttribution(gen.id, replaced, deleted)
-    st.rerun()
-
-
-def _in_order(gen: Generation) -> list[TokenStep]:
-    return sorted(gen.steps, key=lambda s: s.position)
-
-
-def attribution_panel(page_key: str, gen: Generation | None) -> None:
-    """The attributed token of the generation on screen, both occlusion methods drawn."""
-    shown = st.session_state.get(page_key + ATTRIBUTION_SUFFIX)
-    if gen is None or not isinstance(shown, ShownAttribution) or shown.generation_id != gen.id:
-        return
-    position = shown.replaced.position
-    steps = _in_order(gen)
-    token = visible_token(steps[position].text)
-    with st.expander(f"What made “{token}” (token {position}) likely", expanded=True):
-        st.caption(
-            f"Each earlier token taken out of the context, and log p of “{token}”"
-            f" read again ({shown.replaced.base_logprob:.3f} nats as written). Blue: the token "
-            f"replaced by “{visible_token(NEUTRAL_TEXT)}” (the length kept); red: the token "
-            "deleted (every later token one place earlier). Below zero, the token made it "
-            "likelier. The two methods answer different questions and can disagree.")
-        st.plotly_chart(attribution_figure([s.text for s in steps[:position]], shown.replaced,
-                                           shown.deleted),
-                        key=f"{page_key}.attribution_figure")
-        if st.button("Close attribution", key=f"{page_key}.attribution_close"):
-            del st.session_state[page_key + ATTRIBUTION_SUFFIX]
-            st.rerun()
 
 
 def _branch_title(event, step: TokenStep) -> str:
