@@ -31,15 +31,19 @@ def free_port() -> int:
 class LlamaServer:
     """`python -m llama_cpp.server` serving one GGUF file on 127.0.0.1."""
 
-    def __init__(self, gguf: Path, log: Path, api_key: str | None = None) -> None:
-        """Start the server; `wait` blocks until it answers."""
+    def __init__(self, gguf: Path, log: Path, api_key: str | None = None,
+                 logits_all: bool = True) -> None:
+        """Start the server; `wait` blocks until it answers.
+
+        `logits_all=False` serves no log-probabilities (a server that exposes less).
+        """
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.model = "smollm2"
         command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf),
                    "--model_alias", self.model, "--host", "127.0.0.1",
                    "--port", str(self.port), "--n_ctx", "2048", "--n_threads", "2",
-                   "--logits_all", "true",
+                   "--logits_all", "true" if logits_all else "false",
                    # queue concurrent requests, as vLLM serves them, rather than cutting
                    # a streaming answer short when the next request arrives
                    "--interrupt_requests", "false"]

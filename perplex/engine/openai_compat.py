@@ -20,6 +20,7 @@ from perplex.core.errors import GenerationError, InputFormatError
 from perplex.core.formats import LogprobSteps
 from perplex.core.records import DecodeParams, Generation, Message, Source, TokenRole, TokenStep
 from perplex.core.tokens import PLAIN_TEXT_ROLE
+from perplex.engine.probe import EndpointProbe, probed_capabilities
 from perplex.engine.protocol import Capabilities, CapabilityError, ModelInfo
 
 MAX_TOP_K = 20  # what the OpenAI API (and vLLM's default --max-logprobs) allows
@@ -42,8 +43,12 @@ class EndpointEngine:
     capabilities = ENDPOINT_CAPABILITIES
 
     def __init__(self, base_url: str, model: str, api_key: str = "", *,
-                 timeout: float = 60.0, openrouter: bool | None = None) -> None:
-        """Connect lazily; nothing is sent until the first request."""
+                 timeout: float = 60.0, openrouter: bool | None = None,
+                 probe: EndpointProbe | None = None) -> None:
+        """Connect lazily; nothing is sent until the first request.
+
+        With `probe` (`engine.probe`), the capabilities are what the server was found to give.
+        """
         from openai import OpenAI
 
         if not urlparse(base_url).scheme.startswith("http"):
@@ -56,6 +61,9 @@ class EndpointEngine:
         self._client = OpenAI(base_url=self.base_url, api_key=api_key or "none",
                               timeout=timeout, max_retries=0)
         self._echo_checked = False  # whether echoed log-probabilities were checked
+        if probe is not None:
+            self.capabilities = probed_capabilities(ENDPOINT_CAPABILITIES, probe)
+            self._echo_checked = probe.prompt_logprobs == "yes"
 
     def __repr__(self) -> str:
         """No key in any representation."""
@@ -94,7 +102,7 @@ class EndpointEngine:
                     "template out of sight, so a conversation's tokens cannot be placed. "
                     "Score it as plain text, or with a local model.")
             texts.append(conversation[0].content)
-        return [self._score_text(text, min(top_k, MAX_TOP_K)) for text in texts]
+        return [self._score_text(text, self.top_k(top_k)) for text in texts]
 
     def _score_text(self, text: str, top_k: int) -> Generation:
         import openai
@@ -197,8 +205,17 @@ class EndpointEngine:
                                   "answer with given text (prefill needs a local model).")
         return EndpointRun(self, tuple(messages), params)
 
+    def top_k(self, wanted: int) -> int:
+        """The alternatives to ask for: `wanted`, within what the server returns."""
+        cap = self.capabilities.max_top_k
+        if cap == 0:
+            raise CapabilityError(f"{self.info.label} returns no log-probabilities (probed): "
+                                  "Perplex has nothing to show. Serve the model with them "
+                                  "(vLLM: --max-logprobs; llama-cpp-python: --logits_all).")
+        return min(wanted, MAX_TOP_K if cap is None else cap)
+
     def _request(self, messages: tuple[Message, ...], params: DecodeParams) -> dict:
-        k = min(params.top_alternatives, MAX_TOP_K)
+        k = self.top_k(params.top_alternatives)
         request = dict(model=self.model, stream=True, max_tokens=params.max_new_tokens,
                        temperature=params.temperature, top_p=params.top_p)
         if is_plain(messages):  # a continuation of the text: completions, top-k as `logprobs`

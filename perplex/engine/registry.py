@@ -43,11 +43,14 @@ def local_engine(lm: LoadedModel) -> LocalEngine:
         return engine
 
 
-def endpoint_engine(base_url: str, model: str, api_key: str = ""):
-    """An engine for a model behind an OpenAI-compatible server (vLLM, llama.cpp...)."""
+def endpoint_engine(base_url: str, model: str, api_key: str = "", probe=None):
+    """An engine for a model behind an OpenAI-compatible server (vLLM, llama.cpp...).
+
+    `probe` (an `engine.probe.EndpointProbe`) sets what the server was found to give.
+    """
     from perplex.engine.openai_compat import EndpointEngine
 
-    return EndpointEngine(base_url, model, api_key)
+    return EndpointEngine(base_url, model, api_key, probe=probe)
 
 
 def ndif_engine(model_id: str, api_key: str | None = None):

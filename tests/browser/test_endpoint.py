@@ -73,3 +73,29 @@ def test_chat_through_the_endpoint_then_back_to_the_local_model(open_page, llama
     screenshot(page, "endpoint_3_lens_needs_internals")
     sidebar.get_by_text("Local model (above)").click()
     page.locator(".lv-cell").last.wait_for(timeout=WORK_TIMEOUT)
+
+
+def test_the_endpoint_is_probed_and_its_table_kept_with_it(open_page, llama, screenshot):
+    page = open_page()
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.get_by_text("OpenAI-compatible endpoint").click()
+    sidebar.get_by_label("Base URL").fill(llama.base_url)
+    sidebar.get_by_label("Model", exact=True).fill(llama.model)
+    sidebar.get_by_label("Model", exact=True).press("Enter")
+    settle(page)
+    sidebar.get_by_text("What this endpoint gives").click()
+    sidebar.get_by_role("button", name="Probe the endpoint").click()
+    sidebar.get_by_text("What this endpoint gives (probed)").wait_for(timeout=WORK_TIMEOUT)
+    settle(page)
+    found = sidebar.get_by_text("largest top-k returned: 20")
+    found.wait_for()  # the expander opens on the list once probed
+    panel = sidebar.locator('[data-testid="stExpander"]').filter(
+        has_text="largest top-k returned")
+    text = panel.inner_text()
+    for line in ("chat completions: yes", "prompt log-probabilities (echo): shifted",
+                 "raw log-probabilities: yes", "tokenizer: /extras/tokenize",
+                 "the same ids as the local model's tokenizer"):
+        assert line in text, (line, text)
+    assert sidebar.get_by_text("Generation with the top-20 log-probabilities").count() == 1
+    panel.evaluate("e => e.scrollIntoView({block: 'start'})")
+    screenshot(page, "endpoint_probe")

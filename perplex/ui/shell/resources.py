@@ -9,6 +9,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from perplex.core.errors import PerplexError
 from perplex.core.settings import Settings, load_settings
 from perplex.engine import registry
 from perplex.engine.interpreter import share_with_forward_passes
@@ -125,6 +126,7 @@ class EndpointChoice:
 
     base_url: str
     model: str
+    probe: str = ""  # `engine.probe.EndpointProbe` as JSON, once probed
 
 
 ENDPOINT_KEY = "perplex.endpoint"  # EndpointChoice, or absent for the local model
@@ -148,8 +150,21 @@ def active_engine():
     choice = st.session_state.get(ENDPOINT_KEY)
     if choice is not None:
         return _metered(registry.endpoint_engine(
-            choice.base_url, choice.model, st.session_state.get(ENDPOINT_SECRET_KEY, "")))
+            choice.base_url, choice.model, st.session_state.get(ENDPOINT_SECRET_KEY, ""),
+            probe=endpoint_probe(choice)))
     return local_engine()
+
+
+def endpoint_probe(choice: EndpointChoice):
+    """The probe kept with the chosen endpoint (None: not probed, or unreadable)."""
+    from perplex.engine.probe import EndpointProbe
+
+    if not choice.probe:
+        return None
+    try:
+        return EndpointProbe.from_json(choice.probe)
+    except PerplexError:
+        return None
 
 
 def remote_engine_chosen() -> bool:

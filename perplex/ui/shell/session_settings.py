@@ -31,10 +31,14 @@ class StoredModel:
 
 @dataclass(frozen=True)
 class StoredEndpoint:
-    """The OpenAI-compatible endpoint the session last used (its key is never stored)."""
+    """The OpenAI-compatible endpoint the session last used (its key is never stored).
+
+    `probe`: what the server was found to give (`engine.probe.EndpointProbe` as JSON).
+    """
 
     base_url: str
     model: str
+    probe: str = ""
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,8 @@ def changes(**typed: Any) -> dict[str, Any]:
             out[MODEL] = None if value is None else {"source": value.source, "dtype": value.dtype}
         elif name == "endpoint":
             out[ENDPOINT] = None if value is None else {"base_url": value.base_url,
-                                                        "model": value.model}
+                                                        "model": value.model,
+                                                        "probe": value.probe}
         elif name == "alerts":
             out[ALERTS] = None if value is None else [value.confidence, value.entropy,
                                                       value.span_k]
@@ -137,9 +142,10 @@ def _model(value: object) -> StoredModel | None:
 def _endpoint(value: object) -> StoredEndpoint | None:
     if not isinstance(value, dict):
         return None
-    url, model = value.get("base_url", ""), value.get("model", "")
-    return StoredEndpoint(url, model) if isinstance(url, str) and isinstance(model, str) \
-        else None
+    url, model, probe = value.get("base_url", ""), value.get("model", ""), value.get("probe", "")
+    if not all(isinstance(v, str) for v in (url, model, probe)):
+        return None
+    return StoredEndpoint(url, model, probe)
 
 
 def _alerts(value: object) -> AlertSettings | None:

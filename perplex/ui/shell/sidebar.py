@@ -150,12 +150,51 @@ def _engine_section(saved: StoredEndpoint | None) -> None:
         st.session_state.pop(resources.ENDPOINT_KEY, None)
         st.caption("Give the base URL and model; until then chats go to the local model.")
         return
-    chosen = resources.EndpointChoice(url.strip(), model.strip())
+    wanted = (url.strip(), model.strip())
+    held = st.session_state.get(resources.ENDPOINT_KEY)  # this tab's, probed or not
+    probe = held.probe if held is not None and (held.base_url, held.model) == wanted else ""
+    if not probe and saved is not None and (saved.base_url, saved.model) == wanted:
+        probe = saved.probe  # the session's, kept with its settings
+    chosen = resources.EndpointChoice(*wanted, probe)
     st.session_state[resources.ENDPOINT_KEY] = chosen
-    if saved != StoredEndpoint(chosen.base_url, chosen.model):
-        remember(endpoint=StoredEndpoint(chosen.base_url, chosen.model))
-    st.caption("Generation with the top-20 log-probabilities the endpoint returns: entropies "
+    if saved != StoredEndpoint(chosen.base_url, chosen.model, chosen.probe):
+        remember(endpoint=StoredEndpoint(chosen.base_url, chosen.model, chosen.probe))
+    probe = resources.endpoint_probe(chosen)
+    top = "top-20" if probe is None else f"top-{probe.max_top_k}"
+    st.caption(f"Generation with the {top} log-probabilities the endpoint returns: entropies "
                "are lower bounds; pages that need internals or the full distribution say so.")
+    _probe_section(chosen, probe)
+
+
+def _probe_section(chosen: resources.EndpointChoice, probe) -> None:
+    """Ask the server what it gives; the table is kept with the endpoint."""
+    from perplex.engine.probe import probe_endpoint
+    from perplex.engine.registry import endpoint_engine
+
+    with st.expander("What this endpoint gives" + (" (probed)" if probe else ""),
+                     expanded=st.session_state.pop("perplex.probe_shown", False)):
+        if probe is not None:  # a list, not a table: the sidebar is narrow
+            for row in probe.rows():
+                st.markdown(f"**{plain(row['check'])}**: {plain(row['found'])}")
+                if row["means"]:
+                    st.caption(plain(row["means"]))
+        else:
+            st.caption("Not probed yet: a few small requests find out what it returns.")
+        if not st.button("Probe the endpoint", key="perplex.probe"):
+            return
+        engine = endpoint_engine(chosen.base_url, chosen.model,
+                                 st.session_state.get(resources.ENDPOINT_SECRET_KEY, ""))
+        local = resources.local_engine()
+        with st.status("Probing…") as status:
+            found = probe_endpoint(engine, None if local is None else local.tokenizer,
+                                   progress=lambda check: status.write(f"Asking: {check}"))
+            status.update(label="Probed", state="complete")
+        stored = StoredEndpoint(chosen.base_url, chosen.model, found.to_json())
+        st.session_state[resources.ENDPOINT_KEY] = resources.EndpointChoice(
+            stored.base_url, stored.model, stored.probe)
+        remember(endpoint=stored)
+        st.session_state["perplex.probe_shown"] = True  # open on the table once
+        st.rerun()
 
 
 def _ndif_section() -> None:
