@@ -16,6 +16,7 @@ from tests.browser.conftest import WORK_TIMEOUT, settle
 from tests.browser.support import (
     FINAL_TOK,
     chat_box,
+    scroll_to,
     show_tip,
 )
 from tests.endpoints import LlamaServer
@@ -99,3 +100,32 @@ def test_the_endpoint_is_probed_and_its_table_kept_with_it(open_page, llama, scr
     assert sidebar.get_by_text("Generation with the top-20 log-probabilities").count() == 1
     panel.evaluate("e => e.scrollIntoView({block: 'start'})")
     screenshot(page, "endpoint_probe")
+
+
+def test_drift_between_the_model_here_and_its_gguf_behind_llama_cpp(open_page, llama,
+                                                                    screenshot):
+    page = open_page()
+    page.get_by_role("link", name="Comparison").click()
+    page.get_by_role("button", name="Generate both").wait_for(timeout=WORK_TIMEOUT)
+    settle(page)
+    page.get_by_label("Model B").click()
+    page.get_by_role("option", name="An OpenAI-compatible endpoint (top-k only)…").click()
+    settle(page)
+    page.get_by_label("Endpoint B: base URL (…/v1)").fill(llama.base_url)
+    page.get_by_label("Endpoint B: model name").fill(llama.model)
+    page.get_by_label("Endpoint B: model name").press("Enter")
+    settle(page)
+    page.get_by_role("button", name="Generate both").click()
+    sentence = page.get_by_text(re.compile(r"^smollm2 @ 127\.0\.0\.1:\d+ against "
+                                           r"SmolLM2-135M-Instruct \(bundled\): top-1 differs "
+                                           r"on \d+\.\d% of tokens \(\d+ of \d+ over 1 answer\); "
+                                           r"mean KL\(A‖B\) ≥ \d\.\d{4} nats"))
+    sentence.wait_for(timeout=WORK_TIMEOUT)
+    settle(page)
+    page.get_by_text("Drift between the two: where top-1 differs").click()
+    panel = page.locator('[data-testid="stExpander"]').filter(
+        has_text="Drift between the two: where top-1 differs")
+    panel.locator('[data-testid="stDataFrame"]').nth(1).wait_for()
+    assert panel.locator('[data-testid="stDataFrame"]').count() == 2  # by kind, by position
+    scroll_to(sentence)
+    screenshot(page, "endpoint_drift")

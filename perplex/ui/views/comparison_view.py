@@ -15,6 +15,7 @@ from perplex.core.records import DecodeParams, Generation, TokenRole, TokenStep
 from perplex.modes.comparison import plots
 from perplex.modes.comparison.cross import Side
 from perplex.modes.comparison.dataset import compare_prompt, divergent_tokens, prompt_row
+from perplex.modes.comparison.drift import drift
 from perplex.modes.comparison.pair import divergence_summary, finish_pair, pair_stats, top_divergent
 from perplex.modes.comparison.pairing import check_pair
 from perplex.modes.runner import Finished, JobItems
@@ -242,6 +243,7 @@ def results_section() -> None:
                                 min_value=1e-9, max_value=1.0, value=UNLIKELY, format="%.0e",
                                 key=f"{PREFIX}.threshold")
     _stats_table(run, threshold)
+    drift_panel(run.crosses, label_a, label_b, f"{PREFIX}.drift")
     _answers_side_by_side(run, label_a, label_b)
     authors = [cross.author for cross in run.crosses]
     if not authors:
@@ -261,6 +263,25 @@ def results_section() -> None:
     st.plotly_chart(figures["divergence"], key=f"{PREFIX}.timeline")
     _lens_buttons(run, picked)
     _downloads(shown, figures)
+
+
+def drift_panel(crosses, label_a: str, label_b: str, key: str) -> None:
+    """Where the two engines' top-1 tokens part, by kind of token and by position."""
+    found = drift(crosses)
+    if not found.tokens:
+        return
+    st.caption(plain(found.sentence(label_a, label_b)))
+    with st.expander("Drift between the two: where top-1 differs"):
+        st.caption("A flip: the two put different tokens first (greedy decoding would part "
+                   "there). KL is of A's distribution from B's at each answer token"
+                   + (", a lower bound over the tokens both report (one side is an API)."
+                      if found.bound else "."))
+        cols = st.columns(2)
+        cols[0].dataframe(pd.DataFrame(found.by_kind()), hide_index=True, key=f"{key}.kinds",
+                          column_config={"mean KL": st.column_config.NumberColumn(
+                              format="%.4f")})
+        cols[1].dataframe(pd.DataFrame(found.by_position()), hide_index=True,
+                          key=f"{key}.positions")
 
 
 def _stats_table(run: PairRun, threshold: float) -> None:
@@ -486,6 +507,9 @@ def _batch_results(batch_id: str) -> None:
             run, conditions = load_comparison(store, row.comparison_id)
             show(row.comparison_id, run, conditions)
             st.rerun()
+    first = next(iter(runs.values()))
+    drift_panel([c for run in runs.values() for c in run.crosses], first.generation_a.model_label,
+                first.generation_b.model_label, f"{PREFIX}.many_drift.{batch_id}")
     tallies = divergent_tokens(list(runs.values()))
     if tallies:
         st.markdown("**Tokens flagged most often across the set**")
