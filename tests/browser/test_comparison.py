@@ -77,7 +77,13 @@ def test_generate_both_hover_jump_and_many_prompts(browser, app_url, screenshot)
         timeout=5 * WORK_TIMEOUT)
     settle(page)
     assert_no_exception(page)
-    assert page.locator('[data-testid="stDataFrame"]').count() == 3  # stats, prompts, tokens
+    drift = page.locator('[data-testid="stExpander"]').filter(has_text="Drift between the two")
+    tables = page.locator('[data-testid="stDataFrame"]').count()
+    assert tables - drift.locator('[data-testid="stDataFrame"]').count() == 3  # stats, prompts,
+    # tokens; beside them, the drift of the pair on screen and of the whole set, two tables each
+    assert drift.count() == 2
+    assert page.get_by_text(re.compile(r"top-1 differs on \d+\.\d% of tokens \(\d+ of \d+ "
+                                       r"over 10 answers\)")).count() == 1
     scroll_to(page.locator(".js-plotly-plot").last)
     screenshot(page, "comparison_4_many_prompts", full_page=True)
     context.close()

@@ -29,6 +29,10 @@ EVAL_WINDOWS = 4  # held-out windows the stored KL per layer is measured on
 
 def chosen_lens(local: Engine) -> tuned_lens.TunedLens | None:
     """The lens the layers are read with: None for the logit lens (or while none is trained)."""
+    try:
+        local.unembedding  # a model without one: the lens below says so, nothing to tune
+    except PerplexError:
+        return None
     home = resources.settings().home
     try:
         stored = tuned_lens.load(home, local.info.spec)
