@@ -67,6 +67,11 @@ class Template:
     free: str = FREE_TEMPLATE
     choice: str = CHOICE_TEMPLATE
 
+    @classmethod
+    def of_run(cls, settings: dict) -> Template:
+        """The prompts a run's stored settings name."""
+        return cls(settings["free"], settings["choice"])
+
     def __post_init__(self) -> None:
         """Each prompt must have the fields it needs, and no others."""
         for name, text, wanted in (("free-answer", self.free, {"question"}),
@@ -267,7 +272,7 @@ class CalibrationItems:
 
 def calibration_work(engine, settings: dict, judge_engine=None):
     """What the runner does with a chunk of (ordinal, item): each item's answer and verdict."""
-    template = Template(settings["free"], settings["choice"])
+    template = Template.of_run(settings)
 
     def work(chunk):
         answered = answer_items(

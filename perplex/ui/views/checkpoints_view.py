@@ -169,9 +169,9 @@ def changes_section(store, dataset: Dataset) -> None:
                             key=f"{PREFIX}.compared")
     runs_by_id = {r.id: r for r in answered}
     picked = [runs_by_id[i] for i in labels if i in chosen]
+    results = {r.id: load_results(store, r.id) for r in picked}
     try:
-        comparison = compare_runs([(r.id, r.model_label, load_results(store, r.id))
-                                   for r in picked])
+        comparison = compare_runs([(r.id, r.model_label, results[r.id]) for r in picked])
     except PerplexError as exc:
         st.info(plain(str(exc)))
         return
@@ -182,8 +182,9 @@ def changes_section(store, dataset: Dataset) -> None:
         after = st.selectbox("Flipped items: baseline against", range(1, len(picked)),
                              format_func=lambda n: plain(comparison.checkpoints[n].label),
                              index=len(picked) - 2, key=f"{PREFIX}.after")
-    _flipped_items(store, dataset, picked, after, comparison)
-    _dataset_references(dataset, picked[0], picked[after], comparison)
+    engines = _RunEngines(store, results)
+    _flipped_items(store, dataset, picked, after, comparison, engines)
+    _dataset_references(dataset, picked[0], picked[after], comparison, engines)
 
 
 def _change_table(comparison: CheckpointComparison) -> None:
@@ -222,7 +223,7 @@ def _change_sentence(before: str, after: str, was: float, now: float,
 
 
 def _flipped_items(store, dataset: Dataset, picked_runs: list[RunSummary], after_index: int,
-                   comparison: CheckpointComparison) -> None:
+                   comparison: CheckpointComparison, engines: _RunEngines) -> None:
     before, after = picked_runs[0], picked_runs[after_index]
     flips = comparison.flips[after_index - 1]
     st.markdown(f"**Items that flipped: {count(len(flips), 'item')}**")
@@ -244,13 +245,13 @@ def _flipped_items(store, dataset: Dataset, picked_runs: list[RunSummary], after
                           key=f"{PREFIX}.flips.{before.id}.{after.id}.{direction}")
     rows = picked.selection.rows if picked else []
     if rows:
-        _flip_detail(store, dataset, picked_runs, after_index, shown[rows[0]])
+        _flip_detail(store, dataset, picked_runs, after_index, shown[rows[0]], engines)
     else:
         st.caption("Pick a row to see both answers and the reference scored under both.")
 
 
 def _flip_detail(store, dataset: Dataset, picked: list[RunSummary], after: int,
-                 flip: Flip) -> None:
+                 flip: Flip, engines: _RunEngines) -> None:
     """Both answers, then the reference scored under every compared checkpoint."""
     gen_before = store.load_generation(flip.before.generation_id)
     gen_after = store.load_generation(flip.after.generation_id)
@@ -262,7 +263,9 @@ def _flip_detail(store, dataset: Dataset, picked: list[RunSummary], after: int,
                    f"({verdict[flip.after.verdict]})", answer_steps(gen_after))],
         first_answer_divergence(gen_before, gen_after), f"{PREFIX}-flip")
     item = items_by_id(dataset)[flip.item_id]
-    scored = _reference_under_each(store, picked, item)
+    template = Template.of_run(picked[0].settings)
+    scored = [None if engine is None else score_reference(engine, item, template)
+              for engine in map(engines.of, picked)]
     if scored[0] is None or scored[after] is None:
         st.caption("The reference is scored only under models loaded here: "
                    f"{plain(picked[0 if scored[0] is None else after].model_label)} is not "
@@ -277,15 +280,20 @@ def _flip_detail(store, dataset: Dataset, picked: list[RunSummary], after: int,
     _reference_table(picked, scored)
 
 
-def _reference_under_each(store, picked: list[RunSummary], item):
-    """The reference's records under each run's model (None where it cannot be loaded here)."""
-    template = Template(picked[0].settings["free"], picked[0].settings["choice"])
-    scored = []
-    for run in picked:
-        result = next(r for r in load_results(store, run.id) if r.item_id == item.id)
-        engine = engine_of_spec(store.load_generation(result.generation_id).model_spec)
-        scored.append(None if engine is None else score_reference(engine, item, template))
-    return scored
+class _RunEngines:
+    """The model each compared run answered with, loaded again from its answers' spec.
+
+    None for a run whose model cannot be loaded here (an endpoint's or NDIF's).
+    """
+
+    def __init__(self, store, results: dict) -> None:
+        """`results`: each run's stored results (the first names its model)."""
+        self.store, self.results = store, results
+
+    def of(self, run: RunSummary):
+        """The engine of `run`."""
+        first = self.results[run.id][0]
+        return engine_of_spec(self.store.load_generation(first.generation_id).model_spec)
 
 
 def _reference_table(picked: list[RunSummary], scored) -> None:
@@ -322,7 +330,7 @@ def _reference_view(change: ReferenceChange, under_after, before: str, after: st
 
 
 def _dataset_references(dataset: Dataset, before: RunSummary, after: RunSummary,
-                        comparison: CheckpointComparison) -> None:
+                        comparison: CheckpointComparison, engines: _RunEngines) -> None:
     st.markdown("**Over the whole dataset: which reference tokens gained and lost**")
     shown: DatasetReferences | None = st.session_state.get(REFERENCES_KEY)
     if shown is None or (shown.before, shown.after) != (before.id, after.id):
@@ -330,7 +338,7 @@ def _dataset_references(dataset: Dataset, before: RunSummary, after: RunSummary,
                    f"{count(len(comparison.item_ids), 'item')} under both checkpoints "
                    "(two passes per item).")
         if st.button("Score every reference under both", key=f"{PREFIX}.score_all"):
-            scored = _score_all(dataset, before, after, comparison)
+            scored = _score_all(dataset, before, after, comparison, engines)
             if scored is not None:
                 st.session_state[REFERENCES_KEY] = scored
                 st.rerun()
@@ -347,15 +355,14 @@ def _dataset_references(dataset: Dataset, before: RunSummary, after: RunSummary,
 
 
 def _score_all(dataset: Dataset, before: RunSummary, after: RunSummary,
-               comparison: CheckpointComparison) -> DatasetReferences | None:
-    store = resources.store()
-    engines = [engine_of_spec(store.load_generation(
-        load_results(store, r.id)[0].generation_id).model_spec) for r in (before, after)]
+               comparison: CheckpointComparison, run_engines: _RunEngines
+               ) -> DatasetReferences | None:
+    engines = [run_engines.of(before), run_engines.of(after)]
     if None in engines:
         st.error("Both checkpoints must be local models this server can load.")
         return None
     items = items_by_id(dataset)
-    template = Template(before.settings["free"], before.settings["choice"])
+    template = Template.of_run(before.settings)
     bar = st.progress(0.0, text="Scoring the references…")
     changes, split = [], 0
     for n, item_id in enumerate(comparison.item_ids, 1):
