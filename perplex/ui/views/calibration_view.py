@@ -240,16 +240,24 @@ def run_section(engine, store, dataset: Dataset, settings: RunSettings) -> None:
     run = _current_run(store, dataset)
     if run is None or engine is None:
         return
+    drive_run(RUNS_KEY, store, run, engine)
+    if run.model_label != engine.info.label:
+        st.caption(f"This run answers on {plain(run.model_label)}; load it to resume the run.")
+
+
+def drive_run(key: str, store, run: RunSummary, engine) -> None:
+    """Answer `run`'s items on `engine` under `key` (`ui.runs`), with the judge it names.
+
+    Only the engine the run was started on answers; with another, Resume is disabled.
+    """
     try:
         judge = judge_engine(run.settings)
     except PerplexError as exc:
         st.error(plain(str(exc)))
         return
-    runs.drive(RUNS_KEY, run.id, CalibrationItems.of(store, run),
+    runs.drive(key, run.id, CalibrationItems.of(store, run),
                calibration_work(engine, run.settings, judge), unit="items",
                chunk=BATCH, can_run=run.model_label == engine.info.label)
-    if run.model_label != engine.info.label:
-        st.caption(f"This run answers on {plain(run.model_label)}; load it to resume the run.")
 
 
 def judge_engine(settings: dict):

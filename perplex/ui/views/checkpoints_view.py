@@ -33,13 +33,7 @@ from perplex.modes.calibration.checkpoints import (
 from perplex.modes.calibration.datasets import sample_dataset
 from perplex.modes.calibration.judge import JUDGE_PROMPT
 from perplex.modes.calibration.plots import checkpoint_accuracy_figure, movement_figure
-from perplex.modes.calibration.run import (
-    CHOICE_TEMPLATE,
-    FREE_TEMPLATE,
-    CalibrationItems,
-    Template,
-    calibration_work,
-)
+from perplex.modes.calibration.run import CHOICE_TEMPLATE, FREE_TEMPLATE, Template
 from perplex.modes.comparison.cross import first_answer_divergence
 from perplex.modes.comparison.plots import divergence_colour
 from perplex.ui.components import runs
@@ -49,7 +43,7 @@ from perplex.ui.shell import resources
 from perplex.ui.shell.model_choice import choose_local_model, engine_of_spec
 from perplex.ui.shell.sidebar import thresholds
 from perplex.ui.shell.text import count, plain
-from perplex.ui.views.calibration_view import BATCH, SAMPLES, judge_engine
+from perplex.ui.views.calibration_view import SAMPLES, drive_run
 from perplex.workspace.calibration_store import (
     RunSummary,
     create_run,
@@ -132,15 +126,8 @@ def checkpoint_section(store, dataset: Dataset) -> None:
                 if r.id == st.session_state.get(f"{RUNS_KEY}.job")), None)
     if run is None or engine is None:
         return
-    try:
-        judge = judge_engine(run.settings)
-    except PerplexError as exc:
-        st.error(plain(str(exc)))
-        return
     st.caption(f"Answering under {plain(run.model_label)}:")
-    runs.drive(RUNS_KEY, run.id, CalibrationItems.of(store, run),
-               calibration_work(engine, run.settings, judge), unit="items", chunk=BATCH,
-               can_run=run.model_label == engine.info.label)
+    drive_run(RUNS_KEY, store, run, engine)
 
 
 def _chosen_checkpoint():
