@@ -40,6 +40,12 @@ def local_engine(choice: str, source: str = "") -> Engine:
             folder = registry.variant_folder(choice, resources.settings(), progress=status.write)
             status.update(label=f"{LOCAL_CHOICES[choice]} ready", state="complete")
         spec = ModelSpec(source=str(folder))
+    return _loaded(spec)
+
+
+def _loaded(spec: ModelSpec) -> Engine:
+    """The sidebar's engine if it is `spec`'s, else `spec` from the registry (loaded once)."""
+    sidebar = resources.local_engine()
     if sidebar is not None and spec == sidebar.spec:
         return sidebar
     with st.spinner(f"Loading {spec.label}…"):
@@ -93,11 +99,7 @@ def engine_of_spec(model_spec: str) -> Engine | None:
         return None
     if spec is None:
         return None
-    sidebar = resources.local_engine()
-    if sidebar is not None and spec == sidebar.spec:
-        return sidebar
     try:
-        with st.spinner(f"Loading {spec.label}…"):
-            return resources.model_registry().get(spec)
+        return _loaded(spec)
     except PerplexError:
         return None
