@@ -27,6 +27,7 @@ from perplex.lens.attribution import (
     occlusion,
 )
 from perplex.modes.comparison.plots import divergence_colour
+from perplex.ui.components.model_ids import in_order, model_ids
 from perplex.ui.components.token_view import Overlay, token_view
 from perplex.ui.shell.sidebar import thresholds
 from perplex.ui.shell.text import count, plain
@@ -46,22 +47,8 @@ class ShownAttribution:
     gradients: GradientAttribution | None = None
 
 
-def _in_order(gen: Generation) -> list[TokenStep]:
-    return sorted(gen.steps, key=lambda s: s.position)
-
-
 def _ids(gen: Generation, engine: Engine | None) -> list[int] | None:
-    """The generation's token ids, or None with the message saying why there are none."""
-    ordered = _in_order(gen)
-    ids = [s.token_id for s in ordered]
-    if engine is None:
-        st.error("Load a model (sidebar) to attribute a token.")
-        return None
-    if None in ids or [s.position for s in ordered] != list(range(len(ids))):
-        st.error("This transcript has no token ids of the model (an upload read as text): "
-                 "attribution re-runs the model on its tokens. Score it first.")
-        return None
-    return ids
+    return model_ids(gen, engine, "attribute a token", "attribution")
 
 
 def attribute(step: TokenStep, gen: Generation, page_key: str, engine: Engine | None) -> None:
@@ -96,7 +83,7 @@ def attribution_panel(page_key: str, gen: Generation | None, engine: Engine | No
     if gen is None or not isinstance(shown, ShownAttribution) or shown.generation_id != gen.id:
         return
     position = shown.replaced.position
-    steps = _in_order(gen)
+    steps = in_order(gen)
     token = visible_token(steps[position].text)
     with st.expander(f"What made “{token}” (token {position}) likely", expanded=True):
         st.caption(

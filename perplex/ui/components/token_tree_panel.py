@@ -23,6 +23,7 @@ from perplex.modes.semantic_entropy import (
     semantic_entropy,
 )
 from perplex.ui.components.branching import continue_as_branch
+from perplex.ui.components.model_ids import in_order, model_ids
 from perplex.ui.shell.session_panel import read_only
 from perplex.ui.shell.text import count, plain
 
@@ -42,22 +43,13 @@ class ShownTree:
     version: int = 0  # a new chart (its selection cleared) after a node was continued
 
 
-def _ordered(gen: Generation) -> list[TokenStep]:
-    return sorted(gen.steps, key=lambda s: s.position)
-
-
 def build_tree(step: TokenStep, gen: Generation, page_key: str, engine: Engine | None,
                top_k: int = 3, depth: int = 3, min_path: float = 0.01) -> None:
     """Grow the tree at `step` with a progress bar, and show it under `page_key`."""
-    ordered = _ordered(gen)
-    context = [s.token_id for s in ordered[:step.position]]
-    if engine is None:
-        st.error("Load a model (sidebar) to grow a token tree.")
+    ids = model_ids(gen, engine, "grow a token tree", "the tree")
+    if ids is None:
         return
-    if None in context or [s.position for s in ordered] != list(range(len(ordered))):
-        st.error("This transcript has no token ids of the model (an upload read as text): "
-                 "the tree re-runs the model on its tokens. Score it first.")
-        return
+    context = ids[:step.position]
     bar = st.progress(0.0, text=f"Expanding the alternatives at token {step.position}…")
     try:
         tree = token_tree(engine, context, top_k, depth, min_path, progress=lambda done, of:
@@ -76,7 +68,7 @@ def tree_panel(page_key: str, gen: Generation | None, engine: Engine | None,
     shown = st.session_state.get(page_key + TREE_SUFFIX)
     if gen is None or not isinstance(shown, ShownTree) or shown.generation_id != gen.id:
         return
-    step = _ordered(gen)[shown.position]
+    step = in_order(gen)[shown.position]
     tree = shown.tree
     token = visible_token(step.text)
     with st.expander(f"Token tree at “{token}” (token {shown.position})", expanded=True):
