@@ -118,7 +118,10 @@ def probed_capabilities(base: Capabilities, probe: EndpointProbe) -> Capabilitie
 
 def probe_endpoint(engine, local_tokenizer=None,
                    progress: Callable[[str], None] | None = None) -> EndpointProbe:
-    """Ask `engine`'s server each question in turn; `progress(check)` before each."""
+    """Ask `engine`'s server each question in turn; `progress(check)` before each.
+
+    `engine` is built without a probe: its checks (the echo's) start from nothing known.
+    """
     client, model = engine._client, engine.model
     found = EndpointProbe()
     errors: dict[str, str] = {}
@@ -182,9 +185,6 @@ def _echo(engine, ask, errors) -> str:
     from perplex.core.records import Message
     from perplex.core.tokens import PLAIN_TEXT_ROLE
 
-    trial = replace(engine.capabilities, scores_text=True)
-    engine.capabilities = trial  # a fresh check, whatever an earlier call concluded
-    engine._echo_checked = False
     if ask("echo", lambda: engine.score([(Message(PLAIN_TEXT_ROLE, PROBE_TEXT),)], 5)) \
             is not None:
         return "yes"
