@@ -90,16 +90,10 @@ LLAMA_KEY = "perplex-test-key"
 @pytest.fixture(scope="session")
 def llama_server(tmp_path_factory):
     """llama.cpp's OpenAI-compatible server on the bundled GGUF (API key `LLAMA_KEY`)."""
-    from perplex.engine.local.models import bundled_gguf_path
-    from tests.endpoints import LlamaServer
+    from tests.endpoints import served
 
-    running = LlamaServer(bundled_gguf_path(), tmp_path_factory.mktemp("llama") / "log",
-                          api_key=LLAMA_KEY)
-    try:
-        running.wait()
+    with served(tmp_path_factory.mktemp("llama") / "log", api_key=LLAMA_KEY) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="session")

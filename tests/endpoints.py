@@ -15,6 +15,8 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -77,6 +79,19 @@ class LlamaServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
         self._log.close()
+
+
+@contextmanager
+def served(log: Path, **options) -> Iterator[LlamaServer]:
+    """The bundled GGUF behind llama.cpp's server (`LlamaServer` options) while the block runs."""
+    from perplex.engine.local.models import bundled_gguf_path
+
+    running = LlamaServer(bundled_gguf_path(), log, **options)
+    try:
+        running.wait()
+        yield running
+    finally:
+        running.stop()
 
 
 def _chunk(content: str | None, finish: str | None = None, logprobs=None) -> bytes:

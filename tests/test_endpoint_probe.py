@@ -10,21 +10,14 @@ from perplex.engine.probe import EndpointProbe, probe_endpoint, probed_capabilit
 from perplex.engine.protocol import CapabilityError
 from perplex.engine.registry import endpoint_engine
 from tests.conftest import LLAMA_KEY
-from tests.endpoints import LlamaServer
+from tests.endpoints import served
 
 
 @pytest.fixture(scope="module")
 def bare_server(tmp_path_factory):
     """The same GGUF served without log-probabilities (`--logits_all false`)."""
-    from perplex.engine.local.models import bundled_gguf_path
-
-    running = LlamaServer(bundled_gguf_path(), tmp_path_factory.mktemp("bare") / "log",
-                          logits_all=False)
-    try:
-        running.wait()
+    with served(tmp_path_factory.mktemp("bare") / "log", logits_all=False) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.mark.slow

@@ -11,7 +11,6 @@ import re
 
 import pytest
 
-from perplex.engine.local.models import bundled_gguf_path
 from tests.browser.conftest import WORK_TIMEOUT, settle
 from tests.browser.support import (
     FINAL_TOK,
@@ -19,28 +18,30 @@ from tests.browser.support import (
     scroll_to,
     show_tip,
 )
-from tests.endpoints import LlamaServer
+from tests.endpoints import served
 
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
-    running = LlamaServer(bundled_gguf_path(), tmp_path_factory.mktemp("llama") / "log")
-    try:
-        running.wait()
+    with served(tmp_path_factory.mktemp("llama") / "log") as running:
         yield running
-    finally:
-        running.stop()
+
+
+def chats_to(page, server):
+    """Send the sidebar's chats to `server`'s endpoint; return the sidebar."""
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.get_by_text("OpenAI-compatible endpoint").click()
+    sidebar.get_by_label("Base URL").fill(server.base_url)
+    sidebar.get_by_label("Model", exact=True).fill(server.model)
+    sidebar.get_by_label("Model", exact=True).press("Enter")
+    settle(page)
+    return sidebar
 
 
 def test_chat_through_the_endpoint_then_back_to_the_local_model(open_page, llama,
                                                                screenshot):
     page = open_page()
-    sidebar = page.locator('[data-testid="stSidebar"]')
-    sidebar.get_by_text("OpenAI-compatible endpoint").click()
-    sidebar.get_by_label("Base URL").fill(llama.base_url)
-    sidebar.get_by_label("Model", exact=True).fill(llama.model)
-    sidebar.get_by_label("Model", exact=True).press("Enter")
-    settle(page)
+    sidebar = chats_to(page, llama)
     chat = chat_box(page)
     chat.fill("What is the capital of France?")
     chat.press("Enter")
@@ -78,12 +79,7 @@ def test_chat_through_the_endpoint_then_back_to_the_local_model(open_page, llama
 
 def test_the_endpoint_is_probed_and_its_table_kept_with_it(open_page, llama, screenshot):
     page = open_page()
-    sidebar = page.locator('[data-testid="stSidebar"]')
-    sidebar.get_by_text("OpenAI-compatible endpoint").click()
-    sidebar.get_by_label("Base URL").fill(llama.base_url)
-    sidebar.get_by_label("Model", exact=True).fill(llama.model)
-    sidebar.get_by_label("Model", exact=True).press("Enter")
-    settle(page)
+    sidebar = chats_to(page, llama)
     sidebar.get_by_text("What this endpoint gives").click()
     sidebar.get_by_role("button", name="Probe the endpoint").click()
     sidebar.get_by_text("What this endpoint gives (probed)").wait_for(timeout=WORK_TIMEOUT)

@@ -73,12 +73,17 @@ def test_jump_in_the_annotations_list_scrolls_the_token_into_view(open_page, scr
     assert_no_exception(page)
 
 
-def test_attribute_draws_both_occlusion_methods_over_every_earlier_token(open_page, screenshot):
-    page = open_page()
+def at_paris(page, action: str) -> None:
+    """Ask the question (8 new tokens) and take `action` from the answer's " Paris" menu."""
     set_max_new_tokens(page, "8")
     ask(page)
     paris = page.locator(FINAL_TOK).filter(has_text=re.compile(r"^ Paris$")).first
-    open_menu(page, int(paris.get_attribute("data-index")), "attribute")
+    open_menu(page, int(paris.get_attribute("data-index")), action)
+
+
+def test_attribute_draws_both_occlusion_methods_over_every_earlier_token(open_page, screenshot):
+    page = open_page()
+    at_paris(page, "attribute")
     panel = page.locator('[data-testid="stExpander"]').filter(has_text="What made “·Paris”")
     panel.locator(".js-plotly-plot").wait_for(timeout=WORK_TIMEOUT)
     settle(page)
@@ -113,10 +118,7 @@ def test_attribute_draws_both_occlusion_methods_over_every_earlier_token(open_pa
 def test_token_tree_covers_its_leaves_finishes_them_and_continues_one_as_a_branch(
         open_page, screenshot):
     page = open_page()
-    set_max_new_tokens(page, "8")
-    ask(page)
-    paris = page.locator(FINAL_TOK).filter(has_text=re.compile(r"^ Paris$")).first
-    open_menu(page, int(paris.get_attribute("data-index")), "tree")
+    at_paris(page, "tree")
     panel = page.locator('[data-testid="stExpander"]').filter(has_text="Token tree at “·Paris”")
     panel.locator(".js-plotly-plot .scatterlayer .points path").first.wait_for(
         timeout=WORK_TIMEOUT)
